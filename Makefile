@@ -1,0 +1,41 @@
+# Crossbook: `make run` and `make test` are the two commands a new user needs.
+# Both install the Debian packages they need first (as root, idempotent).
+
+SWIFT        ?= swift
+DEB_PACKAGES := liburing-dev libnuma-dev libhiredis-dev librdkafka-dev pkg-config
+# Tests run optimized: the differential test drives 1,000,000 commands through two books.
+TEST_FLAGS   := -c release -Xswiftc -enable-testing
+
+.PHONY: all deps build release test run bench bench-quick clean
+
+all: build
+
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi; \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
+	fi
+
+build: deps
+	$(SWIFT) build
+
+release: deps
+	$(SWIFT) build -c release
+
+test: deps
+	$(SWIFT) build $(TEST_FLAGS) --build-tests
+	$(SWIFT) test $(TEST_FLAGS) --skip-build
+
+# Until the engine process exists, the main job is a replay of the sample order log.
+run: release
+	.build/release/crossbook host
+	.build/release/crossbook replay samples/orders.csv --book --digest
+
+# Benchmarks (ordo-one/benchmark) live in their own package under bench/.
+bench: deps
+	cd bench && $(SWIFT) package --allow-writing-to-package-directory benchmark
+
+clean:
+	rm -rf .build bench/.build

@@ -1,0 +1,43 @@
+// swift-tools-version:6.1
+// Crossbook: a matching engine for spot exchanges. See README.md for the map.
+import PackageDescription
+
+let package = Package(
+    name: "crossbook",
+    products: [
+        .library(name: "OrderBook", targets: ["OrderBook"]),
+        .library(name: "Wire", targets: ["Wire"]),
+        .library(name: "Workloads", targets: ["Workloads"]),
+        .executable(name: "crossbook", targets: ["crossbook"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+    ],
+    targets: [
+        // Thin C: what Swift cannot express well. Linked against liburing and libnuma from the
+        // start so that every build proves the system libraries are there.
+        .target(
+            name: "CShims",
+            path: "CShims",
+            linkerSettings: [.linkedLibrary("uring"), .linkedLibrary("numa")]
+        ),
+        // The book and its rules: pure Swift, no OS, no Foundation.
+        .target(name: "OrderBook"),
+        // Records and text codecs (the replay CSV today; 64-byte records with the engine).
+        .target(name: "Wire", dependencies: ["OrderBook"]),
+        // The seeded benchmark workloads of bench/README.md, shared by tests and benchmarks.
+        .target(name: "Workloads", dependencies: ["OrderBook"]),
+        .executableTarget(
+            name: "crossbook",
+            dependencies: [
+                "OrderBook", "Wire", "Workloads", "CShims",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "TOMLKit", package: "TOMLKit"),
+            ]
+        ),
+        .testTarget(name: "OrderBookTests", dependencies: ["OrderBook", "Workloads"]),
+        .testTarget(name: "WireTests", dependencies: ["Wire", "OrderBook", "CShims"]),
+        .testTarget(name: "CrossbookCLITests", dependencies: ["crossbook"]),
+    ]
+)

@@ -1,0 +1,724 @@
+// The order book of one symbol: price-time priority, preallocated, no allocation per command.
+//
+// Memory, all allocated once in `init` and touched there (no page faults later):
+// - orders: a pool of 40-byte nodes addressed by UInt32 handles (0 is "none"); each price level
+//   is an intrusive doubly linked FIFO through the nodes; free nodes form a free list.
+// - ids: an open-addressing table (linear probing, backward-shift deletion, no tombstones) of
+//   4-byte handles; the key is read from the node, so the table costs 4 bytes a slot.
+// - levels: a pool of 32-byte levels, and per side a sorted ladder of (key, handle) with the best
+//   level at the end: the touch is found, added and removed in O(1); a level d places away from
+//   the touch costs O(d) to add or remove and O(log n) to find.
+
+/// One resting order. 40 bytes; handles instead of pointers keep it small and relocatable.
+@frozen @usableFromInline
+struct OrderNode {
+    @usableFromInline var id: OrderId
+    @usableFromInline var open: Quantity
+    @usableFromInline var account: AccountId
+    /// Next in the level's FIFO, or the next free node when on the free list.
+    @usableFromInline var next: UInt32
+    @usableFromInline var prev: UInt32
+    @usableFromInline var level: UInt32
+    @usableFromInline var side: Side
+    @usableFromInline var selfTradePrevention: SelfTradePrevention
+
+    @inlinable
+    init() {
+        id = 0
+        open = 0
+        account = 0
+        next = 0
+        prev = 0
+        level = 0
+        side = .buy
+        selfTradePrevention = .none
+    }
+}
+
+/// One price level: its FIFO and its L2 aggregate. 32 bytes.
+@frozen @usableFromInline
+struct PriceLevel {
+    @usableFromInline var price: Price
+    @usableFromInline var total: Quantity
+    @usableFromInline var head: UInt32
+    /// The last order, or the next free level when on the free list.
+    @usableFromInline var tail: UInt32
+    @usableFromInline var count: UInt32
+
+    @inlinable
+    init() {
+        price = 0
+        total = 0
+        head = 0
+        tail = 0
+        count = 0
+    }
+}
+
+/// How much a book preallocates.
+public struct BookCapacity: Sendable, Equatable {
+    /// The most orders that can rest at once.
+    public var orders: Int
+    /// The most price levels, both sides together.
+    public var levels: Int
+
+    public init(orders: Int, levels: Int) {
+        self.orders = orders
+        self.levels = levels
+    }
+
+    public static let small = BookCapacity(orders: 1 << 16, levels: 1 << 12)
+}
+
+/// A resting order as the queries report it.
+public struct RestingOrder: Sendable, Equatable {
+    public var orderId: OrderId
+    public var account: AccountId
+    public var side: Side
+    public var price: Price
+    public var open: Quantity
+
+    public init(orderId: OrderId, account: AccountId, side: Side, price: Price, open: Quantity) {
+        self.orderId = orderId
+        self.account = account
+        self.side = side
+        self.price = price
+        self.open = open
+    }
+}
+
+/// One L2 level as the queries report it.
+public struct DepthLevel: Sendable, Equatable {
+    public var price: Price
+    public var quantity: Quantity
+    public var orders: Int
+
+    public init(price: Price, quantity: Quantity, orders: Int) {
+        self.price = price
+        self.quantity = quantity
+        self.orders = orders
+    }
+}
+
+@frozen
+public struct OrderBook: ~Copyable {
+    // Rules, copied out of the spec so that the hot path reads plain integers.
+    public let symbolId: UInt32
+    @usableFromInline let tickSize: Price
+    @usableFromInline let lotSize: Quantity
+    @usableFromInline let minPrice: Price
+    @usableFromInline let maxPrice: Price
+    @usableFromInline let maxQuantity: Quantity
+
+    @usableFromInline let nodes: UnsafeMutablePointer<OrderNode>
+    @usableFromInline let orderCapacity: UInt32
+    /// The next handle never used yet; handles below it are live or on the free list.
+    @usableFromInline var orderHighWater: UInt32
+    @usableFromInline var freeOrders: UInt32
+    @usableFromInline var liveOrders: Int
+
+    @usableFromInline let slots: UnsafeMutablePointer<UInt32>
+    @usableFromInline let slotMask: Int
+    @usableFromInline let slotShift: UInt64
+
+    @usableFromInline let levels: UnsafeMutablePointer<PriceLevel>
+    @usableFromInline let levelCapacity: UInt32
+    @usableFromInline var levelHighWater: UInt32
+    @usableFromInline var freeLevels: UInt32
+
+    /// Ladders: side s uses keys[s*L ..< s*L + count[s]], ascending, best last.
+    /// The key of a price is the price for bids and its negation for asks.
+    @usableFromInline let ladderKeys: UnsafeMutablePointer<Int64>
+    @usableFromInline let ladderHandles: UnsafeMutablePointer<UInt32>
+    @usableFromInline var bidLevels: Int
+    @usableFromInline var askLevels: Int
+
+    public init(spec: SymbolSpec, capacity: BookCapacity) throws(BookConfigError) {
+        try spec.validate()
+        guard capacity.orders >= 1, capacity.orders < Int(UInt32.max / 4) else {
+            throw .capacity("orders must be between 1 and \(UInt32.max / 4 - 1), got \(capacity.orders)")
+        }
+        guard capacity.levels >= 2, capacity.levels < Int(UInt32.max / 4) else {
+            throw .capacity("levels must be between 2 and \(UInt32.max / 4 - 1), got \(capacity.levels)")
+        }
+        // Level totals are sums of open quantities: they must not overflow.
+        guard spec.maxOrderQuantity <= Int64.max / Int64(capacity.orders) else {
+            throw .capacity("maximum order quantity × order capacity overflows 64 bits")
+        }
+        symbolId = spec.id
+        tickSize = spec.tickSize
+        lotSize = spec.lotSize
+        minPrice = spec.minPrice
+        maxPrice = spec.maxPrice
+        maxQuantity = spec.maxOrderQuantity
+
+        orderCapacity = UInt32(capacity.orders)
+        nodes = .allocate(capacity: capacity.orders + 1)
+        nodes.initialize(repeating: OrderNode(), count: capacity.orders + 1)
+        orderHighWater = 1
+        freeOrders = 0
+        liveOrders = 0
+
+        // At most half full: short probe sequences.
+        var bits = 1
+        while (1 << bits) < 2 * capacity.orders { bits += 1 }
+        slots = .allocate(capacity: 1 << bits)
+        slots.initialize(repeating: 0, count: 1 << bits)
+        slotMask = (1 << bits) - 1
+        slotShift = UInt64(64 - bits)
+
+        levelCapacity = UInt32(capacity.levels)
+        levels = .allocate(capacity: capacity.levels + 1)
+        levels.initialize(repeating: PriceLevel(), count: capacity.levels + 1)
+        levelHighWater = 1
+        freeLevels = 0
+        ladderKeys = .allocate(capacity: 2 * capacity.levels)
+        ladderKeys.initialize(repeating: 0, count: 2 * capacity.levels)
+        ladderHandles = .allocate(capacity: 2 * capacity.levels)
+        ladderHandles.initialize(repeating: 0, count: 2 * capacity.levels)
+        bidLevels = 0
+        askLevels = 0
+    }
+
+    deinit {
+        nodes.deallocate()
+        slots.deallocate()
+        levels.deallocate()
+        ladderKeys.deallocate()
+        ladderHandles.deallocate()
+    }
+
+    /// Bytes this book allocated, for capacity planning.
+    public var allocatedBytes: Int {
+        (Int(orderCapacity) + 1) * MemoryLayout<OrderNode>.stride
+            + (slotMask + 1) * MemoryLayout<UInt32>.stride
+            + (Int(levelCapacity) + 1) * MemoryLayout<PriceLevel>.stride
+            + 2 * Int(levelCapacity) * (MemoryLayout<Int64>.stride + MemoryLayout<UInt32>.stride)
+    }
+
+    // MARK: - Commands
+
+    /// A new limit or market order: validation, then matching, then the remainder rests
+    /// (GTC, post-only) or is cancelled (IOC, market).
+    @inlinable
+    public mutating func submit<S: BookEventSink>(_ order: NewOrder, to sink: inout S) {
+        if let reason = validateNew(order) {
+            sink.on(.rejected(orderId: order.orderId, reason: reason))
+            return
+        }
+        let isMarket = order.type == .market
+        let rests = !isMarket && (order.timeInForce == .gtc || order.timeInForce == .postOnly)
+        if rests {
+            // Capacity is checked up front, so that an accepted order never fails halfway.
+            if freeOrders == 0 && orderHighWater > orderCapacity {
+                sink.on(.rejected(orderId: order.orderId, reason: .orderPoolExhausted))
+                return
+            }
+            if freeLevels == 0 && levelHighWater > levelCapacity
+                && !findLevel(order.side, order.price).found
+            {
+                sink.on(.rejected(orderId: order.orderId, reason: .levelPoolExhausted))
+                return
+            }
+        }
+        let limit: Price = isMarket ? (order.side == .buy ? Price.max : Price.min) : order.price
+        if order.timeInForce == .postOnly && crosses(order.side, limit) {
+            sink.on(.rejected(orderId: order.orderId, reason: .postOnlyWouldTake))
+            return
+        }
+        if order.timeInForce == .fok
+            && !fillable(order.side, limit, order.quantity, order.account, order.selfTradePrevention)
+        {
+            sink.on(.rejected(orderId: order.orderId, reason: .fokNotFillable))
+            return
+        }
+
+        sink.on(.accepted(orderId: order.orderId, side: order.side, price: isMarket ? 0 : order.price,
+                          quantity: order.quantity))
+        var remaining = order.quantity
+        if crosses(order.side, limit) {
+            match(order.orderId, order.account, order.side, limit, &remaining, order.selfTradePrevention, &sink)
+        }
+        guard remaining > 0 else { return }
+        if rests {
+            let h = allocateOrder()
+            nodes[Int(h)].id = order.orderId
+            nodes[Int(h)].open = remaining
+            nodes[Int(h)].account = order.account
+            nodes[Int(h)].side = order.side
+            nodes[Int(h)].selfTradePrevention = order.selfTradePrevention
+            insertId(h)
+            rest(h, order.price, &sink)
+        } else {
+            sink.on(.cancelled(orderId: order.orderId, quantity: remaining, open: 0, reason: .iocRemainder))
+        }
+    }
+
+    @inlinable
+    public mutating func cancel<S: BookEventSink>(_ command: CancelOrder, to sink: inout S) {
+        let h = lookup(command.orderId)
+        guard h != 0 else {
+            sink.on(.rejected(orderId: command.orderId, reason: .unknownOrderId))
+            return
+        }
+        let open = nodes[Int(h)].open
+        sink.on(.cancelled(orderId: command.orderId, quantity: open, open: 0, reason: .user))
+        let lv = nodes[Int(h)].level
+        let side = nodes[Int(h)].side
+        unlink(h)
+        removeId(h)
+        freeOrder(h)
+        leaveLevel(side, lv, &sink)
+    }
+
+    @inlinable
+    public mutating func replace<S: BookEventSink>(_ command: ReplaceOrder, to sink: inout S) {
+        let h = lookup(command.orderId)
+        guard h != 0 else {
+            sink.on(.rejected(orderId: command.orderId, reason: .unknownOrderId))
+            return
+        }
+        if let reason = validateQuantity(command.quantity) ?? validatePrice(command.price) {
+            sink.on(.rejected(orderId: command.orderId, reason: reason))
+            return
+        }
+        let side = nodes[Int(h)].side
+        let lv = nodes[Int(h)].level
+        let oldPrice = levels[Int(lv)].price
+        let oldOpen = nodes[Int(h)].open
+        if command.price == oldPrice {
+            if command.quantity <= oldOpen {
+                // Keeps its place in the queue.
+                sink.on(.replaced(orderId: command.orderId, price: oldPrice, quantity: command.quantity,
+                                  keptPriority: true))
+                if command.quantity != oldOpen {
+                    nodes[Int(h)].open = command.quantity
+                    levels[Int(lv)].total -= oldOpen - command.quantity
+                    emitLevel(side, lv, &sink)
+                }
+            } else {
+                // More quantity at the same price goes to the back of the queue; a resting
+                // price never crosses, so there is nothing to match.
+                sink.on(.replaced(orderId: command.orderId, price: oldPrice, quantity: command.quantity,
+                                  keptPriority: false))
+                unlink(h)
+                nodes[Int(h)].open = command.quantity
+                link(h, lv)
+                emitLevel(side, lv, &sink)
+            }
+            return
+        }
+        if freeLevels == 0 && levelHighWater > levelCapacity && !findLevel(side, command.price).found {
+            sink.on(.rejected(orderId: command.orderId, reason: .levelPoolExhausted))
+            return
+        }
+        sink.on(.replaced(orderId: command.orderId, price: command.price, quantity: command.quantity,
+                          keptPriority: false))
+        unlink(h)
+        leaveLevel(side, lv, &sink)
+        // Now it is a new GTC order with the same id, node and account.
+        var remaining = command.quantity
+        if crosses(side, command.price) {
+            match(command.orderId, nodes[Int(h)].account, side, command.price, &remaining,
+                  nodes[Int(h)].selfTradePrevention, &sink)
+        }
+        if remaining > 0 {
+            nodes[Int(h)].open = remaining
+            rest(h, command.price, &sink)
+        } else {
+            removeId(h)
+            freeOrder(h)
+        }
+    }
+
+    @inlinable
+    public mutating func apply<S: BookEventSink>(_ command: BookCommand, to sink: inout S) {
+        switch command {
+        case .new(let order): submit(order, to: &sink)
+        case .cancel(let cancel): self.cancel(cancel, to: &sink)
+        case .replace(let replace): self.replace(replace, to: &sink)
+        }
+    }
+
+    // MARK: - Validation
+
+    @inlinable
+    func validateQuantity(_ quantity: Quantity) -> RejectReason? {
+        if quantity <= 0 { return quantity == 0 ? .quantityZero : .quantityNegative }
+        if quantity % lotSize != 0 { return .quantityOffLot }
+        if quantity > maxQuantity { return .quantityAboveMaximum }
+        return nil
+    }
+
+    @inlinable
+    func validatePrice(_ price: Price) -> RejectReason? {
+        if price % tickSize != 0 { return .priceOffTick }
+        if price < minPrice || price > maxPrice { return .priceOutsideBand }
+        return nil
+    }
+
+    @inlinable
+    func validateNew(_ order: NewOrder) -> RejectReason? {
+        if let reason = validateQuantity(order.quantity) { return reason }
+        if order.type == .limit {
+            if let reason = validatePrice(order.price) { return reason }
+        } else if order.timeInForce != .ioc && order.timeInForce != .fok {
+            return .marketOrderTimeInForce
+        }
+        if lookup(order.orderId) != 0 { return .duplicateOrderId }
+        return nil
+    }
+
+    // MARK: - Matching
+
+    /// Whether a taker on `side` with this limit would trade with the best opposite level.
+    @inlinable @inline(__always)
+    func crosses(_ side: Side, _ limit: Price) -> Bool {
+        let opposite = side.opposite
+        let n = ladderCount(opposite)
+        guard n > 0 else { return false }
+        let best = levels[Int(ladderHandles[ladderBase(opposite) + n - 1])].price
+        return side == .buy ? best <= limit : best >= limit
+    }
+
+    /// Whether a FOK order would fill completely: the same walk as `match`, without changes.
+    @inlinable
+    func fillable(_ side: Side, _ limit: Price, _ quantity: Quantity, _ account: AccountId,
+                  _ stp: SelfTradePrevention) -> Bool {
+        let opposite = side.opposite
+        let base = ladderBase(opposite)
+        var need = quantity
+        var i = ladderCount(opposite) - 1
+        while i >= 0 {
+            let lv = Int(ladderHandles[base + i])
+            let price = levels[lv].price
+            if side == .buy ? price > limit : price < limit { return false }
+            if stp == .none {
+                need -= levels[lv].total
+                if need <= 0 { return true }
+            } else {
+                var h = levels[lv].head
+                while h != 0 {
+                    if nodes[Int(h)].account == account {
+                        // cancel-oldest removes the resting order and goes on; every other mode
+                        // stops the taker (or takes quantity from it without a trade).
+                        if stp != .cancelOldest { return false }
+                    } else {
+                        need -= nodes[Int(h)].open
+                        if need <= 0 { return true }
+                    }
+                    h = nodes[Int(h)].next
+                }
+            }
+            i -= 1
+        }
+        return false
+    }
+
+    /// Trades the taker against the opposite side in price-time order, within `limit`.
+    @inlinable
+    mutating func match<S: BookEventSink>(
+        _ takerId: OrderId, _ account: AccountId, _ side: Side, _ limit: Price,
+        _ remaining: inout Quantity, _ stp: SelfTradePrevention, _ sink: inout S
+    ) {
+        let opposite = side.opposite
+        let base = ladderBase(opposite)
+        while remaining > 0 {
+            let n = ladderCount(opposite)
+            guard n > 0 else { return }
+            let lv = ladderHandles[base + n - 1]
+            let price = levels[Int(lv)].price
+            if side == .buy ? price > limit : price < limit { return }
+            var touched = false
+            var stop = false
+            var h = levels[Int(lv)].head
+            while h != 0 && remaining > 0 {
+                let next = nodes[Int(h)].next
+                let makerId = nodes[Int(h)].id
+                if stp != .none && nodes[Int(h)].account == account {
+                    switch stp {
+                    case .cancelNewest:
+                        sink.on(.cancelled(orderId: takerId, quantity: remaining, open: 0, reason: .selfTrade))
+                        remaining = 0
+                        stop = true
+                    case .cancelOldest:
+                        sink.on(.cancelled(orderId: makerId, quantity: nodes[Int(h)].open, open: 0,
+                                           reason: .selfTrade))
+                        removeMaker(h, lv)
+                        touched = true
+                    case .cancelBoth:
+                        sink.on(.cancelled(orderId: makerId, quantity: nodes[Int(h)].open, open: 0,
+                                           reason: .selfTrade))
+                        removeMaker(h, lv)
+                        sink.on(.cancelled(orderId: takerId, quantity: remaining, open: 0, reason: .selfTrade))
+                        remaining = 0
+                        touched = true
+                        stop = true
+                    case .decrement:
+                        let d = min(remaining, nodes[Int(h)].open)
+                        let makerOpen = nodes[Int(h)].open - d
+                        remaining -= d
+                        sink.on(.cancelled(orderId: makerId, quantity: d, open: makerOpen, reason: .selfTrade))
+                        sink.on(.cancelled(orderId: takerId, quantity: d, open: remaining, reason: .selfTrade))
+                        if makerOpen == 0 {
+                            removeMaker(h, lv)
+                        } else {
+                            nodes[Int(h)].open = makerOpen
+                            levels[Int(lv)].total -= d
+                        }
+                        touched = true
+                    case .none:
+                        break
+                    }
+                    if stop { break }
+                    h = next
+                    continue
+                }
+                let fill = min(remaining, nodes[Int(h)].open)
+                let makerOpen = nodes[Int(h)].open - fill
+                remaining -= fill
+                touched = true
+                sink.on(.trade(makerId: makerId, takerId: takerId, takerSide: side, price: price,
+                               quantity: fill, makerOpen: makerOpen, takerOpen: remaining))
+                if makerOpen == 0 {
+                    removeMaker(h, lv)
+                } else {
+                    nodes[Int(h)].open = makerOpen
+                    levels[Int(lv)].total -= fill
+                }
+                h = next
+            }
+            if touched { emitLevel(opposite, lv, &sink) }
+            if levels[Int(lv)].count == 0 {
+                // The best level: the last of its ladder, removed in O(1).
+                setLadderCount(opposite, n - 1)
+                freeLevel(lv)
+            } else {
+                return
+            }
+            if stop { return }
+        }
+    }
+
+    /// Takes a fully filled or STP-cancelled maker out of its level and the book.
+    @inlinable @inline(__always)
+    mutating func removeMaker(_ h: UInt32, _ lv: UInt32) {
+        unlink(h)
+        removeId(h)
+        freeOrder(h)
+    }
+
+    /// Appends an order (id already in the table) at the back of the level at `price`.
+    @inlinable
+    mutating func rest<S: BookEventSink>(_ h: UInt32, _ price: Price, _ sink: inout S) {
+        let side = nodes[Int(h)].side
+        let (found, position) = findLevel(side, price)
+        let lv: UInt32
+        if found {
+            lv = ladderHandles[ladderBase(side) + position]
+        } else {
+            lv = allocateLevel()
+            levels[Int(lv)].price = price
+            insertLadder(side, position, key(side, price), lv)
+        }
+        link(h, lv)
+        emitLevel(side, lv, &sink)
+    }
+
+    /// After an order left level `lv`: report it, and drop the level if it is empty.
+    @inlinable
+    mutating func leaveLevel<S: BookEventSink>(_ side: Side, _ lv: UInt32, _ sink: inout S) {
+        emitLevel(side, lv, &sink)
+        if levels[Int(lv)].count == 0 {
+            let (found, position) = findLevel(side, levels[Int(lv)].price)
+            precondition(found, "a level of the book is missing from its ladder")
+            removeLadder(side, position)
+            freeLevel(lv)
+        }
+    }
+
+    @inlinable @inline(__always)
+    func emitLevel<S: BookEventSink>(_ side: Side, _ lv: UInt32, _ sink: inout S) {
+        let level = levels[Int(lv)]
+        sink.on(.level(side: side, price: level.price, quantity: level.total, orders: Int32(level.count)))
+    }
+
+    // MARK: - FIFO of a level
+
+    @inlinable @inline(__always)
+    mutating func link(_ h: UInt32, _ lv: UInt32) {
+        let tail = levels[Int(lv)].tail
+        nodes[Int(h)].level = lv
+        nodes[Int(h)].prev = tail
+        nodes[Int(h)].next = 0
+        if tail != 0 { nodes[Int(tail)].next = h } else { levels[Int(lv)].head = h }
+        levels[Int(lv)].tail = h
+        levels[Int(lv)].count += 1
+        levels[Int(lv)].total += nodes[Int(h)].open
+    }
+
+    @inlinable @inline(__always)
+    mutating func unlink(_ h: UInt32) {
+        let lv = Int(nodes[Int(h)].level)
+        let prev = nodes[Int(h)].prev
+        let next = nodes[Int(h)].next
+        if prev != 0 { nodes[Int(prev)].next = next } else { levels[lv].head = next }
+        if next != 0 { nodes[Int(next)].prev = prev } else { levels[lv].tail = prev }
+        levels[lv].count -= 1
+        levels[lv].total -= nodes[Int(h)].open
+    }
+
+    // MARK: - Pools
+
+    @inlinable @inline(__always)
+    mutating func allocateOrder() -> UInt32 {
+        liveOrders += 1
+        if freeOrders != 0 {
+            let h = freeOrders
+            freeOrders = nodes[Int(h)].next
+            return h
+        }
+        let h = orderHighWater
+        orderHighWater += 1
+        return h
+    }
+
+    @inlinable @inline(__always)
+    mutating func freeOrder(_ h: UInt32) {
+        liveOrders -= 1
+        nodes[Int(h)].next = freeOrders
+        freeOrders = h
+    }
+
+    @inlinable @inline(__always)
+    mutating func allocateLevel() -> UInt32 {
+        if freeLevels != 0 {
+            let lv = freeLevels
+            freeLevels = levels[Int(lv)].tail
+            levels[Int(lv)] = PriceLevel()
+            return lv
+        }
+        let lv = levelHighWater
+        levelHighWater += 1
+        return lv
+    }
+
+    @inlinable @inline(__always)
+    mutating func freeLevel(_ lv: UInt32) {
+        levels[Int(lv)].tail = freeLevels
+        freeLevels = lv
+    }
+
+    // MARK: - Ladders
+
+    @inlinable @inline(__always)
+    func key(_ side: Side, _ price: Price) -> Int64 { side == .buy ? price : -price }
+
+    @inlinable @inline(__always)
+    func ladderBase(_ side: Side) -> Int { side == .buy ? 0 : Int(levelCapacity) }
+
+    @inlinable @inline(__always)
+    func ladderCount(_ side: Side) -> Int { side == .buy ? bidLevels : askLevels }
+
+    @inlinable @inline(__always)
+    mutating func setLadderCount(_ side: Side, _ n: Int) {
+        if side == .buy { bidLevels = n } else { askLevels = n }
+    }
+
+    /// Where `price` is, or would go, in the side's ladder. Scans the few levels at the touch
+    /// first (where nearly all activity is), then bisects.
+    @inlinable
+    func findLevel(_ side: Side, _ price: Price) -> (found: Bool, position: Int) {
+        let k = key(side, price)
+        let keys = ladderKeys + ladderBase(side)
+        var i = ladderCount(side) - 1
+        var steps = 0
+        while i >= 0 && steps < 4 {
+            let ki = keys[i]
+            if ki == k { return (true, i) }
+            if ki < k { return (false, i + 1) }
+            i -= 1
+            steps += 1
+        }
+        if i < 0 { return (false, 0) }
+        var lo = 0
+        var hi = i + 1
+        while lo < hi {
+            let mid = (lo + hi) >> 1
+            if keys[mid] < k { lo = mid + 1 } else { hi = mid }
+        }
+        return (lo <= i && keys[lo] == k, lo)
+    }
+
+    @inlinable
+    mutating func insertLadder(_ side: Side, _ position: Int, _ k: Int64, _ lv: UInt32) {
+        let base = ladderBase(side)
+        let n = ladderCount(side)
+        let moving = n - position
+        if moving > 0 {
+            (ladderKeys + base + position + 1).moveInitialize(from: ladderKeys + base + position, count: moving)
+            (ladderHandles + base + position + 1).moveInitialize(from: ladderHandles + base + position, count: moving)
+        }
+        ladderKeys[base + position] = k
+        ladderHandles[base + position] = lv
+        setLadderCount(side, n + 1)
+    }
+
+    @inlinable
+    mutating func removeLadder(_ side: Side, _ position: Int) {
+        let base = ladderBase(side)
+        let n = ladderCount(side)
+        let moving = n - position - 1
+        if moving > 0 {
+            (ladderKeys + base + position).moveInitialize(from: ladderKeys + base + position + 1, count: moving)
+            (ladderHandles + base + position).moveInitialize(from: ladderHandles + base + position + 1, count: moving)
+        }
+        setLadderCount(side, n - 1)
+    }
+
+    // MARK: - Order id table
+
+    @inlinable @inline(__always)
+    func home(_ id: OrderId) -> Int {
+        Int(truncatingIfNeeded: (UInt64(bitPattern: id) &* 0x9E37_79B9_7F4A_7C15) >> slotShift)
+    }
+
+    /// The handle of the live order with this id, or 0.
+    @inlinable
+    func lookup(_ id: OrderId) -> UInt32 {
+        var i = home(id)
+        while true {
+            let h = slots[i]
+            if h == 0 || nodes[Int(h)].id == id { return h }
+            i = (i + 1) & slotMask
+        }
+    }
+
+    @inlinable
+    mutating func insertId(_ h: UInt32) {
+        var i = home(nodes[Int(h)].id)
+        while slots[i] != 0 { i = (i + 1) & slotMask }
+        slots[i] = h
+    }
+
+    /// Removes a handle, shifting later entries of its probe run back (no tombstones).
+    @inlinable
+    mutating func removeId(_ h: UInt32) {
+        var i = home(nodes[Int(h)].id)
+        while slots[i] != h { i = (i + 1) & slotMask }
+        var j = i
+        while true {
+            j = (j + 1) & slotMask
+            let hj = slots[j]
+            if hj == 0 { break }
+            let k = home(nodes[Int(hj)].id)
+            // Move hj back into the hole at i unless its home lies cyclically in (i, j].
+            let inRange = i <= j ? (i < k && k <= j) : (i < k || k <= j)
+            if !inRange {
+                slots[i] = hj
+                i = j
+            }
+        }
+        slots[i] = 0
+    }
+}

@@ -1,0 +1,342 @@
+// The fixed, seeded benchmark workloads W1 and W2 (bench/README.md gives their definition):
+// SplitMix64 draws, ops prepared before the clock starts, and a runner that drives an
+// OrderBook and keeps the totals that prove two engines did the same work.
+
+import OrderBook
+
+/// SplitMix64, exactly as the workload definition gives it.
+@frozen
+public struct SplitMix64 {
+    public var state: UInt64
+
+    @inlinable
+    public init(seed: UInt64) { state = seed }
+
+    @inlinable
+    public mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+/// One prepared operation. Cancels and replaces name a position in the live list (`pick`),
+/// because which order that is depends on what happened before.
+@frozen
+public struct WorkloadOp {
+    @frozen
+    public enum Kind: UInt8 {
+        case limit
+        case market
+        case cancel
+        case replace
+    }
+
+    public var kind: Kind
+    public var side: Side
+    public var price: Price
+    public var quantity: Quantity
+    /// Cancel and replace: live[pick % live.count].
+    public var pick: UInt64
+    /// Replace: the c draw (even: halve the quantity in place; odd: move the price away).
+    public var modifier: UInt64
+
+    @inlinable
+    public init(kind: Kind, side: Side, price: Price, quantity: Quantity, pick: UInt64 = 0, modifier: UInt64 = 0) {
+        self.kind = kind
+        self.side = side
+        self.price = price
+        self.quantity = quantity
+        self.pick = pick
+        self.modifier = modifier
+    }
+}
+
+/// A workload: warm-up orders (not timed) and the timed ops.
+public struct Workload {
+    public var name: String
+    public var warmup: [NewOrder]
+    public var ops: [WorkloadOp]
+
+    /// W1 — mixed, shallow book: 70% GTC limits, 20% cancels, 10% market orders.
+    public static func w1(seed: UInt64 = 42, count: Int = 1_000_000) -> Workload {
+        var rng = SplitMix64(seed: seed)
+        var ops: [WorkloadOp] = []
+        ops.reserveCapacity(count)
+        for _ in 0..<count {
+            let a = rng.next(), b = rng.next(), c = rng.next(), d = rng.next()
+            let t = a % 100
+            if t < 70 {
+                ops.append(WorkloadOp(kind: .limit, side: b & 1 == 1 ? .buy : .sell,
+                                      price: 9950 + Price(c % 101), quantity: 1 + Quantity(d % 100)))
+            } else if t < 90 {
+                ops.append(WorkloadOp(kind: .cancel, side: .buy, price: 0, quantity: 0, pick: b))
+            } else {
+                ops.append(WorkloadOp(kind: .market, side: b & 1 == 1 ? .buy : .sell, price: 0,
+                                      quantity: 1 + Quantity(d % 100)))
+            }
+        }
+        return Workload(name: "W1", warmup: [], ops: ops)
+    }
+
+    /// W2 — deep book: 100,000 warm-up orders, then 55% limits that never cross, 30% cancels,
+    /// 10% replaces, 5% market orders.
+    public static func w2(seed: UInt64 = 7, warmupCount: Int = 100_000, count: Int = 1_000_000) -> Workload {
+        var rng = SplitMix64(seed: seed)
+        var warmup: [NewOrder] = []
+        warmup.reserveCapacity(warmupCount)
+        for k in 0..<warmupCount {
+            let a = rng.next(), b = rng.next()
+            _ = rng.next()
+            _ = rng.next()
+            let buy = k % 2 == 0
+            let off = 1 + Price(a % 500)
+            warmup.append(NewOrder(orderId: OrderId(k + 1), side: buy ? .buy : .sell,
+                                   price: buy ? 100_000 - off : 100_000 + off, quantity: 1 + Quantity(b % 100)))
+        }
+        var ops: [WorkloadOp] = []
+        ops.reserveCapacity(count)
+        for _ in 0..<count {
+            let a = rng.next(), b = rng.next(), c = rng.next(), d = rng.next()
+            let t = a % 100
+            if t < 55 {
+                let buy = b & 1 == 1
+                let off = 1 + Price(c % 500)
+                ops.append(WorkloadOp(kind: .limit, side: buy ? .buy : .sell,
+                                      price: buy ? 100_000 - off : 100_000 + off, quantity: 1 + Quantity(d % 100)))
+            } else if t < 85 {
+                ops.append(WorkloadOp(kind: .cancel, side: .buy, price: 0, quantity: 0, pick: b))
+            } else if t < 95 {
+                ops.append(WorkloadOp(kind: .replace, side: .buy, price: 0, quantity: 0, pick: b, modifier: c))
+            } else {
+                ops.append(WorkloadOp(kind: .market, side: b & 1 == 1 ? .buy : .sell, price: 0,
+                                      quantity: 1 + Quantity(d % 500)))
+            }
+        }
+        return Workload(name: "W2", warmup: warmup, ops: ops)
+    }
+
+    /// The largest order id the workload uses (ids are 1...warmup + ops).
+    public var maxOrderId: Int { warmup.count + ops.count }
+}
+
+/// The totals a run prints; equal totals mean two engines did the same work.
+public struct WorkloadTotals: Equatable, Sendable, CustomStringConvertible {
+    public var limits = 0
+    public var rested = 0
+    public var cancels = 0
+    public var cancelNoOps = 0
+    public var replaces = 0
+    public var replaceNoOps = 0
+    public var marketOrders = 0
+    public var marketFilledQuantity: Int64 = 0
+    public var fills = 0
+    public var tradedQuantity: Int64 = 0
+    public var rejects = 0
+    public var finalLive = 0
+    public var bidLevels = 0
+    public var askLevels = 0
+
+    public init() {}
+
+    public var description: String {
+        "limits \(limits); rested \(rested); cancels \(cancels); cancel no-ops \(cancelNoOps); "
+            + "replaces \(replaces); replace no-ops \(replaceNoOps); market orders \(marketOrders); "
+            + "market filled quantity \(marketFilledQuantity); fills \(fills); traded quantity \(tradedQuantity); "
+            + "rejects \(rejects); final live \(finalLive); bid levels \(bidLevels); ask levels \(askLevels)"
+    }
+}
+
+/// Drives a workload through a book. All state lives in preallocated buffers, so the timed
+/// loop allocates nothing: the live list, each id's position in it, and each id's side,
+/// price and open quantity (for replaces).
+public struct WorkloadRunner: ~Copyable {
+    public var book: OrderBook
+    @usableFromInline var sink: TotalsSink
+
+    public init(workload: Workload, capacity: BookCapacity? = nil) throws(BookConfigError) {
+        let spec = SymbolSpec(name: workload.name, id: 1)
+        let orders = max(workload.maxOrderId / 2, 1 << 16)
+        book = try OrderBook(spec: spec, capacity: capacity ?? BookCapacity(orders: orders, levels: 1 << 14))
+        sink = TotalsSink(maxOrderId: workload.maxOrderId)
+    }
+
+    deinit { sink.deallocate() }
+
+    public var totals: WorkloadTotals {
+        var t = sink.totals
+        t.finalLive = sink.liveCount
+        t.bidLevels = book.levelCount(.buy)
+        t.askLevels = book.levelCount(.sell)
+        return t
+    }
+
+    /// Rests the warm-up orders (not part of the timed work).
+    public mutating func warmUp(_ workload: Workload) {
+        for order in workload.warmup {
+            sink.begin(order.orderId, isMarket: false, side: order.side, price: order.price, quantity: order.quantity)
+            book.submit(order, to: &sink)
+            sink.end(rests: true)
+        }
+        sink.totals = WorkloadTotals()
+    }
+
+    /// Runs ops[range]; op k carries order id warmup + k + 1.
+    @inlinable
+    public mutating func run(_ ops: UnsafeBufferPointer<WorkloadOp>, idBase: Int) {
+        var id = OrderId(idBase)
+        for op in ops {
+            id += 1
+            step(op, id)
+        }
+    }
+
+    @inlinable @inline(__always)
+    public mutating func step(_ op: WorkloadOp, _ id: OrderId) {
+        switch op.kind {
+        case .limit:
+            sink.totals.limits += 1
+            sink.begin(id, isMarket: false, side: op.side, price: op.price, quantity: op.quantity)
+            book.submit(NewOrder(orderId: id, side: op.side, price: op.price, quantity: op.quantity), to: &sink)
+            sink.end(rests: true)
+        case .market:
+            sink.totals.marketOrders += 1
+            sink.begin(id, isMarket: true, side: op.side, price: 0, quantity: op.quantity)
+            book.submit(NewOrder(orderId: id, side: op.side, type: .market, price: 0, quantity: op.quantity,
+                                 timeInForce: .ioc), to: &sink)
+            sink.end(rests: false)
+        case .cancel:
+            sink.totals.cancels += 1
+            guard sink.liveCount > 0 else {
+                sink.totals.cancelNoOps += 1
+                return
+            }
+            let target = sink.live[Int(op.pick % UInt64(sink.liveCount))]
+            book.cancel(CancelOrder(orderId: target), to: &sink)
+        case .replace:
+            sink.totals.replaces += 1
+            guard sink.liveCount > 0 else {
+                sink.totals.replaceNoOps += 1
+                return
+            }
+            let target = sink.live[Int(op.pick % UInt64(sink.liveCount))]
+            let open = sink.open[Int(target)]
+            var price = sink.price[Int(target)]
+            var quantity = open
+            if op.modifier & 1 == 0 {
+                quantity = max(1, open / 2)
+            } else {
+                let move = 1 + Price((op.modifier >> 1) % 5)
+                price = sink.side[Int(target)] == .buy ? price - move : price + move
+            }
+            sink.beginReplace(target, price: price, quantity: quantity)
+            book.replace(ReplaceOrder(orderId: target, price: price, quantity: quantity), to: &sink)
+        }
+    }
+}
+
+/// Follows the book's events to keep the totals and the live list.
+@frozen @usableFromInline
+struct TotalsSink: BookEventSink {
+    @usableFromInline var totals = WorkloadTotals()
+    @usableFromInline let live: UnsafeMutablePointer<OrderId>
+    @usableFromInline var liveCount = 0
+    /// Per order id: position in `live` (-1 when not live), side, price, open quantity.
+    @usableFromInline let position: UnsafeMutablePointer<Int32>
+    @usableFromInline let side: UnsafeMutablePointer<Side>
+    @usableFromInline let price: UnsafeMutablePointer<Price>
+    @usableFromInline let open: UnsafeMutablePointer<Quantity>
+    @usableFromInline var takerId: OrderId = 0
+    @usableFromInline var takerOpen: Quantity = 0
+    @usableFromInline var takerIsMarket = false
+    @usableFromInline var takerRejected = false
+
+    init(maxOrderId: Int) {
+        let n = maxOrderId + 1
+        live = .allocate(capacity: n)
+        live.initialize(repeating: 0, count: n)
+        position = .allocate(capacity: n)
+        position.initialize(repeating: -1, count: n)
+        side = .allocate(capacity: n)
+        side.initialize(repeating: .buy, count: n)
+        price = .allocate(capacity: n)
+        price.initialize(repeating: 0, count: n)
+        open = .allocate(capacity: n)
+        open.initialize(repeating: 0, count: n)
+    }
+
+    /// Frees the buffers; the runner that owns this sink calls it once, in its deinit.
+    func deallocate() {
+        live.deallocate()
+        position.deallocate()
+        side.deallocate()
+        price.deallocate()
+        open.deallocate()
+    }
+
+    @inlinable @inline(__always)
+    mutating func begin(_ id: OrderId, isMarket: Bool, side s: Side, price p: Price, quantity: Quantity) {
+        takerId = id
+        takerOpen = quantity
+        takerIsMarket = isMarket
+        takerRejected = false
+        side[Int(id)] = s
+        price[Int(id)] = p
+    }
+
+    @inlinable @inline(__always)
+    mutating func beginReplace(_ id: OrderId, price p: Price, quantity: Quantity) {
+        takerId = id
+        takerOpen = quantity
+        takerIsMarket = false
+        takerRejected = false
+        price[Int(id)] = p
+        open[Int(id)] = quantity
+    }
+
+    @inlinable @inline(__always)
+    mutating func end(rests: Bool) {
+        if rests && !takerRejected && takerOpen > 0 {
+            totals.rested += 1
+            open[Int(takerId)] = takerOpen
+            position[Int(takerId)] = Int32(liveCount)
+            live[liveCount] = takerId
+            liveCount += 1
+        }
+    }
+
+    @inlinable @inline(__always)
+    mutating func removeLive(_ id: OrderId) {
+        let i = Int(position[Int(id)])
+        guard i >= 0 else { return }
+        liveCount -= 1
+        let last = live[liveCount]
+        live[i] = last
+        position[Int(last)] = Int32(i)
+        position[Int(id)] = -1
+    }
+
+    @inlinable @inline(__always)
+    mutating func on(_ event: BookEvent) {
+        switch event {
+        case .trade(let makerId, _, _, _, let quantity, let makerOpen, let takerOpenAfter):
+            totals.fills += 1
+            totals.tradedQuantity += quantity
+            if takerIsMarket { totals.marketFilledQuantity += quantity }
+            takerOpen = takerOpenAfter
+            open[Int(makerId)] = makerOpen
+            if makerOpen == 0 { removeLive(makerId) }
+            // A replaced order that crossed and filled completely leaves the book too.
+            if takerOpenAfter == 0 && position[Int(takerId)] >= 0 { removeLive(takerId) }
+        case .cancelled(let id, _, let openAfter, _):
+            if openAfter == 0 { removeLive(id) }
+        case .rejected:
+            totals.rejects += 1
+            takerRejected = true
+        case .accepted, .replaced, .level:
+            break
+        }
+    }
+}

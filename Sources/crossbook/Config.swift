@@ -1,0 +1,89 @@
+// The configuration file (TOML): the symbol directory and the book capacity.
+//
+//   [book]
+//   orders = 65536        # resting orders a symbol can hold
+//   levels = 4096         # price levels a symbol can hold, both sides
+//
+//   [[symbols]]
+//   name = "BTC-USD"
+//   tick_size = 1         # optional, default 1
+//   lot_size = 1          # optional, default 1
+//   min_price = 1         # optional: the price band
+//   max_price = 10000000
+//   max_order_quantity = 1000000
+
+import OrderBook
+import TOMLKit
+
+struct ConfigError: Error, CustomStringConvertible {
+    var description: String
+}
+
+struct EngineConfig {
+    var symbols = SymbolDirectory()
+    var capacity = BookCapacity.small
+
+    init() {}
+
+    init(toml text: String, source: String) throws {
+        let table: TOMLTable
+        do {
+            table = try TOMLTable(string: text)
+        } catch let error as TOMLParseError {
+            throw ConfigError(description: "\(source):\(error.source.begin.line): \(error.description)")
+        }
+        for key in table.keys where key != "book" && key != "symbols" {
+            throw ConfigError(description: "\(source): unknown section '\(key)' (expected [book] or [[symbols]])")
+        }
+        if let book = table["book"] {
+            guard let book = book.table else { throw ConfigError(description: "\(source): [book] must be a table") }
+            for key in book.keys where key != "orders" && key != "levels" {
+                throw ConfigError(description: "\(source): [book]: unknown key '\(key)' (expected orders, levels)")
+            }
+            capacity.orders = try Self.int(book, "orders", in: "[book]", source: source) ?? capacity.orders
+            capacity.levels = try Self.int(book, "levels", in: "[book]", source: source) ?? capacity.levels
+        }
+        if let list = table["symbols"] {
+            guard let list = list.array else {
+                throw ConfigError(description: "\(source): symbols must be an array of tables ([[symbols]])")
+            }
+            let known: Set = ["name", "id", "tick_size", "lot_size", "min_price", "max_price", "max_order_quantity"]
+            for (index, item) in list.enumerated() {
+                let place = "[[symbols]] #\(index + 1)"
+                guard let entry = item.table else { throw ConfigError(description: "\(source): \(place) must be a table") }
+                for key in entry.keys where !known.contains(key) {
+                    throw ConfigError(description: "\(source): \(place): unknown key '\(key)'")
+                }
+                guard let name = entry["name"]?.string else {
+                    throw ConfigError(description: "\(source): \(place): name (a string) is required")
+                }
+                var spec = SymbolSpec(name: name, id: UInt32(index + 1))
+                if let id = try Self.int(entry, "id", in: place, source: source) {
+                    guard id > 0, id <= Int(UInt32.max) else {
+                        throw ConfigError(description: "\(source): \(place): id must be between 1 and \(UInt32.max)")
+                    }
+                    spec.id = UInt32(id)
+                }
+                spec.tickSize = try Self.int(entry, "tick_size", in: place, source: source).map(Int64.init) ?? spec.tickSize
+                spec.lotSize = try Self.int(entry, "lot_size", in: place, source: source).map(Int64.init) ?? spec.lotSize
+                spec.minPrice = try Self.int(entry, "min_price", in: place, source: source).map(Int64.init) ?? spec.minPrice
+                spec.maxPrice = try Self.int(entry, "max_price", in: place, source: source).map(Int64.init) ?? spec.maxPrice
+                spec.maxOrderQuantity = try Self.int(entry, "max_order_quantity", in: place, source: source)
+                    .map(Int64.init) ?? spec.maxOrderQuantity
+                do {
+                    try symbols.add(spec)
+                } catch {
+                    throw ConfigError(description: "\(source): \(place): \(error)")
+                }
+            }
+        }
+    }
+
+    private static func int(_ table: TOMLTable, _ key: String, in place: String, source: String) throws -> Int? {
+        guard let value = table[key] else { return nil }
+        guard let int = value.int else {
+            throw ConfigError(description: "\(source): \(place): \(key) must be an integer, got \(value)")
+        }
+        return int
+    }
+}

@@ -1,0 +1,157 @@
+// The crossbook tool as a user runs it: a real process, real files, exit codes and output.
+import Foundation
+import Testing
+
+struct RunResult {
+    var status: Int32
+    var stdout: String
+    var stderr: String
+}
+
+/// The crossbook binary built next to this test bundle.
+func crossbookBinary() -> URL {
+    let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+    return exe.deletingLastPathComponent().appendingPathComponent("crossbook")
+}
+
+func runCrossbook(_ arguments: [String], stdin: String? = nil) throws -> RunResult {
+    let process = Process()
+    process.executableURL = crossbookBinary()
+    process.arguments = arguments
+    let out = Pipe(), err = Pipe(), input = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    process.standardInput = input
+    try process.run()
+    if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
+    try input.fileHandleForWriting.close()
+    let o = out.fileHandleForReading.readDataToEndOfFile()
+    let e = err.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return RunResult(status: process.terminationStatus, stdout: String(decoding: o, as: UTF8.self),
+                     stderr: String(decoding: e, as: UTF8.self))
+}
+
+func temporaryFile(_ contents: String, suffix: String = ".csv") throws -> String {
+    let path = NSTemporaryDirectory() + "crossbook-test-\(UUID().uuidString)\(suffix)"
+    try contents.write(toFile: path, atomically: true, encoding: .utf8)
+    return path
+}
+
+/// The repository's sample log, found from this source file.
+let samplePath = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .deletingLastPathComponent().appendingPathComponent("samples/orders.csv").path
+
+@Suite("crossbook replay")
+struct ReplayCLITests {
+    @Test("the sample log prints its trades, in order, and the final book")
+    func sample() throws {
+        let result = try runCrossbook(["replay", samplePath, "--trades-only", "--book"])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout == """
+            T,BTC-USD,1,6,10010,5
+            T,BTC-USD,2,6,10010,3
+            T,BTC-USD,3,6,10020,2
+            T,BTC-USD,4,10,9990,6
+            T,BTC-USD,5,10,9980,1
+            T,BTC-USD,5,11,9980,1
+            T,BTC-USD,3,14,10020,2
+            T,ETH-USD,1,2,2500,4
+            BOOK,BTC-USD,bids=1,asks=1
+            ASK,BTC-USD,10040,2,1
+            BID,BTC-USD,9975,4,1
+            BOOK,ETH-USD,bids=1,asks=0
+            BID,ETH-USD,2500,6,1
+
+            """)
+    }
+
+    @Test("a malformed line is reported with its line number and the rest goes on")
+    func malformedGoesOn() throws {
+        let path = try temporaryFile("N,A,1,1,B,LMT,10,5,GTC\nN,A,2,1,S,LMT,ten,5,GTC\nN,A,3,2,S,LMT,10,5,GTC\n")
+        let result = try runCrossbook(["replay", path, "--trades-only"])
+        #expect(result.status == 1)
+        #expect(result.stderr.contains("\(path):2: price must be a 64-bit integer, got 'ten'"))
+        #expect(result.stdout == "T,A,1,3,10,5\n")
+    }
+
+    @Test("--strict stops at the first malformed line")
+    func strictStops() throws {
+        let path = try temporaryFile("N,A,1,1,B,LMT,10,5,GTC\nbogus\nN,A,3,2,S,LMT,10,5,GTC\n")
+        let result = try runCrossbook(["replay", path, "--trades-only", "--strict"])
+        #expect(result.status == 1)
+        #expect(result.stderr.contains(":2: unknown command 'bogus'"))
+        #expect(result.stdout.isEmpty)
+    }
+
+    @Test("a config declares tick, lot and band; other symbols get tick 1 and lot 1")
+    func config() throws {
+        let config = try temporaryFile("""
+            [book]
+            orders = 128
+            levels = 16
+
+            [[symbols]]
+            name = "BTC-USD"
+            tick_size = 5
+            lot_size = 2
+            min_price = 100
+            max_price = 200
+            max_order_quantity = 10
+            """, suffix: ".toml")
+        let log = try temporaryFile("""
+            N,BTC-USD,1,1,B,LMT,101,2,GTC
+            N,BTC-USD,2,1,B,LMT,100,3,GTC
+            N,BTC-USD,3,1,B,LMT,205,2,GTC
+            N,BTC-USD,4,1,B,LMT,100,12,GTC
+            N,BTC-USD,5,1,B,LMT,100,2,GTC
+            N,OTHER,1,1,B,LMT,101,3,GTC
+            """)
+        let result = try runCrossbook(["replay", log, "--config", config])
+        #expect(result.status == 0, "\(result.stderr)")
+        let lines = result.stdout.split(separator: "\n")
+        #expect(lines.contains("REJ,BTC-USD,1,price_off_tick"))
+        #expect(lines.contains("REJ,BTC-USD,2,quantity_off_lot"))
+        #expect(lines.contains("REJ,BTC-USD,3,price_outside_band"))
+        #expect(lines.contains("REJ,BTC-USD,4,quantity_above_maximum"))
+        #expect(lines.contains("ACK,BTC-USD,5,B,100,2"))
+        #expect(lines.contains("ACK,OTHER,1,B,101,3"))
+    }
+
+    @Test("a bad config is refused with its file, place and cause", arguments: [
+        ("[[symbols]]\nname = \"X\"\ntick_size = 0\n", "tick size must be positive"),
+        ("[[symbols]]\nname = \"X\"\ntick = 5\n", "unknown key 'tick'"),
+        ("[book]\norders = \"many\"\n", "orders must be an integer"),
+        ("[[symbols]]\nname = \"X\"\n[[symbols]]\nname = \"X\"\n", "declared twice"),
+        ("[book\n", ".toml:"),
+    ])
+    func badConfig(text: String, mention: String) throws {
+        let config = try temporaryFile(text, suffix: ".toml")
+        let result = try runCrossbook(["replay", samplePath, "--config", config])
+        #expect(result.status != 0)
+        #expect(result.stderr.contains(mention), "\(result.stderr)")
+        #expect(result.stdout.isEmpty)
+    }
+
+    @Test("--declared-symbols-only rejects an unknown symbol with a reason")
+    func unknownSymbol() throws {
+        let result = try runCrossbook(["replay", "-", "--declared-symbols-only"], stdin: "N,NOPE,1,1,B,LMT,10,5,GTC\n")
+        #expect(result.status == 0)
+        #expect(result.stdout == "REJ,NOPE,1,unknown_symbol\n")
+    }
+
+    @Test("a missing order log is one clear error")
+    func missingFile() throws {
+        let result = try runCrossbook(["replay", "/nonexistent/orders.csv"])
+        #expect(result.status != 0)
+        #expect(result.stderr.contains("cannot read the order log /nonexistent/orders.csv"))
+    }
+
+    @Test("crossbook host reports io_uring and NUMA")
+    func host() throws {
+        let result = try runCrossbook(["host"])
+        #expect(result.status == 0)
+        #expect(result.stdout.contains("io_uring:"))
+        #expect(result.stdout.contains("numa:"))
+    }
+}
