@@ -126,6 +126,7 @@ public struct Workload {
 public struct WorkloadTotals: Equatable, Sendable, CustomStringConvertible {
     public var limits = 0
     public var rested = 0
+    /// Cancels that removed an order (no-ops, on an empty live list, are counted apart).
     public var cancels = 0
     public var cancelNoOps = 0
     public var replaces = 0
@@ -208,19 +209,19 @@ public struct WorkloadRunner: ~Copyable {
                                  timeInForce: .ioc), to: &sink)
             sink.end(rests: false)
         case .cancel:
-            sink.totals.cancels += 1
             guard sink.liveCount > 0 else {
                 sink.totals.cancelNoOps += 1
                 return
             }
+            sink.totals.cancels += 1
             let target = sink.live[Int(op.pick % UInt64(sink.liveCount))]
             book.cancel(CancelOrder(orderId: target), to: &sink)
         case .replace:
-            sink.totals.replaces += 1
             guard sink.liveCount > 0 else {
                 sink.totals.replaceNoOps += 1
                 return
             }
+            sink.totals.replaces += 1
             let target = sink.live[Int(op.pick % UInt64(sink.liveCount))]
             let open = sink.open[Int(target)]
             var price = sink.price[Int(target)]
