@@ -4,7 +4,11 @@
 // - orders: a pool of 40-byte nodes addressed by UInt32 handles (0 is "none"); each price level
 //   is an intrusive doubly linked FIFO through the nodes; free nodes form a free list.
 // - ids: an open-addressing table (linear probing, backward-shift deletion, no tombstones) of
-//   4-byte handles; the key is read from the node, so the table costs 4 bytes a slot.
+//   8-byte slots: the order's handle and its home slot, so that probing past other ids and
+//   deleting never read their nodes. At most 2/3 full; consecutive ids share cache lines.
+//
+// The rules and the pointers never change after `init`: they live in `BookStore`, a `let`,
+// so that read-only helpers called from mutating methods need no defensive copy of the book.
 // - levels: a pool of 32-byte levels, and per side a sorted ladder of (key, handle) with the best
 //   level at the end: the touch is found, added and removed in O(1); a level d places away from
 //   the touch costs O(d) to add or remove and O(log n) to find.
@@ -100,10 +104,24 @@ public struct DepthLevel: Sendable, Equatable {
     }
 }
 
-@frozen
-public struct OrderBook: ~Copyable {
-    // Rules, copied out of the spec so that the hot path reads plain integers.
-    public let symbolId: UInt32
+/// One slot of the id table: 0 is empty.
+@frozen @usableFromInline
+struct IdSlot {
+    @usableFromInline var handle: UInt32
+    /// The slot this entry hashes to (its probe run starts there).
+    @usableFromInline var home: UInt32
+
+    @inlinable
+    init(handle: UInt32, home: UInt32) {
+        self.handle = handle
+        self.home = home
+    }
+}
+
+/// What a book fixes at `init`: its rules and its memory. Copying it copies pointers only.
+@frozen @usableFromInline
+struct BookStore {
+    @usableFromInline let symbolId: UInt32
     @usableFromInline let tickSize: Price
     @usableFromInline let lotSize: Quantity
     @usableFromInline let minPrice: Price
@@ -112,34 +130,23 @@ public struct OrderBook: ~Copyable {
 
     @usableFromInline let nodes: UnsafeMutablePointer<OrderNode>
     @usableFromInline let orderCapacity: UInt32
-    /// The next handle never used yet; handles below it are live or on the free list.
-    @usableFromInline var orderHighWater: UInt32
-    @usableFromInline var freeOrders: UInt32
-    @usableFromInline var liveOrders: Int
-
-    @usableFromInline let slots: UnsafeMutablePointer<UInt32>
+    @usableFromInline let slots: UnsafeMutablePointer<IdSlot>
     @usableFromInline let slotMask: Int
     @usableFromInline let slotShift: UInt64
-
     @usableFromInline let levels: UnsafeMutablePointer<PriceLevel>
     @usableFromInline let levelCapacity: UInt32
-    @usableFromInline var levelHighWater: UInt32
-    @usableFromInline var freeLevels: UInt32
-
-    /// Ladders: side s uses keys[s*L ..< s*L + count[s]], ascending, best last.
-    /// The key of a price is the price for bids and its negation for asks.
+    /// Ladders: side s uses keys[s*L ..< s*L + count], ascending, best last. The key of a
+    /// price is the price for bids and its negation for asks.
     @usableFromInline let ladderKeys: UnsafeMutablePointer<Int64>
     @usableFromInline let ladderHandles: UnsafeMutablePointer<UInt32>
-    @usableFromInline var bidLevels: Int
-    @usableFromInline var askLevels: Int
 
-    public init(spec: SymbolSpec, capacity: BookCapacity) throws(BookConfigError) {
+    init(spec: SymbolSpec, capacity: BookCapacity) throws(BookConfigError) {
         try spec.validate()
-        guard capacity.orders >= 1, capacity.orders < Int(UInt32.max / 4) else {
-            throw .capacity("orders must be between 1 and \(UInt32.max / 4 - 1), got \(capacity.orders)")
+        guard capacity.orders >= 1, capacity.orders < 1 << 28 else {
+            throw .capacity("orders must be between 1 and \(1 << 28 - 1), got \(capacity.orders)")
         }
-        guard capacity.levels >= 2, capacity.levels < Int(UInt32.max / 4) else {
-            throw .capacity("levels must be between 2 and \(UInt32.max / 4 - 1), got \(capacity.levels)")
+        guard capacity.levels >= 2, capacity.levels < 1 << 28 else {
+            throw .capacity("levels must be between 2 and \(1 << 28 - 1), got \(capacity.levels)")
         }
         // Level totals are sums of open quantities: they must not overflow.
         guard spec.maxOrderQuantity <= Int64.max / Int64(capacity.orders) else {
@@ -152,35 +159,28 @@ public struct OrderBook: ~Copyable {
         maxPrice = spec.maxPrice
         maxQuantity = spec.maxOrderQuantity
 
+        // Everything is initialized here, so its pages are touched now and not on the hot path.
         orderCapacity = UInt32(capacity.orders)
         nodes = .allocate(capacity: capacity.orders + 1)
         nodes.initialize(repeating: OrderNode(), count: capacity.orders + 1)
-        orderHighWater = 1
-        freeOrders = 0
-        liveOrders = 0
 
-        // At most half full: short probe sequences.
-        var bits = 1
-        while (1 << bits) < 2 * capacity.orders { bits += 1 }
+        var bits = 4  // at least one line of 16 slots
+        while (1 << bits) < capacity.orders + capacity.orders / 2 { bits += 1 }
         slots = .allocate(capacity: 1 << bits)
-        slots.initialize(repeating: 0, count: 1 << bits)
+        slots.initialize(repeating: IdSlot(handle: 0, home: 0), count: 1 << bits)
         slotMask = (1 << bits) - 1
         slotShift = UInt64(64 - bits)
 
         levelCapacity = UInt32(capacity.levels)
         levels = .allocate(capacity: capacity.levels + 1)
         levels.initialize(repeating: PriceLevel(), count: capacity.levels + 1)
-        levelHighWater = 1
-        freeLevels = 0
         ladderKeys = .allocate(capacity: 2 * capacity.levels)
         ladderKeys.initialize(repeating: 0, count: 2 * capacity.levels)
         ladderHandles = .allocate(capacity: 2 * capacity.levels)
         ladderHandles.initialize(repeating: 0, count: 2 * capacity.levels)
-        bidLevels = 0
-        askLevels = 0
     }
 
-    deinit {
+    func deallocate() {
         nodes.deallocate()
         slots.deallocate()
         levels.deallocate()
@@ -188,12 +188,167 @@ public struct OrderBook: ~Copyable {
         ladderHandles.deallocate()
     }
 
+    // MARK: Validation
+
+    @inlinable
+    func validateQuantity(_ quantity: Quantity) -> RejectReason? {
+        if quantity <= 0 { return quantity == 0 ? .quantityZero : .quantityNegative }
+        if quantity % lotSize != 0 { return .quantityOffLot }
+        if quantity > maxQuantity { return .quantityAboveMaximum }
+        return nil
+    }
+
+    @inlinable
+    func validatePrice(_ price: Price) -> RejectReason? {
+        if price % tickSize != 0 { return .priceOffTick }
+        if price < minPrice || price > maxPrice { return .priceOutsideBand }
+        return nil
+    }
+
+    @inlinable
+    func validateNew(_ order: NewOrder) -> RejectReason? {
+        if let reason = validateQuantity(order.quantity) { return reason }
+        if order.type == .limit {
+            if let reason = validatePrice(order.price) { return reason }
+        } else if order.timeInForce != .ioc && order.timeInForce != .fok {
+            return .marketOrderTimeInForce
+        }
+        if lookup(order.orderId) != 0 { return .duplicateOrderId }
+        return nil
+    }
+
+    // MARK: Ladders
+
+    @inlinable @inline(__always)
+    func key(_ side: Side, _ price: Price) -> Int64 { side == .buy ? price : -price }
+
+    @inlinable @inline(__always)
+    func ladderBase(_ side: Side) -> Int { side == .buy ? 0 : Int(levelCapacity) }
+
+    /// The best level of a side with `count` levels (count > 0).
+    @inlinable @inline(__always)
+    func bestLevel(_ side: Side, _ count: Int) -> UInt32 { ladderHandles[ladderBase(side) + count - 1] }
+
+    /// Where `price` is, or would go, in a side's ladder of `count` levels. Scans the few
+    /// levels at the touch first (where nearly all activity is), then bisects.
+    @inlinable
+    func findLevel(_ side: Side, _ price: Price, _ count: Int) -> (found: Bool, position: Int) {
+        let k = key(side, price)
+        let keys = ladderKeys + ladderBase(side)
+        var i = count - 1
+        var steps = 0
+        while i >= 0 && steps < 4 {
+            let ki = keys[i]
+            if ki == k { return (true, i) }
+            if ki < k { return (false, i + 1) }
+            i -= 1
+            steps += 1
+        }
+        if i < 0 { return (false, 0) }
+        var lo = 0
+        var hi = i + 1
+        while lo < hi {
+            let mid = (lo + hi) >> 1
+            if keys[mid] < k { lo = mid + 1 } else { hi = mid }
+        }
+        return (lo <= i && keys[lo] == k, lo)
+    }
+
+    @inlinable @inline(__always)
+    func emitLevel<S: BookEventSink>(_ side: Side, _ lv: UInt32, _ sink: inout S) {
+        let level = levels[Int(lv)]
+        sink.on(.level(side: side, price: level.price, quantity: level.total, orders: Int32(level.count)))
+    }
+
+    // MARK: Order id table
+
+    /// The home slot of an id. Ids are hashed in blocks of 16: the block (id >> 4) picks a
+    /// line of 16 slots by Fibonacci hashing, and id & 15 the slot in it. Clients
+    /// number their orders consecutively, so a new id nearly always lands where the last one
+    /// did, in cache; ids in no such order still spread evenly over the table.
+    @inlinable @inline(__always)
+    func home(_ id: OrderId) -> Int {
+        let block = (UInt64(bitPattern: id >> 4) &* 0x9E37_79B9_7F4A_7C15) >> slotShift
+        return Int(truncatingIfNeeded: block) & ~15 | Int(truncatingIfNeeded: id) & 15
+    }
+
+    /// The handle of the live order with this id, or 0.
+    @inlinable
+    func lookup(_ id: OrderId) -> UInt32 {
+        let h0 = home(id)
+        var i = h0
+        while true {
+            let slot = slots[i]
+            if slot.handle == 0 { return 0 }
+            if Int(slot.home) == h0 && nodes[Int(slot.handle)].id == id { return slot.handle }
+            i = (i + 1) & slotMask
+        }
+    }
+
+    @inlinable
+    func insertId(_ h: UInt32) {
+        let h0 = home(nodes[Int(h)].id)
+        var i = h0
+        while slots[i].handle != 0 { i = (i + 1) & slotMask }
+        slots[i] = IdSlot(handle: h, home: UInt32(h0))
+    }
+
+    /// Removes a handle, shifting later entries of its probe run back (no tombstones).
+    @inlinable
+    func removeId(_ h: UInt32) {
+        var i = home(nodes[Int(h)].id)
+        while slots[i].handle != h { i = (i + 1) & slotMask }
+        var j = i
+        while true {
+            j = (j + 1) & slotMask
+            let entry = slots[j]
+            if entry.handle == 0 { break }
+            let k = Int(entry.home)
+            // Move the entry back into the hole at i unless its home lies cyclically in (i, j].
+            let inRange = i <= j ? (i < k && k <= j) : (i < k || k <= j)
+            if !inRange {
+                slots[i] = entry
+                i = j
+            }
+        }
+        slots[i] = IdSlot(handle: 0, home: 0)
+    }
+}
+
+@frozen
+public struct OrderBook: ~Copyable {
+    @usableFromInline let store: BookStore
+    /// The next order handle never used yet; handles below it are live or on the free list.
+    @usableFromInline var orderHighWater: UInt32 = 1
+    @usableFromInline var freeOrders: UInt32 = 0
+    @usableFromInline var liveOrders: Int = 0
+    @usableFromInline var levelHighWater: UInt32 = 1
+    @usableFromInline var freeLevels: UInt32 = 0
+    @usableFromInline var bidLevels: Int = 0
+    @usableFromInline var askLevels: Int = 0
+
+    public init(spec: SymbolSpec, capacity: BookCapacity) throws(BookConfigError) {
+        store = try BookStore(spec: spec, capacity: capacity)
+    }
+
+    deinit { store.deallocate() }
+
+    public var symbolId: UInt32 { store.symbolId }
+
     /// Bytes this book allocated, for capacity planning.
     public var allocatedBytes: Int {
-        (Int(orderCapacity) + 1) * MemoryLayout<OrderNode>.stride
-            + (slotMask + 1) * MemoryLayout<UInt32>.stride
-            + (Int(levelCapacity) + 1) * MemoryLayout<PriceLevel>.stride
-            + 2 * Int(levelCapacity) * (MemoryLayout<Int64>.stride + MemoryLayout<UInt32>.stride)
+        (Int(store.orderCapacity) + 1) * MemoryLayout<OrderNode>.stride
+            + (store.slotMask + 1) * MemoryLayout<IdSlot>.stride
+            + (Int(store.levelCapacity) + 1) * MemoryLayout<PriceLevel>.stride
+            + 2 * Int(store.levelCapacity) * (MemoryLayout<Int64>.stride + MemoryLayout<UInt32>.stride)
+    }
+
+    // Shorthands for the hot path.
+    @usableFromInline var nodes: UnsafeMutablePointer<OrderNode> {
+        @inline(__always) get { store.nodes }
+    }
+    @usableFromInline var levels: UnsafeMutablePointer<PriceLevel> {
+        @inline(__always) get { store.levels }
     }
 
     // MARK: - Commands
@@ -202,7 +357,7 @@ public struct OrderBook: ~Copyable {
     /// (GTC, post-only) or is cancelled (IOC, market).
     @inlinable
     public mutating func submit<S: BookEventSink>(_ order: NewOrder, to sink: inout S) {
-        if let reason = validateNew(order) {
+        if let reason = store.validateNew(order) {
             sink.on(.rejected(orderId: order.orderId, reason: reason))
             return
         }
@@ -210,11 +365,11 @@ public struct OrderBook: ~Copyable {
         let rests = !isMarket && (order.timeInForce == .gtc || order.timeInForce == .postOnly)
         if rests {
             // Capacity is checked up front, so that an accepted order never fails halfway.
-            if freeOrders == 0 && orderHighWater > orderCapacity {
+            if freeOrders == 0 && orderHighWater > store.orderCapacity {
                 sink.on(.rejected(orderId: order.orderId, reason: .orderPoolExhausted))
                 return
             }
-            if freeLevels == 0 && levelHighWater > levelCapacity
+            if freeLevels == 0 && levelHighWater > store.levelCapacity
                 && !findLevel(order.side, order.price).found
             {
                 sink.on(.rejected(orderId: order.orderId, reason: .levelPoolExhausted))
@@ -247,7 +402,7 @@ public struct OrderBook: ~Copyable {
             nodes[Int(h)].account = order.account
             nodes[Int(h)].side = order.side
             nodes[Int(h)].selfTradePrevention = order.selfTradePrevention
-            insertId(h)
+            store.insertId(h)
             rest(h, order.price, &sink)
         } else {
             sink.on(.cancelled(orderId: order.orderId, quantity: remaining, open: 0, reason: .iocRemainder))
@@ -256,7 +411,7 @@ public struct OrderBook: ~Copyable {
 
     @inlinable
     public mutating func cancel<S: BookEventSink>(_ command: CancelOrder, to sink: inout S) {
-        let h = lookup(command.orderId)
+        let h = store.lookup(command.orderId)
         guard h != 0 else {
             sink.on(.rejected(orderId: command.orderId, reason: .unknownOrderId))
             return
@@ -266,19 +421,19 @@ public struct OrderBook: ~Copyable {
         let lv = nodes[Int(h)].level
         let side = nodes[Int(h)].side
         unlink(h)
-        removeId(h)
+        store.removeId(h)
         freeOrder(h)
         leaveLevel(side, lv, &sink)
     }
 
     @inlinable
     public mutating func replace<S: BookEventSink>(_ command: ReplaceOrder, to sink: inout S) {
-        let h = lookup(command.orderId)
+        let h = store.lookup(command.orderId)
         guard h != 0 else {
             sink.on(.rejected(orderId: command.orderId, reason: .unknownOrderId))
             return
         }
-        if let reason = validateQuantity(command.quantity) ?? validatePrice(command.price) {
+        if let reason = store.validateQuantity(command.quantity) ?? store.validatePrice(command.price) {
             sink.on(.rejected(orderId: command.orderId, reason: reason))
             return
         }
@@ -294,7 +449,7 @@ public struct OrderBook: ~Copyable {
                 if command.quantity != oldOpen {
                     nodes[Int(h)].open = command.quantity
                     levels[Int(lv)].total -= oldOpen - command.quantity
-                    emitLevel(side, lv, &sink)
+                    store.emitLevel(side, lv, &sink)
                 }
             } else {
                 // More quantity at the same price goes to the back of the queue; a resting
@@ -304,11 +459,11 @@ public struct OrderBook: ~Copyable {
                 unlink(h)
                 nodes[Int(h)].open = command.quantity
                 link(h, lv)
-                emitLevel(side, lv, &sink)
+                store.emitLevel(side, lv, &sink)
             }
             return
         }
-        if freeLevels == 0 && levelHighWater > levelCapacity && !findLevel(side, command.price).found {
+        if freeLevels == 0 && levelHighWater > store.levelCapacity && !findLevel(side, command.price).found {
             sink.on(.rejected(orderId: command.orderId, reason: .levelPoolExhausted))
             return
         }
@@ -326,7 +481,7 @@ public struct OrderBook: ~Copyable {
             nodes[Int(h)].open = remaining
             rest(h, command.price, &sink)
         } else {
-            removeId(h)
+            store.removeId(h)
             freeOrder(h)
         }
     }
@@ -340,35 +495,6 @@ public struct OrderBook: ~Copyable {
         }
     }
 
-    // MARK: - Validation
-
-    @inlinable
-    func validateQuantity(_ quantity: Quantity) -> RejectReason? {
-        if quantity <= 0 { return quantity == 0 ? .quantityZero : .quantityNegative }
-        if quantity % lotSize != 0 { return .quantityOffLot }
-        if quantity > maxQuantity { return .quantityAboveMaximum }
-        return nil
-    }
-
-    @inlinable
-    func validatePrice(_ price: Price) -> RejectReason? {
-        if price % tickSize != 0 { return .priceOffTick }
-        if price < minPrice || price > maxPrice { return .priceOutsideBand }
-        return nil
-    }
-
-    @inlinable
-    func validateNew(_ order: NewOrder) -> RejectReason? {
-        if let reason = validateQuantity(order.quantity) { return reason }
-        if order.type == .limit {
-            if let reason = validatePrice(order.price) { return reason }
-        } else if order.timeInForce != .ioc && order.timeInForce != .fok {
-            return .marketOrderTimeInForce
-        }
-        if lookup(order.orderId) != 0 { return .duplicateOrderId }
-        return nil
-    }
-
     // MARK: - Matching
 
     /// Whether a taker on `side` with this limit would trade with the best opposite level.
@@ -377,7 +503,7 @@ public struct OrderBook: ~Copyable {
         let opposite = side.opposite
         let n = ladderCount(opposite)
         guard n > 0 else { return false }
-        let best = levels[Int(ladderHandles[ladderBase(opposite) + n - 1])].price
+        let best = levels[Int(store.ladderHandles[store.ladderBase(opposite) + n - 1])].price
         return side == .buy ? best <= limit : best >= limit
     }
 
@@ -386,11 +512,11 @@ public struct OrderBook: ~Copyable {
     func fillable(_ side: Side, _ limit: Price, _ quantity: Quantity, _ account: AccountId,
                   _ stp: SelfTradePrevention) -> Bool {
         let opposite = side.opposite
-        let base = ladderBase(opposite)
+        let base = store.ladderBase(opposite)
         var need = quantity
         var i = ladderCount(opposite) - 1
         while i >= 0 {
-            let lv = Int(ladderHandles[base + i])
+            let lv = Int(store.ladderHandles[base + i])
             let price = levels[lv].price
             if side == .buy ? price > limit : price < limit { return false }
             if stp == .none {
@@ -422,11 +548,11 @@ public struct OrderBook: ~Copyable {
         _ remaining: inout Quantity, _ stp: SelfTradePrevention, _ sink: inout S
     ) {
         let opposite = side.opposite
-        let base = ladderBase(opposite)
+        let base = store.ladderBase(opposite)
         while remaining > 0 {
             let n = ladderCount(opposite)
             guard n > 0 else { return }
-            let lv = ladderHandles[base + n - 1]
+            let lv = store.ladderHandles[base + n - 1]
             let price = levels[Int(lv)].price
             if side == .buy ? price > limit : price < limit { return }
             var touched = false
@@ -488,7 +614,7 @@ public struct OrderBook: ~Copyable {
                 }
                 h = next
             }
-            if touched { emitLevel(opposite, lv, &sink) }
+            if touched { store.emitLevel(opposite, lv, &sink) }
             if levels[Int(lv)].count == 0 {
                 // The best level: the last of its ladder, removed in O(1).
                 setLadderCount(opposite, n - 1)
@@ -504,7 +630,7 @@ public struct OrderBook: ~Copyable {
     @inlinable @inline(__always)
     mutating func removeMaker(_ h: UInt32, _ lv: UInt32) {
         unlink(h)
-        removeId(h)
+        store.removeId(h)
         freeOrder(h)
     }
 
@@ -515,32 +641,26 @@ public struct OrderBook: ~Copyable {
         let (found, position) = findLevel(side, price)
         let lv: UInt32
         if found {
-            lv = ladderHandles[ladderBase(side) + position]
+            lv = store.ladderHandles[store.ladderBase(side) + position]
         } else {
             lv = allocateLevel()
             levels[Int(lv)].price = price
-            insertLadder(side, position, key(side, price), lv)
+            insertLadder(side, position, store.key(side, price), lv)
         }
         link(h, lv)
-        emitLevel(side, lv, &sink)
+        store.emitLevel(side, lv, &sink)
     }
 
     /// After an order left level `lv`: report it, and drop the level if it is empty.
     @inlinable
     mutating func leaveLevel<S: BookEventSink>(_ side: Side, _ lv: UInt32, _ sink: inout S) {
-        emitLevel(side, lv, &sink)
+        store.emitLevel(side, lv, &sink)
         if levels[Int(lv)].count == 0 {
             let (found, position) = findLevel(side, levels[Int(lv)].price)
             precondition(found, "a level of the book is missing from its ladder")
             removeLadder(side, position)
             freeLevel(lv)
         }
-    }
-
-    @inlinable @inline(__always)
-    func emitLevel<S: BookEventSink>(_ side: Side, _ lv: UInt32, _ sink: inout S) {
-        let level = levels[Int(lv)]
-        sink.on(.level(side: side, price: level.price, quantity: level.total, orders: Int32(level.count)))
     }
 
     // MARK: - FIFO of a level
@@ -612,12 +732,6 @@ public struct OrderBook: ~Copyable {
     // MARK: - Ladders
 
     @inlinable @inline(__always)
-    func key(_ side: Side, _ price: Price) -> Int64 { side == .buy ? price : -price }
-
-    @inlinable @inline(__always)
-    func ladderBase(_ side: Side) -> Int { side == .buy ? 0 : Int(levelCapacity) }
-
-    @inlinable @inline(__always)
     func ladderCount(_ side: Side) -> Int { side == .buy ? bidLevels : askLevels }
 
     @inlinable @inline(__always)
@@ -625,100 +739,38 @@ public struct OrderBook: ~Copyable {
         if side == .buy { bidLevels = n } else { askLevels = n }
     }
 
-    /// Where `price` is, or would go, in the side's ladder. Scans the few levels at the touch
-    /// first (where nearly all activity is), then bisects.
-    @inlinable
+    @inlinable @inline(__always)
     func findLevel(_ side: Side, _ price: Price) -> (found: Bool, position: Int) {
-        let k = key(side, price)
-        let keys = ladderKeys + ladderBase(side)
-        var i = ladderCount(side) - 1
-        var steps = 0
-        while i >= 0 && steps < 4 {
-            let ki = keys[i]
-            if ki == k { return (true, i) }
-            if ki < k { return (false, i + 1) }
-            i -= 1
-            steps += 1
-        }
-        if i < 0 { return (false, 0) }
-        var lo = 0
-        var hi = i + 1
-        while lo < hi {
-            let mid = (lo + hi) >> 1
-            if keys[mid] < k { lo = mid + 1 } else { hi = mid }
-        }
-        return (lo <= i && keys[lo] == k, lo)
+        store.findLevel(side, price, side == .buy ? bidLevels : askLevels)
     }
 
     @inlinable
     mutating func insertLadder(_ side: Side, _ position: Int, _ k: Int64, _ lv: UInt32) {
-        let base = ladderBase(side)
+        let base = store.ladderBase(side)
         let n = ladderCount(side)
         let moving = n - position
+        let keys = store.ladderKeys + base
+        let handles = store.ladderHandles + base
         if moving > 0 {
-            (ladderKeys + base + position + 1).moveInitialize(from: ladderKeys + base + position, count: moving)
-            (ladderHandles + base + position + 1).moveInitialize(from: ladderHandles + base + position, count: moving)
+            (keys + position + 1).moveInitialize(from: keys + position, count: moving)
+            (handles + position + 1).moveInitialize(from: handles + position, count: moving)
         }
-        ladderKeys[base + position] = k
-        ladderHandles[base + position] = lv
+        keys[position] = k
+        handles[position] = lv
         setLadderCount(side, n + 1)
     }
 
     @inlinable
     mutating func removeLadder(_ side: Side, _ position: Int) {
-        let base = ladderBase(side)
+        let base = store.ladderBase(side)
         let n = ladderCount(side)
         let moving = n - position - 1
+        let keys = store.ladderKeys + base
+        let handles = store.ladderHandles + base
         if moving > 0 {
-            (ladderKeys + base + position).moveInitialize(from: ladderKeys + base + position + 1, count: moving)
-            (ladderHandles + base + position).moveInitialize(from: ladderHandles + base + position + 1, count: moving)
+            (keys + position).moveInitialize(from: keys + position + 1, count: moving)
+            (handles + position).moveInitialize(from: handles + position + 1, count: moving)
         }
         setLadderCount(side, n - 1)
-    }
-
-    // MARK: - Order id table
-
-    @inlinable @inline(__always)
-    func home(_ id: OrderId) -> Int {
-        Int(truncatingIfNeeded: (UInt64(bitPattern: id) &* 0x9E37_79B9_7F4A_7C15) >> slotShift)
-    }
-
-    /// The handle of the live order with this id, or 0.
-    @inlinable
-    func lookup(_ id: OrderId) -> UInt32 {
-        var i = home(id)
-        while true {
-            let h = slots[i]
-            if h == 0 || nodes[Int(h)].id == id { return h }
-            i = (i + 1) & slotMask
-        }
-    }
-
-    @inlinable
-    mutating func insertId(_ h: UInt32) {
-        var i = home(nodes[Int(h)].id)
-        while slots[i] != 0 { i = (i + 1) & slotMask }
-        slots[i] = h
-    }
-
-    /// Removes a handle, shifting later entries of its probe run back (no tombstones).
-    @inlinable
-    mutating func removeId(_ h: UInt32) {
-        var i = home(nodes[Int(h)].id)
-        while slots[i] != h { i = (i + 1) & slotMask }
-        var j = i
-        while true {
-            j = (j + 1) & slotMask
-            let hj = slots[j]
-            if hj == 0 { break }
-            let k = home(nodes[Int(hj)].id)
-            // Move hj back into the hole at i unless its home lies cyclically in (i, j].
-            let inRange = i <= j ? (i < k && k <= j) : (i < k || k <= j)
-            if !inRange {
-                slots[i] = hj
-                i = j
-            }
-        }
-        slots[i] = 0
     }
 }

@@ -11,7 +11,7 @@ extension OrderBook {
     public func best(_ side: Side) -> DepthLevel? {
         let n = ladderCount(side)
         guard n > 0 else { return nil }
-        let level = levels[Int(ladderHandles[ladderBase(side) + n - 1])]
+        let level = levels[Int(store.ladderHandles[store.ladderBase(side) + n - 1])]
         return DepthLevel(price: level.price, quantity: level.total, orders: Int(level.count))
     }
 
@@ -23,7 +23,7 @@ extension OrderBook {
         var out: [DepthLevel] = []
         var i = ladderCount(side) - 1
         while i >= 0 && out.count < limit {
-            let level = levels[Int(ladderHandles[ladderBase(side) + i])]
+            let level = levels[Int(store.ladderHandles[store.ladderBase(side) + i])]
             out.append(DepthLevel(price: level.price, quantity: level.total, orders: Int(level.count)))
             i -= 1
         }
@@ -35,7 +35,7 @@ extension OrderBook {
         var out: [RestingOrder] = []
         var i = ladderCount(side) - 1
         while i >= 0 {
-            let lv = Int(ladderHandles[ladderBase(side) + i])
+            let lv = Int(store.ladderHandles[store.ladderBase(side) + i])
             var h = levels[lv].head
             while h != 0 {
                 let node = nodes[Int(h)]
@@ -50,7 +50,7 @@ extension OrderBook {
 
     /// The live order with this id, if it rests.
     public func order(_ id: OrderId) -> RestingOrder? {
-        let h = lookup(id)
+        let h = store.lookup(id)
         guard h != 0 else { return nil }
         let node = nodes[Int(h)]
         return RestingOrder(orderId: node.id, account: node.account, side: node.side,
@@ -73,7 +73,7 @@ extension OrderBook {
             mix(UInt64(side.rawValue) | 0xA5A5_0000)
             var i = ladderCount(side) - 1
             while i >= 0 {
-                let lv = Int(ladderHandles[ladderBase(side) + i])
+                let lv = Int(store.ladderHandles[store.ladderBase(side) + i])
                 mix(UInt64(bitPattern: levels[lv].price))
                 var h = levels[lv].head
                 while h != 0 {
@@ -96,15 +96,15 @@ extension OrderBook {
         var seen = 0
         var levelsSeen = 0
         for side in Side.allCases {
-            let base = ladderBase(side)
+            let base = store.ladderBase(side)
             var previousKey = Int64.min
             for i in 0..<ladderCount(side) {
-                let k = ladderKeys[base + i]
+                let k = store.ladderKeys[base + i]
                 if i > 0 && k <= previousKey { return "\(side) ladder not strictly ascending at \(i)" }
                 previousKey = k
-                let lv = ladderHandles[base + i]
+                let lv = store.ladderHandles[base + i]
                 let level = levels[Int(lv)]
-                if key(side, level.price) != k { return "\(side) ladder key \(k) ≠ level price \(level.price)" }
+                if store.key(side, level.price) != k { return "\(side) ladder key \(k) ≠ level price \(level.price)" }
                 if level.count == 0 { return "empty level \(level.price) left in the \(side) ladder" }
                 var count: UInt32 = 0
                 var total: Quantity = 0
@@ -116,12 +116,12 @@ extension OrderBook {
                     if node.level != lv { return "order \(node.id): wrong level" }
                     if node.side != side { return "order \(node.id): wrong side" }
                     if node.open <= 0 { return "order \(node.id): open quantity \(node.open) rests" }
-                    if lookup(node.id) != h { return "order \(node.id): not found by id" }
+                    if store.lookup(node.id) != h { return "order \(node.id): not found by id" }
                     count += 1
                     total += node.open
                     prev = h
                     h = node.next
-                    if count > orderCapacity { return "cycle in level \(level.price)" }
+                    if count > store.orderCapacity { return "cycle in level \(level.price)" }
                 }
                 if prev != level.tail { return "level \(level.price): wrong tail" }
                 if count != level.count { return "level \(level.price): count \(level.count), walked \(count)" }
@@ -135,7 +135,11 @@ extension OrderBook {
         }
         if seen != liveOrders { return "\(liveOrders) live orders counted, \(seen) in levels" }
         var inTable = 0
-        for i in 0...slotMask where slots[i] != 0 { inTable += 1 }
+        for i in 0...store.slotMask where store.slots[i].handle != 0 {
+            let slot = store.slots[i]
+            if Int(slot.home) != store.home(nodes[Int(slot.handle)].id) { return "id table slot \(i): wrong home" }
+            inTable += 1
+        }
         if inTable != liveOrders { return "\(inTable) ids in the table, \(liveOrders) live orders" }
         return nil
     }

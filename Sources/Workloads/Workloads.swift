@@ -25,7 +25,7 @@ public struct SplitMix64 {
 /// One prepared operation. Cancels and replaces name a position in the live list (`pick`),
 /// because which order that is depends on what happened before.
 @frozen
-public struct WorkloadOp {
+public struct WorkloadOp: Sendable {
     @frozen
     public enum Kind: UInt8 {
         case limit
@@ -55,7 +55,7 @@ public struct WorkloadOp {
 }
 
 /// A workload: warm-up orders (not timed) and the timed ops.
-public struct Workload {
+public struct Workload: Sendable {
     public var name: String
     public var warmup: [NewOrder]
     public var ops: [WorkloadOp]

@@ -6,6 +6,6 @@ struct Crossbook: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "crossbook",
         abstract: "Crossbook, a matching engine for spot exchanges.",
-        subcommands: [Replay.self, Host.self]
+        subcommands: [Replay.self, WorkloadCommand.self, Host.self]
     )
 }

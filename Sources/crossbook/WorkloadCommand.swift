@@ -1,0 +1,38 @@
+// `crossbook workload w1|w2`: runs a benchmark workload once and prints its totals and rate,
+// so that anyone can check the engine did the published work (bench/README.md has the table).
+import ArgumentParser
+import Foundation
+import OrderBook
+import Workloads
+
+struct WorkloadCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "workload",
+        abstract: "Run benchmark workload W1 or W2 and print its totals and ops/s.")
+
+    @Argument(help: "w1 or w2")
+    var name: String
+
+    @Option(help: "Times to run it (a fresh book each time).")
+    var `repeat`: Int = 1
+
+    func run() throws {
+        let workload: Workload
+        switch name.lowercased() {
+        case "w1": workload = .w1()
+        case "w2": workload = .w2()
+        default: throw ValidationError("unknown workload '\(name)': expected w1 or w2")
+        }
+        for run in 1...max(1, `repeat`) {
+            var runner = try WorkloadRunner(workload: workload)
+            runner.warmUp(workload)
+            let start = DispatchTime.now().uptimeNanoseconds
+            workload.ops.withUnsafeBufferPointer { runner.run($0, idBase: workload.warmup.count) }
+            let elapsed = DispatchTime.now().uptimeNanoseconds - start
+            let rate = Double(workload.ops.count) / (Double(elapsed) / 1e9)
+            if run == 1 { print("\(workload.name) totals: \(runner.totals)") }
+            print("\(workload.name) run \(run): \(workload.ops.count) ops in \(elapsed / 1_000_000) ms, "
+                  + "\(String(format: "%.2f", rate / 1e6))M ops/s, \(elapsed / UInt64(workload.ops.count)) ns/op")
+        }
+    }
+}
