@@ -120,6 +120,12 @@ public struct Workload: Sendable {
 
     /// The largest order id the workload uses (ids are 1...warmup + ops).
     public var maxOrderId: Int { warmup.count + ops.count }
+
+    /// The book capacity a user would configure for this workload: room for its peak of
+    /// resting orders with margin (W1 keeps about ten resting, W2 about 100,000).
+    public var capacity: BookCapacity {
+        warmup.isEmpty ? BookCapacity(orders: 1 << 16, levels: 1 << 12) : BookCapacity(orders: 1 << 18, levels: 1 << 14)
+    }
 }
 
 /// The totals a run prints; equal totals mean two engines did the same work.
@@ -159,8 +165,7 @@ public struct WorkloadRunner: ~Copyable {
 
     public init(workload: Workload, capacity: BookCapacity? = nil) throws(BookConfigError) {
         let spec = SymbolSpec(name: workload.name, id: 1)
-        let orders = max(workload.maxOrderId / 2, 1 << 16)
-        book = try OrderBook(spec: spec, capacity: capacity ?? BookCapacity(orders: orders, levels: 1 << 14))
+        book = try OrderBook(spec: spec, capacity: capacity ?? workload.capacity)
         sink = TotalsSink(maxOrderId: workload.maxOrderId)
     }
 
@@ -223,19 +228,31 @@ public struct WorkloadRunner: ~Copyable {
             }
             sink.totals.replaces += 1
             let target = sink.live[Int(op.pick % UInt64(sink.liveCount))]
-            let open = sink.open[Int(target)]
-            var price = sink.price[Int(target)]
-            var quantity = open
+            let record = sink.orders[Int(target)]
+            var price = record.price
+            var quantity = record.open
             if op.modifier & 1 == 0 {
-                quantity = max(1, open / 2)
+                quantity = max(1, record.open / 2)
             } else {
                 let move = 1 + Price((op.modifier >> 1) % 5)
-                price = sink.side[Int(target)] == .buy ? price - move : price + move
+                price = record.side == .buy ? price - move : price + move
             }
             sink.beginReplace(target, price: price, quantity: quantity)
             book.replace(ReplaceOrder(orderId: target, price: price, quantity: quantity), to: &sink)
         }
     }
+}
+
+/// What the harness knows of one order id: where it is in the live list (-1: not live),
+/// and its side, price and open quantity (for replaces). One record, one cache line at most.
+@frozen @usableFromInline
+struct OrderRecord {
+    @usableFromInline var price: Price = 0
+    @usableFromInline var open: Quantity = 0
+    @usableFromInline var position: Int32 = -1
+    @usableFromInline var side: Side = .buy
+
+    @usableFromInline init() {}
 }
 
 /// Follows the book's events to keep the totals and the live list.
@@ -244,11 +261,7 @@ struct TotalsSink: BookEventSink {
     @usableFromInline var totals = WorkloadTotals()
     @usableFromInline let live: UnsafeMutablePointer<OrderId>
     @usableFromInline var liveCount = 0
-    /// Per order id: position in `live` (-1 when not live), side, price, open quantity.
-    @usableFromInline let position: UnsafeMutablePointer<Int32>
-    @usableFromInline let side: UnsafeMutablePointer<Side>
-    @usableFromInline let price: UnsafeMutablePointer<Price>
-    @usableFromInline let open: UnsafeMutablePointer<Quantity>
+    @usableFromInline let orders: UnsafeMutablePointer<OrderRecord>
     @usableFromInline var takerId: OrderId = 0
     @usableFromInline var takerOpen: Quantity = 0
     @usableFromInline var takerIsMarket = false
@@ -258,23 +271,14 @@ struct TotalsSink: BookEventSink {
         let n = maxOrderId + 1
         live = .allocate(capacity: n)
         live.initialize(repeating: 0, count: n)
-        position = .allocate(capacity: n)
-        position.initialize(repeating: -1, count: n)
-        side = .allocate(capacity: n)
-        side.initialize(repeating: .buy, count: n)
-        price = .allocate(capacity: n)
-        price.initialize(repeating: 0, count: n)
-        open = .allocate(capacity: n)
-        open.initialize(repeating: 0, count: n)
+        orders = .allocate(capacity: n)
+        orders.initialize(repeating: OrderRecord(), count: n)
     }
 
     /// Frees the buffers; the runner that owns this sink calls it once, in its deinit.
     func deallocate() {
         live.deallocate()
-        position.deallocate()
-        side.deallocate()
-        price.deallocate()
-        open.deallocate()
+        orders.deallocate()
     }
 
     @inlinable @inline(__always)
@@ -283,8 +287,8 @@ struct TotalsSink: BookEventSink {
         takerOpen = quantity
         takerIsMarket = isMarket
         takerRejected = false
-        side[Int(id)] = s
-        price[Int(id)] = p
+        orders[Int(id)].side = s
+        orders[Int(id)].price = p
     }
 
     @inlinable @inline(__always)
@@ -293,16 +297,16 @@ struct TotalsSink: BookEventSink {
         takerOpen = quantity
         takerIsMarket = false
         takerRejected = false
-        price[Int(id)] = p
-        open[Int(id)] = quantity
+        orders[Int(id)].price = p
+        orders[Int(id)].open = quantity
     }
 
     @inlinable @inline(__always)
     mutating func end(rests: Bool) {
         if rests && !takerRejected && takerOpen > 0 {
             totals.rested += 1
-            open[Int(takerId)] = takerOpen
-            position[Int(takerId)] = Int32(liveCount)
+            orders[Int(takerId)].open = takerOpen
+            orders[Int(takerId)].position = Int32(liveCount)
             live[liveCount] = takerId
             liveCount += 1
         }
@@ -310,13 +314,13 @@ struct TotalsSink: BookEventSink {
 
     @inlinable @inline(__always)
     mutating func removeLive(_ id: OrderId) {
-        let i = Int(position[Int(id)])
+        let i = Int(orders[Int(id)].position)
         guard i >= 0 else { return }
         liveCount -= 1
         let last = live[liveCount]
         live[i] = last
-        position[Int(last)] = Int32(i)
-        position[Int(id)] = -1
+        orders[Int(last)].position = Int32(i)
+        orders[Int(id)].position = -1
     }
 
     @inlinable @inline(__always)
@@ -327,10 +331,10 @@ struct TotalsSink: BookEventSink {
             totals.tradedQuantity += quantity
             if takerIsMarket { totals.marketFilledQuantity += quantity }
             takerOpen = takerOpenAfter
-            open[Int(makerId)] = makerOpen
+            orders[Int(makerId)].open = makerOpen
             if makerOpen == 0 { removeLive(makerId) }
             // A replaced order that crossed and filled completely leaves the book too.
-            if takerOpenAfter == 0 && position[Int(takerId)] >= 0 { removeLive(takerId) }
+            if takerOpenAfter == 0 && orders[Int(takerId)].position >= 0 { removeLive(takerId) }
         case .cancelled(let id, _, let openAfter, _):
             if openAfter == 0 { removeLive(id) }
         case .rejected:
