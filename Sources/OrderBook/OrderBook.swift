@@ -1,7 +1,7 @@
 // The order book of one symbol: price-time priority, preallocated, no allocation per command.
 //
 // Memory, all allocated once in `init` and touched there (no page faults later):
-// - orders: a pool of 40-byte nodes addressed by UInt32 handles (0 is "none"); each price level
+// - orders: a pool of 32-byte nodes addressed by UInt32 handles (0 is "none"); each price level
 //   is an intrusive doubly linked FIFO through the nodes; free nodes form a free list.
 // - ids: an open-addressing table (linear probing, backward-shift deletion, no tombstones) of
 //   8-byte slots: the order's handle and its home slot, so that probing past other ids and
@@ -13,7 +13,9 @@
 //   level at the end: the touch is found, added and removed in O(1); a level d places away from
 //   the touch costs O(d) to add or remove and O(log n) to find.
 
-/// One resting order. 40 bytes; handles instead of pointers keep it small and relocatable.
+/// One resting order: 32 bytes, so that a node never straddles two cache lines and two share
+/// one. Handles instead of pointers keep it small; side and self-trade mode ride in the top
+/// bits of the level handle (level capacity is below 2^28).
 @frozen @usableFromInline
 struct OrderNode {
     @usableFromInline var id: OrderId
@@ -22,9 +24,8 @@ struct OrderNode {
     /// Next in the level's FIFO, or the next free node when on the free list.
     @usableFromInline var next: UInt32
     @usableFromInline var prev: UInt32
-    @usableFromInline var level: UInt32
-    @usableFromInline var side: Side
-    @usableFromInline var selfTradePrevention: SelfTradePrevention
+    /// level handle (bits 0-27) | side (bit 28) | self-trade prevention (bits 29-31).
+    @usableFromInline var packed: UInt32
 
     @inlinable
     init() {
@@ -33,9 +34,25 @@ struct OrderNode {
         account = 0
         next = 0
         prev = 0
-        level = 0
-        side = .buy
-        selfTradePrevention = .none
+        packed = 0
+    }
+
+    @inlinable
+    var level: UInt32 {
+        @inline(__always) get { packed & 0x0FFF_FFFF }
+        @inline(__always) set { packed = packed & 0xF000_0000 | newValue }
+    }
+
+    @inlinable
+    var side: Side {
+        @inline(__always) get { packed & 0x1000_0000 == 0 ? .buy : .sell }
+        @inline(__always) set { packed = packed & ~0x1000_0000 | (newValue == .buy ? 0 : 0x1000_0000) }
+    }
+
+    @inlinable
+    var selfTradePrevention: SelfTradePrevention {
+        @inline(__always) get { SelfTradePrevention(rawValue: UInt8(packed >> 29)) ?? .none }
+        @inline(__always) set { packed = packed & 0x1FFF_FFFF | UInt32(newValue.rawValue) << 29 }
     }
 }
 

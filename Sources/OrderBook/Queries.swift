@@ -79,7 +79,7 @@ extension OrderBook {
                 while h != 0 {
                     let node = nodes[Int(h)]
                     mix(UInt64(bitPattern: node.id))
-                    mix(node.account)
+                    mix(UInt64(node.account))
                     mix(UInt64(bitPattern: node.open))
                     mix(UInt64(node.selfTradePrevention.rawValue))
                     h = node.next

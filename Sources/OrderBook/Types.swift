@@ -7,8 +7,9 @@ public typealias Price = Int64
 public typealias Quantity = Int64
 /// A client-chosen order id, unique among the live orders of a symbol.
 public typealias OrderId = Int64
-/// The account an order belongs to; self-trade prevention compares these.
-public typealias AccountId = UInt64
+/// The engine's number for the account an order belongs to; self-trade prevention compares
+/// these. 32 bits keep the order node at 32 bytes; a gateway maps external account ids to them.
+public typealias AccountId = UInt32
 
 @frozen
 public enum Side: UInt8, Sendable, CaseIterable {

@@ -45,8 +45,8 @@ public enum TextCodec {
             }
             let symbol = try symbolField(fields[1])
             let id = try int64(fields[2], "order_id")
-            guard let account = UInt64(fields[3]) else {
-                throw TextParseError("account must be an unsigned integer, got '\(fields[3])'")
+            guard let account = UInt32(fields[3]) else {
+                throw TextParseError("account must be an unsigned 32-bit integer, got '\(fields[3])'")
             }
             let side: Side
             switch fields[4] {
