@@ -157,8 +157,8 @@ public struct WorkloadTotals: Equatable, Sendable, CustomStringConvertible {
 }
 
 /// Drives a workload through a book. All state lives in preallocated buffers, so the timed
-/// loop allocates nothing: the live list, each id's position in it, and each id's side,
-/// price and open quantity (for replaces).
+/// loop allocates nothing: the live list and each id's position in it. A replace reads the
+/// order's side, price and open quantity from the book.
 public struct WorkloadRunner: ~Copyable {
     public var book: OrderBook
     @usableFromInline var sink: TotalsSink
@@ -182,7 +182,7 @@ public struct WorkloadRunner: ~Copyable {
     /// Rests the warm-up orders (not part of the timed work).
     public mutating func warmUp(_ workload: Workload) {
         for order in workload.warmup {
-            sink.begin(order.orderId, isMarket: false, side: order.side, price: order.price, quantity: order.quantity)
+            sink.begin(order.orderId, isMarket: false, quantity: order.quantity)
             book.submit(order, to: &sink)
             sink.end(rests: true)
         }
@@ -204,12 +204,12 @@ public struct WorkloadRunner: ~Copyable {
         switch op.kind {
         case .limit:
             sink.totals.limits += 1
-            sink.begin(id, isMarket: false, side: op.side, price: op.price, quantity: op.quantity)
+            sink.begin(id, isMarket: false, quantity: op.quantity)
             book.submit(NewOrder(orderId: id, side: op.side, price: op.price, quantity: op.quantity), to: &sink)
             sink.end(rests: true)
         case .market:
             sink.totals.marketOrders += 1
-            sink.begin(id, isMarket: true, side: op.side, price: 0, quantity: op.quantity)
+            sink.begin(id, isMarket: true, quantity: op.quantity)
             book.submit(NewOrder(orderId: id, side: op.side, type: .market, price: 0, quantity: op.quantity,
                                  timeInForce: .ioc), to: &sink)
             sink.end(rests: false)
@@ -228,31 +228,23 @@ public struct WorkloadRunner: ~Copyable {
             }
             sink.totals.replaces += 1
             let target = sink.live[Int(op.pick % UInt64(sink.liveCount))]
-            let record = sink.orders[Int(target)]
-            var price = record.price
-            var quantity = record.open
+            // The book knows the order; asking it brings in the lines the replace then uses.
+            guard let order = book.order(target) else {
+                sink.totals.replaceNoOps += 1
+                return
+            }
+            var price = order.price
+            var quantity = order.open
             if op.modifier & 1 == 0 {
-                quantity = max(1, record.open / 2)
+                quantity = max(1, order.open / 2)
             } else {
                 let move = 1 + Price((op.modifier >> 1) % 5)
-                price = record.side == .buy ? price - move : price + move
+                price = order.side == .buy ? price - move : price + move
             }
-            sink.beginReplace(target, price: price, quantity: quantity)
+            sink.beginReplace(target, quantity: quantity)
             book.replace(ReplaceOrder(orderId: target, price: price, quantity: quantity), to: &sink)
         }
     }
-}
-
-/// What the harness knows of one order id: where it is in the live list (-1: not live),
-/// and its side, price and open quantity (for replaces). One record, one cache line at most.
-@frozen @usableFromInline
-struct OrderRecord {
-    @usableFromInline var price: Price = 0
-    @usableFromInline var open: Quantity = 0
-    @usableFromInline var position: Int32 = -1
-    @usableFromInline var side: Side = .buy
-
-    @usableFromInline init() {}
 }
 
 /// Follows the book's events to keep the totals and the live list.
@@ -261,7 +253,8 @@ struct TotalsSink: BookEventSink {
     @usableFromInline var totals = WorkloadTotals()
     @usableFromInline let live: UnsafeMutablePointer<OrderId>
     @usableFromInline var liveCount = 0
-    @usableFromInline let orders: UnsafeMutablePointer<OrderRecord>
+    /// Per order id: its index in `live`, or -1 when it is not live.
+    @usableFromInline let position: UnsafeMutablePointer<Int32>
     @usableFromInline var takerId: OrderId = 0
     @usableFromInline var takerOpen: Quantity = 0
     @usableFromInline var takerIsMarket = false
@@ -271,42 +264,37 @@ struct TotalsSink: BookEventSink {
         let n = maxOrderId + 1
         live = .allocate(capacity: n)
         live.initialize(repeating: 0, count: n)
-        orders = .allocate(capacity: n)
-        orders.initialize(repeating: OrderRecord(), count: n)
+        position = .allocate(capacity: n)
+        position.initialize(repeating: -1, count: n)
     }
 
     /// Frees the buffers; the runner that owns this sink calls it once, in its deinit.
     func deallocate() {
         live.deallocate()
-        orders.deallocate()
+        position.deallocate()
     }
 
     @inlinable @inline(__always)
-    mutating func begin(_ id: OrderId, isMarket: Bool, side s: Side, price p: Price, quantity: Quantity) {
+    mutating func begin(_ id: OrderId, isMarket: Bool, quantity: Quantity) {
         takerId = id
         takerOpen = quantity
         takerIsMarket = isMarket
         takerRejected = false
-        orders[Int(id)].side = s
-        orders[Int(id)].price = p
     }
 
     @inlinable @inline(__always)
-    mutating func beginReplace(_ id: OrderId, price p: Price, quantity: Quantity) {
+    mutating func beginReplace(_ id: OrderId, quantity: Quantity) {
         takerId = id
         takerOpen = quantity
         takerIsMarket = false
         takerRejected = false
-        orders[Int(id)].price = p
-        orders[Int(id)].open = quantity
     }
 
     @inlinable @inline(__always)
     mutating func end(rests: Bool) {
         if rests && !takerRejected && takerOpen > 0 {
             totals.rested += 1
-            orders[Int(takerId)].open = takerOpen
-            orders[Int(takerId)].position = Int32(liveCount)
+            position[Int(takerId)] = Int32(liveCount)
             live[liveCount] = takerId
             liveCount += 1
         }
@@ -314,13 +302,13 @@ struct TotalsSink: BookEventSink {
 
     @inlinable @inline(__always)
     mutating func removeLive(_ id: OrderId) {
-        let i = Int(orders[Int(id)].position)
+        let i = Int(position[Int(id)])
         guard i >= 0 else { return }
         liveCount -= 1
         let last = live[liveCount]
         live[i] = last
-        orders[Int(last)].position = Int32(i)
-        orders[Int(id)].position = -1
+        position[Int(last)] = Int32(i)
+        position[Int(id)] = -1
     }
 
     @inlinable @inline(__always)
@@ -331,10 +319,9 @@ struct TotalsSink: BookEventSink {
             totals.tradedQuantity += quantity
             if takerIsMarket { totals.marketFilledQuantity += quantity }
             takerOpen = takerOpenAfter
-            orders[Int(makerId)].open = makerOpen
             if makerOpen == 0 { removeLive(makerId) }
             // A replaced order that crossed and filled completely leaves the book too.
-            if takerOpenAfter == 0 && orders[Int(takerId)].position >= 0 { removeLive(takerId) }
+            if takerOpenAfter == 0 && position[Int(takerId)] >= 0 { removeLive(takerId) }
         case .cancelled(let id, _, let openAfter, _):
             if openAfter == 0 { removeLive(id) }
         case .rejected:
