@@ -13,6 +13,9 @@ struct WorkloadCommand: ParsableCommand {
     @Argument(help: "w1 or w2")
     var name: String
 
+    @Option(help: "Book capacity in resting orders (default: the workload's own, 65,536 for W1, 262,144 for W2).")
+    var orders: Int?
+
     @Option(help: "Times to run it (a fresh book each time).")
     var `repeat`: Int = 1
 
@@ -24,7 +27,9 @@ struct WorkloadCommand: ParsableCommand {
         default: throw ValidationError("unknown workload '\(name)': expected w1 or w2")
         }
         for run in 1...max(1, `repeat`) {
-            var runner = try WorkloadRunner(workload: workload)
+            var capacity = workload.capacity
+            if let orders { capacity.orders = orders }
+            var runner = try WorkloadRunner(workload: workload, capacity: capacity)
             runner.warmUp(workload)
             let start = DispatchTime.now().uptimeNanoseconds
             workload.ops.withUnsafeBufferPointer { runner.run($0, idBase: workload.warmup.count) }
