@@ -89,6 +89,21 @@ public struct BookCapacity: Sendable, Equatable {
     }
 
     public static let small = BookCapacity(orders: 1 << 16, levels: 1 << 12)
+
+    /// Checks that a book of this capacity can hold this symbol; every problem is named.
+    public func validate(for spec: SymbolSpec) throws(BookConfigError) {
+        // Handles are 28 bits: the order node packs side and STP mode above the level handle.
+        guard orders >= 1, orders < 1 << 28 else {
+            throw .capacity("orders must be between 1 and \(1 << 28 - 1), got \(orders)")
+        }
+        guard levels >= 2, levels < 1 << 28 else {
+            throw .capacity("levels must be between 2 and \(1 << 28 - 1), got \(levels)")
+        }
+        // Level totals are sums of open quantities: they must not overflow.
+        guard spec.maxOrderQuantity <= Int64.max / Int64(orders) else {
+            throw .capacity("symbol \(spec.name): maximum order quantity \(spec.maxOrderQuantity) × \(orders) orders overflows 64 bits")
+        }
+    }
 }
 
 /// A resting order as the queries report it.
@@ -159,16 +174,7 @@ struct BookStore {
 
     init(spec: SymbolSpec, capacity: BookCapacity) throws(BookConfigError) {
         try spec.validate()
-        guard capacity.orders >= 1, capacity.orders < 1 << 28 else {
-            throw .capacity("orders must be between 1 and \(1 << 28 - 1), got \(capacity.orders)")
-        }
-        guard capacity.levels >= 2, capacity.levels < 1 << 28 else {
-            throw .capacity("levels must be between 2 and \(1 << 28 - 1), got \(capacity.levels)")
-        }
-        // Level totals are sums of open quantities: they must not overflow.
-        guard spec.maxOrderQuantity <= Int64.max / Int64(capacity.orders) else {
-            throw .capacity("maximum order quantity × order capacity overflows 64 bits")
-        }
+        try capacity.validate(for: spec)
         symbolId = spec.id
         tickSize = spec.tickSize
         lotSize = spec.lotSize

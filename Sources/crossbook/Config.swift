@@ -77,6 +77,15 @@ struct EngineConfig {
                 }
             }
         }
+        // Every book must be possible before any order arrives: declared symbols and the
+        // defaults that undeclared ones get.
+        do {
+            for spec in symbols.symbols + [SymbolSpec(name: "(undeclared)", id: 0)] {
+                try capacity.validate(for: spec)
+            }
+        } catch {
+            throw ConfigError(description: "\(source): \(error)")
+        }
     }
 
     private static func int(_ table: TOMLTable, _ key: String, in place: String, source: String) throws -> Int? {

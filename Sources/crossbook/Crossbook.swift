@@ -9,3 +9,10 @@ struct Crossbook: ParsableCommand {
         subcommands: [Replay.self, WorkloadCommand.self, Host.self]
     )
 }
+
+/// A failure at run time (a file, a config): printed as one line, without the usage text that
+/// ArgumentParser adds for mistakes on the command line.
+struct CLIError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}

@@ -50,12 +50,12 @@ struct Replay: ParsableCommand {
         var config = EngineConfig()
         if let path = self.config {
             guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
-                throw ValidationError("cannot read the config file \(path)")
+                throw CLIError("cannot read the config file \(path)")
             }
             do {
                 config = try EngineConfig(toml: text, source: path)
             } catch {
-                throw ValidationError("\(error)")
+                throw CLIError("\(error)")
             }
         }
         guard let defaultSTP = TextCodec.selfTradePrevention(named: Substring(stp)) else {
@@ -66,7 +66,7 @@ struct Replay: ParsableCommand {
             input = String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self)
         } else {
             guard let data = FileManager.default.contents(atPath: file) else {
-                throw ValidationError("cannot read the order log \(file)")
+                throw CLIError("cannot read the order log \(file)")
             }
             input = String(decoding: data, as: UTF8.self)
         }

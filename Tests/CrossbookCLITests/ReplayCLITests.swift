@@ -124,12 +124,15 @@ struct ReplayCLITests {
         ("[book]\norders = \"many\"\n", "orders must be an integer"),
         ("[[symbols]]\nname = \"X\"\n[[symbols]]\nname = \"X\"\n", "declared twice"),
         ("[book\n", ".toml:"),
+        ("[book]\norders = 0\n", "orders must be between 1 and"),
+        ("[book]\norders = 100000000\n[[symbols]]\nname = \"X\"\nmax_order_quantity = 100000000000\n", "overflows 64 bits"),
     ])
     func badConfig(text: String, mention: String) throws {
         let config = try temporaryFile(text, suffix: ".toml")
         let result = try runCrossbook(["replay", samplePath, "--config", config])
         #expect(result.status != 0)
         #expect(result.stderr.contains(mention), "\(result.stderr)")
+        #expect(!result.stderr.contains("Usage:"), "a runtime error is not a usage error")
         #expect(result.stdout.isEmpty)
     }
 
