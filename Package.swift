@@ -7,6 +7,7 @@ let package = Package(
     products: [
         .library(name: "OrderBook", targets: ["OrderBook"]),
         .library(name: "Wire", targets: ["Wire"]),
+        .library(name: "SharedMemory", targets: ["SharedMemory"]),
         .library(name: "Workloads", targets: ["Workloads"]),
         .executable(name: "crossbook", targets: ["crossbook"]),
     ],
@@ -24,20 +25,23 @@ let package = Package(
         ),
         // The book and its rules: pure Swift, no OS, no Foundation.
         .target(name: "OrderBook"),
-        // Records and text codecs (the replay CSV today; 64-byte records with the engine).
+        // 64-byte command records and the replay text codec.
         .target(name: "Wire", dependencies: ["OrderBook"]),
+        // Rings in shared-memory files, between processes.
+        .target(name: "SharedMemory", dependencies: ["CShims"]),
         // The seeded benchmark workloads of bench/README.md, shared by tests and benchmarks.
         .target(name: "Workloads", dependencies: ["OrderBook"]),
         .executableTarget(
             name: "crossbook",
             dependencies: [
-                "OrderBook", "Wire", "Workloads", "CShims",
+                "OrderBook", "Wire", "Workloads", "CShims", "SharedMemory",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "TOMLKit", package: "TOMLKit"),
             ]
         ),
         .testTarget(name: "OrderBookTests", dependencies: ["OrderBook", "Workloads"]),
         .testTarget(name: "WireTests", dependencies: ["Wire", "OrderBook", "CShims"]),
+        .testTarget(name: "SharedMemoryTests", dependencies: ["SharedMemory", "Wire", "OrderBook", "CShims", "crossbook"]),
         .testTarget(name: "CrossbookCLITests", dependencies: ["crossbook"]),
     ]
 )

@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "cb_sync.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif

@@ -6,7 +6,7 @@ struct Crossbook: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "crossbook",
         abstract: "Crossbook, a matching engine for spot exchanges.",
-        subcommands: [Replay.self, WorkloadCommand.self, Host.self]
+        subcommands: [Replay.self, WorkloadCommand.self, RingCommand.self, Host.self]
     )
 }
 

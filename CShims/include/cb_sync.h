@@ -1,0 +1,45 @@
+// Atomics on shared memory, futex and CPU pinning: the few things a ring between processes
+// needs that Swift cannot say directly. The inline functions compile to single instructions.
+#ifndef CROSSBOOK_CB_SYNC_H
+#define CROSSBOOK_CB_SYNC_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+static inline uint64_t cb_load_acquire_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline uint64_t cb_load_relaxed_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static inline void cb_store_release_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline uint32_t cb_load_acquire_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void cb_store_release_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline void cb_store_seq_cst_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
+static inline uint32_t cb_fetch_add_u32(uint32_t *p, uint32_t v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+static inline void cb_fence_seq_cst(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+
+/// A spin-wait hint (PAUSE on x86).
+static inline void cb_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+/// Sleeps while *addr == expected (shared, not process-private: works across processes on a
+/// MAP_SHARED mapping). timeout_ns < 0 waits without limit. Returns 0 when woken or when the
+/// value had already changed, ETIMEDOUT, or EINTR.
+int cb_futex_wait(uint32_t *addr, uint32_t expected, int64_t timeout_ns);
+/// Wakes up to `count` waiters on addr. Returns how many were woken, or -errno.
+int cb_futex_wake(uint32_t *addr, int32_t count);
+
+/// Pins the calling thread to one CPU. Returns 0 or an errno.
+int cb_pin_current_thread(int32_t cpu);
+/// The CPU the calling thread runs on now, or -1.
+int32_t cb_current_cpu(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,100 @@
+// Files mapped shared between processes: created exclusively with an exact mode, or opened and
+// checked. System failures come back as typed errors naming the call, the path and errno.
+
+import CShims
+import Glibc
+
+public enum SharedMemoryError: Error, Equatable, CustomStringConvertible {
+    /// A system call failed.
+    case system(call: String, path: String, errno: Int32)
+    /// The file exists and the process that created it is alive.
+    case inUse(path: String, creatorPid: Int32)
+    /// The file exists but the process that created it is gone: a leftover of a dead process.
+    case stale(path: String, creatorPid: Int32)
+    /// The file is not what it claims to be (wrong magic, version, sizes): never trusted.
+    case badHeader(path: String, String)
+
+    public var description: String {
+        switch self {
+        case .system(let call, let path, let errno):
+            "\(call)(\(path)) failed: \(String(cString: strerror(errno))) (errno \(errno))"
+        case .inUse(let path, let pid):
+            "\(path) is in use by a live process (pid \(pid))"
+        case .stale(let path, let pid):
+            "\(path) is a leftover of process \(pid), which is gone; remove it to start"
+        case .badHeader(let path, let why):
+            "\(path) is not a valid Crossbook region: \(why)"
+        }
+    }
+}
+
+/// Whether a process exists (it may belong to another user: EPERM still means alive).
+public func processIsAlive(_ pid: Int32) -> Bool {
+    guard pid > 0 else { return false }
+    return kill(pid, 0) == 0 || errno == EPERM
+}
+
+/// A file mapped MAP_SHARED. Owns the mapping; unmaps it when released.
+public final class MappedFile {
+    public let path: String
+    public let base: UnsafeMutableRawPointer
+    public let size: Int
+
+    private init(path: String, base: UnsafeMutableRawPointer, size: Int) {
+        self.path = path
+        self.base = base
+        self.size = size
+    }
+
+    deinit { munmap(base, size) }
+
+    /// Creates the file (it must not exist) with exactly `mode`, sized and zero-filled.
+    public static func create(path: String, size: Int, mode: mode_t) throws(SharedMemoryError) -> MappedFile {
+        let fd = retryingEINTR { Glibc.open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, mode) }
+        guard fd >= 0 else { throw .system(call: "open", path: path, errno: errno) }
+        defer { close(fd) }
+        // The umask must not decide who may read order flow.
+        guard fchmod(fd, mode) == 0 else {
+            let e = errno
+            unlink(path)
+            throw .system(call: "fchmod", path: path, errno: e)
+        }
+        guard retryingEINTR({ ftruncate(fd, off_t(size)) }) == 0 else {
+            let e = errno
+            unlink(path)
+            throw .system(call: "ftruncate", path: path, errno: e)
+        }
+        return try map(fd: fd, path: path, size: size, unlinkOnFailure: true)
+    }
+
+    /// Opens an existing file and maps all of it. `minimumSize` guards the caller's header read.
+    public static func open(path: String, minimumSize: Int) throws(SharedMemoryError) -> MappedFile {
+        let fd = retryingEINTR { Glibc.open(path, O_RDWR | O_CLOEXEC) }
+        guard fd >= 0 else { throw .system(call: "open", path: path, errno: errno) }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw .system(call: "fstat", path: path, errno: errno) }
+        guard info.st_size >= minimumSize else {
+            throw .badHeader(path: path, "the file has \(info.st_size) bytes, fewer than a header")
+        }
+        return try map(fd: fd, path: path, size: Int(info.st_size), unlinkOnFailure: false)
+    }
+
+    private static func map(fd: Int32, path: String, size: Int, unlinkOnFailure: Bool) throws(SharedMemoryError) -> MappedFile {
+        let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+        guard let p, p != MAP_FAILED else {
+            let e = errno
+            if unlinkOnFailure { unlink(path) }
+            throw .system(call: "mmap", path: path, errno: e)
+        }
+        return MappedFile(path: path, base: p, size: size)
+    }
+}
+
+@inline(__always)
+func retryingEINTR(_ call: () -> Int32) -> Int32 {
+    while true {
+        let rc = call()
+        if rc >= 0 || errno != EINTR { return rc }
+    }
+}
