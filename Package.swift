@@ -8,12 +8,15 @@ let package = Package(
         .library(name: "OrderBook", targets: ["OrderBook"]),
         .library(name: "Wire", targets: ["Wire"]),
         .library(name: "SharedMemory", targets: ["SharedMemory"]),
+        .library(name: "Engine", targets: ["Engine"]),
+        .library(name: "CrossbookClient", targets: ["CrossbookClient"]),
         .library(name: "Workloads", targets: ["Workloads"]),
         .executable(name: "crossbook", targets: ["crossbook"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
         // Thin C: what Swift cannot express well. Linked against liburing and libnuma from the
@@ -29,12 +32,17 @@ let package = Package(
         .target(name: "Wire", dependencies: ["OrderBook"]),
         // Rings in shared-memory files, between processes.
         .target(name: "SharedMemory", dependencies: ["CShims"]),
+        // Shards, sequencing, sessions: where threads, files and books meet.
+        .target(name: "Engine", dependencies: ["OrderBook", "Wire", "SharedMemory", "CShims"]),
+        // For other processes: attach to an engine, submit, read reports.
+        .target(name: "CrossbookClient", dependencies: ["OrderBook", "Wire", "SharedMemory", "CShims"]),
         // The seeded benchmark workloads of bench/README.md, shared by tests and benchmarks.
         .target(name: "Workloads", dependencies: ["OrderBook"]),
         .executableTarget(
             name: "crossbook",
             dependencies: [
-                "OrderBook", "Wire", "Workloads", "CShims", "SharedMemory",
+                "OrderBook", "Wire", "Workloads", "CShims", "SharedMemory", "Engine", "CrossbookClient",
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "TOMLKit", package: "TOMLKit"),
             ]
@@ -43,5 +51,6 @@ let package = Package(
         .testTarget(name: "WireTests", dependencies: ["Wire", "OrderBook", "CShims"]),
         .testTarget(name: "SharedMemoryTests", dependencies: ["SharedMemory", "Wire", "OrderBook", "CShims", "crossbook"]),
         .testTarget(name: "CrossbookCLITests", dependencies: ["crossbook"]),
+        .testTarget(name: "EngineTests", dependencies: ["Engine", "CrossbookClient", "SharedMemory", "Wire", "OrderBook", "crossbook"]),
     ]
 )

@@ -42,3 +42,8 @@ int32_t cb_numa_node_of_cpu(int32_t cpu) {
     int node = numa_node_of_cpu(cpu);
     return node < 0 ? -1 : node;
 }
+
+void cb_numa_prefer_node(int32_t node) {
+    if (numa_available() < 0) return;
+    numa_set_preferred(node);
+}

@@ -28,6 +28,10 @@ void cb_host_probe(cb_host_info *info);
 /// NUMA node of `cpu`, or -1 when unknown (no NUMA support, cpu out of range).
 int32_t cb_numa_node_of_cpu(int32_t cpu);
 
+/// Makes the calling thread's future allocations prefer `node` (libnuma numa_set_preferred);
+/// a no-op without NUMA support.
+void cb_numa_prefer_node(int32_t node);
+
 /// CRC32C (Castagnoli), the journal's record checksum. `crc` is the running value
 /// (0 to start); the result is finalized (it can be fed back in to continue).
 uint32_t cb_crc32c(uint32_t crc, const void *data, size_t length);

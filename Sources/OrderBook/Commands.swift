@@ -62,3 +62,30 @@ public enum BookCommand: Sendable, Equatable {
     case cancel(CancelOrder)
     case replace(ReplaceOrder)
 }
+
+extension BookCommand {
+    /// The order the command is about.
+    @inlinable
+    public var orderId: OrderId {
+        get {
+            switch self {
+            case .new(let order): order.orderId
+            case .cancel(let cancel): cancel.orderId
+            case .replace(let replace): replace.orderId
+            }
+        }
+        set {
+            switch self {
+            case .new(var order):
+                order.orderId = newValue
+                self = .new(order)
+            case .cancel(var cancel):
+                cancel.orderId = newValue
+                self = .cancel(cancel)
+            case .replace(var replace):
+                replace.orderId = newValue
+                self = .replace(replace)
+            }
+        }
+    }
+}

@@ -75,6 +75,8 @@ public enum RejectReason: UInt8, Sendable, CaseIterable {
     case marketOrderTimeInForce = 14
     /// A record from outside (shared memory, Kafka, a file) did not decode.
     case malformedCommand = 15
+    /// A client order id outside 0 ..< 2^48 (the engine keeps the top bits for the session).
+    case orderIdOutOfRange = 16
 
     /// A stable name for logs, CSV output and metric labels.
     public var name: String {
@@ -94,6 +96,7 @@ public enum RejectReason: UInt8, Sendable, CaseIterable {
         case .levelPoolExhausted: "level_pool_exhausted"
         case .marketOrderTimeInForce: "market_order_time_in_force"
         case .malformedCommand: "malformed_command"
+        case .orderIdOutOfRange: "order_id_out_of_range"
         }
     }
 }

@@ -1,5 +1,13 @@
 // The configuration file (TOML): the symbol directory and the book capacity.
 //
+//   [engine]              # crossbook run only
+//   instance = "default"  # shared memory in /dev/shm/crossbook/<instance> unless directory = ...
+//   group = "traders"     # optional: files 0660 for this group instead of 0600
+//   lag_timeout_ms = 1000 # a client that reads no reports this long is detached
+//
+//   [[shards]]            # one per shard, in order; core omitted: not pinned
+//   core = 1
+//
 //   [book]
 //   orders = 65536        # resting orders a symbol can hold
 //   levels = 4096         # price levels a symbol can hold, both sides
@@ -11,6 +19,7 @@
 //   min_price = 1         # optional: the price band
 //   max_price = 10000000
 //   max_order_quantity = 1000000
+//   shard = 0             # crossbook run only: which shard owns it (default 0)
 
 import OrderBook
 import TOMLKit
@@ -22,6 +31,15 @@ struct ConfigError: Error, CustomStringConvertible {
 struct EngineConfig {
     var symbols = SymbolDirectory()
     var capacity = BookCapacity.small
+    /// [engine]
+    var instance = "default"
+    var directory: String?
+    var group: String?
+    var lagTimeoutMilliseconds = 1000
+    /// [[shards]]: the core of each shard (nil: not pinned).
+    var shardCores: [Int?] = []
+    /// The shard of each declared symbol, by name (default 0).
+    var symbolShards: [String: Int] = [:]
 
     init() {}
 
@@ -32,8 +50,38 @@ struct EngineConfig {
         } catch let error as TOMLParseError {
             throw ConfigError(description: "\(source):\(error.source.begin.line): \(error.description)")
         }
-        for key in table.keys where key != "book" && key != "symbols" {
-            throw ConfigError(description: "\(source): unknown section '\(key)' (expected [book] or [[symbols]])")
+        for key in table.keys where !["book", "symbols", "engine", "shards"].contains(key) {
+            throw ConfigError(description: "\(source): unknown section '\(key)' (expected [engine], [[shards]], [book] or [[symbols]])")
+        }
+        if let engine = table["engine"] {
+            guard let engine = engine.table else { throw ConfigError(description: "\(source): [engine] must be a table") }
+            for key in engine.keys where !["instance", "directory", "group", "lag_timeout_ms"].contains(key) {
+                throw ConfigError(description: "\(source): [engine]: unknown key '\(key)' (expected instance, directory, group, lag_timeout_ms)")
+            }
+            if let v = engine["instance"] {
+                guard let name = v.string else { throw ConfigError(description: "\(source): [engine]: instance must be a string") }
+                instance = name
+            }
+            if let v = engine["directory"] {
+                guard let dir = v.string else { throw ConfigError(description: "\(source): [engine]: directory must be a string") }
+                directory = dir
+            }
+            if let v = engine["group"] {
+                guard let g = v.string else { throw ConfigError(description: "\(source): [engine]: group must be a string") }
+                group = g
+            }
+            lagTimeoutMilliseconds = try Self.int(engine, "lag_timeout_ms", in: "[engine]", source: source) ?? lagTimeoutMilliseconds
+            guard lagTimeoutMilliseconds > 0 else { throw ConfigError(description: "\(source): [engine]: lag_timeout_ms must be positive") }
+        }
+        if let list = table["shards"] {
+            guard let list = list.array else { throw ConfigError(description: "\(source): shards must be an array of tables ([[shards]])") }
+            for (index, item) in list.enumerated() {
+                guard let entry = item.table else { throw ConfigError(description: "\(source): [[shards]] #\(index + 1) must be a table") }
+                for key in entry.keys where key != "core" {
+                    throw ConfigError(description: "\(source): [[shards]] #\(index + 1): unknown key '\(key)' (expected core)")
+                }
+                shardCores.append(try Self.int(entry, "core", in: "[[shards]] #\(index + 1)", source: source))
+            }
         }
         if let book = table["book"] {
             guard let book = book.table else { throw ConfigError(description: "\(source): [book] must be a table") }
@@ -47,7 +95,7 @@ struct EngineConfig {
             guard let list = list.array else {
                 throw ConfigError(description: "\(source): symbols must be an array of tables ([[symbols]])")
             }
-            let known: Set = ["name", "id", "tick_size", "lot_size", "min_price", "max_price", "max_order_quantity"]
+            let known: Set = ["name", "id", "tick_size", "lot_size", "min_price", "max_price", "max_order_quantity", "shard"]
             for (index, item) in list.enumerated() {
                 let place = "[[symbols]] #\(index + 1)"
                 guard let entry = item.table else { throw ConfigError(description: "\(source): \(place) must be a table") }
@@ -70,6 +118,7 @@ struct EngineConfig {
                 spec.maxPrice = try Self.int(entry, "max_price", in: place, source: source).map(Int64.init) ?? spec.maxPrice
                 spec.maxOrderQuantity = try Self.int(entry, "max_order_quantity", in: place, source: source)
                     .map(Int64.init) ?? spec.maxOrderQuantity
+                if let shard = try Self.int(entry, "shard", in: place, source: source) { symbolShards[name] = shard }
                 do {
                     try symbols.add(spec)
                 } catch {

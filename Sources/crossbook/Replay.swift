@@ -118,16 +118,6 @@ struct Replay: ParsableCommand {
     }
 }
 
-extension BookCommand {
-    var orderId: OrderId {
-        switch self {
-        case .new(let order): order.orderId
-        case .cancel(let cancel): cancel.orderId
-        case .replace(let replace): replace.orderId
-        }
-    }
-}
-
 /// The books of a replay, created on first use, in the order they were first named.
 struct BookSet {
     final class Entry {

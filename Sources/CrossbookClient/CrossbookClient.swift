@@ -1,0 +1,217 @@
+// The client library: attach to a running engine by instance name, submit orders into your
+// own rings, read your own execution reports. One client = one thread's worth of rings: use
+// it from one thread at a time.
+
+import CShims
+import Foundation
+import Glibc
+import OrderBook
+import SharedMemory
+import Wire
+
+public enum ClientError: Error, Equatable, CustomStringConvertible {
+    case engineNotRunning(instance: String, String)
+    case engineGone(instance: String, pid: Int32)
+    case refused(String)
+    case handshakeTimedOut(instance: String)
+    case unknownSymbol(String)
+    case setup(String)
+
+    public var description: String {
+        switch self {
+        case .engineNotRunning(let instance, let why): "engine '\(instance)' is not running: \(why)"
+        case .engineGone(let instance, let pid): "engine '\(instance)' (pid \(pid)) is gone"
+        case .refused(let why): "the engine refused this client: \(why)"
+        case .handshakeTimedOut(let instance): "engine '\(instance)' did not answer the handshake"
+        case .unknownSymbol(let name): "the engine has no symbol \(name)"
+        case .setup(let why): why
+        }
+    }
+}
+
+public struct SymbolInfo: Sendable, Equatable {
+    public var spec: SymbolSpec
+    public var shard: Int
+}
+
+public final class CrossbookClient {
+    public let instance: String
+    public let directory: String
+    public let name: String
+    public let symbols: [String: SymbolInfo]
+    public let sessionId: UInt32
+    private let engineFile: EngineFile
+    private let sessionFile: SessionFile
+    private let rings: [Ring]
+    private var commands: [RingProducer]
+    private var reports: [RingConsumer]
+    private let doorbells: [Doorbell]
+    private var closed = false
+    private nonisolated(unsafe) static var counter = 0
+
+    /// Attaches to engine `instance`: creates this client's rings, announces them, waits for
+    /// the engine to accept (up to `timeout` seconds).
+    public init(instance: String, directory: String? = nil, ringCapacity: Int = 4096, timeout: Double = 5) throws(ClientError) {
+        self.instance = instance
+        let dir = directory ?? "/dev/shm/crossbook/\(instance)"
+        self.directory = dir
+        let engine: EngineFile
+        do {
+            engine = try EngineFile.attach(directory: dir)
+        } catch {
+            throw .engineNotRunning(instance: instance, "\(error)")
+        }
+        guard processIsAlive(engine.enginePid) else { throw .engineGone(instance: instance, pid: engine.enginePid) }
+        guard engine.state == .running else { throw .engineNotRunning(instance: instance, "its state is \(engine.state)") }
+        engineFile = engine
+
+        var parsed: [String: SymbolInfo] = [:]
+        guard let text = try? String(contentsOfFile: InstanceLayout.symbolsPath(dir), encoding: .utf8) else {
+            throw .engineNotRunning(instance: instance, "cannot read its symbol list")
+        }
+        for line in text.split(separator: "\n") {
+            let f = line.split(separator: " ")
+            guard f.count == 8, let id = UInt32(f[1]), let shard = Int(f[2]), let tick = Int64(f[3]), let lot = Int64(f[4]),
+                  let lo = Int64(f[5]), let hi = Int64(f[6]), let maxQ = Int64(f[7]), shard < engine.shardCount
+            else { throw .setup("engine '\(instance)': a bad line in its symbol list: \(line)") }
+            parsed[String(f[0])] = SymbolInfo(spec: SymbolSpec(name: String(f[0]), id: id, tickSize: tick, lotSize: lot,
+                                                               minPrice: lo, maxPrice: hi, maxOrderQuantity: maxQ),
+                                              shard: shard)
+        }
+        symbols = parsed
+
+        Self.counter += 1
+        let name = "c\(getpid())-\(Self.counter)"
+        self.name = name
+        var made: [Ring] = []
+        func cleanUp() {
+            unlink(InstanceLayout.sessionPath(dir, name))
+            for s in 0..<engine.shardCount {
+                unlink(InstanceLayout.commandRingPath(dir, name, shard: s))
+                unlink(InstanceLayout.reportRingPath(dir, name, shard: s))
+            }
+        }
+        let session: SessionFile
+        do {
+            for s in 0..<engine.shardCount {
+                made.append(try Ring.create(path: InstanceLayout.commandRingPath(dir, name, shard: s),
+                                            capacity: ringCapacity, consumerMayPark: false))
+                made.append(try Ring.create(path: InstanceLayout.reportRingPath(dir, name, shard: s),
+                                            capacity: ringCapacity, consumerMayPark: true))
+            }
+            session = try SessionFile.create(path: InstanceLayout.sessionPath(dir, name), mode: 0o600)
+        } catch {
+            cleanUp()
+            throw .setup("cannot create this client's rings: \(error)")
+        }
+        // The announcement, by rename: the engine sees it only once it is whole.
+        let temporary = dir + "/\(name).tmp"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        if fd >= 0 { Glibc.close(fd) }
+        guard fd >= 0, rename(temporary, InstanceLayout.helloPath(dir, name)) == 0 else {
+            cleanUp()
+            throw .setup("cannot announce this client in \(dir): \(String(cString: strerror(errno)))")
+        }
+        let answer = session.awaitAnswer(timeoutNanoseconds: Int64(timeout * 1e9))
+        switch answer {
+        case .accepted:
+            break
+        case .refused:
+            cleanUp()
+            throw .refused("code \(session.refusal); the engine's log says why")
+        case .pending:
+            cleanUp()
+            unlink(InstanceLayout.helloPath(dir, name))
+            if !processIsAlive(engine.enginePid) { throw .engineGone(instance: instance, pid: engine.enginePid) }
+            throw .handshakeTimedOut(instance: instance)
+        }
+        sessionFile = session
+        sessionId = session.sessionId
+        rings = made
+        commands = (0..<engine.shardCount).map { made[2 * $0].producer() }
+        reports = (0..<engine.shardCount).map { made[2 * $0 + 1].consumer() }
+        doorbells = (0..<engine.shardCount).map { engine.doorbell($0) }
+    }
+
+    deinit { close() }
+
+    /// Detaches: removes this client's files (the engine notices the files or the process go).
+    public func close() {
+        guard !closed else { return }
+        closed = true
+        unlink(InstanceLayout.sessionPath(directory, name))
+        for s in 0..<engineFile.shardCount {
+            unlink(InstanceLayout.commandRingPath(directory, name, shard: s))
+            unlink(InstanceLayout.reportRingPath(directory, name, shard: s))
+        }
+    }
+
+    public func symbol(_ name: String) throws(ClientError) -> SymbolInfo {
+        guard let info = symbols[name] else { throw .unknownSymbol(name) }
+        return info
+    }
+
+    /// Puts one command in the ring of the symbol's shard. False when that ring is full (the
+    /// engine is behind): try again, or wait for reports. The order id is yours, 0 ..< 2^48.
+    @discardableResult
+    public func submit(_ command: BookCommand, symbol: SymbolInfo, clientTime: UInt64 = 0,
+                       clientSequence: UInt64 = 0) -> Bool {
+        let shard = symbol.shard
+        guard commands[shard].claim(1) == 1 else { return false }
+        CommandRecord.encode(CommandRecord.Decoded(symbolId: symbol.spec.id, command: command, clientTime: clientTime,
+                                                   clientSequence: clientSequence),
+                             to: commands[shard].slot(0))
+        commands[shard].publish(1)
+        doorbells[shard].ring()
+        return true
+    }
+
+    /// Hands every report waiting now to `body`; returns how many.
+    @discardableResult
+    public func poll(_ body: (ReportRecord.Report) -> Void) throws(ClientError) -> Int {
+        var total = 0
+        for s in reports.indices {
+            let n: Int
+            do { n = try reports[s].poll() } catch { throw .setup("report ring \(s): \(error)") }
+            for k in 0..<n {
+                if let report = ReportRecord.decode(reports[s].slot(k)) { body(report) }
+            }
+            if n > 0 { reports[s].release(n) }
+            total += n
+        }
+        return total
+    }
+
+    /// Waits up to `timeout` seconds for reports and hands them to `body`. Throws if the
+    /// engine dies meanwhile: a client never hangs on a dead engine.
+    @discardableResult
+    public func waitForReports(timeout: Double, _ body: (ReportRecord.Report) -> Void) throws(ClientError) -> Int {
+        let deadline = monotonicSeconds() + timeout
+        while true {
+            let n = try poll(body)
+            if n > 0 { return n }
+            try checkEngine()
+            if monotonicSeconds() >= deadline { return 0 }
+            // Sleep on the first report ring's futex (the engine wakes it on publish), briefly,
+            // so that reports from other shards and a dead engine are both noticed.
+            var strategy = WaitStrategy(spins: 200, yields: 10, park: true, parkTimeoutNanoseconds: 20_000_000)
+            if reports.count > 1 { strategy.park = false }
+            do { _ = try reports[0].wait(strategy) } catch { throw .setup("report ring 0: \(error)") }
+        }
+    }
+
+    /// Throws if the engine process is gone or stopping.
+    public func checkEngine() throws(ClientError) {
+        if !processIsAlive(engineFile.enginePid) { throw .engineGone(instance: instance, pid: engineFile.enginePid) }
+        let state = engineFile.state
+        if state == .stopping || state == .stopped { throw .engineNotRunning(instance: instance, "it is \(state)") }
+    }
+
+    public var shardCount: Int { engineFile.shardCount }
+}
+
+func monotonicSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}

@@ -1,0 +1,351 @@
+// The engine process: its instance directory and control file, its shards, and a control
+// thread that lets clients in (handshake by inotify), notices clients that die and shards that
+// detach a lagging client, and says so in the log. Start, serve, stop: draining every ring and
+// removing every file.
+
+import CShims
+import Foundation
+import Glibc
+import OrderBook
+import SharedMemory
+
+public struct ShardSettings: Sendable, Equatable {
+    /// The core to pin to; nil leaves the thread to the scheduler (a test machine).
+    public var core: Int?
+    public init(core: Int?) { self.core = core }
+}
+
+public struct EngineSettings: Sendable {
+    public var instance: String
+    /// The instance directory; default /dev/shm/crossbook/<instance>.
+    public var directory: String
+    /// Files are 0600; with a group, 0660 and owned by that group.
+    public var group: gid_t?
+    public var shards: [ShardSettings]
+    /// Each symbol and the shard that owns it.
+    public var symbols: [(spec: SymbolSpec, shard: Int)]
+    public var capacity: BookCapacity
+    public var wait: WaitStrategy
+    /// How long a shard waits on a client whose report ring is full before detaching it.
+    public var lagTimeoutNanoseconds: UInt64
+    /// Remove the leftovers of a dead engine of the same instance instead of refusing to start.
+    public var cleanStale: Bool
+
+    public static func defaultDirectory(_ instance: String) -> String { "/dev/shm/crossbook/\(instance)" }
+
+    public init(instance: String = "default", directory: String? = nil, group: gid_t? = nil,
+                shards: [ShardSettings] = [ShardSettings(core: nil)], symbols: [(spec: SymbolSpec, shard: Int)] = [],
+                capacity: BookCapacity = .small, wait: WaitStrategy = WaitStrategy(),
+                lagTimeoutNanoseconds: UInt64 = 1_000_000_000, cleanStale: Bool = false) {
+        self.instance = instance
+        self.directory = directory ?? Self.defaultDirectory(instance)
+        self.group = group
+        self.shards = shards
+        self.symbols = symbols
+        self.capacity = capacity
+        self.wait = wait
+        self.lagTimeoutNanoseconds = lagTimeoutNanoseconds
+        self.cleanStale = cleanStale
+    }
+
+    var fileMode: mode_t { group == nil ? 0o600 : 0o660 }
+}
+
+public struct EngineError: Error, CustomStringConvertible {
+    public var description: String
+    init(_ description: String) { self.description = description }
+}
+
+public final class Engine: @unchecked Sendable {
+    public let settings: EngineSettings
+    private var engineFile: EngineFile?
+    private var shards: [Shard] = []
+    private var control: Thread?
+    private let controlStop = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
+    private let controlDone = Semaphore()
+    private var watch: Int32 = -1
+    private var sessions: [UInt32: ClientSession] = [:]
+    /// Sessions whose client is gone. Their mappings stay until the engine stops: a shard may
+    /// still be reading a ring when the control thread learns the client died.
+    private var retired: [ClientSession] = []
+    private var nextSession: UInt32 = 1
+    private let log: @Sendable (String) -> Void
+
+    final class ClientSession {
+        let name: String
+        let pid: Int32
+        let sessionFile: SessionFile
+        let rings: [Ring]
+        init(name: String, pid: Int32, sessionFile: SessionFile, rings: [Ring]) {
+            self.name = name
+            self.pid = pid
+            self.sessionFile = sessionFile
+            self.rings = rings
+        }
+    }
+
+    public init(settings: EngineSettings, log: @escaping @Sendable (String) -> Void = { print($0) }) {
+        self.settings = settings
+        self.log = log
+        controlStop.initialize(to: 0)
+    }
+
+    deinit { controlStop.deallocate() }
+
+    /// Creates the instance and starts the shards; returns one placement line per shard.
+    public func start() throws -> [String] {
+        let s = settings
+        guard !s.instance.isEmpty, s.instance.utf8.allSatisfy({ isNameByte($0) }) else {
+            throw EngineError("instance name '\(s.instance)' must be letters, digits, '.', '_' or '-'")
+        }
+        guard !s.shards.isEmpty, s.shards.count <= InstanceLayout.maxShards else {
+            throw EngineError("between 1 and \(InstanceLayout.maxShards) shards, got \(s.shards.count)")
+        }
+        let cpus = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+        var seenCores = Set<Int>()
+        for (i, shard) in s.shards.enumerated() {
+            if let core = shard.core {
+                guard core >= 0, core < cpus else { throw EngineError("shard \(i): core \(core) does not exist (this host has \(cpus))") }
+                guard seenCores.insert(core).inserted else { throw EngineError("shard \(i): core \(core) is given to two shards") }
+            }
+        }
+        var seenNames = Set<String>(), seenIds = Set<UInt32>()
+        for (spec, shard) in s.symbols {
+            guard shard >= 0, shard < s.shards.count else {
+                throw EngineError("symbol \(spec.name): shard \(shard) does not exist (\(s.shards.count) shards)")
+            }
+            guard seenNames.insert(spec.name).inserted else { throw EngineError("symbol \(spec.name) is declared twice") }
+            guard seenIds.insert(spec.id).inserted else { throw EngineError("symbol id \(spec.id) is used twice") }
+            guard spec.id < 1 << 20 else { throw EngineError("symbol \(spec.name): id \(spec.id) above 2^20") }
+            do {
+                try spec.validate()
+                try s.capacity.validate(for: spec)
+            } catch { throw EngineError("\(error)") }
+        }
+
+        try makeDirectory(s.directory)
+        let file: EngineFile
+        do {
+            file = try EngineFile.create(directory: s.directory, shards: s.shards.count, mode: s.fileMode)
+        } catch .inUse(_, let pid) {
+            throw EngineError("instance '\(s.instance)' is already running (engine pid \(pid), \(s.directory))")
+        } catch .stale(_, let pid) {
+            guard s.cleanStale else {
+                throw EngineError("instance '\(s.instance)' has leftovers of an engine that is gone (pid \(pid)) in \(s.directory); start with --clean-stale to remove them")
+            }
+            log("removing leftovers of engine pid \(pid) in \(s.directory)")
+            removeContents(of: s.directory)
+            do {
+                file = try EngineFile.create(directory: s.directory, shards: s.shards.count, mode: s.fileMode)
+            } catch { throw EngineError("\(error)") }
+        } catch {
+            throw EngineError("\(error)")
+        }
+        engineFile = file
+        if let group = s.group { chown(InstanceLayout.enginePath(s.directory), uid_t.max, group) }
+
+        var lines = ""
+        for (spec, shard) in s.symbols {
+            lines += "\(spec.name) \(spec.id) \(shard) \(spec.tickSize) \(spec.lotSize) \(spec.minPrice) \(spec.maxPrice) \(spec.maxOrderQuantity)\n"
+        }
+        try writeFile(InstanceLayout.symbolsPath(s.directory), lines)
+
+        var placement: [String] = []
+        for (i, shardSettings) in s.shards.enumerated() {
+            let mine = s.symbols.filter { $0.shard == i }.map { (spec: $0.spec, capacity: s.capacity) }
+            let shard = Shard(index: i, core: shardSettings.core, symbols: mine, engineFile: file, wait: s.wait,
+                              lagTimeoutNanoseconds: s.lagTimeoutNanoseconds)
+            shard.start()
+            shard.started.wait()
+            shards.append(shard)
+            if let error = shard.startError {
+                stop()
+                throw EngineError(error)
+            }
+            placement.append(shard.placement)
+        }
+        // The watch exists before anyone can see the engine running, so no announcement is missed.
+        watch = inotify_init1(Int32(IN_CLOEXEC | IN_NONBLOCK))
+        if watch < 0 || inotify_add_watch(watch, s.directory, UInt32(IN_MOVED_TO)) < 0 {
+            log("inotify on \(s.directory) failed (\(String(cString: strerror(errno)))); clients are found by scanning")
+        }
+        startControl()
+        file.state = .running
+        return placement
+    }
+
+    /// Stops: no new sessions, every shard drains its rings, every file is removed.
+    public func stop() {
+        guard let file = engineFile else { return }
+        file.state = .stopping
+        cb_store_release_u32(controlStop, 1)
+        if control != nil { controlDone.wait() }
+        control = nil
+        for shard in shards { shard.stop() }
+        for shard in shards { shard.join() }
+        file.state = .stopped
+        for shard in shards.indices {
+            let c = file.counters(shard)
+            log("shard \(shard): \(c.read(.commands)) commands, \(c.read(.trades)) trades, \(c.read(.rejects)) rejects, \(c.read(.sessions)) sessions")
+        }
+        shards = []
+        sessions = [:]
+        retired = []
+        removeContents(of: settings.directory)
+        rmdir(settings.directory)
+        engineFile = nil
+    }
+
+    // MARK: - Control thread
+
+    private func startControl() {
+        let thread = Thread { [self] in
+            controlLoop()
+            controlDone.signal()
+        }
+        thread.name = "crossbook-control"
+        control = thread
+        thread.start()
+    }
+
+    private func controlLoop() {
+        let dir = settings.directory
+        let fd = watch
+        defer {
+            if fd >= 0 { close(fd) }
+            watch = -1
+        }
+        var buffer = [UInt8](repeating: 0, count: 64 * 1024)
+        var lastLag = [UInt64](repeating: 0, count: shards.count)
+        var lastFaults = [UInt64](repeating: 0, count: shards.count)
+        while cb_load_acquire_u32(controlStop) == 0 {
+            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            _ = poll(&pfd, 1, 100)
+            if fd >= 0 {
+                while true {
+                    let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+                    if n <= 0 { break }
+                    var offset = 0
+                    while offset + 16 <= n {
+                        let length = buffer.withUnsafeBytes { Int($0.load(fromByteOffset: offset + 12, as: UInt32.self)) }
+                        let nameBytes = buffer[(offset + 16)..<min(n, offset + 16 + length)].prefix { $0 != 0 }
+                        let name = String(decoding: nameBytes, as: UTF8.self)
+                        if name.hasSuffix(".hello") { accept(String(name.dropLast(6))) }
+                        offset += 16 + length
+                    }
+                }
+            }
+            // A safety net under inotify (an overflowed queue, a watch that failed): look for
+            // announcements still lying there.
+            if let names = try? FileManager.default.contentsOfDirectory(atPath: dir) {
+                for name in names where name.hasSuffix(".hello") { accept(String(name.dropLast(6))) }
+            }
+            // Clients that died: their orders stay; their rings are no longer read.
+            for (id, session) in sessions where !processIsAlive(session.pid) {
+                for shard in shards { _ = shard.send(.detach(session: id)) }
+                removeClientFiles(session.name)
+                retired.append(session)
+                sessions[id] = nil
+                log("session \(id): client \(session.name) (pid \(session.pid)) is gone; its rings are closed, its orders stay")
+            }
+            if let file = engineFile {
+                for s in shards.indices {
+                    let lag = file.counters(s).read(.lagDetaches)
+                    if lag != lastLag[s] {
+                        log("shard \(s): \(lag - lastLag[s]) client(s) lagged past \(settings.lagTimeoutNanoseconds / 1_000_000) ms and were detached")
+                        lastLag[s] = lag
+                    }
+                    let faults = file.counters(s).read(.ringFaults)
+                    if faults != lastFaults[s] {
+                        log("shard \(s): \(faults - lastFaults[s]) command ring(s) had an impossible cursor and were detached")
+                        lastFaults[s] = faults
+                    }
+                }
+            }
+        }
+    }
+
+    private func accept(_ client: String) {
+        let dir = settings.directory
+        unlink(InstanceLayout.helloPath(dir, client))
+        guard !client.isEmpty, client.utf8.count <= 64, client.utf8.allSatisfy({ isNameByte($0) }) else {
+            log("refused a client with the name '\(client)'")
+            return
+        }
+        let sessionFile: SessionFile
+        do {
+            sessionFile = try SessionFile.attach(path: InstanceLayout.sessionPath(dir, client))
+        } catch {
+            log("client \(client): \(error)")
+            return
+        }
+        func refuse(_ why: String, code: UInt32) {
+            log("client \(client) (pid \(sessionFile.clientPid)) refused: \(why)")
+            sessionFile.answer(.refused, sessionId: 0, refusal: code)
+        }
+        guard nextSession < 1 << 16 else { return refuse("no session ids left", code: 1) }
+        var rings: [Ring] = []
+        for s in shards.indices {
+            do {
+                rings.append(try Ring.attach(path: InstanceLayout.commandRingPath(dir, client, shard: s)))
+                rings.append(try Ring.attach(path: InstanceLayout.reportRingPath(dir, client, shard: s)))
+            } catch {
+                return refuse("\(error)", code: 2)
+            }
+        }
+        let id = nextSession
+        nextSession += 1
+        for (s, shard) in shards.enumerated() {
+            let message = ShardMessage.attach(session: id, commands: rings[2 * s].consumer(),
+                                              reports: rings[2 * s + 1].producer())
+            guard shard.send(message) else { return refuse("shard \(s) is busy", code: 3) }
+        }
+        sessions[id] = ClientSession(name: client, pid: sessionFile.clientPid, sessionFile: sessionFile, rings: rings)
+        sessionFile.answer(.accepted, sessionId: id)
+        log("session \(id): client \(client) (pid \(sessionFile.clientPid)) attached")
+    }
+
+    private func removeClientFiles(_ client: String) {
+        let dir = settings.directory
+        unlink(InstanceLayout.sessionPath(dir, client))
+        unlink(InstanceLayout.helloPath(dir, client))
+        for s in shards.indices {
+            unlink(InstanceLayout.commandRingPath(dir, client, shard: s))
+            unlink(InstanceLayout.reportRingPath(dir, client, shard: s))
+        }
+    }
+
+    // MARK: - Files
+
+    private func makeDirectory(_ path: String) throws {
+        let parent = (path as NSString).deletingLastPathComponent
+        if !parent.isEmpty && access(parent, F_OK) != 0 {
+            try makeDirectory(parent)
+        }
+        let mode: mode_t = settings.group == nil ? 0o700 : 0o750
+        if mkdir(path, mode) != 0 && errno != EEXIST {
+            throw EngineError("cannot create \(path): \(String(cString: strerror(errno)))")
+        }
+    }
+
+    private func writeFile(_ path: String, _ text: String) throws {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, settings.fileMode)
+        guard fd >= 0 else { throw EngineError("cannot write \(path): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        fchmod(fd, settings.fileMode)
+        let bytes = Array(text.utf8)
+        guard write(fd, bytes, bytes.count) == bytes.count else {
+            throw EngineError("cannot write \(path): \(String(cString: strerror(errno)))")
+        }
+    }
+}
+
+func isNameByte(_ b: UInt8) -> Bool {
+    (b >= 48 && b <= 57) || (b >= 65 && b <= 90) || (b >= 97 && b <= 122) || b == 45 || b == 46 || b == 95
+}
+
+/// Removes the files of an instance directory (not subdirectories: there are none).
+public func removeContents(of directory: String) {
+    guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return }
+    for name in names { unlink(directory + "/" + name) }
+}

@@ -1,0 +1,409 @@
+// A shard: one thread, pinned to one core, owning the books of its symbols. It polls the
+// command rings of its sessions, sequences each command, matches it, and writes execution
+// reports into the report ring of each order's owner. Nothing on its loop locks, allocates or
+// makes a syscall per command; it sleeps on its doorbell only when it has been idle a while.
+
+import CShims
+import Glibc
+import OrderBook
+import SharedMemory
+import Wire
+
+/// The engine's order id: the session in the top 16 bits, the client's id below. A client can
+/// name only its own orders, and a report finds its owner with a shift.
+@inline(__always)
+func engineOrderId(_ session: UInt32, _ clientId: OrderId) -> OrderId { OrderId(session) << 48 | clientId }
+
+@inline(__always)
+func owner(_ engineId: OrderId) -> Int { Int(engineId >> 48) }
+
+@inline(__always)
+func clientOrderId(_ engineId: OrderId) -> OrderId { engineId & (1 << 48 - 1) }
+
+/// The largest order id a client may use (48 bits).
+public let maxClientOrderId: OrderId = 1 << 48 - 1
+
+/// One session as a shard sees it: its command ring in, its report ring out.
+struct Inbound {
+    var commands: RingConsumer
+    var reports: RingProducer
+    let session: UInt32
+    /// False once the client is gone or was detached for lagging.
+    var active: Bool
+}
+
+/// What the control thread tells a shard, through its mailbox.
+enum ShardMessage {
+    case attach(session: UInt32, commands: RingConsumer, reports: RingProducer)
+    case detach(session: UInt32)
+}
+
+/// Turns book events into reports to the owners of the orders.
+struct ReportSink: BookEventSink {
+    let inbound: UnsafeMutablePointer<Inbound>
+    /// Session id → index in `inbound`, or -1.
+    let sessionIndex: UnsafeMutablePointer<Int32>
+    let counters: ShardCounters
+    let lagTimeoutNanoseconds: UInt64
+    var symbolId: UInt32 = 0
+    var sequence: UInt64 = 0
+    var clientTime: UInt64 = 0
+    var issuer: Int = 0
+
+        mutating func on(_ event: BookEvent) {
+        switch event {
+        case .accepted(let id, let side, let price, let quantity):
+            send(owner(id), .init(kind: .accepted, side: side, symbolId: symbolId, engineSequence: sequence,
+                                  orderId: clientOrderId(id), price: price, quantity: quantity, open: quantity,
+                                  clientTime: clientTime))
+        case .rejected(let id, let reason):
+            counters.add(.rejects)
+            counters.addReject(reason.rawValue)
+            send(issuer, .init(kind: .rejected, code: reason.rawValue, symbolId: symbolId, engineSequence: sequence,
+                               orderId: clientOrderId(id), clientTime: clientTime))
+        case .trade(let maker, let taker, let takerSide, let price, let quantity, let makerOpen, let takerOpen):
+            counters.add(.trades)
+            send(owner(maker), .init(kind: .trade, side: takerSide.opposite, code: 1, symbolId: symbolId,
+                                     engineSequence: sequence, orderId: clientOrderId(maker), price: price,
+                                     quantity: quantity, open: makerOpen))
+            send(owner(taker), .init(kind: .trade, side: takerSide, code: 0, symbolId: symbolId,
+                                     engineSequence: sequence, orderId: clientOrderId(taker), price: price,
+                                     quantity: quantity, open: takerOpen))
+        case .cancelled(let id, let quantity, let open, let reason):
+            send(owner(id), .init(kind: .cancelled, code: reason.rawValue, symbolId: symbolId, engineSequence: sequence,
+                                  orderId: clientOrderId(id), quantity: quantity, open: open,
+                                  clientTime: reason == .user ? clientTime : 0))
+        case .replaced(let id, let price, let quantity, let kept):
+            send(owner(id), .init(kind: .replaced, code: kept ? 1 : 0, symbolId: symbolId, engineSequence: sequence,
+                                  orderId: clientOrderId(id), price: price, quantity: quantity, open: quantity,
+                                  clientTime: clientTime))
+        case .level:
+            break  // market data goes to the event ring (not built yet), not to order owners
+        }
+    }
+
+    /// Writes a report to a session. A full ring is back-pressure: wait for the client, up to
+    /// the lag timeout; then the client is declared lagging and detached (counted; the
+    /// control thread logs it). Reports to a session that is gone are dropped.
+        func send(_ sessionId: Int, _ report: ReportRecord.Report) {
+        let index = Int(sessionIndex[sessionId])
+        guard index >= 0, inbound[index].active else { return }
+        counters.add(.events)
+        if inbound[index].reports.claim(1) == 0 {
+            let start = monotonicNanoseconds()
+            while inbound[index].reports.claim(1) == 0 {
+                cb_cpu_relax()
+                if monotonicNanoseconds() &- start > lagTimeoutNanoseconds {
+                    inbound[index].active = false
+                    counters.add(.lagDetaches)
+                    return
+                }
+            }
+        }
+        ReportRecord.encode(report, to: inbound[index].reports.slot(0))
+        inbound[index].reports.publish(1)
+    }
+}
+
+@inline(__always)
+func monotonicNanoseconds() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
+}
+
+/// One shard's state; it lives on, and is touched only by, its own thread (the mailbox and
+/// the stop flag are the exceptions, each with its own synchronization).
+final class Shard: @unchecked Sendable {
+    let index: Int
+    let core: Int?
+    let symbols: [(spec: SymbolSpec, capacity: BookCapacity)]
+    let doorbell: Doorbell
+    let counters: ShardCounters
+    let mailbox: Mailbox<ShardMessage>
+    let wait: WaitStrategy
+    let lagTimeoutNanoseconds: UInt64
+    /// Set by the engine to stop; the shard drains what is published, then exits.
+    private let stopFlag: UnsafeMutablePointer<UInt32>
+    private(set) var placement = ""
+    private(set) var startError: String?
+    private var thread: pthread_t?
+    let started = Semaphore()
+
+    static let maxSessions = 1024
+
+    init(index: Int, core: Int?, symbols: [(spec: SymbolSpec, capacity: BookCapacity)], engineFile: EngineFile,
+         wait: WaitStrategy, lagTimeoutNanoseconds: UInt64) {
+        self.index = index
+        self.core = core
+        self.symbols = symbols
+        doorbell = engineFile.doorbell(index)
+        counters = engineFile.counters(index)
+        mailbox = Mailbox(capacity: 256)
+        self.wait = wait
+        self.lagTimeoutNanoseconds = lagTimeoutNanoseconds
+        stopFlag = .allocate(capacity: 1)
+        stopFlag.initialize(to: 0)
+    }
+
+    deinit { stopFlag.deallocate() }
+
+    func start() {
+        let box = Unmanaged.passRetained(self)
+        var tid = pthread_t()
+        let rc = pthread_create(&tid, nil, { raw in
+            let shard = Unmanaged<Shard>.fromOpaque(raw!).takeRetainedValue()
+            shard.run()
+            return nil
+        }, box.toOpaque())
+        if rc != 0 {
+            box.release()
+            startError = "shard \(index): pthread_create failed: errno \(rc)"
+            started.signal()
+        } else {
+            thread = tid
+        }
+    }
+
+    func stop() {
+        cb_store_release_u32(stopFlag, 1)
+        doorbell.wakeNow()
+    }
+
+    func join() {
+        if let thread { pthread_join(thread, nil) }
+        thread = nil
+    }
+
+    func send(_ message: ShardMessage) -> Bool {
+        guard mailbox.push(message) else { return false }
+        doorbell.wakeNow()
+        return true
+    }
+
+    private func run() {
+        // Placement first: the books are allocated after, on this core's NUMA node.
+        var where_ = "shard \(index):"
+        if let core {
+            let rc = cb_pin_current_thread(Int32(core))
+            if rc != 0 {
+                startError = "shard \(index): cannot pin to core \(core): \(String(cString: strerror(rc)))"
+                started.signal()
+                return
+            }
+            let node = cb_numa_node_of_cpu(Int32(core))
+            if node >= 0 { cb_numa_prefer_node(node) }
+            where_ += " core \(core), NUMA node \(node >= 0 ? String(node) : "n/a")"
+        } else {
+            where_ += " not pinned (running on cpu \(cb_current_cpu()))"
+        }
+        // Books, indexed by symbol id through a dense table.
+        let maxId = Int(symbols.map(\.spec.id).max() ?? 0)
+        let bookIndex = UnsafeMutablePointer<Int32>.allocate(capacity: maxId + 1)
+        bookIndex.initialize(repeating: -1, count: maxId + 1)
+        let books = UnsafeMutablePointer<OrderBook>.allocate(capacity: max(symbols.count, 1))
+        var created = 0
+        for (i, entry) in symbols.enumerated() {
+            do {
+                (books + i).initialize(to: try OrderBook(spec: entry.spec, capacity: entry.capacity))
+                bookIndex[Int(entry.spec.id)] = Int32(i)
+                created += 1
+            } catch {
+                startError = "shard \(index): symbol \(entry.spec.name): \(error)"
+                break
+            }
+        }
+        defer {
+            for i in 0..<created { (books + i).deinitialize(count: 1) }
+            books.deallocate()
+            bookIndex.deallocate()
+        }
+        placement = where_ + ", symbols " + symbols.map(\.spec.name).joined(separator: " ")
+        started.signal()
+        if startError != nil { return }
+
+        let inbound = UnsafeMutablePointer<Inbound>.allocate(capacity: Self.maxSessions)
+        defer { inbound.deallocate() }
+        var inboundCount = 0
+        let sessionIndex = UnsafeMutablePointer<Int32>.allocate(capacity: 1 << 16)
+        sessionIndex.initialize(repeating: -1, count: 1 << 16)
+        defer { sessionIndex.deallocate() }
+        var sink = ReportSink(inbound: inbound, sessionIndex: sessionIndex, counters: counters,
+                              lagTimeoutNanoseconds: lagTimeoutNanoseconds)
+        var sequence: UInt64 = 0
+        var idle = 0
+        let maxBatch = 256
+        var largestBatch = 0
+
+        func drainMailbox() {
+            while let message = mailbox.pop() {
+                switch message {
+                case .attach(let session, let commands, let reports):
+                    guard inboundCount < Self.maxSessions else { continue }
+                    (inbound + inboundCount).initialize(to: Inbound(commands: commands, reports: reports,
+                                                                     session: session, active: true))
+                    sessionIndex[Int(session)] = Int32(inboundCount)
+                    inboundCount += 1
+                    counters.add(.sessions)
+                case .detach(let session):
+                    let i = Int(sessionIndex[Int(session)])
+                    if i >= 0 { inbound[i].active = false }
+                }
+            }
+        }
+
+        /// One pass over every session's ring; returns how many commands it handled.
+        func pass() -> Int {
+            var work = 0
+            var backlog = 0
+            for i in 0..<inboundCount where inbound[i].active {
+                let available: Int
+                do {
+                    available = try inbound[i].commands.poll()
+                } catch {
+                    inbound[i].active = false
+                    counters.add(.ringFaults)
+                    continue
+                }
+                if available == 0 { continue }
+                backlog += available
+                let n = min(available, maxBatch)
+                let session = inbound[i].session
+                for k in 0..<n {
+                    let record = inbound[i].commands.slot(k)
+                    sequence &+= 1
+                    sink.sequence = sequence
+                    sink.issuer = Int(session)
+                    counters.add(.commands)
+                    let decoded: CommandRecord.Decoded
+                    do {
+                        decoded = try CommandRecord.decode(record)
+                    } catch {
+                        counters.add(.malformed)
+                        sink.symbolId = 0
+                        sink.clientTime = 0
+                        let id = CommandRecord.orderId(record)
+                        sink.on(.rejected(orderId: engineOrderId(session, id & maxClientOrderId), reason: .malformedCommand))
+                        continue
+                    }
+                    sink.symbolId = decoded.symbolId
+                    sink.clientTime = decoded.clientTime
+                    var command = decoded.command
+                    let clientId = command.orderId
+                    guard clientId >= 0, clientId <= maxClientOrderId else {
+                        sink.on(.rejected(orderId: engineOrderId(session, clientId & maxClientOrderId),
+                                          reason: .orderIdOutOfRange))
+                        continue
+                    }
+                    let symbol = Int(decoded.symbolId)
+                    let b = symbol <= maxId ? Int(bookIndex[symbol]) : -1
+                    guard b >= 0 else {
+                        sink.on(.rejected(orderId: engineOrderId(session, clientId), reason: .unknownSymbol))
+                        continue
+                    }
+                    command.orderId = engineOrderId(session, clientId)
+                    books[b].apply(command, to: &sink)
+                }
+                inbound[i].commands.release(n)
+                work += n
+                counters.add(.batches)
+                if n > largestBatch {
+                    largestBatch = n
+                    counters.set(.largestBatch, UInt64(n))
+                }
+            }
+            counters.set(.backlog, UInt64(backlog))
+            return work
+        }
+
+        func allEmpty() -> Bool {
+            if !mailbox.isEmpty || cb_load_acquire_u32(stopFlag) != 0 { return false }
+            for i in 0..<inboundCount where inbound[i].active {
+                if ((try? inbound[i].commands.poll()) ?? 0) > 0 { return false }
+            }
+            return true
+        }
+
+        while cb_load_acquire_u32(stopFlag) == 0 {
+            if !mailbox.isEmpty { drainMailbox() }
+            if pass() > 0 {
+                idle = 0
+                continue
+            }
+            idle += 1
+            if idle < wait.spins {
+                cb_cpu_relax()
+            } else if idle < wait.spins + wait.yields {
+                sched_yield()
+            } else if wait.park {
+                counters.add(.parks)
+                doorbell.park(timeoutNanoseconds: wait.parkTimeoutNanoseconds, stillIdle: allEmpty)
+                idle = 0
+            }
+        }
+        // Stop: take in the last sessions and handle everything already published.
+        drainMailbox()
+        while pass() > 0 {}
+    }
+}
+
+/// A bounded single-producer single-consumer queue between two threads of this process.
+final class Mailbox<T>: @unchecked Sendable {
+    private let slots: UnsafeMutablePointer<T?>
+    private let capacity: UInt64
+    private let head: UnsafeMutablePointer<UInt64>  // written by the producer
+    private let tail: UnsafeMutablePointer<UInt64>  // written by the consumer
+
+    init(capacity: Int) {
+        self.capacity = UInt64(capacity)
+        slots = .allocate(capacity: capacity)
+        slots.initialize(repeating: nil, count: capacity)
+        head = .allocate(capacity: 1)
+        head.initialize(to: 0)
+        tail = .allocate(capacity: 1)
+        tail.initialize(to: 0)
+    }
+
+    deinit {
+        slots.deinitialize(count: Int(capacity))
+        slots.deallocate()
+        head.deallocate()
+        tail.deallocate()
+    }
+
+    func push(_ value: T) -> Bool {
+        let h = head.pointee
+        // Acquire: the consumer has finished with the slot it released.
+        guard h &- cb_load_acquire_u64(tail) < capacity else { return false }
+        slots[Int(h % capacity)] = value
+        // Release: the value is written before the consumer can see the new head.
+        cb_store_release_u64(head, h &+ 1)
+        return true
+    }
+
+    func pop() -> T? {
+        let t = tail.pointee
+        // Acquire pairs with push's release.
+        guard t != cb_load_acquire_u64(head) else { return nil }
+        let value = slots[Int(t % capacity)]
+        slots[Int(t % capacity)] = nil
+        cb_store_release_u64(tail, t &+ 1)
+        return value
+    }
+
+    var isEmpty: Bool { cb_load_acquire_u64(head) == tail.pointee }
+}
+
+/// A counting semaphore for start-up handshakes between threads (not on any hot path).
+final class Semaphore: @unchecked Sendable {
+    private var value = sem_t()
+
+    init() { sem_init(&value, 0, 0) }
+    deinit { sem_destroy(&value) }
+
+    func signal() { sem_post(&value) }
+
+    func wait() {
+        while sem_wait(&value) != 0 && errno == EINTR {}
+    }
+}

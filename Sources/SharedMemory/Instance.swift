@@ -1,0 +1,296 @@
+// The files of one engine instance, in its own directory (default /dev/shm/crossbook/<name>):
+//
+//   engine                 the control file: header, then per shard a doorbell and counters
+//   symbols                text: one line per symbol: name id shard tick lot min max maxqty
+//   <client>.session       a client's handshake state (64 bytes)
+//   <client>.cmd.<shard>   the client's command ring to that shard (client produces)
+//   <client>.rep.<shard>   that shard's report ring to the client (shard produces)
+//   <client>.hello         written last, by rename: "my rings are ready"
+//
+// Engine control file layout (little-endian):
+//   0    magic "CBENGIN1" (u64), version (u32), shard count (u32), engine pid (i32),
+//        state (u32: 1 starting, 2 running, 3 stopping, 4 stopped), start time ns (u64)
+//   64 + 512 × s   shard s: doorbell wake word (u32) and parked flag (u32) on their own line;
+//        at +64 the counters (u64 each, see ShardCounter), at +192 rejects by reason (u64 × 32).
+//
+// Counters have one writer (the shard), written with plain stores; readers load them relaxed
+// and may see a value one update old, never a torn one (aligned 64-bit).
+
+import CShims
+import Glibc
+
+public enum InstanceLayout {
+    public static let engineMagic: UInt64 = 0x3149_4E47_4E45_4243  // "CBENGIN1"
+    public static let sessionMagic: UInt64 = 0x3153_5345_5353_4243  // "CBSESS1" + "1"
+    public static let version: UInt32 = 1
+    public static let headerSize = 64
+    public static let shardBlockSize = 512
+    public static let countersOffset = 64
+    public static let rejectsOffset = 192
+    public static let maxShards = 64
+
+    public static func engineFileSize(shards: Int) -> Int { headerSize + shards * shardBlockSize }
+
+    public static func enginePath(_ dir: String) -> String { dir + "/engine" }
+    public static func symbolsPath(_ dir: String) -> String { dir + "/symbols" }
+    public static func sessionPath(_ dir: String, _ client: String) -> String { dir + "/\(client).session" }
+    public static func helloPath(_ dir: String, _ client: String) -> String { dir + "/\(client).hello" }
+    public static func commandRingPath(_ dir: String, _ client: String, shard: Int) -> String {
+        dir + "/\(client).cmd.\(shard)"
+    }
+    public static func reportRingPath(_ dir: String, _ client: String, shard: Int) -> String {
+        dir + "/\(client).rep.\(shard)"
+    }
+}
+
+public enum EngineState: UInt32, Sendable {
+    case starting = 1
+    case running = 2
+    case stopping = 3
+    case stopped = 4
+}
+
+/// The counters each shard publishes. Raw values are word indexes in the counter block.
+public enum ShardCounter: Int, CaseIterable, Sendable {
+    case commands = 0
+    case events = 1
+    case trades = 2
+    case rejects = 3
+    case batches = 4
+    case largestBatch = 5
+    case sessions = 6
+    case ringFaults = 7
+    case lagDetaches = 8
+    case parks = 9
+    case backlog = 10
+    case malformed = 11
+
+    public var name: String {
+        switch self {
+        case .commands: "commands"
+        case .events: "events"
+        case .trades: "trades"
+        case .rejects: "rejects"
+        case .batches: "batches"
+        case .largestBatch: "largest_batch"
+        case .sessions: "sessions"
+        case .ringFaults: "ring_faults"
+        case .lagDetaches: "lag_detaches"
+        case .parks: "parks"
+        case .backlog: "ring_backlog"
+        case .malformed: "malformed"
+        }
+    }
+}
+
+/// A shard's wake-up: producers ring it after publishing if the shard said it would sleep.
+@frozen
+public struct Doorbell: @unchecked Sendable {
+    @usableFromInline let wake: UnsafeMutablePointer<UInt32>
+    @usableFromInline let parked: UnsafeMutablePointer<UInt32>
+
+    @inlinable
+    init(_ base: UnsafeMutableRawPointer) {
+        wake = base.assumingMemoryBound(to: UInt32.self)
+        parked = (base + 4).assumingMemoryBound(to: UInt32.self)
+    }
+
+    /// Producer side, after publishing: store(cursor) → fence → load(parked), against the
+    /// shard's store(parked) → fence → load(cursors) in `park`.
+    @inlinable
+    public func ring() {
+        cb_fence_seq_cst()
+        if cb_load_acquire_u32(parked) != 0 {
+            _ = cb_fetch_add_u32(wake, 1)
+            _ = cb_futex_wake(wake, 1)
+        }
+    }
+
+    /// Shard side: sleeps unless `stillIdle` (run after announcing the park) finds work.
+    @inlinable
+    public func park(timeoutNanoseconds: Int64, stillIdle: () -> Bool) {
+        let sequence = cb_load_acquire_u32(wake)
+        cb_store_seq_cst_u32(parked, 1)
+        cb_fence_seq_cst()
+        if stillIdle() { _ = cb_futex_wait(wake, sequence, timeoutNanoseconds) }
+        cb_store_release_u32(parked, 0)
+    }
+
+    /// Wakes the shard whatever it is doing (stop, new session).
+    public func wakeNow() {
+        _ = cb_fetch_add_u32(wake, 1)
+        _ = cb_futex_wake(wake, 1)
+    }
+}
+
+/// A shard's counters in the control file: one writer, plain stores.
+@frozen
+public struct ShardCounters: @unchecked Sendable {
+    @usableFromInline let words: UnsafeMutablePointer<UInt64>
+    @usableFromInline let rejects: UnsafeMutablePointer<UInt64>
+
+    init(_ block: UnsafeMutableRawPointer) {
+        words = (block + InstanceLayout.countersOffset).assumingMemoryBound(to: UInt64.self)
+        rejects = (block + InstanceLayout.rejectsOffset).assumingMemoryBound(to: UInt64.self)
+    }
+
+    @inlinable @inline(__always)
+    public func add(_ counter: ShardCounter, _ n: UInt64 = 1) { words[counter.rawValue] &+= n }
+
+    @inlinable @inline(__always)
+    public func set(_ counter: ShardCounter, _ value: UInt64) { words[counter.rawValue] = value }
+
+    @inlinable @inline(__always)
+    public func addReject(_ code: UInt8) { rejects[Int(code & 31)] &+= 1 }
+
+    public func read(_ counter: ShardCounter) -> UInt64 { cb_load_relaxed_u64(words + counter.rawValue) }
+
+    public func rejects(_ code: UInt8) -> UInt64 { cb_load_relaxed_u64(rejects + Int(code & 31)) }
+}
+
+/// The engine control file.
+public final class EngineFile: @unchecked Sendable {
+    public let file: MappedFile
+    public let shardCount: Int
+
+    /// Creates it (the instance must not be running). A leftover of a dead engine is reported
+    /// as `stale`; a running engine as `inUse`.
+    public static func create(directory: String, shards: Int, mode: mode_t) throws(SharedMemoryError) -> EngineFile {
+        let path = InstanceLayout.enginePath(directory)
+        guard shards >= 1, shards <= InstanceLayout.maxShards else {
+            throw .badHeader(path: path, "shard count \(shards) outside 1...\(InstanceLayout.maxShards)")
+        }
+        let file: MappedFile
+        do {
+            file = try MappedFile.create(path: path, size: InstanceLayout.engineFileSize(shards: shards), mode: mode)
+        } catch .system(_, _, let e) where e == EEXIST {
+            let pid = Self.peekPid(path)
+            throw processIsAlive(pid) ? .inUse(path: path, creatorPid: pid) : .stale(path: path, creatorPid: pid)
+        }
+        let base = file.base
+        base.storeBytes(of: InstanceLayout.version.littleEndian, toByteOffset: 8, as: UInt32.self)
+        base.storeBytes(of: UInt32(shards).littleEndian, toByteOffset: 12, as: UInt32.self)
+        base.storeBytes(of: getpid().littleEndian, toByteOffset: 16, as: Int32.self)
+        base.storeBytes(of: EngineState.starting.rawValue.littleEndian, toByteOffset: 20, as: UInt32.self)
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        base.storeBytes(of: (UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)).littleEndian, toByteOffset: 24,
+                        as: UInt64.self)
+        cb_store_release_u64(base.assumingMemoryBound(to: UInt64.self), InstanceLayout.engineMagic.littleEndian)
+        return EngineFile(file: file, shards: shards)
+    }
+
+    /// Attaches to a running (or dead) engine's control file, checking its header.
+    public static func attach(directory: String) throws(SharedMemoryError) -> EngineFile {
+        let path = InstanceLayout.enginePath(directory)
+        let file = try MappedFile.open(path: path, minimumSize: InstanceLayout.headerSize)
+        let base = file.base
+        let magic = UInt64(littleEndian: cb_load_acquire_u64(base.assumingMemoryBound(to: UInt64.self)))
+        guard magic == InstanceLayout.engineMagic else { throw .badHeader(path: path, "not an engine control file") }
+        let version = UInt32(littleEndian: base.load(fromByteOffset: 8, as: UInt32.self))
+        guard version == InstanceLayout.version else {
+            throw .badHeader(path: path, "version \(version), this build reads \(InstanceLayout.version)")
+        }
+        let shards = Int(UInt32(littleEndian: base.load(fromByteOffset: 12, as: UInt32.self)))
+        guard shards >= 1, shards <= InstanceLayout.maxShards,
+              file.size == InstanceLayout.engineFileSize(shards: shards) else {
+            throw .badHeader(path: path, "shard count \(shards) does not match the file size \(file.size)")
+        }
+        return EngineFile(file: file, shards: shards)
+    }
+
+    private init(file: MappedFile, shards: Int) {
+        self.file = file
+        shardCount = shards
+    }
+
+    static func peekPid(_ path: String) -> Int32 {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return 0 }
+        defer { close(fd) }
+        var pid: Int32 = 0
+        return pread(fd, &pid, 4, 16) == 4 ? Int32(littleEndian: pid) : 0
+    }
+
+    public var enginePid: Int32 { Int32(littleEndian: file.base.load(fromByteOffset: 16, as: Int32.self)) }
+
+    public var state: EngineState {
+        get {
+            EngineState(rawValue: UInt32(littleEndian: cb_load_acquire_u32((file.base + 20).assumingMemoryBound(to: UInt32.self))))
+                ?? .stopped
+        }
+        set { cb_store_release_u32((file.base + 20).assumingMemoryBound(to: UInt32.self), newValue.rawValue.littleEndian) }
+    }
+
+    /// Alive and running.
+    public var isServing: Bool { state == .running && processIsAlive(enginePid) }
+
+    func shardBlock(_ s: Int) -> UnsafeMutableRawPointer {
+        file.base + InstanceLayout.headerSize + s * InstanceLayout.shardBlockSize
+    }
+
+    public func doorbell(_ shard: Int) -> Doorbell { Doorbell(shardBlock(shard)) }
+    public func counters(_ shard: Int) -> ShardCounters { ShardCounters(shardBlock(shard)) }
+}
+
+/// A client's handshake file: the client creates it; the engine answers in it.
+///   0 magic (u64), 8 state (u32: 0 pending, 1 accepted, 2 refused), 12 session id (u32),
+///   16 client pid (i32), 20 refusal reason (u32)
+public final class SessionFile: @unchecked Sendable {
+    public enum State: UInt32, Sendable {
+        case pending = 0
+        case accepted = 1
+        case refused = 2
+    }
+
+    public let file: MappedFile
+
+    public static func create(path: String, mode: mode_t) throws(SharedMemoryError) -> SessionFile {
+        let file = try MappedFile.create(path: path, size: 64, mode: mode)
+        file.base.storeBytes(of: getpid().littleEndian, toByteOffset: 16, as: Int32.self)
+        cb_store_release_u64(file.base.assumingMemoryBound(to: UInt64.self), InstanceLayout.sessionMagic.littleEndian)
+        return SessionFile(file: file)
+    }
+
+    public static func attach(path: String) throws(SharedMemoryError) -> SessionFile {
+        let file = try MappedFile.open(path: path, minimumSize: 64)
+        guard file.size == 64,
+              UInt64(littleEndian: cb_load_acquire_u64(file.base.assumingMemoryBound(to: UInt64.self)))
+                == InstanceLayout.sessionMagic
+        else { throw .badHeader(path: path, "not a session file") }
+        return SessionFile(file: file)
+    }
+
+    private init(file: MappedFile) { self.file = file }
+
+    var stateWord: UnsafeMutablePointer<UInt32> { (file.base + 8).assumingMemoryBound(to: UInt32.self) }
+
+    public var state: State { State(rawValue: cb_load_acquire_u32(stateWord)) ?? .refused }
+    public var sessionId: UInt32 { file.base.load(fromByteOffset: 12, as: UInt32.self) }
+    public var clientPid: Int32 { Int32(littleEndian: file.base.load(fromByteOffset: 16, as: Int32.self)) }
+    public var refusal: UInt32 { file.base.load(fromByteOffset: 20, as: UInt32.self) }
+
+    /// Engine side: answers and wakes the client.
+    public func answer(_ state: State, sessionId: UInt32, refusal: UInt32 = 0) {
+        file.base.storeBytes(of: sessionId, toByteOffset: 12, as: UInt32.self)
+        file.base.storeBytes(of: refusal, toByteOffset: 20, as: UInt32.self)
+        // Release: the session id is visible before the state that says to read it.
+        cb_store_release_u32(stateWord, state.rawValue)
+        _ = cb_futex_wake(stateWord, Int32.max)
+    }
+
+    /// Client side: waits for the answer up to `timeoutNanoseconds`.
+    public func awaitAnswer(timeoutNanoseconds: Int64) -> State {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        let deadline = Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec) + timeoutNanoseconds
+        while true {
+            let s = cb_load_acquire_u32(stateWord)
+            if s != State.pending.rawValue { return State(rawValue: s) ?? .refused }
+            clock_gettime(CLOCK_MONOTONIC, &ts)
+            let left = deadline - (Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec))
+            if left <= 0 { return .pending }
+            _ = cb_futex_wait(stateWord, s, min(left, 50_000_000))
+        }
+    }
+}

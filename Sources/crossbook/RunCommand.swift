@@ -1,0 +1,167 @@
+// `crossbook run`: the engine process. `crossbook stat`: its counters, live, from outside.
+import ArgumentParser
+import CShims
+import Engine
+import Foundation
+import Glibc
+import OrderBook
+import SharedMemory
+
+/// The symbols of the embedded default configuration.
+let defaultSymbols = ["BTC-USD", "ETH-USD", "SOL-USD", "XRP-USD"]
+
+extension EngineConfig {
+    /// Engine settings from this config; without [[shards]], one shard pinned to the last CPU.
+    func engineSettings(instance override: String?, directory overrideDirectory: String?, pin: Bool,
+                        cleanStale: Bool) throws -> EngineSettings {
+        let name = override ?? instance
+        var cores = shardCores
+        if cores.isEmpty {
+            let cpus = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+            cores = [max(0, cpus - 1)]
+        }
+        if !pin { cores = cores.map { _ in nil } }
+        var specs = symbols.symbols
+        if specs.isEmpty {
+            specs = defaultSymbols.enumerated().map { SymbolSpec(name: $1, id: UInt32($0 + 1)) }
+        }
+        var gid: gid_t?
+        if let group {
+            guard let entry = getgrnam(group) else { throw CLIError("group '\(group)' does not exist") }
+            gid = entry.pointee.gr_gid
+        }
+        return EngineSettings(
+            instance: name, directory: overrideDirectory ?? directory, group: gid,
+            shards: cores.map { ShardSettings(core: $0) },
+            symbols: specs.map { (spec: $0, shard: symbolShards[$0.name] ?? 0) },
+            capacity: capacity, lagTimeoutNanoseconds: UInt64(lagTimeoutMilliseconds) * 1_000_000,
+            cleanStale: cleanStale)
+    }
+
+    static func load(_ path: String?) throws -> EngineConfig {
+        guard let path else {
+            var config = EngineConfig()
+            config.capacity = BookCapacity(orders: 1 << 18, levels: 1 << 14)
+            return config
+        }
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+            throw CLIError("cannot read the config file \(path)")
+        }
+        do { return try EngineConfig(toml: text, source: path) } catch { throw CLIError("\(error)") }
+    }
+}
+
+struct RunCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Run the engine: shards pinned to cores, orders from other processes through shared memory.",
+        discussion: """
+            Without --config: instance 'default', one shard pinned to the last CPU, symbols \
+            \(defaultSymbols.joined(separator: ", ")) (tick 1, lot 1), 262,144 orders and 16,384 levels \
+            per symbol. SIGINT or SIGTERM drains every ring, stops, and removes the shared-memory files.
+            """)
+
+    @Option(help: "A TOML config ([engine], [[shards]], [book], [[symbols]]).")
+    var config: String?
+
+    @Option(help: "Instance name (overrides the config).")
+    var instance: String?
+
+    @Option(help: "Directory for the shared-memory files (default /dev/shm/crossbook/<instance>).")
+    var directory: String?
+
+    @Flag(help: "Remove the leftovers of a dead engine of this instance instead of refusing to start.")
+    var cleanStale = false
+
+    @Flag(help: "Do not pin shard threads (for machines where the cores are not yours).")
+    var noPin = false
+
+    func run() throws {
+        let settings = try EngineConfig.load(config).engineSettings(
+            instance: instance, directory: directory, pin: !noPin, cleanStale: cleanStale)
+        // Signals go to sigwait below, never to a shard thread: block them before any starts.
+        var signals = sigset_t()
+        sigemptyset(&signals)
+        sigaddset(&signals, SIGINT)
+        sigaddset(&signals, SIGTERM)
+        pthread_sigmask(SIG_BLOCK, &signals, nil)
+
+        let engine = Engine(settings: settings, log: { line in logLine(line) })
+        let placement: [String]
+        do { placement = try engine.start() } catch { throw CLIError("\(error)") }
+        for line in placement { logLine(line) }
+        logLine("engine '\(settings.instance)' running, pid \(getpid()), files in \(settings.directory); SIGINT or SIGTERM stops it")
+        var received: Int32 = 0
+        sigwait(&signals, &received)
+        logLine("\(received == SIGINT ? "SIGINT" : "SIGTERM"): draining the rings and stopping")
+        engine.stop()
+        logLine("stopped; shared-memory files removed")
+    }
+}
+
+/// Log lines go to stderr with a UTC timestamp, whole lines at a time.
+func logLine(_ text: String) {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    var tm = tm()
+    var seconds = ts.tv_sec
+    gmtime_r(&seconds, &tm)
+    let stamp = String(format: "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                       tm.tm_hour, tm.tm_min, tm.tm_sec, Int(ts.tv_nsec / 1_000_000))
+    let line = Array("\(stamp) \(text)\n".utf8)
+    _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+}
+
+struct StatCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "stat",
+        abstract: "Show a running engine's counters, live, without touching its shards (like aeron-stat).")
+
+    @Option(help: "Instance name.")
+    var instance: String = "default"
+
+    @Option(help: "Directory of the instance (default /dev/shm/crossbook/<instance>).")
+    var directory: String?
+
+    @Option(help: "Seconds between lines.")
+    var interval: Double = 1
+
+    @Option(help: "Lines to print (0: until the engine stops or Ctrl-C).")
+    var count: Int = 0
+
+    func run() throws {
+        let dir = directory ?? EngineSettings.defaultDirectory(instance)
+        let file: EngineFile
+        do { file = try EngineFile.attach(directory: dir) } catch {
+            throw CLIError("engine '\(instance)' is not running: \(error)")
+        }
+        var last = (0..<file.shardCount).map { s in ShardCounter.allCases.map { file.counters(s).read($0) } }
+        var printed = 0
+        print("engine '\(instance)' pid \(file.enginePid), \(file.shardCount) shard(s), state \(file.state)")
+        while count == 0 || printed < count {
+            usleep(useconds_t(interval * 1_000_000))
+            guard processIsAlive(file.enginePid), file.state == .running else {
+                print("engine '\(instance)' is \(processIsAlive(file.enginePid) ? "\(file.state)" : "gone")")
+                return
+            }
+            for s in 0..<file.shardCount {
+                let c = file.counters(s)
+                let now = ShardCounter.allCases.map { c.read($0) }
+                let rate = { (k: ShardCounter) in Double(now[k.rawValue] &- last[s][k.rawValue]) / interval }
+                var rejects: [String] = []
+                for reason in RejectReason.allCases where c.rejects(reason.rawValue) > 0 {
+                    rejects.append("\(reason.name)=\(c.rejects(reason.rawValue))")
+                }
+                print(String(format: "shard %d: %.0f cmd/s %.0f trades/s %.0f rejects/s | total %llu commands, %llu trades, %llu rejects, backlog %llu, largest batch %llu, sessions %llu, parks %llu, lagging detached %llu, ring faults %llu, malformed %llu",
+                             s, rate(.commands), rate(.trades), rate(.rejects), now[0], now[2], now[3],
+                             now[ShardCounter.backlog.rawValue], now[ShardCounter.largestBatch.rawValue],
+                             now[ShardCounter.sessions.rawValue], now[ShardCounter.parks.rawValue],
+                             now[ShardCounter.lagDetaches.rawValue], now[ShardCounter.ringFaults.rawValue],
+                             now[ShardCounter.malformed.rawValue])
+                      + (rejects.isEmpty ? "" : " | " + rejects.joined(separator: " ")))
+                last[s] = now
+            }
+            printed += 1
+        }
+    }
+}

@@ -1,0 +1,216 @@
+// The engine with real clients: reports to the right owner, rejects for bad input, and the
+// failures an operator will cause (kill -9 on either side, a second engine, leftovers).
+import CrossbookClient
+import Engine
+import Foundation
+import Glibc
+import OrderBook
+import SharedMemory
+import Testing
+import Wire
+
+func testDirectory() -> String { "/dev/shm/crossbook-test-\(UUID().uuidString.prefix(8))" }
+
+final class LogLines: @unchecked Sendable {
+    private var lines: [String] = []
+    private let lock = NSLock()
+    func append(_ line: String) { lock.lock(); lines.append(line); lock.unlock() }
+    var all: [String] { lock.lock(); defer { lock.unlock() }; return lines }
+    func contains(_ text: String) -> Bool { all.contains { $0.contains(text) } }
+}
+
+func startEngine(_ dir: String, instance: String = "t", shards: Int = 1, log: LogLines = LogLines()) throws -> Engine {
+    let symbols = ["AAA", "BBB", "CCC"].enumerated().map { (spec: SymbolSpec(name: $1, id: UInt32($0 + 1)), shard: $0 % shards) }
+    let engine = Engine(settings: EngineSettings(
+        instance: instance, directory: dir, shards: Array(repeating: ShardSettings(core: nil), count: shards),
+        symbols: symbols, capacity: BookCapacity(orders: 4096, levels: 256),
+        wait: WaitStrategy(spins: 1000, yields: 10, park: true, parkTimeoutNanoseconds: 50_000_000),
+        lagTimeoutNanoseconds: 200_000_000), log: { log.append($0) })
+    _ = try engine.start()
+    return engine
+}
+
+/// Collects reports until `count` arrived or `timeout` passed.
+func collect(_ client: CrossbookClient, _ count: Int, timeout: Double = 5) throws -> [ReportRecord.Report] {
+    var out: [ReportRecord.Report] = []
+    let deadline = Date().addingTimeInterval(timeout)
+    while out.count < count && Date() < deadline {
+        try client.waitForReports(timeout: 0.05) { out.append($0) }
+    }
+    return out
+}
+
+func crossbookBinary() -> URL {
+    URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
+        .appendingPathComponent("crossbook")
+}
+
+func waitFor(_ seconds: Double, _ condition: () -> Bool) -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if condition() { return true }
+        usleep(10_000)
+    }
+    return condition()
+}
+
+@Suite("Engine", .serialized)
+struct EngineTests {
+    @Test("a client's orders match and each owner gets its own reports")
+    func twoClients() throws {
+        let dir = testDirectory()
+        let engine = try startEngine(dir, shards: 2)
+        defer { engine.stop() }
+        let maker = try CrossbookClient(instance: "t", directory: dir)
+        let taker = try CrossbookClient(instance: "t", directory: dir)
+        let aaa = try maker.symbol("AAA")
+        #expect(maker.submit(.new(NewOrder(orderId: 1, account: 1, side: .sell, price: 100, quantity: 5)), symbol: aaa, clientTime: 77))
+        let ack = try collect(maker, 1)
+        #expect(ack.first?.kind == .accepted && ack.first?.orderId == 1 && ack.first?.clientTime == 77)
+        // Same client order id from another session: a different order.
+        #expect(taker.submit(.new(NewOrder(orderId: 1, account: 2, side: .buy, price: 100, quantity: 3)), symbol: aaa))
+        let takerReports = try collect(taker, 2)
+        #expect(takerReports.map(\.kind) == [.accepted, .trade])
+        #expect(takerReports.last.map { ($0.orderId, $0.quantity, $0.open, $0.code) } ?? (0, 0, 0, 9) == (1, 3, 0, 0))
+        let makerReports = try collect(maker, 1)
+        #expect(makerReports.first.map { ($0.kind, $0.orderId, $0.quantity, $0.open, $0.code) } ?? (.rejected, 0, 0, 0, 9)
+                == (.trade, 1, 3, 2, 1))
+        // A client cannot cancel another's order: its id names its own (unknown) order.
+        #expect(taker.submit(.cancel(CancelOrder(orderId: 1)), symbol: aaa))
+        #expect(try collect(taker, 1).first?.rejectReason == .unknownOrderId)
+        #expect(maker.submit(.cancel(CancelOrder(orderId: 1)), symbol: aaa, clientTime: 5))
+        let cancelled = try collect(maker, 1).first
+        #expect(cancelled?.kind == .cancelled && cancelled?.quantity == 2 && cancelled?.clientTime == 5)
+        // The other shard works too.
+        let bbb = try maker.symbol("BBB")
+        #expect(bbb.shard == 1)
+        #expect(maker.submit(.new(NewOrder(orderId: 9, side: .buy, price: 10, quantity: 1)), symbol: bbb))
+        #expect(try collect(maker, 1).first?.kind == .accepted)
+    }
+
+    @Test("unknown symbols, out-of-range ids and random bytes are rejected; the engine goes on")
+    func badInput() throws {
+        let dir = testDirectory()
+        let engine = try startEngine(dir)
+        defer { engine.stop() }
+        let client = try CrossbookClient(instance: "t", directory: dir)
+        let aaa = try client.symbol("AAA")
+        var bogus = aaa
+        bogus.spec.id = 999
+        #expect(client.submit(.new(NewOrder(orderId: 1, side: .buy, price: 10, quantity: 1)), symbol: bogus))
+        #expect(client.submit(.new(NewOrder(orderId: 1 << 50, side: .buy, price: 10, quantity: 1)), symbol: aaa))
+        #expect(client.submit(.new(NewOrder(orderId: -3, side: .buy, price: 10, quantity: 1)), symbol: aaa))
+        let reasons = try collect(client, 3).map(\.rejectReason)
+        #expect(reasons == [.unknownSymbol, .orderIdOutOfRange, .orderIdOutOfRange])
+
+        // Random bytes straight into the client's command ring. From here on this test is the
+        // ring's only producer (the client's own view would be behind and look corrupt).
+        let ring = try Ring.attach(path: InstanceLayout.commandRingPath(dir, client.name, shard: 0))
+        var producer = ring.producer()
+        var rng: UInt64 = 12345
+        let garbage = 500
+        var written = 0
+        while written < garbage {
+            let n = producer.claim(garbage - written)
+            for k in 0..<n {
+                for w in 0..<8 {
+                    rng = rng &* 6364136223846793005 &+ 1442695040888963407
+                    producer.slot(k).storeBytes(of: rng, toByteOffset: w * 8, as: UInt64.self)
+                }
+            }
+            producer.publish(n)
+            written += n
+            _ = try client.poll { _ in }
+        }
+        let deadline = Date().addingTimeInterval(5)
+        var malformed = 0
+        while malformed < garbage && Date() < deadline {
+            try client.waitForReports(timeout: 0.05) { if $0.rejectReason == .malformedCommand { malformed += 1 } }
+        }
+        #expect(malformed == garbage)
+        // Still serving, through the same producer.
+        #expect(producer.claim(1) == 1)
+        CommandRecord.encode(CommandRecord.Decoded(symbolId: aaa.spec.id, command: .new(NewOrder(
+            orderId: 2, side: .buy, price: 10, quantity: 1))), to: producer.slot(0))
+        producer.publish(1)
+        #expect(try collect(client, 1).first?.kind == .accepted)
+    }
+
+    @Test("a second engine with the same instance refuses to start")
+    func secondEngine() throws {
+        let dir = testDirectory()
+        let engine = try startEngine(dir)
+        defer { engine.stop() }
+        #expect {
+            _ = try startEngine(dir)
+        } throws: { "\($0)".contains("already running") }
+    }
+
+    @Test("files are 0600 and removed at stop")
+    func filesAndCleanup() throws {
+        let dir = testDirectory()
+        let engine = try startEngine(dir)
+        let client = try CrossbookClient(instance: "t", directory: dir)
+        var info = stat()
+        for path in [InstanceLayout.enginePath(dir), InstanceLayout.symbolsPath(dir),
+                     InstanceLayout.commandRingPath(dir, client.name, shard: 0)] {
+            #expect(stat(path, &info) == 0)
+            #expect(info.st_mode & 0o777 == 0o600, "\(path)")
+        }
+        #expect(stat(dir, &info) == 0 && info.st_mode & 0o777 == 0o700)
+        engine.stop()
+        #expect(access(dir, F_OK) != 0, "the instance directory is gone")
+    }
+
+    @Test("a producer killed mid-stream: the engine reports it and serves the next client")
+    func producerKilled() throws {
+        let dir = testDirectory()
+        let log = LogLines()
+        let engine = try startEngine(dir, log: log)
+        defer { engine.stop() }
+        let load = Process()
+        load.executableURL = crossbookBinary()
+        load.arguments = ["load", "--instance", "t", "--directory", dir, "--rate", "0", "--duration", "30", "--quiet",
+                          "--ring-capacity", "1024"]
+        load.standardOutput = FileHandle.nullDevice
+        try load.run()
+        #expect(waitFor(10) { log.contains("attached") })
+        usleep(300_000)  // mid-stream
+        kill(load.processIdentifier, SIGKILL)
+        load.waitUntilExit()
+        #expect(waitFor(5) { log.contains("is gone") }, "\(log.all)")
+        let client = try CrossbookClient(instance: "t", directory: dir)
+        let aaa = try client.symbol("AAA")
+        #expect(client.submit(.new(NewOrder(orderId: 1, side: .buy, price: 1, quantity: 1)), symbol: aaa))
+        #expect(try collect(client, 1).first?.kind == .accepted)
+    }
+
+    @Test("the engine killed: the client gets a clear error, not a hang; the leftovers are found and cleaned")
+    func engineKilled() throws {
+        let dir = testDirectory()
+        let engine = Process()
+        engine.executableURL = crossbookBinary()
+        engine.arguments = ["run", "--instance", "k", "--directory", dir, "--no-pin"]
+        engine.standardError = FileHandle.nullDevice
+        try engine.run()
+        #expect(waitFor(10) { (try? EngineFile.attach(directory: dir))?.state == .running })
+        let client = try CrossbookClient(instance: "k", directory: dir)
+        kill(engine.processIdentifier, SIGKILL)
+        engine.waitUntilExit()
+        let started = Date()
+        #expect(throws: ClientError.self) {
+            while Date().timeIntervalSince(started) < 10 { try client.waitForReports(timeout: 0.1) { _ in } }
+        }
+        #expect(Date().timeIntervalSince(started) < 5)
+        #expect(throws: ClientError.self) { _ = try CrossbookClient(instance: "k", directory: dir) }
+        // A new engine finds the leftovers and refuses, unless told to clean them.
+        #expect {
+            _ = try startEngine(dir, instance: "k")
+        } throws: { "\($0)".contains("--clean-stale") }
+        let symbols = [(spec: SymbolSpec(name: "AAA", id: 1), shard: 0)]
+        let again = Engine(settings: EngineSettings(instance: "k", directory: dir, symbols: symbols, cleanStale: true),
+                           log: { _ in })
+        _ = try again.start()
+        again.stop()
+    }
+}
