@@ -6,7 +6,7 @@ DEB_PACKAGES := liburing-dev libnuma-dev libhiredis-dev librdkafka-dev pkg-confi
 # Tests run optimized: the differential test drives 1,000,000 commands through two books.
 TEST_FLAGS   := -c release -Xswiftc -enable-testing
 
-.PHONY: all deps build release test run bench bench-quick clean
+.PHONY: all deps build release test run replay bench clean
 
 all: build
 
@@ -28,9 +28,14 @@ test: deps
 	$(SWIFT) build $(TEST_FLAGS) --build-tests
 	$(SWIFT) test $(TEST_FLAGS) --skip-build
 
-# Until the engine process exists, the main job is a replay of the sample order log.
+# The engine on its embedded default with a load process beside it; Ctrl-C stops both.
+# RATE=orders/s (0: flat out), DURATION=seconds (0: until Ctrl-C).
 run: release
 	.build/release/crossbook host
+	scripts/run.sh
+
+# The sample order log through the books, offline: every event and the final books.
+replay: release
 	.build/release/crossbook replay samples/orders.csv --book --digest
 
 # Benchmarks (ordo-one/benchmark) live in their own package under bench/.

@@ -80,6 +80,10 @@ struct RunCommand: ParsableCommand {
         let settings = try EngineConfig.load(config).engineSettings(
             instance: instance, directory: directory, pin: !noPin, cleanStale: cleanStale)
         // Signals go to sigwait below, never to a shard thread: block them before any starts.
+        // A shell starts background jobs with SIGINT ignored, and an ignored signal never
+        // reaches sigwait: restore the default first (blocked, it kills nothing).
+        signal(SIGINT, SIG_DFL)
+        signal(SIGTERM, SIG_DFL)
         var signals = sigset_t()
         sigemptyset(&signals)
         sigaddset(&signals, SIGINT)
