@@ -16,6 +16,18 @@ let package = Package(
         .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.1", traits: ["MallocInterposer"]),
     ],
     targets: [
+        // The floors of R1/R2 in plain C at -O3: compared with, in the same run.
+        .target(name: "RingFloor", path: "Sources/RingFloor", cSettings: [.unsafeFlags(["-O3"])]),
+        .executableTarget(
+            name: "RingBenchmarks",
+            dependencies: [
+                "RingFloor",
+                .product(name: "Benchmark", package: "benchmark"),
+                .product(name: "SharedMemory", package: root),
+            ],
+            path: "Benchmarks/RingBenchmarks",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        ),
         .executableTarget(
             name: "OrderBookBenchmarks",
             dependencies: [

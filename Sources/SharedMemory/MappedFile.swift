@@ -81,7 +81,8 @@ public final class MappedFile {
     }
 
     private static func map(fd: Int32, path: String, size: Int, unlinkOnFailure: Bool) throws(SharedMemoryError) -> MappedFile {
-        let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+        // MAP_POPULATE: every page is faulted in now, not on a shard's hot path later.
+        let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0)
         guard let p, p != MAP_FAILED else {
             let e = errno
             if unlinkOnFailure { unlink(path) }
