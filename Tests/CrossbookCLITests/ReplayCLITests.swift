@@ -158,3 +158,26 @@ struct ReplayCLITests {
         #expect(result.stdout.contains("numa:"))
     }
 }
+
+@Suite("tuning/check")
+struct TuningCheckTests {
+    @Test("runs on this host and reports each check and a count of warnings")
+    func runsHere() throws {
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("tuning/check")
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/bash")
+        process.arguments = [script.path, "0"]
+        let out = Pipe()
+        process.standardOutput = out
+        try process.run()
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0)
+        #expect(text.contains("isolcpus"))
+        #expect(text.contains("transparent huge pages"))
+        #expect(text.contains("clocksource"))
+        let last = text.split(separator: "\n").last.map(String.init) ?? ""
+        #expect(last.hasSuffix("warning(s)"), "\(last)")
+    }
+}
