@@ -29,6 +29,19 @@ let package = Package(
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         ),
         .executableTarget(
+            name: "EngineBenchmarks",
+            dependencies: [
+                .product(name: "Benchmark", package: "benchmark"),
+                .product(name: "Engine", package: root),
+                .product(name: "CrossbookClient", package: root),
+                .product(name: "OrderBook", package: root),
+                .product(name: "Workloads", package: root),
+                .product(name: "SharedMemory", package: root),
+            ],
+            path: "Benchmarks/EngineBenchmarks",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        ),
+        .executableTarget(
             name: "OrderBookBenchmarks",
             dependencies: [
                 .product(name: "Benchmark", package: "benchmark"),

@@ -237,9 +237,8 @@ public final class Engine: @unchecked Sendable {
             }
             // A safety net under inotify (an overflowed queue, a watch that failed): look for
             // announcements still lying there.
-            if let names = try? FileManager.default.contentsOfDirectory(atPath: dir) {
-                for name in names where name.hasSuffix(".hello") { accept(String(name.dropLast(6))) }
-            }
+            // Raw bytes, no String per file: this loop allocates nothing in steady state.
+            scanForAnnouncements(dir)
             // Clients that died: their orders stay; their rings are no longer read.
             for (id, session) in sessions where !processIsAlive(session.pid) {
                 for shard in shards { _ = shard.send(.detach(session: id)) }
@@ -262,6 +261,21 @@ public final class Engine: @unchecked Sendable {
                     }
                 }
             }
+        }
+    }
+
+    private func scanForAnnouncements(_ dir: String) {
+        guard let handle = opendir(dir) else { return }
+        defer { closedir(handle) }
+        let suffix: [UInt8] = Array(".hello".utf8)
+        while let entry = readdir(handle) {
+            let name: String? = withUnsafeBytes(of: &entry.pointee.d_name) { raw in
+                let bytes = raw.bindMemory(to: UInt8.self)
+                guard let end = bytes.firstIndex(of: 0), end > suffix.count else { return nil }
+                for k in 0..<suffix.count where bytes[end - suffix.count + k] != suffix[k] { return nil }
+                return String(decoding: bytes[0..<(end - suffix.count)], as: UTF8.self)
+            }
+            if let name { accept(name) }
         }
     }
 
