@@ -30,6 +30,8 @@ public struct EngineSettings: Sendable {
     public var lagTimeoutNanoseconds: UInt64
     /// Remove the leftovers of a dead engine of the same instance instead of refusing to start.
     public var cleanStale: Bool
+    /// Slots of each shard's event ring (a power of two).
+    public var eventRingCapacity: Int = 1 << 16
 
     public static func defaultDirectory(_ instance: String) -> String { "/dev/shm/crossbook/\(instance)" }
 
@@ -153,8 +155,16 @@ public final class Engine: @unchecked Sendable {
         var placement: [String] = []
         for (i, shardSettings) in s.shards.enumerated() {
             let mine = s.symbols.filter { $0.shard == i }.map { (spec: $0.spec, capacity: s.capacity) }
-            let shard = Shard(index: i, core: shardSettings.core, symbols: mine, engineFile: file, wait: s.wait,
-                              lagTimeoutNanoseconds: s.lagTimeoutNanoseconds)
+            let events: EventRing
+            do {
+                events = try EventRing.create(path: InstanceLayout.eventRingPath(s.directory, shard: i),
+                                              capacity: s.eventRingCapacity, mode: s.fileMode)
+            } catch {
+                stop()
+                throw EngineError("\(error)")
+            }
+            let shard = Shard(index: i, core: shardSettings.core, symbols: mine, engineFile: file, eventRing: events,
+                              wait: s.wait, lagTimeoutNanoseconds: s.lagTimeoutNanoseconds)
             shard.start()
             shard.started.wait()
             shards.append(shard)
@@ -218,6 +228,7 @@ public final class Engine: @unchecked Sendable {
         var buffer = [UInt8](repeating: 0, count: 64 * 1024)
         var lastLag = [UInt64](repeating: 0, count: shards.count)
         var lastFaults = [UInt64](repeating: 0, count: shards.count)
+        var lastEventDetaches = [UInt64](repeating: 0, count: shards.count)
         while cb_load_acquire_u32(controlStop) == 0 {
             var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
             _ = poll(&pfd, 1, 100)
@@ -253,6 +264,11 @@ public final class Engine: @unchecked Sendable {
                     if lag != lastLag[s] {
                         log("shard \(s): \(lag - lastLag[s]) client(s) lagged past \(settings.lagTimeoutNanoseconds / 1_000_000) ms and were detached")
                         lastLag[s] = lag
+                    }
+                    let eventDetaches = file.counters(s).read(.eventDetaches)
+                    if eventDetaches != lastEventDetaches[s] {
+                        log("shard \(s): \(eventDetaches - lastEventDetaches[s]) event-ring consumer(s) lagged past \(settings.lagTimeoutNanoseconds / 1_000_000) ms (or were gone) and were detached")
+                        lastEventDetaches[s] = eventDetaches
                     }
                     let faults = file.counters(s).read(.ringFaults)
                     if faults != lastFaults[s] {

@@ -45,6 +45,9 @@ struct ReportSink: BookEventSink {
     let sessionIndex: UnsafeMutablePointer<Int32>
     let counters: ShardCounters
     let lagTimeoutNanoseconds: UInt64
+    /// The shard's event ring (market data), one producer: this shard.
+    let events: UnsafeMutablePointer<EventProducer>
+    var published = 0
     var symbolId: UInt32 = 0
     var sequence: UInt64 = 0
     var clientTime: UInt64 = 0
@@ -63,6 +66,8 @@ struct ReportSink: BookEventSink {
                                orderId: clientOrderId(id), clientTime: clientTime))
         case .trade(let maker, let taker, let takerSide, let price, let quantity, let makerOpen, let takerOpen):
             counters.add(.trades)
+            publish(.init(kind: .trade, side: takerSide, symbolId: symbolId, engineSequence: sequence, price: price,
+                          quantity: quantity))
             send(owner(maker), .init(kind: .trade, side: takerSide.opposite, code: 1, symbolId: symbolId,
                                      engineSequence: sequence, orderId: clientOrderId(maker), price: price,
                                      quantity: quantity, open: makerOpen))
@@ -77,9 +82,30 @@ struct ReportSink: BookEventSink {
             send(owner(id), .init(kind: .replaced, code: kept ? 1 : 0, symbolId: symbolId, engineSequence: sequence,
                                   orderId: clientOrderId(id), price: price, quantity: quantity, open: quantity,
                                   clientTime: clientTime))
-        case .level:
-            break  // market data goes to the event ring (not built yet), not to order owners
+        case .level(let side, let price, let quantity, let orders):
+            publish(.init(kind: .level, side: side, symbolId: symbolId, engineSequence: sequence, price: price,
+                          quantity: quantity, orders: Int64(orders)))
         }
+    }
+
+    /// Writes a market data event. A full ring waits for the slowest consumer (back-pressure);
+    /// past the lag timeout, consumers that may be detached (or are gone) are detached.
+    mutating func publish(_ event: MarketEventRecord.Event) {
+        if !events.pointee.claim() {
+            counters.add(.eventWaits)
+            var start = monotonicNanoseconds()
+            while !events.pointee.claim() {
+                cb_cpu_relax()
+                if monotonicNanoseconds() &- start > lagTimeoutNanoseconds {
+                    let n = events.pointee.detachLaggards()
+                    counters.add(.eventDetaches, UInt64(n))
+                    start = monotonicNanoseconds()
+                }
+            }
+        }
+        MarketEventRecord.encode(event, to: events.pointee.slot())
+        events.pointee.publish()
+        published += 1
     }
 
     /// Writes a report to a session. A full ring is back-pressure: wait for the client, up to
@@ -123,6 +149,7 @@ final class Shard: @unchecked Sendable {
     let mailbox: Mailbox<ShardMessage>
     let wait: WaitStrategy
     let lagTimeoutNanoseconds: UInt64
+    let eventRing: EventRing
     /// Set by the engine to stop; the shard drains what is published, then exits.
     private let stopFlag: UnsafeMutablePointer<UInt32>
     private(set) var placement = ""
@@ -133,7 +160,8 @@ final class Shard: @unchecked Sendable {
     static let maxSessions = 1024
 
     init(index: Int, core: Int?, symbols: [(spec: SymbolSpec, capacity: BookCapacity)], engineFile: EngineFile,
-         wait: WaitStrategy, lagTimeoutNanoseconds: UInt64) {
+         eventRing: EventRing, wait: WaitStrategy, lagTimeoutNanoseconds: UInt64) {
+        self.eventRing = eventRing
         self.index = index
         self.core = core
         self.symbols = symbols
@@ -228,8 +256,14 @@ final class Shard: @unchecked Sendable {
         let sessionIndex = UnsafeMutablePointer<Int32>.allocate(capacity: 1 << 16)
         sessionIndex.initialize(repeating: -1, count: 1 << 16)
         defer { sessionIndex.deallocate() }
+        let events = UnsafeMutablePointer<EventProducer>.allocate(capacity: 1)
+        events.initialize(to: eventRing.producer())
+        defer {
+            events.deinitialize(count: 1)
+            events.deallocate()
+        }
         var sink = ReportSink(inbound: inbound, sessionIndex: sessionIndex, counters: counters,
-                              lagTimeoutNanoseconds: lagTimeoutNanoseconds)
+                              lagTimeoutNanoseconds: lagTimeoutNanoseconds, events: events)
         var sequence: UInt64 = 0
         var idle = 0
         let maxBatch = 256
@@ -313,6 +347,10 @@ final class Shard: @unchecked Sendable {
                 }
             }
             counters.set(.backlog, UInt64(backlog))
+            if sink.published > 0 {
+                events.pointee.wakeConsumers()
+                sink.published = 0
+            }
             return work
         }
 

@@ -2,6 +2,7 @@
 //
 //   engine                 the control file: header, then per shard a doorbell and counters
 //   symbols                text: one line per symbol: name id shard tick lot min max maxqty
+//   events.<shard>         the shard's event ring: market data for any number of consumers
 //   <client>.session       a client's handshake state (64 bytes)
 //   <client>.cmd.<shard>   the client's command ring to that shard (client produces)
 //   <client>.rep.<shard>   that shard's report ring to the client (shard produces)
@@ -33,6 +34,7 @@ public enum InstanceLayout {
 
     public static func enginePath(_ dir: String) -> String { dir + "/engine" }
     public static func symbolsPath(_ dir: String) -> String { dir + "/symbols" }
+    public static func eventRingPath(_ dir: String, shard: Int) -> String { dir + "/events.\(shard)" }
     public static func sessionPath(_ dir: String, _ client: String) -> String { dir + "/\(client).session" }
     public static func helloPath(_ dir: String, _ client: String) -> String { dir + "/\(client).hello" }
     public static func commandRingPath(_ dir: String, _ client: String, shard: Int) -> String {
@@ -64,6 +66,10 @@ public enum ShardCounter: Int, CaseIterable, Sendable {
     case parks = 9
     case backlog = 10
     case malformed = 11
+    /// Event-ring consumers detached for lagging (or for being gone).
+    case eventDetaches = 12
+    /// Times the shard waited on a full event ring (back-pressure from a consumer).
+    case eventWaits = 13
 
     public var name: String {
         switch self {
@@ -79,6 +85,8 @@ public enum ShardCounter: Int, CaseIterable, Sendable {
         case .parks: "parks"
         case .backlog: "ring_backlog"
         case .malformed: "malformed"
+        case .eventDetaches: "event_consumer_detaches"
+        case .eventWaits: "event_ring_waits"
         }
     }
 }

@@ -19,15 +19,29 @@ final class LogLines: @unchecked Sendable {
     func contains(_ text: String) -> Bool { all.contains { $0.contains(text) } }
 }
 
-func startEngine(_ dir: String, instance: String = "t", shards: Int = 1, log: LogLines = LogLines()) throws -> Engine {
+func startEngine(_ dir: String, instance: String = "t", shards: Int = 1, log: LogLines = LogLines(),
+                 eventRingCapacity: Int = 1 << 16) throws -> Engine {
     let symbols = ["AAA", "BBB", "CCC"].enumerated().map { (spec: SymbolSpec(name: $1, id: UInt32($0 + 1)), shard: $0 % shards) }
-    let engine = Engine(settings: EngineSettings(
+    var settings = EngineSettings(
         instance: instance, directory: dir, shards: Array(repeating: ShardSettings(core: nil), count: shards),
         symbols: symbols, capacity: BookCapacity(orders: 4096, levels: 256),
         wait: WaitStrategy(spins: 1000, yields: 10, park: true, parkTimeoutNanoseconds: 50_000_000),
-        lagTimeoutNanoseconds: 200_000_000), log: { log.append($0) })
+        lagTimeoutNanoseconds: 200_000_000)
+    settings.eventRingCapacity = eventRingCapacity
+    let engine = Engine(settings: settings, log: { log.append($0) })
     _ = try engine.start()
     return engine
+}
+
+func events(_ consumer: EventConsumer, _ count: Int, timeout: Double = 5) throws -> [MarketEventRecord.Event] {
+    var out: [MarketEventRecord.Event] = []
+    let deadline = Date().addingTimeInterval(timeout)
+    while out.count < count && Date() < deadline {
+        let n = try consumer.wait(timeoutNanoseconds: 20_000_000)
+        for k in 0..<n { if let e = MarketEventRecord.decode(consumer.slot(k)) { out.append(e) } }
+        consumer.release(n)
+    }
+    return out
 }
 
 /// Collects reports until `count` arrived or `timeout` passed.
@@ -212,5 +226,77 @@ struct EngineTests {
                            log: { _ in })
         _ = try again.start()
         again.stop()
+    }
+}
+
+@Suite("Event ring", .serialized)
+struct EventRingTests {
+    @Test("a subscriber sees the L2 changes and trades of the shard, in order")
+    func marketData() throws {
+        let dir = testDirectory()
+        let engine = try startEngine(dir)
+        defer { engine.stop() }
+        let ring = try EventRing.attach(path: InstanceLayout.eventRingPath(dir, shard: 0))
+        let consumer = try ring.consumer(mayDetach: false)
+        let client = try CrossbookClient(instance: "t", directory: dir)
+        let aaa = try client.symbol("AAA")
+        client.submit(.new(NewOrder(orderId: 1, side: .sell, price: 100, quantity: 5)), symbol: aaa)
+        client.submit(.new(NewOrder(orderId: 2, side: .buy, price: 100, quantity: 2)), symbol: aaa)
+        let seen = try events(consumer, 3)
+        #expect(seen.map { [$0.kind.rawValue, UInt8($0.quantity)] } == [[2, 5], [1, 2], [2, 3]])
+        #expect(seen[1].side == .buy && seen[1].price == 100)
+        #expect(seen[2].orders == 1)
+        #expect(seen.map(\.engineSequence) == [1, 2, 2])
+    }
+
+    @Test("a consumer that may be detached is detached when it lags; the engine goes on")
+    func lagging() throws {
+        let dir = testDirectory()
+        let log = LogLines()
+        let engine = try startEngine(dir, log: log, eventRingCapacity: 64)
+        defer { engine.stop() }
+        let ring = try EventRing.attach(path: InstanceLayout.eventRingPath(dir, shard: 0))
+        let sleeper = try ring.consumer(mayDetach: true)
+        let client = try CrossbookClient(instance: "t", directory: dir)
+        let aaa = try client.symbol("AAA")
+        for id in 1...200 {
+            while !client.submit(.new(NewOrder(orderId: OrderId(id), side: .buy, price: Price(id), quantity: 1)), symbol: aaa) {
+                _ = try client.poll { _ in }
+            }
+        }
+        var acks = 0
+        let deadline = Date().addingTimeInterval(10)
+        while acks < 200 && Date() < deadline { try client.waitForReports(timeout: 0.05) { if $0.kind == .accepted { acks += 1 } } }
+        #expect(acks == 200)
+        #expect(throws: EventConsumerError.detached) { _ = try sleeper.poll() }
+        #expect(waitFor(5) { log.contains("event-ring consumer(s) lagged") })
+    }
+
+    @Test("a consumer that asks for back-pressure holds the shard back and loses nothing")
+    func backPressure() throws {
+        let dir = testDirectory()
+        let engine = try startEngine(dir, eventRingCapacity: 64)
+        defer { engine.stop() }
+        let ring = try EventRing.attach(path: InstanceLayout.eventRingPath(dir, shard: 0))
+        let slow = try ring.consumer(mayDetach: false)
+        let client = try CrossbookClient(instance: "t", directory: dir)
+        let aaa = try client.symbol("AAA")
+        for id in 1...200 {
+            while !client.submit(.new(NewOrder(orderId: OrderId(id), side: .buy, price: Price(id), quantity: 1)), symbol: aaa) {
+                _ = try client.poll { _ in }
+            }
+        }
+        // The shard stops at a full ring: well under 200 acknowledgements while nobody reads.
+        usleep(500_000)
+        var acks = 0
+        _ = try client.poll { if $0.kind == .accepted { acks += 1 } }
+        #expect(acks < 200)
+        // Reading releases it; every level event arrives, in sequence order, none lost.
+        let seen = try events(slow, 200, timeout: 10)
+        #expect(seen.count == 200)
+        #expect(seen.map(\.price) == (1...200).map { Price($0) })
+        let deadline = Date().addingTimeInterval(10)
+        while acks < 200 && Date() < deadline { try client.waitForReports(timeout: 0.05) { if $0.kind == .accepted { acks += 1 } } }
+        #expect(acks == 200)
     }
 }
