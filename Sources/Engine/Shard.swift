@@ -51,6 +51,8 @@ struct ReportSink: BookEventSink {
     var symbolId: UInt32 = 0
     var sequence: UInt64 = 0
     var clientTime: UInt64 = 0
+    /// Decided at sequencing, once per batch: part of what a journal record will carry.
+    var engineTime: UInt64 = 0
     var issuer: Int = 0
 
         mutating func on(_ event: BookEvent) {
@@ -58,33 +60,33 @@ struct ReportSink: BookEventSink {
         case .accepted(let id, let side, let price, let quantity):
             send(owner(id), .init(kind: .accepted, side: side, symbolId: symbolId, engineSequence: sequence,
                                   orderId: clientOrderId(id), price: price, quantity: quantity, open: quantity,
-                                  clientTime: clientTime))
+                                  engineTime: engineTime, clientTime: clientTime))
         case .rejected(let id, let reason):
             counters.add(.rejects)
             counters.addReject(reason.rawValue)
             send(issuer, .init(kind: .rejected, code: reason.rawValue, symbolId: symbolId, engineSequence: sequence,
-                               orderId: clientOrderId(id), clientTime: clientTime))
+                               orderId: clientOrderId(id), engineTime: engineTime, clientTime: clientTime))
         case .trade(let maker, let taker, let takerSide, let price, let quantity, let makerOpen, let takerOpen):
             counters.add(.trades)
             publish(.init(kind: .trade, side: takerSide, symbolId: symbolId, engineSequence: sequence, price: price,
-                          quantity: quantity))
+                          quantity: quantity, engineTime: engineTime))
             send(owner(maker), .init(kind: .trade, side: takerSide.opposite, code: 1, symbolId: symbolId,
                                      engineSequence: sequence, orderId: clientOrderId(maker), price: price,
-                                     quantity: quantity, open: makerOpen))
+                                     quantity: quantity, open: makerOpen, engineTime: engineTime))
             send(owner(taker), .init(kind: .trade, side: takerSide, code: 0, symbolId: symbolId,
                                      engineSequence: sequence, orderId: clientOrderId(taker), price: price,
-                                     quantity: quantity, open: takerOpen))
+                                     quantity: quantity, open: takerOpen, engineTime: engineTime))
         case .cancelled(let id, let quantity, let open, let reason):
             send(owner(id), .init(kind: .cancelled, code: reason.rawValue, symbolId: symbolId, engineSequence: sequence,
                                   orderId: clientOrderId(id), quantity: quantity, open: open,
-                                  clientTime: reason == .user ? clientTime : 0))
+                                  engineTime: engineTime, clientTime: reason == .user ? clientTime : 0))
         case .replaced(let id, let price, let quantity, let kept):
             send(owner(id), .init(kind: .replaced, code: kept ? 1 : 0, symbolId: symbolId, engineSequence: sequence,
                                   orderId: clientOrderId(id), price: price, quantity: quantity, open: quantity,
-                                  clientTime: clientTime))
+                                  engineTime: engineTime, clientTime: clientTime))
         case .level(let side, let price, let quantity, let orders):
             publish(.init(kind: .level, side: side, symbolId: symbolId, engineSequence: sequence, price: price,
-                          quantity: quantity, orders: Int64(orders)))
+                          quantity: quantity, orders: Int64(orders), engineTime: engineTime))
         }
     }
 
@@ -129,6 +131,13 @@ struct ReportSink: BookEventSink {
         ReportRecord.encode(report, to: inbound[index].reports.slot(0))
         inbound[index].reports.publish(1)
     }
+}
+
+@inline(__always)
+func realtimeNanoseconds() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
 }
 
 @inline(__always)
@@ -302,6 +311,7 @@ final class Shard: @unchecked Sendable {
                 if available == 0 { continue }
                 backlog += available
                 let n = min(available, maxBatch)
+                sink.engineTime = realtimeNanoseconds()
                 let session = inbound[i].session
                 for k in 0..<n {
                     let record = inbound[i].commands.slot(k)

@@ -11,7 +11,8 @@
 //  16     8    price
 //  24     8    quantity         trade: traded; level: total resting at the price (0: gone)
 //  32     8    orders           level: resting orders at the price; trade: 0
-//  40    24    reserved         0
+//  40     8    engine time      nanoseconds since the epoch, taken once per batch at sequencing
+//  48    16    reserved         0
 
 import OrderBook
 
@@ -31,9 +32,10 @@ public enum MarketEventRecord {
         public var price: Price
         public var quantity: Quantity
         public var orders: Int64
+        public var engineTime: UInt64
 
         public init(kind: Kind, side: Side, symbolId: UInt32, engineSequence: UInt64, price: Price, quantity: Quantity,
-                    orders: Int64 = 0) {
+                    orders: Int64 = 0, engineTime: UInt64 = 0) {
             self.kind = kind
             self.side = side
             self.symbolId = symbolId
@@ -41,6 +43,7 @@ public enum MarketEventRecord {
             self.price = price
             self.quantity = quantity
             self.orders = orders
+            self.engineTime = engineTime
         }
     }
 
@@ -52,7 +55,7 @@ public enum MarketEventRecord {
         p.storeBytes(of: e.price.littleEndian, toByteOffset: 16, as: Int64.self)
         p.storeBytes(of: e.quantity.littleEndian, toByteOffset: 24, as: Int64.self)
         p.storeBytes(of: e.orders.littleEndian, toByteOffset: 32, as: Int64.self)
-        p.storeBytes(of: UInt64(0), toByteOffset: 40, as: UInt64.self)
+        p.storeBytes(of: e.engineTime.littleEndian, toByteOffset: 40, as: UInt64.self)
         p.storeBytes(of: UInt64(0), toByteOffset: 48, as: UInt64.self)
         p.storeBytes(of: UInt64(0), toByteOffset: 56, as: UInt64.self)
     }
@@ -68,6 +71,7 @@ public enum MarketEventRecord {
                      engineSequence: UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt64.self)),
                      price: Int64(littleEndian: p.loadUnaligned(fromByteOffset: 16, as: Int64.self)),
                      quantity: Int64(littleEndian: p.loadUnaligned(fromByteOffset: 24, as: Int64.self)),
-                     orders: Int64(littleEndian: p.loadUnaligned(fromByteOffset: 32, as: Int64.self)))
+                     orders: Int64(littleEndian: p.loadUnaligned(fromByteOffset: 32, as: Int64.self)),
+                     engineTime: UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 40, as: UInt64.self)))
     }
 }

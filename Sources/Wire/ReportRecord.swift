@@ -14,7 +14,8 @@
 //  32     8    quantity         accepted: order quantity; trade: traded; cancelled: cancelled;
 //                               replaced: new open quantity
 //  40     8    open             what is still open of the order after this (0: it is gone)
-//  48     8    counterparty     trade: the other order's id as the engine knows it; else 0
+//  48     8    engine time      nanoseconds since the epoch (CLOCK_REALTIME), taken by the shard
+//                               once per batch of commands, at sequencing
 //  56     8    client time      echoed from the command (accepted, rejected, replaced, cancel
 //                               by the user); 0 otherwise
 
@@ -41,12 +42,12 @@ public enum ReportRecord {
         public var price: Price
         public var quantity: Quantity
         public var open: Quantity
-        public var counterparty: Int64
+        public var engineTime: UInt64
         public var clientTime: UInt64
 
         public init(kind: Kind, side: Side = .buy, code: UInt8 = 0, symbolId: UInt32, engineSequence: UInt64,
                     orderId: OrderId, price: Price = 0, quantity: Quantity = 0, open: Quantity = 0,
-                    counterparty: Int64 = 0, clientTime: UInt64 = 0) {
+                    engineTime: UInt64 = 0, clientTime: UInt64 = 0) {
             self.kind = kind
             self.side = side
             self.code = code
@@ -56,7 +57,7 @@ public enum ReportRecord {
             self.price = price
             self.quantity = quantity
             self.open = open
-            self.counterparty = counterparty
+            self.engineTime = engineTime
             self.clientTime = clientTime
         }
 
@@ -74,7 +75,7 @@ public enum ReportRecord {
         p.storeBytes(of: r.price.littleEndian, toByteOffset: 24, as: Int64.self)
         p.storeBytes(of: r.quantity.littleEndian, toByteOffset: 32, as: Int64.self)
         p.storeBytes(of: r.open.littleEndian, toByteOffset: 40, as: Int64.self)
-        p.storeBytes(of: r.counterparty.littleEndian, toByteOffset: 48, as: Int64.self)
+        p.storeBytes(of: r.engineTime.littleEndian, toByteOffset: 48, as: UInt64.self)
         p.storeBytes(of: r.clientTime.littleEndian, toByteOffset: 56, as: UInt64.self)
     }
 
@@ -94,7 +95,7 @@ public enum ReportRecord {
             price: Int64(littleEndian: p.loadUnaligned(fromByteOffset: 24, as: Int64.self)),
             quantity: Int64(littleEndian: p.loadUnaligned(fromByteOffset: 32, as: Int64.self)),
             open: Int64(littleEndian: p.loadUnaligned(fromByteOffset: 40, as: Int64.self)),
-            counterparty: Int64(littleEndian: p.loadUnaligned(fromByteOffset: 48, as: Int64.self)),
+            engineTime: UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 48, as: UInt64.self)),
             clientTime: UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 56, as: UInt64.self)))
     }
 }

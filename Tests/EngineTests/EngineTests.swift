@@ -81,6 +81,7 @@ struct EngineTests {
         #expect(maker.submit(.new(NewOrder(orderId: 1, account: 1, side: .sell, price: 100, quantity: 5)), symbol: aaa, clientTime: 77))
         let ack = try collect(maker, 1)
         #expect(ack.first?.kind == .accepted && ack.first?.orderId == 1 && ack.first?.clientTime == 77)
+        #expect(abs(Double(ack.first?.engineTime ?? 0) / 1e9 - Date().timeIntervalSince1970) < 60)
         // Same client order id from another session: a different order.
         #expect(taker.submit(.new(NewOrder(orderId: 1, account: 2, side: .buy, price: 100, quantity: 3)), symbol: aaa))
         let takerReports = try collect(taker, 2)
@@ -247,6 +248,9 @@ struct EventRingTests {
         #expect(seen[1].side == .buy && seen[1].price == 100)
         #expect(seen[2].orders == 1)
         #expect(seen.map(\.engineSequence) == [1, 2, 2])
+        // Stamped at sequencing with the wall clock.
+        let now = UInt64(Date().timeIntervalSince1970 * 1e9)
+        #expect(seen.allSatisfy { $0.engineTime > now - 60_000_000_000 && $0.engineTime <= now + 1_000_000_000 })
     }
 
     @Test("a consumer that may be detached is detached when it lags; the engine goes on")
