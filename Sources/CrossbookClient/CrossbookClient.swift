@@ -47,6 +47,8 @@ public final class CrossbookClient {
     private var reports: [RingConsumer]
     private let doorbells: [Doorbell]
     private var closed = false
+    /// Shards sent commands since the last flush (bit per shard; at most 64 shards).
+    private var unflushed: UInt64 = 0
     private nonisolated(unsafe) static var counter = 0
 
     /// Attaches to engine `instance`: creates this client's rings, announces them, waits for
@@ -153,17 +155,30 @@ public final class CrossbookClient {
 
     /// Puts one command in the ring of the symbol's shard. False when that ring is full (the
     /// engine is behind): try again, or wait for reports. The order id is yours, 0 ..< 2^48.
+    /// `flush: false` leaves the shard's doorbell alone: submit a batch that way, then call
+    /// `flush()` once (the doorbell costs a full memory fence).
     @discardableResult
     public func submit(_ command: BookCommand, symbol: SymbolInfo, clientTime: UInt64 = 0,
-                       clientSequence: UInt64 = 0) -> Bool {
+                       clientSequence: UInt64 = 0, flush: Bool = true) -> Bool {
         let shard = symbol.shard
         guard commands[shard].claim(1) == 1 else { return false }
         CommandRecord.encode(CommandRecord.Decoded(symbolId: symbol.spec.id, command: command, clientTime: clientTime,
                                                    clientSequence: clientSequence),
                              to: commands[shard].slot(0))
         commands[shard].publish(1)
-        doorbells[shard].ring()
+        if flush { doorbells[shard].ring() } else { unflushed |= 1 << UInt64(shard) }
         return true
+    }
+
+    /// Wakes the shards that were sent commands with `flush: false`, if they sleep.
+    public func flush() {
+        var pending = unflushed
+        unflushed = 0
+        while pending != 0 {
+            let shard = pending.trailingZeroBitCount
+            doorbells[shard].ring()
+            pending &= pending - 1
+        }
     }
 
     /// Hands every report waiting now to `body`; returns how many.

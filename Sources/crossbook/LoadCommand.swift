@@ -53,55 +53,7 @@ struct LoadCommand: ParsableCommand {
         let targets = Array(chosen)
         signal(SIGINT) { _ in loadInterrupted = 1 }
 
-        // Per symbol: live resting order ids (W1's list), and each id's index in it.
-        var live = [[OrderId]](repeating: [], count: targets.count)
-        var position = [Int: Int]()  // key: symbol index << 48 | id
-        let symbolIndex = Dictionary(uniqueKeysWithValues: targets.enumerated().map { ($1.spec.id, $0) })
-        func removeLive(_ s: Int, _ id: OrderId) {
-            guard let i = position.removeValue(forKey: s << 48 | Int(id)) else { return }
-            let last = live[s].removeLast()
-            if i < live[s].count {
-                live[s][i] = last
-                position[s << 48 | Int(last)] = i
-            }
-        }
-
-        var window = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
-        var total = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
-        var sent = 0, acked = 0, fills = 0, rejects = 0, fullRing = 0
-        var windowSent = 0, windowAcked = 0
-
-        func handle(_ r: ReportRecord.Report, now: UInt64) {
-            guard let s = symbolIndex[r.symbolId] else { return }
-            switch r.kind {
-            case .accepted, .rejected, .replaced:
-                if r.kind == .rejected { rejects += 1 }
-                if r.kind == .accepted && r.open > 0 && r.price != 0 {
-                    position[s << 48 | Int(r.orderId)] = live[s].count
-                    live[s].append(r.orderId)
-                }
-                if r.clientTime != 0 {
-                    let latency = now &- r.clientTime
-                    _ = window.record(latency)
-                    _ = total.record(latency)
-                    acked += 1
-                    windowAcked += 1
-                }
-            case .cancelled:
-                if r.open == 0 { removeLive(s, r.orderId) }
-                if r.cancelReason == .user && r.clientTime != 0 {
-                    let latency = now &- r.clientTime
-                    _ = window.record(latency)
-                    _ = total.record(latency)
-                    acked += 1
-                    windowAcked += 1
-                }
-            case .trade:
-                fills += 1
-                if r.open == 0 { removeLive(s, r.orderId) }
-            }
-        }
-
+        var state = LoadState(targets: targets)
         var rng = SplitMix64(seed: seed)
         var nextId: OrderId = 1
         let interval = rate > 0 ? 1e9 / rate : 0
@@ -109,7 +61,7 @@ struct LoadCommand: ParsableCommand {
         var scheduled = Double(start)
         let end = duration > 0 ? start + UInt64(duration * 1e9) : UInt64.max
         var nextPrint = start + 1_000_000_000
-        var pending: (BookCommand, SymbolInfo, UInt64)?
+        var pending: Pending?
         var op = 0
         if !quiet {
             print("load: W1 mix into '\(instance)', \(rate > 0 ? "\(Int(rate)) orders/s" : "flat out"), \(targets.count) symbol(s)")
@@ -133,30 +85,33 @@ struct LoadCommand: ParsableCommand {
                         command = .new(NewOrder(orderId: nextId, side: b & 1 == 1 ? .buy : .sell,
                                                 price: 9950 + Price(c % 101), quantity: 1 + Quantity(d % 100)))
                         nextId += 1
+                        state.position.append(-1)
                     } else if t < 90 {
-                        guard !live[s].isEmpty else { continue }
-                        command = .cancel(CancelOrder(orderId: live[s][Int(b % UInt64(live[s].count))]))
+                        guard !state.live[s].isEmpty else { continue }
+                        command = .cancel(CancelOrder(orderId: state.live[s][Int(b % UInt64(state.live[s].count))]))
                     } else {
                         command = .new(NewOrder(orderId: nextId, side: b & 1 == 1 ? .buy : .sell, type: .market,
                                                 price: 0, quantity: 1 + Quantity(d % 100), timeInForce: .ioc))
                         nextId += 1
+                        state.position.append(-1)
                     }
-                    pending = (command, targets[s], stamp)
+                    pending = Pending(command: command, symbol: targets[s], stamp: stamp)
                 }
-                guard let (command, symbol, stamp) = pending else { break }
-                if client.submit(command, symbol: symbol, clientTime: stamp) {
+                guard let p = pending else { break }
+                if client.submit(p.command, symbol: p.symbol, clientTime: p.stamp, flush: false) {
                     pending = nil
-                    sent += 1
-                    windowSent += 1
+                    state.sent += 1
+                    state.windowSent += 1
                     budget -= 1
                 } else {
-                    fullRing += 1
+                    state.fullRing += 1
                     break
                 }
             }
+            client.flush()
             do {
                 now = nanoseconds()
-                try client.poll { handle($0, now: now) }
+                try client.poll { state.handle($0, now: now) }
             } catch {
                 throw CLIError("\(error)")
             }
@@ -164,27 +119,98 @@ struct LoadCommand: ParsableCommand {
                 do { try client.checkEngine() } catch { throw CLIError("\(error)") }
                 if !quiet {
                     print(String(format: "%5.0fs  sent %9d/s  acked %9d/s  p50 %8.1f µs  p99 %8.1f µs  p99.9 %8.1f µs  max %8.1f µs",
-                                 Double(now - start) / 1e9, windowSent, windowAcked,
-                                 Double(window.valueAtPercentile(50)) / 1e3, Double(window.valueAtPercentile(99)) / 1e3,
-                                 Double(window.valueAtPercentile(99.9)) / 1e3, Double(window.max) / 1e3))
+                                 Double(now - start) / 1e9, state.windowSent, state.windowAcked,
+                                 Double(state.window.valueAtPercentile(50)) / 1e3, Double(state.window.valueAtPercentile(99)) / 1e3,
+                                 Double(state.window.valueAtPercentile(99.9)) / 1e3, Double(state.window.max) / 1e3))
                 }
-                window.reset()
-                windowSent = 0
-                windowAcked = 0
+                state.rollOver()
                 nextPrint += 1_000_000_000
             }
         }
         // Collect the last acknowledgements.
         let drainUntil = nanoseconds() + 2_000_000_000
-        while acked < sent && nanoseconds() < drainUntil {
-            do { try client.poll { handle($0, now: nanoseconds()) } } catch { break }
+        while state.acked < state.sent && nanoseconds() < drainUntil {
+            do { try client.poll { state.handle($0, now: nanoseconds()) } } catch { break }
         }
+        state.rollOver()
         let seconds = Double(nanoseconds() - start) / 1e9
         print(String(format: "summary: %d orders sent in %.1f s (%.0f/s), %d acknowledged, %d fills, %d rejects, ring full %d times",
-                     sent, seconds, Double(sent) / seconds, acked, fills, rejects, fullRing))
+                     state.sent, seconds, Double(state.sent) / seconds, state.acked, state.fills, state.rejects, state.fullRing))
         print(String(format: "submit→ack latency: p50 %.1f µs, p99 %.1f µs, p99.9 %.1f µs, max %.1f µs",
-                     Double(total.valueAtPercentile(50)) / 1e3, Double(total.valueAtPercentile(99)) / 1e3,
-                     Double(total.valueAtPercentile(99.9)) / 1e3, Double(total.max) / 1e3))
+                     Double(state.total.valueAtPercentile(50)) / 1e3, Double(state.total.valueAtPercentile(99)) / 1e3,
+                     Double(state.total.valueAtPercentile(99.9)) / 1e3, Double(state.total.max) / 1e3))
+    }
+}
+
+struct Pending {
+    var command: BookCommand
+    var symbol: SymbolInfo
+    var stamp: UInt64
+}
+
+/// The load generator's bookkeeping: W1's live lists, latency histograms and counts. A struct
+/// with mutating methods (not captured locals), so that access is checked at compile time.
+struct LoadState {
+    /// Per symbol: live resting order ids (W1's list). Ids are issued in sequence across all
+    /// symbols, so each id's index in its list is a flat array indexed by id (-1: not live).
+    var live: [[OrderId]]
+    var position: [Int32] = [-1]
+    var symbolIndex: [Int]
+    var window = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
+    var total = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
+    var sent = 0, acked = 0, fills = 0, rejects = 0, fullRing = 0
+    var windowSent = 0, windowAcked = 0
+
+    init(targets: [SymbolInfo]) {
+        live = [[OrderId]](repeating: [], count: targets.count)
+        position.reserveCapacity(1 << 20)
+        symbolIndex = [Int](repeating: -1, count: Int(targets.map(\.spec.id).max()!) + 1)
+        for (i, t) in targets.enumerated() { symbolIndex[Int(t.spec.id)] = i }
+    }
+
+    mutating func rollOver() {
+        total.add(window)
+        window.reset()
+        windowSent = 0
+        windowAcked = 0
+    }
+
+    mutating func removeLive(_ s: Int, _ id: OrderId) {
+        guard id > 0, Int(id) < position.count else { return }
+        let i = Int(position[Int(id)])
+        guard i >= 0 else { return }
+        position[Int(id)] = -1
+        let last = live[s].removeLast()
+        if i < live[s].count {
+            live[s][i] = last
+            position[Int(last)] = Int32(i)
+        }
+    }
+
+    /// Into this second's histogram only; `rollOver` adds it to the total once a second.
+    mutating func record(_ latency: UInt64) {
+        _ = window.record(latency)
+        acked += 1
+        windowAcked += 1
+    }
+
+    mutating func handle(_ r: ReportRecord.Report, now: UInt64) {
+        guard Int(r.symbolId) < symbolIndex.count, case let s = symbolIndex[Int(r.symbolId)], s >= 0 else { return }
+        switch r.kind {
+        case .accepted, .rejected, .replaced:
+            if r.kind == .rejected { rejects += 1 }
+            if r.kind == .accepted && r.open > 0 && r.price != 0 && r.orderId > 0 && Int(r.orderId) < position.count {
+                position[Int(r.orderId)] = Int32(live[s].count)
+                live[s].append(r.orderId)
+            }
+            if r.clientTime != 0 { record(now &- r.clientTime) }
+        case .cancelled:
+            if r.open == 0 { removeLive(s, r.orderId) }
+            if r.cancelReason == .user && r.clientTime != 0 { record(now &- r.clientTime) }
+        case .trade:
+            fills += 1
+            if r.open == 0 { removeLive(s, r.orderId) }
+        }
     }
 }
 
