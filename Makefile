@@ -6,7 +6,7 @@ DEB_PACKAGES := liburing-dev libnuma-dev libhiredis-dev librdkafka-dev pkg-confi
 # Tests run optimized: the differential test drives 1,000,000 commands through two books.
 TEST_FLAGS   := -c release -Xswiftc -enable-testing
 
-.PHONY: all deps build release test run replay bench clean
+.PHONY: all deps build release test run replay bench bench-e2e clean
 
 all: build
 
@@ -41,6 +41,10 @@ replay: release
 # Benchmarks (ordo-one/benchmark) live in their own package under bench/.
 bench: deps
 	cd bench && $(SWIFT) package --allow-writing-to-package-directory benchmark
+
+# End to end from a separate process: 100k/s, 1M/s and flat out, three rounds.
+bench-e2e: release
+	bench/e2e.sh 3 5
 
 clean:
 	rm -rf .build bench/.build
