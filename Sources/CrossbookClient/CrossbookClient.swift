@@ -55,7 +55,7 @@ public final class CrossbookClient {
     /// the engine to accept (up to `timeout` seconds).
     public init(instance: String, directory: String? = nil, ringCapacity: Int = 4096, timeout: Double = 5) throws(ClientError) {
         self.instance = instance
-        let dir = directory ?? "/dev/shm/crossbook/\(instance)"
+        let dir = directory ?? InstanceLayout.defaultDirectory(instance)
         self.directory = dir
         let engine: EngineFile
         do {

@@ -33,7 +33,7 @@ public struct EngineSettings: Sendable {
     /// Slots of each shard's event ring (a power of two).
     public var eventRingCapacity: Int = 1 << 16
 
-    public static func defaultDirectory(_ instance: String) -> String { "/dev/shm/crossbook/\(instance)" }
+    public static func defaultDirectory(_ instance: String) -> String { InstanceLayout.defaultDirectory(instance) }
 
     public init(instance: String = "default", directory: String? = nil, group: gid_t? = nil,
                 shards: [ShardSettings] = [ShardSettings(core: nil)], symbols: [(spec: SymbolSpec, shard: Int)] = [],

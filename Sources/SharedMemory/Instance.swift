@@ -32,6 +32,9 @@ public enum InstanceLayout {
 
     public static func engineFileSize(shards: Int) -> Int { headerSize + shards * shardBlockSize }
 
+    /// Where an instance's files live unless configured otherwise.
+    public static func defaultDirectory(_ instance: String) -> String { "/dev/shm/crossbook/\(instance)" }
+
     public static func enginePath(_ dir: String) -> String { dir + "/engine" }
     public static func symbolsPath(_ dir: String) -> String { dir + "/symbols" }
     public static func eventRingPath(_ dir: String, shard: Int) -> String { dir + "/events.\(shard)" }

@@ -140,10 +140,9 @@ public final class Ring {
     public var creatorIsAlive: Bool { processIsAlive(creatorPid) }
 }
 
-/// Writes slots. Not thread-safe: one producer thread per ring. Holds raw pointers into the
-/// mapping: the `Ring` must outlive it.
-@frozen
-public struct RingProducer {
+/// Where the shared parts of a ring are, for both views.
+@frozen @usableFromInline
+struct RingPointers {
     @usableFromInline let slots: UnsafeMutableRawPointer
     @usableFromInline let producerCursor: UnsafeMutablePointer<UInt64>
     @usableFromInline let consumerCursor: UnsafeMutablePointer<UInt64>
@@ -151,13 +150,8 @@ public struct RingProducer {
     @usableFromInline let parked: UnsafeMutablePointer<UInt32>
     @usableFromInline let mask: UInt64
     @usableFromInline let capacity: UInt64
-    @usableFromInline let mayPark: Bool
-    /// The next sequence to publish (our own cursor; nobody else writes it).
-    @usableFromInline var head: UInt64
-    /// The consumer's cursor as last read: refreshed only when the ring looks full.
-    @usableFromInline var cachedConsumer: UInt64
 
-    init(base: UnsafeMutableRawPointer, capacity: Int, mayPark: Bool) {
+    init(base: UnsafeMutableRawPointer, capacity: Int) {
         slots = base + RingLayout.headerSize
         producerCursor = (base + RingLayout.producerOffset).assumingMemoryBound(to: UInt64.self)
         consumerCursor = (base + RingLayout.consumerOffset).assumingMemoryBound(to: UInt64.self)
@@ -165,24 +159,45 @@ public struct RingProducer {
         parked = (base + RingLayout.parkedOffset).assumingMemoryBound(to: UInt32.self)
         mask = UInt64(capacity - 1)
         self.capacity = UInt64(capacity)
+    }
+
+    @inlinable @inline(__always)
+    func slot(_ sequence: UInt64) -> UnsafeMutableRawPointer {
+        slots + Int(sequence & mask) &* RingLayout.slotSize
+    }
+}
+
+/// Writes slots. Not thread-safe: one producer thread per ring. Holds raw pointers into the
+/// mapping: the `Ring` must outlive it.
+@frozen
+public struct RingProducer {
+    @usableFromInline let ring: RingPointers
+    @usableFromInline let mayPark: Bool
+    /// The next sequence to publish (our own cursor; nobody else writes it).
+    @usableFromInline var head: UInt64
+    /// The consumer's cursor as last read: refreshed only when the ring looks full.
+    @usableFromInline var cachedConsumer: UInt64
+
+    init(base: UnsafeMutableRawPointer, capacity: Int, mayPark: Bool) {
+        ring = RingPointers(base: base, capacity: capacity)
         self.mayPark = mayPark
         // Resume where the ring is (a producer that re-attaches after a restart).
-        head = cb_load_acquire_u64(producerCursor)
-        cachedConsumer = cb_load_acquire_u64(consumerCursor)
+        head = cb_load_acquire_u64(ring.producerCursor)
+        cachedConsumer = cb_load_acquire_u64(ring.consumerCursor)
     }
 
     /// Claims up to `count` free slots and returns how many it got (0: the ring is full).
     /// Write them with `slot(_:)`, then `publish(_:)`.
     @inlinable
     public mutating func claim(_ count: Int) -> Int {
-        var free = capacity &- (head &- cachedConsumer)
+        var free = ring.capacity &- (head &- cachedConsumer)
         if free < UInt64(count) {
             // Acquire pairs with the consumer's release in `release(_:)`: the slots it freed
             // are no longer being read when we overwrite them.
-            cachedConsumer = cb_load_acquire_u64(consumerCursor)
-            free = capacity &- (head &- cachedConsumer)
+            cachedConsumer = cb_load_acquire_u64(ring.consumerCursor)
+            free = ring.capacity &- (head &- cachedConsumer)
             // A consumer cursor ahead of ours is corrupt: claim nothing rather than overwrite.
-            if free > capacity { return 0 }
+            if free > ring.capacity { return 0 }
         }
         return Int(min(free, UInt64(count)))
     }
@@ -190,7 +205,7 @@ public struct RingProducer {
     /// The k-th claimed slot (k < what `claim` returned).
     @inlinable @inline(__always)
     public func slot(_ k: Int) -> UnsafeMutableRawPointer {
-        slots + Int((head &+ UInt64(k)) & mask) &* RingLayout.slotSize
+        ring.slot(head &+ UInt64(k))
     }
 
     /// Makes the first `count` claimed slots visible to the consumer, and wakes it if parked.
@@ -199,14 +214,14 @@ public struct RingProducer {
         head &+= UInt64(count)
         // Release publishes the slot contents written before it; pairs with the consumer's
         // acquire load in `poll()`.
-        cb_store_release_u64(producerCursor, head)
+        cb_store_release_u64(ring.producerCursor, head)
         if mayPark {
             // Store(cursor) then load(parked), against the consumer's store(parked) then
             // load(cursor): the full fence makes sure one of the two sees the other.
             cb_fence_seq_cst()
-            if cb_load_acquire_u32(parked) != 0 {
-                _ = cb_fetch_add_u32(wakeSequence, 1)
-                _ = cb_futex_wake(wakeSequence, 1)
+            if cb_load_acquire_u32(ring.parked) != 0 {
+                _ = cb_fetch_add_u32(ring.wakeSequence, 1)
+                _ = cb_futex_wake(ring.wakeSequence, 1)
             }
         }
     }
@@ -221,7 +236,7 @@ public struct RingProducer {
     }
 
     /// Slots published and not yet read, as the producer last saw them.
-    public var backlog: Int { Int(head &- cb_load_acquire_u64(consumerCursor)) }
+    public var backlog: Int { Int(head &- cb_load_acquire_u64(ring.consumerCursor)) }
 }
 
 /// How a consumer waits for data: spin, then yield, then sleep on the futex. Never sleeps on
@@ -249,27 +264,15 @@ public struct WaitStrategy: Sendable {
 /// Reads slots. Not thread-safe: one consumer thread per ring.
 @frozen
 public struct RingConsumer {
-    @usableFromInline let slots: UnsafeMutableRawPointer
-    @usableFromInline let producerCursor: UnsafeMutablePointer<UInt64>
-    @usableFromInline let consumerCursor: UnsafeMutablePointer<UInt64>
-    @usableFromInline let wakeSequence: UnsafeMutablePointer<UInt32>
-    @usableFromInline let parked: UnsafeMutablePointer<UInt32>
-    @usableFromInline let mask: UInt64
-    @usableFromInline let capacity: UInt64
+    @usableFromInline let ring: RingPointers
     /// The next sequence to read (our own cursor).
     @usableFromInline var tail: UInt64
     /// The producer's cursor as last read.
     @usableFromInline var cachedProducer: UInt64
 
     init(base: UnsafeMutableRawPointer, capacity: Int) {
-        slots = base + RingLayout.headerSize
-        producerCursor = (base + RingLayout.producerOffset).assumingMemoryBound(to: UInt64.self)
-        consumerCursor = (base + RingLayout.consumerOffset).assumingMemoryBound(to: UInt64.self)
-        wakeSequence = (base + RingLayout.wakeOffset).assumingMemoryBound(to: UInt32.self)
-        parked = (base + RingLayout.parkedOffset).assumingMemoryBound(to: UInt32.self)
-        mask = UInt64(capacity - 1)
-        self.capacity = UInt64(capacity)
-        tail = cb_load_acquire_u64(consumerCursor)
+        ring = RingPointers(base: base, capacity: capacity)
+        tail = cb_load_acquire_u64(ring.consumerCursor)
         cachedProducer = tail
     }
 
@@ -280,19 +283,19 @@ public struct RingConsumer {
         if cachedProducer == tail {
             // Acquire pairs with the producer's release in `publish(_:)`: the slots below the
             // cursor we read are fully written.
-            let now = cb_load_acquire_u64(producerCursor)
+            let now = cb_load_acquire_u64(ring.producerCursor)
             if now < cachedProducer { throw .cursorWentBack(was: cachedProducer, now: now) }
             cachedProducer = now
         }
         let readable = cachedProducer &- tail
-        if readable > capacity { throw .cursorBeyondCapacity(readable: readable, capacity: capacity) }
+        if readable > ring.capacity { throw .cursorBeyondCapacity(readable: readable, capacity: ring.capacity) }
         return Int(readable)
     }
 
     /// The k-th readable slot (k < what `poll` returned).
     @inlinable @inline(__always)
     public func slot(_ k: Int) -> UnsafeRawPointer {
-        UnsafeRawPointer(slots + Int((tail &+ UInt64(k)) & mask) &* RingLayout.slotSize)
+        UnsafeRawPointer(ring.slot(tail &+ UInt64(k)))
     }
 
     /// Gives the first `count` readable slots back to the producer.
@@ -301,7 +304,7 @@ public struct RingConsumer {
         tail &+= UInt64(count)
         // Release: our reads of those slots happen before the producer may reuse them; pairs
         // with the producer's acquire load in `claim(_:)`.
-        cb_store_release_u64(consumerCursor, tail)
+        cb_store_release_u64(ring.consumerCursor, tail)
     }
 
     /// Waits until something is readable, as the strategy says, and returns how much.
@@ -323,19 +326,19 @@ public struct RingConsumer {
             if n > 0 { return n }
         }
         guard strategy.park else { return 0 }
-        let sequence = cb_load_acquire_u32(wakeSequence)
-        cb_store_seq_cst_u32(parked, 1)
+        let sequence = cb_load_acquire_u32(ring.wakeSequence)
+        cb_store_seq_cst_u32(ring.parked, 1)
         // Store(parked) then load(cursor): see `publish`. If data came meanwhile, don't sleep.
         cb_fence_seq_cst()
         n = try poll()
         if n == 0 {
-            _ = cb_futex_wait(wakeSequence, sequence, strategy.parkTimeoutNanoseconds)
+            _ = cb_futex_wait(ring.wakeSequence, sequence, strategy.parkTimeoutNanoseconds)
             n = try poll()
         }
-        cb_store_release_u32(parked, 0)
+        cb_store_release_u32(ring.parked, 0)
         return n
     }
 
     /// Slots readable, without changing anything.
-    public var backlog: Int { Int(cb_load_acquire_u64(producerCursor) &- tail) }
+    public var backlog: Int { Int(cb_load_acquire_u64(ring.producerCursor) &- tail) }
 }

@@ -1,5 +1,6 @@
 // The crossbook command-line tool: the entry point for operators and for `make run`.
 import ArgumentParser
+import SharedMemory
 
 @main
 struct Crossbook: ParsableCommand {
@@ -15,4 +16,15 @@ struct Crossbook: ParsableCommand {
 struct CLIError: Error, CustomStringConvertible {
     var description: String
     init(_ description: String) { self.description = description }
+}
+
+/// Which running engine a command talks to.
+struct InstanceOptions: ParsableArguments {
+    @Option(help: "Instance name.")
+    var instance: String = "default"
+
+    @Option(help: "Directory of the instance (default /dev/shm/crossbook/<instance>).")
+    var directory: String?
+
+    var resolvedDirectory: String { directory ?? InstanceLayout.defaultDirectory(instance) }
 }

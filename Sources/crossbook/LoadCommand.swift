@@ -18,11 +18,7 @@ struct LoadCommand: ParsableCommand {
         commandName: "load",
         abstract: "Drive the W1 order mix into a running engine; print rate and submit→ack latency.")
 
-    @Option(help: "Instance name.")
-    var instance: String = "default"
-
-    @Option(help: "Directory of the instance (default /dev/shm/crossbook/<instance>).")
-    var directory: String?
+    @OptionGroup var target: InstanceOptions
 
     @Option(help: "Orders per second; 0 sends flat out.")
     var rate: Double = 100_000
@@ -44,12 +40,12 @@ struct LoadCommand: ParsableCommand {
 
     func run() throws {
         let client: CrossbookClient
-        do { client = try CrossbookClient(instance: instance, directory: directory, ringCapacity: ringCapacity) } catch {
+        do { client = try CrossbookClient(instance: target.instance, directory: target.directory, ringCapacity: ringCapacity) } catch {
             throw CLIError("\(error)")
         }
         defer { client.close() }
         let chosen = client.symbols.values.sorted { $0.spec.id < $1.spec.id }.prefix(max(1, symbols))
-        guard !chosen.isEmpty else { throw CLIError("engine '\(instance)' has no symbols") }
+        guard !chosen.isEmpty else { throw CLIError("engine '\(target.instance)' has no symbols") }
         let targets = Array(chosen)
         signal(SIGINT) { _ in loadInterrupted = 1 }
 
@@ -64,7 +60,7 @@ struct LoadCommand: ParsableCommand {
         var pending: Pending?
         var op = 0
         if !quiet {
-            print("load: W1 mix into '\(instance)', \(rate > 0 ? "\(Int(rate)) orders/s" : "flat out"), \(targets.count) symbol(s)")
+            print("load: W1 mix into '\(target.instance)', \(rate > 0 ? "\(Int(rate)) orders/s" : "flat out"), \(targets.count) symbol(s)")
         }
         while loadInterrupted == 0 {
             var now = nanoseconds()

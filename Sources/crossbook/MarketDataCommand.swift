@@ -19,11 +19,7 @@ struct MarketDataCommand: ParsableCommand {
             ever lost); with --may-detach the engine detaches it instead, and it exits with an error.
             """)
 
-    @Option(help: "Instance name.")
-    var instance: String = "default"
-
-    @Option(help: "Directory of the instance (default /dev/shm/crossbook/<instance>).")
-    var directory: String?
+    @OptionGroup var target: InstanceOptions
 
     @Flag(help: "Let the engine detach this consumer when it lags, instead of waiting for it.")
     var mayDetach = false
@@ -32,10 +28,10 @@ struct MarketDataCommand: ParsableCommand {
     var count: Int = 0
 
     func run() throws {
-        let dir = directory ?? EngineSettings.defaultDirectory(instance)
+        let dir = target.resolvedDirectory
         let engine: EngineFile
         do { engine = try EngineFile.attach(directory: dir) } catch {
-            throw CLIError("engine '\(instance)' is not running: \(error)")
+            throw CLIError("engine '\(target.instance)' is not running: \(error)")
         }
         var names: [UInt32: String] = [:]
         if let text = try? String(contentsOfFile: InstanceLayout.symbolsPath(dir), encoding: .utf8) {
@@ -78,7 +74,7 @@ struct MarketDataCommand: ParsableCommand {
             }
             if any == 0 {
                 if !processIsAlive(engine.enginePid) || engine.state != .running {
-                    throw CLIError("engine '\(instance)' stopped")
+                    throw CLIError("engine '\(target.instance)' stopped")
                 }
                 if consumers.count > 1 { usleep(1000) }
             }

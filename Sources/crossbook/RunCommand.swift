@@ -121,11 +121,7 @@ struct StatCommand: ParsableCommand {
         commandName: "stat",
         abstract: "Show a running engine's counters, live, without touching its shards (like aeron-stat).")
 
-    @Option(help: "Instance name.")
-    var instance: String = "default"
-
-    @Option(help: "Directory of the instance (default /dev/shm/crossbook/<instance>).")
-    var directory: String?
+    @OptionGroup var target: InstanceOptions
 
     @Option(help: "Seconds between lines.")
     var interval: Double = 1
@@ -134,9 +130,9 @@ struct StatCommand: ParsableCommand {
     var count: Int = 0
 
     func run() throws {
-        let dir = directory ?? EngineSettings.defaultDirectory(instance)
+        let instance = target.instance
         let file: EngineFile
-        do { file = try EngineFile.attach(directory: dir) } catch {
+        do { file = try EngineFile.attach(directory: target.resolvedDirectory) } catch {
             throw CLIError("engine '\(instance)' is not running: \(error)")
         }
         var last = (0..<file.shardCount).map { s in ShardCounter.allCases.map { file.counters(s).read($0) } }

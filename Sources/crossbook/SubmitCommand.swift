@@ -27,11 +27,7 @@ struct SubmitCommand: ParsableCommand {
     @Argument(help: "One or more commands.")
     var commands: [String]
 
-    @Option(help: "Instance name.")
-    var instance: String = "default"
-
-    @Option(help: "Directory of the instance (default /dev/shm/crossbook/<instance>).")
-    var directory: String?
+    @OptionGroup var target: InstanceOptions
 
     @Option(help: "Seconds to wait for reports after the last one.")
     var wait: Double = 0.5
@@ -47,7 +43,7 @@ struct SubmitCommand: ParsableCommand {
             }
         }
         let client: CrossbookClient
-        do { client = try CrossbookClient(instance: instance, directory: directory) } catch { throw CLIError("\(error)") }
+        do { client = try CrossbookClient(instance: target.instance, directory: target.directory) } catch { throw CLIError("\(error)") }
         defer { client.close() }
         let names = Dictionary(uniqueKeysWithValues: client.symbols.values.map { ($0.spec.id, $0.spec.name) })
         let print = { (r: ReportRecord.Report) in Swift.print(reportLine(r, symbol: names[r.symbolId] ?? "#\(r.symbolId)")) }
