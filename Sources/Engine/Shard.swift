@@ -351,6 +351,7 @@ final class Shard: @unchecked Sendable {
                 inbound[i].commands.release(n)
                 work += n
                 counters.add(.batches)
+                counters.addBatch(n)
                 if n > largestBatch {
                     largestBatch = n
                     counters.set(.largestBatch, UInt64(n))

@@ -98,6 +98,18 @@ public final class EventRing: @unchecked Sendable {
 
     public func producer() -> EventProducer { EventProducer(ring: self) }
 
+    /// Each attached consumer's lag (events published and not yet read by it), for operators.
+    public func consumerLags() -> [(index: Int, pid: Int32, lag: UInt64, mayDetach: Bool)] {
+        let head = cb_load_acquire_u64((file.base + EventRingLayout.producerOffset).assumingMemoryBound(to: UInt64.self))
+        var out: [(index: Int, pid: Int32, lag: UInt64, mayDetach: Bool)] = []
+        for i in 0..<EventRingLayout.consumers {
+            let b = block(i)
+            guard cb_load_acquire_u32(b.state) == 1 else { continue }
+            out.append((i, b.pid.pointee, head &- cb_load_acquire_u64(b.cursor), b.flags.pointee & 1 != 0))
+        }
+        return out
+    }
+
     /// Takes a free consumer slot; reading starts at the newest event. `mayDetach`: the engine
     /// may detach this consumer when it lags, instead of waiting for it.
     public func consumer(mayDetach: Bool) throws(EventConsumerError) -> EventConsumer {

@@ -12,7 +12,8 @@
 //   0    magic "CBENGIN1" (u64), version (u32), shard count (u32), engine pid (i32),
 //        state (u32: 1 starting, 2 running, 3 stopping, 4 stopped), start time ns (u64)
 //   64 + 512 × s   shard s: doorbell wake word (u32) and parked flag (u32) on their own line;
-//        at +64 the counters (u64 each, see ShardCounter), at +192 rejects by reason (u64 × 32).
+//        at +64 the counters (u64 each, see ShardCounter), at +192 rejects by reason (u64 × 32),
+//        at +448 batch sizes (u64 × 8: batches of 1, 2–3, 4–7, … 128–256 commands).
 //
 // Counters have one writer (the shard), written with plain stores; readers load them relaxed
 // and may see a value one update old, never a torn one (aligned 64-bit).
@@ -28,6 +29,8 @@ public enum InstanceLayout {
     public static let shardBlockSize = 512
     public static let countersOffset = 64
     public static let rejectsOffset = 192
+    public static let batchesOffset = 448
+    public static let batchBuckets = 8
     public static let maxShards = 64
 
     public static func engineFileSize(shards: Int) -> Int { headerSize + shards * shardBlockSize }
@@ -139,11 +142,22 @@ public struct Doorbell: @unchecked Sendable {
 public struct ShardCounters: @unchecked Sendable {
     @usableFromInline let words: UnsafeMutablePointer<UInt64>
     @usableFromInline let rejects: UnsafeMutablePointer<UInt64>
+    @usableFromInline let batchSizes: UnsafeMutablePointer<UInt64>
 
     init(_ block: UnsafeMutableRawPointer) {
         words = (block + InstanceLayout.countersOffset).assumingMemoryBound(to: UInt64.self)
         rejects = (block + InstanceLayout.rejectsOffset).assumingMemoryBound(to: UInt64.self)
+        batchSizes = (block + InstanceLayout.batchesOffset).assumingMemoryBound(to: UInt64.self)
     }
+
+    /// Counts a batch of `size` (≥ 1) commands in its power-of-two bucket.
+    @inlinable @inline(__always)
+    public func addBatch(_ size: Int) {
+        let bucket = min(InstanceLayout.batchBuckets - 1, Int.bitWidth - 1 - size.leadingZeroBitCount)
+        batchSizes[bucket] &+= 1
+    }
+
+    public func batches(bucket: Int) -> UInt64 { cb_load_relaxed_u64(batchSizes + bucket) }
 
     @inlinable @inline(__always)
     public func add(_ counter: ShardCounter, _ n: UInt64 = 1) { words[counter.rawValue] &+= n }

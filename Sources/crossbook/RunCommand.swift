@@ -159,6 +159,18 @@ struct StatCommand: ParsableCommand {
                              now[ShardCounter.lagDetaches.rawValue], now[ShardCounter.ringFaults.rawValue],
                              now[ShardCounter.malformed.rawValue])
                       + (rejects.isEmpty ? "" : " | " + rejects.joined(separator: " ")))
+                var buckets: [String] = []
+                for b in 0..<InstanceLayout.batchBuckets where c.batches(bucket: b) > 0 {
+                    let low = 1 << b
+                    let label = b == InstanceLayout.batchBuckets - 1 ? "\(low)+" : (low == 1 ? "1" : "\(low)-\(2 * low - 1)")
+                    buckets.append("\(label):\(c.batches(bucket: b))")
+                }
+                if !buckets.isEmpty { print("  batch sizes " + buckets.joined(separator: " ")) }
+                if let ring = try? EventRing.attach(path: InstanceLayout.eventRingPath(target.resolvedDirectory, shard: s)) {
+                    for consumer in ring.consumerLags() {
+                        print("  event consumer \(consumer.index) (pid \(consumer.pid)\(consumer.mayDetach ? ", may detach" : "")): lag \(consumer.lag) events")
+                    }
+                }
                 last[s] = now
             }
             printed += 1

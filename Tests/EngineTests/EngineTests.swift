@@ -101,6 +101,13 @@ struct EngineTests {
         #expect(bbb.shard == 1)
         #expect(maker.submit(.new(NewOrder(orderId: 9, side: .buy, price: 10, quantity: 1)), symbol: bbb))
         #expect(try collect(maker, 1).first?.kind == .accepted)
+        // The counters, as `crossbook stat` reads them from outside.
+        let file = try EngineFile.attach(directory: dir)
+        let c0 = file.counters(0)
+        #expect(c0.read(.commands) == 4 && c0.read(.trades) == 1 && c0.read(.rejects) == 1)
+        #expect(c0.rejects(RejectReason.unknownOrderId.rawValue) == 1)
+        #expect((0..<InstanceLayout.batchBuckets).map { c0.batches(bucket: $0) }.reduce(0, +) == c0.read(.batches))
+        #expect(file.counters(1).read(.commands) == 1)
     }
 
     @Test("unknown symbols, out-of-range ids and random bytes are rejected; the engine goes on")
