@@ -9,6 +9,7 @@ let package = Package(
         .library(name: "Wire", targets: ["Wire"]),
         .library(name: "SharedMemory", targets: ["SharedMemory"]),
         .library(name: "Engine", targets: ["Engine"]),
+        .library(name: "Journal", targets: ["Journal"]),
         .library(name: "CrossbookClient", targets: ["CrossbookClient"]),
         .library(name: "Workloads", targets: ["Workloads"]),
         .executable(name: "crossbook", targets: ["crossbook"]),
@@ -32,6 +33,8 @@ let package = Package(
         .target(name: "Wire", dependencies: ["OrderBook"]),
         // Rings in shared-memory files, between processes.
         .target(name: "SharedMemory", dependencies: ["CShims"]),
+        // Journal segments, io_uring group commit, recovery scan (not yet wired into shards).
+        .target(name: "Journal", dependencies: ["CShims"]),
         // Shards, sequencing, sessions: where threads, files and books meet.
         .target(name: "Engine", dependencies: ["OrderBook", "Wire", "SharedMemory", "CShims"]),
         // For other processes: attach to an engine, submit, read reports.
@@ -41,7 +44,7 @@ let package = Package(
         .executableTarget(
             name: "crossbook",
             dependencies: [
-                "OrderBook", "Wire", "Workloads", "CShims", "SharedMemory", "Engine", "CrossbookClient",
+                "OrderBook", "Wire", "Workloads", "CShims", "SharedMemory", "Engine", "CrossbookClient", "Journal",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "TOMLKit", package: "TOMLKit"),
@@ -50,7 +53,8 @@ let package = Package(
         .testTarget(name: "OrderBookTests", dependencies: ["OrderBook", "Workloads"]),
         .testTarget(name: "WireTests", dependencies: ["Wire", "OrderBook", "CShims"]),
         .testTarget(name: "SharedMemoryTests", dependencies: ["SharedMemory", "Wire", "OrderBook", "CShims", "crossbook"]),
-        .testTarget(name: "CrossbookCLITests", dependencies: ["crossbook"]),
+        .testTarget(name: "CrossbookCLITests", dependencies: ["crossbook", "Journal"]),
+        .testTarget(name: "JournalTests", dependencies: ["Journal", "Workloads"]),
         .testTarget(name: "EngineTests", dependencies: ["Engine", "CrossbookClient", "SharedMemory", "Wire", "OrderBook", "crossbook"]),
     ]
 )

@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "cb_sync.h"
+#include "cb_uring.h"
 
 #ifdef __cplusplus
 extern "C" {

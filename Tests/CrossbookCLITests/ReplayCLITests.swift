@@ -1,5 +1,7 @@
 // The crossbook tool as a user runs it: a real process, real files, exit codes and output.
 import Foundation
+import Glibc
+import Journal
 import Testing
 
 struct RunResult {
@@ -179,5 +181,37 @@ struct TuningCheckTests {
         #expect(text.contains("clocksource"))
         let last = text.split(separator: "\n").last.map(String.init) ?? ""
         #expect(last.hasSuffix("warning(s)"), "\(last)")
+    }
+}
+
+@Suite("crossbook journal")
+struct JournalCLITests {
+    @Test("verify counts a good journal, and names the file, offset and sequence of a corrupt record")
+    func verify() throws {
+        let dir = NSTemporaryDirectory() + "crossbook-cli-journal-\(UUID().uuidString.prefix(8))"
+        mkdir(dir, 0o700)
+        defer {
+            for f in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] { unlink(dir + "/" + f) }
+            rmdir(dir)
+        }
+        let writer = try JournalWriter(config: JournalConfig(directory: dir, shard: 0, segmentSize: 1 << 20,
+                                                             bufferSize: 1 << 16), lastSequence: 0)
+        let bytes = [UInt8](repeating: 0xAB, count: 40)
+        for s in 1...50 as ClosedRange<UInt64> {
+            _ = try bytes.withUnsafeBytes { try writer.append(type: 1, sequence: s, payload: $0) }
+        }
+        try writer.flush()
+        let good = try runCrossbook(["journal", "verify", dir])
+        #expect(good.status == 0)
+        #expect(good.stdout.contains("50 records, sequences 1...50"))
+        // Flip a byte in record 3 (each record is 64 bytes here: 24 of header, 40 of payload).
+        let path = JournalReader.segments(directory: dir, shard: 0)[0]
+        let fd = open(path, O_RDWR)
+        var byte: UInt8 = 0x00
+        _ = pwrite(fd, &byte, 1, off_t(64 + 2 * 64 + 30))
+        close(fd)
+        let bad = try runCrossbook(["journal", "verify", dir])
+        #expect(bad.status != 0)
+        #expect(bad.stderr.contains("\(path): corrupt record at offset 192 (sequence 3): CRC mismatch"), "\(bad.stderr)")
     }
 }

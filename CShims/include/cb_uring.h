@@ -1,0 +1,38 @@
+// io_uring for the journal: one ring per shard, a write linked to an fdatasync per batch,
+// completions reaped without blocking. The ring lives on the heap (struct io_uring is large
+// and must not move); Swift sees an opaque pointer.
+#ifndef CROSSBOOK_CB_URING_H
+#define CROSSBOOK_CB_URING_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct cb_uring cb_uring;
+
+/// A ring of `entries` submission slots, or NULL with *error set to the errno.
+cb_uring *cb_uring_create(uint32_t entries, int32_t *error);
+void cb_uring_destroy(cb_uring *ring);
+
+/// Queues pwrite(fd, buffer, length, offset) linked to fdatasync(fd) and submits both: the sync
+/// runs only if the write succeeded in full. Each completion carries its tag (write: tag,
+/// sync: tag | 1 << 63). Returns 0 or -errno (the ring is full, or submit failed).
+int32_t cb_uring_write_and_sync(cb_uring *ring, int32_t fd, const void *buffer, uint32_t length, uint64_t offset,
+                                uint64_t tag);
+
+/// Reaps one completion if there is one: returns 1 and fills tag and result (bytes written,
+/// 0, or -errno), or 0 when there is none. Never blocks.
+int32_t cb_uring_reap(cb_uring *ring, uint64_t *tag, int32_t *result);
+
+/// Waits for one completion (shutdown and tests only).
+int32_t cb_uring_wait(cb_uring *ring, uint64_t *tag, int32_t *result);
+
+/// posix_fallocate, as a return code (0 or errno).
+int32_t cb_fallocate(int32_t fd, uint64_t offset, uint64_t length);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,72 @@
+// `crossbook journal verify|dump|truncate`: operators' tools for a shard's journal segments.
+import ArgumentParser
+import Journal
+
+struct JournalCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "journal",
+        abstract: "Check, print or repair a shard's journal (the engine does not write one yet).",
+        subcommands: [Verify.self, Dump.self, Truncate.self])
+
+    struct Location: ParsableArguments {
+        @Argument(help: "The directory holding the journal segments.")
+        var directory: String
+
+        @Option(help: "The shard whose journal to read.")
+        var shard: Int = 0
+    }
+
+    struct Verify: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Check every record's framing, CRC32C and sequence; change nothing.")
+        @OptionGroup var location: Location
+
+        func run() throws {
+            let scan: JournalScan
+            do {
+                scan = try JournalReader.scan(directory: location.directory, shard: location.shard, repair: false) { _, _, _ in }
+            } catch {
+                throw CLIError("\(error)")
+            }
+            print("\(scan.records) records, sequences \(scan.firstSequence)...\(scan.lastSequence), "
+                  + "\(JournalReader.segments(directory: location.directory, shard: location.shard).count) segment(s)")
+            if let torn = scan.truncated {
+                throw CLIError("torn last record at \(torn.path) offset \(torn.offset): run `crossbook journal truncate` to cut it")
+            }
+        }
+    }
+
+    struct Dump: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Print each record: sequence, type, length, first bytes.")
+        @OptionGroup var location: Location
+
+        func run() throws {
+            do {
+                _ = try JournalReader.scan(directory: location.directory, shard: location.shard, repair: false) { type, sequence, bytes in
+                    let head = bytes.prefix(16).map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }
+                    print("\(sequence) type \(type) \(bytes.count) bytes \(head.joined(separator: " "))\(bytes.count > 16 ? " …" : "")")
+                }
+            } catch {
+                throw CLIError("\(error)")
+            }
+        }
+    }
+
+    struct Truncate: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Cut a torn last record (zeroed and synced); refuse anything else.")
+        @OptionGroup var location: Location
+
+        func run() throws {
+            do {
+                let scan = try JournalReader.scan(directory: location.directory, shard: location.shard, repair: true) { _, _, _ in }
+                if let torn = scan.truncated {
+                    print("cut the torn record at \(torn.path) offset \(torn.offset); the journal ends at sequence \(scan.lastSequence)")
+                } else {
+                    print("nothing to cut; the journal ends at sequence \(scan.lastSequence)")
+                }
+            } catch {
+                throw CLIError("\(error)")
+            }
+        }
+    }
+}
