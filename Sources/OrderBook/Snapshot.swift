@@ -1,0 +1,161 @@
+// A book's state as bytes, and back: for snapshots (recovery starts from one, then replays the
+// journal after it) and, later, for moving a hot symbol between shards. Pure bytes, no I/O.
+//
+// Layout (little-endian):
+//   0   magic "CBBOOK01" (u64), version (u32), symbol id (u32), order count (u64),
+//       bid levels (u32), ask levels (u32)
+//   32  per resting order, best price first then time priority, bids then asks, 32 bytes:
+//       order id (i64), price (i64), open quantity (i64), account (u32), side (u8),
+//       self-trade prevention (u8), 2 reserved
+//   end checksum: FNV-1a 64 of everything before it (u64); the snapshot file that
+//       holds these bytes adds its own CRC32C; this one catches a wrong buffer in memory.
+
+public enum BookSnapshotError: Error, Equatable, CustomStringConvertible {
+    case badHeader(String)
+    case checksum
+    case invalidOrder(index: Int, String)
+    case capacity(String)
+
+    public var description: String {
+        switch self {
+        case .badHeader(let why): "book snapshot: \(why)"
+        case .checksum: "book snapshot: checksum mismatch"
+        case .invalidOrder(let i, let why): "book snapshot: order #\(i): \(why)"
+        case .capacity(let why): "book snapshot: \(why)"
+        }
+    }
+}
+
+public enum BookSnapshotLayout {
+    /// "CBBOOK01" as it lies in memory.
+    public static let magic: UInt64 = UInt64(littleEndian: 0x3130_4B4F_4F42_4243)
+    public static let version: UInt32 = 1
+    public static let headerSize = 32
+    public static let orderSize = 32
+
+    public static func size(orders: Int) -> Int { headerSize + orders * orderSize + 8 }
+}
+
+func fnv1a(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
+    var hash: UInt64 = 0xCBF2_9CE4_8422_2325
+    for b in bytes { hash = (hash ^ UInt64(b)) &* 0x0000_0100_0000_01B3 }
+    return hash
+}
+
+extension OrderBook {
+    /// The book's resting orders, in priority order, as bytes.
+    public func snapshot() -> [UInt8] {
+        let count = liveOrders
+        var out = [UInt8](repeating: 0, count: BookSnapshotLayout.size(orders: count))
+        out.withUnsafeMutableBytes { raw in
+            let p = raw.baseAddress!
+            p.storeBytes(of: BookSnapshotLayout.magic, toByteOffset: 0, as: UInt64.self)
+            p.storeBytes(of: BookSnapshotLayout.version.littleEndian, toByteOffset: 8, as: UInt32.self)
+            p.storeBytes(of: store.symbolId.littleEndian, toByteOffset: 12, as: UInt32.self)
+            p.storeBytes(of: UInt64(count).littleEndian, toByteOffset: 16, as: UInt64.self)
+            p.storeBytes(of: UInt32(bidLevels).littleEndian, toByteOffset: 24, as: UInt32.self)
+            p.storeBytes(of: UInt32(askLevels).littleEndian, toByteOffset: 28, as: UInt32.self)
+            var offset = BookSnapshotLayout.headerSize
+            for side in Side.allCases {
+                var i = ladderCount(side) - 1
+                while i >= 0 {
+                    let lv = Int(store.ladderHandles[store.ladderBase(side) + i])
+                    let price = levels[lv].price
+                    var h = levels[lv].head
+                    while h != 0 {
+                        let node = nodes[Int(h)]
+                        p.storeBytes(of: node.id.littleEndian, toByteOffset: offset, as: Int64.self)
+                        p.storeBytes(of: price.littleEndian, toByteOffset: offset + 8, as: Int64.self)
+                        p.storeBytes(of: node.open.littleEndian, toByteOffset: offset + 16, as: Int64.self)
+                        p.storeBytes(of: node.account.littleEndian, toByteOffset: offset + 24, as: UInt32.self)
+                        p.storeBytes(of: side.rawValue, toByteOffset: offset + 28, as: UInt8.self)
+                        p.storeBytes(of: node.selfTradePrevention.rawValue, toByteOffset: offset + 29, as: UInt8.self)
+                        offset += BookSnapshotLayout.orderSize
+                        h = node.next
+                    }
+                    i -= 1
+                }
+            }
+            let sum = fnv1a(UnsafeRawBufferPointer(start: p, count: offset))
+            p.storeBytes(of: sum.littleEndian, toByteOffset: offset, as: UInt64.self)
+        }
+        return out
+    }
+
+    /// A book holding exactly the orders of a snapshot, in the same priority.
+    public static func restoring(spec: SymbolSpec, capacity: BookCapacity, from bytes: [UInt8]) throws(BookSnapshotError) -> OrderBook {
+        var book: OrderBook
+        do {
+            book = try OrderBook(spec: spec, capacity: capacity)
+        } catch {
+            throw .capacity("\(error)")
+        }
+        try book.restore(from: bytes)
+        return book
+    }
+
+    /// Fills an empty book from a snapshot. Every field is checked: a snapshot from elsewhere is
+    /// input like any other.
+    public mutating func restore(from bytes: [UInt8]) throws(BookSnapshotError) {
+        guard liveOrders == 0 else { throw .capacity("restore needs an empty book") }
+        let spec = (id: store.symbolId, orders: Int(store.orderCapacity), levels: Int(store.levelCapacity))
+        guard bytes.count >= BookSnapshotLayout.headerSize + 8 else { throw .badHeader("\(bytes.count) bytes is too short") }
+        var failure: BookSnapshotError?
+        bytes.withUnsafeBytes { raw in
+            let p = raw.baseAddress!
+            let load64 = { (o: Int) in UInt64(littleEndian: p.loadUnaligned(fromByteOffset: o, as: UInt64.self)) }
+            let load32 = { (o: Int) in UInt32(littleEndian: p.loadUnaligned(fromByteOffset: o, as: UInt32.self)) }
+            guard p.loadUnaligned(as: UInt64.self) == BookSnapshotLayout.magic else { failure = .badHeader("wrong magic"); return }
+            guard load32(8) == BookSnapshotLayout.version else { failure = .badHeader("version \(load32(8))"); return }
+            guard load32(12) == spec.id else { failure = .badHeader("symbol id \(load32(12)), expected \(spec.id)"); return }
+            let count = load64(16)
+            guard count <= UInt64(spec.orders), bytes.count == BookSnapshotLayout.size(orders: Int(count)) else {
+                failure = .capacity("\(count) orders do not fit the capacity \(spec.orders) or the \(bytes.count) bytes")
+                return
+            }
+            let end = BookSnapshotLayout.headerSize + Int(count) * BookSnapshotLayout.orderSize
+            guard fnv1a(UnsafeRawBufferPointer(start: p, count: end)) == load64(end) else { failure = .checksum; return }
+            var previous: (side: Side, price: Price)?
+            for i in 0..<Int(count) {
+                let o = BookSnapshotLayout.headerSize + i * BookSnapshotLayout.orderSize
+                let id = Int64(bitPattern: load64(o))
+                let price = Int64(bitPattern: load64(o + 8))
+                let open = Int64(bitPattern: load64(o + 16))
+                let account = load32(o + 24)
+                guard let side = Side(rawValue: p.load(fromByteOffset: o + 28, as: UInt8.self)),
+                      let stp = SelfTradePrevention(rawValue: p.load(fromByteOffset: o + 29, as: UInt8.self)),
+                      p.loadUnaligned(fromByteOffset: o + 30, as: UInt16.self) == 0
+                else { failure = .invalidOrder(index: i, "bad side, mode or reserved bytes"); return }
+                if let reason = store.validateQuantity(open) ?? store.validatePrice(price) {
+                    failure = .invalidOrder(index: i, reason.name)
+                    return
+                }
+                // Priority order: bids by falling price, then asks by rising price, each level whole.
+                if let prev = previous {
+                    let ordered = prev.side == side ? (side == .buy ? price <= prev.price : price >= prev.price)
+                        : (prev.side == .buy && side == .sell)
+                    guard ordered else { failure = .invalidOrder(index: i, "out of priority order"); return }
+                }
+                previous = (side, price)
+                guard store.lookup(id) == 0 else { failure = .invalidOrder(index: i, "duplicate order id \(id)"); return }
+                if freeLevels == 0 && levelHighWater > store.levelCapacity && !findLevel(side, price).found {
+                    failure = .capacity("more price levels than the capacity \(spec.levels)")
+                    return
+                }
+                let h = allocateOrder()
+                nodes[Int(h)].id = id
+                nodes[Int(h)].open = open
+                nodes[Int(h)].account = account
+                nodes[Int(h)].side = side
+                nodes[Int(h)].selfTradePrevention = stp
+                store.insertId(h)
+                var ignore = DiscardingSink()
+                rest(h, price, &ignore)
+            }
+            if let bid = bestBid, let ask = bestAsk, bid.price >= ask.price {
+                failure = .invalidOrder(index: Int(count) - 1, "the book would be crossed")
+            }
+        }
+        if let failure { throw failure }
+    }
+}

@@ -1,0 +1,85 @@
+// A book exported to bytes and restored is the same book: same digest, same L3, and the same
+// events for every command that follows. A snapshot that lies is refused.
+import OrderBook
+import Testing
+import Workloads
+
+@Suite("Book snapshots")
+struct SnapshotTests {
+    static let spec = DifferentialTests.spec
+
+    @Test("restore(snapshot(book)) behaves exactly like book", arguments: [UInt64(11), 12, 13])
+    func roundTrip(seed: UInt64) throws {
+        let capacity = BookCapacity(orders: 4096, levels: 256)
+        var book = try OrderBook(spec: Self.spec, capacity: capacity)
+        var generator = CommandGenerator(seed: seed, spec: Self.spec)
+        for _ in 0..<20_000 {
+            var recorder = EventRecorder()
+            book.apply(generator.next(), to: &recorder)
+            generator.observe(recorder.events, book: book)
+        }
+        #expect(book.restingOrderCount > 0)
+        var copy = try OrderBook.restoring(spec: Self.spec, capacity: capacity, from: book.snapshot())
+        #expect(copy.digest == book.digest)
+        #expect(copy.orders(.buy) == book.orders(.buy) && copy.orders(.sell) == book.orders(.sell))
+        #expect(copy.consistencyError() == nil)
+        for n in 0..<10_000 {
+            let command = generator.next()
+            var a = EventRecorder(), b = EventRecorder()
+            book.apply(command, to: &a)
+            copy.apply(command, to: &b)
+            guard a.events == b.events else {
+                Issue.record("seed \(seed), command \(n) after restore: \(a.events) vs \(b.events)")
+                return
+            }
+            generator.observe(a.events, book: book)
+        }
+        #expect(copy.digest == book.digest)
+    }
+
+    @Test("an empty book round-trips")
+    func empty() throws {
+        let book = try OrderBook(spec: Self.spec, capacity: .small)
+        let copy = try OrderBook.restoring(spec: Self.spec, capacity: .small, from: book.snapshot())
+        #expect(copy.restingOrderCount == 0 && copy.digest == book.digest)
+    }
+
+    @Test("a snapshot that lies is refused: checksum, size, symbol, capacity, order")
+    func refused() throws {
+        var book = try OrderBook(spec: Self.spec, capacity: .small)
+        var sink = DiscardingSink()
+        book.submit(NewOrder(orderId: 1, side: .buy, price: 5 * 199, quantity: 2), to: &sink)
+        book.submit(NewOrder(orderId: 2, side: .buy, price: 5 * 198, quantity: 2), to: &sink)
+        book.submit(NewOrder(orderId: 3, side: .sell, price: 5 * 201, quantity: 4), to: &sink)
+        let good = book.snapshot()
+        var flipped = good
+        flipped[40] ^= 1
+        #expect(throws: BookSnapshotError.checksum) { _ = try OrderBook.restoring(spec: Self.spec, capacity: .small, from: flipped) }
+        #expect(throws: BookSnapshotError.self) {
+            _ = try OrderBook.restoring(spec: Self.spec, capacity: .small, from: Array(good.dropLast(8)))
+        }
+        var other = Self.spec
+        other.id = 99
+        #expect(throws: BookSnapshotError.self) { _ = try OrderBook.restoring(spec: other, capacity: .small, from: good) }
+        #expect(throws: BookSnapshotError.self) {
+            _ = try OrderBook.restoring(spec: Self.spec, capacity: BookCapacity(orders: 2, levels: 8), from: good)
+        }
+        // Swap the two bids (out of priority order) and fix the checksum: still refused.
+        var swapped = good
+        let a = 32, b = 64
+        for k in 0..<32 { swapped.swapAt(a + k, b + k) }
+        var sum: UInt64 = 0xCBF2_9CE4_8422_2325
+        for byte in swapped[0..<(32 + 3 * 32)] { sum = (sum ^ UInt64(byte)) &* 0x0000_0100_0000_01B3 }
+        withUnsafeBytes(of: sum.littleEndian) { for k in 0..<8 { swapped[32 + 3 * 32 + k] = $0[k] } }
+        #expect(throws: BookSnapshotError.invalidOrder(index: 1, "out of priority order")) {
+            _ = try OrderBook.restoring(spec: Self.spec, capacity: .small, from: swapped)
+        }
+        // Random bytes never trap.
+        var rng = SplitMix64(seed: 3)
+        for _ in 0..<2000 {
+            var noise = good
+            for _ in 0..<3 { noise[Int(rng.next() % UInt64(noise.count))] = UInt8(truncatingIfNeeded: rng.next()) }
+            _ = try? OrderBook.restoring(spec: Self.spec, capacity: .small, from: noise)
+        }
+    }
+}
