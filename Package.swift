@@ -36,7 +36,7 @@ let package = Package(
         // Journal segments, io_uring group commit, recovery scan (not yet wired into shards).
         .target(name: "Journal", dependencies: ["CShims"]),
         // Shards, sequencing, sessions: where threads, files and books meet.
-        .target(name: "Engine", dependencies: ["OrderBook", "Wire", "SharedMemory", "CShims"]),
+        .target(name: "Engine", dependencies: ["OrderBook", "Wire", "SharedMemory", "Journal", "CShims"]),
         // For other processes: attach to an engine, submit, read reports.
         .target(name: "CrossbookClient", dependencies: ["OrderBook", "Wire", "SharedMemory", "CShims"]),
         // The seeded benchmark workloads of bench/README.md, shared by tests and benchmarks.

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# End to end through the engine (no journal), from a separate process: submit→ack latency at
+# End to end through the engine (no journal unless DURABILITY=sync|async), from a separate
+# process: submit→ack latency at
 # 100k and 1M orders/s and the highest rate the load process sustains, ROUNDS times each,
 # interleaved. Engine on its embedded default (one shard pinned to the last CPU); the load
 # process is pinned to CPU 0. Usage: bench/e2e.sh [ROUNDS] [SECONDS]
@@ -9,7 +10,7 @@ bin=.build/release/crossbook
 rounds=${1:-3}
 seconds=${2:-5}
 instance=bench-e2e-$$
-"$bin" run --instance "$instance" --clean-stale 2>/dev/null &
+"$bin" run --instance "$instance" --clean-stale --durability "${DURABILITY:-none}" --data-dir "${DATA:-/tmp/crossbook-e2e-data}" 2>/dev/null &
 engine=$!
 trap 'kill -INT $engine 2>/dev/null; wait $engine' EXIT
 for _ in $(seq 1 100); do "$bin" stat --instance "$instance" --count 1 --interval 0.05 >/dev/null 2>&1 && break; sleep 0.1; done

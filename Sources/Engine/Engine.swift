@@ -6,6 +6,7 @@
 import CShims
 import Foundation
 import Glibc
+import Journal
 import OrderBook
 import SharedMemory
 
@@ -32,6 +33,11 @@ public struct EngineSettings: Sendable {
     public var cleanStale: Bool
     /// Slots of each shard's event ring (a power of two).
     public var eventRingCapacity: Int = 1 << 16
+    /// sync: reports only once durable; async: journal written behind; none: no journal.
+    public var durability: Durability = .none
+    /// Where the journals live (one set of segments per shard).
+    public var dataDirectory: String = "./data"
+    public var journalSegmentSize: Int = 64 << 20
 
     public static func defaultDirectory(_ instance: String) -> String { InstanceLayout.defaultDirectory(instance) }
 
@@ -66,6 +72,7 @@ public final class Engine: @unchecked Sendable {
     private let controlStop = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
     private let controlDone = Semaphore()
     private var watch: Int32 = -1
+    private var dataLock: Int32 = -1
     private var sessions: [UInt32: ClientSession] = [:]
     /// Sessions whose client is gone. Their mappings stay until the engine stops: a shard may
     /// still be reading a ring when the control thread learns the client died.
@@ -152,6 +159,21 @@ public final class Engine: @unchecked Sendable {
         }
         try writeFile(InstanceLayout.symbolsPath(s.directory), lines)
 
+        if s.durability != .none {
+            do { try makeDataDirectory(s.dataDirectory) } catch {
+                stop()
+                throw error
+            }
+            // One engine per data directory, whatever its instance name.
+            dataLock = open(s.dataDirectory + "/LOCK", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+            if dataLock < 0 || flock(dataLock, LOCK_EX | LOCK_NB) != 0 {
+                let why = dataLock < 0 ? String(cString: strerror(errno)) : "another engine is using it"
+                if dataLock >= 0 { close(dataLock) }
+                dataLock = -1
+                stop()
+                throw EngineError("data directory \(s.dataDirectory): \(why)")
+            }
+        }
         var placement: [String] = []
         for (i, shardSettings) in s.shards.enumerated() {
             let mine = s.symbols.filter { $0.shard == i }.map { (spec: $0.spec, capacity: s.capacity) }
@@ -164,7 +186,9 @@ public final class Engine: @unchecked Sendable {
                 throw EngineError("\(error)")
             }
             let shard = Shard(index: i, core: shardSettings.core, symbols: mine, engineFile: file, eventRing: events,
-                              wait: s.wait, lagTimeoutNanoseconds: s.lagTimeoutNanoseconds)
+                              wait: s.wait, lagTimeoutNanoseconds: s.lagTimeoutNanoseconds, durability: s.durability,
+                              journalConfig: JournalConfig(directory: s.dataDirectory, shard: i,
+                                                           segmentSize: s.journalSegmentSize))
             shard.start()
             shard.started.wait()
             shards.append(shard)
@@ -173,6 +197,13 @@ public final class Engine: @unchecked Sendable {
                 throw EngineError(error)
             }
             placement.append(shard.placement)
+            placement.append(contentsOf: shard.recoveryLog)
+            // Sessions of before the restart own orders in the books: never hand their ids out again.
+            nextSession = max(nextSession, shard.maxRecoveredSession + 1)
+            recoveredDigests.append(shard.recoveredDigest)
+        }
+        if s.durability != .none {
+            placement.append("durability \(s.durability.rawValue): journals in \(s.dataDirectory)")
         }
         // The watch exists before anyone can see the engine running, so no announcement is missed.
         watch = inotify_init1(Int32(IN_CLOEXEC | IN_NONBLOCK))
@@ -184,6 +215,10 @@ public final class Engine: @unchecked Sendable {
         return placement
     }
 
+    /// Each shard's state digest after recovery (start), and when it stopped (stop).
+    public private(set) var recoveredDigests: [UInt64] = []
+    public private(set) var finalDigests: [UInt64] = []
+
     /// Stops: no new sessions, every shard drains its rings, every file is removed.
     public func stop() {
         guard let file = engineFile else { return }
@@ -193,6 +228,7 @@ public final class Engine: @unchecked Sendable {
         control = nil
         for shard in shards { shard.stop() }
         for shard in shards { shard.join() }
+        finalDigests = shards.map(\.finalDigest)
         file.state = .stopped
         for shard in shards.indices {
             let c = file.counters(shard)
@@ -204,6 +240,10 @@ public final class Engine: @unchecked Sendable {
         removeContents(of: settings.directory)
         rmdir(settings.directory)
         engineFile = nil
+        if dataLock >= 0 {
+            close(dataLock)
+            dataLock = -1
+        }
     }
 
     // MARK: - Control thread
@@ -355,6 +395,14 @@ public final class Engine: @unchecked Sendable {
         let mode: mode_t = settings.group == nil ? 0o700 : 0o750
         if mkdir(path, mode) != 0 && errno != EEXIST {
             throw EngineError("cannot create \(path): \(String(cString: strerror(errno)))")
+        }
+    }
+
+    private func makeDataDirectory(_ path: String) throws {
+        let parent = (path as NSString).deletingLastPathComponent
+        if !parent.isEmpty && parent != path && access(parent, F_OK) != 0 { try makeDataDirectory(parent) }
+        if mkdir(path, 0o700) != 0 && errno != EEXIST {
+            throw EngineError("cannot create the data directory \(path): \(String(cString: strerror(errno)))")
         }
     }
 

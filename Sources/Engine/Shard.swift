@@ -5,6 +5,7 @@
 
 import CShims
 import Glibc
+import Journal
 import OrderBook
 import SharedMemory
 import Wire
@@ -22,6 +23,24 @@ func clientOrderId(_ engineId: OrderId) -> OrderId { engineId & (1 << 48 - 1) }
 
 /// The largest order id a client may use (48 bits).
 public let maxClientOrderId: OrderId = 1 << 48 - 1
+
+/// When a command's reports and market data may leave the shard.
+public enum Durability: String, Sendable, CaseIterable {
+    /// Only once the command is on disk (fdatasync): nothing acknowledged is ever lost.
+    case sync
+    /// At once; the journal is written behind.
+    case async
+    /// No journal.
+    case none
+}
+
+/// A report or market event waiting for its command to be durable (sync mode).
+struct Outgoing {
+    var sequence: UInt64
+    /// A session's index in `inbound`, or -1 for the event ring.
+    var target: Int
+    var record: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64)
+}
 
 /// One session as a shard sees it: its command ring in, its report ring out.
 struct Inbound {
@@ -48,6 +67,16 @@ struct ReportSink: BookEventSink {
     /// The shard's event ring (market data), one producer: this shard.
     let events: UnsafeMutablePointer<EventProducer>
     var published = 0
+    /// Replaying the journal at start: the books change, nothing is sent.
+    var replaying = false
+    /// Sync mode: everything waits here until the journal's durable watermark covers it.
+    var hold = false
+    let staging: UnsafeMutablePointer<Outgoing>
+    let stagingCapacity: Int
+    var stagedHead = 0
+    var stagedTail = 0
+    /// Sync mode: the journal whose durable watermark releases what is staged.
+    var journal: JournalWriter?
     var symbolId: UInt32 = 0
     var sequence: UInt64 = 0
     var clientTime: UInt64 = 0
@@ -62,12 +91,14 @@ struct ReportSink: BookEventSink {
                                   orderId: clientOrderId(id), price: price, quantity: quantity, open: quantity,
                                   engineTime: engineTime, clientTime: clientTime))
         case .rejected(let id, let reason):
-            counters.add(.rejects)
-            counters.addReject(reason.rawValue)
+            if !replaying {
+                counters.add(.rejects)
+                counters.addReject(reason.rawValue)
+            }
             send(issuer, .init(kind: .rejected, code: reason.rawValue, symbolId: symbolId, engineSequence: sequence,
                                orderId: clientOrderId(id), engineTime: engineTime, clientTime: clientTime))
         case .trade(let maker, let taker, let takerSide, let price, let quantity, let makerOpen, let takerOpen):
-            counters.add(.trades)
+            if !replaying { counters.add(.trades) }
             publish(.init(kind: .trade, side: takerSide, symbolId: symbolId, engineSequence: sequence, price: price,
                           quantity: quantity, engineTime: engineTime))
             send(owner(maker), .init(kind: .trade, side: takerSide.opposite, code: 1, symbolId: symbolId,
@@ -93,6 +124,17 @@ struct ReportSink: BookEventSink {
     /// Writes a market data event. A full ring waits for the slowest consumer (back-pressure);
     /// past the lag timeout, consumers that may be detached (or are gone) are detached.
     mutating func publish(_ event: MarketEventRecord.Event) {
+        if replaying { return }
+        if hold {
+            var out = Outgoing(sequence: sequence, target: -1, record: (0, 0, 0, 0, 0, 0, 0, 0))
+            withUnsafeMutableBytes(of: &out.record) { MarketEventRecord.encode(event, to: $0.baseAddress!) }
+            stage(out)
+            return
+        }
+        writeEvent(event)
+    }
+
+    mutating func writeEvent(_ event: MarketEventRecord.Event) {
         if !events.pointee.claim() {
             counters.add(.eventWaits)
             var start = monotonicNanoseconds()
@@ -113,9 +155,52 @@ struct ReportSink: BookEventSink {
     /// Writes a report to a session. A full ring is back-pressure: wait for the client, up to
     /// the lag timeout; then the client is declared lagging and detached (counted; the
     /// control thread logs it). Reports to a session that is gone are dropped.
-        func send(_ sessionId: Int, _ report: ReportRecord.Report) {
+        mutating func send(_ sessionId: Int, _ report: ReportRecord.Report) {
+        if replaying { return }
         let index = Int(sessionIndex[sessionId])
         guard index >= 0, inbound[index].active else { return }
+        if hold {
+            var out = Outgoing(sequence: sequence, target: index, record: (0, 0, 0, 0, 0, 0, 0, 0))
+            withUnsafeMutableBytes(of: &out.record) { ReportRecord.encode(report, to: $0.baseAddress!) }
+            stage(out)
+            return
+        }
+        write(index, report)
+    }
+
+    /// Queues an outgoing record until its command is durable.
+    mutating func stage(_ out: Outgoing) {
+        // Full: wait on the disk (the batch holding this command is submitted by poll).
+        while stagedHead - stagedTail == stagingCapacity {
+            guard let journal else { break }
+            release(upTo: journal.poll())
+            if journal.failure != nil { break }  // nothing will be durable: drop the oldest
+            if stagedHead - stagedTail == stagingCapacity { cb_cpu_relax() }
+        }
+        if stagedHead - stagedTail == stagingCapacity { stagedTail += 1 }
+        staging[stagedHead % stagingCapacity] = out
+        stagedHead += 1
+    }
+
+    /// Sends everything staged whose command is durable.
+    mutating func release(upTo durable: UInt64) {
+        while stagedTail < stagedHead {
+            let out = staging[stagedTail % stagingCapacity]
+            if out.sequence > durable { break }
+            stagedTail += 1
+            var record = out.record
+            withUnsafeBytes(of: &record) { raw in
+                if out.target < 0 {
+                    if let event = MarketEventRecord.decode(raw.baseAddress!) { writeEvent(event) }
+                } else if inbound[out.target].active, let report = ReportRecord.decode(raw.baseAddress!) {
+                    write(out.target, report)
+                }
+            }
+        }
+    }
+
+    func write(_ index: Int, _ report: ReportRecord.Report) {
+        guard inbound[index].active else { return }
         counters.add(.events)
         if inbound[index].reports.claim(1) == 0 {
             let start = monotonicNanoseconds()
@@ -159,6 +244,14 @@ final class Shard: @unchecked Sendable {
     let wait: WaitStrategy
     let lagTimeoutNanoseconds: UInt64
     let eventRing: EventRing
+    let durability: Durability
+    let journalConfig: JournalConfig?
+    /// After start: what recovery found (log lines), and the highest session id in the journal.
+    private(set) var recoveryLog: [String] = []
+    private(set) var maxRecoveredSession: UInt32 = 0
+    private(set) var recoveredDigest: UInt64 = 0
+    /// The state digest when the shard stopped (after draining).
+    private(set) var finalDigest: UInt64 = 0
     /// Set by the engine to stop; the shard drains what is published, then exits.
     private let stopFlag: UnsafeMutablePointer<UInt32>
     private(set) var placement = ""
@@ -169,8 +262,11 @@ final class Shard: @unchecked Sendable {
     static let maxSessions = 1024
 
     init(index: Int, core: Int?, symbols: [(spec: SymbolSpec, capacity: BookCapacity)], engineFile: EngineFile,
-         eventRing: EventRing, wait: WaitStrategy, lagTimeoutNanoseconds: UInt64) {
+         eventRing: EventRing, wait: WaitStrategy, lagTimeoutNanoseconds: UInt64,
+         durability: Durability = .none, journalConfig: JournalConfig? = nil) {
         self.eventRing = eventRing
+        self.durability = durability
+        self.journalConfig = durability == .none ? nil : journalConfig
         self.index = index
         self.core = core
         self.symbols = symbols
@@ -256,8 +352,10 @@ final class Shard: @unchecked Sendable {
             bookIndex.deallocate()
         }
         placement = where_ + ", symbols " + symbols.map(\.spec.name).joined(separator: " ")
-        started.signal()
-        if startError != nil { return }
+        if startError != nil {
+            started.signal()
+            return
+        }
 
         let inbound = UnsafeMutablePointer<Inbound>.allocate(capacity: Self.maxSessions)
         defer { inbound.deallocate() }
@@ -271,12 +369,17 @@ final class Shard: @unchecked Sendable {
             events.deinitialize(count: 1)
             events.deallocate()
         }
+        let stagingCapacity = 1 << 16
+        let staging = UnsafeMutablePointer<Outgoing>.allocate(capacity: stagingCapacity)
+        defer { staging.deallocate() }
         var sink = ReportSink(inbound: inbound, sessionIndex: sessionIndex, counters: counters,
-                              lagTimeoutNanoseconds: lagTimeoutNanoseconds, events: events)
+                              lagTimeoutNanoseconds: lagTimeoutNanoseconds, events: events,
+                              staging: staging, stagingCapacity: stagingCapacity)
         var sequence: UInt64 = 0
         var idle = 0
         let maxBatch = 256
         var largestBatch = 0
+        var journal: JournalWriter?
 
         func drainMailbox() {
             while let message = mailbox.pop() {
@@ -292,6 +395,70 @@ final class Shard: @unchecked Sendable {
                     let i = Int(sessionIndex[Int(session)])
                     if i >= 0 { inbound[i].active = false }
                 }
+            }
+        }
+
+        /// One command, live or replayed: decode, check, sequence, match. The same code path for
+        /// both, so that a replay rebuilds exactly what the live engine built.
+        func process(_ record: UnsafeRawPointer, _ session: UInt32) {
+            sequence &+= 1
+            sink.sequence = sequence
+            sink.issuer = Int(session)
+            if !sink.replaying { counters.add(.commands) }
+            let decoded: CommandRecord.Decoded
+            do {
+                decoded = try CommandRecord.decode(record)
+            } catch {
+                if !sink.replaying { counters.add(.malformed) }
+                sink.symbolId = 0
+                sink.clientTime = 0
+                let id = CommandRecord.orderId(record)
+                sink.on(.rejected(orderId: engineOrderId(session, id & maxClientOrderId), reason: .malformedCommand))
+                return
+            }
+            sink.symbolId = decoded.symbolId
+            sink.clientTime = decoded.clientTime
+            var command = decoded.command
+            let clientId = command.orderId
+            guard clientId >= 0, clientId <= maxClientOrderId else {
+                sink.on(.rejected(orderId: engineOrderId(session, clientId & maxClientOrderId), reason: .orderIdOutOfRange))
+                return
+            }
+            let symbol = Int(decoded.symbolId)
+            let b = symbol <= maxId ? Int(bookIndex[symbol]) : -1
+            guard b >= 0 else {
+                sink.on(.rejected(orderId: engineOrderId(session, clientId), reason: .unknownSymbol))
+                return
+            }
+            command.orderId = engineOrderId(session, clientId)
+            books[b].apply(command, to: &sink)
+        }
+
+        // The journal record of a command: the 64 bytes as received, the session, the engine time.
+        let scratch = UnsafeMutableRawPointer.allocate(byteCount: 80, alignment: 8)
+        defer { scratch.deallocate() }
+
+        /// Journals the command about to get the next sequence. False when the journal cannot take
+        /// it (disk full, I/O error): the command stays in its ring, untouched.
+        func journalAppend(_ record: UnsafeRawPointer, _ session: UInt32) -> Bool {
+            guard let journal else { return true }
+            if journal.failure != nil { return false }
+            scratch.copyMemory(from: record, byteCount: 64)
+            scratch.storeBytes(of: session.littleEndian, toByteOffset: 64, as: UInt32.self)
+            scratch.storeBytes(of: UInt32(0), toByteOffset: 68, as: UInt32.self)
+            scratch.storeBytes(of: sink.engineTime.littleEndian, toByteOffset: 72, as: UInt64.self)
+            do {
+                // A full buffer is back-pressure from the disk: wait for the batch in flight.
+                while try !journal.append(type: 1, sequence: sequence &+ 1,
+                                          payload: UnsafeRawBufferPointer(start: scratch, count: 80)) {
+                    let durable = journal.poll()
+                    if sink.hold { sink.release(upTo: durable) }
+                    if journal.failure != nil { return false }
+                }
+                return true
+            } catch {
+                counters.add(.journalFailures)
+                return false
             }
         }
 
@@ -313,51 +480,28 @@ final class Shard: @unchecked Sendable {
                 let n = min(available, maxBatch)
                 sink.engineTime = realtimeNanoseconds()
                 let session = inbound[i].session
-                for k in 0..<n {
-                    let record = inbound[i].commands.slot(k)
-                    sequence &+= 1
-                    sink.sequence = sequence
-                    sink.issuer = Int(session)
-                    counters.add(.commands)
-                    let decoded: CommandRecord.Decoded
-                    do {
-                        decoded = try CommandRecord.decode(record)
-                    } catch {
-                        counters.add(.malformed)
-                        sink.symbolId = 0
-                        sink.clientTime = 0
-                        let id = CommandRecord.orderId(record)
-                        sink.on(.rejected(orderId: engineOrderId(session, id & maxClientOrderId), reason: .malformedCommand))
-                        continue
-                    }
-                    sink.symbolId = decoded.symbolId
-                    sink.clientTime = decoded.clientTime
-                    var command = decoded.command
-                    let clientId = command.orderId
-                    guard clientId >= 0, clientId <= maxClientOrderId else {
-                        sink.on(.rejected(orderId: engineOrderId(session, clientId & maxClientOrderId),
-                                          reason: .orderIdOutOfRange))
-                        continue
-                    }
-                    let symbol = Int(decoded.symbolId)
-                    let b = symbol <= maxId ? Int(bookIndex[symbol]) : -1
-                    guard b >= 0 else {
-                        sink.on(.rejected(orderId: engineOrderId(session, clientId), reason: .unknownSymbol))
-                        continue
-                    }
-                    command.orderId = engineOrderId(session, clientId)
-                    books[b].apply(command, to: &sink)
+                var done = 0
+                while done < n {
+                    guard journalAppend(inbound[i].commands.slot(done), session) else { break }
+                    process(inbound[i].commands.slot(done), session)
+                    done += 1
                 }
-                inbound[i].commands.release(n)
-                work += n
+                inbound[i].commands.release(done)
+                work += done
+                if done == 0 { continue }
                 counters.add(.batches)
-                counters.addBatch(n)
-                if n > largestBatch {
-                    largestBatch = n
-                    counters.set(.largestBatch, UInt64(n))
+                counters.addBatch(done)
+                if done > largestBatch {
+                    largestBatch = done
+                    counters.set(.largestBatch, UInt64(done))
                 }
+                if done < n { break }  // the journal refused: stop taking commands
             }
             counters.set(.backlog, UInt64(backlog))
+            if let journal {
+                let durable = journal.poll()
+                if sink.hold { sink.release(upTo: durable) }
+            }
             if sink.published > 0 {
                 events.pointee.wakeConsumers()
                 sink.published = 0
@@ -373,8 +517,61 @@ final class Shard: @unchecked Sendable {
             return true
         }
 
+        // Recovery: every journaled command again, through the same code path, sending nothing.
+        if let config = journalConfig {
+            sink.replaying = true
+            var maxSession: UInt32 = 0
+            let scanned: JournalScan
+            do {
+                scanned = try JournalReader.scan(directory: config.directory, shard: index, repair: true) { type, seq, payload in
+                    guard type == 1, payload.count == 80 else { return }
+                    let session = UInt32(littleEndian: payload.loadUnaligned(fromByteOffset: 64, as: UInt32.self))
+                    maxSession = max(maxSession, session)
+                    sink.engineTime = UInt64(littleEndian: payload.loadUnaligned(fromByteOffset: 72, as: UInt64.self))
+                    sequence = seq &- 1
+                    process(payload.baseAddress!, session)
+                }
+            } catch {
+                startError = "shard \(index): recovery failed: \(error)"
+                started.signal()
+                return
+            }
+            sink.replaying = false
+            sequence = scanned.lastSequence
+            maxRecoveredSession = maxSession
+            if let torn = scanned.truncated {
+                recoveryLog.append("shard \(index): cut a torn last record at \(torn.path) offset \(torn.offset)")
+            }
+            var digest: UInt64 = 0xCBF2_9CE4_8422_2325
+            for b in 0..<created { digest = (digest ^ books[b].digest) &* 0x0000_0100_0000_01B3 }
+            recoveredDigest = digest
+            recoveryLog.append("shard \(index): recovered \(scanned.records) journaled commands (sequences \(scanned.firstSequence)...\(scanned.lastSequence)), state digest \(String(digest, radix: 16))")
+            do {
+                journal = try JournalWriter(config: config, lastSequence: scanned.lastSequence,
+                                            resume: scanned.appendPath.map { ($0, scanned.appendOffset) })
+            } catch {
+                startError = "shard \(index): cannot open the journal: \(error)"
+                started.signal()
+                return
+            }
+            sink.hold = durability == .sync
+            sink.journal = journal
+        }
+        started.signal()
+
         while cb_load_acquire_u32(stopFlag) == 0 {
             if !mailbox.isEmpty { drainMailbox() }
+            if let journal, journal.failure != nil {
+                // The disk refused: take no command until it takes them again.
+                counters.set(.journalFailed, 1)
+                journal.retry()
+                try? journal.retryRollover()
+                if journal.failure != nil {
+                    doorbell.park(timeoutNanoseconds: 100_000_000, stillIdle: { true })
+                    continue
+                }
+                counters.set(.journalFailed, 0)
+            }
             if pass() > 0 {
                 idle = 0
                 continue
@@ -393,6 +590,13 @@ final class Shard: @unchecked Sendable {
         // Stop: take in the last sessions and handle everything already published.
         drainMailbox()
         while pass() > 0 {}
+        if let journal {
+            try? journal.flush()
+            if sink.hold { sink.release(upTo: journal.durable) }
+        }
+        var digest: UInt64 = 0xCBF2_9CE4_8422_2325
+        for b in 0..<created { digest = (digest ^ books[b].digest) &* 0x0000_0100_0000_01B3 }
+        finalDigest = digest
     }
 }
 

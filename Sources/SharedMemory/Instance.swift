@@ -76,6 +76,10 @@ public enum ShardCounter: Int, CaseIterable, Sendable {
     case eventDetaches = 12
     /// Times the shard waited on a full event ring (back-pressure from a consumer).
     case eventWaits = 13
+    /// Times the journal refused a command (disk full, I/O error).
+    case journalFailures = 14
+    /// 1 while the journal refuses: the shard takes no command (a gauge).
+    case journalFailed = 15
 
     public var name: String {
         switch self {
@@ -93,6 +97,8 @@ public enum ShardCounter: Int, CaseIterable, Sendable {
         case .malformed: "malformed"
         case .eventDetaches: "event_consumer_detaches"
         case .eventWaits: "event_ring_waits"
+        case .journalFailures: "journal_failures"
+        case .journalFailed: "journal_failed"
         }
     }
 }

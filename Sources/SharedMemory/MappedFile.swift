@@ -28,10 +28,21 @@ public enum SharedMemoryError: Error, Equatable, CustomStringConvertible {
     }
 }
 
-/// Whether a process exists (it may belong to another user: EPERM still means alive).
+/// Whether a process exists and is not a zombie (it may belong to another user: EPERM still
+/// means alive). A killed process whose parent has not reaped it yet is dead for us: in a
+/// container whose PID 1 does not reap, it may stay a zombie for good.
 public func processIsAlive(_ pid: Int32) -> Bool {
     guard pid > 0 else { return false }
-    return kill(pid, 0) == 0 || errno == EPERM
+    guard kill(pid, 0) == 0 || errno == EPERM else { return false }
+    // /proc/<pid>/stat: "pid (comm) S ..." — the state letter follows the last ')'.
+    guard let file = fopen("/proc/\(pid)/stat", "r") else { return true }
+    defer { fclose(file) }
+    var buffer = [CChar](repeating: 0, count: 512)
+    guard fgets(&buffer, Int32(buffer.count), file) != nil else { return true }
+    let line = String(cString: buffer)
+    guard let close = line.lastIndex(of: ")") else { return true }
+    let state = line[line.index(after: close)...].drop { $0 == " " }.first
+    return state != "Z" && state != "X"
 }
 
 /// A file mapped MAP_SHARED. Owns the mapping; unmaps it when released.

@@ -4,6 +4,8 @@
 //   instance = "default"  # shared memory in /dev/shm/crossbook/<instance> unless directory = ...
 //   group = "traders"     # optional: files 0660 for this group instead of 0600
 //   lag_timeout_ms = 1000 # a client that reads no reports this long is detached
+//   data_dir = "./data"   # journals (one set of segments per shard)
+//   durability = "sync"   # sync (reports only once on disk), async, none
 //
 //   [[shards]]            # one per shard, in order; core omitted: not pinned
 //   core = 1
@@ -36,6 +38,8 @@ struct EngineConfig {
     var directory: String?
     var group: String?
     var lagTimeoutMilliseconds = 1000
+    var dataDirectory: String?
+    var durability: String?
     /// [[shards]]: the core of each shard (nil: not pinned).
     var shardCores: [Int?] = []
     /// The shard of each declared symbol, by name (default 0).
@@ -55,8 +59,18 @@ struct EngineConfig {
         }
         if let engine = table["engine"] {
             guard let engine = engine.table else { throw ConfigError(description: "\(source): [engine] must be a table") }
-            for key in engine.keys where !["instance", "directory", "group", "lag_timeout_ms"].contains(key) {
-                throw ConfigError(description: "\(source): [engine]: unknown key '\(key)' (expected instance, directory, group, lag_timeout_ms)")
+            for key in engine.keys where !["instance", "directory", "group", "lag_timeout_ms", "data_dir", "durability"].contains(key) {
+                throw ConfigError(description: "\(source): [engine]: unknown key '\(key)' (expected instance, directory, group, lag_timeout_ms, data_dir, durability)")
+            }
+            if let v = engine["data_dir"] {
+                guard let dir = v.string else { throw ConfigError(description: "\(source): [engine]: data_dir must be a string") }
+                dataDirectory = dir
+            }
+            if let v = engine["durability"] {
+                guard let mode = v.string, ["sync", "async", "none"].contains(mode) else {
+                    throw ConfigError(description: "\(source): [engine]: durability must be \"sync\", \"async\" or \"none\"")
+                }
+                durability = mode
             }
             if let v = engine["instance"] {
                 guard let name = v.string else { throw ConfigError(description: "\(source): [engine]: instance must be a string") }

@@ -13,7 +13,8 @@ let defaultSymbols = ["BTC-USD", "ETH-USD", "SOL-USD", "XRP-USD"]
 extension EngineConfig {
     /// Engine settings from this config; without [[shards]], one shard pinned to the last CPU.
     func engineSettings(instance override: String?, directory overrideDirectory: String?, pin: Bool,
-                        cleanStale: Bool) throws -> EngineSettings {
+                        cleanStale: Bool, dataDirectory overrideData: String? = nil,
+                        durability overrideDurability: String? = nil) throws -> EngineSettings {
         let name = override ?? instance
         var cores = shardCores
         if cores.isEmpty {
@@ -30,12 +31,17 @@ extension EngineConfig {
             guard let entry = getgrnam(group) else { throw CLIError("group '\(group)' does not exist") }
             gid = entry.pointee.gr_gid
         }
-        return EngineSettings(
+        var settings = EngineSettings(
             instance: name, directory: overrideDirectory ?? directory, group: gid,
             shards: cores.map { ShardSettings(core: $0) },
             symbols: specs.map { (spec: $0, shard: symbolShards[$0.name] ?? 0) },
             capacity: capacity, lagTimeoutNanoseconds: UInt64(lagTimeoutMilliseconds) * 1_000_000,
             cleanStale: cleanStale)
+        let mode = overrideDurability ?? durability ?? "sync"
+        guard let chosen = Durability(rawValue: mode) else { throw CLIError("durability must be sync, async or none, not '\(mode)'") }
+        settings.durability = chosen
+        settings.dataDirectory = overrideData ?? dataDirectory ?? "./data"
+        return settings
     }
 
     static func load(_ path: String?) throws -> EngineConfig {
@@ -58,7 +64,8 @@ struct RunCommand: ParsableCommand {
         discussion: """
             Without --config: instance 'default', one shard pinned to the last CPU, symbols \
             \(defaultSymbols.joined(separator: ", ")) (tick 1, lot 1), 262,144 orders and 16,384 levels \
-            per symbol. SIGINT or SIGTERM drains every ring, stops, and removes the shared-memory files.
+            per symbol, durability sync with journals in ./data. At start each shard replays its journal. \
+            SIGINT or SIGTERM drains every ring, stops, and removes the shared-memory files.
             """)
 
     @Option(help: "A TOML config ([engine], [[shards]], [book], [[symbols]]).")
@@ -76,9 +83,16 @@ struct RunCommand: ParsableCommand {
     @Flag(help: "Do not pin shard threads (for machines where the cores are not yours).")
     var noPin = false
 
+    @Option(help: "Where the journals live (default ./data, or [engine] data_dir).")
+    var dataDir: String?
+
+    @Option(help: "sync (reports only once the command is on disk; the default), async, or none.")
+    var durability: String?
+
     func run() throws {
         let settings = try EngineConfig.load(config).engineSettings(
-            instance: instance, directory: directory, pin: !noPin, cleanStale: cleanStale)
+            instance: instance, directory: directory, pin: !noPin, cleanStale: cleanStale, dataDirectory: dataDir,
+            durability: durability)
         // Signals go to sigwait below, never to a shard thread: block them before any starts.
         // A shell starts background jobs with SIGINT ignored, and an ignored signal never
         // reaches sigwait: restore the default first (blocked, it kills nothing).

@@ -212,7 +212,7 @@ struct EngineTests {
         let dir = testDirectory()
         let engine = Process()
         engine.executableURL = crossbookBinary()
-        engine.arguments = ["run", "--instance", "k", "--directory", dir, "--no-pin"]
+        engine.arguments = ["run", "--instance", "k", "--directory", dir, "--no-pin", "--durability", "none"]
         engine.standardError = FileHandle.nullDevice
         try engine.run()
         #expect(waitFor(10) { (try? EngineFile.attach(directory: dir))?.state == .running })
