@@ -6,7 +6,7 @@ DEB_PACKAGES := liburing-dev libnuma-dev libhiredis-dev librdkafka-dev pkg-confi
 # Tests run optimized: the differential test drives 1,000,000 commands through two books.
 TEST_FLAGS   := -c release -Xswiftc -enable-testing
 
-.PHONY: all deps build release test run replay bench bench-e2e clean
+.PHONY: all deps build release test run replay bench bench-e2e bench-d1 soak clean
 
 all: build
 
@@ -45,6 +45,15 @@ bench: deps
 # End to end from a separate process: 100k/s, 1M/s and flat out, three rounds.
 bench-e2e: release
 	bench/e2e.sh 3 5
+
+# The kill -9 durability test, 1,000 cycles instead of make test's 20.
+soak: deps
+	$(SWIFT) build $(TEST_FLAGS) --build-tests
+	CROSSBOOK_KILL_CYCLES=$${CYCLES:-1000} $(SWIFT) test $(TEST_FLAGS) --skip-build --filter killCycles
+
+# D1: one shard, sync durability, from a separate process, with the fdatasync floor.
+bench-d1: release
+	bench/d1.sh
 
 clean:
 	rm -rf .build bench/.build

@@ -501,6 +501,9 @@ final class Shard: @unchecked Sendable {
             if let journal {
                 let durable = journal.poll()
                 if sink.hold { sink.release(upTo: durable) }
+                counters.set(.durableSequence, durable)
+                counters.set(.journalBatches, journal.durableBatches)
+                counters.set(.journalBytes, journal.durableBytes)
             }
             if sink.published > 0 {
                 events.pointee.wakeConsumers()
@@ -519,6 +522,7 @@ final class Shard: @unchecked Sendable {
 
         // Recovery: every journaled command again, through the same code path, sending nothing.
         if let config = journalConfig {
+            let recoveryStart = monotonicNanoseconds()
             sink.replaying = true
             var maxSession: UInt32 = 0
             let scanned: JournalScan
@@ -545,7 +549,9 @@ final class Shard: @unchecked Sendable {
             var digest: UInt64 = 0xCBF2_9CE4_8422_2325
             for b in 0..<created { digest = (digest ^ books[b].digest) &* 0x0000_0100_0000_01B3 }
             recoveredDigest = digest
-            recoveryLog.append("shard \(index): recovered \(scanned.records) journaled commands (sequences \(scanned.firstSequence)...\(scanned.lastSequence)), state digest \(String(digest, radix: 16))")
+            let seconds = Double(monotonicNanoseconds() - recoveryStart) / 1e9
+            let rate = seconds > 0 ? Int(Double(scanned.records) / seconds) : 0
+            recoveryLog.append("shard \(index): recovered \(scanned.records) journaled commands (sequences \(scanned.firstSequence)...\(scanned.lastSequence)) in \(Int(seconds * 1000)) ms (\(rate) records/s), state digest \(String(digest, radix: 16))")
             do {
                 journal = try JournalWriter(config: config, lastSequence: scanned.lastSequence,
                                             resume: scanned.appendPath.map { ($0, scanned.appendOffset) })

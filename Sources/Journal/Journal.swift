@@ -78,6 +78,9 @@ public final class JournalWriter {
     public private(set) var durable: UInt64
     /// Set when the disk refuses: nothing more becomes durable until `retry` succeeds.
     public private(set) var failure: JournalError?
+    /// Batches made durable, and their bytes (for the mean batch size).
+    public private(set) var durableBatches: UInt64 = 0
+    public private(set) var durableBytes: UInt64 = 0
 
     private let ring: OpaquePointer
     private var buffers: [UnsafeMutableRawPointer]
@@ -231,6 +234,8 @@ public final class JournalWriter {
         if isSync { inFlight?.synced = true } else { inFlight?.wrote = true }
         if let done = inFlight, done.wrote && done.synced {
             durable = done.last
+            durableBatches += 1
+            durableBytes += UInt64(done.length)
             // The buffer is free again: zero it so the next batch's padding is clean.
             buffers[done.buffer].initializeMemory(as: UInt8.self, repeating: 0, count: done.length)
             inFlight = nil

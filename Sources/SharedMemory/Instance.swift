@@ -12,7 +12,7 @@
 //   0    magic "CBENGIN1" (u64), version (u32), shard count (u32), engine pid (i32),
 //        state (u32: 1 starting, 2 running, 3 stopping, 4 stopped), start time ns (u64)
 //   64 + 512 × s   shard s: doorbell wake word (u32) and parked flag (u32) on their own line;
-//        at +64 the counters (u64 each, see ShardCounter), at +192 rejects by reason (u64 × 32),
+//        at +64 the counters (u64 × 24, see ShardCounter), at +256 rejects by reason (u64 × 24),
 //        at +448 batch sizes (u64 × 8: batches of 1, 2–3, 4–7, … 128–256 commands).
 //
 // Counters have one writer (the shard), written with plain stores; readers load them relaxed
@@ -28,7 +28,9 @@ public enum InstanceLayout {
     public static let headerSize = 64
     public static let shardBlockSize = 512
     public static let countersOffset = 64
-    public static let rejectsOffset = 192
+    public static let rejectsOffset = 256
+    /// Reject reasons by raw value (the last slot also takes any value beyond it).
+    public static let rejectSlots = 24
     public static let batchesOffset = 448
     public static let batchBuckets = 8
     public static let maxShards = 64
@@ -80,6 +82,11 @@ public enum ShardCounter: Int, CaseIterable, Sendable {
     case journalFailures = 14
     /// 1 while the journal refuses: the shard takes no command (a gauge).
     case journalFailed = 15
+    /// Journal batches made durable, and their bytes.
+    case journalBatches = 16
+    case journalBytes = 17
+    /// The highest sequence on disk.
+    case durableSequence = 18
 
     public var name: String {
         switch self {
@@ -99,6 +106,9 @@ public enum ShardCounter: Int, CaseIterable, Sendable {
         case .eventWaits: "event_ring_waits"
         case .journalFailures: "journal_failures"
         case .journalFailed: "journal_failed"
+        case .journalBatches: "journal_batches"
+        case .journalBytes: "journal_bytes"
+        case .durableSequence: "durable_sequence"
         }
     }
 }
@@ -172,11 +182,13 @@ public struct ShardCounters: @unchecked Sendable {
     public func set(_ counter: ShardCounter, _ value: UInt64) { words[counter.rawValue] = value }
 
     @inlinable @inline(__always)
-    public func addReject(_ code: UInt8) { rejects[Int(code & 31)] &+= 1 }
+    public func addReject(_ code: UInt8) { rejects[min(Int(code), InstanceLayout.rejectSlots - 1)] &+= 1 }
 
     public func read(_ counter: ShardCounter) -> UInt64 { cb_load_relaxed_u64(words + counter.rawValue) }
 
-    public func rejects(_ code: UInt8) -> UInt64 { cb_load_relaxed_u64(rejects + Int(code & 31)) }
+    public func rejects(_ code: UInt8) -> UInt64 {
+        cb_load_relaxed_u64(rejects + min(Int(code), InstanceLayout.rejectSlots - 1))
+    }
 }
 
 /// The engine control file.

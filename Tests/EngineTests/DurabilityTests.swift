@@ -92,13 +92,16 @@ struct DurabilityTests {
         }
     }
 
-    @Test("kill -9 at random moments under load, 20 times: every acknowledged order survives, the restart equals an offline replay")
+    /// 20 cycles in `make test`; `make soak` sets CROSSBOOK_KILL_CYCLES=1000.
+    static let killCycleCount = Int(ProcessInfo.processInfo.environment["CROSSBOOK_KILL_CYCLES"] ?? "") ?? 20
+
+    @Test("kill -9 at random moments under load, 20 times (make soak: 1,000): every acknowledged order survives, the restart equals an offline replay")
     func killCycles() throws {
         let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-data-\(UUID().uuidString.prefix(8))"
         defer { removeTree(data) }
         var rng = UInt64(2026)
         var totalAcked = 0
-        for cycle in 0..<20 {
+        for cycle in 0..<Self.killCycleCount {
             // What an independent replay of the journal as it lies now builds.
             var expected: UInt64?
             if cycle > 0 {
