@@ -118,11 +118,14 @@ public enum ShardCounter: Int, CaseIterable, Sendable {
 public struct Doorbell: @unchecked Sendable {
     @usableFromInline let wake: UnsafeMutablePointer<UInt32>
     @usableFromInline let parked: UnsafeMutablePointer<UInt32>
+    /// Keeps the mapping alive as long as this view exists.
+    @usableFromInline let owner: AnyObject
 
     @inlinable
-    init(_ base: UnsafeMutableRawPointer) {
+    init(_ base: UnsafeMutableRawPointer, owner: AnyObject) {
         wake = base.assumingMemoryBound(to: UInt32.self)
         parked = (base + 4).assumingMemoryBound(to: UInt32.self)
+        self.owner = owner
     }
 
     /// Producer side, after publishing: store(cursor) → fence → load(parked), against the
@@ -159,8 +162,11 @@ public struct ShardCounters: @unchecked Sendable {
     @usableFromInline let words: UnsafeMutablePointer<UInt64>
     @usableFromInline let rejects: UnsafeMutablePointer<UInt64>
     @usableFromInline let batchSizes: UnsafeMutablePointer<UInt64>
+    /// Keeps the mapping alive as long as this view exists.
+    let owner: AnyObject
 
-    init(_ block: UnsafeMutableRawPointer) {
+    init(_ block: UnsafeMutableRawPointer, owner: AnyObject) {
+        self.owner = owner
         words = (block + InstanceLayout.countersOffset).assumingMemoryBound(to: UInt64.self)
         rejects = (block + InstanceLayout.rejectsOffset).assumingMemoryBound(to: UInt64.self)
         batchSizes = (block + InstanceLayout.batchesOffset).assumingMemoryBound(to: UInt64.self)
@@ -272,8 +278,8 @@ public final class EngineFile: @unchecked Sendable {
         file.base + InstanceLayout.headerSize + s * InstanceLayout.shardBlockSize
     }
 
-    public func doorbell(_ shard: Int) -> Doorbell { Doorbell(shardBlock(shard)) }
-    public func counters(_ shard: Int) -> ShardCounters { ShardCounters(shardBlock(shard)) }
+    public func doorbell(_ shard: Int) -> Doorbell { Doorbell(shardBlock(shard), owner: file) }
+    public func counters(_ shard: Int) -> ShardCounters { ShardCounters(shardBlock(shard), owner: file) }
 }
 
 /// A client's handshake file: the client creates it; the engine answers in it.

@@ -124,7 +124,8 @@ struct EngineTests {
         #expect(client.submit(.new(NewOrder(orderId: -3, side: .buy, price: 10, quantity: 1)), symbol: aaa))
         let reasons = try collect(client, 3).map(\.rejectReason)
         #expect(reasons == [.unknownSymbol, .orderIdOutOfRange, .orderIdOutOfRange])
-        let counters = try EngineFile.attach(directory: dir).counters(0)
+        let control = try EngineFile.attach(directory: dir)
+        let counters = control.counters(0)
         #expect(counters.rejects(RejectReason.orderIdOutOfRange.rawValue) == 2)
         #expect(counters.rejects(RejectReason.unknownSymbol.rawValue) == 1)
 
