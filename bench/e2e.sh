@@ -13,7 +13,7 @@ instance=bench-e2e-$$
 "$bin" run --instance "$instance" --clean-stale --durability "${DURABILITY:-none}" --data-dir "${DATA:-/tmp/crossbook-e2e-data}" 2>/dev/null &
 engine=$!
 trap 'kill -INT $engine 2>/dev/null; wait $engine' EXIT
-for _ in $(seq 1 100); do "$bin" stat --instance "$instance" --count 1 --interval 0.05 >/dev/null 2>&1 && break; sleep 0.1; done
+for _ in $(seq 1 3000); do "$bin" stat --instance "$instance" --count 1 --interval 0.01 2>/dev/null | grep -q "state running" && break; sleep 0.1; done
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'); $(date -u +%Y-%m-%dT%H:%MZ)"
 for round in $(seq 1 "$rounds"); do
   for rate in 100000 1000000 0; do

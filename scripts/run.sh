@@ -15,9 +15,9 @@ stop() {
   wait "$engine"
 }
 trap 'stop; exit 0' INT TERM
-# Ready when its counters can be read.
-for _ in $(seq 1 100); do
-  "$bin" stat --count 1 --interval 0.05 >/dev/null 2>&1 && break
+# Ready when its state is running (a restart replays the journal first).
+for _ in $(seq 1 3000); do
+  "$bin" stat --count 1 --interval 0.01 2>/dev/null | grep -q "state running" && break
   kill -0 "$engine" 2>/dev/null || { wait "$engine"; exit 1; }
   sleep 0.1
 done

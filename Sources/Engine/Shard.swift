@@ -514,6 +514,8 @@ final class Shard: @unchecked Sendable {
 
         func allEmpty() -> Bool {
             if !mailbox.isEmpty || cb_load_acquire_u32(stopFlag) != 0 { return false }
+            // Output waiting for the disk: io_uring completions ring no doorbell, so keep polling.
+            if sink.stagedHead != sink.stagedTail { return false }
             for i in 0..<inboundCount where inbound[i].active {
                 if ((try? inbound[i].commands.poll()) ?? 0) > 0 { return false }
             }
@@ -583,6 +585,10 @@ final class Shard: @unchecked Sendable {
                 continue
             }
             idle += 1
+            if sink.stagedHead != sink.stagedTail {
+                // Staged output: poll the journal's completions rather than sleep.
+                idle = min(idle, wait.spins)
+            }
             if idle < wait.spins {
                 cb_cpu_relax()
             } else if idle < wait.spins + wait.yields {

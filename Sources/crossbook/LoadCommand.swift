@@ -26,6 +26,9 @@ struct LoadCommand: ParsableCommand {
     @Option(help: "Seconds to run (0: until Ctrl-C).")
     var duration: Double = 10
 
+    @Option(help: "Stop after sending this many orders (0: no limit).")
+    var orders: Int = 0
+
     @Option(help: "How many of the engine's symbols to spread the orders over.")
     var symbols: Int = 1
 
@@ -64,10 +67,10 @@ struct LoadCommand: ParsableCommand {
         }
         while loadInterrupted == 0 {
             var now = nanoseconds()
-            if now >= end { break }
+            if now >= end || (orders > 0 && state.sent >= orders) { break }
             // Send what is due (flat out: whatever the ring takes).
             var budget = 256
-            while budget > 0 {
+            while budget > 0 && (orders == 0 || state.sent < orders) {
                 if pending == nil {
                     if rate > 0 && scheduled > Double(now) { break }
                     let s = op % targets.count
@@ -124,7 +127,7 @@ struct LoadCommand: ParsableCommand {
             }
         }
         // Collect the last acknowledgements.
-        let drainUntil = nanoseconds() + 2_000_000_000
+        let drainUntil = nanoseconds() + 10_000_000_000
         while state.acked < state.sent && nanoseconds() < drainUntil {
             do { try client.poll { state.handle($0, now: nanoseconds()) } } catch { break }
         }

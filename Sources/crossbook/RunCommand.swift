@@ -180,6 +180,9 @@ struct StatCommand: ParsableCommand {
                     buckets.append("\(label):\(c.batches(bucket: b))")
                 }
                 if !buckets.isEmpty { print("  batch sizes " + buckets.joined(separator: " ")) }
+                if now[ShardCounter.journalBatches.rawValue] > 0 {
+                    print("  journal journal_batches=\(now[ShardCounter.journalBatches.rawValue]) journal_bytes=\(now[ShardCounter.journalBytes.rawValue]) durable_sequence=\(now[ShardCounter.durableSequence.rawValue]) journal_failures=\(now[ShardCounter.journalFailures.rawValue])\(now[ShardCounter.journalFailed.rawValue] != 0 ? " JOURNAL REFUSING (disk full or failing): not taking commands" : "")")
+                }
                 if let ring = try? EventRing.attach(path: InstanceLayout.eventRingPath(target.resolvedDirectory, shard: s)) {
                     for consumer in ring.consumerLags() {
                         print("  event consumer \(consumer.index) (pid \(consumer.pid)\(consumer.mayDetach ? ", may detach" : "")): lag \(consumer.lag) events")
