@@ -38,6 +38,9 @@ public struct EngineSettings: Sendable {
     /// Where the journals live (one set of segments per shard).
     public var dataDirectory: String = "./data"
     public var journalSegmentSize: Int = 64 << 20
+    /// A snapshot every this many commands per shard (0: never); the newest `snapshotsKept` stay.
+    public var snapshotEvery: UInt64 = 0
+    public var snapshotsKept: Int = 3
 
     public static func defaultDirectory(_ instance: String) -> String { InstanceLayout.defaultDirectory(instance) }
 
@@ -188,7 +191,9 @@ public final class Engine: @unchecked Sendable {
             let shard = Shard(index: i, core: shardSettings.core, symbols: mine, engineFile: file, eventRing: events,
                               wait: s.wait, lagTimeoutNanoseconds: s.lagTimeoutNanoseconds, durability: s.durability,
                               journalConfig: JournalConfig(directory: s.dataDirectory, shard: i,
-                                                           segmentSize: s.journalSegmentSize))
+                                                           segmentSize: s.journalSegmentSize),
+                              snapshotEvery: s.snapshotEvery,
+                              snapshots: FileSnapshotStore(directory: s.dataDirectory, keep: s.snapshotsKept))
             shard.start()
             shard.started.wait()
             shards.append(shard)

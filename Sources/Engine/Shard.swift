@@ -4,6 +4,7 @@
 // makes a syscall per command; it sleeps on its doorbell only when it has been idle a while.
 
 import CShims
+import Foundation
 import Glibc
 import Journal
 import OrderBook
@@ -246,6 +247,9 @@ final class Shard: @unchecked Sendable {
     let eventRing: EventRing
     let durability: Durability
     let journalConfig: JournalConfig?
+    /// Take a snapshot every this many commands (0: never), into this store.
+    let snapshotEvery: UInt64
+    let snapshots: SnapshotStore?
     /// After start: what recovery found (log lines), and the highest session id in the journal.
     private(set) var recoveryLog: [String] = []
     private(set) var maxRecoveredSession: UInt32 = 0
@@ -263,8 +267,11 @@ final class Shard: @unchecked Sendable {
 
     init(index: Int, core: Int?, symbols: [(spec: SymbolSpec, capacity: BookCapacity)], engineFile: EngineFile,
          eventRing: EventRing, wait: WaitStrategy, lagTimeoutNanoseconds: UInt64,
-         durability: Durability = .none, journalConfig: JournalConfig? = nil) {
+         durability: Durability = .none, journalConfig: JournalConfig? = nil,
+         snapshotEvery: UInt64 = 0, snapshots: SnapshotStore? = nil) {
         self.eventRing = eventRing
+        self.snapshotEvery = durability == .none ? 0 : snapshotEvery
+        self.snapshots = durability == .none ? nil : snapshots
         self.durability = durability
         self.journalConfig = durability == .none ? nil : journalConfig
         self.index = index
@@ -336,16 +343,19 @@ final class Shard: @unchecked Sendable {
         bookIndex.initialize(repeating: -1, count: maxId + 1)
         let books = UnsafeMutablePointer<OrderBook>.allocate(capacity: max(symbols.count, 1))
         var created = 0
-        for (i, entry) in symbols.enumerated() {
-            do {
-                (books + i).initialize(to: try OrderBook(spec: entry.spec, capacity: entry.capacity))
-                bookIndex[Int(entry.spec.id)] = Int32(i)
-                created += 1
-            } catch {
-                startError = "shard \(index): symbol \(entry.spec.name): \(error)"
-                break
+        func createBooks() {
+            for (i, entry) in symbols.enumerated() {
+                do {
+                    (books + i).initialize(to: try OrderBook(spec: entry.spec, capacity: entry.capacity))
+                    bookIndex[Int(entry.spec.id)] = Int32(i)
+                    created += 1
+                } catch {
+                    startError = "shard \(index): symbol \(entry.spec.name): \(error)"
+                    break
+                }
             }
         }
+        createBooks()
         defer {
             for i in 0..<created { (books + i).deinitialize(count: 1) }
             books.deallocate()
@@ -522,14 +532,78 @@ final class Shard: @unchecked Sendable {
             return true
         }
 
+        var lastSnapshot: UInt64 = 0
+        var pendingSnapshot: (sequence: UInt64, body: [UInt8])?
+        let writer = snapshots.map { SnapshotWriter(store: $0, shard: index, counters: counters) }
+        defer { writer?.finish() }
+
+        /// A snapshot body: the highest session id (u32), the book count (u32), then per book its
+        /// symbol id (u32), length (u32) and OrderBook.snapshot() bytes.
+        func snapshotBody() -> [UInt8] {
+            var body: [UInt8] = []
+            var highest = maxRecoveredSession
+            for i in 0..<inboundCount { highest = max(highest, inbound[i].session) }
+            withUnsafeBytes(of: highest.littleEndian) { body.append(contentsOf: $0) }
+            withUnsafeBytes(of: UInt32(created).littleEndian) { body.append(contentsOf: $0) }
+            for b in 0..<created {
+                let bytes = books[b].snapshot()
+                withUnsafeBytes(of: books[b].symbolId.littleEndian) { body.append(contentsOf: $0) }
+                withUnsafeBytes(of: UInt32(bytes.count).littleEndian) { body.append(contentsOf: $0) }
+                body.append(contentsOf: bytes)
+            }
+            return body
+        }
+
+        func restoreBooks(_ body: [UInt8]) throws {
+            guard body.count >= 8 else { throw EngineError("snapshot body too short") }
+            let count = body.withUnsafeBytes { Int(UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: 4, as: UInt32.self))) }
+            guard count == created else { throw EngineError("snapshot of \(count) books, this shard has \(created)") }
+            var offset = 8
+            for _ in 0..<count {
+                guard offset + 8 <= body.count else { throw EngineError("snapshot body truncated") }
+                let (symbol, length) = body.withUnsafeBytes {
+                    (UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: offset, as: UInt32.self)),
+                     Int(UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self))))
+                }
+                offset += 8
+                guard offset + length <= body.count, Int(symbol) <= maxId, bookIndex[Int(symbol)] >= 0 else {
+                    throw EngineError("snapshot names symbol \(symbol), which this shard does not own")
+                }
+                try books[Int(bookIndex[Int(symbol)])].restore(from: Array(body[offset..<(offset + length)]))
+                offset += length
+            }
+        }
+
         // Recovery: every journaled command again, through the same code path, sending nothing.
         if let config = journalConfig {
             let recoveryStart = monotonicNanoseconds()
             sink.replaying = true
             var maxSession: UInt32 = 0
+            // The newest snapshot that loads and restores whole; an older one if it does not.
+            var base: UInt64 = 0
+            if let store = snapshots {
+                for candidate in store.list(shard: index) {
+                    do {
+                        let (at, body) = try store.load(shard: index, name: candidate.name)
+                        try restoreBooks(body)
+                        base = at
+                        maxSession = body.withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self)) }
+                        recoveryLog.append("shard \(index): loaded snapshot \(candidate.name) (sequence \(at))")
+                        break
+                    } catch {
+                        recoveryLog.append("shard \(index): snapshot \(candidate.name) unusable (\(error)); trying an older one")
+                        for b in 0..<created { (books + b).deinitialize(count: 1) }
+                        created = 0
+                        createBooks()
+                    }
+                }
+            }
+            lastSnapshot = base
             let scanned: JournalScan
+            var replayed = 0
             do {
-                scanned = try JournalReader.scan(directory: config.directory, shard: index, repair: true) { type, seq, payload in
+                scanned = try JournalReader.scan(directory: config.directory, shard: index, repair: true, after: base) { type, seq, payload in
+                    replayed += 1
                     guard type == 1, payload.count == 80 else { return }
                     let session = UInt32(littleEndian: payload.loadUnaligned(fromByteOffset: 64, as: UInt32.self))
                     maxSession = max(maxSession, session)
@@ -543,7 +617,7 @@ final class Shard: @unchecked Sendable {
                 return
             }
             sink.replaying = false
-            sequence = scanned.lastSequence
+            sequence = max(scanned.lastSequence, base)
             maxRecoveredSession = maxSession
             if let torn = scanned.truncated {
                 recoveryLog.append("shard \(index): cut a torn last record at \(torn.path) offset \(torn.offset)")
@@ -552,10 +626,12 @@ final class Shard: @unchecked Sendable {
             for b in 0..<created { digest = (digest ^ books[b].digest) &* 0x0000_0100_0000_01B3 }
             recoveredDigest = digest
             let seconds = Double(monotonicNanoseconds() - recoveryStart) / 1e9
-            let rate = seconds > 0 ? Int(Double(scanned.records) / seconds) : 0
-            recoveryLog.append("shard \(index): recovered \(scanned.records) journaled commands (sequences \(scanned.firstSequence)...\(scanned.lastSequence)) in \(Int(seconds * 1000)) ms (\(rate) records/s), state digest \(String(digest, radix: 16))")
+            let rate = 0
+            let replayRate = seconds > 0 ? Int(Double(replayed) / seconds) : 0
+            _ = rate
+            recoveryLog.append("shard \(index): recovered \(base > 0 ? "from the snapshot at \(base) and " : "")\(replayed) journaled commands (up to sequence \(sequence)) in \(Int(seconds * 1000)) ms (\(replayRate) records/s), state digest \(String(digest, radix: 16))")
             do {
-                journal = try JournalWriter(config: config, lastSequence: scanned.lastSequence,
+                journal = try JournalWriter(config: config, lastSequence: sequence,
                                             resume: scanned.appendPath.map { ($0, scanned.appendOffset) })
             } catch {
                 startError = "shard \(index): cannot open the journal: \(error)"
@@ -579,6 +655,18 @@ final class Shard: @unchecked Sendable {
                     continue
                 }
                 counters.set(.journalFailed, 0)
+            }
+            if snapshotEvery > 0 && pendingSnapshot == nil && sequence &- lastSnapshot >= snapshotEvery {
+                // The shard pauses for the copy only; the writing happens on another thread.
+                let t0 = monotonicNanoseconds()
+                pendingSnapshot = (sequence, snapshotBody())
+                counters.set(.snapshotPauseMicros, (monotonicNanoseconds() - t0) / 1000)
+                lastSnapshot = sequence
+            }
+            // A snapshot goes to disk only once the journal holds everything before it.
+            if let pending = pendingSnapshot, let journal, journal.durable >= pending.sequence {
+                writer?.submit(sequence: pending.sequence, body: pending.body)
+                pendingSnapshot = nil
             }
             if pass() > 0 {
                 idle = 0
@@ -670,5 +758,67 @@ final class Semaphore: @unchecked Sendable {
 
     func wait() {
         while sem_wait(&value) != 0 && errno == EINTR {}
+    }
+}
+
+/// Writes a shard's snapshots on a thread of its own: the shard hands over bytes and goes on.
+final class SnapshotWriter: @unchecked Sendable {
+    let store: SnapshotStore
+    let shard: Int
+    let counters: ShardCounters
+    private var queue: [(UInt64, [UInt8])] = []
+    private var done = false
+    private let lock = NSLockLike()
+    private let wake = Semaphore()
+    private let finished = Semaphore()
+
+    init(store: SnapshotStore, shard: Int, counters: ShardCounters) {
+        self.store = store
+        self.shard = shard
+        self.counters = counters
+        let thread = Thread { [self] in run() }
+        thread.name = "crossbook-snapshots-\(shard)"
+        thread.start()
+    }
+
+    func submit(sequence: UInt64, body: [UInt8]) {
+        lock.locked { queue.append((sequence, body)) }
+        wake.signal()
+    }
+
+    /// Writes what is queued, then stops.
+    func finish() {
+        lock.locked { done = true }
+        wake.signal()
+        finished.wait()
+    }
+
+    private func run() {
+        while true {
+            wake.wait()
+            while let (sequence, body) = lock.locked({ queue.isEmpty ? nil : queue.removeFirst() }) {
+                do {
+                    try store.save(shard: shard, sequence: sequence, body: body)
+                    counters.add(.snapshots)
+                    counters.set(.lastSnapshotSequence, sequence)
+                } catch {
+                    counters.add(.snapshotFailures)
+                }
+            }
+            if lock.locked({ done }) { break }
+        }
+        finished.signal()
+    }
+}
+
+/// A mutex for the snapshot writer's queue (never taken on a shard's hot path).
+final class NSLockLike: @unchecked Sendable {
+    private var mutex = pthread_mutex_t()
+    init() { pthread_mutex_init(&mutex, nil) }
+    deinit { pthread_mutex_destroy(&mutex) }
+    func locked<T>(_ body: () -> T) -> T {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        return body()
     }
 }

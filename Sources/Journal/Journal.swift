@@ -323,10 +323,15 @@ public enum JournalReader {
     /// A bad record at the very end of the last segment (followed only by zeros) is a torn
     /// write: with `repair`, it is zeroed and synced, and the scan says so. A bad record
     /// anywhere else stops the scan with an error naming the file, the offset and the sequence.
-    public static func scan(directory: String, shard: Int, repair: Bool,
+    ///
+    /// `after`: records up to this sequence are checked but not visited, and segments that end
+    /// before it are skipped (recovery from a snapshot at that sequence).
+    public static func scan(directory: String, shard: Int, repair: Bool, after: UInt64 = 0,
                             visit: (UInt16, UInt64, UnsafeRawBufferPointer) -> Void) throws(JournalError) -> JournalScan {
         var result = JournalScan()
-        let files = segments(directory: directory, shard: shard)
+        var files = segments(directory: directory, shard: shard)
+        // A segment is wholly at or below `after` if the next one starts at or below after + 1.
+        while files.count > 1, let next = firstSequence(of: files[1]), next <= after + 1 { files.removeFirst() }
         var expected: UInt64 = 0
         for (index, path) in files.enumerated() {
             let isLast = index == files.count - 1
@@ -381,7 +386,9 @@ public enum JournalReader {
                     break
                 }
                 let type = UInt16(littleEndian: base.load(fromByteOffset: offset + 4, as: UInt16.self))
-                visit(type, expected, UnsafeRawBufferPointer(start: base + offset + JournalLayout.recordHeaderSize, count: length))
+                if expected > after {
+                    visit(type, expected, UnsafeRawBufferPointer(start: base + offset + JournalLayout.recordHeaderSize, count: length))
+                }
                 result.records += 1
                 result.lastSequence = expected
                 expected += 1
@@ -393,6 +400,12 @@ public enum JournalReader {
             }
         }
         return result
+    }
+
+    /// The first sequence of a segment, from its name.
+    static func firstSequence(of path: String) -> UInt64? {
+        guard let dash = path.lastIndex(of: "-"), let dot = path.lastIndex(of: ".") else { return nil }
+        return UInt64(path[path.index(after: dash)..<dot])
     }
 
     static func isZero(_ p: UnsafeRawPointer, _ count: Int) -> Bool {

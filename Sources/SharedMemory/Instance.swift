@@ -87,6 +87,10 @@ public enum ShardCounter: Int, CaseIterable, Sendable {
     case journalBytes = 17
     /// The highest sequence on disk.
     case durableSequence = 18
+    case snapshots = 19
+    case lastSnapshotSequence = 20
+    case snapshotPauseMicros = 21
+    case snapshotFailures = 22
 
     public var name: String {
         switch self {
@@ -109,6 +113,10 @@ public enum ShardCounter: Int, CaseIterable, Sendable {
         case .journalBatches: "journal_batches"
         case .journalBytes: "journal_bytes"
         case .durableSequence: "durable_sequence"
+        case .snapshots: "snapshots"
+        case .lastSnapshotSequence: "last_snapshot_sequence"
+        case .snapshotPauseMicros: "snapshot_pause_us"
+        case .snapshotFailures: "snapshot_failures"
         }
     }
 }

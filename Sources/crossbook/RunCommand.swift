@@ -89,10 +89,14 @@ struct RunCommand: ParsableCommand {
     @Option(help: "sync (reports only once the command is on disk; the default), async, or none.")
     var durability: String?
 
+    @Option(help: "A snapshot of each shard every this many commands (0: never; default 1,000,000).")
+    var snapshotEvery: UInt64 = 1_000_000
+
     func run() throws {
-        let settings = try EngineConfig.load(config).engineSettings(
+        var settings = try EngineConfig.load(config).engineSettings(
             instance: instance, directory: directory, pin: !noPin, cleanStale: cleanStale, dataDirectory: dataDir,
             durability: durability)
+        settings.snapshotEvery = snapshotEvery
         // Signals go to sigwait below, never to a shard thread: block them before any starts.
         // A shell starts background jobs with SIGINT ignored, and an ignored signal never
         // reaches sigwait: restore the default first (blocked, it kills nothing).
@@ -181,6 +185,9 @@ struct StatCommand: ParsableCommand {
                 }
                 if !buckets.isEmpty { print("  batch sizes " + buckets.joined(separator: " ")) }
                 if now[ShardCounter.journalBatches.rawValue] > 0 {
+                    if now[ShardCounter.snapshots.rawValue] > 0 || now[ShardCounter.snapshotFailures.rawValue] > 0 {
+                        print("  snapshots=\(now[ShardCounter.snapshots.rawValue]) last_snapshot_sequence=\(now[ShardCounter.lastSnapshotSequence.rawValue]) last_pause_us=\(now[ShardCounter.snapshotPauseMicros.rawValue]) snapshot_failures=\(now[ShardCounter.snapshotFailures.rawValue])")
+                    }
                     print("  journal journal_batches=\(now[ShardCounter.journalBatches.rawValue]) journal_bytes=\(now[ShardCounter.journalBytes.rawValue]) durable_sequence=\(now[ShardCounter.durableSequence.rawValue]) journal_failures=\(now[ShardCounter.journalFailures.rawValue])\(now[ShardCounter.journalFailed.rawValue] != 0 ? " JOURNAL REFUSING (disk full or failing): not taking commands" : "")")
                 }
                 if let ring = try? EventRing.attach(path: InstanceLayout.eventRingPath(target.resolvedDirectory, shard: s)) {
