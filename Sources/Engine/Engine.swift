@@ -41,6 +41,10 @@ public struct EngineSettings: Sendable {
     /// A snapshot every this many commands per shard (0: never); the newest `snapshotsKept` stay.
     public var snapshotEvery: UInt64 = 0
     public var snapshotsKept: Int = 3
+    /// Recover and stop there: no lock, no repair of a torn tail, no journal writing (offline
+    /// replay). With `describeBooks`, the recovered L2 books come back as lines from `start`.
+    public var readOnly = false
+    public var describeBooks = false
 
     public static func defaultDirectory(_ instance: String) -> String { InstanceLayout.defaultDirectory(instance) }
 
@@ -162,7 +166,7 @@ public final class Engine: @unchecked Sendable {
         }
         try writeFile(InstanceLayout.symbolsPath(s.directory), lines)
 
-        if s.durability != .none {
+        if s.durability != .none && !s.readOnly {
             do { try makeDataDirectory(s.dataDirectory) } catch {
                 stop()
                 throw error
@@ -192,8 +196,9 @@ public final class Engine: @unchecked Sendable {
                               wait: s.wait, lagTimeoutNanoseconds: s.lagTimeoutNanoseconds, durability: s.durability,
                               journalConfig: JournalConfig(directory: s.dataDirectory, shard: i,
                                                            segmentSize: s.journalSegmentSize),
-                              snapshotEvery: s.snapshotEvery,
-                              snapshots: FileSnapshotStore(directory: s.dataDirectory, keep: s.snapshotsKept))
+                              snapshotEvery: s.readOnly ? 0 : s.snapshotEvery,
+                              snapshots: FileSnapshotStore(directory: s.dataDirectory, keep: s.snapshotsKept),
+                              readOnly: s.readOnly, describeBooks: s.describeBooks)
             shard.start()
             shard.started.wait()
             shards.append(shard)

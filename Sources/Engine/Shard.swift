@@ -250,6 +250,8 @@ final class Shard: @unchecked Sendable {
     /// Take a snapshot every this many commands (0: never), into this store.
     let snapshotEvery: UInt64
     let snapshots: SnapshotStore?
+    let readOnly: Bool
+    let describeBooks: Bool
     /// After start: what recovery found (log lines), and the highest session id in the journal.
     private(set) var recoveryLog: [String] = []
     private(set) var maxRecoveredSession: UInt32 = 0
@@ -268,7 +270,10 @@ final class Shard: @unchecked Sendable {
     init(index: Int, core: Int?, symbols: [(spec: SymbolSpec, capacity: BookCapacity)], engineFile: EngineFile,
          eventRing: EventRing, wait: WaitStrategy, lagTimeoutNanoseconds: UInt64,
          durability: Durability = .none, journalConfig: JournalConfig? = nil,
-         snapshotEvery: UInt64 = 0, snapshots: SnapshotStore? = nil) {
+         snapshotEvery: UInt64 = 0, snapshots: SnapshotStore? = nil, readOnly: Bool = false,
+         describeBooks: Bool = false) {
+        self.readOnly = readOnly
+        self.describeBooks = describeBooks
         self.eventRing = eventRing
         self.snapshotEvery = durability == .none ? 0 : snapshotEvery
         self.snapshots = durability == .none ? nil : snapshots
@@ -602,7 +607,7 @@ final class Shard: @unchecked Sendable {
             let scanned: JournalScan
             var replayed = 0
             do {
-                scanned = try JournalReader.scan(directory: config.directory, shard: index, repair: true, after: base) { type, seq, payload in
+                scanned = try JournalReader.scan(directory: config.directory, shard: index, repair: !readOnly, after: base) { type, seq, payload in
                     replayed += 1
                     guard type == 1, payload.count == 80 else { return }
                     let session = UInt32(littleEndian: payload.loadUnaligned(fromByteOffset: 64, as: UInt32.self))
@@ -630,6 +635,19 @@ final class Shard: @unchecked Sendable {
             let replayRate = seconds > 0 ? Int(Double(replayed) / seconds) : 0
             _ = rate
             recoveryLog.append("shard \(index): recovered \(base > 0 ? "from the snapshot at \(base) and " : "")\(replayed) journaled commands (up to sequence \(sequence)) in \(Int(seconds * 1000)) ms (\(replayRate) records/s), state digest \(String(digest, radix: 16))")
+            if describeBooks {
+                for b in 0..<created {
+                    let name = symbols[b].spec.name
+                    let bids = books[b].depth(.buy), asks = books[b].depth(.sell)
+                    recoveryLog.append("BOOK,\(name),bids=\(bids.count),asks=\(asks.count)")
+                    for level in asks.reversed() { recoveryLog.append("ASK,\(name),\(level.price),\(level.quantity),\(level.orders)") }
+                    for level in bids { recoveryLog.append("BID,\(name),\(level.price),\(level.quantity),\(level.orders)") }
+                }
+            }
+            if readOnly {
+                started.signal()
+                return
+            }
             do {
                 journal = try JournalWriter(config: config, lastSequence: sequence,
                                             resume: scanned.appendPath.map { ($0, scanned.appendOffset) })

@@ -1,7 +1,9 @@
 // `crossbook replay <file>`: runs a text order log through the books and prints every event,
 // the trades only, and/or the final book of each symbol.
 import ArgumentParser
+import Engine
 import Foundation
+import Glibc
 import OrderBook
 import Wire
 
@@ -22,8 +24,11 @@ struct Replay: ParsableCommand {
               L2,<symbol>,<B|S>,<price>,<qty>,<orders>       a price level changed
             """)
 
-    @Argument(help: "The order log; - reads standard input.")
-    var file: String
+    @Argument(help: "The order log; - reads standard input. Not with --journal.")
+    var file: String?
+
+    @Option(help: "Rebuild the books from an engine's data directory (journals and snapshots) instead, and print each shard's state digest; the config must be the one the engine ran with.")
+    var journal: String?
 
     @Option(help: "A TOML file declaring symbols and book capacity. Undeclared symbols get tick 1 and lot 1.")
     var config: String?
@@ -47,6 +52,11 @@ struct Replay: ParsableCommand {
     var digest = false
 
     func run() throws {
+        if let journal {
+            guard file == nil else { throw ValidationError("give an order log or --journal, not both") }
+            return try replayJournal(journal)
+        }
+        guard let file else { throw ValidationError("give an order log (or - for standard input), or --journal DIR") }
         var config = EngineConfig()
         if let path = self.config {
             guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
@@ -107,6 +117,28 @@ struct Replay: ParsableCommand {
             FileHandle.standardError.write(Data("\(malformed) malformed line(s) skipped\n".utf8))
             throw ExitCode(1)
         }
+    }
+
+    /// The engine's own recovery, read-only, on a data directory: the same code that a restart
+    /// runs, so its digest is the one the engine printed when it restarted from this journal.
+    private func replayJournal(_ data: String) throws {
+        var settings = try EngineConfig.load(config).engineSettings(
+            instance: "replay-\(getpid())", directory: "/dev/shm/crossbook-replay-\(getpid())", pin: false,
+            cleanStale: true, dataDirectory: data, durability: "async")
+        settings.readOnly = true
+        settings.describeBooks = book
+        let engine = Engine(settings: settings, log: { logLine($0) })
+        let lines: [String]
+        do { lines = try engine.start() } catch { throw CLIError("\(error)") }
+        defer { engine.stop() }
+        for line in lines {
+            if line.hasPrefix("BOOK,") || line.hasPrefix("ASK,") || line.hasPrefix("BID,") {
+                print(line)
+            } else {
+                logLine(line)
+            }
+        }
+        for (shard, digest) in engine.recoveredDigests.enumerated() { print("DIGEST,shard \(shard),\(String(digest, radix: 16))") }
     }
 
     private func printBook(_ entry: BookSet.Entry, _ out: OutputBuffer) {

@@ -215,3 +215,49 @@ struct JournalCLITests {
         #expect(bad.stderr.contains("\(path): corrupt record at offset 192 (sequence 3): CRC mismatch"), "\(bad.stderr)")
     }
 }
+
+@Suite("crossbook replay --journal")
+struct JournalReplayCLITests {
+    /// Starts `crossbook run` on a data directory and waits until it serves.
+    func startEngine(_ instance: String, _ shm: String, _ data: String) throws -> (Process, Pipe) {
+        let engine = Process()
+        engine.executableURL = crossbookBinary()
+        engine.arguments = ["run", "--instance", instance, "--directory", shm, "--data-dir", data, "--no-pin", "--clean-stale"]
+        let err = Pipe()
+        engine.standardError = err
+        try engine.run()
+        let deadline = Date().addingTimeInterval(10)
+        while Date() < deadline {
+            if let r = try? runCrossbook(["stat", "--instance", instance, "--directory", shm, "--count", "1", "--interval", "0.01"]),
+               r.stdout.contains("state running") { break }
+            usleep(20_000)
+        }
+        return (engine, err)
+    }
+
+    @Test("rebuilds the books a killed engine journaled, with the digest the restarted engine prints")
+    func journalReplay() throws {
+        let tag = UUID().uuidString.prefix(8)
+        let shm = "/dev/shm/crossbook-cli-\(tag)", data = NSTemporaryDirectory() + "crossbook-cli-data-\(tag)"
+        defer { try? FileManager.default.removeItem(atPath: data) }
+        let (engine, _) = try startEngine("cj\(tag)", shm, data)
+        let submitted = try runCrossbook(["submit", "--instance", "cj\(tag)", "--directory", shm,
+                                          "N,BTC-USD,1,7,S,LMT,10000,5,GTC", "N,BTC-USD,2,8,B,LMT,9990,3,GTC",
+                                          "N,ETH-USD,3,8,B,LMT,2000,1,GTC"])
+        #expect(submitted.stdout.contains("ACK,ETH-USD,3,B,2000,1"), "\(submitted.stdout) \(submitted.stderr)")
+        kill(engine.processIdentifier, SIGKILL)
+        engine.waitUntilExit()
+        let replay = try runCrossbook(["replay", "--journal", data, "--book"])
+        #expect(replay.status == 0, "\(replay.stderr)")
+        #expect(replay.stdout.contains("ASK,BTC-USD,10000,5,1\nBID,BTC-USD,9990,3,1\n"))
+        #expect(replay.stdout.contains("BID,ETH-USD,2000,1,1"))
+        let digest = replay.stdout.split(separator: "\n").first { $0.hasPrefix("DIGEST,shard 0,") }?.split(separator: ",").last
+        #expect(digest != nil)
+        // The engine restarted on the same journal logs the same digest.
+        let (again, err) = try startEngine("cj\(tag)", shm, data)
+        kill(again.processIdentifier, SIGINT)
+        again.waitUntilExit()
+        let log = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(log.contains("state digest \(digest ?? "?")"), "\(log)")
+    }
+}
