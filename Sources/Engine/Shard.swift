@@ -664,14 +664,14 @@ final class Shard: @unchecked Sendable {
         while cb_load_acquire_u32(stopFlag) == 0 {
             if !mailbox.isEmpty { drainMailbox() }
             if let journal, journal.failure != nil {
-                // The disk refused: take no command until it takes them again.
+                // The disk refused: take no command until it takes them again; try every 100 ms.
                 counters.set(.journalFailed, 1)
                 journal.retry()
-                try? journal.retryRollover()
                 if journal.failure != nil {
                     doorbell.park(timeoutNanoseconds: 100_000_000, stillIdle: { true })
                     continue
                 }
+            } else if journal != nil {
                 counters.set(.journalFailed, 0)
             }
             if snapshotEvery > 0 && pendingSnapshot == nil && sequence &- lastSnapshot >= snapshotEvery {

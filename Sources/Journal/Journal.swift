@@ -176,13 +176,21 @@ public final class JournalWriter {
         return durable
     }
 
-    /// After a failure: tries the failed batch again (space may have returned).
+    /// After a failure: tries again what failed (space may have returned). A failed batch is
+    /// submitted again (its outcome shows in `poll`); a segment that could not be allocated is
+    /// allocated again, and the failure stays until that works.
     public func retry() {
         guard failure != nil else { return }
-        failure = nil
         if let batch = inFlight, !batch.wrote || !batch.synced {
+            failure = nil
             inFlight = nil
             resubmit(batch)
+        } else if inFlight == nil && fillLength == 0, case .diskFull = failure {
+            failure = nil
+            do { try openSegment(firstSequence: nextSequence) } catch {}  // failure is set again if not
+        } else if inFlight == nil && fillLength > 0 {
+            failure = nil
+            submit()
         }
     }
 
@@ -281,9 +289,8 @@ public final class JournalWriter {
 
     /// Opens the next segment after a failure at rollover (space may have returned).
     public func retryRollover() throws(JournalError) {
-        guard case .diskFull = failure, inFlight == nil, fillLength == 0 else { return }
-        failure = nil
-        try openSegment(firstSequence: nextSequence)
+        retry()
+        if let failure { throw failure }
     }
 }
 
