@@ -25,7 +25,7 @@ restart() {
   engine=$!
   wait_up
   up=$(date +%s.%N)
-  echo "restart $1: $(grep -o 'recovered.*' /tmp/crossbook-recovery-$$.log | head -1); serving after $(echo "$up - $start" | bc) s"
+  echo "restart $1: $(grep -o 'recovered.*' /tmp/crossbook-recovery-$$.log | head -1); serving after $(awk "BEGIN {printf \"%.2f\", $up - $start}") s"
   kill -INT "$engine"; wait "$engine"
 }
 for run in $(seq 1 "$runs"); do restart "$run with snapshots"; done
