@@ -181,6 +181,13 @@ public final class Engine: @unchecked Sendable {
                 throw EngineError("data directory \(s.dataDirectory): \(why)")
             }
         }
+        if s.durability != .none {
+            // A journal replays exactly only under the configuration that wrote it.
+            do { try checkConfiguration(s) } catch {
+                stop()
+                throw error
+            }
+        }
         var placement: [String] = []
         for (i, shardSettings) in s.shards.enumerated() {
             let mine = s.symbols.filter { $0.shard == i }.map { (spec: $0.spec, capacity: s.capacity) }
@@ -405,6 +412,40 @@ public final class Engine: @unchecked Sendable {
         let mode: mode_t = settings.group == nil ? 0o700 : 0o750
         if mkdir(path, mode) != 0 && errno != EEXIST {
             throw EngineError("cannot create \(path): \(String(cString: strerror(errno)))")
+        }
+    }
+
+    /// What decides how journaled commands replay: shards, each symbol's rules and shard, book
+    /// capacity. One line each, in a file beside the journals.
+    static func configurationText(_ s: EngineSettings) -> String {
+        var lines = ["crossbook journal configuration v1", "shards \(s.shards.count)",
+                     "capacity orders \(s.capacity.orders) levels \(s.capacity.levels)"]
+        for (spec, shard) in s.symbols.sorted(by: { $0.spec.id < $1.spec.id }) {
+            lines.append("symbol \(spec.name) id \(spec.id) shard \(shard) tick \(spec.tickSize) lot \(spec.lotSize) band \(spec.minPrice)...\(spec.maxPrice) max \(spec.maxOrderQuantity)")
+        }
+        return lines.joined(separator: "\n") + "\n"
+    }
+
+    /// Refuses a data directory whose journals another configuration wrote; records this one in
+    /// a new directory.
+    private func checkConfiguration(_ s: EngineSettings) throws {
+        let path = s.dataDirectory + "/CONFIGURATION"
+        let mine = Self.configurationText(s)
+        if let theirs = try? String(contentsOfFile: path, encoding: .utf8) {
+            guard theirs == mine else {
+                let differing = zip(theirs.split(separator: "\n"), mine.split(separator: "\n")).first { $0 != $1 }
+                let detail = differing.map { "journal: '\($0.0)', now: '\($0.1)'" } ?? "a different number of symbols"
+                throw EngineError("the journals in \(s.dataDirectory) were written under another configuration (\(detail)); replaying them under this one would not rebuild the same books. Start with the configuration in \(path), or with another data directory")
+            }
+            return
+        }
+        guard !s.readOnly else { return }
+        // No record yet: journals without one are from before this check; say so, then record.
+        if !JournalReader.segments(directory: s.dataDirectory, shard: 0).isEmpty {
+            log("\(s.dataDirectory) has journals but no CONFIGURATION: assuming they were written under this configuration")
+        }
+        do { try mine.write(toFile: path, atomically: true, encoding: .utf8) } catch {
+            throw EngineError("cannot write \(path): \(error)")
         }
     }
 

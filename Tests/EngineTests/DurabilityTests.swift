@@ -126,6 +126,27 @@ struct DurabilityTests {
         #expect(fallbackLog.contains("loaded snapshot \(kept[1].name)"))
     }
 
+    @Test("journals written under one configuration are refused under another")
+    func configurationMismatch() throws {
+        let data = NSTemporaryDirectory() + "crossbook-data-\(UUID().uuidString.prefix(8))"
+        defer { removeTree(data) }
+        let first = try durableEngine(testDirectory(), data: data, instance: "c1")
+        first.stop()
+        #expect(throws: (any Error).self) {
+            _ = try durableEngine(testDirectory(), data: data, instance: "c2",
+                                  capacity: BookCapacity(orders: 1 << 10, levels: 1 << 8))
+        }
+        do {
+            _ = try durableEngine(testDirectory(), data: data, instance: "c3", symbols: ["BTC-USD", "ETH-USD"])
+            Issue.record("a different symbol list was accepted")
+        } catch {
+            #expect("\(error)".contains("another configuration"), "\(error)")
+        }
+        // The same configuration starts.
+        let again = try durableEngine(testDirectory(), data: data, instance: "c4")
+        again.stop()
+    }
+
     @Test("a second engine on the same data directory is refused")
     func dataLock() throws {
         let data = NSTemporaryDirectory() + "crossbook-data-\(UUID().uuidString.prefix(8))"
