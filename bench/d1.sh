@@ -4,7 +4,7 @@
 # pwrite + fdatasync of the mean batch size in a loop. Usage: bench/d1.sh [DATA_DIR] [ROUNDS]
 set -u
 cd "$(dirname "$0")/.."
-bin=.build/release/crossbook
+bin=${BIN:-.build/release/crossbook}
 data=${1:-./bench-d1-data}
 rounds=${2:-2}
 instance=bench-d1-$$

@@ -136,6 +136,14 @@ struct ReportSink: BookEventSink {
     }
 
     mutating func writeEvent(_ event: MarketEventRecord.Event) {
+        MarketEventRecord.encode(event, to: eventSlot())
+        events.pointee.publish()
+        published += 1
+    }
+
+    /// Claims a slot in the event ring: a full ring waits for the slowest consumer; past the lag
+    /// timeout, consumers that may be detached (or are gone) are detached.
+    func eventSlot() -> UnsafeMutableRawPointer {
         if !events.pointee.claim() {
             counters.add(.eventWaits)
             var start = monotonicNanoseconds()
@@ -148,9 +156,7 @@ struct ReportSink: BookEventSink {
                 }
             }
         }
-        MarketEventRecord.encode(event, to: events.pointee.slot())
-        events.pointee.publish()
-        published += 1
+        return events.pointee.slot()
     }
 
     /// Writes a report to a session. A full ring is back-pressure: wait for the client, up to
@@ -189,19 +195,31 @@ struct ReportSink: BookEventSink {
             let out = staging[stagedTail % stagingCapacity]
             if out.sequence > durable { break }
             stagedTail += 1
+            // The record was encoded when staged: copy its 64 bytes, do not decode and encode again.
             var record = out.record
             withUnsafeBytes(of: &record) { raw in
                 if out.target < 0 {
-                    if let event = MarketEventRecord.decode(raw.baseAddress!) { writeEvent(event) }
-                } else if inbound[out.target].active, let report = ReportRecord.decode(raw.baseAddress!) {
-                    write(out.target, report)
+                    eventSlot().copyMemory(from: raw.baseAddress!, byteCount: 64)
+                    events.pointee.publish()
+                    published += 1
+                } else if let slot = reportSlot(out.target) {
+                    slot.copyMemory(from: raw.baseAddress!, byteCount: 64)
+                    inbound[out.target].reports.publish(1)
                 }
             }
         }
     }
 
     func write(_ index: Int, _ report: ReportRecord.Report) {
-        guard inbound[index].active else { return }
+        guard let slot = reportSlot(index) else { return }
+        ReportRecord.encode(report, to: slot)
+        inbound[index].reports.publish(1)
+    }
+
+    /// Claims a slot in a session's report ring; a full ring is back-pressure up to the lag
+    /// timeout, then the session is detached (nil).
+    func reportSlot(_ index: Int) -> UnsafeMutableRawPointer? {
+        guard inbound[index].active else { return nil }
         counters.add(.events)
         if inbound[index].reports.claim(1) == 0 {
             let start = monotonicNanoseconds()
@@ -210,28 +228,14 @@ struct ReportSink: BookEventSink {
                 if monotonicNanoseconds() &- start > lagTimeoutNanoseconds {
                     inbound[index].active = false
                     counters.add(.lagDetaches)
-                    return
+                    return nil
                 }
             }
         }
-        ReportRecord.encode(report, to: inbound[index].reports.slot(0))
-        inbound[index].reports.publish(1)
+        return inbound[index].reports.slot(0)
     }
 }
 
-@inline(__always)
-func realtimeNanoseconds() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_REALTIME, &ts)
-    return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
-}
-
-@inline(__always)
-func monotonicNanoseconds() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
-}
 
 /// One shard's state; it lives on, and is touched only by, its own thread (the mailbox and
 /// the stop flag are the exceptions, each with its own synchronization).

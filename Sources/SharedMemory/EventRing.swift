@@ -135,7 +135,8 @@ public struct EventProducer: @unchecked Sendable {
     let ring: EventRing
     let slots: UnsafeMutableRawPointer
     let cursor: UnsafeMutablePointer<UInt64>
-    let blocks: [EventConsumerBlock]
+    /// The first consumer block; block i is 128 × i bytes further (no array: no ARC on the shard).
+    let firstBlock: UnsafeMutableRawPointer
     let mask: UInt64
     let capacity: UInt64
     var head: UInt64
@@ -145,7 +146,7 @@ public struct EventProducer: @unchecked Sendable {
         self.ring = ring
         slots = ring.file.base + EventRingLayout.slotsOffset
         cursor = (ring.file.base + EventRingLayout.producerOffset).assumingMemoryBound(to: UInt64.self)
-        blocks = (0..<EventRingLayout.consumers).map { ring.block($0) }
+        firstBlock = ring.file.base + EventRingLayout.consumerOffset(0)
         mask = UInt64(ring.capacity - 1)
         capacity = UInt64(ring.capacity)
         head = cb_load_acquire_u64(cursor)
@@ -155,7 +156,9 @@ public struct EventProducer: @unchecked Sendable {
     /// The slowest active consumer's cursor, or our head when none is attached.
     mutating func minimum() -> UInt64 {
         var m = head
-        for b in blocks where cb_load_acquire_u32(b.state) == 1 {
+        for i in 0..<EventRingLayout.consumers {
+            let b = block(i)
+            guard cb_load_acquire_u32(b.state) == 1 else { continue }
             // Acquire pairs with the consumer's release of its cursor: it is done with the slots below.
             let c = cb_load_acquire_u64(b.cursor)
             // A cursor ahead of ours or more than a ring behind is not a reader's: detach it.
@@ -166,6 +169,11 @@ public struct EventProducer: @unchecked Sendable {
             m = min(m, c)
         }
         return m
+    }
+
+    @inline(__always)
+    func block(_ i: Int) -> EventConsumerBlock {
+        EventConsumerBlock(firstBlock + (EventRingLayout.consumerOffset(i) - EventRingLayout.consumerOffset(0)))
     }
 
     /// Claims one slot; false while the slowest consumer holds the ring full.
@@ -187,7 +195,9 @@ public struct EventProducer: @unchecked Sendable {
     /// Wakes parked consumers (call once per batch, not per event).
     public func wakeConsumers() {
         cb_fence_seq_cst()
-        for b in blocks where cb_load_acquire_u32(b.parked) != 0 {
+        for i in 0..<EventRingLayout.consumers {
+            let b = block(i)
+            guard cb_load_acquire_u32(b.parked) != 0 else { continue }
             _ = cb_fetch_add_u32(b.wake, 1)
             _ = cb_futex_wake(b.wake, 1)
         }
@@ -199,7 +209,9 @@ public struct EventProducer: @unchecked Sendable {
     public mutating func detachLaggards() -> Int {
         let m = minimum()
         var detached = 0
-        for b in blocks where cb_load_acquire_u32(b.state) == 1 && cb_load_acquire_u64(b.cursor) == m {
+        for i in 0..<EventRingLayout.consumers {
+            let b = block(i)
+            guard cb_load_acquire_u32(b.state) == 1 && cb_load_acquire_u64(b.cursor) == m else { continue }
             if b.flags.pointee & 1 != 0 || !processIsAlive(b.pid.pointee) {
                 cb_store_release_u32(b.state, 2)
                 _ = cb_fetch_add_u32(b.wake, 1)

@@ -338,14 +338,11 @@ public final class SessionFile: @unchecked Sendable {
 
     /// Client side: waits for the answer up to `timeoutNanoseconds`.
     public func awaitAnswer(timeoutNanoseconds: Int64) -> State {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        let deadline = Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec) + timeoutNanoseconds
+        let deadline = Int64(monotonicNanoseconds()) + timeoutNanoseconds
         while true {
             let s = cb_load_acquire_u32(stateWord)
             if s != State.pending.rawValue { return State(rawValue: s) ?? .refused }
-            clock_gettime(CLOCK_MONOTONIC, &ts)
-            let left = deadline - (Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec))
+            let left = deadline - Int64(monotonicNanoseconds())
             if left <= 0 { return .pending }
             _ = cb_futex_wait(stateWord, s, min(left, 50_000_000))
         }

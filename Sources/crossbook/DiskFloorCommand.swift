@@ -4,6 +4,7 @@ import ArgumentParser
 import Foundation
 import Glibc
 import Histogram
+import SharedMemory
 
 struct DiskFloorCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -34,11 +35,11 @@ struct DiskFloorCommand: ParsableCommand {
         let buffer = [UInt8](repeating: 0xA5, count: size)
         var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
         for i in 0..<count {
-            let t0 = nanoseconds()
+            let t0 = monotonicNanoseconds()
             guard pwrite(fd, buffer, size, off_t(i * size)) == size, fdatasync(fd) == 0 else {
                 throw CLIError("pwrite/fdatasync failed: \(String(cString: strerror(errno)))")
             }
-            _ = histogram.record(nanoseconds() - t0)
+            _ = histogram.record(monotonicNanoseconds() - t0)
         }
         print(String(format: "disk floor (%@, %d-byte pwrite + fdatasync, %d times): p50 %.1f µs, p99 %.1f µs, p99.9 %.1f µs",
                      directory, size, count, Double(histogram.valueAtPercentile(50)) / 1e3,

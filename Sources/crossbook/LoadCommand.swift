@@ -7,6 +7,7 @@ import CrossbookClient
 import Foundation
 import Glibc
 import Histogram
+import SharedMemory
 import OrderBook
 import Wire
 import Workloads
@@ -56,7 +57,7 @@ struct LoadCommand: ParsableCommand {
         var rng = SplitMix64(seed: seed)
         var nextId: OrderId = 1
         let interval = rate > 0 ? 1e9 / rate : 0
-        let start = nanoseconds()
+        let start = monotonicNanoseconds()
         var scheduled = Double(start)
         let end = duration > 0 ? start + UInt64(duration * 1e9) : UInt64.max
         var nextPrint = start + 1_000_000_000
@@ -66,7 +67,7 @@ struct LoadCommand: ParsableCommand {
             print("load: W1 mix into '\(target.instance)', \(rate > 0 ? "\(Int(rate)) orders/s" : "flat out"), \(targets.count) symbol(s)")
         }
         while loadInterrupted == 0 {
-            var now = nanoseconds()
+            var now = monotonicNanoseconds()
             if now >= end || (orders > 0 && state.sent >= orders) { break }
             // Send what is due (flat out: whatever the ring takes).
             var budget = 256
@@ -109,7 +110,7 @@ struct LoadCommand: ParsableCommand {
             }
             client.flush()
             do {
-                now = nanoseconds()
+                now = monotonicNanoseconds()
                 try client.poll { state.handle($0, now: now) }
             } catch {
                 throw CLIError("\(error)")
@@ -127,12 +128,12 @@ struct LoadCommand: ParsableCommand {
             }
         }
         // Collect the last acknowledgements.
-        let drainUntil = nanoseconds() + 10_000_000_000
-        while state.acked < state.sent && nanoseconds() < drainUntil {
-            do { try client.poll { state.handle($0, now: nanoseconds()) } } catch { break }
+        let drainUntil = monotonicNanoseconds() + 10_000_000_000
+        while state.acked < state.sent && monotonicNanoseconds() < drainUntil {
+            do { try client.poll { state.handle($0, now: monotonicNanoseconds()) } } catch { break }
         }
         state.rollOver()
-        let seconds = Double(nanoseconds() - start) / 1e9
+        let seconds = Double(monotonicNanoseconds() - start) / 1e9
         print(String(format: "summary: %d orders sent in %.1f s (%.0f/s), %d acknowledged, %d fills, %d rejects, ring full %d times",
                      state.sent, seconds, Double(state.sent) / seconds, state.acked, state.fills, state.rejects, state.fullRing))
         print(String(format: "submit→ack latency: p50 %.1f µs, p99 %.1f µs, p99.9 %.1f µs, max %.1f µs",
@@ -213,8 +214,4 @@ struct LoadState {
     }
 }
 
-func nanoseconds() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
-}
+
