@@ -6,7 +6,12 @@ DEB_PACKAGES := liburing-dev libnuma-dev libhiredis-dev librdkafka-dev pkg-confi
 # Tests run optimized: the differential test drives 1,000,000 commands through two books.
 TEST_FLAGS   := -c release -Xswiftc -enable-testing
 
-.PHONY: all deps build release test run replay bench bench-e2e bench-d1 soak clean
+CC           ?= cc
+# Plugins in C are built here (the Swift ones are SwiftPM products): beside the executable,
+# where the engine looks for plugins by default.
+C_PLUGIN_FLAGS := -std=c11 -Wall -Wextra -Werror -shared -fPIC -O2 -I CShims/include
+
+.PHONY: all deps build release test run replay bench bench-e2e bench-d1 soak clean plugins
 
 all: build
 
@@ -20,12 +25,22 @@ deps:
 
 build: deps
 	$(SWIFT) build
+	$(MAKE) --no-print-directory c-plugins OUT=.build/debug
 
 release: deps
 	$(SWIFT) build -c release
+	$(MAKE) --no-print-directory c-plugins OUT=.build/release
+
+# Every plugin, release: the Swift ones and the C template.
+plugins: release
+
+c-plugins:
+	mkdir -p $(OUT)
+	$(CC) $(C_PLUGIN_FLAGS) plugins/template/c/template.c -o $(OUT)/libcrossbook-template-c.so -lpthread
 
 test: deps
 	$(SWIFT) build $(TEST_FLAGS) --build-tests
+	$(MAKE) --no-print-directory c-plugins OUT=.build/release
 	$(SWIFT) test $(TEST_FLAGS) --skip-build
 
 # The engine on its embedded default with a load process beside it; Ctrl-C stops both.

@@ -13,6 +13,11 @@ let package = Package(
         .library(name: "CrossbookClient", targets: ["CrossbookClient"]),
         .library(name: "Workloads", targets: ["Workloads"]),
         .executable(name: "crossbook", targets: ["crossbook"]),
+        // Plugins: dynamic libraries the engine loads at start (plugins/README.md). They share
+        // only CShims/include/crossbook_plugin.h with the engine.
+        .library(name: "crossbook-snapshot-file", type: .dynamic, targets: ["SnapshotFilePlugin"]),
+        .library(name: "crossbook-metrics-prometheus", type: .dynamic, targets: ["MetricsPrometheusPlugin"]),
+        .library(name: "crossbook-template-swift", type: .dynamic, targets: ["TemplateSwiftPlugin"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -33,10 +38,10 @@ let package = Package(
         .target(name: "Wire", dependencies: ["OrderBook"]),
         // Rings in shared-memory files, between processes.
         .target(name: "SharedMemory", dependencies: ["CShims"]),
-        // Journal segments, io_uring group commit, recovery scan (not yet wired into shards).
+        // Journal segments, io_uring group commit, recovery scan.
         .target(name: "Journal", dependencies: ["CShims"]),
         // Shards, sequencing, sessions: where threads, files and books meet.
-        .target(name: "Engine", dependencies: ["OrderBook", "Wire", "SharedMemory", "Journal", "CShims"]),
+        .target(name: "Engine", dependencies: ["OrderBook", "Wire", "SharedMemory", "Journal", "CShims", "CrossbookClient"]),
         // For other processes: attach to an engine, submit, read reports.
         .target(name: "CrossbookClient", dependencies: ["OrderBook", "Wire", "SharedMemory", "CShims"]),
         // The seeded benchmark workloads of bench/README.md, shared by tests and benchmarks.
@@ -50,11 +55,17 @@ let package = Package(
                 .product(name: "TOMLKit", package: "TOMLKit"),
             ]
         ),
+        .target(name: "SnapshotFilePlugin", dependencies: ["CShims"], path: "plugins/snapshot-file",
+                sources: ["SnapshotFilePlugin.swift"]),
+        .target(name: "MetricsPrometheusPlugin", dependencies: ["CShims"], path: "plugins/metrics-prometheus",
+                sources: ["MetricsPrometheusPlugin.swift"]),
+        .target(name: "TemplateSwiftPlugin", dependencies: ["CShims"], path: "plugins/template/swift"),
         .testTarget(name: "OrderBookTests", dependencies: ["OrderBook", "Workloads"]),
         .testTarget(name: "WireTests", dependencies: ["Wire", "OrderBook", "CShims"]),
         .testTarget(name: "SharedMemoryTests", dependencies: ["SharedMemory", "Wire", "OrderBook", "CShims", "crossbook"]),
         .testTarget(name: "CrossbookCLITests", dependencies: ["crossbook", "Journal"]),
         .testTarget(name: "JournalTests", dependencies: ["Journal", "Workloads"]),
         .testTarget(name: "EngineTests", dependencies: ["Engine", "CrossbookClient", "SharedMemory", "Wire", "OrderBook", "crossbook"]),
+        .testTarget(name: "PluginTests", dependencies: ["Engine", "CrossbookClient", "SharedMemory", "Wire", "OrderBook", "CShims", "crossbook"]),
     ]
 )

@@ -9,6 +9,9 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+#include <stdio.h>
+#include <string.h>
+#include <stdint.h>
 
 int cb_futex_wait(uint32_t *addr, uint32_t expected, int64_t timeout_ns) {
     struct timespec ts, *tsp = NULL;
@@ -37,3 +40,33 @@ int cb_pin_current_thread(int32_t cpu) {
 }
 
 int32_t cb_current_cpu(void) { return sched_getcpu(); }
+
+int32_t cb_thread_id(void) { return (int32_t)syscall(SYS_gettid); }
+
+int64_t cb_thread_cpu_ns(int32_t pid, int32_t tid) {
+    if (tid <= 0) return -1;
+    if (pid == getpid()) {
+        /* A thread of this process: its own CPU clock (the kernel's MAKE_THREAD_CPUCLOCK),
+           nanosecond-exact and no file to read. */
+        clockid_t clock = (clockid_t)((~(uint32_t)tid << 3) | 6u);
+        struct timespec ts;
+        if (clock_gettime(clock, &ts) == 0) return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    }
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task/%d/stat", (int)pid, (int)tid);
+    FILE *f = fopen(path, "re");
+    if (f == NULL) return -1;
+    char line[1024];
+    size_t n = fread(line, 1, sizeof line - 1, f);
+    fclose(f);
+    line[n] = 0;
+    /* The command name may hold spaces and parentheses: fields start after the last ')'. */
+    char *p = strrchr(line, ')');
+    if (p == NULL) return -1;
+    unsigned long utime = 0, stime = 0;
+    /* After ")": state(3) ... utime is field 14, stime 15: skip 11 fields. */
+    if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &utime, &stime) != 2) return -1;
+    long hz = sysconf(_SC_CLK_TCK);
+    if (hz <= 0) return -1;
+    return (int64_t)(utime + stime) * (1000000000 / hz);
+}

@@ -8,6 +8,7 @@
 
 #include "cb_sync.h"
 #include "cb_uring.h"
+#include "crossbook_plugin.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -15,6 +15,7 @@ static inline void cb_store_release_u64(uint64_t *p, uint64_t v) { __atomic_stor
 static inline uint32_t cb_load_acquire_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void cb_store_release_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 static inline void cb_store_seq_cst_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
+static inline uint64_t cb_fetch_add_u64_relaxed(uint64_t *p, uint64_t v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
 static inline uint32_t cb_fetch_add_u32(uint32_t *p, uint32_t v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
 static inline int cb_cas_u32(uint32_t *p, uint32_t expected, uint32_t desired) {
     return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
@@ -41,6 +42,25 @@ int cb_futex_wake(uint32_t *addr, int32_t count);
 int cb_pin_current_thread(int32_t cpu);
 /// The CPU the calling thread runs on now, or -1.
 int32_t cb_current_cpu(void);
+
+/// Latency histograms in the engine's counters region (one writer, plain stores; readers load
+/// relaxed). Words: [0, CB_HISTOGRAM_BUCKETS) counts of values <= 256 ns << i, then the count
+/// above the last bound, the sum in ns, the total count.
+#define CB_HISTOGRAM_BUCKETS 20
+#define CB_HISTOGRAM_WORDS 24
+static inline void cb_histogram_record(uint64_t *words, uint64_t ns) {
+    uint32_t i = 0;
+    if (ns > 256) i = 64 - (uint32_t)__builtin_clzll((ns - 1) >> 8);
+    if (i > CB_HISTOGRAM_BUCKETS) i = CB_HISTOGRAM_BUCKETS;
+    words[i] += 1;
+    words[CB_HISTOGRAM_BUCKETS + 1] += ns;
+    words[CB_HISTOGRAM_BUCKETS + 2] += 1;
+}
+
+/// The calling thread's kernel id (for /proc/<pid>/task/<tid>/stat).
+int32_t cb_thread_id(void);
+/// CPU time of thread `tid` of this process in nanoseconds (from /proc), or -1.
+int64_t cb_thread_cpu_ns(int32_t pid, int32_t tid);
 
 #ifdef __cplusplus
 }

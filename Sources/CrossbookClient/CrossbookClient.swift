@@ -170,6 +170,31 @@ public final class CrossbookClient {
         return true
     }
 
+    /// Puts one 64-byte command record, encoded by the caller (a plugin), in `shard`'s ring.
+    /// False when that ring is full. The shard checks every field.
+    @discardableResult
+    public func submitRecord(_ record: UnsafeRawPointer, shard: Int) -> Bool {
+        guard shard >= 0, shard < commands.count, commands[shard].claim(1) == 1 else { return false }
+        commands[shard].slot(0).copyMemory(from: record, byteCount: CommandRecord.size)
+        commands[shard].publish(1)
+        doorbells[shard].ring()
+        return true
+    }
+
+    /// Copies up to `capacity` waiting 64-byte report records to `out`; returns how many.
+    public func pollRecords(into out: UnsafeMutableRawPointer, capacity: Int) throws(ClientError) -> Int {
+        var total = 0
+        for s in reports.indices where total < capacity {
+            let n: Int
+            do { n = try reports[s].poll() } catch { throw .setup("report ring \(s): \(error)") }
+            let take = min(n, capacity - total)
+            for k in 0..<take { (out + (total + k) * 64).copyMemory(from: reports[s].slot(k), byteCount: 64) }
+            if take > 0 { reports[s].release(take) }
+            total += take
+        }
+        return total
+    }
+
     /// Wakes the shards that were sent commands with `flush: false`, if they sleep.
     public func flush() {
         var pending = unflushed

@@ -45,6 +45,9 @@ public struct EngineSettings: Sendable {
     /// replay). With `describeBooks`, the recovered L2 books come back as lines from `start`.
     public var readOnly = false
     public var describeBooks = false
+    /// The plugins to load, in order (nil: none). A snapshot-store plugin among them keeps the
+    /// shards' snapshots; without one there are none.
+    public var plugins: PluginSettings?
 
     public static func defaultDirectory(_ instance: String) -> String { InstanceLayout.defaultDirectory(instance) }
 
@@ -86,6 +89,7 @@ public final class Engine: @unchecked Sendable {
     private var retired: [ClientSession] = []
     private var nextSession: UInt32 = 1
     private let log: @Sendable (String) -> Void
+    private var pluginHost: PluginHost?
 
     final class ClientSession {
         let name: String
@@ -140,9 +144,11 @@ public final class Engine: @unchecked Sendable {
         }
 
         try makeDirectory(s.directory)
+        let controlSymbols = s.symbols.map { (name: $0.spec.name, id: $0.spec.id, shard: $0.shard) }
         let file: EngineFile
         do {
-            file = try EngineFile.create(directory: s.directory, shards: s.shards.count, mode: s.fileMode)
+            file = try EngineFile.create(directory: s.directory, shards: s.shards.count, symbols: controlSymbols,
+                                         mode: s.fileMode)
         } catch .inUse(_, let pid) {
             throw EngineError("instance '\(s.instance)' is already running (engine pid \(pid), \(s.directory))")
         } catch .stale(_, let pid) {
@@ -152,7 +158,8 @@ public final class Engine: @unchecked Sendable {
             log("removing leftovers of engine pid \(pid) in \(s.directory)")
             removeContents(of: s.directory)
             do {
-                file = try EngineFile.create(directory: s.directory, shards: s.shards.count, mode: s.fileMode)
+                file = try EngineFile.create(directory: s.directory, shards: s.shards.count, symbols: controlSymbols,
+                                             mode: s.fileMode)
             } catch { throw EngineError("\(error)") }
         } catch {
             throw EngineError("\(error)")
@@ -165,6 +172,21 @@ public final class Engine: @unchecked Sendable {
             lines += "\(spec.name) \(spec.id) \(shard) \(spec.tickSize) \(spec.lotSize) \(spec.minPrice) \(spec.maxPrice) \(spec.maxOrderQuantity)\n"
         }
         try writeFile(InstanceLayout.symbolsPath(s.directory), lines)
+
+        // Plugins: every one checked and loaded before anything else happens.
+        if let pluginSettings = s.plugins, !pluginSettings.load.isEmpty {
+            let host = PluginHost(settings: pluginSettings, environment: PluginEnvironment(
+                instance: s.instance, directory: s.directory, engineFile: file, symbols: s.symbols, log: log))
+            pluginHost = host
+            do {
+                try host.loadAll(extraConfig: ["engine.instance": s.instance, "engine.directory": s.directory,
+                                               "engine.data_dir": s.dataDirectory, "engine.durability": s.durability.rawValue,
+                                               "engine.snapshots_kept": String(s.snapshotsKept)])
+            } catch {
+                stop()
+                throw EngineError("\(error)")
+            }
+        }
 
         if s.durability != .none && !s.readOnly {
             do { try makeDataDirectory(s.dataDirectory) } catch {
@@ -188,6 +210,15 @@ public final class Engine: @unchecked Sendable {
                 throw error
             }
         }
+        // Snapshot stores start before recovery: it reads their snapshots.
+        do { try pluginHost?.startAll(snapshotStores: true) } catch {
+            stop()
+            throw EngineError("\(error)")
+        }
+        let snapshots: SnapshotStore? = pluginHost?.snapshotStore
+        if snapshots == nil && s.durability != .none && s.snapshotEvery > 0 && !s.readOnly {
+            log("no snapshot-store plugin loaded: no snapshots are taken; a restart replays the whole journal")
+        }
         var placement: [String] = []
         for (i, shardSettings) in s.shards.enumerated() {
             let mine = s.symbols.filter { $0.shard == i }.map { (spec: $0.spec, capacity: s.capacity) }
@@ -199,12 +230,14 @@ public final class Engine: @unchecked Sendable {
                 stop()
                 throw EngineError("\(error)")
             }
-            let shard = Shard(index: i, core: shardSettings.core, symbols: mine, engineFile: file, eventRing: events,
+            let slots = s.symbols.indices.filter { s.symbols[$0].shard == i }
+            let shard = Shard(index: i, core: shardSettings.core, symbols: mine, symbolSlots: slots, engineFile: file,
+                              eventRing: events,
                               wait: s.wait, lagTimeoutNanoseconds: s.lagTimeoutNanoseconds, durability: s.durability,
                               journalConfig: JournalConfig(directory: s.dataDirectory, shard: i,
                                                            segmentSize: s.journalSegmentSize),
                               snapshotEvery: s.readOnly ? 0 : s.snapshotEvery,
-                              snapshots: FileSnapshotStore(directory: s.dataDirectory, keep: s.snapshotsKept),
+                              snapshots: snapshots,
                               readOnly: s.readOnly, describeBooks: s.describeBooks)
             shard.start()
             shard.started.wait()
@@ -229,6 +262,11 @@ public final class Engine: @unchecked Sendable {
         }
         startControl()
         file.state = .running
+        // The other plugins once the engine serves: they may open producers and subscriptions.
+        do { try pluginHost?.startAll(snapshotStores: false, allowed: !s.readOnly) } catch {
+            stop()
+            throw EngineError("\(error)")
+        }
         return placement
     }
 
@@ -239,6 +277,8 @@ public final class Engine: @unchecked Sendable {
     /// Stops: no new sessions, every shard drains its rings, every file is removed.
     public func stop() {
         guard let file = engineFile else { return }
+        // Ingress first: what the plugins submitted is drained with the rest.
+        pluginHost?.stopAll(snapshotStores: false)
         file.state = .stopping
         cb_store_release_u32(controlStop, 1)
         if control != nil { controlDone.wait() }
@@ -246,6 +286,8 @@ public final class Engine: @unchecked Sendable {
         for shard in shards { shard.stop() }
         for shard in shards { shard.join() }
         finalDigests = shards.map(\.finalDigest)
+        pluginHost?.stopAll(snapshotStores: true)
+        pluginHost = nil
         file.state = .stopped
         for shard in shards.indices {
             let c = file.counters(shard)
@@ -286,7 +328,12 @@ public final class Engine: @unchecked Sendable {
         var lastLag = [UInt64](repeating: 0, count: shards.count)
         var lastFaults = [UInt64](repeating: 0, count: shards.count)
         var lastEventDetaches = [UInt64](repeating: 0, count: shards.count)
+        var lastHealth: UInt64 = 0
         while cb_load_acquire_u32(controlStop) == 0 {
+            if let host = pluginHost, monotonicNanoseconds() &- lastHealth >= 1_000_000_000 {
+                host.pollHealth()
+                lastHealth = monotonicNanoseconds()
+            }
             var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
             _ = poll(&pfd, 1, 100)
             if fd >= 0 {

@@ -84,6 +84,9 @@ struct ReportSink: BookEventSink {
     /// Decided at sequencing, once per batch: part of what a journal record will carry.
     var engineTime: UInt64 = 0
     var issuer: Int = 0
+    /// The counters of the symbol of the command at hand (SymbolCounters words), or a scratch
+    /// block for a command with no symbol.
+    var symbolWords: UnsafeMutablePointer<UInt64>
 
         mutating func on(_ event: BookEvent) {
         switch event {
@@ -95,11 +98,16 @@ struct ReportSink: BookEventSink {
             if !replaying {
                 counters.add(.rejects)
                 counters.addReject(reason.rawValue)
+                symbolWords[SymbolCounters.rejects] &+= 1
             }
             send(issuer, .init(kind: .rejected, code: reason.rawValue, symbolId: symbolId, engineSequence: sequence,
                                orderId: clientOrderId(id), engineTime: engineTime, clientTime: clientTime))
         case .trade(let maker, let taker, let takerSide, let price, let quantity, let makerOpen, let takerOpen):
-            if !replaying { counters.add(.trades) }
+            if !replaying {
+                counters.add(.trades)
+                symbolWords[SymbolCounters.trades] &+= 1
+                symbolWords[SymbolCounters.tradedQuantity] &+= UInt64(truncatingIfNeeded: quantity)
+            }
             publish(.init(kind: .trade, side: takerSide, symbolId: symbolId, engineSequence: sequence, price: price,
                           quantity: quantity, engineTime: engineTime))
             send(owner(maker), .init(kind: .trade, side: takerSide.opposite, code: 1, symbolId: symbolId,
@@ -243,6 +251,8 @@ final class Shard: @unchecked Sendable {
     let index: Int
     let core: Int?
     let symbols: [(spec: SymbolSpec, capacity: BookCapacity)]
+    /// Each symbol's counters in the control file (same order as `symbols`).
+    let symbolCounters: [SymbolCounters]
     let doorbell: Doorbell
     let counters: ShardCounters
     let mailbox: Mailbox<ShardMessage>
@@ -271,7 +281,8 @@ final class Shard: @unchecked Sendable {
 
     static let maxSessions = 1024
 
-    init(index: Int, core: Int?, symbols: [(spec: SymbolSpec, capacity: BookCapacity)], engineFile: EngineFile,
+    init(index: Int, core: Int?, symbols: [(spec: SymbolSpec, capacity: BookCapacity)], symbolSlots: [Int] = [],
+         engineFile: EngineFile,
          eventRing: EventRing, wait: WaitStrategy, lagTimeoutNanoseconds: UInt64,
          durability: Durability = .none, journalConfig: JournalConfig? = nil,
          snapshotEvery: UInt64 = 0, snapshots: SnapshotStore? = nil, readOnly: Bool = false,
@@ -286,6 +297,10 @@ final class Shard: @unchecked Sendable {
         self.index = index
         self.core = core
         self.symbols = symbols
+        symbolCounters = symbols.indices.map { i in
+            i < symbolSlots.count ? engineFile.symbolCounters(symbolSlots[i])
+                : SymbolCounters(words: .allocate(capacity: 4))  // not in the control file: uncounted
+        }
         doorbell = engineFile.doorbell(index)
         counters = engineFile.counters(index)
         mailbox = Mailbox(capacity: 256)
@@ -331,6 +346,7 @@ final class Shard: @unchecked Sendable {
     }
 
     private func run() {
+        counters.threadId = cb_thread_id()
         // Placement first: the books are allocated after, on this core's NUMA node.
         var where_ = "shard \(index):"
         if let core {
@@ -391,9 +407,15 @@ final class Shard: @unchecked Sendable {
         let stagingCapacity = 1 << 16
         let staging = UnsafeMutablePointer<Outgoing>.allocate(capacity: stagingCapacity)
         defer { staging.deallocate() }
+        let noSymbol = UnsafeMutablePointer<UInt64>.allocate(capacity: 4)
+        noSymbol.initialize(repeating: 0, count: 4)
+        defer { noSymbol.deallocate() }
+        let symbolWords = UnsafeMutablePointer<UnsafeMutablePointer<UInt64>>.allocate(capacity: max(1, symbols.count))
+        for i in symbols.indices { (symbolWords + i).initialize(to: symbolCounters[i].words) }
+        defer { symbolWords.deallocate() }
         var sink = ReportSink(inbound: inbound, sessionIndex: sessionIndex, counters: counters,
                               lagTimeoutNanoseconds: lagTimeoutNanoseconds, events: events,
-                              staging: staging, stagingCapacity: stagingCapacity)
+                              staging: staging, stagingCapacity: stagingCapacity, symbolWords: noSymbol)
         var sequence: UInt64 = 0
         var idle = 0
         let maxBatch = 256
@@ -423,6 +445,7 @@ final class Shard: @unchecked Sendable {
             sequence &+= 1
             sink.sequence = sequence
             sink.issuer = Int(session)
+            sink.symbolWords = noSymbol
             if !sink.replaying { counters.add(.commands) }
             let decoded: CommandRecord.Decoded
             do {
@@ -450,6 +473,8 @@ final class Shard: @unchecked Sendable {
                 return
             }
             command.orderId = engineOrderId(session, clientId)
+            sink.symbolWords = symbolWords[b]
+            if !sink.replaying { symbolWords[b][SymbolCounters.commands] &+= 1 }
             books[b].apply(command, to: &sink)
         }
 
@@ -497,6 +522,7 @@ final class Shard: @unchecked Sendable {
                 if available == 0 { continue }
                 backlog += available
                 let n = min(available, maxBatch)
+                let batchStart = monotonicNanoseconds()
                 sink.engineTime = realtimeNanoseconds()
                 let session = inbound[i].session
                 var done = 0
@@ -508,6 +534,7 @@ final class Shard: @unchecked Sendable {
                 inbound[i].commands.release(done)
                 work += done
                 if done == 0 { continue }
+                cb_histogram_record(counters.matchLatency, monotonicNanoseconds() &- batchStart)
                 counters.add(.batches)
                 counters.addBatch(done)
                 if done > largestBatch {
@@ -660,6 +687,7 @@ final class Shard: @unchecked Sendable {
                 started.signal()
                 return
             }
+            journal?.syncHistogram = counters.syncLatency
             sink.hold = durability == .sync
             sink.journal = journal
         }

@@ -81,6 +81,10 @@ public final class JournalWriter {
     /// Batches made durable, and their bytes (for the mean batch size).
     public private(set) var durableBatches: UInt64 = 0
     public private(set) var durableBytes: UInt64 = 0
+    /// Where to count each group commit's latency (write + fdatasync, submission to
+    /// completion): a histogram of CB_HISTOGRAM_WORDS words, or nil.
+    public var syncHistogram: UnsafeMutablePointer<UInt64>?
+    private var submittedAt: UInt64 = 0
 
     private let ring: OpaquePointer
     private var buffers: [UnsafeMutableRawPointer]
@@ -218,7 +222,14 @@ public final class JournalWriter {
         let rc = cb_uring_write_and_sync(ring, fd, buffers[batch.buffer], UInt32(batch.length), UInt64(batch.offset),
                                          batchTag << 1)
         inFlight = (batch.buffer, batch.offset, batch.length, batch.last, false, false)
+        if syncHistogram != nil { submittedAt = Self.now() }
         if rc < 0 { failure = .system(call: "io_uring_submit", path: segmentPath, errno: -rc) }
+    }
+
+    static func now() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
     }
 
     private func reap() {
@@ -244,6 +255,7 @@ public final class JournalWriter {
             durable = done.last
             durableBatches += 1
             durableBytes += UInt64(done.length)
+            if let syncHistogram { cb_histogram_record(syncHistogram, Self.now() &- submittedAt) }
             // The buffer is free again: zero it so the next batch's padding is clean.
             buffers[done.buffer].initializeMemory(as: UInt8.self, repeating: 0, count: done.length)
             inFlight = nil

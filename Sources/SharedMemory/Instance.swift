@@ -8,15 +8,25 @@
 //   <client>.rep.<shard>   that shard's report ring to the client (shard produces)
 //   <client>.hello         written last, by rename: "my rings are ready"
 //
-// Engine control file layout (little-endian):
+// Engine control file layout (little-endian), version 2:
 //   0    magic "CBENGIN1" (u64), version (u32), shard count (u32), engine pid (i32),
-//        state (u32: 1 starting, 2 running, 3 stopping, 4 stopped), start time ns (u64)
-//   64 + 512 × s   shard s: doorbell wake word (u32) and parked flag (u32) on their own line;
+//        state (u32: 1 starting, 2 running, 3 stopping, 4 stopped), start time ns (u64),
+//        32 symbol count (u32)
+//   64 + 1024 × s   shard s: doorbell wake word (u32) and parked flag (u32) on their own line;
 //        at +64 the counters (u64 × 24, see ShardCounter), at +256 rejects by reason (u64 × 24),
-//        at +448 batch sizes (u64 × 8: batches of 1, 2–3, 4–7, … 128–256 commands).
+//        at +448 batch sizes (u64 × 8: batches of 1, 2–3, 4–7, … 128–256 commands),
+//        at +512 match latency per batch and at +704 fdatasync latency (histograms of
+//        CB_HISTOGRAM_WORDS u64, see cb_sync.h), at +896 the shard thread's kernel id (i32).
+//   then 64 × symbol: name (24 bytes, NUL-padded), id (u32), shard (u32), commands, trades,
+//        rejects, traded quantity (u64 each, written by the owning shard).
+//   then 256 × plugin slot (16): name (48), version (16), kinds (u32), state (u32), health (u32),
+//        4 reserved, updated ns (u64), 8 reserved, message (160).
+//   then 128 × plugin counter (64): name (80), plugin slot (u32), type (u32: 0 counter, 1 gauge),
+//        in use (u32), 4 reserved, value (u64 at +96), 24 reserved.
 //
 // Counters have one writer (the shard), written with plain stores; readers load them relaxed
-// and may see a value one update old, never a torn one (aligned 64-bit).
+// and may see a value one update old, never a torn one (aligned 64-bit). Plugin slots have one
+// writer, the engine's control thread; plugin counters one writer, their plugin.
 
 import CShims
 import Glibc
@@ -24,18 +34,38 @@ import Glibc
 public enum InstanceLayout {
     public static let engineMagic: UInt64 = 0x3149_4E47_4E45_4243  // "CBENGIN1"
     public static let sessionMagic: UInt64 = 0x3153_5345_5353_4243  // "CBSESS1" + "1"
-    public static let version: UInt32 = 1
+    public static let version: UInt32 = 2
     public static let headerSize = 64
-    public static let shardBlockSize = 512
+    public static let shardBlockSize = 1024
     public static let countersOffset = 64
     public static let rejectsOffset = 256
     /// Reject reasons by raw value (the last slot also takes any value beyond it).
     public static let rejectSlots = 24
     public static let batchesOffset = 448
     public static let batchBuckets = 8
+    public static let matchLatencyOffset = 512
+    public static let syncLatencyOffset = 704
+    public static let threadIdOffset = 896
+    public static let histogramWords = Int(CB_HISTOGRAM_WORDS)
+    public static let histogramBuckets = Int(CB_HISTOGRAM_BUCKETS)
     public static let maxShards = 64
+    public static let symbolBlockSize = 64
+    public static let maxSymbols = 1 << 16
+    public static let pluginSlots = 16
+    public static let pluginSlotSize = 256
+    public static let pluginCounterSlots = 64
+    public static let pluginCounterSize = 128
 
-    public static func engineFileSize(shards: Int) -> Int { headerSize + shards * shardBlockSize }
+    public static func symbolsOffset(shards: Int) -> Int { headerSize + shards * shardBlockSize }
+    public static func pluginsOffset(shards: Int, symbols: Int) -> Int {
+        symbolsOffset(shards: shards) + symbols * symbolBlockSize
+    }
+    public static func pluginCountersOffset(shards: Int, symbols: Int) -> Int {
+        pluginsOffset(shards: shards, symbols: symbols) + pluginSlots * pluginSlotSize
+    }
+    public static func engineFileSize(shards: Int, symbols: Int) -> Int {
+        pluginCountersOffset(shards: shards, symbols: symbols) + pluginCounterSlots * pluginCounterSize
+    }
 
     /// Where an instance's files live unless configured otherwise.
     public static func defaultDirectory(_ instance: String) -> String { "/dev/shm/crossbook/\(instance)" }
@@ -170,6 +200,11 @@ public struct ShardCounters: @unchecked Sendable {
     @usableFromInline let words: UnsafeMutablePointer<UInt64>
     @usableFromInline let rejects: UnsafeMutablePointer<UInt64>
     @usableFromInline let batchSizes: UnsafeMutablePointer<UInt64>
+    /// Match latency per batch: from taking a batch off a ring to its last report written.
+    public let matchLatency: UnsafeMutablePointer<UInt64>
+    /// fdatasync latency: from a journal batch's submission to its completion.
+    public let syncLatency: UnsafeMutablePointer<UInt64>
+    let threadIdWord: UnsafeMutablePointer<Int32>
     /// Keeps the mapping alive as long as this view exists.
     let owner: AnyObject
 
@@ -178,6 +213,30 @@ public struct ShardCounters: @unchecked Sendable {
         words = (block + InstanceLayout.countersOffset).assumingMemoryBound(to: UInt64.self)
         rejects = (block + InstanceLayout.rejectsOffset).assumingMemoryBound(to: UInt64.self)
         batchSizes = (block + InstanceLayout.batchesOffset).assumingMemoryBound(to: UInt64.self)
+        matchLatency = (block + InstanceLayout.matchLatencyOffset).assumingMemoryBound(to: UInt64.self)
+        syncLatency = (block + InstanceLayout.syncLatencyOffset).assumingMemoryBound(to: UInt64.self)
+        threadIdWord = (block + InstanceLayout.threadIdOffset).assumingMemoryBound(to: Int32.self)
+    }
+
+    /// The shard thread's kernel id (0 before it runs): its CPU time is in /proc.
+    public var threadId: Int32 {
+        get { Int32(bitPattern: cb_load_acquire_u32(UnsafeMutableRawPointer(threadIdWord).assumingMemoryBound(to: UInt32.self))) }
+        nonmutating set { cb_store_release_u32(UnsafeMutableRawPointer(threadIdWord).assumingMemoryBound(to: UInt32.self), UInt32(bitPattern: newValue)) }
+    }
+
+    /// A histogram read now: cumulative counts at 256 ns << i, the count above, sum (ns), count.
+    public static func readHistogram(_ words: UnsafeMutablePointer<UInt64>) -> LatencyHistogram {
+        var cumulative: [UInt64] = []
+        var running: UInt64 = 0
+        for i in 0..<InstanceLayout.histogramBuckets {
+            running &+= cb_load_relaxed_u64(words + i)
+            cumulative.append(running)
+        }
+        let sum = cb_load_relaxed_u64(words + InstanceLayout.histogramBuckets + 1)
+        let count = cb_load_relaxed_u64(words + InstanceLayout.histogramBuckets + 2)
+        // The writer adds bucket, sum, count in turn: a reader between them sees a count one
+        // short of the buckets. Prometheus wants +Inf (= count) >= every bucket.
+        return LatencyHistogram(cumulative: cumulative, sumNanoseconds: sum, count: max(count, running))
     }
 
     /// Counts a batch of `size` (≥ 1) commands in its power-of-two bucket.
@@ -205,6 +264,83 @@ public struct ShardCounters: @unchecked Sendable {
     }
 }
 
+/// A latency histogram as read: bucket i holds the observations <= `bound(i)`.
+public struct LatencyHistogram: Sendable, Equatable {
+    public var cumulative: [UInt64]
+    public var sumNanoseconds: UInt64
+    public var count: UInt64
+    public static func boundNanoseconds(_ i: Int) -> UInt64 { 256 << UInt64(i) }
+
+    /// The smallest bound under which at least `fraction` of the observations fall (an upper
+    /// estimate); nil when empty or beyond the last bound.
+    public func quantileBound(_ fraction: Double) -> UInt64? {
+        guard count > 0 else { return nil }
+        let target = UInt64((Double(count) * fraction).rounded(.up))
+        for (i, c) in cumulative.enumerated() where c >= target { return Self.boundNanoseconds(i) }
+        return nil
+    }
+}
+
+/// The counters of one symbol; one writer: the shard that owns the symbol.
+@frozen
+public struct SymbolCounters: @unchecked Sendable {
+    public static let commands = 0, trades = 1, rejects = 2, tradedQuantity = 3
+    public let words: UnsafeMutablePointer<UInt64>
+    public init(words: UnsafeMutablePointer<UInt64>) { self.words = words }
+    public func read(_ word: Int) -> UInt64 { cb_load_relaxed_u64(words + word) }
+}
+
+/// What the control file says of one plugin (written by the engine's control thread).
+public struct PluginStatus: Sendable, Equatable {
+    public enum State: UInt32, Sendable {
+        case empty = 0, loaded = 1, running = 2, stopped = 3, failed = 4
+    }
+    public var name: String
+    public var version: String
+    public var kinds: UInt32
+    public var state: State
+    /// CB_HEALTH_*: 0 ok, 1 degraded, 2 failed.
+    public var health: UInt32
+    public var message: String
+    public var updatedNanoseconds: UInt64
+
+    public init(name: String, version: String, kinds: UInt32, state: State, health: UInt32, message: String,
+                updatedNanoseconds: UInt64) {
+        self.name = name
+        self.version = version
+        self.kinds = kinds
+        self.state = state
+        self.health = health
+        self.message = message
+        self.updatedNanoseconds = updatedNanoseconds
+    }
+
+    public var healthName: String { health == 0 ? "ok" : health == 1 ? "degraded" : "failed" }
+    public var kindNames: [String] {
+        [(1, "ingress"), (2, "egress"), (4, "routing"), (8, "snapshot-store"), (16, "metrics")]
+            .filter { kinds & UInt32($0.0) != 0 }.map(\.1)
+    }
+}
+
+/// A plugin's own counter as read from the control file.
+public struct PluginCounterValue: Sendable, Equatable {
+    public var name: String
+    public var plugin: Int
+    public var isGauge: Bool
+    public var value: UInt64
+}
+
+func storeText(_ text: String, at base: UnsafeMutableRawPointer, capacity: Int) {
+    let bytes = Array(text.utf8.prefix(capacity - 1))
+    base.initializeMemory(as: UInt8.self, repeating: 0, count: capacity)
+    bytes.withUnsafeBytes { base.copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
+}
+
+func loadText(_ base: UnsafeRawPointer, capacity: Int) -> String {
+    let bytes = UnsafeRawBufferPointer(start: base, count: capacity)
+    return String(decoding: bytes.prefix { $0 != 0 }, as: UTF8.self)
+}
+
 /// The engine control file.
 public final class EngineFile: @unchecked Sendable {
     public let file: MappedFile
@@ -212,14 +348,19 @@ public final class EngineFile: @unchecked Sendable {
 
     /// Creates it (the instance must not be running). A leftover of a dead engine is reported
     /// as `stale`; a running engine as `inUse`.
-    public static func create(directory: String, shards: Int, mode: mode_t) throws(SharedMemoryError) -> EngineFile {
+    public static func create(directory: String, shards: Int, symbols: [(name: String, id: UInt32, shard: Int)] = [],
+                              mode: mode_t) throws(SharedMemoryError) -> EngineFile {
         let path = InstanceLayout.enginePath(directory)
         guard shards >= 1, shards <= InstanceLayout.maxShards else {
             throw .badHeader(path: path, "shard count \(shards) outside 1...\(InstanceLayout.maxShards)")
         }
+        guard symbols.count <= InstanceLayout.maxSymbols else {
+            throw .badHeader(path: path, "\(symbols.count) symbols, at most \(InstanceLayout.maxSymbols)")
+        }
         let file: MappedFile
         do {
-            file = try MappedFile.create(path: path, size: InstanceLayout.engineFileSize(shards: shards), mode: mode)
+            file = try MappedFile.create(path: path, size: InstanceLayout.engineFileSize(shards: shards, symbols: symbols.count),
+                                         mode: mode)
         } catch .system(_, _, let e) where e == EEXIST {
             let pid = Self.peekPid(path)
             throw processIsAlive(pid) ? .inUse(path: path, creatorPid: pid) : .stale(path: path, creatorPid: pid)
@@ -233,8 +374,16 @@ public final class EngineFile: @unchecked Sendable {
         clock_gettime(CLOCK_REALTIME, &ts)
         base.storeBytes(of: (UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)).littleEndian, toByteOffset: 24,
                         as: UInt64.self)
+        base.storeBytes(of: UInt32(symbols.count).littleEndian, toByteOffset: 32, as: UInt32.self)
+        let symbolBase = base + InstanceLayout.symbolsOffset(shards: shards)
+        for (i, symbol) in symbols.enumerated() {
+            let block = symbolBase + i * InstanceLayout.symbolBlockSize
+            storeText(symbol.name, at: block, capacity: 24)
+            block.storeBytes(of: symbol.id.littleEndian, toByteOffset: 24, as: UInt32.self)
+            block.storeBytes(of: UInt32(symbol.shard).littleEndian, toByteOffset: 28, as: UInt32.self)
+        }
         cb_store_release_u64(base.assumingMemoryBound(to: UInt64.self), InstanceLayout.engineMagic.littleEndian)
-        return EngineFile(file: file, shards: shards)
+        return EngineFile(file: file, shards: shards, symbols: symbols.count)
     }
 
     /// Attaches to a running (or dead) engine's control file, checking its header.
@@ -249,16 +398,99 @@ public final class EngineFile: @unchecked Sendable {
             throw .badHeader(path: path, "version \(version), this build reads \(InstanceLayout.version)")
         }
         let shards = Int(UInt32(littleEndian: base.load(fromByteOffset: 12, as: UInt32.self)))
-        guard shards >= 1, shards <= InstanceLayout.maxShards,
-              file.size == InstanceLayout.engineFileSize(shards: shards) else {
-            throw .badHeader(path: path, "shard count \(shards) does not match the file size \(file.size)")
+        let symbols = Int(UInt32(littleEndian: base.load(fromByteOffset: 32, as: UInt32.self)))
+        guard shards >= 1, shards <= InstanceLayout.maxShards, symbols <= InstanceLayout.maxSymbols,
+              file.size == InstanceLayout.engineFileSize(shards: shards, symbols: symbols) else {
+            throw .badHeader(path: path, "shard count \(shards) and symbol count \(symbols) do not match the file size \(file.size)")
         }
-        return EngineFile(file: file, shards: shards)
+        return EngineFile(file: file, shards: shards, symbols: symbols)
     }
 
-    private init(file: MappedFile, shards: Int) {
+    private init(file: MappedFile, shards: Int, symbols: Int) {
         self.file = file
         shardCount = shards
+        symbolCount = symbols
+    }
+
+    public let symbolCount: Int
+
+    func symbolBlock(_ i: Int) -> UnsafeMutableRawPointer {
+        file.base + InstanceLayout.symbolsOffset(shards: shardCount) + i * InstanceLayout.symbolBlockSize
+    }
+
+    /// Symbol i of the control file (config order): name, id, owning shard.
+    public func symbol(_ i: Int) -> (name: String, id: UInt32, shard: Int) {
+        let block = symbolBlock(i)
+        return (loadText(block, capacity: 24), UInt32(littleEndian: block.load(fromByteOffset: 24, as: UInt32.self)),
+                Int(UInt32(littleEndian: block.load(fromByteOffset: 28, as: UInt32.self))))
+    }
+
+    public func symbolCounters(_ i: Int) -> SymbolCounters {
+        SymbolCounters(words: (symbolBlock(i) + 32).assumingMemoryBound(to: UInt64.self))
+    }
+
+    func pluginSlot(_ i: Int) -> UnsafeMutableRawPointer {
+        file.base + InstanceLayout.pluginsOffset(shards: shardCount, symbols: symbolCount) + i * InstanceLayout.pluginSlotSize
+    }
+
+    /// Engine side (control thread): publishes what it knows of plugin slot i.
+    public func setPluginStatus(_ i: Int, _ status: PluginStatus) {
+        let slot = pluginSlot(i)
+        storeText(status.name, at: slot, capacity: 48)
+        storeText(status.version, at: slot + 48, capacity: 16)
+        slot.storeBytes(of: status.kinds.littleEndian, toByteOffset: 64, as: UInt32.self)
+        slot.storeBytes(of: status.health.littleEndian, toByteOffset: 72, as: UInt32.self)
+        slot.storeBytes(of: status.updatedNanoseconds.littleEndian, toByteOffset: 80, as: UInt64.self)
+        storeText(status.message, at: slot + 96, capacity: 160)
+        // Release: a reader that sees the state sees the fields written before it.
+        cb_store_release_u32((slot + 68).assumingMemoryBound(to: UInt32.self), status.state.rawValue.littleEndian)
+    }
+
+    /// The plugins the engine knows of, in load order.
+    public func pluginStatuses() -> [PluginStatus] {
+        (0..<InstanceLayout.pluginSlots).compactMap { i in
+            let slot = pluginSlot(i)
+            let raw = UInt32(littleEndian: cb_load_acquire_u32((slot + 68).assumingMemoryBound(to: UInt32.self)))
+            guard let state = PluginStatus.State(rawValue: raw), state != .empty else { return nil }
+            return PluginStatus(name: loadText(slot, capacity: 48), version: loadText(slot + 48, capacity: 16),
+                                kinds: UInt32(littleEndian: slot.load(fromByteOffset: 64, as: UInt32.self)), state: state,
+                                health: UInt32(littleEndian: slot.load(fromByteOffset: 72, as: UInt32.self)),
+                                message: loadText(slot + 96, capacity: 160),
+                                updatedNanoseconds: UInt64(littleEndian: slot.load(fromByteOffset: 80, as: UInt64.self)))
+        }
+    }
+
+    func pluginCounterSlot(_ i: Int) -> UnsafeMutableRawPointer {
+        file.base + InstanceLayout.pluginCountersOffset(shards: shardCount, symbols: symbolCount)
+            + i * InstanceLayout.pluginCounterSize
+    }
+
+    /// Engine side: takes a free counter slot for plugin `plugin`; returns its value word.
+    public func claimPluginCounter(name: String, plugin: Int, isGauge: Bool) -> UnsafeMutablePointer<UInt64>? {
+        for i in 0..<InstanceLayout.pluginCounterSlots {
+            let slot = pluginCounterSlot(i)
+            let inUse = (slot + 88).assumingMemoryBound(to: UInt32.self)
+            guard cb_load_acquire_u32(inUse) == 0 else { continue }
+            storeText(name, at: slot, capacity: 80)
+            slot.storeBytes(of: UInt32(plugin).littleEndian, toByteOffset: 80, as: UInt32.self)
+            slot.storeBytes(of: UInt32(isGauge ? 1 : 0).littleEndian, toByteOffset: 84, as: UInt32.self)
+            slot.storeBytes(of: UInt64(0), toByteOffset: 96, as: UInt64.self)
+            // Release: the name and owner are visible before the slot reads as taken.
+            cb_store_release_u32(inUse, 1)
+            return (slot + 96).assumingMemoryBound(to: UInt64.self)
+        }
+        return nil
+    }
+
+    public func pluginCounters() -> [PluginCounterValue] {
+        (0..<InstanceLayout.pluginCounterSlots).compactMap { i in
+            let slot = pluginCounterSlot(i)
+            guard cb_load_acquire_u32((slot + 88).assumingMemoryBound(to: UInt32.self)) != 0 else { return nil }
+            return PluginCounterValue(name: loadText(slot, capacity: 80),
+                                      plugin: Int(UInt32(littleEndian: slot.load(fromByteOffset: 80, as: UInt32.self))),
+                                      isGauge: slot.load(fromByteOffset: 84, as: UInt32.self) != 0,
+                                      value: cb_load_relaxed_u64((slot + 96).assumingMemoryBound(to: UInt64.self)))
+        }
     }
 
     static func peekPid(_ path: String) -> Int32 {

@@ -22,7 +22,16 @@
 //   max_price = 10000000
 //   max_order_quantity = 1000000
 //   shard = 0             # crossbook run only: which shard owns it (default 0)
+//
+//   [plugins]             # crossbook run only; without this section: the default plugins
+//   dir = "/opt/crossbook/plugins"  # default: the directory of the crossbook executable
+//   [[plugins.load]]      # one per plugin, started in this order, stopped in the reverse
+//   name = "metrics-prometheus"
+//   file = "libcrossbook-metrics-prometheus.so"  # default libcrossbook-<name>.so
+//   optional = true       # if it cannot load or start: log and go on (default false)
+//   config = { listen = "127.0.0.1:9464" }       # the plugin's own section
 
+import Engine
 import OrderBook
 import TOMLKit
 
@@ -44,6 +53,9 @@ struct EngineConfig {
     var shardCores: [Int?] = []
     /// The shard of each declared symbol, by name (default 0).
     var symbolShards: [String: Int] = [:]
+    /// [plugins]: nil without the section (the defaults load).
+    var pluginDirectory: String?
+    var plugins: [PluginSpec]?
 
     init() {}
 
@@ -54,8 +66,67 @@ struct EngineConfig {
         } catch let error as TOMLParseError {
             throw ConfigError(description: "\(source):\(error.source.begin.line): \(error.description)")
         }
-        for key in table.keys where !["book", "symbols", "engine", "shards"].contains(key) {
-            throw ConfigError(description: "\(source): unknown section '\(key)' (expected [engine], [[shards]], [book] or [[symbols]])")
+        for key in table.keys where !["book", "symbols", "engine", "shards", "plugins"].contains(key) {
+            throw ConfigError(description: "\(source): unknown section '\(key)' (expected [engine], [[shards]], [book], [[symbols]] or [plugins])")
+        }
+        if let section = table["plugins"] {
+            guard let section = section.table else { throw ConfigError(description: "\(source): [plugins] must be a table") }
+            for key in section.keys where key != "dir" && key != "load" {
+                throw ConfigError(description: "\(source): [plugins]: unknown key '\(key)' (expected dir, load)")
+            }
+            if let v = section["dir"] {
+                guard let dir = v.string else { throw ConfigError(description: "\(source): [plugins]: dir must be a string") }
+                pluginDirectory = dir
+            }
+            var specs: [PluginSpec] = []
+            if let list = section["load"] {
+                guard let list = list.array else {
+                    throw ConfigError(description: "\(source): plugins.load must be an array of tables ([[plugins.load]])")
+                }
+                for (index, item) in list.enumerated() {
+                    let place = "[[plugins.load]] #\(index + 1)"
+                    guard let entry = item.table else { throw ConfigError(description: "\(source): \(place) must be a table") }
+                    for key in entry.keys where !["name", "file", "optional", "config"].contains(key) {
+                        throw ConfigError(description: "\(source): \(place): unknown key '\(key)' (expected name, file, optional, config)")
+                    }
+                    guard let name = entry["name"]?.string, !name.isEmpty,
+                          name.utf8.allSatisfy({ ($0 >= 97 && $0 <= 122) || ($0 >= 48 && $0 <= 57) || $0 == 45 || $0 == 95 })
+                    else {
+                        throw ConfigError(description: "\(source): \(place): name (a string of a-z, 0-9, '-', '_') is required")
+                    }
+                    guard !specs.contains(where: { $0.name == name }) else {
+                        throw ConfigError(description: "\(source): \(place): plugin \(name) is named twice")
+                    }
+                    var spec = PluginSpec(name: name)
+                    if let v = entry["file"] {
+                        guard let file = v.string, !file.isEmpty else {
+                            throw ConfigError(description: "\(source): \(place): file must be a string")
+                        }
+                        spec.file = file
+                    }
+                    if let v = entry["optional"] {
+                        guard let optional = v.bool else { throw ConfigError(description: "\(source): \(place): optional must be true or false") }
+                        spec.optional = optional
+                    }
+                    if let v = entry["config"] {
+                        guard let config = v.table else {
+                            throw ConfigError(description: "\(source): \(place): config must be a table, e.g. config = { path = \"orders.csv\" }")
+                        }
+                        for key in config.keys {
+                            let value = config[key]!
+                            if let text = value.string { spec.config[key] = text }
+                            else if let int = value.int { spec.config[key] = String(int) }
+                            else if let bool = value.bool { spec.config[key] = String(bool) }
+                            else if let double = value.double { spec.config[key] = String(double) }
+                            else {
+                                throw ConfigError(description: "\(source): \(place): config.\(key): give a string, number or boolean")
+                            }
+                        }
+                    }
+                    specs.append(spec)
+                }
+            }
+            plugins = specs
         }
         if let engine = table["engine"] {
             guard let engine = engine.table else { throw ConfigError(description: "\(source): [engine] must be a table") }

@@ -10,6 +10,14 @@ import SharedMemory
 /// The symbols of the embedded default configuration.
 let defaultSymbols = ["BTC-USD", "ETH-USD", "SOL-USD", "XRP-USD"]
 
+/// The plugins of the embedded default configuration (and of a config without [plugins]): the
+/// file snapshot store, and Prometheus metrics on 127.0.0.1:9464 (optional: a second engine on
+/// the same host finds the port taken, logs it and runs without).
+let defaultPlugins = [
+    PluginSpec(name: "snapshot-file"),
+    PluginSpec(name: "metrics-prometheus", optional: true, config: ["listen": "127.0.0.1:9464"]),
+]
+
 extension EngineConfig {
     /// Engine settings from this config; without [[shards]], one shard pinned to the last CPU.
     func engineSettings(instance override: String?, directory overrideDirectory: String?, pin: Bool,
@@ -41,6 +49,8 @@ extension EngineConfig {
         guard let chosen = Durability(rawValue: mode) else { throw CLIError("durability must be sync, async or none, not '\(mode)'") }
         settings.durability = chosen
         settings.dataDirectory = overrideData ?? dataDirectory ?? "./data"
+        settings.plugins = PluginSettings(directory: pluginDirectory ?? PluginSettings.executableDirectory,
+                                          load: plugins ?? defaultPlugins)
         return settings
     }
 
@@ -64,11 +74,12 @@ struct RunCommand: ParsableCommand {
         discussion: """
             Without --config: instance 'default', one shard pinned to the last CPU, symbols \
             \(defaultSymbols.joined(separator: ", ")) (tick 1, lot 1), 262,144 orders and 16,384 levels \
-            per symbol, durability sync with journals in ./data. At start each shard replays its journal. \
-            SIGINT or SIGTERM drains every ring, stops, and removes the shared-memory files.
+            per symbol, durability sync with journals in ./data, plugins snapshot-file and metrics-prometheus \
+            (http://127.0.0.1:9464/metrics) from the executable's directory. At start each shard replays its \
+            journal. SIGINT or SIGTERM drains every ring, stops, and removes the shared-memory files.
             """)
 
-    @Option(help: "A TOML config ([engine], [[shards]], [book], [[symbols]]).")
+    @Option(help: "A TOML config ([engine], [[shards]], [book], [[symbols]], [plugins]).")
     var config: String?
 
     @Option(help: "Instance name (overrides the config).")
@@ -92,11 +103,19 @@ struct RunCommand: ParsableCommand {
     @Option(help: "A snapshot of each shard every this many commands (0: never; default 1,000,000).")
     var snapshotEvery: UInt64 = 1_000_000
 
+    @Flag(help: "Load no plugin (no snapshots, no metrics endpoint).")
+    var noPlugins = false
+
+    @Option(help: "Where the plugin files are (overrides [plugins] dir).")
+    var pluginDir: String?
+
     func run() throws {
         var settings = try EngineConfig.load(config).engineSettings(
             instance: instance, directory: directory, pin: !noPin, cleanStale: cleanStale, dataDirectory: dataDir,
             durability: durability)
         settings.snapshotEvery = snapshotEvery
+        if noPlugins { settings.plugins = nil }
+        if let pluginDir { settings.plugins?.directory = pluginDir }
         // Signals go to sigwait below, never to a shard thread: block them before any starts.
         // A shell starts background jobs with SIGINT ignored, and an ignored signal never
         // reaches sigwait: restore the default first (blocked, it kills nothing).
@@ -196,6 +215,11 @@ struct StatCommand: ParsableCommand {
                     }
                 }
                 last[s] = now
+            }
+            let counters = file.pluginCounters()
+            for (i, plugin) in file.pluginStatuses().enumerated() {
+                let own = counters.filter { $0.plugin == i }.map { "\($0.name)=\($0.value)" }
+                print("plugin \(plugin.name) \(plugin.version) [\(plugin.kindNames.joined(separator: ","))]: \(plugin.state) health \(plugin.healthName)\(plugin.message.isEmpty ? "" : " (\(plugin.message))")\(own.isEmpty ? "" : " | " + own.joined(separator: " "))")
             }
             printed += 1
         }

@@ -1,0 +1,316 @@
+/* Crossbook plugin ABI, version 1: the one header a plugin needs.
+ *
+ * A plugin is a shared library that exports one function, `crossbook_plugin_entry`, returning
+ * a pointer to its descriptor (cb_plugin). The engine loads it with dlopen(RTLD_NOW |
+ * RTLD_LOCAL), checks the descriptor, calls `start` with a table of host functions
+ * (cb_host_api), asks for `health` about once a second, and calls `stop` when it stops.
+ *
+ * ABI POLICY (as SQLite does for its extensions)
+ * - Every struct that crosses the boundary starts with `uint32_t size`: sizeof(the struct) as
+ *   its writer was compiled. Structs only ever grow at the end; no field is ever removed,
+ *   reordered or retyped while CB_PLUGIN_ABI_VERSION stays 1.
+ * - The host table (cb_host_api) is appended to as the host learns new functions. A plugin
+ *   built against an older header sees a prefix of it and keeps working. A plugin built
+ *   against a newer header must check CB_HOST_HAS(api, field) before it calls a function
+ *   appended after the ones it knows the host has.
+ * - The descriptor (cb_plugin) is read by the host only up to the size the plugin says; fields
+ *   past it count as absent (zero).
+ * - CB_PLUGIN_ABI_VERSION changes only for a break; a host refuses a plugin of another version
+ *   with an error naming both.
+ *
+ * THREADING
+ * - A plugin owns its threads. Nothing of a plugin ever runs on a shard thread: the shards reach
+ *   plugins and plugins reach the shards only through rings, like any other process.
+ * - `start` and `stop` run on the engine's main thread, `health` on its control thread; both
+ *   must return promptly (no blocking I/O in `health`). `start` may open producers and
+ *   subscriptions; it should start the plugin's threads and return.
+ * - A producer (cb_producer) and a subscription (cb_subscription) are single-threaded: one
+ *   thread at a time uses each. Open one per thread.
+ * - Host functions other than those on a producer or a subscription may be called from any
+ *   thread of the plugin, between the start of `start` and the end of `stop`.
+ *
+ * LIFETIMES
+ * - The `cb_host *` handed to `start` and every string the host returns (config values, symbol
+ *   names) stay valid until `stop` returns. After `stop` returns the plugin must have no thread
+ *   running and must hold no producer or subscription (the host closes any left open).
+ * - The host never dlcloses a plugin: its code stays mapped until the process exits.
+ * - Snapshot-store plugins start before the engine recovers its books and stop after its shards
+ *   have stopped; all other plugins start once the engine serves and stop before its shards
+ *   drain. Plugins stop in the reverse of the order they started.
+ *
+ * ERRORS: host functions return CB_OK (0) or a negative cb_status; a plugin's `start` returns
+ * CB_OK or a negative cb_status and writes a one-line reason into `error`.
+ *
+ * All multi-byte fields are little-endian (the host's order on x86-64 and arm64).
+ */
+#ifndef CROSSBOOK_PLUGIN_H
+#define CROSSBOOK_PLUGIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CB_PLUGIN_ABI_VERSION 1u
+/* The symbol every plugin exports: `const cb_plugin *crossbook_plugin_entry(void);` */
+#define CB_PLUGIN_ENTRY "crossbook_plugin_entry"
+
+#if defined(__GNUC__)
+#define CB_PLUGIN_EXPORT __attribute__((visibility("default")))
+#else
+#define CB_PLUGIN_EXPORT
+#endif
+
+typedef enum cb_status {
+    CB_OK = 0,
+    CB_ERR_INVALID = -1,        /* an argument is wrong (NULL, unknown shard, bad size) */
+    CB_ERR_UNKNOWN_SYMBOL = -2, /* no symbol with that id or name */
+    CB_ERR_FULL = -3,           /* the ring is full: the engine is behind; retry later */
+    CB_ERR_CLOSED = -4,         /* the engine stops, or the subscription was detached */
+    CB_ERR_NOT_FOUND = -5,      /* no such key, snapshot or file */
+    CB_ERR_LIMIT = -6,          /* out of slots (counters, producers) */
+    CB_ERR_IO = -7,             /* a system call failed; the log or `error` says which */
+    CB_ERR_UNSUPPORTED = -8,    /* this host or plugin cannot do that */
+    CB_ERR_FAILED = -9          /* anything else; the log or `error` says what */
+} cb_status;
+
+/* What a plugin does (bits of cb_plugin.kinds). */
+enum {
+    CB_KIND_INGRESS = 1u << 0,        /* submits commands through producers */
+    CB_KIND_EGRESS = 1u << 1,         /* reads events through subscriptions */
+    CB_KIND_ROUTING = 1u << 2,        /* decides symbol -> instance/shard */
+    CB_KIND_SNAPSHOT_STORE = 1u << 3, /* stores shard snapshots (registers a cb_snapshot_store) */
+    CB_KIND_METRICS = 1u << 4         /* exports counters */
+};
+
+typedef enum cb_health {
+    CB_HEALTH_OK = 0,
+    CB_HEALTH_DEGRADED = 1, /* working, but something needs a look (say what) */
+    CB_HEALTH_FAILED = 2    /* not doing its job (say why) */
+} cb_health;
+
+typedef enum cb_log_level { CB_LOG_DEBUG = 0, CB_LOG_INFO = 1, CB_LOG_WARNING = 2, CB_LOG_ERROR = 3 } cb_log_level;
+
+/* ---- Records: the engine's 64-byte wire records, field by field ---------------------------- */
+
+enum { CB_RECORD_VERSION = 1 };
+enum { CB_CMD_NEW = 1, CB_CMD_CANCEL = 2, CB_CMD_REPLACE = 3 };
+enum { CB_SIDE_BUY = 0, CB_SIDE_SELL = 1 };
+enum { CB_ORDER_LIMIT = 0, CB_ORDER_MARKET = 1 };
+enum { CB_TIF_GTC = 0, CB_TIF_IOC = 1, CB_TIF_FOK = 2, CB_TIF_POST_ONLY = 3 };
+enum { CB_STP_NONE = 0, CB_STP_CANCEL_NEWEST = 1, CB_STP_CANCEL_OLDEST = 2, CB_STP_CANCEL_BOTH = 3,
+       CB_STP_DECREMENT = 4 };
+
+/* A command, as it goes into a shard's ring. Fields a type does not use must be zero; the
+ * engine rejects a record with stray bytes (reason malformed_command). */
+typedef struct cb_command {
+    uint8_t version;       /* CB_RECORD_VERSION */
+    uint8_t type;          /* CB_CMD_* */
+    uint8_t side;          /* CB_SIDE_* (new) */
+    uint8_t order_type;    /* CB_ORDER_* (new) */
+    uint8_t time_in_force; /* CB_TIF_* (new) */
+    uint8_t self_trade;    /* CB_STP_* (new) */
+    uint16_t reserved0;    /* 0 */
+    uint32_t symbol_id;    /* the engine's number for the symbol (see symbol_lookup) */
+    uint32_t account;      /* the engine's number for the account (new) */
+    uint64_t order_id;     /* the producer's own, 0 .. 2^48-1, unique among its live orders */
+    int64_t price;         /* ticks (limit new, replace); 0 otherwise */
+    int64_t quantity;      /* lots (new: quantity; replace: new open quantity); 0 for cancel */
+    uint64_t client_time;  /* echoed in reports */
+    uint64_t client_sequence;
+    uint64_t reserved1; /* 0 */
+} cb_command;
+
+enum { CB_REPORT_ACCEPTED = 1, CB_REPORT_REJECTED = 2, CB_REPORT_TRADE = 3, CB_REPORT_CANCELLED = 4,
+       CB_REPORT_REPLACED = 5 };
+
+/* An execution report to the producer that owns the order. */
+typedef struct cb_report {
+    uint8_t version; /* CB_RECORD_VERSION */
+    uint8_t type;    /* CB_REPORT_* */
+    uint8_t side;
+    uint8_t code; /* rejected: reject reason; cancelled: cancel reason; replaced: 1 kept priority;
+                     trade: 1 this order was the maker */
+    uint32_t symbol_id;
+    uint64_t engine_sequence;
+    uint64_t order_id; /* the producer's own id */
+    int64_t price;
+    int64_t quantity;
+    int64_t open;
+    uint64_t engine_time; /* ns since the epoch, taken by the shard at sequencing */
+    uint64_t client_time;
+} cb_report;
+
+enum { CB_EVENT_TRADE = 1, CB_EVENT_LEVEL = 2 };
+
+/* A market data event from a shard's event ring. */
+typedef struct cb_market_event {
+    uint8_t version; /* CB_RECORD_VERSION */
+    uint8_t type;    /* CB_EVENT_* */
+    uint8_t side;    /* trade: the taker's side; level: the level's side */
+    uint8_t reserved0;
+    uint32_t symbol_id;
+    uint64_t engine_sequence;
+    int64_t price;
+    int64_t quantity; /* trade: traded; level: total resting at the price (0: gone) */
+    int64_t orders;   /* level: resting orders at the price */
+    uint64_t engine_time;
+    uint64_t reserved1[2];
+} cb_market_event;
+
+#if defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L
+_Static_assert(sizeof(cb_command) == 64, "cb_command is the 64-byte wire record");
+_Static_assert(sizeof(cb_report) == 64, "cb_report is the 64-byte wire record");
+_Static_assert(sizeof(cb_market_event) == 64, "cb_market_event is the 64-byte wire record");
+#endif
+
+/* A symbol the engine trades. */
+typedef struct cb_symbol {
+    uint32_t size; /* sizeof(cb_symbol) of the caller: set it before calling symbol_lookup */
+    uint32_t id;
+    uint32_t shard;
+    uint32_t reserved;
+    const char *name; /* valid until stop */
+    int64_t tick_size;
+    int64_t lot_size;
+    int64_t min_price;
+    int64_t max_price;
+    int64_t max_order_quantity;
+} cb_symbol;
+
+/* ---- Metrics ---------------------------------------------------------------------------------- */
+
+enum { CB_METRIC_COUNTER = 0, CB_METRIC_GAUGE = 1, CB_METRIC_HISTOGRAM = 2 };
+
+/* One sample of the engine's metrics, handed to a metrics_read visitor. Samples of one family
+ * (one name) come one after another; the first of a family carries its help. */
+typedef struct cb_metric {
+    uint32_t size;
+    uint32_t type;      /* CB_METRIC_* */
+    const char *name;   /* Prometheus-style, e.g. crossbook_shard_commands_total */
+    const char *help;   /* one line */
+    const char *labels; /* ready to print inside {}: shard="0",symbol="BTC-USD"; "" if none */
+    double value;       /* counter, gauge */
+    /* histogram: cumulative counts of observations <= each bound (seconds); the +Inf bucket is
+       `count` */
+    uint32_t bucket_count;
+    uint32_t reserved;
+    const double *bucket_bounds;
+    const uint64_t *bucket_counts;
+    double sum; /* seconds */
+    uint64_t count;
+} cb_metric;
+
+typedef void (*cb_metric_visitor)(void *context, const cb_metric *metric);
+
+/* ---- Snapshot stores ------------------------------------------------------------------------ */
+
+typedef void (*cb_snapshot_visitor)(void *context, uint64_t sequence, const char *name);
+typedef void (*cb_snapshot_sink)(void *context, const uint8_t *body, size_t length);
+
+/* A place for shard snapshots. The host calls these from one thread per shard (never a shard
+ * thread); calls for different shards may overlap. A body is opaque bytes, checksummed by the
+ * engine inside; the store must hand back exactly what it was given, or an error. */
+typedef struct cb_snapshot_store {
+    uint32_t size;
+    uint32_t reserved;
+    void *context;
+    /* Stores the snapshot of `shard` taken at `sequence`, whole or not at all (durably). */
+    int (*save)(void *context, uint32_t shard, uint64_t sequence, const uint8_t *body, size_t length,
+                char *error, size_t error_size);
+    /* Calls visit for each snapshot of `shard` (any order). */
+    int (*list)(void *context, uint32_t shard, cb_snapshot_visitor visit, void *visit_context);
+    /* Loads one snapshot by the name `list` gave: its sequence, and its body handed to sink
+       (which copies it). An incomplete or damaged snapshot is an error, never a body. */
+    int (*load)(void *context, uint32_t shard, const char *name, uint64_t *sequence, cb_snapshot_sink sink,
+                void *sink_context, char *error, size_t error_size);
+} cb_snapshot_store;
+
+/* ---- The host table ------------------------------------------------------------------------- */
+
+typedef struct cb_host cb_host;                 /* one per loaded plugin */
+typedef struct cb_producer cb_producer;         /* a session: command rings to every shard */
+typedef struct cb_subscription cb_subscription; /* a consumer of one shard's event ring */
+
+typedef struct cb_host_api {
+    uint32_t size;        /* sizeof(cb_host_api) as the host was compiled: see CB_HOST_HAS */
+    uint32_t abi_version; /* CB_PLUGIN_ABI_VERSION */
+    const char *host_version;
+
+    /* Logging: one line, prefixed with the plugin's name, in the engine's log. */
+    void (*log)(cb_host *host, int level, const char *message);
+
+    /* The plugin's config section ([[plugins.load]] config = { ... }): the value of `key` as
+       text (numbers and booleans as written), or NULL if absent. */
+    const char *(*config_get)(cb_host *host, const char *key);
+
+    /* Symbols. */
+    int (*symbol_lookup)(cb_host *host, const char *name, cb_symbol *out);
+    uint32_t (*shard_count)(cb_host *host);
+
+    /* Producers: a session with its own rings; a command goes to the ring of its symbol's shard.
+       submit returns CB_OK, CB_ERR_FULL (retry), CB_ERR_UNKNOWN_SYMBOL, or CB_ERR_CLOSED.
+       Commands are checked by the shard: a bad one comes back as a rejected report. */
+    int (*producer_open)(cb_host *host, cb_producer **out);
+    int (*producer_submit)(cb_producer *producer, const cb_command *command);
+    /* Copies up to `capacity` waiting reports to `out`; returns how many (>= 0) or an error. */
+    int (*producer_poll)(cb_producer *producer, cb_report *out, int capacity);
+    void (*producer_close)(cb_producer *producer);
+
+    /* Subscriptions: market data of one shard, with this plugin's own cursor. A subscriber that
+       lags past the engine's lag timeout is detached (poll then returns CB_ERR_CLOSED). */
+    int (*subscribe)(cb_host *host, uint32_t shard, cb_subscription **out);
+    int (*subscription_poll)(cb_subscription *subscription, cb_market_event *out, int capacity);
+    void (*subscription_close)(cb_subscription *subscription);
+
+    /* Counters: every metric of the engine, read from its counters region now. */
+    int (*metrics_read)(cb_host *host, cb_metric_visitor visit, void *context);
+    /* The plugin's own counter (type CB_METRIC_COUNTER or CB_METRIC_GAUGE): a 64-bit slot in the
+       engine's counters region, shown by `crossbook stat` and exported with label
+       plugin="<name>". Update it with __atomic_store_n / __atomic_fetch_add (relaxed). */
+    int (*counter_register)(cb_host *host, const char *name, const char *help, uint32_t type,
+                            uint64_t **slot);
+
+    /* Snapshot stores (plugins of kind CB_KIND_SNAPSHOT_STORE, from start): the host copies
+       the struct; `context` must stay valid until stop. */
+    int (*snapshot_store_register)(cb_host *host, const cb_snapshot_store *store);
+
+    /* Appended after the first release of v1 (check CB_HOST_HAS before calling):
+       nanoseconds on CLOCK_MONOTONIC, the clock of the engine's timeouts. */
+    uint64_t (*monotonic_ns)(cb_host *host);
+} cb_host_api;
+
+/* True when the host's table reaches `field` (a plugin built against a newer header). */
+#define CB_HOST_HAS(api, field) \
+    ((api) != NULL && (api)->size >= offsetof(cb_host_api, field) + sizeof((api)->field) && (api)->field != NULL)
+
+/* ---- The plugin's descriptor ---------------------------------------------------------------- */
+
+typedef struct cb_plugin {
+    uint32_t size;        /* sizeof(cb_plugin) as the plugin was compiled */
+    uint32_t abi_version; /* CB_PLUGIN_ABI_VERSION */
+    const char *name;     /* [a-z0-9_-], at most 47 bytes */
+    const char *version;  /* the plugin's own, e.g. "1.0.0" */
+    uint32_t kinds;       /* CB_KIND_* bits */
+    uint32_t flags;       /* 0 */
+    /* Starts the plugin: read config, open what it needs, start its threads. `*instance` is the
+       plugin's own pointer, handed back to stop and health. On failure return a cb_status and
+       write a one-line reason into `error` (error_size bytes, NUL-terminated). */
+    int (*start)(const cb_host_api *api, cb_host *host, void **instance, char *error, size_t error_size);
+    /* Stops: join the plugin's threads, close what it opened, free `instance`. */
+    void (*stop)(void *instance);
+    /* Returns a cb_health and may write a one-line message. May be NULL (always OK). */
+    int (*health)(void *instance, char *message, size_t message_size);
+} cb_plugin;
+
+/* The size of the first v1 descriptor: a host accepts no smaller one. */
+#define CB_PLUGIN_MIN_SIZE (offsetof(cb_plugin, health) + sizeof(void *))
+
+typedef const cb_plugin *(*cb_plugin_entry_fn)(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,217 @@
+// The engine's metrics as read from its control file (the counters region), named and labelled
+// the Prometheus way. The host hands them to metrics plugins (metrics_read); nothing here
+// touches a shard: every value is a relaxed load of a word a shard or the control thread wrote.
+
+import CShims
+import Glibc
+import OrderBook
+import SharedMemory
+
+public struct MetricSample: Sendable {
+    public var labels: String
+    public var value: Double
+    public var histogram: (bounds: [Double], cumulative: [UInt64], sum: Double, count: UInt64)?
+}
+
+public struct MetricFamily: Sendable {
+    public enum Kind: UInt32, Sendable {
+        case counter = 0, gauge = 1, histogram = 2
+    }
+
+    public var name: String
+    public var help: String
+    public var kind: Kind
+    public var samples: [MetricSample] = []
+}
+
+public struct EngineMetrics: Sendable {
+    public var families: [MetricFamily] = []
+
+    /// Everything the control file holds now.
+    public static func collect(_ file: EngineFile) -> EngineMetrics {
+        var m = EngineMetrics()
+        let state = file.state
+        m.gauge("crossbook_engine_running", "1 while the engine serves (state running and its process alive)",
+                [("", file.isServing ? 1 : 0)])
+        m.gauge("crossbook_engine_state", "Engine state: 1 starting, 2 running, 3 stopping, 4 stopped",
+                [("", Double(state.rawValue))])
+        m.gauge("crossbook_shards", "Shards in this engine", [("", Double(file.shardCount))])
+
+        let shards = 0..<file.shardCount
+        let shardLabel = { (s: Int) in "shard=\"\(s)\"" }
+        func perShard(_ counter: ShardCounter, _ name: String, _ help: String, gauge: Bool = false) {
+            let samples = shards.map { (shardLabel($0), Double(file.counters($0).read(counter))) }
+            if gauge { m.gauge(name, help, samples) } else { m.counter(name, help, samples) }
+        }
+        perShard(.commands, "crossbook_shard_commands_total", "Commands sequenced by the shard")
+        perShard(.trades, "crossbook_shard_trades_total", "Trades matched by the shard")
+        perShard(.rejects, "crossbook_shard_rejects_total", "Commands rejected by the shard (all reasons)")
+        perShard(.events, "crossbook_shard_reports_total", "Execution reports written to sessions")
+        perShard(.malformed, "crossbook_shard_malformed_total", "Command records that failed to decode")
+        perShard(.batches, "crossbook_shard_batches_total", "Batches of commands taken off the rings")
+        perShard(.largestBatch, "crossbook_shard_largest_batch", "Largest batch taken so far", gauge: true)
+        perShard(.backlog, "crossbook_shard_ring_backlog",
+                 "Commands waiting in the shard's command rings at its last pass (ring depth)", gauge: true)
+        perShard(.sessions, "crossbook_shard_sessions_total", "Sessions attached to the shard")
+        perShard(.ringFaults, "crossbook_shard_ring_faults_total", "Command rings detached for an impossible cursor")
+        perShard(.lagDetaches, "crossbook_shard_lag_detaches_total", "Sessions detached for not reading their reports")
+        perShard(.parks, "crossbook_shard_parks_total", "Times the shard slept on its doorbell")
+        perShard(.eventDetaches, "crossbook_shard_event_consumer_detaches_total", "Event-ring consumers detached")
+        perShard(.eventWaits, "crossbook_shard_event_ring_waits_total", "Times the shard waited on a full event ring")
+        perShard(.journalFailures, "crossbook_journal_failures_total", "Times the journal refused a command")
+        perShard(.journalFailed, "crossbook_journal_failed",
+                 "1 while the journal refuses (disk full or failing): the shard takes no command", gauge: true)
+        perShard(.journalBatches, "crossbook_journal_batches_total", "Group commits made durable")
+        perShard(.journalBytes, "crossbook_journal_bytes_total", "Bytes made durable")
+        perShard(.durableSequence, "crossbook_journal_durable_sequence", "Highest sequence on disk", gauge: true)
+        perShard(.snapshots, "crossbook_snapshots_total", "Snapshots stored")
+        perShard(.snapshotFailures, "crossbook_snapshot_failures_total", "Snapshots that failed to store")
+        perShard(.lastSnapshotSequence, "crossbook_snapshot_last_sequence", "Sequence of the last snapshot stored",
+                 gauge: true)
+        m.gauge("crossbook_snapshot_pause_seconds", "The shard's pause for its last snapshot copy",
+                shards.map { (shardLabel($0), Double(file.counters($0).read(.snapshotPauseMicros)) / 1e6) })
+
+        var rejects = MetricFamily(name: "crossbook_shard_rejects_by_reason_total",
+                                   help: "Rejects by reason (the RejectReason names)", kind: .counter)
+        for s in shards {
+            for reason in RejectReason.allCases {
+                rejects.samples.append(MetricSample(labels: "shard=\"\(s)\",reason=\"\(reason.name)\"",
+                                                    value: Double(file.counters(s).rejects(reason.rawValue))))
+            }
+        }
+        m.families.append(rejects)
+
+        // Batch sizes: bucket b holds batches of 2^b ... 2^(b+1)-1 commands (the last: 128 and up).
+        var batchSizes = MetricFamily(name: "crossbook_shard_batch_size",
+                                      help: "Commands per batch taken off a ring", kind: .histogram)
+        for s in shards {
+            var cumulative: [UInt64] = []
+            var running: UInt64 = 0
+            var bounds: [Double] = []
+            for b in 0..<InstanceLayout.batchBuckets {
+                running &+= file.counters(s).batches(bucket: b)
+                if b < InstanceLayout.batchBuckets - 1 {
+                    cumulative.append(running)
+                    bounds.append(Double((1 << (b + 1)) - 1))
+                }
+            }
+            let commands = Double(file.counters(s).read(.commands))
+            batchSizes.samples.append(MetricSample(labels: shardLabel(s), value: 0,
+                                                   histogram: (bounds, cumulative, commands, running)))
+        }
+        m.families.append(batchSizes)
+
+        func latency(_ name: String, _ help: String, _ words: (ShardCounters) -> UnsafeMutablePointer<UInt64>) {
+            var family = MetricFamily(name: name, help: help, kind: .histogram)
+            let bounds = (0..<InstanceLayout.histogramBuckets).map { Double(LatencyHistogram.boundNanoseconds($0)) / 1e9 }
+            for s in shards {
+                let h = ShardCounters.readHistogram(words(file.counters(s)))
+                family.samples.append(MetricSample(labels: shardLabel(s), value: 0,
+                                                   histogram: (bounds, h.cumulative, Double(h.sumNanoseconds) / 1e9, h.count)))
+            }
+            m.families.append(family)
+        }
+        latency("crossbook_match_batch_seconds",
+                "Matching time per batch: from taking a batch off a ring to its last report written or staged",
+                { $0.matchLatency })
+        latency("crossbook_journal_sync_seconds",
+                "Group commit latency: io_uring write + fdatasync, from submission to completion", { $0.syncLatency })
+
+        let pid = file.enginePid
+        m.counter("crossbook_shard_cpu_seconds_total", "CPU time of the shard thread",
+                  shards.compactMap { s in
+                      let tid = file.counters(s).threadId
+                      let ns = cb_thread_cpu_ns(pid, tid)
+                      return ns >= 0 ? (shardLabel(s), Double(ns) / 1e9) : nil
+                  })
+
+        let symbols = (0..<file.symbolCount).map { (file.symbol($0), file.symbolCounters($0)) }
+        func perSymbol(_ word: Int, _ name: String, _ help: String) {
+            m.counter(name, help, symbols.map { symbol, counters in
+                ("shard=\"\(symbol.shard)\",symbol=\"\(escape(symbol.name))\"", Double(counters.read(word)))
+            })
+        }
+        perSymbol(SymbolCounters.commands, "crossbook_symbol_commands_total", "Commands for the symbol")
+        perSymbol(SymbolCounters.trades, "crossbook_symbol_trades_total", "Trades in the symbol")
+        perSymbol(SymbolCounters.rejects, "crossbook_symbol_rejects_total", "Rejected commands for the symbol")
+        perSymbol(SymbolCounters.tradedQuantity, "crossbook_symbol_traded_quantity_total", "Lots traded in the symbol")
+
+        let plugins = file.pluginStatuses()
+        m.gauge("crossbook_plugin_running", "1 while the plugin runs",
+                plugins.map { ("plugin=\"\(escape($0.name))\"", $0.state == .running ? 1 : 0) })
+        m.gauge("crossbook_plugin_health", "The plugin's health: 0 ok, 1 degraded, 2 failed",
+                plugins.map { ("plugin=\"\(escape($0.name))\"", Double($0.health)) })
+        // The plugins' own counters, one family per name.
+        let own = file.pluginCounters()
+        let names = plugins.map(\.name)
+        for name in Set(own.map(\.name)).sorted() {
+            let values = own.filter { $0.name == name }
+            let family = "crossbook_plugin_" + name + (values[0].isGauge ? "" : "_total")
+            let samples = values.map { v in
+                ("plugin=\"\(escape(v.plugin < names.count ? names[v.plugin] : "slot\(v.plugin)"))\"", Double(v.value))
+            }
+            if values[0].isGauge { m.gauge(family, "A plugin's own gauge", samples) }
+            else { m.counter(family, "A plugin's own counter", samples) }
+        }
+        return m
+    }
+
+    mutating func counter(_ name: String, _ help: String, _ samples: [(String, Double)]) {
+        families.append(MetricFamily(name: name, help: help, kind: .counter,
+                                     samples: samples.map { MetricSample(labels: $0.0, value: $0.1) }))
+    }
+
+    mutating func gauge(_ name: String, _ help: String, _ samples: [(String, Double)]) {
+        families.append(MetricFamily(name: name, help: help, kind: .gauge,
+                                     samples: samples.map { MetricSample(labels: $0.0, value: $0.1) }))
+    }
+
+    /// Hands every sample to a plugin's visitor, family by family.
+    func visit(_ visitor: cb_metric_visitor, _ context: UnsafeMutableRawPointer?) {
+        for family in families {
+            for (i, sample) in family.samples.enumerated() {
+                family.name.withCString { name in
+                    (i == 0 ? family.help : "").withCString { help in
+                        sample.labels.withCString { labels in
+                            var metric = cb_metric()
+                            metric.size = UInt32(MemoryLayout<cb_metric>.size)
+                            metric.type = family.kind.rawValue
+                            metric.name = name
+                            metric.help = help
+                            metric.labels = labels
+                            metric.value = sample.value
+                            if let h = sample.histogram {
+                                h.bounds.withUnsafeBufferPointer { bounds in
+                                    h.cumulative.withUnsafeBufferPointer { counts in
+                                        metric.bucket_count = UInt32(bounds.count)
+                                        metric.bucket_bounds = bounds.baseAddress
+                                        metric.bucket_counts = counts.baseAddress
+                                        metric.sum = h.sum
+                                        metric.count = h.count
+                                        visitor(context, &metric)
+                                    }
+                                }
+                            } else {
+                                visitor(context, &metric)
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A label value as the Prometheus text format wants it.
+func escape(_ value: String) -> String {
+    var out = ""
+    for c in value {
+        switch c {
+        case "\\": out += "\\\\"
+        case "\"": out += "\\\""
+        case "\n": out += "\\n"
+        default: out.append(c)
+        }
+    }
+    return out
+}
