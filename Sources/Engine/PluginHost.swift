@@ -149,7 +149,9 @@ final class PluginHost: @unchecked Sendable {
 
     /// Asks each running plugin for its health (control thread, about once a second).
     func pollHealth() {
-        lifecycle.locked { pollHealthLocked() }
+        // Never wait: a plugin starting may be waiting on this very thread (a producer's
+        // handshake is answered by the control thread). Busy now: ask next time.
+        lifecycle.ifFree { pollHealthLocked() }
     }
 
     private func pollHealthLocked() {
@@ -649,6 +651,13 @@ final class Lock: @unchecked Sendable {
     private var mutex = pthread_mutex_t()
     init() { pthread_mutex_init(&mutex, nil) }
     deinit { pthread_mutex_destroy(&mutex) }
+    /// Runs `body` if the lock is free now; otherwise skips it.
+    func ifFree(_ body: () -> Void) {
+        guard pthread_mutex_trylock(&mutex) == 0 else { return }
+        defer { pthread_mutex_unlock(&mutex) }
+        body()
+    }
+
     func locked<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
         pthread_mutex_lock(&mutex)
         defer { pthread_mutex_unlock(&mutex) }

@@ -1,1 +1,446 @@
+// Plugins: the host loads, starts and stops them; refuses each bad one with one error naming the
+// plugin and the cause; a plugin built against the first v1 header loads after the host table
+// grew; the template plugins (C and Swift) feed orders end to end; metrics are scraped over
+// real HTTP under load and parsed.
+import CrossbookClient
+import CShims
+import Engine
+import Foundation
+import Glibc
+import OrderBook
+import SharedMemory
 import Testing
+import Wire
+
+let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .deletingLastPathComponent().path
+let buildDirectory = PluginSettings.executableDirectory
+
+func testDirectory() -> String { "/dev/shm/crossbook-ptest-\(UUID().uuidString.prefix(8))" }
+
+func temporaryFolder() -> String {
+    let path = NSTemporaryDirectory() + "crossbook-plugins-\(UUID().uuidString.prefix(8))"
+    mkdir(path, 0o755)
+    return path
+}
+
+func removeTree(_ path: String) { try? FileManager.default.removeItem(atPath: path) }
+
+final class LogLines: @unchecked Sendable {
+    private var lines: [String] = []
+    private let lock = NSLock()
+    func append(_ line: String) { lock.lock(); lines.append(line); lock.unlock() }
+    var all: [String] { lock.lock(); defer { lock.unlock() }; return lines }
+    func contains(_ text: String) -> Bool { all.contains { $0.contains(text) } }
+    func index(of text: String) -> Int? { all.firstIndex { $0.contains(text) } }
+}
+
+/// Runs a program; returns its exit status and output.
+@discardableResult
+func run(_ program: String, _ arguments: [String], input: String? = nil) throws -> (status: Int32, output: String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: program)
+    process.arguments = arguments
+    let pipe = Pipe()
+    process.standardOutput = pipe
+    process.standardError = pipe
+    try process.run()
+    let data = pipe.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+}
+
+/// Compiles a C plugin into `folder` as libcrossbook-<name>.so, against `include` (default: the
+/// repository's header).
+func compilePlugin(_ source: String, name: String, into folder: String, include: String? = nil,
+                   defines: [String] = []) throws -> String {
+    let file = folder + "/\(name).c"
+    try source.write(toFile: file, atomically: true, encoding: .utf8)
+    let output = folder + "/libcrossbook-\(name).so"
+    let (status, text) = try run("/usr/bin/env", ["cc", "-std=c11", "-Wall", "-Werror", "-shared", "-fPIC", "-O1",
+                                                   "-I", include ?? repositoryRoot + "/CShims/include"]
+                                     + defines + [file, "-o", output, "-lpthread"])
+    guard status == 0 else { throw CompileError(text: text) }
+    return output
+}
+
+struct CompileError: Error, CustomStringConvertible {
+    var text: String
+    var description: String { "cc failed: \(text)" }
+}
+
+let symbolNames = ["BTC-USD", "ETH-USD", "SOL-USD", "XRP-USD"]
+
+func pluginEngine(_ dir: String, plugins: PluginSettings?, log: LogLines, instance: String = "p") throws -> Engine {
+    var settings = EngineSettings(
+        instance: instance, directory: dir, shards: [ShardSettings(core: nil), ShardSettings(core: nil)],
+        symbols: symbolNames.enumerated().map { (spec: SymbolSpec(name: $1, id: UInt32($0 + 1)), shard: $0 % 2) },
+        capacity: BookCapacity(orders: 1 << 14, levels: 1 << 10),
+        wait: WaitStrategy(spins: 1000, yields: 10, park: true, parkTimeoutNanoseconds: 50_000_000))
+    settings.plugins = plugins
+    let engine = Engine(settings: settings, log: { log.append($0) })
+    for line in try engine.start() { log.append(line) }
+    return engine
+}
+
+/// Starts an engine that must refuse; returns its error text.
+func refusal(_ plugins: PluginSettings) -> String {
+    let dir = testDirectory()
+    let log = LogLines()
+    do {
+        let engine = try pluginEngine(dir, plugins: plugins, log: log)
+        engine.stop()
+        return "(started)"
+    } catch {
+        // Nothing of the refused engine is left behind.
+        #expect(access(dir + "/engine", F_OK) != 0)
+        return "\(error)"
+    }
+}
+
+func waitFor(_ seconds: Double, _ condition: () -> Bool) -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if condition() { return true }
+        usleep(10_000)
+    }
+    return condition()
+}
+
+/// A small plugin for the host's checks: its descriptor fields come from -D flags.
+let probeSource = """
+    #include "crossbook_plugin.h"
+    #include <stdio.h>
+    #include <string.h>
+    #ifndef PROBE_NAME
+    #define PROBE_NAME "probe"
+    #endif
+    #ifndef PROBE_ABI
+    #define PROBE_ABI CB_PLUGIN_ABI_VERSION
+    #endif
+    #ifndef PROBE_SIZE
+    #define PROBE_SIZE sizeof(cb_plugin)
+    #endif
+    static int marker;
+    static int start(const cb_host_api *api, cb_host *host, void **instance, char *error, size_t size) {
+        const char *fail = api->config_get(host, "fail");
+        if (fail) { snprintf(error, size, "asked to fail: %s", fail); return CB_ERR_INVALID; }
+        uint64_t *started = NULL;
+        if (api->counter_register(host, "probe_started", "", CB_METRIC_COUNTER, &started) == CB_OK)
+            __atomic_fetch_add(started, 1, __ATOMIC_RELAXED);
+        api->log(host, CB_LOG_INFO, "probe started");
+        *instance = &marker;
+        return CB_OK;
+    }
+    static void stop(void *instance) { (void)instance; }
+    static int health(void *instance, char *message, size_t size) {
+        (void)instance;
+        snprintf(message, size, "probe fine");
+        return CB_HEALTH_OK;
+    }
+    static const cb_plugin descriptor = {
+        .size = PROBE_SIZE, .abi_version = PROBE_ABI, .name = PROBE_NAME, .version = "0.1",
+        .kinds = CB_KIND_EGRESS, .start = start, .stop = stop, .health = health,
+    };
+    #ifndef NO_ENTRY
+    CB_PLUGIN_EXPORT const cb_plugin *crossbook_plugin_entry(void) { return &descriptor; }
+    #else
+    CB_PLUGIN_EXPORT const cb_plugin *some_other_name(void) { return &descriptor; }
+    #endif
+    """
+
+@Suite("plugin host", .serialized)
+struct PluginHostTests {
+    @Test("a plugin loads, starts, shows its health and counters, and stops")
+    func loadStartStop() throws {
+        let folder = temporaryFolder()
+        defer { removeTree(folder) }
+        _ = try compilePlugin(probeSource, name: "probe", into: folder)
+        let dir = testDirectory(), log = LogLines()
+        let engine = try pluginEngine(dir, plugins: PluginSettings(directory: folder, load: [PluginSpec(name: "probe")]),
+                                      log: log)
+        let file = try EngineFile.attach(directory: dir)
+        #expect(file.pluginStatuses().map(\.name) == ["probe"])
+        #expect(file.pluginStatuses().first?.state == .running)
+        #expect(file.pluginCounters().first { $0.name == "probe_started" }?.value == 1)
+        #expect(log.contains("plugin probe [info]: probe started"))
+        // Health is asked about once a second, on the control thread.
+        #expect(waitFor(3) { file.pluginStatuses().first?.message == "probe fine" })
+        engine.stop()
+        #expect(log.contains("plugin probe: stopped"))
+    }
+
+    @Test("refused: a missing file, named with the plugin and the cause")
+    func missingFile() {
+        let folder = temporaryFolder()
+        defer { removeTree(folder) }
+        let text = refusal(PluginSettings(directory: folder, load: [PluginSpec(name: "nothere")]))
+        #expect(text.hasPrefix("plugin nothere: missing file:"), "\(text)")
+        #expect(text.contains("libcrossbook-nothere.so"), "\(text)")
+    }
+
+    @Test("refused: a missing entry point")
+    func missingEntryPoint() throws {
+        let folder = temporaryFolder()
+        defer { removeTree(folder) }
+        _ = try compilePlugin(probeSource, name: "probe", into: folder, defines: ["-DNO_ENTRY"])
+        let text = refusal(PluginSettings(directory: folder, load: [PluginSpec(name: "probe")]))
+        #expect(text.hasPrefix("plugin probe: missing entry point:"), "\(text)")
+        #expect(text.contains("crossbook_plugin_entry"), "\(text)")
+    }
+
+    @Test("refused: another ABI version, or a descriptor smaller than v1's")
+    func abiMismatch() throws {
+        let folder = temporaryFolder()
+        defer { removeTree(folder) }
+        _ = try compilePlugin(probeSource, name: "probe", into: folder, defines: ["-DPROBE_ABI=2"])
+        let text = refusal(PluginSettings(directory: folder, load: [PluginSpec(name: "probe")]))
+        #expect(text.hasPrefix("plugin probe: ABI mismatch: built for plugin ABI v2; this engine speaks v1"), "\(text)")
+        _ = try compilePlugin(probeSource, name: "small", into: folder, defines: ["-DPROBE_NAME=\"small\"", "-DPROBE_SIZE=16"])
+        let small = refusal(PluginSettings(directory: folder, load: [PluginSpec(name: "small")]))
+        #expect(small.hasPrefix("plugin small: ABI mismatch: descriptor of 16 bytes"), "\(small)")
+    }
+
+    @Test("refused: unsafe permissions (world-writable file or directory, another user's file)")
+    func unsafePermissions() throws {
+        let folder = temporaryFolder()
+        defer { removeTree(folder) }
+        let path = try compilePlugin(probeSource, name: "probe", into: folder)
+        let settings = PluginSettings(directory: folder, load: [PluginSpec(name: "probe")])
+        chmod(path, 0o757)
+        let writable = refusal(settings)
+        #expect(writable.hasPrefix("plugin probe: unsafe permissions: \(path) is writable by every user"), "\(writable)")
+        chmod(path, 0o755)
+        chmod(folder, 0o777)
+        let directory = refusal(settings)
+        #expect(directory.hasPrefix("plugin probe: unsafe permissions: plugin directory \(folder) is writable by every user"),
+                "\(directory)")
+        chmod(folder, 0o755)
+        if geteuid() == 0 {  // only root can give a file away
+            chown(path, 12345, 12345)
+            let owned = refusal(settings)
+            #expect(owned.hasPrefix("plugin probe: unsafe permissions: \(path) is owned by uid 12345"), "\(owned)")
+            chown(path, 0, 0)
+        }
+        #expect(refusal(settings) == "(started)")
+    }
+
+    @Test("refused: a file that is not a shared library, and a plugin that names itself otherwise")
+    func cannotLoad() throws {
+        let folder = temporaryFolder()
+        defer { removeTree(folder) }
+        try "not an ELF file".write(toFile: folder + "/libcrossbook-junk.so", atomically: true, encoding: .utf8)
+        let junk = refusal(PluginSettings(directory: folder, load: [PluginSpec(name: "junk")]))
+        #expect(junk.hasPrefix("plugin junk: cannot load:"), "\(junk)")
+        _ = try compilePlugin(probeSource, name: "probe", into: folder)
+        let renamed = refusal(PluginSettings(directory: folder, load: [PluginSpec(name: "other", file: "libcrossbook-probe.so")]))
+        #expect(renamed.hasPrefix("plugin other: bad descriptor:"), "\(renamed)")
+        #expect(renamed.contains("is plugin 'probe'"), "\(renamed)")
+    }
+
+    @Test("refused: start failed, with the plugin's own reason")
+    func startFailed() throws {
+        let folder = temporaryFolder()
+        defer { removeTree(folder) }
+        _ = try compilePlugin(probeSource, name: "probe", into: folder)
+        let text = refusal(PluginSettings(directory: folder, load: [PluginSpec(name: "probe", config: ["fail": "on purpose"])]))
+        #expect(text == "plugin probe: start failed: CB_ERR_INVALID: asked to fail: on purpose", "\(text)")
+    }
+
+    @Test("an optional plugin that cannot load or start is logged and skipped; the engine starts")
+    func optionalSkipped() throws {
+        let folder = temporaryFolder()
+        defer { removeTree(folder) }
+        _ = try compilePlugin(probeSource, name: "probe", into: folder)
+        let dir = testDirectory(), log = LogLines()
+        let engine = try pluginEngine(dir, plugins: PluginSettings(directory: folder, load: [
+            PluginSpec(name: "nothere", optional: true),
+            PluginSpec(name: "probe", optional: true, config: ["fail": "optional"]),
+        ]), log: log)
+        defer { engine.stop() }
+        #expect(log.contains("plugin nothere: missing file:"))
+        #expect(log.contains("(optional: skipped)"))
+        #expect(log.contains("plugin probe: start failed: CB_ERR_INVALID: asked to fail: optional (optional: skipped)"))
+        let statuses = try EngineFile.attach(directory: dir).pluginStatuses()
+        #expect(statuses.map(\.name) == ["probe"])
+        #expect(statuses.first?.state == .failed)
+    }
+
+    @Test("plugins stop in the reverse of the order they started")
+    func reverseStop() throws {
+        let folder = temporaryFolder()
+        defer { removeTree(folder) }
+        for name in ["first", "second", "third"] {
+            _ = try compilePlugin(probeSource, name: name, into: folder, defines: ["-DPROBE_NAME=\"\(name)\""])
+        }
+        let dir = testDirectory(), log = LogLines()
+        let engine = try pluginEngine(dir, plugins: PluginSettings(directory: folder, load: [
+            PluginSpec(name: "first"), PluginSpec(name: "second"), PluginSpec(name: "third"),
+        ]), log: log)
+        engine.stop()
+        let started = ["first", "second", "third"].map { log.index(of: "plugin \($0) 0.1") ?? -1 }
+        let stopped = ["first", "second", "third"].map { log.index(of: "plugin \($0): stopped") ?? -1 }
+        #expect(started == started.sorted() && !started.contains(-1), "\(log.all)")
+        #expect(stopped == stopped.sorted(by: >) && !stopped.contains(-1), "\(log.all)")
+    }
+
+    @Test("a plugin built against the first v1 header still loads after the host table grew; a newer one sees what the host lacks")
+    func abiAppendOnly() throws {
+        let folder = temporaryFolder()
+        defer { removeTree(folder) }
+        // The first published v1 header: this repository's, without the field appended since.
+        let current = try String(contentsOfFile: repositoryRoot + "/CShims/include/crossbook_plugin.h", encoding: .utf8)
+        let appended = "    uint64_t (*monotonic_ns)(cb_host *host);\n"
+        #expect(current.contains(appended))
+        let first = current.replacingOccurrences(of: appended, with: "")
+        let firstInclude = folder + "/v1.0", futureInclude = folder + "/v1.future"
+        mkdir(firstInclude, 0o755)
+        mkdir(futureInclude, 0o755)
+        try first.write(toFile: firstInclude + "/crossbook_plugin.h", atomically: true, encoding: .utf8)
+        // A header from the future: one more host function after monotonic_ns.
+        let future = current.replacingOccurrences(of: appended, with: appended + "    uint64_t (*future_fn)(cb_host *host);\n")
+        try future.write(toFile: futureInclude + "/crossbook_plugin.h", atomically: true, encoding: .utf8)
+        let versionSource = """
+            #include "crossbook_plugin.h"
+            #include <stdio.h>
+            static int marker;
+            static int start(const cb_host_api *api, cb_host *host, void **instance, char *error, size_t size) {
+                /* What a plugin may rely on: the host table holds at least what it was built with. */
+                if (api->size < sizeof(cb_host_api)) {
+            #ifdef FUTURE
+                    /* Built against a newer header: use what the host has, go without the rest. */
+                    if (!CB_HOST_HAS(api, monotonic_ns) || CB_HOST_HAS(api, future_fn)) {
+                        snprintf(error, size, "CB_HOST_HAS answered wrong"); return CB_ERR_FAILED; }
+                    api->log(host, CB_LOG_INFO, "host lacks future_fn: going without it");
+            #else
+                    snprintf(error, size, "host table of %u bytes, built for %zu", api->size, sizeof(cb_host_api));
+                    return CB_ERR_UNSUPPORTED;
+            #endif
+                }
+                cb_producer *producer = NULL;
+                if (api->producer_open(host, &producer) != CB_OK) { snprintf(error, size, "no producer"); return CB_ERR_FAILED; }
+                cb_symbol symbol = {.size = sizeof symbol};
+                if (api->symbol_lookup(host, "ETH-USD", &symbol) != CB_OK) { snprintf(error, size, "no symbol"); return CB_ERR_FAILED; }
+                cb_command c = {.version = CB_RECORD_VERSION, .type = CB_CMD_NEW, .side = CB_SIDE_BUY, .symbol_id = symbol.id,
+                                .account = 7, .order_id = 1, .price = 100, .quantity = 2};
+                if (api->producer_submit(producer, &c) != CB_OK) { snprintf(error, size, "submit failed"); return CB_ERR_FAILED; }
+                api->log(host, CB_LOG_INFO, "submitted one order");
+                *instance = &marker;
+                return CB_OK;
+            }
+            static void stop(void *instance) { (void)instance; }
+            static const cb_plugin descriptor = {
+                .size = sizeof(cb_plugin), .abi_version = CB_PLUGIN_ABI_VERSION, .name = PLUGIN_NAME, .version = "1.0",
+                .kinds = CB_KIND_INGRESS, .start = start, .stop = stop,
+            };
+            CB_PLUGIN_EXPORT const cb_plugin *crossbook_plugin_entry(void) { return &descriptor; }
+            """
+        _ = try compilePlugin(versionSource, name: "old", into: folder, include: firstInclude,
+                              defines: ["-DPLUGIN_NAME=\"old\""])
+        _ = try compilePlugin(versionSource, name: "newer", into: folder, include: futureInclude,
+                              defines: ["-DPLUGIN_NAME=\"newer\"", "-DFUTURE"])
+        let dir = testDirectory(), log = LogLines()
+        let engine = try pluginEngine(dir, plugins: PluginSettings(directory: folder, load: [
+            PluginSpec(name: "old"), PluginSpec(name: "newer"),
+        ]), log: log)
+        let file = try EngineFile.attach(directory: dir)
+        #expect(file.pluginStatuses().map(\.state) == [.running, .running])
+        #expect(log.contains("plugin old [info]: submitted one order"))
+        #expect(log.contains("plugin newer [info]: host lacks future_fn: going without it"))
+        // Both orders reached ETH-USD's shard (1) through the plugins' rings.
+        #expect(waitFor(5) { file.counters(1).read(.commands) == 2 })
+        engine.stop()
+    }
+}
+
+/// The sample order log, and what the offline replay of it reports.
+struct SampleExpectation {
+    var commands = 0
+    var accepted = 0
+    var rejected = 0
+    var trades = 0
+
+    static func compute() throws -> SampleExpectation {
+        var e = SampleExpectation()
+        let text = try String(contentsOfFile: repositoryRoot + "/samples/orders.csv", encoding: .utf8)
+        e.commands = text.split(separator: "\n").filter {
+            let t = $0.trimmingCharacters(in: .whitespaces)
+            return !t.isEmpty && !t.hasPrefix("#")
+        }.count
+        let replay = try run(buildDirectory + "/crossbook", ["replay", repositoryRoot + "/samples/orders.csv"])
+        for line in replay.output.split(separator: "\n") {
+            if line.hasPrefix("ACK,") { e.accepted += 1 }
+            if line.hasPrefix("REJ,") { e.rejected += 1 }
+            if line.hasPrefix("T,") { e.trades += 1 }
+        }
+        return e
+    }
+}
+
+@Suite("template plugins", .serialized)
+struct TemplatePluginTests {
+    /// The C template is compiled here from plugins/template/c (make builds the same file); the
+    /// Swift one is the SwiftPM product beside this test.
+    func pluginSettings(_ flavour: String, path: String, folder: String) throws -> PluginSettings {
+        if flavour == "c" {
+            let source = try String(contentsOfFile: repositoryRoot + "/plugins/template/c/template.c", encoding: .utf8)
+            _ = try compilePlugin(source, name: "template-c", into: folder)
+            return PluginSettings(directory: folder, load: [PluginSpec(name: "template-c", config: ["path": path])])
+        }
+        return PluginSettings(directory: buildDirectory, load: [PluginSpec(name: "template-swift", config: ["path": path])])
+    }
+
+    @Test("the template plugin feeds the sample orders end to end", arguments: ["c", "swift"])
+    func feedsOrders(_ flavour: String) throws {
+        let expected = try SampleExpectation.compute()
+        #expect(expected.commands == 23 && expected.trades > 0)
+        let folder = temporaryFolder()
+        defer { removeTree(folder) }
+        let dir = testDirectory(), log = LogLines()
+        let engine = try pluginEngine(dir, plugins: try pluginSettings(flavour, path: repositoryRoot + "/samples/orders.csv",
+                                                                       folder: folder), log: log)
+        let file = try EngineFile.attach(directory: dir)
+        let prefix = "template_\(flavour)_"
+        func counter(_ name: String) -> UInt64 { file.pluginCounters().first { $0.name == prefix + name }?.value ?? 0 }
+        let done = waitFor(10) {
+            counter("accepted") == UInt64(expected.accepted) && counter("rejected") == UInt64(expected.rejected)
+                && counter("trades") == UInt64(2 * expected.trades)
+        }
+        #expect(done, "accepted \(counter("accepted")) rejected \(counter("rejected")) trades \(counter("trades")); \(log.all)")
+        #expect(counter("lines") == UInt64(expected.commands))
+        #expect(counter("submitted") == UInt64(expected.commands))
+        #expect(counter("bad_lines") == 0)
+        // The shards sequenced exactly those commands and matched the same trades as the offline replay.
+        #expect(file.counters(0).read(.commands) + file.counters(1).read(.commands) == UInt64(expected.commands))
+        #expect(file.counters(0).read(.trades) + file.counters(1).read(.trades) == UInt64(expected.trades))
+        #expect(waitFor(3) { file.pluginStatuses().first?.message.hasPrefix("read all of") == true })
+        engine.stop()
+    }
+
+    @Test("the template plugin reads a named pipe as writers come and go; a bad line makes it degraded", arguments: ["c", "swift"])
+    func readsPipe(_ flavour: String) throws {
+        let folder = temporaryFolder()
+        defer { removeTree(folder) }
+        let fifo = folder + "/orders.fifo"
+        #expect(mkfifo(fifo, 0o600) == 0)
+        let dir = testDirectory(), log = LogLines()
+        let engine = try pluginEngine(dir, plugins: try pluginSettings(flavour, path: fifo, folder: folder), log: log)
+        defer { engine.stop() }
+        let file = try EngineFile.attach(directory: dir)
+        let prefix = "template_\(flavour)_"
+        func counter(_ name: String) -> UInt64 { file.pluginCounters().first { $0.name == prefix + name }?.value ?? 0 }
+        for writer in 0..<2 {
+            let fd = open(fifo, O_WRONLY)
+            #expect(fd >= 0)
+            var text = ""
+            for k in 1...50 { text += "N,SOL-USD,\(writer * 100 + k),1,B,LMT,\(100 + k),1,GTC\n" }
+            if writer == 1 { text += "N,SOL-USD,not-a-number\n" }
+            _ = text.withCString { write(fd, $0, strlen($0)) }
+            close(fd)
+        }
+        #expect(waitFor(10) { counter("accepted") == 100 }, "\(counter("accepted")) accepted; \(log.all)")
+        #expect(counter("bad_lines") == 1)
+        #expect(waitFor(3) { file.pluginStatuses().first?.health == 1 })
+        #expect(file.pluginStatuses().first?.healthName == "degraded")
+    }
+}

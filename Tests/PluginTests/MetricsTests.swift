@@ -1,0 +1,226 @@
+// metrics-prometheus: scraped over HTTP by a real client (Python's urllib) while orders flow,
+// and the answer parsed as the Prometheus text format.
+import CrossbookClient
+import CShims
+import Engine
+import Foundation
+import Glibc
+import OrderBook
+import SharedMemory
+import Testing
+
+/// A TCP port nobody listens on now.
+func freePort() -> UInt16 {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+    _ = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+    }
+    return UInt16(bigEndian: address.sin_port)
+}
+
+/// GET with Python's urllib: status, content type and body.
+func httpGet(_ url: String) throws -> (status: Int, type: String, body: String) {
+    let script = """
+        import sys, urllib.request, urllib.error
+        try:
+            r = urllib.request.urlopen(sys.argv[1], timeout=5)
+            status, ctype, body = r.status, r.headers.get('Content-Type', ''), r.read()
+        except urllib.error.HTTPError as e:
+            status, ctype, body = e.code, e.headers.get('Content-Type', ''), e.read()
+        sys.stdout.write(f"{status}\\n{ctype}\\n")
+        sys.stdout.flush()
+        sys.stdout.buffer.write(body)
+        """
+    let (code, output) = try run("/usr/bin/env", ["python3", "-c", script, url])
+    guard code == 0 else { throw CompileError(text: "python3 failed: \(output)") }
+    let parts = output.split(separator: "\n", maxSplits: 2, omittingEmptySubsequences: false)
+    return (Int(parts[0]) ?? 0, String(parts[1]), parts.count > 2 ? String(parts[2]) : "")
+}
+
+/// The text format, parsed strictly: every sample belongs to a family declared by # TYPE before
+/// it, names and labels are well formed, values are numbers.
+struct Exposition {
+    struct Sample {
+        var name: String
+        var labels: [String: String]
+        var value: Double
+    }
+
+    var types: [String: String] = [:]
+    var samples: [Sample] = []
+
+    init(_ text: String) throws {
+        let nameChars = CharacterSet(charactersIn: "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_:")
+        func bad(_ line: Substring, _ why: String) -> CompileError { CompileError(text: "\(why): \(line)") }
+        var current = ""
+        for line in text.split(separator: "\n") {
+            if line.hasPrefix("# HELP ") { continue }
+            if line.hasPrefix("# TYPE ") {
+                let f = line.split(separator: " ")
+                guard f.count == 4, ["counter", "gauge", "histogram"].contains(f[3]) else { throw bad(line, "bad TYPE") }
+                guard types[String(f[2])] == nil else { throw bad(line, "family declared twice") }
+                types[String(f[2])] = String(f[3])
+                current = String(f[2])
+                continue
+            }
+            guard !line.hasPrefix("#") else { continue }
+            var name = "", labels: [String: String] = [:], rest = Substring(line)
+            if let brace = line.firstIndex(of: "{") {
+                name = String(line[..<brace])
+                guard let close = line.lastIndex(of: "}") else { throw bad(line, "unclosed labels") }
+                var inner = line[line.index(after: brace)..<close]
+                while !inner.isEmpty {
+                    guard let eq = inner.firstIndex(of: "="), inner[inner.index(after: eq)] == "\"" else {
+                        throw bad(line, "bad label")
+                    }
+                    let key = String(inner[..<eq])
+                    var value = "", i = inner.index(eq, offsetBy: 2)
+                    while i < inner.endIndex && inner[i] != "\"" {
+                        if inner[i] == "\\" { i = inner.index(after: i) }
+                        value.append(inner[i])
+                        i = inner.index(after: i)
+                    }
+                    guard i < inner.endIndex else { throw bad(line, "unterminated label value") }
+                    labels[key] = value
+                    inner = inner[inner.index(after: i)...]
+                    if inner.hasPrefix(",") { inner = inner.dropFirst() }
+                }
+                rest = line[line.index(after: close)...]
+            } else {
+                guard let space = line.firstIndex(of: " ") else { throw bad(line, "no value") }
+                name = String(line[..<space])
+                rest = line[space...]
+            }
+            guard !name.isEmpty, name.unicodeScalars.allSatisfy({ nameChars.contains($0) }) else { throw bad(line, "bad name") }
+            let valueText = rest.trimmingCharacters(in: .whitespaces)
+            guard let value = Double(valueText) ?? (valueText == "+Inf" ? .infinity : nil) else { throw bad(line, "bad value") }
+            let family = types[name] != nil ? name
+                : ["_bucket", "_sum", "_count"].compactMap { name.hasSuffix($0) ? String(name.dropLast($0.count)) : nil }.first ?? name
+            guard family == current, types[family] != nil else { throw bad(line, "sample outside its family (\(current))") }
+            samples.append(Sample(name: name, labels: labels, value: value))
+        }
+    }
+
+    func value(_ name: String, _ labels: [String: String] = [:]) -> Double? {
+        samples.first { sample in sample.name == name && labels.allSatisfy { k, v in sample.labels[k] == v } }?.value
+    }
+
+    func all(_ name: String) -> [Sample] { samples.filter { $0.name == name } }
+}
+
+@Suite("metrics-prometheus", .serialized)
+struct MetricsPluginTests {
+    @Test("GET /metrics under load: valid text format, counters move, histograms consistent, per symbol sums to per shard")
+    func scrapeUnderLoad() throws {
+        let port = freePort()
+        let dir = testDirectory(), log = LogLines()
+        let engine = try pluginEngine(dir, plugins: PluginSettings(directory: buildDirectory, load: [
+            PluginSpec(name: "metrics-prometheus", config: ["listen": "127.0.0.1:\(port)"]),
+        ]), log: log)
+        defer { engine.stop() }
+        let url = "http://127.0.0.1:\(port)/metrics"
+        nonisolated(unsafe) let stop = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
+        stop.initialize(to: 0)
+        let loader = Thread {
+            guard let client = try? CrossbookClient(instance: "p", directory: dir) else { return }
+            let symbols = symbolNames.compactMap { try? client.symbol($0) }
+            var id: OrderId = 1
+            while cb_load_acquire_u32(stop) == 0 {
+                for k in 0..<64 {
+                    let side: Side = k % 2 == 0 ? .buy : .sell
+                    // Some off the band: rejects with a reason.
+                    let price: Price = id % 50 == 0 ? 0 : 1000 + Price(id % 7)
+                    _ = client.submit(.new(NewOrder(orderId: id, side: side, price: price, quantity: 1)),
+                                      symbol: symbols[Int(id) % symbols.count], flush: false)
+                    id += 1
+                }
+                client.flush()
+                _ = try? client.poll { _ in }
+                usleep(200)
+            }
+            client.close()
+        }
+        loader.start()
+        defer {
+            cb_store_release_u32(stop, 1)
+            usleep(100_000)
+        }
+        #expect(waitFor(5) { (try? EngineFile.attach(directory: dir).counters(0).read(.commands)) ?? 0 > 1000 })
+        let first = try httpGet(url)
+        usleep(300_000)
+        let second = try httpGet(url)
+        #expect(first.status == 200)
+        #expect(first.type == "text/plain; version=0.0.4; charset=utf-8")
+        let a = try Exposition(first.body), b = try Exposition(second.body)
+        for family in ["crossbook_shard_commands_total", "crossbook_shard_trades_total", "crossbook_shard_rejects_by_reason_total",
+                       "crossbook_shard_ring_backlog", "crossbook_shard_batch_size", "crossbook_match_batch_seconds",
+                       "crossbook_journal_sync_seconds", "crossbook_shard_cpu_seconds_total", "crossbook_symbol_commands_total",
+                       "crossbook_symbol_trades_total", "crossbook_plugin_health", "crossbook_plugin_metrics_scrapes_total"] {
+            #expect(a.types[family] != nil, "\(family) missing")
+        }
+        #expect(a.types["crossbook_match_batch_seconds"] == "histogram")
+        // Under load the counters move between two scrapes.
+        let commandsA = a.all("crossbook_shard_commands_total").map(\.value).reduce(0, +)
+        let commandsB = b.all("crossbook_shard_commands_total").map(\.value).reduce(0, +)
+        #expect(commandsB > commandsA, "\(commandsA) -> \(commandsB)")
+        #expect(b.value("crossbook_plugin_metrics_scrapes_total", ["plugin": "metrics-prometheus"]) ?? 0 >= 1)
+        #expect(b.value("crossbook_engine_running") == 1)
+        // Rejects by reason: the zero prices, under their reason, adding up to the rejects.
+        let byReason = b.all("crossbook_shard_rejects_by_reason_total").filter { $0.value > 0 }
+        #expect(!byReason.isEmpty && byReason.allSatisfy { $0.labels["reason"] != nil })
+        // Histograms: buckets cumulative, +Inf equals _count.
+        for family in ["crossbook_match_batch_seconds", "crossbook_shard_batch_size"] {
+            for shard in ["0", "1"] {
+                let buckets = b.all(family + "_bucket").filter { $0.labels["shard"] == shard }
+                #expect(buckets.count > 2)
+                #expect(zip(buckets, buckets.dropFirst()).allSatisfy { $0.value <= $1.value }, "\(family) not cumulative")
+                #expect(buckets.last?.labels["le"] == "+Inf")
+                #expect(buckets.last?.value == b.value(family + "_count", ["shard": shard]))
+            }
+        }
+        #expect(b.value("crossbook_match_batch_seconds_count", ["shard": "0"]) ?? 0 > 0)
+        #expect(b.value("crossbook_shard_cpu_seconds_total", ["shard": "0"]) ?? 0 > 0)
+        // Per symbol adds up to per shard (each symbol's commands are counted by its shard).
+        cb_store_release_u32(stop, 1)
+        usleep(300_000)
+        let still = try Exposition(try httpGet(url).body)
+        for shard in ["0", "1"] {
+            let bySymbol = still.all("crossbook_symbol_commands_total").filter { $0.labels["shard"] == shard }.map(\.value)
+            #expect(bySymbol.count == 2)
+            #expect(bySymbol.reduce(0, +) == still.value("crossbook_shard_commands_total", ["shard": shard]))
+        }
+        let notFound = try httpGet("http://127.0.0.1:\(port)/nothing")
+        #expect(notFound.status == 404)
+    }
+
+    @Test("a port already taken: start fails with the address and the reason")
+    func portTaken() throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+        _ = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        listen(fd, 1)
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        let port = UInt16(bigEndian: address.sin_port)
+        let text = refusal(PluginSettings(directory: buildDirectory, load: [
+            PluginSpec(name: "metrics-prometheus", config: ["listen": "127.0.0.1:\(port)"]),
+        ]))
+        #expect(text == "plugin metrics-prometheus: start failed: CB_ERR_IO: cannot listen on 127.0.0.1:\(port): Address already in use",
+                "\(text)")
+    }
+}
