@@ -210,8 +210,12 @@ public final class Engine: @unchecked Sendable {
                 throw error
             }
         }
-        // Snapshot stores start before recovery: it reads their snapshots.
-        do { try pluginHost?.startAll(snapshotStores: true) } catch {
+        // Snapshot stores start before recovery: it reads their snapshots. Without a journal
+        // there are no snapshots: they stay loaded, not started.
+        if s.durability == .none, let host = pluginHost, host.loaded.contains(where: \.isSnapshotStore) {
+            log("durability none: no snapshots, the snapshot-store plugin is not started")
+        }
+        do { try pluginHost?.startAll(snapshotStores: true, allowed: s.durability != .none) } catch {
             stop()
             throw EngineError("\(error)")
         }
