@@ -353,6 +353,111 @@ struct PluginHostTests {
     }
 }
 
+/// An egress plugin (subscribes to every shard's market data and counts it) that also checks
+/// what a producer answers for an unknown symbol, and that a malformed record comes back as a
+/// rejected report, not a crash.
+let egressSource = """
+    #define _GNU_SOURCE
+    #include "crossbook_plugin.h"
+    #include <pthread.h>
+    #include <stdio.h>
+    #include <stdlib.h>
+    #include <time.h>
+    typedef struct state {
+        const cb_host_api *api; cb_host *host; cb_producer *producer;
+        cb_subscription *subs[8]; uint32_t shards; int stopping; pthread_t thread;
+        uint64_t *trades, *levels, *malformed, *detached;
+    } state;
+    static void *run(void *arg) {
+        state *s = arg;
+        cb_market_event events[32];
+        cb_report reports[8];
+        while (!__atomic_load_n(&s->stopping, __ATOMIC_ACQUIRE)) {
+            for (uint32_t i = 0; i < s->shards; i++) {
+                int n = s->api->subscription_poll(s->subs[i], events, 32);
+                if (n == CB_ERR_CLOSED) { __atomic_fetch_add(s->detached, 1, __ATOMIC_RELAXED); continue; }
+                for (int k = 0; k < n; k++)
+                    __atomic_fetch_add(events[k].type == CB_EVENT_TRADE ? s->trades : s->levels, 1, __ATOMIC_RELAXED);
+            }
+            int n = s->api->producer_poll(s->producer, reports, 8);
+            for (int k = 0; k < n; k++)
+                if (reports[k].type == CB_REPORT_REJECTED && reports[k].code == 15 && reports[k].order_id == 77)
+                    __atomic_fetch_add(s->malformed, 1, __ATOMIC_RELAXED);
+            struct timespec pause = {0, 1000000};
+            nanosleep(&pause, NULL);
+        }
+        return NULL;
+    }
+    static int start(const cb_host_api *api, cb_host *host, void **instance, char *error, size_t size) {
+        state *s = calloc(1, sizeof *s);
+        s->api = api; s->host = host; s->shards = api->shard_count(host);
+        if (s->shards == 0 || s->shards > 8) { snprintf(error, size, "shards %u", s->shards); return CB_ERR_FAILED; }
+        for (uint32_t i = 0; i < s->shards; i++)
+            if (api->subscribe(host, i, &s->subs[i]) != CB_OK) { snprintf(error, size, "subscribe %u", i); return CB_ERR_FAILED; }
+        cb_subscription *bad = NULL;
+        if (api->subscribe(host, 99, &bad) != CB_ERR_INVALID) { snprintf(error, size, "shard 99 accepted"); return CB_ERR_FAILED; }
+        if (api->producer_open(host, &s->producer) != CB_OK) { snprintf(error, size, "producer"); return CB_ERR_FAILED; }
+        cb_command c = {.version = CB_RECORD_VERSION, .type = CB_CMD_NEW, .symbol_id = 999, .order_id = 1, .price = 1, .quantity = 1};
+        if (api->producer_submit(s->producer, &c) != CB_ERR_UNKNOWN_SYMBOL) { snprintf(error, size, "symbol 999 accepted"); return CB_ERR_FAILED; }
+        /* A record with a stray reserved byte: the shard must reject it (malformed), not trust it. */
+        cb_symbol symbol = {.size = sizeof symbol};
+        api->symbol_lookup(host, "BTC-USD", &symbol);
+        cb_command m = {.version = CB_RECORD_VERSION, .type = CB_CMD_NEW, .symbol_id = symbol.id, .order_id = 77,
+                        .price = 100, .quantity = 1, .reserved1 = 0xDEAD};
+        if (api->producer_submit(s->producer, &m) != CB_OK) { snprintf(error, size, "submit"); return CB_ERR_FAILED; }
+        api->counter_register(host, "egress_trades", "", CB_METRIC_COUNTER, &s->trades);
+        api->counter_register(host, "egress_levels", "", CB_METRIC_COUNTER, &s->levels);
+        api->counter_register(host, "egress_malformed_rejects", "", CB_METRIC_COUNTER, &s->malformed);
+        api->counter_register(host, "egress_detached", "", CB_METRIC_GAUGE, &s->detached);
+        pthread_create(&s->thread, NULL, run, s);
+        *instance = s;
+        return CB_OK;
+    }
+    static void stop(void *instance) {
+        state *s = instance;
+        __atomic_store_n(&s->stopping, 1, __ATOMIC_RELEASE);
+        pthread_join(s->thread, NULL);
+        for (uint32_t i = 0; i < s->shards; i++) s->api->subscription_close(s->subs[i]);
+        s->api->producer_close(s->producer);
+        free(s);
+    }
+    static const cb_plugin descriptor = {
+        .size = sizeof(cb_plugin), .abi_version = CB_PLUGIN_ABI_VERSION, .name = "egress", .version = "1.0",
+        .kinds = CB_KIND_EGRESS | CB_KIND_INGRESS, .start = start, .stop = stop,
+    };
+    CB_PLUGIN_EXPORT const cb_plugin *crossbook_plugin_entry(void) { return &descriptor; }
+    """
+
+@Suite("plugin producers and subscriptions", .serialized)
+struct PluginRingTests {
+    @Test("a subscription sees every shard's market data; a producer refuses unknown symbols and its malformed record is rejected with a reason")
+    func subscribeAndProduce() throws {
+        let folder = temporaryFolder()
+        defer { removeTree(folder) }
+        _ = try compilePlugin(egressSource, name: "egress", into: folder)
+        let dir = testDirectory(), log = LogLines()
+        let engine = try pluginEngine(dir, plugins: PluginSettings(directory: folder, load: [PluginSpec(name: "egress")]),
+                                      log: log)
+        defer { engine.stop() }
+        let file = try EngineFile.attach(directory: dir)
+        func counter(_ name: String) -> UInt64 { file.pluginCounters().first { $0.name == name }?.value ?? 0 }
+        #expect(waitFor(5) { counter("egress_malformed_rejects") == 1 }, "\(log.all)")
+        #expect(file.counters(0).read(.malformed) == 1)
+        // A trade on each shard (BTC-USD on shard 0, ETH-USD on shard 1) from a client process's session.
+        let client = try CrossbookClient(instance: "p", directory: dir)
+        for name in ["BTC-USD", "ETH-USD"] {
+            let symbol = try client.symbol(name)
+            #expect(client.submit(.new(NewOrder(orderId: 1, side: .sell, price: 100, quantity: 5)), symbol: symbol))
+            #expect(client.submit(.new(NewOrder(orderId: 2, side: .buy, price: 100, quantity: 5)), symbol: symbol))
+        }
+        #expect(waitFor(5) { counter("egress_trades") == 2 }, "trades \(counter("egress_trades"))")
+        // Each side's level appeared and went: four level events per symbol.
+        #expect(waitFor(5) { counter("egress_levels") == 4 }, "levels \(counter("egress_levels"))")
+        #expect(counter("egress_detached") == 0)
+        client.close()
+    }
+}
+
 /// The sample order log, and what the offline replay of it reports.
 struct SampleExpectation {
     var commands = 0
