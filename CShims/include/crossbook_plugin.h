@@ -310,6 +310,16 @@ typedef struct cb_plugin {
 
 typedef const cb_plugin *(*cb_plugin_entry_fn)(void);
 
+/* A convenience, not part of the ABI (compiled into the plugin): copies `text` into a
+ * message buffer of `size` bytes (start's error, health's message), cut and NUL-terminated. */
+static inline void cb_copy_text(char *out, size_t size, const char *text) {
+    if (out == NULL || size == 0) return;
+    size_t n = 0;
+    if (text != NULL)
+        while (text[n] != 0 && n + 1 < size) { out[n] = text[n]; n++; }
+    out[n] = 0;
+}
+
 #ifdef __cplusplus
 }
 #endif

@@ -9,10 +9,9 @@ import OrderBook
 import SharedMemory
 import Testing
 
-/// A TCP port nobody listens on now.
-func freePort() -> UInt16 {
+/// A socket bound to 127.0.0.1 on a port the kernel picks: (fd, port).
+func boundSocket() -> (fd: Int32, port: UInt16) {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
     address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
@@ -23,7 +22,14 @@ func freePort() -> UInt16 {
     _ = withUnsafeMutablePointer(to: &address) {
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
     }
-    return UInt16(bigEndian: address.sin_port)
+    return (fd, UInt16(bigEndian: address.sin_port))
+}
+
+/// A TCP port nobody listens on now.
+func freePort() -> UInt16 {
+    let (fd, port) = boundSocket()
+    close(fd)
+    return port
 }
 
 /// GET with Python's urllib: status, content type and body.
@@ -203,20 +209,9 @@ struct MetricsPluginTests {
 
     @Test("a port already taken: start fails with the address and the reason")
     func portTaken() throws {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let (fd, port) = boundSocket()
         defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
-        _ = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
         listen(fd, 1)
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
-        }
-        let port = UInt16(bigEndian: address.sin_port)
         let text = refusal(PluginSettings(directory: buildDirectory, load: [
             PluginSpec(name: "metrics-prometheus", config: ["listen": "127.0.0.1:\(port)"]),
         ]))

@@ -8,12 +8,6 @@
 import CShims
 import Glibc
 
-func copyText(_ text: String, _ out: UnsafeMutablePointer<CChar>?, _ size: Int) {
-    guard let out, size > 0 else { return }
-    let bytes = Array(text.utf8.prefix(size - 1))
-    for (i, b) in bytes.enumerated() { out[i] = CChar(bitPattern: b) }
-    out[bytes.count] = 0
-}
 
 final class MetricsServer: @unchecked Sendable {
     let api: UnsafePointer<cb_host_api>
@@ -200,12 +194,12 @@ nonisolated(unsafe) let metricsDescriptor: UnsafeMutablePointer<cb_plugin> = {
         guard let api, let host, let instance else { return CB_ERR_INVALID.rawValue }
         let listen = api.pointee.config_get(host, "listen").map { String(cString: $0) } ?? "127.0.0.1:9464"
         guard var address = parseListen(listen) else {
-            copyText("listen = '\(listen)': give host:port, e.g. 127.0.0.1:9464", error, errorSize)
+            cb_copy_text(error, errorSize, "listen = '\(listen)': give host:port, e.g. 127.0.0.1:9464")
             return CB_ERR_INVALID.rawValue
         }
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else {
-            copyText("socket: \(String(cString: strerror(errno)))", error, errorSize)
+            cb_copy_text(error, errorSize, "socket: \(String(cString: strerror(errno)))")
             return CB_ERR_IO.rawValue
         }
         var one: Int32 = 1
@@ -216,7 +210,7 @@ nonisolated(unsafe) let metricsDescriptor: UnsafeMutablePointer<cb_plugin> = {
         guard bound == 0, Glibc.listen(fd, 64) == 0 else {
             let why = String(cString: strerror(errno))
             close(fd)
-            copyText("cannot listen on \(listen): \(why)", error, errorSize)
+            cb_copy_text(error, errorSize, "cannot listen on \(listen): \(why)")
             return CB_ERR_IO.rawValue
         }
         let server = MetricsServer(api: api, host: host, listener: fd, address: listen)
@@ -231,7 +225,7 @@ nonisolated(unsafe) let metricsDescriptor: UnsafeMutablePointer<cb_plugin> = {
         guard rc == 0 else {
             close(fd)
             Unmanaged<MetricsServer>.fromOpaque(context).release()
-            copyText("pthread_create: \(String(cString: strerror(rc)))", error, errorSize)
+            cb_copy_text(error, errorSize, "pthread_create: \(String(cString: strerror(rc)))")
             return CB_ERR_FAILED.rawValue
         }
         server.log(CB_LOG_INFO, "serving http://\(listen)/metrics")
@@ -249,8 +243,8 @@ nonisolated(unsafe) let metricsDescriptor: UnsafeMutablePointer<cb_plugin> = {
         guard let instance else { return Int32(CB_HEALTH_FAILED.rawValue) }
         let server = Unmanaged<MetricsServer>.fromOpaque(instance).takeUnretainedValue()
         let scrapes = server.scrapes.map { cb_load_relaxed_u64($0) } ?? 0
-        copyText("http://\(server.address)/metrics, \(scrapes) scrapes\(server.lastError.isEmpty ? "" : ", last error: " + server.lastError)",
-                 message, size)
+        cb_copy_text(message, size,
+                     "http://\(server.address)/metrics, \(scrapes) scrapes\(server.lastError.isEmpty ? "" : ", last error: " + server.lastError)")
         return Int32(CB_HEALTH_OK.rawValue)
     }
     return d

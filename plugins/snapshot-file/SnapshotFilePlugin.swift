@@ -130,12 +130,6 @@ final class FileStore {
     }
 }
 
-func copyText(_ text: String, _ out: UnsafeMutablePointer<CChar>?, _ size: Int) {
-    guard let out, size > 0 else { return }
-    let bytes = Array(text.utf8.prefix(size - 1))
-    for (i, b) in bytes.enumerated() { out[i] = CChar(bitPattern: b) }
-    out[bytes.count] = 0
-}
 
 /// The plugin's instance: its store and the struct it registered.
 final class SnapshotFilePlugin {
@@ -155,17 +149,17 @@ nonisolated(unsafe) let snapshotFileDescriptor: UnsafeMutablePointer<cb_plugin> 
         guard let api, let host, let instance else { return CB_ERR_INVALID.rawValue }
         let value = { (key: String) -> String? in api.pointee.config_get(host, key).map { String(cString: $0) } }
         guard let directory = value("dir") ?? value("engine.data_dir") else {
-            copyText("no dir configured and no engine.data_dir", error, errorSize)
+            cb_copy_text(error, errorSize, "no dir configured and no engine.data_dir")
             return CB_ERR_INVALID.rawValue
         }
         let keepText = value("keep") ?? value("engine.snapshots_kept") ?? "3"
         guard let keep = Int(keepText), keep >= 1 else {
-            copyText("keep must be a positive integer, got '\(keepText)'", error, errorSize)
+            cb_copy_text(error, errorSize, "keep must be a positive integer, got '\(keepText)'")
             return CB_ERR_INVALID.rawValue
         }
         var info = stat()
         guard stat(directory, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else {
-            copyText("dir \(directory) is not a directory", error, errorSize)
+            cb_copy_text(error, errorSize, "dir \(directory) is not a directory")
             return CB_ERR_INVALID.rawValue
         }
         let plugin = SnapshotFilePlugin(store: FileStore(directory: directory, keep: keep))
@@ -177,7 +171,7 @@ nonisolated(unsafe) let snapshotFileDescriptor: UnsafeMutablePointer<cb_plugin> 
             let plugin = Unmanaged<SnapshotFilePlugin>.fromOpaque(context!).takeUnretainedValue()
             if let why = plugin.store.save(shard: shard, sequence: sequence,
                                            body: UnsafeRawBufferPointer(start: body, count: length)) {
-                copyText(why, error, errorSize)
+                cb_copy_text(error, errorSize, why)
                 return CB_ERR_IO.rawValue
             }
             return CB_OK.rawValue
@@ -196,14 +190,14 @@ nonisolated(unsafe) let snapshotFileDescriptor: UnsafeMutablePointer<cb_plugin> 
                 snapshot.body.withUnsafeBufferPointer { sink?(sinkContext, $0.baseAddress, $0.count) }
                 return CB_OK.rawValue
             case .failure(let failure):
-                copyText(failure.message, error, errorSize)
+                cb_copy_text(error, errorSize, failure.message)
                 return failure.status.rawValue
             }
         }
         let rc = api.pointee.snapshot_store_register(host, &store)
         guard rc == CB_OK.rawValue else {
             Unmanaged<SnapshotFilePlugin>.fromOpaque(context).release()
-            copyText("the host refused the store (status \(rc)): is another snapshot store loaded?", error, errorSize)
+            cb_copy_text(error, errorSize, "the host refused the store (status \(rc)): is another snapshot store loaded?")
             return rc
         }
         instance.pointee = context
@@ -217,10 +211,10 @@ nonisolated(unsafe) let snapshotFileDescriptor: UnsafeMutablePointer<cb_plugin> 
         guard let instance else { return Int32(CB_HEALTH_FAILED.rawValue) }
         let plugin = Unmanaged<SnapshotFilePlugin>.fromOpaque(instance).takeUnretainedValue()
         guard access(plugin.store.directory, W_OK) == 0 else {
-            copyText("\(plugin.store.directory) is not writable", message, size)
+            cb_copy_text(message, size, "\(plugin.store.directory) is not writable")
             return Int32(CB_HEALTH_FAILED.rawValue)
         }
-        copyText("storing in \(plugin.store.directory), keeping \(plugin.store.keep)", message, size)
+        cb_copy_text(message, size, "storing in \(plugin.store.directory), keeping \(plugin.store.keep)")
         return Int32(CB_HEALTH_OK.rawValue)
     }
     return d

@@ -12,12 +12,6 @@
 import CShims
 import Glibc
 
-func copyText(_ text: String, _ out: UnsafeMutablePointer<CChar>?, _ size: Int) {
-    guard let out, size > 0 else { return }
-    let bytes = Array(text.utf8.prefix(size - 1))
-    for (i, b) in bytes.enumerated() { out[i] = CChar(bitPattern: b) }
-    out[bytes.count] = 0
-}
 
 final class TemplatePlugin: @unchecked Sendable {
     let api: UnsafePointer<cb_host_api>
@@ -202,14 +196,14 @@ nonisolated(unsafe) let templateDescriptor: UnsafeMutablePointer<cb_plugin> = {
     d.pointee.start = { api, host, instance, error, errorSize in
         guard let api, let host, let instance else { return CB_ERR_INVALID.rawValue }
         guard let pathPointer = api.pointee.config_get(host, "path"), pathPointer.pointee != 0 else {
-            copyText("config 'path' (the file or pipe to read orders from) is required", error, errorSize)
+            cb_copy_text(error, errorSize, "config 'path' (the file or pipe to read orders from) is required")
             return CB_ERR_INVALID.rawValue
         }
         let path = String(cString: pathPointer)
         // O_NONBLOCK: opening a pipe does not wait for a writer, and stop is never stuck in read.
         let fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
         guard fd >= 0 else {
-            copyText("cannot open \(path): \(String(cString: strerror(errno)))", error, errorSize)
+            cb_copy_text(error, errorSize, "cannot open \(path): \(String(cString: strerror(errno)))")
             return CB_ERR_IO.rawValue
         }
         var info = stat()
@@ -218,7 +212,7 @@ nonisolated(unsafe) let templateDescriptor: UnsafeMutablePointer<cb_plugin> = {
         let rc = api.pointee.producer_open(host, &plugin.producer)
         guard rc == CB_OK.rawValue else {
             close(fd)
-            copyText("cannot open a producer (status \(rc))", error, errorSize)
+            cb_copy_text(error, errorSize, "cannot open a producer (status \(rc))")
             return rc
         }
         let counters: [(String, String, ReferenceWritableKeyPath<TemplatePlugin, UnsafeMutablePointer<UInt64>?>)] = [
@@ -243,7 +237,7 @@ nonisolated(unsafe) let templateDescriptor: UnsafeMutablePointer<cb_plugin> = {
             api.pointee.producer_close(plugin.producer)
             close(fd)
             Unmanaged<TemplatePlugin>.fromOpaque(context).release()
-            copyText("pthread_create: \(String(cString: strerror(created)))", error, errorSize)
+            cb_copy_text(error, errorSize, "pthread_create: \(String(cString: strerror(created)))")
             return CB_ERR_FAILED.rawValue
         }
         plugin.log(CB_LOG_INFO, "reading orders from \(path) (\(plugin.isPipe ? "pipe" : "file"))")
@@ -263,8 +257,8 @@ nonisolated(unsafe) let templateDescriptor: UnsafeMutablePointer<cb_plugin> = {
         let plugin = Unmanaged<TemplatePlugin>.fromOpaque(instance).takeUnretainedValue()
         let submitted = plugin.submitted.map { cb_load_relaxed_u64($0) } ?? 0
         let bad = plugin.badLines.map { cb_load_relaxed_u64($0) } ?? 0
-        copyText("\(plugin.finished ? "read all of" : "reading") \(plugin.path): \(submitted) submitted, \(bad) bad lines",
-                 message, size)
+        cb_copy_text(message, size,
+                     "\(plugin.finished ? "read all of" : "reading") \(plugin.path): \(submitted) submitted, \(bad) bad lines")
         return Int32(bad > 0 ? CB_HEALTH_DEGRADED.rawValue : CB_HEALTH_OK.rawValue)
     }
     return d
