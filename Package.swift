@@ -60,12 +60,14 @@ let package = Package(
         .target(name: "MetricsPrometheusPlugin", dependencies: ["CShims"], path: "plugins/metrics-prometheus",
                 sources: ["MetricsPrometheusPlugin.swift"]),
         .target(name: "TemplateSwiftPlugin", dependencies: ["CShims"], path: "plugins/template/swift"),
+        // Helpers shared by the test targets (not a test target itself).
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "OrderBookTests", dependencies: ["OrderBook", "Workloads"]),
         .testTarget(name: "WireTests", dependencies: ["Wire", "OrderBook", "CShims"]),
         .testTarget(name: "SharedMemoryTests", dependencies: ["SharedMemory", "Wire", "OrderBook", "CShims", "crossbook"]),
         .testTarget(name: "CrossbookCLITests", dependencies: ["crossbook", "Journal"]),
-        .testTarget(name: "JournalTests", dependencies: ["Journal", "Workloads"]),
-        .testTarget(name: "EngineTests", dependencies: ["Engine", "CrossbookClient", "SharedMemory", "Wire", "OrderBook", "crossbook"]),
-        .testTarget(name: "PluginTests", dependencies: ["Engine", "CrossbookClient", "SharedMemory", "Wire", "OrderBook", "CShims", "crossbook"]),
+        .testTarget(name: "JournalTests", dependencies: ["Journal", "Workloads", "TestSupport"]),
+        .testTarget(name: "EngineTests", dependencies: ["Engine", "CrossbookClient", "SharedMemory", "Wire", "OrderBook", "crossbook", "TestSupport"]),
+        .testTarget(name: "PluginTests", dependencies: ["Engine", "CrossbookClient", "SharedMemory", "Wire", "OrderBook", "CShims", "crossbook", "TestSupport"]),
     ]
 )

@@ -8,6 +8,7 @@ import Journal
 import OrderBook
 import SharedMemory
 import Testing
+import TestSupport
 import Wire
 
 /// The embedded default's symbols, as `crossbook run` without a config has them.
@@ -53,7 +54,6 @@ func copyDirectory(_ from: String, _ to: String) {
     }
 }
 
-func removeTree(_ dir: String) { try? FileManager.default.removeItem(atPath: dir) }
 
 @Suite("Durability", .serialized)
 struct DurabilityTests {
@@ -253,78 +253,67 @@ struct FullDiskEngineTests {
         let root = NSTemporaryDirectory() + "crossbook-fulldisk-\(UUID().uuidString.prefix(8))"
         mkdir(root, 0o700)
         defer { rmdir(root) }
-        let mount = Process()
-        mount.executableURL = URL(fileURLWithPath: "/bin/mount")
-        mount.arguments = ["-t", "tmpfs", "-o", "size=1m", "tmpfs", root]
-        try mount.run()
-        mount.waitUntilExit()
-        try #require(mount.terminationStatus == 0, "mounting a tmpfs needs root (CI and make test run as root)")
-        defer {
-            let umount = Process()
-            umount.executableURL = URL(fileURLWithPath: "/bin/umount")
-            umount.arguments = [root]
-            try? umount.run()
-            umount.waitUntilExit()
-        }
-        // Half the file system is taken by a file that will go away later.
-        let filler = root + "/filler"
-        let fd = open(filler, O_WRONLY | O_CREAT, 0o600)
-        #expect(posix_fallocate(fd, 0, 512 << 10) == 0)
-        close(fd)
-        let data = root + "/data"
-        let dir = testDirectory()
-        var settings = EngineSettings(instance: "fd", directory: dir, shards: [ShardSettings(core: nil)],
-                                      symbols: [(spec: SymbolSpec(name: "BTC-USD", id: 1), shard: 0)],
-                                      capacity: BookCapacity(orders: 1 << 16, levels: 1 << 12),
-                                      wait: WaitStrategy(spins: 1000, yields: 10, park: true, parkTimeoutNanoseconds: 20_000_000))
-        settings.durability = .sync
-        settings.dataDirectory = data
-        settings.journalSegmentSize = 128 << 10
-        let engine = Engine(settings: settings, log: { _ in })
-        _ = try engine.start()
-        defer { engine.stop() }
-        let client = try CrossbookClient(instance: "fd", directory: dir)
-        let btc = try client.symbol("BTC-USD")
-        var acked = Set<Int64>()
-        var id: OrderId = 0
-        var sending = true
-        func pump(_ seconds: Double) throws {
-            let until = Date().addingTimeInterval(seconds)
-            while Date() < until {
-                if sending && id - OrderId(acked.count) < 500 {
-                    id += 1
-                    _ = client.submit(.new(NewOrder(orderId: id, side: id % 2 == 0 ? .buy : .sell, price: 1000 + Price(id % 50),
-                                                    quantity: 1)), symbol: btc)
+        try withTmpfs(size: "1m", at: root) {
+            // Half the file system is taken by a file that will go away later.
+            let filler = root + "/filler"
+            let fd = open(filler, O_WRONLY | O_CREAT, 0o600)
+            #expect(posix_fallocate(fd, 0, 512 << 10) == 0)
+            close(fd)
+            let data = root + "/data"
+            let dir = testDirectory()
+            var settings = EngineSettings(instance: "fd", directory: dir, shards: [ShardSettings(core: nil)],
+                                          symbols: [(spec: SymbolSpec(name: "BTC-USD", id: 1), shard: 0)],
+                                          capacity: BookCapacity(orders: 1 << 16, levels: 1 << 12),
+                                          wait: WaitStrategy(spins: 1000, yields: 10, park: true, parkTimeoutNanoseconds: 20_000_000))
+            settings.durability = .sync
+            settings.dataDirectory = data
+            settings.journalSegmentSize = 128 << 10
+            let engine = Engine(settings: settings, log: { _ in })
+            _ = try engine.start()
+            defer { engine.stop() }
+            let client = try CrossbookClient(instance: "fd", directory: dir)
+            let btc = try client.symbol("BTC-USD")
+            var acked = Set<Int64>()
+            var id: OrderId = 0
+            var sending = true
+            func pump(_ seconds: Double) throws {
+                let until = Date().addingTimeInterval(seconds)
+                while Date() < until {
+                    if sending && id - OrderId(acked.count) < 500 {
+                        id += 1
+                        _ = client.submit(.new(NewOrder(orderId: id, side: id % 2 == 0 ? .buy : .sell, price: 1000 + Price(id % 50),
+                                                        quantity: 1)), symbol: btc)
+                    }
+                    _ = try client.poll { if $0.kind == .accepted { acked.insert($0.orderId) } }
                 }
-                _ = try client.poll { if $0.kind == .accepted { acked.insert($0.orderId) } }
             }
+            // Fill the disk: acknowledgements stop, the shard says it is refusing.
+            let control = try EngineFile.attach(directory: dir)
+            var refusing = false
+            for _ in 0..<100 where !refusing {
+                try pump(0.1)
+                refusing = control.counters(0).read(.journalFailed) == 1
+            }
+            #expect(refusing, "the journal never filled the disk")
+            let ackedWhenFull = acked.count
+            try pump(0.5)
+            #expect(acked.count == ackedWhenFull, "nothing is acknowledged while the disk is full")
+            #expect(control.counters(0).read(.journalFailures) > 0)
+            // Space returns: the shard takes the waiting commands, and everything sent is acknowledged
+            // (nothing new is sent, or the disk would fill again).
+            sending = false
+            unlink(filler)
+            let deadline = Date().addingTimeInterval(10)
+            while acked.count < Int(id) && Date() < deadline { try pump(0.05) }
+            #expect(acked.count == Int(id), "\(acked.count) of \(id) acknowledged after space returned")
+            #expect(control.counters(0).read(.journalFailed) == 0)
+            client.close()
+            // The journal is whole: every acknowledged order is in it, in sequence.
+            var journaled = Set<Int64>()
+            _ = try JournalReader.scan(directory: data, shard: 0, repair: false) { _, _, payload in
+                if let d = try? CommandRecord.decode(payload.baseAddress!), case .new(let o) = d.command { journaled.insert(o.orderId) }
+            }
+            #expect(acked.isSubset(of: journaled))
         }
-        // Fill the disk: acknowledgements stop, the shard says it is refusing.
-        let control = try EngineFile.attach(directory: dir)
-        var refusing = false
-        for _ in 0..<100 where !refusing {
-            try pump(0.1)
-            refusing = control.counters(0).read(.journalFailed) == 1
-        }
-        #expect(refusing, "the journal never filled the disk")
-        let ackedWhenFull = acked.count
-        try pump(0.5)
-        #expect(acked.count == ackedWhenFull, "nothing is acknowledged while the disk is full")
-        #expect(control.counters(0).read(.journalFailures) > 0)
-        // Space returns: the shard takes the waiting commands, and everything sent is acknowledged
-        // (nothing new is sent, or the disk would fill again).
-        sending = false
-        unlink(filler)
-        let deadline = Date().addingTimeInterval(10)
-        while acked.count < Int(id) && Date() < deadline { try pump(0.05) }
-        #expect(acked.count == Int(id), "\(acked.count) of \(id) acknowledged after space returned")
-        #expect(control.counters(0).read(.journalFailed) == 0)
-        client.close()
-        // The journal is whole: every acknowledged order is in it, in sequence.
-        var journaled = Set<Int64>()
-        _ = try JournalReader.scan(directory: data, shard: 0, repair: false) { _, _, payload in
-            if let d = try? CommandRecord.decode(payload.baseAddress!), case .new(let o) = d.command { journaled.insert(o.orderId) }
-        }
-        #expect(acked.isSubset(of: journaled))
     }
 }

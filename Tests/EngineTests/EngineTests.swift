@@ -7,17 +7,9 @@ import Glibc
 import OrderBook
 import SharedMemory
 import Testing
+import TestSupport
 import Wire
 
-func testDirectory() -> String { "/dev/shm/crossbook-test-\(UUID().uuidString.prefix(8))" }
-
-final class LogLines: @unchecked Sendable {
-    private var lines: [String] = []
-    private let lock = NSLock()
-    func append(_ line: String) { lock.lock(); lines.append(line); lock.unlock() }
-    var all: [String] { lock.lock(); defer { lock.unlock() }; return lines }
-    func contains(_ text: String) -> Bool { all.contains { $0.contains(text) } }
-}
 
 func startEngine(_ dir: String, instance: String = "t", shards: Int = 1, log: LogLines = LogLines(),
                  eventRingCapacity: Int = 1 << 16) throws -> Engine {
@@ -59,14 +51,6 @@ func crossbookBinary() -> URL {
         .appendingPathComponent("crossbook")
 }
 
-func waitFor(_ seconds: Double, _ condition: () -> Bool) -> Bool {
-    let deadline = Date().addingTimeInterval(seconds)
-    while Date() < deadline {
-        if condition() { return true }
-        usleep(10_000)
-    }
-    return condition()
-}
 
 @Suite("Engine", .serialized)
 struct EngineTests {

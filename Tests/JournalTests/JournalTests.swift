@@ -5,6 +5,7 @@ import Foundation
 import Glibc
 import Journal
 import Testing
+import TestSupport
 import Workloads
 
 func journalDirectory() -> String {
@@ -132,60 +133,49 @@ struct JournalTests {
         mkdir(mountPoint, 0o700)
         defer { rmdir(mountPoint) }
         // A real, small file system: 1 MiB of tmpfs.
-        let mount = Process()
-        mount.executableURL = URL(fileURLWithPath: "/bin/mount")
-        mount.arguments = ["-t", "tmpfs", "-o", "size=1m", "tmpfs", mountPoint]
-        try mount.run()
-        mount.waitUntilExit()
-        try #require(mount.terminationStatus == 0, "mounting a tmpfs needs root (CI and make test run as root)")
-        defer {
-            let umount = Process()
-            umount.executableURL = URL(fileURLWithPath: "/bin/umount")
-            umount.arguments = [mountPoint]
-            try? umount.run()
-            umount.waitUntilExit()
-        }
-        let writer = try JournalWriter(config: JournalConfig(directory: mountPoint, shard: 0, segmentSize: 128 << 10,
-                                                             bufferSize: 16 << 10), lastSequence: 0)
-        // Write until the file system is full: a segment cannot be allocated.
-        var sequence: UInt64 = 0
-        var failed = false
-        while !failed && sequence < 100_000 {
-            let next = sequence + 1
-            let bytes = payload(next)
-            do {
-                while try !bytes.withUnsafeBytes({ try writer.append(type: 7, sequence: next, payload: $0) }) {
+        try withTmpfs(size: "1m", at: mountPoint) {
+            let writer = try JournalWriter(config: JournalConfig(directory: mountPoint, shard: 0, segmentSize: 128 << 10,
+                                                                 bufferSize: 16 << 10), lastSequence: 0)
+            // Write until the file system is full: a segment cannot be allocated.
+            var sequence: UInt64 = 0
+            var failed = false
+            while !failed && sequence < 100_000 {
+                let next = sequence + 1
+                let bytes = payload(next)
+                do {
+                    while try !bytes.withUnsafeBytes({ try writer.append(type: 7, sequence: next, payload: $0) }) {
+                        writer.poll()
+                        if writer.failure != nil { break }
+                    }
+                    if writer.failure == nil { sequence = next }
                     writer.poll()
-                    if writer.failure != nil { break }
+                } catch {
+                    failed = true
                 }
-                if writer.failure == nil { sequence = next }
-                writer.poll()
-            } catch {
-                failed = true
+                if writer.failure != nil { failed = true }
             }
-            if writer.failure != nil { failed = true }
+            #expect(failed)
+            guard case .diskFull = writer.failure else {
+                Issue.record("expected disk full, got \(String(describing: writer.failure))")
+                return
+            }
+            // What was durable before is intact and readable.
+            try? writer.flush()
+            let durable = writer.durable
+            #expect(durable > 0 && durable <= sequence)
+            var scanned = 0
+            let scan = try JournalReader.scan(directory: mountPoint, shard: 0, repair: false) { _, s, bytes in
+                if Array(bytes) == payload(s) { scanned += 1 }
+            }
+            #expect(scan.lastSequence >= durable && scanned == scan.records)
+            // Space returns (another file goes away): the rollover is retried and writing goes on.
+            let segments = JournalReader.segments(directory: mountPoint, shard: 0)
+            #expect(segments.count >= 2)
+            unlink(segments[0])
+            try writer.retryRollover()
+            #expect(writer.failure == nil)
+            try write(writer, (sequence + 1)...(sequence + 50))
+            #expect(writer.durable == sequence + 50)
         }
-        #expect(failed)
-        guard case .diskFull = writer.failure else {
-            Issue.record("expected disk full, got \(String(describing: writer.failure))")
-            return
-        }
-        // What was durable before is intact and readable.
-        try? writer.flush()
-        let durable = writer.durable
-        #expect(durable > 0 && durable <= sequence)
-        var scanned = 0
-        let scan = try JournalReader.scan(directory: mountPoint, shard: 0, repair: false) { _, s, bytes in
-            if Array(bytes) == payload(s) { scanned += 1 }
-        }
-        #expect(scan.lastSequence >= durable && scanned == scan.records)
-        // Space returns (another file goes away): the rollover is retried and writing goes on.
-        let segments = JournalReader.segments(directory: mountPoint, shard: 0)
-        #expect(segments.count >= 2)
-        unlink(segments[0])
-        try writer.retryRollover()
-        #expect(writer.failure == nil)
-        try write(writer, (sequence + 1)...(sequence + 50))
-        #expect(writer.durable == sequence + 50)
     }
 }

@@ -8,6 +8,7 @@ import Glibc
 import OrderBook
 import SharedMemory
 import Testing
+import TestSupport
 
 /// A socket bound to 127.0.0.1 on a port the kernel picks: (fd, port).
 func boundSocket() -> (fd: Int32, port: UInt16) {

@@ -2,6 +2,7 @@
 import Foundation
 import Glibc
 import Testing
+import TestSupport
 
 @Suite("plugins from the command line", .serialized)
 struct PluginCLITests {

@@ -10,13 +10,13 @@ import Glibc
 import OrderBook
 import SharedMemory
 import Testing
+import TestSupport
 import Wire
 
 let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
     .deletingLastPathComponent().path
 let buildDirectory = PluginSettings.executableDirectory
 
-func testDirectory() -> String { "/dev/shm/crossbook-ptest-\(UUID().uuidString.prefix(8))" }
 
 func temporaryFolder() -> String {
     let path = NSTemporaryDirectory() + "crossbook-plugins-\(UUID().uuidString.prefix(8))"
@@ -24,16 +24,6 @@ func temporaryFolder() -> String {
     return path
 }
 
-func removeTree(_ path: String) { try? FileManager.default.removeItem(atPath: path) }
-
-final class LogLines: @unchecked Sendable {
-    private var lines: [String] = []
-    private let lock = NSLock()
-    func append(_ line: String) { lock.lock(); lines.append(line); lock.unlock() }
-    var all: [String] { lock.lock(); defer { lock.unlock() }; return lines }
-    func contains(_ text: String) -> Bool { all.contains { $0.contains(text) } }
-    func index(of text: String) -> Int? { all.firstIndex { $0.contains(text) } }
-}
 
 /// Runs a program; returns its exit status and output.
 @discardableResult
@@ -98,14 +88,6 @@ func refusal(_ plugins: PluginSettings) -> String {
     }
 }
 
-func waitFor(_ seconds: Double, _ condition: () -> Bool) -> Bool {
-    let deadline = Date().addingTimeInterval(seconds)
-    while Date() < deadline {
-        if condition() { return true }
-        usleep(10_000)
-    }
-    return condition()
-}
 
 /// A small plugin for the host's checks: its descriptor fields come from -D flags.
 let probeSource = """
