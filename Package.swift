@@ -58,6 +58,7 @@ let package = Package(
         .target(name: "SnapshotFilePlugin", dependencies: ["CShims"], path: "plugins/snapshot-file",
                 sources: ["SnapshotFilePlugin.swift"]),
         .target(name: "MetricsPrometheusPlugin", dependencies: ["CShims"], path: "plugins/metrics-prometheus",
+                exclude: ["README.md", "grafana-dashboard.json", "prometheus-alerts.yml"],
                 sources: ["MetricsPrometheusPlugin.swift"]),
         .target(name: "TemplateSwiftPlugin", dependencies: ["CShims"], path: "plugins/template/swift"),
         // Helpers shared by the test targets (not a test target itself).
