@@ -57,6 +57,15 @@ static inline void cb_histogram_record(uint64_t *words, uint64_t ns) {
     words[CB_HISTOGRAM_BUCKETS + 2] += 1;
 }
 
+/// The same layout for counts (commands per group commit): bucket i holds n <= 2^i.
+static inline void cb_histogram_record_count(uint64_t *words, uint64_t n) {
+    uint32_t i = n > 1 ? 64 - (uint32_t)__builtin_clzll(n - 1) : 0;
+    if (i > CB_HISTOGRAM_BUCKETS) i = CB_HISTOGRAM_BUCKETS;
+    words[i] += 1;
+    words[CB_HISTOGRAM_BUCKETS + 1] += n;
+    words[CB_HISTOGRAM_BUCKETS + 2] += 1;
+}
+
 /// The calling thread's kernel id (for /proc/<pid>/task/<tid>/stat).
 int32_t cb_thread_id(void);
 /// CPU time of thread `tid` of this process in nanoseconds (from /proc), or -1.

@@ -107,7 +107,7 @@ public struct EngineMetrics: Sendable {
             for s in shards {
                 let h = ShardCounters.readHistogram(words(file.counters(s)))
                 family.samples.append(MetricSample(labels: shardLabel(s), value: 0,
-                                                   histogram: (bounds, h.cumulative, Double(h.sumNanoseconds) / 1e9, h.count)))
+                                                   histogram: (bounds, h.cumulative, Double(h.sum) / 1e9, h.count)))
             }
             m.families.append(family)
         }
@@ -116,6 +116,17 @@ public struct EngineMetrics: Sendable {
                 { $0.matchLatency })
         latency("crossbook_journal_sync_seconds",
                 "Group commit latency: io_uring write + fdatasync, from submission to completion", { $0.syncLatency })
+
+        var journalBatch = MetricFamily(name: "crossbook_journal_batch_commands",
+                                        help: "Commands per group commit (one io_uring write + fdatasync)", kind: .histogram)
+        for s in shards {
+            let h = ShardCounters.readHistogram(file.counters(s).journalBatchCommands)
+            journalBatch.samples.append(MetricSample(
+                labels: shardLabel(s), value: 0,
+                histogram: ((0..<InstanceLayout.histogramBuckets).map { Double(1 << $0) }, h.cumulative,
+                            Double(h.sum), h.count)))
+        }
+        m.families.append(journalBatch)
 
         let pid = file.enginePid
         m.counter("crossbook_shard_cpu_seconds_total", "CPU time of the shard thread",

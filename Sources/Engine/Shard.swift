@@ -688,6 +688,7 @@ final class Shard: @unchecked Sendable {
                 return
             }
             journal?.syncHistogram = counters.syncLatency
+            journal?.batchHistogram = counters.journalBatchCommands
             sink.hold = durability == .sync
             sink.journal = journal
         }

@@ -84,6 +84,8 @@ public final class JournalWriter {
     /// Where to count each group commit's latency (write + fdatasync, submission to
     /// completion): a histogram of CB_HISTOGRAM_WORDS words, or nil.
     public var syncHistogram: UnsafeMutablePointer<UInt64>?
+    /// Where to count the records of each group commit (a count histogram), or nil.
+    public var batchHistogram: UnsafeMutablePointer<UInt64>?
     private var submittedAt: UInt64 = 0
 
     private let ring: OpaquePointer
@@ -252,6 +254,7 @@ public final class JournalWriter {
         }
         if isSync { inFlight?.synced = true } else { inFlight?.wrote = true }
         if let done = inFlight, done.wrote && done.synced {
+            if let batchHistogram { cb_histogram_record_count(batchHistogram, done.last &- durable) }
             durable = done.last
             durableBatches += 1
             durableBytes += UInt64(done.length)

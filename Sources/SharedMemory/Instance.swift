@@ -12,11 +12,12 @@
 //   0    magic "CBENGIN1" (u64), version (u32), shard count (u32), engine pid (i32),
 //        state (u32: 1 starting, 2 running, 3 stopping, 4 stopped), start time ns (u64),
 //        32 symbol count (u32)
-//   64 + 1024 × s   shard s: doorbell wake word (u32) and parked flag (u32) on their own line;
+//   64 + 2048 × s   shard s: doorbell wake word (u32) and parked flag (u32) on their own line;
 //        at +64 the counters (u64 × 24, see ShardCounter), at +256 rejects by reason (u64 × 24),
 //        at +448 batch sizes (u64 × 8: batches of 1, 2–3, 4–7, … 128–256 commands),
 //        at +512 match latency per batch and at +704 fdatasync latency (histograms of
-//        CB_HISTOGRAM_WORDS u64, see cb_sync.h), at +896 the shard thread's kernel id (i32).
+//        CB_HISTOGRAM_WORDS u64, see cb_sync.h), at +896 the shard thread's kernel id (i32),
+//        at +1024 commands per group commit (a count histogram: bucket i holds n <= 2^i).
 //   then 64 × symbol: name (24 bytes, NUL-padded), id (u32), shard (u32), commands, trades,
 //        rejects, traded quantity (u64 each, written by the owning shard).
 //   then 256 × plugin slot (16): name (48), version (16), kinds (u32), state (u32), health (u32),
@@ -36,7 +37,7 @@ public enum InstanceLayout {
     public static let sessionMagic: UInt64 = 0x3153_5345_5353_4243  // "CBSESS1" + "1"
     public static let version: UInt32 = 2
     public static let headerSize = 64
-    public static let shardBlockSize = 1024
+    public static let shardBlockSize = 2048
     public static let countersOffset = 64
     public static let rejectsOffset = 256
     /// Reject reasons by raw value (the last slot also takes any value beyond it).
@@ -46,6 +47,7 @@ public enum InstanceLayout {
     public static let matchLatencyOffset = 512
     public static let syncLatencyOffset = 704
     public static let threadIdOffset = 896
+    public static let journalBatchOffset = 1024
     public static let histogramWords = Int(CB_HISTOGRAM_WORDS)
     public static let histogramBuckets = Int(CB_HISTOGRAM_BUCKETS)
     public static let maxShards = 64
@@ -204,6 +206,8 @@ public struct ShardCounters: @unchecked Sendable {
     public let matchLatency: UnsafeMutablePointer<UInt64>
     /// fdatasync latency: from a journal batch's submission to its completion.
     public let syncLatency: UnsafeMutablePointer<UInt64>
+    /// Commands per group commit (a count histogram).
+    public let journalBatchCommands: UnsafeMutablePointer<UInt64>
     let threadIdWord: UnsafeMutablePointer<Int32>
     /// Keeps the mapping alive as long as this view exists.
     let owner: AnyObject
@@ -216,6 +220,7 @@ public struct ShardCounters: @unchecked Sendable {
         matchLatency = (block + InstanceLayout.matchLatencyOffset).assumingMemoryBound(to: UInt64.self)
         syncLatency = (block + InstanceLayout.syncLatencyOffset).assumingMemoryBound(to: UInt64.self)
         threadIdWord = (block + InstanceLayout.threadIdOffset).assumingMemoryBound(to: Int32.self)
+        journalBatchCommands = (block + InstanceLayout.journalBatchOffset).assumingMemoryBound(to: UInt64.self)
     }
 
     /// The shard thread's kernel id (0 before it runs): its CPU time is in /proc.
@@ -236,7 +241,7 @@ public struct ShardCounters: @unchecked Sendable {
         let count = cb_load_relaxed_u64(words + InstanceLayout.histogramBuckets + 2)
         // The writer adds bucket, sum, count in turn: a reader between them sees a count one
         // short of the buckets. Prometheus wants +Inf (= count) >= every bucket.
-        return LatencyHistogram(cumulative: cumulative, sumNanoseconds: sum, count: max(count, running))
+        return LatencyHistogram(cumulative: cumulative, sum: sum, count: max(count, running))
     }
 
     /// Counts a batch of `size` (≥ 1) commands in its power-of-two bucket.
@@ -267,7 +272,8 @@ public struct ShardCounters: @unchecked Sendable {
 /// A latency histogram as read: bucket i holds the observations <= `bound(i)`.
 public struct LatencyHistogram: Sendable, Equatable {
     public var cumulative: [UInt64]
-    public var sumNanoseconds: UInt64
+    /// Nanoseconds for a latency histogram; the total counted for a count histogram.
+    public var sum: UInt64
     public var count: UInt64
     public static func boundNanoseconds(_ i: Int) -> UInt64 { 256 << UInt64(i) }
 

@@ -128,10 +128,12 @@ struct MetricsPluginTests {
     @Test("GET /metrics under load: valid text format, counters move, histograms consistent, per symbol sums to per shard")
     func scrapeUnderLoad() throws {
         let port = freePort()
-        let dir = testDirectory(), log = LogLines()
+        let dir = testDirectory(), log = LogLines(), data = temporaryFolder()
+        defer { removeTree(data) }
+        // Sync durability: the group-commit histograms fill too.
         let engine = try pluginEngine(dir, plugins: PluginSettings(directory: buildDirectory, load: [
             PluginSpec(name: "metrics-prometheus", config: ["listen": "127.0.0.1:\(port)"]),
-        ]), log: log)
+        ]), log: log, syncJournalIn: data)
         defer { engine.stop() }
         let url = "http://127.0.0.1:\(port)/metrics"
         nonisolated(unsafe) let stop = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
@@ -184,7 +186,8 @@ struct MetricsPluginTests {
         let byReason = b.all("crossbook_shard_rejects_by_reason_total").filter { $0.value > 0 }
         #expect(!byReason.isEmpty && byReason.allSatisfy { $0.labels["reason"] != nil })
         // Histograms: buckets cumulative, +Inf equals _count.
-        for family in ["crossbook_match_batch_seconds", "crossbook_shard_batch_size"] {
+        for family in ["crossbook_match_batch_seconds", "crossbook_shard_batch_size", "crossbook_journal_sync_seconds",
+                       "crossbook_journal_batch_commands"] {
             for shard in ["0", "1"] {
                 let buckets = b.all(family + "_bucket").filter { $0.labels["shard"] == shard }
                 #expect(buckets.count > 2)
@@ -194,6 +197,8 @@ struct MetricsPluginTests {
             }
         }
         #expect(b.value("crossbook_match_batch_seconds_count", ["shard": "0"]) ?? 0 > 0)
+        #expect(b.value("crossbook_journal_sync_seconds_count", ["shard": "0"]) ?? 0 > 0)
+        #expect(b.types["crossbook_journal_batch_commands"] == "histogram")
         #expect(b.value("crossbook_shard_cpu_seconds_total", ["shard": "0"]) ?? 0 > 0)
         // Per symbol adds up to per shard (each symbol's commands are counted by its shard).
         cb_store_release_u32(stop, 1)
@@ -203,6 +208,9 @@ struct MetricsPluginTests {
             let bySymbol = still.all("crossbook_symbol_commands_total").filter { $0.labels["shard"] == shard }.map(\.value)
             #expect(bySymbol.count == 2)
             #expect(bySymbol.reduce(0, +) == still.value("crossbook_shard_commands_total", ["shard": shard]))
+            // Every durable command was in exactly one group commit.
+            #expect(still.value("crossbook_journal_batch_commands_sum", ["shard": shard])
+                == still.value("crossbook_journal_durable_sequence", ["shard": shard]))
         }
         let notFound = try httpGet("http://127.0.0.1:\(port)/nothing")
         #expect(notFound.status == 404)

@@ -61,13 +61,18 @@ struct CompileError: Error, CustomStringConvertible {
 
 let symbolNames = ["BTC-USD", "ETH-USD", "SOL-USD", "XRP-USD"]
 
-func pluginEngine(_ dir: String, plugins: PluginSettings?, log: LogLines, instance: String = "p") throws -> Engine {
+func pluginEngine(_ dir: String, plugins: PluginSettings?, log: LogLines, instance: String = "p",
+                  syncJournalIn data: String? = nil) throws -> Engine {
     var settings = EngineSettings(
         instance: instance, directory: dir, shards: [ShardSettings(core: nil), ShardSettings(core: nil)],
         symbols: symbolNames.enumerated().map { (spec: SymbolSpec(name: $1, id: UInt32($0 + 1)), shard: $0 % 2) },
         capacity: BookCapacity(orders: 1 << 14, levels: 1 << 10),
         wait: WaitStrategy(spins: 1000, yields: 10, park: true, parkTimeoutNanoseconds: 50_000_000))
     settings.plugins = plugins
+    if let data {
+        settings.durability = .sync
+        settings.dataDirectory = data
+    }
     let engine = Engine(settings: settings, log: { log.append($0) })
     for line in try engine.start() { log.append(line) }
     return engine
