@@ -38,8 +38,8 @@ let package = Package(
         .target(name: "Wire", dependencies: ["OrderBook"]),
         // Rings in shared-memory files, between processes.
         .target(name: "SharedMemory", dependencies: ["CShims"]),
-        // Journal segments, io_uring group commit, recovery scan.
-        .target(name: "Journal", dependencies: ["CShims"]),
+        // Journal segments, io_uring group commit, recovery scan (the clock from SharedMemory).
+        .target(name: "Journal", dependencies: ["CShims", "SharedMemory"]),
         // Shards, sequencing, sessions: where threads, files and books meet.
         .target(name: "Engine", dependencies: ["OrderBook", "Wire", "SharedMemory", "Journal", "CShims", "CrossbookClient"]),
         // For other processes: attach to an engine, submit, read reports.

@@ -77,6 +77,18 @@ struct PluginEnvironment: @unchecked Sendable {
     let engineFile: EngineFile
     let symbols: [(spec: SymbolSpec, shard: Int)]
     let log: @Sendable (String) -> Void
+    /// Index into `symbols` by name: an ingress plugin looks a symbol up per order it reads.
+    let symbolIndex: [String: Int]
+
+    init(instance: String, directory: String, engineFile: EngineFile, symbols: [(spec: SymbolSpec, shard: Int)],
+         log: @escaping @Sendable (String) -> Void) {
+        self.instance = instance
+        self.directory = directory
+        self.engineFile = engineFile
+        self.symbols = symbols
+        self.log = log
+        symbolIndex = Dictionary(symbols.enumerated().map { ($1.spec.name, $0) }, uniquingKeysWith: { first, _ in first })
+    }
 }
 
 final class PluginHost: @unchecked Sendable {
@@ -164,7 +176,7 @@ final class PluginHost: @unchecked Sendable {
             }
             var message = [CChar](repeating: 0, count: 160)
             let rc = health(plugin.instance, &message, message.count)
-            let text = String(decoding: message.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            let text = messageText(message)
             let value = UInt32(max(0, min(2, Int(rc))))
             if value != plugin.health || text != plugin.healthMessage {
                 if value != 0 || plugin.health != 0 {
@@ -271,7 +283,7 @@ final class PluginHost: @unchecked Sendable {
         plugin.starting = false
         guard rc == 0 else {
             plugin.closeAll()
-            let why = String(decoding: error.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            let why = messageText(error)
             throw PluginError(plugin: plugin.name, cause: .startFailed,
                               detail: "\(statusName(rc))\(why.isEmpty ? "" : ": " + why)")
         }
@@ -279,7 +291,7 @@ final class PluginHost: @unchecked Sendable {
         plugin.state = .running
         lock.locked { started.append(plugin) }
         publish(plugin)
-        environment.log("plugin \(plugin.name) \(plugin.version) (\(PluginStatus(name: "", version: "", kinds: plugin.descriptor.kinds, state: .running, health: 0, message: "", updatedNanoseconds: 0).kindNames.joined(separator: ", "))): started from \(plugin.path)")
+        environment.log("plugin \(plugin.name) \(plugin.version) (\(PluginStatus.kindNames(plugin.descriptor.kinds).joined(separator: ", "))): started from \(plugin.path)")
     }
 
     func registerSnapshotStore(_ store: cb_snapshot_store, plugin: LoadedPlugin) -> Int32 {
@@ -380,6 +392,11 @@ final class PluginHost: @unchecked Sendable {
     }()
 }
 
+/// The text a plugin wrote into a message buffer (NUL-terminated, or the whole buffer).
+func messageText(_ buffer: [CChar]) -> String {
+    String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+}
+
 func statusName(_ rc: Int32) -> String {
     switch rc {
     case CB_OK.rawValue: "CB_OK"
@@ -441,7 +458,7 @@ final class LoadedPlugin: @unchecked Sendable {
 
     func lookup(_ symbol: String, into out: UnsafeMutablePointer<cb_symbol>) -> Int32 {
         guard let environment = host?.environment,
-              let entry = environment.symbols.first(where: { $0.spec.name == symbol }) else {
+              let entry = environment.symbolIndex[symbol].map({ environment.symbols[$0] }) else {
             return CB_ERR_UNKNOWN_SYMBOL.rawValue
         }
         let name = lock.locked {
@@ -605,7 +622,7 @@ final class PluginSnapshotStore: SnapshotStore, @unchecked Sendable {
             store.save(store.context, UInt32(shard), sequence, b.baseAddress, b.count, &error, error.count)
         }
         guard rc == 0 else {
-            throw .system(call: "plugin \(plugin) save (\(statusName(rc)))", path: Self.text(error), errno: rc == CB_ERR_IO.rawValue ? EIO : 0)
+            throw .system(call: "plugin \(plugin) save (\(statusName(rc)))", path: messageText(error), errno: rc == CB_ERR_IO.rawValue ? EIO : 0)
         }
     }
 
@@ -636,31 +653,8 @@ final class PluginSnapshotStore: SnapshotStore, @unchecked Sendable {
             box.value = length > 0 && bytes != nil ? Array(UnsafeBufferPointer(start: bytes, count: length)) : []
         }, context, &error, error.count)
         guard rc == 0 else {
-            throw .badSegment(path: name, "plugin \(plugin): \(statusName(rc)): \(Self.text(error))")
+            throw .badSegment(path: name, "plugin \(plugin): \(statusName(rc)): \(messageText(error))")
         }
         return (sequence, body.value)
-    }
-
-    static func text(_ buffer: [CChar]) -> String {
-        String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
-}
-
-/// A plain mutex for the host's bookkeeping (never on a shard's path).
-final class Lock: @unchecked Sendable {
-    private var mutex = pthread_mutex_t()
-    init() { pthread_mutex_init(&mutex, nil) }
-    deinit { pthread_mutex_destroy(&mutex) }
-    /// Runs `body` if the lock is free now; otherwise skips it.
-    func ifFree(_ body: () -> Void) {
-        guard pthread_mutex_trylock(&mutex) == 0 else { return }
-        defer { pthread_mutex_unlock(&mutex) }
-        body()
-    }
-
-    func locked<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
-        return try body()
     }
 }

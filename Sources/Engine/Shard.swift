@@ -281,7 +281,7 @@ final class Shard: @unchecked Sendable {
 
     static let maxSessions = 1024
 
-    init(index: Int, core: Int?, symbols: [(spec: SymbolSpec, capacity: BookCapacity)], symbolSlots: [Int] = [],
+    init(index: Int, core: Int?, symbols: [(spec: SymbolSpec, capacity: BookCapacity)], symbolSlots: [Int],
          engineFile: EngineFile,
          eventRing: EventRing, wait: WaitStrategy, lagTimeoutNanoseconds: UInt64,
          durability: Durability = .none, journalConfig: JournalConfig? = nil,
@@ -297,10 +297,8 @@ final class Shard: @unchecked Sendable {
         self.index = index
         self.core = core
         self.symbols = symbols
-        symbolCounters = symbols.indices.map { i in
-            i < symbolSlots.count ? engineFile.symbolCounters(symbolSlots[i])
-                : SymbolCounters(words: .allocate(capacity: 4))  // not in the control file: uncounted
-        }
+        precondition(symbolSlots.count == symbols.count, "one control-file slot per symbol")
+        symbolCounters = symbolSlots.map { engineFile.symbolCounters($0) }
         doorbell = engineFile.doorbell(index)
         counters = engineFile.counters(index)
         mailbox = Mailbox(capacity: 256)
@@ -819,7 +817,7 @@ final class SnapshotWriter: @unchecked Sendable {
     let counters: ShardCounters
     private var queue: [(UInt64, [UInt8])] = []
     private var done = false
-    private let lock = NSLockLike()
+    private let lock = Lock()
     private let wake = Semaphore()
     private let finished = Semaphore()
 
@@ -862,14 +860,3 @@ final class SnapshotWriter: @unchecked Sendable {
     }
 }
 
-/// A mutex for the snapshot writer's queue (never taken on a shard's hot path).
-final class NSLockLike: @unchecked Sendable {
-    private var mutex = pthread_mutex_t()
-    init() { pthread_mutex_init(&mutex, nil) }
-    deinit { pthread_mutex_destroy(&mutex) }
-    func locked<T>(_ body: () -> T) -> T {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
-        return body()
-    }
-}

@@ -16,6 +16,7 @@
 
 import CShims
 import Glibc
+import SharedMemory
 
 public enum JournalLayout {
     public static let version: UInt32 = 1
@@ -224,14 +225,8 @@ public final class JournalWriter {
         let rc = cb_uring_write_and_sync(ring, fd, buffers[batch.buffer], UInt32(batch.length), UInt64(batch.offset),
                                          batchTag << 1)
         inFlight = (batch.buffer, batch.offset, batch.length, batch.last, false, false)
-        if syncHistogram != nil { submittedAt = Self.now() }
+        if syncHistogram != nil { submittedAt = monotonicNanoseconds() }
         if rc < 0 { failure = .system(call: "io_uring_submit", path: segmentPath, errno: -rc) }
-    }
-
-    static func now() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
     }
 
     private func reap() {
@@ -258,7 +253,7 @@ public final class JournalWriter {
             durable = done.last
             durableBatches += 1
             durableBytes += UInt64(done.length)
-            if let syncHistogram { cb_histogram_record(syncHistogram, Self.now() &- submittedAt) }
+            if let syncHistogram { cb_histogram_record(syncHistogram, monotonicNanoseconds() &- submittedAt) }
             // The buffer is free again: zero it so the next batch's padding is clean.
             buffers[done.buffer].initializeMemory(as: UInt8.self, repeating: 0, count: done.length)
             inFlight = nil

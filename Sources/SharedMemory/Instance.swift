@@ -322,7 +322,10 @@ public struct PluginStatus: Sendable, Equatable {
     }
 
     public var healthName: String { health == 0 ? "ok" : health == 1 ? "degraded" : "failed" }
-    public var kindNames: [String] {
+    public var kindNames: [String] { Self.kindNames(kinds) }
+
+    /// The names of the CB_KIND_* bits set in `kinds`.
+    public static func kindNames(_ kinds: UInt32) -> [String] {
         [(1, "ingress"), (2, "egress"), (4, "routing"), (8, "snapshot-store"), (16, "metrics")]
             .filter { kinds & UInt32($0.0) != 0 }.map(\.1)
     }
@@ -376,10 +379,7 @@ public final class EngineFile: @unchecked Sendable {
         base.storeBytes(of: UInt32(shards).littleEndian, toByteOffset: 12, as: UInt32.self)
         base.storeBytes(of: getpid().littleEndian, toByteOffset: 16, as: Int32.self)
         base.storeBytes(of: EngineState.starting.rawValue.littleEndian, toByteOffset: 20, as: UInt32.self)
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        base.storeBytes(of: (UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)).littleEndian, toByteOffset: 24,
-                        as: UInt64.self)
+        base.storeBytes(of: realtimeNanoseconds().littleEndian, toByteOffset: 24, as: UInt64.self)
         base.storeBytes(of: UInt32(symbols.count).littleEndian, toByteOffset: 32, as: UInt32.self)
         let symbolBase = base + InstanceLayout.symbolsOffset(shards: shards)
         for (i, symbol) in symbols.enumerated() {

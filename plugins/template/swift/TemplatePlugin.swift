@@ -23,6 +23,8 @@ final class TemplatePlugin: @unchecked Sendable {
     var thread = pthread_t()
     let flags = UnsafeMutablePointer<UInt32>.allocate(capacity: 2)  // [0] stopping, [1] finished
     var lines, submitted, badLines, accepted, rejected, trades: UnsafeMutablePointer<UInt64>?
+    /// Reports are copied here (used by the plugin's thread only).
+    var reports = [cb_report](repeating: cb_report(), count: 64)
 
     init(api: UnsafePointer<cb_host_api>, host: OpaquePointer, path: String, fd: Int32, isPipe: Bool) {
         self.api = api
@@ -45,7 +47,6 @@ final class TemplatePlugin: @unchecked Sendable {
     func log(_ level: cb_log_level, _ text: String) { api.pointee.log(host, Int32(level.rawValue), text) }
 
     func drainReports() {
-        var reports = [cb_report](repeating: cb_report(), count: 64)
         while true {
             let n = api.pointee.producer_poll(producer, &reports, 64)
             if n <= 0 { return }
