@@ -2,7 +2,8 @@
 # Both install the Debian packages they need first (as root, idempotent).
 
 SWIFT        ?= swift
-DEB_PACKAGES := liburing-dev libnuma-dev libhiredis-dev librdkafka-dev pkg-config
+# fuse3/libfuse3-dev: crossbook-powercut, the power-loss layer of the durability tests.
+DEB_PACKAGES := liburing-dev libnuma-dev libhiredis-dev librdkafka-dev pkg-config fuse3 libfuse3-dev
 # Tests run optimized: the differential test drives 1,000,000 commands through two books.
 TEST_FLAGS   := -c release -Xswiftc -enable-testing
 
@@ -37,6 +38,8 @@ plugins: release
 c-plugins:
 	mkdir -p $(OUT)
 	$(CC) $(C_PLUGIN_FLAGS) plugins/template/c/template.c -o $(OUT)/libcrossbook-template-c.so -lpthread
+	$(CC) -std=c11 -Wall -Wextra -Werror -O2 $$(pkg-config --cflags fuse3) tools/powercut/powercut.c \
+	  -o $(OUT)/crossbook-powercut $$(pkg-config --libs fuse3)
 
 test: deps
 	$(SWIFT) build $(TEST_FLAGS) --build-tests
@@ -61,10 +64,13 @@ bench: deps
 bench-e2e: release
 	bench/e2e.sh 3 5
 
-# The kill -9 durability test, 1,000 cycles instead of make test's 20.
+# The kill -9 durability test, 1,000 cycles instead of make test's 20, then the power-loss test,
+# 50 cuts instead of 6 (CUTS=N), sync and async.
 soak: deps
 	$(SWIFT) build $(TEST_FLAGS) --build-tests
+	$(MAKE) --no-print-directory c-plugins OUT=.build/release
 	CROSSBOOK_KILL_CYCLES=$${CYCLES:-1000} $(SWIFT) test $(TEST_FLAGS) --skip-build --filter killCycles
+	CROSSBOOK_POWER_CUTS=$${CUTS:-50} $(SWIFT) test $(TEST_FLAGS) --skip-build --filter PowerLossTests
 
 # D1: one shard, sync durability, from a separate process, with the fdatasync floor.
 bench-d1: release

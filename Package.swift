@@ -71,7 +71,7 @@ let package = Package(
         .testTarget(name: "WireTests", dependencies: ["Wire", "OrderBook", "CShims"]),
         .testTarget(name: "SharedMemoryTests", dependencies: ["SharedMemory", "Wire", "OrderBook", "CShims", "crossbook"]),
         .testTarget(name: "CrossbookCLITests", dependencies: ["crossbook", "Journal"]),
-        .testTarget(name: "JournalTests", dependencies: ["Journal", "Workloads", "TestSupport"]),
+        .testTarget(name: "JournalTests", dependencies: ["Journal", "Workloads", "TestSupport", "CShims"]),
         .testTarget(name: "EngineTests", dependencies: ["Engine", "CrossbookClient", "SharedMemory", "Wire", "OrderBook", "crossbook", "TestSupport"]),
         .testTarget(name: "PluginTests", dependencies: ["Engine", "CrossbookClient", "SharedMemory", "Wire", "OrderBook", "CShims", "crossbook", "TestSupport"]),
     ]

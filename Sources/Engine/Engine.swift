@@ -495,16 +495,51 @@ public final class Engine: @unchecked Sendable {
         if !JournalReader.segments(directory: s.dataDirectory, shard: 0).isEmpty {
             log("\(s.dataDirectory) has journals but no CONFIGURATION: assuming they were written under this configuration")
         }
-        do { try mine.write(toFile: path, atomically: true, encoding: .utf8) } catch {
-            throw EngineError("cannot write \(path): \(error)")
+        try writeDurably(path, mine)
+    }
+
+    /// Writes a file so that a power cut leaves either no file or the whole of it: a temporary
+    /// file, fsync'ed, renamed into place, and the directory fsync'ed. Every step is checked.
+    private func writeDurably(_ path: String, _ text: String) throws {
+        let directory = (path as NSString).deletingLastPathComponent
+        let temporary = path + ".tmp"
+        func failed(_ call: String, _ e: Int32) -> EngineError {
+            unlink(temporary)
+            return EngineError("cannot write \(path): \(call) failed: \(String(cString: strerror(e)))")
         }
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        guard fd >= 0 else { throw failed("open", errno) }
+        let bytes = Array(text.utf8)
+        var done = 0
+        while done < bytes.count {
+            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + done, bytes.count - done) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { let e = n < 0 ? errno : EIO; close(fd); throw failed("write", e) }
+            done += n
+        }
+        guard fsync(fd) == 0 else { let e = errno; close(fd); throw failed("fsync", e) }
+        close(fd)
+        guard rename(temporary, path) == 0 else { throw failed("rename", errno) }
+        try syncDirectory(directory)
+    }
+
+    private func syncDirectory(_ directory: String) throws {
+        let dirFd = open(directory.isEmpty ? "." : directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard dirFd >= 0 else { throw EngineError("cannot open \(directory) to sync it: \(String(cString: strerror(errno)))") }
+        defer { close(dirFd) }
+        guard fsync(dirFd) == 0 else { throw EngineError("fsync of the directory \(directory) failed: \(String(cString: strerror(errno)))") }
     }
 
     private func makeDataDirectory(_ path: String) throws {
         let parent = (path as NSString).deletingLastPathComponent
         if !parent.isEmpty && parent != path && access(parent, F_OK) != 0 { try makeDataDirectory(parent) }
-        if mkdir(path, 0o700) != 0 && errno != EEXIST {
-            throw EngineError("cannot create the data directory \(path): \(String(cString: strerror(errno)))")
+        if mkdir(path, 0o700) != 0 {
+            guard errno == EEXIST else {
+                throw EngineError("cannot create the data directory \(path): \(String(cString: strerror(errno)))")
+            }
+        } else {
+            // A new directory's name is durable only once its parent is synced.
+            try syncDirectory(parent.isEmpty ? "." : parent)
         }
     }
 

@@ -58,7 +58,7 @@ public struct EngineMetrics: Sendable {
         perShard(.parks, "crossbook_shard_parks_total", "Times the shard slept on its doorbell")
         perShard(.eventDetaches, "crossbook_shard_event_consumer_detaches_total", "Event-ring consumers detached")
         perShard(.eventWaits, "crossbook_shard_event_ring_waits_total", "Times the shard waited on a full event ring")
-        perShard(.journalFailures, "crossbook_journal_failures_total", "Times the journal refused a command")
+        perShard(.journalFailures, "crossbook_journal_failures_total", "Failed journal attempts: writes, fdatasyncs, segment creations and directory syncs")
         perShard(.journalFailed, "crossbook_journal_failed",
                  "1 while the journal refuses (disk full or failing): the shard takes no command", gauge: true)
         perShard(.journalBatches, "crossbook_journal_batches_total", "Group commits made durable")

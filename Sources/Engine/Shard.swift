@@ -499,7 +499,8 @@ final class Shard: @unchecked Sendable {
                 }
                 return true
             } catch {
-                counters.add(.journalFailures)
+                // A failed rollover (the writer counts it) or a record too large to journal.
+                counters.set(.journalFailures, journal.failureCount)
                 return false
             }
         }
@@ -546,6 +547,7 @@ final class Shard: @unchecked Sendable {
                 let durable = journal.poll()
                 if sink.hold { sink.release(upTo: durable) }
                 counters.set(.durableSequence, durable)
+                counters.set(.journalFailures, journal.failureCount)
                 counters.set(.journalBatches, journal.durableBatches)
                 counters.set(.journalBytes, journal.durableBytes)
             }
@@ -654,7 +656,10 @@ final class Shard: @unchecked Sendable {
             sequence = max(scanned.lastSequence, base)
             maxRecoveredSession = maxSession
             if let torn = scanned.truncated {
-                recoveryLog.append("shard \(index): cut a torn last record at \(torn.path) offset \(torn.offset)")
+                recoveryLog.append("shard \(index): cut a torn last batch (never acknowledged) at \(torn.path) offset \(torn.offset)\(readOnly ? " (read-only: left on disk)" : "; everything after it zeroed")")
+            }
+            if let unfinished = scanned.unfinishedSegment {
+                recoveryLog.append("shard \(index): \(readOnly ? "ignored" : "removed") \(unfinished), a segment whose creation never completed (it held no record)")
             }
             var digest: UInt64 = 0xCBF2_9CE4_8422_2325
             for b in 0..<created { digest = (digest ^ books[b].digest) &* 0x0000_0100_0000_01B3 }
@@ -679,7 +684,7 @@ final class Shard: @unchecked Sendable {
             }
             do {
                 journal = try JournalWriter(config: config, lastSequence: sequence,
-                                            resume: scanned.appendPath.map { ($0, scanned.appendOffset) })
+                                            resume: scanned.resume)
             } catch {
                 startError = "shard \(index): cannot open the journal: \(error)"
                 started.signal()
@@ -692,14 +697,26 @@ final class Shard: @unchecked Sendable {
         }
         started.signal()
 
+        var nextJournalRetry: UInt64 = 0
         while cb_load_acquire_u32(stopFlag) == 0 {
             if !mailbox.isEmpty { drainMailbox() }
             if let journal, journal.failure != nil {
-                // The disk refused: take no command until it takes them again; try every 100 ms.
+                // The disk refused: take no command until what failed has been done again and
+                // worked (the failure stays set while a retry is in flight); try every 100 ms.
                 counters.set(.journalFailed, 1)
-                journal.retry()
+                let now = monotonicNanoseconds()
+                if now >= nextJournalRetry {
+                    journal.retry()
+                    nextJournalRetry = now + 100_000_000
+                } else {
+                    journal.poll()  // completions of a retry in flight; submits nothing while failing
+                }
+                counters.set(.journalFailures, journal.failureCount)
                 if journal.failure != nil {
-                    doorbell.park(timeoutNanoseconds: 100_000_000, stillIdle: { true })
+                    // Not the doorbell: clients ringing it must not turn the retries into a spin.
+                    // Short sleeps, so that a stop is seen within 10 ms.
+                    var pause = timespec(tv_sec: 0, tv_nsec: Int(min(10_000_000, nextJournalRetry &- monotonicNanoseconds())))
+                    if pause.tv_nsec > 0 { nanosleep(&pause, nil) }
                     continue
                 }
             } else if journal != nil {

@@ -1,28 +1,47 @@
 // The journal of one shard: sequenced records in preallocated segment files, written by
 // io_uring in group commits (one write and a linked fdatasync per batch), and read back by a
-// recovery scan that checks every record's CRC32C.
+// recovery scan that checks every record's CRC32C and every batch's checksum.
 //
 // Segment file `journal-<shard>-<first sequence, 20 digits>.seg`, preallocated to the segment
 // size (fallocate), so a full disk shows when a segment is opened, not in the middle of one:
-//   0   magic "CBJRNL01" (u64), version (u32), shard (u32), first sequence (u64),
-//       segment size (u64), 32 bytes reserved
-//   64  records, each 8-byte aligned:
-//         0  payload length (u32, > 0), 4 type (u16), 6 reserved (u16, 0), 8 sequence (u64),
-//         16 CRC32C of bytes 0..<16 and the payload (u32), 20 reserved (u32, 0), 24 payload,
-//         then zeros up to a multiple of 8
-//   The unwritten rest of a segment is zeros: a zero length ends the segment's records.
+//   0   magic "CBJRNL01" (u64), version (u32, 2), shard (u32), first sequence (u64),
+//       segment size (u64), journal id (u64: random, the same in every segment of a journal),
+//       chain (u32: the checksum of the last batch before this segment, 0 for the first),
+//       20 bytes reserved
+//   64  batches, one per group commit, each 8-byte aligned records:
+//         a batch header record (type 0xB47C, sequence = the batch's first sequence), payload:
+//           0 last sequence (u64), 8 batch bytes including this header (u32),
+//           12 checksum (u32), 16 previous batch's checksum (u32), 20 reserved (u32, 0),
+//           24 journal id (u64)
+//         then the batch's records, each:
+//           0 payload length (u32, > 0), 4 type (u16), 6 reserved (u16, 0), 8 sequence (u64),
+//           16 CRC32C of bytes 0..<16 and the payload (u32), 20 reserved (u32, 0), 24 payload,
+//           then zeros up to a multiple of 8
+//       The checksum is CRC32C over the records' CRCs in order, seeded with the previous
+//       batch's checksum: batches are chained, across segments too.
+//   The unwritten rest of a segment is zeros: a zero record header ends the segment's batches.
 //
-// NOT YET WIRED INTO THE SHARDS: the engine does not journal its commands yet (issue 4).
+// Recovery tells a torn last batch from corruption. Only one batch is ever in flight and a
+// batch is acknowledged only once its write and fdatasync completed, so damage confined to the
+// last batch of the last segment, with nothing valid after it, is a torn write of a batch that
+// was never acknowledged: it is cut, and everything after the cut is zeroed and synced, so no
+// stale byte can be read as a record again. Damage followed by a valid later batch (found by
+// its header, which carries the journal id, at any 8-byte offset) is corruption: the scan stops
+// naming file, offset and sequence. Version 1 segments (records without batches) still read.
 
 import CShims
 import Glibc
 import SharedMemory
 
 public enum JournalLayout {
-    public static let version: UInt32 = 1
+    public static let version: UInt32 = 2
     public static let segmentHeaderSize = 64
     public static let recordHeaderSize = 24
     public static let maxPayload = 1 << 20
+    /// The record type of a batch header (never a command's type).
+    public static let batchType: UInt16 = 0xB47C
+    public static let batchPayload = 32
+    public static let batchHeaderSize = recordSize(payload: batchPayload)
 
     /// "CBJRNL01" as it lies in the file.
     public static let magic: UInt64 = UInt64(littleEndian: 0x3130_4C4E_524A_4243)
@@ -55,6 +74,22 @@ public enum JournalError: Error, Equatable, CustomStringConvertible {
     }
 }
 
+/// Where a writer continues a journal that a scan read: the last segment, the offset after its
+/// last good batch, the journal's id and the checksum the next batch chains to.
+public struct JournalResume: Equatable, Sendable {
+    public var path: String?
+    public var offset: Int
+    public var journalId: UInt64
+    public var chain: UInt32
+
+    public init(path: String?, offset: Int, journalId: UInt64, chain: UInt32) {
+        self.path = path
+        self.offset = offset
+        self.journalId = journalId
+        self.chain = chain
+    }
+}
+
 public struct JournalConfig: Sendable {
     public var directory: String
     public var shard: Int
@@ -74,28 +109,48 @@ public struct JournalConfig: Sendable {
 /// Appends records and makes them durable in group commits. Single-threaded: the shard's.
 /// `append` copies into the filling buffer; `poll` submits it when no batch is in flight and
 /// reaps completions without blocking; `durable` is the highest sequence on disk.
+///
+/// A failing disk (a write, an fdatasync, a segment that cannot be created or whose directory
+/// entry cannot be made durable) sets `failure`, and it stays set until what failed has been
+/// done again and worked: a batch is written again whole (after a failed writeback Linux may
+/// have dropped its pages), a segment is created again. Meanwhile nothing becomes durable, so
+/// nothing more is acknowledged, and the shard takes no command.
 public final class JournalWriter {
     public let config: JournalConfig
     public private(set) var durable: UInt64
-    /// Set when the disk refuses: nothing more becomes durable until `retry` succeeds.
+    /// Set when the disk refuses: nothing more becomes durable until `retry` has made it work.
     public private(set) var failure: JournalError?
+    /// Every failed attempt (write, fdatasync, segment creation, directory sync), for the counters.
+    public private(set) var failureCount: UInt64 = 0
     /// Batches made durable, and their bytes (for the mean batch size).
     public private(set) var durableBatches: UInt64 = 0
     public private(set) var durableBytes: UInt64 = 0
-    /// Where to count each group commit's latency (write + fdatasync, submission to
-    /// completion): a histogram of CB_HISTOGRAM_WORDS words, or nil.
+    /// Where to count each group commit's latency (write + fdatasync, submission to completion):
+    /// a histogram of CB_HISTOGRAM_WORDS words, or nil.
     public var syncHistogram: UnsafeMutablePointer<UInt64>?
     /// Where to count the records of each group commit (a count histogram), or nil.
     public var batchHistogram: UnsafeMutablePointer<UInt64>?
     private var submittedAt: UInt64 = 0
 
+    /// The journal's identity, written in every segment and batch header.
+    public let journalId: UInt64
+    /// The checksum of the last batch submitted: the next batch chains to it.
+    private var chain: UInt32
+
     private let ring: OpaquePointer
     private var buffers: [UnsafeMutableRawPointer]
     private var filling = 0
+    /// Bytes in the filling buffer, its batch header included (0: no batch started).
     private var fillLength = 0
+    private var fillFirstSequence: UInt64 = 0
     private var fillLastSequence: UInt64 = 0
+    private var fillChecksum: UInt32 = 0
     /// The batch in flight: its buffer, offset, length, last sequence, and what completed.
     private var inFlight: (buffer: Int, offset: Int, length: Int, last: UInt64, wrote: Bool, synced: Bool)?
+    /// A failed batch was submitted again and has not completed yet.
+    private var retrying = false
+    /// A segment that could not be created (or made durable): its first sequence.
+    private var pendingSegment: UInt64?
     private var fd: Int32 = -1
     private var segmentPath = ""
     /// Where the next batch goes in the current segment.
@@ -104,11 +159,13 @@ public final class JournalWriter {
     private var batchTag: UInt64 = 0
 
     /// Opens the journal to append after `lastSequence` (0 for a new journal), continuing the
-    /// last segment at `appendOffset` if given (what a recovery scan found), else a new segment.
-    public init(config: JournalConfig, lastSequence: UInt64, resume: (path: String, offset: Int)? = nil) throws(JournalError) {
+    /// last segment where a recovery scan says (`JournalScan.resume`), else in a new segment.
+    public init(config: JournalConfig, lastSequence: UInt64, resume: JournalResume? = nil) throws(JournalError) {
         self.config = config
         durable = lastSequence
         nextSequence = lastSequence + 1
+        journalId = resume?.journalId ?? UInt64.random(in: 1...UInt64.max)
+        chain = resume?.chain ?? 0
         var error: Int32 = 0
         guard let ring = cb_uring_create(64, &error) else {
             throw .system(call: "io_uring_queue_init", path: config.directory, errno: error)
@@ -119,11 +176,11 @@ public final class JournalWriter {
             p.initializeMemory(as: UInt8.self, repeating: 0, count: config.bufferSize)
             return p
         }
-        if let resume {
-            let fd = open(resume.path, O_RDWR | O_CLOEXEC)
-            guard fd >= 0 else { throw .system(call: "open", path: resume.path, errno: errno) }
+        if let resume, let path = resume.path {
+            let fd = open(path, O_RDWR | O_CLOEXEC)
+            guard fd >= 0 else { throw .system(call: "open", path: path, errno: errno) }
             self.fd = fd
-            segmentPath = resume.path
+            segmentPath = path
             writeOffset = resume.offset
         } else {
             try openSegment(firstSequence: nextSequence)
@@ -140,21 +197,31 @@ public final class JournalWriter {
     public var expectedSequence: UInt64 { nextSequence }
 
     /// Copies a record into the filling buffer. False when it has no room (call `poll` and try
-    /// again: that is back-pressure from the disk).
+    /// again: that is back-pressure from the disk) or the journal is failing.
     public func append(type: UInt16, sequence: UInt64, payload: UnsafeRawBufferPointer) throws(JournalError) -> Bool {
-        guard payload.count > 0, payload.count <= JournalLayout.maxPayload else { throw .tooLarge(payload.count) }
-        precondition(sequence == nextSequence, "journal sequence \(sequence), expected \(nextSequence)")
-        let size = JournalLayout.recordSize(payload: payload.count)
-        guard size <= config.bufferSize, size <= config.segmentSize - JournalLayout.segmentHeaderSize else {
+        guard payload.count > 0, payload.count <= JournalLayout.maxPayload, type != JournalLayout.batchType else {
             throw .tooLarge(payload.count)
         }
-        if fillLength + size > config.bufferSize { return false }
+        precondition(sequence == nextSequence, "journal sequence \(sequence), expected \(nextSequence)")
+        let size = JournalLayout.recordSize(payload: payload.count)
+        let header = fillLength == 0 ? JournalLayout.batchHeaderSize : 0
+        guard header + size <= config.bufferSize,
+              JournalLayout.batchHeaderSize + size <= config.segmentSize - JournalLayout.segmentHeaderSize else {
+            throw .tooLarge(payload.count)
+        }
+        if failure != nil { return false }
+        if fillLength + header + size > config.bufferSize { return false }
         // The record must fit in the current segment after everything queued before it.
         let queued = (inFlight.map { $0.offset + $0.length } ?? writeOffset) + fillLength
-        if queued + size > config.segmentSize {
+        if queued + header + size > config.segmentSize {
             // Roll over once what is queued is on disk.
             if inFlight != nil || fillLength > 0 { return false }
             try openSegment(firstSequence: sequence)
+        }
+        if fillLength == 0 {
+            fillLength = JournalLayout.batchHeaderSize
+            fillFirstSequence = sequence
+            fillChecksum = chain
         }
         let p = buffers[filling] + fillLength
         p.storeBytes(of: UInt32(payload.count).littleEndian, toByteOffset: 0, as: UInt32.self)
@@ -168,6 +235,7 @@ public final class JournalWriter {
         var crc = cb_crc32c(0, p, 16)
         crc = cb_crc32c(crc, p + JournalLayout.recordHeaderSize, payload.count)
         p.storeBytes(of: crc.littleEndian, toByteOffset: 16, as: UInt32.self)
+        fillChecksum = cb_crc32c(fillChecksum, p + 16, 4)
         fillLength += size
         fillLastSequence = sequence
         nextSequence = sequence + 1
@@ -183,21 +251,24 @@ public final class JournalWriter {
         return durable
     }
 
-    /// After a failure: tries again what failed (space may have returned). A failed batch is
-    /// submitted again (its outcome shows in `poll`); a segment that could not be allocated is
-    /// allocated again, and the failure stays until that works.
+    /// After a failure: does again what failed (the disk may work again, space may have
+    /// returned). A failed batch is written again whole; a segment that could not be created is
+    /// created again. `failure` stays set until that has completed and worked, so a caller that
+    /// waits while `failure != nil` waits for the disk, not for the retry to be submitted.
     public func retry() {
         guard failure != nil else { return }
-        if let batch = inFlight, !batch.wrote || !batch.synced {
-            failure = nil
-            inFlight = nil
+        if retrying {
+            reap()
+        } else if let batch = inFlight {
+            retrying = true
             resubmit(batch)
-        } else if inFlight == nil && fillLength == 0, case .diskFull = failure {
+        } else if let first = pendingSegment {
+            do {
+                try openSegment(firstSequence: first)
+                failure = nil
+            } catch {}  // failure and pendingSegment stay
+        } else {
             failure = nil
-            do { try openSegment(firstSequence: nextSequence) } catch {}  // failure is set again if not
-        } else if inFlight == nil && fillLength > 0 {
-            failure = nil
-            submit()
         }
     }
 
@@ -212,7 +283,30 @@ public final class JournalWriter {
         }
     }
 
+    private func fail(_ error: JournalError) {
+        failure = error
+        failureCount += 1
+    }
+
     private func submit() {
+        // The batch header, now that the batch is complete: its range, size and checksums.
+        let h = buffers[filling]
+        h.storeBytes(of: UInt32(JournalLayout.batchPayload).littleEndian, toByteOffset: 0, as: UInt32.self)
+        h.storeBytes(of: JournalLayout.batchType.littleEndian, toByteOffset: 4, as: UInt16.self)
+        h.storeBytes(of: UInt16(0), toByteOffset: 6, as: UInt16.self)
+        h.storeBytes(of: fillFirstSequence.littleEndian, toByteOffset: 8, as: UInt64.self)
+        h.storeBytes(of: UInt64(0), toByteOffset: 16, as: UInt64.self)
+        let b = h + JournalLayout.recordHeaderSize
+        b.storeBytes(of: fillLastSequence.littleEndian, toByteOffset: 0, as: UInt64.self)
+        b.storeBytes(of: UInt32(fillLength).littleEndian, toByteOffset: 8, as: UInt32.self)
+        b.storeBytes(of: fillChecksum.littleEndian, toByteOffset: 12, as: UInt32.self)
+        b.storeBytes(of: chain.littleEndian, toByteOffset: 16, as: UInt32.self)
+        b.storeBytes(of: UInt32(0), toByteOffset: 20, as: UInt32.self)
+        b.storeBytes(of: journalId.littleEndian, toByteOffset: 24, as: UInt64.self)
+        var crc = cb_crc32c(0, h, 16)
+        crc = cb_crc32c(crc, b, JournalLayout.batchPayload)
+        h.storeBytes(of: crc.littleEndian, toByteOffset: 16, as: UInt32.self)
+        chain = fillChecksum
         let batch = (buffer: filling, offset: writeOffset, length: fillLength, last: fillLastSequence, wrote: false, synced: false)
         writeOffset += fillLength
         filling ^= 1
@@ -226,7 +320,10 @@ public final class JournalWriter {
                                          batchTag << 1)
         inFlight = (batch.buffer, batch.offset, batch.length, batch.last, false, false)
         if syncHistogram != nil { submittedAt = monotonicNanoseconds() }
-        if rc < 0 { failure = .system(call: "io_uring_submit", path: segmentPath, errno: -rc) }
+        if rc < 0 {
+            retrying = false
+            fail(.system(call: "io_uring_submit", path: segmentPath, errno: -rc))
+        }
     }
 
     private func reap() {
@@ -239,12 +336,14 @@ public final class JournalWriter {
         let isSync = tag & (1 << 63) != 0
         if result < 0 {
             if result == -ECANCELED { return }  // the sync of a failed write: the write says why
-            failure = result == -ENOSPC ? .diskFull(path: segmentPath)
-                : .system(call: isSync ? "fdatasync" : "write", path: segmentPath, errno: -result)
+            retrying = false
+            fail(result == -ENOSPC ? .diskFull(path: segmentPath)
+                 : .system(call: isSync ? "fdatasync" : "write", path: segmentPath, errno: -result))
             return
         }
         if !isSync && Int(result) != batch.length {
-            failure = .system(call: "write (short: \(result) of \(batch.length) bytes)", path: segmentPath, errno: EIO)
+            retrying = false
+            fail(.system(call: "write (short: \(result) of \(batch.length) bytes)", path: segmentPath, errno: EIO))
             return
         }
         if isSync { inFlight?.synced = true } else { inFlight?.wrote = true }
@@ -257,20 +356,34 @@ public final class JournalWriter {
             // The buffer is free again: zero it so the next batch's padding is clean.
             buffers[done.buffer].initializeMemory(as: UInt8.self, repeating: 0, count: done.length)
             inFlight = nil
+            if retrying {
+                retrying = false
+                failure = nil
+            }
         }
     }
 
+    /// Creates, preallocates and syncs the next segment, and makes its name durable (fsync of
+    /// the directory). Any failure leaves no file behind, sets `failure`, and is retried by
+    /// `retry`: records of this segment are never written before its name is durable.
     private func openSegment(firstSequence: UInt64) throws(JournalError) {
         let path = config.directory + "/" + JournalLayout.segmentName(shard: config.shard, firstSequence: firstSequence)
-        let newFd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-        guard newFd >= 0 else { throw .system(call: "open", path: path, errno: errno) }
-        let rc = cb_fallocate(newFd, 0, UInt64(config.segmentSize))
-        if rc != 0 {
-            close(newFd)
+        func refuse(_ error: JournalError, _ newFd: Int32) throws(JournalError) -> Never {
+            if newFd >= 0 { close(newFd) }
             unlink(path)
-            failure = rc == ENOSPC ? .diskFull(path: path) : .system(call: "fallocate", path: path, errno: rc)
-            throw failure!
+            pendingSegment = firstSequence
+            fail(error)
+            throw error
         }
+        var newFd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        if newFd < 0 && errno == EEXIST && pendingSegment == firstSequence {
+            // Left by an earlier attempt whose removal failed: it holds no record.
+            unlink(path)
+            newFd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        }
+        guard newFd >= 0 else { let e = errno; try refuse(.system(call: "open", path: path, errno: e), -1) }
+        let rc = cb_fallocate(newFd, 0, UInt64(config.segmentSize))
+        if rc != 0 { try refuse(rc == ENOSPC ? .diskFull(path: path) : .system(call: "fallocate", path: path, errno: rc), newFd) }
         var header = [UInt8](repeating: 0, count: JournalLayout.segmentHeaderSize)
         header.withUnsafeMutableBytes { h in
             h.storeBytes(of: JournalLayout.magic, toByteOffset: 0, as: UInt64.self)
@@ -278,23 +391,27 @@ public final class JournalWriter {
             h.storeBytes(of: UInt32(config.shard).littleEndian, toByteOffset: 12, as: UInt32.self)
             h.storeBytes(of: firstSequence.littleEndian, toByteOffset: 16, as: UInt64.self)
             h.storeBytes(of: UInt64(config.segmentSize).littleEndian, toByteOffset: 24, as: UInt64.self)
+            h.storeBytes(of: journalId.littleEndian, toByteOffset: 32, as: UInt64.self)
+            h.storeBytes(of: chain.littleEndian, toByteOffset: 40, as: UInt32.self)
         }
-        guard pwrite(newFd, header, header.count, 0) == header.count, fdatasync(newFd) == 0 else {
-            let e = errno
-            close(newFd)
-            unlink(path)
-            throw .system(call: "pwrite", path: path, errno: e)
-        }
-        // The directory entry must be durable too, or a crash could lose the whole segment.
+        let wrote = pwrite(newFd, header, header.count, 0)
+        if wrote != header.count { let e = wrote < 0 ? errno : EIO; try refuse(.system(call: "pwrite", path: path, errno: e), newFd) }
+        if fdatasync(newFd) != 0 { let e = errno; try refuse(.system(call: "fdatasync", path: path, errno: e), newFd) }
+        // The directory entry must be durable too, or a power cut could lose the whole segment
+        // with every acknowledged record in it.
         let dirFd = open(config.directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if dirFd >= 0 {
-            fsync(dirFd)
+        if dirFd < 0 { let e = errno; try refuse(.system(call: "open", path: config.directory, errno: e), newFd) }
+        if fsync(dirFd) != 0 {
+            let e = errno
             close(dirFd)
+            try refuse(.system(call: "fsync (directory)", path: config.directory, errno: e), newFd)
         }
+        close(dirFd)
         if fd >= 0 { close(fd) }
         fd = newFd
         segmentPath = path
         writeOffset = JournalLayout.segmentHeaderSize
+        pendingSegment = nil
     }
 
     /// Opens the next segment after a failure at rollover (space may have returned).
@@ -309,16 +426,35 @@ public struct JournalScan: Equatable, Sendable {
     public var records = 0
     public var firstSequence: UInt64 = 0
     public var lastSequence: UInt64 = 0
-    /// Where appending continues: the last segment and the offset after its last good record.
+    /// Where appending continues: the last segment and the offset after its last good batch.
     public var appendPath: String?
     public var appendOffset = 0
-    /// A torn last record that was cut off: the file and the offset it started at.
+    /// A torn last batch that was cut off: the file and the offset it started at.
     public var truncated: (path: String, offset: Int)?
+    /// A last segment whose creation never completed (no header on disk): removed by a repair.
+    public var unfinishedSegment: String?
+    /// The journal's id and the checksum of its last batch (version 2 segments; nil for a
+    /// journal without any).
+    public var journalId: UInt64?
+    public var chain: UInt32 = 0
+    /// The version of the last segment.
+    public var lastVersion: UInt32 = 0
+
+    public init() {}
+
+    /// Where a writer continues this journal: in its last segment if that is of the current
+    /// version, else in a new segment (same journal id and chain).
+    public var resume: JournalResume? {
+        guard let journalId else { return nil }
+        return JournalResume(path: lastVersion == JournalLayout.version ? appendPath : nil, offset: appendOffset,
+                             journalId: journalId, chain: chain)
+    }
 
     public static func == (a: JournalScan, b: JournalScan) -> Bool {
         a.records == b.records && a.firstSequence == b.firstSequence && a.lastSequence == b.lastSequence
             && a.appendPath == b.appendPath && a.appendOffset == b.appendOffset
             && a.truncated?.path == b.truncated?.path && a.truncated?.offset == b.truncated?.offset
+            && a.unfinishedSegment == b.unfinishedSegment && a.journalId == b.journalId && a.chain == b.chain
     }
 }
 
@@ -336,87 +472,325 @@ public enum JournalReader {
         return names.sorted().map { directory + "/" + $0 }
     }
 
-    /// Reads every record in order, checking framing, CRC and that sequences follow each other.
-    /// A bad record at the very end of the last segment (followed only by zeros) is a torn
-    /// write: with `repair`, it is zeroed and synced, and the scan says so. A bad record
-    /// anywhere else stops the scan with an error naming the file, the offset and the sequence.
+    /// Reads every record in order, checking framing, CRCs, batch checksums and their chain, and
+    /// that sequences follow each other. Damage confined to the last batch of the last segment
+    /// (nothing valid after it) is a torn write: with `repair`, everything from that batch's
+    /// start on is zeroed and synced, and the scan says so. Damage followed by a valid later
+    /// batch, or anywhere but the last segment, stops the scan with an error naming the file,
+    /// the offset and the sequence. A last segment without a header (its creation was cut
+    /// short; it never held a record) is removed with `repair` and ignored without.
     ///
     /// `after`: records up to this sequence are checked but not visited, and segments that end
     /// before it are skipped (recovery from a snapshot at that sequence).
     public static func scan(directory: String, shard: Int, repair: Bool, after: UInt64 = 0,
                             visit: (UInt16, UInt64, UnsafeRawBufferPointer) -> Void) throws(JournalError) -> JournalScan {
-        var result = JournalScan()
+        var state = ScanState(result: JournalScan(), expected: 0, repair: repair, after: after)
         var files = segments(directory: directory, shard: shard)
-        // A segment is wholly at or below `after` if the next one starts at or below after + 1.
-        while files.count > 1, let next = firstSequence(of: files[1]), next <= after + 1 { files.removeFirst() }
-        var expected: UInt64 = 0
-        for (index, path) in files.enumerated() {
-            let isLast = index == files.count - 1
-            let fd = open(path, O_RDWR | O_CLOEXEC)
-            guard fd >= 0 else { throw .system(call: "open", path: path, errno: errno) }
-            defer { close(fd) }
-            var info = stat()
-            fstat(fd, &info)
-            let size = Int(info.st_size)
-            guard size >= JournalLayout.segmentHeaderSize,
-                  let map = mmap(nil, size, PROT_READ, MAP_SHARED, fd, 0), map != MAP_FAILED else {
-                throw .badSegment(path: path, "too small or unreadable")
-            }
-            defer { munmap(map, size) }
-            let base = UnsafeRawPointer(map)
-            guard base.load(as: UInt64.self) == JournalLayout.magic,
-                  UInt32(littleEndian: base.load(fromByteOffset: 8, as: UInt32.self)) == JournalLayout.version,
-                  UInt32(littleEndian: base.load(fromByteOffset: 12, as: UInt32.self)) == UInt32(shard)
-            else { throw .badSegment(path: path, "wrong magic, version or shard") }
-            let first = UInt64(littleEndian: base.load(fromByteOffset: 16, as: UInt64.self))
-            if expected == 0 { expected = first; result.firstSequence = first }
-            guard first == expected else {
-                throw .corrupt(path: path, offset: 0, sequence: expected, "segment starts at sequence \(first)")
-            }
-            var offset = JournalLayout.segmentHeaderSize
-            while offset + JournalLayout.recordHeaderSize <= size {
-                let length = Int(UInt32(littleEndian: base.load(fromByteOffset: offset, as: UInt32.self)))
-                if length == 0 && isZero(base + offset, JournalLayout.recordHeaderSize) { break }  // the end
-                let problem: String? = {
-                    guard length > 0, length <= JournalLayout.maxPayload,
-                          offset + JournalLayout.recordSize(payload: length) <= size else { return "length \(length) does not fit" }
-                    let seq = UInt64(littleEndian: base.load(fromByteOffset: offset + 8, as: UInt64.self))
-                    var crc = cb_crc32c(0, base + offset, 16)
-                    crc = cb_crc32c(crc, base + offset + JournalLayout.recordHeaderSize, length)
-                    if crc != UInt32(littleEndian: base.load(fromByteOffset: offset + 16, as: UInt32.self)) { return "CRC mismatch" }
-                    if seq != expected { return "sequence \(seq) where \(expected) was expected" }
-                    return nil
-                }()
-                if let problem {
-                    let end = min(size, offset + max(JournalLayout.recordHeaderSize, JournalLayout.recordSize(payload: min(length, JournalLayout.maxPayload))))
-                    let onlyZerosAfter = isZero(base + end, size - end)
-                    guard isLast && onlyZerosAfter else {
-                        throw .corrupt(path: path, offset: offset, sequence: expected, problem)
-                    }
-                    if repair {
-                        let zeros = [UInt8](repeating: 0, count: end - offset)
-                        guard pwrite(fd, zeros, zeros.count, off_t(offset)) == zeros.count, fdatasync(fd) == 0 else {
-                            throw .system(call: "pwrite", path: path, errno: errno)
-                        }
-                    }
-                    result.truncated = (path, offset)
-                    break
-                }
-                let type = UInt16(littleEndian: base.load(fromByteOffset: offset + 4, as: UInt16.self))
-                if expected > after {
-                    visit(type, expected, UnsafeRawBufferPointer(start: base + offset + JournalLayout.recordHeaderSize, count: length))
-                }
-                result.records += 1
-                result.lastSequence = expected
-                expected += 1
-                offset += JournalLayout.recordSize(payload: length)
-            }
-            if isLast {
-                result.appendPath = path
-                result.appendOffset = offset
+        if let last = files.last, try segmentNeverFinished(last) {
+            state.result.unfinishedSegment = last
+            files.removeLast()
+            if repair {
+                guard unlink(last) == 0 else { throw .system(call: "unlink", path: last, errno: errno) }
+                try syncDirectory(directory)
             }
         }
-        return result
+        // A segment is wholly at or below `after` if the next one starts at or below after + 1.
+        while files.count > 1, let next = firstSequence(of: files[1]), next <= after + 1 { files.removeFirst() }
+        for (index, path) in files.enumerated() {
+            try scanSegment(path, shard: shard, isLast: index == files.count - 1, state: &state, visit: visit)
+        }
+        return state.result
+    }
+
+    struct ScanState {
+        var result: JournalScan
+        var expected: UInt64
+        var repair: Bool
+        var after: UInt64
+        /// The chain at the end of the previous version 2 segment, if there was one.
+        var chainAtEnd: UInt32?
+    }
+
+    /// True for a segment file whose header never reached the disk and that holds nothing else:
+    /// all zeros (or empty). A zero header before non-zero bytes is not that: it is refused.
+    static func segmentNeverFinished(_ path: String) throws(JournalError) -> Bool {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw .system(call: "open", path: path, errno: errno) }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw .system(call: "fstat", path: path, errno: errno) }
+        let size = Int(info.st_size)
+        if size == 0 { return true }
+        guard let map = mmap(nil, size, PROT_READ, MAP_SHARED, fd, 0), map != MAP_FAILED else {
+            throw .system(call: "mmap", path: path, errno: errno)
+        }
+        defer { munmap(map, size) }
+        let base = UnsafeRawPointer(map)
+        guard isZero(base, min(size, JournalLayout.segmentHeaderSize)) else { return false }
+        guard isZero(base, size) else { throw .badSegment(path: path, "its header is zeros but it holds data") }
+        return true
+    }
+
+    static func syncDirectory(_ directory: String) throws(JournalError) {
+        let dirFd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard dirFd >= 0 else { throw .system(call: "open", path: directory, errno: errno) }
+        defer { close(dirFd) }
+        guard fsync(dirFd) == 0 else { throw .system(call: "fsync (directory)", path: directory, errno: errno) }
+    }
+
+    static func scanSegment(_ path: String, shard: Int, isLast: Bool, state: inout ScanState,
+                            visit: (UInt16, UInt64, UnsafeRawBufferPointer) -> Void) throws(JournalError) {
+        let fd = open(path, O_RDWR | O_CLOEXEC)
+        guard fd >= 0 else { throw .system(call: "open", path: path, errno: errno) }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw .system(call: "fstat", path: path, errno: errno) }
+        let size = Int(info.st_size)
+        guard size >= JournalLayout.segmentHeaderSize,
+              let map = mmap(nil, size, PROT_READ, MAP_SHARED, fd, 0), map != MAP_FAILED else {
+            throw .badSegment(path: path, "too small or unreadable")
+        }
+        defer { munmap(map, size) }
+        let base = UnsafeRawPointer(map)
+        let version = UInt32(littleEndian: base.load(fromByteOffset: 8, as: UInt32.self))
+        guard base.load(as: UInt64.self) == JournalLayout.magic, version == 1 || version == JournalLayout.version,
+              UInt32(littleEndian: base.load(fromByteOffset: 12, as: UInt32.self)) == UInt32(shard)
+        else { throw .badSegment(path: path, "wrong magic, version or shard") }
+        let first = UInt64(littleEndian: base.load(fromByteOffset: 16, as: UInt64.self))
+        if state.expected == 0 { state.expected = first; state.result.firstSequence = first }
+        guard first == state.expected else {
+            throw .corrupt(path: path, offset: 0, sequence: state.expected, "segment starts at sequence \(first)")
+        }
+        if firstSequence(of: path) != first {
+            throw .badSegment(path: path, "its name says sequence \(firstSequence(of: path).map(String.init) ?? "?"), its header \(first)")
+        }
+        state.result.lastVersion = version
+        let end: Int
+        if version == 1 {
+            end = try scanVersion1(path, fd: fd, base: base, size: size, isLast: isLast, state: &state, visit: visit)
+        } else {
+            end = try scanVersion2(path, fd: fd, base: base, size: size, isLast: isLast, state: &state, visit: visit)
+        }
+        if isLast {
+            state.result.appendPath = path
+            state.result.appendOffset = end
+        }
+    }
+
+    /// A version 2 segment: batch by batch. Returns where appending would continue.
+    static func scanVersion2(_ path: String, fd: Int32, base: UnsafeRawPointer, size: Int, isLast: Bool,
+                             state: inout ScanState,
+                             visit: (UInt16, UInt64, UnsafeRawBufferPointer) -> Void) throws(JournalError) -> Int {
+        let journalId = UInt64(littleEndian: base.load(fromByteOffset: 32, as: UInt64.self))
+        var chain = UInt32(littleEndian: base.load(fromByteOffset: 40, as: UInt32.self))
+        if let known = state.result.journalId, known != journalId {
+            throw .badSegment(path: path, "it belongs to another journal (id \(String(journalId, radix: 16)), not \(String(known, radix: 16)))")
+        }
+        if let previous = state.chainAtEnd, previous != chain {
+            throw .corrupt(path: path, offset: 0, sequence: state.expected, "the segment does not continue the batches of the one before")
+        }
+        state.result.journalId = journalId
+        var offset = JournalLayout.segmentHeaderSize
+        var damage: (offset: Int, sequence: UInt64, why: String)?
+        while offset + JournalLayout.recordHeaderSize <= size {
+            if isZero(base + offset, JournalLayout.recordHeaderSize) { break }  // the end
+            switch checkBatch(base, size: size, at: offset, journalId: journalId, chain: chain, expected: state.expected) {
+            case .failure(let problem):
+                let at = problem.record.map { "record at offset \($0.offset), sequence \($0.sequence), in the batch at offset \(offset)" }
+                    ?? "batch at offset \(offset)"
+                damage = (problem.record?.offset ?? offset, problem.record?.sequence ?? state.expected, "\(problem.why) (\(at))")
+            case .success(let batch):
+                // Visit only a whole, checked batch: nothing of a torn batch is ever applied.
+                var p = offset + JournalLayout.batchHeaderSize
+                while p < batch.end {
+                    let length = Int(UInt32(littleEndian: base.load(fromByteOffset: p, as: UInt32.self)))
+                    let type = UInt16(littleEndian: base.load(fromByteOffset: p + 4, as: UInt16.self))
+                    if state.expected > state.after {
+                        visit(type, state.expected, UnsafeRawBufferPointer(start: base + p + JournalLayout.recordHeaderSize, count: length))
+                    }
+                    state.result.records += 1
+                    state.result.lastSequence = state.expected
+                    state.expected += 1
+                    p += JournalLayout.recordSize(payload: length)
+                }
+                chain = batch.checksum
+                offset = batch.end
+            }
+            if damage != nil { break }
+        }
+        state.chainAtEnd = chain
+        state.result.chain = chain
+        // Past the last good batch only never-written space may follow. A valid batch header
+        // there means the damage (or the zeros) hide acknowledged batches: corruption.
+        if let later = findBatchHeader(base, size: size, from: offset + 8, journalId: journalId) {
+            let why = damage?.why ?? "the batches end here, but a valid batch follows"
+            throw .corrupt(path: path, offset: damage?.offset ?? offset, sequence: damage?.sequence ?? state.expected,
+                           "\(why); a valid later batch at offset \(later)")
+        }
+        let dirty = lastNonZero(base, from: offset, size: size)
+        if dirty > offset {
+            // Leftovers of a torn write (damaged or not, never acknowledged) after the last batch.
+            guard isLast else {
+                throw .corrupt(path: path, offset: damage?.offset ?? offset, sequence: damage?.sequence ?? state.expected,
+                               damage?.why ?? "bytes after the last batch of a segment that is not the last")
+            }
+            state.result.truncated = (path, offset)
+            if state.repair { try zero(fd, path: path, from: offset, to: dirty) }
+        }
+        return offset
+    }
+
+    struct BatchProblem: Error {
+        var why: String
+        /// The bad record, when the batch header was good.
+        var record: (offset: Int, sequence: UInt64)?
+    }
+
+    /// Checks the batch at `offset`: its header, every record's framing, CRC and sequence, the
+    /// batch's checksum and its link to the previous batch.
+    static func checkBatch(_ base: UnsafeRawPointer, size: Int, at offset: Int, journalId: UInt64, chain: UInt32,
+                           expected: UInt64) -> Result<(end: Int, checksum: UInt32), BatchProblem> {
+        guard isBatchHeader(base, size: size, at: offset, journalId: journalId) else {
+            return .failure(BatchProblem(why: "not a valid batch header"))
+        }
+        let b = base + offset + JournalLayout.recordHeaderSize
+        let first = UInt64(littleEndian: base.load(fromByteOffset: offset + 8, as: UInt64.self))
+        let last = UInt64(littleEndian: b.load(fromByteOffset: 0, as: UInt64.self))
+        let bytes = Int(UInt32(littleEndian: b.load(fromByteOffset: 8, as: UInt32.self)))
+        let checksum = UInt32(littleEndian: b.load(fromByteOffset: 12, as: UInt32.self))
+        let previous = UInt32(littleEndian: b.load(fromByteOffset: 16, as: UInt32.self))
+        guard first == expected else { return .failure(BatchProblem(why: "batch starts at sequence \(first) where \(expected) was expected")) }
+        guard previous == chain else { return .failure(BatchProblem(why: "batch does not chain to the batch before it")) }
+        guard last >= first, bytes > JournalLayout.batchHeaderSize, offset + bytes <= size else {
+            return .failure(BatchProblem(why: "batch of \(bytes) bytes, sequences \(first)...\(last), does not fit"))
+        }
+        let end = offset + bytes
+        var p = offset + JournalLayout.batchHeaderSize
+        var sequence = first
+        var running = chain
+        while p < end {
+            guard p + JournalLayout.recordHeaderSize <= end else {
+                return .failure(BatchProblem(why: "record header crosses the batch end", record: (p, sequence)))
+            }
+            let length = Int(UInt32(littleEndian: base.load(fromByteOffset: p, as: UInt32.self)))
+            guard length > 0, length <= JournalLayout.maxPayload, p + JournalLayout.recordSize(payload: length) <= end else {
+                return .failure(BatchProblem(why: "length \(length) does not fit", record: (p, sequence)))
+            }
+            let seq = UInt64(littleEndian: base.load(fromByteOffset: p + 8, as: UInt64.self))
+            var crc = cb_crc32c(0, base + p, 16)
+            crc = cb_crc32c(crc, base + p + JournalLayout.recordHeaderSize, length)
+            guard crc == UInt32(littleEndian: base.load(fromByteOffset: p + 16, as: UInt32.self)) else {
+                return .failure(BatchProblem(why: "CRC mismatch", record: (p, sequence)))
+            }
+            guard seq == sequence, seq <= last else {
+                return .failure(BatchProblem(why: "sequence \(seq) where \(sequence) was expected", record: (p, sequence)))
+            }
+            guard UInt16(littleEndian: base.load(fromByteOffset: p + 4, as: UInt16.self)) != JournalLayout.batchType else {
+                return .failure(BatchProblem(why: "a batch header inside a batch", record: (p, sequence)))
+            }
+            running = cb_crc32c(running, base + p + 16, 4)
+            sequence += 1
+            p += JournalLayout.recordSize(payload: length)
+        }
+        guard sequence == last + 1 else { return .failure(BatchProblem(why: "batch ends at sequence \(sequence - 1), its header says \(last)")) }
+        guard running == checksum else { return .failure(BatchProblem(why: "batch checksum mismatch")) }
+        return .success((end, checksum))
+    }
+
+    /// A record header at `offset` that is a batch header of this journal, with a good CRC.
+    static func isBatchHeader(_ base: UnsafeRawPointer, size: Int, at offset: Int, journalId: UInt64) -> Bool {
+        guard offset + JournalLayout.batchHeaderSize <= size,
+              UInt32(littleEndian: base.load(fromByteOffset: offset, as: UInt32.self)) == UInt32(JournalLayout.batchPayload),
+              UInt16(littleEndian: base.load(fromByteOffset: offset + 4, as: UInt16.self)) == JournalLayout.batchType,
+              UInt64(littleEndian: base.load(fromByteOffset: offset + JournalLayout.recordHeaderSize + 24, as: UInt64.self)) == journalId
+        else { return false }
+        var crc = cb_crc32c(0, base + offset, 16)
+        crc = cb_crc32c(crc, base + offset + JournalLayout.recordHeaderSize, JournalLayout.batchPayload)
+        return crc == UInt32(littleEndian: base.load(fromByteOffset: offset + 16, as: UInt32.self))
+    }
+
+    /// The offset of the first valid batch header at or after `from` (8-byte steps), if any.
+    static func findBatchHeader(_ base: UnsafeRawPointer, size: Int, from: Int, journalId: UInt64) -> Int? {
+        let marker = UInt64(JournalLayout.batchPayload) | UInt64(JournalLayout.batchType) << 32
+        var p = (from + 7) & ~7
+        while p + JournalLayout.batchHeaderSize <= size {
+            // Length and type in one word (the reserved half-word is zero in a header).
+            if UInt64(littleEndian: base.load(fromByteOffset: p, as: UInt64.self)) == marker,
+               isBatchHeader(base, size: size, at: p, journalId: journalId) { return p }
+            p += 8
+        }
+        return nil
+    }
+
+    /// One past the last non-zero byte at or after `from` (`from` itself if there is none).
+    static func lastNonZero(_ base: UnsafeRawPointer, from: Int, size: Int) -> Int {
+        var end = size
+        while end > from && end & 7 != 0 {
+            if base.load(fromByteOffset: end - 1, as: UInt8.self) != 0 { return end }
+            end -= 1
+        }
+        while end - 8 >= from {
+            if base.load(fromByteOffset: end - 8, as: UInt64.self) != 0 { break }
+            end -= 8
+        }
+        while end > from && base.load(fromByteOffset: end - 1, as: UInt8.self) == 0 { end -= 1 }
+        return end
+    }
+
+    /// Zeroes [from, to) and syncs it: nothing stale after a cut can ever be read as a record.
+    static func zero(_ fd: Int32, path: String, from: Int, to: Int) throws(JournalError) {
+        let chunk = [UInt8](repeating: 0, count: min(1 << 20, to - from))
+        var at = from
+        while at < to {
+            let n = min(chunk.count, to - at)
+            guard pwrite(fd, chunk, n, off_t(at)) == n else { throw .system(call: "pwrite", path: path, errno: errno) }
+            at += n
+        }
+        guard fdatasync(fd) == 0 else { throw .system(call: "fdatasync", path: path, errno: errno) }
+    }
+
+    /// A version 1 segment (records without batches), as written before batches existed.
+    static func scanVersion1(_ path: String, fd: Int32, base: UnsafeRawPointer, size: Int, isLast: Bool,
+                             state: inout ScanState,
+                             visit: (UInt16, UInt64, UnsafeRawBufferPointer) -> Void) throws(JournalError) -> Int {
+        state.chainAtEnd = nil
+        var offset = JournalLayout.segmentHeaderSize
+        while offset + JournalLayout.recordHeaderSize <= size {
+            let length = Int(UInt32(littleEndian: base.load(fromByteOffset: offset, as: UInt32.self)))
+            if length == 0 && isZero(base + offset, JournalLayout.recordHeaderSize) { break }  // the end
+            var problem: String?
+            if !(length > 0 && length <= JournalLayout.maxPayload && offset + JournalLayout.recordSize(payload: length) <= size) {
+                problem = "length \(length) does not fit"
+            } else {
+                let seq = UInt64(littleEndian: base.load(fromByteOffset: offset + 8, as: UInt64.self))
+                var crc = cb_crc32c(0, base + offset, 16)
+                crc = cb_crc32c(crc, base + offset + JournalLayout.recordHeaderSize, length)
+                if crc != UInt32(littleEndian: base.load(fromByteOffset: offset + 16, as: UInt32.self)) {
+                    problem = "CRC mismatch"
+                } else if seq != state.expected {
+                    problem = "sequence \(seq) where \(state.expected) was expected"
+                }
+            }
+            if let problem {
+                let end = min(size, offset + max(JournalLayout.recordHeaderSize,
+                                                 JournalLayout.recordSize(payload: min(length, JournalLayout.maxPayload))))
+                guard isLast && isZero(base + end, size - end) else {
+                    throw .corrupt(path: path, offset: offset, sequence: state.expected, problem)
+                }
+                if state.repair { try zero(fd, path: path, from: offset, to: end) }
+                state.result.truncated = (path, offset)
+                break
+            }
+            let type = UInt16(littleEndian: base.load(fromByteOffset: offset + 4, as: UInt16.self))
+            if state.expected > state.after {
+                visit(type, state.expected, UnsafeRawBufferPointer(start: base + offset + JournalLayout.recordHeaderSize, count: length))
+            }
+            state.result.records += 1
+            state.result.lastSequence = state.expected
+            state.expected += 1
+            offset += JournalLayout.recordSize(payload: length)
+        }
+        return offset
     }
 
     /// The first sequence of a segment, from its name.

@@ -5,7 +5,7 @@ import Journal
 struct JournalCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "journal",
-        abstract: "Check, print or repair a shard's journal (the engine does not write one yet).",
+        abstract: "Check, print or repair a shard's journal.",
         subcommands: [Verify.self, Dump.self, Truncate.self])
 
     struct Location: ParsableArguments {
@@ -18,7 +18,7 @@ struct JournalCommand: ParsableCommand {
 
     struct Verify: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Check every record's framing, CRC32C and sequence; change nothing.")
+            abstract: "Check every record's framing, CRC32C and sequence, and every batch's checksum and chain; change nothing.")
         @OptionGroup var location: Location
 
         func run() throws {
@@ -30,8 +30,11 @@ struct JournalCommand: ParsableCommand {
             }
             print("\(scan.records) records, sequences \(scan.firstSequence)...\(scan.lastSequence), "
                   + "\(JournalReader.segments(directory: location.directory, shard: location.shard).count) segment(s)")
+            if let unfinished = scan.unfinishedSegment {
+                print("\(unfinished): a segment whose creation never completed (no header, no record): `crossbook journal truncate` removes it")
+            }
             if let torn = scan.truncated {
-                throw CLIError("torn last record at \(torn.path) offset \(torn.offset): run `crossbook journal truncate` to cut it")
+                throw CLIError("torn last batch at \(torn.path) offset \(torn.offset) (never acknowledged): run `crossbook journal truncate` to cut it")
             }
         }
     }
@@ -53,14 +56,17 @@ struct JournalCommand: ParsableCommand {
     }
 
     struct Truncate: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Cut a torn last record (zeroed and synced); refuse anything else.")
+        static let configuration = CommandConfiguration(abstract: "Cut a torn last batch (it and everything after it zeroed and synced); refuse anything else.")
         @OptionGroup var location: Location
 
         func run() throws {
             do {
                 let scan = try JournalReader.scan(directory: location.directory, shard: location.shard, repair: true) { _, _, _ in }
+                if let unfinished = scan.unfinishedSegment {
+                    print("removed \(unfinished), a segment whose creation never completed")
+                }
                 if let torn = scan.truncated {
-                    print("cut the torn record at \(torn.path) offset \(torn.offset); the journal ends at sequence \(scan.lastSequence)")
+                    print("cut the torn last batch at \(torn.path) offset \(torn.offset); the journal ends at sequence \(scan.lastSequence)")
                 } else {
                     print("nothing to cut; the journal ends at sequence \(scan.lastSequence)")
                 }

@@ -197,22 +197,25 @@ struct JournalCLITests {
         let writer = try JournalWriter(config: JournalConfig(directory: dir, shard: 0, segmentSize: 1 << 20,
                                                              bufferSize: 1 << 16), lastSequence: 0)
         let bytes = [UInt8](repeating: 0xAB, count: 40)
-        for s in 1...50 as ClosedRange<UInt64> {
+        // Two batches: 1...50, then 51...60 (damage in the last batch alone would be a torn tail).
+        for s in 1...60 as ClosedRange<UInt64> {
             _ = try bytes.withUnsafeBytes { try writer.append(type: 1, sequence: s, payload: $0) }
+            if s == 50 { try writer.flush() }
         }
         try writer.flush()
         let good = try runCrossbook(["journal", "verify", dir])
         #expect(good.status == 0)
-        #expect(good.stdout.contains("50 records, sequences 1...50"))
-        // Flip a byte in record 3 (each record is 64 bytes here: 24 of header, 40 of payload).
+        #expect(good.stdout.contains("60 records, sequences 1...60"))
+        // Flip a byte in record 3 (after the 56-byte batch header, each record is 64 bytes here:
+        // 24 of header, 40 of payload).
         let path = JournalReader.segments(directory: dir, shard: 0)[0]
         let fd = open(path, O_RDWR)
         var byte: UInt8 = 0x00
-        _ = pwrite(fd, &byte, 1, off_t(64 + 2 * 64 + 30))
+        _ = pwrite(fd, &byte, 1, off_t(64 + 56 + 2 * 64 + 30))
         close(fd)
         let bad = try runCrossbook(["journal", "verify", dir])
         #expect(bad.status != 0)
-        #expect(bad.stderr.contains("\(path): corrupt record at offset 192 (sequence 3): CRC mismatch"), "\(bad.stderr)")
+        #expect(bad.stderr.contains("\(path): corrupt record at offset 248 (sequence 3): CRC mismatch"), "\(bad.stderr)")
     }
 }
 

@@ -3,6 +3,7 @@
 // resumes when space returns.
 import Foundation
 import Glibc
+import CShims
 import Journal
 import Testing
 import TestSupport
@@ -38,6 +39,60 @@ func write(_ writer: JournalWriter, _ range: ClosedRange<UInt64>) throws {
     try writer.flush()
 }
 
+/// Appends records first...last as one batch (nothing is submitted until they are all in, unless
+/// the segment ends: then it is split there), then flushes.
+func writeBatch(_ writer: JournalWriter, _ range: ClosedRange<UInt64>) throws {
+    for sequence in range {
+        let bytes = payload(sequence)
+        if try !bytes.withUnsafeBytes({ try writer.append(type: 7, sequence: sequence, payload: $0) }) {
+            try writer.flush()
+            guard try bytes.withUnsafeBytes({ try writer.append(type: 7, sequence: sequence, payload: $0) }) else {
+                Issue.record("record \(sequence) does not fit")
+                return
+            }
+        }
+    }
+    try writer.flush()
+}
+
+/// Where each batch of a version 2 segment starts, and where its records start.
+func batches(_ path: String) -> [(start: Int, records: [Int])] {
+    let data = FileManager.default.contents(atPath: path) ?? Data()
+    var out: [(start: Int, records: [Int])] = []
+    data.withUnsafeBytes { (raw: UnsafeRawBufferPointer) in
+        var offset = 64
+        while offset + 56 <= raw.count {
+            let bytes = Int(raw.loadUnaligned(fromByteOffset: offset + 24 + 8, as: UInt32.self))
+            guard raw.loadUnaligned(fromByteOffset: offset + 4, as: UInt16.self) == JournalLayout.batchType, bytes > 0 else { break }
+            var records: [Int] = []
+            var p = offset + JournalLayout.batchHeaderSize
+            while p < offset + bytes {
+                records.append(p)
+                p += JournalLayout.recordSize(payload: Int(raw.loadUnaligned(fromByteOffset: p, as: UInt32.self)))
+            }
+            out.append((offset, records))
+            offset += bytes
+        }
+    }
+    return out
+}
+
+func flip(_ path: String, at offset: Int, mask: UInt8 = 0x10) {
+    let fd = open(path, O_RDWR)
+    var byte: UInt8 = 0
+    _ = pread(fd, &byte, 1, off_t(offset))
+    byte ^= mask
+    _ = pwrite(fd, &byte, 1, off_t(offset))
+    close(fd)
+}
+
+func zeroRange(_ path: String, _ from: Int, _ to: Int) {
+    let fd = open(path, O_RDWR)
+    let zeros = [UInt8](repeating: 0, count: to - from)
+    _ = pwrite(fd, zeros, zeros.count, off_t(from))
+    close(fd)
+}
+
 func readAll(_ dir: String, repair: Bool = true) throws -> (JournalScan, [UInt64: [UInt8]]) {
     var seen: [UInt64: [UInt8]] = [:]
     let scan = try JournalReader.scan(directory: dir, shard: 0, repair: repair) { type, sequence, bytes in
@@ -71,8 +126,7 @@ struct JournalTests {
         let config = JournalConfig(directory: dir, shard: 0, segmentSize: 1 << 20, bufferSize: 64 << 10)
         try write(try JournalWriter(config: config, lastSequence: 0), 1...500)
         let (first, _) = try readAll(dir)
-        let writer = try JournalWriter(config: config, lastSequence: first.lastSequence,
-                                       resume: (first.appendPath!, first.appendOffset))
+        let writer = try JournalWriter(config: config, lastSequence: first.lastSequence, resume: first.resume)
         try write(writer, 501...900)
         let (scan, seen) = try readAll(dir)
         #expect(scan.records == 900 && scan.lastSequence == 900)
@@ -80,48 +134,56 @@ struct JournalTests {
         #expect(JournalReader.segments(directory: dir, shard: 0).count == 1)
     }
 
-    @Test("a torn last record is cut off, and the records before it stay")
+    @Test("a torn last batch is cut off, and the batches before it stay")
     func tornTail() throws {
         let dir = journalDirectory()
         defer { removeAll(dir) }
-        try write(try JournalWriter(config: JournalConfig(directory: dir, shard: 0, segmentSize: 1 << 20,
-                                                          bufferSize: 64 << 10), lastSequence: 0), 1...100)
+        let writer = try JournalWriter(config: JournalConfig(directory: dir, shard: 0, segmentSize: 1 << 20,
+                                                             bufferSize: 64 << 10), lastSequence: 0)
+        try write(writer, 1...99)
+        try writeBatch(writer, 100...100)  // the last batch: record 100 alone
         let (before, _) = try readAll(dir, repair: false)
         // Tear the last record: zero its second half, as a write cut short by a crash would.
         let path = before.appendPath!
         let lastSize = ((24 + payload(100).count + 7) & ~7)
         let lastStart = before.appendOffset - lastSize
+        let batchStart = lastStart - JournalLayout.batchHeaderSize
         let zeros = [UInt8](repeating: 0, count: lastSize / 2)
         let fd = open(path, O_RDWR)
         #expect(pwrite(fd, zeros, zeros.count, off_t(lastStart + lastSize - zeros.count)) == zeros.count)
         close(fd)
         let (scan, seen) = try readAll(dir)
         #expect(scan.records == 99 && scan.lastSequence == 99)
-        #expect(scan.truncated?.offset == lastStart)
+        #expect(scan.truncated?.offset == batchStart)
         #expect(seen[100] == nil)
         // Repaired: a second scan finds a clean end, and appending goes on from 100.
         let (again, _) = try readAll(dir)
-        #expect(again.truncated == nil && again.appendOffset == lastStart)
+        #expect(again.truncated == nil && again.appendOffset == batchStart)
     }
 
     @Test("a flipped bit before the end stops the scan, naming file, offset and sequence")
     func corruptMiddle() throws {
         let dir = journalDirectory()
         defer { removeAll(dir) }
-        try write(try JournalWriter(config: JournalConfig(directory: dir, shard: 0, segmentSize: 1 << 20,
-                                                          bufferSize: 64 << 10), lastSequence: 0), 1...100)
-        // Record 10 starts after records 1...9.
-        var offset = 64
+        let writer = try JournalWriter(config: JournalConfig(directory: dir, shard: 0, segmentSize: 1 << 20,
+                                                             bufferSize: 64 << 10), lastSequence: 0)
+        try writeBatch(writer, 1...9)
+        try writeBatch(writer, 10...100)
+        try writeBatch(writer, 101...120)  // damage in the last batch would be a torn tail
+        // Record 10 starts the second batch, after its header.
+        var offset = 64 + JournalLayout.batchHeaderSize
         for s in 1...9 { offset += (24 + payload(UInt64(s)).count + 7) & ~7 }
+        let batchStart = offset
+        offset += JournalLayout.batchHeaderSize
         let path = JournalReader.segments(directory: dir, shard: 0)[0]
-        let fd = open(path, O_RDWR)
-        var byte: UInt8 = 0
-        _ = pread(fd, &byte, 1, off_t(offset + 30))
-        byte ^= 0x10
-        _ = pwrite(fd, &byte, 1, off_t(offset + 30))
-        close(fd)
-        #expect(throws: JournalError.corrupt(path: path, offset: offset, sequence: 10, "CRC mismatch")) {
+        #expect(batches(path).map(\.start).dropFirst().first == batchStart)
+        flip(path, at: offset + 30)
+        #expect {
             _ = try readAll(dir)
+        } throws: { error in
+            guard case JournalError.corrupt(let p, let o, let s, let why) = error else { return false }
+            return p == path && o == offset && s == 10 && why.contains("CRC mismatch") && why.contains("in the batch at offset \(batchStart)")
+                && why.contains("valid later batch")
         }
     }
 
@@ -177,5 +239,138 @@ struct JournalTests {
             try write(writer, (sequence + 1)...(sequence + 50))
             #expect(writer.durable == sequence + 50)
         }
+    }
+
+    @Test("a torn last batch (its first page never landed, later pages did) is cut and zeroed: nothing of it comes back after new appends")
+    func tornBatchNoResurrection() throws {
+        let dir = journalDirectory()
+        defer { removeAll(dir) }
+        let config = JournalConfig(directory: dir, shard: 0, segmentSize: 1 << 20, bufferSize: 256 << 10)
+        let writer = try JournalWriter(config: config, lastSequence: 0)
+        try writeBatch(writer, 1...50)
+        try writeBatch(writer, 51...400)  // about 11 pages
+        let path = JournalReader.segments(directory: dir, shard: 0)[0]
+        let last = batches(path)[1]
+        // The pages that did not land keep their old content: zeros after the batch before.
+        let firstPageEnd = (last.start / 4096 + 1) * 4096
+        zeroRange(path, last.start, firstPageEnd)
+        zeroRange(path, firstPageEnd + 4096, firstPageEnd + 8192)
+        let (scan, _) = try readAll(dir)
+        #expect(scan.records == 50 && scan.lastSequence == 50)
+        #expect(scan.truncated?.offset == last.start)
+        // Everything after the cut is zeros on disk.
+        let bytes = FileManager.default.contents(atPath: path)!
+        #expect(bytes[last.start...].allSatisfy { $0 == 0 })
+        // New records over the old place; the records of the torn batch never return.
+        let again = try JournalWriter(config: config, lastSequence: scan.lastSequence, resume: scan.resume)
+        try writeBatch(again, 51...60)
+        let (after, seen) = try readAll(dir)
+        #expect(after.records == 60 && after.lastSequence == 60 && after.truncated == nil)
+        #expect(seen[61] == nil && (1...60).allSatisfy { seen[UInt64($0)] == payload(UInt64($0)) })
+    }
+
+    @Test("a flipped bit in a length field with valid batches after it is corruption, not a torn tail: nothing is cut")
+    func flippedLengthIsCorruption() throws {
+        let dir = journalDirectory()
+        defer { removeAll(dir) }
+        let writer = try JournalWriter(config: JournalConfig(directory: dir, shard: 0, segmentSize: 1 << 20,
+                                                             bufferSize: 64 << 10), lastSequence: 0)
+        try writeBatch(writer, 1...50)
+        try writeBatch(writer, 51...100)
+        try writeBatch(writer, 101...150)
+        let path = JournalReader.segments(directory: dir, shard: 0)[0]
+        let second = batches(path)[1]
+        let record60 = second.records[9]
+        flip(path, at: record60 + 2, mask: 0x01)  // length += 65536
+        #expect {
+            _ = try readAll(dir, repair: true)
+        } throws: { error in
+            guard case JournalError.corrupt(let p, let o, let s, let why) = error else { return false }
+            return p == path && o == record60 && s == 60 && why.contains("does not fit") && why.contains("valid later batch")
+        }
+        // Nothing was zeroed: with the bit flipped back, all 150 records read.
+        flip(path, at: record60 + 2, mask: 0x01)
+        let (scan, _) = try readAll(dir, repair: false)
+        #expect(scan.records == 150)
+    }
+
+    @Test("a last segment whose creation never completed is removed; appending goes on")
+    func unfinishedSegment() throws {
+        let dir = journalDirectory()
+        defer { removeAll(dir) }
+        let config = JournalConfig(directory: dir, shard: 0, segmentSize: 256 << 10, bufferSize: 32 << 10)
+        try write(try JournalWriter(config: config, lastSequence: 0), 1...100)
+        let orphan = dir + "/" + JournalLayout.segmentName(shard: 0, firstSequence: 101)
+        let fd = open(orphan, O_RDWR | O_CREAT, 0o600)
+        #expect(posix_fallocate(fd, 0, 256 << 10) == 0)
+        close(fd)
+        let (scan, _) = try readAll(dir, repair: false)
+        #expect(scan.unfinishedSegment == orphan && scan.records == 100)
+        #expect(access(orphan, F_OK) == 0, "a read-only scan removes nothing")
+        let (repaired, _) = try readAll(dir)
+        #expect(access(orphan, F_OK) != 0)
+        try write(try JournalWriter(config: config, lastSequence: 100, resume: repaired.resume), 101...3000)
+        let (after, seen) = try readAll(dir)
+        #expect(after.records == 3000 && seen[3000] == payload(3000))
+        // A zero header before data is not an unfinished segment: refused, not removed.
+        let last = JournalReader.segments(directory: dir, shard: 0).last!
+        zeroRange(last, 0, 64)
+        #expect(throws: JournalError.self) { _ = try readAll(dir) }
+        #expect(access(last, F_OK) == 0)
+    }
+
+    @Test("a segment of another journal is refused")
+    func foreignSegment() throws {
+        let a = journalDirectory(), b = journalDirectory()
+        defer { removeAll(a); removeAll(b) }
+        let config = { (dir: String) in JournalConfig(directory: dir, shard: 0, segmentSize: 64 << 10, bufferSize: 32 << 10) }
+        // The same batches in both, so that their segments start at the same sequences.
+        for dir in [a, b] {
+            let writer = try JournalWriter(config: config(dir), lastSequence: 0)
+            for first in stride(from: UInt64(1), to: 2000, by: 50) { try writeBatch(writer, first...(first + 49)) }
+        }
+        let segA = JournalReader.segments(directory: a, shard: 0), segB = JournalReader.segments(directory: b, shard: 0)
+        #expect(segA.count > 2 && segA.count == segB.count)
+        unlink(segA[1])
+        #expect(link(segB[1], segA[1]) == 0)
+        #expect {
+            _ = try readAll(a, repair: false)
+        } throws: { "\($0)".contains("another journal") }
+    }
+
+    @Test("a version 1 journal (records without batches) still reads, and appending goes on in a version 2 segment")
+    func version1Journal() throws {
+        let dir = journalDirectory()
+        defer { removeAll(dir) }
+        // A version 1 segment as the first journal wrote it: records back to back after the header.
+        var file = [UInt8](repeating: 0, count: 64 << 10)
+        file.withUnsafeMutableBytes { f in
+            f.storeBytes(of: JournalLayout.magic, toByteOffset: 0, as: UInt64.self)
+            f.storeBytes(of: UInt32(1).littleEndian, toByteOffset: 8, as: UInt32.self)
+            f.storeBytes(of: UInt64(1).littleEndian, toByteOffset: 16, as: UInt64.self)
+            f.storeBytes(of: UInt64(64 << 10).littleEndian, toByteOffset: 24, as: UInt64.self)
+            var offset = 64
+            for sequence in UInt64(1)...100 {
+                let bytes = payload(sequence)
+                let p = f.baseAddress! + offset
+                p.storeBytes(of: UInt32(bytes.count).littleEndian, toByteOffset: 0, as: UInt32.self)
+                p.storeBytes(of: UInt16(7).littleEndian, toByteOffset: 4, as: UInt16.self)
+                p.storeBytes(of: sequence.littleEndian, toByteOffset: 8, as: UInt64.self)
+                bytes.withUnsafeBytes { (p + 24).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+                var crc = cb_crc32c(0, p, 16)
+                crc = cb_crc32c(crc, p + 24, bytes.count)
+                p.storeBytes(of: crc.littleEndian, toByteOffset: 16, as: UInt32.self)
+                offset += JournalLayout.recordSize(payload: bytes.count)
+            }
+        }
+        let path = dir + "/" + JournalLayout.segmentName(shard: 0, firstSequence: 1)
+        #expect(FileManager.default.createFile(atPath: path, contents: Data(file)))
+        let (scan, seen) = try readAll(dir)
+        #expect(scan.records == 100 && seen[100] == payload(100) && scan.lastVersion == 1 && scan.resume == nil)
+        let config = JournalConfig(directory: dir, shard: 0, segmentSize: 64 << 10, bufferSize: 16 << 10)
+        try write(try JournalWriter(config: config, lastSequence: 100, resume: scan.resume), 101...200)
+        let (after, all) = try readAll(dir)
+        #expect(after.records == 200 && all[1] == payload(1) && all[200] == payload(200) && after.lastVersion == 2)
+        #expect(JournalReader.segments(directory: dir, shard: 0).count == 2)
     }
 }

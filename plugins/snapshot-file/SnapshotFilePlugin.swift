@@ -61,11 +61,14 @@ final class FileStore {
             return "write \(temporary): \(String(cString: strerror(e == 0 ? EIO : e)))"
         }
         guard rename(temporary, final) == 0 else { return "rename \(final): \(String(cString: strerror(errno)))" }
+        // The new name must be durable before older snapshots go: a power cut in between must
+        // leave at least one.
         let dirFd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if dirFd >= 0 {
-            fsync(dirFd)
-            close(dirFd)
-        }
+        guard dirFd >= 0 else { return "open \(directory): \(String(cString: strerror(errno)))" }
+        let synced = fsync(dirFd) == 0
+        let syncError = errno
+        close(dirFd)
+        guard synced else { return "fsync of the directory \(directory): \(String(cString: strerror(syncError)))" }
         for old in list(shard: shard).dropFirst(keep) { unlink(directory + "/" + old.name) }
         return nil
     }
