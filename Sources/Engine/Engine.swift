@@ -80,6 +80,9 @@ public final class Engine: @unchecked Sendable {
     private var shards: [Shard] = []
     private var control: Thread?
     private let controlStop = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
+    /// A stop asked for while `start` runs (a signal during a long recovery): shards stop
+    /// recovering between batches and `start` throws.
+    private let abortStart = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
     private let controlDone = Semaphore()
     private var watch: Int32 = -1
     private var dataLock: Int32 = -1
@@ -108,9 +111,20 @@ public final class Engine: @unchecked Sendable {
         self.settings = settings
         self.log = log
         controlStop.initialize(to: 0)
+        abortStart.initialize(to: 0)
     }
 
-    deinit { controlStop.deallocate() }
+    deinit {
+        controlStop.deallocate()
+        abortStart.deallocate()
+    }
+
+    /// From any thread, while `start` runs: stop recovering and make `start` throw (the files
+    /// are removed as after any failed start). After `start` returned, `stop` is what stops.
+    public func abortStarting() { cb_store_release_u32(abortStart, 1) }
+
+    /// Whether `abortStarting` was called.
+    public var startAborted: Bool { cb_load_acquire_u32(abortStart) != 0 }
 
     /// Creates the instance and starts the shards; returns one placement line per shard.
     public func start() throws -> [String] {
@@ -242,7 +256,8 @@ public final class Engine: @unchecked Sendable {
                                                            segmentSize: s.journalSegmentSize),
                               snapshotEvery: s.readOnly ? 0 : s.snapshotEvery,
                               snapshots: snapshots,
-                              readOnly: s.readOnly, describeBooks: s.describeBooks)
+                              readOnly: s.readOnly, describeBooks: s.describeBooks, abortStart: abortStart)
+            if s.durability != .none && !startAborted { log("shard \(i): recovering from \(s.dataDirectory)") }
             shard.start()
             shard.started.wait()
             shards.append(shard)

@@ -280,13 +280,16 @@ final class Shard: @unchecked Sendable {
     let started = Semaphore()
 
     static let maxSessions = 1024
+    /// Set by the engine when a stop comes during start: recovery stops between batches.
+    private let abortStart: UnsafeMutablePointer<UInt32>?
 
     init(index: Int, core: Int?, symbols: [(spec: SymbolSpec, capacity: BookCapacity)], symbolSlots: [Int],
          engineFile: EngineFile,
          eventRing: EventRing, wait: WaitStrategy, lagTimeoutNanoseconds: UInt64,
          durability: Durability = .none, journalConfig: JournalConfig? = nil,
          snapshotEvery: UInt64 = 0, snapshots: SnapshotStore? = nil, readOnly: Bool = false,
-         describeBooks: Bool = false) {
+         describeBooks: Bool = false, abortStart: UnsafeMutablePointer<UInt32>? = nil) {
+        self.abortStart = abortStart
         self.readOnly = readOnly
         self.describeBooks = describeBooks
         self.eventRing = eventRing
@@ -573,10 +576,13 @@ final class Shard: @unchecked Sendable {
         let writer = snapshots.map { SnapshotWriter(store: $0, shard: index, counters: counters) }
         defer { writer?.finish() }
 
-        /// A snapshot body: the highest session id (u32), the book count (u32), then per book its
-        /// symbol id (u32), length (u32) and OrderBook.snapshot() bytes.
+        /// A snapshot body: its binding to the journal (SnapshotBinding: magic, the journal's id,
+        /// the sequence, the CRC32C of the journal's record at that sequence), the highest session
+        /// id (u32), the book count (u32), then per book its symbol id (u32), length (u32) and
+        /// OrderBook.snapshot() bytes.
         func snapshotBody() -> [UInt8] {
-            var body: [UInt8] = []
+            var body = SnapshotBinding(journalId: journal?.journalId ?? 0, sequence: sequence,
+                                       recordCRC: journal?.lastRecordCRC ?? 0).bytes
             var highest = maxRecoveredSession
             for i in 0..<inboundCount { highest = max(highest, inbound[i].session) }
             withUnsafeBytes(of: highest.littleEndian) { body.append(contentsOf: $0) }
@@ -620,7 +626,9 @@ final class Shard: @unchecked Sendable {
             if let store = snapshots {
                 for candidate in store.list(shard: index) {
                     do {
-                        let (at, body) = try store.load(shard: index, name: candidate.name)
+                        let (at, stored) = try store.load(shard: index, name: candidate.name)
+                        // Only a snapshot of this journal, at a sequence it holds, with the same record there.
+                        let body = try SnapshotBinding.check(stored, at: at, directory: config.directory, shard: index)
                         try restoreBooks(body)
                         base = at
                         maxSession = body.withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self)) }
@@ -638,7 +646,9 @@ final class Shard: @unchecked Sendable {
             let scanned: JournalScan
             var replayed = 0
             do {
-                scanned = try JournalReader.scan(directory: config.directory, shard: index, repair: !readOnly, after: base) { type, seq, payload in
+                let abort = abortStart, stop = stopFlag
+                scanned = try JournalReader.scan(directory: config.directory, shard: index, repair: !readOnly, after: base,
+                                                 interrupted: { cb_load_acquire_u32(stop) != 0 || abort.map { cb_load_acquire_u32($0) != 0 } ?? false }) { type, seq, payload in
                     replayed += 1
                     guard type == 1, payload.count == 80 else { return }
                     let session = UInt32(littleEndian: payload.loadUnaligned(fromByteOffset: 64, as: UInt32.self))
@@ -647,6 +657,10 @@ final class Shard: @unchecked Sendable {
                     sequence = seq &- 1
                     process(payload.baseAddress!, session)
                 }
+            } catch .interrupted(let at) {
+                startError = "shard \(index): recovery stopped at sequence \(at): the engine was asked to stop"
+                started.signal()
+                return
             } catch {
                 startError = "shard \(index): recovery failed: \(error)"
                 started.signal()

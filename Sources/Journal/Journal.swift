@@ -61,6 +61,8 @@ public enum JournalError: Error, Equatable, CustomStringConvertible {
     case corrupt(path: String, offset: Int, sequence: UInt64, String)
     case badSegment(path: String, String)
     case tooLarge(Int)
+    /// The scan was asked to stop (the engine is stopping during recovery).
+    case interrupted(sequence: UInt64)
 
     public var description: String {
         switch self {
@@ -70,6 +72,7 @@ public enum JournalError: Error, Equatable, CustomStringConvertible {
             "\(path): corrupt record at offset \(offset) (sequence \(sequence)): \(why)"
         case .badSegment(let path, let why): "\(path) is not a valid journal segment: \(why)"
         case .tooLarge(let n): "a record of \(n) bytes is above the \(JournalLayout.maxPayload)-byte limit"
+        case .interrupted(let sequence): "stopped at sequence \(sequence), as asked"
         }
     }
 }
@@ -136,6 +139,9 @@ public final class JournalWriter {
     public let journalId: UInt64
     /// The checksum of the last batch submitted: the next batch chains to it.
     private var chain: UInt32
+    /// The CRC32C of the last record appended: with `journalId`, what binds a snapshot taken
+    /// at that record's sequence to this journal.
+    public private(set) var lastRecordCRC: UInt32 = 0
 
     private let ring: OpaquePointer
     private var buffers: [UnsafeMutableRawPointer]
@@ -236,6 +242,7 @@ public final class JournalWriter {
         crc = cb_crc32c(crc, p + JournalLayout.recordHeaderSize, payload.count)
         p.storeBytes(of: crc.littleEndian, toByteOffset: 16, as: UInt32.self)
         fillChecksum = cb_crc32c(fillChecksum, p + 16, 4)
+        lastRecordCRC = crc
         fillLength += size
         fillLastSequence = sequence
         nextSequence = sequence + 1
@@ -482,7 +489,10 @@ public enum JournalReader {
     ///
     /// `after`: records up to this sequence are checked but not visited, and segments that end
     /// before it are skipped (recovery from a snapshot at that sequence).
+    ///
+    /// `interrupted`: asked between batches; true stops the scan with `.interrupted`.
     public static func scan(directory: String, shard: Int, repair: Bool, after: UInt64 = 0,
+                            interrupted: () -> Bool = { false },
                             visit: (UInt16, UInt64, UnsafeRawBufferPointer) -> Void) throws(JournalError) -> JournalScan {
         var state = ScanState(result: JournalScan(), expected: 0, repair: repair, after: after)
         var files = segments(directory: directory, shard: shard)
@@ -496,10 +506,59 @@ public enum JournalReader {
         }
         // A segment is wholly at or below `after` if the next one starts at or below after + 1.
         while files.count > 1, let next = firstSequence(of: files[1]), next <= after + 1 { files.removeFirst() }
+        // Gap-free from sequence 1, or from the snapshot the scan starts after: a missing first
+        // segment would rebuild books without their earliest orders.
+        if let first = files.first, let start = firstSequence(of: first), start > after + 1 {
+            throw .corrupt(path: first, offset: 0, sequence: after + 1,
+                           after == 0 ? "the journal starts at sequence \(start): the segments before it are missing"
+                                      : "the journal resumes at sequence \(start), after a snapshot at \(after): the segments between are missing")
+        }
         for (index, path) in files.enumerated() {
-            try scanSegment(path, shard: shard, isLast: index == files.count - 1, state: &state, visit: visit)
+            try scanSegment(path, shard: shard, isLast: index == files.count - 1, state: &state, interrupted: interrupted, visit: visit)
         }
         return state.result
+    }
+
+    /// The journal id and the stored CRC32C of the record with `sequence` (a version 2 segment,
+    /// every batch up to it checked), or nil when the journal does not hold it: what a snapshot
+    /// taken at that sequence must match to be this journal's.
+    public static func record(directory: String, shard: Int, sequence: UInt64) throws(JournalError) -> (journalId: UInt64, crc: UInt32)? {
+        guard let path = segments(directory: directory, shard: shard).last(where: { (firstSequence(of: $0) ?? .max) <= sequence }) else {
+            return nil
+        }
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw .system(call: "open", path: path, errno: errno) }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw .system(call: "fstat", path: path, errno: errno) }
+        let size = Int(info.st_size)
+        guard size >= JournalLayout.segmentHeaderSize,
+              let map = mmap(nil, size, PROT_READ, MAP_SHARED, fd, 0), map != MAP_FAILED else { return nil }
+        defer { munmap(map, size) }
+        let base = UnsafeRawPointer(map)
+        guard base.load(as: UInt64.self) == JournalLayout.magic,
+              UInt32(littleEndian: base.load(fromByteOffset: 8, as: UInt32.self)) == JournalLayout.version else { return nil }
+        let journalId = UInt64(littleEndian: base.load(fromByteOffset: 32, as: UInt64.self))
+        var chain = UInt32(littleEndian: base.load(fromByteOffset: 40, as: UInt32.self))
+        var expected = UInt64(littleEndian: base.load(fromByteOffset: 16, as: UInt64.self))
+        var offset = JournalLayout.segmentHeaderSize
+        while offset + JournalLayout.recordHeaderSize <= size, !isZero(base + offset, JournalLayout.recordHeaderSize) {
+            guard case .success(let batch) = checkBatch(base, size: size, at: offset, journalId: journalId, chain: chain,
+                                                        expected: expected) else { return nil }
+            let last = UInt64(littleEndian: base.load(fromByteOffset: offset + JournalLayout.recordHeaderSize, as: UInt64.self))
+            if sequence <= last {
+                var p = offset + JournalLayout.batchHeaderSize
+                while expected < sequence {
+                    p += JournalLayout.recordSize(payload: Int(UInt32(littleEndian: base.load(fromByteOffset: p, as: UInt32.self))))
+                    expected += 1
+                }
+                return (journalId, UInt32(littleEndian: base.load(fromByteOffset: p + 16, as: UInt32.self)))
+            }
+            expected = last + 1
+            chain = batch.checksum
+            offset = batch.end
+        }
+        return nil
     }
 
     struct ScanState {
@@ -538,7 +597,7 @@ public enum JournalReader {
         guard fsync(dirFd) == 0 else { throw .system(call: "fsync (directory)", path: directory, errno: errno) }
     }
 
-    static func scanSegment(_ path: String, shard: Int, isLast: Bool, state: inout ScanState,
+    static func scanSegment(_ path: String, shard: Int, isLast: Bool, state: inout ScanState, interrupted: () -> Bool,
                             visit: (UInt16, UInt64, UnsafeRawBufferPointer) -> Void) throws(JournalError) {
         let fd = open(path, O_RDWR | O_CLOEXEC)
         guard fd >= 0 else { throw .system(call: "open", path: path, errno: errno) }
@@ -567,9 +626,9 @@ public enum JournalReader {
         state.result.lastVersion = version
         let end: Int
         if version == 1 {
-            end = try scanVersion1(path, fd: fd, base: base, size: size, isLast: isLast, state: &state, visit: visit)
+            end = try scanVersion1(path, fd: fd, base: base, size: size, isLast: isLast, state: &state, interrupted: interrupted, visit: visit)
         } else {
-            end = try scanVersion2(path, fd: fd, base: base, size: size, isLast: isLast, state: &state, visit: visit)
+            end = try scanVersion2(path, fd: fd, base: base, size: size, isLast: isLast, state: &state, interrupted: interrupted, visit: visit)
         }
         if isLast {
             state.result.appendPath = path
@@ -579,7 +638,7 @@ public enum JournalReader {
 
     /// A version 2 segment: batch by batch. Returns where appending would continue.
     static func scanVersion2(_ path: String, fd: Int32, base: UnsafeRawPointer, size: Int, isLast: Bool,
-                             state: inout ScanState,
+                             state: inout ScanState, interrupted: () -> Bool,
                              visit: (UInt16, UInt64, UnsafeRawBufferPointer) -> Void) throws(JournalError) -> Int {
         let journalId = UInt64(littleEndian: base.load(fromByteOffset: 32, as: UInt64.self))
         var chain = UInt32(littleEndian: base.load(fromByteOffset: 40, as: UInt32.self))
@@ -594,6 +653,7 @@ public enum JournalReader {
         var damage: (offset: Int, sequence: UInt64, why: String)?
         while offset + JournalLayout.recordHeaderSize <= size {
             if isZero(base + offset, JournalLayout.recordHeaderSize) { break }  // the end
+            if interrupted() { throw .interrupted(sequence: state.expected) }
             switch checkBatch(base, size: size, at: offset, journalId: journalId, chain: chain, expected: state.expected) {
             case .failure(let problem):
                 let at = problem.record.map { "record at offset \($0.offset), sequence \($0.sequence), in the batch at offset \(offset)" }
@@ -751,13 +811,14 @@ public enum JournalReader {
 
     /// A version 1 segment (records without batches), as written before batches existed.
     static func scanVersion1(_ path: String, fd: Int32, base: UnsafeRawPointer, size: Int, isLast: Bool,
-                             state: inout ScanState,
+                             state: inout ScanState, interrupted: () -> Bool,
                              visit: (UInt16, UInt64, UnsafeRawBufferPointer) -> Void) throws(JournalError) -> Int {
         state.chainAtEnd = nil
         var offset = JournalLayout.segmentHeaderSize
         while offset + JournalLayout.recordHeaderSize <= size {
             let length = Int(UInt32(littleEndian: base.load(fromByteOffset: offset, as: UInt32.self)))
             if length == 0 && isZero(base + offset, JournalLayout.recordHeaderSize) { break }  // the end
+            if state.expected & 4095 == 0 && interrupted() { throw .interrupted(sequence: state.expected) }
             var problem: String?
             if !(length > 0 && length <= JournalLayout.maxPayload && offset + JournalLayout.recordSize(payload: length) <= size) {
                 problem = "length \(length) does not fit"

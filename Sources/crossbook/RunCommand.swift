@@ -116,27 +116,63 @@ struct RunCommand: ParsableCommand {
         settings.snapshotEvery = snapshotEvery
         if noPlugins { settings.plugins = nil }
         if let pluginDir { settings.plugins?.directory = pluginDir }
-        // Signals go to sigwait below, never to a shard thread: block them before any starts.
-        // A shell starts background jobs with SIGINT ignored, and an ignored signal never
-        // reaches sigwait: restore the default first (blocked, it kills nothing).
-        signal(SIGINT, SIG_DFL)
-        signal(SIGTERM, SIG_DFL)
+        // Signals go to one watcher thread's sigwait, never to a shard thread: block them before
+        // any thread starts. A shell starts background jobs with SIGINT ignored, and an ignored
+        // signal never reaches sigwait: restore the default first (blocked, it kills nothing).
+        // SIGHUP, SIGUSR1 and SIGUSR2 would kill the engine without draining: they are logged
+        // and ignored. SIGPIPE (a log reader gone) is ignored.
+        let watched = [SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2]
         var signals = sigset_t()
         sigemptyset(&signals)
-        sigaddset(&signals, SIGINT)
-        sigaddset(&signals, SIGTERM)
+        for sig in watched {
+            signal(sig, SIG_DFL)
+            sigaddset(&signals, sig)
+        }
+        signal(SIGPIPE, SIG_IGN)
         pthread_sigmask(SIG_BLOCK, &signals, nil)
 
         let engine = Engine(settings: settings, log: { line in logLine(line) })
+        // A stop may come at any moment, during a long recovery too: the watcher aborts the start.
+        let stopRequested = DispatchSemaphore(value: 0)
+        let watchedSet = signals
+        let watcher = Thread {
+            var set = watchedSet
+            while true {
+                var received: Int32 = 0
+                guard sigwait(&set, &received) == 0 else { continue }
+                if received == SIGINT || received == SIGTERM {
+                    logLine("\(received == SIGINT ? "SIGINT" : "SIGTERM"): draining the rings and stopping")
+                    engine.abortStarting()
+                    stopRequested.signal()
+                    return
+                }
+                logLine("\(signalName(received)): ignored (SIGINT or SIGTERM stops the engine)")
+            }
+        }
+        watcher.name = "crossbook-signals"
+        watcher.start()
         let placement: [String]
-        do { placement = try engine.start() } catch { throw CLIError("\(error)") }
+        do { placement = try engine.start() } catch {
+            if engine.startAborted {
+                logLine("stopped before serving: \(error)")
+                return
+            }
+            throw CLIError("\(error)")
+        }
         for line in placement { logLine(line) }
         logLine("engine '\(settings.instance)' running, pid \(getpid()), files in \(settings.directory); SIGINT or SIGTERM stops it")
-        var received: Int32 = 0
-        sigwait(&signals, &received)
-        logLine("\(received == SIGINT ? "SIGINT" : "SIGTERM"): draining the rings and stopping")
+        stopRequested.wait()
         engine.stop()
         logLine("stopped; shared-memory files removed")
+    }
+}
+
+func signalName(_ sig: Int32) -> String {
+    switch sig {
+    case SIGHUP: "SIGHUP"
+    case SIGUSR1: "SIGUSR1"
+    case SIGUSR2: "SIGUSR2"
+    default: "signal \(sig)"
     }
 }
 

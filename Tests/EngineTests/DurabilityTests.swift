@@ -17,7 +17,7 @@ let defaultSymbols = ["BTC-USD", "ETH-USD", "SOL-USD", "XRP-USD"]
 func durableEngine(_ dir: String, data: String, instance: String = "d", durability: Durability = .sync,
                    cleanStale: Bool = false, symbols: [String] = ["BTC-USD"],
                    capacity: BookCapacity = BookCapacity(orders: 1 << 16, levels: 1 << 12),
-                   snapshotEvery: UInt64 = 0, log: LogLines? = nil) throws -> Engine {
+                   snapshotEvery: UInt64 = 0, segmentSize: Int = 1 << 20, log: LogLines? = nil) throws -> Engine {
     var settings = EngineSettings(
         instance: instance, directory: dir, shards: [ShardSettings(core: nil)],
         symbols: symbols.enumerated().map { (spec: SymbolSpec(name: $1, id: UInt32($0 + 1)), shard: 0) },
@@ -25,7 +25,7 @@ func durableEngine(_ dir: String, data: String, instance: String = "d", durabili
         wait: WaitStrategy(spins: 1000, yields: 10, park: true, parkTimeoutNanoseconds: 50_000_000), cleanStale: cleanStale)
     settings.durability = durability
     settings.dataDirectory = data
-    settings.journalSegmentSize = 1 << 20
+    settings.journalSegmentSize = segmentSize
     settings.snapshotEvery = snapshotEvery
     // Snapshots are kept by the default store, plugins/snapshot-file, built beside this test.
     settings.plugins = PluginSettings(directory: PluginSettings.executableDirectory, load: [PluginSpec(name: "snapshot-file")])
@@ -126,6 +126,89 @@ struct DurabilityTests {
         #expect(third.recoveredDigests == first.finalDigests)
         #expect(fallbackLog.contains("\(kept[0].name) unusable"))
         #expect(fallbackLog.contains("loaded snapshot \(kept[1].name)"))
+    }
+
+    /// Sends orders 1...count to a fresh engine on `data` and waits for their acknowledgements.
+    func fill(_ data: String, instance: String, count: Int, snapshotEvery: UInt64 = 0, segmentSize: Int = 1 << 20,
+              priceShift: Price = 0) throws -> [UInt64] {
+        let dir = testDirectory()
+        let engine = try durableEngine(dir, data: data, instance: instance, snapshotEvery: snapshotEvery, segmentSize: segmentSize)
+        let client = try CrossbookClient(instance: instance, directory: dir)
+        let btc = try client.symbol("BTC-USD")
+        var acks = 0
+        for id in 1...count {
+            let side: Side = id % 2 == 0 ? .buy : .sell
+            while !client.submit(.new(NewOrder(orderId: OrderId(id), side: side, price: 100 + priceShift + Price(id % 9) - 4,
+                                               quantity: 1 + Quantity(id % 3))), symbol: btc) {
+                _ = try client.poll { if $0.kind == .accepted { acks += 1 } }
+            }
+        }
+        let deadline = Date().addingTimeInterval(10)
+        while acks < count && Date() < deadline { try client.waitForReports(timeout: 0.05) { if $0.kind == .accepted { acks += 1 } } }
+        client.close()
+        engine.stop()
+        return engine.finalDigests
+    }
+
+    func snapshotNames(_ data: String) -> [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: data)) ?? [])
+            .filter { $0.hasPrefix("snapshot-0-") && $0.hasSuffix(".snap") }.sorted(by: >)
+    }
+
+    @Test("a snapshot from another data directory is refused: the restart falls back and rebuilds the right books")
+    func foreignSnapshot() throws {
+        let a = NSTemporaryDirectory() + "crossbook-data-\(UUID().uuidString.prefix(8))"
+        let b = NSTemporaryDirectory() + "crossbook-data-\(UUID().uuidString.prefix(8))"
+        defer { removeTree(a); removeTree(b) }
+        let digestA = try fill(a, instance: "fa", count: 3000, snapshotEvery: 500)
+        _ = try fill(b, instance: "fb", count: 3000, snapshotEvery: 500, priceShift: 3)
+        // B's newest snapshot, under a name that sorts before all of A's.
+        let theirs = snapshotNames(b)[0]
+        let planted = "snapshot-0-09999999999999999999.snap"
+        #expect(snapshotNames(a)[0] < planted)
+        try FileManager.default.copyItem(atPath: b + "/" + theirs, toPath: a + "/" + planted)
+        let log = LogLines()
+        let again = try durableEngine(testDirectory(), data: a, instance: "fa2", log: log)
+        defer { again.stop() }
+        #expect(again.recoveredDigests == digestA)
+        #expect(log.contains("\(planted) unusable"), "\(log.all)")
+        #expect(log.contains("another journal"), "\(log.all)")
+    }
+
+    @Test("a snapshot whose sequence was changed is refused")
+    func resequencedSnapshot() throws {
+        let data = NSTemporaryDirectory() + "crossbook-data-\(UUID().uuidString.prefix(8))"
+        defer { removeTree(data) }
+        let digest = try fill(data, instance: "rs", count: 3000, snapshotEvery: 500)
+        let newest = snapshotNames(data)[0]
+        // The snapshot file's header says which sequence its books are after: move it 100 on.
+        let fd = open(data + "/" + newest, O_RDWR)
+        var at: UInt64 = 0
+        _ = pread(fd, &at, 8, 16)
+        at += 100
+        _ = pwrite(fd, &at, 8, 16)
+        close(fd)
+        let log = LogLines()
+        let again = try durableEngine(testDirectory(), data: data, instance: "rs2", log: log)
+        defer { again.stop() }
+        #expect(again.recoveredDigests == digest)
+        #expect(log.contains("\(newest) unusable"), "\(log.all)")
+    }
+
+    @Test("a journal whose first segment is gone refuses to start, and journal verify fails")
+    func missingFirstSegment() throws {
+        let data = NSTemporaryDirectory() + "crossbook-data-\(UUID().uuidString.prefix(8))"
+        defer { removeTree(data) }
+        _ = try fill(data, instance: "ms", count: 3000, segmentSize: 64 << 10)
+        let segments = JournalReader.segments(directory: data, shard: 0)
+        #expect(segments.count > 2)
+        unlink(segments[0])
+        #expect {
+            _ = try durableEngine(testDirectory(), data: data, instance: "ms2")
+        } throws: { "\($0)".contains("segments before it are missing") }
+        #expect(throws: JournalError.self) {
+            _ = try JournalReader.scan(directory: data, shard: 0, repair: false) { _, _, _ in }
+        }
     }
 
     @Test("journals written under one configuration are refused under another")
