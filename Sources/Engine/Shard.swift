@@ -67,6 +67,8 @@ struct ReportSink: BookEventSink {
     let lagTimeoutNanoseconds: UInt64
     /// The shard's event ring (market data), one producer: this shard.
     let events: UnsafeMutablePointer<EventProducer>
+    /// The shard's stop flag: every wait on a client or consumer gives up when it is set.
+    let stopFlag: UnsafeMutablePointer<UInt32>
     var published = 0
     /// Replaying the journal at start: the books change, nothing is sent.
     var replaying = false
@@ -157,6 +159,11 @@ struct ReportSink: BookEventSink {
             var start = monotonicNanoseconds()
             while !events.pointee.claim() {
                 cb_cpu_relax()
+                if cb_load_acquire_u32(stopFlag) != 0 {
+                    // Stopping: a consumer that holds the shard back is not waited for any more.
+                    counters.add(.eventDetaches, UInt64(events.pointee.detachLaggards(force: true)))
+                    continue
+                }
                 if monotonicNanoseconds() &- start > lagTimeoutNanoseconds {
                     let n = events.pointee.detachLaggards()
                     counters.add(.eventDetaches, UInt64(n))
@@ -233,7 +240,7 @@ struct ReportSink: BookEventSink {
             let start = monotonicNanoseconds()
             while inbound[index].reports.claim(1) == 0 {
                 cb_cpu_relax()
-                if monotonicNanoseconds() &- start > lagTimeoutNanoseconds {
+                if monotonicNanoseconds() &- start > lagTimeoutNanoseconds || cb_load_acquire_u32(stopFlag) != 0 {
                     inbound[index].active = false
                     counters.add(.lagDetaches)
                     return nil
@@ -415,7 +422,7 @@ final class Shard: @unchecked Sendable {
         for i in symbols.indices { (symbolWords + i).initialize(to: symbolCounters[i].words) }
         defer { symbolWords.deallocate() }
         var sink = ReportSink(inbound: inbound, sessionIndex: sessionIndex, counters: counters,
-                              lagTimeoutNanoseconds: lagTimeoutNanoseconds, events: events,
+                              lagTimeoutNanoseconds: lagTimeoutNanoseconds, events: events, stopFlag: stopFlag,
                               staging: staging, stagingCapacity: stagingCapacity, symbolWords: noSymbol)
         var sequence: UInt64 = 0
         var idle = 0

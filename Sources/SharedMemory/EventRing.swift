@@ -115,10 +115,11 @@ public final class EventRing: @unchecked Sendable {
     public func consumer(mayDetach: Bool) throws(EventConsumerError) -> EventConsumer {
         for i in 0..<EventRingLayout.consumers {
             let b = block(i)
-            // A free slot, or one whose consumer process is gone and was detached.
+            // A free slot, or one whose consumer process is gone (detached, or still attached:
+            // a reader killed while attached is reclaimed here, not only when it fills the ring).
             let state = cb_load_acquire_u32(b.state)
-            if state == 2 && processIsAlive(b.pid.pointee) { continue }
-            guard state != 1, cb_cas_u32(b.state, state, 3) != 0 else { continue }  // 3: being set up
+            if (state == 1 || state == 2) && processIsAlive(b.pid.pointee) { continue }
+            guard state != 3, cb_cas_u32(b.state, state, 3) != 0 else { continue }  // 3: being set up
             b.pid.pointee = getpid()
             b.flags.pointee = mayDetach ? 1 : 0
             cb_store_release_u64(b.cursor, cb_load_acquire_u64((file.base + EventRingLayout.producerOffset).assumingMemoryBound(to: UInt64.self)))
@@ -204,15 +205,16 @@ public struct EventProducer: @unchecked Sendable {
     }
 
     /// While the ring is full: detaches the consumers holding it that may be detached or whose
-    /// process is gone; returns how many it detached (0: a consumer that asked for
-    /// back-pressure is holding it, and the producer must wait).
-    public mutating func detachLaggards() -> Int {
+    /// process is gone (`force`: any consumer holding it, when the engine stops); returns how
+    /// many it detached (0: a consumer that asked for back-pressure is holding it, and the
+    /// producer must wait).
+    public mutating func detachLaggards(force: Bool = false) -> Int {
         let m = minimum()
         var detached = 0
         for i in 0..<EventRingLayout.consumers {
             let b = block(i)
             guard cb_load_acquire_u32(b.state) == 1 && cb_load_acquire_u64(b.cursor) == m else { continue }
-            if b.flags.pointee & 1 != 0 || !processIsAlive(b.pid.pointee) {
+            if force || b.flags.pointee & 1 != 0 || !processIsAlive(b.pid.pointee) {
                 cb_store_release_u32(b.state, 2)
                 _ = cb_fetch_add_u32(b.wake, 1)
                 _ = cb_futex_wake(b.wake, 1)

@@ -1,7 +1,9 @@
 // Signals to `crossbook run`: the ones that would kill it without draining are logged and
 // ignored; SIGTERM stops it, during a long recovery too.
+import CrossbookClient
 import Foundation
 import Glibc
+import OrderBook
 import SharedMemory
 import Testing
 import TestSupport
@@ -92,5 +94,62 @@ struct SignalTests {
         #expect(second.log.contains("recovery stopped at sequence"), "\(second.log.all)")
         #expect(!second.log.contains("recovered "), "the recovery ran to its end: \(second.log.all)")
         #expect(access(dir, F_OK) != 0, "the instance directory is removed")
+    }
+}
+
+@Suite("Market-data consumers", .serialized)
+struct ConsumerTests {
+    @Test("a consumer that stops reading holds the shard, and SIGTERM still stops the engine")
+    func stopWhileHeld() throws {
+        let dir = testDirectory()
+        let engine = try EngineProcess(["--instance", "held", "--directory", dir, "--no-pin", "--no-plugins", "--durability", "none"])
+        #expect(waitFor(10) { (try? EngineFile.attach(directory: dir))?.isServing ?? false })
+        let ring = try EventRing.attach(path: InstanceLayout.eventRingPath(dir, shard: 0))
+        let consumer = try ring.consumer(mayDetach: false)  // attached, never reads
+        let client = try CrossbookClient(instance: "held", directory: dir)
+        let btc = try client.symbol("BTC-USD")
+        // Crossing orders: a trade and level changes each, far more events than the ring holds.
+        let control = try EngineFile.attach(directory: dir)
+        var sent = 0
+        let deadline = Date().addingTimeInterval(10)
+        while sent < 60_000 && Date() < deadline && control.counters(0).read(.eventWaits) == 0 {
+            let id = OrderId(sent + 1)
+            if client.submit(.new(NewOrder(orderId: id, side: id % 2 == 0 ? .buy : .sell, price: 1000, quantity: 1)), symbol: btc) {
+                sent += 1
+            } else {
+                _ = try? client.poll { _ in }
+            }
+        }
+        #expect(waitFor(5) { control.counters(0).read(.eventWaits) > 0 }, "the consumer never held the shard")
+        engine.signal(SIGTERM)
+        #expect(engine.waitForExit(20) == 0, "the engine did not stop while a consumer held it: \(engine.log.all)")
+        if engine.process.isRunning { engine.signal(SIGKILL) }
+        _ = consumer
+        client.close()
+    }
+
+    @Test("consumers killed while attached are reclaimed: the 17th and later readers still attach")
+    func deadConsumersReclaimed() throws {
+        let dir = testDirectory()
+        let engine = try EngineProcess(["--instance", "reclaim", "--directory", dir, "--no-pin", "--no-plugins", "--durability", "none"])
+        defer {
+            engine.signal(SIGTERM)
+            _ = engine.waitForExit(20)
+        }
+        #expect(waitFor(10) { (try? EngineFile.attach(directory: dir))?.isServing ?? false })
+        let ring = try EventRing.attach(path: InstanceLayout.eventRingPath(dir, shard: 0))
+        for round in 0..<20 {
+            let md = Process()
+            md.executableURL = crossbookBinary()
+            md.arguments = ["md", "--instance", "reclaim", "--directory", dir]
+            md.standardOutput = FileHandle.nullDevice
+            md.standardError = FileHandle.nullDevice
+            try md.run()
+            let pid = md.processIdentifier
+            #expect(waitFor(10) { ring.consumerLags().contains { $0.pid == pid } }, "round \(round): md never attached")
+            kill(pid, SIGKILL)
+            md.waitUntilExit()
+        }
+        #expect(throws: Never.self) { _ = try ring.consumer(mayDetach: true) }
     }
 }
