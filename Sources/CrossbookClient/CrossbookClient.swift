@@ -74,7 +74,8 @@ public final class CrossbookClient {
         for line in text.split(separator: "\n") {
             let f = line.split(separator: " ")
             guard f.count == 8, let id = UInt32(f[1]), let shard = Int(f[2]), let tick = Int64(f[3]), let lot = Int64(f[4]),
-                  let lo = Int64(f[5]), let hi = Int64(f[6]), let maxQ = Int64(f[7]), shard < engine.shardCount
+                  let lo = Int64(f[5]), let hi = Int64(f[6]), let maxQ = Int64(f[7]), shard >= 0, shard < engine.shardCount,
+                  SymbolSpec.isValidName(String(f[0]))
             else { throw .setup("engine '\(instance)': a bad line in its symbol list: \(line)") }
             parsed[String(f[0])] = SymbolInfo(spec: SymbolSpec(name: String(f[0]), id: id, tickSize: tick, lotSize: lot,
                                                                minPrice: lo, maxPrice: hi, maxOrderQuantity: maxQ),

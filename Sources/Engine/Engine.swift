@@ -119,6 +119,26 @@ public final class Engine: @unchecked Sendable {
         abortStart.deallocate()
     }
 
+    /// What a configuration allocates at start: every book, every shard's event ring and, with
+    /// a journal, its two batch buffers.
+    public static func memoryNeeded(_ s: EngineSettings) -> (total: Int, description: String) {
+        let books = s.symbols.count * s.capacity.bookBytes
+        let rings = s.shards.count * s.eventRingCapacity * 64
+        let journals = s.durability == .none ? 0 : s.shards.count * 2 * (4 << 20)
+        let total = books + rings + journals
+        return (total, "\(total >> 20) MiB: \(s.symbols.count) books of \(s.capacity.bookBytes >> 10) KiB (\(s.capacity.orders) orders, \(s.capacity.levels) levels), event rings \(rings >> 20) MiB, journal buffers \(journals >> 20) MiB")
+    }
+
+    /// MemAvailable from /proc/meminfo, in bytes (nil where it cannot be read).
+    public static func memoryAvailable() -> Int? {
+        guard let text = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8) else { return nil }
+        for line in text.split(separator: "\n") where line.hasPrefix("MemAvailable:") {
+            let fields = line.split(separator: " ")
+            if fields.count >= 2, let kib = Int(fields[1]) { return kib << 10 }
+        }
+        return nil
+    }
+
     /// From any thread, while `start` runs: stop recovering and make `start` throw (the files
     /// are removed as after any failed start). After `start` returned, `stop` is what stops.
     public func abortStarting() { cb_store_release_u32(abortStart, 1) }
@@ -155,6 +175,15 @@ public final class Engine: @unchecked Sendable {
                 try spec.validate()
                 try s.capacity.validate(for: spec)
             } catch { throw EngineError("\(error)") }
+        }
+
+        // The memory the books and rings need is taken at start: refuse a configuration the host
+        // cannot give it rather than abort in an allocation (or meet the OOM killer) later.
+        let memory = Self.memoryNeeded(s)
+        let available = Self.memoryAvailable()
+        log("memory: \(memory.description)\(available.map { "; \($0 >> 20) MiB available" } ?? "")")
+        if let available, memory.total > available {
+            throw EngineError("this configuration needs \(memory.total >> 20) MiB (\(memory.description)) and the host has \(available >> 20) MiB available: lower [book] orders or levels, or the number of symbols")
         }
 
         try makeDirectory(s.directory)

@@ -90,6 +90,14 @@ public struct BookCapacity: Sendable, Equatable {
 
     public static let small = BookCapacity(orders: 1 << 16, levels: 1 << 12)
 
+    /// The memory one book of this capacity allocates (and touches) when it is created.
+    public var bookBytes: Int {
+        var bits = 4
+        while (1 << bits) < orders + orders / 2 { bits += 1 }
+        return (orders + 1) * MemoryLayout<OrderNode>.stride + (1 << bits) * MemoryLayout<IdSlot>.stride
+            + (levels + 1) * MemoryLayout<PriceLevel>.stride + 2 * levels * (MemoryLayout<Int64>.stride + MemoryLayout<UInt32>.stride)
+    }
+
     /// Checks that a book of this capacity can hold this symbol; every problem is named.
     public func validate(for spec: SymbolSpec) throws(BookConfigError) {
         // Handles are 28 bits: the order node packs side and STP mode above the level handle.

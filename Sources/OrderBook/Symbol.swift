@@ -31,8 +31,21 @@ public struct SymbolSpec: Sendable, Equatable {
     }
 
     /// Checks that the rules are usable; every problem is named.
+    /// The one rule for symbol names, everywhere (config, engine, clients, plugins): 1 to 32
+    /// bytes of letters, digits and - _ . / : (no space, no control byte: names travel in
+    /// space-separated lists and log lines).
+    public static func isValidName(_ name: String) -> Bool {
+        let bytes = name.utf8
+        return !bytes.isEmpty && bytes.count <= 32 && bytes.allSatisfy { b in
+            (b >= 48 && b <= 57) || (b >= 65 && b <= 90) || (b >= 97 && b <= 122) || b == 45 || b == 95 || b == 46 || b == 47 || b == 58
+        }
+    }
+
     public func validate() throws(BookConfigError) {
         guard !name.isEmpty else { throw .invalid(symbol: name, "the name is empty") }
+        guard Self.isValidName(name) else {
+            throw .invalid(symbol: name.debugDescription, "a name is 1 to 32 letters, digits, '-', '_', '.', '/' or ':'")
+        }
         guard tickSize > 0 else { throw .invalid(symbol: name, "tick size must be positive, got \(tickSize)") }
         guard lotSize > 0 else { throw .invalid(symbol: name, "lot size must be positive, got \(lotSize)") }
         guard minPrice >= 1 else { throw .invalid(symbol: name, "the band's minimum price must be at least 1, got \(minPrice)") }

@@ -134,8 +134,8 @@ public enum TextCodec {
 
     private static func symbolField(_ s: Substring) throws(TextParseError) -> String {
         guard !s.isEmpty else { throw TextParseError("symbol is empty") }
-        guard s.utf8.count <= 32, s.utf8.allSatisfy({ $0 > 32 && $0 < 127 }) else {
-            throw TextParseError("symbol must be 1 to 32 printable ASCII characters, got '\(s)'")
+        guard SymbolSpec.isValidName(String(s)) else {
+            throw TextParseError("symbol must be 1 to 32 letters, digits, '-', '_', '.', '/' or ':', got '\(s)'")
         }
         return String(s)
     }

@@ -156,7 +156,9 @@ struct EngineConfig {
                 group = g
             }
             lagTimeoutMilliseconds = try Self.int(engine, "lag_timeout_ms", in: "[engine]", source: source) ?? lagTimeoutMilliseconds
-            guard lagTimeoutMilliseconds > 0 else { throw ConfigError(description: "\(source): [engine]: lag_timeout_ms must be positive") }
+            guard lagTimeoutMilliseconds >= 1, lagTimeoutMilliseconds <= 3_600_000 else {
+                throw ConfigError(description: "\(source): [engine]: lag_timeout_ms must be between 1 and 3600000 (an hour), got \(lagTimeoutMilliseconds)")
+            }
         }
         if let list = table["shards"] {
             guard let list = list.array else { throw ConfigError(description: "\(source): shards must be an array of tables ([[shards]])") }
@@ -165,7 +167,11 @@ struct EngineConfig {
                 for key in entry.keys where key != "core" {
                     throw ConfigError(description: "\(source): [[shards]] #\(index + 1): unknown key '\(key)' (expected core)")
                 }
-                shardCores.append(try Self.int(entry, "core", in: "[[shards]] #\(index + 1)", source: source))
+                let core = try Self.int(entry, "core", in: "[[shards]] #\(index + 1)", source: source)
+                if let core, core < 0 || core > 65535 {
+                    throw ConfigError(description: "\(source): [[shards]] #\(index + 1): core must be between 0 and 65535, got \(core)")
+                }
+                shardCores.append(core)
             }
         }
         if let book = table["book"] {
@@ -190,6 +196,9 @@ struct EngineConfig {
                 guard let name = entry["name"]?.string else {
                     throw ConfigError(description: "\(source): \(place): name (a string) is required")
                 }
+                guard SymbolSpec.isValidName(name) else {
+                    throw ConfigError(description: "\(source): \(place): name \(name.debugDescription): a name is 1 to 32 letters, digits, '-', '_', '.', '/' or ':'")
+                }
                 var spec = SymbolSpec(name: name, id: UInt32(index + 1))
                 if let id = try Self.int(entry, "id", in: place, source: source) {
                     guard id > 0, id <= Int(UInt32.max) else {
@@ -203,7 +212,12 @@ struct EngineConfig {
                 spec.maxPrice = try Self.int(entry, "max_price", in: place, source: source).map(Int64.init) ?? spec.maxPrice
                 spec.maxOrderQuantity = try Self.int(entry, "max_order_quantity", in: place, source: source)
                     .map(Int64.init) ?? spec.maxOrderQuantity
-                if let shard = try Self.int(entry, "shard", in: place, source: source) { symbolShards[name] = shard }
+                if let shard = try Self.int(entry, "shard", in: place, source: source) {
+                    guard shard >= 0, shard < 1024 else {
+                        throw ConfigError(description: "\(source): \(place): shard must be between 0 and 1023, got \(shard)")
+                    }
+                    symbolShards[name] = shard
+                }
                 do {
                     try symbols.add(spec)
                 } catch {

@@ -103,6 +103,9 @@ struct RunCommand: ParsableCommand {
     @Option(help: "A snapshot of each shard every this many commands (0: never; default 1,000,000).")
     var snapshotEvery: UInt64 = 1_000_000
 
+    @Flag(help: "Check the configuration and print what it needs (shards, symbols, memory), then exit without starting.")
+    var checkConfig = false
+
     @Flag(help: "Load no plugin (no snapshots, no metrics endpoint).")
     var noPlugins = false
 
@@ -116,6 +119,17 @@ struct RunCommand: ParsableCommand {
         settings.snapshotEvery = snapshotEvery
         if noPlugins { settings.plugins = nil }
         if let pluginDir { settings.plugins?.directory = pluginDir }
+        if checkConfig {
+            let memory = Engine.memoryNeeded(settings)
+            let available = Engine.memoryAvailable()
+            print("instance \(settings.instance): \(settings.shards.count) shard(s), \(settings.symbols.count) symbol(s), durability \(settings.durability.rawValue)")
+            print("memory: \(memory.description)")
+            if let available {
+                print("available: \(available >> 20) MiB")
+                if memory.total > available { throw CLIError("this configuration needs more memory than the host has available") }
+            }
+            return
+        }
         // Signals go to one watcher thread's sigwait, never to a shard thread: block them before
         // any thread starts. A shell starts background jobs with SIGINT ignored, and an ignored
         // signal never reaches sigwait: restore the default first (blocked, it kills nothing).

@@ -128,6 +128,11 @@ struct ReplayCLITests {
         ("[book\n", ".toml:"),
         ("[book]\norders = 0\n", "orders must be between 1 and"),
         ("[book]\norders = 100000000\n[[symbols]]\nname = \"X\"\nmax_order_quantity = 100000000000\n", "overflows 64 bits"),
+        ("[engine]\nlag_timeout_ms = 20000000000000\n", "lag_timeout_ms must be between 1 and 3600000"),
+        ("[[symbols]]\nname = \"BTC USD\"\n", "a name is 1 to 32"),
+        ("[[symbols]]\nname = \"BTC\\nUSD\"\n", "a name is 1 to 32"),
+        ("[[shards]]\ncore = -3\n", "core must be between 0 and 65535"),
+        ("[[symbols]]\nname = \"X\"\nshard = 99999999999\n", "shard must be between 0 and 1023"),
     ])
     func badConfig(text: String, mention: String) throws {
         let config = try temporaryFile(text, suffix: ".toml")
@@ -136,6 +141,25 @@ struct ReplayCLITests {
         #expect(result.stderr.contains(mention), "\(result.stderr)")
         #expect(!result.stderr.contains("Usage:"), "a runtime error is not a usage error")
         #expect(result.stdout.isEmpty)
+    }
+
+    @Test("run --check-config prints the memory a configuration needs; one the host cannot give is refused before anything is created")
+    func memoryCheck() throws {
+        let fits = try runCrossbook(["run", "--check-config"])
+        #expect(fits.status == 0 && fits.stdout.contains("memory: ") && fits.stdout.contains("available: "), "\(fits.stdout)\(fits.stderr)")
+        let huge = try temporaryFile("[book]\norders = 268435455\n", suffix: ".toml")
+        let check = try runCrossbook(["run", "--check-config", "--config", huge])
+        #expect(check.status != 0 && check.stderr.contains("more memory than the host has"), "\(check.stderr)")
+        var many = ""
+        for i in 0..<20_000 { many += "[[symbols]]\nname = \"S\(i)\"\n" }
+        let manyFile = try temporaryFile(many, suffix: ".toml")
+        let manyCheck = try runCrossbook(["run", "--check-config", "--config", manyFile])
+        #expect(manyCheck.status != 0, "20,000 symbols at the default capacity: \(manyCheck.stdout)")
+        let dir = "/dev/shm/crossbook-mem-\(getpid())"
+        let start = try runCrossbook(["run", "--config", huge, "--instance", "memx", "--directory", dir, "--no-plugins",
+                                      "--durability", "none", "--no-pin"])
+        #expect(start.status != 0 && start.stderr.contains("MiB available"), "\(start.stderr)")
+        #expect(access(dir, F_OK) != 0, "nothing is created for a configuration that is refused")
     }
 
     @Test("--declared-symbols-only rejects an unknown symbol with a reason")

@@ -299,3 +299,18 @@ struct EventRingTests {
         #expect(acks == 200)
     }
 }
+
+@Suite("Engine: names")
+struct EngineNameTests {
+    @Test("a symbol name with a space or a newline is refused at start, and nothing is created", arguments: ["BTC USD", "BTC\nUSD", "", String(repeating: "X", count: 33)])
+    func badSymbolName(name: String) throws {
+        let dir = testDirectory()
+        let settings = EngineSettings(instance: "names", directory: dir, shards: [ShardSettings(core: nil)],
+                                      symbols: [(spec: SymbolSpec(name: name, id: 1), shard: 0)],
+                                      capacity: BookCapacity(orders: 1 << 10, levels: 1 << 8),
+                                      wait: WaitStrategy(spins: 100, yields: 10, park: true, parkTimeoutNanoseconds: 10_000_000))
+        let engine = Engine(settings: settings, log: { _ in })
+        #expect { _ = try engine.start() } throws: { "\($0)".contains("symbol") }
+        #expect(access(dir, F_OK) != 0)
+    }
+}
