@@ -70,7 +70,7 @@ let package = Package(
         .testTarget(name: "OrderBookTests", dependencies: ["OrderBook", "Workloads"]),
         .testTarget(name: "WireTests", dependencies: ["Wire", "OrderBook", "CShims"]),
         .testTarget(name: "SharedMemoryTests", dependencies: ["SharedMemory", "Wire", "OrderBook", "CShims", "crossbook"]),
-        .testTarget(name: "CrossbookCLITests", dependencies: ["crossbook", "Journal"]),
+        .testTarget(name: "CrossbookCLITests", dependencies: ["crossbook", "Journal", "SharedMemory"]),
         .testTarget(name: "JournalTests", dependencies: ["Journal", "Workloads", "TestSupport", "CShims"]),
         .testTarget(name: "EngineTests", dependencies: ["Engine", "CrossbookClient", "SharedMemory", "Wire", "OrderBook", "crossbook", "TestSupport"]),
         .testTarget(name: "PluginTests", dependencies: ["Engine", "CrossbookClient", "SharedMemory", "Wire", "OrderBook", "CShims", "crossbook", "TestSupport"]),

@@ -375,6 +375,7 @@ public final class Engine: @unchecked Sendable {
         var buffer = [UInt8](repeating: 0, count: 64 * 1024)
         var lastLag = [UInt64](repeating: 0, count: shards.count)
         var lastFaults = [UInt64](repeating: 0, count: shards.count)
+        var lastJournalFailure = [String?](repeating: nil, count: shards.count)
         var lastEventDetaches = [UInt64](repeating: 0, count: shards.count)
         var lastHealth: UInt64 = 0
         while cb_load_acquire_u32(controlStop) == 0 {
@@ -421,6 +422,15 @@ public final class Engine: @unchecked Sendable {
                     if eventDetaches != lastEventDetaches[s] {
                         log("shard \(s): \(eventDetaches - lastEventDetaches[s]) event-ring consumer(s) lagged past \(settings.lagTimeoutNanoseconds / 1_000_000) ms (or were gone) and were detached")
                         lastEventDetaches[s] = eventDetaches
+                    }
+                    let journalFailure = shards[s].journalFailure
+                    if journalFailure != lastJournalFailure[s] {
+                        if let journalFailure {
+                            log("shard \(s): the journal is failing, no command is taken or acknowledged until it works again (retried every 100 ms): \(journalFailure)")
+                        } else {
+                            log("shard \(s): the journal works again; taking commands")
+                        }
+                        lastJournalFailure[s] = journalFailure
                     }
                     let faults = file.counters(s).read(.ringFaults)
                     if faults != lastFaults[s] {

@@ -287,6 +287,14 @@ final class Shard: @unchecked Sendable {
     let started = Semaphore()
 
     static let maxSessions = 1024
+    /// Why the journal is failing now (nil: it works), for the control thread's log. Written
+    /// by the shard only when the failure starts, changes or ends: never on the order path.
+    private var journalProblem: String?
+    private let journalProblemLock = Lock()
+    var journalFailure: String? { journalProblemLock.locked { journalProblem } }
+    private func setJournalFailure(_ text: String?) {
+        journalProblemLock.locked { if journalProblem != text { journalProblem = text } }
+    }
     /// Set by the engine when a stop comes during start: recovery stops between batches.
     private let abortStart: UnsafeMutablePointer<UInt32>?
 
@@ -719,12 +727,17 @@ final class Shard: @unchecked Sendable {
         started.signal()
 
         var nextJournalRetry: UInt64 = 0
+        var lastReportedFailure: JournalError?
         while cb_load_acquire_u32(stopFlag) == 0 {
             if !mailbox.isEmpty { drainMailbox() }
             if let journal, journal.failure != nil {
                 // The disk refused: take no command until what failed has been done again and
                 // worked (the failure stays set while a retry is in flight); try every 100 ms.
                 counters.set(.journalFailed, 1)
+                if let failure = journal.failure, lastReportedFailure != failure {
+                    lastReportedFailure = failure
+                    setJournalFailure("\(failure)")
+                }
                 let now = monotonicNanoseconds()
                 if now >= nextJournalRetry {
                     journal.retry()
@@ -742,6 +755,10 @@ final class Shard: @unchecked Sendable {
                 }
             } else if journal != nil {
                 counters.set(.journalFailed, 0)
+                if lastReportedFailure != nil {
+                    lastReportedFailure = nil
+                    setJournalFailure(nil)
+                }
             }
             if snapshotEvery > 0 && pendingSnapshot == nil && sequence &- lastSnapshot >= snapshotEvery {
                 // The shard pauses for the copy only; the writing happens on another thread.

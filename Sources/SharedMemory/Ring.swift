@@ -138,6 +138,12 @@ public final class Ring {
 
     /// Whether the process that created the ring is still alive.
     public var creatorIsAlive: Bool { processIsAlive(creatorPid) }
+
+    /// Both cursors as they are now (for operators' tools: they may be anything).
+    public var cursors: (producer: UInt64, consumer: UInt64) {
+        let p = RingPointers(base: file.base, capacity: capacity)
+        return (cb_load_acquire_u64(p.producerCursor), cb_load_acquire_u64(p.consumerCursor))
+    }
 }
 
 /// Where the shared parts of a ring are, for both views.

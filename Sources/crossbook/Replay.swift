@@ -105,6 +105,15 @@ struct Replay: ParsableCommand {
                 }
                 continue
             }
+            // The engine's rule for client order ids (its session bits sit above them): the same
+            // reject here, so that a replay and the engine agree on every line.
+            let id = command.command.orderId
+            guard id >= 0, id <= (1 << 48) - 1 else {
+                if !tradesOnly {
+                    out.write(TextCodec.format(.rejected(orderId: id, reason: .orderIdOutOfRange), symbol: command.symbol))
+                }
+                continue
+            }
             var sink = LineSink(symbol: command.symbol, out: out, tradesOnly: tradesOnly)
             entry.book.apply(command.command, to: &sink)
         }
@@ -121,7 +130,23 @@ struct Replay: ParsableCommand {
 
     /// The engine's own recovery, read-only, on a data directory: the same code that a restart
     /// runs, so its digest is the one the engine printed when it restarted from this journal.
+    /// A replay killed before it stopped leaves its instance directory: remove those of replays
+    /// whose process is gone (ours only, never through a link).
+    private func removeDeadReplays() {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: "/dev/shm") else { return }
+        for name in names where name.hasPrefix("crossbook-replay-") {
+            guard let pid = Int32(name.dropFirst("crossbook-replay-".count)), pid != getpid(), kill(pid, 0) != 0, errno == ESRCH
+            else { continue }
+            let path = "/dev/shm/" + name
+            var info = stat()
+            guard lstat(path, &info) == 0, info.st_mode & S_IFMT == S_IFDIR, info.st_uid == getuid() else { continue }
+            removeContents(of: path)
+            rmdir(path)
+        }
+    }
+
     private func replayJournal(_ data: String) throws {
+        removeDeadReplays()
         var settings = try EngineConfig.load(config).engineSettings(
             instance: "replay-\(getpid())", directory: "/dev/shm/crossbook-replay-\(getpid())", pin: false,
             cleanStale: true, dataDirectory: data, durability: "async")

@@ -210,11 +210,18 @@ struct StatCommand: ParsableCommand {
 
     @OptionGroup var target: InstanceOptions
 
-    @Option(help: "Seconds between lines.")
+    @Option(help: "Seconds between lines (0.01 to 3600).")
     var interval: Double = 1
 
     @Option(help: "Lines to print (0: until the engine stops or Ctrl-C).")
     var count: Int = 0
+
+    func validate() throws {
+        guard interval.isFinite, interval >= 0.01, interval <= 3600 else {
+            throw ValidationError("--interval must be between 0.01 and 3600 seconds, got \(interval)")
+        }
+        guard count >= 0 else { throw ValidationError("--count must be 0 or more, got \(count)") }
+    }
 
     func run() throws {
         let instance = target.instance
@@ -226,7 +233,9 @@ struct StatCommand: ParsableCommand {
         var printed = 0
         print("engine '\(instance)' pid \(file.enginePid), \(file.shardCount) shard(s), state \(file.state)")
         while count == 0 || printed < count {
-            usleep(useconds_t(interval * 1_000_000))
+            var pause = timespec(tv_sec: Int(interval), tv_nsec: Int((interval - interval.rounded(.down)) * 1e9))
+            var left = timespec()
+            while nanosleep(&pause, &left) != 0 && errno == EINTR { pause = left }
             guard processIsAlive(file.enginePid), file.state == .running else {
                 print("engine '\(instance)' is \(processIsAlive(file.enginePid) ? "\(file.state)" : "gone")")
                 return

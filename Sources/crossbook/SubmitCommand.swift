@@ -29,8 +29,14 @@ struct SubmitCommand: ParsableCommand {
 
     @OptionGroup var target: InstanceOptions
 
-    @Option(help: "Seconds to wait for reports after the last one.")
+    @Option(help: "Seconds to wait for reports after the last one (0 to 3600).")
     var wait: Double = 0.5
+
+    func validate() throws {
+        guard wait.isFinite, wait >= 0, wait <= 3600 else {
+            throw ValidationError("--wait must be between 0 and 3600 seconds, got \(wait)")
+        }
+    }
 
     func run() throws {
         var parsed: [TextCommand] = []

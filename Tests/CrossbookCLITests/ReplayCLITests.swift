@@ -2,6 +2,7 @@
 import Foundation
 import Glibc
 import Journal
+import SharedMemory
 import Testing
 
 struct RunResult {
@@ -286,5 +287,63 @@ struct JournalReplayCLITests {
         again.waitUntilExit()
         let log = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         #expect(log.contains("state digest \(digest ?? "?")"), "\(log)")
+    }
+}
+
+@Suite("Tools on hostile input")
+struct ToolInputTests {
+    @Test("ring inspect names corrupt cursors instead of crashing; ring produce refuses a corrupt ring and gives up on a full one")
+    func corruptRing() throws {
+        let path = "/dev/shm/crossbook-ringtool-\(getpid())"
+        defer { unlink(path) }
+        _ = try Ring.create(path: path, capacity: 64)
+        let fd = open(path, O_RDWR)
+        var cursor = UInt64.max
+        #expect(pwrite(fd, &cursor, 8, 128) == 8)  // the producer cursor
+        close(fd)
+        let inspect = try runCrossbook(["ring", "inspect", path])
+        #expect(inspect.status == 1 && inspect.stdout.contains("CORRUPT"), "\(inspect.stdout)\(inspect.stderr)")
+        #expect(inspect.stdout.contains("producer cursor \(UInt64.max)"))
+        let produce = try runCrossbook(["ring", "produce", path, "--count", "10"])
+        #expect(produce.status != 0 && produce.stderr.contains("corrupt cursors"), "\(produce.stderr)")
+        // A sound ring that nobody reads: full after 64, then a clear error, not a hang.
+        unlink(path)
+        _ = try Ring.create(path: path, capacity: 64)
+        let full = try runCrossbook(["ring", "produce", path, "--count", "100", "--timeout", "0.3"])
+        #expect(full.status != 0 && full.stderr.contains("no room") && full.stderr.contains("64 of 100 written"), "\(full.stderr)")
+    }
+
+    @Test("numbers a tool cannot use are refused before anything runs", arguments: [
+        ["stat", "--interval", "5000"], ["stat", "--interval", "0"], ["stat", "--interval", "nan"], ["stat", "--count=-1"],
+        ["submit", "--wait", "nan", "N,BTC-USD,1,1,B,LMT,10,5,GTC"], ["submit", "--wait=-1", "N,BTC-USD,1,1,B,LMT,10,5,GTC"],
+    ])
+    func badNumbers(arguments: [String]) throws {
+        let result = try runCrossbook(arguments + ["--instance", "nosuch-\(getpid())"])
+        #expect(result.status == 64, "\(arguments): \(result.status) \(result.stderr)")
+        #expect(result.stderr.contains("must be"), "\(result.stderr)")
+    }
+
+    @Test("replay rejects the order ids the engine rejects")
+    func orderIdRange() throws {
+        let result = try runCrossbook(["replay", "-"], stdin: "N,BTC,-1,1,B,LMT,10,5,GTC\nN,BTC,281474976710656,1,B,LMT,10,5,GTC\nN,BTC,281474976710655,1,B,LMT,10,5,GTC\n")
+        #expect(result.stdout.contains("REJ,BTC,-1,order_id_out_of_range"))
+        #expect(result.stdout.contains("REJ,BTC,281474976710656,order_id_out_of_range"))
+        #expect(result.stdout.contains("ACK,BTC,281474976710655"))
+    }
+
+    @Test("a killed replay --journal's instance directory is removed by the next replay")
+    func replayLeftovers() throws {
+        let dead = Process()
+        dead.executableURL = URL(fileURLWithPath: "/bin/true")
+        try dead.run()
+        dead.waitUntilExit()
+        let leftover = "/dev/shm/crossbook-replay-\(dead.processIdentifier)"
+        mkdir(leftover, 0o700)
+        FileManager.default.createFile(atPath: leftover + "/control", contents: Data([1, 2, 3]))
+        let data = NSTemporaryDirectory() + "crossbook-emptydata-\(getpid())"
+        mkdir(data, 0o700)
+        defer { rmdir(data) }
+        _ = try runCrossbook(["replay", "--journal", data])
+        #expect(access(leftover, F_OK) != 0, "the dead replay's directory is still there")
     }
 }

@@ -62,6 +62,8 @@ struct DurabilityTests {
         let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-data-\(UUID().uuidString.prefix(8))"
         defer { removeTree(data) }
         let first = try durableEngine(dir, data: data)
+        var info = stat()
+        #expect(stat(data + "/CONFIGURATION", &info) == 0 && info.st_mode & 0o777 == 0o600, "CONFIGURATION is readable by others")
         let client = try CrossbookClient(instance: "d", directory: dir)
         let btc = try client.symbol("BTC-USD")
         for id in 1...2000 {
@@ -351,7 +353,8 @@ struct FullDiskEngineTests {
             settings.durability = .sync
             settings.dataDirectory = data
             settings.journalSegmentSize = 128 << 10
-            let engine = Engine(settings: settings, log: { _ in })
+            let log = LogLines()
+            let engine = Engine(settings: settings, log: { log.append($0) })
             _ = try engine.start()
             defer { engine.stop() }
             let client = try CrossbookClient(instance: "fd", directory: dir)
@@ -390,6 +393,9 @@ struct FullDiskEngineTests {
             while acked.count < Int(id) && Date() < deadline { try pump(0.05) }
             #expect(acked.count == Int(id), "\(acked.count) of \(id) acknowledged after space returned")
             #expect(control.counters(0).read(.journalFailed) == 0)
+            // The operator is told, once when it starts failing and once when it works again.
+            #expect(waitFor(3) { log.contains("the journal works again") }, "\(log.all)")
+            #expect(log.all.filter { $0.contains("the journal is failing") && $0.contains("no space left") }.count == 1, "\(log.all)")
             client.close()
             // The journal is whole: every acknowledged order is in it, in sequence.
             var journaled = Set<Int64>()
