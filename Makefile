@@ -40,6 +40,8 @@ c-plugins:
 	$(CC) $(C_PLUGIN_FLAGS) plugins/template/c/template.c -o $(OUT)/libcrossbook-template-c.so -lpthread
 	$(CC) -std=c11 -Wall -Wextra -Werror -O2 $$(pkg-config --cflags fuse3) tools/powercut/powercut.c \
 	  -o $(OUT)/crossbook-powercut $$(pkg-config --libs fuse3)
+	@# The engine refuses plugins in a group- or world-writable directory (a umask of 002 makes them so).
+	chmod go-w $(OUT)/ $(OUT)/*.so
 
 test: deps
 	$(SWIFT) build $(TEST_FLAGS) --build-tests

@@ -207,23 +207,42 @@ final class PluginHost: @unchecked Sendable {
         guard !spec.fileName.contains("/") || spec.fileName.hasPrefix("/") else {
             throw fail(.missingFile, "file '\(spec.fileName)' must be a name in the plugin directory \(directory)")
         }
+        // The file is opened once, without following a link, from a checked directory, and the
+        // open descriptor is what is checked and loaded: nothing can swap it between the check
+        // and the load.
         let folder = String(path[..<path.lastIndex(of: "/")!])
+        let fileName = String(path[path.index(after: path.lastIndex(of: "/")!)...])
+        let dirFd = open(folder.isEmpty ? "/" : folder, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard dirFd >= 0 else {
+            throw fail(.missingFile, "plugin directory \(folder): \(String(cString: strerror(errno)))")
+        }
+        defer { close(dirFd) }
         var info = stat()
-        guard stat(folder.isEmpty ? "/" : folder, &info) == 0 else {
+        guard fstat(dirFd, &info) == 0 else {
             throw fail(.missingFile, "plugin directory \(folder): \(String(cString: strerror(errno)))")
         }
         if let why = Self.unsafe(info, what: "plugin directory \(folder)") { throw fail(.unsafePermissions, why) }
-        guard stat(path, &info) == 0 else {
+        let fd = openat(dirFd, fileName, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
+        guard fd >= 0 else {
+            if errno == ELOOP { throw fail(.unsafePermissions, "\(path) is a symbolic link: give the file itself") }
             throw fail(.missingFile, "\(path): \(String(cString: strerror(errno)))")
         }
-        guard info.st_mode & S_IFMT == S_IFREG else { throw fail(.missingFile, "\(path) is not a regular file") }
-        if let why = Self.unsafe(info, what: path) { throw fail(.unsafePermissions, why) }
+        guard fstat(fd, &info) == 0 else {
+            close(fd)
+            throw fail(.missingFile, "\(path): \(String(cString: strerror(errno)))")
+        }
+        guard info.st_mode & S_IFMT == S_IFREG else { close(fd); throw fail(.missingFile, "\(path) is not a regular file") }
+        if let why = Self.unsafe(info, what: path) { close(fd); throw fail(.unsafePermissions, why) }
 
         _ = dlerror()
-        guard let handle = dlopen(path, RTLD_NOW | RTLD_LOCAL) else {
-            let why = dlerror().map { String(cString: $0) } ?? "dlopen failed"
+        guard let handle = dlopen("/proc/self/fd/\(fd)", RTLD_NOW | RTLD_LOCAL) else {
+            let why = (dlerror().map { String(cString: $0) } ?? "dlopen failed").replacingOccurrences(of: "/proc/self/fd/\(fd)", with: path)
+            close(fd)
             throw fail(.cannotLoad, why)
         }
+        // The descriptor stays open, like the library (never dlclosed): glibc knows a library by
+        // the name it was opened under, and a reused /proc/self/fd/N would be taken for the
+        // library loaded under that name before.
         // Never dlclosed: a Swift plugin's metadata, or a thread a plugin failed to join, would
         // point into unmapped code.
         guard let symbol = dlsym(handle, CB_PLUGIN_ENTRY) else {
@@ -263,11 +282,14 @@ final class PluginHost: @unchecked Sendable {
                             host: self)
     }
 
-    /// Why a file or directory may not be trusted: writable by everyone, or owned by someone
-    /// who is neither this user nor root.
+    /// Why a file or directory may not be trusted: writable by everyone or by a group, or owned
+    /// by someone who is neither this user nor root.
     static func unsafe(_ info: stat, what: String) -> String? {
         if info.st_mode & S_IWOTH != 0 {
             return "\(what) is writable by every user (mode \(String(info.st_mode & 0o7777, radix: 8))): chmod o-w it"
+        }
+        if info.st_mode & S_IWGRP != 0 {
+            return "\(what) is writable by its group (mode \(String(info.st_mode & 0o7777, radix: 8))): chmod g-w it"
         }
         if info.st_uid != geteuid() && info.st_uid != 0 {
             return "\(what) is owned by uid \(info.st_uid), not by this user (uid \(geteuid())) or root"

@@ -212,6 +212,31 @@ struct PluginHostTests {
         #expect(refusal(settings) == "(started)")
     }
 
+    @Test("refused: a group-writable plugin or directory, and a plugin file that is a symbolic link")
+    func groupWritableAndLinks() throws {
+        let folder = temporaryFolder()
+        defer { removeTree(folder) }
+        let path = try compilePlugin(probeSource, name: "probe", into: folder)
+        let settings = PluginSettings(directory: folder, load: [PluginSpec(name: "probe")])
+        chmod(folder, 0o775)
+        let directory = refusal(settings)
+        #expect(directory.hasPrefix("plugin probe: unsafe permissions: plugin directory \(folder) is writable by its group"), "\(directory)")
+        chmod(folder, 0o755)
+        chmod(path, 0o775)
+        let file = refusal(settings)
+        #expect(file.hasPrefix("plugin probe: unsafe permissions: \(path) is writable by its group"), "\(file)")
+        chmod(path, 0o755)
+        // The configured name is a link (to a good plugin, even): what is loaded must be the file
+        // that was checked, so a link is refused rather than followed.
+        let real = folder + "/real-probe.so"
+        #expect(rename(path, real) == 0 && symlink(real, path) == 0)
+        let link = refusal(settings)
+        #expect(link.hasPrefix("plugin probe: unsafe permissions: \(path) is a symbolic link"), "\(link)")
+        unlink(path)
+        #expect(rename(real, path) == 0)
+        #expect(refusal(settings) == "(started)")
+    }
+
     @Test("refused: a file that is not a shared library, and a plugin that names itself otherwise")
     func cannotLoad() throws {
         let folder = temporaryFolder()
