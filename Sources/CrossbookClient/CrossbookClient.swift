@@ -16,9 +16,12 @@ public enum ClientError: Error, Equatable, CustomStringConvertible {
     case handshakeTimedOut(instance: String)
     case unknownSymbol(String)
     case setup(String)
+    /// The engine stopped serving this client's session on a shard, and why.
+    case detached(shard: Int, RingClosed)
 
     public var description: String {
         switch self {
+        case .detached(let shard, let why): "shard \(shard): \(why)"
         case .engineNotRunning(let instance, let why): "engine '\(instance)' is not running: \(why)"
         case .engineGone(let instance, let pid): "engine '\(instance)' (pid \(pid)) is gone"
         case .refused(let why): "the engine refused this client: \(why)"
@@ -162,7 +165,8 @@ public final class CrossbookClient {
     public func submit(_ command: BookCommand, symbol: SymbolInfo, clientTime: UInt64 = 0,
                        clientSequence: UInt64 = 0, flush: Bool = true) -> Bool {
         let shard = symbol.shard
-        guard commands[shard].claim(1) == 1 else { return false }
+        // A session the engine detached on this shard takes nothing more (`poll` says why).
+        guard reports[shard].closed == nil, commands[shard].claim(1) == 1 else { return false }
         CommandRecord.encode(CommandRecord.Decoded(symbolId: symbol.spec.id, command: command, clientTime: clientTime,
                                                    clientSequence: clientSequence),
                              to: commands[shard].slot(0))
@@ -175,7 +179,7 @@ public final class CrossbookClient {
     /// False when that ring is full. The shard checks every field.
     @discardableResult
     public func submitRecord(_ record: UnsafeRawPointer, shard: Int) -> Bool {
-        guard shard >= 0, shard < commands.count, commands[shard].claim(1) == 1 else { return false }
+        guard shard >= 0, shard < commands.count, reports[shard].closed == nil, commands[shard].claim(1) == 1 else { return false }
         commands[shard].slot(0).copyMemory(from: record, byteCount: CommandRecord.size)
         commands[shard].publish(1)
         doorbells[shard].ring()
@@ -211,7 +215,10 @@ public final class CrossbookClient {
     @discardableResult
     public func poll(_ body: (ReportRecord.Report) -> Void) throws(ClientError) -> Int {
         var total = 0
+        var closed: ClientError?
         for s in reports.indices {
+            // Read before the reports: whatever the engine wrote before closing is handed over first.
+            let why = reports[s].closed
             let n: Int
             do { n = try reports[s].poll() } catch { throw .setup("report ring \(s): \(error)") }
             for k in 0..<n {
@@ -219,7 +226,9 @@ public final class CrossbookClient {
             }
             if n > 0 { reports[s].release(n) }
             total += n
+            if let why, n == 0, closed == nil { closed = .detached(shard: s, why) }
         }
+        if let closed { throw closed }
         return total
     }
 

@@ -413,12 +413,13 @@ public final class Engine: @unchecked Sendable {
             }
             if let file = engineFile {
                 for s in shards.indices {
-                    let lag = file.counters(s).read(.lagDetaches)
+                    // The shard's private counts: never what another process could have written.
+                    let lag = shards[s].tallied(ShardTally.lagDetaches)
                     if lag != lastLag[s] {
                         log("shard \(s): \(lag - lastLag[s]) client(s) lagged past \(settings.lagTimeoutNanoseconds / 1_000_000) ms and were detached")
                         lastLag[s] = lag
                     }
-                    let eventDetaches = file.counters(s).read(.eventDetaches)
+                    let eventDetaches = shards[s].tallied(ShardTally.eventDetaches)
                     if eventDetaches != lastEventDetaches[s] {
                         log("shard \(s): \(eventDetaches - lastEventDetaches[s]) event-ring consumer(s) lagged past \(settings.lagTimeoutNanoseconds / 1_000_000) ms (or were gone) and were detached")
                         lastEventDetaches[s] = eventDetaches
@@ -432,7 +433,7 @@ public final class Engine: @unchecked Sendable {
                         }
                         lastJournalFailure[s] = journalFailure
                     }
-                    let faults = file.counters(s).read(.ringFaults)
+                    let faults = shards[s].tallied(ShardTally.ringFaults)
                     if faults != lastFaults[s] {
                         log("shard \(s): \(faults - lastFaults[s]) command ring(s) had an impossible cursor and were detached")
                         lastFaults[s] = faults

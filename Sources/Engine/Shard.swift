@@ -58,6 +58,14 @@ enum ShardMessage {
     case detach(session: UInt32)
 }
 
+/// The counts a shard keeps in private memory for the control thread's log lines.
+enum ShardTally {
+    static let lagDetaches = 0
+    static let eventDetaches = 1
+    static let ringFaults = 2
+    static let count = 3
+}
+
 /// Turns book events into reports to the owners of the orders.
 struct ReportSink: BookEventSink {
     let inbound: UnsafeMutablePointer<Inbound>
@@ -69,6 +77,9 @@ struct ReportSink: BookEventSink {
     let events: UnsafeMutablePointer<EventProducer>
     /// The shard's stop flag: every wait on a client or consumer gives up when it is set.
     let stopFlag: UnsafeMutablePointer<UInt32>
+    /// The shard's own count of the events the control thread logs (ShardTally), in private
+    /// memory: the counters region is output only, other processes can write it.
+    let tally: UnsafeMutablePointer<UInt64>
     var published = 0
     /// Replaying the journal at start: the books change, nothing is sent.
     var replaying = false
@@ -161,12 +172,15 @@ struct ReportSink: BookEventSink {
                 cb_cpu_relax()
                 if cb_load_acquire_u32(stopFlag) != 0 {
                     // Stopping: a consumer that holds the shard back is not waited for any more.
-                    counters.add(.eventDetaches, UInt64(events.pointee.detachLaggards(force: true)))
+                    let n = UInt64(events.pointee.detachLaggards(force: true))
+                    counters.add(.eventDetaches, n)
+                    _ = cb_fetch_add_u64_relaxed(tally + ShardTally.eventDetaches, n)
                     continue
                 }
                 if monotonicNanoseconds() &- start > lagTimeoutNanoseconds {
                     let n = events.pointee.detachLaggards()
                     counters.add(.eventDetaches, UInt64(n))
+                    _ = cb_fetch_add_u64_relaxed(tally + ShardTally.eventDetaches, UInt64(n))
                     start = monotonicNanoseconds()
                 }
             }
@@ -242,7 +256,9 @@ struct ReportSink: BookEventSink {
                 cb_cpu_relax()
                 if monotonicNanoseconds() &- start > lagTimeoutNanoseconds || cb_load_acquire_u32(stopFlag) != 0 {
                     inbound[index].active = false
+                    inbound[index].reports.markClosed(.lagging)
                     counters.add(.lagDetaches)
+                    _ = cb_fetch_add_u64_relaxed(tally + ShardTally.lagDetaches, 1)
                     return nil
                 }
             }
@@ -297,6 +313,8 @@ final class Shard: @unchecked Sendable {
     }
     /// Set by the engine when a stop comes during start: recovery stops between batches.
     private let abortStart: UnsafeMutablePointer<UInt32>?
+    /// Counts the control thread logs (ShardTally), kept in private memory.
+    private let tally: UnsafeMutablePointer<UInt64>
 
     init(index: Int, core: Int?, symbols: [(spec: SymbolSpec, capacity: BookCapacity)], symbolSlots: [Int],
          engineFile: EngineFile,
@@ -324,9 +342,17 @@ final class Shard: @unchecked Sendable {
         self.lagTimeoutNanoseconds = lagTimeoutNanoseconds
         stopFlag = .allocate(capacity: 1)
         stopFlag.initialize(to: 0)
+        tally = .allocate(capacity: ShardTally.count)
+        tally.initialize(repeating: 0, count: ShardTally.count)
     }
 
-    deinit { stopFlag.deallocate() }
+    deinit {
+        stopFlag.deallocate()
+        tally.deallocate()
+    }
+
+    /// One of the shard's own counts (ShardTally), for the control thread.
+    func tallied(_ index: Int) -> UInt64 { cb_load_relaxed_u64(tally + index) }
 
     func start() {
         let box = Unmanaged.passRetained(self)
@@ -430,7 +456,7 @@ final class Shard: @unchecked Sendable {
         for i in symbols.indices { (symbolWords + i).initialize(to: symbolCounters[i].words) }
         defer { symbolWords.deallocate() }
         var sink = ReportSink(inbound: inbound, sessionIndex: sessionIndex, counters: counters,
-                              lagTimeoutNanoseconds: lagTimeoutNanoseconds, events: events, stopFlag: stopFlag,
+                              lagTimeoutNanoseconds: lagTimeoutNanoseconds, events: events, stopFlag: stopFlag, tally: tally,
                               staging: staging, stagingCapacity: stagingCapacity, symbolWords: noSymbol)
         var sequence: UInt64 = 0
         var idle = 0
@@ -533,7 +559,9 @@ final class Shard: @unchecked Sendable {
                     available = try inbound[i].commands.poll()
                 } catch {
                     inbound[i].active = false
+                    inbound[i].reports.markClosed(.ringFault)
                     counters.add(.ringFaults)
+                    _ = cb_fetch_add_u64_relaxed(tally + ShardTally.ringFaults, 1)
                     continue
                 }
                 if available == 0 { continue }

@@ -4,7 +4,9 @@
 // consumer's cursors never share a cache line or an adjacent-line prefetch pair):
 //
 //   0    magic "CBRING01" (u64), layout version (u32), slot size (u32), capacity (u64),
-//        creator pid (i32), flags (u32: bit 0 = the consumer may park on the futex)
+//        creator pid (i32), flags (u32: bit 0 = the consumer may park on the futex),
+//   32   closed (u32): 0, or why the engine stopped serving this ring's session (RingClosed);
+//        written by the engine into a client's report ring, read by the client
 //   128  producer cursor (u64): sequence of the next slot to publish
 //   256  consumer cursor (u64): sequence of the next slot to read
 //   384  wake sequence (u32, the futex word), consumer parked (u32)
@@ -29,8 +31,24 @@ public enum RingLayout {
     static let wakeOffset = 384
     static let parkedOffset = 388
     public static let flagConsumerMayPark: UInt32 = 1
+    static let closedOffset = 32
 
     public static func fileSize(capacity: Int) -> Int { headerSize + capacity * slotSize }
+}
+
+/// Why the engine stopped serving a session, as it writes it into the session's report ring.
+public enum RingClosed: UInt32, Sendable, CustomStringConvertible {
+    /// The client read no reports for longer than the lag timeout.
+    case lagging = 1
+    /// The client's command ring had an impossible cursor.
+    case ringFault = 2
+
+    public var description: String {
+        switch self {
+        case .lagging: "the client read no reports for longer than the engine's lag timeout and was detached"
+        case .ringFault: "the client's command ring had an impossible cursor and was detached"
+        }
+    }
 }
 
 /// A ring's cursor moved in a way a correct producer or consumer never moves it.
@@ -179,6 +197,13 @@ struct RingPointers {
 public struct RingProducer {
     @usableFromInline let ring: RingPointers
     @usableFromInline let mayPark: Bool
+
+    /// Tells the consumer why the engine stopped serving it (the engine writes this into a
+    /// client's report ring when it detaches the session). Release: after every report before it.
+    public func markClosed(_ reason: RingClosed) {
+        let word = (ring.slots - RingLayout.headerSize + RingLayout.closedOffset).assumingMemoryBound(to: UInt32.self)
+        cb_store_release_u32(word, reason.rawValue)
+    }
     /// The next sequence to publish (our own cursor; nobody else writes it).
     @usableFromInline var head: UInt64
     /// The consumer's cursor as last read: refreshed only when the ring looks full.
@@ -271,6 +296,13 @@ public struct WaitStrategy: Sendable {
 @frozen
 public struct RingConsumer {
     @usableFromInline let ring: RingPointers
+
+    /// Why the producer closed this ring, if it did (an unknown value reads as a ring fault).
+    public var closed: RingClosed? {
+        let word = (ring.slots - RingLayout.headerSize + RingLayout.closedOffset).assumingMemoryBound(to: UInt32.self)
+        let value = cb_load_acquire_u32(word)
+        return value == 0 ? nil : RingClosed(rawValue: value) ?? .ringFault
+    }
     /// The next sequence to read (our own cursor).
     @usableFromInline var tail: UInt64
     /// The producer's cursor as last read.

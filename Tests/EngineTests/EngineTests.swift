@@ -314,3 +314,73 @@ struct EngineNameTests {
         #expect(access(dir, F_OK) != 0)
     }
 }
+
+@Suite("Engine: detached clients")
+struct DetachedClientTests {
+    @Test("a client detached for lagging is told: poll throws the reason, submit takes nothing more")
+    func lagDetachIsTold() throws {
+        let dir = testDirectory()
+        let settings = EngineSettings(instance: "lagtold", directory: dir, shards: [ShardSettings(core: nil)],
+                                      symbols: [(spec: SymbolSpec(name: "BTC-USD", id: 1), shard: 0)],
+                                      capacity: BookCapacity(orders: 1 << 12, levels: 1 << 8),
+                                      wait: WaitStrategy(spins: 100, yields: 10, park: true, parkTimeoutNanoseconds: 10_000_000),
+                                      lagTimeoutNanoseconds: 100_000_000)
+        let engine = Engine(settings: settings, log: { _ in })
+        _ = try engine.start()
+        defer { engine.stop() }
+        let client = try CrossbookClient(instance: "lagtold", directory: dir, ringCapacity: 64)
+        defer { client.close() }
+        let btc = try client.symbol("BTC-USD")
+        // 200 resting orders, one acknowledgement each, and nobody reading them: the report ring
+        // (64 slots) fills, and after 100 ms the shard detaches the session.
+        let control = try EngineFile.attach(directory: dir)
+        var sent = 0
+        let deadline = Date().addingTimeInterval(5)
+        while sent < 200 && Date() < deadline && control.counters(0).read(.lagDetaches) == 0 {
+            if client.submit(.new(NewOrder(orderId: OrderId(sent + 1), side: .buy, price: 100, quantity: 1)), symbol: btc) { sent += 1 }
+        }
+        #expect(waitFor(5) { control.counters(0).read(.lagDetaches) == 1 })
+        var told: ClientError?
+        var reports = 0
+        for _ in 0..<100 where told == nil {
+            do { reports += try client.poll { _ in } } catch { told = error }
+        }
+        #expect(told == .detached(shard: 0, .lagging), "\(String(describing: told))")
+        #expect(reports == 64, "the reports written before the detach are handed over first")
+        #expect(!client.submit(.new(NewOrder(orderId: 1000, side: .buy, price: 100, quantity: 1)), symbol: btc))
+    }
+}
+
+@Suite("Engine: the control file is output only")
+struct ControlFileTests {
+    @Test("counters another process writes into the control file do not reach the engine's own bookkeeping")
+    func hostileCounters() throws {
+        let dir = testDirectory()
+        let settings = EngineSettings(instance: "ctlfile", directory: dir, shards: [ShardSettings(core: nil)],
+                                      symbols: [(spec: SymbolSpec(name: "BTC-USD", id: 1), shard: 0)],
+                                      capacity: BookCapacity(orders: 1 << 12, levels: 1 << 8),
+                                      wait: WaitStrategy(spins: 100, yields: 10, park: true, parkTimeoutNanoseconds: 10_000_000))
+        let log = LogLines()
+        let engine = Engine(settings: settings, log: { log.append($0) })
+        _ = try engine.start()
+        // A hostile client of the same user writes the counters the control thread logs from.
+        let control = try EngineFile.attach(directory: dir)
+        control.counters(0).set(.lagDetaches, UInt64.max)
+        control.counters(0).set(.eventDetaches, 12345)
+        control.counters(0).set(.ringFaults, 1)
+        usleep(1_500_000)  // the control thread looks once a second
+        control.counters(0).set(.lagDetaches, 0)  // lower than before: a subtraction would trap
+        usleep(1_500_000)
+        #expect(!log.contains("lagged past"), "\(log.all)")
+        #expect(!log.contains("impossible cursor"), "\(log.all)")
+        // And the engine still serves and stops cleanly.
+        let client = try CrossbookClient(instance: "ctlfile", directory: dir)
+        let btc = try client.symbol("BTC-USD")
+        #expect(client.submit(.new(NewOrder(orderId: 1, side: .buy, price: 100, quantity: 1)), symbol: btc))
+        var acked = false
+        _ = try client.waitForReports(timeout: 2) { if $0.kind == .accepted { acked = true } }
+        #expect(acked)
+        client.close()
+        engine.stop()
+    }
+}
