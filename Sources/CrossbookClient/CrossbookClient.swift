@@ -97,22 +97,27 @@ public final class CrossbookClient {
                 unlink(InstanceLayout.reportRingPath(dir, name, shard: s))
             }
         }
+        // An instance shared with a group (its directory setgid and group-writable): this client's
+        // files are the group's too, so that an engine of another user in it can read them.
+        var dirInfo = stat()
+        let shared = stat(dir, &dirInfo) == 0 && dirInfo.st_mode & S_ISGID != 0 && dirInfo.st_mode & 0o070 == 0o070
+        let mode: mode_t = shared ? 0o660 : 0o600
         let session: SessionFile
         do {
             for s in 0..<engine.shardCount {
                 made.append(try Ring.create(path: InstanceLayout.commandRingPath(dir, name, shard: s),
-                                            capacity: ringCapacity, consumerMayPark: false))
+                                            capacity: ringCapacity, mode: mode, consumerMayPark: false))
                 made.append(try Ring.create(path: InstanceLayout.reportRingPath(dir, name, shard: s),
-                                            capacity: ringCapacity, consumerMayPark: true))
+                                            capacity: ringCapacity, mode: mode, consumerMayPark: true))
             }
-            session = try SessionFile.create(path: InstanceLayout.sessionPath(dir, name), mode: 0o600)
+            session = try SessionFile.create(path: InstanceLayout.sessionPath(dir, name), mode: mode)
         } catch {
             cleanUp()
             throw .setup("cannot create this client's rings: \(error)")
         }
         // The announcement, by rename: the engine sees it only once it is whole.
         let temporary = dir + "/\(name).tmp"
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
         if fd >= 0 { Glibc.close(fd) }
         guard fd >= 0, rename(temporary, InstanceLayout.helloPath(dir, name)) == 0 else {
             cleanUp()

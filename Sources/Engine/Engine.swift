@@ -18,7 +18,7 @@ public struct ShardSettings: Sendable, Equatable {
 
 public struct EngineSettings: Sendable {
     public var instance: String
-    /// The instance directory; default /dev/shm/crossbook/<instance>.
+    /// The instance directory; default /dev/shm/crossbook-<uid>/<instance>.
     public var directory: String
     /// Files are 0600; with a group, 0660 and owned by that group.
     public var group: gid_t?
@@ -86,6 +86,8 @@ public final class Engine: @unchecked Sendable {
     private let controlDone = Semaphore()
     private var watch: Int32 = -1
     private var dataLock: Int32 = -1
+    /// The checked instance directory (InstanceDirectory.prepare), until stop.
+    private var instanceDirectory: Int32 = -1
     private var sessions: [UInt32: ClientSession] = [:]
     /// Sessions whose client is gone. Their mappings stay until the engine stops: a shard may
     /// still be reading a ring when the control thread learns the client died.
@@ -186,7 +188,7 @@ public final class Engine: @unchecked Sendable {
             throw EngineError("this configuration needs \(memory.total >> 20) MiB (\(memory.description)) and the host has \(available >> 20) MiB available: lower [book] orders or levels, or the number of symbols")
         }
 
-        try makeDirectory(s.directory)
+        instanceDirectory = try InstanceDirectory.prepare(s.directory, group: s.group)
         let controlSymbols = s.symbols.map { (name: $0.spec.name, id: $0.spec.id, shard: $0.shard) }
         let file: EngineFile
         do {
@@ -199,7 +201,7 @@ public final class Engine: @unchecked Sendable {
                 throw EngineError("instance '\(s.instance)' has leftovers of an engine that is gone (pid \(pid)) in \(s.directory); start with --clean-stale to remove them")
             }
             log("removing leftovers of engine pid \(pid) in \(s.directory)")
-            removeContents(of: s.directory)
+            InstanceDirectory.removeFiles(instanceDirectory)
             do {
                 file = try EngineFile.create(directory: s.directory, shards: s.shards.count, symbols: controlSymbols,
                                              mode: s.fileMode)
@@ -324,7 +326,11 @@ public final class Engine: @unchecked Sendable {
 
     /// Stops: no new sessions, every shard drains its rings, every file is removed.
     public func stop() {
-        guard let file = engineFile else { return }
+        guard let file = engineFile else {
+            if instanceDirectory >= 0 { close(instanceDirectory) }
+            instanceDirectory = -1
+            return
+        }
         // Ingress first: what the plugins submitted is drained with the rest.
         pluginHost?.stopAll(snapshotStores: false)
         file.state = .stopping
@@ -344,8 +350,11 @@ public final class Engine: @unchecked Sendable {
         shards = []
         sessions = [:]
         retired = []
-        removeContents(of: settings.directory)
-        rmdir(settings.directory)
+        if instanceDirectory >= 0 {
+            InstanceDirectory.remove(instanceDirectory, path: settings.directory)
+            close(instanceDirectory)
+            instanceDirectory = -1
+        }
         engineFile = nil
         if dataLock >= 0 {
             close(dataLock)
@@ -509,17 +518,6 @@ public final class Engine: @unchecked Sendable {
     }
 
     // MARK: - Files
-
-    private func makeDirectory(_ path: String) throws {
-        let parent = (path as NSString).deletingLastPathComponent
-        if !parent.isEmpty && access(parent, F_OK) != 0 {
-            try makeDirectory(parent)
-        }
-        let mode: mode_t = settings.group == nil ? 0o700 : 0o750
-        if mkdir(path, mode) != 0 && errno != EEXIST {
-            throw EngineError("cannot create \(path): \(String(cString: strerror(errno)))")
-        }
-    }
 
     /// What decides how journaled commands replay: shards, each symbol's rules and shard, book
     /// capacity. One line each, in a file beside the journals.

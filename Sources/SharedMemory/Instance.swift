@@ -1,4 +1,4 @@
-// The files of one engine instance, in its own directory (default /dev/shm/crossbook/<name>):
+// The files of one engine instance, in its own directory (default /dev/shm/crossbook-<uid>/<name>):
 //
 //   engine                 the control file: header, then per shard a doorbell and counters
 //   symbols                text: one line per symbol: name id shard tick lot min max maxqty
@@ -70,7 +70,9 @@ public enum InstanceLayout {
     }
 
     /// Where an instance's files live unless configured otherwise.
-    public static func defaultDirectory(_ instance: String) -> String { "/dev/shm/crossbook/\(instance)" }
+    /// Each user has their own parent: /dev/shm is everyone's, and one user's engine must not
+    /// decide where another user's instances live.
+    public static func defaultDirectory(_ instance: String) -> String { "/dev/shm/crossbook-\(getuid())/\(instance)" }
 
     public static func enginePath(_ dir: String) -> String { dir + "/engine" }
     public static func symbolsPath(_ dir: String) -> String { dir + "/symbols" }

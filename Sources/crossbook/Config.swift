@@ -1,7 +1,7 @@
 // The configuration file (TOML): the symbol directory and the book capacity.
 //
 //   [engine]              # crossbook run only
-//   instance = "default"  # shared memory in /dev/shm/crossbook/<instance> unless directory = ...
+//   instance = "default"  # shared memory in /dev/shm/crossbook-<uid>/<instance> unless directory = ...
 //   group = "traders"     # optional: files 0660 for this group instead of 0600
 //   lag_timeout_ms = 1000 # a client that reads no reports this long is detached
 //   data_dir = "./data"   # journals (one set of segments per shard)

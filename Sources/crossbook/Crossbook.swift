@@ -23,7 +23,7 @@ struct InstanceOptions: ParsableArguments {
     @Option(help: "Instance name.")
     var instance: String = "default"
 
-    @Option(help: "Directory of the instance (default /dev/shm/crossbook/<instance>).")
+    @Option(help: "Directory of the instance (default /dev/shm/crossbook-<uid>/<instance>).")
     var directory: String?
 
     var resolvedDirectory: String { directory ?? InstanceLayout.defaultDirectory(instance) }

@@ -85,7 +85,7 @@ struct RunCommand: ParsableCommand {
     @Option(help: "Instance name (overrides the config).")
     var instance: String?
 
-    @Option(help: "Directory for the shared-memory files (default /dev/shm/crossbook/<instance>).")
+    @Option(help: "Directory for the shared-memory files (default /dev/shm/crossbook-<uid>/<instance>).")
     var directory: String?
 
     @Flag(help: "Remove the leftovers of a dead engine of this instance instead of refusing to start.")
@@ -228,6 +228,9 @@ struct StatCommand: ParsableCommand {
         let file: EngineFile
         do { file = try EngineFile.attach(directory: target.resolvedDirectory) } catch {
             throw CLIError("engine '\(instance)' is not running: \(error)")
+        }
+        guard processIsAlive(file.enginePid) else {
+            throw CLIError("engine '\(instance)' (pid \(file.enginePid)) is gone; its files are leftovers (crossbook run --clean-stale removes them)")
         }
         var last = (0..<file.shardCount).map { s in ShardCounter.allCases.map { file.counters(s).read($0) } }
         var printed = 0

@@ -257,7 +257,8 @@ struct JournalReplayCLITests {
         let deadline = Date().addingTimeInterval(10)
         while Date() < deadline {
             if let r = try? runCrossbook(["stat", "--instance", instance, "--directory", shm, "--count", "1", "--interval", "0.01"]),
-               r.stdout.contains("state running") { break }
+               // This engine's pid: the files of the one killed before still say "running".
+               r.stdout.contains("pid \(engine.processIdentifier),"), r.stdout.contains("state running") { break }
             usleep(20_000)
         }
         return (engine, err)

@@ -1,6 +1,7 @@
 // Signals to `crossbook run`: the ones that would kill it without draining are logged and
 // ignored; SIGTERM stops it, during a long recovery too.
 import CrossbookClient
+import Engine
 import Foundation
 import Glibc
 import OrderBook
@@ -151,5 +152,83 @@ struct ConsumerTests {
             md.waitUntilExit()
         }
         #expect(throws: Never.self) { _ = try ring.consumer(mayDetach: true) }
+    }
+}
+
+@Suite("Instance directory", .serialized)
+struct InstanceDirectoryTests {
+    func settings(_ dir: String, group: gid_t? = nil) -> EngineSettings {
+        EngineSettings(instance: "plant", directory: dir, group: group, shards: [ShardSettings(core: nil)],
+                       symbols: [(spec: SymbolSpec(name: "BTC-USD", id: 1), shard: 0)],
+                       capacity: BookCapacity(orders: 1 << 10, levels: 1 << 8),
+                       wait: WaitStrategy(spins: 100, yields: 10, park: true, parkTimeoutNanoseconds: 10_000_000))
+    }
+
+    @Test("a planted symbolic link, a directory of another user, or a non-sticky world-writable parent is refused, and nothing in it is touched")
+    func planted() throws {
+        let tag = UUID().uuidString.prefix(8)
+        // A link in /dev/shm to a directory with files that are not the engine's.
+        let victim = NSTemporaryDirectory() + "crossbook-victim-\(tag)"
+        mkdir(victim, 0o755)
+        defer { removeTree(victim) }
+        FileManager.default.createFile(atPath: victim + "/keep", contents: Data("x".utf8))
+        let link = "/dev/shm/crossbook-link-\(tag)"
+        #expect(symlink(victim, link) == 0)
+        defer { unlink(link) }
+        for dir in [link, link + "/inst"] {
+            let engine = Engine(settings: settings(dir), log: { _ in })
+            #expect { _ = try engine.start() } throws: { "\($0)".contains("symbolic link") }
+        }
+        #expect(access(victim + "/keep", F_OK) == 0)
+        #expect(((try? FileManager.default.contentsOfDirectory(atPath: victim)) ?? []) == ["keep"])
+        if geteuid() == 0 {
+            // A directory someone else made in /dev/shm.
+            let theirs = "/dev/shm/crossbook-theirs-\(tag)"
+            mkdir(theirs, 0o777)
+            chown(theirs, 12345, 12345)
+            defer { rmdir(theirs) }
+            let engine = Engine(settings: settings(theirs + "/inst"), log: { _ in })
+            #expect { _ = try engine.start() } throws: { "\($0)".contains("belongs to uid 12345") }
+        }
+        // A parent anyone can write to, without the sticky bit.
+        let open = NSTemporaryDirectory() + "crossbook-open-\(tag)"
+        mkdir(open, 0o777)
+        chmod(open, 0o777)
+        defer { removeTree(open) }
+        let engine = Engine(settings: settings(open + "/inst"), log: { _ in })
+        #expect { _ = try engine.start() } throws: { "\($0)".contains("writable by others") }
+        #expect(access(open + "/inst", F_OK) != 0)
+    }
+
+    @Test("each user has their own parent directory by default")
+    func perUserDefault() {
+        #expect(InstanceLayout.defaultDirectory("x") == "/dev/shm/crossbook-\(getuid())/x")
+    }
+
+    @Test("group = ...: the instance directory and its files belong to the group, and a member who is another user attaches and trades")
+    func groupMember() throws {
+        guard geteuid() == 0, access("/usr/bin/setpriv", X_OK) == 0 else { return }  // needs root to act as another user
+        let dir = testDirectory()
+        let group: gid_t = 12345
+        let engine = Engine(settings: settings(dir, group: group), log: { _ in })
+        _ = try engine.start()
+        defer { engine.stop() }
+        var info = stat()
+        #expect(stat(dir, &info) == 0 && info.st_gid == group && info.st_mode & 0o7777 == 0o2770)
+        for file in [InstanceLayout.enginePath(dir), InstanceLayout.symbolsPath(dir), InstanceLayout.eventRingPath(dir, shard: 0)] {
+            #expect(stat(file, &info) == 0 && info.st_gid == group && info.st_mode & 0o777 == 0o660, "\(file)")
+        }
+        let member = Process()
+        member.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+        member.arguments = ["--reuid=12346", "--regid=\(group)", "--clear-groups", crossbookBinary().path,
+                            "submit", "--instance", "plant", "--directory", dir, "--wait", "1", "N,BTC-USD,1,1,B,LMT,100,1,GTC"]
+        let out = Pipe(), err = Pipe()
+        member.standardOutput = out
+        member.standardError = err
+        try member.run()
+        member.waitUntilExit()
+        let printed = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let complaint = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(member.terminationStatus == 0 && printed.contains("ACK"), "\(printed) \(complaint)")
     }
 }
