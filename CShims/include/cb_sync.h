@@ -3,6 +3,7 @@
 #ifndef CROSSBOOK_CB_SYNC_H
 #define CROSSBOOK_CB_SYNC_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #ifdef __cplusplus
@@ -70,6 +71,13 @@ static inline void cb_histogram_record_count(uint64_t *words, uint64_t n) {
 int32_t cb_thread_id(void);
 /// CPU time of thread `tid` of this process in nanoseconds (from /proc), or -1.
 int64_t cb_thread_cpu_ns(int32_t pid, int32_t tid);
+
+// SIGBUS guards (sigbus.c): a mapping of a file another process can shrink. On SIGBUS inside a
+// guarded mapping, private zero pages replace it and the guard says it faulted; a SIGBUS
+// elsewhere keeps its default action. Returns the guard's slot, or -1 when all are taken.
+int32_t cb_guard_add(void *base, size_t size);
+void cb_guard_remove(int32_t slot);
+int32_t cb_guard_faulted(int32_t slot);
 
 #ifdef __cplusplus
 }

@@ -412,6 +412,14 @@ public final class Engine: @unchecked Sendable {
             // announcements still lying there.
             // Raw bytes, no String per file: this loop allocates nothing in steady state.
             scanForAnnouncements(dir)
+            // Clients that truncated a ring or session file under the engine: the mapping faulted
+            // (its SIGBUS was caught and it reads zeros now); detach them.
+            for (id, session) in sessions where session.rings.contains(where: { $0.file.faulted }) || session.sessionFile.file.faulted {
+                for shard in shards { _ = shard.send(.detach(session: id)) }
+                retired.append(session)
+                sessions[id] = nil
+                log("session \(id): client \(session.name) (pid \(session.pid)) shrank a file the engine had mapped; detached, its orders stay")
+            }
             // Clients that died: their orders stay; their rings are no longer read.
             for (id, session) in sessions where !processIsAlive(session.pid) {
                 for shard in shards { _ = shard.send(.detach(session: id)) }

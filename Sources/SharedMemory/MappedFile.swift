@@ -51,13 +51,24 @@ public final class MappedFile {
     public let base: UnsafeMutableRawPointer
     public let size: Int
 
-    private init(path: String, base: UnsafeMutableRawPointer, size: Int) {
+    /// The SIGBUS guard of a mapping of a file someone else made (and could shrink), or -1.
+    private let guardSlot: Int32
+
+    private init(path: String, base: UnsafeMutableRawPointer, size: Int, guarded: Bool) {
         self.path = path
         self.base = base
         self.size = size
+        guardSlot = guarded ? cb_guard_add(base, size) : -1
     }
 
-    deinit { munmap(base, size) }
+    deinit {
+        cb_guard_remove(guardSlot)
+        munmap(base, size)
+    }
+
+    /// The file was shrunk under this mapping and a page past its end was touched: the mapping
+    /// now reads zeros (its SIGBUS was caught). Only for mappings made by `open`.
+    public var faulted: Bool { cb_guard_faulted(guardSlot) != 0 }
 
     /// Creates the file (it must not exist) with exactly `mode`, sized and zero-filled.
     public static func create(path: String, size: Int, mode: mode_t) throws(SharedMemoryError) -> MappedFile {
@@ -75,7 +86,14 @@ public final class MappedFile {
             unlink(path)
             throw .system(call: "ftruncate", path: path, errno: e)
         }
-        return try map(fd: fd, path: path, size: size, unlinkOnFailure: true)
+        // Reserve the space now: on a full /dev/shm a sparse file would map fine and raise
+        // SIGBUS at its first touch, in whichever process touches it.
+        let reserved = posix_fallocate(fd, 0, off_t(size))
+        guard reserved == 0 else {
+            unlink(path)
+            throw .system(call: "fallocate", path: path, errno: reserved)
+        }
+        return try map(fd: fd, path: path, size: size, unlinkOnFailure: true, guarded: false)
     }
 
     /// Opens an existing file and maps all of it. `minimumSize` guards the caller's header read.
@@ -88,10 +106,12 @@ public final class MappedFile {
         guard info.st_size >= minimumSize else {
             throw .badHeader(path: path, "the file has \(info.st_size) bytes, fewer than a header")
         }
-        return try map(fd: fd, path: path, size: Int(info.st_size), unlinkOnFailure: false)
+        // Another process made this file and can shrink it: guard the mapping against SIGBUS.
+        return try map(fd: fd, path: path, size: Int(info.st_size), unlinkOnFailure: false, guarded: true)
     }
 
-    private static func map(fd: Int32, path: String, size: Int, unlinkOnFailure: Bool) throws(SharedMemoryError) -> MappedFile {
+    private static func map(fd: Int32, path: String, size: Int, unlinkOnFailure: Bool,
+                            guarded: Bool) throws(SharedMemoryError) -> MappedFile {
         // MAP_POPULATE: every page is faulted in now, not on a shard's hot path later.
         let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0)
         guard let p, p != MAP_FAILED else {
@@ -99,7 +119,7 @@ public final class MappedFile {
             if unlinkOnFailure { unlink(path) }
             throw .system(call: "mmap", path: path, errno: e)
         }
-        return MappedFile(path: path, base: p, size: size)
+        return MappedFile(path: path, base: p, size: size, guarded: guarded)
     }
 }
 

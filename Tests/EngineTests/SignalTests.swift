@@ -232,3 +232,75 @@ struct InstanceDirectoryTests {
         #expect(member.terminationStatus == 0 && printed.contains("ACK"), "\(printed) \(complaint)")
     }
 }
+
+@Suite("Files a client can shrink", .serialized)
+struct ShrunkFileTests {
+    @Test("a client that truncates its rings and session file while attached is detached; the engine lives on and serves others")
+    func truncatedRings() throws {
+        let dir = testDirectory()
+        let engine = try EngineProcess(["--instance", "trunc", "--directory", dir, "--no-pin", "--no-plugins", "--durability", "none"])
+        defer {
+            engine.signal(SIGTERM)
+            _ = engine.waitForExit(20)
+        }
+        #expect(waitFor(10) { (try? EngineFile.attach(directory: dir))?.isServing ?? false })
+        // The hostile client: a load process, sending.
+        let load = Process()
+        load.executableURL = crossbookBinary()
+        load.arguments = ["load", "--instance", "trunc", "--directory", dir, "--rate", "20000", "--duration", "30", "--quiet"]
+        load.standardOutput = FileHandle.nullDevice
+        load.standardError = FileHandle.nullDevice
+        try load.run()
+        defer { if load.isRunning { kill(load.processIdentifier, SIGKILL); load.waitUntilExit() } }
+        let prefix = "c\(load.processIdentifier)-"
+        func itsFiles() -> [String] {
+            ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).filter { $0.hasPrefix(prefix) && !$0.hasSuffix(".hello") }
+        }
+        #expect(waitFor(10) { engine.log.contains("(pid \(load.processIdentifier)) attached") }, "\(engine.log.all)")
+        usleep(200_000)
+        let files = itsFiles()
+        #expect(files.count >= 3, "\(files)")
+        for name in files { truncate(dir + "/" + name, 0) }
+        #expect(waitFor(5) { engine.log.contains("shrank a file the engine had mapped") }, "\(engine.log.all)")
+        usleep(300_000)
+        #expect(engine.process.isRunning, "the engine died: \(engine.log.all)")
+        // Another client is served as before.
+        let client = try CrossbookClient(instance: "trunc", directory: dir)
+        defer { client.close() }
+        let btc = try client.symbol("BTC-USD")
+        #expect(client.submit(.new(NewOrder(orderId: 1, side: .buy, price: 100, quantity: 1)), symbol: btc))
+        var acked = false
+        _ = try client.waitForReports(timeout: 5) { if $0.kind == .accepted { acked = true } }
+        #expect(acked)
+    }
+
+    @Test("a full /dev/shm is a clear error when a client attaches, not a bus error later")
+    func fullShm() throws {
+        let root = NSTemporaryDirectory() + "crossbook-fullshm-\(UUID().uuidString.prefix(8))"
+        mkdir(root, 0o700)
+        defer { rmdir(root) }
+        try withTmpfs(size: "2m", at: root) {
+            let dir = root + "/inst"
+            var settings = EngineSettings(instance: "fullshm", directory: dir, shards: [ShardSettings(core: nil)],
+                                          symbols: [(spec: SymbolSpec(name: "BTC-USD", id: 1), shard: 0)],
+                                          capacity: BookCapacity(orders: 1 << 10, levels: 1 << 8),
+                                          wait: WaitStrategy(spins: 100, yields: 10, park: true, parkTimeoutNanoseconds: 10_000_000))
+            settings.eventRingCapacity = 1024
+            let engine = Engine(settings: settings, log: { _ in })
+            _ = try engine.start()
+            defer { engine.stop() }
+            // 2 rings of 65536 slots (4 MiB each) do not fit in what is left of 2 MiB.
+            #expect {
+                _ = try CrossbookClient(instance: "fullshm", directory: dir, ringCapacity: 65536)
+            } throws: { "\($0)".contains("No space left") }
+            // A client that fits is served.
+            let client = try CrossbookClient(instance: "fullshm", directory: dir, ringCapacity: 256)
+            defer { client.close() }
+            let btc = try client.symbol("BTC-USD")
+            #expect(client.submit(.new(NewOrder(orderId: 1, side: .buy, price: 100, quantity: 1)), symbol: btc))
+            var acked = false
+            _ = try client.waitForReports(timeout: 5) { if $0.kind == .accepted { acked = true } }
+            #expect(acked)
+        }
+    }
+}
