@@ -385,6 +385,7 @@ public final class Engine: @unchecked Sendable {
         var lastLag = [UInt64](repeating: 0, count: shards.count)
         var lastFaults = [UInt64](repeating: 0, count: shards.count)
         var lastJournalFailure = [String?](repeating: nil, count: shards.count)
+        var lastOrphanSweep: UInt64 = 0
         var lastEventDetaches = [UInt64](repeating: 0, count: shards.count)
         var lastHealth: UInt64 = 0
         while cb_load_acquire_u32(controlStop) == 0 {
@@ -419,6 +420,10 @@ public final class Engine: @unchecked Sendable {
                 retired.append(session)
                 sessions[id] = nil
                 log("session \(id): client \(session.name) (pid \(session.pid)) shrank a file the engine had mapped; detached, its orders stay")
+            }
+            if monotonicNanoseconds() &- lastOrphanSweep > 1_000_000_000 {
+                lastOrphanSweep = monotonicNanoseconds()
+                removeOrphanedClientFiles()
             }
             // Clients that died: their orders stay; their rings are no longer read.
             for (id, session) in sessions where !processIsAlive(session.pid) {
@@ -513,6 +518,31 @@ public final class Engine: @unchecked Sendable {
         sessions[id] = ClientSession(name: client, pid: sessionFile.clientPid, sessionFile: sessionFile, rings: rings)
         sessionFile.answer(.accepted, sessionId: id)
         log("session \(id): client \(client) (pid \(sessionFile.clientPid)) attached")
+    }
+
+    /// Files of clients that died before their attach completed (or were never announced):
+    /// named c<pid>-<n>.<kind>, their process gone, no session of that name. Removed through the
+    /// checked instance directory.
+    private func removeOrphanedClientFiles() {
+        guard instanceDirectory >= 0 else { return }
+        let copy = openat(instanceDirectory, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)  // not dup: its offset is shared
+        guard copy >= 0, let dir = fdopendir(copy) else {
+            if copy >= 0 { close(copy) }
+            return
+        }
+        var orphans: [String] = []
+        let live = Set(sessions.values.map(\.name))
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: &entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard name.hasPrefix("c"), let dot = name.firstIndex(of: "."), let dash = name.firstIndex(of: "-"), dash < dot,
+                  let pid = Int32(name[name.index(after: name.startIndex)..<dash]), Int(name[name.index(after: dash)..<dot]) != nil
+            else { continue }
+            let client = String(name[..<dot])
+            if !live.contains(client) && !processIsAlive(pid) { orphans.append(name) }
+        }
+        closedir(dir)
+        for name in orphans { unlinkat(instanceDirectory, name, 0) }
+        if !orphans.isEmpty { log("removed \(orphans.count) file(s) of clients that died before their attach completed") }
     }
 
     private func removeClientFiles(_ client: String) {

@@ -94,7 +94,9 @@ enum InstanceDirectory {
     /// Removes every file of the directory `fd` names, through it.
     static func removeFiles(_ fd: Int32) {
         guard fd >= 0 else { return }
-        let copy = dup(fd)
+        // A new open file description (not dup: a dup shares the directory offset, and a read
+        // to the end would leave the next listing empty).
+        let copy = openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         if copy >= 0, let dir = fdopendir(copy) {
             var names: [String] = []
             while let entry = readdir(dir) {

@@ -304,3 +304,33 @@ struct ShrunkFileTests {
         }
     }
 }
+
+@Suite("Leftovers of clients")
+struct OrphanFileTests {
+    @Test("files of a client that died before its attach completed are removed; a live process's are kept")
+    func orphans() throws {
+        let dir = testDirectory()
+        let settings = EngineSettings(instance: "orphans", directory: dir, shards: [ShardSettings(core: nil)],
+                                      symbols: [(spec: SymbolSpec(name: "BTC-USD", id: 1), shard: 0)],
+                                      capacity: BookCapacity(orders: 1 << 10, levels: 1 << 8),
+                                      wait: WaitStrategy(spins: 100, yields: 10, park: true, parkTimeoutNanoseconds: 10_000_000))
+        let log = LogLines()
+        let engine = Engine(settings: settings, log: { log.append($0) })
+        _ = try engine.start()
+        defer { engine.stop() }
+        let dead = Process()
+        dead.executableURL = URL(fileURLWithPath: "/bin/true")
+        try dead.run()
+        dead.waitUntilExit()
+        let gone = "c\(dead.processIdentifier)-1", alive = "c\(getpid())-99"
+        // What a client leaves when it dies between creating its rings and the engine's answer.
+        for name in [gone + ".cmd.0", gone + ".rep.0", gone + ".session", alive + ".cmd.0", alive + ".session"] {
+            FileManager.default.createFile(atPath: dir + "/" + name, contents: Data(count: 512))
+        }
+        #expect(waitFor(5) { [".cmd.0", ".rep.0", ".session"].allSatisfy { access(dir + "/" + gone + $0, F_OK) != 0 } })
+        #expect(access(dir + "/" + alive + ".cmd.0", F_OK) == 0 && access(dir + "/" + alive + ".session", F_OK) == 0)
+        #expect(log.contains("file(s) of clients that died before their attach completed"), "\(log.all)")
+        unlink(dir + "/" + alive + ".cmd.0")
+        unlink(dir + "/" + alive + ".session")
+    }
+}
