@@ -12,7 +12,7 @@ CC           ?= cc
 # where the engine looks for plugins by default.
 C_PLUGIN_FLAGS := -std=c11 -Wall -Wextra -Werror -shared -fPIC -O2 -I CShims/include
 
-.PHONY: all deps build release test run replay bench bench-e2e bench-d1 soak clean plugins
+.PHONY: all deps build release test run replay bench bench-e2e bench-d1 soak clean plugins fuzz
 
 all: build
 
@@ -47,6 +47,11 @@ test: deps
 	$(SWIFT) build $(TEST_FLAGS) --build-tests
 	$(MAKE) --no-print-directory c-plugins OUT=.build/release
 	$(SWIFT) test $(TEST_FLAGS) --skip-build
+	fuzz/run.sh 5
+
+# The fuzz targets (fuzz/README.md), SECONDS each (default 600).
+fuzz: deps
+	fuzz/run.sh $${SECONDS:-600}
 
 # The engine on its embedded default with a load process beside it; Ctrl-C stops both.
 # RATE=orders/s (0: flat out), DURATION=seconds (0: until Ctrl-C).
@@ -79,4 +84,4 @@ bench-d1: release
 	bench/d1.sh
 
 clean:
-	rm -rf .build bench/.build
+	rm -rf .build bench/.build fuzz/.build

@@ -12,6 +12,7 @@ let package = Package(
         .library(name: "Journal", targets: ["Journal"]),
         .library(name: "CrossbookClient", targets: ["CrossbookClient"]),
         .library(name: "Workloads", targets: ["Workloads"]),
+        .library(name: "CrossbookConfig", targets: ["CrossbookConfig"]),
         .executable(name: "crossbook", targets: ["crossbook"]),
         // Plugins: dynamic libraries the engine loads at start (plugins/README.md). They share
         // only CShims/include/crossbook_plugin.h with the engine.
@@ -50,10 +51,12 @@ let package = Package(
         .target(name: "CrossbookClient", dependencies: ["OrderBook", "Wire", "SharedMemory", "CShims"]),
         // The seeded benchmark workloads of bench/README.md, shared by tests and benchmarks.
         .target(name: "Workloads", dependencies: ["OrderBook"]),
+        // The configuration file (TOML), a library so that the fuzz targets can load configs.
+        .target(name: "CrossbookConfig", dependencies: ["Engine", "OrderBook", .product(name: "TOMLKit", package: "TOMLKit")]),
         .executableTarget(
             name: "crossbook",
             dependencies: [
-                "OrderBook", "Wire", "Workloads", "CShims", "SharedMemory", "Engine", "CrossbookClient", "Journal",
+                "OrderBook", "Wire", "Workloads", "CShims", "SharedMemory", "Engine", "CrossbookClient", "Journal", "CrossbookConfig",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "TOMLKit", package: "TOMLKit"),

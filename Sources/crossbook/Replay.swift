@@ -1,6 +1,7 @@
 // `crossbook replay <file>`: runs a text order log through the books and prints every event,
 // the trades only, and/or the final book of each symbol.
 import ArgumentParser
+import CrossbookConfig
 import Engine
 import Foundation
 import Glibc

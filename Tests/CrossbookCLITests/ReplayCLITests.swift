@@ -134,6 +134,10 @@ struct ReplayCLITests {
         ("[[symbols]]\nname = \"BTC\\nUSD\"\n", "a name is 1 to 32"),
         ("[[shards]]\ncore = -3\n", "core must be between 0 and 65535"),
         ("[[symbols]]\nname = \"X\"\nshard = 99999999999\n", "shard must be between 0 and 1023"),
+        // toml++ asserted (abort) on these, found by fuzz/fuzz-config.
+        ("[[[a]]\n", ".toml:1: a table header must start with a key"),
+        ("[.a]\n", ".toml:1: a table header must start with a key"),
+        ("A =[[}}\n", "the TOML parser cannot read this file"),
     ])
     func badConfig(text: String, mention: String) throws {
         let config = try temporaryFile(text, suffix: ".toml")

@@ -32,34 +32,39 @@
 //   config = { listen = "127.0.0.1:9464" }       # the plugin's own section
 
 import Engine
+import Glibc
 import OrderBook
 import TOMLKit
 
-struct ConfigError: Error, CustomStringConvertible {
-    var description: String
+public struct ConfigError: Error, CustomStringConvertible {
+    public var description: String
 }
 
-struct EngineConfig {
-    var symbols = SymbolDirectory()
-    var capacity = BookCapacity.small
+public struct EngineConfig {
+    public var symbols = SymbolDirectory()
+    public var capacity = BookCapacity.small
     /// [engine]
-    var instance = "default"
-    var directory: String?
-    var group: String?
-    var lagTimeoutMilliseconds = 1000
-    var dataDirectory: String?
-    var durability: String?
+    public var instance = "default"
+    public var directory: String?
+    public var group: String?
+    public var lagTimeoutMilliseconds = 1000
+    public var dataDirectory: String?
+    public var durability: String?
     /// [[shards]]: the core of each shard (nil: not pinned).
-    var shardCores: [Int?] = []
+    public var shardCores: [Int?] = []
     /// The shard of each declared symbol, by name (default 0).
-    var symbolShards: [String: Int] = [:]
+    public var symbolShards: [String: Int] = [:]
     /// [plugins]: nil without the section (the defaults load).
-    var pluginDirectory: String?
-    var plugins: [PluginSpec]?
+    public var pluginDirectory: String?
+    public var plugins: [PluginSpec]?
 
-    init() {}
+    public init() {}
 
-    init(toml text: String, source: String) throws {
+    public init(toml text: String, source: String) throws {
+        try Self.checkTableHeaders(text, source: source)
+        guard Self.parsesWithoutCrashing(text) else {
+            throw ConfigError(description: "\(source): the TOML parser cannot read this file (it stopped on it): check its syntax")
+        }
         let table: TOMLTable
         do {
             table = try TOMLTable(string: text)
@@ -233,6 +238,72 @@ struct EngineConfig {
             }
         } catch {
             throw ConfigError(description: "\(source): \(error)")
+        }
+    }
+
+    /// toml++ (inside TOMLKit, the only TOML library here) stops the process with an assertion
+    /// instead of an error on some malformed files (fuzz/fuzz-config found several: `[[[a]]`,
+    /// `A =[[}`). A configuration is anyone's typo away from that, so the file is parsed once in
+    /// a forked child first: if the child dies, the file is refused with an error, and the engine
+    /// lives. (Loaded before any thread starts: the child only parses and leaves with _exit.)
+    static func parsesWithoutCrashing(_ text: String) -> Bool {
+        let pid = fork()
+        if pid == 0 {
+            let null = open("/dev/null", O_WRONLY)
+            if null >= 0 { dup2(null, 2) }  // the assertion's message is not the operator's error
+            _ = try? TOMLTable(string: text)
+            _exit(0)
+        }
+        guard pid > 0 else { return true }  // no fork: parse in this process, as before
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        return status & 0x7F == 0 && (status >> 8) & 0xFF == 0
+    }
+
+    /// The TOML parser inside TOMLKit (toml++) stops the process with an assertion, instead of
+    /// reporting an error, on a table header whose key does not start with a key character
+    /// (`[[[a]]`, `[[ [a]]`, `[.a]`; found by fuzz/fuzz-config). Such headers are refused here
+    /// first, with the line. Lines inside multi-line strings are skipped.
+    static func checkTableHeaders(_ text: String, source: String) throws {
+        func isKeyStart(_ c: UInt8) -> Bool {
+            (c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c == 45 || c == 95 || c == 34 || c == 39
+        }
+        func isTripleQuote(_ b: [UInt8], _ i: Int, _ q: UInt8) -> Bool {
+            i + 2 < b.count && b[i] == q && b[i + 1] == q && b[i + 2] == q
+        }
+        var open: UInt8? = nil  // the quote of a multi-line string that is open
+        for (index, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let b = Array(line.utf8)
+            // A byte-order mark opens the file for the parser, not a line of code.
+            var i = index == 0 && b.starts(with: [0xEF, 0xBB, 0xBF]) ? 3 : 0
+            var code = false
+            while i < b.count {
+                if let q = open {
+                    if isTripleQuote(b, i, q) { open = nil; i += 3 } else { i += 1 }
+                    continue
+                }
+                let c = b[i]
+                if c == 35 { break }  // '#': a comment
+                if c == 34 || c == 39 {
+                    if isTripleQuote(b, i, c) { open = c; i += 3; code = true; continue }
+                    // A one-line string: skip to its end.
+                    var j = i + 1
+                    while j < b.count && b[j] != c { j += (c == 34 && b[j] == 92) ? 2 : 1 }
+                    i = j + 1
+                    code = true
+                    continue
+                }
+                if c == 91 && !code {  // '[' first on the line: a table header
+                    var j = i + 1
+                    if j < b.count && b[j] == 91 { j += 1 }
+                    while j < b.count && (b[j] == 32 || b[j] == 9) { j += 1 }
+                    guard j < b.count, isKeyStart(b[j]) else {
+                        throw ConfigError(description: "\(source):\(index + 1): a table header must start with a key (a name, or a quoted string)")
+                    }
+                }
+                if c != 32 && c != 9 { code = true }
+                i += 1
+            }
         }
     }
 
