@@ -424,6 +424,16 @@ public final class Engine: @unchecked Sendable {
             if monotonicNanoseconds() &- lastOrphanSweep > 1_000_000_000 {
                 lastOrphanSweep = monotonicNanoseconds()
                 removeOrphanedClientFiles()
+                // Clients that closed (their session file is gone) while their process lives on:
+                // detached, so that their shard slots and the session count are free again.
+                for (id, session) in sessions
+                where faccessat(instanceDirectory, session.name + ".session", F_OK, AT_SYMLINK_NOFOLLOW) != 0 && errno == ENOENT {
+                    for shard in shards { _ = shard.send(.detach(session: id)) }
+                    removeClientFiles(session.name)
+                    retired.append(session)
+                    sessions[id] = nil
+                    log("session \(id): client \(session.name) (pid \(session.pid)) closed; its rings are closed, its orders stay")
+                }
             }
             // Clients that died: their orders stay; their rings are no longer read.
             for (id, session) in sessions where !processIsAlive(session.pid) {
@@ -499,6 +509,11 @@ public final class Engine: @unchecked Sendable {
             sessionFile.answer(.refused, sessionId: 0, refusal: code)
         }
         guard nextSession < 1 << 16 else { return refuse("no session ids left", code: 1) }
+        // Each shard serves at most Shard.maxSessions sessions at once: refuse the next one
+        // clearly rather than attach a session no shard reads.
+        guard sessions.count < Shard.maxSessions else {
+            return refuse("\(Shard.maxSessions) sessions are attached, the most an engine serves at once", code: 4)
+        }
         var rings: [Ring] = []
         for s in shards.indices {
             do {

@@ -40,6 +40,9 @@ struct Outgoing {
     var sequence: UInt64
     /// A session's index in `inbound`, or -1 for the event ring.
     var target: Int
+    /// The session the report is for: a slot of `inbound` is reused once its session is gone,
+    /// and a report staged for the old one must not reach the new one.
+    var session: UInt32 = 0
     var record: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64)
 }
 
@@ -196,7 +199,7 @@ struct ReportSink: BookEventSink {
         let index = Int(sessionIndex[sessionId])
         guard index >= 0, inbound[index].active else { return }
         if hold {
-            var out = Outgoing(sequence: sequence, target: index, record: (0, 0, 0, 0, 0, 0, 0, 0))
+            var out = Outgoing(sequence: sequence, target: index, session: inbound[index].session, record: (0, 0, 0, 0, 0, 0, 0, 0))
             withUnsafeMutableBytes(of: &out.record) { ReportRecord.encode(report, to: $0.baseAddress!) }
             stage(out)
             return
@@ -231,7 +234,7 @@ struct ReportSink: BookEventSink {
                     eventSlot().copyMemory(from: raw.baseAddress!, byteCount: 64)
                     events.pointee.publish()
                     published += 1
-                } else if let slot = reportSlot(out.target) {
+                } else if inbound[out.target].session == out.session, let slot = reportSlot(out.target) {
                     slot.copyMemory(from: raw.baseAddress!, byteCount: 64)
                     inbound[out.target].reports.publish(1)
                 }
@@ -468,11 +471,20 @@ final class Shard: @unchecked Sendable {
             while let message = mailbox.pop() {
                 switch message {
                 case .attach(let session, let commands, let reports):
-                    guard inboundCount < Self.maxSessions else { continue }
-                    (inbound + inboundCount).initialize(to: Inbound(commands: commands, reports: reports,
-                                                                     session: session, active: true))
-                    sessionIndex[Int(session)] = Int32(inboundCount)
-                    inboundCount += 1
+                    // A new slot, or the slot of a session that is gone (the engine never has more
+                    // than maxSessions attached at once: it refuses the next client clearly).
+                    var slot = inboundCount
+                    if inboundCount == Self.maxSessions {
+                        guard let free = (0..<inboundCount).first(where: { !inbound[$0].active }) else { continue }
+                        slot = free
+                        sessionIndex[Int(inbound[slot].session)] = -1
+                        inbound[slot] = Inbound(commands: commands, reports: reports, session: session, active: true)
+                    } else {
+                        (inbound + inboundCount).initialize(to: Inbound(commands: commands, reports: reports,
+                                                                         session: session, active: true))
+                        inboundCount += 1
+                    }
+                    sessionIndex[Int(session)] = Int32(slot)
                     counters.add(.sessions)
                 case .detach(let session):
                     let i = Int(sessionIndex[Int(session)])

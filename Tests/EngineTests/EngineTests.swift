@@ -384,3 +384,39 @@ struct ControlFileTests {
         engine.stop()
     }
 }
+
+@Suite("Engine: many sessions", .serialized)
+struct ManySessionsTests {
+    @Test("sessions come and go past 1,024 in one engine's life: each new client is served (slots of closed ones are reused)")
+    func pastTheSlotCount() throws {
+        let dir = testDirectory()
+        let settings = EngineSettings(instance: "many", directory: dir, shards: [ShardSettings(core: nil)],
+                                      symbols: [(spec: SymbolSpec(name: "BTC-USD", id: 1), shard: 0)],
+                                      capacity: BookCapacity(orders: 1 << 12, levels: 1 << 8),
+                                      wait: WaitStrategy(spins: 100, yields: 10, park: true, parkTimeoutNanoseconds: 10_000_000))
+        let engine = Engine(settings: settings, log: { _ in })
+        _ = try engine.start()
+        defer { engine.stop() }
+        let control = try EngineFile.attach(directory: dir)
+        var served = 0
+        var round = 0
+        // Rounds of 300 clients at once, closed together: 1,500 sessions in all.
+        while round < 5 {
+            var clients: [CrossbookClient] = []
+            for _ in 0..<300 { clients.append(try CrossbookClient(instance: "many", directory: dir, ringCapacity: 64)) }
+            for (i, client) in clients.enumerated() {
+                let btc = try client.symbol("BTC-USD")
+                #expect(client.submit(.new(NewOrder(orderId: OrderId(i + 1), side: .buy, price: 100, quantity: 1)), symbol: btc))
+                var acked = false
+                _ = try client.waitForReports(timeout: 5) { if $0.kind == .accepted { acked = true } }
+                if acked { served += 1 }
+            }
+            for client in clients { client.close() }
+            // The engine notices the closes within a second.
+            #expect(waitFor(5) { control.counters(0).read(.sessions) >= UInt64(300 * (round + 1)) })
+            usleep(1_200_000)
+            round += 1
+        }
+        #expect(served == 1500, "\(served) of 1500 clients got an acknowledgement")
+    }
+}
