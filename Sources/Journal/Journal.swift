@@ -526,16 +526,14 @@ public enum JournalReader {
         guard let path = segments(directory: directory, shard: shard).last(where: { (firstSequence(of: $0) ?? .max) <= sequence }) else {
             return nil
         }
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw .system(call: "open", path: path, errno: errno) }
-        defer { close(fd) }
-        var info = stat()
-        guard fstat(fd, &info) == 0 else { throw .system(call: "fstat", path: path, errno: errno) }
-        let size = Int(info.st_size)
-        guard size >= JournalLayout.segmentHeaderSize,
-              let map = mmap(nil, size, PROT_READ, MAP_SHARED, fd, 0), map != MAP_FAILED else { return nil }
-        defer { munmap(map, size) }
-        let base = UnsafeRawPointer(map)
+        let found: (journalId: UInt64, crc: UInt32)?? = try mapped(path, writable: false, minimum: JournalLayout.segmentHeaderSize) {
+            (_, base, size) throws(JournalError) -> (journalId: UInt64, crc: UInt32)? in
+            recordIn(base, size: size, sequence: sequence)
+        }
+        return found ?? nil
+    }
+
+    static func recordIn(_ base: UnsafeRawPointer, size: Int, sequence: UInt64) -> (journalId: UInt64, crc: UInt32)? {
         guard base.load(as: UInt64.self) == JournalLayout.magic,
               UInt32(littleEndian: base.load(fromByteOffset: 8, as: UInt32.self)) == JournalLayout.version else { return nil }
         let journalId = UInt64(littleEndian: base.load(fromByteOffset: 32, as: UInt64.self))
@@ -568,26 +566,47 @@ public enum JournalReader {
         var after: UInt64
         /// The chain at the end of the previous version 2 segment, if there was one.
         var chainAtEnd: UInt32?
+
+        /// A checked record (its header at `record`): visited unless at or below `after`, counted.
+        mutating func deliver(_ record: UnsafeRawPointer, length: Int, visit: (UInt16, UInt64, UnsafeRawBufferPointer) -> Void) {
+            if expected > after {
+                visit(UInt16(littleEndian: record.load(fromByteOffset: 4, as: UInt16.self)), expected,
+                      UnsafeRawBufferPointer(start: record + JournalLayout.recordHeaderSize, count: length))
+            }
+            result.records += 1
+            result.lastSequence = expected
+            expected += 1
+        }
     }
 
     /// True for a segment file whose header never reached the disk and that holds nothing else:
     /// all zeros (or empty). A zero header before non-zero bytes is not that: it is refused.
     static func segmentNeverFinished(_ path: String) throws(JournalError) -> Bool {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        var info = stat()
+        guard stat(path, &info) == 0 else { throw .system(call: "stat", path: path, errno: errno) }
+        if info.st_size == 0 { return true }  // empty: nothing was ever written
+        let result: Bool? = try mapped(path, writable: false, minimum: 1) { (_, base, size) throws(JournalError) -> Bool in
+            guard isZero(base, min(size, JournalLayout.segmentHeaderSize)) else { return false }
+            guard isZero(base, size) else { throw .badSegment(path: path, "its header is zeros but it holds data") }
+            return true
+        }
+        guard let result else { throw .badSegment(path: path, "it cannot be mapped") }
+        return result
+    }
+
+    /// Opens and maps a segment file for `body` (its descriptor, base, size), read-only mapping;
+    /// nil when the file has fewer than `minimum` bytes or cannot be mapped.
+    static func mapped<T>(_ path: String, writable: Bool, minimum: Int,
+                          _ body: (Int32, UnsafeRawPointer, Int) throws(JournalError) -> T) throws(JournalError) -> T? {
+        let fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC)
         guard fd >= 0 else { throw .system(call: "open", path: path, errno: errno) }
         defer { close(fd) }
         var info = stat()
         guard fstat(fd, &info) == 0 else { throw .system(call: "fstat", path: path, errno: errno) }
         let size = Int(info.st_size)
-        if size == 0 { return true }
-        guard let map = mmap(nil, size, PROT_READ, MAP_SHARED, fd, 0), map != MAP_FAILED else {
-            throw .system(call: "mmap", path: path, errno: errno)
-        }
+        guard size >= minimum, let map = mmap(nil, size, PROT_READ, MAP_SHARED, fd, 0), map != MAP_FAILED else { return nil }
         defer { munmap(map, size) }
-        let base = UnsafeRawPointer(map)
-        guard isZero(base, min(size, JournalLayout.segmentHeaderSize)) else { return false }
-        guard isZero(base, size) else { throw .badSegment(path: path, "its header is zeros but it holds data") }
-        return true
+        return try body(fd, UnsafeRawPointer(map), size)
     }
 
     static func syncDirectory(_ directory: String) throws(JournalError) {
@@ -599,18 +618,16 @@ public enum JournalReader {
 
     static func scanSegment(_ path: String, shard: Int, isLast: Bool, state: inout ScanState, interrupted: () -> Bool,
                             visit: (UInt16, UInt64, UnsafeRawBufferPointer) -> Void) throws(JournalError) {
-        let fd = open(path, O_RDWR | O_CLOEXEC)
-        guard fd >= 0 else { throw .system(call: "open", path: path, errno: errno) }
-        defer { close(fd) }
-        var info = stat()
-        guard fstat(fd, &info) == 0 else { throw .system(call: "fstat", path: path, errno: errno) }
-        let size = Int(info.st_size)
-        guard size >= JournalLayout.segmentHeaderSize,
-              let map = mmap(nil, size, PROT_READ, MAP_SHARED, fd, 0), map != MAP_FAILED else {
-            throw .badSegment(path: path, "too small or unreadable")
+        let done: Void? = try mapped(path, writable: true, minimum: JournalLayout.segmentHeaderSize) { (fd, base, size) throws(JournalError) in
+            try scanMappedSegment(path, fd: fd, base: base, size: size, shard: shard, isLast: isLast, state: &state,
+                                  interrupted: interrupted, visit: visit)
         }
-        defer { munmap(map, size) }
-        let base = UnsafeRawPointer(map)
+        if done == nil { throw .badSegment(path: path, "too small or unreadable") }
+    }
+
+    static func scanMappedSegment(_ path: String, fd: Int32, base: UnsafeRawPointer, size: Int, shard: Int, isLast: Bool,
+                                  state: inout ScanState, interrupted: () -> Bool,
+                                  visit: (UInt16, UInt64, UnsafeRawBufferPointer) -> Void) throws(JournalError) {
         let version = UInt32(littleEndian: base.load(fromByteOffset: 8, as: UInt32.self))
         guard base.load(as: UInt64.self) == JournalLayout.magic, version == 1 || version == JournalLayout.version,
               UInt32(littleEndian: base.load(fromByteOffset: 12, as: UInt32.self)) == UInt32(shard)
@@ -664,13 +681,7 @@ public enum JournalReader {
                 var p = offset + JournalLayout.batchHeaderSize
                 while p < batch.end {
                     let length = Int(UInt32(littleEndian: base.load(fromByteOffset: p, as: UInt32.self)))
-                    let type = UInt16(littleEndian: base.load(fromByteOffset: p + 4, as: UInt16.self))
-                    if state.expected > state.after {
-                        visit(type, state.expected, UnsafeRawBufferPointer(start: base + p + JournalLayout.recordHeaderSize, count: length))
-                    }
-                    state.result.records += 1
-                    state.result.lastSequence = state.expected
-                    state.expected += 1
+                    state.deliver(base + p, length: length, visit: visit)
                     p += JournalLayout.recordSize(payload: length)
                 }
                 chain = batch.checksum
@@ -842,13 +853,7 @@ public enum JournalReader {
                 state.result.truncated = (path, offset)
                 break
             }
-            let type = UInt16(littleEndian: base.load(fromByteOffset: offset + 4, as: UInt16.self))
-            if state.expected > state.after {
-                visit(type, state.expected, UnsafeRawBufferPointer(start: base + offset + JournalLayout.recordHeaderSize, count: length))
-            }
-            state.result.records += 1
-            state.result.lastSequence = state.expected
-            state.expected += 1
+            state.deliver(base + offset, length: length, visit: visit)
             offset += JournalLayout.recordSize(payload: length)
         }
         return offset
