@@ -92,7 +92,10 @@ public final class Engine: @unchecked Sendable {
     /// Sessions whose client is gone. Their mappings stay until the engine stops: a shard may
     /// still be reading a ring when the control thread learns the client died.
     private var retired: [ClientSession] = []
+    /// Session ids are handed out once per run, from 1, skipping `reservedSessions`: the ids
+    /// that own resting orders recovered from the journal.
     private var nextSession: UInt32 = 1
+    private var reservedSessions = Set<UInt32>()
     private let log: @Sendable (String) -> Void
     private var pluginHost: PluginHost?
 
@@ -298,8 +301,9 @@ public final class Engine: @unchecked Sendable {
             }
             placement.append(shard.placement)
             placement.append(contentsOf: shard.recoveryLog)
-            // Sessions of before the restart own orders in the books: never hand their ids out again.
-            nextSession = max(nextSession, shard.maxRecoveredSession + 1)
+            // Sessions of before the restart that own resting orders keep their ids: a new client
+            // with one of them could cancel those orders. Every other id is free again.
+            reservedSessions.formUnion(shard.restingOwners)
             recoveredDigests.append(shard.recoveredDigest)
         }
         if s.durability != .none {
@@ -508,7 +512,7 @@ public final class Engine: @unchecked Sendable {
             log("client \(client) (pid \(sessionFile.clientPid)) refused: \(why)")
             sessionFile.answer(.refused, sessionId: 0, refusal: code)
         }
-        guard nextSession < 1 << 16 else { return refuse("no session ids left", code: 1) }
+        guard nextSession < 1 << 16 else { return refuse("no session ids left: 65,535 sessions since the start", code: 1) }
         // Each shard serves at most Shard.maxSessions sessions at once: refuse the next one
         // clearly rather than attach a session no shard reads.
         guard sessions.count < Shard.maxSessions else {
@@ -522,6 +526,10 @@ public final class Engine: @unchecked Sendable {
             } catch {
                 return refuse("\(error)", code: 2)
             }
+        }
+        while nextSession < 1 << 16 && reservedSessions.contains(nextSession) { nextSession += 1 }
+        guard nextSession < 1 << 16 else {
+            return refuse("no session ids left: 65,535 sessions since the start, and the ids that own resting orders are kept", code: 1)
         }
         let id = nextSession
         nextSession += 1

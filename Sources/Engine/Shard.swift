@@ -295,6 +295,8 @@ final class Shard: @unchecked Sendable {
     /// After start: what recovery found (log lines), and the highest session id in the journal.
     private(set) var recoveryLog: [String] = []
     private(set) var maxRecoveredSession: UInt32 = 0
+    /// After start: the sessions that own resting orders (from before the restart).
+    private(set) var restingOwners = Set<UInt32>()
     private(set) var recoveredDigest: UInt64 = 0
     /// The state digest when the shard stopped (after draining).
     private(set) var finalDigest: UInt64 = 0
@@ -724,6 +726,12 @@ final class Shard: @unchecked Sendable {
             sink.replaying = false
             sequence = max(scanned.lastSequence, base)
             maxRecoveredSession = maxSession
+            // Whose orders rest in the books: their session ids are not handed out again.
+            for b in 0..<created {
+                for side in [Side.buy, .sell] {
+                    for order in books[b].orders(side) { restingOwners.insert(UInt32(truncatingIfNeeded: order.orderId >> 48)) }
+                }
+            }
             if let torn = scanned.truncated {
                 recoveryLog.append("shard \(index): cut a torn last batch (never acknowledged) at \(torn.path) offset \(torn.offset)\(readOnly ? " (read-only: left on disk)" : "; everything after it zeroed")")
             }

@@ -34,11 +34,13 @@ func durableEngine(_ dir: String, data: String, instance: String = "d", durabili
     return engine
 }
 
-/// The (session, client order id) of every new order in the journal.
-func journaledOrders(_ data: String) throws -> Set<Int64> {
+/// The (session, client order id) of every new order in the journal (sequenced at or after
+/// `since`, an engine time: session ids are reused across restarts once their orders are gone).
+func journaledOrders(_ data: String, since: UInt64 = 0) throws -> Set<Int64> {
     var out = Set<Int64>()
     _ = try JournalReader.scan(directory: data, shard: 0, repair: false) { type, _, payload in
         guard type == 1, payload.count == 80,
+              UInt64(littleEndian: payload.loadUnaligned(fromByteOffset: 72, as: UInt64.self)) >= since,
               let decoded = try? CommandRecord.decode(payload.baseAddress!), case .new(let order) = decoded.command else { return }
         let session = Int64(UInt32(littleEndian: payload.loadUnaligned(fromByteOffset: 64, as: UInt32.self)))
         out.insert(session << 48 | order.orderId)
@@ -213,6 +215,42 @@ struct DurabilityTests {
         }
     }
 
+    @Test("after a restart, session ids whose orders are all gone are handed out again; ids that own resting orders are not")
+    func sessionIdsReused() throws {
+        let data = NSTemporaryDirectory() + "crossbook-data-\(UUID().uuidString.prefix(8))"
+        defer { removeTree(data) }
+        let dir = testDirectory()
+        let first = try durableEngine(dir, data: data, instance: "sr")
+        let a = try CrossbookClient(instance: "sr", directory: dir)
+        let b = try CrossbookClient(instance: "sr", directory: dir)
+        #expect(a.sessionId == 1 && b.sessionId == 2)
+        let btc = try a.symbol("BTC-USD")
+        // a's order goes away (cancelled); b's rests.
+        #expect(a.submit(.new(NewOrder(orderId: 7, side: .buy, price: 100, quantity: 1)), symbol: btc))
+        #expect(a.submit(.cancel(CancelOrder(orderId: 7)), symbol: btc))
+        #expect(b.submit(.new(NewOrder(orderId: 7, side: .buy, price: 99, quantity: 1)), symbol: btc))
+        var seen = 0
+        let deadline = Date().addingTimeInterval(5)
+        while seen < 3 && Date() < deadline {
+            seen += try a.waitForReports(timeout: 0.05) { _ in } + b.waitForReports(timeout: 0.05) { _ in }
+        }
+        a.close()
+        b.close()
+        first.stop()
+        let second = try durableEngine(dir, data: data, instance: "sr")
+        defer { second.stop() }
+        let c = try CrossbookClient(instance: "sr", directory: dir)
+        let d = try CrossbookClient(instance: "sr", directory: dir)
+        defer { c.close(); d.close() }
+        #expect(c.sessionId == 1, "a's id is free again: \(c.sessionId)")
+        #expect(d.sessionId == 3, "b's id owns a resting order: \(d.sessionId)")
+        // c, with a's old id, cannot touch b's order.
+        #expect(c.submit(.cancel(CancelOrder(orderId: 7)), symbol: btc))
+        var rejected = false
+        _ = try c.waitForReports(timeout: 2) { if $0.kind == .rejected { rejected = true } }
+        #expect(rejected)
+    }
+
     @Test("journals written under one configuration are refused under another")
     func configurationMismatch() throws {
         let data = NSTemporaryDirectory() + "crossbook-data-\(UUID().uuidString.prefix(8))"
@@ -273,6 +311,7 @@ struct DurabilityTests {
                 offline.stop()
                 removeTree(copy)
             }
+            let cycleStart = realtimeNanoseconds()
             let engine = Process()
             engine.executableURL = crossbookBinary()
             engine.arguments = ["run", "--instance", "kc", "--directory", dir, "--data-dir", data, "--no-pin", "--clean-stale",
@@ -320,7 +359,7 @@ struct DurabilityTests {
                 let hex = line.split(separator: " ").last.map(String.init) ?? ""
                 #expect(UInt64(hex, radix: 16) == expected, "cycle \(cycle): \(line)")
             }
-            let journaled = try journaledOrders(data)
+            let journaled = try journaledOrders(data, since: cycleStart)
             let lost = acked.subtracting(journaled)
             #expect(lost.count == 0, "cycle \(cycle): \(lost.count) of \(acked.count) acknowledged orders are not in the journal")
             #expect(!acked.isEmpty, "cycle \(cycle): no acknowledgement within 5 s")

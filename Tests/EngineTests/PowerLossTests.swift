@@ -76,6 +76,8 @@ struct PowerCutError: Error, CustomStringConvertible { var description: String }
 /// A journaled command, as the power-loss checks compare them.
 struct JournaledCommand: Equatable {
     var sequence: UInt64, session: UInt32, kind: UInt8, orderId: OrderId
+    /// The engine time of its sequencing.
+    var time: UInt64
 }
 
 /// Every command record of shard 0's journal, read-only (a torn tail is left out, as recovery cuts it).
@@ -85,7 +87,8 @@ func journalCommands(_ data: String) throws -> [JournaledCommand] {
         guard type == 1, payload.count == 80, let decoded = try? CommandRecord.decode(payload.baseAddress!) else { return }
         let session = UInt32(littleEndian: payload.loadUnaligned(fromByteOffset: 64, as: UInt32.self))
         let kind: UInt8 = switch decoded.command { case .new: 1; case .cancel: 2; case .replace: 3 }
-        out.append(JournaledCommand(sequence: sequence, session: session, kind: kind, orderId: decoded.command.orderId))
+        let time = UInt64(littleEndian: payload.loadUnaligned(fromByteOffset: 72, as: UInt64.self))
+        out.append(JournaledCommand(sequence: sequence, session: session, kind: kind, orderId: decoded.command.orderId, time: time))
     }
     return out
 }
@@ -137,6 +140,7 @@ func powerCutSeries(cuts: Int, durability: String, seed: UInt64, stopAtFirstLoss
         rng = rng &* 6364136223846793005 &+ 1442695040888963407
         let torn = cycle % 2 == 1
         let layer = try PowerCutLayer(backing: backing, mountPoint: mountPoint, torn: torn, seed: rng >> 20)
+        let cycleStart = realtimeNanoseconds()
         let engine = Process()
         engine.executableURL = crossbookBinary()
         engine.arguments = ["run", "--instance", "pl", "--directory", dir, "--data-dir", mountPoint + "/data", "--no-pin",
@@ -209,8 +213,11 @@ func powerCutSeries(cuts: Int, durability: String, seed: UInt64, stopAtFirstLoss
                 tally.refusedStarts += 1
                 return tally
             }
+            // This run's records: those after the journal as the previous cut left it (a session
+            // id can be reused across restarts, so older records are not counted for this run).
+            let added = now.count >= previous.count ? Array(now.dropFirst(previous.count)) : now
             var newCount: [Int64: Int] = [:], cancelCount: [Int64: Int] = [:]
-            for c in now where Int64(c.session) == session {
+            for c in added where Int64(c.session) == session {
                 if c.kind == 1 { newCount[session << 48 | c.orderId, default: 0] += 1 }
                 if c.kind == 2 { cancelCount[session << 48 | c.orderId, default: 0] += 1 }
             }
@@ -223,7 +230,8 @@ func powerCutSeries(cuts: Int, durability: String, seed: UInt64, stopAtFirstLoss
             if now.count < previous.count || Array(now.prefix(previous.count)) != previous {
                 tally.problems.append("cycle \(cycle): the journal before this run changed (\(previous.count) records before, \(now.count) now)")
             }
-            let strangers = now.dropFirst(previous.count).filter { Int64($0.session) != session }.count
+            // Records of an earlier run coming back would carry its session or its older engine time.
+            let strangers = added.filter { Int64($0.session) != session || $0.time < cycleStart }.count
             tally.stale += strangers
             if lostNew + lostCancel > 0 {
                 tally.problems.append("cycle \(cycle) (torn \(torn)): \(lostNew) of \(ackedNew.count) acknowledged orders and \(lostCancel) of \(ackedCancel.count) cancels lost")

@@ -244,27 +244,20 @@ struct ShrunkFileTests {
             _ = engine.waitForExit(20)
         }
         #expect(waitFor(10) { (try? EngineFile.attach(directory: dir))?.isServing ?? false })
-        // The hostile client: a load process, sending.
-        let load = Process()
-        load.executableURL = crossbookBinary()
-        load.arguments = ["load", "--instance", "trunc", "--directory", dir, "--rate", "20000", "--duration", "30", "--quiet"]
-        load.standardOutput = FileHandle.nullDevice
-        load.standardError = FileHandle.nullDevice
-        try load.run()
-        defer { if load.isRunning { kill(load.processIdentifier, SIGKILL); load.waitUntilExit() } }
-        let prefix = "c\(load.processIdentifier)-"
-        func itsFiles() -> [String] {
-            ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).filter { $0.hasPrefix(prefix) && !$0.hasSuffix(".hello") }
-        }
-        #expect(waitFor(10) { engine.log.contains("(pid \(load.processIdentifier)) attached") }, "\(engine.log.all)")
-        usleep(200_000)
-        let files = itsFiles()
+        // The hostile client: attached, orders acknowledged, then it truncates its files. (It
+        // does not touch its own rings again: in its process they would raise SIGBUS too.)
+        let hostile = try CrossbookClient(instance: "trunc", directory: dir)
+        let sym = try hostile.symbol("BTC-USD")
+        for id in 1...5 { _ = hostile.submit(.new(NewOrder(orderId: OrderId(id), side: .buy, price: 100, quantity: 1)), symbol: sym) }
+        var acks = 0
+        let until = Date().addingTimeInterval(5)
+        while acks < 5 && Date() < until { acks += try hostile.waitForReports(timeout: 0.1) { _ in } }
+        let prefix = hostile.name + "."
+        let files = ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).filter { $0.hasPrefix(prefix) }
         #expect(files.count >= 3, "\(files)")
         for name in files { truncate(dir + "/" + name, 0) }
-        #expect(waitFor(5) { engine.log.contains("shrank a file the engine had mapped") }, "\(engine.log.all)")
-        usleep(300_000)
-        #expect(engine.process.isRunning, "the engine died: \(engine.log.all)")
-        // Another client is served as before.
+        // Another client's order wakes the shard, which reads every session's ring: the hostile
+        // one's pages are gone under it. The engine lives, detaches it, and serves the other.
         let client = try CrossbookClient(instance: "trunc", directory: dir)
         defer { client.close() }
         let btc = try client.symbol("BTC-USD")
@@ -272,6 +265,9 @@ struct ShrunkFileTests {
         var acked = false
         _ = try client.waitForReports(timeout: 5) { if $0.kind == .accepted { acked = true } }
         #expect(acked)
+        #expect(waitFor(5) { engine.log.contains("shrank a file the engine had mapped") }, "\(engine.log.all)")
+        #expect(engine.process.isRunning, "the engine died: \(engine.log.all)")
+        withExtendedLifetime(hostile) {}
     }
 
     @Test("a full /dev/shm is a clear error when a client attaches, not a bus error later")
