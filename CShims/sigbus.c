@@ -23,6 +23,9 @@ struct cb_guard {
 
 static struct cb_guard guards[CB_GUARDS];
 static atomic_int installed;
+/// The handler before ours (the Swift runtime's backtracer, or the default): a SIGBUS that is
+/// not in a guarded mapping goes back to it.
+static struct sigaction previous;
 
 static void on_sigbus(int sig, siginfo_t *info, void *context) {
     (void)context;
@@ -37,8 +40,8 @@ static void on_sigbus(int sig, siginfo_t *info, void *context) {
             return;  // the faulting access is retried, on zeros now
         }
     }
-    // Not a guarded mapping: die of it as before.
-    signal(sig, SIG_DFL);
+    // Not a guarded mapping: what was there before handles it (the access faults again on return).
+    sigaction(sig, &previous, NULL);
 }
 
 int32_t cb_guard_add(void *base, size_t size) {
@@ -48,7 +51,7 @@ int32_t cb_guard_add(void *base, size_t size) {
         action.sa_sigaction = on_sigbus;
         action.sa_flags = SA_SIGINFO | SA_NODEFER;
         sigemptyset(&action.sa_mask);
-        sigaction(SIGBUS, &action, NULL);
+        sigaction(SIGBUS, &action, &previous);
     }
     for (int i = 0; i < CB_GUARDS; i++) {
         uintptr_t expected = 0;
