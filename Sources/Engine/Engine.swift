@@ -638,10 +638,7 @@ public final class Engine: @unchecked Sendable {
     }
 
     private func syncDirectory(_ directory: String) throws {
-        let dirFd = open(directory.isEmpty ? "." : directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard dirFd >= 0 else { throw EngineError("cannot open \(directory) to sync it: \(String(cString: strerror(errno)))") }
-        defer { close(dirFd) }
-        guard fsync(dirFd) == 0 else { throw EngineError("fsync of the directory \(directory) failed: \(String(cString: strerror(errno)))") }
+        do { try JournalReader.syncDirectory(directory.isEmpty ? "." : directory) } catch { throw EngineError("\(error)") }
     }
 
     private func makeDataDirectory(_ path: String) throws {

@@ -609,7 +609,8 @@ public enum JournalReader {
         return try body(fd, UnsafeRawPointer(map), size)
     }
 
-    static func syncDirectory(_ directory: String) throws(JournalError) {
+    /// fsync of a directory: the names in it are durable once this returns.
+    public static func syncDirectory(_ directory: String) throws(JournalError) {
         let dirFd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard dirFd >= 0 else { throw .system(call: "open", path: directory, errno: errno) }
         defer { close(dirFd) }

@@ -46,6 +46,16 @@ func collect(_ client: CrossbookClient, _ count: Int, timeout: Double = 5) throw
     return out
 }
 
+/// One shard, one symbol, a small book, a short park: what most engine tests start.
+func oneShardSettings(_ instance: String, _ dir: String, symbol: String = "BTC-USD", orders: Int = 1 << 12, levels: Int = 1 << 8,
+                      lagTimeoutNanoseconds: UInt64 = 1_000_000_000) -> EngineSettings {
+    EngineSettings(instance: instance, directory: dir, shards: [ShardSettings(core: nil)],
+                   symbols: [(spec: SymbolSpec(name: symbol, id: 1), shard: 0)],
+                   capacity: BookCapacity(orders: orders, levels: levels),
+                   wait: WaitStrategy(spins: 100, yields: 10, park: true, parkTimeoutNanoseconds: 10_000_000),
+                   lagTimeoutNanoseconds: lagTimeoutNanoseconds)
+}
+
 func crossbookBinary() -> URL {
     URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
         .appendingPathComponent("crossbook")
@@ -305,10 +315,7 @@ struct EngineNameTests {
     @Test("a symbol name with a space or a newline is refused at start, and nothing is created", arguments: ["BTC USD", "BTC\nUSD", "", String(repeating: "X", count: 33)])
     func badSymbolName(name: String) throws {
         let dir = testDirectory()
-        let settings = EngineSettings(instance: "names", directory: dir, shards: [ShardSettings(core: nil)],
-                                      symbols: [(spec: SymbolSpec(name: name, id: 1), shard: 0)],
-                                      capacity: BookCapacity(orders: 1 << 10, levels: 1 << 8),
-                                      wait: WaitStrategy(spins: 100, yields: 10, park: true, parkTimeoutNanoseconds: 10_000_000))
+        let settings = oneShardSettings("names", dir, symbol: name, orders: 1 << 10, levels: 1 << 8)
         let engine = Engine(settings: settings, log: { _ in })
         #expect { _ = try engine.start() } throws: { "\($0)".contains("symbol") }
         #expect(access(dir, F_OK) != 0)
@@ -320,11 +327,7 @@ struct DetachedClientTests {
     @Test("a client detached for lagging is told: poll throws the reason, submit takes nothing more")
     func lagDetachIsTold() throws {
         let dir = testDirectory()
-        let settings = EngineSettings(instance: "lagtold", directory: dir, shards: [ShardSettings(core: nil)],
-                                      symbols: [(spec: SymbolSpec(name: "BTC-USD", id: 1), shard: 0)],
-                                      capacity: BookCapacity(orders: 1 << 12, levels: 1 << 8),
-                                      wait: WaitStrategy(spins: 100, yields: 10, park: true, parkTimeoutNanoseconds: 10_000_000),
-                                      lagTimeoutNanoseconds: 100_000_000)
+        let settings = oneShardSettings("lagtold", dir, orders: 1 << 12, levels: 1 << 8, lagTimeoutNanoseconds: 100_000_000)
         let engine = Engine(settings: settings, log: { _ in })
         _ = try engine.start()
         defer { engine.stop() }
@@ -356,10 +359,7 @@ struct ControlFileTests {
     @Test("counters another process writes into the control file do not reach the engine's own bookkeeping")
     func hostileCounters() throws {
         let dir = testDirectory()
-        let settings = EngineSettings(instance: "ctlfile", directory: dir, shards: [ShardSettings(core: nil)],
-                                      symbols: [(spec: SymbolSpec(name: "BTC-USD", id: 1), shard: 0)],
-                                      capacity: BookCapacity(orders: 1 << 12, levels: 1 << 8),
-                                      wait: WaitStrategy(spins: 100, yields: 10, park: true, parkTimeoutNanoseconds: 10_000_000))
+        let settings = oneShardSettings("ctlfile", dir, orders: 1 << 12, levels: 1 << 8)
         let log = LogLines()
         let engine = Engine(settings: settings, log: { log.append($0) })
         _ = try engine.start()
@@ -390,10 +390,7 @@ struct ManySessionsTests {
     @Test("sessions come and go past 1,024 in one engine's life: each new client is served (slots of closed ones are reused)")
     func pastTheSlotCount() throws {
         let dir = testDirectory()
-        let settings = EngineSettings(instance: "many", directory: dir, shards: [ShardSettings(core: nil)],
-                                      symbols: [(spec: SymbolSpec(name: "BTC-USD", id: 1), shard: 0)],
-                                      capacity: BookCapacity(orders: 1 << 12, levels: 1 << 8),
-                                      wait: WaitStrategy(spins: 100, yields: 10, park: true, parkTimeoutNanoseconds: 10_000_000))
+        let settings = oneShardSettings("many", dir, orders: 1 << 12, levels: 1 << 8)
         let engine = Engine(settings: settings, log: { _ in })
         _ = try engine.start()
         defer { engine.stop() }

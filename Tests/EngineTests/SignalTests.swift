@@ -277,10 +277,7 @@ struct ShrunkFileTests {
         defer { rmdir(root) }
         try withTmpfs(size: "2m", at: root) {
             let dir = root + "/inst"
-            var settings = EngineSettings(instance: "fullshm", directory: dir, shards: [ShardSettings(core: nil)],
-                                          symbols: [(spec: SymbolSpec(name: "BTC-USD", id: 1), shard: 0)],
-                                          capacity: BookCapacity(orders: 1 << 10, levels: 1 << 8),
-                                          wait: WaitStrategy(spins: 100, yields: 10, park: true, parkTimeoutNanoseconds: 10_000_000))
+            var settings = oneShardSettings("fullshm", dir, orders: 1 << 10, levels: 1 << 8)
             settings.eventRingCapacity = 1024
             let engine = Engine(settings: settings, log: { _ in })
             _ = try engine.start()
@@ -306,10 +303,7 @@ struct OrphanFileTests {
     @Test("files of a client that died before its attach completed are removed; a live process's are kept")
     func orphans() throws {
         let dir = testDirectory()
-        let settings = EngineSettings(instance: "orphans", directory: dir, shards: [ShardSettings(core: nil)],
-                                      symbols: [(spec: SymbolSpec(name: "BTC-USD", id: 1), shard: 0)],
-                                      capacity: BookCapacity(orders: 1 << 10, levels: 1 << 8),
-                                      wait: WaitStrategy(spins: 100, yields: 10, park: true, parkTimeoutNanoseconds: 10_000_000))
+        let settings = oneShardSettings("orphans", dir, orders: 1 << 10, levels: 1 << 8)
         let log = LogLines()
         let engine = Engine(settings: settings, log: { log.append($0) })
         _ = try engine.start()
