@@ -38,6 +38,19 @@ final class EngineProcess {
         reader.start()
     }
 
+    /// `crossbook run` without plugins or journal, started and serving (the caller stops it).
+    static func serving(_ instance: String, _ dir: String) throws -> EngineProcess {
+        let engine = try EngineProcess(["--instance", instance, "--directory", dir, "--no-pin", "--no-plugins", "--durability", "none"])
+        #expect(waitFor(10) { (try? EngineFile.attach(directory: dir))?.isServing ?? false }, "engine \(instance) serving")
+        return engine
+    }
+
+    /// SIGTERM, and the wait for the exit.
+    func stop() {
+        signal(SIGTERM)
+        _ = waitForExit(20)
+    }
+
     func signal(_ sig: Int32) { kill(process.processIdentifier, sig) }
 
     /// Waits for the process to end (up to `seconds`); its exit status, or nil if it did not end.
@@ -53,8 +66,7 @@ struct SignalTests {
     @Test("SIGHUP, SIGUSR1 and SIGUSR2 are logged and ignored; SIGTERM then drains and stops")
     func ignoredSignals() throws {
         let dir = testDirectory()
-        let engine = try EngineProcess(["--instance", "sig", "--directory", dir, "--no-pin", "--no-plugins", "--durability", "none"])
-        #expect(waitFor(10) { (try? EngineFile.attach(directory: dir))?.isServing ?? false })
+        let engine = try EngineProcess.serving("sig", dir)
         for sig in [SIGHUP, SIGUSR1, SIGUSR2] {
             engine.signal(sig)
             usleep(100_000)
@@ -103,8 +115,7 @@ struct ConsumerTests {
     @Test("a consumer that stops reading holds the shard, and SIGTERM still stops the engine")
     func stopWhileHeld() throws {
         let dir = testDirectory()
-        let engine = try EngineProcess(["--instance", "held", "--directory", dir, "--no-pin", "--no-plugins", "--durability", "none"])
-        #expect(waitFor(10) { (try? EngineFile.attach(directory: dir))?.isServing ?? false })
+        let engine = try EngineProcess.serving("held", dir)
         let ring = try EventRing.attach(path: InstanceLayout.eventRingPath(dir, shard: 0))
         let consumer = try ring.consumer(mayDetach: false)  // attached, never reads
         let client = try CrossbookClient(instance: "held", directory: dir)
@@ -132,12 +143,8 @@ struct ConsumerTests {
     @Test("consumers killed while attached are reclaimed: the 17th and later readers still attach")
     func deadConsumersReclaimed() throws {
         let dir = testDirectory()
-        let engine = try EngineProcess(["--instance", "reclaim", "--directory", dir, "--no-pin", "--no-plugins", "--durability", "none"])
-        defer {
-            engine.signal(SIGTERM)
-            _ = engine.waitForExit(20)
-        }
-        #expect(waitFor(10) { (try? EngineFile.attach(directory: dir))?.isServing ?? false })
+        let engine = try EngineProcess.serving("reclaim", dir)
+        defer { engine.stop() }
         let ring = try EventRing.attach(path: InstanceLayout.eventRingPath(dir, shard: 0))
         for round in 0..<20 {
             let md = Process()
@@ -238,12 +245,8 @@ struct ShrunkFileTests {
     @Test("a client that truncates its rings and session file while attached is detached; the engine lives on and serves others")
     func truncatedRings() throws {
         let dir = testDirectory()
-        let engine = try EngineProcess(["--instance", "trunc", "--directory", dir, "--no-pin", "--no-plugins", "--durability", "none"])
-        defer {
-            engine.signal(SIGTERM)
-            _ = engine.waitForExit(20)
-        }
-        #expect(waitFor(10) { (try? EngineFile.attach(directory: dir))?.isServing ?? false })
+        let engine = try EngineProcess.serving("trunc", dir)
+        defer { engine.stop() }
         // The hostile client: attached, orders acknowledged, then it truncates its files. (It
         // does not touch its own rings again: in its process they would raise SIGBUS too.)
         let hostile = try CrossbookClient(instance: "trunc", directory: dir)
