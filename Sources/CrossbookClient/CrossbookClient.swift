@@ -69,6 +69,10 @@ public final class CrossbookClient {
         guard processIsAlive(engine.enginePid) else { throw .engineGone(instance: instance, pid: engine.enginePid) }
         guard engine.state == .running else { throw .engineNotRunning(instance: instance, "its state is \(engine.state)") }
         engineFile = engine
+        let bells: DoorbellFile
+        do { bells = try DoorbellFile.attach(directory: dir, shards: engine.shardCount) } catch {
+            throw .engineNotRunning(instance: instance, "\(error)")
+        }
 
         var parsed: [String: SymbolInfo] = [:]
         guard let text = try? String(contentsOfFile: InstanceLayout.symbolsPath(dir), encoding: .utf8) else {
@@ -141,7 +145,7 @@ public final class CrossbookClient {
         rings = made
         commands = (0..<engine.shardCount).map { made[2 * $0].producer() }
         reports = (0..<engine.shardCount).map { made[2 * $0 + 1].consumer() }
-        doorbells = (0..<engine.shardCount).map { engine.doorbell($0) }
+        doorbells = (0..<engine.shardCount).map { bells.doorbell($0) }
     }
 
     deinit { close() }

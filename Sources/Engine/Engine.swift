@@ -48,6 +48,9 @@ public struct EngineSettings: Sendable {
     /// The plugins to load, in order (nil: none). A snapshot-store plugin among them keeps the
     /// shards' snapshots; without one there are none.
     public var plugins: PluginSettings?
+    /// The highest session id handed out (ids are 16 bits: 65,535). Lower only to test what
+    /// happens when they run out.
+    public var sessionIdLimit: UInt32 = 65_535
 
     public static func defaultDirectory(_ instance: String) -> String { InstanceLayout.defaultDirectory(instance) }
 
@@ -92,10 +95,15 @@ public final class Engine: @unchecked Sendable {
     /// Sessions whose client is gone. Their mappings stay until the engine stops: a shard may
     /// still be reading a ring when the control thread learns the client died.
     private var retired: [ClientSession] = []
-    /// Session ids are handed out once per run, from 1, skipping `reservedSessions`: the ids
-    /// that own resting orders recovered from the journal.
+    /// Session ids are handed out from 1, skipping `reservedSessions` (the ids that own resting
+    /// orders recovered from the journal). When they run out, the shards say which ids own
+    /// resting orders now, and every id that owns none and has no attached session is handed
+    /// out again (`reclaimSessionIds`): an order id carries its session id, so an id must never
+    /// come back while an order of its old owner rests.
     private var nextSession: UInt32 = 1
     private var reservedSessions = Set<UInt32>()
+    /// Reclaimed ids, the lowest last.
+    private var freeSessionIds: [UInt32] = []
     private let log: @Sendable (String) -> Void
     private var pluginHost: PluginHost?
 
@@ -214,6 +222,12 @@ public final class Engine: @unchecked Sendable {
         }
         engineFile = file
         if let group = s.group { chown(InstanceLayout.enginePath(s.directory), uid_t.max, group) }
+        let doorbells: DoorbellFile
+        do { doorbells = try DoorbellFile.create(directory: s.directory, shards: s.shards.count, mode: s.fileMode) } catch {
+            stop()
+            throw EngineError("\(error)")
+        }
+        if let group = s.group { chown(InstanceLayout.doorbellsPath(s.directory), uid_t.max, group) }
 
         var lines = ""
         for (spec, shard) in s.symbols {
@@ -284,6 +298,7 @@ public final class Engine: @unchecked Sendable {
             }
             let slots = s.symbols.indices.filter { s.symbols[$0].shard == i }
             let shard = Shard(index: i, core: shardSettings.core, symbols: mine, symbolSlots: slots, engineFile: file,
+                              doorbells: doorbells,
                               eventRing: events,
                               wait: s.wait, lagTimeoutNanoseconds: s.lagTimeoutNanoseconds, durability: s.durability,
                               journalConfig: JournalConfig(directory: s.dataDirectory, shard: i,
@@ -512,7 +527,6 @@ public final class Engine: @unchecked Sendable {
             log("client \(client) (pid \(sessionFile.clientPid)) refused: \(why)")
             sessionFile.answer(.refused, sessionId: 0, refusal: code)
         }
-        guard nextSession < 1 << 16 else { return refuse("no session ids left: 65,535 sessions since the start", code: 1) }
         // Each shard serves at most Shard.maxSessions sessions at once: refuse the next one
         // clearly rather than attach a session no shard reads.
         guard sessions.count < Shard.maxSessions else {
@@ -527,12 +541,9 @@ public final class Engine: @unchecked Sendable {
                 return refuse("\(error)", code: 2)
             }
         }
-        while nextSession < 1 << 16 && reservedSessions.contains(nextSession) { nextSession += 1 }
-        guard nextSession < 1 << 16 else {
-            return refuse("no session ids left: 65,535 sessions since the start, and the ids that own resting orders are kept", code: 1)
+        guard let id = takeSessionId() else {
+            return refuse("no session id free: each of the \(settings.sessionIdLimit) is attached or owns resting orders", code: 1)
         }
-        let id = nextSession
-        nextSession += 1
         for (s, shard) in shards.enumerated() {
             let message = ShardMessage.attach(session: id, commands: rings[2 * s].consumer(),
                                               reports: rings[2 * s + 1].producer())
@@ -541,6 +552,34 @@ public final class Engine: @unchecked Sendable {
         sessions[id] = ClientSession(name: client, pid: sessionFile.clientPid, sessionFile: sessionFile, rings: rings)
         sessionFile.answer(.accepted, sessionId: id)
         log("session \(id): client \(client) (pid \(sessionFile.clientPid)) attached")
+    }
+
+    private func takeSessionId() -> UInt32? {
+        let limit = min(settings.sessionIdLimit, 65_535)
+        while nextSession <= limit && reservedSessions.contains(nextSession) { nextSession += 1 }
+        if nextSession <= limit {
+            defer { nextSession += 1 }
+            return nextSession
+        }
+        if freeSessionIds.isEmpty { reclaimSessionIds(limit: limit) }
+        return freeSessionIds.popLast()
+    }
+
+    /// Asks every shard which sessions own resting orders (after the detaches already sent to
+    /// it: its mailbox is in order) and frees every other id with no attached session.
+    private func reclaimSessionIds(limit: UInt32) {
+        var owners = Set<UInt32>()
+        for (s, shard) in shards.enumerated() {
+            let query = RestingOwnersQuery()
+            guard shard.send(.restingOwners(query)), query.done.wait(seconds: 2) else {
+                log("session ids: shard \(s) did not say which sessions own resting orders (busy); none reclaimed now")
+                return
+            }
+            owners.formUnion(query.owners)
+        }
+        freeSessionIds = (1...limit).reversed().filter { sessions[$0] == nil && !owners.contains($0) }
+        reservedSessions = []
+        log("session ids: all \(limit) handed out in this run; \(freeSessionIds.count) reclaimed (no attached session, no resting order); \(owners.count) kept for their resting orders")
     }
 
     /// Files of clients that died before their attach completed (or were never announced):

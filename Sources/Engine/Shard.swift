@@ -59,6 +59,20 @@ struct Inbound {
 enum ShardMessage {
     case attach(session: UInt32, commands: RingConsumer, reports: RingProducer)
     case detach(session: UInt32)
+    /// Which sessions own resting orders now (for reusing session ids).
+    case restingOwners(RestingOwnersQuery)
+}
+
+/// The control thread's question to a shard and its answer.
+final class RestingOwnersQuery: @unchecked Sendable {
+    private let lock = Lock()
+    private var answer = Set<UInt32>()
+    let done = Semaphore()
+    func reply(_ owners: Set<UInt32>) {
+        lock.locked { answer = owners }
+        done.signal()
+    }
+    var owners: Set<UInt32> { lock.locked { answer } }
 }
 
 /// The counts a shard keeps in private memory for the control thread's log lines.
@@ -322,7 +336,7 @@ final class Shard: @unchecked Sendable {
     private let tally: UnsafeMutablePointer<UInt64>
 
     init(index: Int, core: Int?, symbols: [(spec: SymbolSpec, capacity: BookCapacity)], symbolSlots: [Int],
-         engineFile: EngineFile,
+         engineFile: EngineFile, doorbells: DoorbellFile,
          eventRing: EventRing, wait: WaitStrategy, lagTimeoutNanoseconds: UInt64,
          durability: Durability = .none, journalConfig: JournalConfig? = nil,
          snapshotEvery: UInt64 = 0, snapshots: SnapshotStore? = nil, readOnly: Bool = false,
@@ -340,7 +354,7 @@ final class Shard: @unchecked Sendable {
         self.symbols = symbols
         precondition(symbolSlots.count == symbols.count, "one control-file slot per symbol")
         symbolCounters = symbolSlots.map { engineFile.symbolCounters($0) }
-        doorbell = engineFile.doorbell(index)
+        doorbell = doorbells.doorbell(index)
         counters = engineFile.counters(index)
         mailbox = Mailbox(capacity: 256)
         self.wait = wait
@@ -475,11 +489,16 @@ final class Shard: @unchecked Sendable {
                 case .attach(let session, let commands, let reports):
                     // A new slot, or the slot of a session that is gone (the engine never has more
                     // than maxSessions attached at once: it refuses the next client clearly).
+                    // An id handed out again: whatever slot still has it never reads again.
+                    let previous = Int(sessionIndex[Int(session)])
+                    if previous >= 0 { inbound[previous].active = false }
                     var slot = inboundCount
                     if inboundCount == Self.maxSessions {
                         guard let free = (0..<inboundCount).first(where: { !inbound[$0].active }) else { continue }
                         slot = free
-                        sessionIndex[Int(inbound[slot].session)] = -1
+                        // Only if the old session's id still points here (the id may have moved on).
+                        let old = Int(inbound[slot].session)
+                        if sessionIndex[old] == Int32(slot) { sessionIndex[old] = -1 }
                         inbound[slot] = Inbound(commands: commands, reports: reports, session: session, active: true)
                     } else {
                         (inbound + inboundCount).initialize(to: Inbound(commands: commands, reports: reports,
@@ -491,6 +510,14 @@ final class Shard: @unchecked Sendable {
                 case .detach(let session):
                     let i = Int(sessionIndex[Int(session)])
                     if i >= 0 { inbound[i].active = false }
+                case .restingOwners(let query):
+                    var owners = Set<UInt32>()
+                    for b in 0..<created {
+                        for side in [Side.buy, .sell] {
+                            for order in books[b].orders(side) { owners.insert(UInt32(truncatingIfNeeded: order.orderId >> 48)) }
+                        }
+                    }
+                    query.reply(owners)
                 }
             }
         }
@@ -910,6 +937,19 @@ final class Semaphore: @unchecked Sendable {
 
     func wait() {
         while sem_wait(&value) != 0 && errno == EINTR {}
+    }
+
+    /// False when `seconds` passed first.
+    func wait(seconds: Double) -> Bool {
+        var deadline = timespec()
+        clock_gettime(CLOCK_REALTIME, &deadline)
+        let nanos = Int(deadline.tv_nsec) + Int(seconds * 1e9)
+        deadline.tv_sec += nanos / 1_000_000_000
+        deadline.tv_nsec = nanos % 1_000_000_000
+        while true {
+            if sem_timedwait(&value, &deadline) == 0 { return true }
+            if errno != EINTR { return false }
+        }
     }
 }
 

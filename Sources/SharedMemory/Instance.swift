@@ -1,6 +1,10 @@
 // The files of one engine instance, in its own directory (default /dev/shm/crossbook-<uid>/<name>):
 //
-//   engine                 the control file: header, then per shard a doorbell and counters
+//   engine                 the control file: header, then per shard its counters. Written by
+//                          the engine only: read-only to everyone (mode 0400, 0440 with a group),
+//                          written through the descriptor that created it; clients map it read-only
+//   doorbells              per shard a wake word and a parked flag: the one file every client
+//                          writes (see Doorbell.swift)
 //   symbols                text: one line per symbol: name id shard tick lot min max maxqty
 //   events.<shard>         the shard's event ring: market data for any number of consumers
 //   <client>.session       a client's handshake state (64 bytes)
@@ -8,11 +12,11 @@
 //   <client>.rep.<shard>   that shard's report ring to the client (shard produces)
 //   <client>.hello         written last, by rename: "my rings are ready"
 //
-// Engine control file layout (little-endian), version 2:
+// Engine control file layout (little-endian), version 3:
 //   0    magic "CBENGIN1" (u64), version (u32), shard count (u32), engine pid (i32),
 //        state (u32: 1 starting, 2 running, 3 stopping, 4 stopped), start time ns (u64),
 //        32 symbol count (u32)
-//   64 + 2048 × s   shard s: doorbell wake word (u32) and parked flag (u32) on their own line;
+//   64 + 2048 × s   shard s: 64 bytes reserved (the doorbell until version 2),
 //        at +64 the counters (u64 × 24, see ShardCounter), at +256 rejects by reason (u64 × 24),
 //        at +448 batch sizes (u64 × 8: batches of 1, 2–3, 4–7, … 128–256 commands),
 //        at +512 match latency per batch and at +704 fdatasync latency (histograms of
@@ -35,7 +39,8 @@ import Glibc
 public enum InstanceLayout {
     public static let engineMagic: UInt64 = 0x3149_4E47_4E45_4243  // "CBENGIN1"
     public static let sessionMagic: UInt64 = 0x3153_5345_5353_4243  // "CBSESS1" + "1"
-    public static let version: UInt32 = 2
+    public static let doorbellsMagic: UInt64 = 0x3142_524F_4F44_4243  // "CBDOORB1"
+    public static let version: UInt32 = 3
     public static let headerSize = 64
     public static let shardBlockSize = 2048
     public static let countersOffset = 64
@@ -75,6 +80,7 @@ public enum InstanceLayout {
     public static func defaultDirectory(_ instance: String) -> String { "/dev/shm/crossbook-\(getuid())/\(instance)" }
 
     public static func enginePath(_ dir: String) -> String { dir + "/engine" }
+    public static func doorbellsPath(_ dir: String) -> String { dir + "/doorbells" }
     public static func symbolsPath(_ dir: String) -> String { dir + "/symbols" }
     public static func eventRingPath(_ dir: String, shard: Int) -> String { dir + "/events.\(shard)" }
     public static func sessionPath(_ dir: String, _ client: String) -> String { dir + "/\(client).session" }
@@ -152,49 +158,6 @@ public enum ShardCounter: Int, CaseIterable, Sendable {
         case .snapshotPauseMicros: "snapshot_pause_us"
         case .snapshotFailures: "snapshot_failures"
         }
-    }
-}
-
-/// A shard's wake-up: producers ring it after publishing if the shard said it would sleep.
-@frozen
-public struct Doorbell: @unchecked Sendable {
-    @usableFromInline let wake: UnsafeMutablePointer<UInt32>
-    @usableFromInline let parked: UnsafeMutablePointer<UInt32>
-    /// Keeps the mapping alive as long as this view exists.
-    @usableFromInline let owner: AnyObject
-
-    @inlinable
-    init(_ base: UnsafeMutableRawPointer, owner: AnyObject) {
-        wake = base.assumingMemoryBound(to: UInt32.self)
-        parked = (base + 4).assumingMemoryBound(to: UInt32.self)
-        self.owner = owner
-    }
-
-    /// Producer side, after publishing: store(cursor) → fence → load(parked), against the
-    /// shard's store(parked) → fence → load(cursors) in `park`.
-    @inlinable
-    public func ring() {
-        cb_fence_seq_cst()
-        if cb_load_acquire_u32(parked) != 0 {
-            _ = cb_fetch_add_u32(wake, 1)
-            _ = cb_futex_wake(wake, 1)
-        }
-    }
-
-    /// Shard side: sleeps unless `stillIdle` (run after announcing the park) finds work.
-    @inlinable
-    public func park(timeoutNanoseconds: Int64, stillIdle: () -> Bool) {
-        let sequence = cb_load_acquire_u32(wake)
-        cb_store_seq_cst_u32(parked, 1)
-        cb_fence_seq_cst()
-        if stillIdle() { _ = cb_futex_wait(wake, sequence, timeoutNanoseconds) }
-        cb_store_release_u32(parked, 0)
-    }
-
-    /// Wakes the shard whatever it is doing (stop, new session).
-    public func wakeNow() {
-        _ = cb_fetch_add_u32(wake, 1)
-        _ = cb_futex_wake(wake, 1)
     }
 }
 
@@ -358,7 +321,10 @@ public final class EngineFile: @unchecked Sendable {
     public let shardCount: Int
 
     /// Creates it (the instance must not be running). A leftover of a dead engine is reported
-    /// as `stale`; a running engine as `inUse`.
+    /// as `stale`; a running engine as `inUse`. `mode` says who may read it; nobody may write it
+    /// (0400, or 0440 for a group): the engine writes through the descriptor that created it,
+    /// so no other process of another user can change what clients are told, or shrink it
+    /// under the engine.
     public static func create(directory: String, shards: Int, symbols: [(name: String, id: UInt32, shard: Int)] = [],
                               mode: mode_t) throws(SharedMemoryError) -> EngineFile {
         let path = InstanceLayout.enginePath(directory)
@@ -371,7 +337,7 @@ public final class EngineFile: @unchecked Sendable {
         let file: MappedFile
         do {
             file = try MappedFile.create(path: path, size: InstanceLayout.engineFileSize(shards: shards, symbols: symbols.count),
-                                         mode: mode)
+                                         mode: mode & 0o444)
         } catch .system(_, _, let e) where e == EEXIST {
             let pid = Self.peekPid(path)
             throw processIsAlive(pid) ? .inUse(path: path, creatorPid: pid) : .stale(path: path, creatorPid: pid)
@@ -394,10 +360,11 @@ public final class EngineFile: @unchecked Sendable {
         return EngineFile(file: file, shards: shards, symbols: symbols.count)
     }
 
-    /// Attaches to a running (or dead) engine's control file, checking its header.
+    /// Attaches to a running (or dead) engine's control file, checking its header. The mapping
+    /// is read-only: a client reads the engine's state, never writes it.
     public static func attach(directory: String) throws(SharedMemoryError) -> EngineFile {
         let path = InstanceLayout.enginePath(directory)
-        let file = try MappedFile.open(path: path, minimumSize: InstanceLayout.headerSize)
+        let file = try MappedFile.open(path: path, minimumSize: InstanceLayout.headerSize, writable: false)
         let base = file.base
         let magic = UInt64(littleEndian: cb_load_acquire_u64(base.assumingMemoryBound(to: UInt64.self)))
         guard magic == InstanceLayout.engineMagic else { throw .badHeader(path: path, "not an engine control file") }
@@ -526,7 +493,6 @@ public final class EngineFile: @unchecked Sendable {
         file.base + InstanceLayout.headerSize + s * InstanceLayout.shardBlockSize
     }
 
-    public func doorbell(_ shard: Int) -> Doorbell { Doorbell(shardBlock(shard), owner: file) }
     public func counters(_ shard: Int) -> ShardCounters { ShardCounters(shardBlock(shard), owner: file) }
 }
 

@@ -67,11 +67,13 @@ public final class MappedFile {
     }
 
     /// The file was shrunk under this mapping and a page past its end was touched: the mapping
-    /// now reads zeros (its SIGBUS was caught). Only for mappings made by `open`.
+    /// now reads zeros (its SIGBUS was caught). Only for guarded mappings.
     public var faulted: Bool { cb_guard_faulted(guardSlot) != 0 }
 
     /// Creates the file (it must not exist) with exactly `mode`, sized and zero-filled.
-    public static func create(path: String, size: Int, mode: mode_t) throws(SharedMemoryError) -> MappedFile {
+    /// `guarded`: the mode lets another process write, and so shrink, the file: guard the
+    /// mapping against SIGBUS as `open` does.
+    public static func create(path: String, size: Int, mode: mode_t, guarded: Bool = false) throws(SharedMemoryError) -> MappedFile {
         let fd = retryingEINTR { Glibc.open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, mode) }
         guard fd >= 0 else { throw .system(call: "open", path: path, errno: errno) }
         defer { close(fd) }
@@ -93,12 +95,13 @@ public final class MappedFile {
             unlink(path)
             throw .system(call: "fallocate", path: path, errno: reserved)
         }
-        return try map(fd: fd, path: path, size: size, unlinkOnFailure: true, guarded: false)
+        return try map(fd: fd, path: path, size: size, unlinkOnFailure: true, guarded: guarded, writable: true)
     }
 
     /// Opens an existing file and maps all of it. `minimumSize` guards the caller's header read.
-    public static func open(path: String, minimumSize: Int) throws(SharedMemoryError) -> MappedFile {
-        let fd = retryingEINTR { Glibc.open(path, O_RDWR | O_CLOEXEC) }
+    /// `writable: false` maps it read-only: a store through `base` then faults in this process.
+    public static func open(path: String, minimumSize: Int, writable: Bool = true) throws(SharedMemoryError) -> MappedFile {
+        let fd = retryingEINTR { Glibc.open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC) }
         guard fd >= 0 else { throw .system(call: "open", path: path, errno: errno) }
         defer { close(fd) }
         var info = stat()
@@ -107,13 +110,14 @@ public final class MappedFile {
             throw .badHeader(path: path, "the file has \(info.st_size) bytes, fewer than a header")
         }
         // Another process made this file and can shrink it: guard the mapping against SIGBUS.
-        return try map(fd: fd, path: path, size: Int(info.st_size), unlinkOnFailure: false, guarded: true)
+        return try map(fd: fd, path: path, size: Int(info.st_size), unlinkOnFailure: false, guarded: true,
+                       writable: writable)
     }
 
     private static func map(fd: Int32, path: String, size: Int, unlinkOnFailure: Bool,
-                            guarded: Bool) throws(SharedMemoryError) -> MappedFile {
+                            guarded: Bool, writable: Bool) throws(SharedMemoryError) -> MappedFile {
         // MAP_POPULATE: every page is faulted in now, not on a shard's hot path later.
-        let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0)
+        let p = mmap(nil, size, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED | MAP_POPULATE, fd, 0)
         guard let p, p != MAP_FAILED else {
             let e = errno
             if unlinkOnFailure { unlink(path) }

@@ -172,11 +172,13 @@ struct EngineTests {
         let engine = try startEngine(dir)
         let client = try CrossbookClient(instance: "t", directory: dir)
         var info = stat()
-        for path in [InstanceLayout.enginePath(dir), InstanceLayout.symbolsPath(dir),
+        for path in [InstanceLayout.doorbellsPath(dir), InstanceLayout.symbolsPath(dir),
                      InstanceLayout.commandRingPath(dir, client.name, shard: 0)] {
             #expect(stat(path, &info) == 0)
             #expect(info.st_mode & 0o777 == 0o600, "\(path)")
         }
+        // The control file: nobody writes it but the engine, through the descriptor it made it with.
+        #expect(stat(InstanceLayout.enginePath(dir), &info) == 0 && info.st_mode & 0o777 == 0o400)
         #expect(stat(dir, &info) == 0 && info.st_mode & 0o777 == 0o700)
         engine.stop()
         #expect(access(dir, F_OK) != 0, "the instance directory is gone")
@@ -354,6 +356,24 @@ struct DetachedClientTests {
     }
 }
 
+/// Whether a page is mapped writable in this process (/proc/self/maps).
+enum EngineFileProbe {
+    static func writable(_ address: UnsafeMutableRawPointer) -> Bool {
+        // Line by line: /proc files have no size for a whole-file read to go by.
+        guard let maps = fopen("/proc/self/maps", "r") else { return true }
+        defer { fclose(maps) }
+        let a = UInt(bitPattern: address)
+        var line = [CChar](repeating: 0, count: 4096)
+        while fgets(&line, Int32(line.count), maps) != nil {
+            let f = String(cString: line).split(separator: " ")
+            let range = f[0].split(separator: "-")
+            guard f.count > 1, range.count == 2, let lo = UInt(range[0], radix: 16), let hi = UInt(range[1], radix: 16) else { continue }
+            if a >= lo && a < hi { return f[1].hasPrefix("rw") }
+        }
+        return true
+    }
+}
+
 @Suite("Engine: the control file is output only")
 struct ControlFileTests {
     @Test("counters another process writes into the control file do not reach the engine's own bookkeeping")
@@ -363,13 +383,27 @@ struct ControlFileTests {
         let log = LogLines()
         let engine = Engine(settings: settings, log: { log.append($0) })
         _ = try engine.start()
-        // A hostile client of the same user writes the counters the control thread logs from.
+        // A client maps the control file read-only.
         let control = try EngineFile.attach(directory: dir)
-        control.counters(0).set(.lagDetaches, UInt64.max)
-        control.counters(0).set(.eventDetaches, 12345)
-        control.counters(0).set(.ringFaults, 1)
+        #expect(!EngineFileProbe.writable(control.file.base))
+        // Only a process that may open the file for writing can write it: root, or the engine's
+        // user after a chmod. Such a process writes the counters the control thread logs from.
+        let path = InstanceLayout.enginePath(dir)
+        let canWrite = open(path, O_RDWR | O_CLOEXEC)
+        if canWrite >= 0 { close(canWrite) }
+        guard geteuid() == 0 || canWrite >= 0 else {
+            #expect(canWrite < 0 && errno == EACCES, "0400: not even the engine's user opens it for writing")
+            engine.stop()
+            return
+        }
+        let writable = try MappedFile.open(path: path, minimumSize: InstanceLayout.headerSize)
+        let counters = (writable.base + InstanceLayout.headerSize + InstanceLayout.countersOffset)
+            .assumingMemoryBound(to: UInt64.self)
+        counters[ShardCounter.lagDetaches.rawValue] = UInt64.max
+        counters[ShardCounter.eventDetaches.rawValue] = 12345
+        counters[ShardCounter.ringFaults.rawValue] = 1
         usleep(1_500_000)  // the control thread looks once a second
-        control.counters(0).set(.lagDetaches, 0)  // lower than before: a subtraction would trap
+        counters[ShardCounter.lagDetaches.rawValue] = 0  // lower than before: a subtraction would trap
         usleep(1_500_000)
         #expect(!log.contains("lagged past"), "\(log.all)")
         #expect(!log.contains("impossible cursor"), "\(log.all)")
@@ -385,8 +419,85 @@ struct ControlFileTests {
     }
 }
 
+@Suite("Engine: the doorbells file, the one file every client writes")
+struct DoorbellFileTests {
+    @Test("a client that shrinks the doorbells file under the engine: no SIGBUS, the attached client is still served, the engine stops cleanly")
+    func shrunkDoorbells() throws {
+        let dir = testDirectory()
+        let settings = oneShardSettings("bells", dir, orders: 1 << 12, levels: 1 << 8)
+        let engine = Engine(settings: settings, log: { _ in })
+        _ = try engine.start()
+        let client = try CrossbookClient(instance: "bells", directory: dir)
+        let btc = try client.symbol("BTC-USD")
+        #expect(truncate(InstanceLayout.doorbellsPath(dir), 0) == 0)
+        usleep(300_000)  // the shard parks (and touches its doorbell) while idle
+        for i in 1...3 {
+            #expect(client.submit(.new(NewOrder(orderId: OrderId(i), side: .buy, price: 100, quantity: 1)), symbol: btc))
+            var acked = false
+            _ = try client.waitForReports(timeout: 2) { if $0.kind == .accepted { acked = true } }
+            #expect(acked, "order \(i) acknowledged after the shrink")
+        }
+        // A new client is told what is wrong, not crashed.
+        #expect { _ = try CrossbookClient(instance: "bells", directory: dir, timeout: 1) } throws: {
+            "\($0)".contains("doorbells")
+        }
+        client.close()
+        engine.stop()
+    }
+}
+
 @Suite("Engine: many sessions", .serialized)
 struct ManySessionsTests {
+    @Test("session ids run out within one run: ids with no attached session and no resting order are handed out again; an id whose orders rest is not; truly full is refused clearly")
+    func sessionIdsReused() throws {
+        let dir = testDirectory()
+        var settings = oneShardSettings("ids", dir, orders: 1 << 12, levels: 1 << 8)
+        settings.sessionIdLimit = 5
+        let log = LogLines()
+        let engine = Engine(settings: settings, log: { log.append($0) })
+        _ = try engine.start()
+        defer { engine.stop() }
+        func accepted(_ client: CrossbookClient, _ order: NewOrder) throws -> Bool {
+            let btc = try client.symbol("BTC-USD")
+            guard client.submit(.new(order), symbol: btc) else { return false }
+            var acked = false
+            _ = try client.waitForReports(timeout: 2) { if $0.kind == .accepted { acked = true } }
+            return acked
+        }
+        // Session 1 leaves a resting bid and goes; 2...5 come and go with nothing resting.
+        let resting = try CrossbookClient(instance: "ids", directory: dir)
+        #expect(resting.sessionId == 1)
+        #expect(try accepted(resting, NewOrder(orderId: 7, side: .buy, price: 100, quantity: 1)))
+        resting.close()
+        for expected in UInt32(2)...5 {
+            let c = try CrossbookClient(instance: "ids", directory: dir)
+            #expect(c.sessionId == expected)
+            c.close()
+        }
+        usleep(1_500_000)  // the engine notices closed clients within a second
+        // Ids 2...5 come back, lowest first; 1 does not while its order rests.
+        var held: [CrossbookClient] = []
+        for expected in UInt32(2)...5 {
+            let c = try CrossbookClient(instance: "ids", directory: dir)
+            #expect(c.sessionId == expected, "reclaimed id")
+            held.append(c)
+        }
+        #expect(log.contains("4 reclaimed"), "\(log.all)")
+        // Every id is attached or owns a resting order: refused, with the reason in the log.
+        #expect { _ = try CrossbookClient(instance: "ids", directory: dir, timeout: 2) } throws: { "\($0)".contains("refused") }
+        #expect(log.contains("no session id free"), "\(log.all)")
+        // Session 2 takes session 1's resting bid; 1 then owns nothing and comes back.
+        #expect(try accepted(held[0], NewOrder(orderId: 1, side: .sell, price: 100, quantity: 1)))
+        held[1].close()
+        usleep(1_500_000)
+        let next = try CrossbookClient(instance: "ids", directory: dir)
+        #expect(next.sessionId == 1, "the id whose order is gone")
+        // The new owner of id 1 is served, and its order ids do not collide with the old ones.
+        #expect(try accepted(next, NewOrder(orderId: 7, side: .buy, price: 90, quantity: 1)))
+        next.close()
+        for c in held { c.close() }
+    }
+
     @Test("sessions come and go past 1,024 in one engine's life: each new client is served (slots of closed ones are reused)")
     func pastTheSlotCount() throws {
         let dir = testDirectory()

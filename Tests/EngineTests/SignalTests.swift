@@ -222,8 +222,20 @@ struct InstanceDirectoryTests {
         defer { engine.stop() }
         var info = stat()
         #expect(stat(dir, &info) == 0 && info.st_gid == group && info.st_mode & 0o7777 == 0o2770)
-        for file in [InstanceLayout.enginePath(dir), InstanceLayout.symbolsPath(dir), InstanceLayout.eventRingPath(dir, shard: 0)] {
+        for file in [InstanceLayout.doorbellsPath(dir), InstanceLayout.symbolsPath(dir), InstanceLayout.eventRingPath(dir, shard: 0)] {
             #expect(stat(file, &info) == 0 && info.st_gid == group && info.st_mode & 0o777 == 0o660, "\(file)")
+        }
+        #expect(stat(InstanceLayout.enginePath(dir), &info) == 0 && info.st_gid == group && info.st_mode & 0o777 == 0o440)
+        // A member reads the control file but cannot write it (nor shrink it under the engine).
+        for (flags, allowed) in [("os.O_RDONLY", true), ("os.O_RDWR", false)] {
+            let probe = Process()
+            probe.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+            probe.arguments = ["--reuid=12346", "--regid=\(group)", "--clear-groups", "/usr/bin/python3", "-c",
+                               "import os, sys; os.open(sys.argv[1], \(flags))", InstanceLayout.enginePath(dir)]
+            probe.standardError = Pipe()
+            try probe.run()
+            probe.waitUntilExit()
+            #expect((probe.terminationStatus == 0) == allowed, "a member opening the control file with \(flags)")
         }
         let member = Process()
         member.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
