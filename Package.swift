@@ -41,12 +41,10 @@ let package = Package(
         .target(name: "SharedMemory", dependencies: ["CShims"]),
         // Journal segments, io_uring group commit, recovery scan (the clock from SharedMemory).
         .target(name: "Journal", dependencies: ["CShims", "SharedMemory"]),
-        // Shards, sequencing, sessions, the plugin host. Exclusivity is checked at compile time
-        // only: a shard's state lives in locals captured by its nested functions, and dynamic
-        // checks on them (swift_beginAccess: 31 calls in a shard's pass, 15-20% of a journal
-        // replay in perf) cost more than the matching around them.
-        .target(name: "Engine", dependencies: ["OrderBook", "Wire", "SharedMemory", "Journal", "CShims", "CrossbookClient"],
-                swiftSettings: [.unsafeFlags(["-enforce-exclusivity=unchecked"])]),
+        // Shards, sequencing, sessions, the plugin host. A shard's state is a value on its own
+        // thread (Sources/Engine/Shard/ShardState.swift): exclusivity is checked at compile time,
+        // with no unsafe flags.
+        .target(name: "Engine", dependencies: ["OrderBook", "Wire", "SharedMemory", "Journal", "CShims", "CrossbookClient"]),
         // For other processes: attach to an engine, submit, read reports.
         .target(name: "CrossbookClient", dependencies: ["OrderBook", "Wire", "SharedMemory", "CShims"]),
         // The seeded benchmark workloads of bench/README.md, shared by tests and benchmarks.

@@ -118,16 +118,37 @@ public struct JournalConfig: Sendable {
 /// done again and worked: a batch is written again whole (after a failed writeback Linux may
 /// have dropped its pages), a segment is created again. Meanwhile nothing becomes durable, so
 /// nothing more is acknowledged, and the shard takes no command.
+///
+/// One thread owns a writer (a shard's) and reads, per command and per pass, how far it is
+/// durable and whether it fails. Those words live in memory of their own (`progress`), not in
+/// class properties: a read of a class property pays a dynamic exclusivity check (a call to
+/// swift_beginAccess) on the shard's order path; a read through a pointer does not.
 public final class JournalWriter {
+    /// What the owning thread reads on its order path.
+    public struct Progress {
+        public var durable: UInt64 = 0
+        /// `failure != nil`.
+        public var failing = false
+        public var failureCount: UInt64 = 0
+        public var durableBatches: UInt64 = 0
+        public var durableBytes: UInt64 = 0
+    }
+    private let progress: UnsafeMutablePointer<Progress>
+
     public let config: JournalConfig
-    public private(set) var durable: UInt64
+    /// The highest sequence on disk.
+    public var durable: UInt64 { progress.pointee.durable }
     /// Set when the disk refuses: nothing more becomes durable until `retry` has made it work.
-    public private(set) var failure: JournalError?
+    public private(set) var failure: JournalError? {
+        didSet { progress.pointee.failing = failure != nil }
+    }
+    /// `failure != nil`, without the cost of reading `failure`.
+    @inline(__always) public var failing: Bool { progress.pointee.failing }
     /// Every failed attempt (write, fdatasync, segment creation, directory sync), for the counters.
-    public private(set) var failureCount: UInt64 = 0
+    public var failureCount: UInt64 { progress.pointee.failureCount }
     /// Batches made durable, and their bytes (for the mean batch size).
-    public private(set) var durableBatches: UInt64 = 0
-    public private(set) var durableBytes: UInt64 = 0
+    public var durableBatches: UInt64 { progress.pointee.durableBatches }
+    public var durableBytes: UInt64 { progress.pointee.durableBytes }
     /// Where to count each group commit's latency (write + fdatasync, submission to completion):
     /// a histogram of CB_HISTOGRAM_WORDS words, or nil.
     public var syncHistogram: UnsafeMutablePointer<UInt64>?
@@ -168,7 +189,8 @@ public final class JournalWriter {
     /// last segment where a recovery scan says (`JournalScan.resume`), else in a new segment.
     public init(config: JournalConfig, lastSequence: UInt64, resume: JournalResume? = nil) throws(JournalError) {
         self.config = config
-        durable = lastSequence
+        progress = .allocate(capacity: 1)
+        progress.initialize(to: Progress(durable: lastSequence))
         nextSequence = lastSequence + 1
         journalId = resume?.journalId ?? UInt64.random(in: 1...UInt64.max)
         chain = resume?.chain ?? 0
@@ -194,6 +216,7 @@ public final class JournalWriter {
     }
 
     deinit {
+        progress.deallocate()
         cb_uring_destroy(ring)
         if fd >= 0 { close(fd) }
         for b in buffers { b.deallocate() }
@@ -292,7 +315,7 @@ public final class JournalWriter {
 
     private func fail(_ error: JournalError) {
         failure = error
-        failureCount += 1
+        progress.pointee.failureCount += 1
     }
 
     private func submit() {
@@ -356,9 +379,9 @@ public final class JournalWriter {
         if isSync { inFlight?.synced = true } else { inFlight?.wrote = true }
         if let done = inFlight, done.wrote && done.synced {
             if let batchHistogram { cb_histogram_record_count(batchHistogram, done.last &- durable) }
-            durable = done.last
-            durableBatches += 1
-            durableBytes += UInt64(done.length)
+            progress.pointee.durable = done.last
+            progress.pointee.durableBatches += 1
+            progress.pointee.durableBytes += UInt64(done.length)
             if let syncHistogram { cb_histogram_record(syncHistogram, monotonicNanoseconds() &- submittedAt) }
             // The buffer is free again: zero it so the next batch's padding is clean.
             buffers[done.buffer].initializeMemory(as: UInt8.self, repeating: 0, count: done.length)

@@ -1,0 +1,101 @@
+// How the control thread talks to a shard: a bounded single-producer single-consumer queue of
+// messages, and the semaphores it waits on for an answer.
+
+import CShims
+import Glibc
+import SharedMemory
+
+/// What the control thread tells a shard, through its mailbox.
+enum ShardMessage {
+    case attach(session: UInt32, commands: RingConsumer, reports: RingProducer)
+    case detach(session: UInt32)
+    /// Which sessions own resting orders now (for reusing session ids).
+    case restingOwners(RestingOwnersQuery)
+}
+
+/// The control thread's question to a shard and its answer.
+final class RestingOwnersQuery: @unchecked Sendable {
+    private let lock = Lock()
+    private var answer = Set<UInt32>()
+    let done = Semaphore()
+    func reply(_ owners: Set<UInt32>) {
+        lock.locked { answer = owners }
+        done.signal()
+    }
+    var owners: Set<UInt32> { lock.locked { answer } }
+}
+
+/// A bounded single-producer single-consumer queue between two threads of this process.
+final class Mailbox<T>: @unchecked Sendable {
+    private let slots: UnsafeMutablePointer<T?>
+    private let capacity: UInt64
+    private let head: UnsafeMutablePointer<UInt64>  // written by the producer
+    private let tail: UnsafeMutablePointer<UInt64>  // written by the consumer
+
+    init(capacity: Int) {
+        self.capacity = UInt64(capacity)
+        slots = .allocate(capacity: capacity)
+        slots.initialize(repeating: nil, count: capacity)
+        head = .allocate(capacity: 1)
+        head.initialize(to: 0)
+        tail = .allocate(capacity: 1)
+        tail.initialize(to: 0)
+    }
+
+    deinit {
+        slots.deinitialize(count: Int(capacity))
+        slots.deallocate()
+        head.deallocate()
+        tail.deallocate()
+    }
+
+    func push(_ value: T) -> Bool {
+        let h = head.pointee
+        // Acquire: the consumer has finished with the slot it released.
+        guard h &- cb_load_acquire_u64(tail) < capacity else { return false }
+        slots[Int(h % capacity)] = value
+        // Release: the value is written before the consumer can see the new head.
+        cb_store_release_u64(head, h &+ 1)
+        return true
+    }
+
+    func pop() -> T? {
+        let t = tail.pointee
+        // Acquire pairs with push's release.
+        guard t != cb_load_acquire_u64(head) else { return nil }
+        let value = slots[Int(t % capacity)]
+        slots[Int(t % capacity)] = nil
+        cb_store_release_u64(tail, t &+ 1)
+        return value
+    }
+
+    var isEmpty: Bool { cb_load_acquire_u64(head) == tail.pointee }
+}
+
+/// A counting semaphore for start-up handshakes between threads (not on any hot path).
+final class Semaphore: @unchecked Sendable {
+    private var value = sem_t()
+
+    init() { sem_init(&value, 0, 0) }
+    deinit { sem_destroy(&value) }
+
+    func signal() { sem_post(&value) }
+
+    func wait() {
+        while sem_wait(&value) != 0 && errno == EINTR {}
+    }
+
+    /// False when `seconds` passed first.
+    func wait(seconds: Double) -> Bool {
+        var deadline = timespec()
+        clock_gettime(CLOCK_REALTIME, &deadline)
+        let nanos = Int(deadline.tv_nsec) + Int(seconds * 1e9)
+        deadline.tv_sec += nanos / 1_000_000_000
+        deadline.tv_nsec = nanos % 1_000_000_000
+        while true {
+            if sem_timedwait(&value, &deadline) == 0 { return true }
+            if errno != EINTR { return false }
+        }
+    }
+}
+

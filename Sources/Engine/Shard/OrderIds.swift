@@ -1,0 +1,16 @@
+// The engine's order ids: the session in the top 16 bits, the client's id below. A client can
+// name only its own orders, and a report finds its owner with a shift.
+
+import OrderBook
+
+@inline(__always)
+func engineOrderId(_ session: UInt32, _ clientId: OrderId) -> OrderId { OrderId(session) << 48 | clientId }
+
+@inline(__always)
+func owner(_ engineId: OrderId) -> Int { Int(engineId >> 48) }
+
+@inline(__always)
+func clientOrderId(_ engineId: OrderId) -> OrderId { engineId & (1 << 48 - 1) }
+
+/// The largest order id a client may use (48 bits).
+public let maxClientOrderId: OrderId = 1 << 48 - 1

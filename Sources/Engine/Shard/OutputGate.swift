@@ -1,0 +1,257 @@
+// A shard's output: execution reports to the owners of orders, market data to the shard's
+// event ring, and the gate that holds both until the command they come from is durable (sync
+// mode). It knows nothing of sequencing or of the journal's writing: each event comes with the
+// context of its command, and the gate is told how far the journal is durable (`release`). The
+// one thing it asks of the journal is to wait for the disk when its staging area is full.
+
+import CShims
+import Journal
+import OrderBook
+import SharedMemory
+import Wire
+
+/// A report or market event waiting for its command to be durable (sync mode).
+struct Outgoing {
+    var sequence: UInt64
+    /// A session's index in the session table, or -1 for the event ring.
+    var target: Int
+    /// The session the report is for: a slot of the session table is reused once its session is
+    /// gone, and a report staged for the old one must not reach the new one.
+    var session: UInt32 = 0
+    var record: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64)
+}
+
+/// What every event of one command is sent with: its sequence, its session, the engine time of
+/// its batch, its symbol and the client's time.
+struct EventContext {
+    let command: CommandContext
+    var symbolId: UInt32 = 0
+    var clientTime: UInt64 = 0
+    /// The counters of the command's symbol (SymbolCounters words), or a scratch block for a
+    /// command with no symbol.
+    var symbolWords: UnsafeMutablePointer<UInt64>
+}
+
+/// The book's events of one command, with that command's context, into the output gate.
+struct CommandSink: BookEventSink {
+    let output: UnsafeMutablePointer<OutputGate>
+    let context: EventContext
+
+    @inline(__always)
+    mutating func on(_ event: BookEvent) { output.pointee.on(event, context) }
+}
+
+/// Reports, market data, and the durability gate of one shard.
+struct OutputGate {
+    let sessions: SessionSlots
+    let counters: ShardCounters
+    let lagTimeoutNanoseconds: UInt64
+    /// The shard's event ring (market data), one producer: this shard.
+    let events: UnsafeMutablePointer<EventProducer>
+    /// The shard's stop flag: every wait on a client or consumer gives up when it is set.
+    let stopFlag: UnsafeMutablePointer<UInt32>
+    /// The shard's own count of the events the control thread logs (ShardTally), in private
+    /// memory: the counters region is output only.
+    let tally: UnsafeMutablePointer<UInt64>
+    /// Market events written since the consumers were last woken.
+    var published = 0
+    /// Replaying the journal at start: the books change, nothing is sent, nothing counted.
+    var replaying = false
+    /// Sync mode: everything waits in `staging` until the journal's durable watermark covers it.
+    var hold = false
+    let staging: UnsafeMutablePointer<Outgoing>
+    let stagingCapacity: Int
+    var stagedHead = 0
+    var stagedTail = 0
+    /// Sync mode: the journal to wait on when `staging` is full.
+    var disk: JournalWriter?
+
+    init(sessions: SessionSlots, counters: ShardCounters, lagTimeoutNanoseconds: UInt64, eventRing: EventRing,
+         stopFlag: UnsafeMutablePointer<UInt32>, tally: UnsafeMutablePointer<UInt64>, stagingCapacity: Int = 1 << 16) {
+        self.sessions = sessions
+        self.counters = counters
+        self.lagTimeoutNanoseconds = lagTimeoutNanoseconds
+        events = .allocate(capacity: 1)
+        events.initialize(to: eventRing.producer())
+        self.stopFlag = stopFlag
+        self.tally = tally
+        self.stagingCapacity = stagingCapacity
+        staging = .allocate(capacity: stagingCapacity)
+    }
+
+    /// Frees what `init` allocated (the owner calls it once, when the shard ends).
+    func deallocate() {
+        events.deinitialize(count: 1)
+        events.deallocate()
+        staging.deallocate()
+    }
+
+    var hasStaged: Bool { stagedHead != stagedTail }
+
+    mutating func on(_ event: BookEvent, _ c: EventContext) {
+        let sequence = c.command.sequence, engineTime = c.command.engineTime, symbolId = c.symbolId
+        switch event {
+        case .accepted(let id, let side, let price, let quantity):
+            send(owner(id), sequence, .init(kind: .accepted, side: side, symbolId: symbolId, engineSequence: sequence,
+                                            orderId: clientOrderId(id), price: price, quantity: quantity, open: quantity,
+                                            engineTime: engineTime, clientTime: c.clientTime))
+        case .rejected(let id, let reason):
+            if !replaying {
+                counters.add(.rejects)
+                counters.addReject(reason.rawValue)
+                c.symbolWords[SymbolCounters.rejects] &+= 1
+            }
+            send(Int(c.command.session), sequence,
+                 .init(kind: .rejected, code: reason.rawValue, symbolId: symbolId, engineSequence: sequence,
+                       orderId: clientOrderId(id), engineTime: engineTime, clientTime: c.clientTime))
+        case .trade(let maker, let taker, let takerSide, let price, let quantity, let makerOpen, let takerOpen):
+            if !replaying {
+                counters.add(.trades)
+                c.symbolWords[SymbolCounters.trades] &+= 1
+                c.symbolWords[SymbolCounters.tradedQuantity] &+= UInt64(truncatingIfNeeded: quantity)
+            }
+            publish(sequence, .init(kind: .trade, side: takerSide, symbolId: symbolId, engineSequence: sequence, price: price,
+                                    quantity: quantity, engineTime: engineTime))
+            send(owner(maker), sequence, .init(kind: .trade, side: takerSide.opposite, code: 1, symbolId: symbolId,
+                                               engineSequence: sequence, orderId: clientOrderId(maker), price: price,
+                                               quantity: quantity, open: makerOpen, engineTime: engineTime))
+            send(owner(taker), sequence, .init(kind: .trade, side: takerSide, code: 0, symbolId: symbolId,
+                                               engineSequence: sequence, orderId: clientOrderId(taker), price: price,
+                                               quantity: quantity, open: takerOpen, engineTime: engineTime))
+        case .cancelled(let id, let quantity, let open, let reason):
+            send(owner(id), sequence, .init(kind: .cancelled, code: reason.rawValue, symbolId: symbolId, engineSequence: sequence,
+                                            orderId: clientOrderId(id), quantity: quantity, open: open,
+                                            engineTime: engineTime, clientTime: reason == .user ? c.clientTime : 0))
+        case .replaced(let id, let price, let quantity, let kept):
+            send(owner(id), sequence, .init(kind: .replaced, code: kept ? 1 : 0, symbolId: symbolId, engineSequence: sequence,
+                                            orderId: clientOrderId(id), price: price, quantity: quantity, open: quantity,
+                                            engineTime: engineTime, clientTime: c.clientTime))
+        case .level(let side, let price, let quantity, let orders):
+            publish(sequence, .init(kind: .level, side: side, symbolId: symbolId, engineSequence: sequence, price: price,
+                                    quantity: quantity, orders: Int64(orders), engineTime: engineTime))
+        }
+    }
+
+    /// Writes a market data event, or stages it (sync mode).
+    mutating func publish(_ sequence: UInt64, _ event: MarketEventRecord.Event) {
+        if replaying { return }
+        if hold {
+            var out = Outgoing(sequence: sequence, target: -1, record: (0, 0, 0, 0, 0, 0, 0, 0))
+            withUnsafeMutableBytes(of: &out.record) { MarketEventRecord.encode(event, to: $0.baseAddress!) }
+            stage(out)
+            return
+        }
+        MarketEventRecord.encode(event, to: eventSlot())
+        events.pointee.publish()
+        published += 1
+    }
+
+    /// Claims a slot in the event ring: a full ring waits for the slowest consumer; past the lag
+    /// timeout, consumers that may be detached (or are gone) are detached; on stop, all of them.
+    func eventSlot() -> UnsafeMutableRawPointer {
+        if !events.pointee.claim() {
+            counters.add(.eventWaits)
+            var start = monotonicNanoseconds()
+            while !events.pointee.claim() {
+                cb_cpu_relax()
+                if cb_load_acquire_u32(stopFlag) != 0 {
+                    // Stopping: a consumer that holds the shard back is not waited for any more.
+                    let n = UInt64(events.pointee.detachLaggards(force: true))
+                    counters.add(.eventDetaches, n)
+                    _ = cb_fetch_add_u64_relaxed(tally + ShardTally.eventDetaches, n)
+                    continue
+                }
+                if monotonicNanoseconds() &- start > lagTimeoutNanoseconds {
+                    let n = events.pointee.detachLaggards()
+                    counters.add(.eventDetaches, UInt64(n))
+                    _ = cb_fetch_add_u64_relaxed(tally + ShardTally.eventDetaches, UInt64(n))
+                    start = monotonicNanoseconds()
+                }
+            }
+        }
+        return events.pointee.slot()
+    }
+
+    /// Writes a report to a session, or stages it (sync mode). Reports to a session that is gone
+    /// are dropped.
+    mutating func send(_ sessionId: Int, _ sequence: UInt64, _ report: ReportRecord.Report) {
+        if replaying { return }
+        let index = Int(sessions.index[sessionId])
+        guard index >= 0, sessions.inbound[index].active else { return }
+        if hold {
+            var out = Outgoing(sequence: sequence, target: index, session: sessions.inbound[index].session,
+                               record: (0, 0, 0, 0, 0, 0, 0, 0))
+            withUnsafeMutableBytes(of: &out.record) { ReportRecord.encode(report, to: $0.baseAddress!) }
+            stage(out)
+            return
+        }
+        guard let slot = reportSlot(index) else { return }
+        ReportRecord.encode(report, to: slot)
+        sessions.inbound[index].reports.publish(1)
+    }
+
+    /// Queues an outgoing record until its command is durable. Full: wait for the disk (the batch
+    /// holding the oldest staged command is in flight or submitted by poll).
+    mutating func stage(_ out: Outgoing) {
+        while stagedHead - stagedTail == stagingCapacity {
+            guard let disk else { break }
+            release(upTo: disk.poll())
+            if disk.failing { break }  // nothing will be durable: drop the oldest
+            if stagedHead - stagedTail == stagingCapacity { cb_cpu_relax() }
+        }
+        if stagedHead - stagedTail == stagingCapacity { stagedTail += 1 }
+        staging[stagedHead % stagingCapacity] = out
+        stagedHead += 1
+    }
+
+    /// Sends everything staged whose command is durable.
+    mutating func release(upTo durable: UInt64) {
+        while stagedTail < stagedHead {
+            let out = staging[stagedTail % stagingCapacity]
+            if out.sequence > durable { break }
+            stagedTail += 1
+            // The record was encoded when staged: copy its 64 bytes, do not decode and encode again.
+            var record = out.record
+            withUnsafeBytes(of: &record) { raw in
+                if out.target < 0 {
+                    eventSlot().copyMemory(from: raw.baseAddress!, byteCount: 64)
+                    events.pointee.publish()
+                    published += 1
+                } else if sessions.inbound[out.target].session == out.session, let slot = reportSlot(out.target) {
+                    slot.copyMemory(from: raw.baseAddress!, byteCount: 64)
+                    sessions.inbound[out.target].reports.publish(1)
+                }
+            }
+        }
+    }
+
+    /// Wakes the event ring's consumers if anything was published since the last time.
+    mutating func wakeConsumers() {
+        if published > 0 {
+            events.pointee.wakeConsumers()
+            published = 0
+        }
+    }
+
+    /// Claims a slot in a session's report ring; a full ring is back-pressure up to the lag
+    /// timeout, then the session is detached (nil).
+    func reportSlot(_ index: Int) -> UnsafeMutableRawPointer? {
+        let inbound = sessions.inbound
+        guard inbound[index].active else { return nil }
+        counters.add(.events)
+        if inbound[index].reports.claim(1) == 0 {
+            let start = monotonicNanoseconds()
+            while inbound[index].reports.claim(1) == 0 {
+                cb_cpu_relax()
+                if monotonicNanoseconds() &- start > lagTimeoutNanoseconds || cb_load_acquire_u32(stopFlag) != 0 {
+                    inbound[index].active = false
+                    inbound[index].reports.markClosed(.lagging)
+                    counters.add(.lagDetaches)
+                    _ = cb_fetch_add_u64_relaxed(tally + ShardTally.lagDetaches, 1)
+                    return nil
+                }
+            }
+        }
+        return inbound[index].reports.slot(0)
+    }
+}

@@ -1,0 +1,305 @@
+// A shard: one thread, pinned to one core, owning the books of its symbols. It polls the
+// command rings of its sessions, sequences each command, journals it, matches it, and writes
+// execution reports into the report ring of each order's owner. Nothing on its loop locks,
+// allocates or makes a syscall per command; it sleeps on its doorbell only when it has been
+// idle a while.
+//
+// This file is the thread and its loop (waiting, journal failures, snapshot timing); the state
+// the loop drives is `ShardState` (ShardState.swift), recovery is Recovery.swift, the output
+// gate OutputGate.swift, the sequencer Sequencer.swift.
+
+import CShims
+import Foundation
+import Glibc
+import Journal
+import OrderBook
+import SharedMemory
+import Wire
+
+/// When a command's reports and market data may leave the shard.
+public enum Durability: String, Sendable, CaseIterable {
+    /// Only once the command is on disk (fdatasync): nothing acknowledged is ever lost.
+    case sync
+    /// At once; the journal is written behind.
+    case async
+    /// No journal.
+    case none
+}
+
+/// The counts a shard keeps in private memory for the control thread's log lines.
+enum ShardTally {
+    static let lagDetaches = 0
+    static let eventDetaches = 1
+    static let ringFaults = 2
+    static let count = 3
+}
+
+/// A shard's thread, its settings, and what it tells the engine. Its state lives on its thread
+/// (`ShardState`, a local of `run`); the mailbox and the stop flag are the exceptions, each
+/// with its own synchronization.
+final class Shard: @unchecked Sendable {
+    let index: Int
+    let core: Int?
+    let symbols: [(spec: SymbolSpec, capacity: BookCapacity)]
+    /// Each symbol's counters in the control file (same order as `symbols`).
+    let symbolCounters: [SymbolCounters]
+    let doorbell: Doorbell
+    let counters: ShardCounters
+    let mailbox: Mailbox<ShardMessage>
+    let wait: WaitStrategy
+    let lagTimeoutNanoseconds: UInt64
+    let eventRing: EventRing
+    let durability: Durability
+    let journalConfig: JournalConfig?
+    /// Take a snapshot every this many commands (0: never), into this store.
+    let snapshotEvery: UInt64
+    let snapshots: SnapshotStore?
+    let readOnly: Bool
+    let describeBooks: Bool
+    /// After start: what recovery found (log lines), and the highest session id in the journal.
+    private(set) var recoveryLog: [String] = []
+    private(set) var maxRecoveredSession: UInt32 = 0
+    /// After start: the sessions that own resting orders (from before the restart).
+    private(set) var restingOwners = Set<UInt32>()
+    private(set) var recoveredDigest: UInt64 = 0
+    /// The state digest when the shard stopped (after draining).
+    private(set) var finalDigest: UInt64 = 0
+    /// Set by the engine to stop; the shard drains what is published, then exits.
+    private let stopFlag: UnsafeMutablePointer<UInt32>
+    private(set) var placement = ""
+    private(set) var startError: String?
+    private var thread: pthread_t?
+    let started = Semaphore()
+
+    static let maxSessions = 1024
+    /// Why the journal is failing now (nil: it works), for the control thread's log. Written
+    /// by the shard only when the failure starts, changes or ends: never on the order path.
+    private var journalProblem: String?
+    private let journalProblemLock = Lock()
+    var journalFailure: String? { journalProblemLock.locked { journalProblem } }
+    private func setJournalFailure(_ text: String?) {
+        journalProblemLock.locked { if journalProblem != text { journalProblem = text } }
+    }
+    /// Set by the engine when a stop comes during start: recovery stops between batches.
+    private let abortStart: UnsafeMutablePointer<UInt32>?
+    /// Counts the control thread logs (ShardTally), kept in private memory.
+    private let tally: UnsafeMutablePointer<UInt64>
+
+    init(index: Int, core: Int?, symbols: [(spec: SymbolSpec, capacity: BookCapacity)], symbolSlots: [Int],
+         engineFile: EngineFile, doorbells: DoorbellFile,
+         eventRing: EventRing, wait: WaitStrategy, lagTimeoutNanoseconds: UInt64,
+         durability: Durability = .none, journalConfig: JournalConfig? = nil,
+         snapshotEvery: UInt64 = 0, snapshots: SnapshotStore? = nil, readOnly: Bool = false,
+         describeBooks: Bool = false, abortStart: UnsafeMutablePointer<UInt32>? = nil) {
+        self.abortStart = abortStart
+        self.readOnly = readOnly
+        self.describeBooks = describeBooks
+        self.eventRing = eventRing
+        self.snapshotEvery = durability == .none ? 0 : snapshotEvery
+        self.snapshots = durability == .none ? nil : snapshots
+        self.durability = durability
+        self.journalConfig = durability == .none ? nil : journalConfig
+        self.index = index
+        self.core = core
+        self.symbols = symbols
+        precondition(symbolSlots.count == symbols.count, "one control-file slot per symbol")
+        symbolCounters = symbolSlots.map { engineFile.symbolCounters($0) }
+        doorbell = doorbells.doorbell(index)
+        counters = engineFile.counters(index)
+        mailbox = Mailbox(capacity: 256)
+        self.wait = wait
+        self.lagTimeoutNanoseconds = lagTimeoutNanoseconds
+        stopFlag = .allocate(capacity: 1)
+        stopFlag.initialize(to: 0)
+        tally = .allocate(capacity: ShardTally.count)
+        tally.initialize(repeating: 0, count: ShardTally.count)
+    }
+
+    deinit {
+        stopFlag.deallocate()
+        tally.deallocate()
+    }
+
+    /// One of the shard's own counts (ShardTally), for the control thread.
+    func tallied(_ index: Int) -> UInt64 { cb_load_relaxed_u64(tally + index) }
+
+    func start() {
+        let box = Unmanaged.passRetained(self)
+        var tid = pthread_t()
+        let rc = pthread_create(&tid, nil, { raw in
+            let shard = Unmanaged<Shard>.fromOpaque(raw!).takeRetainedValue()
+            shard.run()
+            return nil
+        }, box.toOpaque())
+        if rc != 0 {
+            box.release()
+            startError = "shard \(index): pthread_create failed: errno \(rc)"
+            started.signal()
+        } else {
+            thread = tid
+        }
+    }
+
+    func stop() {
+        cb_store_release_u32(stopFlag, 1)
+        doorbell.wakeNow()
+    }
+
+    func join() {
+        if let thread { pthread_join(thread, nil) }
+        thread = nil
+    }
+
+    func send(_ message: ShardMessage) -> Bool {
+        guard mailbox.push(message) else { return false }
+        doorbell.wakeNow()
+        return true
+    }
+
+    private func failStart(_ why: String) {
+        startError = why
+        started.signal()
+    }
+
+    private func run() {
+        counters.threadId = cb_thread_id()
+        // Placement first: the books are allocated after, on this core's NUMA node.
+        var where_ = "shard \(index):"
+        if let core {
+            let rc = cb_pin_current_thread(Int32(core))
+            if rc != 0 { return failStart("shard \(index): cannot pin to core \(core): \(String(cString: strerror(rc)))") }
+            let node = cb_numa_node_of_cpu(Int32(core))
+            if node >= 0 { cb_numa_prefer_node(node) }
+            where_ += " core \(core), NUMA node \(node >= 0 ? String(node) : "n/a")"
+        } else {
+            where_ += " not pinned (running on cpu \(cb_current_cpu()))"
+        }
+        var state: ShardState
+        do {
+            state = try ShardState(index: index, symbols: symbols, symbolCounters: symbolCounters, maxSessions: Self.maxSessions,
+                                   counters: counters, eventRing: eventRing, lagTimeoutNanoseconds: lagTimeoutNanoseconds,
+                                   stopFlag: stopFlag, tally: tally)
+        } catch {
+            placement = where_ + ", symbols " + symbols.map(\.spec.name).joined(separator: " ")
+            return failStart(error.description)
+        }
+        placement = where_ + ", symbols " + symbols.map(\.spec.name).joined(separator: " ")
+
+        if let config = journalConfig {
+            let abort = abortStart, stop = stopFlag
+            let outcome: RecoveryOutcome
+            do {
+                outcome = try state.recover(config: config, snapshots: snapshots, readOnly: readOnly, describeBooks: describeBooks) {
+                    cb_load_acquire_u32(stop) != 0 || abort.map { cb_load_acquire_u32($0) != 0 } ?? false
+                }
+            } catch {
+                switch error {
+                case .interrupted(let at):
+                    return failStart("shard \(index): recovery stopped at sequence \(at): the engine was asked to stop")
+                case .failed(let why):
+                    return failStart(why)
+                }
+            }
+            recoveryLog = outcome.log
+            restingOwners = outcome.restingOwners
+            recoveredDigest = outcome.digest
+            maxRecoveredSession = state.maxRecoveredSession
+            if readOnly { return started.signal() }
+            let writer: JournalWriter
+            do { writer = try JournalWriter(config: config, lastSequence: state.sequencer.last, resume: outcome.resume) } catch {
+                return failStart("shard \(index): cannot open the journal: \(error)")
+            }
+            writer.syncHistogram = counters.syncLatency
+            writer.batchHistogram = counters.journalBatchCommands
+            state.feed.open(writer)
+            state.output.pointee.hold = durability == .sync
+            state.output.pointee.disk = writer
+        }
+        started.signal()
+        loop(&state)
+        finalDigest = state.digest
+    }
+
+    /// Until stop: messages, journal failures, snapshots, passes over the rings, and waiting.
+    private func loop(_ state: inout ShardState) {
+        let writer = snapshots.map { SnapshotWriter(store: $0, shard: index, counters: counters) }
+        defer { writer?.finish() }
+        var lastSnapshot = state.sequencer.last
+        var pendingSnapshot: (sequence: UInt64, body: [UInt8])?
+        var idle = 0
+        var nextJournalRetry: UInt64 = 0
+        var lastReportedFailure: JournalError?
+        while cb_load_acquire_u32(stopFlag) == 0 {
+            if !mailbox.isEmpty { state.drain(mailbox) }
+            if let journal = state.feed.journal, journal.failing {
+                // The disk refused: take no command until what failed has been done again and
+                // worked (the failure stays set while a retry is in flight); try every 100 ms.
+                counters.set(.journalFailed, 1)
+                if let failure = journal.failure, lastReportedFailure != failure {
+                    lastReportedFailure = failure
+                    setJournalFailure("\(failure)")
+                }
+                let now = monotonicNanoseconds()
+                if now >= nextJournalRetry {
+                    journal.retry()
+                    nextJournalRetry = now + 100_000_000
+                } else {
+                    journal.poll()  // completions of a retry in flight; submits nothing while failing
+                }
+                counters.set(.journalFailures, journal.failureCount)
+                if journal.failing {
+                    // Not the doorbell: clients ringing it must not turn the retries into a spin.
+                    // Short sleeps, so that a stop is seen within 10 ms.
+                    var pause = timespec(tv_sec: 0, tv_nsec: Int(min(10_000_000, nextJournalRetry &- monotonicNanoseconds())))
+                    if pause.tv_nsec > 0 { nanosleep(&pause, nil) }
+                    continue
+                }
+            } else if state.feed.journal != nil {
+                counters.set(.journalFailed, 0)
+                if lastReportedFailure != nil {
+                    lastReportedFailure = nil
+                    setJournalFailure(nil)
+                }
+            }
+            let sequence = state.sequencer.last
+            if snapshotEvery > 0 && pendingSnapshot == nil && sequence &- lastSnapshot >= snapshotEvery {
+                // The shard pauses for the copy only; the writing happens on another thread.
+                let t0 = monotonicNanoseconds()
+                pendingSnapshot = (sequence, state.snapshotBody())
+                counters.set(.snapshotPauseMicros, (monotonicNanoseconds() - t0) / 1000)
+                lastSnapshot = sequence
+            }
+            // A snapshot goes to disk only once the journal holds everything before it.
+            if let pending = pendingSnapshot, let journal = state.feed.journal, journal.durable >= pending.sequence {
+                writer?.submit(sequence: pending.sequence, body: pending.body)
+                pendingSnapshot = nil
+            }
+            if state.pass() > 0 {
+                idle = 0
+                continue
+            }
+            idle += 1
+            if state.output.pointee.hasStaged {
+                // Staged output: poll the journal's completions rather than sleep.
+                idle = min(idle, wait.spins)
+            }
+            if idle < wait.spins {
+                cb_cpu_relax()
+            } else if idle < wait.spins + wait.yields {
+                sched_yield()
+            } else if wait.park {
+                counters.add(.parks)
+                let mailbox = self.mailbox, stop = stopFlag
+                doorbell.park(timeoutNanoseconds: wait.parkTimeoutNanoseconds) { state.isIdle(mailbox: mailbox, stopFlag: stop) }
+                idle = 0
+            }
+        }
+        // Stop: take in the last sessions and handle everything already published.
+        state.drain(mailbox)
+        while state.pass() > 0 {}
+        if let journal = state.feed.journal {
+            try? journal.flush()
+            if state.output.pointee.hold { state.output.pointee.release(upTo: journal.durable) }
+        }
+    }
+}

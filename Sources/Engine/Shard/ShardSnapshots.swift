@@ -1,0 +1,51 @@
+// A shard's snapshot: what its books hold at a sequence, bound to its journal.
+//
+// Body: the binding (SnapshotBinding: magic, the journal's id, the sequence, the CRC32C of the
+// journal's record at that sequence), the highest session id (u32), the book count (u32), then
+// per book its symbol id (u32), length (u32) and OrderBook.snapshot() bytes.
+
+import Journal
+import OrderBook
+
+extension ShardState {
+    func snapshotBody() -> [UInt8] {
+        var body = SnapshotBinding(journalId: feed.journal?.journalId ?? 0, sequence: sequencer.last,
+                                   recordCRC: feed.journal?.lastRecordCRC ?? 0).bytes
+        let highest = max(maxRecoveredSession, sessions.highestSession)
+        withUnsafeBytes(of: highest.littleEndian) { body.append(contentsOf: $0) }
+        withUnsafeBytes(of: UInt32(created).littleEndian) { body.append(contentsOf: $0) }
+        for b in 0..<created {
+            let bytes = books[b].snapshot()
+            withUnsafeBytes(of: books[b].symbolId.littleEndian) { body.append(contentsOf: $0) }
+            withUnsafeBytes(of: UInt32(bytes.count).littleEndian) { body.append(contentsOf: $0) }
+            body.append(contentsOf: bytes)
+        }
+        return body
+    }
+
+    /// Restores the books from a body whose binding was checked and cut off (it starts at the
+    /// highest session id).
+    func restoreBooks(_ body: [UInt8]) throws(EngineError) {
+        guard body.count >= 8 else { throw EngineError("snapshot body too short") }
+        let count = body.withUnsafeBytes { Int(UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: 4, as: UInt32.self))) }
+        guard count == created else { throw EngineError("snapshot of \(count) books, this shard has \(created)") }
+        var offset = 8
+        for _ in 0..<count {
+            guard offset + 8 <= body.count else { throw EngineError("snapshot body truncated") }
+            let (symbol, length) = body.withUnsafeBytes {
+                (UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: offset, as: UInt32.self)),
+                 Int(UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self))))
+            }
+            offset += 8
+            guard offset + length <= body.count, Int(symbol) <= maxSymbolId, bookIndex[Int(symbol)] >= 0 else {
+                throw EngineError("snapshot names symbol \(symbol), which this shard does not own")
+            }
+            do {
+                try books[Int(bookIndex[Int(symbol)])].restore(from: Array(body[offset..<(offset + length)]))
+            } catch {
+                throw EngineError("snapshot of symbol \(symbol): \(error)")
+            }
+            offset += length
+        }
+    }
+}
