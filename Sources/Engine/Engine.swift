@@ -9,6 +9,7 @@ import Glibc
 import Journal
 import OrderBook
 import SharedMemory
+import Wire
 
 public struct ShardSettings: Sendable, Equatable {
     /// The core to pin to; nil leaves the thread to the scheduler (a test machine).
@@ -342,6 +343,34 @@ public final class Engine: @unchecked Sendable {
     /// Each shard's state digest after recovery (start), and when it stopped (stop).
     public private(set) var recoveredDigests: [UInt64] = []
     public private(set) var finalDigests: [UInt64] = []
+
+    /// Runs a sequenced admin command (AdminRecord.swift) on a shard: it gets the shard's next
+    /// sequence, is journaled and applied like an order, and replays like one. Returns once it
+    /// is applied and, with a journal, durable; `.refused` says why it did not apply.
+    public func admin(shard: Int, _ command: AdminCommand, timeout: Double = 5) -> AdminOutcome {
+        guard shard >= 0, shard < shards.count else { return .refused(sequence: nil, "no shard \(shard)") }
+        let request = AdminRequest(command)
+        guard shards[shard].send(.admin(request)), request.done.wait(seconds: timeout), let outcome = request.outcome else {
+            return .refused(sequence: nil, "shard \(shard) did not answer within \(timeout) s")
+        }
+        guard settings.durability != .none, case .applied(let sequence) = outcome else { return outcome }
+        let deadline = monotonicNanoseconds() + UInt64(timeout * 1e9)
+        while shards[shard].tallied(ShardTally.durable) < sequence {
+            guard monotonicNanoseconds() < deadline else {
+                return .refused(sequence: sequence, "applied, but not durable within \(timeout) s")
+            }
+            usleep(200)
+        }
+        return outcome
+    }
+
+    /// What a shard's admin commands have set (nil: the shard did not answer in time).
+    public func adminState(shard: Int, timeout: Double = 2) -> ShardAdminState? {
+        guard shard >= 0, shard < shards.count else { return nil }
+        let query = AdminStateQuery()
+        guard shards[shard].send(.adminState(query)), query.done.wait(seconds: timeout) else { return nil }
+        return query.state
+    }
 
     /// Stops: no new sessions, every shard drains its rings, every file is removed.
     public func stop() {

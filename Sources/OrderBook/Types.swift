@@ -77,6 +77,8 @@ public enum RejectReason: UInt8, Sendable, CaseIterable {
     case malformedCommand = 15
     /// A client order id outside 0 ..< 2^48 (the engine keeps the top bits for the session).
     case orderIdOutOfRange = 16
+    /// The symbol is frozen (a sequenced admin command: it is moving to another shard).
+    case symbolFrozen = 17
 
     /// A stable name for logs, CSV output and metric labels.
     public var name: String {
@@ -97,6 +99,7 @@ public enum RejectReason: UInt8, Sendable, CaseIterable {
         case .marketOrderTimeInForce: "market_order_time_in_force"
         case .malformedCommand: "malformed_command"
         case .orderIdOutOfRange: "order_id_out_of_range"
+        case .symbolFrozen: "symbol_frozen"
         }
     }
 }

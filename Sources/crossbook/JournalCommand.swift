@@ -1,6 +1,7 @@
 // `crossbook journal verify|dump|truncate`: operators' tools for a shard's journal segments.
 import ArgumentParser
 import Journal
+import Wire
 
 struct JournalCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -40,18 +41,39 @@ struct JournalCommand: ParsableCommand {
     }
 
     struct Dump: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Print each record: sequence, type, length, first bytes.")
+        static let configuration = CommandConfiguration(
+            abstract: "Print each record: sequence, type, length, then the command or admin command decoded (or its first bytes).")
         @OptionGroup var location: Location
 
         func run() throws {
             do {
                 _ = try JournalReader.scan(directory: location.directory, shard: location.shard, repair: false) { type, sequence, bytes in
-                    let head = bytes.prefix(16).map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }
-                    print("\(sequence) type \(type) \(bytes.count) bytes \(head.joined(separator: " "))\(bytes.count > 16 ? " …" : "")")
+                    print("\(sequence) type \(type) \(bytes.count) bytes \(Self.describe(type: type, bytes))")
                 }
             } catch {
                 throw CLIError("\(error)")
             }
+        }
+
+        /// Type 1: session, engine time and the command; type 2: the admin command; else bytes.
+        static func describe(type: UInt16, _ bytes: UnsafeRawBufferPointer) -> String {
+            if type == 1, bytes.count == 80 {
+                let session = UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: 64, as: UInt32.self))
+                let time = UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: 72, as: UInt64.self))
+                let command: String
+                do { command = "\(try CommandRecord.decode(bytes.baseAddress!))" } catch { command = "malformed (\(error))" }
+                return "session \(session) engine time \(time): \(command)"
+            }
+            if type == 2, bytes.count >= 8 {
+                let time = UInt64(littleEndian: bytes.loadUnaligned(as: UInt64.self))
+                do {
+                    return "engine time \(time): \(AdminRecord.describe(try AdminRecord.decode(UnsafeRawBufferPointer(rebasing: bytes[8...]))))"
+                } catch {
+                    return "malformed admin record (\(error))"
+                }
+            }
+            let head = bytes.prefix(16).map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }
+            return head.joined(separator: " ") + (bytes.count > 16 ? " …" : "")
         }
     }
 

@@ -32,6 +32,17 @@ struct JournalFeed {
 
     mutating func open(_ writer: JournalWriter) { journal = writer }
 
+    /// Journals another kind of record (an admin command) under `context`.
+    func append(type: UInt16, _ payload: UnsafeRawBufferPointer, _ context: CommandContext) -> Append {
+        guard let journal else { return .appended }
+        if journal.failing { return .refused }
+        do {
+            return try journal.append(type: type, sequence: context.sequence, payload: payload) ? .appended : .full
+        } catch {
+            return .refused
+        }
+    }
+
     /// Journals the command of `context`.
     @inline(__always)
     func append(_ record: UnsafeRawPointer, _ context: CommandContext) -> Append {

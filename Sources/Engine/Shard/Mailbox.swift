@@ -11,6 +11,22 @@ enum ShardMessage {
     case detach(session: UInt32)
     /// Which sessions own resting orders now (for reusing session ids).
     case restingOwners(RestingOwnersQuery)
+    /// A sequenced admin command (Admin.swift).
+    case admin(AdminRequest)
+    /// What the admin commands have set.
+    case adminState(AdminStateQuery)
+}
+
+/// The control thread's question for a shard's admin state, and its answer.
+final class AdminStateQuery: @unchecked Sendable {
+    private let lock = Lock()
+    private var answer: ShardAdminState?
+    let done = Semaphore()
+    func reply(_ state: ShardAdminState) {
+        lock.locked { answer = state }
+        done.signal()
+    }
+    var state: ShardAdminState? { lock.locked { answer } }
 }
 
 /// The control thread's question to a shard and its answer.

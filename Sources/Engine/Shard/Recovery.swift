@@ -5,6 +5,7 @@ import CShims
 import Journal
 import OrderBook
 import SharedMemory
+import Wire
 
 /// What recovery found, for the engine's log and its session ids.
 struct RecoveryOutcome {
@@ -51,10 +52,26 @@ extension ShardState {
         sequencer.resume(after: base)
         let scanned: JournalScan
         var replayed = 0
+        var adminFailure: String?
         do {
             scanned = try JournalReader.scan(directory: config.directory, shard: index, repair: !readOnly, after: base,
                                              interrupted: interrupted) { type, seq, payload in
                 replayed += 1
+                if type == adminRecordType {
+                    guard adminFailure == nil else { return }
+                    guard payload.count >= 8 else { adminFailure = "admin record at sequence \(seq) of \(payload.count) bytes"; return }
+                    let engineTime = UInt64(littleEndian: payload.loadUnaligned(as: UInt64.self))
+                    do {
+                        let command = try AdminRecord.decode(UnsafeRawBufferPointer(rebasing: payload[8...]))
+                        let refusal = processAdmin(command, sequencer.replayed(sequence: seq, session: 0, engineTime: engineTime))
+                        if let refusal, case .exportBook = command, refusal.contains("differs") {
+                            adminFailure = "sequence \(seq): \(refusal): the replay does not rebuild what was exported"
+                        }
+                    } catch {
+                        adminFailure = "sequence \(seq): \(error)"
+                    }
+                    return
+                }
                 guard type == JournalFeed.commandRecord, payload.count == JournalFeed.commandRecordSize else { return }
                 let session = UInt32(littleEndian: payload.loadUnaligned(fromByteOffset: 64, as: UInt32.self))
                 maxSession = max(maxSession, session)
@@ -66,6 +83,7 @@ extension ShardState {
         } catch {
             throw .failed("shard \(index): recovery failed: \(error)")
         }
+        if let adminFailure { throw .failed("shard \(index): recovery failed: \(adminFailure)") }
         sequencer.resume(after: max(scanned.lastSequence, base))
         maxRecoveredSession = maxSession
         outcome.resume = scanned.resume

@@ -31,7 +31,9 @@ enum ShardTally {
     static let lagDetaches = 0
     static let eventDetaches = 1
     static let ringFaults = 2
-    static let count = 3
+    /// The highest sequence on disk (for the control thread: the counters region is output only).
+    static let durable = 3
+    static let count = 4
 }
 
 /// A shard's thread, its settings, and what it tells the engine. Its state lives on its thread
@@ -150,8 +152,12 @@ final class Shard: @unchecked Sendable {
         thread = nil
     }
 
+    /// The mailbox has one consumer (the shard) and one producer at a time: the control thread,
+    /// or a caller of `Engine.admin`.
+    private let sendLock = Lock()
+
     func send(_ message: ShardMessage) -> Bool {
-        guard mailbox.push(message) else { return false }
+        guard sendLock.locked({ mailbox.push(message) }) else { return false }
         doorbell.wakeNow()
         return true
     }

@@ -20,12 +20,14 @@ extension ShardState {
             withUnsafeBytes(of: UInt32(bytes.count).littleEndian) { body.append(contentsOf: $0) }
             body.append(contentsOf: bytes)
         }
+        body.append(contentsOf: adminTrailer())
         return body
     }
 
-    /// Restores the books from a body whose binding was checked and cut off (it starts at the
+    /// Restores the books, and the admin state after them (none in snapshots written before
+    /// admin commands), from a body whose binding was checked and cut off (it starts at the
     /// highest session id).
-    func restoreBooks(_ body: [UInt8]) throws(EngineError) {
+    mutating func restoreBooks(_ body: [UInt8]) throws(EngineError) {
         guard body.count >= 8 else { throw EngineError("snapshot body too short") }
         let count = body.withUnsafeBytes { Int(UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: 4, as: UInt32.self))) }
         guard count == created else { throw EngineError("snapshot of \(count) books, this shard has \(created)") }
@@ -47,5 +49,6 @@ extension ShardState {
             }
             offset += length
         }
+        if offset < body.count { try restoreAdminTrailer(body[offset...]) }
     }
 }

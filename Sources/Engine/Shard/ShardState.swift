@@ -37,6 +37,11 @@ struct ShardState: ~Copyable {
     private(set) var largestBatch = 0
     /// The highest session id the journal (or the snapshot under it) holds.
     var maxRecoveredSession: UInt32 = 0
+    /// What sequenced admin commands set (Admin.swift): the epoch, the last ingress position of
+    /// each source and partition, and per book its flags (BookFlag; 0: takes commands).
+    var epoch: UInt64 = 0
+    var positions: [String: UInt64] = [:]
+    let bookFlags: UnsafeMutablePointer<UInt8>
 
     /// Allocates the books (on the calling thread's NUMA node: call it from the pinned shard).
     init(index: Int, symbols: [(spec: SymbolSpec, capacity: BookCapacity)], symbolCounters: [SymbolCounters],
@@ -50,6 +55,8 @@ struct ShardState: ~Copyable {
         bookIndex = .allocate(capacity: maxSymbolId + 1)
         bookIndex.initialize(repeating: -1, count: maxSymbolId + 1)
         books = .allocate(capacity: max(symbols.count, 1))
+        bookFlags = .allocate(capacity: max(symbols.count, 1))
+        bookFlags.initialize(repeating: 0, count: max(symbols.count, 1))
         sessions = SessionTable(capacity: maxSessions)
         output = .allocate(capacity: 1)
         output.initialize(to: OutputGate(sessions: sessions.slots, counters: counters,
@@ -65,6 +72,7 @@ struct ShardState: ~Copyable {
     deinit {
         for i in 0..<created { (books + i).deinitialize(count: 1) }
         books.deallocate()
+        bookFlags.deallocate()
         bookIndex.deallocate()
         sessions.deallocate()
         output.pointee.deallocate()
@@ -92,7 +100,19 @@ struct ShardState: ~Copyable {
     mutating func resetBooks() throws(EngineError) {
         for b in 0..<created { (books + b).deinitialize(count: 1) }
         created = 0
+        bookFlags.update(repeating: 0, count: max(symbols.count, 1))
+        epoch = 0
+        positions = [:]
         if let failure = createBooks() { throw failure }
+    }
+
+    /// Book `b` empty again (a dropped symbol).
+    func emptyBook(_ b: Int) throws(EngineError) {
+        let fresh: OrderBook
+        do { fresh = try OrderBook(spec: symbols[b].spec, capacity: symbols[b].capacity) } catch {
+            throw EngineError("symbol \(symbols[b].spec.name): \(error)")
+        }
+        books[b] = fresh
     }
 
     /// The state digest: every book's, combined in order (FNV-1a style).
@@ -149,6 +169,12 @@ struct ShardState: ~Copyable {
         }
         command.orderId = engineOrderId(session, clientId)
         event.symbolWords = symbolWords[b]
+        if bookFlags[b] != 0 {
+            // Frozen (moving away), or not this shard's any more.
+            let reason: RejectReason = bookFlags[b] & BookFlag.notOwned != 0 ? .unknownSymbol : .symbolFrozen
+            output.pointee.on(.rejected(orderId: command.orderId, reason: reason), event)
+            return
+        }
         if !replaying { symbolWords[b][SymbolCounters.commands] &+= 1 }
         var sink = CommandSink(output: output, context: event)
         books[b].apply(command, to: &sink)
@@ -215,6 +241,7 @@ struct ShardState: ~Copyable {
             let durable = journal.poll()
             if output.pointee.hold { output.pointee.release(upTo: durable) }
             counters.set(.durableSequence, durable)
+            cb_store_release_u64(tally + ShardTally.durable, durable)
             counters.set(.journalFailures, journal.failureCount)
             counters.set(.journalBatches, journal.durableBatches)
             counters.set(.journalBytes, journal.durableBytes)
@@ -260,6 +287,10 @@ struct ShardState: ~Copyable {
                 sessions.detach(session: session)
             case .restingOwners(let query):
                 query.reply(restingOwners)
+            case .admin(let request):
+                runAdmin(request)
+            case .adminState(let query):
+                query.reply(adminState)
             }
         }
     }

@@ -1,0 +1,203 @@
+// Sequenced admin commands in a shard (the record: Sources/Wire/AdminRecord.swift). The
+// control thread hands one over through the mailbox; the shard gives it the next sequence,
+// journals it (record type 2: the engine time, then the admin record) and applies it with
+// `processAdmin`, the code recovery replays it with. An admin command that does not apply
+// (an epoch that does not rise, a thaw of a symbol that is not frozen) is journaled all the
+// same and refused the same way on replay: the outcome is part of the state's history.
+
+import CShims
+import OrderBook
+import SharedMemory
+import Wire
+
+/// What an admin command did.
+public enum AdminOutcome: Equatable, Sendable {
+    case applied(sequence: UInt64)
+    /// Journaled under `sequence` (nil: not journaled, the journal refused it) and not applied.
+    case refused(sequence: UInt64?, String)
+}
+
+/// One admin command on its way through a shard, and its outcome.
+final class AdminRequest: @unchecked Sendable {
+    let command: AdminCommand
+    private let lock = Lock()
+    private var result: AdminOutcome?
+    let done = Semaphore()
+    init(_ command: AdminCommand) { self.command = command }
+    func finish(_ outcome: AdminOutcome) {
+        lock.locked { result = outcome }
+        done.signal()
+    }
+    var outcome: AdminOutcome? { lock.locked { result } }
+}
+
+/// What a shard's admin commands have set, as the control thread sees it.
+public struct ShardAdminState: Equatable, Sendable {
+    public var epoch: UInt64
+    /// The last journaled position of each ingress source and partition ("topic#partition").
+    public var positions: [String: UInt64]
+    /// Symbol ids frozen, and symbol ids this shard has a book for but does not own (dropped).
+    public var frozen: Set<UInt32>
+    public var notOwned: Set<UInt32>
+
+    public init(epoch: UInt64, positions: [String: UInt64], frozen: Set<UInt32>, notOwned: Set<UInt32>) {
+        self.epoch = epoch
+        self.positions = positions
+        self.frozen = frozen
+        self.notOwned = notOwned
+    }
+}
+
+/// Per book, in one byte the shard checks per command: 0 takes commands.
+enum BookFlag {
+    static let frozen: UInt8 = 1
+    static let notOwned: UInt8 = 2
+    /// Exported since it was frozen: it may be dropped.
+    static let exported: UInt8 = 4
+}
+
+/// The journal record type of an admin command.
+let adminRecordType: UInt16 = 2
+
+extension ShardState {
+    /// Runs an admin command from the control thread: sequence, journal, apply.
+    mutating func runAdmin(_ request: AdminRequest) {
+        sequencer.beginBatch()
+        var command = request.command
+        // An export carries the book as it is now: the shard fills it in.
+        if case .exportBook(let id, _) = command, let b = book(of: id) { command = .exportBook(symbolId: id, book: books[b].snapshot()) }
+        let context = sequencer.next(session: 0)
+        let record = AdminRecord.encode(command)
+        guard journalAdmin(record, context) else {
+            return request.finish(.refused(sequence: nil, "the journal refuses writes now (see the engine's log)"))
+        }
+        let refusal = processAdmin(command, context)
+        request.finish(refusal.map { .refused(sequence: context.sequence, $0) } ?? .applied(sequence: context.sequence))
+    }
+
+    /// Journals an admin record under its context (live only). False when the journal refuses.
+    private mutating func journalAdmin(_ record: [UInt8], _ context: CommandContext) -> Bool {
+        guard feed.journal != nil else { return true }
+        var payload = [UInt8]()
+        payload.reserveCapacity(8 + record.count)
+        withUnsafeBytes(of: context.engineTime.littleEndian) { payload.append(contentsOf: $0) }
+        payload.append(contentsOf: record)
+        return payload.withUnsafeBytes { raw in
+            while true {
+                switch feed.append(type: adminRecordType, raw, context) {
+                case .appended: return true
+                case .full:
+                    let durable = feed.poll()
+                    if output.pointee.hold { output.pointee.release(upTo: durable) }
+                    if feed.failed { return false }
+                case .refused: return false
+                }
+            }
+        }
+    }
+
+    /// Applies an admin command, live or replayed: nil, or why it does not apply.
+    mutating func processAdmin(_ command: AdminCommand, _ context: CommandContext) -> String? {
+        sequencer.commit(context)
+        switch command {
+        case .epoch(let epoch):
+            guard epoch > self.epoch else { return "epoch \(epoch) is not above the shard's epoch \(self.epoch)" }
+            self.epoch = epoch
+        case .ingressPosition(let source, let partition, let offset):
+            let key = "\(source)#\(partition)"
+            if let last = positions[key], offset <= last { return "\(key) offset \(offset) is not after \(last)" }
+            positions[key] = offset
+        case .freeze(let id):
+            guard let b = book(of: id) else { return "symbol \(id) has no book in this shard" }
+            guard bookFlags[b] & BookFlag.notOwned == 0 else { return "symbol \(id) is not owned by this shard" }
+            guard bookFlags[b] & BookFlag.frozen == 0 else { return "symbol \(id) is frozen already" }
+            bookFlags[b] |= BookFlag.frozen
+        case .thaw(let id):
+            guard let b = book(of: id), bookFlags[b] & BookFlag.notOwned == 0, bookFlags[b] & BookFlag.frozen != 0 else {
+                return "symbol \(id) is not a frozen symbol of this shard"
+            }
+            bookFlags[b] &= ~(BookFlag.frozen | BookFlag.exported)
+        case .exportBook(let id, let bytes):
+            guard let b = book(of: id), bookFlags[b] & BookFlag.notOwned == 0, bookFlags[b] & BookFlag.frozen != 0 else {
+                return "symbol \(id) is not a frozen symbol of this shard: freeze it before exporting it"
+            }
+            // Live, the bytes were taken from this book a moment ago; on replay they must match it.
+            guard bytes == books[b].snapshot() else { return "symbol \(id): the exported book differs from this shard's" }
+            bookFlags[b] |= BookFlag.exported
+        case .importBook(let id, let bytes):
+            guard let b = book(of: id) else { return "symbol \(id) has no book in this shard" }
+            guard bookFlags[b] & BookFlag.notOwned != 0 else { return "symbol \(id) is owned by this shard already" }
+            do { try books[b].restore(from: bytes) } catch { return "symbol \(id): the imported book does not restore: \(error)" }
+            bookFlags[b] = BookFlag.frozen
+        case .drop(let id):
+            guard let b = book(of: id), bookFlags[b] & BookFlag.notOwned == 0, bookFlags[b] & BookFlag.exported != 0 else {
+                return "symbol \(id) is not an exported symbol of this shard: freeze and export it before dropping it"
+            }
+            do { try emptyBook(b) } catch { return "symbol \(id): \(error)" }
+            bookFlags[b] = BookFlag.notOwned
+        }
+        return nil
+    }
+
+    func book(of symbolId: UInt32) -> Int? {
+        let id = Int(symbolId)
+        guard id <= maxSymbolId, bookIndex[id] >= 0 else { return nil }
+        return Int(bookIndex[id])
+    }
+
+    var adminState: ShardAdminState {
+        var frozen = Set<UInt32>(), notOwned = Set<UInt32>()
+        for b in 0..<created {
+            if bookFlags[b] & BookFlag.frozen != 0 { frozen.insert(books[b].symbolId) }
+            if bookFlags[b] & BookFlag.notOwned != 0 { notOwned.insert(books[b].symbolId) }
+        }
+        return ShardAdminState(epoch: epoch, positions: positions, frozen: frozen, notOwned: notOwned)
+    }
+
+    // MARK: - In snapshots
+
+    static let adminTrailerTag: UInt32 = 0x3144_4D41  // "AMD1" little-endian: admin state, version 1
+
+    /// The admin state after the books in a snapshot body: tag, epoch (u64), per book its flags
+    /// (u8), the position count (u32), then per position its key length (u16), key, offset (u64).
+    func adminTrailer() -> [UInt8] {
+        var out: [UInt8] = []
+        func put<T: FixedWidthInteger>(_ value: T) { withUnsafeBytes(of: value.littleEndian) { out.append(contentsOf: $0) } }
+        put(Self.adminTrailerTag)
+        put(epoch)
+        for b in 0..<created { out.append(bookFlags[b]) }
+        put(UInt32(positions.count))
+        for (key, offset) in positions.sorted(by: { $0.key < $1.key }) {
+            let bytes = Array(key.utf8)
+            put(UInt16(bytes.count))
+            out.append(contentsOf: bytes)
+            put(offset)
+        }
+        return out
+    }
+
+    mutating func restoreAdminTrailer(_ bytes: ArraySlice<UInt8>) throws(EngineError) {
+        let body = Array(bytes)
+        var at = 0
+        func get<T: FixedWidthInteger>(_: T.Type) throws(EngineError) -> T {
+            guard at + MemoryLayout<T>.size <= body.count else { throw EngineError("snapshot admin state truncated") }
+            let v = body.withUnsafeBytes { T(littleEndian: $0.loadUnaligned(fromByteOffset: at, as: T.self)) }
+            at += MemoryLayout<T>.size
+            return v
+        }
+        guard try get(UInt32.self) == Self.adminTrailerTag else { throw EngineError("snapshot: unknown data after the books") }
+        epoch = try get(UInt64.self)
+        for b in 0..<created { bookFlags[b] = try get(UInt8.self) }
+        let count = try get(UInt32.self)
+        var restored: [String: UInt64] = [:]
+        for _ in 0..<count {
+            let n = Int(try get(UInt16.self))
+            guard at + n <= body.count else { throw EngineError("snapshot admin state truncated") }
+            let key = String(decoding: body[at..<(at + n)], as: UTF8.self)
+            at += n
+            restored[key] = try get(UInt64.self)
+        }
+        guard at == body.count else { throw EngineError("snapshot: \(body.count - at) stray bytes after the admin state") }
+        positions = restored
+    }
+}

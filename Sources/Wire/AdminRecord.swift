@@ -1,0 +1,171 @@
+// Sequenced admin commands: everything that changes a shard's state other than orders. The
+// shard gives each a sequence like an order, journals it (journal record type 2) and applies
+// it; recovery replays it through the same code. Little-endian, versioned; the journal frames
+// it (length, CRC32C, batch checksum) like every record.
+//
+//  offset size field
+//   0     2    version          1
+//   2     2    kind             see `AdminCommand.Kind`
+//   4     4    body length      bytes after this header (at most `maxBody`)
+//   8     …    body, by kind:
+//     epoch              epoch (u64)
+//     ingress position   partition (u32), 0 (u32), offset (u64), source length (u16), source (UTF-8)
+//     freeze, thaw, drop symbol id (u32)
+//     export, import     symbol id (u32), book length (u32), the book (OrderBook.snapshot bytes)
+//
+// Who uses which: epochs (routing and failover fencing), ingress positions (exactly-once
+// Kafka ingress: the position a command came from), freeze/export/import/drop/thaw (moving a
+// symbol's book between shards). The journal record of an admin command is the engine time
+// (u64) followed by this record.
+
+public enum AdminCommand: Equatable, Sendable {
+    /// The shard's epoch becomes this (it only ever rises).
+    case epoch(UInt64)
+    /// Commands from `source` (a topic) partition `partition` are applied up to `offset`.
+    case ingressPosition(source: String, partition: UInt32, offset: UInt64)
+    /// The symbol takes no more commands (each is rejected, `symbol_frozen`).
+    case freeze(symbolId: UInt32)
+    /// A frozen symbol takes commands again.
+    case thaw(symbolId: UInt32)
+    /// The frozen symbol's book as it is now, for another shard to import. Live, the shard fills
+    /// in the book; on replay the journaled book must equal the replayed one.
+    case exportBook(symbolId: UInt32, book: [UInt8])
+    /// The symbol's book arrives from another shard: this shard owns it from now on, frozen
+    /// until a thaw.
+    case importBook(symbolId: UInt32, book: [UInt8])
+    /// This shard no longer owns the (exported) symbol: its book is emptied.
+    case drop(symbolId: UInt32)
+
+    public enum Kind: UInt16, Sendable, CaseIterable {
+        case epoch = 1
+        case ingressPosition = 2
+        case freeze = 3
+        case thaw = 4
+        case exportBook = 5
+        case importBook = 6
+        case drop = 7
+    }
+
+    public var kind: Kind {
+        switch self {
+        case .epoch: .epoch
+        case .ingressPosition: .ingressPosition
+        case .freeze: .freeze
+        case .thaw: .thaw
+        case .exportBook: .exportBook
+        case .importBook: .importBook
+        case .drop: .drop
+        }
+    }
+}
+
+public enum AdminRecord {
+    public static let version: UInt16 = 1
+    public static let headerSize = 8
+    /// The largest body: a book of a symbol at its largest capacity fits many times over in a
+    /// journal batch; past this, refused.
+    public static let maxBody = 64 << 20
+    public static let maxSourceLength = 200
+
+    public enum Malformed: Error, Equatable, Sendable, CustomStringConvertible {
+        case tooShort(Int)
+        case version(UInt16)
+        case kind(UInt16)
+        case length(declared: Int, available: Int)
+        case body(AdminCommand.Kind, String)
+
+        public var description: String {
+            switch self {
+            case .tooShort(let n): "admin record of \(n) bytes, shorter than its header"
+            case .version(let v): "admin record version \(v), this build reads \(AdminRecord.version)"
+            case .kind(let k): "unknown admin command kind \(k)"
+            case .length(let declared, let available): "admin record says \(declared) body bytes, \(available) follow"
+            case .body(let kind, let why): "bad \(kind) admin record: \(why)"
+            }
+        }
+    }
+
+    public static func encode(_ command: AdminCommand) -> [UInt8] {
+        var body: [UInt8] = []
+        func put<T: FixedWidthInteger>(_ value: T) { withUnsafeBytes(of: value.littleEndian) { body.append(contentsOf: $0) } }
+        switch command {
+        case .epoch(let epoch):
+            put(epoch)
+        case .ingressPosition(let source, let partition, let offset):
+            let name = Array(source.utf8.prefix(maxSourceLength))
+            put(partition)
+            put(UInt32(0))
+            put(offset)
+            put(UInt16(name.count))
+            body.append(contentsOf: name)
+        case .freeze(let id), .thaw(let id), .drop(let id):
+            put(id)
+        case .exportBook(let id, let book), .importBook(let id, let book):
+            put(id)
+            put(UInt32(book.count))
+            body.append(contentsOf: book)
+        }
+        var out: [UInt8] = []
+        out.reserveCapacity(headerSize + body.count)
+        withUnsafeBytes(of: version.littleEndian) { out.append(contentsOf: $0) }
+        withUnsafeBytes(of: command.kind.rawValue.littleEndian) { out.append(contentsOf: $0) }
+        withUnsafeBytes(of: UInt32(body.count).littleEndian) { out.append(contentsOf: $0) }
+        out.append(contentsOf: body)
+        return out
+    }
+
+    public static func decode(_ bytes: UnsafeRawBufferPointer) throws(Malformed) -> AdminCommand {
+        guard bytes.count >= headerSize else { throw .tooShort(bytes.count) }
+        let version = UInt16(littleEndian: bytes.loadUnaligned(fromByteOffset: 0, as: UInt16.self))
+        guard version == Self.version else { throw .version(version) }
+        let raw = UInt16(littleEndian: bytes.loadUnaligned(fromByteOffset: 2, as: UInt16.self))
+        guard let kind = AdminCommand.Kind(rawValue: raw) else { throw .kind(raw) }
+        let length = Int(UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: 4, as: UInt32.self)))
+        guard length <= maxBody, length == bytes.count - headerSize else {
+            throw .length(declared: length, available: bytes.count - headerSize)
+        }
+        let body = UnsafeRawBufferPointer(rebasing: bytes[headerSize...])
+        func need(_ n: Int) throws(Malformed) {
+            guard body.count == n else { throw .body(kind, "\(body.count) bytes, expected \(n)") }
+        }
+        func u32(_ at: Int) -> UInt32 { UInt32(littleEndian: body.loadUnaligned(fromByteOffset: at, as: UInt32.self)) }
+        func u64(_ at: Int) -> UInt64 { UInt64(littleEndian: body.loadUnaligned(fromByteOffset: at, as: UInt64.self)) }
+        switch kind {
+        case .epoch:
+            try need(8)
+            return .epoch(u64(0))
+        case .ingressPosition:
+            guard body.count >= 18 else { throw .body(kind, "\(body.count) bytes, fewer than 18") }
+            let count = Int(UInt16(littleEndian: body.loadUnaligned(fromByteOffset: 16, as: UInt16.self)))
+            try need(18 + count)
+            guard count <= maxSourceLength, u32(4) == 0 else { throw .body(kind, "source length \(count) or reserved bytes") }
+            guard let source = String(validating: body[18...], as: UTF8.self), !source.isEmpty else {
+                throw .body(kind, "the source is not a name in UTF-8")
+            }
+            return .ingressPosition(source: source, partition: u32(0), offset: u64(8))
+        case .freeze, .thaw, .drop:
+            try need(4)
+            let id = u32(0)
+            return kind == .freeze ? .freeze(symbolId: id) : kind == .thaw ? .thaw(symbolId: id) : .drop(symbolId: id)
+        case .exportBook, .importBook:
+            guard body.count >= 8 else { throw .body(kind, "\(body.count) bytes, fewer than 8") }
+            let count = Int(u32(4))
+            try need(8 + count)
+            let book = Array(body[8...])
+            return kind == .exportBook ? .exportBook(symbolId: u32(0), book: book) : .importBook(symbolId: u32(0), book: book)
+        }
+    }
+
+    /// One line for `crossbook journal dump`.
+    public static func describe(_ command: AdminCommand) -> String {
+        switch command {
+        case .epoch(let e): "admin epoch \(e)"
+        case .ingressPosition(let source, let partition, let offset): "admin ingress-position \(source)#\(partition) offset \(offset)"
+        case .freeze(let id): "admin freeze symbol \(id)"
+        case .thaw(let id): "admin thaw symbol \(id)"
+        case .exportBook(let id, let book): "admin export symbol \(id), book of \(book.count) bytes"
+        case .importBook(let id, let book): "admin import symbol \(id), book of \(book.count) bytes"
+        case .drop(let id): "admin drop symbol \(id)"
+        }
+    }
+}
