@@ -44,7 +44,7 @@ let package = Package(
         // Shards, sequencing, sessions, the plugin host. A shard's state is a value on its own
         // thread (Sources/Engine/Shard/ShardState.swift): exclusivity is checked at compile time,
         // with no unsafe flags.
-        .target(name: "Engine", dependencies: ["OrderBook", "Wire", "SharedMemory", "Journal", "CShims", "CrossbookClient"]),
+        .target(name: "Engine", dependencies: ["OrderBook", "Wire", "SharedMemory", "Journal", "CShims"]),
         // For other processes: attach to an engine, submit, read reports.
         .target(name: "CrossbookClient", dependencies: ["OrderBook", "Wire", "SharedMemory", "CShims"]),
         // The seeded benchmark workloads of bench/README.md, shared by tests and benchmarks.

@@ -21,7 +21,7 @@ run() {  # bin label -> prints "fill_rate replay_rate"
   fill=$("$bin" load --instance "$inst" --rate 0 --orders "$records" --duration 600 --quiet | head -1 | grep -o '([0-9]*/s)' | tr -dc 0-9)
   kill -INT "$engine"; wait "$engine"
   local replay
-  replay=$("$bin" replay --journal "$dir" 2>&1 >/dev/null | grep -o '([0-9]* records/s)' | tr -dc 0-9)
+  replay=$("$bin" replay --journal "$dir" 2>&1 | grep -o '([0-9]* records/s)' | tr -dc 0-9)
   rm -rf "$dir"
   echo "$fill $replay"
 }

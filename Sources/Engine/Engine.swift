@@ -105,6 +105,14 @@ public final class Engine: @unchecked Sendable {
     private var reservedSessions = Set<UInt32>()
     /// Reclaimed ids, the lowest last.
     private var freeSessionIds: [UInt32] = []
+    /// Every attached session id, of clients and of the engine's own (plugin) sessions. The
+    /// id bookkeeping is taken by the control thread (clients) and by plugin threads (their
+    /// producers): under `idLock`.
+    private var attachedIds = Set<UInt32>()
+    private let idLock = Lock()
+    /// The engine's own sessions (plugin producers), by id; their rings stay mapped until stop.
+    private var localSessions: [UInt32: LocalSession] = [:]
+    private var retiredLocal: [LocalSession] = []
     private let log: @Sendable (String) -> Void
     private var pluginHost: PluginHost?
 
@@ -239,7 +247,12 @@ public final class Engine: @unchecked Sendable {
         // Plugins: every one checked and loaded before anything else happens.
         if let pluginSettings = s.plugins, !pluginSettings.load.isEmpty {
             let host = PluginHost(settings: pluginSettings, environment: PluginEnvironment(
-                instance: s.instance, directory: s.directory, engineFile: file, symbols: s.symbols, log: log))
+                instance: s.instance, directory: s.directory, engineFile: file, symbols: s.symbols, log: log,
+                openSession: { [weak self] () throws(EngineError) -> LocalSession in
+                    guard let self else { throw EngineError("the engine is gone") }
+                    return try self.openLocalSession()
+                },
+                closeSession: { [weak self] session in self?.closeLocalSession(session) }))
             pluginHost = host
             do {
                 try host.loadAll(extraConfig: ["engine.instance": s.instance, "engine.directory": s.directory,
@@ -344,6 +357,54 @@ public final class Engine: @unchecked Sendable {
     public private(set) var recoveredDigests: [UInt64] = []
     public private(set) var finalDigests: [UInt64] = []
 
+    /// A session of the engine's own, for a plugin's producer: rings in this process's memory,
+    /// handed to every shard through its mailbox. No files, no handshake, no control thread: the
+    /// engine is not a client of itself.
+    func openLocalSession(ringCapacity: Int = 4096) throws(EngineError) -> LocalSession {
+        guard let file = engineFile, file.state == .running else { throw EngineError("the engine is not running") }
+        let (taken, full) = idLock.locked { () -> (UInt32?, Bool) in
+            attachedIds.count >= Shard.maxSessions ? (nil, true) : (takeSessionId(), false)
+        }
+        guard let id = taken else {
+            throw EngineError(full ? "\(Shard.maxSessions) sessions are attached, the most an engine serves at once"
+                                   : "no session id free: each of the \(settings.sessionIdLimit) is attached or owns resting orders")
+        }
+        var commands: [Ring] = [], reports: [Ring] = []
+        do {
+            for s in shards.indices {
+                commands.append(try Ring.inProcess(capacity: ringCapacity, consumerMayPark: false, label: "session \(id) commands to shard \(s)"))
+                reports.append(try Ring.inProcess(capacity: ringCapacity, consumerMayPark: true, label: "session \(id) reports from shard \(s)"))
+            }
+        } catch {
+            idLock.locked { freeSessionIds.append(id) }
+            throw EngineError("session \(id): \(error)")
+        }
+        let session = LocalSession(id: id, commands: commands, reports: reports, doorbells: shards.map(\.doorbell),
+                                   running: { [weak self] in self?.engineFile?.state == .running })
+        idLock.locked {
+            attachedIds.insert(id)
+            localSessions[id] = session
+        }
+        for (s, shard) in shards.enumerated() {
+            guard shard.send(.attach(session: id, commands: commands[s].consumer(), reports: reports[s].producer())) else {
+                closeLocalSession(session)
+                throw EngineError("shard \(s) is busy")
+            }
+        }
+        log("session \(id): a plugin producer attached (in process)")
+        return session
+    }
+
+    /// Detaches an engine session; its rings stay mapped until stop (a shard may be reading one).
+    func closeLocalSession(_ session: LocalSession) {
+        session.close()
+        for shard in shards { _ = shard.send(.detach(session: session.id)) }
+        idLock.locked {
+            if localSessions.removeValue(forKey: session.id) != nil { retiredLocal.append(session) }
+            attachedIds.remove(session.id)
+        }
+    }
+
     /// Runs a sequenced admin command (AdminRecord.swift) on a shard: it gets the shard's next
     /// sequence, is journaled and applied like an order, and replays like one. Returns once it
     /// is applied and, with a journal, durable; `.refused` says why it did not apply.
@@ -397,6 +458,12 @@ public final class Engine: @unchecked Sendable {
         }
         shards = []
         sessions = [:]
+        idLock.locked {
+            for session in localSessions.values { session.close() }
+            localSessions = [:]
+            retiredLocal = []
+            attachedIds = []
+        }
         retired = []
         if instanceDirectory >= 0 {
             InstanceDirectory.remove(instanceDirectory, path: settings.directory)
@@ -467,6 +534,7 @@ public final class Engine: @unchecked Sendable {
                 for shard in shards { _ = shard.send(.detach(session: id)) }
                 retired.append(session)
                 sessions[id] = nil
+                idLock.locked { _ = attachedIds.remove(id) }
                 log("session \(id): client \(session.name) (pid \(session.pid)) shrank a file the engine had mapped; detached, its orders stay")
             }
             if monotonicNanoseconds() &- lastOrphanSweep > 1_000_000_000 {
@@ -480,6 +548,7 @@ public final class Engine: @unchecked Sendable {
                     removeClientFiles(session.name)
                     retired.append(session)
                     sessions[id] = nil
+                    idLock.locked { _ = attachedIds.remove(id) }
                     log("session \(id): client \(session.name) (pid \(session.pid)) closed; its rings are closed, its orders stay")
                 }
             }
@@ -489,6 +558,7 @@ public final class Engine: @unchecked Sendable {
                 removeClientFiles(session.name)
                 retired.append(session)
                 sessions[id] = nil
+                idLock.locked { _ = attachedIds.remove(id) }
                 log("session \(id): client \(session.name) (pid \(session.pid)) is gone; its rings are closed, its orders stay")
             }
             if let file = engineFile {
@@ -558,7 +628,7 @@ public final class Engine: @unchecked Sendable {
         }
         // Each shard serves at most Shard.maxSessions sessions at once: refuse the next one
         // clearly rather than attach a session no shard reads.
-        guard sessions.count < Shard.maxSessions else {
+        guard idLock.locked({ attachedIds.count }) < Shard.maxSessions else {
             return refuse("\(Shard.maxSessions) sessions are attached, the most an engine serves at once", code: 4)
         }
         var rings: [Ring] = []
@@ -570,7 +640,7 @@ public final class Engine: @unchecked Sendable {
                 return refuse("\(error)", code: 2)
             }
         }
-        guard let id = takeSessionId() else {
+        guard let id = idLock.locked({ takeSessionId() }) else {
             return refuse("no session id free: each of the \(settings.sessionIdLimit) is attached or owns resting orders", code: 1)
         }
         for (s, shard) in shards.enumerated() {
@@ -579,10 +649,12 @@ public final class Engine: @unchecked Sendable {
             guard shard.send(message) else { return refuse("shard \(s) is busy", code: 3) }
         }
         sessions[id] = ClientSession(name: client, pid: sessionFile.clientPid, sessionFile: sessionFile, rings: rings)
+        idLock.locked { _ = attachedIds.insert(id) }
         sessionFile.answer(.accepted, sessionId: id)
         log("session \(id): client \(client) (pid \(sessionFile.clientPid)) attached")
     }
 
+    /// Under `idLock`.
     private func takeSessionId() -> UInt32? {
         let limit = min(settings.sessionIdLimit, 65_535)
         while nextSession <= limit && reservedSessions.contains(nextSession) { nextSession += 1 }
@@ -606,7 +678,7 @@ public final class Engine: @unchecked Sendable {
             }
             owners.formUnion(query.owners)
         }
-        freeSessionIds = (1...limit).reversed().filter { sessions[$0] == nil && !owners.contains($0) }
+        freeSessionIds = (1...limit).reversed().filter { !attachedIds.contains($0) && !owners.contains($0) }
         reservedSessions = []
         log("session ids: all \(limit) handed out in this run; \(freeSessionIds.count) reclaimed (no attached session, no resting order); \(owners.count) kept for their resting orders")
     }

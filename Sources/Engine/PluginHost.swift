@@ -4,7 +4,6 @@
 // in the reverse order. Plugins reach the shards only through rings: a producer is a session
 // like any other process's, a subscription a consumer of an event ring.
 
-import CrossbookClient
 import CShims
 import Glibc
 import Journal
@@ -79,9 +78,16 @@ struct PluginEnvironment: @unchecked Sendable {
     let log: @Sendable (String) -> Void
     /// Index into `symbols` by name: an ingress plugin looks a symbol up per order it reads.
     let symbolIndex: [String: Int]
+    /// Sessions of the engine's own, for producers (Engine.openLocalSession / closeLocalSession).
+    let openSession: @Sendable () throws(EngineError) -> LocalSession
+    let closeSession: @Sendable (LocalSession) -> Void
 
     init(instance: String, directory: String, engineFile: EngineFile, symbols: [(spec: SymbolSpec, shard: Int)],
-         log: @escaping @Sendable (String) -> Void) {
+         log: @escaping @Sendable (String) -> Void,
+         openSession: @escaping @Sendable () throws(EngineError) -> LocalSession,
+         closeSession: @escaping @Sendable (LocalSession) -> Void) {
+        self.openSession = openSession
+        self.closeSession = closeSession
         self.instance = instance
         self.directory = directory
         self.engineFile = engineFile
@@ -161,8 +167,8 @@ final class PluginHost: @unchecked Sendable {
 
     /// Asks each running plugin for its health (control thread, about once a second).
     func pollHealth() {
-        // Never wait: a plugin starting may be waiting on this very thread (a producer's
-        // handshake is answered by the control thread). Busy now: ask next time.
+        // Never wait: a plugin's start or stop may take long, and the control thread, which
+        // calls this, must go on serving clients meanwhile. Busy now: ask next time.
         lifecycle.ifFree { pollHealthLocked() }
     }
 
@@ -513,8 +519,8 @@ final class LoadedPlugin: @unchecked Sendable {
             return CB_ERR_UNSUPPORTED.rawValue
         }
         do {
-            let client = try CrossbookClient(instance: environment.instance, directory: environment.directory)
-            let producer = PluginProducer(client: client, symbols: environment.symbols, engineFile: environment.engineFile)
+            let session = try environment.openSession()
+            let producer = PluginProducer(session: session, symbols: environment.symbols, close: environment.closeSession)
             lock.locked { producers.append(producer) }
             out.pointee = producer.handle
             return CB_OK.rawValue
@@ -550,21 +556,20 @@ final class LoadedPlugin: @unchecked Sendable {
     }
 }
 
-/// A plugin's session: rings to every shard, like a client process's.
+/// A plugin's producer: a session of the engine's own (LocalSession), with rings to every shard.
 final class PluginProducer: @unchecked Sendable {
-    let client: CrossbookClient
+    let session: LocalSession
     /// Symbol id → shard, dense.
     let shardOf: [Int32]
-    let engineFile: EngineFile
-    var closed = false
+    private let closeSession: @Sendable (LocalSession) -> Void
 
-    init(client: CrossbookClient, symbols: [(spec: SymbolSpec, shard: Int)], engineFile: EngineFile) {
-        self.client = client
+    init(session: LocalSession, symbols: [(spec: SymbolSpec, shard: Int)], close: @escaping @Sendable (LocalSession) -> Void) {
+        self.session = session
+        closeSession = close
         let maxId = Int(symbols.map(\.spec.id).max() ?? 0)
         var table = [Int32](repeating: -1, count: maxId + 1)
         for (spec, shard) in symbols { table[Int(spec.id)] = Int32(shard) }
         shardOf = table
-        self.engineFile = engineFile
     }
 
     var handle: OpaquePointer { OpaquePointer(Unmanaged.passUnretained(self).toOpaque()) }
@@ -574,25 +579,24 @@ final class PluginProducer: @unchecked Sendable {
     }
 
     func submit(_ record: UnsafeRawPointer) -> Int32 {
-        if closed || engineFile.state != .running { return CB_ERR_CLOSED.rawValue }
+        guard session.isOpen else { return CB_ERR_CLOSED.rawValue }
         let symbol = Int(UInt32(littleEndian: record.loadUnaligned(fromByteOffset: 8, as: UInt32.self)))
         guard symbol < shardOf.count, shardOf[symbol] >= 0 else { return CB_ERR_UNKNOWN_SYMBOL.rawValue }
-        return client.submitRecord(record, shard: Int(shardOf[symbol])) ? CB_OK.rawValue : CB_ERR_FULL.rawValue
+        return session.submit(record, shard: Int(shardOf[symbol])) ? CB_OK.rawValue : CB_ERR_FULL.rawValue
     }
 
     func poll(_ out: UnsafeMutableRawPointer, capacity: Int) -> Int32 {
-        if closed { return CB_ERR_CLOSED.rawValue }
+        if session.closed { return CB_ERR_CLOSED.rawValue }
         do {
-            return Int32(try client.pollRecords(into: out, capacity: min(capacity, Int(Int32.max))))
+            return Int32(try session.poll(into: out, capacity: min(capacity, Int(Int32.max))))
         } catch {
             return CB_ERR_CLOSED.rawValue
         }
     }
 
     func close() {
-        guard !closed else { return }
-        closed = true
-        client.close()
+        guard !session.closed else { return }
+        closeSession(session)
     }
 }
 

@@ -98,6 +98,14 @@ public final class MappedFile {
         return try map(fd: fd, path: path, size: size, unlinkOnFailure: true, guarded: guarded, writable: true)
     }
 
+    /// Memory of this process only, shared between its threads (rings between the engine and
+    /// its plugins): no file, nothing another process can see, write or shrink.
+    public static func anonymous(size: Int, label: String) throws(SharedMemoryError) -> MappedFile {
+        let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_POPULATE, -1, 0)
+        guard let p, p != MAP_FAILED else { throw .system(call: "mmap", path: label, errno: errno) }
+        return MappedFile(path: label, base: p, size: size, guarded: false)
+    }
+
     /// Opens an existing file and maps all of it. `minimumSize` guards the caller's header read.
     /// `writable: false` maps it read-only: a store through `base` then faults in this process.
     public static func open(path: String, minimumSize: Int, writable: Bool = true) throws(SharedMemoryError) -> MappedFile {

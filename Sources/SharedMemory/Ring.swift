@@ -85,6 +85,20 @@ public final class Ring {
         } catch .system(let call, let p, let e) where e == EEXIST {
             throw existing(path: p, call: call)
         }
+        return initialized(file, capacity: capacity, consumerMayPark: consumerMayPark)
+    }
+
+    /// A ring between two threads of this process (the engine and a plugin): the same layout in
+    /// anonymous shared memory, no file.
+    public static func inProcess(capacity: Int, consumerMayPark: Bool = true, label: String) throws(SharedMemoryError) -> Ring {
+        guard capacity >= 2, capacity <= RingLayout.maxCapacity, capacity & (capacity - 1) == 0 else {
+            throw .badHeader(path: label, "capacity \(capacity) is not a power of two in 2...\(RingLayout.maxCapacity)")
+        }
+        let file = try MappedFile.anonymous(size: RingLayout.fileSize(capacity: capacity), label: label)
+        return initialized(file, capacity: capacity, consumerMayPark: consumerMayPark)
+    }
+
+    private static func initialized(_ file: MappedFile, capacity: Int, consumerMayPark: Bool) -> Ring {
         let base = file.base
         base.storeBytes(of: RingLayout.version.littleEndian, toByteOffset: 8, as: UInt32.self)
         base.storeBytes(of: UInt32(RingLayout.slotSize).littleEndian, toByteOffset: 12, as: UInt32.self)

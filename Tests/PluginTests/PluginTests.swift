@@ -455,6 +455,11 @@ struct PluginRingTests {
         func counter(_ name: String) -> UInt64 { file.pluginCounters().first { $0.name == name }?.value ?? 0 }
         #expect(waitFor(5) { counter("egress_malformed_rejects") == 1 }, "\(log.all)")
         #expect(file.counters(0).read(.malformed) == 1)
+        // The producer is a session of the engine's own, handed to the shards in process: no
+        // session or ring files, no handshake through the control thread.
+        #expect(log.contains("a plugin producer attached (in process)"), "\(log.all)")
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+        #expect(!names.contains { $0.hasSuffix(".session") || $0.contains(".cmd.") }, "\(names)")
         // A trade on each shard (BTC-USD on shard 0, ETH-USD on shard 1) from a client process's session.
         let client = try CrossbookClient(instance: "p", directory: dir)
         for name in ["BTC-USD", "ETH-USD"] {
