@@ -10,7 +10,7 @@ TEST_FLAGS   := -c release -Xswiftc -enable-testing
 CC           ?= cc
 # Plugins in C are built here (the Swift ones are SwiftPM products): beside the executable,
 # where the engine looks for plugins by default.
-C_PLUGIN_FLAGS := -std=c11 -Wall -Wextra -Werror -shared -fPIC -O2 -I CShims/include
+C_PLUGIN_FLAGS := -std=c11 -Wall -Wextra -Werror -shared -fPIC -O2 -I C/CPluginABI/include
 
 .PHONY: all deps build release test run replay bench bench-e2e bench-d1 soak clean plugins fuzz
 

@@ -15,7 +15,7 @@ let package = Package(
         .library(name: "CrossbookConfig", targets: ["CrossbookConfig"]),
         .executable(name: "crossbook", targets: ["crossbook"]),
         // Plugins: dynamic libraries the engine loads at start (plugins/README.md). They share
-        // only CShims/include/crossbook_plugin.h with the engine.
+        // only C/CPluginABI/include/crossbook_plugin.h with the engine.
         .library(name: "crossbook-snapshot-file", type: .dynamic, targets: ["SnapshotFilePlugin"]),
         .library(name: "crossbook-metrics-prometheus", type: .dynamic, targets: ["MetricsPrometheusPlugin"]),
         .library(name: "crossbook-template-swift", type: .dynamic, targets: ["TemplateSwiftPlugin"]),
@@ -26,27 +26,35 @@ let package = Package(
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
-        // Thin C: what Swift cannot express well. Linked against liburing and libnuma from the
-        // start so that every build proves the system libraries are there.
-        .target(
-            name: "CShims",
-            path: "CShims",
-            linkerSettings: [.linkedLibrary("uring"), .linkedLibrary("numa")]
-        ),
+        // Thin C, one small target per concern (C/): what Swift cannot express well. Only the
+        // targets that need liburing and libnuma link them: a plugin or a client built on the
+        // ABI header or the ring primitives pulls in neither.
+        // The plugin ABI: one header, links nothing.
+        .target(name: "CPluginABI", path: "C/CPluginABI"),
+        // Atomics, futex, CPU affinity, thread facts, latency histograms, SIGBUS guards.
+        .target(name: "CSync", path: "C/CSync"),
+        // CRC32C (SSE4.2 where the CPU has it).
+        .target(name: "CCRC32C", path: "C/CCRC32C"),
+        // The journal's io_uring (liburing).
+        .target(name: "CUring", path: "C/CUring", linkerSettings: [.linkedLibrary("uring")]),
+        // NUMA placement of shard threads (libnuma).
+        .target(name: "CNuma", path: "C/CNuma", linkerSettings: [.linkedLibrary("numa")]),
+        // Host facts for `crossbook host` (liburing and libnuma probed).
+        .target(name: "CHost", path: "C/CHost", linkerSettings: [.linkedLibrary("uring"), .linkedLibrary("numa")]),
         // The book and its rules: pure Swift, no OS, no Foundation.
         .target(name: "OrderBook"),
         // 64-byte command records and the replay text codec.
         .target(name: "Wire", dependencies: ["OrderBook"]),
         // Rings in shared-memory files, between processes.
-        .target(name: "SharedMemory", dependencies: ["CShims"]),
+        .target(name: "SharedMemory", dependencies: ["CSync", "CPluginABI"]),
         // Journal segments, io_uring group commit, recovery scan (the clock from SharedMemory).
-        .target(name: "Journal", dependencies: ["CShims", "SharedMemory"]),
+        .target(name: "Journal", dependencies: ["CSync", "CCRC32C", "CUring", "SharedMemory"]),
         // Shards, sequencing, sessions, the plugin host. A shard's state is a value on its own
         // thread (Sources/Engine/Shard/ShardState.swift): exclusivity is checked at compile time,
         // with no unsafe flags.
-        .target(name: "Engine", dependencies: ["OrderBook", "Wire", "SharedMemory", "Journal", "CShims"]),
+        .target(name: "Engine", dependencies: ["OrderBook", "Wire", "SharedMemory", "Journal", "CSync", "CNuma", "CPluginABI"]),
         // For other processes: attach to an engine, submit, read reports.
-        .target(name: "CrossbookClient", dependencies: ["OrderBook", "Wire", "SharedMemory", "CShims"]),
+        .target(name: "CrossbookClient", dependencies: ["OrderBook", "Wire", "SharedMemory", "CSync"]),
         // The seeded benchmark workloads of bench/README.md, shared by tests and benchmarks.
         .target(name: "Workloads", dependencies: ["OrderBook"]),
         // The configuration file (TOML), a library so that the fuzz targets can load configs.
@@ -54,26 +62,26 @@ let package = Package(
         .executableTarget(
             name: "crossbook",
             dependencies: [
-                "OrderBook", "Wire", "Workloads", "CShims", "SharedMemory", "Engine", "CrossbookClient", "Journal", "CrossbookConfig",
+                "OrderBook", "Wire", "Workloads", "CSync", "CHost", "CNuma", "SharedMemory", "Engine", "CrossbookClient", "Journal", "CrossbookConfig",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "TOMLKit", package: "TOMLKit"),
             ]
         ),
-        .target(name: "SnapshotFilePlugin", dependencies: ["CShims"], path: "plugins/snapshot-file",
+        .target(name: "SnapshotFilePlugin", dependencies: ["CPluginABI", "CCRC32C"], path: "plugins/snapshot-file",
                 sources: ["SnapshotFilePlugin.swift"]),
-        .target(name: "MetricsPrometheusPlugin", dependencies: ["CShims"], path: "plugins/metrics-prometheus",
+        .target(name: "MetricsPrometheusPlugin", dependencies: ["CPluginABI", "CSync"], path: "plugins/metrics-prometheus",
                 exclude: ["README.md", "grafana-dashboard.json", "prometheus-alerts.yml"],
                 sources: ["MetricsPrometheusPlugin.swift"]),
-        .target(name: "TemplateSwiftPlugin", dependencies: ["CShims"], path: "plugins/template/swift"),
+        .target(name: "TemplateSwiftPlugin", dependencies: ["CPluginABI", "CSync"], path: "plugins/template/swift"),
         // Helpers shared by the test targets (not a test target itself).
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "OrderBookTests", dependencies: ["OrderBook", "Workloads"]),
-        .testTarget(name: "WireTests", dependencies: ["Wire", "OrderBook", "CShims"]),
-        .testTarget(name: "SharedMemoryTests", dependencies: ["SharedMemory", "Wire", "OrderBook", "CShims", "crossbook"]),
+        .testTarget(name: "WireTests", dependencies: ["Wire", "OrderBook", "CCRC32C", "CHost", "CNuma"]),
+        .testTarget(name: "SharedMemoryTests", dependencies: ["SharedMemory", "Wire", "OrderBook", "CSync", "crossbook"]),
         .testTarget(name: "CrossbookCLITests", dependencies: ["crossbook", "Journal", "SharedMemory"]),
-        .testTarget(name: "JournalTests", dependencies: ["Journal", "Workloads", "TestSupport", "CShims"]),
+        .testTarget(name: "JournalTests", dependencies: ["Journal", "Workloads", "TestSupport", "CCRC32C"]),
         .testTarget(name: "EngineTests", dependencies: ["Engine", "CrossbookClient", "SharedMemory", "Wire", "OrderBook", "crossbook", "TestSupport"]),
-        .testTarget(name: "PluginTests", dependencies: ["Engine", "CrossbookClient", "SharedMemory", "Wire", "OrderBook", "CShims", "crossbook", "TestSupport"]),
+        .testTarget(name: "PluginTests", dependencies: ["Engine", "CrossbookClient", "SharedMemory", "Wire", "OrderBook", "CPluginABI", "CSync", "crossbook", "TestSupport"]),
     ]
 )

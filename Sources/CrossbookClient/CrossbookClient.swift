@@ -2,7 +2,6 @@
 // own rings, read your own execution reports. One client = one thread's worth of rings: use
 // it from one thread at a time.
 
-import CShims
 import Foundation
 import Glibc
 import OrderBook

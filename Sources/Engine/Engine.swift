@@ -3,7 +3,7 @@
 // detach a lagging client, and says so in the log. Start, serve, stop: draining every ring and
 // removing every file.
 
-import CShims
+import CSync
 import Foundation
 import Glibc
 import Journal

@@ -2,7 +2,8 @@
 // the Prometheus way. The host hands them to metrics plugins (metrics_read); nothing here
 // touches a shard: every value is a relaxed load of a word a shard or the control thread wrote.
 
-import CShims
+import CPluginABI
+import CSync
 import Glibc
 import OrderBook
 import SharedMemory

@@ -4,7 +4,8 @@
 // in the reverse order. Plugins reach the shards only through rings: a producer is a session
 // like any other process's, a subscription a consumer of an event ring.
 
-import CShims
+import CPluginABI
+import CSync
 import Glibc
 import Journal
 import OrderBook

@@ -29,7 +29,9 @@
 // its header, which carries the journal id, at any 8-byte offset) is corruption: the scan stops
 // naming file, offset and sequence. Version 1 segments (records without batches) still read.
 
-import CShims
+import CCRC32C
+import CSync
+import CUring
 import Glibc
 import SharedMemory
 

@@ -9,7 +9,7 @@
 // times out). The engine keeps nothing here it would trust: its state and counters are in the
 // control file, which no client can write.
 
-import CShims
+import CSync
 import Glibc
 
 /// A shard's wake-up: producers ring it after publishing if the shard said it would sleep.

@@ -13,7 +13,7 @@
 //   4096  slots: capacity × 64 bytes
 // Attaching a consumer takes a free block with one compare-and-swap (not on any hot path).
 
-import CShims
+import CSync
 import Glibc
 
 public enum EventRingLayout {

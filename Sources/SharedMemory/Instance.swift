@@ -33,7 +33,8 @@
 // and may see a value one update old, never a torn one (aligned 64-bit). Plugin slots have one
 // writer, the engine's control thread; plugin counters one writer, their plugin.
 
-import CShims
+import CPluginABI
+import CSync
 import Glibc
 
 public enum InstanceLayout {

@@ -1,7 +1,7 @@
 // Files mapped shared between processes: created exclusively with an exact mode, or opened and
 // checked. System failures come back as typed errors naming the call, the path and errno.
 
-import CShims
+import CSync
 import Glibc
 
 public enum SharedMemoryError: Error, Equatable, CustomStringConvertible {

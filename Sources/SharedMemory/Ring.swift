@@ -17,7 +17,7 @@
 // each cursor has one writer. Nothing read from the file is trusted: the header is checked
 // on attach, and a cursor that moves impossibly is reported as a fault, never followed.
 
-import CShims
+import CSync
 import Glibc
 
 public enum RingLayout {

@@ -1,6 +1,7 @@
 // `crossbook host`: what this machine offers the engine (CPUs, NUMA, io_uring, CRC32C).
 import ArgumentParser
-import CShims
+import CHost
+import CNuma
 
 struct Host: ParsableCommand {
     static let configuration = CommandConfiguration(

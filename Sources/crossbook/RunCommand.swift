@@ -1,7 +1,6 @@
 // `crossbook run`: the engine process. `crossbook stat`: its counters, live, from outside.
 import ArgumentParser
 import CrossbookConfig
-import CShims
 import Engine
 import Foundation
 import Glibc

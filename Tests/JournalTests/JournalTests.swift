@@ -3,7 +3,7 @@
 // resumes when space returns.
 import Foundation
 import Glibc
-import CShims
+import CCRC32C
 import Journal
 import Testing
 import TestSupport

@@ -1,7 +1,8 @@
 // metrics-prometheus: scraped over HTTP by a real client (Python's urllib) while orders flow,
 // and the answer parsed as the Prometheus text format.
 import CrossbookClient
-import CShims
+import CPluginABI
+import CSync
 import Engine
 import Foundation
 import Glibc

@@ -3,7 +3,8 @@
 // grew; the template plugins (C and Swift) feed orders end to end; metrics are scraped over
 // real HTTP under load and parsed.
 import CrossbookClient
-import CShims
+import CPluginABI
+import CSync
 import Engine
 import Foundation
 import Glibc
@@ -48,7 +49,7 @@ func compilePlugin(_ source: String, name: String, into folder: String, include:
     try source.write(toFile: file, atomically: true, encoding: .utf8)
     let output = folder + "/libcrossbook-\(name).so"
     let (status, text) = try run("/usr/bin/env", ["cc", "-std=c11", "-Wall", "-Werror", "-shared", "-fPIC", "-O1",
-                                                   "-I", include ?? repositoryRoot + "/CShims/include"]
+                                                   "-I", include ?? repositoryRoot + "/C/CPluginABI/include"]
                                      + defines + [file, "-o", output, "-lpthread"])
     guard status == 0 else { throw CompileError(text: text) }
     return output
@@ -135,6 +136,27 @@ let probeSource = """
     CB_PLUGIN_EXPORT const cb_plugin *some_other_name(void) { return &descriptor; }
     #endif
     """
+
+@Suite("Plugin ABI: what a plugin links")
+struct PluginLinkTests {
+    @Test("the Swift plugins built here link neither liburing nor libnuma: the ABI header is a target of its own that links nothing")
+    func noEngineLibraries() throws {
+        let names = try FileManager.default.contentsOfDirectory(atPath: buildDirectory)
+            .filter { $0.hasPrefix("libcrossbook-") && $0.hasSuffix(".so") && !$0.contains("-c.so") }
+        #expect(names.count >= 3, "\(names)")
+        for name in names {
+            let ldd = Process()
+            ldd.executableURL = URL(fileURLWithPath: "/usr/bin/ldd")
+            ldd.arguments = [buildDirectory + "/" + name]
+            let out = Pipe()
+            ldd.standardOutput = out
+            try ldd.run()
+            let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            ldd.waitUntilExit()
+            #expect(!text.contains("liburing") && !text.contains("libnuma"), "\(name): \(text)")
+        }
+    }
+}
 
 @Suite("plugin host", .serialized)
 struct PluginHostTests {
@@ -301,7 +323,7 @@ struct PluginHostTests {
         let folder = temporaryFolder()
         defer { removeTree(folder) }
         // The first published v1 header: this repository's, without the field appended since.
-        let current = try String(contentsOfFile: repositoryRoot + "/CShims/include/crossbook_plugin.h", encoding: .utf8)
+        let current = try String(contentsOfFile: repositoryRoot + "/C/CPluginABI/include/crossbook_plugin.h", encoding: .utf8)
         let appended = "    uint64_t (*monotonic_ns)(cb_host *host);\n"
         #expect(current.contains(appended))
         let first = current.replacingOccurrences(of: appended, with: "")

@@ -1,6 +1,5 @@
 // The ring: order, no loss, no duplicate, wrap-around, full and empty, with real threads and a
 // real second process; headers and cursors that lie; parking and waking; leftovers.
-import CShims
 import Foundation
 import Glibc
 import OrderBook

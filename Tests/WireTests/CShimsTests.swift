@@ -1,6 +1,8 @@
 // The C layer: the host probe runs against the real liburing and libnuma, and both CRC32C
 // implementations agree.
-import CShims
+import CCRC32C
+import CHost
+import CNuma
 import Testing
 
 @Suite("CShims")

@@ -5,7 +5,8 @@
 //
 // Config: listen = "127.0.0.1:9464" (host:port; IPv4).
 
-import CShims
+import CPluginABI
+import CSync
 import Glibc
 
 

@@ -10,7 +10,8 @@
 // Config: dir (default: the engine's data directory), keep (default: the engine's
 // snapshots_kept, 3).
 
-import CShims
+import CCRC32C
+import CPluginABI
 import Glibc
 
 final class FileStore {

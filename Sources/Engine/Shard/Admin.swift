@@ -5,7 +5,6 @@
 // (an epoch that does not rise, a thaw of a symbol that is not frozen) is journaled all the
 // same and refused the same way on replay: the outcome is part of the state's history.
 
-import CShims
 import OrderBook
 import SharedMemory
 import Wire

@@ -1,7 +1,7 @@
 // How the control thread talks to a shard: a bounded single-producer single-consumer queue of
 // messages, and the semaphores it waits on for an answer.
 
-import CShims
+import CSync
 import Glibc
 import SharedMemory
 

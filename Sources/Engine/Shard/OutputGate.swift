@@ -4,7 +4,7 @@
 // context of its command, and the gate is told how far the journal is durable (`release`). The
 // one thing it asks of the journal is to wait for the disk when its staging area is full.
 
-import CShims
+import CSync
 import Journal
 import OrderBook
 import SharedMemory

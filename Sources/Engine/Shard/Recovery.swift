@@ -1,7 +1,6 @@
 // A shard's recovery at start: the newest usable snapshot, then every journaled command after
 // it, through the same `process` as live commands, with the output gate sending nothing.
 
-import CShims
 import Journal
 import OrderBook
 import SharedMemory

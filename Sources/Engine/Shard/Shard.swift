@@ -8,7 +8,8 @@
 // the loop drives is `ShardState` (ShardState.swift), recovery is Recovery.swift, the output
 // gate OutputGate.swift, the sequencer Sequencer.swift.
 
-import CShims
+import CNuma
+import CSync
 import Foundation
 import Glibc
 import Journal

@@ -8,7 +8,7 @@
 // engine time), the feed journals it (live only), `process` decodes, checks and applies it,
 // and its events go with that context to the output gate.
 
-import CShims
+import CSync
 import Glibc
 import Journal
 import OrderBook

@@ -4,7 +4,7 @@
 // so 0 mallocs here means 0 allocations per order on the shard thread in steady state.
 
 import Benchmark
-import CShims
+import CSync
 import CrossbookClient
 import Engine
 import Glibc

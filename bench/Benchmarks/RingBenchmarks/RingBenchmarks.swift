@@ -3,7 +3,7 @@
 // Producer on core 1, consumer on core 0 (this machine has two).
 
 import Benchmark
-import CShims
+import CSync
 import Foundation
 import Glibc
 import RingFloor

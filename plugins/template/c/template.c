@@ -11,7 +11,7 @@
  * Counters: template_c_lines, template_c_submitted, template_c_bad_lines, template_c_accepted,
  * template_c_rejected, template_c_trades.
  *
- * Build: cc -shared -fPIC -O2 -I CShims/include plugins/template/c/template.c -o libcrossbook-template-c.so -lpthread
+ * Build: cc -shared -fPIC -O2 -I C/CPluginABI/include plugins/template/c/template.c -o libcrossbook-template-c.so -lpthread
  * Only crossbook_plugin.h is shared with the engine. */
 #define _GNU_SOURCE
 #include "crossbook_plugin.h"

@@ -9,7 +9,8 @@
 // No Swift type crosses the boundary: the host sees C function pointers and an opaque pointer
 // (the retained TemplatePlugin instance). Only crossbook_plugin.h is shared with the engine.
 
-import CShims
+import CPluginABI
+import CSync
 import Glibc
 
 

@@ -1,6 +1,6 @@
 // Host facts for placement and start-up checks: CPUs, NUMA nodes (libnuma), io_uring (liburing).
 #define _GNU_SOURCE
-#include "CShims.h"
+#include "cb_host.h"
 
 #include <errno.h>
 #include <liburing.h>
@@ -35,15 +35,4 @@ void cb_host_probe(cb_host_info *info) {
 
     __builtin_cpu_init();
     info->crc32c_hw = __builtin_cpu_supports("sse4.2") ? 1 : 0;
-}
-
-int32_t cb_numa_node_of_cpu(int32_t cpu) {
-    if (numa_available() < 0) return -1;
-    int node = numa_node_of_cpu(cpu);
-    return node < 0 ? -1 : node;
-}
-
-void cb_numa_prefer_node(int32_t node) {
-    if (numa_available() < 0) return;
-    numa_set_preferred(node);
 }

@@ -1,6 +1,6 @@
 // CRC32C (Castagnoli, reflected polynomial 0x82F63B78): the SSE4.2 instruction when the CPU has
 // it, a table otherwise. Both give the same value; a test holds them to it.
-#include "CShims.h"
+#include "cb_crc32c.h"
 
 #include <stdint.h>
 #include <string.h>

@@ -11,7 +11,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
-#include "CShims.h"
+#include "cb_sync.h"
 
 #define CB_GUARDS 4096
 
