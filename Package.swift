@@ -24,6 +24,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
     ],
     targets: [
         // Thin C, one small target per concern (C/): what Swift cannot express well. Only the
@@ -46,13 +47,13 @@ let package = Package(
         // 64-byte command records and the replay text codec.
         .target(name: "Wire", dependencies: ["OrderBook"]),
         // Rings in shared-memory files, between processes.
-        .target(name: "SharedMemory", dependencies: ["CSync", "CPluginABI"]),
+        .target(name: "SharedMemory", dependencies: ["CSync", "CPluginABI", .product(name: "SystemPackage", package: "swift-system")]),
         // Journal segments, io_uring group commit, recovery scan (the clock from SharedMemory).
-        .target(name: "Journal", dependencies: ["CSync", "CCRC32C", "CUring", "SharedMemory"]),
+        .target(name: "Journal", dependencies: ["CSync", "CCRC32C", "CUring", "SharedMemory", .product(name: "SystemPackage", package: "swift-system")]),
         // Shards, sequencing, sessions, the plugin host. A shard's state is a value on its own
         // thread (Sources/Engine/Shard/ShardState.swift): exclusivity is checked at compile time,
         // with no unsafe flags.
-        .target(name: "Engine", dependencies: ["OrderBook", "Wire", "SharedMemory", "Journal", "CSync", "CNuma", "CPluginABI"]),
+        .target(name: "Engine", dependencies: ["OrderBook", "Wire", "SharedMemory", "Journal", "CSync", "CNuma", "CPluginABI", .product(name: "SystemPackage", package: "swift-system")]),
         // For other processes: attach to an engine, submit, read reports.
         .target(name: "CrossbookClient", dependencies: ["OrderBook", "Wire", "SharedMemory", "CSync"]),
         // The seeded benchmark workloads of bench/README.md, shared by tests and benchmarks.

@@ -9,6 +9,7 @@ import Glibc
 import Journal
 import OrderBook
 import SharedMemory
+import SystemPackage
 import Wire
 
 public struct ShardSettings: Sendable, Equatable {
@@ -73,9 +74,37 @@ public struct EngineSettings: Sendable {
     var fileMode: mode_t { group == nil ? 0o600 : 0o660 }
 }
 
-public struct EngineError: Error, CustomStringConvertible {
-    public var description: String
-    init(_ description: String) { self.description = description }
+/// Why the engine refused or failed, keeping the cause from the layer below.
+public enum EngineError: Error, CustomStringConvertible {
+    /// A setting, the host or the engine's state says no, for a reason an operator can act on.
+    case refused(String)
+    /// A symbol or its book's capacity is not valid.
+    case bookConfig(BookConfigError)
+    /// A file of the instance in shared memory (control file, doorbells, rings, event rings).
+    case sharedMemory(SharedMemoryError)
+    /// The journal, a snapshot, or the data directory's files.
+    case journal(JournalError)
+    /// A plugin did not load, start or answer.
+    case plugin(PluginError)
+    /// A system call of the engine's own (the data directory, CONFIGURATION, the instance
+    /// directory).
+    case system(SystemCallError)
+    /// A shard did not start (its placement, its books, its recovery).
+    case shardStart(shard: Int, String)
+
+    init(_ reason: String) { self = .refused(reason) }
+
+    public var description: String {
+        switch self {
+        case .refused(let why): why
+        case .bookConfig(let error): "\(error)"
+        case .sharedMemory(let error): error.description
+        case .journal(let error): error.description
+        case .plugin(let error): "\(error)"
+        case .system(let error): error.description
+        case .shardStart(_, let why): why
+        }
+    }
 }
 
 public final class Engine: @unchecked Sendable {
@@ -196,7 +225,7 @@ public final class Engine: @unchecked Sendable {
             do {
                 try spec.validate()
                 try s.capacity.validate(for: spec)
-            } catch { throw EngineError("\(error)") }
+            } catch { throw EngineError.bookConfig(error) }
         }
 
         // The memory the books and rings need is taken at start: refuse a configuration the host
@@ -225,16 +254,16 @@ public final class Engine: @unchecked Sendable {
             do {
                 file = try EngineFile.create(directory: s.directory, shards: s.shards.count, symbols: controlSymbols,
                                              mode: s.fileMode)
-            } catch { throw EngineError("\(error)") }
+            } catch { throw EngineError.sharedMemory(error) }
         } catch {
-            throw EngineError("\(error)")
+            throw EngineError.sharedMemory(error)
         }
         engineFile = file
         if let group = s.group { chown(InstanceLayout.enginePath(s.directory), uid_t.max, group) }
         let doorbells: DoorbellFile
         do { doorbells = try DoorbellFile.create(directory: s.directory, shards: s.shards.count, mode: s.fileMode) } catch {
             stop()
-            throw EngineError("\(error)")
+            throw EngineError.sharedMemory(error)
         }
         if let group = s.group { chown(InstanceLayout.doorbellsPath(s.directory), uid_t.max, group) }
 
@@ -260,7 +289,7 @@ public final class Engine: @unchecked Sendable {
                                                "engine.snapshots_kept": String(s.snapshotsKept)])
             } catch {
                 stop()
-                throw EngineError("\(error)")
+                throw EngineError.plugin(error)
             }
         }
 
@@ -293,7 +322,7 @@ public final class Engine: @unchecked Sendable {
         }
         do { try pluginHost?.startAll(snapshotStores: true, allowed: s.durability != .none) } catch {
             stop()
-            throw EngineError("\(error)")
+            throw EngineError.plugin(error)
         }
         let snapshots: SnapshotStore? = pluginHost?.snapshotStore
         if snapshots == nil && s.durability != .none && s.snapshotEvery > 0 && !s.readOnly {
@@ -308,7 +337,7 @@ public final class Engine: @unchecked Sendable {
                                               capacity: s.eventRingCapacity, mode: s.fileMode)
             } catch {
                 stop()
-                throw EngineError("\(error)")
+                throw EngineError.sharedMemory(error)
             }
             let slots = s.symbols.indices.filter { s.symbols[$0].shard == i }
             let shard = Shard(index: i, core: shardSettings.core, symbols: mine, symbolSlots: slots, engineFile: file,
@@ -326,7 +355,7 @@ public final class Engine: @unchecked Sendable {
             shards.append(shard)
             if let error = shard.startError {
                 stop()
-                throw EngineError(error)
+                throw EngineError.shardStart(shard: i, error)
             }
             placement.append(shard.placement)
             placement.append(contentsOf: shard.recoveryLog)
@@ -348,7 +377,7 @@ public final class Engine: @unchecked Sendable {
         // The other plugins once the engine serves: they may open producers and subscriptions.
         do { try pluginHost?.startAll(snapshotStores: false, allowed: !s.readOnly) } catch {
             stop()
-            throw EngineError("\(error)")
+            throw EngineError.plugin(error)
         }
         return placement
     }
@@ -757,51 +786,53 @@ public final class Engine: @unchecked Sendable {
     private func writeDurably(_ path: String, _ text: String) throws {
         let directory = (path as NSString).deletingLastPathComponent
         let temporary = path + ".tmp"
-        func failed(_ call: String, _ e: Int32) -> EngineError {
-            unlink(temporary)
-            return EngineError("cannot write \(path): \(call) failed: \(String(cString: strerror(e)))")
-        }
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600)
-        guard fd >= 0 else { throw failed("open", errno) }
         let bytes = Array(text.utf8)
-        var done = 0
-        while done < bytes.count {
-            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + done, bytes.count - done) }
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { let e = n < 0 ? errno : EIO; close(fd); throw failed("write", e) }
-            done += n
+        do throws(SystemCallError) {
+            let fd = try SystemCall.run("open", temporary) { open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600) }
+            defer { close(fd) }
+            var done = 0
+            while done < bytes.count {
+                let n = try SystemCall.run("write", temporary) { bytes.withUnsafeBytes { write(fd, $0.baseAddress! + done, bytes.count - done) } }
+                guard n > 0 else { throw SystemCallError("write (no progress)", temporary, .ioError) }
+                done += n
+            }
+            try SystemCall.run("fsync", temporary) { fsync(fd) }
+            try SystemCall.run("rename", path) { rename(temporary, path) }
+        } catch {
+            unlink(temporary)
+            throw EngineError.system(error)
         }
-        guard fsync(fd) == 0 else { let e = errno; close(fd); throw failed("fsync", e) }
-        close(fd)
-        guard rename(temporary, path) == 0 else { throw failed("rename", errno) }
         try syncDirectory(directory)
     }
 
     private func syncDirectory(_ directory: String) throws {
-        do { try JournalReader.syncDirectory(directory.isEmpty ? "." : directory) } catch { throw EngineError("\(error)") }
+        do { try JournalReader.syncDirectory(directory.isEmpty ? "." : directory) } catch { throw EngineError.journal(error) }
     }
 
     private func makeDataDirectory(_ path: String) throws {
         let parent = (path as NSString).deletingLastPathComponent
         if !parent.isEmpty && parent != path && access(parent, F_OK) != 0 { try makeDataDirectory(parent) }
-        if mkdir(path, 0o700) != 0 {
-            guard errno == EEXIST else {
-                throw EngineError("cannot create the data directory \(path): \(String(cString: strerror(errno)))")
-            }
-        } else {
+        do {
+            try SystemCall.run("mkdir (the data directory)", path) { mkdir(path, 0o700) }
             // A new directory's name is durable only once its parent is synced.
             try syncDirectory(parent.isEmpty ? "." : parent)
+        } catch let failure as SystemCallError where failure.errno == .fileExists {
+            return
+        } catch let failure as SystemCallError {
+            throw EngineError.system(failure)
         }
     }
 
     private func writeFile(_ path: String, _ text: String) throws {
-        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, settings.fileMode)
-        guard fd >= 0 else { throw EngineError("cannot write \(path): \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
-        fchmod(fd, settings.fileMode)
         let bytes = Array(text.utf8)
-        guard write(fd, bytes, bytes.count) == bytes.count else {
-            throw EngineError("cannot write \(path): \(String(cString: strerror(errno)))")
+        do throws(SystemCallError) {
+            let fd = try SystemCall.run("open", path) { open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, settings.fileMode) }
+            defer { close(fd) }
+            try SystemCall.run("fchmod", path) { fchmod(fd, settings.fileMode) }
+            let n = try SystemCall.run("write", path) { write(fd, bytes, bytes.count) }
+            guard n == bytes.count else { throw SystemCallError("write (short: \(n) of \(bytes.count) bytes)", path, .ioError) }
+        } catch {
+            throw EngineError.system(error)
         }
     }
 }

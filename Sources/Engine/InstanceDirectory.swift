@@ -4,6 +4,7 @@
 // it; each must be a directory owned by this user or root, and not writable by others unless it
 // is a root-owned sticky directory (/dev/shm, /tmp): then what is below it must be ours.
 import Glibc
+import SharedMemory
 
 enum InstanceDirectory {
     /// Opens (creating what is missing) and checks `path`; returns a descriptor of the instance
@@ -16,7 +17,7 @@ enum InstanceDirectory {
             throw EngineError("the instance directory \(path) must be a plain absolute path")
         }
         var fd = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard fd >= 0 else { throw EngineError("cannot open /: \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { throw EngineError.system(SystemCallError("open", "/", errno: errno)) }
         var walked = ""
         var belowShared = false
         let me = geteuid()
@@ -30,7 +31,7 @@ enum InstanceDirectory {
                 if mkdirat(fd, name, mode) != 0 && errno != EEXIST {
                     let e = errno
                     close(fd)
-                    throw EngineError("cannot create \(walked): \(String(cString: strerror(e)))")
+                    throw EngineError.system(SystemCallError("mkdir", walked, errno: e))
                 }
                 created = true
                 next = openat(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
@@ -43,11 +44,15 @@ enum InstanceDirectory {
                     let isLink = lstat(walked, &info) == 0 && info.st_mode & S_IFMT == S_IFLNK
                     throw EngineError("\(walked) is \(isLink ? "a symbolic link" : "not a directory"): refusing to use it for the instance directory \(path)")
                 }
-                throw EngineError("cannot open \(walked): \(String(cString: strerror(openError)))")
+                throw EngineError.system(SystemCallError("open", walked, errno: openError))
             }
             fd = next
             var info = stat()
-            guard fstat(fd, &info) == 0 else { close(fd); throw EngineError("cannot stat \(walked)") }
+            guard fstat(fd, &info) == 0 else {
+                let e = errno
+                close(fd)
+                throw EngineError.system(SystemCallError("fstat", walked, errno: e))
+            }
             let sticky = info.st_mode & S_ISVTX != 0
             let othersWrite = info.st_mode & (S_IWGRP | S_IWOTH) != 0
             // Below a directory anyone can write to, only what this user made can be trusted.

@@ -649,7 +649,7 @@ final class PluginSnapshotStore: SnapshotStore, @unchecked Sendable {
             store.save(store.context, UInt32(shard), sequence, b.baseAddress, b.count, &error, error.count)
         }
         guard rc == 0 else {
-            throw .system(call: "plugin \(plugin) save (\(statusName(rc)))", path: messageText(error), errno: rc == CB_ERR_IO.rawValue ? EIO : 0)
+            throw .snapshotStore(plugin: plugin, status: statusName(rc), message: messageText(error))
         }
     }
 

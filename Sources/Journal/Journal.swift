@@ -20,6 +20,8 @@
 //       The checksum is CRC32C over the records' CRCs in order, seeded with the previous
 //       batch's checksum: batches are chained, across segments too.
 //   The unwritten rest of a segment is zeros: a zero record header ends the segment's batches.
+//   Record types the engine writes: 1 a command (80 bytes: Engine/Shard/JournalFeed.swift),
+//   2 a sequenced admin command (the engine time, then Wire/AdminRecord.swift).
 //
 // Recovery tells a torn last batch from corruption. Only one batch is ever in flight and a
 // batch is acknowledged only once its write and fdatasync completed, so damage confined to the
@@ -34,6 +36,7 @@ import CSync
 import CUring
 import Glibc
 import SharedMemory
+import SystemPackage
 
 public enum JournalLayout {
     public static let version: UInt32 = 2
@@ -57,9 +60,23 @@ public enum JournalLayout {
     }
 }
 
+/// A system call through `SystemCall` (EINTR retried), its failure as this layer's error.
+@inline(__always) @discardableResult
+func journalCall(_ call: String, _ path: String, _ body: () -> Int32) throws(JournalError) -> Int32 {
+    do { return try SystemCall.run(call, path, body) } catch { throw .system(error) }
+}
+
+@inline(__always) @discardableResult
+func journalCall(_ call: String, _ path: String, _ body: () -> Int) throws(JournalError) -> Int {
+    do { return try SystemCall.run(call, path, body) } catch { throw .system(error) }
+}
+
 public enum JournalError: Error, Equatable, CustomStringConvertible {
-    case system(call: String, path: String, errno: Int32)
+    /// A system call failed: which, on what, and its errno.
+    case system(SystemCallError)
     case diskFull(path: String)
+    /// A snapshot-store plugin refused: its status and its own message.
+    case snapshotStore(plugin: String, status: String, message: String)
     case corrupt(path: String, offset: Int, sequence: UInt64, String)
     case badSegment(path: String, String)
     case tooLarge(Int)
@@ -68,7 +85,8 @@ public enum JournalError: Error, Equatable, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case .system(let call, let path, let e): "\(call)(\(path)) failed: \(String(cString: strerror(e))) (errno \(e))"
+        case .system(let failure): failure.description
+        case .snapshotStore(let plugin, let status, let message): "snapshot store \(plugin): \(status): \(message)"
         case .diskFull(let path): "no space left on the device of \(path): nothing more is durable until space returns"
         case .corrupt(let path, let offset, let sequence, let why):
             "\(path): corrupt record at offset \(offset) (sequence \(sequence)): \(why)"
@@ -198,7 +216,7 @@ public final class JournalWriter {
         chain = resume?.chain ?? 0
         var error: Int32 = 0
         guard let ring = cb_uring_create(64, &error) else {
-            throw .system(call: "io_uring_queue_init", path: config.directory, errno: error)
+            throw .system(SystemCallError("io_uring_queue_init", config.directory, errno: error))
         }
         self.ring = ring
         buffers = (0..<2).map { _ in
@@ -207,8 +225,7 @@ public final class JournalWriter {
             return p
         }
         if let resume, let path = resume.path {
-            let fd = open(path, O_RDWR | O_CLOEXEC)
-            guard fd >= 0 else { throw .system(call: "open", path: path, errno: errno) }
+            let fd = try journalCall("open", path) { open(path, O_RDWR | O_CLOEXEC) }
             self.fd = fd
             segmentPath = path
             writeOffset = resume.offset
@@ -354,7 +371,7 @@ public final class JournalWriter {
         if syncHistogram != nil { submittedAt = monotonicNanoseconds() }
         if rc < 0 {
             retrying = false
-            fail(.system(call: "io_uring_submit", path: segmentPath, errno: -rc))
+            fail(.system(SystemCallError("io_uring_submit", segmentPath, errno: -rc)))
         }
     }
 
@@ -370,12 +387,12 @@ public final class JournalWriter {
             if result == -ECANCELED { return }  // the sync of a failed write: the write says why
             retrying = false
             fail(result == -ENOSPC ? .diskFull(path: segmentPath)
-                 : .system(call: isSync ? "fdatasync" : "write", path: segmentPath, errno: -result))
+                 : .system(SystemCallError(isSync ? "fdatasync" : "write", segmentPath, errno: -result)))
             return
         }
         if !isSync && Int(result) != batch.length {
             retrying = false
-            fail(.system(call: "write (short: \(result) of \(batch.length) bytes)", path: segmentPath, errno: EIO))
+            fail(.system(SystemCallError("write (short: \(result) of \(batch.length) bytes)", segmentPath, errno: EIO)))
             return
         }
         if isSync { inFlight?.synced = true } else { inFlight?.wrote = true }
@@ -407,15 +424,19 @@ public final class JournalWriter {
             fail(error)
             throw error
         }
-        var newFd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-        if newFd < 0 && errno == EEXIST && pendingSegment == firstSequence {
+        let create = { () -> Int32 in open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600) }
+        var newFd: Int32
+        do {
+            newFd = try SystemCall.run("open", path, create)
+        } catch let failure where failure.errno == .fileExists && pendingSegment == firstSequence {
             // Left by an earlier attempt whose removal failed: it holds no record.
             unlink(path)
-            newFd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+            do { newFd = try SystemCall.run("open", path, create) } catch { try refuse(.system(error), -1) }
+        } catch {
+            try refuse(.system(error), -1)
         }
-        guard newFd >= 0 else { let e = errno; try refuse(.system(call: "open", path: path, errno: e), -1) }
         let rc = cb_fallocate(newFd, 0, UInt64(config.segmentSize))
-        if rc != 0 { try refuse(rc == ENOSPC ? .diskFull(path: path) : .system(call: "fallocate", path: path, errno: rc), newFd) }
+        if rc != 0 { try refuse(rc == ENOSPC ? .diskFull(path: path) : .system(SystemCallError("fallocate", path, errno: rc)), newFd) }
         var header = [UInt8](repeating: 0, count: JournalLayout.segmentHeaderSize)
         header.withUnsafeMutableBytes { h in
             h.storeBytes(of: JournalLayout.magic, toByteOffset: 0, as: UInt64.self)
@@ -426,17 +447,22 @@ public final class JournalWriter {
             h.storeBytes(of: journalId.littleEndian, toByteOffset: 32, as: UInt64.self)
             h.storeBytes(of: chain.littleEndian, toByteOffset: 40, as: UInt32.self)
         }
-        let wrote = pwrite(newFd, header, header.count, 0)
-        if wrote != header.count { let e = wrote < 0 ? errno : EIO; try refuse(.system(call: "pwrite", path: path, errno: e), newFd) }
-        if fdatasync(newFd) != 0 { let e = errno; try refuse(.system(call: "fdatasync", path: path, errno: e), newFd) }
+        do throws(SystemCallError) {
+            let wrote = try SystemCall.run("pwrite", path) { pwrite(newFd, header, header.count, 0) }
+            if wrote != header.count { throw SystemCallError("pwrite (short: \(wrote) of \(header.count) bytes)", path, .ioError) }
+            try SystemCall.run("fdatasync", path) { fdatasync(newFd) }
+        } catch {
+            try refuse(.system(error), newFd)
+        }
         // The directory entry must be durable too, or a power cut could lose the whole segment
         // with every acknowledged record in it.
-        let dirFd = open(config.directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if dirFd < 0 { let e = errno; try refuse(.system(call: "open", path: config.directory, errno: e), newFd) }
-        if fsync(dirFd) != 0 {
-            let e = errno
+        let dirFd: Int32
+        do { dirFd = try SystemCall.run("open", config.directory) { open(config.directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC) } } catch {
+            try refuse(.system(error), newFd)
+        }
+        do { try SystemCall.run("fsync (directory)", config.directory) { fsync(dirFd) } } catch {
             close(dirFd)
-            try refuse(.system(call: "fsync (directory)", path: config.directory, errno: e), newFd)
+            try refuse(.system(error), newFd)
         }
         close(dirFd)
         if fd >= 0 { close(fd) }
@@ -525,7 +551,7 @@ public enum JournalReader {
             state.result.unfinishedSegment = last
             files.removeLast()
             if repair {
-                guard unlink(last) == 0 else { throw .system(call: "unlink", path: last, errno: errno) }
+                try journalCall("unlink", last) { unlink(last) }
                 try syncDirectory(directory)
             }
         }
@@ -608,7 +634,7 @@ public enum JournalReader {
     /// all zeros (or empty). A zero header before non-zero bytes is not that: it is refused.
     static func segmentNeverFinished(_ path: String) throws(JournalError) -> Bool {
         var info = stat()
-        guard stat(path, &info) == 0 else { throw .system(call: "stat", path: path, errno: errno) }
+        try journalCall("stat", path) { stat(path, &info) }
         if info.st_size == 0 { return true }  // empty: nothing was ever written
         let result: Bool? = try mapped(path, writable: false, minimum: 1) { (_, base, size) throws(JournalError) -> Bool in
             guard isZero(base, min(size, JournalLayout.segmentHeaderSize)) else { return false }
@@ -623,11 +649,10 @@ public enum JournalReader {
     /// nil when the file has fewer than `minimum` bytes or cannot be mapped.
     static func mapped<T>(_ path: String, writable: Bool, minimum: Int,
                           _ body: (Int32, UnsafeRawPointer, Int) throws(JournalError) -> T) throws(JournalError) -> T? {
-        let fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC)
-        guard fd >= 0 else { throw .system(call: "open", path: path, errno: errno) }
+        let fd = try journalCall("open", path) { open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC) }
         defer { close(fd) }
         var info = stat()
-        guard fstat(fd, &info) == 0 else { throw .system(call: "fstat", path: path, errno: errno) }
+        try journalCall("fstat", path) { fstat(fd, &info) }
         let size = Int(info.st_size)
         guard size >= minimum, let map = mmap(nil, size, PROT_READ, MAP_SHARED, fd, 0), map != MAP_FAILED else { return nil }
         defer { munmap(map, size) }
@@ -636,10 +661,9 @@ public enum JournalReader {
 
     /// fsync of a directory: the names in it are durable once this returns.
     public static func syncDirectory(_ directory: String) throws(JournalError) {
-        let dirFd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard dirFd >= 0 else { throw .system(call: "open", path: directory, errno: errno) }
+        let dirFd = try journalCall("open", directory) { open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
         defer { close(dirFd) }
-        guard fsync(dirFd) == 0 else { throw .system(call: "fsync (directory)", path: directory, errno: errno) }
+        try journalCall("fsync (directory)", directory) { fsync(dirFd) }
     }
 
     static func scanSegment(_ path: String, shard: Int, isLast: Bool, state: inout ScanState, interrupted: () -> Bool,
@@ -840,10 +864,11 @@ public enum JournalReader {
         var at = from
         while at < to {
             let n = min(chunk.count, to - at)
-            guard pwrite(fd, chunk, n, off_t(at)) == n else { throw .system(call: "pwrite", path: path, errno: errno) }
+            let wrote = try journalCall("pwrite", path) { pwrite(fd, chunk, n, off_t(at)) }
+            guard wrote == n else { throw .system(SystemCallError("pwrite (short: \(wrote) of \(n) bytes)", path, errno: EIO)) }
             at += n
         }
-        guard fdatasync(fd) == 0 else { throw .system(call: "fdatasync", path: path, errno: errno) }
+        try journalCall("fdatasync", path) { fdatasync(fd) }
     }
 
     /// A version 1 segment (records without batches), as written before batches existed.

@@ -17,7 +17,8 @@
 //        state (u32: 1 starting, 2 running, 3 stopping, 4 stopped), start time ns (u64),
 //        32 symbol count (u32)
 //   64 + 2048 × s   shard s: 64 bytes reserved (the doorbell until version 2),
-//        at +64 the counters (u64 × 24, see ShardCounter), at +256 rejects by reason (u64 × 24),
+//        at +64 the counters (24 u64 slots: the 23 ShardCounter words, one spare), at +256 rejects
+//        by reason (u64 × 24),
 //        at +448 batch sizes (u64 × 8: batches of 1, 2–3, 4–7, … 128–256 commands),
 //        at +512 match latency per batch and at +704 fdatasync latency (histograms of
 //        CB_HISTOGRAM_WORDS u64, see cb_sync.h), at +896 the shard thread's kernel id (i32),
@@ -339,7 +340,7 @@ public final class EngineFile: @unchecked Sendable {
         do {
             file = try MappedFile.create(path: path, size: InstanceLayout.engineFileSize(shards: shards, symbols: symbols.count),
                                          mode: mode & 0o444)
-        } catch .system(_, _, let e) where e == EEXIST {
+        } catch .system(let failure) where failure.errno == .fileExists {
             let pid = Self.peekPid(path)
             throw processIsAlive(pid) ? .inUse(path: path, creatorPid: pid) : .stale(path: path, creatorPid: pid)
         }

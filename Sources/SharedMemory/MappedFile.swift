@@ -5,8 +5,8 @@ import CSync
 import Glibc
 
 public enum SharedMemoryError: Error, Equatable, CustomStringConvertible {
-    /// A system call failed.
-    case system(call: String, path: String, errno: Int32)
+    /// A system call failed: which, on what, and its errno.
+    case system(SystemCallError)
     /// The file exists and the process that created it is alive.
     case inUse(path: String, creatorPid: Int32)
     /// The file exists but the process that created it is gone: a leftover of a dead process.
@@ -16,8 +16,8 @@ public enum SharedMemoryError: Error, Equatable, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case .system(let call, let path, let errno):
-            "\(call)(\(path)) failed: \(String(cString: strerror(errno))) (errno \(errno))"
+        case .system(let failure):
+            failure.description
         case .inUse(let path, let pid):
             "\(path) is in use by a live process (pid \(pid))"
         case .stale(let path, let pid):
@@ -74,26 +74,21 @@ public final class MappedFile {
     /// `guarded`: the mode lets another process write, and so shrink, the file: guard the
     /// mapping against SIGBUS as `open` does.
     public static func create(path: String, size: Int, mode: mode_t, guarded: Bool = false) throws(SharedMemoryError) -> MappedFile {
-        let fd = retryingEINTR { Glibc.open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, mode) }
-        guard fd >= 0 else { throw .system(call: "open", path: path, errno: errno) }
+        let fd: Int32
+        do { fd = try SystemCall.run("open", path) { Glibc.open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, mode) } } catch {
+            throw .system(error)
+        }
         defer { close(fd) }
-        // The umask must not decide who may read order flow.
-        guard fchmod(fd, mode) == 0 else {
-            let e = errno
+        do {
+            // The umask must not decide who may read order flow.
+            try SystemCall.run("fchmod", path) { fchmod(fd, mode) }
+            try SystemCall.run("ftruncate", path) { ftruncate(fd, off_t(size)) }
+            // Reserve the space now: on a full /dev/shm a sparse file would map fine and raise
+            // SIGBUS at its first touch, in whichever process touches it.
+            try SystemCall.check("fallocate", path) { posix_fallocate(fd, 0, off_t(size)) }
+        } catch {
             unlink(path)
-            throw .system(call: "fchmod", path: path, errno: e)
-        }
-        guard retryingEINTR({ ftruncate(fd, off_t(size)) }) == 0 else {
-            let e = errno
-            unlink(path)
-            throw .system(call: "ftruncate", path: path, errno: e)
-        }
-        // Reserve the space now: on a full /dev/shm a sparse file would map fine and raise
-        // SIGBUS at its first touch, in whichever process touches it.
-        let reserved = posix_fallocate(fd, 0, off_t(size))
-        guard reserved == 0 else {
-            unlink(path)
-            throw .system(call: "fallocate", path: path, errno: reserved)
+            throw .system(error)
         }
         return try map(fd: fd, path: path, size: size, unlinkOnFailure: true, guarded: guarded, writable: true)
     }
@@ -102,18 +97,22 @@ public final class MappedFile {
     /// its plugins): no file, nothing another process can see, write or shrink.
     public static func anonymous(size: Int, label: String) throws(SharedMemoryError) -> MappedFile {
         let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_POPULATE, -1, 0)
-        guard let p, p != MAP_FAILED else { throw .system(call: "mmap", path: label, errno: errno) }
+        guard let p, p != MAP_FAILED else { throw .system(SystemCallError("mmap", label, errno: errno)) }
         return MappedFile(path: label, base: p, size: size, guarded: false)
     }
 
     /// Opens an existing file and maps all of it. `minimumSize` guards the caller's header read.
     /// `writable: false` maps it read-only: a store through `base` then faults in this process.
     public static func open(path: String, minimumSize: Int, writable: Bool = true) throws(SharedMemoryError) -> MappedFile {
-        let fd = retryingEINTR { Glibc.open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC) }
-        guard fd >= 0 else { throw .system(call: "open", path: path, errno: errno) }
-        defer { close(fd) }
+        let fd: Int32
         var info = stat()
-        guard fstat(fd, &info) == 0 else { throw .system(call: "fstat", path: path, errno: errno) }
+        do {
+            fd = try SystemCall.run("open", path) { Glibc.open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC) }
+        } catch {
+            throw .system(error)
+        }
+        defer { close(fd) }
+        do { try SystemCall.run("fstat", path) { fstat(fd, &info) } } catch { throw .system(error) }
         guard info.st_size >= minimumSize else {
             throw .badHeader(path: path, "the file has \(info.st_size) bytes, fewer than a header")
         }
@@ -129,16 +128,8 @@ public final class MappedFile {
         guard let p, p != MAP_FAILED else {
             let e = errno
             if unlinkOnFailure { unlink(path) }
-            throw .system(call: "mmap", path: path, errno: e)
+            throw .system(SystemCallError("mmap", path, errno: e))
         }
         return MappedFile(path: path, base: p, size: size, guarded: guarded)
-    }
-}
-
-@inline(__always)
-func retryingEINTR(_ call: () -> Int32) -> Int32 {
-    while true {
-        let rc = call()
-        if rc >= 0 || errno != EINTR { return rc }
     }
 }

@@ -82,8 +82,8 @@ public final class Ring {
         let file: MappedFile
         do {
             file = try MappedFile.create(path: path, size: RingLayout.fileSize(capacity: capacity), mode: mode)
-        } catch .system(let call, let p, let e) where e == EEXIST {
-            throw existing(path: p, call: call)
+        } catch .system(let failure) where failure.errno == .fileExists {
+            throw existing(path: failure.path, call: failure.call)
         }
         return initialized(file, capacity: capacity, consumerMayPark: consumerMayPark)
     }
@@ -154,7 +154,7 @@ public final class Ring {
     private static func existing(path: String, call: String) -> SharedMemoryError {
         // Read only the creator pid; the rest of a foreign file is not our business here.
         let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return .system(call: call, path: path, errno: EEXIST) }
+        guard fd >= 0 else { return .system(SystemCallError(call, path, errno: EEXIST)) }
         defer { close(fd) }
         var pid: Int32 = 0
         guard pread(fd, &pid, 4, 24) == 4 else { return .stale(path: path, creatorPid: 0) }

@@ -158,3 +158,26 @@ func runCrossbookCapturing(_ arguments: [String]) throws -> String {
     process.waitUntilExit()
     return String(decoding: data, as: UTF8.self)
 }
+
+@Suite("Engine errors keep their cause")
+struct EngineErrorTests {
+    @Test("a bad symbol is a book-config error; a data directory under a file is the mkdir's errno, typed")
+    func typedCauses() throws {
+        var settings = oneShardSettings("errs", testDirectory())
+        settings.symbols = [(spec: SymbolSpec(name: "BTC-USD", id: 1, tickSize: 0), shard: 0)]
+        #expect { _ = try Engine(settings: settings, log: { _ in }).start() } throws: { error in
+            guard case EngineError.bookConfig = error else { return false }
+            return true
+        }
+        let file = NSTemporaryDirectory() + "crossbook-notadir-\(getpid())"
+        FileManager.default.createFile(atPath: file, contents: Data("x".utf8))
+        defer { unlink(file) }
+        var durable = oneShardSettings("errs2", testDirectory())
+        durable.durability = .sync
+        durable.dataDirectory = file + "/data"
+        #expect { _ = try Engine(settings: durable, log: { _ in }).start() } throws: { error in
+            guard case EngineError.system(let failure) = error else { return false }
+            return failure.errno == .notDirectory && failure.path == file + "/data"
+        }
+    }
+}
