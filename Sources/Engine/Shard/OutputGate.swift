@@ -89,6 +89,8 @@ struct OutputGate {
     var hasStaged: Bool { stagedHead != stagedTail }
 
     mutating func on(_ event: BookEvent, _ c: EventContext) {
+        // Replaying: nothing is sent and nothing counted, so nothing to build.
+        if replaying { return }
         let sequence = c.command.sequence, engineTime = c.command.engineTime, symbolId = c.symbolId
         switch event {
         case .accepted(let id, let side, let price, let quantity):
@@ -96,20 +98,16 @@ struct OutputGate {
                                             orderId: clientOrderId(id), price: price, quantity: quantity, open: quantity,
                                             engineTime: engineTime, clientTime: c.clientTime))
         case .rejected(let id, let reason):
-            if !replaying {
-                counters.add(.rejects)
-                counters.addReject(reason.rawValue)
-                c.symbolWords[SymbolCounters.rejects] &+= 1
-            }
+            counters.add(.rejects)
+            counters.addReject(reason.rawValue)
+            c.symbolWords[SymbolCounters.rejects] &+= 1
             send(Int(c.command.session), sequence,
                  .init(kind: .rejected, code: reason.rawValue, symbolId: symbolId, engineSequence: sequence,
                        orderId: clientOrderId(id), engineTime: engineTime, clientTime: c.clientTime))
         case .trade(let maker, let taker, let takerSide, let price, let quantity, let makerOpen, let takerOpen):
-            if !replaying {
-                counters.add(.trades)
-                c.symbolWords[SymbolCounters.trades] &+= 1
-                c.symbolWords[SymbolCounters.tradedQuantity] &+= UInt64(truncatingIfNeeded: quantity)
-            }
+            counters.add(.trades)
+            c.symbolWords[SymbolCounters.trades] &+= 1
+            c.symbolWords[SymbolCounters.tradedQuantity] &+= UInt64(truncatingIfNeeded: quantity)
             publish(sequence, .init(kind: .trade, side: takerSide, symbolId: symbolId, engineSequence: sequence, price: price,
                                     quantity: quantity, engineTime: engineTime))
             send(owner(maker), sequence, .init(kind: .trade, side: takerSide.opposite, code: 1, symbolId: symbolId,
@@ -174,6 +172,7 @@ struct OutputGate {
 
     /// Writes a report to a session, or stages it (sync mode). Reports to a session that is gone
     /// are dropped.
+    @inline(__always)
     mutating func send(_ sessionId: Int, _ sequence: UInt64, _ report: ReportRecord.Report) {
         if replaying { return }
         let index = Int(sessions.index[sessionId])
