@@ -9,7 +9,8 @@ a=$1; b=$2; rounds=${3:-5}; seconds=${4:-3}
 
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'); $(date -u +%Y-%m-%dT%H:%MZ)"
 for round in $(seq 1 "$rounds"); do
-  for side in A B; do
+  order="A B"; [ $((round % 2)) = 0 ] && order="B A"  # the order within a pair must not decide
+  for side in $order; do
     bin=$([ "$side" = A ] && echo "$a" || echo "$b")
     instance=ab-$$-$side
     load=$bin  # the load process of the same build (the control file layout may differ)

@@ -17,9 +17,10 @@ run() {  # checkout -> "p50_ns mallocs"
   echo "$ns $mallocs"
 }
 ta=(); tb=()
-for i in $(seq 1 "$pairs"); do
-  read -r t m < <(run "$a"); ta+=("$t"); echo "pair $i A: p50 $t ns/order, mallocs (max) $m"
-  read -r t m < <(run "$b"); tb+=("$t"); echo "pair $i B: p50 $t ns/order, mallocs (max) $m"
+runA() { read -r t m < <(run "$a"); ta+=("$t"); echo "pair $i A: p50 $t ns/order, mallocs (max) $m"; }
+runB() { read -r t m < <(run "$b"); tb+=("$t"); echo "pair $i B: p50 $t ns/order, mallocs (max) $m"; }
+for i in $(seq 1 "$pairs"); do  # odd pairs A first, even pairs B first
+  if [ $((i % 2)) = 1 ]; then runA; runB; else runB; runA; fi
 done
 for i in $(seq 0 $((pairs - 1))); do awk "BEGIN {printf \"%.3f\n\", ${ta[$i]} / ${tb[$i]}}"; done | sort -n |
   awk '{v[NR]=$1} END {printf "in-process throughput B/A: min %s / median %s / max %s\n", v[1], v[int((NR+1)/2)], v[NR]}'

@@ -27,8 +27,13 @@ def main():
     rounds = int(sys.argv[4]) if len(sys.argv) > 4 else 10
     ra, rb, ratios = [], [], []
     for i in range(rounds):
-        x = rate(a, workload)
-        y = rate(b, workload)
+        # Odd rounds A first, even rounds B first: the order within a pair must not decide.
+        if i % 2 == 0:
+            x = rate(a, workload)
+            y = rate(b, workload)
+        else:
+            y = rate(b, workload)
+            x = rate(a, workload)
         ra.append(x)
         rb.append(y)
         ratios.append(y / x)
