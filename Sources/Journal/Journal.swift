@@ -153,22 +153,22 @@ public final class JournalWriter {
         public var durableBatches: UInt64 = 0
         public var durableBytes: UInt64 = 0
     }
-    private let progress: UnsafeMutablePointer<Progress>
+    @usableFromInline let progress: UnsafeMutablePointer<Progress>
 
     public let config: JournalConfig
     /// The highest sequence on disk.
-    public var durable: UInt64 { progress.pointee.durable }
+    @inlinable public var durable: UInt64 { progress.pointee.durable }
     /// Set when the disk refuses: nothing more becomes durable until `retry` has made it work.
     public private(set) var failure: JournalError? {
         didSet { progress.pointee.failing = failure != nil }
     }
     /// `failure != nil`, without the cost of reading `failure`.
-    @inline(__always) public var failing: Bool { progress.pointee.failing }
+    @inlinable public var failing: Bool { progress.pointee.failing }
     /// Every failed attempt (write, fdatasync, segment creation, directory sync), for the counters.
-    public var failureCount: UInt64 { progress.pointee.failureCount }
+    @inlinable public var failureCount: UInt64 { progress.pointee.failureCount }
     /// Batches made durable, and their bytes (for the mean batch size).
-    public var durableBatches: UInt64 { progress.pointee.durableBatches }
-    public var durableBytes: UInt64 { progress.pointee.durableBytes }
+    @inlinable public var durableBatches: UInt64 { progress.pointee.durableBatches }
+    @inlinable public var durableBytes: UInt64 { progress.pointee.durableBytes }
     /// Where to count each group commit's latency (write + fdatasync, submission to completion):
     /// a histogram of CB_HISTOGRAM_WORDS words, or nil.
     public var syncHistogram: UnsafeMutablePointer<UInt64>?

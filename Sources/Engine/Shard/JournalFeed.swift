@@ -14,6 +14,9 @@ struct JournalFeed {
 
     /// nil: durability none, or read-only recovery.
     private(set) var journal: JournalWriter?
+    /// The same writer, for the per-command path without a retain and release around each call
+    /// (`journal` keeps it alive).
+    private var writer: Unmanaged<JournalWriter>?
     private let scratch: UnsafeMutableRawPointer
 
     enum Append {
@@ -30,7 +33,10 @@ struct JournalFeed {
 
     func deallocate() { scratch.deallocate() }
 
-    mutating func open(_ writer: JournalWriter) { journal = writer }
+    mutating func open(_ writer: JournalWriter) {
+        journal = writer
+        self.writer = Unmanaged.passUnretained(writer)
+    }
 
     /// Journals another kind of record (an admin command) under `context`.
     func append(type: UInt16, _ payload: UnsafeRawBufferPointer, _ context: CommandContext) -> Append {
@@ -46,7 +52,12 @@ struct JournalFeed {
     /// Journals the command of `context`.
     @inline(__always)
     func append(_ record: UnsafeRawPointer, _ context: CommandContext) -> Append {
-        guard let journal else { return .appended }
+        guard let writer else { return .appended }
+        return writer._withUnsafeGuaranteedRef { journal in append(journal, record, context) }
+    }
+
+    @inline(__always)
+    private func append(_ journal: JournalWriter, _ record: UnsafeRawPointer, _ context: CommandContext) -> Append {
         if journal.failing { return .refused }
         scratch.copyMemory(from: record, byteCount: 64)
         scratch.storeBytes(of: context.session.littleEndian, toByteOffset: 64, as: UInt32.self)

@@ -172,7 +172,6 @@ struct OutputGate {
 
     /// Writes a report to a session, or stages it (sync mode). Reports to a session that is gone
     /// are dropped.
-    @inline(__always)
     mutating func send(_ sessionId: Int, _ sequence: UInt64, _ report: ReportRecord.Report) {
         if replaying { return }
         let index = Int(sessions.index[sessionId])
