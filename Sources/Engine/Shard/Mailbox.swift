@@ -52,9 +52,9 @@ final class Mailbox<T>: @unchecked Sendable {
         self.capacity = UInt64(capacity)
         slots = .allocate(capacity: capacity)
         slots.initialize(repeating: nil, count: capacity)
-        head = .allocate(capacity: 1)
+        head = cacheAligned(UInt64.self, count: 1)
         head.initialize(to: 0)
-        tail = .allocate(capacity: 1)
+        tail = cacheAligned(UInt64.self, count: 1)
         tail.initialize(to: 0)
     }
 

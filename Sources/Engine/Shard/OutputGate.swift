@@ -71,12 +71,12 @@ struct OutputGate {
         self.sessions = sessions
         self.counters = counters
         self.lagTimeoutNanoseconds = lagTimeoutNanoseconds
-        events = .allocate(capacity: 1)
+        events = cacheAligned(EventProducer.self, count: 1)
         events.initialize(to: eventRing.producer())
         self.stopFlag = stopFlag
         self.tally = tally
         self.stagingCapacity = stagingCapacity
-        staging = .allocate(capacity: stagingCapacity)
+        staging = cacheAligned(Outgoing.self, count: stagingCapacity)
     }
 
     /// Frees what `init` allocated (the owner calls it once, when the shard ends).

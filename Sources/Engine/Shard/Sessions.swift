@@ -29,9 +29,9 @@ struct SessionTable {
 
     init(capacity: Int) {
         self.capacity = capacity
-        let index = UnsafeMutablePointer<Int32>.allocate(capacity: 1 << 16)
+        let index = cacheAligned(Int32.self, count: 1 << 16)
         index.initialize(repeating: -1, count: 1 << 16)
-        slots = SessionSlots(inbound: .allocate(capacity: capacity), index: index)
+        slots = SessionSlots(inbound: cacheAligned(Inbound.self, count: capacity), index: index)
     }
 
     func deallocate() {

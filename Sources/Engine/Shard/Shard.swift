@@ -112,9 +112,9 @@ final class Shard: @unchecked Sendable {
         mailbox = Mailbox(capacity: 256)
         self.wait = wait
         self.lagTimeoutNanoseconds = lagTimeoutNanoseconds
-        stopFlag = .allocate(capacity: 1)
+        stopFlag = cacheAligned(UInt32.self, count: 1)
         stopFlag.initialize(to: 0)
-        tally = .allocate(capacity: ShardTally.count)
+        tally = cacheAligned(UInt64.self, count: ShardTally.count)
         tally.initialize(repeating: 0, count: ShardTally.count)
     }
 

@@ -52,19 +52,19 @@ struct ShardState: ~Copyable {
         self.counters = counters
         self.tally = tally
         maxSymbolId = Int(symbols.map(\.spec.id).max() ?? 0)
-        bookIndex = .allocate(capacity: maxSymbolId + 1)
+        bookIndex = cacheAligned(Int32.self, count: maxSymbolId + 1)
         bookIndex.initialize(repeating: -1, count: maxSymbolId + 1)
-        books = .allocate(capacity: max(symbols.count, 1))
-        bookFlags = .allocate(capacity: max(symbols.count, 1))
+        books = cacheAligned(OrderBook.self, count: max(symbols.count, 1))
+        bookFlags = cacheAligned(UInt8.self, count: max(symbols.count, 1))
         bookFlags.initialize(repeating: 0, count: max(symbols.count, 1))
         sessions = SessionTable(capacity: maxSessions)
-        output = .allocate(capacity: 1)
+        output = cacheAligned(OutputGate.self, count: 1)
         output.initialize(to: OutputGate(sessions: sessions.slots, counters: counters,
                                          lagTimeoutNanoseconds: lagTimeoutNanoseconds, eventRing: eventRing,
                                          stopFlag: stopFlag, tally: tally))
-        noSymbol = .allocate(capacity: 4)
+        noSymbol = cacheAligned(UInt64.self, count: 4)
         noSymbol.initialize(repeating: 0, count: 4)
-        symbolWords = .allocate(capacity: max(1, symbols.count))
+        symbolWords = cacheAligned(UnsafeMutablePointer<UInt64>.self, count: max(1, symbols.count))
         for i in symbols.indices { (symbolWords + i).initialize(to: symbolCounters[i].words) }
         if let failure = createBooks() { throw failure }
     }
