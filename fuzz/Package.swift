@@ -18,6 +18,7 @@ let package = Package(
         .executableTarget(name: "fuzz-text-codec", dependencies: ["FuzzSupport", .product(name: "Wire", package: root)]),
         .executableTarget(name: "fuzz-journal-scan", dependencies: ["FuzzSupport", .product(name: "Journal", package: root)]),
         .executableTarget(name: "fuzz-book-snapshot", dependencies: ["FuzzSupport", .product(name: "OrderBook", package: root)]),
+        .executableTarget(name: "fuzz-admin-record", dependencies: ["FuzzSupport", .product(name: "Wire", package: root)]),
         .executableTarget(name: "fuzz-config", dependencies: ["FuzzSupport", .product(name: "CrossbookConfig", package: root)]),
     ]
 )

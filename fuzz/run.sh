@@ -9,7 +9,7 @@ seconds=${1:-5}
 swift build -c release --sanitize=fuzzer >/tmp/crossbook-fuzz-build.log 2>&1 || { tail -30 /tmp/crossbook-fuzz-build.log; exit 1; }
 mkdir -p artifacts
 failed=0
-for target in command-record text-codec journal-scan book-snapshot config; do
+for target in command-record text-codec journal-scan book-snapshot admin-record config; do
   work=$(mktemp -d)
   max_len=4096
   [ "$target" = journal-scan ] && max_len=20000

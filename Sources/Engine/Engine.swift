@@ -590,7 +590,7 @@ public final class Engine: @unchecked Sendable {
                 idLock.locked { _ = attachedIds.remove(id) }
                 log("session \(id): client \(session.name) (pid \(session.pid)) is gone; its rings are closed, its orders stay")
             }
-            if let file = engineFile {
+            if engineFile != nil {
                 for s in shards.indices {
                     // The shard's private counts: never what another process could have written.
                     let lag = shards[s].tallied(ShardTally.lagDetaches)
