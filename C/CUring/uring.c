@@ -3,6 +3,7 @@
 #include "cb_uring.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <fcntl.h>
 #include <liburing.h>
 #include <stdlib.h>
@@ -63,4 +64,14 @@ int32_t cb_uring_wait(cb_uring *r, uint64_t *tag, int32_t *result) {
 
 int32_t cb_fallocate(int32_t fd, uint64_t offset, uint64_t length) {
     return posix_fallocate(fd, (off_t)offset, (off_t)length);
+}
+
+int32_t cb_uring_set_worker_cpus(cb_uring *r, const int32_t *cpus, uint32_t count) {
+    cpu_set_t mask;
+    CPU_ZERO(&mask);
+    for (uint32_t i = 0; i < count; i++) {
+        if (cpus[i] < 0 || cpus[i] >= CPU_SETSIZE) return -EINVAL;
+        CPU_SET(cpus[i], &mask);
+    }
+    return io_uring_register_iowq_aff(&r->ring, sizeof(mask), &mask);
 }

@@ -6,6 +6,8 @@
 //   lag_timeout_ms = 1000 # a client that reads no reports this long is detached
 //   data_dir = "./data"   # journals (one set of segments per shard)
 //   durability = "sync"   # sync (reports only once on disk), async, none
+//   io_cores = [0]        # where the journal's kernel workers run (default: the cores no shard
+//                         # is pinned to; [] leaves them on the shard's own core)
 //
 //   [[shards]]            # one per shard, in order; core omitted: not pinned
 //   core = 1
@@ -50,6 +52,8 @@ public struct EngineConfig {
     public var lagTimeoutMilliseconds = 1000
     public var dataDirectory: String?
     public var durability: String?
+    /// [engine] io_cores (nil: the default, the cores no shard is pinned to).
+    public var ioCores: [Int]?
     /// [[shards]]: the core of each shard (nil: not pinned).
     public var shardCores: [Int?] = []
     /// The shard of each declared symbol, by name (default 0).
@@ -135,8 +139,22 @@ public struct EngineConfig {
         }
         if let engine = table["engine"] {
             guard let engine = engine.table else { throw ConfigError(description: "\(source): [engine] must be a table") }
-            for key in engine.keys where !["instance", "directory", "group", "lag_timeout_ms", "data_dir", "durability"].contains(key) {
-                throw ConfigError(description: "\(source): [engine]: unknown key '\(key)' (expected instance, directory, group, lag_timeout_ms, data_dir, durability)")
+            for key in engine.keys where !["instance", "directory", "group", "lag_timeout_ms", "data_dir", "durability", "io_cores"].contains(key) {
+                throw ConfigError(description: "\(source): [engine]: unknown key '\(key)' (expected instance, directory, group, lag_timeout_ms, data_dir, durability, io_cores)")
+            }
+            if let v = engine["io_cores"] {
+                guard let list = v.array else { throw ConfigError(description: "\(source): [engine]: io_cores must be an array of core numbers") }
+                var cores: [Int] = []
+                for item in list {
+                    guard let core = item.int, core >= 0, core <= 65535 else {
+                        throw ConfigError(description: "\(source): [engine]: io_cores must hold core numbers between 0 and 65535")
+                    }
+                    cores.append(core)
+                }
+                guard cores.count <= 1024, Set(cores).count == cores.count else {
+                    throw ConfigError(description: "\(source): [engine]: io_cores names a core twice (or more than 1024 cores)")
+                }
+                ioCores = cores
             }
             if let v = engine["data_dir"] {
                 guard let dir = v.string else { throw ConfigError(description: "\(source): [engine]: data_dir must be a string") }

@@ -50,6 +50,11 @@ public struct EngineSettings: Sendable {
     /// The plugins to load, in order (nil: none). A snapshot-store plugin among them keeps the
     /// shards' snapshots; without one there are none.
     public var plugins: PluginSettings?
+    /// The cores the journal's kernel workers (io_uring's io-wq: the writes and fdatasyncs) run
+    /// on. nil: the cores no shard is pinned to (when a shard is pinned and such cores exist;
+    /// otherwise the kernel's default). Empty: the kernel's default, which is the submitting
+    /// shard's own affinity: its writes and syncs then preempt the pinned shard.
+    public var ioCores: [Int]?
     /// The highest session id handed out (ids are 16 bits: 65,535). Lower only to test what
     /// happens when they run out.
     public var sessionIdLimit: UInt32 = 65_535
@@ -214,6 +219,15 @@ public final class Engine: @unchecked Sendable {
                 guard seenCores.insert(core).inserted else { throw EngineError("shard \(i): core \(core) is given to two shards") }
             }
         }
+        let ioCores: [Int]
+        if let explicit = s.ioCores {
+            for core in explicit where core < 0 || core >= cpus {
+                throw EngineError("io_cores: core \(core) does not exist (this host has \(cpus))")
+            }
+            ioCores = explicit
+        } else {
+            ioCores = seenCores.isEmpty ? [] : (0..<cpus).filter { !seenCores.contains($0) }
+        }
         var seenNames = Set<String>(), seenIds = Set<UInt32>()
         for (spec, shard) in s.symbols {
             guard shard >= 0, shard < s.shards.count else {
@@ -329,6 +343,16 @@ public final class Engine: @unchecked Sendable {
             log("no snapshot-store plugin loaded: no snapshots are taken; a restart replays the whole journal")
         }
         var placement: [String] = []
+        func journalConfig(_ shard: Int) -> JournalConfig {
+            var config = JournalConfig(directory: s.dataDirectory, shard: shard, segmentSize: s.journalSegmentSize)
+            config.ioCores = ioCores.map { Int32($0) }
+            return config
+        }
+        if s.durability != .none {
+            placement.append(ioCores.isEmpty
+                ? "journal I/O workers: not bound (they run where the kernel puts them, a pinned shard's own core included)"
+                : "journal I/O workers: cores \(ioCores.map(String.init).joined(separator: ","))")
+        }
         for (i, shardSettings) in s.shards.enumerated() {
             let mine = s.symbols.filter { $0.shard == i }.map { (spec: $0.spec, capacity: s.capacity) }
             let events: EventRing
@@ -344,8 +368,7 @@ public final class Engine: @unchecked Sendable {
                               doorbells: doorbells,
                               eventRing: events,
                               wait: s.wait, lagTimeoutNanoseconds: s.lagTimeoutNanoseconds, durability: s.durability,
-                              journalConfig: JournalConfig(directory: s.dataDirectory, shard: i,
-                                                           segmentSize: s.journalSegmentSize),
+                              journalConfig: journalConfig(i),
                               snapshotEvery: s.readOnly ? 0 : s.snapshotEvery,
                               snapshots: snapshots,
                               readOnly: s.readOnly, describeBooks: s.describeBooks, abortStart: abortStart)

@@ -120,6 +120,9 @@ public struct JournalConfig: Sendable {
     public var segmentSize: Int
     /// Bytes of records one batch may hold (two such buffers: one filling, one in flight).
     public var bufferSize: Int
+    /// The CPUs the ring's kernel workers (the writes and fdatasyncs) may run on; empty: the
+    /// kernel's default, which is the submitting thread's affinity (a pinned shard's own core).
+    public var ioCores: [Int32] = []
 
     public init(directory: String, shard: Int, segmentSize: Int = 64 << 20, bufferSize: Int = 4 << 20) {
         self.directory = directory
@@ -217,6 +220,15 @@ public final class JournalWriter {
         var error: Int32 = 0
         guard let ring = cb_uring_create(64, &error) else {
             throw .system(SystemCallError("io_uring_queue_init", config.directory, errno: error))
+        }
+        if !config.ioCores.isEmpty {
+            let rc = config.ioCores.withUnsafeBufferPointer { cb_uring_set_worker_cpus(ring, $0.baseAddress, UInt32($0.count)) }
+            if rc != 0 {
+                cb_uring_destroy(ring)
+                progress.deallocate()
+                throw .system(SystemCallError("io_uring_register_iowq_aff (cores \(config.ioCores.map(String.init).joined(separator: ",")))",
+                                              config.directory, errno: -rc))
+            }
         }
         self.ring = ring
         buffers = (0..<2).map { _ in

@@ -49,6 +49,7 @@ extension EngineConfig {
         guard let chosen = Durability(rawValue: mode) else { throw CLIError("durability must be sync, async or none, not '\(mode)'") }
         settings.durability = chosen
         settings.dataDirectory = overrideData ?? dataDirectory ?? "./data"
+        settings.ioCores = ioCores
         settings.plugins = PluginSettings(directory: pluginDirectory ?? PluginSettings.executableDirectory,
                                           load: plugins ?? defaultPlugins)
         return settings

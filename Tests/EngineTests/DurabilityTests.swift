@@ -448,3 +448,66 @@ struct FullDiskEngineTests {
         }
     }
 }
+
+@Suite("Journal I/O workers off the shard's core", .serialized)
+struct JournalWorkerPlacementTests {
+    /// The CPUs each io_uring worker thread of this process may run on (/proc/self/task).
+    func ioWorkerCPUs() -> [String] {
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []
+        return tasks.compactMap { tid in
+            guard let comm = try? String(contentsOfFile: "/proc/self/task/\(tid)/comm", encoding: .utf8),
+                  comm.hasPrefix("iou-wrk-") else { return nil }
+            guard let status = try? String(contentsOfFile: "/proc/self/task/\(tid)/status", encoding: .utf8) else { return nil }
+            return status.split(separator: "\n").first { $0.hasPrefix("Cpus_allowed_list:") }
+                .map { $0.split(separator: "\t").last.map(String.init) ?? "" }
+        }
+    }
+
+    @Test("a shard pinned to core 1: by default its journal's kernel workers run on the other cores, not on the shard's; io_cores = [] leaves them on it")
+    func workersOffTheShardCore() throws {
+        let cpus = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+        guard cpus >= 2 else { return }  // one core: nowhere else to put them
+        for explicit in [nil, [Int]()] as [[Int]?] {
+            let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-iowq-\(UUID().uuidString.prefix(8))"
+            defer { removeTree(data) }
+            var settings = EngineSettings(instance: "iowq", directory: dir, shards: [ShardSettings(core: 1)],
+                                          symbols: [(spec: SymbolSpec(name: "BTC-USD", id: 1), shard: 0)],
+                                          capacity: BookCapacity(orders: 1 << 12, levels: 1 << 8),
+                                          wait: WaitStrategy(spins: 1000, yields: 10, park: true, parkTimeoutNanoseconds: 20_000_000))
+            settings.durability = .sync
+            settings.dataDirectory = data
+            settings.ioCores = explicit
+            let engine = Engine(settings: settings, log: { _ in })
+            let placement = try engine.start()
+            let expected = explicit == nil ? (0..<cpus).filter { $0 != 1 }.map(String.init).joined(separator: ",") : ""
+            #expect(placement.contains { explicit == nil ? $0.contains("journal I/O workers: cores \(expected)") : $0.contains("not bound") },
+                    "\(placement)")
+            let client = try CrossbookClient(instance: "iowq", directory: dir)
+            let btc = try client.symbol("BTC-USD")
+            for id in 1...200 {
+                while !client.submit(.new(NewOrder(orderId: OrderId(id), side: .buy, price: 100, quantity: 1)), symbol: btc) {
+                    _ = try client.poll { _ in }
+                }
+                if id % 20 == 0 { _ = try client.waitForReports(timeout: 2) { _ in } }  // one fdatasync per round trip
+            }
+            let workers = ioWorkerCPUs()
+            client.close()
+            engine.stop()
+            #expect(!workers.isEmpty, "the syncs ran on io_uring workers")
+            if explicit == nil {
+                // cpulist format: "0" on two cores, "0,2-3" elsewhere; never core 1 alone or with it.
+                #expect(workers.allSatisfy { list in !cpuList(list).contains(1) && !list.isEmpty }, "\(workers)")
+            } else {
+                #expect(workers.contains { cpuList($0) == [1] }, "unbound workers inherit the shard's core: \(workers)")
+            }
+        }
+    }
+}
+
+/// "0,2-3" → [0, 2, 3].
+func cpuList(_ text: String) -> [Int] {
+    text.trimmingCharacters(in: .whitespacesAndNewlines).split(separator: ",").flatMap { part -> [Int] in
+        let bounds = part.split(separator: "-").compactMap { Int($0) }
+        return bounds.count == 2 ? Array(bounds[0]...bounds[1]) : bounds
+    }
+}

@@ -29,6 +29,11 @@ int32_t cb_uring_reap(cb_uring *ring, uint64_t *tag, int32_t *result);
 /// Waits for one completion (shutdown and tests only).
 int32_t cb_uring_wait(cb_uring *ring, uint64_t *tag, int32_t *result);
 
+/// Binds the ring's kernel workers (io-wq: they run the writes and fdatasyncs that cannot
+/// complete inline) to the `count` CPUs in `cpus`. Without this they inherit the affinity of the
+/// thread that submits: a pinned shard's own core. Returns 0 or -errno.
+int32_t cb_uring_set_worker_cpus(cb_uring *ring, const int32_t *cpus, uint32_t count);
+
 /// posix_fallocate, as a return code (0 or errno).
 int32_t cb_fallocate(int32_t fd, uint64_t offset, uint64_t length);
 
