@@ -6,8 +6,8 @@
 //   lag_timeout_ms = 1000 # a client that reads no reports this long is detached
 //   data_dir = "./data"   # journals (one set of segments per shard)
 //   durability = "sync"   # sync (reports only once on disk), async, none
-//   io_cores = [0]        # where the journal's kernel workers run (default: the cores no shard
-//                         # is pinned to; [] leaves them on the shard's own core)
+//   io_cores = [2, 3]     # where the journal's kernel workers run: cores no shard uses and
+//                         # nothing spins on (default: not bound, on the shard's own core)
 //
 //   [[shards]]            # one per shard, in order; core omitted: not pinned
 //   core = 1
@@ -52,7 +52,7 @@ public struct EngineConfig {
     public var lagTimeoutMilliseconds = 1000
     public var dataDirectory: String?
     public var durability: String?
-    /// [engine] io_cores (nil: the default, the cores no shard is pinned to).
+    /// [engine] io_cores (nil: not bound).
     public var ioCores: [Int]?
     /// [[shards]]: the core of each shard (nil: not pinned).
     public var shardCores: [Int?] = []

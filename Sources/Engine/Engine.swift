@@ -51,9 +51,11 @@ public struct EngineSettings: Sendable {
     /// shards' snapshots; without one there are none.
     public var plugins: PluginSettings?
     /// The cores the journal's kernel workers (io_uring's io-wq: the writes and fdatasyncs) run
-    /// on. nil: the cores no shard is pinned to (when a shard is pinned and such cores exist;
-    /// otherwise the kernel's default). Empty: the kernel's default, which is the submitting
-    /// shard's own affinity: its writes and syncs then preempt the pinned shard.
+    /// on. nil or empty: not bound, the kernel's default, which is the submitting shard's own
+    /// affinity (its writes and syncs then preempt the pinned shard). Not bound by default: on a
+    /// host whose other cores are busy (2 vCPUs, a load generator spinning on core 0) a worker
+    /// bound there waits for a scheduler slice per fdatasync (bench/README.md, D1: ack p50 0.3
+    /// ms unbound, 9 ms bound); give it cores nothing spins on.
     public var ioCores: [Int]?
     /// The highest session id handed out (ids are 16 bits: 65,535). Lower only to test what
     /// happens when they run out.
@@ -219,14 +221,12 @@ public final class Engine: @unchecked Sendable {
                 guard seenCores.insert(core).inserted else { throw EngineError("shard \(i): core \(core) is given to two shards") }
             }
         }
-        let ioCores: [Int]
-        if let explicit = s.ioCores {
-            for core in explicit where core < 0 || core >= cpus {
-                throw EngineError("io_cores: core \(core) does not exist (this host has \(cpus))")
-            }
-            ioCores = explicit
-        } else {
-            ioCores = seenCores.isEmpty ? [] : (0..<cpus).filter { !seenCores.contains($0) }
+        let ioCores = s.ioCores ?? []
+        for core in ioCores where core < 0 || core >= cpus {
+            throw EngineError("io_cores: core \(core) does not exist (this host has \(cpus))")
+        }
+        for core in ioCores where seenCores.contains(core) {
+            throw EngineError("io_cores: core \(core) is a shard's: the journal's workers would preempt it")
         }
         var seenNames = Set<String>(), seenIds = Set<UInt32>()
         for (spec, shard) in s.symbols {
@@ -350,7 +350,7 @@ public final class Engine: @unchecked Sendable {
         }
         if s.durability != .none {
             placement.append(ioCores.isEmpty
-                ? "journal I/O workers: not bound (they run where the kernel puts them, a pinned shard's own core included)"
+                ? "journal I/O workers: not bound (on the submitting shard's core; [engine] io_cores moves them)"
                 : "journal I/O workers: cores \(ioCores.map(String.init).joined(separator: ","))")
         }
         for (i, shardSettings) in s.shards.enumerated() {

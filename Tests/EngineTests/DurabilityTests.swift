@@ -463,24 +463,29 @@ struct JournalWorkerPlacementTests {
         }
     }
 
-    @Test("a shard pinned to core 1: by default its journal's kernel workers run on the other cores, not on the shard's; io_cores = [] leaves them on it")
+    @Test("a shard pinned to core 1: io_cores = [0] runs its journal's kernel workers on core 0; unbound (the default) they inherit the shard's core; a shard's core is refused")
     func workersOffTheShardCore() throws {
         let cpus = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
         guard cpus >= 2 else { return }  // one core: nowhere else to put them
-        for explicit in [nil, [Int]()] as [[Int]?] {
-            let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-iowq-\(UUID().uuidString.prefix(8))"
-            defer { removeTree(data) }
+        func settings(_ dir: String, _ data: String, _ ioCores: [Int]?) -> EngineSettings {
             var settings = EngineSettings(instance: "iowq", directory: dir, shards: [ShardSettings(core: 1)],
                                           symbols: [(spec: SymbolSpec(name: "BTC-USD", id: 1), shard: 0)],
                                           capacity: BookCapacity(orders: 1 << 12, levels: 1 << 8),
                                           wait: WaitStrategy(spins: 1000, yields: 10, park: true, parkTimeoutNanoseconds: 20_000_000))
             settings.durability = .sync
             settings.dataDirectory = data
-            settings.ioCores = explicit
-            let engine = Engine(settings: settings, log: { _ in })
+            settings.ioCores = ioCores
+            return settings
+        }
+        #expect { _ = try Engine(settings: settings(testDirectory(), NSTemporaryDirectory() + "crossbook-iowq-x", [1]), log: { _ in }).start() } throws: {
+            "\($0)".contains("core 1 is a shard's")
+        }
+        for ioCores in [[0], nil] as [[Int]?] {
+            let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-iowq-\(UUID().uuidString.prefix(8))"
+            defer { removeTree(data) }
+            let engine = Engine(settings: settings(dir, data, ioCores), log: { _ in })
             let placement = try engine.start()
-            let expected = explicit == nil ? (0..<cpus).filter { $0 != 1 }.map(String.init).joined(separator: ",") : ""
-            #expect(placement.contains { explicit == nil ? $0.contains("journal I/O workers: cores \(expected)") : $0.contains("not bound") },
+            #expect(placement.contains { ioCores == nil ? $0.contains("not bound") : $0.contains("journal I/O workers: cores 0") },
                     "\(placement)")
             let client = try CrossbookClient(instance: "iowq", directory: dir)
             let btc = try client.symbol("BTC-USD")
@@ -494,11 +499,10 @@ struct JournalWorkerPlacementTests {
             client.close()
             engine.stop()
             #expect(!workers.isEmpty, "the syncs ran on io_uring workers")
-            if explicit == nil {
-                // cpulist format: "0" on two cores, "0,2-3" elsewhere; never core 1 alone or with it.
-                #expect(workers.allSatisfy { list in !cpuList(list).contains(1) && !list.isEmpty }, "\(workers)")
-            } else {
+            if ioCores == nil {
                 #expect(workers.contains { cpuList($0) == [1] }, "unbound workers inherit the shard's core: \(workers)")
+            } else {
+                #expect(workers.allSatisfy { cpuList($0) == [0] }, "\(workers)")
             }
         }
     }
