@@ -1,6 +1,7 @@
 // `crossbook journal verify|dump|truncate`: operators' tools for a shard's journal segments.
 import ArgumentParser
 import Journal
+import OrderBook
 import Wire
 
 struct JournalCommand: ParsableCommand {
@@ -55,13 +56,29 @@ struct JournalCommand: ParsableCommand {
             }
         }
 
+        /// A command in the replay text format, the symbol as #<id> (the journal holds ids).
+        static func line(_ d: CommandRecord.Decoded) -> String {
+            let symbol = "#\(d.symbolId)"
+            switch d.command {
+            case .new(let o):
+                let tif = ["GTC", "IOC", "FOK", "POST"][Int(o.timeInForce.rawValue) % 4]
+                let stp = ["none", "cancel-newest", "cancel-oldest", "cancel-both", "decrement"][Int(o.selfTradePrevention.rawValue) % 5]
+                return "N,\(symbol),\(o.orderId),\(o.account),\(o.side == .buy ? "B" : "S"),\(o.type == .limit ? "LMT" : "MKT"),"
+                    + "\(o.type == .limit ? String(o.price) : ""),\(o.quantity),\(tif),\(stp)"
+            case .cancel(let c):
+                return "C,\(symbol),\(c.orderId)"
+            case .replace(let r):
+                return "R,\(symbol),\(r.orderId),\(r.price),\(r.quantity)"
+            }
+        }
+
         /// Type 1: session, engine time and the command; type 2: the admin command; else bytes.
         static func describe(type: UInt16, _ bytes: UnsafeRawBufferPointer) -> String {
             if type == 1, bytes.count == 80 {
                 let session = UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: 64, as: UInt32.self))
                 let time = UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: 72, as: UInt64.self))
                 let command: String
-                do { command = "\(try CommandRecord.decode(bytes.baseAddress!))" } catch { command = "malformed (\(error))" }
+                do { command = line(try CommandRecord.decode(bytes.baseAddress!)) } catch { command = "malformed (\(error))" }
                 return "session \(session) engine time \(time): \(command)"
             }
             if type == 2, bytes.count >= 8 {

@@ -451,12 +451,14 @@ struct FullDiskEngineTests {
 
 @Suite("Journal I/O workers off the shard's core", .serialized)
 struct JournalWorkerPlacementTests {
-    /// The CPUs each io_uring worker thread of this process may run on (/proc/self/task).
-    func ioWorkerCPUs() -> [String] {
+    /// The CPUs each io_uring worker thread of the shard thread `shardTid` may run on (/proc/self
+    /// task; a worker is named iou-wrk-<the submitting thread's id>: other tests' engines run in
+    /// this process at the same time).
+    func ioWorkerCPUs(of shardTid: Int32) -> [String] {
         let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []
         return tasks.compactMap { tid in
             guard let comm = try? String(contentsOfFile: "/proc/self/task/\(tid)/comm", encoding: .utf8),
-                  comm.hasPrefix("iou-wrk-") else { return nil }
+                  comm.trimmingCharacters(in: .whitespacesAndNewlines) == "iou-wrk-\(shardTid)" else { return nil }
             guard let status = try? String(contentsOfFile: "/proc/self/task/\(tid)/status", encoding: .utf8) else { return nil }
             return status.split(separator: "\n").first { $0.hasPrefix("Cpus_allowed_list:") }
                 .map { $0.split(separator: "\t").last.map(String.init) ?? "" }
@@ -495,7 +497,8 @@ struct JournalWorkerPlacementTests {
                 }
                 if id % 20 == 0 { _ = try client.waitForReports(timeout: 2) { _ in } }  // one fdatasync per round trip
             }
-            let workers = ioWorkerCPUs()
+            let shardTid = try EngineFile.attach(directory: dir).counters(0).threadId
+            let workers = ioWorkerCPUs(of: shardTid)
             client.close()
             engine.stop()
             #expect(!workers.isEmpty, "the syncs ran on io_uring workers")
