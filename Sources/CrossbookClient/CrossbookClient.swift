@@ -45,9 +45,8 @@ public final class CrossbookClient {
     private let engineFile: EngineFile
     private let sessionFile: SessionFile
     private let rings: [Ring]
-    private var commands: [RingProducer]
-    private var reports: [RingConsumer]
-    private let doorbells: [Doorbell]
+    /// Its rings and the shards' doorbells.
+    private var io: SessionRings
     private var closed = false
     /// Shards sent commands since the last flush (bit per shard; at most 64 shards).
     private var unflushed: UInt64 = 0
@@ -142,9 +141,9 @@ public final class CrossbookClient {
         sessionFile = session
         sessionId = session.sessionId
         rings = made
-        commands = (0..<engine.shardCount).map { made[2 * $0].producer() }
-        reports = (0..<engine.shardCount).map { made[2 * $0 + 1].consumer() }
-        doorbells = (0..<engine.shardCount).map { bells.doorbell($0) }
+        io = SessionRings(commands: (0..<engine.shardCount).map { made[2 * $0].producer() },
+                          reports: (0..<engine.shardCount).map { made[2 * $0 + 1].consumer() },
+                          doorbells: (0..<engine.shardCount).map { bells.doorbell($0) })
     }
 
     deinit { close() }
@@ -174,12 +173,12 @@ public final class CrossbookClient {
                        clientSequence: UInt64 = 0, flush: Bool = true) -> Bool {
         let shard = symbol.shard
         // A session the engine detached on this shard takes nothing more (`poll` says why).
-        guard reports[shard].closed == nil, commands[shard].claim(1) == 1 else { return false }
+        guard io.reports[shard].closed == nil, io.commands[shard].claim(1) == 1 else { return false }
         CommandRecord.encode(CommandRecord.Decoded(symbolId: symbol.spec.id, command: command, clientTime: clientTime,
                                                    clientSequence: clientSequence),
-                             to: commands[shard].slot(0))
-        commands[shard].publish(1)
-        if flush { doorbells[shard].ring() } else { unflushed |= 1 << UInt64(shard) }
+                             to: io.commands[shard].slot(0))
+        io.commands[shard].publish(1)
+        if flush { io.doorbells[shard].ring() } else { unflushed |= 1 << UInt64(shard) }
         return true
     }
 
@@ -187,25 +186,12 @@ public final class CrossbookClient {
     /// False when that ring is full. The shard checks every field.
     @discardableResult
     public func submitRecord(_ record: UnsafeRawPointer, shard: Int) -> Bool {
-        guard shard >= 0, shard < commands.count, reports[shard].closed == nil, commands[shard].claim(1) == 1 else { return false }
-        commands[shard].slot(0).copyMemory(from: record, byteCount: CommandRecord.size)
-        commands[shard].publish(1)
-        doorbells[shard].ring()
-        return true
+        io.submitRecord(record, shard: shard)
     }
 
     /// Copies up to `capacity` waiting 64-byte report records to `out`; returns how many.
     public func pollRecords(into out: UnsafeMutableRawPointer, capacity: Int) throws(ClientError) -> Int {
-        var total = 0
-        for s in reports.indices where total < capacity {
-            let n: Int
-            do { n = try reports[s].poll() } catch { throw .setup("report ring \(s): \(error)") }
-            let take = min(n, capacity - total)
-            for k in 0..<take { (out + (total + k) * 64).copyMemory(from: reports[s].slot(k), byteCount: 64) }
-            if take > 0 { reports[s].release(take) }
-            total += take
-        }
-        return total
+        do { return try io.pollRecords(into: out, capacity: capacity) } catch { throw .setup("a report ring: \(error)") }
     }
 
     /// Wakes the shards that were sent commands with `flush: false`, if they sleep.
@@ -214,7 +200,7 @@ public final class CrossbookClient {
         unflushed = 0
         while pending != 0 {
             let shard = pending.trailingZeroBitCount
-            doorbells[shard].ring()
+            io.doorbells[shard].ring()
             pending &= pending - 1
         }
     }
@@ -224,15 +210,15 @@ public final class CrossbookClient {
     public func poll(_ body: (ReportRecord.Report) -> Void) throws(ClientError) -> Int {
         var total = 0
         var closed: ClientError?
-        for s in reports.indices {
+        for s in io.reports.indices {
             // Read before the reports: whatever the engine wrote before closing is handed over first.
-            let why = reports[s].closed
+            let why = io.reports[s].closed
             let n: Int
-            do { n = try reports[s].poll() } catch { throw .setup("report ring \(s): \(error)") }
+            do { n = try io.reports[s].poll() } catch { throw .setup("report ring \(s): \(error)") }
             for k in 0..<n {
-                if let report = ReportRecord.decode(reports[s].slot(k)) { body(report) }
+                if let report = ReportRecord.decode(io.reports[s].slot(k)) { body(report) }
             }
-            if n > 0 { reports[s].release(n) }
+            if n > 0 { io.reports[s].release(n) }
             total += n
             if let why, n == 0, closed == nil { closed = .detached(shard: s, why) }
         }
@@ -253,8 +239,8 @@ public final class CrossbookClient {
             // Sleep on the first report ring's futex (the engine wakes it on publish), briefly,
             // so that reports from other shards and a dead engine are both noticed.
             var strategy = WaitStrategy(spins: 200, yields: 10, park: true, parkTimeoutNanoseconds: 20_000_000)
-            if reports.count > 1 { strategy.park = false }
-            do { _ = try reports[0].wait(strategy) } catch { throw .setup("report ring 0: \(error)") }
+            if io.reports.count > 1 { strategy.park = false }
+            do { _ = try io.reports[0].wait(strategy) } catch { throw .setup("report ring 0: \(error)") }
         }
     }
 

@@ -583,11 +583,7 @@ public final class Engine: @unchecked Sendable {
             // Clients that truncated a ring or session file under the engine: the mapping faulted
             // (its SIGBUS was caught and it reads zeros now); detach them.
             for (id, session) in sessions where session.rings.contains(where: { $0.file.faulted }) || session.sessionFile.file.faulted {
-                for shard in shards { _ = shard.send(.detach(session: id)) }
-                retired.append(session)
-                sessions[id] = nil
-                idLock.locked { _ = attachedIds.remove(id) }
-                log("session \(id): client \(session.name) (pid \(session.pid)) shrank a file the engine had mapped; detached, its orders stay")
+                detach(id, session, removeFiles: false, "shrank a file the engine had mapped; detached, its orders stay")
             }
             if monotonicNanoseconds() &- lastOrphanSweep > 1_000_000_000 {
                 lastOrphanSweep = monotonicNanoseconds()
@@ -596,22 +592,12 @@ public final class Engine: @unchecked Sendable {
                 // detached, so that their shard slots and the session count are free again.
                 for (id, session) in sessions
                 where faccessat(instanceDirectory, session.name + ".session", F_OK, AT_SYMLINK_NOFOLLOW) != 0 && errno == ENOENT {
-                    for shard in shards { _ = shard.send(.detach(session: id)) }
-                    removeClientFiles(session.name)
-                    retired.append(session)
-                    sessions[id] = nil
-                    idLock.locked { _ = attachedIds.remove(id) }
-                    log("session \(id): client \(session.name) (pid \(session.pid)) closed; its rings are closed, its orders stay")
+                    detach(id, session, removeFiles: true, "closed; its rings are closed, its orders stay")
                 }
             }
             // Clients that died: their orders stay; their rings are no longer read.
             for (id, session) in sessions where !processIsAlive(session.pid) {
-                for shard in shards { _ = shard.send(.detach(session: id)) }
-                removeClientFiles(session.name)
-                retired.append(session)
-                sessions[id] = nil
-                idLock.locked { _ = attachedIds.remove(id) }
-                log("session \(id): client \(session.name) (pid \(session.pid)) is gone; its rings are closed, its orders stay")
+                detach(id, session, removeFiles: true, "is gone; its rings are closed, its orders stay")
             }
             if engineFile != nil {
                 for s in shards.indices {
@@ -704,6 +690,18 @@ public final class Engine: @unchecked Sendable {
         idLock.locked { _ = attachedIds.insert(id) }
         sessionFile.answer(.accepted, sessionId: id)
         log("session \(id): client \(client) (pid \(sessionFile.clientPid)) attached")
+    }
+
+    /// Control thread: a client session ends (closed, gone, or a file of it shrunk). Every shard
+    /// stops reading it; its mappings stay until stop (a shard may be mid-read); its id is free
+    /// for reclaiming once no order of it rests.
+    private func detach(_ id: UInt32, _ session: ClientSession, removeFiles: Bool, _ why: String) {
+        for shard in shards { _ = shard.send(.detach(session: id)) }
+        if removeFiles { removeClientFiles(session.name) }
+        retired.append(session)
+        sessions[id] = nil
+        idLock.locked { _ = attachedIds.remove(id) }
+        log("session \(id): client \(session.name) (pid \(session.pid)) \(why)")
     }
 
     /// Under `idLock`.
