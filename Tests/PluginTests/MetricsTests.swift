@@ -203,8 +203,16 @@ struct MetricsPluginTests {
         #expect(b.value("crossbook_shard_cpu_seconds_total", ["shard": "0"]) ?? 0 > 0)
         // Per symbol adds up to per shard (each symbol's commands are counted by its shard).
         cb_store_release_u32(stop, 1)
-        usleep(300_000)
-        let still = try Exposition(try httpGet(url).body)
+        // Quiet: the last group commit may still be in flight (async: a shard that parks reaps its
+        // completion at its next wake, up to a park timeout later). Scrape until it has landed.
+        var still = try Exposition(try httpGet(url).body)
+        let deadline = Date().addingTimeInterval(5)
+        while Date() < deadline, ["0", "1"].contains(where: {
+            still.value("crossbook_journal_batch_commands_sum", ["shard": $0]) != still.value("crossbook_journal_durable_sequence", ["shard": $0])
+        }) {
+            usleep(100_000)
+            still = try Exposition(try httpGet(url).body)
+        }
         for shard in ["0", "1"] {
             let bySymbol = still.all("crossbook_symbol_commands_total").filter { $0.labels["shard"] == shard }.map(\.value)
             #expect(bySymbol.count == 2)
