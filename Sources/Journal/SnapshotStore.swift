@@ -1,6 +1,6 @@
 // Where shard snapshots live: a small interface, so that a plugin owns it. The default store,
 // files beside the journal, is plugins/snapshot-file (the engine reaches it through the plugin
-// ABI: Sources/Engine/PluginHost.swift, PluginSnapshotStore).
+// ABI: Sources/Engine/Plugins/PluginSnapshotStore.swift).
 
 public protocol SnapshotStore: AnyObject, Sendable {
     /// Stores a shard's snapshot taken at `sequence`.

@@ -1,0 +1,120 @@
+// The C host table of crossbook_plugin.h: one function pointer per thing a plugin may ask of the
+// engine, each a thin check of its arguments before the Swift that does the work. Append only
+// (the ABI policy in the header).
+
+import CPluginABI
+import CSync
+import Glibc
+import Journal
+import OrderBook
+import SharedMemory
+
+extension PluginHost {
+    /// The table every plugin gets; built once, never freed.
+    nonisolated(unsafe) static let api: UnsafeMutablePointer<cb_host_api> = {
+        let table = UnsafeMutablePointer<cb_host_api>.allocate(capacity: 1)
+        table.initialize(to: cb_host_api())
+        table.pointee.size = UInt32(MemoryLayout<cb_host_api>.size)
+        table.pointee.abi_version = CB_PLUGIN_ABI_VERSION
+        table.pointee.host_version = UnsafePointer(strdup("crossbook 0.5"))
+        table.pointee.log = { host, level, message in
+            guard let plugin = LoadedPlugin.from(host), let message else { return }
+            let tag = ["debug", "info", "warning", "error"][Int(max(0, min(3, level)))]
+            plugin.host?.environment.log("plugin \(plugin.name) [\(tag)]: \(String(cString: message))")
+        }
+        table.pointee.config_get = { host, key in
+            guard let plugin = LoadedPlugin.from(host), let key else { return nil }
+            return plugin.configValue(String(cString: key))
+        }
+        table.pointee.symbol_lookup = { host, name, out in
+            guard let plugin = LoadedPlugin.from(host), let name, let out, out.pointee.size >= 16 else {
+                return CB_ERR_INVALID.rawValue
+            }
+            return plugin.lookup(String(cString: name), into: out)
+        }
+        table.pointee.shard_count = { host in
+            UInt32(LoadedPlugin.from(host)?.host?.environment.engineFile.shardCount ?? 0)
+        }
+        table.pointee.producer_open = { host, out in
+            guard let plugin = LoadedPlugin.from(host), let out else { return CB_ERR_INVALID.rawValue }
+            return plugin.openProducer(out)
+        }
+        table.pointee.producer_submit = { producer, command in
+            guard let producer, let command else { return CB_ERR_INVALID.rawValue }
+            return PluginProducer.from(producer).submit(UnsafeRawPointer(command))
+        }
+        table.pointee.producer_poll = { producer, out, capacity in
+            guard let producer, let out, capacity >= 0 else { return CB_ERR_INVALID.rawValue }
+            return PluginProducer.from(producer).poll(UnsafeMutableRawPointer(out), capacity: Int(capacity))
+        }
+        table.pointee.producer_close = { producer in
+            guard let producer else { return }
+            PluginProducer.from(producer).close()
+        }
+        table.pointee.subscribe = { host, shard, out in
+            guard let plugin = LoadedPlugin.from(host), let out else { return CB_ERR_INVALID.rawValue }
+            return plugin.subscribe(shard: Int(shard), out)
+        }
+        table.pointee.subscription_poll = { subscription, out, capacity in
+            guard let subscription, let out, capacity >= 0 else { return CB_ERR_INVALID.rawValue }
+            return PluginSubscription.from(subscription).poll(UnsafeMutableRawPointer(out), capacity: Int(capacity))
+        }
+        table.pointee.subscription_close = { subscription in
+            guard let subscription else { return }
+            PluginSubscription.from(subscription).close()
+        }
+        table.pointee.metrics_read = { host, visit, context in
+            guard let plugin = LoadedPlugin.from(host), let visit, let environment = plugin.host?.environment else {
+                return CB_ERR_INVALID.rawValue
+            }
+            EngineMetrics.collect(environment.engineFile).visit(visit, context)
+            return CB_OK.rawValue
+        }
+        table.pointee.counter_register = { host, name, help, type, slot in
+            guard let plugin = LoadedPlugin.from(host), let name, let slot, type <= 1 else { return CB_ERR_INVALID.rawValue }
+            let text = String(cString: name)
+            guard !text.isEmpty, text.utf8.count < 80,
+                  text.utf8.allSatisfy({ ($0 >= 97 && $0 <= 122) || ($0 >= 48 && $0 <= 57) || $0 == 95 }) else {
+                plugin.host?.environment.log("plugin \(plugin.name): counter name '\(text)' refused: [a-z0-9_], under 80 bytes")
+                return CB_ERR_INVALID.rawValue
+            }
+            guard let word = plugin.host?.environment.engineFile.claimPluginCounter(name: text, plugin: plugin.slot,
+                                                                                     isGauge: type == 1) else {
+                return CB_ERR_LIMIT.rawValue
+            }
+            slot.pointee = word
+            return CB_OK.rawValue
+        }
+        table.pointee.snapshot_store_register = { host, store in
+            guard let plugin = LoadedPlugin.from(host), let store, store.pointee.size >= UInt32(MemoryLayout<cb_snapshot_store>.size),
+                  store.pointee.save != nil, store.pointee.list != nil, store.pointee.load != nil else {
+                return CB_ERR_INVALID.rawValue
+            }
+            return plugin.host?.registerSnapshotStore(store.pointee, plugin: plugin) ?? CB_ERR_INVALID.rawValue
+        }
+        table.pointee.monotonic_ns = { _ in monotonicNanoseconds() }
+        return table
+    }()
+}
+
+
+/// The text a plugin wrote into a message buffer (NUL-terminated, or the whole buffer).
+func messageText(_ buffer: [CChar]) -> String {
+    String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+}
+
+func statusName(_ rc: Int32) -> String {
+    switch rc {
+    case CB_OK.rawValue: "CB_OK"
+    case CB_ERR_INVALID.rawValue: "CB_ERR_INVALID"
+    case CB_ERR_UNKNOWN_SYMBOL.rawValue: "CB_ERR_UNKNOWN_SYMBOL"
+    case CB_ERR_FULL.rawValue: "CB_ERR_FULL"
+    case CB_ERR_CLOSED.rawValue: "CB_ERR_CLOSED"
+    case CB_ERR_NOT_FOUND.rawValue: "CB_ERR_NOT_FOUND"
+    case CB_ERR_LIMIT.rawValue: "CB_ERR_LIMIT"
+    case CB_ERR_IO.rawValue: "CB_ERR_IO"
+    case CB_ERR_UNSUPPORTED.rawValue: "CB_ERR_UNSUPPORTED"
+    case CB_ERR_FAILED.rawValue: "CB_ERR_FAILED"
+    default: "status \(rc)"
+    }
+}

@@ -1,0 +1,123 @@
+// One loaded plugin: its descriptor, its config, its instance pointer, and what it opened.
+
+import CPluginABI
+import CSync
+import Glibc
+import Journal
+import OrderBook
+import SharedMemory
+
+/// One plugin, loaded. Its address is the `cb_host *` the plugin gets.
+final class LoadedPlugin: @unchecked Sendable {
+    let spec: PluginSpec
+    let path: String
+    let name: String
+    let version: String
+    let descriptor: cb_plugin
+    weak var host: PluginHost?
+    var slot = -1
+    var state: PluginStatus.State = .loaded
+    var health: UInt32 = 0
+    var healthMessage = ""
+    var instance: UnsafeMutableRawPointer?
+    var starting = false
+    /// Config values as C strings, alive as long as the plugin (the engine's lifetime).
+    private var config: [String: UnsafeMutablePointer<CChar>] = [:]
+    private var symbolNames: [String: UnsafeMutablePointer<CChar>] = [:]
+    private var producers: [PluginProducer] = []
+    private var subscriptions: [PluginSubscription] = []
+    private let lock = Lock()
+
+    init(spec: PluginSpec, path: String, name: String, version: String, descriptor: cb_plugin,
+         config: [String: String], host: PluginHost) {
+        self.spec = spec
+        self.path = path
+        self.name = name
+        self.version = version
+        self.descriptor = descriptor
+        self.host = host
+        for (k, v) in config { self.config[k] = strdup(v) }
+    }
+
+    var isSnapshotStore: Bool { descriptor.kinds & UInt32(CB_KIND_SNAPSHOT_STORE) != 0 }
+
+    var handle: OpaquePointer { OpaquePointer(Unmanaged.passUnretained(self).toOpaque()) }
+
+    static func from(_ host: OpaquePointer?) -> LoadedPlugin? {
+        guard let host else { return nil }
+        return Unmanaged<LoadedPlugin>.fromOpaque(UnsafeRawPointer(host)).takeUnretainedValue()
+    }
+
+    func configValue(_ key: String) -> UnsafePointer<CChar>? { config[key].map { UnsafePointer($0) } }
+
+    func lookup(_ symbol: String, into out: UnsafeMutablePointer<cb_symbol>) -> Int32 {
+        guard let environment = host?.environment,
+              let entry = environment.symbolIndex[symbol].map({ environment.symbols[$0] }) else {
+            return CB_ERR_UNKNOWN_SYMBOL.rawValue
+        }
+        let name = lock.locked {
+            if let known = symbolNames[symbol] { return known }
+            let copy = strdup(symbol)!
+            symbolNames[symbol] = copy
+            return copy
+        }
+        var value = cb_symbol()
+        value.size = UInt32(MemoryLayout<cb_symbol>.size)
+        value.id = entry.spec.id
+        value.shard = UInt32(entry.shard)
+        value.name = UnsafePointer(name)
+        value.tick_size = entry.spec.tickSize
+        value.lot_size = entry.spec.lotSize
+        value.min_price = entry.spec.minPrice
+        value.max_price = entry.spec.maxPrice
+        value.max_order_quantity = entry.spec.maxOrderQuantity
+        // Write no more than the caller's struct holds.
+        let count = min(Int(out.pointee.size), MemoryLayout<cb_symbol>.size)
+        withUnsafeBytes(of: &value) { UnsafeMutableRawPointer(out).copyMemory(from: $0.baseAddress!, byteCount: count) }
+        out.pointee.size = UInt32(count)
+        return CB_OK.rawValue
+    }
+
+    func openProducer(_ out: UnsafeMutablePointer<OpaquePointer?>) -> Int32 {
+        guard let environment = host?.environment else { return CB_ERR_CLOSED.rawValue }
+        guard !isSnapshotStore else {
+            environment.log("plugin \(name): a snapshot store starts before the engine serves: it cannot open producers")
+            return CB_ERR_UNSUPPORTED.rawValue
+        }
+        do {
+            let session = try environment.openSession()
+            let producer = PluginProducer(session: session, symbols: environment.symbols, close: environment.closeSession)
+            lock.locked { producers.append(producer) }
+            out.pointee = producer.handle
+            return CB_OK.rawValue
+        } catch {
+            environment.log("plugin \(name): cannot open a producer: \(error)")
+            return CB_ERR_CLOSED.rawValue
+        }
+    }
+
+    func subscribe(shard: Int, _ out: UnsafeMutablePointer<OpaquePointer?>) -> Int32 {
+        guard let environment = host?.environment else { return CB_ERR_CLOSED.rawValue }
+        guard shard >= 0, shard < environment.engineFile.shardCount else { return CB_ERR_INVALID.rawValue }
+        do {
+            let ring = try EventRing.attach(path: InstanceLayout.eventRingPath(environment.directory, shard: shard))
+            let consumer = try ring.consumer(mayDetach: true)
+            let subscription = PluginSubscription(consumer: consumer)
+            lock.locked { subscriptions.append(subscription) }
+            out.pointee = subscription.handle
+            return CB_OK.rawValue
+        } catch EventConsumerError.full {
+            return CB_ERR_LIMIT.rawValue
+        } catch {
+            environment.log("plugin \(name): cannot subscribe to shard \(shard): \(error)")
+            return CB_ERR_IO.rawValue
+        }
+    }
+
+    /// After stop: whatever the plugin left open is closed.
+    func closeAll() {
+        let (p, s) = lock.locked { (producers, subscriptions) }
+        for producer in p { producer.close() }
+        for subscription in s { subscription.close() }
+    }
+}

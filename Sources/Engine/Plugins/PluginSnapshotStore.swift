@@ -1,0 +1,61 @@
+// A snapshot store a plugin registered (cb_snapshot_store), seen by the engine as a SnapshotStore.
+
+import CPluginABI
+import CSync
+import Glibc
+import Journal
+import OrderBook
+import SharedMemory
+
+/// A snapshot store a plugin registered, seen by the engine as any SnapshotStore.
+final class PluginSnapshotStore: SnapshotStore, @unchecked Sendable {
+    let store: cb_snapshot_store
+    let plugin: String
+
+    init(store: cb_snapshot_store, plugin: String) {
+        self.store = store
+        self.plugin = plugin
+    }
+
+    func save(shard: Int, sequence: UInt64, body: [UInt8]) throws(JournalError) {
+        var error = [CChar](repeating: 0, count: 256)
+        let rc = body.withUnsafeBufferPointer { b in
+            store.save(store.context, UInt32(shard), sequence, b.baseAddress, b.count, &error, error.count)
+        }
+        guard rc == 0 else {
+            throw .snapshotStore(plugin: plugin, status: statusName(rc), message: messageText(error))
+        }
+    }
+
+    final class Box<T> {
+        var value: T
+        init(_ value: T) { self.value = value }
+    }
+
+    func list(shard: Int) -> [(sequence: UInt64, name: String)] {
+        let found = Box<[(sequence: UInt64, name: String)]>([])
+        let context = Unmanaged.passUnretained(found).toOpaque()
+        _ = store.list(store.context, UInt32(shard), { context, sequence, name in
+            guard let context, let name else { return }
+            let box = Unmanaged<Box<[(sequence: UInt64, name: String)]>>.fromOpaque(context).takeUnretainedValue()
+            box.value.append((sequence, String(cString: name)))
+        }, context)
+        return found.value.sorted { $0.sequence > $1.sequence }
+    }
+
+    func load(shard: Int, name: String) throws(JournalError) -> (sequence: UInt64, body: [UInt8]) {
+        let body = Box<[UInt8]>([])
+        var sequence: UInt64 = 0
+        var error = [CChar](repeating: 0, count: 256)
+        let context = Unmanaged.passUnretained(body).toOpaque()
+        let rc = store.load(store.context, UInt32(shard), name, &sequence, { context, bytes, length in
+            guard let context else { return }
+            let box = Unmanaged<Box<[UInt8]>>.fromOpaque(context).takeUnretainedValue()
+            box.value = length > 0 && bytes != nil ? Array(UnsafeBufferPointer(start: bytes, count: length)) : []
+        }, context, &error, error.count)
+        guard rc == 0 else {
+            throw .badSegment(path: name, "plugin \(plugin): \(statusName(rc)): \(messageText(error))")
+        }
+        return (sequence, body.value)
+    }
+}
