@@ -291,11 +291,12 @@ public final class Engine: @unchecked Sendable {
         if let pluginSettings = s.plugins, !pluginSettings.load.isEmpty {
             let host = PluginHost(settings: pluginSettings, environment: PluginEnvironment(
                 instance: s.instance, directory: s.directory, engineFile: file, symbols: s.symbols, log: log,
-                openSession: { [weak self] () throws(EngineError) -> LocalSession in
+                openSession: { [weak self] (source: IngressSource?) throws(EngineError) -> LocalSession in
                     guard let self else { throw EngineError("the engine is gone") }
-                    return try self.openLocalSession()
+                    return try self.openLocalSession(source: source)
                 },
-                closeSession: { [weak self] session in self?.closeLocalSession(session) }))
+                closeSession: { [weak self] session in self?.closeLocalSession(session) },
+                position: { [weak self] shard, key in self?.adminState(shard: shard)?.positions[key] }))
             pluginHost = host
             do {
                 try host.loadAll(extraConfig: ["engine.instance": s.instance, "engine.directory": s.directory,
@@ -412,7 +413,9 @@ public final class Engine: @unchecked Sendable {
     /// A session of the engine's own, for a plugin's producer: rings in this process's memory,
     /// handed to every shard through its mailbox. No files, no handshake, no control thread: the
     /// engine is not a client of itself.
-    func openLocalSession(ringCapacity: Int = 4096) throws(EngineError) -> LocalSession {
+    /// `source`: the session's commands come from that ingress partition, each with its offset in
+    /// the client sequence field (Shard/Ingress.swift).
+    func openLocalSession(ringCapacity: Int = 4096, source: IngressSource? = nil) throws(EngineError) -> LocalSession {
         guard let file = engineFile, file.state == .running else { throw EngineError("the engine is not running") }
         let (taken, full) = idLock.locked { () -> (UInt32?, Bool) in
             attachedIds.count >= Shard.maxSessions ? (nil, true) : (takeSessionId(), false)
@@ -438,12 +441,12 @@ public final class Engine: @unchecked Sendable {
             localSessions[id] = session
         }
         for (s, shard) in shards.enumerated() {
-            guard shard.send(.attach(session: id, commands: commands[s].consumer(), reports: reports[s].producer())) else {
+            guard shard.send(.attach(session: id, commands: commands[s].consumer(), reports: reports[s].producer(), source: source)) else {
                 closeLocalSession(session)
                 throw EngineError("shard \(s) is busy")
             }
         }
-        log("session \(id): a plugin producer attached (in process)")
+        log("session \(id): a plugin producer attached (in process)\(source.map { ", reading \($0.key)" } ?? "")")
         return session
     }
 
@@ -683,7 +686,7 @@ public final class Engine: @unchecked Sendable {
         }
         for (s, shard) in shards.enumerated() {
             let message = ShardMessage.attach(session: id, commands: rings[2 * s].consumer(),
-                                              reports: rings[2 * s + 1].producer())
+                                              reports: rings[2 * s + 1].producer(), source: nil)
             guard shard.send(message) else { return refuse("shard \(s) is busy", code: 3) }
         }
         sessions[id] = ClientSession(name: client, pid: sessionFile.clientPid, sessionFile: sessionFile, rings: rings)

@@ -79,6 +79,9 @@ public enum RejectReason: UInt8, Sendable, CaseIterable {
     case orderIdOutOfRange = 16
     /// The symbol is frozen (a sequenced admin command: it is moving to another shard).
     case symbolFrozen = 17
+    /// A command from an ingress source (a Kafka partition) at an offset the shard has applied
+    /// already: a replay of the source, not a new command.
+    case duplicateIngress = 18
 
     /// A stable name for logs, CSV output and metric labels.
     public var name: String {
@@ -100,6 +103,7 @@ public enum RejectReason: UInt8, Sendable, CaseIterable {
         case .malformedCommand: "malformed_command"
         case .orderIdOutOfRange: "order_id_out_of_range"
         case .symbolFrozen: "symbol_frozen"
+        case .duplicateIngress: "duplicate_ingress"
         }
     }
 }

@@ -42,9 +42,12 @@ public enum RingClosed: UInt32, Sendable, CustomStringConvertible {
     case lagging = 1
     /// The client's command ring had an impossible cursor.
     case ringFault = 2
+    /// The shard could not journal the session's ingress binding (disk full, I/O error).
+    case journalRefused = 3
 
     public var description: String {
         switch self {
+        case .journalRefused: "the shard's journal refused the session's ingress binding (see the engine's log)"
         case .lagging: "the client read no reports for longer than the engine's lag timeout and was detached"
         case .ringFault: "the client's command ring had an impossible cursor and was detached"
         }

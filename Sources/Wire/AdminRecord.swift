@@ -12,10 +12,13 @@
 //     ingress position   partition (u32), 0 (u32), offset (u64), source length (u16), source (UTF-8)
 //     freeze, thaw, drop symbol id (u32)
 //     export, import     symbol id (u32), book length (u32), the book (OrderBook.snapshot bytes)
+//     bind source        session (u32), partition (u32), source length (u16), source (UTF-8)
+//     unbind source      session (u32)
 //
 // Who uses which: epochs (routing and failover fencing), ingress positions (exactly-once
 // Kafka ingress: the position a command came from), freeze/export/import/drop/thaw (moving a
-// symbol's book between shards). The journal record of an admin command is the engine time
+// symbol's book between shards), bind/unbind source (a session whose commands come from one
+// ingress partition: each carries its offset, and the shard keeps the last one). The journal record of an admin command is the engine time
 // (u64) followed by this record.
 
 public enum AdminCommand: Equatable, Sendable {
@@ -35,6 +38,12 @@ public enum AdminCommand: Equatable, Sendable {
     case importBook(symbolId: UInt32, book: [UInt8])
     /// This shard no longer owns the (exported) symbol: its book is emptied.
     case drop(symbolId: UInt32)
+    /// From now on the commands of `session` come from `source` partition `partition`, each with
+    /// its offset in the client sequence field: the shard keeps the last one as that source's
+    /// position, and rejects a command whose offset is not after it (applied already).
+    case bindSource(session: UInt32, source: String, partition: UInt32)
+    /// The session is gone: its id may come back for another client.
+    case unbindSource(session: UInt32)
 
     public enum Kind: UInt16, Sendable, CaseIterable {
         case epoch = 1
@@ -44,6 +53,8 @@ public enum AdminCommand: Equatable, Sendable {
         case exportBook = 5
         case importBook = 6
         case drop = 7
+        case bindSource = 8
+        case unbindSource = 9
     }
 
     public var kind: Kind {
@@ -55,6 +66,8 @@ public enum AdminCommand: Equatable, Sendable {
         case .exportBook: .exportBook
         case .importBook: .importBook
         case .drop: .drop
+        case .bindSource: .bindSource
+        case .unbindSource: .unbindSource
         }
     }
 }
@@ -98,8 +111,14 @@ public enum AdminRecord {
             put(offset)
             put(UInt16(name.count))
             body.append(contentsOf: name)
-        case .freeze(let id), .thaw(let id), .drop(let id):
+        case .freeze(let id), .thaw(let id), .drop(let id), .unbindSource(let id):
             put(id)
+        case .bindSource(let session, let source, let partition):
+            let name = Array(source.utf8.prefix(maxSourceLength))
+            put(session)
+            put(partition)
+            put(UInt16(name.count))
+            body.append(contentsOf: name)
         case .exportBook(let id, let book), .importBook(let id, let book):
             put(id)
             put(UInt32(book.count))
@@ -143,6 +162,18 @@ public enum AdminRecord {
                 throw .body(kind, "the source is not a name in UTF-8")
             }
             return .ingressPosition(source: source, partition: u32(0), offset: u64(8))
+        case .bindSource:
+            guard body.count >= 10 else { throw .body(kind, "\(body.count) bytes, fewer than 10") }
+            let count = Int(UInt16(littleEndian: body.loadUnaligned(fromByteOffset: 8, as: UInt16.self)))
+            try need(10 + count)
+            guard count <= maxSourceLength else { throw .body(kind, "source length \(count)") }
+            guard let source = String(validating: body[10...], as: UTF8.self), !source.isEmpty else {
+                throw .body(kind, "the source is not a name in UTF-8")
+            }
+            return .bindSource(session: u32(0), source: source, partition: u32(4))
+        case .unbindSource:
+            try need(4)
+            return .unbindSource(session: u32(0))
         case .freeze, .thaw, .drop:
             try need(4)
             let id = u32(0)
@@ -166,6 +197,8 @@ public enum AdminRecord {
         case .exportBook(let id, let book): "admin export symbol \(id), book of \(book.count) bytes"
         case .importBook(let id, let book): "admin import symbol \(id), book of \(book.count) bytes"
         case .drop(let id): "admin drop symbol \(id)"
+        case .bindSource(let session, let source, let partition): "admin bind session \(session) to source \(source)#\(partition)"
+        case .unbindSource(let session): "admin unbind session \(session)"
         }
     }
 }

@@ -280,6 +280,20 @@ typedef struct cb_host_api {
     /* Appended after the first release of v1 (check CB_HOST_HAS before calling):
        nanoseconds on CLOCK_MONOTONIC, the clock of the engine's timeouts. */
     uint64_t (*monotonic_ns)(cb_host *host);
+
+    /* Appended with exactly-once ingress (check CB_HOST_HAS): a producer whose commands come from
+       one partition of an ingress source (a Kafka topic: `source` is its name, UTF-8, 1 to 200
+       bytes, no '#'). Every command it submits carries its offset in that partition in
+       `client_sequence`. Each shard journals the binding before any command of the producer and
+       keeps, per source partition, the last offset it applied: a command at an offset not
+       after it is rejected (reason 18, duplicate_ingress) as a replay of the source. The offset
+       travels inside the journaled command, so a command and its position are durable together
+       or not at all. */
+    int (*producer_open_source)(cb_host *host, const char *source, uint32_t partition, cb_producer **out);
+    /* The last offset of `source` partition `partition` that `shard` journaled (and applied or
+       rejected): CB_OK with *offset, CB_ERR_NOT_FOUND if it journaled none. Resume each shard at
+       *offset + 1: a message for a symbol of that shard at or below it is applied already. */
+    int (*source_position)(cb_host *host, uint32_t shard, const char *source, uint32_t partition, uint64_t *offset);
 } cb_host_api;
 
 /* True when the host's table reaches `field` (a plugin built against a newer header). */

@@ -8,6 +8,7 @@ import Glibc
 import Journal
 import OrderBook
 import SharedMemory
+import Wire
 
 extension PluginHost {
     /// The table every plugin gets; built once, never freed.
@@ -93,10 +94,32 @@ extension PluginHost {
             return plugin.host?.registerSnapshotStore(store.pointee, plugin: plugin) ?? CB_ERR_INVALID.rawValue
         }
         table.pointee.monotonic_ns = { _ in monotonicNanoseconds() }
+        table.pointee.producer_open_source = { host, source, partition, out in
+            guard let plugin = LoadedPlugin.from(host), let source, let out, let name = ingressSourceName(source) else {
+                return CB_ERR_INVALID.rawValue
+            }
+            return plugin.openProducer(out, source: IngressSource(name: name, partition: partition))
+        }
+        table.pointee.source_position = { host, shard, source, partition, offset in
+            guard let plugin = LoadedPlugin.from(host), let source, let offset, let name = ingressSourceName(source),
+                  let environment = plugin.host?.environment, Int(shard) < environment.engineFile.shardCount else {
+                return CB_ERR_INVALID.rawValue
+            }
+            guard let last = environment.position(Int(shard), sourceKey(name, partition)) else { return CB_ERR_NOT_FOUND.rawValue }
+            offset.pointee = last
+            return CB_OK.rawValue
+        }
         return table
     }()
 }
 
+
+/// An ingress source's name from a plugin: UTF-8, 1 to AdminRecord.maxSourceLength bytes, no '#'.
+func ingressSourceName(_ text: UnsafePointer<CChar>) -> String? {
+    guard let name = String(validatingCString: text), !name.isEmpty, name.utf8.count <= AdminRecord.maxSourceLength,
+          !name.contains("#") else { return nil }
+    return name
+}
 
 /// The text a plugin wrote into a message buffer (NUL-terminated, or the whole buffer).
 func messageText(_ buffer: [CChar]) -> String {

@@ -78,14 +78,14 @@ final class LoadedPlugin: @unchecked Sendable {
         return CB_OK.rawValue
     }
 
-    func openProducer(_ out: UnsafeMutablePointer<OpaquePointer?>) -> Int32 {
+    func openProducer(_ out: UnsafeMutablePointer<OpaquePointer?>, source: IngressSource? = nil) -> Int32 {
         guard let environment = host?.environment else { return CB_ERR_CLOSED.rawValue }
         guard !isSnapshotStore else {
             environment.log("plugin \(name): a snapshot store starts before the engine serves: it cannot open producers")
             return CB_ERR_UNSUPPORTED.rawValue
         }
         do {
-            let session = try environment.openSession()
+            let session = try environment.openSession(source)
             let producer = PluginProducer(session: session, symbols: environment.symbols, close: environment.closeSession)
             lock.locked { producers.append(producer) }
             out.pointee = producer.handle

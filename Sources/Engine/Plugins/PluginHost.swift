@@ -20,16 +20,21 @@ struct PluginEnvironment: @unchecked Sendable {
     let log: @Sendable (String) -> Void
     /// Index into `symbols` by name: an ingress plugin looks a symbol up per order it reads.
     let symbolIndex: [String: Int]
-    /// Sessions of the engine's own, for producers (Engine.openLocalSession / closeLocalSession).
-    let openSession: @Sendable () throws(EngineError) -> LocalSession
+    /// Sessions of the engine's own, for producers (Engine.openLocalSession / closeLocalSession);
+    /// with a source, bound to that ingress partition.
+    let openSession: @Sendable (IngressSource?) throws(EngineError) -> LocalSession
     let closeSession: @Sendable (LocalSession) -> Void
+    /// A shard's last journaled offset of an ingress partition ("topic#partition"), if any.
+    let position: @Sendable (Int, String) -> UInt64?
 
     init(instance: String, directory: String, engineFile: EngineFile, symbols: [(spec: SymbolSpec, shard: Int)],
          log: @escaping @Sendable (String) -> Void,
-         openSession: @escaping @Sendable () throws(EngineError) -> LocalSession,
-         closeSession: @escaping @Sendable (LocalSession) -> Void) {
+         openSession: @escaping @Sendable (IngressSource?) throws(EngineError) -> LocalSession,
+         closeSession: @escaping @Sendable (LocalSession) -> Void,
+         position: @escaping @Sendable (Int, String) -> UInt64? = { _, _ in nil }) {
         self.openSession = openSession
         self.closeSession = closeSession
+        self.position = position
         self.instance = instance
         self.directory = directory
         self.engineFile = engineFile

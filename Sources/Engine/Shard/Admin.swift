@@ -61,17 +61,36 @@ let adminRecordType: UInt16 = 2
 extension ShardState {
     /// Runs an admin command from the control thread: sequence, journal, apply.
     mutating func runAdmin(_ request: AdminRequest) {
-        sequencer.beginBatch()
         var command = request.command
         // An export carries the book as it is now: the shard fills it in.
         if case .exportBook(let id, _) = command, let b = book(of: id) { command = .exportBook(symbolId: id, book: books[b].snapshot()) }
+        request.finish(runAdmin(command))
+    }
+
+    /// Sequences, journals and applies an admin command of the shard's own or the control thread's.
+    mutating func runAdmin(_ command: AdminCommand) -> AdminOutcome {
+        sequencer.beginBatch()
         let context = sequencer.next(session: 0)
         let record = AdminRecord.encode(command)
         guard journalAdmin(record, context) else {
-            return request.finish(.refused(sequence: nil, "the journal refuses writes now (see the engine's log)"))
+            return .refused(sequence: nil, "the journal refuses writes now (see the engine's log)")
         }
         let refusal = processAdmin(command, context)
-        request.finish(refusal.map { .refused(sequence: context.sequence, $0) } ?? .applied(sequence: context.sequence))
+        return refusal.map { .refused(sequence: context.sequence, $0) } ?? .applied(sequence: context.sequence)
+    }
+
+    /// A session attaches (`source`: bound to that ingress partition) or goes (nil): the binding
+    /// is journaled before any command of the session, and a stale binding of a reused session
+    /// id is undone first. False when the journal refuses: the session must not be served, or
+    /// its commands would be applied without their positions.
+    mutating func bindSession(_ session: UInt32, to source: IngressSource?) -> Bool {
+        let current = ingress.ofSession[Int(session)]
+        if let source, current >= 0, ingress.keys[Int(current)] == source.key { return true }
+        if current >= 0, case .refused(nil, _) = runAdmin(.unbindSource(session: session)) { return false }
+        guard let source else { return true }
+        // Refused: the journal would not take it, or the shard has too many sources.
+        if case .refused = runAdmin(.bindSource(session: session, source: source.name, partition: source.partition)) { return false }
+        return true
     }
 
     /// Journals an admin record under its context (live only). False when the journal refuses.
@@ -103,9 +122,20 @@ extension ShardState {
             guard epoch > self.epoch else { return "epoch \(epoch) is not above the shard's epoch \(self.epoch)" }
             self.epoch = epoch
         case .ingressPosition(let source, let partition, let offset):
-            let key = "\(source)#\(partition)"
-            if let last = positions[key], offset <= last { return "\(key) offset \(offset) is not after \(last)" }
-            positions[key] = offset
+            let key = sourceKey(source, partition)
+            if let last = ingress.last(key), offset <= last { return "\(key) offset \(offset) is not after \(last)" }
+            guard offset <= UInt64(Int64.max) else { return "\(key) offset \(offset) is not a Kafka offset" }
+            guard let slot = ingress.slot(key) else { return "more than \(IngressPositions.capacity) ingress sources" }
+            ingress.next[Int(slot)] = offset + 1
+        case .bindSource(let session, let source, let partition):
+            guard session < 1 << 16 else { return "session \(session) is not a session id" }
+            guard let slot = ingress.slot(sourceKey(source, partition)) else {
+                return "more than \(IngressPositions.capacity) ingress sources"
+            }
+            ingress.ofSession[Int(session)] = slot
+        case .unbindSource(let session):
+            guard session < 1 << 16, ingress.ofSession[Int(session)] >= 0 else { return "session \(session) is not bound" }
+            ingress.ofSession[Int(session)] = -1
         case .freeze(let id):
             guard let b = book(of: id) else { return "symbol \(id) has no book in this shard" }
             guard bookFlags[b] & BookFlag.notOwned == 0 else { return "symbol \(id) is not owned by this shard" }
@@ -150,27 +180,39 @@ extension ShardState {
             if bookFlags[b] & BookFlag.frozen != 0 { frozen.insert(books[b].symbolId) }
             if bookFlags[b] & BookFlag.notOwned != 0 { notOwned.insert(books[b].symbolId) }
         }
-        return ShardAdminState(epoch: epoch, positions: positions, frozen: frozen, notOwned: notOwned)
+        return ShardAdminState(epoch: epoch, positions: ingress.positions, frozen: frozen, notOwned: notOwned)
     }
 
     // MARK: - In snapshots
 
     static let adminTrailerTag: UInt32 = 0x3144_4D41  // "AMD1" little-endian: admin state, version 1
+    static let adminTrailerTag2: UInt32 = 0x3244_4D41  // "AMD2": version 2, with the ingress bindings
 
     /// The admin state after the books in a snapshot body: tag, epoch (u64), per book its flags
-    /// (u8), the position count (u32), then per position its key length (u16), key, offset (u64).
+    /// (u8), the position count (u32), then per position its key length (u16), key, offset (u64);
+    /// (version 2) the binding count (u32), then per binding its session (u32), key length (u16), key.
     func adminTrailer() -> [UInt8] {
         var out: [UInt8] = []
         func put<T: FixedWidthInteger>(_ value: T) { withUnsafeBytes(of: value.littleEndian) { out.append(contentsOf: $0) } }
-        put(Self.adminTrailerTag)
-        put(epoch)
-        for b in 0..<created { out.append(bookFlags[b]) }
-        put(UInt32(positions.count))
-        for (key, offset) in positions.sorted(by: { $0.key < $1.key }) {
+        func put(_ key: String) {
             let bytes = Array(key.utf8)
             put(UInt16(bytes.count))
             out.append(contentsOf: bytes)
+        }
+        put(Self.adminTrailerTag2)
+        put(epoch)
+        for b in 0..<created { out.append(bookFlags[b]) }
+        let positions = ingress.positions
+        put(UInt32(positions.count))
+        for (key, offset) in positions.sorted(by: { $0.key < $1.key }) {
+            put(key)
             put(offset)
+        }
+        let bindings = ingress.bindings
+        put(UInt32(bindings.count))
+        for (session, key) in bindings {
+            put(session)
+            put(key)
         }
         return out
     }
@@ -184,19 +226,35 @@ extension ShardState {
             at += MemoryLayout<T>.size
             return v
         }
-        guard try get(UInt32.self) == Self.adminTrailerTag else { throw EngineError("snapshot: unknown data after the books") }
-        epoch = try get(UInt64.self)
-        for b in 0..<created { bookFlags[b] = try get(UInt8.self) }
-        let count = try get(UInt32.self)
-        var restored: [String: UInt64] = [:]
-        for _ in 0..<count {
+        func key() throws(EngineError) -> String {
             let n = Int(try get(UInt16.self))
             guard at + n <= body.count else { throw EngineError("snapshot admin state truncated") }
-            let key = String(decoding: body[at..<(at + n)], as: UTF8.self)
-            at += n
-            restored[key] = try get(UInt64.self)
+            defer { at += n }
+            return String(decoding: body[at..<(at + n)], as: UTF8.self)
+        }
+        let tag = try get(UInt32.self)
+        guard tag == Self.adminTrailerTag || tag == Self.adminTrailerTag2 else { throw EngineError("snapshot: unknown data after the books") }
+        epoch = try get(UInt64.self)
+        for b in 0..<created { bookFlags[b] = try get(UInt8.self) }
+        ingress.reset()
+        func slot(_ key: String) throws(EngineError) -> Int {
+            guard let slot = ingress.slot(key) else { throw EngineError("snapshot: more than \(IngressPositions.capacity) ingress sources") }
+            return Int(slot)
+        }
+        for _ in 0..<(try get(UInt32.self)) {
+            let name = try key()
+            let offset = try get(UInt64.self)
+            guard offset <= UInt64(Int64.max) else { throw EngineError("snapshot: ingress offset \(offset) of \(name)") }
+            ingress.next[try slot(name)] = offset + 1
+        }
+        if tag == Self.adminTrailerTag2 {
+            for _ in 0..<(try get(UInt32.self)) {
+                let session = try get(UInt32.self)
+                let name = try key()
+                guard session < 1 << 16 else { throw EngineError("snapshot: ingress binding of session \(session)") }
+                ingress.ofSession[Int(session)] = Int32(try slot(name))
+            }
         }
         guard at == body.count else { throw EngineError("snapshot: \(body.count - at) stray bytes after the admin state") }
-        positions = restored
     }
 }

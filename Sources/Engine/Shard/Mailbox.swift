@@ -7,7 +7,8 @@ import SharedMemory
 
 /// What the control thread tells a shard, through its mailbox.
 enum ShardMessage {
-    case attach(session: UInt32, commands: RingConsumer, reports: RingProducer)
+    /// `source`: the session's commands come from that ingress partition (Ingress.swift).
+    case attach(session: UInt32, commands: RingConsumer, reports: RingProducer, source: IngressSource?)
     case detach(session: UInt32)
     /// Which sessions own resting orders now (for reusing session ids).
     case restingOwners(RestingOwnersQuery)

@@ -221,6 +221,13 @@ final class Shard: @unchecked Sendable {
             state.feed.open(writer)
             state.output.pointee.hold = durability == .sync
             state.output.pointee.disk = writer
+            // The sessions of the run the journal comes from are gone: undo their ingress bindings
+            // in the journal too, or a later replay would bind this run's sessions of the same id.
+            for (session, _) in state.ingress.bindings {
+                if case .refused(nil, let why) = state.runAdmin(.unbindSource(session: session)) {
+                    return failStart("shard \(index): cannot journal the end of session \(session)'s ingress binding: \(why)")
+                }
+            }
         }
         started.signal()
         loop(&state)

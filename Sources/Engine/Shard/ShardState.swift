@@ -37,10 +37,10 @@ struct ShardState: ~Copyable {
     private(set) var largestBatch = 0
     /// The highest session id the journal (or the snapshot under it) holds.
     var maxRecoveredSession: UInt32 = 0
-    /// What sequenced admin commands set (Admin.swift): the epoch, the last ingress position of
-    /// each source and partition, and per book its flags (BookFlag; 0: takes commands).
+    /// What sequenced admin commands set (Admin.swift): the epoch, the ingress positions and
+    /// bindings (Ingress.swift), and per book its flags (BookFlag; 0: takes commands).
     var epoch: UInt64 = 0
-    var positions: [String: UInt64] = [:]
+    var ingress = IngressPositions()
     let bookFlags: UnsafeMutablePointer<UInt8>
 
     /// Allocates the books (on the calling thread's NUMA node: call it from the pinned shard).
@@ -102,7 +102,7 @@ struct ShardState: ~Copyable {
         created = 0
         bookFlags.update(repeating: 0, count: max(symbols.count, 1))
         epoch = 0
-        positions = [:]
+        ingress.reset()
         if let failure = createBooks() { throw failure }
     }
 
@@ -144,6 +144,12 @@ struct ShardState: ~Copyable {
         let replaying = output.pointee.replaying
         if !replaying { counters.add(.commands) }
         var event = EventContext(command: context, symbolWords: noSymbol)
+        let source = ingress.ofSession[Int(session)]
+        if source >= 0, let reason = ingress.admit(record, source: source) {
+            let id = CommandRecord.orderId(record)
+            output.pointee.on(.rejected(orderId: engineOrderId(session, id & maxClientOrderId), reason: reason), event)
+            return
+        }
         let decoded: CommandRecord.Decoded
         do {
             decoded = try CommandRecord.decode(record)
@@ -279,12 +285,18 @@ struct ShardState: ~Copyable {
     mutating func drain(_ mailbox: Mailbox<ShardMessage>) {
         while let message = mailbox.pop() {
             switch message {
-            case .attach(let session, let commands, let reports):
+            case .attach(let session, let commands, let reports, let source):
                 // The engine never has more than the table's capacity attached at once: it refuses
                 // the next client clearly.
-                if sessions.attach(session: session, commands: commands, reports: reports) { counters.add(.sessions) }
+                guard sessions.attach(session: session, commands: commands, reports: reports) else { continue }
+                counters.add(.sessions)
+                if !bindSession(session, to: source) {
+                    sessions.detach(session: session)
+                    reports.markClosed(.journalRefused)
+                }
             case .detach(let session):
                 sessions.detach(session: session)
+                _ = bindSession(session, to: nil)
             case .restingOwners(let query):
                 query.reply(restingOwners)
             case .admin(let request):

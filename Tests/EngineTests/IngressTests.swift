@@ -1,0 +1,120 @@
+// Exactly-once ingress in the engine (no broker here; the Kafka plugin's tests are in
+// KafkaTests): a session bound to a source partition journals its binding, each command's
+// offset travels in the journaled record, a command at an offset applied already is rejected,
+// and positions and bindings survive restarts and snapshots.
+import CrossbookClient
+@testable import Engine
+import Foundation
+import Glibc
+import Journal
+import OrderBook
+import SharedMemory
+import Testing
+import TestSupport
+import Wire
+
+/// Submits a new buy order from `session` at `offset` and returns its first report.
+func submitAt(_ session: LocalSession, offset: UInt64, orderId: OrderId, price: Int64 = 100, symbolId: UInt32 = 1) throws -> ReportRecord.Report? {
+    var record = [UInt8](repeating: 0, count: 64)
+    let order = NewOrder(orderId: orderId, side: .buy, price: price, quantity: 1)
+    record.withUnsafeMutableBytes {
+        CommandRecord.encode(.init(symbolId: symbolId, command: .new(order), clientSequence: offset), to: $0.baseAddress!)
+    }
+    let deadline = Date().addingTimeInterval(5)
+    while !record.withUnsafeBytes({ session.submit($0.baseAddress!, shard: 0) }) {
+        guard Date() < deadline else { return nil }
+        usleep(100)
+    }
+    var out = [UInt8](repeating: 0, count: 64)
+    while Date() < deadline {
+        let n = try out.withUnsafeMutableBytes { try session.poll(into: $0.baseAddress!, capacity: 1) }
+        if n == 1 { return out.withUnsafeBytes { try? ReportRecord.decode($0.baseAddress!) } }
+        usleep(100)
+    }
+    return nil
+}
+
+@Suite("Exactly-once ingress positions", .serialized)
+struct IngressPositionTests {
+    @Test("a bound session's offsets become the shard's position; an offset applied already is rejected (duplicate_ingress), live and after a restart; the binding is journaled and undone")
+    func positionsAndDuplicates() throws {
+        let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-ingress-\(UUID().uuidString.prefix(8))"
+        defer { removeTree(data) }
+        let engine = try durableEngine(dir, data: data, instance: "ing")
+        let session = try engine.openLocalSession(source: IngressSource(name: "orders", partition: 3))
+        for (k, offset) in [10, 11, 12].enumerated() {
+            let report = try #require(try submitAt(session, offset: UInt64(offset), orderId: OrderId(k + 1)))
+            #expect(report.kind == .accepted)
+        }
+        let duplicate = try #require(try submitAt(session, offset: 11, orderId: 9))
+        #expect(duplicate.kind == .rejected && duplicate.code == RejectReason.duplicateIngress.rawValue)
+        // A gap is not a duplicate (messages for other shards, dead letters): taken.
+        #expect(try submitAt(session, offset: 20, orderId: 10)?.kind == .accepted)
+        #expect(engine.adminState(shard: 0)?.positions == ["orders#3": 20])
+        // An unbound session (a shared-memory client) is not checked: its client sequence is its own.
+        let client = try CrossbookClient(instance: "ing", directory: dir)
+        let btc = try client.symbol("BTC-USD")
+        #expect(client.submit(.new(NewOrder(orderId: 1, side: .sell, price: 200, quantity: 1)), symbol: btc, clientSequence: 3))
+        var kinds: [ReportRecord.Kind] = []
+        _ = try client.waitForReports(timeout: 5) { kinds.append($0.kind) }
+        #expect(kinds == [.accepted])
+        client.close()
+        engine.stop()   // the bound session is still open: as after a crash, nothing undid its binding
+        let final = engine.finalDigests
+
+        let restarted = try durableEngine(dir, data: data, instance: "ing")
+        #expect(restarted.recoveredDigests == final)
+        #expect(restarted.adminState(shard: 0)?.positions == ["orders#3": 20])
+        let again = try restarted.openLocalSession(source: IngressSource(name: "orders", partition: 3))
+        #expect(try submitAt(again, offset: 20, orderId: 11)?.code == RejectReason.duplicateIngress.rawValue)
+        #expect(try submitAt(again, offset: 21, orderId: 12)?.kind == .accepted)
+        #expect(restarted.adminState(shard: 0)?.positions == ["orders#3": 21])
+        restarted.closeLocalSession(again)
+        restarted.stop()
+
+        // The journal shows each binding, and the restart undoing the one left by the first run.
+        let dump = try runCrossbookCapturing(["journal", "dump", data])
+        #expect(dump.contains("admin bind session \(session.id) to source orders#3"))
+        #expect(dump.contains("admin unbind session \(session.id)"))
+        #expect(dump.contains("admin unbind session \(again.id)"))
+        // And a third start replays all of it to the same books and positions.
+        let third = try durableEngine(dir, data: data, instance: "ing")
+        #expect(third.recoveredDigests == restarted.finalDigests)
+        #expect(third.adminState(shard: 0)?.positions == ["orders#3": 21])
+        third.stop()
+    }
+
+    @Test("a snapshot taken while a bound session sends keeps its binding: the commands after the snapshot move the position on replay")
+    func bindingInSnapshot() throws {
+        let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-ingress-\(UUID().uuidString.prefix(8))"
+        defer { removeTree(data) }
+        let log = LogLines()
+        let engine = try durableEngine(dir, data: data, instance: "ings", snapshotEvery: 20)
+        let session = try engine.openLocalSession(source: IngressSource(name: "t", partition: 0))
+        for offset in 0..<50 {
+            #expect(try submitAt(session, offset: UInt64(offset), orderId: OrderId(offset + 1), price: 100 + Int64(offset % 5))?.kind == .accepted)
+        }
+        usleep(300_000)  // the snapshot writer
+        engine.stop()
+        let restarted = try durableEngine(dir, data: data, instance: "ings", snapshotEvery: 20, log: log)
+        defer { restarted.stop() }
+        #expect(log.contains("loaded snapshot"), "\(log.all)")
+        #expect(restarted.recoveredDigests == engine.finalDigests)
+        #expect(restarted.adminState(shard: 0)?.positions == ["t#0": 49])
+    }
+
+    @Test("the bind and unbind records round-trip and refuse garbage with a reason")
+    func recordFormat() throws {
+        for command in [AdminCommand.bindSource(session: 7, source: "orders", partition: 2), .unbindSource(session: 7)] {
+            let bytes = AdminRecord.encode(command)
+            #expect(try bytes.withUnsafeBytes { try AdminRecord.decode($0) } == command)
+            for cut in 0..<bytes.count {
+                #expect(throws: AdminRecord.Malformed.self) { try bytes.prefix(cut).withUnsafeBytes { try AdminRecord.decode($0) } }
+            }
+        }
+        // A source that is not UTF-8.
+        var bad = AdminRecord.encode(.bindSource(session: 1, source: "ab", partition: 0))
+        bad[bad.count - 1] = 0xFF
+        #expect(throws: AdminRecord.Malformed.self) { try bad.withUnsafeBytes { try AdminRecord.decode($0) } }
+    }
+}
