@@ -294,6 +294,9 @@ typedef struct cb_host_api {
        rejected): CB_OK with *offset, CB_ERR_NOT_FOUND if it journaled none. Resume each shard at
        *offset + 1: a message for a symbol of that shard at or below it is applied already. */
     int (*source_position)(cb_host *host, uint32_t shard, const char *source, uint32_t partition, uint64_t *offset);
+    /* The symbol whose engine id is `id` (a binary record names its symbol by id): as
+       symbol_lookup. */
+    int (*symbol_by_id)(cb_host *host, uint32_t id, cb_symbol *out);
 } cb_host_api;
 
 /* True when the host's table reaches `field` (a plugin built against a newer header). */

@@ -100,6 +100,10 @@ extension PluginHost {
             }
             return plugin.openProducer(out, source: IngressSource(name: name, partition: partition))
         }
+        table.pointee.symbol_by_id = { host, id, out in
+            guard let plugin = LoadedPlugin.from(host), let out, out.pointee.size >= 16 else { return CB_ERR_INVALID.rawValue }
+            return plugin.lookup(id: id, into: out)
+        }
         table.pointee.source_position = { host, shard, source, partition, offset in
             guard let plugin = LoadedPlugin.from(host), let source, let offset, let name = ingressSourceName(source),
                   let environment = plugin.host?.environment, Int(shard) < environment.engineFile.shardCount else {

@@ -55,6 +55,19 @@ final class LoadedPlugin: @unchecked Sendable {
               let entry = environment.symbolIndex[symbol].map({ environment.symbols[$0] }) else {
             return CB_ERR_UNKNOWN_SYMBOL.rawValue
         }
+        return describe(entry, into: out)
+    }
+
+    /// The symbol with engine id `id` (a binary record names its symbol by id).
+    func lookup(id: UInt32, into out: UnsafeMutablePointer<cb_symbol>) -> Int32 {
+        guard let environment = host?.environment, let entry = environment.symbols.first(where: { $0.spec.id == id }) else {
+            return CB_ERR_UNKNOWN_SYMBOL.rawValue
+        }
+        return describe(entry, into: out)
+    }
+
+    private func describe(_ entry: (spec: SymbolSpec, shard: Int), into out: UnsafeMutablePointer<cb_symbol>) -> Int32 {
+        let symbol = entry.spec.name
         let name = lock.locked {
             if let known = symbolNames[symbol] { return known }
             let copy = strdup(symbol)!
