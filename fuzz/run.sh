@@ -7,9 +7,13 @@ set -u
 cd "$(dirname "$0")"
 seconds=${1:-5}
 swift build -c release --sanitize=fuzzer >/tmp/crossbook-fuzz-build.log 2>&1 || { tail -30 /tmp/crossbook-fuzz-build.log; exit 1; }
+# C targets: the Kafka ingress's JSON order parser (ASan and UBSan too).
+clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -I ../C/CPluginABI/include -I ../plugins/kafka \
+  c/order-json.c ../plugins/kafka/order_json.c -o .build/release/fuzz-order-json >>/tmp/crossbook-fuzz-build.log 2>&1 \
+  || { tail -30 /tmp/crossbook-fuzz-build.log; exit 1; }
 mkdir -p artifacts
 failed=0
-for target in command-record text-codec journal-scan book-snapshot admin-record config; do
+for target in command-record text-codec journal-scan book-snapshot admin-record config order-json; do
   work=$(mktemp -d)
   max_len=4096
   [ "$target" = journal-scan ] && max_len=20000

@@ -139,6 +139,9 @@ public final class Engine: @unchecked Sendable {
     /// come back while an order of its old owner rests.
     private var nextSession: UInt32 = 1
     private var reservedSessions = Set<UInt32>()
+    /// Per ingress source ("topic#partition"), the session id its producer had before the
+    /// restart: given to its next producer when free (its orders rest under that id).
+    private var sourceSessionIds: [String: UInt32] = [:]
     /// Reclaimed ids, the lowest last.
     private var freeSessionIds: [UInt32] = []
     /// Every attached session id, of clients and of the engine's own (plugin) sessions. The
@@ -386,6 +389,11 @@ public final class Engine: @unchecked Sendable {
             // Sessions of before the restart that own resting orders keep their ids: a new client
             // with one of them could cancel those orders. Every other id is free again.
             reservedSessions.formUnion(shard.restingOwners)
+            // An ingress source's session keeps its id for the source's next producer.
+            for (key, session) in shard.sourceSessions {
+                reservedSessions.insert(session)
+                sourceSessionIds[key] = session
+            }
             recoveredDigests.append(shard.recoveredDigest)
         }
         if s.durability != .none {
@@ -418,7 +426,12 @@ public final class Engine: @unchecked Sendable {
     func openLocalSession(ringCapacity: Int = 4096, source: IngressSource? = nil) throws(EngineError) -> LocalSession {
         guard let file = engineFile, file.state == .running else { throw EngineError("the engine is not running") }
         let (taken, full) = idLock.locked { () -> (UInt32?, Bool) in
-            attachedIds.count >= Shard.maxSessions ? (nil, true) : (takeSessionId(), false)
+            if attachedIds.count >= Shard.maxSessions { return (nil, true) }
+            if let key = source?.key, let id = sourceSessionIds.removeValue(forKey: key), !attachedIds.contains(id) {
+                freeSessionIds.removeAll { $0 == id }
+                return (id, false)
+            }
+            return (takeSessionId(), false)
         }
         guard let id = taken else {
             throw EngineError(full ? "\(Shard.maxSessions) sessions are attached, the most an engine serves at once"
@@ -434,7 +447,7 @@ public final class Engine: @unchecked Sendable {
             idLock.locked { freeSessionIds.append(id) }
             throw EngineError("session \(id): \(error)")
         }
-        let session = LocalSession(id: id, commands: commands, reports: reports, doorbells: shards.map(\.doorbell),
+        let session = LocalSession(id: id, source: source, commands: commands, reports: reports, doorbells: shards.map(\.doorbell),
                                    running: { [weak self] in self?.engineFile?.state == .running })
         idLock.locked {
             attachedIds.insert(id)
@@ -457,6 +470,8 @@ public final class Engine: @unchecked Sendable {
         idLock.locked {
             if localSessions.removeValue(forKey: session.id) != nil { retiredLocal.append(session) }
             attachedIds.remove(session.id)
+            // The source's next producer (in this run) takes the id back.
+            if let key = session.source?.key { sourceSessionIds[key] = session.id }
         }
     }
 

@@ -7,6 +7,8 @@ import SharedMemory
 
 final class LocalSession: @unchecked Sendable {
     let id: UInt32
+    /// The ingress partition its commands come from, if bound.
+    let source: IngressSource?
     /// Kept for the mappings: the shards hold views into them.
     private let rings: [Ring]
     private var io: SessionRings
@@ -15,8 +17,10 @@ final class LocalSession: @unchecked Sendable {
     /// between its threads (plugins/README.md).
     private(set) var closed = false
 
-    init(id: UInt32, commands: [Ring], reports: [Ring], doorbells: [Doorbell], running: @escaping @Sendable () -> Bool) {
+    init(id: UInt32, source: IngressSource? = nil, commands: [Ring], reports: [Ring], doorbells: [Doorbell],
+         running: @escaping @Sendable () -> Bool) {
         self.id = id
+        self.source = source
         rings = commands + reports
         io = SessionRings(commands: commands.map { $0.producer() }, reports: reports.map { $0.consumer() }, doorbells: doorbells)
         self.running = running

@@ -51,7 +51,14 @@ struct MarketDataCommand: ParsableCommand {
                 throw CLIError("shard \(s): \(error)")
             }
         }
+        // SIGINT or SIGTERM ends it; a parent may have started it with them blocked or ignored.
         signal(SIGINT) { _ in mdInterrupted = 1 }
+        signal(SIGTERM) { _ in mdInterrupted = 1 }
+        var stopSignals = sigset_t()
+        sigemptyset(&stopSignals)
+        sigaddset(&stopSignals, SIGINT)
+        sigaddset(&stopSignals, SIGTERM)
+        pthread_sigmask(SIG_UNBLOCK, &stopSignals, nil)
         var printed = 0
         while mdInterrupted == 0 && (count == 0 || printed < count) {
             var any = 0

@@ -146,14 +146,21 @@ struct AdminCommandTests {
 }
 
 /// Runs the crossbook binary built beside the tests; its standard output.
-func runCrossbookCapturing(_ arguments: [String]) throws -> String {
+func runCrossbookCapturing(_ arguments: [String], stdin: String? = nil) throws -> String {
     let process = Process()
     process.executableURL = crossbookBinary()
     process.arguments = arguments
-    let out = Pipe()
+    let out = Pipe(), input = Pipe()
     process.standardOutput = out
-    process.standardError = Pipe()
+    process.standardError = FileHandle.nullDevice
+    process.standardInput = stdin == nil ? FileHandle.nullDevice : input
     try process.run()
+    if let stdin {
+        Thread {
+            input.fileHandleForWriting.write(Data(stdin.utf8))
+            try? input.fileHandleForWriting.close()
+        }.start()
+    }
     let data = out.fileHandleForReading.readDataToEndOfFile()
     process.waitUntilExit()
     return String(decoding: data, as: UTF8.self)

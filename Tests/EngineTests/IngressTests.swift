@@ -66,9 +66,25 @@ struct IngressPositionTests {
         #expect(restarted.recoveredDigests == final)
         #expect(restarted.adminState(shard: 0)?.positions == ["orders#3": 20])
         let again = try restarted.openLocalSession(source: IngressSource(name: "orders", partition: 3))
+        // The source's producer gets its session id back: its orders rest under that id, and a
+        // cancel read after the restart must find the order placed before it.
+        #expect(again.id == session.id)
         #expect(try submitAt(again, offset: 20, orderId: 11)?.code == RejectReason.duplicateIngress.rawValue)
         #expect(try submitAt(again, offset: 21, orderId: 12)?.kind == .accepted)
-        #expect(restarted.adminState(shard: 0)?.positions == ["orders#3": 21])
+        var cancel = [UInt8](repeating: 0, count: 64)
+        cancel.withUnsafeMutableBytes {
+            CommandRecord.encode(.init(symbolId: 1, command: .cancel(CancelOrder(orderId: 1)), clientSequence: 22), to: $0.baseAddress!)
+        }
+        #expect(cancel.withUnsafeBytes { again.submit($0.baseAddress!, shard: 0) })
+        var reply: ReportRecord.Report?
+        #expect(waitFor(5) {
+            var out = [UInt8](repeating: 0, count: 64)
+            guard let n = try? out.withUnsafeMutableBytes({ try again.poll(into: $0.baseAddress!, capacity: 1) }), n == 1 else { return false }
+            reply = out.withUnsafeBytes { try? ReportRecord.decode($0.baseAddress!) }
+            return true
+        })
+        #expect(reply?.kind == .cancelled && reply?.orderId == 1, "the order of before the restart: \(String(describing: reply))")
+        #expect(restarted.adminState(shard: 0)?.positions == ["orders#3": 22])
         restarted.closeLocalSession(again)
         restarted.stop()
 
@@ -80,7 +96,7 @@ struct IngressPositionTests {
         // And a third start replays all of it to the same books and positions.
         let third = try durableEngine(dir, data: data, instance: "ing")
         #expect(third.recoveredDigests == restarted.finalDigests)
-        #expect(third.adminState(shard: 0)?.positions == ["orders#3": 21])
+        #expect(third.adminState(shard: 0)?.positions == ["orders#3": 22])
         third.stop()
     }
 

@@ -16,9 +16,11 @@ final class EngineProcess {
     private let pipe = Pipe()
     private let reader: Thread
 
-    init(_ arguments: [String]) throws {
+    /// `environment`: added to this process's.
+    init(_ arguments: [String], environment: [String: String] = [:]) throws {
         process.executableURL = crossbookBinary()
         process.arguments = ["run"] + arguments
+        if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         process.standardError = pipe
         process.standardOutput = FileHandle.nullDevice
         let handle = pipe.fileHandleForReading, log = log

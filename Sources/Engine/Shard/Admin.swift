@@ -132,7 +132,7 @@ extension ShardState {
             guard let slot = ingress.slot(sourceKey(source, partition)) else {
                 return "more than \(IngressPositions.capacity) ingress sources"
             }
-            ingress.ofSession[Int(session)] = slot
+            ingress.bind(session, to: slot)
         case .unbindSource(let session):
             guard session < 1 << 16, ingress.ofSession[Int(session)] >= 0 else { return "session \(session) is not bound" }
             ingress.ofSession[Int(session)] = -1
@@ -189,8 +189,11 @@ extension ShardState {
     static let adminTrailerTag2: UInt32 = 0x3244_4D41  // "AMD2": version 2, with the ingress bindings
 
     /// The admin state after the books in a snapshot body: tag, epoch (u64), per book its flags
-    /// (u8), the position count (u32), then per position its key length (u16), key, offset (u64);
-    /// (version 2) the binding count (u32), then per binding its session (u32), key length (u16), key.
+    /// (u8), then
+    /// - version 1: the position count (u32), per position its key length (u16), key, offset (u64);
+    /// - version 2: the source count (u32), per source its key length (u16), key, next offset
+    ///   (u64: the last applied + 1, 0 none), last bound session (u32); the binding count (u32),
+    ///   per binding its session (u32) and source index (u32).
     func adminTrailer() -> [UInt8] {
         var out: [UInt8] = []
         func put<T: FixedWidthInteger>(_ value: T) { withUnsafeBytes(of: value.littleEndian) { out.append(contentsOf: $0) } }
@@ -202,17 +205,21 @@ extension ShardState {
         put(Self.adminTrailerTag2)
         put(epoch)
         for b in 0..<created { out.append(bookFlags[b]) }
-        let positions = ingress.positions
-        put(UInt32(positions.count))
-        for (key, offset) in positions.sorted(by: { $0.key < $1.key }) {
+        let keys = ingress.keys, sessions = ingress.lastSession
+        put(UInt32(keys.count))
+        for (i, key) in keys.enumerated() {
             put(key)
-            put(offset)
+            put(ingress.next[i])
+            put(sessions[i])
         }
-        let bindings = ingress.bindings
+        var bindings: [(UInt32, UInt32)] = []
+        for session in 0..<(1 << 16) where ingress.ofSession[session] >= 0 {
+            bindings.append((UInt32(session), UInt32(ingress.ofSession[session])))
+        }
         put(UInt32(bindings.count))
-        for (session, key) in bindings {
+        for (session, slot) in bindings {
             put(session)
-            put(key)
+            put(slot)
         }
         return out
     }
@@ -241,18 +248,28 @@ extension ShardState {
             guard let slot = ingress.slot(key) else { throw EngineError("snapshot: more than \(IngressPositions.capacity) ingress sources") }
             return Int(slot)
         }
-        for _ in 0..<(try get(UInt32.self)) {
-            let name = try key()
-            let offset = try get(UInt64.self)
-            guard offset <= UInt64(Int64.max) else { throw EngineError("snapshot: ingress offset \(offset) of \(name)") }
-            ingress.next[try slot(name)] = offset + 1
-        }
-        if tag == Self.adminTrailerTag2 {
+        if tag == Self.adminTrailerTag {
+            for _ in 0..<(try get(UInt32.self)) {
+                let name = try key()
+                let offset = try get(UInt64.self)
+                guard offset <= UInt64(Int64.max) else { throw EngineError("snapshot: ingress offset \(offset) of \(name)") }
+                ingress.next[try slot(name)] = offset + 1
+            }
+        } else {
+            for _ in 0..<(try get(UInt32.self)) {
+                let name = try key()
+                let next = try get(UInt64.self)
+                let session = try get(UInt32.self)
+                guard next <= UInt64(Int64.max) + 1, session < 1 << 16 else { throw EngineError("snapshot: ingress source \(name)") }
+                let index = try slot(name)
+                ingress.next[index] = next
+                ingress.setLastSession(session, slot: Int32(index))
+            }
             for _ in 0..<(try get(UInt32.self)) {
                 let session = try get(UInt32.self)
-                let name = try key()
-                guard session < 1 << 16 else { throw EngineError("snapshot: ingress binding of session \(session)") }
-                ingress.ofSession[Int(session)] = Int32(try slot(name))
+                let index = try get(UInt32.self)
+                guard session < 1 << 16, index < ingress.keys.count else { throw EngineError("snapshot: ingress binding of session \(session)") }
+                ingress.bind(session, to: Int32(index))
             }
         }
         guard at == body.count else { throw EngineError("snapshot: \(body.count - at) stray bytes after the admin state") }

@@ -25,6 +25,10 @@ struct IngressPositions: ~Copyable {
     let next: UnsafeMutablePointer<UInt64>
     /// Session id → the slot of its source, or -1 (not bound).
     let ofSession: UnsafeMutablePointer<Int32>
+    /// Per slot, the session last bound to it (0: none). Its orders carry that session id: a
+    /// restart gives the source's new producer the same id when it is free, so that a cancel
+    /// read after the restart finds the order placed before it (Engine.openLocalSession).
+    private(set) var lastSession: [UInt32] = []
 
     init() {
         next = cacheAligned(UInt64.self, count: Self.capacity)
@@ -44,6 +48,7 @@ struct IngressPositions: ~Copyable {
         guard keys.count < Self.capacity else { return nil }
         let slot = Int32(keys.count)
         keys.append(key)
+        lastSession.append(0)
         slots[key] = slot
         next[Int(slot)] = 0
         return slot
@@ -69,11 +74,28 @@ struct IngressPositions: ~Copyable {
         return out
     }
 
+    /// Binds `session` to `slot` (a bind record, live or replayed).
+    mutating func bind(_ session: UInt32, to slot: Int32) {
+        ofSession[Int(session)] = slot
+        lastSession[Int(slot)] = session
+    }
+
+    /// Source key → the session last bound to it.
+    var sourceSessions: [String: UInt32] {
+        var out: [String: UInt32] = [:]
+        for (i, key) in keys.enumerated() where lastSession[i] != 0 { out[key] = lastSession[i] }
+        return out
+    }
+
+    /// Restores a slot's last session (a snapshot).
+    mutating func setLastSession(_ session: UInt32, slot: Int32) { lastSession[Int(slot)] = session }
+
     /// The sessions of an earlier run are gone: none is bound any more (positions stay).
     func clearBindings() { ofSession.update(repeating: -1, count: 1 << 16) }
 
     mutating func reset() {
         keys = []
+        lastSession = []
         slots = [:]
         next.update(repeating: 0, count: Self.capacity)
         clearBindings()

@@ -64,6 +64,8 @@ final class Shard: @unchecked Sendable {
     private(set) var maxRecoveredSession: UInt32 = 0
     /// After start: the sessions that own resting orders (from before the restart).
     private(set) var restingOwners = Set<UInt32>()
+    /// After recovery: each ingress source's last bound session (Ingress.swift).
+    private(set) var sourceSessions: [String: UInt32] = [:]
     private(set) var recoveredDigest: UInt64 = 0
     /// The state digest when the shard stopped (after draining).
     private(set) var finalDigest: UInt64 = 0
@@ -209,6 +211,7 @@ final class Shard: @unchecked Sendable {
             }
             recoveryLog = outcome.log
             restingOwners = outcome.restingOwners
+            sourceSessions = state.ingress.sourceSessions
             recoveredDigest = outcome.digest
             maxRecoveredSession = state.maxRecoveredSession
             if readOnly { return started.signal() }

@@ -1,0 +1,533 @@
+// The Kafka ingress plugin against a real Kafka-protocol broker (Tansu, from the kit `make test`
+// prepares in .build/kafka: scripts/kafka-kit.sh), with the librdkafka 2.16 of that kit through
+// LD_LIBRARY_PATH. Engines run as separate processes: the kill -9 test kills them.
+import Engine
+import Foundation
+import Glibc
+import Journal
+import OrderBook
+import SharedMemory
+import Testing
+import TestSupport
+import Wire
+
+struct KitMissing: Error, CustomStringConvertible {
+    let description: String
+}
+
+/// The Kafka kit beside the build: the broker binary and librdkafka 2.16.
+enum KafkaKit {
+    static var root: URL { crossbookBinary().deletingLastPathComponent().appendingPathComponent("../../kafka").standardized }
+    static var tansu: String { root.appendingPathComponent("bin/tansu").path }
+    static var environment: [String: String] { ["LD_LIBRARY_PATH": root.appendingPathComponent("lib").path] }
+    static var tool: URL { crossbookBinary().deletingLastPathComponent().appendingPathComponent("crossbook-kafka") }
+
+    static func require() throws {
+        guard FileManager.default.isExecutableFile(atPath: tansu), FileManager.default.fileExists(atPath: tool.path) else {
+            throw KitMissing(description: "no Kafka kit at \(root.path) or no crossbook-kafka: run `make test` (or `make kafka-kit c-plugins OUT=.build/release`)")
+        }
+    }
+
+    /// Runs crossbook-kafka; its exit status and standard output.
+    @discardableResult
+    static func run(_ arguments: [String], stdin: String? = nil) throws -> (status: Int32, out: String, err: String) {
+        let process = Process()
+        process.executableURL = tool
+        process.arguments = arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        let out = Pipe(), err = Pipe(), input = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        process.standardInput = input
+        try process.run()
+        let writer = Thread {
+            if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
+            try? input.fileHandleForWriting.close()
+        }
+        writer.start()
+        let errors = LockedData()
+        let errReader = Thread { errors.set(err.fileHandleForReading.readDataToEndOfFile()) }
+        errReader.start()
+        let output = out.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        _ = waitFor(5) { errors.isSet }
+        return (process.terminationStatus, String(decoding: output, as: UTF8.self), String(decoding: errors.value, as: UTF8.self))
+    }
+}
+
+final class LockedData: @unchecked Sendable {
+    private let lock = NSLock()
+    private var data = Data()
+    private var done = false
+    func set(_ d: Data) { lock.lock(); data = d; done = true; lock.unlock() }
+    var value: Data { lock.lock(); defer { lock.unlock() }; return data }
+    var isSet: Bool { lock.lock(); defer { lock.unlock() }; return done }
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released: the broker takes it a moment later).
+func freeLoopbackPort() -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = 0
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
+    _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+    return Int(UInt16(bigEndian: address.sin_port))
+}
+
+func acceptsConnections(_ port: Int) -> Bool {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = UInt16(port).bigEndian
+    return withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    } == 0
+}
+
+/// A Tansu broker (memory storage) on a free loopback port, stopped by `stop` or at deinit.
+final class KafkaBroker {
+    let port: Int
+    private var process: Process?
+
+    init() throws {
+        try KafkaKit.require()
+        port = freeLoopbackPort()
+        try start()
+    }
+
+    deinit { stop() }
+
+    var address: String { "127.0.0.1:\(port)" }
+
+    func start() throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: KafkaKit.tansu)
+        process.arguments = ["broker", "--listener-url", "tcp://127.0.0.1:\(port)", "--advertised-listener-url", "tcp://127.0.0.1:\(port)"]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        self.process = process
+        guard waitFor(15, { acceptsConnections(port) }) else { throw KitMissing(description: "the broker did not listen on \(port) in 15 s") }
+    }
+
+    func stop() {
+        guard let process, process.isRunning else { return }
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        self.process = nil
+    }
+
+    func createTopic(_ name: String, partitions: Int) throws {
+        let result = try KafkaKit.run(["create", address, name, "\(partitions)"])
+        guard result.status == 0 else { throw KitMissing(description: "create topic \(name): \(result.err)") }
+    }
+}
+
+/// One consumed message: partition, offset, key, headers, value (as crossbook-kafka prints them).
+struct ConsumedMessage {
+    let partition: Int
+    let offset: Int
+    let key: String
+    let headers: String
+    let value: String
+
+    static func parse(_ output: String) -> [ConsumedMessage] {
+        output.split(separator: "\n").compactMap { line in
+            let f = line.split(separator: "\t", maxSplits: 4, omittingEmptySubsequences: false).map(String.init)
+            guard f.count == 5, let p = Int(f[0]), let o = Int(f[1]) else { return nil }
+            return ConsumedMessage(partition: p, offset: o, key: f[2], headers: f[3], value: f[4])
+        }
+    }
+}
+
+/// The engine's config for these tests: 2 shards, 4 symbols, the ingress on `topic`.
+func kafkaEngineConfig(instance: String, broker: KafkaBroker, topic: String, partitions: String = "0-1",
+                       format: String = "json", extra: String = "") -> String {
+    """
+    [engine]
+    instance = "\(instance)"
+    lag_timeout_ms = 5000
+    [[shards]]
+    [[shards]]
+    [book]
+    orders = 65536
+    levels = 4096
+    [[symbols]]
+    name = "BTC-USD"
+    shard = 0
+    [[symbols]]
+    name = "ETH-USD"
+    shard = 1
+    [[symbols]]
+    name = "SOL-USD"
+    shard = 0
+    [[symbols]]
+    name = "XRP-USD"
+    shard = 1
+    [plugins]
+    [[plugins.load]]
+    name = "snapshot-file"
+    [[plugins.load]]
+    name = "kafka-ingress"
+    config = { brokers = "\(broker.address)", topic = "\(topic)", partitions = "\(partitions)", format = "\(format)"\(extra) }
+    """
+}
+
+/// A random order log in the replay text format over the four symbols: limit orders around 100
+/// (many trade), some cancels and replaces of earlier ids, some market orders.
+func randomOrderLog(count: Int, seed: UInt64, firstId: Int = 1) -> [String] {
+    var rng = SplitMix(seed: seed)
+    let symbols = ["BTC-USD", "ETH-USD", "SOL-USD", "XRP-USD"]
+    var lines: [String] = []
+    var live: [(String, Int)] = []
+    for k in 0..<count {
+        let id = firstId + k
+        let roll = rng.next() % 100
+        if roll < 8, !live.isEmpty {
+            let (symbol, old) = live.remove(at: Int(rng.next() % UInt64(live.count)))
+            lines.append("C,\(symbol),\(old)")
+            continue
+        }
+        if roll < 12, !live.isEmpty {
+            let (symbol, old) = live[Int(rng.next() % UInt64(live.count))]
+            lines.append("R,\(symbol),\(old),\(95 + rng.next() % 11),\(1 + rng.next() % 5)")
+            continue
+        }
+        let symbol = symbols[Int(rng.next() % 4)]
+        let side = rng.next() % 2 == 0 ? "B" : "S"
+        if roll < 15 {
+            lines.append("N,\(symbol),\(id),7,\(side),MKT,0,\(1 + rng.next() % 4),IOC")
+        } else {
+            lines.append("N,\(symbol),\(id),7,\(side),LMT,\(95 + rng.next() % 11),\(1 + rng.next() % 5),GTC")
+            live.append((symbol, id))
+        }
+    }
+    return lines
+}
+
+struct SplitMix {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+/// Every command the journals of `data` hold from a bound (ingress) session: per source
+/// partition key, the offsets in journal order, per shard; and the decoded commands by key+offset.
+struct JournaledIngress {
+    var offsets: [String: [Int]] = [:]
+    var perShard: [Int: [String: [Int]]] = [:]
+    var commands: [String: CommandRecord.Decoded] = [:]
+    var duplicatesRejectedOnReplay = 0
+
+    init(data: String, shards: Int) throws {
+        for shard in 0..<shards {
+            var bound: [UInt32: String] = [:]
+            _ = try JournalReader.scan(directory: data, shard: shard, repair: false) { type, _, payload in
+                if type == 2, payload.count > 8,
+                   let admin = try? AdminRecord.decode(UnsafeRawBufferPointer(rebasing: payload[8...])) {
+                    switch admin {
+                    case .bindSource(let session, let source, let partition): bound[session] = "\(source)#\(partition)"
+                    case .unbindSource(let session): bound[session] = nil
+                    default: break
+                    }
+                    return
+                }
+                guard type == 1, payload.count == 80 else { return }
+                let session = UInt32(littleEndian: payload.loadUnaligned(fromByteOffset: 64, as: UInt32.self))
+                guard let key = bound[session] else { return }
+                let offset = Int(UInt64(littleEndian: payload.loadUnaligned(fromByteOffset: 48, as: UInt64.self)))
+                offsets[key, default: []].append(offset)
+                perShard[shard, default: [:]][key, default: []].append(offset)
+                if let decoded = try? CommandRecord.decode(payload.baseAddress!) { commands["\(key)@\(offset)"] = decoded }
+            }
+        }
+    }
+}
+
+@Suite("Kafka ingress", .serialized)
+struct KafkaIngressTests {
+    @Test("orders from a topic (JSON, two partitions over two shards) make the same trades as crossbook replay of the same orders")
+    func sameTradesAsReplay() throws {
+        let broker = try KafkaBroker()
+        defer { broker.stop() }
+        try broker.createTopic("orders", partitions: 2)
+        try broker.createTopic("orders.dead-letter", partitions: 1)
+        let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-kafka-\(UUID().uuidString.prefix(8))"
+        defer { removeTree(data) }
+        let config = data + ".toml"
+        defer { unlink(config) }
+        try kafkaEngineConfig(instance: "kfa", broker: broker, topic: "orders").write(toFile: config, atomically: true, encoding: .utf8)
+        let log = randomOrderLog(count: 3000, seed: 42)
+        let expected = try runCrossbookCapturing(["replay", "--trades-only", "-"], stdin: log.joined(separator: "\n") + "\n")
+        // T,<symbol>,<maker>,<taker>,<price>,<qty> → per symbol, "price,qty" in order.
+        var want: [String: [String]] = [:]
+        for line in expected.split(separator: "\n") where line.hasPrefix("T,") {
+            let f = line.split(separator: ",")
+            want[String(f[1]), default: []].append("\(f[4]),\(f[5])")
+        }
+        let tradeCount = want.values.map(\.count).reduce(0, +)
+        #expect(tradeCount > 300, "the log trades: \(tradeCount)")
+
+        let engine = try EngineProcess(["--config", config, "--directory", dir, "--no-pin", "--data-dir", data, "--clean-stale"],
+                                       environment: KafkaKit.environment)
+        defer { engine.stop() }
+        #expect(waitFor(20) { (try? EngineFile.attach(directory: dir))?.isServing ?? false }, "\(engine.log.all)")
+        let md = MarketDataReader(directory: dir)
+        defer { md.stop() }
+        usleep(500_000)  // md attached to both event rings
+        let produced = try KafkaKit.run(["orders", broker.address, "orders", "2"], stdin: log.joined(separator: "\n"))
+        #expect(produced.status == 0, "\(produced.err)")
+        #expect(waitFor(30) { md.trades.values.map(\.count).reduce(0, +) >= tradeCount }, "trades seen: \(md.trades.values.map(\.count).reduce(0, +)) of \(tradeCount); \(engine.log.all.suffix(20))")
+        usleep(200_000)
+        #expect(md.trades == want)
+    }
+}
+
+extension KafkaIngressTests {
+    static let killCycleCount = Int(ProcessInfo.processInfo.environment["CROSSBOOK_KAFKA_KILL_CYCLES"] ?? "") ?? 20
+
+    /// The engine's config without the ingress: what `crossbook replay --journal` rebuilds with.
+    static func replayConfig(_ full: String) -> String {
+        full.components(separatedBy: "[[plugins.load]]\nname = \"kafka-ingress\"")[0]
+    }
+
+    @Test("kill -9 at random moments while a producer writes, 20 times (make soak: more): every valid message journaled exactly once, in order, the books equal an independent replay, garbage dead-lettered")
+    func killCycles() throws {
+        let broker = try KafkaBroker()
+        defer { broker.stop() }
+        try broker.createTopic("orders", partitions: 2)
+        try broker.createTopic("orders.dead-letter", partitions: 1)
+        let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-kafka9-\(UUID().uuidString.prefix(8))"
+        defer { removeTree(data) }
+        let config = data + ".toml", replayConfig = data + "-replay.toml"
+        defer { unlink(config); unlink(replayConfig) }
+        let text = kafkaEngineConfig(instance: "kf9", broker: broker, topic: "orders")
+        try text.write(toFile: config, atomically: true, encoding: .utf8)
+        try Self.replayConfig(text).write(toFile: replayConfig, atomically: true, encoding: .utf8)
+
+        // The orders, with garbage among them: lines that are not orders, an unknown symbol.
+        let cycles = Self.killCycleCount
+        var rng = SplitMix(seed: 9)
+        var lines: [String] = []
+        for (k, line) in randomOrderLog(count: 400 * cycles, seed: 99).enumerated() {
+            lines.append(line)
+            if rng.next() % 40 == 0 { lines.append(k % 2 == 0 ? "X,BTC-USD,garbage \(k)" : "N,DOGE-USD,\(k),7,B,LMT,100,1,GTC") }
+        }
+        let chunk = (lines.count + cycles - 1) / cycles
+        let arguments = ["--config", config, "--directory", dir, "--no-pin", "--data-dir", data, "--clean-stale", "--snapshot-every", "700"]
+        for cycle in 0..<cycles {
+            let engine = try EngineProcess(arguments, environment: KafkaKit.environment)
+            #expect(waitFor(20) { (try? EngineFile.attach(directory: dir))?.isServing ?? false }, "cycle \(cycle): \(engine.log.all.suffix(10))")
+            let producer = Process()
+            producer.executableURL = KafkaKit.tool
+            producer.arguments = ["orders", broker.address, "orders", "2"]
+            producer.environment = ProcessInfo.processInfo.environment.merging(KafkaKit.environment) { $1 }
+            let input = Pipe()
+            producer.standardInput = input
+            producer.standardError = FileHandle.nullDevice
+            try producer.run()
+            let part = lines[min(lines.count, cycle * chunk)..<min(lines.count, (cycle + 1) * chunk)]
+            input.fileHandleForWriting.write(Data((part.joined(separator: "\n") + "\n").utf8))
+            try? input.fileHandleForWriting.close()
+            usleep(UInt32(30_000 + rng.next() % 300_000))
+            engine.signal(SIGKILL)
+            _ = engine.waitForExit(10)
+            producer.waitUntilExit()
+            #expect(producer.terminationStatus == 0)
+        }
+
+        // What the topic holds: valid orders (JSON objects of known symbols) and garbage.
+        let consumed = ConsumedMessage.parse(try KafkaKit.run(["consume", broker.address, "orders", "2", "3000"]).out)
+        let invalid = consumed.filter { !$0.value.hasPrefix("{") || $0.value.contains("DOGE-USD") }
+        let valid = consumed.filter { $0.value.hasPrefix("{") && !$0.value.contains("DOGE-USD") }
+        #expect(consumed.count == lines.count, "the topic holds every line once")
+
+        // A last start reads the rest; then every valid message is in a journal.
+        let last = try EngineProcess(arguments, environment: KafkaKit.environment)
+        #expect(waitFor(20) { (try? EngineFile.attach(directory: dir))?.isServing ?? false })
+        #expect(waitFor(60) {
+            ((try? JournaledIngress(data: data, shards: 2))?.offsets.values.map(\.count).reduce(0, +) ?? 0) >= valid.count
+        }, "\(last.log.all.suffix(20))")
+        usleep(300_000)
+        last.stop()
+        #expect(last.log.contains("resuming at offset"))
+
+        // Exactly once: per partition, the journaled offsets are the valid ones, each once.
+        let journaled = try JournaledIngress(data: data, shards: 2)
+        for partition in 0..<2 {
+            let want = valid.filter { $0.partition == partition }.map(\.offset).sorted()
+            let got = (journaled.offsets["orders#\(partition)"] ?? []).sorted()
+            #expect(got == want, "partition \(partition): \(got.count) journaled, \(want.count) valid; duplicates \(got.count - Set(got).count)")
+        }
+        // In order: each shard journaled each partition's offsets ascending.
+        for (shard, keys) in journaled.perShard {
+            for (key, offsets) in keys { #expect(offsets == offsets.sorted(), "shard \(shard) \(key) out of order") }
+        }
+        // The journaled command is the message: its order id and symbol.
+        let ids = ["BTC-USD": UInt32(1), "ETH-USD": 2, "SOL-USD": 3, "XRP-USD": 4]
+        var mismatches = 0
+        for message in valid {
+            guard let object = try? JSONSerialization.jsonObject(with: Data(message.value.utf8)) as? [String: Any],
+                  let decoded = journaled.commands["orders#\(message.partition)@\(message.offset)"] else { mismatches += 1; continue }
+            let id: OrderId = switch decoded.command {
+            case .new(let o): o.orderId
+            case .cancel(let c): c.orderId
+            case .replace(let r): r.orderId
+            }
+            if decoded.symbolId != ids[object["symbol"] as? String ?? ""] || id != (object["order_id"] as? Int).map(OrderId.init) { mismatches += 1 }
+        }
+        #expect(mismatches == 0)
+
+        // The books: the engine's journal rebuilt by `crossbook replay --journal`, and an
+        // independent replay of the valid orders as they were written (each symbol in order).
+        let fromJournal = try runCrossbookCapturing(["replay", "--journal", data, "--config", replayConfig, "--book"])
+        let validLines = lines.filter { !$0.hasPrefix("X,") && !$0.contains("DOGE-USD") }
+        let independent = try runCrossbookCapturing(["replay", "-", "--config", replayConfig, "--book"],
+                                                    stdin: validLines.joined(separator: "\n") + "\n")
+        func book(_ text: String) -> [String] {
+            text.split(separator: "\n").filter { $0.hasPrefix("ASK,") || $0.hasPrefix("BID,") || $0.hasPrefix("BOOK,") }.map(String.init).sorted()
+        }
+        #expect(!book(fromJournal).isEmpty)
+        #expect(book(fromJournal) == book(independent))
+
+        // Every garbage message is in the dead-letter topic with its reason (at least once: one
+        // dead-lettered before a kill is read and dead-lettered again after the restart).
+        let letters = ConsumedMessage.parse(try KafkaKit.run(["consume", broker.address, "orders.dead-letter", "1", "2000"]).out)
+        let lettered = Set(letters.compactMap { letter -> String? in
+            let headers = letter.headers.split(separator: ";")
+            let source = headers.first { $0.hasPrefix("crossbook.source=") }?.dropFirst("crossbook.source=".count)
+            let offset = headers.first { $0.hasPrefix("crossbook.offset=") }?.dropFirst("crossbook.offset=".count)
+            return source.flatMap { s in offset.map { "\(s)@\($0)" } }
+        })
+        #expect(Set(invalid.map { "orders#\($0.partition)@\($0.offset)" }) == lettered)
+        #expect(letters.allSatisfy { $0.headers.contains("crossbook.reason=") })
+    }
+
+    @Test("garbage (random bytes, bad JSON, unknown symbols, a huge message, a bad binary record) goes to the dead-letter topic with its reason and consumption goes on; a broker that goes away makes the health degraded, and it recovers by itself")
+    func garbageAndBrokerLoss() throws {
+        let broker = try KafkaBroker()
+        defer { broker.stop() }
+        try broker.createTopic("bin", partitions: 1)
+        try broker.createTopic("bin.dead-letter", partitions: 1)
+        let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-kafkag-\(UUID().uuidString.prefix(8))"
+        defer { removeTree(data) }
+        let config = data + ".toml"
+        defer { unlink(config) }
+        try kafkaEngineConfig(instance: "kfg", broker: broker, topic: "bin", partitions: "0", format: "binary")
+            .write(toFile: config, atomically: true, encoding: .utf8)
+        let engine = try EngineProcess(["--config", config, "--directory", dir, "--no-pin", "--data-dir", data, "--clean-stale"],
+                                       environment: KafkaKit.environment)
+        defer { engine.stop() }
+        #expect(waitFor(20) { (try? EngineFile.attach(directory: dir))?.isServing ?? false })
+
+        func record(symbol: UInt32, id: OrderId, side: Side, price: Int64) -> String {
+            var bytes = [UInt8](repeating: 0, count: 64)
+            bytes.withUnsafeMutableBytes {
+                CommandRecord.encode(.init(symbolId: symbol, command: .new(NewOrder(orderId: id, side: side, price: price, quantity: 1))), to: $0.baseAddress!)
+            }
+            return "hex:" + bytes.map { String(format: "%02x", $0) }.joined()
+        }
+        var rng = SplitMix(seed: 5)
+        // 64 random bytes that name symbol 1: the ingress passes them on, the shard rejects them.
+        var noise = (0..<64).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+        noise[0] = 9  // not record version 1
+        noise.replaceSubrange(8..<12, with: [1, 0, 0, 0])
+        let randomBytes = "hex:" + noise.map { String(format: "%02x", $0) }.joined()
+        let huge = "hex:" + String(repeating: "ab", count: 200_000)
+        let messages = [
+            record(symbol: 1, id: 1, side: .buy, price: 100),        // 0 valid
+            randomBytes,                                             // 1 64 random bytes: the shard rejects it (malformed)
+            "hex:00ff",                                              // 2 not 64 bytes: dead letter
+            record(symbol: 77, id: 2, side: .buy, price: 100),       // 3 unknown symbol id: dead letter
+            huge,                                                    // 4 200 kB: dead letter
+            "{\"symbol\":\"BTC-USD\"}",                              // 5 JSON on a binary topic: dead letter
+            record(symbol: 1, id: 3, side: .sell, price: 100),       // 6 valid: trades with 0
+        ]
+        let input = messages.enumerated().map { "0\t\($0.offset)\t\($0.element)" }.joined(separator: "\n") + "\n"
+        #expect(try KafkaKit.run(["produce", broker.address, "bin"], stdin: input).status == 0)
+        let letters = { ConsumedMessage.parse((try? KafkaKit.run(["consume", broker.address, "bin.dead-letter", "1", "1500"]).out) ?? "") }
+        var seen: [ConsumedMessage] = []
+        #expect(waitFor(20) { seen = letters(); return seen.count >= 4 })
+        let reasons = Dictionary(seen.map { ($0.key, $0.headers) }, uniquingKeysWith: { a, _ in a })
+        #expect(reasons["2"]?.contains("a binary record of 2 bytes, not 64") == true, "\(reasons)")
+        #expect(reasons["3"]?.contains("unknown symbol id 77") == true, "\(reasons)")
+        #expect(reasons["4"]?.contains("a binary record of 200000 bytes") == true, "\(reasons)")
+        #expect(reasons["5"]?.contains("not 64") == true, "\(reasons)")
+        #expect(reasons["1"] == nil, "64 random bytes reach the shard, which rejects them with a reason")
+        #expect(waitFor(10) {
+            let stat = (try? runCrossbookCapturing(["stat", "--directory", dir, "--count", "1"])) ?? ""
+            return stat.contains("kafka_ingress_submitted=3") && stat.contains("kafka_ingress_rejected=1") && stat.contains("1 trades")
+        }, "\(engine.log.all.suffix(10))")
+
+        // The broker goes away: the health says so, with librdkafka's reason.
+        broker.stop()
+        let health = { (try? runCrossbookCapturing(["stat", "--directory", dir, "--count", "1"])) ?? "" }
+        #expect(waitFor(30) { health().contains("kafka-ingress 1.0.0 [ingress]: running health degraded") }, "\(health())")
+        // It comes back (a memory broker, empty): healthy again by itself, and it reads what comes.
+        try broker.start()
+        try broker.createTopic("bin", partitions: 1)
+        try broker.createTopic("bin.dead-letter", partitions: 1)
+        #expect(waitFor(30) { health().contains("kafka-ingress 1.0.0 [ingress]: running health ok") }, "\(health())")
+        #expect(engine.process.isRunning)
+    }
+}
+
+/// `crossbook md` of an instance, its trades per symbol ("price,qty" in order).
+final class MarketDataReader: @unchecked Sendable {
+    private let process = Process()
+    private let lock = NSLock()
+    private var seen: [String: [String]] = [:]
+
+    init(directory: String) {
+        process.executableURL = crossbookBinary()
+        process.arguments = ["md", "--directory", directory]
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardError = FileHandle.nullDevice
+        try? process.run()
+        let handle = out.fileHandleForReading
+        Thread { [weak self] in
+            var pending = ""
+            while true {
+                let data = handle.availableData
+                if data.isEmpty { break }
+                pending += String(decoding: data, as: UTF8.self)
+                while let newline = pending.firstIndex(of: "\n") {
+                    let line = pending[..<newline]
+                    // TRADE,<symbol>,<taker side>,<price>,<qty>,<sequence>
+                    if line.hasPrefix("TRADE,") {
+                        let f = line.split(separator: ",")
+                        if f.count >= 5 { self?.add(String(f[1]), "\(f[3]),\(f[4])") }
+                    }
+                    pending = String(pending[pending.index(after: newline)...])
+                }
+            }
+        }.start()
+    }
+
+    private func add(_ symbol: String, _ trade: String) {
+        lock.lock()
+        seen[symbol, default: []].append(trade)
+        lock.unlock()
+    }
+
+    var trades: [String: [String]] { lock.lock(); defer { lock.unlock() }; return seen }
+
+    func stop() {
+        if process.isRunning { process.terminate() }
+        if !waitFor(5, { !process.isRunning }) { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+    }
+}

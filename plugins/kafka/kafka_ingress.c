@@ -1,0 +1,516 @@
+/* plugins/kafka (ingress): orders from a Kafka topic into the engine, exactly once across
+ * crashes. See plugins/kafka/README.md for the config, the message formats and the guarantees.
+ *
+ * One consumer thread reads the configured partitions of the orders topic, assigned explicitly
+ * (no consumer group: the engine owns the positions; librdkafka wants a group.id all the same,
+ * and never commits: enable.auto.commit=false). Per partition it opens a producer bound to that
+ * partition (producer_open_source): each command carries its offset, each shard journals it
+ * with the command, and at start the plugin asks each shard for the last offset it journaled
+ * (source_position). A partition resumes at the lowest next offset over the shards, and a
+ * message for a symbol whose shard has journaled it already is skipped: after a kill -9 at
+ * any moment, no message is applied twice and none is skipped.
+ *
+ * A message that does not parse or names an unknown symbol goes to the dead-letter topic, with
+ * the reason in the header crossbook.reason, and consumption goes on. A full ring stops the
+ * consumer thread until the shard makes room (librdkafka then stops fetching once its queue is
+ * full): nothing dropped, nothing reordered. A broker that goes away makes the health degraded
+ * with librdkafka's reason; it clears when the broker answers again.
+ *
+ * Only crossbook_plugin.h is shared with the engine. Links librdkafka (Debian's librdkafka-dev
+ * in production; the tests load the librdkafka of the confluent-kafka wheel via
+ * LD_LIBRARY_PATH: Debian's 2.0.2 cannot talk to the test broker). */
+#define _GNU_SOURCE
+#include "crossbook_plugin.h"
+#include "order_json.h"
+
+#include <errno.h>
+#include <librdkafka/rdkafka.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define MAX_PARTITIONS 256
+#define MAX_SHARDS 256
+
+typedef struct partition_state {
+    int32_t partition;
+    cb_producer *producer;
+    int64_t start;                /* the first offset read after a start */
+    int64_t applied[MAX_SHARDS];  /* per shard: the last offset it journaled at start, -1 none */
+} partition_state;
+
+typedef struct ingress {
+    const cb_host_api *api;
+    cb_host *host;
+    char brokers[512];
+    char topic[201];
+    char dead_letter_topic[256];
+    char group_id[128];
+    int binary;
+    uint32_t shards;
+    int partition_count;
+    partition_state *partitions;
+    rd_kafka_t *consumer;
+    rd_kafka_t *dead_letters;
+    pthread_t thread;
+    int thread_started;
+    int stopping; /* atomic */
+    int dead_letters_pending; /* produced, not yet acknowledged by the broker (consumer thread only) */
+    uint64_t *consumed, *submitted, *skipped, *dead_lettered, *accepted, *rejected, *duplicates, *full_waits;
+    pthread_mutex_t health_lock;
+    int health;            /* cb_health */
+    char health_message[200];
+    long long degraded_since_ms;
+} ingress;
+
+static long long now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void bump(uint64_t *counter, uint64_t n) {
+    if (counter) __atomic_fetch_add(counter, n, __ATOMIC_RELAXED);
+}
+
+static void set_health(ingress *p, int health, const char *message) {
+    pthread_mutex_lock(&p->health_lock);
+    int changed = p->health != health || strcmp(p->health_message, message) != 0;
+    if (changed && health != CB_HEALTH_OK && p->health == CB_HEALTH_OK) p->degraded_since_ms = now_ms();
+    p->health = health;
+    snprintf(p->health_message, sizeof p->health_message, "%s", message);
+    pthread_mutex_unlock(&p->health_lock);
+    if (changed) p->api->log(p->host, health == CB_HEALTH_OK ? CB_LOG_INFO : CB_LOG_WARNING, message[0] ? message : "healthy again");
+}
+
+static int is_degraded(ingress *p) {
+    pthread_mutex_lock(&p->health_lock);
+    int h = p->health;
+    pthread_mutex_unlock(&p->health_lock);
+    return h != CB_HEALTH_OK;
+}
+
+/* librdkafka's error callback (from the thread that polls the handle): the broker is gone. */
+static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
+    (void)rk;
+    ingress *p = opaque;
+    char text[1024];
+    snprintf(text, sizeof text, "broker %s: %s (%s)", p->brokers, rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
+    set_health(p, CB_HEALTH_DEGRADED, text);
+}
+
+static void on_dead_letter_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
+    (void)rk;
+    ingress *p = opaque;
+    p->dead_letters_pending--;
+    if (m->err) {
+        char text[1024];
+        snprintf(text, sizeof text, "dead-letter topic %s: delivery failed: %s", p->dead_letter_topic, rd_kafka_err2str(m->err));
+        set_health(p, CB_HEALTH_DEGRADED, text);
+    }
+}
+
+static void drain_reports(ingress *p) {
+    cb_report reports[256];
+    for (int i = 0; i < p->partition_count; i++) {
+        int n;
+        while ((n = p->api->producer_poll(p->partitions[i].producer, reports, 256)) > 0) {
+            for (int k = 0; k < n; k++) {
+                if (reports[k].type == CB_REPORT_ACCEPTED) bump(p->accepted, 1);
+                else if (reports[k].type == CB_REPORT_REJECTED) {
+                    bump(p->rejected, 1);
+                    if (reports[k].code == 18) bump(p->duplicates, 1); /* duplicate_ingress */
+                }
+            }
+        }
+    }
+}
+
+static void dead_letter(ingress *p, const rd_kafka_message_t *m, const char *reason) {
+    char offset[24], source[240];
+    snprintf(offset, sizeof offset, "%lld", (long long)m->offset);
+    snprintf(source, sizeof source, "%s#%d", p->topic, (int)m->partition);
+    rd_kafka_headers_t *headers = rd_kafka_headers_new(3);
+    rd_kafka_header_add(headers, "crossbook.reason", -1, reason, -1);
+    rd_kafka_header_add(headers, "crossbook.source", -1, source, -1);
+    rd_kafka_header_add(headers, "crossbook.offset", -1, offset, -1);
+    for (;;) {
+        rd_kafka_resp_err_t err = rd_kafka_producev(
+            p->dead_letters, RD_KAFKA_V_TOPIC(p->dead_letter_topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+            RD_KAFKA_V_VALUE(m->payload, m->len), RD_KAFKA_V_KEY(m->key, m->key_len), RD_KAFKA_V_HEADERS(headers),
+            RD_KAFKA_V_END);
+        if (err == RD_KAFKA_RESP_ERR_NO_ERROR) { /* the headers belong to the message now */
+            p->dead_letters_pending++;
+            break;
+        }
+        if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL && !__atomic_load_n(&p->stopping, __ATOMIC_ACQUIRE)) {
+            rd_kafka_poll(p->dead_letters, 10);
+            continue;
+        }
+        rd_kafka_headers_destroy(headers);
+        char text[1024];
+        snprintf(text, sizeof text, "dead-letter topic %s: %s", p->dead_letter_topic, rd_kafka_err2str(err));
+        set_health(p, CB_HEALTH_DEGRADED, text);
+        break;
+    }
+    bump(p->dead_lettered, 1);
+    /* Delivered before anything after it is submitted: a shard's position never passes a dead
+       letter the broker does not have, so a crash cannot lose one (it may send it again). */
+    while (p->dead_letters_pending > 0 && !__atomic_load_n(&p->stopping, __ATOMIC_ACQUIRE)) {
+        rd_kafka_poll(p->dead_letters, 10);
+        drain_reports(p);
+    }
+}
+
+static partition_state *partition_of(ingress *p, int32_t partition) {
+    for (int i = 0; i < p->partition_count; i++)
+        if (p->partitions[i].partition == partition) return &p->partitions[i];
+    return NULL;
+}
+
+/* One message: parse, route, skip if applied, submit (waiting while the ring is full). */
+static void handle(ingress *p, const rd_kafka_message_t *m) {
+    partition_state *part = partition_of(p, m->partition);
+    if (part == NULL) return; /* not assigned: cannot happen with assign() */
+    bump(p->consumed, 1);
+    cb_command command;
+    cb_symbol symbol = {.size = sizeof symbol};
+    char why[200];
+    if (p->binary) {
+        if (m->len != sizeof command) {
+            snprintf(why, sizeof why, "a binary record of %zu bytes, not %zu", m->len, sizeof command);
+            return dead_letter(p, m, why);
+        }
+        memcpy(&command, m->payload, sizeof command);
+        if (p->api->symbol_by_id(p->host, command.symbol_id, &symbol) != CB_OK) {
+            snprintf(why, sizeof why, "unknown symbol id %u", command.symbol_id);
+            return dead_letter(p, m, why);
+        }
+    } else {
+        cb_json_order order;
+        if (cb_order_from_json(m->payload, m->len, &order, why, sizeof why) != 0) return dead_letter(p, m, why);
+        if (p->api->symbol_lookup(p->host, order.symbol, &symbol) != CB_OK) {
+            char shown[CB_JSON_MAX_SYMBOL];
+            snprintf(shown, sizeof shown, "%s", order.symbol);
+            snprintf(why, sizeof why, "unknown symbol \"%s\"", shown);
+            return dead_letter(p, m, why);
+        }
+        command = order.command;
+        command.symbol_id = symbol.id;
+    }
+    if (symbol.shard < p->shards && m->offset <= part->applied[symbol.shard]) {
+        bump(p->skipped, 1); /* journaled by its shard before the restart */
+        return;
+    }
+    command.client_sequence = (uint64_t)m->offset;
+    for (;;) {
+        int rc = p->api->producer_submit(part->producer, &command);
+        if (rc == CB_OK) {
+            bump(p->submitted, 1);
+            return;
+        }
+        if (rc == CB_ERR_UNKNOWN_SYMBOL) return dead_letter(p, m, "the engine does not route this symbol");
+        if (rc != CB_ERR_FULL) {
+            char text[1024];
+            snprintf(text, sizeof text, "%s#%d: the engine refused the producer (status %d): consumption stops until a restart",
+                     p->topic, (int)m->partition, rc);
+            set_health(p, CB_HEALTH_FAILED, text);
+            __atomic_store_n(&p->stopping, 1, __ATOMIC_RELEASE);
+            return;
+        }
+        /* The ring is full: the shard is behind. Read reports (they make room), wait, retry:
+           this thread does not poll Kafka meanwhile, so nothing is dropped or reordered. */
+        bump(p->full_waits, 1);
+        drain_reports(p);
+        if (__atomic_load_n(&p->stopping, __ATOMIC_ACQUIRE)) return; /* not applied: re-read after restart */
+        struct timespec pause = {0, 20000};
+        nanosleep(&pause, NULL);
+    }
+}
+
+static void *run(void *arg) {
+    ingress *p = arg;
+    long long last_check = now_ms();
+    while (!__atomic_load_n(&p->stopping, __ATOMIC_ACQUIRE)) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(p->consumer, 50);
+        rd_kafka_poll(p->dead_letters, 0);
+        if (m == NULL) {
+            drain_reports(p);
+            /* Degraded and idle: ask the broker; healthy again once it answers. */
+            if (is_degraded(p) && now_ms() - last_check > 1000) {
+                last_check = now_ms();
+                int64_t low, high;
+                rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(p->consumer, p->topic,
+                                                                           p->partitions[0].partition, &low, &high, 1000);
+                if (err == RD_KAFKA_RESP_ERR_NO_ERROR) set_health(p, CB_HEALTH_OK, "");
+                else if (err != RD_KAFKA_RESP_ERR__TIMED_OUT) {
+                    char text[1024];
+                    snprintf(text, sizeof text, "topic %s: %s", p->topic, rd_kafka_err2str(err));
+                    set_health(p, CB_HEALTH_DEGRADED, text);
+                }
+            }
+            continue;
+        }
+        if (m->err) {
+            if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+                char text[1024];
+                snprintf(text, sizeof text, "%s#%d: %s", p->topic, (int)m->partition, rd_kafka_message_errstr(m));
+                set_health(p, CB_HEALTH_DEGRADED, text);
+            }
+            rd_kafka_message_destroy(m);
+            continue;
+        }
+        if (is_degraded(p)) set_health(p, CB_HEALTH_OK, "");
+        handle(p, m);
+        rd_kafka_message_destroy(m);
+        if ((__atomic_load_n(p->consumed, __ATOMIC_RELAXED) & 255) == 0) drain_reports(p);
+    }
+    drain_reports(p);
+    return NULL;
+}
+
+/* "0,1,4-7" into partitions; the count, or -1. */
+static int parse_partitions(const char *text, int32_t *out, int max) {
+    int n = 0;
+    const char *s = text;
+    while (*s) {
+        char *end;
+        long a = strtol(s, &end, 10), b = a;
+        if (end == s || a < 0 || a > INT32_MAX) return -1;
+        s = end;
+        if (*s == '-') {
+            s++;
+            b = strtol(s, &end, 10);
+            if (end == s || b < a || b > INT32_MAX) return -1;
+            s = end;
+        }
+        for (long v = a; v <= b; v++) {
+            if (n == max) return -1;
+            for (int k = 0; k < n; k++)
+                if (out[k] == v) return -1;
+            out[n++] = (int32_t)v;
+        }
+        if (*s == ',') s++;
+        else if (*s) return -1;
+    }
+    return n;
+}
+
+static int config_text(ingress *p, const char *key, const char *fallback, char *out, size_t size, char *error,
+                       size_t error_size) {
+    const char *v = p->api->config_get(p->host, key);
+    if (v == NULL) v = fallback;
+    if (v == NULL) {
+        snprintf(error, error_size, "config: %s is required", key);
+        return -1;
+    }
+    if (strlen(v) >= size) {
+        snprintf(error, error_size, "config: %s is longer than %zu bytes", key, size - 1);
+        return -1;
+    }
+    snprintf(out, size, "%s", v);
+    return 0;
+}
+
+static rd_kafka_t *kafka_client(ingress *p, rd_kafka_type_t type, char *error, size_t error_size) {
+    char e[256];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    struct { const char *k, *v; } settings[] = {
+        {"bootstrap.servers", p->brokers},
+        {"client.id", "crossbook-kafka-ingress"},
+        {type == RD_KAFKA_CONSUMER ? "group.id" : "enable.idempotence", type == RD_KAFKA_CONSUMER ? p->group_id : "true"},
+        {type == RD_KAFKA_CONSUMER ? "enable.auto.commit" : "linger.ms", type == RD_KAFKA_CONSUMER ? "false" : "5"},
+        {type == RD_KAFKA_CONSUMER ? "enable.auto.offset.store" : "message.timeout.ms", type == RD_KAFKA_CONSUMER ? "false" : "0"},
+        {type == RD_KAFKA_CONSUMER ? "auto.offset.reset" : "client.id", type == RD_KAFKA_CONSUMER ? "earliest" : "crossbook-kafka-dead-letters"},
+        {"reconnect.backoff.max.ms", "1000"},
+    };
+    for (size_t i = 0; i < sizeof settings / sizeof settings[0]; i++) {
+        if (rd_kafka_conf_set(conf, settings[i].k, settings[i].v, e, sizeof e) != RD_KAFKA_CONF_OK) {
+            snprintf(error, error_size, "librdkafka %s: %s", settings[i].k, e);
+            rd_kafka_conf_destroy(conf);
+            return NULL;
+        }
+    }
+    rd_kafka_conf_set_opaque(conf, p);
+    rd_kafka_conf_set_error_cb(conf, on_error);
+    if (type == RD_KAFKA_PRODUCER) rd_kafka_conf_set_dr_msg_cb(conf, on_dead_letter_delivery);
+    rd_kafka_t *rk = rd_kafka_new(type, conf, e, sizeof e);
+    if (rk == NULL) snprintf(error, error_size, "librdkafka: %s", e);
+    return rk;
+}
+
+static void release(ingress *p) {
+    if (p->consumer) {
+        rd_kafka_consumer_close(p->consumer);
+        rd_kafka_destroy(p->consumer);
+    }
+    if (p->dead_letters) {
+        rd_kafka_flush(p->dead_letters, 5000);
+        rd_kafka_destroy(p->dead_letters);
+    }
+    if (p->partitions) {
+        for (int i = 0; i < p->partition_count; i++)
+            if (p->partitions[i].producer) p->api->producer_close(p->partitions[i].producer);
+        free(p->partitions);
+    }
+    pthread_mutex_destroy(&p->health_lock);
+    free(p);
+}
+
+static int start(const cb_host_api *api, cb_host *host, void **instance, char *error, size_t error_size) {
+    if (!CB_HOST_HAS(api, symbol_by_id)) {
+        cb_copy_text(error, error_size, "this engine has no exactly-once ingress (producer_open_source): too old");
+        return CB_ERR_UNSUPPORTED;
+    }
+    ingress *p = calloc(1, sizeof *p);
+    if (p == NULL) return CB_ERR_FAILED;
+    p->api = api;
+    p->host = host;
+    pthread_mutex_init(&p->health_lock, NULL);
+    char partitions_text[512], format[16];
+    int32_t partitions[MAX_PARTITIONS];
+    if (config_text(p, "brokers", NULL, p->brokers, sizeof p->brokers, error, error_size) ||
+        config_text(p, "topic", NULL, p->topic, sizeof p->topic, error, error_size) ||
+        config_text(p, "partitions", "0", partitions_text, sizeof partitions_text, error, error_size) ||
+        config_text(p, "format", "json", format, sizeof format, error, error_size) ||
+        config_text(p, "group_id", "crossbook-ingress", p->group_id, sizeof p->group_id, error, error_size)) {
+        release(p);
+        return CB_ERR_INVALID;
+    }
+    char fallback[256];
+    snprintf(fallback, sizeof fallback, "%s.dead-letter", p->topic);
+    if (config_text(p, "dead_letter_topic", fallback, p->dead_letter_topic, sizeof p->dead_letter_topic, error, error_size)) {
+        release(p);
+        return CB_ERR_INVALID;
+    }
+    if (strchr(p->topic, '#') || p->topic[0] == 0) {
+        cb_copy_text(error, error_size, "config: topic must be a Kafka topic name (no '#')");
+        release(p);
+        return CB_ERR_INVALID;
+    }
+    if (strcmp(format, "json") == 0) p->binary = 0;
+    else if (strcmp(format, "binary") == 0) p->binary = 1;
+    else {
+        snprintf(error, error_size, "config: format \"%s\": json or binary", format);
+        release(p);
+        return CB_ERR_INVALID;
+    }
+    p->partition_count = parse_partitions(partitions_text, partitions, MAX_PARTITIONS);
+    if (p->partition_count <= 0) {
+        snprintf(error, error_size, "config: partitions \"%s\": a list like 0,1,4-7 (at most %d, no repeats)", partitions_text,
+                 MAX_PARTITIONS);
+        release(p);
+        return CB_ERR_INVALID;
+    }
+    p->shards = api->shard_count(host);
+    if (p->shards == 0 || p->shards > MAX_SHARDS) {
+        snprintf(error, error_size, "the engine has %u shards; this plugin handles 1 to %d", p->shards, MAX_SHARDS);
+        release(p);
+        return CB_ERR_UNSUPPORTED;
+    }
+    p->partitions = calloc((size_t)p->partition_count, sizeof *p->partitions);
+    if (p->partitions == NULL) {
+        release(p);
+        return CB_ERR_FAILED;
+    }
+    rd_kafka_topic_partition_list_t *assignment = rd_kafka_topic_partition_list_new(p->partition_count);
+    char line[600];
+    for (int i = 0; i < p->partition_count; i++) {
+        partition_state *part = &p->partitions[i];
+        part->partition = partitions[i];
+        int rc = api->producer_open_source(host, p->topic, (uint32_t)part->partition, &part->producer);
+        if (rc != CB_OK) {
+            snprintf(error, error_size, "cannot open a producer for %s#%d (status %d)", p->topic, part->partition, rc);
+            rd_kafka_topic_partition_list_destroy(assignment);
+            release(p);
+            return rc;
+        }
+        /* Resume: the lowest next offset over the shards; skip what a shard journaled already. */
+        part->start = INT64_MAX;
+        for (uint32_t s = 0; s < p->shards; s++) {
+            uint64_t last = 0;
+            rc = api->source_position(host, s, p->topic, (uint32_t)part->partition, &last);
+            if (rc == CB_OK) part->applied[s] = (int64_t)last;
+            else if (rc == CB_ERR_NOT_FOUND) part->applied[s] = -1;
+            else {
+                snprintf(error, error_size, "cannot read shard %u's position of %s#%d (status %d)", s, p->topic, part->partition, rc);
+                rd_kafka_topic_partition_list_destroy(assignment);
+                release(p);
+                return rc;
+            }
+            if (part->applied[s] + 1 < part->start) part->start = part->applied[s] + 1;
+        }
+        rd_kafka_topic_partition_list_add(assignment, p->topic, part->partition)->offset = part->start;
+        int at = snprintf(line, sizeof line, "%s#%d: resuming at offset %lld; journaled up to:", p->topic, part->partition,
+                          (long long)part->start);
+        for (uint32_t s = 0; s < p->shards && at > 0 && at < (int)sizeof line - 32; s++)
+            at += part->applied[s] < 0 ? snprintf(line + at, sizeof line - (size_t)at, " shard %u none", s)
+                                       : snprintf(line + at, sizeof line - (size_t)at, " shard %u %lld", s, (long long)part->applied[s]);
+        api->log(host, CB_LOG_INFO, line);
+    }
+    p->consumer = kafka_client(p, RD_KAFKA_CONSUMER, error, error_size);
+    p->dead_letters = p->consumer ? kafka_client(p, RD_KAFKA_PRODUCER, error, error_size) : NULL;
+    if (p->consumer == NULL || p->dead_letters == NULL) {
+        rd_kafka_topic_partition_list_destroy(assignment);
+        release(p);
+        return CB_ERR_INVALID;
+    }
+    rd_kafka_resp_err_t err = rd_kafka_assign(p->consumer, assignment);
+    rd_kafka_topic_partition_list_destroy(assignment);
+    if (err) {
+        snprintf(error, error_size, "librdkafka assign: %s", rd_kafka_err2str(err));
+        release(p);
+        return CB_ERR_FAILED;
+    }
+    struct { const char *name, *help; uint64_t **slot; } counters[] = {
+        {"kafka_ingress_consumed", "messages read from the orders topic", &p->consumed},
+        {"kafka_ingress_submitted", "commands submitted to the shards", &p->submitted},
+        {"kafka_ingress_skipped", "messages skipped at start: their shard had journaled them", &p->skipped},
+        {"kafka_ingress_dead_letters", "messages sent to the dead-letter topic", &p->dead_lettered},
+        {"kafka_ingress_accepted", "accepted reports", &p->accepted},
+        {"kafka_ingress_rejected", "rejected reports", &p->rejected},
+        {"kafka_ingress_duplicates", "rejected as duplicate_ingress (should stay 0)", &p->duplicates},
+        {"kafka_ingress_full_waits", "waits for a full ring (back-pressure)", &p->full_waits},
+    };
+    for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++)
+        api->counter_register(host, counters[i].name, counters[i].help, CB_METRIC_COUNTER, counters[i].slot);
+    if (pthread_create(&p->thread, NULL, run, p) != 0) {
+        cb_copy_text(error, error_size, "pthread_create failed");
+        release(p);
+        return CB_ERR_FAILED;
+    }
+    p->thread_started = 1;
+    *instance = p;
+    return CB_OK;
+}
+
+static void stop(void *instance) {
+    ingress *p = instance;
+    __atomic_store_n(&p->stopping, 1, __ATOMIC_RELEASE);
+    if (p->thread_started) pthread_join(p->thread, NULL);
+    release(p);
+}
+
+static int health(void *instance, char *message, size_t message_size) {
+    ingress *p = instance;
+    pthread_mutex_lock(&p->health_lock);
+    int h = p->health;
+    cb_copy_text(message, message_size, p->health_message);
+    pthread_mutex_unlock(&p->health_lock);
+    return h;
+}
+
+static const cb_plugin descriptor = {
+    .size = sizeof(cb_plugin),
+    .abi_version = CB_PLUGIN_ABI_VERSION,
+    .name = "kafka-ingress",
+    .version = "1.0.0",
+    .kinds = CB_KIND_INGRESS,
+    .start = start,
+    .stop = stop,
+    .health = health,
+};
+
+CB_PLUGIN_EXPORT const cb_plugin *crossbook_plugin_entry(void) { return &descriptor; }

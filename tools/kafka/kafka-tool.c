@@ -1,0 +1,335 @@
+/* crossbook-kafka: the small Kafka client the tests, the demo and benchmark K1 drive the broker
+ * with (librdkafka; no engine code). One command a run:
+ *
+ *   crossbook-kafka create  BROKERS TOPIC PARTITIONS
+ *   crossbook-kafka produce BROKERS TOPIC          lines on stdin: PARTITION<TAB>KEY<TAB>VALUE
+ *                                                  VALUE "hex:..." is bytes; "-" as KEY: none
+ *   crossbook-kafka consume BROKERS TOPIC PARTITIONS [IDLE_MS] [COUNT]
+ *        every partition from its beginning; stops after COUNT messages or IDLE_MS without one
+ *        (default 3000); prints PARTITION<TAB>OFFSET<TAB>KEY<TAB>HEADERS<TAB>VALUE, VALUE as
+ *        text when printable, "hex:..." otherwise, HEADERS as name=value;name=value or "-"
+ *   crossbook-kafka offsets BROKERS TOPIC PARTITIONS   the low and high watermark of each partition
+ *   crossbook-kafka orders  BROKERS TOPIC PARTITIONS   order lines in the replay text format on
+ *        stdin (N,<symbol>,... C,... R,...; # comments) to JSON order messages (plugins/kafka/
+ *        README.md), keyed by symbol, partition FNV-1a(symbol) % PARTITIONS; a line that does not
+ *        convert is sent as it is (the ingress dead-letters it)
+ *
+ * Exit status 0, or 1 with one line on stderr. Production uses: none (a test and demo tool).
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <ctype.h>
+#include <errno.h>
+#include <librdkafka/rdkafka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static void fail(const char *what) {
+    fprintf(stderr, "crossbook-kafka: %s\n", what);
+    exit(1);
+}
+
+static rd_kafka_t *client(rd_kafka_type_t type, const char *brokers, int idempotent) {
+    char error[512];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    if (rd_kafka_conf_set(conf, "bootstrap.servers", brokers, error, sizeof error) != RD_KAFKA_CONF_OK) fail(error);
+    if (type == RD_KAFKA_CONSUMER) {
+        rd_kafka_conf_set(conf, "group.id", "crossbook-kafka-tool", error, sizeof error);
+        rd_kafka_conf_set(conf, "enable.auto.commit", "false", error, sizeof error);
+        rd_kafka_conf_set(conf, "enable.partition.eof", "false", error, sizeof error);
+    } else {
+        rd_kafka_conf_set(conf, "linger.ms", "1", error, sizeof error);
+        if (idempotent) rd_kafka_conf_set(conf, "enable.idempotence", "true", error, sizeof error);
+    }
+    rd_kafka_t *rk = rd_kafka_new(type, conf, error, sizeof error);
+    if (rk == NULL) fail(error);
+    return rk;
+}
+
+static int create(const char *brokers, const char *topic, int partitions) {
+    rd_kafka_t *rk = client(RD_KAFKA_PRODUCER, brokers, 0);
+    char error[512];
+    rd_kafka_NewTopic_t *t = rd_kafka_NewTopic_new(topic, partitions, 1, error, sizeof error);
+    if (t == NULL) fail(error);
+    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+    rd_kafka_CreateTopics(rk, &t, 1, NULL, q);
+    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 15000);
+    int rc = 0;
+    if (ev == NULL) fail("create: no answer from the broker in 15 s");
+    if (rd_kafka_event_error(ev)) {
+        fprintf(stderr, "crossbook-kafka: create: %s\n", rd_kafka_event_error_string(ev));
+        rc = 1;
+    } else {
+        const rd_kafka_CreateTopics_result_t *r = rd_kafka_event_CreateTopics_result(ev);
+        size_t n;
+        const rd_kafka_topic_result_t **results = rd_kafka_CreateTopics_result_topics(r, &n);
+        for (size_t i = 0; i < n; i++) {
+            rd_kafka_resp_err_t err = rd_kafka_topic_result_error(results[i]);
+            if (err != RD_KAFKA_RESP_ERR_NO_ERROR && err != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) {
+                fprintf(stderr, "crossbook-kafka: create %s: %s\n", topic, rd_kafka_err2str(err));
+                rc = 1;
+            }
+        }
+    }
+    rd_kafka_event_destroy(ev);
+    rd_kafka_queue_destroy(q);
+    rd_kafka_NewTopic_destroy(t);
+    rd_kafka_destroy(rk);
+    return rc;
+}
+
+static int hexval(int c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+static int delivery_failures = 0;
+static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
+    (void)rk;
+    (void)opaque;
+    if (m->err) {
+        delivery_failures++;
+        fprintf(stderr, "crossbook-kafka: delivery failed: %s\n", rd_kafka_err2str(m->err));
+    }
+}
+
+static uint32_t fnv1a(const char *s) {
+    uint32_t h = 2166136261u;
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 16777619u;
+    return h;
+}
+
+/* One replay-format line to a JSON order; 0 when it does not convert. */
+static int line_to_json(char *line, char *symbol, size_t symbol_size, char *out, size_t size) {
+    char *f[11];
+    int n = 0;
+    for (char *s = line; n < 11;) {
+        f[n++] = s;
+        char *comma = strchr(s, ',');
+        if (!comma) break;
+        *comma = 0;
+        s = comma + 1;
+    }
+    if (n < 3 || strlen(f[1]) >= symbol_size) return 0;
+    snprintf(symbol, symbol_size, "%s", f[1]);
+    if (strcmp(f[0], "N") == 0 && (n == 9 || n == 10)) {
+        const char *tif = strcmp(f[8], "GTC") == 0 ? "gtc" : strcmp(f[8], "IOC") == 0 ? "ioc" : strcmp(f[8], "FOK") == 0 ? "fok"
+                        : strcmp(f[8], "POST") == 0 ? "post_only" : NULL;
+        const char *side = strcmp(f[4], "B") == 0 ? "buy" : strcmp(f[4], "S") == 0 ? "sell" : NULL;
+        int market = strcmp(f[5], "MKT") == 0;
+        if (!tif || !side || (!market && strcmp(f[5], "LMT") != 0)) return 0;
+        char stp[64] = "";
+        if (n == 10) {
+            char mode[32];
+            snprintf(mode, sizeof mode, "%s", f[9]);
+            for (char *c = mode; *c; c++) if (*c == '-') *c = '_';
+            snprintf(stp, sizeof stp, ",\"self_trade\":\"%s\"", mode);
+        }
+        char price[48] = "";
+        if (!market) snprintf(price, sizeof price, ",\"price\":%s", f[6]);
+        snprintf(out, size,
+                 "{\"type\":\"new\",\"symbol\":\"%s\",\"order_id\":%s,\"account\":%s,\"side\":\"%s\",\"order_type\":\"%s\"%s,"
+                 "\"quantity\":%s,\"time_in_force\":\"%s\"%s}",
+                 f[1], f[2], f[3], side, market ? "market" : "limit", price, f[7], tif, stp);
+        return 1;
+    }
+    if (strcmp(f[0], "C") == 0 && n == 3) {
+        snprintf(out, size, "{\"type\":\"cancel\",\"symbol\":\"%s\",\"order_id\":%s}", f[1], f[2]);
+        return 1;
+    }
+    if (strcmp(f[0], "R") == 0 && n == 5) {
+        snprintf(out, size, "{\"type\":\"replace\",\"symbol\":\"%s\",\"order_id\":%s,\"price\":%s,\"quantity\":%s}", f[1], f[2],
+                 f[3], f[4]);
+        return 1;
+    }
+    return 0;
+}
+
+static int produce(const char *brokers, const char *topic, int orders_partitions) {
+    char error[512];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    if (rd_kafka_conf_set(conf, "bootstrap.servers", brokers, error, sizeof error) != RD_KAFKA_CONF_OK) fail(error);
+    rd_kafka_conf_set(conf, "linger.ms", "1", error, sizeof error);
+    rd_kafka_conf_set(conf, "enable.idempotence", "true", error, sizeof error);
+    rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, error, sizeof error);
+    if (rk == NULL) fail(error);
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    unsigned char *bytes = NULL;
+    long count = 0;
+    while ((len = getline(&line, &cap, stdin)) > 0) {
+        if (line[len - 1] == '\n') line[--len] = 0;
+        if (len > 0 && line[len - 1] == '\r') line[--len] = 0;
+        if (orders_partitions > 0) {
+            /* An order line: convert it, route it by its symbol. */
+            char *start = line;
+            while (*start == ' ' || *start == '\t') start++;
+            if (*start == 0 || *start == '#') continue;
+            char original[4096], symbol[128] = "", json[4096];
+            snprintf(original, sizeof original, "%s", start);
+            const char *value = line_to_json(start, symbol, sizeof symbol, json, sizeof json) ? json : original;
+            int partition = (int)(fnv1a(symbol) % (uint32_t)orders_partitions);
+            rd_kafka_resp_err_t err;
+            do {
+                err = rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(partition),
+                                        RD_KAFKA_V_VALUE((void *)value, strlen(value)), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                        RD_KAFKA_V_KEY(symbol, strlen(symbol)), RD_KAFKA_V_END);
+                if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) rd_kafka_poll(rk, 10);
+            } while (err == RD_KAFKA_RESP_ERR__QUEUE_FULL);
+            if (err) {
+                fprintf(stderr, "crossbook-kafka: produce: %s\n", rd_kafka_err2str(err));
+                return 1;
+            }
+            rd_kafka_poll(rk, 0);
+            count++;
+            continue;
+        }
+        char *tab1 = strchr(line, '\t');
+        char *tab2 = tab1 ? strchr(tab1 + 1, '\t') : NULL;
+        if (tab2 == NULL) fail("produce: a line is PARTITION<TAB>KEY<TAB>VALUE");
+        *tab1 = 0;
+        *tab2 = 0;
+        int partition = atoi(line);
+        const char *key = tab1 + 1, *value = tab2 + 1;
+        size_t vlen = strlen(value);
+        const void *payload = value;
+        if (strncmp(value, "hex:", 4) == 0) {
+            size_t n = (vlen - 4) / 2;
+            bytes = realloc(bytes, n + 1);
+            for (size_t i = 0; i < n; i++) {
+                int hi = hexval(value[4 + 2 * i]), lo = hexval(value[5 + 2 * i]);
+                if (hi < 0 || lo < 0) fail("produce: bad hex value");
+                bytes[i] = (unsigned char)(hi << 4 | lo);
+            }
+            payload = bytes;
+            vlen = n;
+        }
+        rd_kafka_resp_err_t err;
+        for (;;) {
+            err = rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(partition),
+                                    RD_KAFKA_V_VALUE((void *)payload, vlen), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                    strcmp(key, "-") == 0 ? RD_KAFKA_V_END : RD_KAFKA_V_KEY(key, strlen(key)),
+                                    RD_KAFKA_V_END);
+            if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL) break;
+            rd_kafka_poll(rk, 10);
+        }
+        if (err) {
+            fprintf(stderr, "crossbook-kafka: produce: %s\n", rd_kafka_err2str(err));
+            return 1;
+        }
+        rd_kafka_poll(rk, 0);
+        count++;
+    }
+    free(line);
+    free(bytes);
+    rd_kafka_resp_err_t err = rd_kafka_flush(rk, 30000);
+    rd_kafka_destroy(rk);
+    if (err) fail("produce: not every message was delivered in 30 s");
+    if (delivery_failures) return 1;
+    fprintf(stderr, "crossbook-kafka: produced %ld\n", count);
+    return 0;
+}
+
+static void print_bytes(const unsigned char *p, size_t n) {
+    int printable = 1;
+    for (size_t i = 0; i < n; i++)
+        if (!isprint(p[i]) || p[i] == '\t') { printable = 0; break; }
+    if (printable) {
+        fwrite(p, 1, n, stdout);
+        return;
+    }
+    fputs("hex:", stdout);
+    for (size_t i = 0; i < n; i++) printf("%02x", p[i]);
+}
+
+static long long now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int consume(const char *brokers, const char *topic, int partitions, int idle_ms, long count) {
+    rd_kafka_t *rk = client(RD_KAFKA_CONSUMER, brokers, 0);
+    rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(partitions);
+    for (int p = 0; p < partitions; p++)
+        rd_kafka_topic_partition_list_add(list, topic, p)->offset = RD_KAFKA_OFFSET_BEGINNING;
+    if (rd_kafka_assign(rk, list)) fail("consume: assign failed");
+    rd_kafka_topic_partition_list_destroy(list);
+    long seen = 0;
+    long long last = now_ms();
+    while (count <= 0 || seen < count) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 100);
+        if (m == NULL) {
+            if (now_ms() - last > idle_ms) break;
+            continue;
+        }
+        if (m->err) {
+            if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+                fprintf(stderr, "crossbook-kafka: consume: %s\n", rd_kafka_message_errstr(m));
+            rd_kafka_message_destroy(m);
+            continue;
+        }
+        last = now_ms();
+        printf("%d\t%lld\t", m->partition, (long long)m->offset);
+        if (m->key) print_bytes(m->key, m->key_len);
+        else fputs("-", stdout);
+        putchar('\t');
+        rd_kafka_headers_t *headers = NULL;
+        if (rd_kafka_message_headers(m, &headers) == RD_KAFKA_RESP_ERR_NO_ERROR && headers != NULL) {
+            const char *name;
+            const void *value;
+            size_t size;
+            for (size_t i = 0; rd_kafka_header_get_all(headers, i, &name, &value, &size) == RD_KAFKA_RESP_ERR_NO_ERROR; i++) {
+                if (i) putchar(';');
+                printf("%s=", name);
+                if (value) print_bytes(value, size);
+            }
+        } else {
+            putchar('-');
+        }
+        putchar('\t');
+        print_bytes(m->payload, m->len);
+        putchar('\n');
+        rd_kafka_message_destroy(m);
+        seen++;
+    }
+    fflush(stdout);
+    rd_kafka_consumer_close(rk);
+    rd_kafka_destroy(rk);
+    return 0;
+}
+
+static int offsets(const char *brokers, const char *topic, int partitions) {
+    rd_kafka_t *rk = client(RD_KAFKA_CONSUMER, brokers, 0);
+    for (int p = 0; p < partitions; p++) {
+        int64_t low = 0, high = 0;
+        rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(rk, topic, p, &low, &high, 10000);
+        if (err) {
+            fprintf(stderr, "crossbook-kafka: offsets %s[%d]: %s\n", topic, p, rd_kafka_err2str(err));
+            return 1;
+        }
+        printf("%d\t%lld\t%lld\n", p, (long long)low, (long long)high);
+    }
+    rd_kafka_destroy(rk);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc >= 5 && strcmp(argv[1], "create") == 0) return create(argv[2], argv[3], atoi(argv[4]));
+    if (argc >= 4 && strcmp(argv[1], "produce") == 0) return produce(argv[2], argv[3], 0);
+    if (argc >= 5 && strcmp(argv[1], "orders") == 0) {
+        int partitions = atoi(argv[4]);
+        if (partitions <= 0) fail("orders: PARTITIONS must be at least 1");
+        return produce(argv[2], argv[3], partitions);
+    }
+    if (argc >= 5 && strcmp(argv[1], "consume") == 0)
+        return consume(argv[2], argv[3], atoi(argv[4]), argc > 5 ? atoi(argv[5]) : 3000, argc > 6 ? atol(argv[6]) : 0);
+    if (argc >= 5 && strcmp(argv[1], "offsets") == 0) return offsets(argv[2], argv[3], atoi(argv[4]));
+    fprintf(stderr, "usage: crossbook-kafka create|produce|consume|offsets BROKERS TOPIC ... (see the source's head)\n");
+    return 2;
+}
