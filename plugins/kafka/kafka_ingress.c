@@ -265,7 +265,7 @@ static void *run(void *arg) {
         if (is_degraded(p)) set_health(p, CB_HEALTH_OK, "");
         handle(p, m);
         rd_kafka_message_destroy(m);
-        if ((__atomic_load_n(p->consumed, __ATOMIC_RELAXED) & 255) == 0) drain_reports(p);
+        if ((__atomic_load_n(p->consumed, __ATOMIC_RELAXED) & 15) == 0) drain_reports(p); /* before the report rings fill */
     }
     drain_reports(p);
     return NULL;
