@@ -322,17 +322,21 @@ struct PluginHostTests {
     func abiAppendOnly() throws {
         let folder = temporaryFolder()
         defer { removeTree(folder) }
-        // The first published v1 header: this repository's, without the field appended since.
+        // The first published v1 header: this repository's, without the fields appended since
+        // (everything after snapshot_store_register in the host table).
         let current = try String(contentsOfFile: repositoryRoot + "/C/CPluginABI/include/crossbook_plugin.h", encoding: .utf8)
-        let appended = "    uint64_t (*monotonic_ns)(cb_host *host);\n"
-        #expect(current.contains(appended))
-        let first = current.replacingOccurrences(of: appended, with: "")
+        let lastOfFirst = "    int (*snapshot_store_register)(cb_host *host, const cb_snapshot_store *store);\n"
+        let tableEnd = "} cb_host_api;"
+        let cutFrom = try #require(current.range(of: lastOfFirst)).upperBound
+        let cutTo = try #require(current.range(of: tableEnd)).lowerBound
+        #expect(current[cutFrom..<cutTo].contains("monotonic_ns"), "fields were appended after the first v1 table")
+        let first = current.replacingCharacters(in: cutFrom..<cutTo, with: "")
         let firstInclude = folder + "/v1.0", futureInclude = folder + "/v1.future"
         mkdir(firstInclude, 0o755)
         mkdir(futureInclude, 0o755)
         try first.write(toFile: firstInclude + "/crossbook_plugin.h", atomically: true, encoding: .utf8)
-        // A header from the future: one more host function after monotonic_ns.
-        let future = current.replacingOccurrences(of: appended, with: appended + "    uint64_t (*future_fn)(cb_host *host);\n")
+        // A header from the future: one more host function after the last one of today's table.
+        let future = current.replacingOccurrences(of: tableEnd, with: "    uint64_t (*future_fn)(cb_host *host);\n" + tableEnd)
         try future.write(toFile: futureInclude + "/crossbook_plugin.h", atomically: true, encoding: .utf8)
         let versionSource = """
             #include "crossbook_plugin.h"
