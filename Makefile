@@ -46,6 +46,7 @@ c-plugins:
 	$(CC) $(C_PLUGIN_FLAGS) plugins/template/c/template.c -o $(OUT)/libcrossbook-template-c.so -lpthread
 	$(CC) $(C_PLUGIN_FLAGS) -I plugins/kafka plugins/kafka/kafka_ingress.c plugins/kafka/order_json.c \
 	  -o $(OUT)/libcrossbook-kafka-ingress.so -lrdkafka -lpthread
+	$(CC) $(C_PLUGIN_FLAGS) plugins/kafka/kafka_egress.c -o $(OUT)/libcrossbook-kafka-egress.so -lrdkafka -lpthread
 	$(CC) -std=c11 -Wall -Wextra -Werror -O2 tools/kafka/kafka-tool.c -o $(OUT)/crossbook-kafka -lrdkafka
 	$(CC) -std=c11 -Wall -Wextra -Werror -O2 $$(pkg-config --cflags fuse3) tools/powercut/powercut.c \
 	  -o $(OUT)/crossbook-powercut $$(pkg-config --libs fuse3)

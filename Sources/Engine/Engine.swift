@@ -47,6 +47,13 @@ public struct EngineSettings: Sendable {
     /// replay). With `describeBooks`, the recovered L2 books come back as lines from `start`.
     public var readOnly = false
     public var describeBooks = false
+    /// The private drop-copy stream of every execution report (per shard, in this process only),
+    /// for egress plugins; on by itself when a loaded plugin is of kind egress.
+    public var dropCopy = false
+    /// Regeneration (with `readOnly`): recover only this shard, from a snapshot at or below
+    /// `regenerateAfter`, collecting the output of the commands above it.
+    var regenerateShard: Int?
+    var regenerateAfter: UInt64 = 0
     /// The plugins to load, in order (nil: none). A snapshot-store plugin among them keeps the
     /// shards' snapshots; without one there are none.
     public var plugins: PluginSettings?
@@ -118,6 +125,10 @@ public final class Engine: @unchecked Sendable {
     public let settings: EngineSettings
     private var engineFile: EngineFile?
     private var shards: [Shard] = []
+    /// Per shard, its drop-copy ring (nil: off).
+    private(set) var executionRings: [EventRing?] = []
+    private let injectedSnapshots: SnapshotStore?
+    private var regenerations = 0
     private var control: Thread?
     private let controlStop = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
     /// A stop asked for while `start` runs (a signal during a long recovery): shards stop
@@ -171,6 +182,16 @@ public final class Engine: @unchecked Sendable {
     public init(settings: EngineSettings, log: @escaping @Sendable (String) -> Void = { print($0) }) {
         self.settings = settings
         self.log = log
+        injectedSnapshots = nil
+        controlStop.initialize(to: 0)
+        abortStart.initialize(to: 0)
+    }
+
+    /// A read-only engine over another's data directory, with that engine's snapshot store.
+    init(settings: EngineSettings, snapshots: SnapshotStore?) {
+        self.settings = settings
+        self.log = { _ in }
+        injectedSnapshots = snapshots
         controlStop.initialize(to: 0)
         abortStart.initialize(to: 0)
     }
@@ -299,7 +320,15 @@ public final class Engine: @unchecked Sendable {
                     return try self.openLocalSession(source: source)
                 },
                 closeSession: { [weak self] session in self?.closeLocalSession(session) },
-                position: { [weak self] shard, key in self?.adminState(shard: shard)?.positions[key] }))
+                position: { [weak self] shard, key in self?.adminState(shard: shard)?.positions[key] },
+                executionRing: { [weak self] shard in
+                    guard let self, shard >= 0, shard < self.executionRings.count else { return nil }
+                    return self.executionRings[shard]
+                },
+                regenerate: { [weak self] (shard: Int, after: UInt64) throws(EngineError) in
+                    guard let self else { throw EngineError("the engine is gone") }
+                    return try self.regenerate(shard: shard, after: after)
+                }))
             pluginHost = host
             do {
                 try host.loadAll(extraConfig: ["engine.instance": s.instance, "engine.directory": s.directory,
@@ -342,7 +371,8 @@ public final class Engine: @unchecked Sendable {
             stop()
             throw EngineError.plugin(error)
         }
-        let snapshots: SnapshotStore? = pluginHost?.snapshotStore
+        let snapshots: SnapshotStore? = pluginHost?.snapshotStore ?? injectedSnapshots
+        let dropCopy = s.dropCopy || (pluginHost?.loaded.contains(where: \.isEgress) ?? false)
         if snapshots == nil && s.durability != .none && s.snapshotEvery > 0 && !s.readOnly {
             log("no snapshot-store plugin loaded: no snapshots are taken; a restart replays the whole journal")
         }
@@ -367,15 +397,34 @@ public final class Engine: @unchecked Sendable {
                 stop()
                 throw EngineError.sharedMemory(error)
             }
+            // The drop copies: a ring no other process can open (its file is gone at once).
+            var executions: EventRing?
+            if dropCopy && !s.readOnly {
+                let path = s.directory + "/executions.\(i)"
+                do {
+                    executions = try EventRing.create(path: path, capacity: s.eventRingCapacity, mode: 0o600)
+                    unlink(path)
+                } catch {
+                    unlink(path)
+                    stop()
+                    throw EngineError.sharedMemory(error)
+                }
+            }
+            executionRings.append(executions)
             let slots = s.symbols.indices.filter { s.symbols[$0].shard == i }
+            // A regeneration recovers its one shard; the others stay empty.
+            let skipped = s.regenerateShard.map { $0 != i } ?? false
             let shard = Shard(index: i, core: shardSettings.core, symbols: mine, symbolSlots: slots, engineFile: file,
                               doorbells: doorbells,
                               eventRing: events,
-                              wait: s.wait, lagTimeoutNanoseconds: s.lagTimeoutNanoseconds, durability: s.durability,
+                              wait: s.wait, lagTimeoutNanoseconds: s.lagTimeoutNanoseconds,
+                              durability: skipped ? .none : s.durability,
                               journalConfig: journalConfig(i),
                               snapshotEvery: s.readOnly ? 0 : s.snapshotEvery,
                               snapshots: snapshots,
-                              readOnly: s.readOnly, describeBooks: s.describeBooks, abortStart: abortStart)
+                              readOnly: s.readOnly, describeBooks: s.describeBooks, abortStart: abortStart,
+                              executionRing: executions,
+                              regenerateAfter: s.regenerateShard == i ? s.regenerateAfter : nil)
             if s.durability != .none && !startAborted { log("shard \(i): recovering from \(s.dataDirectory)") }
             shard.start()
             shard.started.wait()
@@ -496,6 +545,38 @@ public final class Engine: @unchecked Sendable {
     }
 
     /// What a shard's admin commands have set (nil: the shard did not answer in time).
+    /// The output of `shard`'s commands above `after`, rebuilt from its journal by a read-only
+    /// replay beside the running engine (from a snapshot at or below `after`): the market events
+    /// and drop copies those commands made, as 64-byte records, and the last sequence the replay
+    /// reached. For an egress resuming after a crash: what it had not published yet.
+    func regenerate(shard: Int, after: UInt64) throws(EngineError) -> (market: [UInt8], executions: [UInt8], through: UInt64) {
+        guard settings.durability != .none else { throw EngineError("durability none: no journal to regenerate from") }
+        let n = idLock.locked { () -> Int in
+            regenerations += 1
+            return regenerations
+        }
+        var side = settings
+        side.instance = "regen-\(getpid())-\(n)"
+        side.directory = "/dev/shm/crossbook-regen-\(getpid())-\(n)"
+        side.group = nil
+        side.readOnly = true
+        side.cleanStale = true
+        side.plugins = nil
+        side.dropCopy = false
+        side.shards = settings.shards.map { _ in ShardSettings(core: nil) }
+        side.regenerateShard = shard
+        side.regenerateAfter = after
+        let engine = Engine(settings: side, snapshots: pluginHost?.snapshotStore)
+        defer { engine.stop() }
+        do { _ = try engine.start() } catch let error as EngineError { throw error } catch {
+            throw EngineError("regeneration of shard \(shard): \(error)")
+        }
+        guard shard < engine.shards.count, let collected = engine.shards[shard].collected else {
+            throw EngineError("shard \(shard): nothing was regenerated")
+        }
+        return (collected.market, collected.executions, engine.shards[shard].recoveredLast)
+    }
+
     public func adminState(shard: Int, timeout: Double = 2) -> ShardAdminState? {
         guard shard >= 0, shard < shards.count else { return nil }
         let query = AdminStateQuery()

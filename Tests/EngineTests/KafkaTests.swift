@@ -148,7 +148,7 @@ struct ConsumedMessage {
 
 /// The engine's config for these tests: 2 shards, 4 symbols, the ingress on `topic`.
 func kafkaEngineConfig(instance: String, broker: KafkaBroker, topic: String, partitions: String = "0-1",
-                       format: String = "json", extra: String = "") -> String {
+                       format: String = "json", extra: String = "", egress: Bool = false) -> String {
     """
     [engine]
     instance = "\(instance)"
@@ -173,7 +173,7 @@ func kafkaEngineConfig(instance: String, broker: KafkaBroker, topic: String, par
     [plugins]
     [[plugins.load]]
     name = "snapshot-file"
-    [[plugins.load]]
+    \(egress ? "[[plugins.load]]\nname = \"kafka-egress\"\nconfig = { brokers = \"\(broker.address)\" }\n" : "")[[plugins.load]]
     name = "kafka-ingress"
     config = { brokers = "\(broker.address)", topic = "\(topic)", partitions = "\(partitions)", format = "\(format)"\(extra) }
     """
@@ -300,20 +300,21 @@ extension KafkaIngressTests {
 
     /// The engine's config without the ingress: what `crossbook replay --journal` rebuilds with.
     static func replayConfig(_ full: String) -> String {
-        full.components(separatedBy: "[[plugins.load]]\nname = \"kafka-ingress\"")[0]
+        full.components(separatedBy: "[[plugins.load]]\nname = \"kafka-")[0]
     }
 
-    @Test("kill -9 at random moments while a producer writes, 20 times (make soak: more): every valid message journaled exactly once, in order, the books equal an independent replay, garbage dead-lettered")
+    @Test("kill -9 at random moments while a producer writes, 20 times (make soak: more): every valid message journaled exactly once, in order, the books equal an independent replay, garbage dead-lettered; the fills topic holds each trade of that replay exactly once, in order")
     func killCycles() throws {
         let broker = try KafkaBroker()
         defer { broker.stop() }
         try broker.createTopic("orders", partitions: 2)
         try broker.createTopic("orders.dead-letter", partitions: 1)
+        for topic in ["fills", "exec-reports", "depth"] { try broker.createTopic(topic, partitions: 2) }
         let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-kafka9-\(UUID().uuidString.prefix(8))"
         defer { removeTree(data) }
         let config = data + ".toml", replayConfig = data + "-replay.toml"
         defer { unlink(config); unlink(replayConfig) }
-        let text = kafkaEngineConfig(instance: "kf9", broker: broker, topic: "orders")
+        let text = kafkaEngineConfig(instance: "kf9", broker: broker, topic: "orders", egress: true)
         try text.write(toFile: config, atomically: true, encoding: .utf8)
         try Self.replayConfig(text).write(toFile: replayConfig, atomically: true, encoding: .utf8)
 
@@ -360,8 +361,42 @@ extension KafkaIngressTests {
         #expect(waitFor(60) {
             ((try? JournaledIngress(data: data, shards: 2))?.offsets.values.map(\.count).reduce(0, +) ?? 0) >= valid.count
         }, "\(last.log.all.suffix(20))")
+        // The trades of an independent replay of the valid orders, per symbol in order; the
+        // fills topic must come to hold exactly those (the egress publishes what it had not).
+        let validLines = lines.filter { !$0.hasPrefix("X,") && !$0.contains("DOGE-USD") }
+        let replayed = try runCrossbookCapturing(["replay", "--trades-only", "-", "--config", replayConfig],
+                                                 stdin: validLines.joined(separator: "\n") + "\n")
+        var wantFills: [String: [String]] = [:]
+        for line in replayed.split(separator: "\n") where line.hasPrefix("T,") { wantFills[String(line.split(separator: ",")[1]), default: []].append(String(line)) }
+        let tradeCount = wantFills.values.map(\.count).reduce(0, +)
+        var fills: [ConsumedMessage] = []
+        #expect(waitFor(60) {
+            fills = ConsumedMessage.parse((try? KafkaKit.run(["consume", broker.address, "fills", "2", "1500"]).out) ?? "")
+            return fills.count >= tradeCount
+        }, "fills \(fills.count) of \(tradeCount); \(last.log.all.filter { $0.contains("egress") }.suffix(10))")
         usleep(300_000)
         last.stop()
+        fills = ConsumedMessage.parse(try KafkaKit.run(["consume", broker.address, "fills", "2", "1500"]).out)
+        var gotFills: [String: [String]] = [:]
+        for fill in fills.sorted(by: { ($0.partition, $0.offset) < ($1.partition, $1.offset) }) {
+            gotFills[fill.key, default: []].append(fill.value)
+        }
+        #expect(tradeCount > 100)
+        #expect(gotFills == wantFills, "fills: \(fills.count), trades of the replay: \(tradeCount)")
+        // Each message once: (shard, sequence, index) unique, rising per partition and shard.
+        var seen = Set<String>()
+        var lastOf: [String: (UInt64, UInt64)] = [:]
+        for fill in fills.sorted(by: { ($0.partition, $0.offset) < ($1.partition, $1.offset) }) {
+            let h = Dictionary(uniqueKeysWithValues: fill.headers.split(separator: ";").compactMap { kv -> (String, String)? in
+                let parts = kv.split(separator: "=", maxSplits: 1)
+                return parts.count == 2 ? (String(parts[0]), String(parts[1])) : nil
+            })
+            let shard = h["crossbook.shard"] ?? "?", sequence = UInt64(h["crossbook.sequence"] ?? "") ?? 0, index = UInt64(h["crossbook.index"] ?? "") ?? 0
+            #expect(seen.insert("\(shard)/\(sequence)/\(index)").inserted, "fill \(shard)/\(sequence)/\(index) twice")
+            let key = "\(fill.partition)/\(shard)"
+            if let previous = lastOf[key] { #expect((sequence, index) > previous, "fills out of order in \(key)") }
+            lastOf[key] = (sequence, index)
+        }
         #expect(last.log.contains("resuming at offset"))
 
         // Exactly once: per partition, the journaled offsets are the valid ones, each once.
@@ -393,7 +428,6 @@ extension KafkaIngressTests {
         // The books: the engine's journal rebuilt by `crossbook replay --journal`, and an
         // independent replay of the valid orders as they were written (each symbol in order).
         let fromJournal = try runCrossbookCapturing(["replay", "--journal", data, "--config", replayConfig, "--book"])
-        let validLines = lines.filter { !$0.hasPrefix("X,") && !$0.contains("DOGE-USD") }
         let independent = try runCrossbookCapturing(["replay", "-", "--config", replayConfig, "--book"],
                                                     stdin: validLines.joined(separator: "\n") + "\n")
         func book(_ text: String) -> [String] {

@@ -104,6 +104,10 @@ extension PluginHost {
             guard let plugin = LoadedPlugin.from(host), let out, out.pointee.size >= 16 else { return CB_ERR_INVALID.rawValue }
             return plugin.lookup(id: id, into: out)
         }
+        table.pointee.subscribe_output = { host, shard, after, executions, market in
+            guard let plugin = LoadedPlugin.from(host), let executions, let market else { return CB_ERR_INVALID.rawValue }
+            return plugin.subscribeReplayed(shard: Int(shard), after: after, executions: executions, market: market)
+        }
         table.pointee.source_position = { host, shard, source, partition, offset in
             guard let plugin = LoadedPlugin.from(host), let source, let offset, let name = ingressSourceName(source),
                   let environment = plugin.host?.environment, Int(shard) < environment.engineFile.shardCount else {

@@ -40,6 +40,7 @@ final class LoadedPlugin: @unchecked Sendable {
     }
 
     var isSnapshotStore: Bool { descriptor.kinds & UInt32(CB_KIND_SNAPSHOT_STORE) != 0 }
+    var isEgress: Bool { descriptor.kinds & UInt32(CB_KIND_EGRESS) != 0 }
 
     var handle: OpaquePointer { OpaquePointer(Unmanaged.passUnretained(self).toOpaque()) }
 
@@ -123,6 +124,40 @@ final class LoadedPlugin: @unchecked Sendable {
             return CB_ERR_LIMIT.rawValue
         } catch {
             environment.log("plugin \(name): cannot subscribe to shard \(shard): \(error)")
+            return CB_ERR_IO.rawValue
+        }
+    }
+
+    /// A shard's drop copies and market data, each above `after`: first what the journal says
+    /// (regenerated), then live. The live consumers attach before the regeneration reads the
+    /// journal, so nothing falls between them (sync durability: what is published is on disk).
+    func subscribeReplayed(shard: Int, after: UInt64, executions: UnsafeMutablePointer<OpaquePointer?>,
+                           market: UnsafeMutablePointer<OpaquePointer?>) -> Int32 {
+        guard let environment = host?.environment else { return CB_ERR_CLOSED.rawValue }
+        guard shard >= 0, shard < environment.engineFile.shardCount else { return CB_ERR_INVALID.rawValue }
+        guard let executionRing = environment.executionRing(shard) else {
+            environment.log("plugin \(name): no drop copies (only a plugin of kind egress gets them)")
+            return CB_ERR_UNSUPPORTED.rawValue
+        }
+        do {
+            let ring = try EventRing.attach(path: InstanceLayout.eventRingPath(environment.directory, shard: shard))
+            let liveMarket = try ring.consumer(mayDetach: true)
+            let liveExecutions = try executionRing.consumer(mayDetach: true)
+            var backlog: (market: [UInt8], executions: [UInt8], through: UInt64) = ([], [], after)
+            if after != UInt64.max {
+                backlog = try environment.regenerate(shard, after)
+            }
+            let m = PluginSubscription(consumer: liveMarket, backlog: backlog.market, skipThrough: backlog.through)
+            let e = PluginSubscription(consumer: liveExecutions, backlog: backlog.executions, skipThrough: backlog.through)
+            lock.locked { subscriptions.append(contentsOf: [m, e]) }
+            market.pointee = m.handle
+            executions.pointee = e.handle
+            environment.log("plugin \(name): shard \(shard) output above sequence \(after): \(backlog.executions.count / 64) drop copies and \(backlog.market.count / 64) market events from the journal (through \(backlog.through)), then live")
+            return CB_OK.rawValue
+        } catch EventConsumerError.full {
+            return CB_ERR_LIMIT.rawValue
+        } catch {
+            environment.log("plugin \(name): cannot subscribe to shard \(shard)'s output: \(error)")
             return CB_ERR_IO.rawValue
         }
     }

@@ -26,15 +26,24 @@ struct PluginEnvironment: @unchecked Sendable {
     let closeSession: @Sendable (LocalSession) -> Void
     /// A shard's last journaled offset of an ingress partition ("topic#partition"), if any.
     let position: @Sendable (Int, String) -> UInt64?
+    /// A shard's private drop-copy ring (nil: off).
+    let executionRing: @Sendable (Int) -> EventRing?
+    /// A shard's output above a sequence, regenerated from its journal (Engine.regenerate).
+    let regenerate: @Sendable (Int, UInt64) throws(EngineError) -> (market: [UInt8], executions: [UInt8], through: UInt64)
 
     init(instance: String, directory: String, engineFile: EngineFile, symbols: [(spec: SymbolSpec, shard: Int)],
          log: @escaping @Sendable (String) -> Void,
          openSession: @escaping @Sendable (IngressSource?) throws(EngineError) -> LocalSession,
          closeSession: @escaping @Sendable (LocalSession) -> Void,
-         position: @escaping @Sendable (Int, String) -> UInt64? = { _, _ in nil }) {
+         position: @escaping @Sendable (Int, String) -> UInt64? = { _, _ in nil },
+         executionRing: @escaping @Sendable (Int) -> EventRing? = { _ in nil },
+         regenerate: @escaping @Sendable (Int, UInt64) throws(EngineError) -> (market: [UInt8], executions: [UInt8], through: UInt64)
+            = { _, _ throws(EngineError) in throw EngineError("no journal") }) {
         self.openSession = openSession
         self.closeSession = closeSession
         self.position = position
+        self.executionRing = executionRing
+        self.regenerate = regenerate
         self.instance = instance
         self.directory = directory
         self.engineFile = engineFile

@@ -13,7 +13,7 @@ import Wire
 /// A report or market event waiting for its command to be durable (sync mode).
 struct Outgoing {
     var sequence: UInt64
-    /// A session's index in the session table, or -1 for the event ring.
+    /// A session's index in the session table, -1 for the event ring, -2 for the drop-copy ring.
     var target: Int
     /// The session the report is for: a slot of the session table is reused once its session is
     /// gone, and a report staged for the old one must not reach the new one.
@@ -41,6 +41,19 @@ struct CommandSink: BookEventSink {
     mutating func on(_ event: BookEvent) { output.pointee.on(event, context) }
 }
 
+/// What a regeneration collects (a read-only replay for an egress that resumes after a crash):
+/// the 64-byte records the shard would have written, market events and drop copies.
+final class OutputCollector: @unchecked Sendable {
+    var market: [UInt8] = []
+    var executions: [UInt8] = []
+}
+
+/// The drop-copy record: a report as its owner gets it, with the owner's session (u32) and 4
+/// reserved bytes in place of the client time (bytes 56-63).
+enum DropCopy {
+    static let sessionOffset = 56
+}
+
 /// Reports, market data, and the durability gate of one shard.
 struct OutputGate {
     let sessions: SessionSlots
@@ -65,14 +78,29 @@ struct OutputGate {
     var stagedTail = 0
     /// Sync mode: the journal to wait on when `staging` is full.
     var disk: JournalWriter?
+    /// The private drop-copy ring (nil: no egress asked for it): every execution report, whoever
+    /// it is for, even a session that is gone. In this process's memory only.
+    let executions: UnsafeMutablePointer<EventProducer>?
+    var executionsPublished = 0
+    /// Regeneration: while replaying, the records of commands above `collectAfter` are collected.
+    var collector: OutputCollector?
+    var collectAfter: UInt64 = .max
 
     init(sessions: SessionSlots, counters: ShardCounters, lagTimeoutNanoseconds: UInt64, eventRing: EventRing,
-         stopFlag: UnsafeMutablePointer<UInt32>, tally: UnsafeMutablePointer<UInt64>, stagingCapacity: Int = 1 << 16) {
+         stopFlag: UnsafeMutablePointer<UInt32>, tally: UnsafeMutablePointer<UInt64>, executionRing: EventRing? = nil,
+         stagingCapacity: Int = 1 << 16) {
         self.sessions = sessions
         self.counters = counters
         self.lagTimeoutNanoseconds = lagTimeoutNanoseconds
         events = cacheAligned(EventProducer.self, count: 1)
         events.initialize(to: eventRing.producer())
+        if let executionRing {
+            let producer = cacheAligned(EventProducer.self, count: 1)
+            producer.initialize(to: executionRing.producer())
+            executions = producer
+        } else {
+            executions = nil
+        }
         self.stopFlag = stopFlag
         self.tally = tally
         self.stagingCapacity = stagingCapacity
@@ -83,45 +111,55 @@ struct OutputGate {
     func deallocate() {
         events.deinitialize(count: 1)
         events.deallocate()
+        if let executions {
+            executions.deinitialize(count: 1)
+            executions.deallocate()
+        }
         staging.deallocate()
     }
 
     var hasStaged: Bool { stagedHead != stagedTail }
 
     mutating func on(_ event: BookEvent, _ c: EventContext) {
-        // Replaying: nothing is sent and nothing counted, so nothing to build.
-        if replaying { return }
+        // Replaying: nothing is sent and nothing counted, so nothing to build (unless collected).
+        if replaying {
+            guard collector != nil, c.command.sequence > collectAfter else { return }
+        }
         let sequence = c.command.sequence, engineTime = c.command.engineTime, symbolId = c.symbolId
         switch event {
         case .accepted(let id, let side, let price, let quantity):
-            send(owner(id), sequence, .init(kind: .accepted, side: side, symbolId: symbolId, engineSequence: sequence,
+            report(owner(id), sequence, .init(kind: .accepted, side: side, symbolId: symbolId, engineSequence: sequence,
                                             orderId: clientOrderId(id), price: price, quantity: quantity, open: quantity,
                                             engineTime: engineTime, clientTime: c.clientTime))
         case .rejected(let id, let reason):
-            counters.add(.rejects)
-            counters.addReject(reason.rawValue)
-            c.symbolWords[SymbolCounters.rejects] &+= 1
-            send(Int(c.command.session), sequence,
+            if !replaying {
+                counters.add(.rejects)
+                counters.addReject(reason.rawValue)
+                c.symbolWords[SymbolCounters.rejects] &+= 1
+            }
+            report(Int(c.command.session), sequence,
                  .init(kind: .rejected, code: reason.rawValue, symbolId: symbolId, engineSequence: sequence,
                        orderId: clientOrderId(id), engineTime: engineTime, clientTime: c.clientTime))
         case .trade(let maker, let taker, let takerSide, let price, let quantity, let makerOpen, let takerOpen):
-            counters.add(.trades)
-            c.symbolWords[SymbolCounters.trades] &+= 1
-            c.symbolWords[SymbolCounters.tradedQuantity] &+= UInt64(truncatingIfNeeded: quantity)
+            if !replaying {
+                counters.add(.trades)
+                c.symbolWords[SymbolCounters.trades] &+= 1
+                c.symbolWords[SymbolCounters.tradedQuantity] &+= UInt64(truncatingIfNeeded: quantity)
+            }
             publish(sequence, .init(kind: .trade, side: takerSide, symbolId: symbolId, engineSequence: sequence, price: price,
                                     quantity: quantity, engineTime: engineTime))
-            send(owner(maker), sequence, .init(kind: .trade, side: takerSide.opposite, code: 1, symbolId: symbolId,
+            report(owner(maker), sequence, .init(kind: .trade, side: takerSide.opposite, code: 1, symbolId: symbolId,
                                                engineSequence: sequence, orderId: clientOrderId(maker), price: price,
                                                quantity: quantity, open: makerOpen, engineTime: engineTime))
-            send(owner(taker), sequence, .init(kind: .trade, side: takerSide, code: 0, symbolId: symbolId,
+            report(owner(taker), sequence, .init(kind: .trade, side: takerSide, code: 0, symbolId: symbolId,
                                                engineSequence: sequence, orderId: clientOrderId(taker), price: price,
                                                quantity: quantity, open: takerOpen, engineTime: engineTime))
         case .cancelled(let id, let quantity, let open, let reason):
-            send(owner(id), sequence, .init(kind: .cancelled, code: reason.rawValue, symbolId: symbolId, engineSequence: sequence,
+            report(owner(id), sequence, .init(kind: .cancelled, code: reason.rawValue, symbolId: symbolId, engineSequence: sequence,
                                             orderId: clientOrderId(id), quantity: quantity, open: open,
                                             engineTime: engineTime, clientTime: reason == .user ? c.clientTime : 0))
         case .replaced(let id, let price, let quantity, let kept):
-            send(owner(id), sequence, .init(kind: .replaced, code: kept ? 1 : 0, symbolId: symbolId, engineSequence: sequence,
+            report(owner(id), sequence, .init(kind: .replaced, code: kept ? 1 : 0, symbolId: symbolId, engineSequence: sequence,
                                             orderId: clientOrderId(id), price: price, quantity: quantity, open: quantity,
                                             engineTime: engineTime, clientTime: c.clientTime))
         case .level(let side, let price, let quantity, let orders):
@@ -130,9 +168,40 @@ struct OutputGate {
         }
     }
 
+    /// A report to its owner, and its drop copy when an egress asked for them.
+    @inline(__always)
+    mutating func report(_ ownerSession: Int, _ sequence: UInt64, _ report: ReportRecord.Report) {
+        if executions != nil || replaying { dropCopy(ownerSession, sequence, report) }
+        send(ownerSession, sequence, report)
+    }
+
+    /// Writes a report's drop copy (DropCopy), stages it (sync mode) or collects it (regeneration).
+    mutating func dropCopy(_ ownerSession: Int, _ sequence: UInt64, _ report: ReportRecord.Report) {
+        var out = Outgoing(sequence: sequence, target: -2, record: (0, 0, 0, 0, 0, 0, 0, 0))
+        withUnsafeMutableBytes(of: &out.record) {
+            ReportRecord.encode(report, to: $0.baseAddress!)
+            $0.storeBytes(of: UInt32(truncatingIfNeeded: ownerSession).littleEndian, toByteOffset: DropCopy.sessionOffset, as: UInt32.self)
+            $0.storeBytes(of: UInt32(0), toByteOffset: DropCopy.sessionOffset + 4, as: UInt32.self)
+        }
+        if replaying {
+            withUnsafeBytes(of: &out.record) { collector?.executions.append(contentsOf: $0) }
+            return
+        }
+        guard let executions else { return }
+        if hold { return stage(out) }
+        withUnsafeBytes(of: &out.record) { claim(executions).copyMemory(from: $0.baseAddress!, byteCount: 64) }
+        executions.pointee.publish()
+        executionsPublished += 1
+    }
+
     /// Writes a market data event, or stages it (sync mode).
     mutating func publish(_ sequence: UInt64, _ event: MarketEventRecord.Event) {
-        if replaying { return }
+        if replaying {
+            var record: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0)
+            withUnsafeMutableBytes(of: &record) { MarketEventRecord.encode(event, to: $0.baseAddress!) }
+            withUnsafeBytes(of: &record) { collector?.market.append(contentsOf: $0) }
+            return
+        }
         if hold {
             var out = Outgoing(sequence: sequence, target: -1, record: (0, 0, 0, 0, 0, 0, 0, 0))
             withUnsafeMutableBytes(of: &out.record) { MarketEventRecord.encode(event, to: $0.baseAddress!) }
@@ -146,7 +215,11 @@ struct OutputGate {
 
     /// Claims a slot in the event ring: a full ring waits for the slowest consumer; past the lag
     /// timeout, consumers that may be detached (or are gone) are detached; on stop, all of them.
-    func eventSlot() -> UnsafeMutableRawPointer {
+    @inline(__always)
+    func eventSlot() -> UnsafeMutableRawPointer { claim(events) }
+
+    /// Claims a slot in an event ring (market data or drop copies), as `eventSlot` says.
+    func claim(_ events: UnsafeMutablePointer<EventProducer>) -> UnsafeMutableRawPointer {
         if !events.pointee.claim() {
             counters.add(.eventWaits)
             var start = monotonicNanoseconds()
@@ -211,11 +284,15 @@ struct OutputGate {
             // The record was encoded when staged: copy its 64 bytes, do not decode and encode again.
             var record = out.record
             withUnsafeBytes(of: &record) { raw in
-                if out.target < 0 {
+                if out.target == -1 {
                     eventSlot().copyMemory(from: raw.baseAddress!, byteCount: 64)
                     events.pointee.publish()
                     published += 1
-                } else if sessions.inbound[out.target].session == out.session, let slot = reportSlot(out.target) {
+                } else if out.target == -2, let executions {
+                    claim(executions).copyMemory(from: raw.baseAddress!, byteCount: 64)
+                    executions.pointee.publish()
+                    executionsPublished += 1
+                } else if out.target >= 0, sessions.inbound[out.target].session == out.session, let slot = reportSlot(out.target) {
                     slot.copyMemory(from: raw.baseAddress!, byteCount: 64)
                     sessions.inbound[out.target].reports.publish(1)
                 }
@@ -228,6 +305,10 @@ struct OutputGate {
         if published > 0 {
             events.pointee.wakeConsumers()
             published = 0
+        }
+        if executionsPublished > 0, let executions {
+            executions.pointee.wakeConsumers()
+            executionsPublished = 0
         }
     }
 

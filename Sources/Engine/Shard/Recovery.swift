@@ -22,7 +22,10 @@ enum RecoveryFailure: Error {
 }
 
 extension ShardState {
+    /// `snapshotAtOrBefore`: only a snapshot at or below this sequence (a regeneration must replay
+    /// the commands above it).
     mutating func recover(config: JournalConfig, snapshots: SnapshotStore?, readOnly: Bool, describeBooks: Bool,
+                          snapshotAtOrBefore: UInt64 = .max,
                           interrupted: () -> Bool) throws(RecoveryFailure) -> RecoveryOutcome {
         var outcome = RecoveryOutcome()
         let recoveryStart = monotonicNanoseconds()
@@ -32,7 +35,7 @@ extension ShardState {
         // The newest snapshot that loads and restores whole; an older one if it does not.
         var base: UInt64 = 0
         if let store = snapshots {
-            for candidate in store.list(shard: index) {
+            for candidate in store.list(shard: index) where candidate.sequence <= snapshotAtOrBefore {
                 do {
                     let (at, stored) = try store.load(shard: index, name: candidate.name)
                     // Only a snapshot of this journal, at a sequence it holds, with the same record there.

@@ -64,6 +64,13 @@ final class Shard: @unchecked Sendable {
     private(set) var maxRecoveredSession: UInt32 = 0
     /// After start: the sessions that own resting orders (from before the restart).
     private(set) var restingOwners = Set<UInt32>()
+    /// The private drop-copy ring (nil: off).
+    let executionRing: EventRing?
+    /// Regeneration (a read-only replay): collect the output of the commands above this.
+    private let regenerateAfter: UInt64?
+    /// What the regeneration collected, and the last sequence the replay reached.
+    private(set) var collected: OutputCollector?
+    private(set) var recoveredLast: UInt64 = 0
     /// After recovery: each ingress source's last bound session (Ingress.swift).
     private(set) var sourceSessions: [String: UInt32] = [:]
     private(set) var recoveredDigest: UInt64 = 0
@@ -95,7 +102,10 @@ final class Shard: @unchecked Sendable {
          eventRing: EventRing, wait: WaitStrategy, lagTimeoutNanoseconds: UInt64,
          durability: Durability = .none, journalConfig: JournalConfig? = nil,
          snapshotEvery: UInt64 = 0, snapshots: SnapshotStore? = nil, readOnly: Bool = false,
-         describeBooks: Bool = false, abortStart: UnsafeMutablePointer<UInt32>? = nil) {
+         describeBooks: Bool = false, abortStart: UnsafeMutablePointer<UInt32>? = nil,
+         executionRing: EventRing? = nil, regenerateAfter: UInt64? = nil) {
+        self.executionRing = executionRing
+        self.regenerateAfter = regenerateAfter
         self.abortStart = abortStart
         self.readOnly = readOnly
         self.describeBooks = describeBooks
@@ -187,7 +197,7 @@ final class Shard: @unchecked Sendable {
         do {
             state = try ShardState(index: index, symbols: symbols, symbolCounters: symbolCounters, maxSessions: Self.maxSessions,
                                    counters: counters, eventRing: eventRing, lagTimeoutNanoseconds: lagTimeoutNanoseconds,
-                                   stopFlag: stopFlag, tally: tally)
+                                   stopFlag: stopFlag, tally: tally, executionRing: executionRing)
         } catch {
             placement = where_ + ", symbols " + symbols.map(\.spec.name).joined(separator: " ")
             return failStart(error.description)
@@ -198,7 +208,14 @@ final class Shard: @unchecked Sendable {
             let abort = abortStart, stop = stopFlag
             let outcome: RecoveryOutcome
             do {
-                outcome = try state.recover(config: config, snapshots: snapshots, readOnly: readOnly, describeBooks: describeBooks) {
+                if let after = regenerateAfter {
+                    let collector = OutputCollector()
+                    state.output.pointee.collector = collector
+                    state.output.pointee.collectAfter = after
+                    collected = collector
+                }
+                outcome = try state.recover(config: config, snapshots: snapshots, readOnly: readOnly, describeBooks: describeBooks,
+                                            snapshotAtOrBefore: regenerateAfter ?? .max) {
                     cb_load_acquire_u32(stop) != 0 || abort.map { cb_load_acquire_u32($0) != 0 } ?? false
                 }
             } catch {
@@ -211,6 +228,8 @@ final class Shard: @unchecked Sendable {
             }
             recoveryLog = outcome.log
             restingOwners = outcome.restingOwners
+            recoveredLast = state.sequencer.last
+            state.output.pointee.collector = nil
             sourceSessions = state.ingress.sourceSessions
             recoveredDigest = outcome.digest
             maxRecoveredSession = state.maxRecoveredSession

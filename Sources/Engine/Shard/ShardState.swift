@@ -46,7 +46,8 @@ struct ShardState: ~Copyable {
     /// Allocates the books (on the calling thread's NUMA node: call it from the pinned shard).
     init(index: Int, symbols: [(spec: SymbolSpec, capacity: BookCapacity)], symbolCounters: [SymbolCounters],
          maxSessions: Int, counters: ShardCounters, eventRing: EventRing, lagTimeoutNanoseconds: UInt64,
-         stopFlag: UnsafeMutablePointer<UInt32>, tally: UnsafeMutablePointer<UInt64>) throws(EngineError) {
+         stopFlag: UnsafeMutablePointer<UInt32>, tally: UnsafeMutablePointer<UInt64>,
+         executionRing: EventRing? = nil) throws(EngineError) {
         self.index = index
         self.symbols = symbols
         self.counters = counters
@@ -61,7 +62,7 @@ struct ShardState: ~Copyable {
         output = cacheAligned(OutputGate.self, count: 1)
         output.initialize(to: OutputGate(sessions: sessions.slots, counters: counters,
                                          lagTimeoutNanoseconds: lagTimeoutNanoseconds, eventRing: eventRing,
-                                         stopFlag: stopFlag, tally: tally))
+                                         stopFlag: stopFlag, tally: tally, executionRing: executionRing))
         noSymbol = cacheAligned(UInt64.self, count: 4)
         noSymbol.initialize(repeating: 0, count: 4)
         symbolWords = cacheAligned(UnsafeMutablePointer<UInt64>.self, count: max(1, symbols.count))
