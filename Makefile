@@ -18,7 +18,7 @@ C_PLUGIN_FLAGS := -std=c11 -Wall -Wextra -Werror -shared -fPIC -O2 -I C/CPluginA
 # with LD_LIBRARY_PATH=.build/kafka/lib.
 KAFKA_KIT    := .build/kafka
 
-.PHONY: all deps build release test run replay bench bench-e2e bench-d1 soak clean plugins fuzz kafka-kit
+.PHONY: all deps build release test run replay bench bench-e2e bench-d1 soak clean plugins fuzz kafka-kit kafka-demo
 
 all: build
 
@@ -47,7 +47,7 @@ c-plugins:
 	$(CC) $(C_PLUGIN_FLAGS) -I plugins/kafka plugins/kafka/kafka_ingress.c plugins/kafka/order_json.c \
 	  -o $(OUT)/libcrossbook-kafka-ingress.so -lrdkafka -lpthread
 	$(CC) $(C_PLUGIN_FLAGS) plugins/kafka/kafka_egress.c -o $(OUT)/libcrossbook-kafka-egress.so -lrdkafka -lpthread
-	$(CC) -std=c11 -Wall -Wextra -Werror -O2 tools/kafka/kafka-tool.c -o $(OUT)/crossbook-kafka -lrdkafka
+	$(CC) -std=c11 -Wall -Wextra -Werror -O2 tools/kafka/kafka-tool.c -o $(OUT)/crossbook-kafka -lrdkafka -lpthread
 	$(CC) -std=c11 -Wall -Wextra -Werror -O2 $$(pkg-config --cflags fuse3) tools/powercut/powercut.c \
 	  -o $(OUT)/crossbook-powercut $$(pkg-config --libs fuse3)
 	@# The engine refuses plugins in a group- or world-writable directory (a umask of 002 makes them so).
@@ -55,6 +55,11 @@ c-plugins:
 
 kafka-kit:
 	scripts/kafka-kit.sh $(KAFKA_KIT)
+
+# The broker, an engine with the Kafka ingress and egress, samples/orders.csv through the orders
+# topic; prints what the fills topic holds (the lines of `crossbook replay --trades-only`).
+kafka-demo: release kafka-kit
+	scripts/kafka-demo.sh
 
 test: deps kafka-kit
 	$(SWIFT) build $(TEST_FLAGS) --build-tests

@@ -256,7 +256,7 @@ struct JournaledIngress {
     }
 }
 
-@Suite("Kafka ingress", .serialized)
+@Suite("Kafka ingress and egress", .serialized)
 struct KafkaIngressTests {
     @Test("orders from a topic (JSON, two partitions over two shards) make the same trades as crossbook replay of the same orders")
     func sameTradesAsReplay() throws {
@@ -303,7 +303,7 @@ extension KafkaIngressTests {
         full.components(separatedBy: "[[plugins.load]]\nname = \"kafka-")[0]
     }
 
-    @Test("kill -9 at random moments while a producer writes, 20 times (make soak: more): every valid message journaled exactly once, in order, the books equal an independent replay, garbage dead-lettered; the fills topic holds each trade of that replay exactly once, in order")
+    @Test("kill -9 at random moments while a producer writes, 20 times (make soak: more): every valid message journaled exactly once, in order, the books equal an independent replay, garbage dead-lettered; the fills, exec-reports and depth topics hold each trade, report and level change of that replay exactly once, in order")
     func killCycles() throws {
         let broker = try KafkaBroker()
         defer { broker.stop() }
@@ -383,19 +383,35 @@ extension KafkaIngressTests {
         }
         #expect(tradeCount > 100)
         #expect(gotFills == wantFills, "fills: \(fills.count), trades of the replay: \(tradeCount)")
-        // Each message once: (shard, sequence, index) unique, rising per partition and shard.
-        var seen = Set<String>()
-        var lastOf: [String: (UInt64, UInt64)] = [:]
-        for fill in fills.sorted(by: { ($0.partition, $0.offset) < ($1.partition, $1.offset) }) {
-            let h = Dictionary(uniqueKeysWithValues: fill.headers.split(separator: ";").compactMap { kv -> (String, String)? in
-                let parts = kv.split(separator: "=", maxSplits: 1)
-                return parts.count == 2 ? (String(parts[0]), String(parts[1])) : nil
-            })
-            let shard = h["crossbook.shard"] ?? "?", sequence = UInt64(h["crossbook.sequence"] ?? "") ?? 0, index = UInt64(h["crossbook.index"] ?? "") ?? 0
-            #expect(seen.insert("\(shard)/\(sequence)/\(index)").inserted, "fill \(shard)/\(sequence)/\(index) twice")
-            let key = "\(fill.partition)/\(shard)"
-            if let previous = lastOf[key] { #expect((sequence, index) > previous, "fills out of order in \(key)") }
-            lastOf[key] = (sequence, index)
+        // Exec reports and depth: as many as the replay's reports and level changes (a trade is
+        // two reports: the maker's and the taker's), each once, rising per partition and shard.
+        let events = try runCrossbookCapturing(["replay", "-", "--config", replayConfig], stdin: validLines.joined(separator: "\n") + "\n")
+        let eventLines = events.split(separator: "\n")
+        let wantReports = eventLines.filter { $0.hasPrefix("ACK,") || $0.hasPrefix("REJ,") || $0.hasPrefix("CXL,") || $0.hasPrefix("RPL,") }.count
+            + 2 * eventLines.filter { $0.hasPrefix("T,") }.count
+        let wantLevels = eventLines.filter { $0.hasPrefix("L2,") }.count
+        let reports = ConsumedMessage.parse(try KafkaKit.run(["consume", broker.address, "exec-reports", "2", "1500"]).out)
+        let levels = ConsumedMessage.parse(try KafkaKit.run(["consume", broker.address, "depth", "2", "1500"]).out)
+        #expect(reports.count == wantReports, "exec reports \(reports.count), the replay's reports \(wantReports)")
+        #expect(levels.count == wantLevels, "depth \(levels.count), the replay's level changes \(wantLevels)")
+        for (topic, messages) in [("fills", fills), ("exec-reports", reports), ("depth", levels)] {
+            // Each message once: (shard, sequence, index) unique, rising per partition and shard.
+            var seen = Set<String>()
+            var lastOf: [String: (UInt64, UInt64)] = [:]
+            var problems = 0
+            for message in messages.sorted(by: { ($0.partition, $0.offset) < ($1.partition, $1.offset) }) {
+                let h = Dictionary(message.headers.split(separator: ";").compactMap { kv -> (String, String)? in
+                    let parts = kv.split(separator: "=", maxSplits: 1)
+                    return parts.count == 2 ? (String(parts[0]), String(parts[1])) : nil
+                }, uniquingKeysWith: { a, _ in a })
+                let shard = h["crossbook.shard"] ?? "?", sequence = UInt64(h["crossbook.sequence"] ?? "") ?? 0
+                let index = UInt64(h["crossbook.index"] ?? "") ?? 0
+                if !seen.insert("\(shard)/\(sequence)/\(index)").inserted { problems += 1 }
+                let key = "\(message.partition)/\(shard)"
+                if let previous = lastOf[key], (sequence, index) <= previous { problems += 1 }
+                lastOf[key] = (sequence, index)
+            }
+            #expect(problems == 0, "\(topic): \(problems) messages twice or out of order")
         }
         #expect(last.log.contains("resuming at offset"))
 

@@ -36,7 +36,8 @@ typedef struct mark {
 } mark;
 
 typedef struct topic_state {
-    char name[256];
+    char name[256]; /* "-": not published */
+    int off;
     int partitions;
     mark *last; /* [partition * shards + shard] */
 } topic_state;
@@ -127,6 +128,7 @@ static void emit(egress *p, uint32_t shard, int topic, const char *symbol, uint6
     }
     uint32_t index = st->index[topic]++;
     topic_state *t = &p->topics[topic];
+    if (t->off) return;
     int partition = (int)(fnv1a(symbol) % (uint32_t)t->partitions);
     mark *last = last_of(p, topic, partition, shard);
     if (last->sequence != 0 && mark_le(sequence, index, last)) {
@@ -205,6 +207,7 @@ static uint64_t resume_after(egress *p, uint32_t shard) {
     for (uint32_t id = 0; id <= p->max_symbol; id++) {
         if (p->symbol_names[id] == NULL || p->symbol_shard[id] != shard) continue;
         for (int t = 0; t < T_COUNT; t++) {
+            if (p->topics[t].off) continue;
             int partition = (int)(fnv1a(p->symbol_names[id]) % (uint32_t)p->topics[t].partitions);
             mark *last = last_of(p, t, partition, shard);
             /* A command's messages of one topic may be cut by a crash: its sequence again. */
@@ -290,6 +293,7 @@ static int read_positions(egress *p, char *error, size_t error_size) {
     int rc = CB_OK;
     for (int t = 0; t < T_COUNT && rc == CB_OK; t++) {
         topic_state *topic = &p->topics[t];
+        if (topic->off) continue;
         const struct rd_kafka_metadata *metadata = NULL;
         rd_kafka_topic_t *handle = rd_kafka_topic_new(consumer, topic->name, NULL);
         rd_kafka_resp_err_t err = rd_kafka_metadata(consumer, 0, handle, &metadata, 10000);
@@ -416,6 +420,7 @@ static int start(const cb_host_api *api, cb_host *host, void **instance, char *e
         release(p);
         return CB_ERR_UNSUPPORTED;
     }
+    for (int t = 0; t < T_COUNT; t++) p->topics[t].off = strcmp(p->topics[t].name, "-") == 0;
     /* Every symbol, by id. */
     p->symbol_names = calloc(MAX_SYMBOLS, sizeof(char *));
     p->symbol_shard = calloc(MAX_SYMBOLS, sizeof(uint32_t));

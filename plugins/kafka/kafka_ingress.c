@@ -48,6 +48,7 @@ typedef struct ingress {
     char topic[201];
     char dead_letter_topic[256];
     char group_id[128];
+    char fetch_wait[16];
     int binary;
     uint32_t shards;
     int partition_count;
@@ -325,6 +326,9 @@ static rd_kafka_t *kafka_client(ingress *p, rd_kafka_type_t type, char *error, s
         {type == RD_KAFKA_CONSUMER ? "enable.auto.offset.store" : "message.timeout.ms", type == RD_KAFKA_CONSUMER ? "false" : "0"},
         {type == RD_KAFKA_CONSUMER ? "auto.offset.reset" : "client.id", type == RD_KAFKA_CONSUMER ? "earliest" : "crossbook-kafka-dead-letters"},
         {"reconnect.backoff.max.ms", "1000"},
+        /* A fetch the broker has nothing for waits this long at most (librdkafka's default, 500
+           ms, is a floor under the latency of a quiet topic on brokers without long polling). */
+        {type == RD_KAFKA_CONSUMER ? "fetch.wait.max.ms" : "linger.ms", type == RD_KAFKA_CONSUMER ? p->fetch_wait : "5"},
     };
     for (size_t i = 0; i < sizeof settings / sizeof settings[0]; i++) {
         if (rd_kafka_conf_set(conf, settings[i].k, settings[i].v, e, sizeof e) != RD_KAFKA_CONF_OK) {
@@ -375,7 +379,8 @@ static int start(const cb_host_api *api, cb_host *host, void **instance, char *e
         config_text(p, "topic", NULL, p->topic, sizeof p->topic, error, error_size) ||
         config_text(p, "partitions", "0", partitions_text, sizeof partitions_text, error, error_size) ||
         config_text(p, "format", "json", format, sizeof format, error, error_size) ||
-        config_text(p, "group_id", "crossbook-ingress", p->group_id, sizeof p->group_id, error, error_size)) {
+        config_text(p, "group_id", "crossbook-ingress", p->group_id, sizeof p->group_id, error, error_size) ||
+        config_text(p, "fetch_wait_max_ms", "10", p->fetch_wait, sizeof p->fetch_wait, error, error_size)) {
         release(p);
         return CB_ERR_INVALID;
     }

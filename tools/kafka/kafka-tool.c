@@ -14,10 +14,19 @@
  *        README.md), keyed by symbol, partition FNV-1a(symbol) % PARTITIONS; a line that does not
  *        convert is sent as it is (the ingress dead-letters it)
  *
- * Exit status 0, or 1 with one line on stderr. Production uses: none (a test and demo tool).
+ *   crossbook-kafka floor   BROKERS TOPIC RATE COUNT   benchmark K1's floor: COUNT messages at
+ *        RATE/s (0: flat out) produced and consumed back, no engine; prints the rate and the
+ *        produce→consume latency percentiles
+ *   crossbook-kafka k1      BROKERS ORDERS FILLS RATE COUNT [FIRST_ID]   benchmark K1: COUNT JSON orders
+ *        (pairs: a resting buy, then a sell that trades with it) into ORDERS at RATE/s, the fills
+ *        read back from FILLS; prints orders/s end to end and the sell's produce→fill-consumed
+ *        latency percentiles; order ids from FIRST_ID on (default 0: give each run its own)
+ *
+ * Exit status 0, or 1 with one line on stderr. Production uses: none (a test, demo and benchmark tool).
  */
 #define _POSIX_C_SOURCE 200809L
 #include <ctype.h>
+#include <pthread.h>
 #include <errno.h>
 #include <librdkafka/rdkafka.h>
 #include <stdio.h>
@@ -319,7 +328,151 @@ static int offsets(const char *brokers, const char *topic, int partitions) {
     return 0;
 }
 
+
+/* ---- Benchmark K1 ------------------------------------------------------------------------- */
+
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* The consumers' settings of the benchmark: the same in the floor and in the ingress plugin. */
+static rd_kafka_t *latency_consumer(const char *brokers, const char *topic) {
+    char error[512];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_conf_set(conf, "bootstrap.servers", brokers, error, sizeof error);
+    rd_kafka_conf_set(conf, "group.id", "crossbook-k1", error, sizeof error);
+    rd_kafka_conf_set(conf, "enable.auto.commit", "false", error, sizeof error);
+    rd_kafka_conf_set(conf, "fetch.wait.max.ms", "10", error, sizeof error);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, error, sizeof error);
+    if (rk == NULL) fail(error);
+    rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(list, topic, 0)->offset = RD_KAFKA_OFFSET_END;
+    if (rd_kafka_assign(rk, list)) fail("assign failed");
+    rd_kafka_topic_partition_list_destroy(list);
+    return rk;
+}
+
+static rd_kafka_t *latency_producer(const char *brokers) {
+    char error[512];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_conf_set(conf, "bootstrap.servers", brokers, error, sizeof error);
+    rd_kafka_conf_set(conf, "linger.ms", "1", error, sizeof error);
+    rd_kafka_conf_set(conf, "enable.idempotence", "true", error, sizeof error);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, error, sizeof error);
+    if (rk == NULL) fail(error);
+    return rk;
+}
+
+typedef struct bench_run {
+    const char *brokers, *topic;
+    long rate, count;
+    int orders; /* k1: JSON order pairs; floor: timestamps */
+    uint64_t *sent;  /* k1: per order (id - first), its produce time */
+    long first;      /* k1: the first order id */
+    uint64_t started, finished;
+} bench_run;
+
+static void pace(const bench_run *b, long i, uint64_t start) {
+    if (b->rate <= 0) return;
+    uint64_t due = start + (uint64_t)((double)i * 1e9 / (double)b->rate);
+    while (now_ns() < due) {}
+}
+
+static void *bench_producer(void *arg) {
+    bench_run *b = arg;
+    rd_kafka_t *rk = latency_producer(b->brokers);
+    char value[256];
+    b->started = now_ns();
+    for (long i = 0; i < b->count; i++) {
+        pace(b, i, b->started);
+        uint64_t t = now_ns();
+        if (b->orders)
+            snprintf(value, sizeof value,
+                     "{\"symbol\":\"BTC-USD\",\"order_id\":%ld,\"side\":\"%s\",\"price\":100,\"quantity\":1,\"account\":%ld}", b->first + i,
+                     i % 2 == 0 ? "buy" : "sell", i % 2);
+        else
+            snprintf(value, sizeof value, "%llu", (unsigned long long)t);
+        if (b->orders) b->sent[i] = t;
+        while (rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(b->topic), RD_KAFKA_V_PARTITION(0), RD_KAFKA_V_KEY("BTC-USD", 7),
+                                 RD_KAFKA_V_VALUE(value, strlen(value)), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                 RD_KAFKA_V_END) == RD_KAFKA_RESP_ERR__QUEUE_FULL)
+            rd_kafka_poll(rk, 1);
+        rd_kafka_poll(rk, 0);
+    }
+    rd_kafka_flush(rk, 30000);
+    rd_kafka_destroy(rk);
+    return NULL;
+}
+
+static int compare_u64(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int latency_bench(const char *brokers, const char *in_topic, const char *out_topic, long rate, long count, int orders,
+                         long first) {
+    if (count <= 0 || count > 50000000) fail("COUNT must be 1 to 50,000,000");
+    if (orders && count % 2) count++;
+    long expected = orders ? count / 2 : count;
+    uint64_t *latency = calloc((size_t)expected, sizeof(uint64_t));
+    bench_run b = {brokers, in_topic, rate, count, orders, orders ? calloc((size_t)count, sizeof(uint64_t)) : NULL, first, 0, 0};
+    rd_kafka_t *consumer = latency_consumer(brokers, out_topic);
+    /* Wait until the consumer has its position (the end) before anything is produced. */
+    for (int i = 0; i < 50; i++) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(consumer, 100);
+        if (m) rd_kafka_message_destroy(m);
+    }
+    pthread_t producer;
+    pthread_create(&producer, NULL, bench_producer, &b);
+    long seen = 0;
+    uint64_t last_seen = now_ns();
+    while (seen < expected) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(consumer, 100);
+        if (m == NULL) {
+            if (now_ns() - last_seen > 20000000000ull) break; /* 20 s without a message */
+            continue;
+        }
+        uint64_t t = now_ns();
+        if (!m->err) {
+            last_seen = t;
+            char text[256];
+            size_t n = m->len < sizeof text - 1 ? m->len : sizeof text - 1;
+            memcpy(text, m->payload, n);
+            text[n] = 0;
+            if (orders) {
+                /* T,<symbol>,<maker>,<taker>,<price>,<qty> */
+                char *f = text;
+                for (int k = 0; k < 3 && f; k++) f = strchr(f, ',') ? strchr(f, ',') + 1 : NULL;
+                long taker = f ? atol(f) - first : -1; /* a fill of an earlier run is not this run's */
+                if (taker >= 0 && taker < count && b.sent[taker]) latency[seen++] = t - b.sent[taker];
+            } else {
+                latency[seen++] = t - strtoull(text, NULL, 10);
+            }
+        }
+        rd_kafka_message_destroy(m);
+    }
+    b.finished = now_ns();
+    pthread_join(producer, NULL);
+    rd_kafka_consumer_close(consumer);
+    rd_kafka_destroy(consumer);
+    if (seen < expected) fprintf(stderr, "crossbook-kafka: %ld of %ld came back\n", seen, expected);
+    qsort(latency, (size_t)seen, sizeof(uint64_t), compare_u64);
+    double seconds = (double)(b.finished - b.started) / 1e9;
+    printf("%s: %ld %s in %.2f s (%.0f/s), rate %ld/s; latency p50 %.1f ms, p99 %.1f ms, max %.1f ms\n",
+           orders ? "k1" : "floor", orders ? count : seen, orders ? "orders" : "messages", seconds,
+           (double)(orders ? count : seen) / seconds, rate, seen ? (double)latency[seen / 2] / 1e6 : 0,
+           seen ? (double)latency[(size_t)(seen * 0.99)] / 1e6 : 0, seen ? (double)latency[seen - 1] / 1e6 : 0);
+    free(latency);
+    free(b.sent);
+    return seen == expected ? 0 : 1;
+}
+
 int main(int argc, char **argv) {
+    if (argc >= 6 && strcmp(argv[1], "floor") == 0) return latency_bench(argv[2], argv[3], argv[3], atol(argv[4]), atol(argv[5]), 0, 0);
+    if (argc >= 7 && strcmp(argv[1], "k1") == 0)
+        return latency_bench(argv[2], argv[3], argv[4], atol(argv[5]), atol(argv[6]), 1, argc > 7 ? atol(argv[7]) : 0);
     if (argc >= 5 && strcmp(argv[1], "create") == 0) return create(argv[2], argv[3], atoi(argv[4]));
     if (argc >= 4 && strcmp(argv[1], "produce") == 0) return produce(argv[2], argv[3], 0);
     if (argc >= 5 && strcmp(argv[1], "orders") == 0) {
