@@ -25,6 +25,15 @@ public enum BookEvent: Sendable, Equatable {
 /// them, so the calls are specialized and inlined.
 public protocol BookEventSink {
     mutating func on(_ event: BookEvent)
+    /// The account of an order the next events name: the incoming order's before its first
+    /// event, a resting order's before a trade, cancel or replace of it. For sinks that report
+    /// per account (the engine's drop copies); the default does nothing.
+    mutating func account(_ account: AccountId, of orderId: OrderId)
+}
+
+extension BookEventSink {
+    @inlinable @inline(__always)
+    public mutating func account(_ account: AccountId, of orderId: OrderId) {}
 }
 
 /// A sink that keeps every event, for tests and tools (it allocates: not for the hot path).

@@ -390,6 +390,7 @@ public struct OrderBook: ~Copyable {
     /// (GTC, post-only) or is cancelled (IOC, market).
     @inlinable
     public mutating func submit<S: BookEventSink>(_ order: NewOrder, to sink: inout S) {
+        sink.account(order.account, of: order.orderId)
         if let reason = store.validateNew(order) {
             sink.on(.rejected(orderId: order.orderId, reason: reason))
             return
@@ -450,6 +451,7 @@ public struct OrderBook: ~Copyable {
             return
         }
         let open = nodes[Int(h)].open
+        sink.account(nodes[Int(h)].account, of: command.orderId)
         sink.on(.cancelled(orderId: command.orderId, quantity: open, open: 0, reason: .user))
         let lv = nodes[Int(h)].level
         let side = nodes[Int(h)].side
@@ -466,6 +468,7 @@ public struct OrderBook: ~Copyable {
             sink.on(.rejected(orderId: command.orderId, reason: .unknownOrderId))
             return
         }
+        sink.account(nodes[Int(h)].account, of: command.orderId)
         if let reason = store.validateQuantity(command.quantity) ?? store.validatePrice(command.price) {
             sink.on(.rejected(orderId: command.orderId, reason: reason))
             return
@@ -594,6 +597,7 @@ public struct OrderBook: ~Copyable {
             while h != 0 && remaining > 0 {
                 let next = nodes[Int(h)].next
                 let makerId = nodes[Int(h)].id
+                sink.account(nodes[Int(h)].account, of: makerId)
                 if stp != .none && nodes[Int(h)].account == account {
                     switch stp {
                     case .cancelNewest:

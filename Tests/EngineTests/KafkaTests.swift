@@ -202,9 +202,9 @@ func randomOrderLog(count: Int, seed: UInt64, firstId: Int = 1) -> [String] {
         let symbol = symbols[Int(rng.next() % 4)]
         let side = rng.next() % 2 == 0 ? "B" : "S"
         if roll < 15 {
-            lines.append("N,\(symbol),\(id),7,\(side),MKT,0,\(1 + rng.next() % 4),IOC")
+            lines.append("N,\(symbol),\(id),\(1 + id % 5),\(side),MKT,0,\(1 + rng.next() % 4),IOC")
         } else {
-            lines.append("N,\(symbol),\(id),7,\(side),LMT,\(95 + rng.next() % 11),\(1 + rng.next() % 5),GTC")
+            lines.append("N,\(symbol),\(id),\(1 + id % 5),\(side),LMT,\(95 + rng.next() % 11),\(1 + rng.next() % 5),GTC")
             live.append((symbol, id))
         }
     }
@@ -394,6 +394,20 @@ extension KafkaIngressTests {
         let levels = ConsumedMessage.parse(try KafkaKit.run(["consume", broker.address, "depth", "2", "1500"]).out)
         #expect(reports.count == wantReports, "exec reports \(reports.count), the replay's reports \(wantReports)")
         #expect(levels.count == wantLevels, "depth \(levels.count), the replay's level changes \(wantLevels)")
+        // Exec reports are keyed by the order's account, and carry it.
+        var accountOf: [String: String] = [:]
+        for line in validLines where line.hasPrefix("N,") {
+            let f = line.split(separator: ",")
+            accountOf["\(f[1])/\(f[2])"] = String(f[3])
+        }
+        var wrongAccounts = 0
+        for report in reports {
+            // EXEC,<type>,<symbol>,<account>,<session>,<order id>,...
+            let f = report.value.split(separator: ",")
+            guard f.count >= 6, f[1] != "rejected" else { continue }
+            if accountOf["\(f[2])/\(f[5])"] != String(f[3]) || report.key != String(f[3]) { wrongAccounts += 1 }
+        }
+        #expect(wrongAccounts == 0, "exec reports with another account than their order's")
         for (topic, messages) in [("fills", fills), ("exec-reports", reports), ("depth", levels)] {
             // Each message once: (shard, sequence, index) unique, rising per partition and shard.
             var seen = Set<String>()

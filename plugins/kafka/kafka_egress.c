@@ -2,10 +2,12 @@
  * plugins/kafka/README.md.
  *
  * Per shard it subscribes to the drop copies (every execution report) and the market data
- * (subscribe_output) and publishes, keyed by symbol, with the partition FNV-1a(symbol) % count:
- *   fills         T,<symbol>,<maker order id>,<taker order id>,<price>,<qty>  (a maker and a taker drop copy)
- *   exec-reports  EXEC,<type>,<symbol>,<session>,<order id>,<B|S>,<price>,<qty>,<open>,<code>
- *   depth         L2,<symbol>,<B|S>,<price>,<qty>,<orders>
+ * (subscribe_output) and publishes, with the partition FNV-1a(key) % count:
+ *   fills         T,<symbol>,<maker order id>,<taker order id>,<price>,<qty>  keyed by symbol
+ *                 (a maker and a taker drop copy)
+ *   exec-reports  EXEC,<type>,<symbol>,<account>,<session>,<order id>,<B|S>,<price>,<qty>,<open>,<code>
+ *                 keyed by account (decimal)
+ *   depth         L2,<symbol>,<B|S>,<price>,<qty>,<orders>  keyed by symbol
  * with the headers crossbook.instance, crossbook.shard, crossbook.sequence (the engine sequence of
  * the command) and crossbook.index (the message's place among that command's messages of that
  * topic). One idempotent producer, the only writer of these topics.
@@ -120,7 +122,7 @@ static int mark_le(uint64_t sequence, uint32_t index, const mark *m) {
 }
 
 /* One message: skipped when its partition holds it already, else produced. */
-static void emit(egress *p, uint32_t shard, int topic, const char *symbol, uint64_t sequence, const char *value) {
+static void emit(egress *p, uint32_t shard, int topic, const char *key, uint64_t sequence, const char *value) {
     shard_state *st = &p->state[shard];
     if (st->sequence[topic] != sequence) {
         st->sequence[topic] = sequence;
@@ -129,7 +131,7 @@ static void emit(egress *p, uint32_t shard, int topic, const char *symbol, uint6
     uint32_t index = st->index[topic]++;
     topic_state *t = &p->topics[topic];
     if (t->off) return;
-    int partition = (int)(fnv1a(symbol) % (uint32_t)t->partitions);
+    int partition = (int)(fnv1a(key) % (uint32_t)t->partitions);
     mark *last = last_of(p, topic, partition, shard);
     if (last->sequence != 0 && mark_le(sequence, index, last)) {
         __atomic_fetch_add(p->skipped, 1, __ATOMIC_RELAXED);
@@ -144,7 +146,7 @@ static void emit(egress *p, uint32_t shard, int topic, const char *symbol, uint6
     for (;;) {
         rd_kafka_resp_err_t err = rd_kafka_producev(
             p->producer, RD_KAFKA_V_TOPIC(t->name), RD_KAFKA_V_PARTITION(partition), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-            RD_KAFKA_V_KEY(symbol, strlen(symbol)), RD_KAFKA_V_VALUE((void *)value, strlen(value)),
+            RD_KAFKA_V_KEY(key, strlen(key)), RD_KAFKA_V_VALUE((void *)value, strlen(value)),
             RD_KAFKA_V_HEADER("crossbook.instance", p->instance, -1), RD_KAFKA_V_HEADER("crossbook.shard", shard_text, -1),
             RD_KAFKA_V_HEADER("crossbook.sequence", sequence_text, -1), RD_KAFKA_V_HEADER("crossbook.index", index_text, -1),
             RD_KAFKA_V_END);
@@ -172,11 +174,12 @@ static void on_execution(egress *p, uint32_t shard, const cb_execution *e) {
         snprintf(unknown, sizeof unknown, "#%u", e->symbol_id);
         symbol = unknown;
     }
-    char value[256];
-    snprintf(value, sizeof value, "EXEC,%s,%s,%u,%llu,%c,%lld,%lld,%lld,%u", e->type <= 5 ? types[e->type] : "?", symbol,
-             e->session, (unsigned long long)e->order_id, e->side == CB_SIDE_BUY ? 'B' : 'S', (long long)e->price,
+    char value[256], account[16];
+    snprintf(account, sizeof account, "%u", e->account);
+    snprintf(value, sizeof value, "EXEC,%s,%s,%u,%u,%llu,%c,%lld,%lld,%lld,%u", e->type <= 5 ? types[e->type] : "?", symbol,
+             e->account, e->session, (unsigned long long)e->order_id, e->side == CB_SIDE_BUY ? 'B' : 'S', (long long)e->price,
              (long long)e->quantity, (long long)e->open, e->code);
-    emit(p, shard, T_EXECS, symbol, e->engine_sequence, value);
+    emit(p, shard, T_EXECS, account, e->engine_sequence, value);
     shard_state *st = &p->state[shard];
     if (e->type == CB_REPORT_TRADE) {
         if (e->code == 1) { /* the maker's: its taker's comes next */
@@ -201,13 +204,21 @@ static void on_market(egress *p, uint32_t shard, const cb_market_event *m) {
     emit(p, shard, T_DEPTH, symbol, m->engine_sequence, value);
 }
 
-/* The lowest last sequence over the partitions a shard's symbols go to (0: one has none). */
+/* The lowest last sequence over the partitions a shard's output goes to (0: one has none): the
+   partitions of its symbols in the topics keyed by symbol, every partition of exec-reports (keyed
+   by account: any account may trade any symbol). */
 static uint64_t resume_after(egress *p, uint32_t shard) {
     uint64_t after = UINT64_MAX;
+    if (!p->topics[T_EXECS].off)
+        for (int q = 0; q < p->topics[T_EXECS].partitions; q++) {
+            mark *last = last_of(p, T_EXECS, q, shard);
+            uint64_t complete = last->sequence == 0 ? 0 : last->sequence - 1;
+            if (complete < after) after = complete;
+        }
     for (uint32_t id = 0; id <= p->max_symbol; id++) {
         if (p->symbol_names[id] == NULL || p->symbol_shard[id] != shard) continue;
         for (int t = 0; t < T_COUNT; t++) {
-            if (p->topics[t].off) continue;
+            if (p->topics[t].off || t == T_EXECS) continue;
             int partition = (int)(fnv1a(p->symbol_names[id]) % (uint32_t)p->topics[t].partitions);
             mark *last = last_of(p, t, partition, shard);
             /* A command's messages of one topic may be cut by a crash: its sequence again. */

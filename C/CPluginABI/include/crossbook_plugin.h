@@ -157,8 +157,8 @@ typedef struct cb_execution {
     int64_t quantity;
     int64_t open;
     uint64_t engine_time;
-    uint32_t session;  /* the owner's session (a Kafka ingress partition keeps its id across restarts) */
-    uint32_t reserved; /* 0 (the owner's account: not yet) */
+    uint32_t session; /* the owner's session (a Kafka ingress partition keeps its id across restarts) */
+    uint32_t account; /* the order's account (0 for a reject of a cancel or replace of an unknown order) */
 } cb_execution;
 
 enum { CB_EVENT_TRADE = 1, CB_EVENT_LEVEL = 2 };

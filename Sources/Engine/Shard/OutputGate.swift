@@ -30,15 +30,34 @@ struct EventContext {
     /// The counters of the command's symbol (SymbolCounters words), or a scratch block for a
     /// command with no symbol.
     var symbolWords: UnsafeMutablePointer<UInt64>
+    /// The command's order (engine id) and its account, and the resting order the book named
+    /// last with its account (BookEventSink.account): the accounts of drop copies.
+    var orderId: OrderId = -1
+    var account: UInt32 = 0
+    var otherId: OrderId = -1
+    var otherAccount: UInt32 = 0
+
+    @inline(__always)
+    func account(of id: OrderId) -> UInt32 { id == orderId ? account : id == otherId ? otherAccount : 0 }
 }
 
 /// The book's events of one command, with that command's context, into the output gate.
 struct CommandSink: BookEventSink {
     let output: UnsafeMutablePointer<OutputGate>
-    let context: EventContext
+    var context: EventContext
 
     @inline(__always)
     mutating func on(_ event: BookEvent) { output.pointee.on(event, context) }
+
+    @inline(__always)
+    mutating func account(_ account: AccountId, of orderId: OrderId) {
+        if orderId == context.orderId {
+            context.account = account
+        } else {
+            context.otherId = orderId
+            context.otherAccount = account
+        }
+    }
 }
 
 /// What a regeneration collects (a read-only replay for an egress that resumes after a crash):
@@ -48,8 +67,8 @@ final class OutputCollector: @unchecked Sendable {
     var executions: [UInt8] = []
 }
 
-/// The drop-copy record: a report as its owner gets it, with the owner's session (u32) and 4
-/// reserved bytes in place of the client time (bytes 56-63).
+/// The drop-copy record: a report as its owner gets it, with the owner's session (u32) and the
+/// order's account (u32) in place of the client time (bytes 56-63).
 enum DropCopy {
     static let sessionOffset = 56
 }
@@ -130,7 +149,7 @@ struct OutputGate {
         case .accepted(let id, let side, let price, let quantity):
             report(owner(id), sequence, .init(kind: .accepted, side: side, symbolId: symbolId, engineSequence: sequence,
                                             orderId: clientOrderId(id), price: price, quantity: quantity, open: quantity,
-                                            engineTime: engineTime, clientTime: c.clientTime))
+                                            engineTime: engineTime, clientTime: c.clientTime), account: c.account(of: id))
         case .rejected(let id, let reason):
             if !replaying {
                 counters.add(.rejects)
@@ -139,7 +158,7 @@ struct OutputGate {
             }
             report(Int(c.command.session), sequence,
                  .init(kind: .rejected, code: reason.rawValue, symbolId: symbolId, engineSequence: sequence,
-                       orderId: clientOrderId(id), engineTime: engineTime, clientTime: c.clientTime))
+                       orderId: clientOrderId(id), engineTime: engineTime, clientTime: c.clientTime), account: c.account(of: id))
         case .trade(let maker, let taker, let takerSide, let price, let quantity, let makerOpen, let takerOpen):
             if !replaying {
                 counters.add(.trades)
@@ -150,18 +169,18 @@ struct OutputGate {
                                     quantity: quantity, engineTime: engineTime))
             report(owner(maker), sequence, .init(kind: .trade, side: takerSide.opposite, code: 1, symbolId: symbolId,
                                                engineSequence: sequence, orderId: clientOrderId(maker), price: price,
-                                               quantity: quantity, open: makerOpen, engineTime: engineTime))
+                                               quantity: quantity, open: makerOpen, engineTime: engineTime), account: c.account(of: maker))
             report(owner(taker), sequence, .init(kind: .trade, side: takerSide, code: 0, symbolId: symbolId,
                                                engineSequence: sequence, orderId: clientOrderId(taker), price: price,
-                                               quantity: quantity, open: takerOpen, engineTime: engineTime))
+                                               quantity: quantity, open: takerOpen, engineTime: engineTime), account: c.account(of: taker))
         case .cancelled(let id, let quantity, let open, let reason):
             report(owner(id), sequence, .init(kind: .cancelled, code: reason.rawValue, symbolId: symbolId, engineSequence: sequence,
                                             orderId: clientOrderId(id), quantity: quantity, open: open,
-                                            engineTime: engineTime, clientTime: reason == .user ? c.clientTime : 0))
+                                            engineTime: engineTime, clientTime: reason == .user ? c.clientTime : 0), account: c.account(of: id))
         case .replaced(let id, let price, let quantity, let kept):
             report(owner(id), sequence, .init(kind: .replaced, code: kept ? 1 : 0, symbolId: symbolId, engineSequence: sequence,
                                             orderId: clientOrderId(id), price: price, quantity: quantity, open: quantity,
-                                            engineTime: engineTime, clientTime: c.clientTime))
+                                            engineTime: engineTime, clientTime: c.clientTime), account: c.account(of: id))
         case .level(let side, let price, let quantity, let orders):
             publish(sequence, .init(kind: .level, side: side, symbolId: symbolId, engineSequence: sequence, price: price,
                                     quantity: quantity, orders: Int64(orders), engineTime: engineTime))
@@ -170,18 +189,18 @@ struct OutputGate {
 
     /// A report to its owner, and its drop copy when an egress asked for them.
     @inline(__always)
-    mutating func report(_ ownerSession: Int, _ sequence: UInt64, _ report: ReportRecord.Report) {
-        if executions != nil || replaying { dropCopy(ownerSession, sequence, report) }
+    mutating func report(_ ownerSession: Int, _ sequence: UInt64, _ report: ReportRecord.Report, account: UInt32) {
+        if executions != nil || replaying { dropCopy(ownerSession, sequence, report, account: account) }
         send(ownerSession, sequence, report)
     }
 
     /// Writes a report's drop copy (DropCopy), stages it (sync mode) or collects it (regeneration).
-    mutating func dropCopy(_ ownerSession: Int, _ sequence: UInt64, _ report: ReportRecord.Report) {
+    mutating func dropCopy(_ ownerSession: Int, _ sequence: UInt64, _ report: ReportRecord.Report, account: UInt32) {
         var out = Outgoing(sequence: sequence, target: -2, record: (0, 0, 0, 0, 0, 0, 0, 0))
         withUnsafeMutableBytes(of: &out.record) {
             ReportRecord.encode(report, to: $0.baseAddress!)
             $0.storeBytes(of: UInt32(truncatingIfNeeded: ownerSession).littleEndian, toByteOffset: DropCopy.sessionOffset, as: UInt32.self)
-            $0.storeBytes(of: UInt32(0), toByteOffset: DropCopy.sessionOffset + 4, as: UInt32.self)
+            $0.storeBytes(of: account.littleEndian, toByteOffset: DropCopy.sessionOffset + 4, as: UInt32.self)
         }
         if replaying {
             withUnsafeBytes(of: &out.record) { collector?.executions.append(contentsOf: $0) }

@@ -175,6 +175,7 @@ struct ShardState: ~Copyable {
             return
         }
         command.orderId = engineOrderId(session, clientId)
+        event.orderId = command.orderId
         event.symbolWords = symbolWords[b]
         if bookFlags[b] != 0 {
             // Frozen (moving away), or not this shard's any more.
