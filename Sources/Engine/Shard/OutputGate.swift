@@ -47,7 +47,11 @@ struct CommandSink: BookEventSink {
     var context: EventContext
 
     @inline(__always)
-    mutating func on(_ event: BookEvent) { output.pointee.on(event, context) }
+    mutating func on(_ event: BookEvent) {
+        // Replaying with nothing to collect: not even a call (recovery replays millions).
+        if output.pointee.silent { return }
+        output.pointee.on(event, context)
+    }
 
     @inline(__always)
     mutating func account(_ account: AccountId, of orderId: OrderId) {
@@ -88,7 +92,11 @@ struct OutputGate {
     /// Market events written since the consumers were last woken.
     var published = 0
     /// Replaying the journal at start: the books change, nothing is sent, nothing counted.
-    var replaying = false
+    var replaying = false {
+        didSet { silent = replaying && collector == nil }
+    }
+    /// Replaying with no collector: the book's events are not even looked at.
+    private(set) var silent = false
     /// Sync mode: everything waits in `staging` until the journal's durable watermark covers it.
     var hold = false
     let staging: UnsafeMutablePointer<Outgoing>
@@ -102,7 +110,9 @@ struct OutputGate {
     let executions: UnsafeMutablePointer<EventProducer>?
     var executionsPublished = 0
     /// Regeneration: while replaying, the records of commands above `collectAfter` are collected.
-    var collector: OutputCollector?
+    var collector: OutputCollector? {
+        didSet { silent = replaying && collector == nil }
+    }
     var collectAfter: UInt64 = .max
 
     init(sessions: SessionSlots, counters: ShardCounters, lagTimeoutNanoseconds: UInt64, eventRing: EventRing,
