@@ -12,24 +12,8 @@
 set -euo pipefail
 rounds=${1:-2}
 count=${2:-20000}
-kit=${KAFKA_KIT:-.build/kafka}
-bin=.build/release
-export LD_LIBRARY_PATH="$PWD/$kit/lib"
-work=$(mktemp -d /tmp/crossbook-k1.XXXXXX)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-broker=127.0.0.1:$port
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
-
-"$kit/bin/tansu" broker --listener-url "tcp://$broker" --advertised-listener-url "tcp://$broker" >"$work/broker.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-for topic in orders orders.dead-letter fills exec-reports depth; do "$bin/crossbook-kafka" create "$broker" "$topic" 1 2>/dev/null; done
+source scripts/kafka-env.sh
+start_broker orders orders.dead-letter fills exec-reports depth
 
 cat >"$work/engine.toml" <<TOML
 [engine]
@@ -50,13 +34,7 @@ config = { brokers = "$broker"$( [ "${FILLS_ONLY:-1}" = 1 ] && echo ', exec_repo
 name = "kafka-ingress"
 config = { brokers = "$broker", topic = "orders", partitions = "0" }
 TOML
-"$bin/crossbook" run --config "$work/engine.toml" --no-pin --data-dir "$work/data" --clean-stale 2>"$work/engine.log" &
-engine=$!
-pids=("$engine" "${pids[@]}")
-for _ in $(seq 1 300); do
-  "$bin/crossbook" stat --instance "k1-$$" --count 1 --interval 0.01 2>/dev/null | grep -q "state running" && break
-  sleep 0.1
-done
+start_engine "k1-$$"
 
 echo "K1 (fills only: ${FILLS_ONLY:-1}) on $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'); $(date -u +%Y-%m-%dT%H:%MZ); broker Tansu (memory), librdkafka 2.16; $count messages a run"
 run=0

@@ -94,6 +94,7 @@ func acceptsConnections(_ port: Int) -> Bool {
 final class KafkaBroker {
     let port: Int
     private var process: Process?
+    private var pidFile: String { NSTemporaryDirectory() + "crossbook-tansu-\(getpid())-\(port).pid" }
 
     init() throws {
         try KafkaKit.require()
@@ -106,9 +107,13 @@ final class KafkaBroker {
     var address: String { "127.0.0.1:\(port)" }
 
     func start() throws {
+        // Under a shell that also ends the broker when this test process ends, however it ends
+        // (no broker is left behind); the shell says the broker's pid, for `stop`.
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: KafkaKit.tansu)
-        process.arguments = ["broker", "--listener-url", "tcp://127.0.0.1:\(port)", "--advertised-listener-url", "tcp://127.0.0.1:\(port)"]
+        process.executableURL = URL(fileURLWithPath: "/bin/sh")
+        let tansu = "'\(KafkaKit.tansu)' broker --listener-url tcp://127.0.0.1:\(port) --advertised-listener-url tcp://127.0.0.1:\(port)"
+        unlink(pidFile)
+        process.arguments = ["-c", "\(tansu) & b=$!; echo $b > '\(pidFile)'; while kill -0 \(getpid()) 2>/dev/null && kill -0 $b 2>/dev/null; do sleep 0.2; done; kill -9 $b 2>/dev/null"]
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
         try process.run()
@@ -117,10 +122,17 @@ final class KafkaBroker {
     }
 
     func stop() {
-        guard let process, process.isRunning else { return }
-        kill(process.processIdentifier, SIGKILL)
+        guard let process else { return }
+        _ = waitFor(5) { FileManager.default.fileExists(atPath: pidFile) }
+        if let text = try? String(contentsOfFile: pidFile, encoding: .utf8), let broker = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
+            kill(broker, SIGKILL)
+        }
+        unlink(pidFile)
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
         process.waitUntilExit()
         self.process = nil
+        // The port is free once the broker is gone.
+        _ = waitFor(5) { !acceptsConnections(port) }
     }
 
     func createTopic(_ name: String, partitions: Int) throws {
@@ -561,24 +573,12 @@ final class MarketDataReader: @unchecked Sendable {
         process.standardOutput = out
         process.standardError = FileHandle.nullDevice
         try? process.run()
-        let handle = out.fileHandleForReading
-        Thread { [weak self] in
-            var pending = ""
-            while true {
-                let data = handle.availableData
-                if data.isEmpty { break }
-                pending += String(decoding: data, as: UTF8.self)
-                while let newline = pending.firstIndex(of: "\n") {
-                    let line = pending[..<newline]
-                    // TRADE,<symbol>,<taker side>,<price>,<qty>,<sequence>
-                    if line.hasPrefix("TRADE,") {
-                        let f = line.split(separator: ",")
-                        if f.count >= 5 { self?.add(String(f[1]), "\(f[3]),\(f[4])") }
-                    }
-                    pending = String(pending[pending.index(after: newline)...])
-                }
-            }
-        }.start()
+        readLines(out.fileHandleForReading) { [weak self] line in
+            // TRADE,<symbol>,<taker side>,<price>,<qty>,<sequence>
+            guard line.hasPrefix("TRADE,") else { return }
+            let f = line.split(separator: ",")
+            if f.count >= 5 { self?.add(String(f[1]), "\(f[3]),\(f[4])") }
+        }
     }
 
     private func add(_ symbol: String, _ trade: String) {

@@ -23,21 +23,9 @@ final class EngineProcess {
         if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         process.standardError = pipe
         process.standardOutput = FileHandle.nullDevice
-        let handle = pipe.fileHandleForReading, log = log
-        reader = Thread {
-            var pending = ""
-            while true {
-                let data = handle.availableData
-                if data.isEmpty { break }
-                pending += String(decoding: data, as: UTF8.self)
-                while let newline = pending.firstIndex(of: "\n") {
-                    log.append(String(pending[..<newline]))
-                    pending = String(pending[pending.index(after: newline)...])
-                }
-            }
-        }
         try process.run()
-        reader.start()
+        let log = log
+        reader = readLines(pipe.fileHandleForReading) { log.append($0) }
     }
 
     /// `crossbook run` without plugins or journal, started and serving (the caller stops it).

@@ -49,3 +49,22 @@ public func withTmpfs<T>(size: String, at mountPoint: String, _ body: () throws 
     defer { _ = try? run("/bin/umount", [mountPoint]) }
     return try body()
 }
+
+/// Reads `handle` line by line on a thread of its own until its end, handing each line over.
+@discardableResult
+public func readLines(_ handle: FileHandle, _ line: @escaping @Sendable (String) -> Void) -> Thread {
+    let thread = Thread {
+        var pending = ""
+        while true {
+            let data = handle.availableData
+            if data.isEmpty { break }
+            pending += String(decoding: data, as: UTF8.self)
+            while let newline = pending.firstIndex(of: "\n") {
+                line(String(pending[..<newline]))
+                pending = String(pending[pending.index(after: newline)...])
+            }
+        }
+    }
+    thread.start()
+    return thread
+}

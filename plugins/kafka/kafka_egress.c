@@ -19,6 +19,7 @@
  * sees no duplicate and no gap. Sync durability: only durable output is published. */
 #define _GNU_SOURCE
 #include "crossbook_plugin.h"
+#include "kafka_common.h"
 
 #include <librdkafka/rdkafka.h>
 #include <pthread.h>
@@ -54,6 +55,7 @@ typedef struct shard_state {
 } shard_state;
 
 typedef struct egress {
+    kafka_health h; /* first: librdkafka's opaque is the plugin, read as its health */
     const cb_host_api *api;
     cb_host *host;
     char brokers[512];
@@ -69,9 +71,6 @@ typedef struct egress {
     int thread_started;
     int stopping;
     uint64_t *published, *skipped, *resubscribed;
-    pthread_mutex_t health_lock;
-    int health;
-    char health_message[200];
 } egress;
 
 static uint32_t fnv1a(const char *s) {
@@ -80,22 +79,7 @@ static uint32_t fnv1a(const char *s) {
     return h;
 }
 
-static void set_health(egress *p, int health, const char *message) {
-    pthread_mutex_lock(&p->health_lock);
-    int changed = p->health != health || strcmp(p->health_message, message) != 0;
-    p->health = health;
-    snprintf(p->health_message, sizeof p->health_message, "%s", message);
-    pthread_mutex_unlock(&p->health_lock);
-    if (changed) p->api->log(p->host, health == CB_HEALTH_OK ? CB_LOG_INFO : CB_LOG_WARNING, message[0] ? message : "healthy again");
-}
-
-static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
-    (void)rk;
-    egress *p = opaque;
-    char text[1024];
-    snprintf(text, sizeof text, "broker %s: %s (%s)", p->brokers, rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
-    set_health(p, CB_HEALTH_DEGRADED, text);
-}
+static void set_health(egress *p, int health, const char *message) { kafka_health_set(&p->h, health, message); }
 
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
     (void)rk;
@@ -106,10 +90,7 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
         set_health(p, CB_HEALTH_DEGRADED, text);
     } else {
         __atomic_fetch_add(p->published, 1, __ATOMIC_RELAXED);
-        pthread_mutex_lock(&p->health_lock);
-        int degraded = p->health != CB_HEALTH_OK;
-        pthread_mutex_unlock(&p->health_lock);
-        if (degraded) set_health(p, CB_HEALTH_OK, "");
+        if (kafka_health_degraded(&p->h)) set_health(p, CB_HEALTH_OK, "");
     }
 }
 
@@ -392,19 +373,12 @@ static void release(egress *p) {
     }
     free(p->symbol_shard);
     free(p->state);
-    pthread_mutex_destroy(&p->health_lock);
+    kafka_health_destroy(&p->h);
     free(p);
 }
 
 static int text(egress *p, const char *key, const char *fallback, char *out, size_t size, char *error, size_t error_size) {
-    const char *v = p->api->config_get(p->host, key);
-    if (v == NULL) v = fallback;
-    if (v == NULL || v[0] == 0 || strlen(v) >= size) {
-        snprintf(error, error_size, "config: %s is required, 1 to %zu bytes", key, size - 1);
-        return -1;
-    }
-    snprintf(out, size, "%s", v);
-    return 0;
+    return kafka_config_text(p->api, p->host, key, fallback, out, size, error, error_size);
 }
 
 static int start(const cb_host_api *api, cb_host *host, void **instance, char *error, size_t error_size) {
@@ -416,7 +390,7 @@ static int start(const cb_host_api *api, cb_host *host, void **instance, char *e
     if (p == NULL) return CB_ERR_FAILED;
     p->api = api;
     p->host = host;
-    pthread_mutex_init(&p->health_lock, NULL);
+    kafka_health_init(&p->h, api, host, p->brokers);
     if (text(p, "brokers", NULL, p->brokers, sizeof p->brokers, error, error_size) ||
         text(p, "fills_topic", "fills", p->topics[T_FILLS].name, sizeof p->topics[T_FILLS].name, error, error_size) ||
         text(p, "exec_reports_topic", "exec-reports", p->topics[T_EXECS].name, sizeof p->topics[T_EXECS].name, error, error_size) ||
@@ -462,7 +436,7 @@ static int start(const cb_host_api *api, cb_host *host, void **instance, char *e
         }
     }
     rd_kafka_conf_set_opaque(conf, p);
-    rd_kafka_conf_set_error_cb(conf, on_error);
+    rd_kafka_conf_set_error_cb(conf, kafka_on_error);
     rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
     p->producer = rd_kafka_new(RD_KAFKA_PRODUCER, conf, e, sizeof e);
     if (p->producer == NULL) {
@@ -500,17 +474,13 @@ static void stop(void *instance) {
     egress *p = instance;
     __atomic_store_n(&p->stopping, 1, __ATOMIC_RELEASE);
     if (p->thread_started) pthread_join(p->thread, NULL);
-    /* What the engine published before it drains is in the rings still: publish it too. */
+    /* What the shards publish while they drain after this is not sent now: the next start
+       regenerates it from the journal. */
     release(p);
 }
 
 static int health(void *instance, char *message, size_t message_size) {
-    egress *p = instance;
-    pthread_mutex_lock(&p->health_lock);
-    int h = p->health;
-    cb_copy_text(message, message_size, p->health_message);
-    pthread_mutex_unlock(&p->health_lock);
-    return h;
+    return kafka_health_get(&((egress *)instance)->h, message, message_size);
 }
 
 static const cb_plugin descriptor = {

@@ -21,6 +21,7 @@
  * LD_LIBRARY_PATH: Debian's 2.0.2 cannot talk to the test broker). */
 #define _GNU_SOURCE
 #include "crossbook_plugin.h"
+#include "kafka_common.h"
 #include "order_json.h"
 
 #include <errno.h>
@@ -42,6 +43,7 @@ typedef struct partition_state {
 } partition_state;
 
 typedef struct ingress {
+    kafka_health h; /* first: librdkafka's opaque is the plugin, read as its health */
     const cb_host_api *api;
     cb_host *host;
     char brokers[512];
@@ -60,10 +62,6 @@ typedef struct ingress {
     int stopping; /* atomic */
     int dead_letters_pending; /* produced, not yet acknowledged by the broker (consumer thread only) */
     uint64_t *consumed, *submitted, *skipped, *dead_lettered, *accepted, *rejected, *duplicates, *full_waits;
-    pthread_mutex_t health_lock;
-    int health;            /* cb_health */
-    char health_message[200];
-    long long degraded_since_ms;
 } ingress;
 
 static long long now_ms(void) {
@@ -76,31 +74,9 @@ static void bump(uint64_t *counter, uint64_t n) {
     if (counter) __atomic_fetch_add(counter, n, __ATOMIC_RELAXED);
 }
 
-static void set_health(ingress *p, int health, const char *message) {
-    pthread_mutex_lock(&p->health_lock);
-    int changed = p->health != health || strcmp(p->health_message, message) != 0;
-    if (changed && health != CB_HEALTH_OK && p->health == CB_HEALTH_OK) p->degraded_since_ms = now_ms();
-    p->health = health;
-    snprintf(p->health_message, sizeof p->health_message, "%s", message);
-    pthread_mutex_unlock(&p->health_lock);
-    if (changed) p->api->log(p->host, health == CB_HEALTH_OK ? CB_LOG_INFO : CB_LOG_WARNING, message[0] ? message : "healthy again");
-}
+static void set_health(ingress *p, int health, const char *message) { kafka_health_set(&p->h, health, message); }
 
-static int is_degraded(ingress *p) {
-    pthread_mutex_lock(&p->health_lock);
-    int h = p->health;
-    pthread_mutex_unlock(&p->health_lock);
-    return h != CB_HEALTH_OK;
-}
-
-/* librdkafka's error callback (from the thread that polls the handle): the broker is gone. */
-static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
-    (void)rk;
-    ingress *p = opaque;
-    char text[1024];
-    snprintf(text, sizeof text, "broker %s: %s (%s)", p->brokers, rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
-    set_health(p, CB_HEALTH_DEGRADED, text);
-}
+static int is_degraded(ingress *p) { return kafka_health_degraded(&p->h); }
 
 static void on_dead_letter_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
     (void)rk;
@@ -301,18 +277,7 @@ static int parse_partitions(const char *text, int32_t *out, int max) {
 
 static int config_text(ingress *p, const char *key, const char *fallback, char *out, size_t size, char *error,
                        size_t error_size) {
-    const char *v = p->api->config_get(p->host, key);
-    if (v == NULL) v = fallback;
-    if (v == NULL) {
-        snprintf(error, error_size, "config: %s is required", key);
-        return -1;
-    }
-    if (strlen(v) >= size) {
-        snprintf(error, error_size, "config: %s is longer than %zu bytes", key, size - 1);
-        return -1;
-    }
-    snprintf(out, size, "%s", v);
-    return 0;
+    return kafka_config_text(p->api, p->host, key, fallback, out, size, error, error_size);
 }
 
 static rd_kafka_t *kafka_client(ingress *p, rd_kafka_type_t type, char *error, size_t error_size) {
@@ -338,7 +303,7 @@ static rd_kafka_t *kafka_client(ingress *p, rd_kafka_type_t type, char *error, s
         }
     }
     rd_kafka_conf_set_opaque(conf, p);
-    rd_kafka_conf_set_error_cb(conf, on_error);
+    rd_kafka_conf_set_error_cb(conf, kafka_on_error);
     if (type == RD_KAFKA_PRODUCER) rd_kafka_conf_set_dr_msg_cb(conf, on_dead_letter_delivery);
     rd_kafka_t *rk = rd_kafka_new(type, conf, e, sizeof e);
     if (rk == NULL) snprintf(error, error_size, "librdkafka: %s", e);
@@ -359,7 +324,7 @@ static void release(ingress *p) {
             if (p->partitions[i].producer) p->api->producer_close(p->partitions[i].producer);
         free(p->partitions);
     }
-    pthread_mutex_destroy(&p->health_lock);
+    kafka_health_destroy(&p->h);
     free(p);
 }
 
@@ -372,7 +337,7 @@ static int start(const cb_host_api *api, cb_host *host, void **instance, char *e
     if (p == NULL) return CB_ERR_FAILED;
     p->api = api;
     p->host = host;
-    pthread_mutex_init(&p->health_lock, NULL);
+    kafka_health_init(&p->h, api, host, p->brokers);
     char partitions_text[512], format[16];
     int32_t partitions[MAX_PARTITIONS];
     if (config_text(p, "brokers", NULL, p->brokers, sizeof p->brokers, error, error_size) ||
@@ -499,12 +464,7 @@ static void stop(void *instance) {
 }
 
 static int health(void *instance, char *message, size_t message_size) {
-    ingress *p = instance;
-    pthread_mutex_lock(&p->health_lock);
-    int h = p->health;
-    cb_copy_text(message, message_size, p->health_message);
-    pthread_mutex_unlock(&p->health_lock);
-    return h;
+    return kafka_health_get(&((ingress *)instance)->h, message, message_size);
 }
 
 static const cb_plugin descriptor = {
