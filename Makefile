@@ -58,8 +58,10 @@ kafka-kit:
 
 # The broker, an engine with the Kafka ingress and egress, samples/orders.csv through the orders
 # topic; prints what the fills topic holds (the lines of `crossbook replay --trades-only`).
-kafka-demo: release kafka-kit
-	scripts/kafka-demo.sh
+# Standard output is the fills alone: the build and the kit say what they do on standard error.
+kafka-demo:
+	@$(MAKE) --no-print-directory release kafka-kit >&2
+	@scripts/kafka-demo.sh
 
 test: deps kafka-kit
 	$(SWIFT) build $(TEST_FLAGS) --build-tests
