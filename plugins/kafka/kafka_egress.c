@@ -9,8 +9,8 @@
  *                 keyed by account (decimal)
  *   depth         L2,<symbol>,<B|S>,<price>,<qty>,<orders>  keyed by symbol
  * with the headers crossbook.instance, crossbook.shard, crossbook.sequence (the engine sequence of
- * the command) and crossbook.index (the message's place among that command's messages of that
- * topic). One idempotent producer, the only writer of these topics.
+ * the command), crossbook.index (the message's place among that command's messages of that
+ * topic) and crossbook.engine_time (ns since the epoch, taken by the shard at sequencing). One idempotent producer, the only writer of these topics.
  *
  * Exactly once out: at start it reads what each output partition holds and keeps, per topic,
  * partition and shard, the last (sequence, index) there. It asks each shard for its output above
@@ -103,7 +103,8 @@ static int mark_le(uint64_t sequence, uint32_t index, const mark *m) {
 }
 
 /* One message: skipped when its partition holds it already, else produced. */
-static void emit(egress *p, uint32_t shard, int topic, const char *key, uint64_t sequence, const char *value) {
+static void emit(egress *p, uint32_t shard, int topic, const char *key, uint64_t sequence, uint64_t engine_time,
+                 const char *value) {
     shard_state *st = &p->state[shard];
     if (st->sequence[topic] != sequence) {
         st->sequence[topic] = sequence;
@@ -120,7 +121,8 @@ static void emit(egress *p, uint32_t shard, int topic, const char *key, uint64_t
     }
     last->sequence = sequence;
     last->index = index;
-    char shard_text[16], sequence_text[24], index_text[16];
+    char shard_text[16], sequence_text[24], index_text[16], time_text[24];
+    snprintf(time_text, sizeof time_text, "%llu", (unsigned long long)engine_time);
     snprintf(shard_text, sizeof shard_text, "%u", shard);
     snprintf(sequence_text, sizeof sequence_text, "%llu", (unsigned long long)sequence);
     snprintf(index_text, sizeof index_text, "%u", index);
@@ -130,6 +132,7 @@ static void emit(egress *p, uint32_t shard, int topic, const char *key, uint64_t
             RD_KAFKA_V_KEY(key, strlen(key)), RD_KAFKA_V_VALUE((void *)value, strlen(value)),
             RD_KAFKA_V_HEADER("crossbook.instance", p->instance, -1), RD_KAFKA_V_HEADER("crossbook.shard", shard_text, -1),
             RD_KAFKA_V_HEADER("crossbook.sequence", sequence_text, -1), RD_KAFKA_V_HEADER("crossbook.index", index_text, -1),
+            RD_KAFKA_V_HEADER("crossbook.engine_time", time_text, -1),
             RD_KAFKA_V_END);
         if (err == RD_KAFKA_RESP_ERR_NO_ERROR) return;
         if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL && !__atomic_load_n(&p->stopping, __ATOMIC_ACQUIRE)) {
@@ -160,7 +163,7 @@ static void on_execution(egress *p, uint32_t shard, const cb_execution *e) {
     snprintf(value, sizeof value, "EXEC,%s,%s,%u,%u,%llu,%c,%lld,%lld,%lld,%u", e->type <= 5 ? types[e->type] : "?", symbol,
              e->account, e->session, (unsigned long long)e->order_id, e->side == CB_SIDE_BUY ? 'B' : 'S', (long long)e->price,
              (long long)e->quantity, (long long)e->open, e->code);
-    emit(p, shard, T_EXECS, account, e->engine_sequence, value);
+    emit(p, shard, T_EXECS, account, e->engine_sequence, e->engine_time, value);
     shard_state *st = &p->state[shard];
     if (e->type == CB_REPORT_TRADE) {
         if (e->code == 1) { /* the maker's: its taker's comes next */
@@ -169,7 +172,7 @@ static void on_execution(egress *p, uint32_t shard, const cb_execution *e) {
         } else if (st->has_maker && st->maker.engine_sequence == e->engine_sequence) {
             snprintf(value, sizeof value, "T,%s,%llu,%llu,%lld,%lld", symbol, (unsigned long long)st->maker.order_id,
                      (unsigned long long)e->order_id, (long long)e->price, (long long)e->quantity);
-            emit(p, shard, T_FILLS, symbol, e->engine_sequence, value);
+            emit(p, shard, T_FILLS, symbol, e->engine_sequence, e->engine_time, value);
             st->has_maker = 0;
         }
     }
@@ -182,7 +185,7 @@ static void on_market(egress *p, uint32_t shard, const cb_market_event *m) {
     char value[160];
     snprintf(value, sizeof value, "L2,%s,%c,%lld,%lld,%lld", symbol, m->side == CB_SIDE_BUY ? 'B' : 'S', (long long)m->price,
              (long long)m->quantity, (long long)m->orders);
-    emit(p, shard, T_DEPTH, symbol, m->engine_sequence, value);
+    emit(p, shard, T_DEPTH, symbol, m->engine_sequence, m->engine_time, value);
 }
 
 /* The lowest last sequence over the partitions a shard's output goes to (0: one has none): the

@@ -331,6 +331,12 @@ static int offsets(const char *brokers, const char *topic, int partitions) {
 
 /* ---- Benchmark K1 ------------------------------------------------------------------------- */
 
+static uint64_t real_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 static uint64_t now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -370,6 +376,7 @@ typedef struct bench_run {
     long rate, count;
     int orders; /* k1: JSON order pairs; floor: timestamps */
     uint64_t *sent;  /* k1: per order (id - first), its produce time */
+    uint64_t *sent_real; /* k1: the same on the realtime clock (the engine's time is) */
     long first;      /* k1: the first order id */
     uint64_t started, finished;
 } bench_run;
@@ -394,7 +401,10 @@ static void *bench_producer(void *arg) {
                      i % 2 == 0 ? "buy" : "sell", i % 2);
         else
             snprintf(value, sizeof value, "%llu", (unsigned long long)t);
-        if (b->orders) b->sent[i] = t;
+        if (b->orders) {
+            b->sent[i] = t;
+            b->sent_real[i] = real_ns();
+        }
         while (rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(b->topic), RD_KAFKA_V_PARTITION(0), RD_KAFKA_V_KEY("BTC-USD", 7),
                                  RD_KAFKA_V_VALUE(value, strlen(value)), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
                                  RD_KAFKA_V_END) == RD_KAFKA_RESP_ERR__QUEUE_FULL)
@@ -417,7 +427,13 @@ static int latency_bench(const char *brokers, const char *in_topic, const char *
     if (orders && count % 2) count++;
     long expected = orders ? count / 2 : count;
     uint64_t *latency = calloc((size_t)expected, sizeof(uint64_t));
-    bench_run b = {brokers, in_topic, rate, count, orders, orders ? calloc((size_t)count, sizeof(uint64_t)) : NULL, first, 0, 0};
+    bench_run b = {brokers, in_topic, rate, count, orders, orders ? calloc((size_t)count, sizeof(uint64_t)) : NULL,
+                   orders ? calloc((size_t)count, sizeof(uint64_t)) : NULL, first, 0, 0};
+    /* K1's halves: produce → sequenced by the shard (the fill's crossbook.engine_time), and
+       sequenced → fill consumed; both on the realtime clock, the engine's. */
+    uint64_t *in = orders ? calloc((size_t)expected, sizeof(uint64_t)) : NULL;
+    uint64_t *out = orders ? calloc((size_t)expected, sizeof(uint64_t)) : NULL;
+    long halves = 0;
     rd_kafka_t *consumer = latency_consumer(brokers, out_topic);
     /* Wait until the consumer has its position (the end) before anything is produced. */
     for (int i = 0; i < 50; i++) {
@@ -446,7 +462,24 @@ static int latency_bench(const char *brokers, const char *in_topic, const char *
                 char *f = text;
                 for (int k = 0; k < 3 && f; k++) f = strchr(f, ',') ? strchr(f, ',') + 1 : NULL;
                 long taker = f ? atol(f) - first : -1; /* a fill of an earlier run is not this run's */
-                if (taker >= 0 && taker < count && b.sent[taker]) latency[seen++] = t - b.sent[taker];
+                if (taker >= 0 && taker < count && b.sent[taker]) {
+                    latency[seen++] = t - b.sent[taker];
+                    rd_kafka_headers_t *headers = NULL;
+                    const void *v;
+                    size_t size;
+                    char stamp[32];
+                    if (rd_kafka_message_headers(m, &headers) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+                        !rd_kafka_header_get_last(headers, "crossbook.engine_time", &v, &size) && size < sizeof stamp) {
+                        memcpy(stamp, v, size);
+                        stamp[size] = 0;
+                        uint64_t engine = strtoull(stamp, NULL, 10), now = real_ns();
+                        if (engine >= b.sent_real[taker] && now >= engine) {
+                            in[halves] = engine - b.sent_real[taker];
+                            out[halves] = now - engine;
+                            halves++;
+                        }
+                    }
+                }
             } else {
                 latency[seen++] = t - strtoull(text, NULL, 10);
             }
@@ -464,8 +497,18 @@ static int latency_bench(const char *brokers, const char *in_topic, const char *
            orders ? "k1" : "floor", orders ? count : seen, orders ? "orders" : "messages", seconds,
            (double)(orders ? count : seen) / seconds, rate, seen ? (double)latency[seen / 2] / 1e6 : 0,
            seen ? (double)latency[(size_t)(seen * 0.99)] / 1e6 : 0, seen ? (double)latency[seen - 1] / 1e6 : 0);
+    if (orders && halves > 0) {
+        qsort(in, (size_t)halves, sizeof(uint64_t), compare_u64);
+        qsort(out, (size_t)halves, sizeof(uint64_t), compare_u64);
+        printf("k1 halves (%ld fills): produce→sequenced p50 %.1f ms, p99 %.1f ms; sequenced→fill consumed p50 %.1f ms, p99 %.1f ms\n",
+               halves, (double)in[halves / 2] / 1e6, (double)in[(size_t)(halves * 0.99)] / 1e6, (double)out[halves / 2] / 1e6,
+               (double)out[(size_t)(halves * 0.99)] / 1e6);
+    }
+    free(in);
+    free(out);
     free(latency);
     free(b.sent);
+    free(b.sent_real);
     return seen == expected ? 0 : 1;
 }
 
