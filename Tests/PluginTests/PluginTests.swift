@@ -591,4 +591,68 @@ struct TemplatePluginTests {
         #expect(waitFor(3) { file.pluginStatuses().first?.health == 1 })
         #expect(file.pluginStatuses().first?.healthName == "degraded")
     }
+
+    @Test("subscribe_output live only (UINT64_MAX): every drop copy from then on, with the owner's session and account; without egress kind it is refused")
+    func dropCopiesLiveOnly() throws {
+        let folder = temporaryFolder()
+        defer { removeTree(folder) }
+        let source = """
+            #include "crossbook_plugin.h"
+            #include <pthread.h>
+            #include <stdio.h>
+            static const cb_host_api *A; static cb_host *H;
+            static cb_subscription *E, *M; static pthread_t T; static int stopping;
+            static uint64_t *copies, *trades, *accounted;
+            static void *run(void *arg) {
+                (void)arg;
+                cb_execution x[64];
+                while (!__atomic_load_n(&stopping, __ATOMIC_ACQUIRE)) {
+                    int n = A->subscription_poll(E, (cb_market_event *)x, 64);
+                    for (int k = 0; k < n; k++) {
+                        __atomic_fetch_add(copies, 1, __ATOMIC_RELAXED);
+                        if (x[k].type == CB_REPORT_TRADE) __atomic_fetch_add(trades, 1, __ATOMIC_RELAXED);
+                        if (x[k].session != 0 && x[k].account == 7) __atomic_fetch_add(accounted, 1, __ATOMIC_RELAXED);
+                    }
+                }
+                return NULL;
+            }
+            static int start(const cb_host_api *api, cb_host *host, void **instance, char *error, size_t size) {
+                A = api; H = host;
+                int rc = api->subscribe_output(host, 0, UINT64_MAX, &E, &M);
+                if (rc != CB_OK) { snprintf(error, size, "subscribe_output: %d", rc); return rc; }
+                api->counter_register(host, "dc_copies", "drop copies", CB_METRIC_COUNTER, &copies);
+                api->counter_register(host, "dc_trades", "trade drop copies", CB_METRIC_COUNTER, &trades);
+                api->counter_register(host, "dc_accounted", "with session and account 7", CB_METRIC_COUNTER, &accounted);
+                pthread_create(&T, NULL, run, NULL);
+                *instance = &T;
+                return CB_OK;
+            }
+            static void stop(void *instance) { (void)instance; __atomic_store_n(&stopping, 1, __ATOMIC_RELEASE); pthread_join(T, NULL); }
+            static const cb_plugin descriptor = {
+                .size = sizeof(cb_plugin), .abi_version = CB_PLUGIN_ABI_VERSION, .name = PLUGIN_NAME, .version = "1.0",
+                .kinds = KINDS, .start = start, .stop = stop,
+            };
+            CB_PLUGIN_EXPORT const cb_plugin *crossbook_plugin_entry(void) { return &descriptor; }
+            """
+        _ = try compilePlugin(source, name: "dropcopy", into: folder, defines: ["-DPLUGIN_NAME=\"dropcopy\"", "-DKINDS=CB_KIND_EGRESS"])
+        let dir = testDirectory(), log = LogLines()
+        let engine = try pluginEngine(dir, plugins: PluginSettings(directory: folder, load: [PluginSpec(name: "dropcopy")]), log: log)
+        defer { engine.stop() }
+        let file = try EngineFile.attach(directory: dir)
+        func counter(_ name: String) -> UInt64 { file.pluginCounters().first { $0.name == name }?.value ?? 0 }
+        let client = try CrossbookClient(instance: "p", directory: dir)
+        let btc = try client.symbol("BTC-USD")  // shard 0
+        #expect(client.submit(.new(NewOrder(orderId: 1, account: 7, side: .sell, price: 100, quantity: 5)), symbol: btc))
+        #expect(client.submit(.new(NewOrder(orderId: 2, account: 7, side: .buy, price: 100, quantity: 5)), symbol: btc))
+        // Two accepted and two trade reports (maker's and taker's), each with its session and account.
+        #expect(waitFor(5) { counter("dc_copies") == 4 }, "drop copies \(counter("dc_copies")); \(log.all.suffix(5))")
+        #expect(counter("dc_trades") == 2)
+        #expect(counter("dc_accounted") == 4)
+        client.close()
+
+        // A plugin that is not of kind egress gets no drop copies.
+        _ = try compilePlugin(source, name: "notegress", into: folder, defines: ["-DPLUGIN_NAME=\"notegress\"", "-DKINDS=CB_KIND_INGRESS"])
+        let refused = refusal(PluginSettings(directory: folder, load: [PluginSpec(name: "notegress")]))
+        #expect(refused.contains("start failed: CB_ERR_UNSUPPORTED"), "\(refused)")
+    }
 }

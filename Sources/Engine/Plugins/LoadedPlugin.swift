@@ -139,11 +139,15 @@ final class LoadedPlugin: @unchecked Sendable {
             environment.log("plugin \(name): no drop copies (only a plugin of kind egress gets them)")
             return CB_ERR_UNSUPPORTED.rawValue
         }
+        var attached: [EventConsumer] = []
         do {
             let ring = try EventRing.attach(path: InstanceLayout.eventRingPath(environment.directory, shard: shard))
             let liveMarket = try ring.consumer(mayDetach: true)
+            attached.append(liveMarket)
             let liveExecutions = try executionRing.consumer(mayDetach: true)
-            var backlog: (market: [UInt8], executions: [UInt8], through: UInt64) = ([], [], after)
+            attached.append(liveExecutions)
+            // Live only (UINT64_MAX): no backlog, and no live record is skipped.
+            var backlog: (market: [UInt8], executions: [UInt8], through: UInt64) = ([], [], 0)
             if after != UInt64.max {
                 backlog = try environment.regenerate(shard, after)
             }
@@ -152,11 +156,12 @@ final class LoadedPlugin: @unchecked Sendable {
             lock.locked { subscriptions.append(contentsOf: [m, e]) }
             market.pointee = m.handle
             executions.pointee = e.handle
-            environment.log("plugin \(name): shard \(shard) output above sequence \(after): \(backlog.executions.count / 64) drop copies and \(backlog.market.count / 64) market events from the journal (through \(backlog.through)), then live")
+            environment.log("plugin \(name): shard \(shard) output above sequence \(after == UInt64.max ? "now (live only)" : String(after)): \(backlog.executions.count / 64) drop copies and \(backlog.market.count / 64) market events from the journal, then live")
             return CB_OK.rawValue
-        } catch EventConsumerError.full {
-            return CB_ERR_LIMIT.rawValue
         } catch {
+            // A consumer attached before the failure would hold its slot (and, lagging, the ring).
+            for consumer in attached { consumer.close() }
+            if case EventConsumerError.full? = error as? EventConsumerError { return CB_ERR_LIMIT.rawValue }
             environment.log("plugin \(name): cannot subscribe to shard \(shard)'s output: \(error)")
             return CB_ERR_IO.rawValue
         }
