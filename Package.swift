@@ -53,7 +53,7 @@ let package = Package(
         // Shards, sequencing, sessions, the plugin host. A shard's state is a value on its own
         // thread (Sources/Engine/Shard/ShardState.swift): exclusivity is checked at compile time,
         // with no unsafe flags.
-        .target(name: "Engine", dependencies: ["OrderBook", "Wire", "SharedMemory", "Journal", "CSync", "CNuma", "CPluginABI", .product(name: "SystemPackage", package: "swift-system")]),
+        .target(name: "Engine", dependencies: ["OrderBook", "Wire", "SharedMemory", "Journal", "CSync", "CCRC32C", "CNuma", "CPluginABI", .product(name: "SystemPackage", package: "swift-system")]),
         // For other processes: attach to an engine, submit, read reports.
         .target(name: "CrossbookClient", dependencies: ["OrderBook", "Wire", "SharedMemory", "CSync"]),
         // The seeded benchmark workloads of bench/README.md, shared by tests and benchmarks.
@@ -82,7 +82,7 @@ let package = Package(
         .testTarget(name: "SharedMemoryTests", dependencies: ["SharedMemory", "Wire", "OrderBook", "CSync", "crossbook"]),
         .testTarget(name: "CrossbookCLITests", dependencies: ["crossbook", "Journal", "SharedMemory"]),
         .testTarget(name: "JournalTests", dependencies: ["Journal", "Workloads", "TestSupport", "CCRC32C"]),
-        .testTarget(name: "EngineTests", dependencies: ["Engine", "CrossbookClient", "SharedMemory", "Wire", "OrderBook", "crossbook", "TestSupport"]),
+        .testTarget(name: "EngineTests", dependencies: ["Engine", "CrossbookClient", "SharedMemory", "Wire", "OrderBook", "crossbook", "TestSupport", "CCRC32C"]),
         .testTarget(name: "PluginTests", dependencies: ["Engine", "CrossbookClient", "SharedMemory", "Wire", "OrderBook", "CPluginABI", "CSync", "crossbook", "TestSupport"]),
     ]
 )

@@ -33,7 +33,10 @@ public enum ClientError: Error, Equatable, CustomStringConvertible {
 
 public struct SymbolInfo: Sendable, Equatable {
     public var spec: SymbolSpec
+    /// The shard that owned it when the client attached (`CrossbookClient.shard(of:)`: now).
     public var shard: Int
+    /// Its block in the engine's control file, where the engine keeps its current shard.
+    public var slot: Int = -1
 }
 
 public final class CrossbookClient {
@@ -76,7 +79,7 @@ public final class CrossbookClient {
         guard let text = try? String(contentsOfFile: InstanceLayout.symbolsPath(dir), encoding: .utf8) else {
             throw .engineNotRunning(instance: instance, "cannot read its symbol list")
         }
-        for line in text.split(separator: "\n") {
+        for (slot, line) in text.split(separator: "\n").enumerated() {
             let f = line.split(separator: " ")
             guard f.count == 8, let id = UInt32(f[1]), let shard = Int(f[2]), let tick = Int64(f[3]), let lot = Int64(f[4]),
                   let lo = Int64(f[5]), let hi = Int64(f[6]), let maxQ = Int64(f[7]), shard >= 0, shard < engine.shardCount,
@@ -84,7 +87,7 @@ public final class CrossbookClient {
             else { throw .setup("engine '\(instance)': a bad line in its symbol list: \(line)") }
             parsed[String(f[0])] = SymbolInfo(spec: SymbolSpec(name: String(f[0]), id: id, tickSize: tick, lotSize: lot,
                                                                minPrice: lo, maxPrice: hi, maxOrderQuantity: maxQ),
-                                              shard: shard)
+                                              shard: shard, slot: slot < engine.symbolCount ? slot : -1)
         }
         symbols = parsed
 
@@ -171,7 +174,8 @@ public final class CrossbookClient {
     @discardableResult
     public func submit(_ command: BookCommand, symbol: SymbolInfo, clientTime: UInt64 = 0,
                        clientSequence: UInt64 = 0, flush: Bool = true) -> Bool {
-        let shard = symbol.shard
+        // Where the symbol lives now: the engine moves symbols between shards (a migration).
+        let shard = shard(of: symbol)
         // A session the engine detached on this shard takes nothing more (`poll` says why).
         guard io.reports[shard].closed == nil, io.commands[shard].claim(1) == 1 else { return false }
         CommandRecord.encode(CommandRecord.Decoded(symbolId: symbol.spec.id, command: command, clientTime: clientTime,
@@ -180,6 +184,16 @@ public final class CrossbookClient {
         io.commands[shard].publish(1)
         if flush { io.doorbells[shard].ring() } else { unflushed |= 1 << UInt64(shard) }
         return true
+    }
+
+    /// The shard that owns `symbol` now (the engine's control file says; the engine moves symbols
+    /// between shards). A value out of range (never written so by an engine) falls back to the
+    /// shard it had at attach.
+    @inline(__always)
+    public func shard(of symbol: SymbolInfo) -> Int {
+        guard symbol.slot >= 0 else { return symbol.shard }
+        let shard = engineFile.routeShard(symbol.slot)
+        return shard < io.commands.count ? shard : symbol.shard
     }
 
     /// Puts one 64-byte command record, encoded by the caller (a plugin), in `shard`'s ring.

@@ -124,7 +124,7 @@ public enum EngineError: Error, CustomStringConvertible {
 public final class Engine: @unchecked Sendable {
     public let settings: EngineSettings
     private var engineFile: EngineFile?
-    private var shards: [Shard] = []
+    private(set) var shards: [Shard] = []
     /// Per shard, its drop-copy ring (nil: off).
     private(set) var executionRings: [EventRing?] = []
     private let injectedSnapshots: SnapshotStore?
@@ -163,8 +163,17 @@ public final class Engine: @unchecked Sendable {
     /// The engine's own sessions (plugin producers), by id; their rings stay mapped until stop.
     private var localSessions: [UInt32: LocalSession] = [:]
     private var retiredLocal: [LocalSession] = []
-    private let log: @Sendable (String) -> Void
+    let log: @Sendable (String) -> Void
     private var pluginHost: PluginHost?
+    /// Where each symbol lives now (Routes.swift): the config's placement, then what the
+    /// journals say, then each migration.
+    private(set) var routes: RouteTable?
+    /// The operator's socket (ControlSocket.swift).
+    private var controlSocket: ControlSocket?
+    /// One migration at a time (Engine+Migration.swift), and what the past ones measured.
+    let migrationSerial = Lock()
+    let migrationLock = Lock()
+    var migrationHistory = MigrationHistory()
 
     final class ClientSession {
         let name: String
@@ -297,6 +306,8 @@ public final class Engine: @unchecked Sendable {
             throw EngineError.sharedMemory(error)
         }
         engineFile = file
+        let routes = RouteTable(symbols: s.symbols.map { (id: $0.spec.id, shard: $0.shard) }, engineFile: file)
+        self.routes = routes
         if let group = s.group { chown(InstanceLayout.enginePath(s.directory), uid_t.max, group) }
         let doorbells: DoorbellFile
         do { doorbells = try DoorbellFile.create(directory: s.directory, shards: s.shards.count, mode: s.fileMode) } catch {
@@ -314,7 +325,7 @@ public final class Engine: @unchecked Sendable {
         // Plugins: every one checked and loaded before anything else happens.
         if let pluginSettings = s.plugins, !pluginSettings.load.isEmpty {
             let host = PluginHost(settings: pluginSettings, environment: PluginEnvironment(
-                instance: s.instance, directory: s.directory, engineFile: file, symbols: s.symbols, log: log,
+                instance: s.instance, directory: s.directory, engineFile: file, symbols: s.symbols, routes: routes, log: log,
                 openSession: { [weak self] (source: IngressSource?) throws(EngineError) -> LocalSession in
                     guard let self else { throw EngineError("the engine is gone") }
                     return try self.openLocalSession(source: source)
@@ -388,7 +399,9 @@ public final class Engine: @unchecked Sendable {
                 : "journal I/O workers: cores \(ioCores.map(String.init).joined(separator: ","))")
         }
         for (i, shardSettings) in s.shards.enumerated() {
-            let mine = s.symbols.filter { $0.shard == i }.map { (spec: $0.spec, capacity: s.capacity) }
+            // Every shard has a slot for every symbol (one can move in); books for its own.
+            let all = s.symbols.map { (spec: $0.spec, capacity: s.capacity) }
+            let mine = s.symbols.map { $0.shard == i }
             let events: EventRing
             do {
                 events = try EventRing.create(path: InstanceLayout.eventRingPath(s.directory, shard: i),
@@ -411,10 +424,11 @@ public final class Engine: @unchecked Sendable {
                 }
             }
             executionRings.append(executions)
-            let slots = s.symbols.indices.filter { s.symbols[$0].shard == i }
+            let slots = Array(s.symbols.indices)
             // A regeneration recovers its one shard; the others stay empty.
             let skipped = s.regenerateShard.map { $0 != i } ?? false
-            let shard = Shard(index: i, core: shardSettings.core, symbols: mine, symbolSlots: slots, engineFile: file,
+            let shard = Shard(index: i, core: shardSettings.core, symbols: all, owned: mine, routes: routes,
+                              symbolSlots: slots, engineFile: file,
                               doorbells: doorbells,
                               eventRing: events,
                               wait: s.wait, lagTimeoutNanoseconds: s.lagTimeoutNanoseconds,
@@ -447,6 +461,14 @@ public final class Engine: @unchecked Sendable {
         }
         if s.durability != .none {
             placement.append("durability \(s.durability.rawValue): journals in \(s.dataDirectory)")
+            // Where each symbol is after the journals (migrations), finishing or undoing a
+            // migration a crash interrupted.
+            if s.regenerateShard == nil {
+                do { placement.append(contentsOf: try reconcileOwners(readOnly: s.readOnly)) } catch {
+                    stop()
+                    throw error
+                }
+            }
         }
         // The watch exists before anyone can see the engine running, so no announcement is missed.
         watch = inotify_init1(Int32(IN_CLOEXEC | IN_NONBLOCK))
@@ -454,6 +476,16 @@ public final class Engine: @unchecked Sendable {
             log("inotify on \(s.directory) failed (\(String(cString: strerror(errno)))); clients are found by scanning")
         }
         startControl()
+        if !s.readOnly && s.regenerateShard == nil {
+            do {
+                controlSocket = try ControlSocket(directory: s.directory, group: s.group, mode: s.fileMode) { [weak self] line in
+                    self?.controlRequest(line) ?? ["error the engine is stopping"]
+                }
+            } catch {
+                stop()
+                throw error
+            }
+        }
         file.state = .running
         // The other plugins once the engine serves: they may open producers and subscriptions.
         do { try pluginHost?.startAll(snapshotStores: false, allowed: !s.readOnly) } catch {
@@ -594,6 +626,8 @@ public final class Engine: @unchecked Sendable {
         // Ingress first: what the plugins submitted is drained with the rest.
         pluginHost?.stopAll(snapshotStores: false)
         file.state = .stopping
+        controlSocket?.stop()
+        controlSocket = nil
         cb_store_release_u32(controlStop, 1)
         if control != nil { controlDone.wait() }
         control = nil

@@ -82,6 +82,9 @@ public enum RejectReason: UInt8, Sendable, CaseIterable {
     /// A command from an ingress source (a Kafka partition) at an offset the shard has applied
     /// already: a replay of the source, not a new command.
     case duplicateIngress = 18
+    /// The symbol is not this shard's (it moved away, or has not arrived yet): the report names
+    /// the owner shard in its price field (ReportRecord), so a producer can redirect.
+    case symbolMoved = 19
 
     /// A stable name for logs, CSV output and metric labels.
     public var name: String {
@@ -104,6 +107,7 @@ public enum RejectReason: UInt8, Sendable, CaseIterable {
         case .orderIdOutOfRange: "order_id_out_of_range"
         case .symbolFrozen: "symbol_frozen"
         case .duplicateIngress: "duplicate_ingress"
+        case .symbolMoved: "symbol_moved"
         }
     }
 }

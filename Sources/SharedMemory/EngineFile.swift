@@ -145,6 +145,18 @@ public final class EngineFile: @unchecked Sendable {
                 Int(UInt32(littleEndian: block.load(fromByteOffset: 28, as: UInt32.self))))
     }
 
+    /// Engine side: symbol i's commands go to `shard` from now on (a migration). Clients read it
+    /// on every submit (`routeShard`).
+    public func setRoute(_ i: Int, shard: Int) {
+        cb_store_release_u32((symbolBlock(i) + 28).assumingMemoryBound(to: UInt32.self), UInt32(shard).littleEndian)
+    }
+
+    /// Where symbol i's commands go now.
+    @inline(__always)
+    public func routeShard(_ i: Int) -> Int {
+        Int(UInt32(littleEndian: cb_load_acquire_u32((symbolBlock(i) + 28).assumingMemoryBound(to: UInt32.self))))
+    }
+
     public func symbolCounters(_ i: Int) -> SymbolCounters {
         SymbolCounters(words: (symbolBlock(i) + 32).assumingMemoryBound(to: UInt64.self))
     }

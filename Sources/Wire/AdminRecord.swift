@@ -12,6 +12,8 @@
 //     ingress position   partition (u32), 0 (u32), offset (u64), source length (u16), source (UTF-8)
 //     freeze, thaw, drop symbol id (u32)
 //     export, import     symbol id (u32), book length (u32), the book (OrderBook.snapshot bytes)
+//     export sealed      symbol id (u32), book length (u32), the book's CRC32C (u32)
+//     import part        symbol id (u32), total length (u32), offset (u32), part length (u32), part
 //     bind source        session (u32), partition (u32), source length (u16), source (UTF-8)
 //     unbind source      session (u32)
 //
@@ -30,12 +32,20 @@ public enum AdminCommand: Equatable, Sendable {
     case freeze(symbolId: UInt32)
     /// A frozen symbol takes commands again.
     case thaw(symbolId: UInt32)
-    /// The frozen symbol's book as it is now, for another shard to import. Live, the shard fills
-    /// in the book; on replay the journaled book must equal the replayed one.
+    /// The symbol's book as it is now, for another shard to import; the symbol is frozen from
+    /// here on (if it was not). Live, the shard fills in the book; on replay the journaled book
+    /// must equal the replayed one.
     case exportBook(symbolId: UInt32, book: [UInt8])
     /// The symbol's book arrives from another shard: this shard owns it from now on, frozen
     /// until a thaw.
     case importBook(symbolId: UInt32, book: [UInt8])
+    /// An export that journals the book by its length and CRC32C only (a migration's: the
+    /// source's replay rebuilds the book, so the bytes need not be on its disk; the target
+    /// journals them, in parts).
+    case exportSealed(symbolId: UInt32, length: UInt32, crc: UInt32)
+    /// Part of an import too large for one journal record: bytes `offset ..< offset + part.count`
+    /// of a book of `total` bytes. The last part imports the book, as `importBook` does.
+    case importPart(symbolId: UInt32, total: UInt32, offset: UInt32, part: [UInt8])
     /// This shard no longer owns the (exported) symbol: its book is emptied.
     case drop(symbolId: UInt32)
     /// From now on the commands of `session` come from `source` partition `partition`, each with
@@ -55,6 +65,8 @@ public enum AdminCommand: Equatable, Sendable {
         case drop = 7
         case bindSource = 8
         case unbindSource = 9
+        case exportSealed = 10
+        case importPart = 11
     }
 
     public var kind: Kind {
@@ -68,6 +80,8 @@ public enum AdminCommand: Equatable, Sendable {
         case .drop: .drop
         case .bindSource: .bindSource
         case .unbindSource: .unbindSource
+        case .exportSealed: .exportSealed
+        case .importPart: .importPart
         }
     }
 }
@@ -123,6 +137,16 @@ public enum AdminRecord {
             put(id)
             put(UInt32(book.count))
             body.append(contentsOf: book)
+        case .exportSealed(let id, let length, let crc):
+            put(id)
+            put(length)
+            put(crc)
+        case .importPart(let id, let total, let offset, let part):
+            put(id)
+            put(total)
+            put(offset)
+            put(UInt32(part.count))
+            body.append(contentsOf: part)
         }
         var out: [UInt8] = []
         out.reserveCapacity(headerSize + body.count)
@@ -184,6 +208,17 @@ public enum AdminRecord {
             try need(8 + count)
             let book = Array(body[8...])
             return kind == .exportBook ? .exportBook(symbolId: u32(0), book: book) : .importBook(symbolId: u32(0), book: book)
+        case .exportSealed:
+            try need(12)
+            return .exportSealed(symbolId: u32(0), length: u32(4), crc: u32(8))
+        case .importPart:
+            guard body.count >= 16 else { throw .body(kind, "\(body.count) bytes, fewer than 16") }
+            let total = u32(4), offset = u32(8), count = Int(u32(12))
+            try need(16 + count)
+            guard count > 0, UInt64(offset) + UInt64(count) <= UInt64(total) else {
+                throw .body(kind, "part \(offset) + \(count) outside a book of \(total) bytes")
+            }
+            return .importPart(symbolId: u32(0), total: total, offset: offset, part: Array(body[16...]))
         }
     }
 
@@ -197,6 +232,8 @@ public enum AdminRecord {
         case .exportBook(let id, let book): "admin export symbol \(id), book of \(book.count) bytes"
         case .importBook(let id, let book): "admin import symbol \(id), book of \(book.count) bytes"
         case .drop(let id): "admin drop symbol \(id)"
+        case .exportSealed(let id, let length, let crc): "admin export symbol \(id), book of \(length) bytes, crc32c \(String(crc, radix: 16))"
+        case .importPart(let id, let total, let offset, let part): "admin import symbol \(id), bytes \(offset)..<\(offset + UInt32(part.count)) of \(total)"
         case .bindSource(let session, let source, let partition): "admin bind session \(session) to source \(source)#\(partition)"
         case .unbindSource(let session): "admin unbind session \(session)"
         }

@@ -10,7 +10,8 @@
 //   4     4    symbol id
 //   8     8    engine sequence  of the command that caused it
 //  16     8    order id         the client's order this report is about
-//  24     8    price            accepted/replaced: the order's price; trade: the trade price
+//  24     8    price            accepted/replaced: the order's price; trade: the trade price;
+//                               rejected symbol_moved: the shard that owns the symbol now
 //  32     8    quantity         accepted: order quantity; trade: traded; cancelled: cancelled;
 //                               replaced: new open quantity
 //  40     8    open             what is still open of the order after this (0: it is gone)

@@ -68,7 +68,7 @@ struct AdminCommandTests {
         guard case .applied = engine.admin(shard: 0, .exportBook(symbolId: 1, book: [])) else { Issue.record("export refused"); return }
         guard case .applied = engine.admin(shard: 0, .drop(symbolId: 1)) else { Issue.record("drop refused"); return }
         let gone = try #require(try firstReport(client, NewOrder(orderId: 3, side: .sell, price: 101, quantity: 1)))
-        #expect(gone.kind == .rejected && gone.code == RejectReason.unknownSymbol.rawValue)
+        #expect(gone.kind == .rejected && gone.code == RejectReason.symbolMoved.rawValue)
         let state = try #require(engine.adminState(shard: 0))
         #expect(state.epoch == 3 && state.positions == ["orders#0": 41] && state.notOwned == [1])
 

@@ -56,7 +56,7 @@ final class LoadedPlugin: @unchecked Sendable {
               let entry = environment.symbolIndex[symbol].map({ environment.symbols[$0] }) else {
             return CB_ERR_UNKNOWN_SYMBOL.rawValue
         }
-        return describe(entry, into: out)
+        return describe(entry, routes: environment.routes, into: out)
     }
 
     /// The symbol with engine id `id` (a binary record names its symbol by id).
@@ -64,10 +64,12 @@ final class LoadedPlugin: @unchecked Sendable {
         guard let environment = host?.environment, let entry = environment.symbols.first(where: { $0.spec.id == id }) else {
             return CB_ERR_UNKNOWN_SYMBOL.rawValue
         }
-        return describe(entry, into: out)
+        return describe(entry, routes: environment.routes, into: out)
     }
 
-    private func describe(_ entry: (spec: SymbolSpec, shard: Int), into out: UnsafeMutablePointer<cb_symbol>) -> Int32 {
+    /// `shard`: where the symbol lives now (it may move: a producer follows by itself).
+    private func describe(_ entry: (spec: SymbolSpec, shard: Int), routes: RouteTable,
+                          into out: UnsafeMutablePointer<cb_symbol>) -> Int32 {
         let symbol = entry.spec.name
         let name = lock.locked {
             if let known = symbolNames[symbol] { return known }
@@ -78,7 +80,7 @@ final class LoadedPlugin: @unchecked Sendable {
         var value = cb_symbol()
         value.size = UInt32(MemoryLayout<cb_symbol>.size)
         value.id = entry.spec.id
-        value.shard = UInt32(entry.shard)
+        value.shard = UInt32(routes.shard(of: entry.spec.id) ?? entry.shard)
         value.name = UnsafePointer(name)
         value.tick_size = entry.spec.tickSize
         value.lot_size = entry.spec.lotSize
@@ -100,7 +102,7 @@ final class LoadedPlugin: @unchecked Sendable {
         }
         do {
             let session = try environment.openSession(source)
-            let producer = PluginProducer(session: session, symbols: environment.symbols, close: environment.closeSession)
+            let producer = PluginProducer(session: session, routes: environment.routes, close: environment.closeSession)
             lock.locked { producers.append(producer) }
             out.pointee = producer.handle
             return CB_OK.rawValue

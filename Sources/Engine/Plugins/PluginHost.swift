@@ -17,6 +17,9 @@ struct PluginEnvironment: @unchecked Sendable {
     let directory: String
     let engineFile: EngineFile
     let symbols: [(spec: SymbolSpec, shard: Int)]
+    /// Where each symbol lives now (a symbol can move between shards): `symbols`' shard is the
+    /// config's placement only.
+    let routes: RouteTable
     let log: @Sendable (String) -> Void
     /// Index into `symbols` by name: an ingress plugin looks a symbol up per order it reads.
     let symbolIndex: [String: Int]
@@ -32,7 +35,7 @@ struct PluginEnvironment: @unchecked Sendable {
     let regenerate: @Sendable (Int, UInt64) throws(EngineError) -> (market: [UInt8], executions: [UInt8], through: UInt64)
 
     init(instance: String, directory: String, engineFile: EngineFile, symbols: [(spec: SymbolSpec, shard: Int)],
-         log: @escaping @Sendable (String) -> Void,
+         routes: RouteTable? = nil, log: @escaping @Sendable (String) -> Void,
          openSession: @escaping @Sendable (IngressSource?) throws(EngineError) -> LocalSession,
          closeSession: @escaping @Sendable (LocalSession) -> Void,
          position: @escaping @Sendable (Int, String) -> UInt64? = { _, _ in nil },
@@ -48,6 +51,7 @@ struct PluginEnvironment: @unchecked Sendable {
         self.directory = directory
         self.engineFile = engineFile
         self.symbols = symbols
+        self.routes = routes ?? RouteTable(symbols: symbols.map { (id: $0.spec.id, shard: $0.shard) }, engineFile: nil)
         self.log = log
         symbolIndex = Dictionary(symbols.enumerated().map { ($1.spec.name, $0) }, uniquingKeysWith: { first, _ in first })
     }

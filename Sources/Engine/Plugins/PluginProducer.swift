@@ -10,17 +10,14 @@ import SharedMemory
 /// A plugin's producer: a session of the engine's own (LocalSession), with rings to every shard.
 final class PluginProducer: @unchecked Sendable {
     let session: LocalSession
-    /// Symbol id → shard, dense.
-    let shardOf: [Int32]
+    /// Symbol id → shard now (it follows migrations).
+    let routes: RouteTable
     private let closeSession: @Sendable (LocalSession) -> Void
 
-    init(session: LocalSession, symbols: [(spec: SymbolSpec, shard: Int)], close: @escaping @Sendable (LocalSession) -> Void) {
+    init(session: LocalSession, routes: RouteTable, close: @escaping @Sendable (LocalSession) -> Void) {
         self.session = session
+        self.routes = routes
         closeSession = close
-        let maxId = Int(symbols.map(\.spec.id).max() ?? 0)
-        var table = [Int32](repeating: -1, count: maxId + 1)
-        for (spec, shard) in symbols { table[Int(spec.id)] = Int32(shard) }
-        shardOf = table
     }
 
     var handle: OpaquePointer { OpaquePointer(Unmanaged.passUnretained(self).toOpaque()) }
@@ -31,9 +28,9 @@ final class PluginProducer: @unchecked Sendable {
 
     func submit(_ record: UnsafeRawPointer) -> Int32 {
         guard session.isOpen else { return CB_ERR_CLOSED.rawValue }
-        let symbol = Int(UInt32(littleEndian: record.loadUnaligned(fromByteOffset: 8, as: UInt32.self)))
-        guard symbol < shardOf.count, shardOf[symbol] >= 0 else { return CB_ERR_UNKNOWN_SYMBOL.rawValue }
-        return session.submit(record, shard: Int(shardOf[symbol])) ? CB_OK.rawValue : CB_ERR_FULL.rawValue
+        let symbol = UInt32(littleEndian: record.loadUnaligned(fromByteOffset: 8, as: UInt32.self))
+        guard let shard = routes.shard(of: symbol) else { return CB_ERR_UNKNOWN_SYMBOL.rawValue }
+        return session.submit(record, shard: shard) ? CB_OK.rawValue : CB_ERR_FULL.rawValue
     }
 
     func poll(_ out: UnsafeMutableRawPointer, capacity: Int) -> Int32 {

@@ -5,6 +5,7 @@
 // (an epoch that does not rise, a thaw of a symbol that is not frozen) is journaled all the
 // same and refused the same way on replay: the outcome is part of the state's history.
 
+import CCRC32C
 import OrderBook
 import SharedMemory
 import Wire
@@ -35,16 +36,25 @@ public struct ShardAdminState: Equatable, Sendable {
     public var epoch: UInt64
     /// The last journaled position of each ingress source and partition ("topic#partition").
     public var positions: [String: UInt64]
-    /// Symbol ids frozen, and symbol ids this shard has a book for but does not own (dropped).
+    /// Symbol ids frozen, and symbol ids of the instance this shard does not own.
     public var frozen: Set<UInt32>
     public var notOwned: Set<UInt32>
+    /// Of the frozen ones: exported (moving away), and imported (moving in, not thawed yet).
+    public var exported: Set<UInt32> = []
+    public var imported: Set<UInt32> = []
 
-    public init(epoch: UInt64, positions: [String: UInt64], frozen: Set<UInt32>, notOwned: Set<UInt32>) {
+    public init(epoch: UInt64, positions: [String: UInt64], frozen: Set<UInt32>, notOwned: Set<UInt32>,
+                exported: Set<UInt32> = [], imported: Set<UInt32> = []) {
         self.epoch = epoch
         self.positions = positions
         self.frozen = frozen
         self.notOwned = notOwned
+        self.exported = exported
+        self.imported = imported
     }
+
+    /// The symbols this shard owns (frozen or not), of `all`.
+    public func owned(of all: [UInt32]) -> Set<UInt32> { Set(all).subtracting(notOwned) }
 }
 
 /// Per book, in one byte the shard checks per command: 0 takes commands.
@@ -53,6 +63,10 @@ enum BookFlag {
     static let notOwned: UInt8 = 2
     /// Exported since it was frozen: it may be dropped.
     static let exported: UInt8 = 4
+    /// Imported and not thawed yet: the shard it came from may still have to drop it.
+    static let imported: UInt8 = 8
+    /// The slot holds no book (always with notOwned).
+    static let absent: UInt8 = 16
 }
 
 /// The journal record type of an admin command.
@@ -63,7 +77,9 @@ extension ShardState {
     mutating func runAdmin(_ request: AdminRequest) {
         var command = request.command
         // An export carries the book as it is now: the shard fills it in.
-        if case .exportBook(let id, _) = command, let b = book(of: id) { command = .exportBook(symbolId: id, book: books[b].snapshot()) }
+        if case .exportBook(let id, _) = command, let b = book(of: id), hasBook(b) {
+            command = .exportBook(symbolId: id, book: books[b].snapshot())
+        }
         request.finish(runAdmin(command))
     }
 
@@ -145,28 +161,62 @@ extension ShardState {
             guard let b = book(of: id), bookFlags[b] & BookFlag.notOwned == 0, bookFlags[b] & BookFlag.frozen != 0 else {
                 return "symbol \(id) is not a frozen symbol of this shard"
             }
-            bookFlags[b] &= ~(BookFlag.frozen | BookFlag.exported)
+            bookFlags[b] &= ~(BookFlag.frozen | BookFlag.exported | BookFlag.imported)
         case .exportBook(let id, let bytes):
-            guard let b = book(of: id), bookFlags[b] & BookFlag.notOwned == 0, bookFlags[b] & BookFlag.frozen != 0 else {
-                return "symbol \(id) is not a frozen symbol of this shard: freeze it before exporting it"
+            // An export freezes the symbol (if an operator had not): one record, so that no crash
+            // leaves a migration's freeze without its export.
+            guard let b = book(of: id), bookFlags[b] & BookFlag.notOwned == 0 else {
+                return "symbol \(id) is not owned by this shard"
             }
+            guard bookFlags[b] & BookFlag.imported == 0 else { return "symbol \(id) was imported and not thawed yet" }
             // Live, the bytes were taken from this book a moment ago; on replay they must match it.
             guard bytes == books[b].snapshot() else { return "symbol \(id): the exported book differs from this shard's" }
-            bookFlags[b] |= BookFlag.exported
+            bookFlags[b] |= BookFlag.frozen | BookFlag.exported
+        case .exportSealed(let id, let length, let crc):
+            guard let b = book(of: id), bookFlags[b] & BookFlag.notOwned == 0 else {
+                return "symbol \(id) is not owned by this shard"
+            }
+            guard bookFlags[b] & BookFlag.imported == 0 else { return "symbol \(id) was imported and not thawed yet" }
+            let bytes = books[b].snapshot()
+            guard bytes.count == Int(length), bookCRC(bytes) == crc else {
+                return "symbol \(id): the exported book differs from this shard's"
+            }
+            bookFlags[b] |= BookFlag.frozen | BookFlag.exported
+        case .importPart(let id, let total, let offset, let part):
+            guard book(of: id) != nil else { return "symbol \(id) is not a symbol of this instance" }
+            var buffer = importParts[id] ?? []
+            // A part that does not continue the book (or starts a new one) starts over.
+            if offset == 0 { buffer = [] }
+            guard buffer.count == Int(offset) else {
+                importParts[id] = nil
+                return "symbol \(id): import part at \(offset), \(buffer.count) bytes came before it"
+            }
+            buffer.append(contentsOf: part)
+            guard buffer.count == Int(total) else {
+                importParts[id] = buffer
+                return nil
+            }
+            importParts[id] = nil
+            return processAdmin(.importBook(symbolId: id, book: buffer), context)
         case .importBook(let id, let bytes):
-            guard let b = book(of: id) else { return "symbol \(id) has no book in this shard" }
+            guard let b = book(of: id) else { return "symbol \(id) is not a symbol of this instance" }
             guard bookFlags[b] & BookFlag.notOwned != 0 else { return "symbol \(id) is owned by this shard already" }
-            do { try books[b].restore(from: bytes) } catch { return "symbol \(id): the imported book does not restore: \(error)" }
-            bookFlags[b] = BookFlag.frozen
+            if let failure = makeBook(b) { return "symbol \(id): \(failure)" }
+            do { try books[b].restore(from: bytes) } catch {
+                releaseBook(b)
+                return "symbol \(id): the imported book does not restore: \(error)"
+            }
+            bookFlags[b] = BookFlag.frozen | BookFlag.imported
         case .drop(let id):
             guard let b = book(of: id), bookFlags[b] & BookFlag.notOwned == 0, bookFlags[b] & BookFlag.exported != 0 else {
                 return "symbol \(id) is not an exported symbol of this shard: freeze and export it before dropping it"
             }
-            do { try emptyBook(b) } catch { return "symbol \(id): \(error)" }
-            bookFlags[b] = BookFlag.notOwned
+            releaseBook(b)
         }
         return nil
     }
+
+    func bookCRC(_ bytes: [UInt8]) -> UInt32 { bytes.withUnsafeBytes { cb_crc32c(0, $0.baseAddress, $0.count) } }
 
     func book(of symbolId: UInt32) -> Int? {
         let id = Int(symbolId)
@@ -175,21 +225,26 @@ extension ShardState {
     }
 
     var adminState: ShardAdminState {
-        var frozen = Set<UInt32>(), notOwned = Set<UInt32>()
-        for b in 0..<created {
-            if bookFlags[b] & BookFlag.frozen != 0 { frozen.insert(books[b].symbolId) }
-            if bookFlags[b] & BookFlag.notOwned != 0 { notOwned.insert(books[b].symbolId) }
+        var state = ShardAdminState(epoch: epoch, positions: ingress.positions, frozen: [], notOwned: [])
+        for (b, entry) in symbols.enumerated() {
+            let id = entry.spec.id, flags = bookFlags[b]
+            if flags & BookFlag.frozen != 0 { state.frozen.insert(id) }
+            if flags & BookFlag.notOwned != 0 { state.notOwned.insert(id) }
+            if flags & BookFlag.exported != 0 { state.exported.insert(id) }
+            if flags & BookFlag.imported != 0 { state.imported.insert(id) }
         }
-        return ShardAdminState(epoch: epoch, positions: ingress.positions, frozen: frozen, notOwned: notOwned)
+        return state
     }
 
     // MARK: - In snapshots
 
     static let adminTrailerTag: UInt32 = 0x3144_4D41  // "AMD1" little-endian: admin state, version 1
     static let adminTrailerTag2: UInt32 = 0x3244_4D41  // "AMD2": version 2, with the ingress bindings
+    static let adminTrailerTag3: UInt32 = 0x3344_4D41  // "AMD3": version 3, flags per symbol of the instance
 
-    /// The admin state after the books in a snapshot body: tag, epoch (u64), per book its flags
-    /// (u8), then
+    /// The admin state after the books in a snapshot body: tag, epoch (u64), the flags (version 3:
+    /// a count (u32), per symbol of the instance its id (u32) and flags (u8); before: per book of
+    /// the shard's first-start symbols, in order, its flags (u8)), then
     /// - version 1: the position count (u32), per position its key length (u16), key, offset (u64);
     /// - version 2: the source count (u32), per source its key length (u16), key, next offset
     ///   (u64: the last applied + 1, 0 none), last bound session (u32); the binding count (u32),
@@ -202,9 +257,13 @@ extension ShardState {
             put(UInt16(bytes.count))
             out.append(contentsOf: bytes)
         }
-        put(Self.adminTrailerTag2)
+        put(Self.adminTrailerTag3)
         put(epoch)
-        for b in 0..<created { out.append(bookFlags[b]) }
+        put(UInt32(symbols.count))
+        for (b, entry) in symbols.enumerated() {
+            put(entry.spec.id)
+            out.append(bookFlags[b])
+        }
         let keys = ingress.keys, sessions = ingress.lastSession
         put(UInt32(keys.count))
         for (i, key) in keys.enumerated() {
@@ -240,9 +299,35 @@ extension ShardState {
             return String(decoding: body[at..<(at + n)], as: UTF8.self)
         }
         let tag = try get(UInt32.self)
-        guard tag == Self.adminTrailerTag || tag == Self.adminTrailerTag2 else { throw EngineError("snapshot: unknown data after the books") }
+        guard tag == Self.adminTrailerTag || tag == Self.adminTrailerTag2 || tag == Self.adminTrailerTag3 else {
+            throw EngineError("snapshot: unknown data after the books")
+        }
         epoch = try get(UInt64.self)
-        for b in 0..<created { bookFlags[b] = try get(UInt8.self) }
+        var flags = [UInt8](repeating: BookFlag.absent | BookFlag.notOwned, count: symbols.count)
+        if tag == Self.adminTrailerTag3 {
+            let count = Int(try get(UInt32.self))
+            guard count <= symbols.count else { throw EngineError("snapshot: flags of \(count) symbols, the instance has \(symbols.count)") }
+            for _ in 0..<count {
+                let id = try get(UInt32.self)
+                guard let b = book(of: id) else { throw EngineError("snapshot: flags of symbol \(id), not one of this instance") }
+                flags[b] = try get(UInt8.self)
+            }
+        } else {
+            // Written when a shard had books only for its own symbols, in order.
+            for b in symbols.indices where owned[b] { flags[b] = try get(UInt8.self) & ~BookFlag.absent }
+        }
+        // The books restored are the ones the snapshot had; the flags must agree with them. A
+        // symbol not owned has no book (an old snapshot's dropped symbol kept an empty one).
+        for b in symbols.indices {
+            if flags[b] & BookFlag.notOwned != 0 {
+                releaseBook(b)
+            } else {
+                guard flags[b] & BookFlag.absent == 0, hasBook(b) else {
+                    throw EngineError("snapshot: symbol \(symbols[b].spec.name) is owned and has no book")
+                }
+                bookFlags[b] = flags[b]
+            }
+        }
         ingress.reset()
         func slot(_ key: String) throws(EngineError) -> Int {
             guard let slot = ingress.slot(key) else { throw EngineError("snapshot: more than \(IngressPositions.capacity) ingress sources") }

@@ -16,6 +16,10 @@ enum ShardMessage {
     case admin(AdminRequest)
     /// What the admin commands have set.
     case adminState(AdminStateQuery)
+    /// A symbol moving here, moving away, arriving (Migration.swift); `abandon`: it will not come.
+    case expect(MigrationStep)
+    case migrateOut(MigrationStep)
+    case migrateIn(MigrationStep, abandon: Bool)
 }
 
 /// The control thread's question for a shard's admin state, and its answer.

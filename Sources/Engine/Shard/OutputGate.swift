@@ -115,9 +115,13 @@ struct OutputGate {
     }
     var collectAfter: UInt64 = .max
 
+    /// To name the owner shard of a symbol in a `symbol_moved` reject.
+    let routes: RouteTable?
+
     init(sessions: SessionSlots, counters: ShardCounters, lagTimeoutNanoseconds: UInt64, eventRing: EventRing,
          stopFlag: UnsafeMutablePointer<UInt32>, tally: UnsafeMutablePointer<UInt64>, executionRing: EventRing? = nil,
-         stagingCapacity: Int = 1 << 16) {
+         routes: RouteTable? = nil, stagingCapacity: Int = 1 << 16) {
+        self.routes = routes
         self.sessions = sessions
         self.counters = counters
         self.lagTimeoutNanoseconds = lagTimeoutNanoseconds
@@ -166,9 +170,12 @@ struct OutputGate {
                 counters.addReject(reason.rawValue)
                 c.symbolWords[SymbolCounters.rejects] &+= 1
             }
+            // symbol_moved: the owner shard now in the price field (-1: unknown).
+            let owner: Int64 = reason == .symbolMoved ? Int64(routes?.shard(of: symbolId) ?? -1) : 0
             report(Int(c.command.session), sequence,
                  .init(kind: .rejected, code: reason.rawValue, symbolId: symbolId, engineSequence: sequence,
-                       orderId: clientOrderId(id), engineTime: engineTime, clientTime: c.clientTime), account: c.account(of: id))
+                       orderId: clientOrderId(id), price: owner, engineTime: engineTime, clientTime: c.clientTime),
+                 account: c.account(of: id))
         case .trade(let maker, let taker, let takerSide, let price, let quantity, let makerOpen, let takerOpen):
             if !replaying {
                 counters.add(.trades)

@@ -101,7 +101,7 @@ extension ShardState {
         let replayRate = seconds > 0 ? Int(Double(replayed) / seconds) : 0
         outcome.log.append("shard \(index): recovered \(base > 0 ? "from the snapshot at \(base) and " : "")\(replayed) journaled commands (up to sequence \(sequencer.last)) in \(Int(seconds * 1000)) ms (\(replayRate) records/s), state digest \(String(outcome.digest, radix: 16))")
         if describeBooks {
-            for b in 0..<created {
+            for b in symbols.indices where hasBook(b) {
                 let name = symbols[b].spec.name
                 let bids = books[b].depth(.buy), asks = books[b].depth(.sell)
                 outcome.log.append("BOOK,\(name),bids=\(bids.count),asks=\(asks.count)")

@@ -43,7 +43,11 @@ enum ShardTally {
 final class Shard: @unchecked Sendable {
     let index: Int
     let core: Int?
+    /// Every symbol of the instance (a symbol can move here), and which are the shard's at its
+    /// first start.
     let symbols: [(spec: SymbolSpec, capacity: BookCapacity)]
+    let owned: [Bool]
+    let routes: RouteTable?
     /// Each symbol's counters in the control file (same order as `symbols`).
     let symbolCounters: [SymbolCounters]
     let doorbell: Doorbell
@@ -97,7 +101,8 @@ final class Shard: @unchecked Sendable {
     /// Counts the control thread logs (ShardTally), kept in private memory.
     private let tally: UnsafeMutablePointer<UInt64>
 
-    init(index: Int, core: Int?, symbols: [(spec: SymbolSpec, capacity: BookCapacity)], symbolSlots: [Int],
+    init(index: Int, core: Int?, symbols: [(spec: SymbolSpec, capacity: BookCapacity)], owned: [Bool]? = nil,
+         routes: RouteTable? = nil, symbolSlots: [Int],
          engineFile: EngineFile, doorbells: DoorbellFile,
          eventRing: EventRing, wait: WaitStrategy, lagTimeoutNanoseconds: UInt64,
          durability: Durability = .none, journalConfig: JournalConfig? = nil,
@@ -117,6 +122,8 @@ final class Shard: @unchecked Sendable {
         self.index = index
         self.core = core
         self.symbols = symbols
+        self.owned = owned ?? symbols.map { _ in true }
+        self.routes = routes
         precondition(symbolSlots.count == symbols.count, "one control-file slot per symbol")
         symbolCounters = symbolSlots.map { engineFile.symbolCounters($0) }
         doorbell = doorbells.doorbell(index)
@@ -160,6 +167,9 @@ final class Shard: @unchecked Sendable {
         doorbell.wakeNow()
     }
 
+    /// Wakes the shard if it sleeps (it polls its journal's completions when awake).
+    func nudge() { doorbell.wakeNow() }
+
     func join() {
         if let thread { pthread_join(thread, nil) }
         thread = nil
@@ -180,6 +190,10 @@ final class Shard: @unchecked Sendable {
         started.signal()
     }
 
+    private var firstSymbols: String {
+        symbols.indices.filter { owned[$0] }.map { symbols[$0].spec.name }.joined(separator: " ")
+    }
+
     private func run() {
         counters.threadId = cb_thread_id()
         // Placement first: the books are allocated after, on this core's NUMA node.
@@ -195,14 +209,14 @@ final class Shard: @unchecked Sendable {
         }
         var state: ShardState
         do {
-            state = try ShardState(index: index, symbols: symbols, symbolCounters: symbolCounters, maxSessions: Self.maxSessions,
+            state = try ShardState(index: index, symbols: symbols, owned: owned, routes: routes, symbolCounters: symbolCounters, maxSessions: Self.maxSessions,
                                    counters: counters, eventRing: eventRing, lagTimeoutNanoseconds: lagTimeoutNanoseconds,
                                    stopFlag: stopFlag, tally: tally, executionRing: executionRing)
         } catch {
-            placement = where_ + ", symbols " + symbols.map(\.spec.name).joined(separator: " ")
+            placement = where_ + ", symbols " + firstSymbols
             return failStart(error.description)
         }
-        placement = where_ + ", symbols " + symbols.map(\.spec.name).joined(separator: " ")
+        placement = where_ + ", symbols " + firstSymbols
 
         if let config = journalConfig {
             let abort = abortStart, stop = stopFlag

@@ -13,8 +13,9 @@ extension ShardState {
                                    recordCRC: feed.journal?.lastRecordCRC ?? 0).bytes
         let highest = max(maxRecoveredSession, sessions.highestSession)
         withUnsafeBytes(of: highest.littleEndian) { body.append(contentsOf: $0) }
-        withUnsafeBytes(of: UInt32(created).littleEndian) { body.append(contentsOf: $0) }
-        for b in 0..<created {
+        let present = symbols.indices.filter { hasBook($0) }
+        withUnsafeBytes(of: UInt32(present.count).littleEndian) { body.append(contentsOf: $0) }
+        for b in present {
             let bytes = books[b].snapshot()
             withUnsafeBytes(of: books[b].symbolId.littleEndian) { body.append(contentsOf: $0) }
             withUnsafeBytes(of: UInt32(bytes.count).littleEndian) { body.append(contentsOf: $0) }
@@ -30,7 +31,7 @@ extension ShardState {
     mutating func restoreBooks(_ body: [UInt8]) throws(EngineError) {
         guard body.count >= 8 else { throw EngineError("snapshot body too short") }
         let count = body.withUnsafeBytes { Int(UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: 4, as: UInt32.self))) }
-        guard count == created else { throw EngineError("snapshot of \(count) books, this shard has \(created)") }
+        guard count <= symbols.count else { throw EngineError("snapshot of \(count) books, the instance has \(symbols.count) symbols") }
         var offset = 8
         for _ in 0..<count {
             guard offset + 8 <= body.count else { throw EngineError("snapshot body truncated") }
@@ -39,11 +40,12 @@ extension ShardState {
                  Int(UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self))))
             }
             offset += 8
-            guard offset + length <= body.count, Int(symbol) <= maxSymbolId, bookIndex[Int(symbol)] >= 0 else {
-                throw EngineError("snapshot names symbol \(symbol), which this shard does not own")
+            guard offset + length <= body.count, let b = book(of: symbol) else {
+                throw EngineError("snapshot names symbol \(symbol), which is not one of this instance")
             }
+            if let failure = makeBook(b) { throw failure }
             do {
-                try books[Int(bookIndex[Int(symbol)])].restore(from: Array(body[offset..<(offset + length)]))
+                try books[b].restore(from: Array(body[offset..<(offset + length)]))
             } catch {
                 throw EngineError("snapshot of symbol \(symbol): \(error)")
             }

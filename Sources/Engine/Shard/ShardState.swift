@@ -17,10 +17,15 @@ import Wire
 
 struct ShardState: ~Copyable {
     let index: Int
+    /// Every symbol of the instance, in the same order in every shard: a symbol can move to any
+    /// shard (Migration.swift). `owned`: the shard's own at its first start (the config's
+    /// placement); the journal says where each is now.
     let symbols: [(spec: SymbolSpec, capacity: BookCapacity)]
-    /// Books, in `symbols` order; `bookIndex` maps a symbol id to its book, or -1.
+    let owned: [Bool]
+    /// One slot per symbol, in `symbols` order; `bookIndex` maps a symbol id to its slot, or -1.
+    /// A slot holds a book only while the shard owns the symbol (or is taking it in): flag
+    /// `BookFlag.absent` otherwise, and the slot's memory is not an OrderBook.
     let books: UnsafeMutablePointer<OrderBook>
-    private(set) var created = 0
     let bookIndex: UnsafeMutablePointer<Int32>
     let maxSymbolId: Int
     var sessions: SessionTable
@@ -42,14 +47,27 @@ struct ShardState: ~Copyable {
     var epoch: UInt64 = 0
     var ingress = IngressPositions()
     let bookFlags: UnsafeMutablePointer<UInt8>
+    /// Symbols on their way to this shard (Migration.swift): their commands wait in `held`, in
+    /// arrival order, unsequenced, until the book arrives. `holding` counts such symbols: the
+    /// order path looks at a command's symbol before journaling it only while it is not 0.
+    var holding = 0
+    let incoming: UnsafeMutablePointer<UInt8>
+    var held: [HeldCommand] = []
+    /// Imports arriving in parts (AdminCommand.importPart), by symbol id, until the last part.
+    var importParts: [UInt32: [UInt8]] = [:]
+    /// Symbol id → owner shard (RouteTable), read to name the owner in a `symbol_moved` reject.
+    let routes: RouteTable?
 
     /// Allocates the books (on the calling thread's NUMA node: call it from the pinned shard).
-    init(index: Int, symbols: [(spec: SymbolSpec, capacity: BookCapacity)], symbolCounters: [SymbolCounters],
+    init(index: Int, symbols: [(spec: SymbolSpec, capacity: BookCapacity)], owned: [Bool]? = nil,
+         routes: RouteTable? = nil, symbolCounters: [SymbolCounters],
          maxSessions: Int, counters: ShardCounters, eventRing: EventRing, lagTimeoutNanoseconds: UInt64,
          stopFlag: UnsafeMutablePointer<UInt32>, tally: UnsafeMutablePointer<UInt64>,
          executionRing: EventRing? = nil) throws(EngineError) {
         self.index = index
         self.symbols = symbols
+        self.owned = owned ?? symbols.map { _ in true }
+        self.routes = routes
         self.counters = counters
         self.tally = tally
         maxSymbolId = Int(symbols.map(\.spec.id).max() ?? 0)
@@ -58,11 +76,14 @@ struct ShardState: ~Copyable {
         books = cacheAligned(OrderBook.self, count: max(symbols.count, 1))
         bookFlags = cacheAligned(UInt8.self, count: max(symbols.count, 1))
         bookFlags.initialize(repeating: 0, count: max(symbols.count, 1))
+        incoming = cacheAligned(UInt8.self, count: max(symbols.count, 1))
+        incoming.initialize(repeating: 0, count: max(symbols.count, 1))
         sessions = SessionTable(capacity: maxSessions)
         output = cacheAligned(OutputGate.self, count: 1)
         output.initialize(to: OutputGate(sessions: sessions.slots, counters: counters,
                                          lagTimeoutNanoseconds: lagTimeoutNanoseconds, eventRing: eventRing,
-                                         stopFlag: stopFlag, tally: tally, executionRing: executionRing))
+                                         stopFlag: stopFlag, tally: tally, executionRing: executionRing,
+                                         routes: routes))
         noSymbol = cacheAligned(UInt64.self, count: 4)
         noSymbol.initialize(repeating: 0, count: 4)
         symbolWords = cacheAligned(UnsafeMutablePointer<UInt64>.self, count: max(1, symbols.count))
@@ -71,9 +92,10 @@ struct ShardState: ~Copyable {
     }
 
     deinit {
-        for i in 0..<created { (books + i).deinitialize(count: 1) }
+        for b in symbols.indices where hasBook(b) { (books + b).deinitialize(count: 1) }
         books.deallocate()
         bookFlags.deallocate()
+        incoming.deallocate()
         bookIndex.deallocate()
         sessions.deallocate()
         output.pointee.deallocate()
@@ -84,49 +106,58 @@ struct ShardState: ~Copyable {
         symbolWords.deallocate()
     }
 
+    /// Slot `b` holds a book.
+    @inline(__always)
+    func hasBook(_ b: Int) -> Bool { bookFlags[b] & BookFlag.absent == 0 }
+
+    /// The books of the symbols the shard owns at its first start; the other slots absent.
     private mutating func createBooks() -> EngineError? {
         for (i, entry) in symbols.enumerated() {
-            do {
-                (books + i).initialize(to: try OrderBook(spec: entry.spec, capacity: entry.capacity))
-                bookIndex[Int(entry.spec.id)] = Int32(i)
-                created += 1
-            } catch {
-                return EngineError("shard \(index): symbol \(entry.spec.name): \(error)")
-            }
+            bookIndex[Int(entry.spec.id)] = Int32(i)
+            bookFlags[i] = BookFlag.absent | BookFlag.notOwned
+            if owned[i], let failure = makeBook(i) { return failure }
         }
         return nil
     }
 
-    /// Empty books again (a snapshot that failed to restore half way).
+    /// A fresh, empty book in the absent slot `b` (owned: flags 0). Allocates: at start, or for
+    /// a symbol moving in (off the order path).
+    mutating func makeBook(_ b: Int) -> EngineError? {
+        guard !hasBook(b) else { return nil }
+        do {
+            (books + b).initialize(to: try OrderBook(spec: symbols[b].spec, capacity: symbols[b].capacity))
+        } catch {
+            return EngineError("shard \(index): symbol \(symbols[b].spec.name): \(error)")
+        }
+        bookFlags[b] = 0
+        return nil
+    }
+
+    /// Slot `b` gives its book back (a symbol that moved away): absent, not owned.
+    mutating func releaseBook(_ b: Int) {
+        if hasBook(b) { (books + b).deinitialize(count: 1) }
+        bookFlags[b] = BookFlag.absent | BookFlag.notOwned
+    }
+
+    /// Empty books again, as at the first start (a snapshot that failed to restore half way).
     mutating func resetBooks() throws(EngineError) {
-        for b in 0..<created { (books + b).deinitialize(count: 1) }
-        created = 0
-        bookFlags.update(repeating: 0, count: max(symbols.count, 1))
+        for b in symbols.indices { releaseBook(b) }
         epoch = 0
         ingress.reset()
         if let failure = createBooks() { throw failure }
     }
 
-    /// Book `b` empty again (a dropped symbol).
-    func emptyBook(_ b: Int) throws(EngineError) {
-        let fresh: OrderBook
-        do { fresh = try OrderBook(spec: symbols[b].spec, capacity: symbols[b].capacity) } catch {
-            throw EngineError("symbol \(symbols[b].spec.name): \(error)")
-        }
-        books[b] = fresh
-    }
-
     /// The state digest: every book's, combined in order (FNV-1a style).
     var digest: UInt64 {
         var digest: UInt64 = 0xCBF2_9CE4_8422_2325
-        for b in 0..<created { digest = (digest ^ books[b].digest) &* 0x0000_0100_0000_01B3 }
+        for b in symbols.indices where hasBook(b) { digest = (digest ^ books[b].digest) &* 0x0000_0100_0000_01B3 }
         return digest
     }
 
     /// The sessions that own resting orders now (an order id carries its session).
     var restingOwners: Set<UInt32> {
         var owners = Set<UInt32>()
-        for b in 0..<created {
+        for b in symbols.indices where hasBook(b) {
             for side in [Side.buy, .sell] {
                 for order in books[b].orders(side) { owners.insert(UInt32(truncatingIfNeeded: order.orderId >> 48)) }
             }
@@ -178,8 +209,8 @@ struct ShardState: ~Copyable {
         event.orderId = command.orderId
         event.symbolWords = symbolWords[b]
         if bookFlags[b] != 0 {
-            // Frozen (moving away), or not this shard's any more.
-            let reason: RejectReason = bookFlags[b] & BookFlag.notOwned != 0 ? .unknownSymbol : .symbolFrozen
+            // Frozen (moving away), or not this shard's (moved away, or not arrived).
+            let reason: RejectReason = bookFlags[b] & BookFlag.notOwned != 0 ? .symbolMoved : .symbolFrozen
             output.pointee.on(.rejected(orderId: command.orderId, reason: reason), event)
             return
         }
@@ -233,6 +264,11 @@ struct ShardState: ~Copyable {
             var done = 0
             while done < n {
                 let record = UnsafeRawPointer(inbound[i].commands.slot(done))
+                // A symbol on its way here: its commands wait for its book, unsequenced.
+                if holding != 0 && hold(record, session: session) {
+                    done += 1
+                    continue
+                }
                 let context = sequencer.next(session: session)
                 guard journal(record, context) else { break }
                 process(record, context)
@@ -305,6 +341,12 @@ struct ShardState: ~Copyable {
                 runAdmin(request)
             case .adminState(let query):
                 query.reply(adminState)
+            case .expect(let step):
+                expect(step)
+            case .migrateOut(let step):
+                migrateOut(step)
+            case .migrateIn(let step, let abandon):
+                migrateIn(step, abandon: abandon)
             }
         }
     }

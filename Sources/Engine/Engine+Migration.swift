@@ -1,0 +1,244 @@
+// Moving a symbol between the shards of this engine while it trades (the steps and why they
+// are safe: Shard/Migration.swift), and putting every symbol where the journals say after a
+// restart (`reconcileOwners`).
+
+import Glibc
+import OrderBook
+import SharedMemory
+
+/// What one migration did and how long the symbol did not trade.
+public struct MigrationReport: Sendable, Equatable, CustomStringConvertible {
+    public var symbol: String
+    public var fromShard: Int
+    public var toShard: Int
+    /// Resting orders moved, and commands that reached the target before the book and waited.
+    public var orders: Int
+    public var held: Int
+    /// The source's export sequence and the target's thaw sequence.
+    public var exportSequence: UInt64
+    public var thawSequence: UInt64
+    /// From the export (the symbol frozen) to the target trading it (held commands applied).
+    public var pauseNanoseconds: UInt64
+    /// Of the pause: waiting for the export to be on disk (nothing may depend on it before).
+    public var durableWaitNanoseconds: UInt64
+
+    public var description: String {
+        "migrated \(symbol) shard \(fromShard) -> \(toShard): \(orders) resting orders, \(held) held commands, pause \(String(format: "%.3f", Double(pauseNanoseconds) / 1e6)) ms (of it \(String(format: "%.3f", Double(durableWaitNanoseconds) / 1e6)) ms waiting for the export to be durable), export at sequence \(exportSequence) of shard \(fromShard), thaw at \(thawSequence) of shard \(toShard)"
+    }
+}
+
+/// The engine's count of migrations, for `crossbook stat` and the metrics.
+public struct MigrationHistory: Sendable, Equatable {
+    public var inProgress = 0
+    public var done = 0
+    public var failed = 0
+    public var lastPauseNanoseconds: UInt64 = 0
+    public var maxPauseNanoseconds: UInt64 = 0
+    public var totalPauseNanoseconds: UInt64 = 0
+}
+
+extension Engine {
+    /// The shard that owns `symbol` now (nil: not a symbol of this instance, or not running).
+    public func owner(of symbol: String) -> Int? {
+        guard let spec = settings.symbols.first(where: { $0.spec.name == symbol })?.spec else { return nil }
+        return routes?.shard(of: spec.id)
+    }
+
+    public var migrations: MigrationHistory { migrationLock.locked { migrationHistory } }
+
+    /// Moves `symbol`'s book to shard `target` while it trades; returns once the target trades
+    /// it and the source has dropped it. Throws (with the symbol still on its source, trading)
+    /// when a step is refused or does not finish within `timeout` seconds.
+    public func migrate(symbol name: String, toShard target: Int, timeout: Double = 5) throws(EngineError) -> MigrationReport {
+        guard let routes else { throw EngineError("the engine is not running") }
+        guard let spec = settings.symbols.first(where: { $0.spec.name == name })?.spec else {
+            throw EngineError("no symbol \(name) in this instance")
+        }
+        guard target >= 0, target < shards.count else { throw EngineError("no shard \(target) (\(shards.count) shards)") }
+        // One at a time: a second waits for the first.
+        migrationLock.locked { migrationHistory.inProgress += 1 }
+        defer { migrationLock.locked { migrationHistory.inProgress -= 1 } }
+        return try migrationSerial.locked { () throws(EngineError) -> MigrationReport in
+            do throws(EngineError) {
+                let report = try runMigration(spec, target: target, routes: routes, timeout: timeout)
+                migrationLock.locked {
+                    migrationHistory.done += 1
+                    migrationHistory.lastPauseNanoseconds = report.pauseNanoseconds
+                    migrationHistory.maxPauseNanoseconds = max(migrationHistory.maxPauseNanoseconds, report.pauseNanoseconds)
+                    migrationHistory.totalPauseNanoseconds &+= report.pauseNanoseconds
+                }
+                return report
+            } catch {
+                migrationLock.locked { migrationHistory.failed += 1 }
+                throw error
+            }
+        }
+    }
+
+    private func step(_ shard: Int, _ message: (MigrationStep) -> ShardMessage, _ step: MigrationStep,
+                      timeout: Double) -> MigrationAnswer? {
+        guard shards[shard].send(message(step)), step.done.wait(seconds: timeout) else { return nil }
+        return step.result
+    }
+
+    /// Waits for `shard`'s journal to hold `sequence` (true at once without a journal).
+    private func awaitDurable(_ shard: Int, _ sequence: UInt64, timeout: Double) -> Bool {
+        guard settings.durability != .none else { return true }
+        let deadline = monotonicNanoseconds() + UInt64(timeout * 1e9)
+        while shards[shard].tallied(ShardTally.durable) < sequence {
+            if monotonicNanoseconds() >= deadline { return false }
+            shards[shard].nudge()
+            usleep(20)
+        }
+        return true
+    }
+
+    private func runMigration(_ spec: SymbolSpec, target: Int, routes: RouteTable, timeout: Double) throws(EngineError) -> MigrationReport {
+        let id = spec.id, name = spec.name
+        guard let source = routes.shard(of: id) else { throw EngineError("symbol \(name) has no owner") }
+        guard source != target else { throw EngineError("\(name) is on shard \(target) already") }
+        log("migration of \(name): shard \(source) -> \(target): the target holds its commands")
+        // 1. The target holds the symbol's commands; producers send there from now on.
+        guard let expected = step(target, { .expect($0) }, MigrationStep(symbolId: id), timeout: timeout) else {
+            throw EngineError("migration of \(name): shard \(target) did not answer within \(timeout) s")
+        }
+        if let refusal = expected.refusal { throw EngineError("migration of \(name): \(refusal)") }
+        routes.set(id, shard: target)
+
+        // Undo: the route back, the held commands sequenced and rejected (symbol_moved, naming
+        // the source), the source trading again.
+        func abandon(_ why: String, thawSource: Bool) -> EngineError {
+            routes.set(id, shard: source)
+            _ = step(target, { .migrateIn($0, abandon: true) }, MigrationStep(symbolId: id), timeout: timeout)
+            if thawSource { _ = admin(shard: source, .thaw(symbolId: id), timeout: timeout) }
+            log("migration of \(name) abandoned: \(why); it stays on shard \(source)")
+            return EngineError("migration of \(name) abandoned: \(why); it stays on shard \(source)")
+        }
+
+        // 2. The source exports (and freezes) the book at sequence S.
+        guard let out = step(source, { .migrateOut($0) }, MigrationStep(symbolId: id), timeout: timeout) else {
+            // The source may still export later: it will be undone at the next start if so.
+            throw abandon("shard \(source) did not answer within \(timeout) s", thawSource: true)
+        }
+        if let refusal = out.refusal { throw abandon(refusal, thawSource: false) }
+        log("migration of \(name): shard \(source) exported \(out.orders) resting orders at sequence \(out.sequence)")
+
+        // 3. Once S is on disk (the target's import must never be durable without it), the
+        //    target imports, thaws and applies what it held.
+        guard awaitDurable(source, out.sequence, timeout: timeout) else {
+            throw abandon("shard \(source)'s export at sequence \(out.sequence) was not durable within \(timeout) s", thawSource: true)
+        }
+        let durableAt = monotonicNanoseconds()
+        guard let into = step(target, { .migrateIn($0, abandon: false) }, MigrationStep(symbolId: id, book: out.book),
+                              timeout: timeout) else {
+            // Unknown whether the target imported: leave the route there and let the next start
+            // decide from the journals (reconcileOwners); say so.
+            log("migration of \(name): shard \(target) did not answer the import within \(timeout) s; the journals decide at the next start")
+            throw EngineError("migration of \(name): shard \(target) did not answer the import within \(timeout) s")
+        }
+        if let refusal = into.refusal {
+            routes.set(id, shard: source)
+            _ = admin(shard: source, .thaw(symbolId: id), timeout: timeout)
+            log("migration of \(name) abandoned: \(refusal); it stays on shard \(source)")
+            throw EngineError("migration of \(name) abandoned: shard \(target) refused the import: \(refusal)")
+        }
+        log("migration of \(name): shard \(target) imported and trades it (\(into.held) held commands applied) at sequence \(into.sequence)")
+
+        // 4. The source drops the book, once the import is on disk (a crash must never find
+        //    the drop without the import).
+        guard awaitDurable(target, into.sequence, timeout: timeout) else {
+            throw EngineError("migration of \(name): shard \(target)'s import was not durable within \(timeout) s; the source keeps its frozen copy until the next start")
+        }
+        switch admin(shard: source, .drop(symbolId: id), timeout: timeout) {
+        case .applied: break
+        case .refused(_, let why):
+            throw EngineError("migration of \(name): shard \(source) did not drop its copy: \(why) (the next start drops it)")
+        }
+        let report = MigrationReport(symbol: name, fromShard: source, toShard: target, orders: out.orders, held: into.held,
+                                     exportSequence: out.sequence, thawSequence: into.sequence,
+                                     pauseNanoseconds: into.at &- out.at, durableWaitNanoseconds: durableAt &- out.at)
+        log(report.description)
+        return report
+    }
+
+    /// After recovery: each symbol's owner from the shards' admin states, finishing a migration
+    /// whose import is on disk (the target thaws, the source drops) and undoing one whose
+    /// import is not (the source thaws). Sets the routes. Throws when the journals disagree in
+    /// a way no migration explains (the config's placement changed under a journal).
+    func reconcileOwners(readOnly: Bool) throws(EngineError) -> [String] {
+        guard !readOnly, let routes else { return [] }
+        var states: [ShardAdminState] = []
+        for i in shards.indices {
+            guard let state = adminState(shard: i, timeout: 10) else { throw EngineError("shard \(i) did not answer after recovery") }
+            states.append(state)
+        }
+        var log: [String] = []
+        for (spec, _) in settings.symbols {
+            let id = spec.id
+            let owners = shards.indices.filter { !states[$0].notOwned.contains(id) }
+            var owner: Int
+            switch owners.count {
+            case 1:
+                owner = owners[0]
+                if states[owner].imported.contains(id) || states[owner].exported.contains(id) {
+                    // Imported and not thawed (the source's drop is on disk), or exported and
+                    // never imported: either way it trades here.
+                    guard case .applied = admin(shard: owner, .thaw(symbolId: id)) else {
+                        throw EngineError("\(spec.name): shard \(owner) cannot thaw it after an interrupted migration")
+                    }
+                    log.append("\(spec.name): an interrupted migration \(states[owner].imported.contains(id) ? "finished" : "undone"): shard \(owner) thawed it")
+                }
+            case 2:
+                let exporting = owners.filter { states[$0].exported.contains(id) }
+                guard exporting.count == 1, let source = exporting.first, let target = owners.first(where: { $0 != source }),
+                      !states[target].exported.contains(id) else {
+                    throw EngineError("symbol \(spec.name) is owned by shards \(owners[0]) and \(owners[1]) and no interrupted migration explains it (was its shard changed in the config under an existing journal?)")
+                }
+                // The import is on disk (it needs the export on disk first): finish it.
+                if states[target].imported.contains(id), case .refused(_, let why) = admin(shard: target, .thaw(symbolId: id)) {
+                    throw EngineError("\(spec.name): shard \(target) cannot thaw it after an interrupted migration: \(why)")
+                }
+                if case .refused(_, let why) = admin(shard: source, .drop(symbolId: id)) {
+                    throw EngineError("\(spec.name): shard \(source) cannot drop it after an interrupted migration: \(why)")
+                }
+                log.append("\(spec.name): an interrupted migration from shard \(source) finished: shard \(target) owns it")
+                owner = target
+            default:
+                throw EngineError("symbol \(spec.name) is owned by \(owners.isEmpty ? "no shard" : "shards \(owners.map(String.init).joined(separator: ", "))") after recovery: the journals disagree")
+            }
+            if owner != routes.shard(of: id) { log.append("\(spec.name): on shard \(owner) (moved there by a migration)") }
+            routes.set(id, shard: owner)
+        }
+        return log
+    }
+}
+
+extension Engine {
+    /// One request of the control socket (ControlSocket.swift): its answer's lines.
+    func controlRequest(_ line: String) -> [String] {
+        let words = line.split(separator: " ").map(String.init)
+        switch words.first {
+        case "migrate":
+            guard words.count == 3, let shard = Int(words[2]) else { return ["error usage: migrate SYMBOL SHARD"] }
+            do {
+                let report = try migrate(symbol: words[1], toShard: shard)
+                return ["ok", report.description, "pause_ns \(report.pauseNanoseconds)"]
+            } catch {
+                return ["error \(error)"]
+            }
+        case "routes":
+            guard words.count == 1, let routes else { return ["error usage: routes"] }
+            return ["ok"] + settings.symbols.map { "\($0.spec.name) \($0.spec.id) \(routes.shard(of: $0.spec.id).map(String.init) ?? "-")" }
+        case "migrations":
+            let m = migrations
+            return ["ok", "in_progress \(m.inProgress) done \(m.done) failed \(m.failed) last_pause_ns \(m.lastPauseNanoseconds) max_pause_ns \(m.maxPauseNanoseconds) total_pause_ns \(m.totalPauseNanoseconds)"]
+        default:
+            return ["error unknown request (migrate SYMBOL SHARD | routes | migrations)"]
+        }
+    }
+
+    /// Asks the engine of instance directory `directory` (ControlSocket.swift).
+    public static func ask(directory: String, _ request: String, timeout: Int = 30) throws(EngineError) -> [String] {
+        try ControlSocket.ask(directory: directory, request, timeout: timeout)
+    }
+}

@@ -1,0 +1,48 @@
+// Where each symbol lives now: symbol id → owner shard. Written by the control thread (at start,
+// from what the journals say, and at each migration step); read by the shards (to name the
+// owner in a `symbol_moved` reject), by plugin producers (where to send), and mirrored in the
+// control file's symbol blocks for clients (CrossbookClient reads it on every submit).
+
+import CSync
+import SharedMemory
+
+final class RouteTable: @unchecked Sendable {
+    static let none = UInt32.max
+    /// Set with the owner while the symbol is moving (its commands go to the owner-to-be).
+    let words: UnsafeMutablePointer<UInt32>
+    let count: Int
+    private let engineFile: EngineFile?
+    /// Symbol id → its block in the control file (-1: none).
+    private let slotOf: [Int]
+
+    init(symbols: [(id: UInt32, shard: Int)], engineFile: EngineFile?) {
+        let maxId = Int(symbols.map(\.id).max() ?? 0)
+        count = maxId + 1
+        words = cacheAligned(UInt32.self, count: count)
+        words.initialize(repeating: Self.none, count: count)
+        var slots = [Int](repeating: -1, count: count)
+        for (i, symbol) in symbols.enumerated() {
+            words[Int(symbol.id)] = UInt32(symbol.shard)
+            slots[Int(symbol.id)] = i
+        }
+        slotOf = slots
+        self.engineFile = engineFile
+    }
+
+    deinit { words.deallocate() }
+
+    /// The owner of `symbolId` now (nil: not a symbol of the instance).
+    @inline(__always)
+    func shard(of symbolId: UInt32) -> Int? {
+        guard Int(symbolId) < count else { return nil }
+        let word = cb_load_acquire_u32(words + Int(symbolId))
+        return word == Self.none ? nil : Int(word)
+    }
+
+    /// Producers send `symbolId`'s commands to `shard` from now on.
+    func set(_ symbolId: UInt32, shard: Int) {
+        guard Int(symbolId) < count else { return }
+        cb_store_release_u32(words + Int(symbolId), UInt32(shard))
+        if slotOf[Int(symbolId)] >= 0 { engineFile?.setRoute(slotOf[Int(symbolId)], shard: shard) }
+    }
+}

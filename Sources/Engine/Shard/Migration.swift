@@ -1,0 +1,183 @@
+// Moving a symbol's book from one shard to another while it trades (the engine's side:
+// Engine+Migration.swift). Every step that changes state is a sequenced admin command, so a
+// replay rebuilds it and a crash at any step leaves one owner (Engine.reconcileOwners):
+//
+//  1. The target expects the symbol (`expect`, not journaled): from now on its commands that
+//     reach the target wait there, unsequenced, in arrival order (`held`). The route switches
+//     to the target, so producers send there.
+//  2. The source journals the export of the book at its sequence S (`exportBook`: freezes the
+//     symbol and carries the book, one record, so no crash can leave a freeze without its
+//     export). Commands that still reach the source are rejected (`symbol_frozen`, then
+//     `symbol_moved` once dropped), naming the owner.
+//  3. Once S is durable, the target journals the import and the thaw, then sequences the held
+//     commands in the order they arrived: the symbol trades again. The pause is from the
+//     source's export to this point.
+//  4. The source journals the drop and gives the book's memory back.
+//
+// If the target cannot take it, the held commands are sequenced anyway (each rejected,
+// `symbol_moved`, naming the source), the route goes back and the source thaws.
+
+import Glibc
+import OrderBook
+import SharedMemory
+import Wire
+
+/// A command waiting for its symbol's book to arrive (the 64-byte record and its session).
+struct HeldCommand {
+    var words: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64)
+    var session: UInt32
+    var slot: Int32
+}
+
+/// The control thread's half of one step of a migration, and the shard's answer.
+final class MigrationStep: @unchecked Sendable {
+    let symbolId: UInt32
+    /// `.migrateIn`: the exported book.
+    let book: [UInt8]
+    private let lock = Lock()
+    private var answer: MigrationAnswer?
+    let done = Semaphore()
+    init(symbolId: UInt32, book: [UInt8] = []) {
+        self.symbolId = symbolId
+        self.book = book
+    }
+    func finish(_ result: MigrationAnswer) {
+        lock.locked { answer = result }
+        done.signal()
+    }
+    var result: MigrationAnswer? { lock.locked { answer } }
+}
+
+struct MigrationAnswer: Sendable {
+    /// Why the step did not happen (nil: it did).
+    var refusal: String?
+    /// The journaled sequence of the step's last admin command (export, thaw).
+    var sequence: UInt64 = 0
+    /// Monotonic nanoseconds when the step took effect (export: frozen; thaw: trading again,
+    /// after the held commands were sequenced).
+    var at: UInt64 = 0
+    var book: [UInt8] = []
+    /// Resting orders in the book moved, and commands that waited for it.
+    var orders = 0
+    var held = 0
+}
+
+extension ShardState {
+    /// Holds the command if its symbol is on its way here. Only called while `holding != 0`.
+    @inline(never)
+    mutating func hold(_ record: UnsafeRawPointer, session: UInt32) -> Bool {
+        let symbol = Int(UInt32(littleEndian: record.loadUnaligned(fromByteOffset: 8, as: UInt32.self)))
+        guard symbol <= maxSymbolId else { return false }
+        let b = bookIndex[symbol]
+        guard b >= 0, incoming[Int(b)] != 0, held.count < Self.maxHeld else { return false }
+        let r = (record.loadUnaligned(as: UInt64.self), record.loadUnaligned(fromByteOffset: 8, as: UInt64.self),
+                 record.loadUnaligned(fromByteOffset: 16, as: UInt64.self), record.loadUnaligned(fromByteOffset: 24, as: UInt64.self),
+                 record.loadUnaligned(fromByteOffset: 32, as: UInt64.self), record.loadUnaligned(fromByteOffset: 40, as: UInt64.self),
+                 record.loadUnaligned(fromByteOffset: 48, as: UInt64.self), record.loadUnaligned(fromByteOffset: 56, as: UInt64.self))
+        held.append(HeldCommand(words: r, session: session, slot: b))
+        return true
+    }
+
+    /// Commands held at most, over all symbols moving in: past it, a command is sequenced at once
+    /// (and rejected, `symbol_moved`), so a flood cannot take the shard's memory.
+    static var maxHeld: Int { 1 << 20 }
+
+    /// Step 1, on the target: hold the symbol's commands from now on.
+    mutating func expect(_ step: MigrationStep) {
+        guard let b = book(of: step.symbolId) else { return step.finish(MigrationAnswer(refusal: "symbol \(step.symbolId) is not one of this instance")) }
+        guard bookFlags[b] & BookFlag.notOwned != 0 else {
+            return step.finish(MigrationAnswer(refusal: "shard \(index) owns symbol \(step.symbolId) already"))
+        }
+        if incoming[b] == 0 {
+            incoming[b] = 1
+            holding += 1
+        }
+        step.finish(MigrationAnswer(at: monotonicNanoseconds()))
+    }
+
+    /// Step 2, on the source: export (and so freeze) the book.
+    mutating func migrateOut(_ step: MigrationStep) {
+        let id = step.symbolId
+        guard let b = book(of: id), hasBook(b), bookFlags[b] & BookFlag.notOwned == 0 else {
+            return step.finish(MigrationAnswer(refusal: "shard \(index) does not own symbol \(id)"))
+        }
+        guard bookFlags[b] & BookFlag.frozen == 0 else {
+            return step.finish(MigrationAnswer(refusal: "symbol \(id) is frozen on shard \(index) (an operator's freeze, or a migration under way): thaw it first"))
+        }
+        let bytes = books[b].snapshot()
+        let orders = books[b].restingOrderCount
+        switch runAdmin(.exportSealed(symbolId: id, length: UInt32(bytes.count), crc: bookCRC(bytes))) {
+        case .applied(let sequence):
+            step.finish(MigrationAnswer(sequence: sequence, at: monotonicNanoseconds(), book: bytes, orders: orders))
+        case .refused(_, let why):
+            step.finish(MigrationAnswer(refusal: why))
+        }
+    }
+
+    /// Step 3, on the target: import, thaw, then the held commands in arrival order. With an
+    /// empty book (`abandon`), nothing is imported: the held commands are sequenced and rejected.
+    mutating func migrateIn(_ step: MigrationStep, abandon: Bool = false) {
+        let id = step.symbolId
+        guard let b = book(of: id) else { return step.finish(MigrationAnswer(refusal: "symbol \(id) is not one of this instance")) }
+        var answer = MigrationAnswer()
+        if !abandon {
+            switch importBook(id, step.book) {
+            case .applied:
+                switch runAdmin(.thaw(symbolId: id)) {
+                case .applied(let sequence): answer.sequence = sequence
+                case .refused(_, let why): answer.refusal = why
+                }
+            case .refused(_, let why):
+                answer.refusal = why
+            }
+        }
+        if incoming[b] != 0 {
+            incoming[b] = 0
+            holding -= 1
+        }
+        answer.held = releaseHeld(slot: Int32(b))
+        answer.at = monotonicNanoseconds()
+        step.finish(answer)
+    }
+
+    /// Journals and applies an import, in parts of at most `importPartSize` bytes (a journal
+    /// record must fit in one batch buffer); the last part's outcome.
+    mutating func importBook(_ id: UInt32, _ book: [UInt8]) -> AdminOutcome {
+        guard book.count > Self.importPartSize else { return runAdmin(.importBook(symbolId: id, book: book)) }
+        var offset = 0
+        while true {
+            let end = min(offset + Self.importPartSize, book.count)
+            let outcome = runAdmin(.importPart(symbolId: id, total: UInt32(book.count), offset: UInt32(offset), part: Array(book[offset..<end])))
+            offset = end
+            if case .refused = outcome { return outcome }
+            if offset == book.count { return outcome }
+        }
+    }
+
+    static var importPartSize: Int { 1 << 20 }
+
+    /// Sequences, journals and applies the held commands of slot `slot`, in arrival order; the
+    /// others stay held. Returns how many. A command the journal refuses is rejected by nobody:
+    /// it is lost unacknowledged, as a command in a ring is when the engine dies.
+    private mutating func releaseHeld(slot: Int32) -> Int {
+        guard !held.isEmpty else { return 0 }
+        var kept: [HeldCommand] = []
+        var released = 0
+        sequencer.beginBatch()
+        for var command in held {
+            guard command.slot == slot else {
+                kept.append(command)
+                continue
+            }
+            released += 1
+            let session = command.session
+            withUnsafeBytes(of: &command.words) { raw in
+                let record = raw.baseAddress!
+                let context = sequencer.next(session: session)
+                if journal(record, context) { process(record, context) }
+            }
+        }
+        held = kept
+        return released
+    }
+}

@@ -1,0 +1,324 @@
+// Moving a symbol between shards while it trades: nothing lost, nothing reordered, nothing
+// matched twice. The checker does not trust the engine: it follows the symbol through the
+// shards' journals (export on one, import and thaw on the next), replays that command stream
+// into one fresh book, and compares the trades with the reports the clients received.
+import CrossbookClient
+import Engine
+import CCRC32C
+import Foundation
+import Glibc
+import Journal
+import OrderBook
+import SharedMemory
+import Testing
+import TestSupport
+import Wire
+
+func migrationEngine(_ dir: String, data: String, instance: String, durability: Durability = .sync,
+                     log: LogLines? = nil, cleanStale: Bool = false) throws -> Engine {
+    var settings = EngineSettings(
+        instance: instance, directory: dir, shards: [ShardSettings(core: nil), ShardSettings(core: nil)],
+        symbols: [(spec: SymbolSpec(name: "HOT-USD", id: 1), shard: 0), (spec: SymbolSpec(name: "ETH-USD", id: 2), shard: 1)],
+        capacity: BookCapacity(orders: 1 << 16, levels: 1 << 12),
+        wait: WaitStrategy(spins: 1000, yields: 10, park: true, parkTimeoutNanoseconds: 50_000_000), cleanStale: cleanStale)
+    settings.durability = durability
+    settings.dataDirectory = data
+    settings.journalSegmentSize = 1 << 22
+    let engine = Engine(settings: settings, log: { log?.append($0) })
+    for line in try engine.start() { log?.append(line) }
+    return engine
+}
+
+/// A symbol's commands in the order the engine applied them, across the shards it lived on,
+/// read from the journals alone; and what one book makes of them.
+struct SymbolChain {
+    struct Applied {
+        var session: UInt32
+        var record: [UInt8]
+    }
+    var commands: [Applied] = []
+    /// Each hop: the shard it left, the shard it went to.
+    var hops: [(from: Int, to: Int)] = []
+    var owner: Int
+
+    /// Follows `symbolId` from `initialOwner` through the journals in `data` of `shards` shards.
+    init(data: String, shards: Int, symbolId: UInt32, initialOwner: Int) throws {
+        enum Entry {
+            case command(UInt32, [UInt8])
+            case export(length: Int, crc: UInt32)
+            case imported(length: Int, crc: UInt32)
+            case thaw
+        }
+        func crc(_ bytes: [UInt8]) -> UInt32 { bytes.withUnsafeBytes { cb_crc32c(0, $0.baseAddress, $0.count) } }
+        var journals: [[Entry]] = []
+        for shard in 0..<shards {
+            var entries: [Entry] = []
+            var parts: [UInt8] = []
+            _ = try JournalReader.scan(directory: data, shard: shard, repair: false) { type, _, payload in
+                if type == 2, payload.count > 8, let command = try? AdminRecord.decode(UnsafeRawBufferPointer(rebasing: payload[8...])) {
+                    switch command {
+                    case .exportBook(let id, let book) where id == symbolId: entries.append(.export(length: book.count, crc: crc(book)))
+                    case .exportSealed(let id, let length, let c) where id == symbolId: entries.append(.export(length: Int(length), crc: c))
+                    case .importBook(let id, let book) where id == symbolId: entries.append(.imported(length: book.count, crc: crc(book)))
+                    case .importPart(let id, let total, let offset, let part) where id == symbolId:
+                        if offset == 0 { parts = [] }
+                        parts += part
+                        if parts.count == Int(total) { entries.append(.imported(length: parts.count, crc: crc(parts))) }
+                    case .thaw(let id) where id == symbolId: entries.append(.thaw)
+                    default: break
+                    }
+                } else if type == 1, payload.count == 80,
+                          UInt32(littleEndian: payload.loadUnaligned(fromByteOffset: 8, as: UInt32.self)) == symbolId {
+                    entries.append(.command(UInt32(littleEndian: payload.loadUnaligned(fromByteOffset: 64, as: UInt32.self)),
+                                            Array(payload[0..<64])))
+                }
+            }
+            journals.append(entries)
+        }
+        owner = initialOwner
+        var cursor = [Int](repeating: 0, count: shards)
+        var owning = true
+        var shard = initialOwner
+        walk: while true {
+            while cursor[shard] < journals[shard].count {
+                let entry = journals[shard][cursor[shard]]
+                cursor[shard] += 1
+                switch entry {
+                case .command(let session, let record):
+                    if owning { commands.append(Applied(session: session, record: record)) }
+                case .thaw:
+                    owning = true  // after an import, or an abandoned export
+                case .export(let length, let c):
+                    owning = false
+                    // The next shard is the one whose next import of the symbol is this book.
+                    var next: Int?
+                    for other in 0..<shards where other != shard {
+                        var k = cursor[other]
+                        while k < journals[other].count {
+                            if case .imported(let l, let c2) = journals[other][k] {
+                                if l == length && c2 == c { next = other }
+                                break
+                            }
+                            k += 1
+                        }
+                        if next != nil {
+                            cursor[other] = k + 1
+                            break
+                        }
+                    }
+                    if let next {
+                        hops.append((shard, next))
+                        shard = next
+                        owner = next
+                        owning = false  // until its thaw
+                        continue walk
+                    }
+                default:
+                    break
+                }
+            }
+            break
+        }
+    }
+
+    /// Replays the chain into one fresh book: its events, and the book's digest.
+    func replay(spec: SymbolSpec, capacity: BookCapacity) throws -> (events: [BookEvent], digest: UInt64) {
+        var book = try OrderBook(spec: spec, capacity: capacity)
+        var recorder = EventRecorder()
+        for applied in commands {
+            let decoded = applied.record.withUnsafeBytes { try? CommandRecord.decode($0.baseAddress!) }
+            guard var command = decoded?.command else { continue }
+            command.orderId = OrderId(applied.session) << 48 | command.orderId
+            book.apply(command, to: &recorder)
+        }
+        return (recorder.events, book.digest)
+    }
+}
+
+/// One producer: its own client, new orders and cancels on both symbols, every report kept.
+final class MigrationProducer: @unchecked Sendable {
+    let client: CrossbookClient
+    var submittedNew: [OrderId] = []
+    var hotNew: [OrderId] = []
+    var reports: [ReportRecord.Report] = []
+    private var acks = 0
+
+    private func take(_ r: ReportRecord.Report) {
+        reports.append(r)
+        if (r.kind == .accepted || r.kind == .rejected) && r.clientTime == 1 { acks += 1 }
+    }
+    private var seed: UInt64
+
+    init(instance: String, directory: String, seed: UInt64) throws {
+        client = try CrossbookClient(instance: instance, directory: directory, ringCapacity: 1 << 14)
+        self.seed = seed
+    }
+
+    private func next() -> UInt64 {
+        seed = seed &* 6364136223846793005 &+ 1442695040888963407
+        return seed >> 33
+    }
+
+    /// Submits until `until` says stop, then waits for every new order's acknowledgement.
+    func run(until stop: () -> Bool) throws {
+        let hot = try client.symbol("HOT-USD"), eth = try client.symbol("ETH-USD")
+        var id: OrderId = 0
+        while !stop() {
+            id += 1
+            let r = next()
+            let symbol = r % 4 == 0 ? eth : hot
+            let command: BookCommand
+            let tag: UInt64
+            if r % 7 == 0 && id > 10 {
+                // A cancel of an earlier order (client time 2: its reports are not the order's ack).
+                command = .cancel(CancelOrder(orderId: id - 1 - OrderId(next() % 10)))
+                tag = 2
+                id -= 1
+            } else {
+                command = .new(NewOrder(orderId: id, side: r & 1 == 0 ? .buy : .sell, price: 95 + Price(next() % 11),
+                                        quantity: 1 + Quantity(next() % 5)))
+                tag = 1
+                submittedNew.append(id)
+                if symbol.spec.id == hot.spec.id { hotNew.append(id) }
+            }
+            while !client.submit(command, symbol: symbol, clientTime: tag) {
+                _ = try client.poll { self.take($0) }
+            }
+            if id % 64 == 0 {
+                _ = try client.poll { self.take($0) }
+                usleep(2_000)  // some 30,000 commands/s each: a loaded symbol, not a flood
+            }
+        }
+        let deadline = Date().addingTimeInterval(30)
+        while acknowledged() < submittedNew.count && Date() < deadline {
+            _ = try client.waitForReports(timeout: 0.05) { self.take($0) }
+        }
+    }
+
+    /// New orders acknowledged (accepted or rejected, client time 1).
+    func acknowledged() -> Int { acks }
+
+    /// Takes the reports still coming (fills of resting orders traded by other producers' later
+    /// orders) until none came for `quiet` seconds.
+    func drain(quiet: Double = 0.3) throws {
+        while try client.waitForReports(timeout: quiet, { self.take($0) }) > 0 {}
+    }
+}
+
+final class StopFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = false
+    var isSet: Bool { lock.lock(); defer { lock.unlock() }; return value }
+    func set() { lock.lock(); value = true; lock.unlock() }
+}
+
+@Suite("Migration between shards", .serialized)
+struct MigrationTests {
+    @Test("a symbol moves between two shards ten times under load from three producers: every order acknowledged once, every trade once, the trades equal a one-book replay of the journals, a restart rebuilds the same books")
+    func shardToShardUnderLoad() throws {
+        let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-mig-\(UUID().uuidString.prefix(8))"
+        defer { removeTree(data) }
+        let log = LogLines()
+        let engine = try migrationEngine(dir, data: data, instance: "mig", log: log)
+        let producers = try (0..<3).map { try MigrationProducer(instance: "mig", directory: dir, seed: UInt64($0 + 1)) }
+        let stop = StopFlag()
+        let failures = LogLines()
+        // Threads of their own: the test's pool has as many threads as cores (2 here).
+        let finished = DispatchSemaphore(value: 0)
+        for p in producers {
+            Thread {
+                do { try p.run { stop.isSet } } catch { failures.append("\(error)") }
+                finished.signal()
+            }.start()
+        }
+        usleep(300_000)
+        var reports: [MigrationReport] = []
+        for hop in 0..<10 {
+            let target = hop % 2 == 0 ? 1 : 0
+            do {
+                reports.append(try engine.migrate(symbol: "HOT-USD", toShard: target))
+            } catch {
+                Issue.record("migration \(hop): \(error)")
+                break
+            }
+            #expect(engine.owner(of: "HOT-USD") == target)
+            usleep(100_000)
+        }
+        stop.set()
+        for _ in producers { finished.wait() }
+        for p in producers { try p.drain() }
+        guard reports.count == 10 else {
+            engine.stop()
+            print(log.all.suffix(30).joined(separator: "\n"))
+            return
+        }
+        #expect(failures.all.isEmpty, "\(failures.all)")
+        #expect(engine.migrations.done == 10 && engine.migrations.failed == 0)
+        for report in reports { log.append("\(report)") }
+
+        // Every new order acknowledged exactly once; rejects only for the symbol in a move.
+        var hotRejects = 0
+        for p in producers {
+            var acks: [OrderId: Int] = [:]
+            for r in p.reports where (r.kind == .accepted || r.kind == .rejected) && r.clientTime == 1 {
+                acks[r.orderId, default: 0] += 1
+                if r.kind == .rejected {
+                    #expect(r.code == RejectReason.symbolMoved.rawValue || r.code == RejectReason.symbolFrozen.rawValue,
+                            "reject reason \(r.code)")
+                    #expect(r.symbolId == 1)
+                    hotRejects += 1
+                }
+            }
+            #expect(acks.count == p.submittedNew.count && acks.values.allSatisfy { $0 == 1 },
+                    "\(p.submittedNew.count) new orders, \(acks.count) acknowledged, \(acks.values.filter { $0 > 1 }.count) more than once")
+        }
+        let total = producers.map(\.submittedNew.count).reduce(0, +)
+        #expect(total > 1000, "load: \(total) new orders")
+        engine.stop()
+        let final = engine.finalDigests
+
+        // The symbol's commands through the journals, replayed into one book.
+        let chain = try SymbolChain(data: data, shards: 2, symbolId: 1, initialOwner: 0)
+        #expect(chain.hops.count == 10 && chain.owner == 0)
+        let spec = SymbolSpec(name: "HOT-USD", id: 1)
+        let (events, bookDigest) = try chain.replay(spec: spec, capacity: BookCapacity(orders: 1 << 16, levels: 1 << 12))
+        // Trades as the clients saw them (each side once) against the replay's.
+        struct Fill: Hashable { var order: OrderId; var price: Price; var quantity: Quantity; var open: Quantity }
+        var reported: [Fill: Int] = [:], replayed: [Fill: Int] = [:]
+        for p in producers {
+            for r in p.reports where r.kind == .trade && r.symbolId == 1 {
+                reported[Fill(order: OrderId(p.client.sessionId) << 48 | r.orderId, price: r.price, quantity: r.quantity, open: r.open), default: 0] += 1
+            }
+        }
+        var trades = 0
+        for case .trade(let maker, let taker, _, let price, let quantity, let makerOpen, let takerOpen) in events {
+            trades += 1
+            replayed[Fill(order: maker, price: price, quantity: quantity, open: makerOpen), default: 0] += 1
+            replayed[Fill(order: taker, price: price, quantity: quantity, open: takerOpen), default: 0] += 1
+        }
+        #expect(trades > 100, "\(trades) trades")
+        let missing = replayed.filter { reported[$0.key] != $0.value }.count, extra = reported.filter { replayed[$0.key] != $0.value }.count
+        #expect(missing == 0 && extra == 0, "\(reported.count) fills reported, \(replayed.count) replayed: \(missing) replayed fills not reported as often, \(extra) reported fills not replayed as often")
+        // Nothing reordered: each session's new orders for the symbol in the journal chain in
+        // the order it sent them.
+        var lastId: [UInt32: OrderId] = [:]
+        var reordered = 0
+        for applied in chain.commands {
+            guard applied.record[1] == 1 else { continue }
+            let id = applied.record.withUnsafeBytes { CommandRecord.orderId($0.baseAddress!) }
+            if let last = lastId[applied.session], id <= last { reordered += 1 }
+            lastId[applied.session] = id
+        }
+        #expect(reordered == 0)
+        // The engine's book of the symbol is the replay's (shard 0 holds it alone now).
+        #expect(final[0] == (0xCBF2_9CE4_8422_2325 ^ bookDigest) &* 0x0000_0100_0000_01B3)
+        log.append("checker: \(total) new orders, \(hotRejects) rejected while moving, \(trades) trades, \(chain.commands.count) commands in the chain")
+        print(log.all.filter { $0.contains("migrated") || $0.contains("checker") }.joined(separator: "\n"))
+
+        // A restart replays the moves: the same books, the symbol on shard 0.
+        let again = try migrationEngine(dir, data: data, instance: "mig")
+        #expect(again.recoveredDigests == final)
+        #expect(again.owner(of: "HOT-USD") == 0 && again.owner(of: "ETH-USD") == 1)
+        again.stop()
+    }
+}
