@@ -321,4 +321,124 @@ struct MigrationTests {
         #expect(again.owner(of: "HOT-USD") == 0 && again.owner(of: "ETH-USD") == 1)
         again.stop()
     }
+
+    static var killCycles: Int { Int(ProcessInfo.processInfo.environment["MIGRATION_KILL_CYCLES"] ?? "") ?? 5 }
+
+    @Test("kill -9 at a random moment of back-to-back migrations under load, then recovery: one shard owns the symbol, the books equal a one-book replay of the journals, every acknowledged order is in them")
+    func killDuringMigrations() throws {
+        let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-migk-\(UUID().uuidString.prefix(8))"
+        let config = data + ".toml"
+        defer {
+            removeTree(data)
+            removeTree(config)
+        }
+        try """
+        [engine]
+        durability = "sync"
+        [[shards]]
+        [[shards]]
+        [book]
+        orders = 65536
+        levels = 4096
+        [[symbols]]
+        name = "HOT-USD"
+        id = 1
+        shard = 0
+        [[symbols]]
+        name = "ETH-USD"
+        id = 2
+        shard = 1
+        """.write(toFile: config, atomically: true, encoding: .utf8)
+        var rng: UInt64 = 0x5eed
+        var recoveries: [String] = []
+        for cycle in 0..<Self.killCycles {
+            let engine = Process()
+            engine.executableURL = crossbookBinary()
+            engine.arguments = ["run", "--config", config, "--instance", "mk", "--directory", dir, "--data-dir", data, "--no-pin",
+                                "--clean-stale", "--no-plugins"]
+            let err = Pipe()
+            engine.standardError = err
+            engine.standardOutput = err
+            try engine.run()
+            #expect(waitFor(10) { (try? EngineFile.attach(directory: dir))?.isServing ?? false }, "cycle \(cycle): engine up")
+            // Migrations back to back on a thread of their own, until the engine is gone.
+            let moves = LogLines()
+            let mover = DispatchSemaphore(value: 0)
+            Thread {
+                var target = 1
+                for _ in 0..<10_000 {
+                    guard let answer = try? Engine.ask(directory: dir, "routes", timeout: 5), answer.first == "ok" else { break }
+                    let hot = answer.first { $0.hasPrefix("HOT-USD ") }?.split(separator: " ").last.flatMap { Int($0) } ?? 0
+                    target = 1 - hot
+                    guard let moved = try? Engine.ask(directory: dir, "migrate HOT-USD \(target)", timeout: 10) else { break }
+                    moves.append(moved.first ?? "")
+                    if let why = moved.first, why != "ok", !why.isEmpty { moves.append("why: " + why) }
+                }
+                mover.signal()
+            }.start()
+            let client = try CrossbookClient(instance: "mk", directory: dir, ringCapacity: 1 << 14)
+            let hot = try client.symbol("HOT-USD"), eth = try client.symbol("ETH-USD")
+            var acked = Set<Int64>()
+            let session = Int64(client.sessionId)
+            func take(_ r: ReportRecord.Report) { if r.kind == .accepted { acked.insert(session << 48 | r.orderId) } }
+            rng = rng &* 6364136223846793005 &+ 1442695040888963407
+            let killAt = Date().addingTimeInterval(0.2 + Double((rng >> 33) % 600) / 1000)
+            var id = OrderId(cycle) * 10_000_000  // ids of one cycle never match another's
+            while Date() < killAt {
+                id += 1
+                rng = rng &* 6364136223846793005 &+ 1442695040888963407
+                let r = rng >> 33
+                let order = NewOrder(orderId: id, side: r & 1 == 0 ? .buy : .sell, price: 95 + Price(r % 11), quantity: 1 + Quantity((r >> 8) % 5))
+                while !client.submit(.new(order), symbol: r % 4 == 0 ? eth : hot, clientTime: 1) {
+                    _ = try? client.poll(take)
+                    if Date() >= killAt { break }
+                }
+                if id % 32 == 0 {
+                    _ = try? client.poll(take)
+                    usleep(500)
+                }
+            }
+            kill(engine.processIdentifier, SIGKILL)
+            engine.waitUntilExit()
+            _ = try? client.poll(take)
+            client.close()
+            mover.wait()
+            #expect(!moves.all.isEmpty, "cycle \(cycle): no migration ran")
+
+            // Recovery of a copy, in this process: one owner after the reconciliation.
+            let copy = data + "-copy"
+            removeTree(copy)
+            copyDirectory(data, copy)
+            let log = LogLines()
+            let offline = try migrationEngine(testDirectory(), data: copy, instance: "mko\(cycle)", log: log)
+            let owner = try #require(offline.owner(of: "HOT-USD"))
+            #expect(offline.owner(of: "ETH-USD") == 1)
+            offline.stop()
+            // After the reconciliation (which may journal a thaw and a drop): the books as they are.
+            let recovered = offline.finalDigests
+            let refusals = Set(moves.all.filter { $0.hasPrefix("why: ") }.map { String($0.dropFirst(5)).prefix(120) })
+            recoveries.append("cycle \(cycle): \(moves.all.filter { $0 == "ok" }.count) migrations done, \(acked.count) acknowledged, HOT-USD on shard \(owner)" +
+                              (refusals.isEmpty ? "" : "; refused: " + refusals.sorted().joined(separator: " | ")) +
+                              (log.all.filter { $0.contains("interrupted migration") }.map { "; " + $0 }.joined()))
+            // The books against a one-book replay of each symbol's way through the journals
+            // (including what the reconciliation journaled).
+            let hotChain = try SymbolChain(data: copy, shards: 2, symbolId: 1, initialOwner: 0)
+            let ethChain = try SymbolChain(data: copy, shards: 2, symbolId: 2, initialOwner: 1)
+            #expect(hotChain.owner == owner)
+            let capacity = BookCapacity(orders: 1 << 16, levels: 1 << 12)
+            let hotDigest = try hotChain.replay(spec: SymbolSpec(name: "HOT-USD", id: 1), capacity: capacity).digest
+            let ethDigest = try ethChain.replay(spec: SymbolSpec(name: "ETH-USD", id: 2), capacity: capacity).digest
+            func fold(_ books: [UInt64]) -> UInt64 { books.reduce(0xCBF2_9CE4_8422_2325) { ($0 ^ $1) &* 0x0000_0100_0000_01B3 } }
+            let expected = owner == 0 ? [fold([hotDigest]), fold([ethDigest])] : [fold([]), fold([hotDigest, ethDigest])]
+            #expect(recovered == expected, "cycle \(cycle): recovered books differ from the replay of the journals")
+            // Nothing acknowledged is lost.
+            var journaled = Set<Int64>()
+            for applied in hotChain.commands + ethChain.commands where applied.record[1] == 1 {
+                journaled.insert(Int64(applied.session) << 48 | applied.record.withUnsafeBytes { CommandRecord.orderId($0.baseAddress!) })
+            }
+            #expect(acked.isSubset(of: journaled), "cycle \(cycle): \(acked.subtracting(journaled).count) acknowledged orders not in the journals")
+            removeTree(copy)
+        }
+        print(recoveries.joined(separator: "\n"))
+    }
 }

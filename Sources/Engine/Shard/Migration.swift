@@ -154,7 +154,8 @@ extension ShardState {
         }
     }
 
-    static var importPartSize: Int { 1 << 20 }
+    /// Under the journal's 1 MiB record limit with the headers around it.
+    static var importPartSize: Int { 1 << 19 }
 
     /// Sequences, journals and applies the held commands of slot `slot`, in arrival order; the
     /// others stay held. Returns how many. A command the journal refuses is rejected by nobody:
