@@ -441,4 +441,103 @@ struct MigrationTests {
         }
         print(recoveries.joined(separator: "\n"))
     }
+
+    /// Runs the crossbook tool (optionally as another user, through setpriv): its exit status
+    /// and its standard output and error together.
+    func crossbook(_ arguments: [String], asUser uid: Int? = nil) throws -> (status: Int32, output: String) {
+        let process = Process()
+        if let uid {
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+            process.arguments = ["--reuid=\(uid)", "--regid=\(uid)", "--clear-groups", crossbookBinary().path] + arguments
+        } else {
+            process.executableURL = crossbookBinary()
+            process.arguments = arguments
+        }
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardError = out
+        try process.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+
+    /// Sends raw bytes to the engine's control socket; the answer (empty if none).
+    func rawRequest(_ dir: String, _ bytes: [UInt8], closeWrite: Bool = true) -> String {
+        let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(s) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let path = Array((dir + "/control.sock").utf8)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw.copyBytes(from: path)
+            raw[path.count] = 0
+        }
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(s, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard connected == 0 else { return "connect failed" }
+        _ = bytes.withUnsafeBytes { send(s, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        if closeWrite { shutdown(s, Int32(SHUT_WR)) }
+        var answer: [UInt8] = [], buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { recv(s, $0.baseAddress, $0.count, 0) }
+            guard n > 0 else { break }
+            answer += buffer[0..<n]
+        }
+        return String(decoding: answer, as: UTF8.self)
+    }
+
+    @Test("crossbook migrate and route through the control socket; wrong requests, garbage, oversized and silent requests and another user get an error, and the engine goes on serving")
+    func operatorCommands() throws {
+        let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-migc-\(UUID().uuidString.prefix(8))"
+        defer { removeTree(data) }
+        let engine = try migrationEngine(dir, data: data, instance: "migc")
+        defer { engine.stop() }
+        let target = ["--instance", "migc", "--directory", dir]
+        let list = try crossbook(["route", "list"] + target)
+        #expect(list.status == 0 && list.output.contains("HOT-USD id 1 shard 0") && list.output.contains("ETH-USD id 2 shard 1"), "\(list)")
+        // A resting order moves with its book.
+        let client = try CrossbookClient(instance: "migc", directory: dir)
+        let hot = try client.symbol("HOT-USD")
+        #expect(client.submit(.new(NewOrder(orderId: 1, side: .buy, price: 100, quantity: 3)), symbol: hot))
+        var first: ReportRecord.Kind?
+        _ = try client.waitForReports(timeout: 5) { first = $0.kind }
+        #expect(first == .accepted)
+
+        let moved = try crossbook(["migrate", "HOT-USD", "--to-shard", "1"] + target)
+        #expect(moved.status == 0 && moved.output.contains("migrated HOT-USD shard 0 -> 1: 1 resting orders"), "\(moved)")
+        #expect(try crossbook(["route", "get", "HOT-USD"] + target).output.contains("HOT-USD shard 1"))
+        #expect(client.shard(of: hot) == 1, "the client follows the route")
+        // The moved bid trades on shard 1 with a sell sent there.
+        #expect(client.submit(.new(NewOrder(orderId: 2, side: .sell, price: 100, quantity: 1)), symbol: hot))
+        var kinds: [ReportRecord.Kind] = []
+        let deadline = Date().addingTimeInterval(5)
+        while kinds.filter({ $0 == .trade }).count < 2 && Date() < deadline { _ = try client.waitForReports(timeout: 0.2) { kinds.append($0.kind) } }
+        #expect(kinds.filter { $0 == .trade }.count == 2, "\(kinds)")
+
+        // Refusals, each with its reason, exit status 1.
+        for (arguments, reason) in [(["migrate", "HOT-USD", "--to-shard", "1"], "already"), (["migrate", "HOT-USD", "--to-shard", "7"], "no shard 7"),
+                                    (["migrate", "NOPE-USD", "--to-shard", "0"], "no symbol NOPE-USD"), (["route", "get", "NOPE-USD"], "no symbol")] {
+            let result = try crossbook(arguments + target)
+            #expect(result.status != 0 && result.output.contains(reason), "\(arguments): \(result)")
+        }
+        // The socket itself: garbage of every kind.
+        #expect(rawRequest(dir, Array("migrate HOT-USD abc\n".utf8)).hasPrefix("error usage"))
+        #expect(rawRequest(dir, Array("drop everything\n".utf8)).hasPrefix("error unknown request"))
+        #expect(rawRequest(dir, [1, 2, 0xff, 10]).hasPrefix("error the request is not printable"))
+        #expect(rawRequest(dir, [UInt8](repeating: 65, count: 5000)).hasPrefix("error request longer"))
+        #expect(rawRequest(dir, Array("routes".utf8)).hasPrefix("error no request line"))
+        #expect(rawRequest(dir, [], closeWrite: false).hasPrefix("error no request line"), "silent: answered after 2 s")
+        // Another user cannot reach it (the instance directory is the engine's user's).
+        let other = try crossbook(["route", "list"] + target, asUser: 65534)
+        #expect(other.status != 0 && !other.output.contains("HOT-USD"), "\(other)")
+        // Still serving, the symbol where it was put.
+        #expect(engine.owner(of: "HOT-USD") == 1)
+        #expect(client.submit(.new(NewOrder(orderId: 3, side: .sell, price: 100, quantity: 2)), symbol: hot))
+        var filled = false
+        _ = try client.waitForReports(timeout: 5) { if $0.kind == .trade { filled = true } }
+        #expect(filled)
+        client.close()
+    }
 }
