@@ -17,13 +17,19 @@ public struct MigrationReport: Sendable, Equatable, CustomStringConvertible {
     /// The source's export sequence and the target's thaw sequence.
     public var exportSequence: UInt64
     public var thawSequence: UInt64
-    /// From the export (the symbol frozen) to the target trading it (held commands applied).
+    /// From the source taking the book's bytes (no command of the symbol is applied after) to the
+    /// target trading it (held commands applied).
     public var pauseNanoseconds: UInt64
     /// Of the pause: waiting for the export to be on disk (nothing may depend on it before).
     public var durableWaitNanoseconds: UInt64
+    /// Where the pause went, nanoseconds by phase: snapshot (the book's bytes), export
+    /// (journaled), durable (waiting for it on disk), import (journaled and restored), held
+    /// (the commands that waited), handoff (the rest: mailboxes, waking the shards).
+    public var phases: [String: UInt64] = [:]
 
     public var description: String {
-        "migrated \(symbol) shard \(fromShard) -> \(toShard): \(orders) resting orders, \(held) held commands, pause \(String(format: "%.3f", Double(pauseNanoseconds) / 1e6)) ms (of it \(String(format: "%.3f", Double(durableWaitNanoseconds) / 1e6)) ms waiting for the export to be durable), export at sequence \(exportSequence) of shard \(fromShard), thaw at \(thawSequence) of shard \(toShard)"
+        let parts = ["snapshot", "export", "durable", "import", "held", "handoff"].compactMap { key in phases[key].map { "\(key) \(String(format: "%.3f", Double($0) / 1e6))" } }
+        return "migrated \(symbol) shard \(fromShard) -> \(toShard): \(orders) resting orders, \(held) held commands, pause \(String(format: "%.3f", Double(pauseNanoseconds) / 1e6)) ms (\(parts.joined(separator: ", ")) ms), export at sequence \(exportSequence) of shard \(fromShard), thaw at \(thawSequence) of shard \(toShard)"
     }
 }
 
@@ -154,9 +160,15 @@ extension Engine {
         case .refused(_, let why):
             throw EngineError("migration of \(name): shard \(source) did not drop its copy: \(why) (the next start drops it)")
         }
+        var phases = out.phases.merging(into.phases) { a, _ in a }
+        let exported = out.at &+ (out.phases["snapshot"] ?? 0) &+ (out.phases["export"] ?? 0)
+        phases["durable"] = durableAt &- exported
+        let pause = into.at &- out.at
+        phases["handoff"] = pause &- phases.values.reduce(0, &+)
         let report = MigrationReport(symbol: name, fromShard: source, toShard: target, orders: out.orders, held: into.held,
                                      exportSequence: out.sequence, thawSequence: into.sequence,
-                                     pauseNanoseconds: into.at &- out.at, durableWaitNanoseconds: durableAt &- out.at)
+                                     pauseNanoseconds: pause, durableWaitNanoseconds: phases["durable"] ?? 0,
+                                     phases: phases)
         log(report.description)
         return report
     }

@@ -115,42 +115,56 @@ extension OrderBook {
             }
             let end = BookSnapshotLayout.headerSize + Int(count) * BookSnapshotLayout.orderSize
             guard fnv1a(UnsafeRawBufferPointer(start: p, count: end)) == load64(end) else { failure = .checksum; return }
+            // Pass 1, nothing changed yet: every order checked, and the levels found (runs of one
+            // price). Priority order: bids by falling price, then asks by rising price, each
+            // level whole.
             var previous: (side: Side, price: Price)?
+            var runs: [(start: Int, end: Int, side: Side, price: Price)] = []
             for i in 0..<Int(count) {
                 let o = BookSnapshotLayout.headerSize + i * BookSnapshotLayout.orderSize
-                let id = Int64(bitPattern: load64(o))
                 let price = Int64(bitPattern: load64(o + 8))
                 let open = Int64(bitPattern: load64(o + 16))
-                let account = load32(o + 24)
                 guard let side = Side(rawValue: p.load(fromByteOffset: o + 28, as: UInt8.self)),
-                      let stp = SelfTradePrevention(rawValue: p.load(fromByteOffset: o + 29, as: UInt8.self)),
+                      SelfTradePrevention(rawValue: p.load(fromByteOffset: o + 29, as: UInt8.self)) != nil,
                       p.loadUnaligned(fromByteOffset: o + 30, as: UInt16.self) == 0
                 else { failure = .invalidOrder(index: i, "bad side, mode or reserved bytes"); return }
                 if let reason = store.validateQuantity(open) ?? store.validatePrice(price) {
                     failure = .invalidOrder(index: i, reason.name)
                     return
                 }
-                // Priority order: bids by falling price, then asks by rising price, each level whole.
                 if let prev = previous {
                     let ordered = prev.side == side ? (side == .buy ? price <= prev.price : price >= prev.price)
                         : (prev.side == .buy && side == .sell)
                     guard ordered else { failure = .invalidOrder(index: i, "out of priority order"); return }
                 }
                 previous = (side, price)
-                guard store.lookup(id) == 0 else { failure = .invalidOrder(index: i, "duplicate order id \(id)"); return }
-                if freeLevels == 0 && levelHighWater > store.levelCapacity && !findLevel(side, price).found {
-                    failure = .capacity("more price levels than the capacity \(spec.levels)")
-                    return
+                if let last = runs.last, last.side == side, last.price == price {
+                    runs[runs.count - 1].end = i + 1
+                } else {
+                    runs.append((i, i + 1, side, price))
                 }
-                let h = allocateOrder()
-                nodes[Int(h)].id = id
-                nodes[Int(h)].open = open
-                nodes[Int(h)].account = account
-                nodes[Int(h)].side = side
-                nodes[Int(h)].selfTradePrevention = stp
-                store.insertId(h)
-                var ignore = DiscardingSink()
-                rest(h, price, &ignore)
+            }
+            guard runs.count <= spec.levels else { failure = .capacity("more price levels than the capacity \(spec.levels)"); return }
+            // Pass 2: the levels from the worst price in, so that each new level goes at the end
+            // of its ladder (the best price is kept last): a book of n levels restores in O(n),
+            // not O(n^2) moves. Orders within a level in their order: their priority.
+            for side in [Side.buy, .sell] {
+                for run in runs.reversed() where run.side == side {
+                    for i in run.start..<run.end {
+                        let o = BookSnapshotLayout.headerSize + i * BookSnapshotLayout.orderSize
+                        let id = Int64(bitPattern: load64(o))
+                        guard store.lookup(id) == 0 else { failure = .invalidOrder(index: i, "duplicate order id \(id)"); return }
+                        let h = allocateOrder()
+                        nodes[Int(h)].id = id
+                        nodes[Int(h)].open = Int64(bitPattern: load64(o + 16))
+                        nodes[Int(h)].account = load32(o + 24)
+                        nodes[Int(h)].side = side
+                        nodes[Int(h)].selfTradePrevention = SelfTradePrevention(rawValue: p.load(fromByteOffset: o + 29, as: UInt8.self))!
+                        store.insertId(h)
+                        var ignore = DiscardingSink()
+                        rest(h, run.price, &ignore)
+                    }
+                }
             }
             if let bid = bestBid, let ask = bestAsk, bid.price >= ask.price {
                 failure = .invalidOrder(index: Int(count) - 1, "the book would be crossed")

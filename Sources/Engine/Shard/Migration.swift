@@ -60,6 +60,9 @@ struct MigrationAnswer: Sendable {
     /// Resting orders in the book moved, and commands that waited for it.
     var orders = 0
     var held = 0
+    /// Where the time went, nanoseconds: source: the book's bytes, the export journaled;
+    /// target: the import (journal + restore), the held commands.
+    var phases: [String: UInt64] = [:]
 }
 
 extension ShardState {
@@ -92,7 +95,16 @@ extension ShardState {
             incoming[b] = 1
             holding += 1
         }
-        step.finish(MigrationAnswer(at: monotonicNanoseconds()))
+        // The empty book now, before the pause: allocating (and touching) a book of its capacity
+        // takes milliseconds. It stays not owned (commands rejected) until the import.
+        let t0 = monotonicNanoseconds()
+        if !hasBook(b) {
+            if let failure = makeBook(b) { return step.finish(MigrationAnswer(refusal: "\(failure)")) }
+            bookFlags[b] = BookFlag.notOwned
+        }
+        var answer = MigrationAnswer(at: monotonicNanoseconds())
+        answer.phases["prepare"] = answer.at - t0
+        step.finish(answer)
     }
 
     /// Step 2, on the source: export (and so freeze) the book.
@@ -104,11 +116,17 @@ extension ShardState {
         guard bookFlags[b] & BookFlag.frozen == 0 else {
             return step.finish(MigrationAnswer(refusal: "symbol \(id) is frozen on shard \(index) (an operator's freeze, or a migration under way): thaw it first"))
         }
+        let t0 = monotonicNanoseconds()
         let bytes = books[b].snapshot()
         let orders = books[b].restingOrderCount
+        let t1 = monotonicNanoseconds()
         switch runAdmin(.exportSealed(symbolId: id, length: UInt32(bytes.count), crc: bookCRC(bytes))) {
         case .applied(let sequence):
-            step.finish(MigrationAnswer(sequence: sequence, at: monotonicNanoseconds(), book: bytes, orders: orders))
+            let t2 = monotonicNanoseconds()
+            // The pause starts at t0: no command of the symbol is applied here after it.
+            var answer = MigrationAnswer(sequence: sequence, at: t0, book: bytes, orders: orders)
+            answer.phases = ["snapshot": t1 - t0, "export": t2 - t1]
+            step.finish(answer)
         case .refused(_, let why):
             step.finish(MigrationAnswer(refusal: why))
         }
@@ -120,7 +138,9 @@ extension ShardState {
         let id = step.symbolId
         guard let b = book(of: id) else { return step.finish(MigrationAnswer(refusal: "symbol \(id) is not one of this instance")) }
         var answer = MigrationAnswer()
+        let t0 = monotonicNanoseconds()
         if !abandon {
+            defer { answer.phases["import"] = monotonicNanoseconds() - t0 }
             switch importBook(id, step.book) {
             case .applied:
                 switch runAdmin(.thaw(symbolId: id)) {
@@ -135,8 +155,12 @@ extension ShardState {
             incoming[b] = 0
             holding -= 1
         }
+        // Not imported: the book made at `expect` goes.
+        if bookFlags[b] & BookFlag.notOwned != 0 { releaseBook(b) }
+        let t1 = monotonicNanoseconds()
         answer.held = releaseHeld(slot: Int32(b))
         answer.at = monotonicNanoseconds()
+        answer.phases["held"] = answer.at - t1
         step.finish(answer)
     }
 

@@ -66,7 +66,12 @@ extension ShardState {
                     do {
                         let command = try AdminRecord.decode(UnsafeRawBufferPointer(rebasing: payload[8...]))
                         let refusal = processAdmin(command, sequencer.replayed(sequence: seq, session: 0, engineTime: engineTime))
-                        if let refusal, case .exportBook = command, refusal.contains("differs") {
+                        let isExport: Bool
+                        switch command {
+                        case .exportBook, .exportSealed: isExport = true
+                        default: isExport = false
+                        }
+                        if let refusal, isExport, refusal.contains("differs") {
                             adminFailure = "sequence \(seq): \(refusal): the replay does not rebuild what was exported"
                         }
                     } catch {

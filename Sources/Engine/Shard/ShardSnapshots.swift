@@ -13,7 +13,7 @@ extension ShardState {
                                    recordCRC: feed.journal?.lastRecordCRC ?? 0).bytes
         let highest = max(maxRecoveredSession, sessions.highestSession)
         withUnsafeBytes(of: highest.littleEndian) { body.append(contentsOf: $0) }
-        let present = symbols.indices.filter { hasBook($0) }
+        let present = symbols.indices.filter { isOwned($0) }
         withUnsafeBytes(of: UInt32(present.count).littleEndian) { body.append(contentsOf: $0) }
         for b in present {
             let bytes = books[b].snapshot()

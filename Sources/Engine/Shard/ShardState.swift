@@ -110,6 +110,9 @@ struct ShardState: ~Copyable {
     @inline(__always)
     func hasBook(_ b: Int) -> Bool { bookFlags[b] & BookFlag.absent == 0 }
 
+    /// Slot `b` holds a book the shard owns (not one made for a symbol on its way in).
+    func isOwned(_ b: Int) -> Bool { bookFlags[b] & (BookFlag.absent | BookFlag.notOwned) == 0 }
+
     /// The books of the symbols the shard owns at its first start; the other slots absent.
     private mutating func createBooks() -> EngineError? {
         for (i, entry) in symbols.enumerated() {
@@ -150,7 +153,7 @@ struct ShardState: ~Copyable {
     /// The state digest: every book's, combined in order (FNV-1a style).
     var digest: UInt64 {
         var digest: UInt64 = 0xCBF2_9CE4_8422_2325
-        for b in symbols.indices where hasBook(b) { digest = (digest ^ books[b].digest) &* 0x0000_0100_0000_01B3 }
+        for b in symbols.indices where isOwned(b) { digest = (digest ^ books[b].digest) &* 0x0000_0100_0000_01B3 }
         return digest
     }
 
