@@ -135,7 +135,7 @@ extension Engine {
             throw abandon("shard \(source)'s export at sequence \(out.sequence) was not durable within \(timeout) s", thawSource: true)
         }
         let durableAt = monotonicNanoseconds()
-        guard let into = step(target, { .migrateIn($0, abandon: false) }, MigrationStep(symbolId: id, book: out.book),
+        guard let into = step(target, { .migrateIn($0, abandon: false) }, MigrationStep(symbolId: id, book: out.book, positions: out.positions),
                               timeout: timeout) else {
             // Unknown whether the target imported: leave the route there and let the next start
             // decide from the journals (reconcileOwners); say so.

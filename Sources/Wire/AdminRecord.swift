@@ -14,6 +14,7 @@
 //     export, import     symbol id (u32), book length (u32), the book (OrderBook.snapshot bytes)
 //     export sealed      symbol id (u32), book length (u32), the book's CRC32C (u32)
 //     import part        symbol id (u32), total length (u32), offset (u32), part length (u32), part
+//     ingress floor      symbol id (u32), partition (u32), offset (u64), source length (u16), source
 //     bind source        session (u32), partition (u32), source length (u16), source (UTF-8)
 //     unbind source      session (u32)
 //
@@ -46,6 +47,10 @@ public enum AdminCommand: Equatable, Sendable {
     /// Part of an import too large for one journal record: bytes `offset ..< offset + part.count`
     /// of a book of `total` bytes. The last part imports the book, as `importBook` does.
     case importPart(symbolId: UInt32, total: UInt32, offset: UInt32, part: [UInt8])
+    /// The symbol's commands from `source` partition `partition` below `offset` were applied by
+    /// the shard it came from (its position at the export): one of them arriving here again is
+    /// a replay of the source (`duplicate_ingress`), whatever this shard's own position.
+    case ingressFloor(symbolId: UInt32, source: String, partition: UInt32, offset: UInt64)
     /// This shard no longer owns the (exported) symbol: its book is emptied.
     case drop(symbolId: UInt32)
     /// From now on the commands of `session` come from `source` partition `partition`, each with
@@ -67,6 +72,7 @@ public enum AdminCommand: Equatable, Sendable {
         case unbindSource = 9
         case exportSealed = 10
         case importPart = 11
+        case ingressFloor = 12
     }
 
     public var kind: Kind {
@@ -82,6 +88,7 @@ public enum AdminCommand: Equatable, Sendable {
         case .unbindSource: .unbindSource
         case .exportSealed: .exportSealed
         case .importPart: .importPart
+        case .ingressFloor: .ingressFloor
         }
     }
 }
@@ -141,6 +148,13 @@ public enum AdminRecord {
             put(id)
             put(length)
             put(crc)
+        case .ingressFloor(let id, let source, let partition, let offset):
+            let name = Array(source.utf8.prefix(maxSourceLength))
+            put(id)
+            put(partition)
+            put(offset)
+            put(UInt16(name.count))
+            body.append(contentsOf: name)
         case .importPart(let id, let total, let offset, let part):
             put(id)
             put(total)
@@ -211,6 +225,14 @@ public enum AdminRecord {
         case .exportSealed:
             try need(12)
             return .exportSealed(symbolId: u32(0), length: u32(4), crc: u32(8))
+        case .ingressFloor:
+            guard body.count >= 18 else { throw .body(kind, "\(body.count) bytes, fewer than 18") }
+            let count = Int(UInt16(littleEndian: body.loadUnaligned(fromByteOffset: 16, as: UInt16.self)))
+            try need(18 + count)
+            guard count <= maxSourceLength, let source = String(validating: body[18...], as: UTF8.self), !source.isEmpty else {
+                throw .body(kind, "the source is not a name in UTF-8")
+            }
+            return .ingressFloor(symbolId: u32(0), source: source, partition: u32(4), offset: u64(8))
         case .importPart:
             guard body.count >= 16 else { throw .body(kind, "\(body.count) bytes, fewer than 16") }
             let total = u32(4), offset = u32(8), count = Int(u32(12))
@@ -233,6 +255,7 @@ public enum AdminRecord {
         case .importBook(let id, let book): "admin import symbol \(id), book of \(book.count) bytes"
         case .drop(let id): "admin drop symbol \(id)"
         case .exportSealed(let id, let length, let crc): "admin export symbol \(id), book of \(length) bytes, crc32c \(String(crc, radix: 16))"
+        case .ingressFloor(let id, let source, let partition, let offset): "admin ingress-floor symbol \(id) \(source)#\(partition) below \(offset)"
         case .importPart(let id, let total, let offset, let part): "admin import symbol \(id), bytes \(offset)..<\(offset + UInt32(part.count)) of \(total)"
         case .bindSource(let session, let source, let partition): "admin bind session \(session) to source \(source)#\(partition)"
         case .unbindSource(let session): "admin unbind session \(session)"

@@ -133,4 +133,52 @@ struct IngressPositionTests {
         bad[bad.count - 1] = 0xFF
         #expect(throws: AdminRecord.Malformed.self) { try bad.withUnsafeBytes { try AdminRecord.decode($0) } }
     }
+
+    /// Submits a new order of `symbolId` from `session` at `offset` to `shard`; its first report.
+    func submitTo(_ session: LocalSession, shard: Int, symbolId: UInt32, offset: UInt64, orderId: OrderId) throws -> ReportRecord.Report? {
+        var record = [UInt8](repeating: 0, count: 64)
+        record.withUnsafeMutableBytes {
+            CommandRecord.encode(.init(symbolId: symbolId, command: .new(NewOrder(orderId: orderId, side: .buy, price: 100, quantity: 1)),
+                                       clientSequence: offset), to: $0.baseAddress!)
+        }
+        guard record.withUnsafeBytes({ session.submit($0.baseAddress!, shard: shard) }) else { return nil }
+        var out = [UInt8](repeating: 0, count: 64)
+        let deadline = Date().addingTimeInterval(5)
+        while Date() < deadline {
+            let n = try out.withUnsafeMutableBytes { try session.poll(into: $0.baseAddress!, capacity: 1) }
+            if n == 1 { return out.withUnsafeBytes { try? ReportRecord.decode($0.baseAddress!) } }
+            usleep(100)
+        }
+        return nil
+    }
+
+    @Test("a symbol that moves to another shard takes its old shard's ingress position along: a replay of its commands is rejected there (duplicate_ingress), though the new shard's own position is lower; after a restart too")
+    func positionsMoveWithTheSymbol() throws {
+        let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-ingmig-\(UUID().uuidString.prefix(8))"
+        defer { removeTree(data) }
+        let engine = try migrationEngine(dir, data: data, instance: "ingm")
+        let session = try engine.openLocalSession(source: IngressSource(name: "orders", partition: 0))
+        // HOT-USD (shard 0) up to offset 10, ETH-USD (shard 1) up to 5.
+        #expect(try submitTo(session, shard: 0, symbolId: 1, offset: 10, orderId: 1)?.kind == .accepted)
+        #expect(try submitTo(session, shard: 1, symbolId: 2, offset: 5, orderId: 2)?.kind == .accepted)
+        _ = try engine.migrate(symbol: "HOT-USD", toShard: 1)
+        // Shard 1's own position is 5: offset 8 of HOT-USD would pass its check, but shard 0
+        // applied it.
+        let replay = try #require(try submitTo(session, shard: 1, symbolId: 1, offset: 8, orderId: 3))
+        #expect(replay.kind == .rejected && replay.code == RejectReason.duplicateIngress.rawValue)
+        // ETH-USD is not held back by HOT-USD's floor.
+        #expect(try submitTo(session, shard: 1, symbolId: 2, offset: 7, orderId: 4)?.kind == .accepted)
+        #expect(try submitTo(session, shard: 1, symbolId: 1, offset: 11, orderId: 5)?.kind == .accepted)
+        engine.closeLocalSession(session)
+        engine.stop()
+        let final = engine.finalDigests
+
+        let restarted = try migrationEngine(dir, data: data, instance: "ingm")
+        defer { restarted.stop() }
+        #expect(restarted.recoveredDigests == final)
+        #expect(restarted.owner(of: "HOT-USD") == 1)
+        let again = try restarted.openLocalSession(source: IngressSource(name: "orders", partition: 0))
+        #expect(try submitTo(again, shard: 1, symbolId: 1, offset: 9, orderId: 6)?.code == RejectReason.duplicateIngress.rawValue)
+        #expect(try submitTo(again, shard: 1, symbolId: 1, offset: 12, orderId: 7)?.kind == .accepted)
+    }
 }

@@ -150,6 +150,12 @@ extension ShardState {
                 return "more than \(IngressPositions.capacity) ingress sources"
             }
             ingress.bind(session, to: slot)
+        case .ingressFloor(let id, let source, let partition, let offset):
+            guard book(of: id) != nil else { return "symbol \(id) is not a symbol of this instance" }
+            guard offset <= UInt64(Int64.max) + 1 else { return "offset \(offset) is not a Kafka offset" }
+            guard let slot = ingress.slot(sourceKey(source, partition)) else { return "more than \(IngressPositions.capacity) ingress sources" }
+            let key = UInt64(id) << 32 | UInt64(UInt32(bitPattern: slot))
+            ingress.floors[key] = max(ingress.floors[key] ?? 0, offset)
         case .unbindSource(let session):
             guard session < 1 << 16, ingress.ofSession[Int(session)] >= 0 else { return "session \(session) is not bound" }
             ingress.ofSession[Int(session)] = -1
@@ -285,6 +291,15 @@ extension ShardState {
             put(session)
             put(slot)
         }
+        // Version 3: the ingress floors (count u32; per floor symbol id u32, source index u32,
+        // offset u64).
+        let floors = ingress.floors.sorted { $0.key < $1.key }
+        put(UInt32(floors.count))
+        for (key, offset) in floors {
+            put(UInt32(truncatingIfNeeded: key >> 32))
+            put(UInt32(truncatingIfNeeded: key))
+            put(offset)
+        }
         return out
     }
 
@@ -360,6 +375,13 @@ extension ShardState {
                 let index = try get(UInt32.self)
                 guard session < 1 << 16, index < ingress.keys.count else { throw EngineError("snapshot: ingress binding of session \(session)") }
                 ingress.bind(session, to: Int32(index))
+            }
+            if tag == Self.adminTrailerTag3 {
+                for _ in 0..<(try get(UInt32.self)) {
+                    let symbol = try get(UInt32.self), index = try get(UInt32.self), offset = try get(UInt64.self)
+                    guard book(of: symbol) != nil, index < ingress.keys.count else { throw EngineError("snapshot: ingress floor of symbol \(symbol)") }
+                    ingress.floors[UInt64(symbol) << 32 | UInt64(index)] = offset
+                }
             }
         }
         guard at == body.count else { throw EngineError("snapshot: \(body.count - at) stray bytes after the admin state") }

@@ -29,6 +29,9 @@ struct IngressPositions: ~Copyable {
     /// restart gives the source's new producer the same id when it is free, so that a cancel
     /// read after the restart finds the order placed before it (Engine.openLocalSession).
     private(set) var lastSession: [UInt32] = []
+    /// Per symbol that moved here and source slot (symbol id << 32 | slot): the offset below
+    /// which its commands were applied by the shard it came from (admin `ingressFloor`).
+    var floors: [UInt64: UInt64] = [:]
 
     init() {
         next = cacheAligned(UInt64.self, count: Self.capacity)
@@ -98,6 +101,7 @@ struct IngressPositions: ~Copyable {
         lastSession = []
         slots = [:]
         next.update(repeating: 0, count: Self.capacity)
+        floors = [:]
         clearBindings()
     }
 
@@ -110,6 +114,11 @@ struct IngressPositions: ~Copyable {
         guard offset <= UInt64(Int64.max) else { return .malformedCommand }
         let slot = Int(source)
         guard offset >= next[slot] else { return .duplicateIngress }
+        // A symbol that moved here: below the position its old shard had, a replay.
+        if !floors.isEmpty {
+            let symbol = UInt64(UInt32(littleEndian: record.loadUnaligned(fromByteOffset: 8, as: UInt32.self)))
+            if let floor = floors[symbol << 32 | UInt64(UInt32(bitPattern: source))], offset < floor { return .duplicateIngress }
+        }
         next[slot] = offset &+ 1
         return nil
     }

@@ -37,9 +37,11 @@ final class MigrationStep: @unchecked Sendable {
     private let lock = Lock()
     private var answer: MigrationAnswer?
     let done = Semaphore()
-    init(symbolId: UInt32, book: [UInt8] = []) {
+    let positions: [String: UInt64]
+    init(symbolId: UInt32, book: [UInt8] = [], positions: [String: UInt64] = [:]) {
         self.symbolId = symbolId
         self.book = book
+        self.positions = positions
     }
     func finish(_ result: MigrationAnswer) {
         lock.locked { answer = result }
@@ -57,6 +59,9 @@ struct MigrationAnswer: Sendable {
     /// after the held commands were sequenced).
     var at: UInt64 = 0
     var book: [UInt8] = []
+    /// The source's ingress positions at the export ("topic#partition" → last applied offset):
+    /// the target journals them as floors of the symbol (exactly-once ingress across a move).
+    var positions: [String: UInt64] = [:]
     /// Resting orders in the book moved, and commands that waited for it.
     var orders = 0
     var held = 0
@@ -116,6 +121,11 @@ extension ShardState {
         guard bookFlags[b] & BookFlag.frozen == 0 else {
             return step.finish(MigrationAnswer(refusal: "symbol \(id) is frozen on shard \(index) (an operator's freeze, or a migration under way): thaw it first"))
         }
+        // What producers published here before the route switched is applied first: only a
+        // producer that read the route before the switch and wrote after it gets a reject.
+        for _ in 0..<16 {
+            if pass() == 0 { break }
+        }
         let t0 = monotonicNanoseconds()
         let bytes = books[b].snapshot()
         let orders = books[b].restingOrderCount
@@ -126,6 +136,7 @@ extension ShardState {
             // The pause starts at t0: no command of the symbol is applied here after it.
             var answer = MigrationAnswer(sequence: sequence, at: t0, book: bytes, orders: orders)
             answer.phases = ["snapshot": t1 - t0, "export": t2 - t1]
+            answer.positions = ingress.positions
             step.finish(answer)
         case .refused(_, let why):
             step.finish(MigrationAnswer(refusal: why))
@@ -143,6 +154,11 @@ extension ShardState {
             defer { answer.phases["import"] = monotonicNanoseconds() - t0 }
             switch importBook(id, step.book) {
             case .applied:
+                // The source's positions: its commands of the symbol below them are replays here.
+                for (key, last) in step.positions.sorted(by: { $0.key < $1.key }) {
+                    guard let hash = key.lastIndex(of: "#"), let partition = UInt32(key[key.index(after: hash)...]) else { continue }
+                    _ = runAdmin(.ingressFloor(symbolId: id, source: String(key[..<hash]), partition: partition, offset: last + 1))
+                }
                 switch runAdmin(.thaw(symbolId: id)) {
                 case .applied(let sequence): answer.sequence = sequence
                 case .refused(_, let why): answer.refusal = why
