@@ -18,7 +18,7 @@ C_PLUGIN_FLAGS := -std=c11 -Wall -Wextra -Werror -shared -fPIC -O2 -I C/CPluginA
 # with LD_LIBRARY_PATH=.build/kafka/lib.
 KAFKA_KIT    := .build/kafka
 
-.PHONY: all deps build release test run replay bench bench-e2e bench-d1 soak clean plugins fuzz kafka-kit kafka-demo
+.PHONY: all deps build release test run replay bench bench-e2e bench-d1 soak clean plugins fuzz kafka-kit kafka-demo migrate-demo bench-m1
 
 all: build
 
@@ -101,6 +101,14 @@ soak: deps
 	CROSSBOOK_POWER_CUTS=$${CUTS:-50} $(SWIFT) test $(TEST_FLAGS) --skip-build --filter PowerLossTests
 	$(MAKE) --no-print-directory kafka-kit
 	CROSSBOOK_KAFKA_KILL_CYCLES=$${KAFKA_CYCLES:-200} $(SWIFT) test $(TEST_FLAGS) --skip-build --filter KafkaIngressTests/killCycles
+
+# A symbol moved between two shards ten times under load, each move's pause printed.
+migrate-demo: release
+	scripts/migrate-demo.sh
+
+# M1: the pause of a symbol moving between shards, books of 1k/10k/100k resting orders, under load.
+bench-m1: release
+	.build/release/crossbook migrate-bench --books 1000,10000,100000 --moves $${MOVES:-40}
 
 # D1: one shard, sync durability, from a separate process, with the fdatasync floor.
 bench-d1: release
