@@ -20,15 +20,18 @@ public struct MigrationReport: Sendable, Equatable, CustomStringConvertible {
     /// From the source taking the book's bytes (no command of the symbol is applied after) to the
     /// target trading it (held commands applied).
     public var pauseNanoseconds: UInt64
-    /// Of the pause: waiting for the export to be on disk (nothing may depend on it before).
+    /// From the export journaled to it on disk (nothing may depend on it before; the restore
+    /// runs meanwhile).
     public var durableWaitNanoseconds: UInt64
-    /// Where the pause went, nanoseconds by phase: snapshot (the book's bytes), export
-    /// (journaled), durable (waiting for it on disk), import (journaled and restored), held
-    /// (the commands that waited), handoff (the rest: mailboxes, waking the shards).
+    /// Where the pause went, nanoseconds by phase: snapshot (the book's bytes, taken by the
+    /// control thread), export (journaled by the source), restore (into the target's book, by
+    /// the control thread, while the export goes to disk), durable (waiting for the disk beyond
+    /// the restore), import (journaled by the target), held (the commands that waited),
+    /// handoff (the rest: mailboxes, waking the shards).
     public var phases: [String: UInt64] = [:]
 
     public var description: String {
-        let parts = ["snapshot", "export", "durable", "import", "held", "handoff"].compactMap { key in phases[key].map { "\(key) \(String(format: "%.3f", Double($0) / 1e6))" } }
+        let parts = ["snapshot", "export", "restore", "durable", "import", "held", "handoff"].compactMap { key in phases[key].map { "\(key) \(String(format: "%.3f", Double($0) / 1e6))" } }
         return "migrated \(symbol) shard \(fromShard) -> \(toShard): \(orders) resting orders, \(held) held commands, pause \(String(format: "%.3f", Double(pauseNanoseconds) / 1e6)) ms (\(parts.joined(separator: ", ")) ms), export at sequence \(exportSequence) of shard \(fromShard), thaw at \(thawSequence) of shard \(toShard)"
     }
 }
@@ -111,32 +114,52 @@ extension Engine {
         if let refusal = expected.refusal { throw EngineError("migration of \(name): \(refusal)") }
         routes.set(id, shard: target)
 
-        // Undo: the route back, the held commands sequenced and rejected (symbol_moved, naming
-        // the source), the source trading again.
+        // Undo: the route back, the held commands sequenced (on the target: rejected,
+        // symbol_moved, naming the source; on the source: applied, if it never froze), the
+        // source trading again.
         func abandon(_ why: String, thawSource: Bool) -> EngineError {
             routes.set(id, shard: source)
             _ = step(target, { .migrateIn($0, abandon: true) }, MigrationStep(symbolId: id), timeout: timeout)
+            _ = step(source, { .migrateIn($0, abandon: true) }, MigrationStep(symbolId: id), timeout: timeout)
             if thawSource { _ = admin(shard: source, .thaw(symbolId: id), timeout: timeout) }
             log("migration of \(name) abandoned: \(why); it stays on shard \(source)")
             return EngineError("migration of \(name) abandoned: \(why); it stays on shard \(source)")
         }
+        guard let targetBook = expected.bookAddress else { throw abandon("shard \(target) lent no book", thawSource: false) }
 
-        // 2. The source exports (and freezes) the book at sequence S.
-        guard let out = step(source, { .migrateOut($0) }, MigrationStep(symbolId: id), timeout: timeout) else {
+        // 2. The source holds the symbol's commands (the pause starts); this thread takes the
+        //    book's bytes while the source goes on with its other symbols; the source journals
+        //    the export (freezes the symbol) at its sequence S.
+        guard let held = step(source, { .holdOutgoing($0) }, MigrationStep(symbolId: id), timeout: timeout) else {
+            throw abandon("shard \(source) did not answer within \(timeout) s", thawSource: true)
+        }
+        if let refusal = held.refusal { throw abandon(refusal, thawSource: false) }
+        guard let sourceBook = held.bookAddress else { throw abandon("shard \(source) lent no book", thawSource: false) }
+        let pauseStart = held.at
+        let bytes = sourceBook.pointer.pointee.snapshot()
+        let snapshotted = monotonicNanoseconds()
+        guard let out = step(source, { .sealExport($0) }, MigrationStep(symbolId: id, book: bytes), timeout: timeout) else {
             // The source may still export later: it will be undone at the next start if so.
             throw abandon("shard \(source) did not answer within \(timeout) s", thawSource: true)
         }
         if let refusal = out.refusal { throw abandon(refusal, thawSource: false) }
-        log("migration of \(name): shard \(source) exported \(out.orders) resting orders at sequence \(out.sequence)")
+        log("migration of \(name): shard \(source) exported \(held.orders) resting orders at sequence \(out.sequence)")
 
-        // 3. Once S is on disk (the target's import must never be durable without it), the
-        //    target imports, thaws and applies what it held.
+        // 3. This thread restores the bytes into the target's empty book (the target goes on with
+        //    its other symbols: nothing there touches a book it does not own) while the export
+        //    goes to disk; once it is there (the target's import must never be durable without
+        //    it), the target journals the import and the thaw, then applies what it held.
+        do { try targetBook.pointer.pointee.restore(from: bytes) } catch {
+            throw abandon("the book does not restore on shard \(target): \(error)", thawSource: true)
+        }
+        let restored = monotonicNanoseconds()
         guard awaitDurable(source, out.sequence, timeout: timeout) else {
             throw abandon("shard \(source)'s export at sequence \(out.sequence) was not durable within \(timeout) s", thawSource: true)
         }
         let durableAt = monotonicNanoseconds()
-        guard let into = step(target, { .migrateIn($0, abandon: false) }, MigrationStep(symbolId: id, book: out.book, positions: out.positions),
-                              timeout: timeout) else {
+        let arriving = MigrationStep(symbolId: id, book: bytes, positions: out.positions)
+        arriving.prebuilt = true
+        guard let into = step(target, { .migrateIn($0, abandon: false) }, arriving, timeout: timeout) else {
             // Unknown whether the target imported: leave the route there and let the next start
             // decide from the journals (reconcileOwners); say so.
             log("migration of \(name): shard \(target) did not answer the import within \(timeout) s; the journals decide at the next start")
@@ -160,14 +183,18 @@ extension Engine {
         case .refused(_, let why):
             throw EngineError("migration of \(name): shard \(source) did not drop its copy: \(why) (the next start drops it)")
         }
-        var phases = out.phases.merging(into.phases) { a, _ in a }
-        let exported = out.at &+ (out.phases["snapshot"] ?? 0) &+ (out.phases["export"] ?? 0)
-        phases["durable"] = durableAt &- exported
-        let pause = into.at &- out.at
-        phases["handoff"] = pause &- phases.values.reduce(0, &+)
-        let report = MigrationReport(symbol: name, fromShard: source, toShard: target, orders: out.orders, held: into.held,
+        let pause = into.at &- pauseStart
+        var phases = into.phases
+        phases["snapshot"] = snapshotted &- pauseStart
+        phases["export"] = out.phases["export"] ?? 0
+        phases["restore"] = restored &- out.at
+        // The wait for the disk beyond the restore (they overlap).
+        phases["durable"] = durableAt &- restored
+        phases["handoff"] = pause &- (phases["snapshot"]! &+ phases["export"]! &+ phases["restore"]! &+ phases["durable"]!
+                                      &+ (phases["import"] ?? 0) &+ (phases["held"] ?? 0))
+        let report = MigrationReport(symbol: name, fromShard: source, toShard: target, orders: held.orders, held: into.held + out.held,
                                      exportSequence: out.sequence, thawSequence: into.sequence,
-                                     pauseNanoseconds: pause, durableWaitNanoseconds: phases["durable"] ?? 0,
+                                     pauseNanoseconds: pause, durableWaitNanoseconds: durableAt &- out.at,
                                      phases: phases)
         log(report.description)
         return report

@@ -120,7 +120,7 @@ struct MigrateBenchCommand: ParsableCommand {
         }
         let sortedHeld = held.sorted(), sortedOrders = orders.sorted()
         print("book \(size) (moved \(sortedOrders.first ?? 0)...\(sortedOrders.last ?? 0) orders): pause p50 \(ms(at(pauses, 0.5))) ms, p90 \(ms(at(pauses, 0.9))) ms, p99 \(ms(at(pauses, 0.99))) ms, max \(ms(pauses.max() ?? 0)) ms over \(pauses.count) moves; of it waiting for the export to be durable p50 \(ms(at(durableWaits, 0.5))) ms; held commands per move p50 \(sortedHeld.isEmpty ? 0 : sortedHeld[sortedHeld.count / 2]); \(load.summary)")
-        let order = ["snapshot", "export", "durable", "import", "held", "handoff"]
+        let order = ["snapshot", "export", "restore", "durable", "import", "held", "handoff"]
         print("  pause by phase, p50 (p99) ms: " + order.compactMap { key in phases[key].map { "\(key) \(ms(at($0, 0.5))) (\(ms(at($0, 0.99))))" } }.joined(separator: ", "))
         if !failures.isEmpty { print("  \(failures.count) migrations failed: \(Set(failures).joined(separator: " | "))") }
     }

@@ -18,8 +18,9 @@ enum ShardMessage {
     case adminState(AdminStateQuery)
     /// A symbol moving here, moving away, arriving (Migration.swift); `abandon`: it will not come.
     case expect(MigrationStep)
-    case migrateOut(MigrationStep)
     case migrateIn(MigrationStep, abandon: Bool)
+    case holdOutgoing(MigrationStep)
+    case sealExport(MigrationStep)
 }
 
 /// The control thread's question for a shard's admin state, and its answer.

@@ -2,17 +2,22 @@
 // Engine+Migration.swift). Every step that changes state is a sequenced admin command, so a
 // replay rebuilds it and a crash at any step leaves one owner (Engine.reconcileOwners):
 //
-//  1. The target expects the symbol (`expect`, not journaled): from now on its commands that
-//     reach the target wait there, unsequenced, in arrival order (`held`). The route switches
-//     to the target, so producers send there.
-//  2. The source journals the export of the book at its sequence S (`exportBook`: freezes the
-//     symbol and carries the book, one record, so no crash can leave a freeze without its
-//     export). Commands that still reach the source are rejected (`symbol_frozen`, then
-//     `symbol_moved` once dropped), naming the owner.
-//  3. Once S is durable, the target journals the import and the thaw, then sequences the held
-//     commands in the order they arrived: the symbol trades again. The pause is from the
-//     source's export to this point.
-//  4. The source journals the drop and gives the book's memory back.
+//  1. The target expects the symbol (`expect`, not journaled) and makes its empty book: from
+//     now on the symbol's commands that reach the target wait there, unsequenced, in arrival
+//     order (`held`). The route switches to the target, so producers send there.
+//  2. The source applies what was published to it before the switch, then holds the symbol's
+//     commands too (`holdOutgoing`): the pause starts. The control thread reads the book's
+//     bytes (nothing on the shard touches a book whose commands it holds; the shard goes on
+//     with its other symbols), and the source journals the export at its sequence S
+//     (`exportSealed`: the bytes' length and CRC32C, and the symbol frozen, in one record, so
+//     no crash leaves a freeze without its export). What it held is then sequenced: rejected,
+//     `symbol_frozen` (and later `symbol_moved`, naming the owner).
+//  3. The control thread restores the bytes into the target's empty book (nothing on the
+//     target touches a book it does not own) while S goes to disk; once it is there, the target
+//     journals the import (the bytes, in parts), the source's ingress positions as the
+//     symbol's floors and the thaw, then sequences the held commands in the order they
+//     arrived: the symbol trades again.
+//  4. Once the import is on disk, the source journals the drop and gives the memory back.
 //
 // If the target cannot take it, the held commands are sequenced anyway (each rejected,
 // `symbol_moved`, naming the source), the route goes back and the source thaws.
@@ -38,6 +43,8 @@ final class MigrationStep: @unchecked Sendable {
     private var answer: MigrationAnswer?
     let done = Semaphore()
     let positions: [String: UInt64]
+    /// `.migrateIn`: the control thread restored the book into the target's empty book already.
+    var prebuilt = false
     init(symbolId: UInt32, book: [UInt8] = [], positions: [String: UInt64] = [:]) {
         self.symbolId = symbolId
         self.book = book
@@ -68,6 +75,15 @@ struct MigrationAnswer: Sendable {
     /// Where the time went, nanoseconds: source: the book's bytes, the export journaled;
     /// target: the import (journal + restore), the held commands.
     var phases: [String: UInt64] = [:]
+    /// The symbol's book in the shard's memory (`hold` on the source, `expect` on the target),
+    /// for the control thread to read (frozen: the shard does not touch it while it holds the
+    /// symbol's commands) or to fill (not owned yet: nothing on the shard touches it).
+    var bookAddress: BookAddress?
+}
+
+/// A book of a shard, lent to the control thread during a migration step.
+struct BookAddress: @unchecked Sendable {
+    let pointer: UnsafeMutablePointer<OrderBook>
 }
 
 extension ShardState {
@@ -109,38 +125,58 @@ extension ShardState {
         }
         var answer = MigrationAnswer(at: monotonicNanoseconds())
         answer.phases["prepare"] = answer.at - t0
+        answer.bookAddress = BookAddress(pointer: books + b)
         step.finish(answer)
     }
 
-    /// Step 2, on the source: export (and so freeze) the book.
-    mutating func migrateOut(_ step: MigrationStep) {
+    /// Step 2a, on the source: the symbol's commands are held from now on (not applied, not
+    /// rejected: nothing is journaled for them yet), so that the control thread can read its
+    /// book while the shard goes on with its other symbols.
+    mutating func holdOutgoing(_ step: MigrationStep) {
         let id = step.symbolId
-        guard let b = book(of: id), hasBook(b), bookFlags[b] & BookFlag.notOwned == 0 else {
+        guard let b = book(of: id), isOwned(b) else {
             return step.finish(MigrationAnswer(refusal: "shard \(index) does not own symbol \(id)"))
         }
         guard bookFlags[b] & BookFlag.frozen == 0 else {
             return step.finish(MigrationAnswer(refusal: "symbol \(id) is frozen on shard \(index) (an operator's freeze, or a migration under way): thaw it first"))
         }
         // What producers published here before the route switched is applied first: only a
-        // producer that read the route before the switch and wrote after it gets a reject.
+        // producer that read the route before the switch and wrote after it waits (and is then
+        // rejected, symbol_frozen).
         for _ in 0..<16 {
             if pass() == 0 { break }
         }
-        let t0 = monotonicNanoseconds()
-        let bytes = books[b].snapshot()
-        let orders = books[b].restingOrderCount
-        let t1 = monotonicNanoseconds()
-        switch runAdmin(.exportSealed(symbolId: id, length: UInt32(bytes.count), crc: bookCRC(bytes))) {
-        case .applied(let sequence):
-            let t2 = monotonicNanoseconds()
-            // The pause starts at t0: no command of the symbol is applied here after it.
-            var answer = MigrationAnswer(sequence: sequence, at: t0, book: bytes, orders: orders)
-            answer.phases = ["snapshot": t1 - t0, "export": t2 - t1]
-            answer.positions = ingress.positions
-            step.finish(answer)
-        case .refused(_, let why):
-            step.finish(MigrationAnswer(refusal: why))
+        if incoming[b] == 0 {
+            incoming[b] = 1
+            holding += 1
         }
+        var answer = MigrationAnswer(at: monotonicNanoseconds(), orders: books[b].restingOrderCount)
+        answer.bookAddress = BookAddress(pointer: books + b)
+        step.finish(answer)
+    }
+
+    /// Step 2b, on the source: the export of the bytes the control thread took, journaled
+    /// (the symbol frozen from here on); the commands held meanwhile are sequenced (rejected).
+    mutating func sealExport(_ step: MigrationStep) {
+        let id = step.symbolId
+        guard let b = book(of: id) else { return step.finish(MigrationAnswer(refusal: "symbol \(id) is not one of this instance")) }
+        let t0 = monotonicNanoseconds()
+        var answer = MigrationAnswer()
+        switch runAdmin(.exportSealed(symbolId: id, length: UInt32(step.book.count), crc: bookCRC(step.book))) {
+        case .applied(let sequence):
+            answer.sequence = sequence
+            answer.positions = ingress.positions
+        case .refused(_, let why):
+            answer.refusal = why
+        }
+        if incoming[b] != 0 {
+            incoming[b] = 0
+            holding -= 1
+        }
+        answer.at = monotonicNanoseconds()
+        answer.phases["export"] = answer.at - t0
+        answer.held = releaseHeld(slot: Int32(b))
+        step.finish(answer)
     }
 
     /// Step 3, on the target: import, thaw, then the held commands in arrival order. With an
@@ -152,6 +188,8 @@ extension ShardState {
         let t0 = monotonicNanoseconds()
         if !abandon {
             defer { answer.phases["import"] = monotonicNanoseconds() - t0 }
+            prebuiltImport = step.prebuilt ? id : nil
+            defer { prebuiltImport = nil }
             switch importBook(id, step.book) {
             case .applied:
                 // The source's positions: its commands of the symbol below them are replays here.

@@ -53,6 +53,9 @@ struct ShardState: ~Copyable {
     var holding = 0
     let incoming: UnsafeMutablePointer<UInt8>
     var held: [HeldCommand] = []
+    /// The import under way was restored into its book by the control thread (Migration.swift):
+    /// live, the import record is journaled and the book not restored twice.
+    var prebuiltImport: UInt32?
     /// Imports arriving in parts (AdminCommand.importPart), by symbol id, until the last part.
     var importParts: [UInt32: [UInt8]] = [:]
     /// Symbol id → owner shard (RouteTable), read to name the owner in a `symbol_moved` reject.
@@ -160,7 +163,7 @@ struct ShardState: ~Copyable {
     /// The sessions that own resting orders now (an order id carries its session).
     var restingOwners: Set<UInt32> {
         var owners = Set<UInt32>()
-        for b in symbols.indices where hasBook(b) {
+        for b in symbols.indices where isOwned(b) {
             for side in [Side.buy, .sell] {
                 for order in books[b].orders(side) { owners.insert(UInt32(truncatingIfNeeded: order.orderId >> 48)) }
             }
@@ -346,8 +349,10 @@ struct ShardState: ~Copyable {
                 query.reply(adminState)
             case .expect(let step):
                 expect(step)
-            case .migrateOut(let step):
-                migrateOut(step)
+            case .holdOutgoing(let step):
+                holdOutgoing(step)
+            case .sealExport(let step):
+                sealExport(step)
             case .migrateIn(let step, let abandon):
                 migrateIn(step, abandon: abandon)
             }
