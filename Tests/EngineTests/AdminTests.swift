@@ -26,7 +26,16 @@ struct AdminCommandTests {
     func recordFormat() throws {
         let all: [AdminCommand] = [.epoch(7), .ingressPosition(source: "orders", partition: 3, offset: 1 << 40),
                                    .freeze(symbolId: 1), .thaw(symbolId: 1), .exportBook(symbolId: 2, book: [1, 2, 3]),
-                                   .importBook(symbolId: 2, book: []), .drop(symbolId: 9)]
+                                   .importBook(symbolId: 2, book: []), .drop(symbolId: 9),
+                                   .bindSource(session: 4, source: "orders", partition: 1), .unbindSource(session: 4),
+                                   .exportSealed(symbolId: 3, length: 96, crc: 0xDEAD_BEEF),
+                                   .importPart(symbolId: 3, total: 10, offset: 4, part: [1, 2, 3]),
+                                   .ingressFloor(symbolId: 3, source: "orders", partition: 2, offset: 1 << 33)]
+        #expect(Set(all.map(\.kind)) == Set(AdminCommand.Kind.allCases), "every kind is in the round trip")
+        // A part outside its book is refused.
+        var outside = AdminRecord.encode(.importPart(symbolId: 3, total: 10, offset: 8, part: [1, 2]))
+        outside[16] = 9  // offset 9 + 2 bytes > 10
+        #expect(throws: AdminRecord.Malformed.self) { try outside.withUnsafeBytes { try AdminRecord.decode($0) } }
         for command in all {
             let bytes = AdminRecord.encode(command)
             #expect(try bytes.withUnsafeBytes { try AdminRecord.decode($0) } == command)

@@ -3,7 +3,7 @@
 // shards' journals (export on one, import and thaw on the next), replays that command stream
 // into one fresh book, and compares the trades with the reports the clients received.
 import CrossbookClient
-import Engine
+@testable import Engine
 import CCRC32C
 import Foundation
 import Glibc
@@ -15,7 +15,7 @@ import TestSupport
 import Wire
 
 func migrationEngine(_ dir: String, data: String, instance: String, durability: Durability = .sync,
-                     log: LogLines? = nil, cleanStale: Bool = false) throws -> Engine {
+                     log: LogLines? = nil, cleanStale: Bool = false, snapshotEvery: UInt64 = 0) throws -> Engine {
     var settings = EngineSettings(
         instance: instance, directory: dir, shards: [ShardSettings(core: nil), ShardSettings(core: nil)],
         symbols: [(spec: SymbolSpec(name: "HOT-USD", id: 1), shard: 0), (spec: SymbolSpec(name: "ETH-USD", id: 2), shard: 1)],
@@ -24,6 +24,11 @@ func migrationEngine(_ dir: String, data: String, instance: String, durability: 
     settings.durability = durability
     settings.dataDirectory = data
     settings.journalSegmentSize = 1 << 22
+    settings.snapshotEvery = snapshotEvery
+    if snapshotEvery > 0 {
+        // Snapshots are kept by the default store, plugins/snapshot-file, built beside this test.
+        settings.plugins = PluginSettings(directory: PluginSettings.executableDirectory, load: [PluginSpec(name: "snapshot-file")])
+    }
     let engine = Engine(settings: settings, log: { log?.append($0) })
     for line in try engine.start() { log?.append(line) }
     return engine
@@ -539,5 +544,65 @@ struct MigrationTests {
         _ = try client.waitForReports(timeout: 5) { if $0.kind == .trade { filled = true } }
         #expect(filled)
         client.close()
+    }
+
+    @Test("snapshots after a move: both shards restart from snapshots that hold the moved book where it is now (and not where it was), with its ingress floors")
+    func snapshotsAfterAMove() throws {
+        let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-migs-\(UUID().uuidString.prefix(8))"
+        defer { removeTree(data) }
+        let engine = try migrationEngine(dir, data: data, instance: "migs", snapshotEvery: 40)
+        let session = try engine.openLocalSession(source: IngressSource(name: "orders", partition: 0))
+        var offset: UInt64 = 0
+        func send(_ shard: Int, _ symbol: UInt32, _ id: OrderId, price: Int64) throws -> ReportRecord.Report? {
+            offset += 1
+            var record = [UInt8](repeating: 0, count: 64)
+            record.withUnsafeMutableBytes {
+                CommandRecord.encode(.init(symbolId: symbol, command: .new(NewOrder(orderId: id, side: .buy, price: price, quantity: 1)),
+                                           clientSequence: offset), to: $0.baseAddress!)
+            }
+            guard record.withUnsafeBytes({ session.submit($0.baseAddress!, shard: shard) }) else { return nil }
+            var out = [UInt8](repeating: 0, count: 64)
+            let deadline = Date().addingTimeInterval(5)
+            while Date() < deadline {
+                if try out.withUnsafeMutableBytes({ try session.poll(into: $0.baseAddress!, capacity: 1) }) == 1 {
+                    return out.withUnsafeBytes { try? ReportRecord.decode($0.baseAddress!) }
+                }
+                usleep(100)
+            }
+            return nil
+        }
+        // Resting bids on HOT-USD (shard 0), then the move, then enough commands on both shards
+        // for a snapshot of each after it.
+        for k in 1...20 { #expect(try send(0, 1, OrderId(k), price: 100 - Int64(k % 5))?.kind == .accepted) }
+        let floorOffset = offset
+        _ = try engine.migrate(symbol: "HOT-USD", toShard: 1)
+        for k in 21...80 { #expect(try send(1, k % 2 == 0 ? 1 : 2, OrderId(k), price: 90)?.kind == .accepted) }
+        for k in 81...130 { #expect(try send(0, 1, OrderId(k), price: 90)?.code == RejectReason.symbolMoved.rawValue) }
+        usleep(300_000)  // the snapshot writers
+        engine.closeLocalSession(session)
+        engine.stop()
+        let final = engine.finalDigests
+
+        let log = LogLines()
+        let restarted = try migrationEngine(dir, data: data, instance: "migs", log: log, snapshotEvery: 40)
+        defer { restarted.stop() }
+        #expect(log.contains("shard 0: loaded snapshot") && log.contains("shard 1: loaded snapshot"), "\(log.all)")
+        #expect(restarted.recoveredDigests == final)
+        #expect(restarted.owner(of: "HOT-USD") == 1)
+        let state = try #require(restarted.adminState(shard: 1))
+        #expect(state.notOwned.isEmpty && state.frozen.isEmpty)
+        #expect(restarted.adminState(shard: 0)?.notOwned == [1, 2])
+        // The floor came through the snapshot: an old offset of HOT-USD is a replay on shard 1.
+        let again = try restarted.openLocalSession(source: IngressSource(name: "orders", partition: 0))
+        var record = [UInt8](repeating: 0, count: 64)
+        record.withUnsafeMutableBytes {
+            CommandRecord.encode(.init(symbolId: 1, command: .new(NewOrder(orderId: 999, side: .buy, price: 90, quantity: 1)),
+                                       clientSequence: floorOffset - 1), to: $0.baseAddress!)
+        }
+        #expect(record.withUnsafeBytes { again.submit($0.baseAddress!, shard: 1) })
+        var out = [UInt8](repeating: 0, count: 64)
+        #expect(waitFor(5) { ((try? out.withUnsafeMutableBytes { try again.poll(into: $0.baseAddress!, capacity: 1) }) ?? 0) == 1 })
+        let replay = out.withUnsafeBytes { try? ReportRecord.decode($0.baseAddress!) }
+        #expect(replay?.code == RejectReason.duplicateIngress.rawValue)
     }
 }
