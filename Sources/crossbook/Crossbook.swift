@@ -7,7 +7,7 @@ struct Crossbook: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "crossbook",
         abstract: "Crossbook, a matching engine for spot exchanges.",
-        subcommands: [RunCommand.self, SubmitCommand.self, LoadCommand.self, StatCommand.self, MarketDataCommand.self, Replay.self, WorkloadCommand.self, RingCommand.self, JournalCommand.self, DiskFloorCommand.self, Host.self, MigrateCommand.self, RouteCommand.self, MigrateBenchCommand.self]
+        subcommands: [RunCommand.self, SubmitCommand.self, LoadCommand.self, StatCommand.self, MarketDataCommand.self, Replay.self, WorkloadCommand.self, RingCommand.self, JournalCommand.self, DiskFloorCommand.self, Host.self, MigrateCommand.self, RouteCommand.self, MigrateBenchCommand.self, RebalanceCommand.self]
     )
 }
 

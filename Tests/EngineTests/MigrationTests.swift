@@ -605,4 +605,62 @@ struct MigrationTests {
         let replay = out.withUnsafeBytes { try? ReportRecord.decode($0.baseAddress!) }
         #expect(replay?.code == RejectReason.duplicateIngress.rawValue)
     }
+
+    @Test("the rebalance plan: the move that lowers the busier of the two shards most, while it takes enough off the busiest; none when level or one shard")
+    func rebalancePlan() {
+        let plan = Rebalance.plan(symbols: [("A", 0, 900), ("B", 0, 500), ("C", 1, 100)], shards: 2)
+        #expect(plan.map(\.description).count == 1)
+        #expect(plan.first?.symbol == "B" && plan.first?.from == 0 && plan.first?.to == 1)
+        #expect(Rebalance.plan(symbols: [("A", 0, 500), ("B", 1, 480)], shards: 2).isEmpty)
+        #expect(Rebalance.plan(symbols: [("A", 0, 500), ("B", 0, 480)], shards: 1).isEmpty)
+        #expect(Rebalance.plan(symbols: [("A", 0, 0), ("B", 0, 0)], shards: 2).isEmpty)
+        // Three shards, one hot: two moves spread it.
+        let spread = Rebalance.plan(symbols: [("A", 0, 300), ("B", 0, 300), ("C", 0, 300)], shards: 3)
+        #expect(spread.count == 2 && Set(spread.map(\.to)) == [1, 2])
+    }
+
+    @Test("crossbook rebalance measures the symbols' rates, proposes a move off the busy shard (--dry-run changes nothing) and makes it with --apply")
+    func rebalanceUnderLoad() throws {
+        let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-migr-\(UUID().uuidString.prefix(8))"
+        defer { removeTree(data) }
+        var settings = EngineSettings(
+            instance: "migr", directory: dir, shards: [ShardSettings(core: nil), ShardSettings(core: nil)],
+            symbols: [(spec: SymbolSpec(name: "HOT-USD", id: 1), shard: 0), (spec: SymbolSpec(name: "ETH-USD", id: 2), shard: 0),
+                      (spec: SymbolSpec(name: "SOL-USD", id: 3), shard: 1)],
+            capacity: BookCapacity(orders: 1 << 16, levels: 1 << 12),
+            wait: WaitStrategy(spins: 1000, yields: 10, park: true, parkTimeoutNanoseconds: 50_000_000))
+        settings.durability = .async
+        settings.dataDirectory = data
+        let engine = Engine(settings: settings, log: { _ in })
+        _ = try engine.start()
+        defer { engine.stop() }
+        let stop = StopFlag(), done = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) let client = try CrossbookClient(instance: "migr", directory: dir, ringCapacity: 1 << 14)
+        let hot = try client.symbol("HOT-USD"), eth = try client.symbol("ETH-USD")
+        Thread {
+            var id: OrderId = 0
+            while !stop.isSet {
+                id += 1
+                // Buys and sells that trade away: the books stay small.
+                let order = NewOrder(orderId: id, side: id % 2 == 0 ? .buy : .sell, price: 100, quantity: 1)
+                while !client.submit(.new(order), symbol: id % 3 == 0 ? eth : hot) { _ = try? client.poll { _ in } }
+                if id % 32 == 0 {
+                    _ = try? client.poll { _ in }
+                    usleep(1000)
+                }
+            }
+            done.signal()
+        }.start()
+        usleep(300_000)
+        let target = ["--instance", "migr", "--directory", dir, "--interval", "0.5"]
+        let dry = try crossbook(["rebalance"] + target)
+        #expect(dry.status == 0 && dry.output.contains("would move") && dry.output.contains("to shard 1"), "\(dry)")
+        #expect(engine.owner(of: "HOT-USD") == 0 && engine.owner(of: "ETH-USD") == 0)
+        let applied = try crossbook(["rebalance", "--apply"] + target)
+        #expect(applied.status == 0 && applied.output.contains("migrated"), "\(applied)")
+        #expect(engine.owner(of: "HOT-USD") == 1 || engine.owner(of: "ETH-USD") == 1)
+        stop.set()
+        done.wait()
+        client.close()
+    }
 }
