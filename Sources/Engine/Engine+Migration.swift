@@ -68,8 +68,21 @@ extension Engine {
         migrationLock.locked { migrationHistory.inProgress += 1 }
         defer { migrationLock.locked { migrationHistory.inProgress -= 1 } }
         return try migrationSerial.locked { () throws(EngineError) -> MigrationReport in
+            let source = routes.shard(of: spec.id)
+            let counted = [source, target].compactMap { $0 }.filter { $0 >= 0 && $0 < shards.count }.compactMap { engineFile?.migrations($0) }
+            for c in counted { c.set(MigrationCounters.inProgress, 1) }
+            defer { for c in counted { c.set(MigrationCounters.inProgress, 0) } }
             do throws(EngineError) {
                 let report = try runMigration(spec, target: target, routes: routes, timeout: timeout)
+                if let file = engineFile {
+                    let micros = report.pauseNanoseconds / 1000
+                    file.migrations(report.fromShard).add(MigrationCounters.outOf)
+                    file.migrations(report.toShard).add(MigrationCounters.into)
+                    for c in [file.migrations(report.fromShard), file.migrations(report.toShard)] {
+                        c.set(MigrationCounters.lastPauseMicros, micros)
+                        c.set(MigrationCounters.maxPauseMicros, max(c.read(MigrationCounters.maxPauseMicros), micros))
+                    }
+                }
                 migrationLock.locked {
                     migrationHistory.done += 1
                     migrationHistory.lastPauseNanoseconds = report.pauseNanoseconds
@@ -79,6 +92,7 @@ extension Engine {
                 return report
             } catch {
                 migrationLock.locked { migrationHistory.failed += 1 }
+                if let source, source >= 0, source < shards.count { engineFile?.migrations(source).add(MigrationCounters.failed) }
                 throw error
             }
         }

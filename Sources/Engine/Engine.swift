@@ -123,7 +123,7 @@ public enum EngineError: Error, CustomStringConvertible {
 
 public final class Engine: @unchecked Sendable {
     public let settings: EngineSettings
-    private var engineFile: EngineFile?
+    private(set) var engineFile: EngineFile?
     private(set) var shards: [Shard] = []
     /// Per shard, its drop-copy ring (nil: off).
     private(set) var executionRings: [EventRing?] = []

@@ -65,6 +65,18 @@ public struct EngineMetrics: Sendable {
         perShard(.journalBatches, "crossbook_journal_batches_total", "Group commits made durable")
         perShard(.journalBytes, "crossbook_journal_bytes_total", "Bytes made durable")
         perShard(.durableSequence, "crossbook_journal_durable_sequence", "Highest sequence on disk", gauge: true)
+        func migrations(_ word: Int, _ name: String, _ help: String, gauge: Bool = false) {
+            let samples = shards.map { (shardLabel($0), Double(file.migrations($0).read(word))) }
+            if gauge { m.gauge(name, help, samples) } else { m.counter(name, help, samples) }
+        }
+        migrations(MigrationCounters.into, "crossbook_migrations_in_total", "Symbols moved to this shard")
+        migrations(MigrationCounters.outOf, "crossbook_migrations_out_total", "Symbols moved off this shard")
+        migrations(MigrationCounters.failed, "crossbook_migrations_failed_total", "Moves off this shard refused or abandoned")
+        migrations(MigrationCounters.inProgress, "crossbook_migration_in_progress", "1 while a symbol moves to or off this shard", gauge: true)
+        migrations(MigrationCounters.lastPauseMicros, "crossbook_migration_last_pause_microseconds",
+                   "The pause of the last move to or off this shard (the symbol not trading)", gauge: true)
+        migrations(MigrationCounters.maxPauseMicros, "crossbook_migration_max_pause_microseconds",
+                   "The longest pause of a move to or off this shard since the engine started", gauge: true)
         perShard(.snapshots, "crossbook_snapshots_total", "Snapshots stored")
         perShard(.snapshotFailures, "crossbook_snapshot_failures_total", "Snapshots that failed to store")
         perShard(.lastSnapshotSequence, "crossbook_snapshot_last_sequence", "Sequence of the last snapshot stored",

@@ -165,3 +165,14 @@ public struct SymbolCounters: @unchecked Sendable {
     public init(words: UnsafeMutablePointer<UInt64>) { self.words = words }
     public func read(_ word: Int) -> UInt64 { cb_load_relaxed_u64(words + word) }
 }
+
+/// A shard's migrations in the control file (written by the thread that runs a migration: one
+/// at a time per engine; read by `crossbook stat` and the metrics).
+public struct MigrationCounters: @unchecked Sendable {
+    public static let into = 0, outOf = 1, lastPauseMicros = 2, maxPauseMicros = 3, inProgress = 4, failed = 5
+    public let words: UnsafeMutablePointer<UInt64>
+    public init(words: UnsafeMutablePointer<UInt64>) { self.words = words }
+    public func read(_ word: Int) -> UInt64 { cb_load_relaxed_u64(words + word) }
+    public func add(_ word: Int, _ n: UInt64 = 1) { cb_store_release_u64(words + word, read(word) &+ n) }
+    public func set(_ word: Int, _ value: UInt64) { cb_store_release_u64(words + word, value) }
+}

@@ -251,4 +251,8 @@ public final class EngineFile: @unchecked Sendable {
     }
 
     public func counters(_ shard: Int) -> ShardCounters { ShardCounters(shardBlock(shard), owner: file) }
+
+    public func migrations(_ shard: Int) -> MigrationCounters {
+        MigrationCounters(words: (shardBlock(shard) + InstanceLayout.migrationsOffset).assumingMemoryBound(to: UInt64.self))
+    }
 }

@@ -272,6 +272,10 @@ struct StatCommand: ParsableCommand {
                     }
                     print("  journal journal_batches=\(now[ShardCounter.journalBatches.rawValue]) journal_bytes=\(now[ShardCounter.journalBytes.rawValue]) durable_sequence=\(now[ShardCounter.durableSequence.rawValue]) journal_failures=\(now[ShardCounter.journalFailures.rawValue])\(now[ShardCounter.journalFailed.rawValue] != 0 ? " JOURNAL REFUSING (disk full or failing): not taking commands" : "")")
                 }
+                let m = file.migrations(s)
+                if m.read(MigrationCounters.into) + m.read(MigrationCounters.outOf) + m.read(MigrationCounters.failed) + m.read(MigrationCounters.inProgress) > 0 {
+                    print("  migrations in=\(m.read(MigrationCounters.into)) out=\(m.read(MigrationCounters.outOf)) failed=\(m.read(MigrationCounters.failed)) last_pause_us=\(m.read(MigrationCounters.lastPauseMicros)) max_pause_us=\(m.read(MigrationCounters.maxPauseMicros))\(m.read(MigrationCounters.inProgress) != 0 ? " MOVING" : "")")
+                }
                 if let ring = try? EventRing.attach(path: InstanceLayout.eventRingPath(target.resolvedDirectory, shard: s)) {
                     for consumer in ring.consumerLags() {
                         print("  event consumer \(consumer.index) (pid \(consumer.pid)\(consumer.mayDetach ? ", may detach" : "")): lag \(consumer.lag) events")

@@ -513,6 +513,13 @@ struct MigrationTests {
         let moved = try crossbook(["migrate", "HOT-USD", "--to-shard", "1"] + target)
         #expect(moved.status == 0 && moved.output.contains("migrated HOT-USD shard 0 -> 1: 1 resting orders"), "\(moved)")
         #expect(try crossbook(["route", "get", "HOT-USD"] + target).output.contains("HOT-USD shard 1"))
+        // Counted in the control file: crossbook stat and the metrics.
+        let stat = try crossbook(["stat", "--count", "1", "--interval", "0.05"] + target)
+        #expect(stat.output.contains("migrations in=0 out=1 failed=0") && stat.output.contains("migrations in=1 out=0 failed=0"), "\(stat)")
+        let metrics = EngineMetrics.collect(try EngineFile.attach(directory: dir))
+        let movedIn = metrics.families.first { $0.name == "crossbook_migrations_in_total" }?.samples.map(\.value)
+        #expect(movedIn == [0, 1])
+        #expect((metrics.families.first { $0.name == "crossbook_migration_last_pause_microseconds" }?.samples.map(\.value) ?? []).allSatisfy { $0 > 0 })
         #expect(client.shard(of: hot) == 1, "the client follows the route")
         // The moved bid trades on shard 1 with a sell sent there.
         #expect(client.submit(.new(NewOrder(orderId: 2, side: .sell, price: 100, quantity: 1)), symbol: hot))
@@ -541,7 +548,8 @@ struct MigrationTests {
         #expect(engine.owner(of: "HOT-USD") == 1)
         #expect(client.submit(.new(NewOrder(orderId: 3, side: .sell, price: 100, quantity: 2)), symbol: hot))
         var filled = false
-        _ = try client.waitForReports(timeout: 5) { if $0.kind == .trade { filled = true } }
+        let until = Date().addingTimeInterval(5)
+        while !filled && Date() < until { _ = try client.waitForReports(timeout: 0.2) { if $0.kind == .trade { filled = true } } }
         #expect(filled)
         client.close()
     }
