@@ -31,21 +31,27 @@ final class ControlSocket: @unchecked Sendable {
 
     static let maxRequest = 512
 
+    /// The Unix socket address of `path` (nil: too long for one).
+    static func address(_ path: String) -> sockaddr_un? {
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { return nil }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw.copyBytes(from: bytes)
+            raw[bytes.count] = 0
+        }
+        return address
+    }
+
     init(directory: String, group: gid_t?, mode: mode_t, handle: @escaping @Sendable (String) -> [String]) throws(EngineError) {
         path = directory + "/control.sock"
         self.group = group
         self.handle = handle
         stopFlag.initialize(to: 0)
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
+        guard var address = Self.address(path) else {
             stopFlag.deallocate()
             throw EngineError("control socket path \(path) is too long for a Unix socket")
-        }
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            raw.copyBytes(from: bytes)
-            raw[bytes.count] = 0
         }
         let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard s >= 0 else {
@@ -146,14 +152,7 @@ final class ControlSocket: @unchecked Sendable {
     /// engine to ask). `timeout`: seconds to wait for the answer.
     static func ask(directory: String, _ request: String, timeout: Int = 30) throws(EngineError) -> [String] {
         let path = directory + "/control.sock"
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { throw EngineError("path \(path) too long") }
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            raw.copyBytes(from: bytes)
-            raw[bytes.count] = 0
-        }
+        guard var address = address(path) else { throw EngineError("path \(path) too long") }
         let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard s >= 0 else { throw EngineError("socket: \(String(cString: strerror(errno)))") }
         defer { close(s) }
