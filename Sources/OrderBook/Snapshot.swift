@@ -7,8 +7,10 @@
 //   32  per resting order, best price first then time priority, bids then asks, 32 bytes:
 //       order id (i64), price (i64), open quantity (i64), account (u32), side (u8),
 //       self-trade prevention (u8), 2 reserved
-//   end checksum: FNV-1a 64 of everything before it (u64); the snapshot file that
-//       holds these bytes adds its own CRC32C; this one catches a wrong buffer in memory.
+//   end checksum of everything before it (u64): version 2, FNV-1a 64 over 8-byte words (the
+//       layout is a whole number of words); version 1 (still read), FNV-1a 64 byte by byte, 8
+//       times slower (it was most of the time a snapshot took). The snapshot file that holds
+//       these bytes adds its own CRC32C; this one catches a wrong buffer in memory.
 
 public enum BookSnapshotError: Error, Equatable, CustomStringConvertible {
     case badHeader(String)
@@ -29,11 +31,32 @@ public enum BookSnapshotError: Error, Equatable, CustomStringConvertible {
 public enum BookSnapshotLayout {
     /// "CBBOOK01" as it lies in memory.
     public static let magic: UInt64 = UInt64(littleEndian: 0x3130_4B4F_4F42_4243)
-    public static let version: UInt32 = 1
+    /// The version written; 1 and 2 are read.
+    public static let version: UInt32 = 2
     public static let headerSize = 32
     public static let orderSize = 32
 
     public static func size(orders: Int) -> Int { headerSize + orders * orderSize + 8 }
+
+    /// The trailing checksum of a snapshot of `version` over `bytes` (everything before it).
+    public static func checksum(_ bytes: UnsafeRawBufferPointer, version: UInt32) -> UInt64 {
+        version == 1 ? fnv1a(bytes) : fnv1aWords(bytes)
+    }
+}
+
+/// FNV-1a 64 over little-endian 8-byte words, then any bytes left.
+func fnv1aWords(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
+    var hash: UInt64 = 0xCBF2_9CE4_8422_2325
+    var i = 0
+    while i + 8 <= bytes.count {
+        hash = (hash ^ UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: i, as: UInt64.self))) &* 0x0000_0100_0000_01B3
+        i += 8
+    }
+    while i < bytes.count {
+        hash = (hash ^ UInt64(bytes[i])) &* 0x0000_0100_0000_01B3
+        i += 1
+    }
+    return hash
 }
 
 func fnv1a(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
@@ -76,7 +99,7 @@ extension OrderBook {
                     i -= 1
                 }
             }
-            let sum = fnv1a(UnsafeRawBufferPointer(start: p, count: offset))
+            let sum = BookSnapshotLayout.checksum(UnsafeRawBufferPointer(start: p, count: offset), version: BookSnapshotLayout.version)
             p.storeBytes(of: sum.littleEndian, toByteOffset: offset, as: UInt64.self)
         }
         return out
@@ -106,7 +129,8 @@ extension OrderBook {
             let load64 = { (o: Int) in UInt64(littleEndian: p.loadUnaligned(fromByteOffset: o, as: UInt64.self)) }
             let load32 = { (o: Int) in UInt32(littleEndian: p.loadUnaligned(fromByteOffset: o, as: UInt32.self)) }
             guard p.loadUnaligned(as: UInt64.self) == BookSnapshotLayout.magic else { failure = .badHeader("wrong magic"); return }
-            guard load32(8) == BookSnapshotLayout.version else { failure = .badHeader("version \(load32(8))"); return }
+            let version = load32(8)
+            guard version == 1 || version == BookSnapshotLayout.version else { failure = .badHeader("version \(version)"); return }
             guard load32(12) == spec.id else { failure = .badHeader("symbol id \(load32(12)), expected \(spec.id)"); return }
             let count = load64(16)
             guard count <= UInt64(spec.orders), bytes.count == BookSnapshotLayout.size(orders: Int(count)) else {
@@ -114,7 +138,10 @@ extension OrderBook {
                 return
             }
             let end = BookSnapshotLayout.headerSize + Int(count) * BookSnapshotLayout.orderSize
-            guard fnv1a(UnsafeRawBufferPointer(start: p, count: end)) == load64(end) else { failure = .checksum; return }
+            guard BookSnapshotLayout.checksum(UnsafeRawBufferPointer(start: p, count: end), version: version) == load64(end) else {
+                failure = .checksum
+                return
+            }
             // Pass 1, nothing changed yet: every order checked, and the levels found (runs of one
             // price). Priority order: bids by falling price, then asks by rising price, each
             // level whole.

@@ -37,6 +37,32 @@ struct SnapshotTests {
         #expect(copy.digest == book.digest)
     }
 
+    @Test("a version-1 snapshot (checksum byte by byte, as written before) still restores to the same book; a version 3 is refused")
+    func versionOne() throws {
+        let capacity = BookCapacity(orders: 4096, levels: 256)
+        var book = try OrderBook(spec: Self.spec, capacity: capacity)
+        var sink = EventRecorder()
+        for id in 1...200 {
+            book.apply(.new(NewOrder(orderId: OrderId(id), side: id % 2 == 0 ? .buy : .sell,
+                                     price: 1000 + Int64(id % 7) * (id % 2 == 0 ? -1 : 1) * 10, quantity: 5)), to: &sink)
+        }
+        var bytes = book.snapshot()
+        #expect(bytes[8] == 2, "written as version 2")
+        func resum(_ version: UInt32) {
+            withUnsafeBytes(of: version.littleEndian) { bytes.replaceSubrange(8..<12, with: $0) }
+            let sum = bytes.withUnsafeBytes { BookSnapshotLayout.checksum(UnsafeRawBufferPointer(rebasing: $0[..<(bytes.count - 8)]), version: version) }
+            withUnsafeBytes(of: sum.littleEndian) { bytes.replaceSubrange((bytes.count - 8)..., with: $0) }
+        }
+        resum(1)
+        let old = try OrderBook.restoring(spec: Self.spec, capacity: capacity, from: bytes)
+        #expect(old.digest == book.digest)
+        // The two checksums differ: a version-1 checksum under a version-2 header is refused.
+        withUnsafeBytes(of: UInt32(2).littleEndian) { bytes.replaceSubrange(8..<12, with: $0) }
+        #expect(throws: BookSnapshotError.checksum) { _ = try OrderBook.restoring(spec: Self.spec, capacity: capacity, from: bytes) }
+        resum(3)
+        #expect(throws: BookSnapshotError.badHeader("version 3")) { _ = try OrderBook.restoring(spec: Self.spec, capacity: capacity, from: bytes) }
+    }
+
     @Test("an empty book round-trips")
     func empty() throws {
         let book = try OrderBook(spec: Self.spec, capacity: .small)
@@ -68,8 +94,7 @@ struct SnapshotTests {
         var swapped = good
         let a = 32, b = 64
         for k in 0..<32 { swapped.swapAt(a + k, b + k) }
-        var sum: UInt64 = 0xCBF2_9CE4_8422_2325
-        for byte in swapped[0..<(32 + 3 * 32)] { sum = (sum ^ UInt64(byte)) &* 0x0000_0100_0000_01B3 }
+        let sum = swapped.withUnsafeBytes { BookSnapshotLayout.checksum(UnsafeRawBufferPointer(rebasing: $0[0..<(32 + 3 * 32)]), version: 2) }
         withUnsafeBytes(of: sum.littleEndian) { for k in 0..<8 { swapped[32 + 3 * 32 + k] = $0[k] } }
         #expect(throws: BookSnapshotError.invalidOrder(index: 1, "out of priority order")) {
             _ = try OrderBook.restoring(spec: Self.spec, capacity: .small, from: swapped)

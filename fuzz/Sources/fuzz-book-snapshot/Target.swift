@@ -20,11 +20,6 @@ func seeds() -> [[UInt8]] {
     return [book.snapshot()]
 }
 
-func fnv1a(_ bytes: ArraySlice<UInt8>) -> UInt64 {
-    var hash: UInt64 = 0xCBF2_9CE4_8422_2325
-    for b in bytes { hash = (hash ^ UInt64(b)) &* 0x0000_0100_0000_01B3 }
-    return hash
-}
 
 
 @_cdecl("LLVMFuzzerInitialize")
@@ -37,7 +32,9 @@ public func fuzzInitialize(_ argc: UnsafeMutablePointer<Int32>?, _ argv: UnsafeM
 public func fuzzOne(_ data: UnsafePointer<UInt8>?, _ count: Int) -> Int32 {
     var bytes = Array(input(data, count))
     if bytes.count >= 8 {
-        let sum = fnv1a(bytes[..<(bytes.count - 8)])
+        // The checksum of the version the bytes say (1 or 2; any other is refused before it).
+        let version = bytes.count >= 12 ? UInt32(bytes[8]) | UInt32(bytes[9]) << 8 | UInt32(bytes[10]) << 16 | UInt32(bytes[11]) << 24 : 2
+        let sum = bytes.withUnsafeBytes { BookSnapshotLayout.checksum(UnsafeRawBufferPointer(rebasing: $0[..<(bytes.count - 8)]), version: version) }
         withUnsafeBytes(of: sum.littleEndian) { bytes.replaceSubrange((bytes.count - 8)..., with: $0) }
     }
     if var book = try? OrderBook.restoring(spec: spec, capacity: capacity, from: bytes) {
