@@ -176,8 +176,9 @@ extension ShardState {
                 return "symbol \(id) is not owned by this shard"
             }
             guard bookFlags[b] & BookFlag.imported == 0 else { return "symbol \(id) was imported and not thawed yet" }
-            // Live, the bytes were taken from this book a moment ago; on replay they must match it.
-            guard bytes == books[b].snapshot() else { return "symbol \(id): the exported book differs from this shard's" }
+            // Live, the bytes were taken from this book a moment ago; on replay they must match it
+            // (the same bytes, or, written in an older snapshot format, the same book).
+            guard bytes == books[b].snapshot() || sameBook(b, bytes) else { return "symbol \(id): the exported book differs from this shard's" }
             bookFlags[b] |= BookFlag.frozen | BookFlag.exported
         case .exportSealed(let id, let length, let crc):
             guard let b = book(of: id), bookFlags[b] & BookFlag.notOwned == 0 else {
@@ -229,6 +230,12 @@ extension ShardState {
             releaseBook(b)
         }
         return nil
+    }
+
+    /// Book `b` holds what `bytes` (a snapshot of any format this build reads) describe.
+    func sameBook(_ b: Int, _ bytes: [UInt8]) -> Bool {
+        guard let other = try? OrderBook.restoring(spec: symbols[b].spec, capacity: symbols[b].capacity, from: bytes) else { return false }
+        return other.digest == books[b].digest
     }
 
     func bookCRC(_ bytes: [UInt8]) -> UInt32 { bytes.withUnsafeBytes { cb_crc32c(0, $0.baseAddress, $0.count) } }
