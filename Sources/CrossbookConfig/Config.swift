@@ -8,6 +8,9 @@
 //   durability = "sync"   # sync (reports only once on disk), async, none
 //   io_cores = [2, 3]     # where the journal's kernel workers run: cores no shard uses and
 //                         # nothing spins on (default: not bound, on the shard's own core)
+//   rebalance_busy_percent = 80  # automatic rebalance (off without it): a shard busy above
+//   rebalance_after_s = 10       # this share of its time for this long moves one symbol off
+//   rebalance_cooldown_s = 60    # it (crossbook rebalance's plan), then waits this long
 //
 //   [[shards]]            # one per shard, in order; core omitted: not pinned
 //   core = 1
@@ -54,6 +57,8 @@ public struct EngineConfig {
     public var durability: String?
     /// [engine] io_cores (nil: not bound).
     public var ioCores: [Int]?
+    /// [engine] rebalance_*: the automatic rebalance (nil: off).
+    public var autoRebalance: AutoRebalance?
     /// [[shards]]: the core of each shard (nil: not pinned).
     public var shardCores: [Int?] = []
     /// The shard of each declared symbol, by name (default 0).
@@ -139,8 +144,21 @@ public struct EngineConfig {
         }
         if let engine = table["engine"] {
             guard let engine = engine.table else { throw ConfigError(description: "\(source): [engine] must be a table") }
-            for key in engine.keys where !["instance", "directory", "group", "lag_timeout_ms", "data_dir", "durability", "io_cores"].contains(key) {
-                throw ConfigError(description: "\(source): [engine]: unknown key '\(key)' (expected instance, directory, group, lag_timeout_ms, data_dir, durability, io_cores)")
+            let engineKeys = ["instance", "directory", "group", "lag_timeout_ms", "data_dir", "durability", "io_cores",
+                              "rebalance_busy_percent", "rebalance_after_s", "rebalance_cooldown_s"]
+            for key in engine.keys where !engineKeys.contains(key) {
+                throw ConfigError(description: "\(source): [engine]: unknown key '\(key)' (expected \(engineKeys.joined(separator: ", ")))")
+            }
+            let busy = try Self.int(engine, "rebalance_busy_percent", in: "[engine]", source: source)
+            let after = try Self.int(engine, "rebalance_after_s", in: "[engine]", source: source)
+            let cooldown = try Self.int(engine, "rebalance_cooldown_s", in: "[engine]", source: source)
+            if let busy {
+                guard busy >= 1, busy <= 100 else { throw ConfigError(description: "\(source): [engine]: rebalance_busy_percent must be between 1 and 100, got \(busy)") }
+                guard (after ?? 10) >= 1, (after ?? 10) <= 3600 else { throw ConfigError(description: "\(source): [engine]: rebalance_after_s must be between 1 and 3600") }
+                guard (cooldown ?? 60) >= 0, (cooldown ?? 60) <= 86400 else { throw ConfigError(description: "\(source): [engine]: rebalance_cooldown_s must be between 0 and 86400") }
+                autoRebalance = AutoRebalance(busyPercent: Double(busy), afterSeconds: Double(after ?? 10), cooldownSeconds: Double(cooldown ?? 60))
+            } else if after != nil || cooldown != nil {
+                throw ConfigError(description: "\(source): [engine]: rebalance_after_s and rebalance_cooldown_s need rebalance_busy_percent (the automatic rebalance is off without it)")
             }
             if let v = engine["io_cores"] {
                 guard let list = v.array else { throw ConfigError(description: "\(source): [engine]: io_cores must be an array of core numbers") }

@@ -2,6 +2,7 @@
 // are safe: Shard/Migration.swift), and putting every symbol where the journals say after a
 // restart (`reconcileOwners`).
 
+import Foundation
 import Glibc
 import OrderBook
 import SharedMemory
@@ -293,5 +294,28 @@ extension Engine {
     /// Asks the engine of instance directory `directory` (ControlSocket.swift).
     public static func ask(directory: String, _ request: String, timeout: Int = 30) throws(EngineError) -> [String] {
         try ControlSocket.ask(directory: directory, request, timeout: timeout)
+    }
+}
+
+extension Engine {
+    /// One second of the automatic rebalance (the control thread): a move, when due, runs on a
+    /// thread of its own (the control thread keeps serving clients meanwhile).
+    func autoRebalanceTick(_ rebalancer: inout AutoRebalancer) {
+        guard let file = engineFile, let routes else { return }
+        let busy = shards.indices.map { ShardCounters.readHistogram(file.counters($0).matchLatency).sum }
+        let commands = (0..<file.symbolCount).map { file.symbolCounters($0).read(SymbolCounters.commands) }
+        let names = (0..<file.symbolCount).map { file.symbol($0).name }
+        let ids = Dictionary(settings.symbols.map { ($0.spec.name, $0.spec.id) }, uniquingKeysWith: { a, _ in a })
+        guard migrations.inProgress == 0,
+              let due = rebalancer.tick(now: monotonicNanoseconds(), busy: busy, commands: commands, names: names,
+                                        shardOf: { ids[$0].flatMap { routes.shard(of: $0) } }, shards: shards.count) else { return }
+        log("automatic rebalance: shard \(due.shard) busy \(Int(due.busyPercent))% for \(Int(rebalancer.policy.afterSeconds)) s: \(due.move)")
+        let move = due.move
+        Thread { [weak self] in
+            guard let self else { return }
+            do { _ = try self.migrate(symbol: move.symbol, toShard: move.to) } catch {
+                self.log("automatic rebalance: \(error)")
+            }
+        }.start()
     }
 }

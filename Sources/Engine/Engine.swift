@@ -42,6 +42,8 @@ public struct EngineSettings: Sendable {
     public var journalSegmentSize: Int = 64 << 20
     /// A snapshot every this many commands per shard (0: never); the newest `snapshotsKept` stay.
     public var snapshotEvery: UInt64 = 0
+    /// Move a symbol off a shard that stays busy (Rebalance.swift); nil: off.
+    public var autoRebalance: AutoRebalance?
     public var snapshotsKept: Int = 3
     /// Recover and stop there: no lock, no repair of a torn tail, no journal writing (offline
     /// replay). With `describeBooks`, the recovered L2 books come back as lines from `start`.
@@ -688,7 +690,13 @@ public final class Engine: @unchecked Sendable {
         var lastOrphanSweep: UInt64 = 0
         var lastEventDetaches = [UInt64](repeating: 0, count: shards.count)
         var lastHealth: UInt64 = 0
+        var rebalancer = settings.autoRebalance.map { AutoRebalancer(policy: $0) }
+        var lastRebalanceTick: UInt64 = 0
         while cb_load_acquire_u32(controlStop) == 0 {
+            if rebalancer != nil, monotonicNanoseconds() &- lastRebalanceTick >= 1_000_000_000 {
+                lastRebalanceTick = monotonicNanoseconds()
+                autoRebalanceTick(&rebalancer!)
+            }
             if let host = pluginHost, monotonicNanoseconds() &- lastHealth >= 1_000_000_000 {
                 host.pollHealth()
                 lastHealth = monotonicNanoseconds()

@@ -51,3 +51,71 @@ public enum Rebalance {
         return moves
     }
 }
+
+/// The automatic rebalance (`[engine] rebalance_*`): a shard busy above `busyPercent` of its
+/// time (the time it spends on batches of commands, from its match-latency histogram) for
+/// `afterSeconds` gets one symbol moved off it (`Rebalance.plan` over the last second's command
+/// rates), then nothing moves for `cooldownSeconds`.
+public struct AutoRebalance: Sendable, Equatable {
+    public var busyPercent: Double
+    public var afterSeconds: Double
+    public var cooldownSeconds: Double
+    public init(busyPercent: Double, afterSeconds: Double, cooldownSeconds: Double) {
+        self.busyPercent = busyPercent
+        self.afterSeconds = afterSeconds
+        self.cooldownSeconds = cooldownSeconds
+    }
+}
+
+/// The control thread's bookkeeping for the automatic rebalance, ticked once a second.
+struct AutoRebalancer {
+    let policy: AutoRebalance
+    private var lastBusy: [UInt64] = []
+    private var lastCommands: [UInt64] = []
+    private var lastTick: UInt64 = 0
+    private var busySince: [UInt64?] = []
+    private var lastMove: UInt64 = 0
+
+    init(policy: AutoRebalance) { self.policy = policy }
+
+    /// Each shard's busy nanoseconds so far and each symbol's commands so far (control-file
+    /// order), now; returns the move to make, if one is due.
+    mutating func tick(now: UInt64, busy: [UInt64], commands: [UInt64], names: [String], shardOf: (String) -> Int?,
+                       shards: Int) -> (move: RebalanceMove, busyPercent: Double, shard: Int)? {
+        defer {
+            lastBusy = busy
+            lastCommands = commands
+            lastTick = now
+        }
+        guard lastTick != 0, lastBusy.count == busy.count, lastCommands.count == commands.count, now > lastTick else {
+            busySince = [UInt64?](repeating: nil, count: busy.count)
+            return nil
+        }
+        let elapsed = Double(now - lastTick)
+        var hottest: (shard: Int, percent: Double)?
+        for s in busy.indices {
+            let percent = 100 * Double(busy[s] &- lastBusy[s]) / elapsed
+            if percent >= policy.busyPercent {
+                if busySince[s] == nil { busySince[s] = lastTick }
+                if Double(now - busySince[s]!) >= policy.afterSeconds * 1e9, hottest == nil || percent > hottest!.percent {
+                    hottest = (s, percent)
+                }
+            } else {
+                busySince[s] = nil
+            }
+        }
+        guard let hot = hottest, lastMove == 0 || Double(now - lastMove) >= policy.cooldownSeconds * 1e9 else { return nil }
+        var symbols: [(name: String, shard: Int, load: Double)] = []
+        for (i, name) in names.enumerated() {
+            guard let shard = shardOf(name) else { continue }
+            symbols.append((name, shard, Double(commands[i] &- lastCommands[i]) * 1e9 / elapsed))
+        }
+        // One move, off the busy shard.
+        guard let move = Rebalance.plan(symbols: symbols, shards: shards, minimumGain: 0.05, maxMoves: 1).first, move.from == hot.shard else {
+            return nil
+        }
+        lastMove = now
+        busySince[hot.shard] = nil
+        return (move, hot.percent, hot.shard)
+    }
+}

@@ -50,6 +50,7 @@ extension EngineConfig {
         settings.durability = chosen
         settings.dataDirectory = overrideData ?? dataDirectory ?? "./data"
         settings.ioCores = ioCores
+        settings.autoRebalance = autoRebalance
         settings.plugins = PluginSettings(directory: pluginDirectory ?? PluginSettings.executableDirectory,
                                           load: plugins ?? defaultPlugins)
         return settings

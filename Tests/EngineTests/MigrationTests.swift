@@ -671,4 +671,61 @@ struct MigrationTests {
         done.wait()
         client.close()
     }
+
+    @Test("automatic rebalance: a shard busy above the threshold for the configured time gets one symbol moved off it, then nothing moves during the cool-down; the config keys are checked")
+    func automaticRebalance() throws {
+        let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-miga-\(UUID().uuidString.prefix(8))"
+        defer { removeTree(data) }
+        var settings = EngineSettings(
+            instance: "miga", directory: dir, shards: [ShardSettings(core: nil), ShardSettings(core: nil)],
+            symbols: [(spec: SymbolSpec(name: "HOT-USD", id: 1), shard: 0), (spec: SymbolSpec(name: "ETH-USD", id: 2), shard: 0),
+                      (spec: SymbolSpec(name: "SOL-USD", id: 3), shard: 1)],
+            capacity: BookCapacity(orders: 1 << 16, levels: 1 << 12),
+            wait: WaitStrategy(spins: 1000, yields: 10, park: true, parkTimeoutNanoseconds: 50_000_000))
+        settings.durability = .async
+        settings.dataDirectory = data
+        settings.autoRebalance = AutoRebalance(busyPercent: 0.5, afterSeconds: 1, cooldownSeconds: 600)
+        let log = LogLines()
+        let engine = Engine(settings: settings, log: { log.append($0) })
+        _ = try engine.start()
+        defer { engine.stop() }
+        let stop = StopFlag(), done = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) let client = try CrossbookClient(instance: "miga", directory: dir, ringCapacity: 1 << 14)
+        let hot = try client.symbol("HOT-USD"), eth = try client.symbol("ETH-USD")
+        Thread {
+            var id: OrderId = 0
+            while !stop.isSet {
+                id += 1
+                let order = NewOrder(orderId: id, side: id % 2 == 0 ? .buy : .sell, price: 100, quantity: 1)
+                while !client.submit(.new(order), symbol: id % 3 == 0 ? eth : hot) { _ = try? client.poll { _ in } }
+                if id % 32 == 0 {
+                    _ = try? client.poll { _ in }
+                    usleep(1000)
+                }
+            }
+            done.signal()
+        }.start()
+        let moved = waitFor(15) { engine.migrations.done >= 1 }
+        usleep(2_500_000)  // past another busy period: the cool-down holds
+        stop.set()
+        done.wait()
+        client.close()
+        #expect(moved, "\(log.all.suffix(10))")
+        #expect(engine.migrations.done == 1, "one move, then the cool-down")
+        #expect(engine.owner(of: "HOT-USD") == 1 || engine.owner(of: "ETH-USD") == 1)
+        #expect(log.contains("automatic rebalance: shard 0 busy"))
+
+        // The config: the keys together, in range.
+        let config = data + "-a.toml"
+        defer { removeTree(config) }
+        for (text, reason) in [("rebalance_after_s = 5", "need rebalance_busy_percent"),
+                               ("rebalance_busy_percent = 0", "between 1 and 100"),
+                               ("rebalance_busy_percent = 80\nrebalance_after_s = 0", "rebalance_after_s must be between")] {
+            try "[engine]\n\(text)\n[[symbols]]\nname = \"BTC-USD\"\n".write(toFile: config, atomically: true, encoding: .utf8)
+            let result = try crossbook(["run", "--config", config, "--check-config"])
+            #expect(result.status != 0 && result.output.contains(reason), "\(text): \(result)")
+        }
+        try "[engine]\nrebalance_busy_percent = 80\n[[symbols]]\nname = \"BTC-USD\"\n".write(toFile: config, atomically: true, encoding: .utf8)
+        #expect(try crossbook(["run", "--config", config, "--check-config"]).status == 0)
+    }
 }
