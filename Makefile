@@ -93,7 +93,8 @@ bench-e2e: release
 
 # The kill -9 durability test, 1,000 cycles instead of make test's 20, then the power-loss test,
 # 50 cuts instead of 6 (CUTS=N), sync and async, then the Kafka ingress's kill -9 test, 200
-# cycles instead of 20 (KAFKA_CYCLES=N).
+# cycles instead of 20 (KAFKA_CYCLES=N), then kill -9 during back-to-back symbol migrations, 100
+# cycles instead of 5 (MIGRATION_CYCLES=N).
 soak: deps
 	$(SWIFT) build $(TEST_FLAGS) --build-tests
 	$(MAKE) --no-print-directory c-plugins OUT=.build/release
@@ -101,6 +102,7 @@ soak: deps
 	CROSSBOOK_POWER_CUTS=$${CUTS:-50} $(SWIFT) test $(TEST_FLAGS) --skip-build --filter PowerLossTests
 	$(MAKE) --no-print-directory kafka-kit
 	CROSSBOOK_KAFKA_KILL_CYCLES=$${KAFKA_CYCLES:-200} $(SWIFT) test $(TEST_FLAGS) --skip-build --filter KafkaIngressTests/killCycles
+	MIGRATION_KILL_CYCLES=$${MIGRATION_CYCLES:-100} $(SWIFT) test $(TEST_FLAGS) --skip-build --filter killDuringMigrations
 
 # A symbol moved between two shards ten times under load, each move's pause printed.
 migrate-demo: release
