@@ -210,6 +210,55 @@ final class MigrationProducer: @unchecked Sendable {
     }
 }
 
+/// Two shards, HOT-USD and ETH-USD on shard 0, SOL-USD on shard 1 (async durability).
+func busyShardEngine(_ instance: String, dir: String, data: String, log: LogLines? = nil,
+                     autoRebalance: AutoRebalance? = nil) throws -> Engine {
+    var settings = EngineSettings(
+        instance: instance, directory: dir, shards: [ShardSettings(core: nil), ShardSettings(core: nil)],
+        symbols: [(spec: SymbolSpec(name: "HOT-USD", id: 1), shard: 0), (spec: SymbolSpec(name: "ETH-USD", id: 2), shard: 0),
+                  (spec: SymbolSpec(name: "SOL-USD", id: 3), shard: 1)],
+        capacity: BookCapacity(orders: 1 << 16, levels: 1 << 12),
+        wait: WaitStrategy(spins: 1000, yields: 10, park: true, parkTimeoutNanoseconds: 50_000_000))
+    settings.durability = .async
+    settings.dataDirectory = data
+    settings.autoRebalance = autoRebalance
+    let engine = Engine(settings: settings, log: { log?.append($0) })
+    _ = try engine.start()
+    return engine
+}
+
+/// Orders to HOT-USD and ETH-USD (two to one) on a thread of their own until `stop`: buys and
+/// sells at one price that trade away, so the books stay small.
+final class BusyLoad: @unchecked Sendable {
+    private let client: CrossbookClient
+    private let stopFlag = StopFlag()
+    private let done = DispatchSemaphore(value: 0)
+
+    init(instance: String, directory: String) throws {
+        client = try CrossbookClient(instance: instance, directory: directory, ringCapacity: 1 << 14)
+        let hot = try client.symbol("HOT-USD"), eth = try client.symbol("ETH-USD")
+        Thread { [self] in
+            var id: OrderId = 0
+            while !stopFlag.isSet {
+                id += 1
+                let order = NewOrder(orderId: id, side: id % 2 == 0 ? .buy : .sell, price: 100, quantity: 1)
+                while !client.submit(.new(order), symbol: id % 3 == 0 ? eth : hot) { _ = try? client.poll { _ in } }
+                if id % 32 == 0 {
+                    _ = try? client.poll { _ in }
+                    usleep(1000)
+                }
+            }
+            done.signal()
+        }.start()
+    }
+
+    func stop() {
+        stopFlag.set()
+        done.wait()
+        client.close()
+    }
+}
+
 final class StopFlag: @unchecked Sendable {
     private let lock = NSLock()
     private var value = false
@@ -637,34 +686,9 @@ struct MigrationTests {
     func rebalanceUnderLoad() throws {
         let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-migr-\(UUID().uuidString.prefix(8))"
         defer { removeTree(data) }
-        var settings = EngineSettings(
-            instance: "migr", directory: dir, shards: [ShardSettings(core: nil), ShardSettings(core: nil)],
-            symbols: [(spec: SymbolSpec(name: "HOT-USD", id: 1), shard: 0), (spec: SymbolSpec(name: "ETH-USD", id: 2), shard: 0),
-                      (spec: SymbolSpec(name: "SOL-USD", id: 3), shard: 1)],
-            capacity: BookCapacity(orders: 1 << 16, levels: 1 << 12),
-            wait: WaitStrategy(spins: 1000, yields: 10, park: true, parkTimeoutNanoseconds: 50_000_000))
-        settings.durability = .async
-        settings.dataDirectory = data
-        let engine = Engine(settings: settings, log: { _ in })
-        _ = try engine.start()
+        let engine = try busyShardEngine("migr", dir: dir, data: data)
         defer { engine.stop() }
-        let stop = StopFlag(), done = DispatchSemaphore(value: 0)
-        nonisolated(unsafe) let client = try CrossbookClient(instance: "migr", directory: dir, ringCapacity: 1 << 14)
-        let hot = try client.symbol("HOT-USD"), eth = try client.symbol("ETH-USD")
-        Thread {
-            var id: OrderId = 0
-            while !stop.isSet {
-                id += 1
-                // Buys and sells that trade away: the books stay small.
-                let order = NewOrder(orderId: id, side: id % 2 == 0 ? .buy : .sell, price: 100, quantity: 1)
-                while !client.submit(.new(order), symbol: id % 3 == 0 ? eth : hot) { _ = try? client.poll { _ in } }
-                if id % 32 == 0 {
-                    _ = try? client.poll { _ in }
-                    usleep(1000)
-                }
-            }
-            done.signal()
-        }.start()
+        let load = try BusyLoad(instance: "migr", directory: dir)
         usleep(300_000)
         let target = ["--instance", "migr", "--directory", dir, "--interval", "0.5"]
         let dry = try crossbook(["rebalance"] + target)
@@ -673,49 +697,21 @@ struct MigrationTests {
         let applied = try crossbook(["rebalance", "--apply"] + target)
         #expect(applied.status == 0 && applied.output.contains("migrated"), "\(applied)")
         #expect(engine.owner(of: "HOT-USD") == 1 || engine.owner(of: "ETH-USD") == 1)
-        stop.set()
-        done.wait()
-        client.close()
+        load.stop()
     }
 
     @Test("automatic rebalance: a shard busy above the threshold for the configured time gets one symbol moved off it, then nothing moves during the cool-down; the config keys are checked")
     func automaticRebalance() throws {
         let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-miga-\(UUID().uuidString.prefix(8))"
         defer { removeTree(data) }
-        var settings = EngineSettings(
-            instance: "miga", directory: dir, shards: [ShardSettings(core: nil), ShardSettings(core: nil)],
-            symbols: [(spec: SymbolSpec(name: "HOT-USD", id: 1), shard: 0), (spec: SymbolSpec(name: "ETH-USD", id: 2), shard: 0),
-                      (spec: SymbolSpec(name: "SOL-USD", id: 3), shard: 1)],
-            capacity: BookCapacity(orders: 1 << 16, levels: 1 << 12),
-            wait: WaitStrategy(spins: 1000, yields: 10, park: true, parkTimeoutNanoseconds: 50_000_000))
-        settings.durability = .async
-        settings.dataDirectory = data
-        settings.autoRebalance = AutoRebalance(busyPercent: 0.5, afterSeconds: 1, cooldownSeconds: 600)
         let log = LogLines()
-        let engine = Engine(settings: settings, log: { log.append($0) })
-        _ = try engine.start()
+        let engine = try busyShardEngine("miga", dir: dir, data: data, log: log,
+                                         autoRebalance: AutoRebalance(busyPercent: 0.5, afterSeconds: 1, cooldownSeconds: 600))
         defer { engine.stop() }
-        let stop = StopFlag(), done = DispatchSemaphore(value: 0)
-        nonisolated(unsafe) let client = try CrossbookClient(instance: "miga", directory: dir, ringCapacity: 1 << 14)
-        let hot = try client.symbol("HOT-USD"), eth = try client.symbol("ETH-USD")
-        Thread {
-            var id: OrderId = 0
-            while !stop.isSet {
-                id += 1
-                let order = NewOrder(orderId: id, side: id % 2 == 0 ? .buy : .sell, price: 100, quantity: 1)
-                while !client.submit(.new(order), symbol: id % 3 == 0 ? eth : hot) { _ = try? client.poll { _ in } }
-                if id % 32 == 0 {
-                    _ = try? client.poll { _ in }
-                    usleep(1000)
-                }
-            }
-            done.signal()
-        }.start()
+        let load = try BusyLoad(instance: "miga", directory: dir)
         let moved = waitFor(15) { engine.migrations.done >= 1 }
         usleep(2_500_000)  // past another busy period: the cool-down holds
-        stop.set()
-        done.wait()
-        client.close()
+        load.stop()
         #expect(moved, "\(log.all.suffix(10))")
         #expect(engine.migrations.done == 1, "one move, then the cool-down")
         #expect(engine.owner(of: "HOT-USD") == 1 || engine.owner(of: "ETH-USD") == 1)
