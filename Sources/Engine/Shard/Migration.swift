@@ -65,7 +65,6 @@ struct MigrationAnswer: Sendable {
     /// Monotonic nanoseconds when the step took effect (export: frozen; thaw: trading again,
     /// after the held commands were sequenced).
     var at: UInt64 = 0
-    var book: [UInt8] = []
     /// The source's ingress positions at the export ("topic#partition" → last applied offset):
     /// the target journals them as floors of the symbol (exactly-once ingress across a move).
     var positions: [String: UInt64] = [:]
@@ -118,13 +117,11 @@ extension ShardState {
         }
         // The empty book now, before the pause: allocating (and touching) a book of its capacity
         // takes milliseconds. It stays not owned (commands rejected) until the import.
-        let t0 = monotonicNanoseconds()
         if !hasBook(b) {
             if let failure = makeBook(b) { return step.finish(MigrationAnswer(refusal: "\(failure)")) }
             bookFlags[b] = BookFlag.notOwned
         }
         var answer = MigrationAnswer(at: monotonicNanoseconds())
-        answer.phases["prepare"] = answer.at - t0
         answer.bookAddress = BookAddress(pointer: books + b)
         step.finish(answer)
     }
