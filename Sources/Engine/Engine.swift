@@ -130,7 +130,16 @@ public final class Engine: @unchecked Sendable {
     /// Per shard, its drop-copy ring (nil: off).
     private(set) var executionRings: [EventRing?] = []
     private let injectedSnapshots: SnapshotStore?
-    private var regenerations = 0
+    /// Numbers the regenerations of the whole process (several engines may run in one), so that
+    /// no two side engines share a directory.
+    private nonisolated(unsafe) static var regenerations = 0
+    /// The instance directories the engines of this process run in.
+    private nonisolated(unsafe) static var liveDirectories: Set<String> = []
+    private static let regenerationLock = Lock()
+
+    private static func isLive(_ directory: String) -> Bool {
+        regenerationLock.locked { liveDirectories.contains(directory) }
+    }
     private var control: Thread?
     private let controlStop = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
     /// A stop asked for while `start` runs (a signal during a long recovery): shards stop
@@ -289,9 +298,15 @@ public final class Engine: @unchecked Sendable {
         instanceDirectory = try InstanceDirectory.prepare(s.directory, group: s.group)
         let controlSymbols = s.symbols.map { (name: $0.spec.name, id: $0.spec.id, shard: $0.shard) }
         let file: EngineFile
-        do {
-            file = try EngineFile.create(directory: s.directory, shards: s.shards.count, symbols: controlSymbols,
-                                         mode: s.fileMode)
+        do throws(SharedMemoryError) {
+            do throws(SharedMemoryError) {
+                file = try EngineFile.create(directory: s.directory, shards: s.shards.count, symbols: controlSymbols,
+                                             mode: s.fileMode)
+            } catch .inUse(let path, let pid) where pid == getpid() && !Self.isLive(s.directory) {
+                // "Alive" because the kernel gave the dead creator's pid to this process, which
+                // runs no engine there: a leftover like any other.
+                throw SharedMemoryError.stale(path: path, creatorPid: pid)
+            }
         } catch .inUse(_, let pid) {
             throw EngineError("instance '\(s.instance)' is already running (engine pid \(pid), \(s.directory))")
         } catch .stale(_, let pid) {
@@ -308,6 +323,7 @@ public final class Engine: @unchecked Sendable {
             throw EngineError.sharedMemory(error)
         }
         engineFile = file
+        Self.regenerationLock.locked { _ = Self.liveDirectories.insert(s.directory) }
         let routes = RouteTable(symbols: s.symbols.map { (id: $0.spec.id, shard: $0.shard) }, engineFile: file)
         self.routes = routes
         if let group = s.group { chown(InstanceLayout.enginePath(s.directory), uid_t.max, group) }
@@ -585,13 +601,20 @@ public final class Engine: @unchecked Sendable {
     /// reached. For an egress resuming after a crash: what it had not published yet.
     func regenerate(shard: Int, after: UInt64) throws(EngineError) -> (market: [UInt8], executions: [UInt8], through: UInt64) {
         guard settings.durability != .none else { throw EngineError("durability none: no journal to regenerate from") }
-        let n = idLock.locked { () -> Int in
-            regenerations += 1
-            return regenerations
+        let n = Self.regenerationLock.locked { () -> Int in
+            Self.regenerations += 1
+            return Self.regenerations
         }
+        let name = "regen-\(getpid())-\(n)"
+        let directory = "/dev/shm/crossbook-\(name)"
+        // The name is this process's pid and a number only this process hands out, so a
+        // directory of that name is the leftover of an engine killed during a regeneration whose
+        // pid the kernel has given to this process (pid_max is 32768 on small hosts): remove it,
+        // with the leftovers of every other dead one.
+        InstanceDirectory.removeDeadRegenerations(own: directory)
         var side = settings
-        side.instance = "regen-\(getpid())-\(n)"
-        side.directory = "/dev/shm/crossbook-regen-\(getpid())-\(n)"
+        side.instance = name
+        side.directory = directory
         side.group = nil
         side.readOnly = true
         side.cleanStale = true
@@ -658,6 +681,7 @@ public final class Engine: @unchecked Sendable {
             instanceDirectory = -1
         }
         engineFile = nil
+        Self.regenerationLock.locked { _ = Self.liveDirectories.remove(settings.directory) }
         if dataLock >= 0 {
             close(dataLock)
             dataLock = -1

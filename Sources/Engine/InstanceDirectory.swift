@@ -114,4 +114,37 @@ enum InstanceDirectory {
             close(copy)
         }
     }
+    /// Removes the side directories (`/dev/shm/crossbook-regen-<pid>-<n>`) of regenerations
+    /// whose engine is gone (killed during one: nothing else removes them, and tmpfs holds their
+    /// rings in memory), and `own`, the one this process is about to use, which can only be a
+    /// leftover. Only directories of this user, through descriptors, never following links.
+    static func removeDeadRegenerations(own: String) {
+        let prefix = "crossbook-regen-"
+        let shm = open("/dev/shm", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard shm >= 0 else { return }
+        defer { close(shm) }
+        let copy = openat(shm, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard copy >= 0, let dir = fdopendir(copy) else {
+            if copy >= 0 { close(copy) }
+            return
+        }
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: &entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard name.hasPrefix(prefix) else { continue }
+            let pid = name.dropFirst(prefix.count).split(separator: "-").first.flatMap { Int32($0) } ?? 0
+            if "/dev/shm/" + name == own || (pid > 0 && !processIsAlive(pid)) { names.append(name) }
+        }
+        closedir(dir)
+        for name in names {
+            let fd = openat(shm, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            guard fd >= 0 else { continue }
+            var info = stat()
+            if fstat(fd, &info) == 0, info.st_uid == geteuid() {
+                removeFiles(fd)
+                unlinkat(shm, name, AT_REMOVEDIR)
+            }
+            close(fd)
+        }
+    }
 }

@@ -1,7 +1,7 @@
 // The engine with real clients: reports to the right owner, rejects for bad input, and the
 // failures an operator will cause (kill -9 on either side, a second engine, leftovers).
 import CrossbookClient
-import Engine
+@testable import Engine
 import Foundation
 import Glibc
 import OrderBook
@@ -234,6 +234,49 @@ struct EngineTests {
                            log: { _ in })
         _ = try again.start()
         again.stop()
+    }
+
+    @Test("leftovers whose dead creator's pid the kernel gave to this process are leftovers, not a running engine; a regeneration's leftovers are swept")
+    func recycledPid() throws {
+        // pid_max is 32768 on small hosts: an engine killed -9 leaves a control file naming a
+        // pid that a later process, this one here, can get.
+        let dir = testDirectory()
+        #expect(mkdir(dir, 0o700) == 0)
+        do { _ = try EngineFile.create(directory: dir, shards: 1, mode: 0o400) }  // "our" pid, never removed
+        #expect {
+            _ = try startEngine(dir, instance: "r")
+        } throws: { "\($0)".contains("--clean-stale") && !"\($0)".contains("already running") }
+        let symbols = [(spec: SymbolSpec(name: "AAA", id: 1), shard: 0)]
+        let lines = LogLines()
+        let engine = Engine(settings: EngineSettings(instance: "r", directory: dir, symbols: symbols, cleanStale: true),
+                            log: { lines.append($0) })
+        _ = try engine.start()
+        #expect(lines.contains("removing leftovers of engine pid \(getpid())"), "\(lines.all)")
+        // While it runs, a second engine on the same directory in this process is refused.
+        #expect {
+            _ = try Engine(settings: EngineSettings(instance: "r", directory: dir, symbols: symbols, cleanStale: true),
+                           log: { _ in }).start()
+        } throws: { "\($0)".contains("already running") }
+        engine.stop()
+
+        // Side directories of regenerations: a dead engine's, and one named for this process
+        // (a recycled pid) go; a live engine's stays.
+        let dead = Process()
+        dead.executableURL = URL(fileURLWithPath: "/bin/true")
+        try dead.run()
+        dead.waitUntilExit()
+        let deadDir = "/dev/shm/crossbook-regen-\(dead.processIdentifier)-1"
+        let ownDir = "/dev/shm/crossbook-regen-\(getpid())-999999"
+        let liveDir = "/dev/shm/crossbook-regen-1-424242"
+        for path in [deadDir, ownDir, liveDir] {
+            #expect(mkdir(path, 0o700) == 0)
+            #expect(FileManager.default.createFile(atPath: path + "/events.0", contents: Data([1, 2, 3])))
+        }
+        defer { for path in [deadDir, ownDir, liveDir] { try? FileManager.default.removeItem(atPath: path) } }
+        InstanceDirectory.removeDeadRegenerations(own: ownDir)
+        #expect(!FileManager.default.fileExists(atPath: deadDir))
+        #expect(!FileManager.default.fileExists(atPath: ownDir))
+        #expect(FileManager.default.fileExists(atPath: liveDir + "/events.0"))
     }
 }
 

@@ -3,9 +3,46 @@
 import Foundation
 import Glibc
 
-/// A fresh instance directory in /dev/shm (the engine creates it).
+/// A fresh instance directory in /dev/shm (the engine creates it). What is left in it when the
+/// test process exits (an engine killed -9 by a test and not restarted, a failed test) is
+/// removed then, unless an engine process still runs there: tmpfs holds it in memory, and many
+/// runs' leftovers would eat the memory the engine checks for at start.
 public func testDirectory(_ prefix: String = "crossbook-test") -> String {
-    "/dev/shm/\(prefix)-\(UUID().uuidString.prefix(8))"
+    let path = "/dev/shm/\(prefix)-\(UUID().uuidString.prefix(8))"
+    handedOut.lock.lock()
+    if !handedOut.registered {
+        handedOut.registered = true
+        atexit { removeLeftoverTestDirectories() }
+    }
+    handedOut.paths.append(path)
+    handedOut.lock.unlock()
+    return path
+}
+
+private final class HandedOut: @unchecked Sendable {
+    let lock = NSLock()
+    var paths: [String] = []
+    var registered = false
+}
+
+private let handedOut = HandedOut()
+
+private func removeLeftoverTestDirectories() {
+    handedOut.lock.lock()
+    let paths = handedOut.paths
+    handedOut.lock.unlock()
+    for path in paths {
+        // The control file's creator pid is at byte 16.
+        if let handle = FileHandle(forReadingAtPath: path + "/engine") {
+            let header = handle.readData(ofLength: 20)
+            try? handle.close()
+            if header.count == 20 {
+                let pid = header.withUnsafeBytes { Int32(littleEndian: $0.loadUnaligned(fromByteOffset: 16, as: Int32.self)) }
+                if pid > 0, pid != getpid(), kill(pid, 0) == 0 { continue }
+            }
+        }
+        try? FileManager.default.removeItem(atPath: path)
+    }
 }
 
 public func removeTree(_ path: String) { try? FileManager.default.removeItem(atPath: path) }
