@@ -3,7 +3,8 @@
 
 SWIFT        ?= swift
 # fuse3/libfuse3-dev: crossbook-powercut, the power-loss layer of the durability tests.
-DEB_PACKAGES := liburing-dev libnuma-dev libhiredis-dev librdkafka-dev pkg-config fuse3 libfuse3-dev
+# redis-server: the routing tests start their own on a free loopback port (never the system's).
+DEB_PACKAGES := liburing-dev libnuma-dev libhiredis-dev librdkafka-dev pkg-config fuse3 libfuse3-dev redis-server
 # Tests run optimized: the differential test drives 1,000,000 commands through two books.
 TEST_FLAGS   := -c release -Xswiftc -enable-testing
 
@@ -48,6 +49,8 @@ c-plugins:
 	  -o $(OUT)/libcrossbook-kafka-ingress.so -lrdkafka -lpthread
 	$(CC) $(C_PLUGIN_FLAGS) plugins/kafka/kafka_egress.c -o $(OUT)/libcrossbook-kafka-egress.so -lrdkafka -lpthread
 	$(CC) -std=c11 -Wall -Wextra -Werror -O2 tools/kafka/kafka-tool.c -o $(OUT)/crossbook-kafka -lrdkafka -lpthread
+	$(CC) $(C_PLUGIN_FLAGS) plugins/redis-routing/redis_routing.c -o $(OUT)/libcrossbook-redis-routing.so -lhiredis -lpthread
+	$(CC) -std=c11 -Wall -Wextra -Werror -O2 plugins/redis-routing/crossbook_route.c -o $(OUT)/crossbook-route -lhiredis
 	$(CC) -std=c11 -Wall -Wextra -Werror -O2 $$(pkg-config --cflags fuse3) tools/powercut/powercut.c \
 	  -o $(OUT)/crossbook-powercut $$(pkg-config --libs fuse3)
 	@# The engine refuses plugins in a group- or world-writable directory (a umask of 002 makes them so).

@@ -73,6 +73,19 @@ extension Engine {
             let counted = [source, target].compactMap { $0 }.filter { $0 >= 0 && $0 < shards.count }.compactMap { engineFile?.migrations($0) }
             for c in counted { c.set(MigrationCounters.inProgress, 1) }
             defer { for c in counted { c.set(MigrationCounters.inProgress, 0) } }
+            // The router (Redis) first: it marks the route as migrating, or refuses (it is
+            // unreachable, or a tool changed the route meanwhile); afterwards it is told where
+            // the symbol trades, whatever happened.
+            if let source, source != target, let why = pluginHost?.routeBegin(symbolId: spec.id, from: source, to: target) {
+                migrationLock.locked { migrationHistory.failed += 1 }
+                if source >= 0, source < shards.count { engineFile?.migrations(source).add(MigrationCounters.failed) }
+                throw EngineError("migration of \(name) refused: \(why)")
+            }
+            defer {
+                if let source, source != target, let now = routes.shard(of: spec.id) {
+                    pluginHost?.routeEnd(symbolId: spec.id, shard: now)
+                }
+            }
             do throws(EngineError) {
                 let report = try runMigration(spec, target: target, routes: routes, timeout: timeout)
                 if let file = engineFile {

@@ -175,7 +175,7 @@ public final class Engine: @unchecked Sendable {
     private var localSessions: [UInt32: LocalSession] = [:]
     private var retiredLocal: [LocalSession] = []
     let log: @Sendable (String) -> Void
-    private var pluginHost: PluginHost?
+    private(set) var pluginHost: PluginHost?
     /// Where each symbol lives now (Routes.swift): the config's placement, then what the
     /// journals say, then each migration.
     private(set) var routes: RouteTable?
@@ -357,6 +357,12 @@ public final class Engine: @unchecked Sendable {
                 regenerate: { [weak self] (shard: Int, after: UInt64) throws(EngineError) in
                     guard let self else { throw EngineError("the engine is gone") }
                     return try self.regenerate(shard: shard, after: after)
+                },
+                migrate: { [weak self] id, shard in
+                    guard let self else { return "the engine is gone" }
+                    guard let spec = self.settings.symbols.first(where: { $0.spec.id == id })?.spec else { return "no symbol with id \(id)" }
+                    do { _ = try self.migrate(symbol: spec.name, toShard: shard) } catch { return "\(error)" }
+                    return nil
                 }))
             pluginHost = host
             do {

@@ -247,6 +247,27 @@ typedef struct cb_snapshot_store {
                 void *sink_context, char *error, size_t error_size);
 } cb_snapshot_store;
 
+/* ---- Routers -------------------------------------------------------------------------------- */
+
+/* The authority over where symbols live (plugins of kind CB_KIND_ROUTING, e.g. redis-routing):
+ * the engine asks it before it moves a symbol between its shards and tells it after. The host
+ * calls these from the thread that asked for the move (the control socket's, the automatic
+ * rebalancer's, or a plugin's own through symbol_migrate), one move at a time. */
+typedef struct cb_router {
+    uint32_t size;
+    uint32_t reserved;
+    void *context;
+    /* Before symbol `symbol_id` moves from shard `from` to shard `to` of this engine: CB_OK lets
+       it move (the authority has marked the route as migrating); anything else refuses the move,
+       with a one-line reason in `error` (e.g. the authority is unreachable: nothing changes
+       route until it is back). */
+    int (*route_begin)(void *context, uint32_t symbol_id, uint32_t from, uint32_t to, char *error, size_t error_size);
+    /* After: the symbol trades on `shard` (the target, or the source when the move failed or was
+       refused after route_begin). Must not fail: an authority that cannot record it now records
+       it when it can (the engine's placement is the truth for its own symbols). */
+    void (*route_end)(void *context, uint32_t symbol_id, uint32_t shard);
+} cb_router;
+
 /* ---- The host table ------------------------------------------------------------------------- */
 
 typedef struct cb_host cb_host;                 /* one per loaded plugin */
@@ -325,6 +346,21 @@ typedef struct cb_host_api {
        reopened with the last sequence it delivered. Sync durability: only durable output. */
     int (*subscribe_output)(cb_host *host, uint32_t shard, uint64_t after, cb_subscription **executions,
                             cb_subscription **market);
+
+    /* Appended with routing (check CB_HOST_HAS). The symbols of this engine: how many, and the
+       one at `index` (0 ..< symbol_count), as symbol_lookup (its `shard` is where it lives now). */
+    uint32_t (*symbol_count)(cb_host *host);
+    int (*symbol_at)(cb_host *host, uint32_t index, cb_symbol *out);
+    /* Registers the engine's router (plugins of kind CB_KIND_ROUTING, from start; one per
+       engine: a second gets CB_ERR_LIMIT). The host copies the struct; `context` must stay
+       valid until stop. The host stops calling it before it calls the plugin's stop. */
+    int (*router_register)(cb_host *host, const cb_router *router);
+    /* Moves symbol `symbol_id` to shard `shard` of this engine while it trades, as
+       `crossbook migrate` does (the router is asked first); returns when it trades there
+       (CB_OK) or the move was refused or failed (CB_ERR_FAILED, the reason in `error`). Blocks
+       for up to a few seconds: call it from the plugin's own thread, never from start, stop,
+       health or a router callback. */
+    int (*symbol_migrate)(cb_host *host, uint32_t symbol_id, uint32_t shard, char *error, size_t error_size);
 } cb_host_api;
 
 /* True when the host's table reaches `field` (a plugin built against a newer header). */

@@ -117,6 +117,30 @@ extension PluginHost {
             offset.pointee = last
             return CB_OK.rawValue
         }
+        table.pointee.symbol_count = { host in
+            UInt32(LoadedPlugin.from(host)?.host?.environment.symbols.count ?? 0)
+        }
+        table.pointee.symbol_at = { host, index, out in
+            guard let plugin = LoadedPlugin.from(host), let out, out.pointee.size >= 16 else { return CB_ERR_INVALID.rawValue }
+            return plugin.lookup(index: Int(index), into: out)
+        }
+        table.pointee.router_register = { host, router in
+            guard let plugin = LoadedPlugin.from(host), let router, router.pointee.size >= UInt32(MemoryLayout<cb_router>.size),
+                  router.pointee.route_begin != nil, router.pointee.route_end != nil else {
+                return CB_ERR_INVALID.rawValue
+            }
+            return plugin.host?.registerRouter(router.pointee, plugin: plugin) ?? CB_ERR_INVALID.rawValue
+        }
+        table.pointee.symbol_migrate = { host, id, shard, error, errorSize in
+            guard let plugin = LoadedPlugin.from(host), let environment = plugin.host?.environment else { return CB_ERR_INVALID.rawValue }
+            guard !plugin.starting else {
+                if let error { cb_copy_text(error, errorSize, "symbol_migrate may not be called from start") }
+                return CB_ERR_INVALID.rawValue
+            }
+            guard let why = environment.migrate(id, Int(shard)) else { return CB_OK.rawValue }
+            if let error { cb_copy_text(error, errorSize, why) }
+            return CB_ERR_FAILED.rawValue
+        }
         return table
     }()
 }

@@ -67,6 +67,14 @@ final class LoadedPlugin: @unchecked Sendable {
         return describe(entry, routes: environment.routes, into: out)
     }
 
+    /// The symbol at `index` of the engine's symbols.
+    func lookup(index: Int, into out: UnsafeMutablePointer<cb_symbol>) -> Int32 {
+        guard let environment = host?.environment, index >= 0, index < environment.symbols.count else {
+            return CB_ERR_NOT_FOUND.rawValue
+        }
+        return describe(environment.symbols[index], routes: environment.routes, into: out)
+    }
+
     /// `shard`: where the symbol lives now (it may move: a producer follows by itself).
     private func describe(_ entry: (spec: SymbolSpec, shard: Int), routes: RouteTable,
                           into out: UnsafeMutablePointer<cb_symbol>) -> Int32 {

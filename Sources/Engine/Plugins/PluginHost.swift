@@ -33,6 +33,8 @@ struct PluginEnvironment: @unchecked Sendable {
     let executionRing: @Sendable (Int) -> EventRing?
     /// A shard's output above a sequence, regenerated from its journal (Engine.regenerate).
     let regenerate: @Sendable (Int, UInt64) throws(EngineError) -> (market: [UInt8], executions: [UInt8], through: UInt64)
+    /// Moves a symbol (by id) to a shard (Engine.migrate): nil when it trades there, else why not.
+    let migrate: @Sendable (UInt32, Int) -> String?
 
     init(instance: String, directory: String, engineFile: EngineFile, symbols: [(spec: SymbolSpec, shard: Int)],
          routes: RouteTable? = nil, log: @escaping @Sendable (String) -> Void,
@@ -41,7 +43,9 @@ struct PluginEnvironment: @unchecked Sendable {
          position: @escaping @Sendable (Int, String) -> UInt64? = { _, _ in nil },
          executionRing: @escaping @Sendable (Int) -> EventRing? = { _ in nil },
          regenerate: @escaping @Sendable (Int, UInt64) throws(EngineError) -> (market: [UInt8], executions: [UInt8], through: UInt64)
-            = { _, _ throws(EngineError) in throw EngineError("no journal") }) {
+            = { _, _ throws(EngineError) in throw EngineError("no journal") },
+         migrate: @escaping @Sendable (UInt32, Int) -> String? = { _, _ in "this engine cannot move symbols" }) {
+        self.migrate = migrate
         self.openSession = openSession
         self.closeSession = closeSession
         self.position = position
@@ -67,6 +71,10 @@ final class PluginHost: @unchecked Sendable {
     /// Start, stop and health of one plugin never overlap (health runs on the control thread).
     private let lifecycle = Lock()
     private(set) var snapshotStore: PluginSnapshotStore?
+    /// The router (a CB_KIND_ROUTING plugin's), and the lock its calls hold: a plugin's stop
+    /// waits for a call in progress and no call starts after it.
+    private var router: (table: cb_router, plugin: LoadedPlugin)?
+    private let routerLock = Lock()
 
     init(settings: PluginSettings, environment: PluginEnvironment) {
         self.settings = settings
@@ -117,6 +125,7 @@ final class PluginHost: @unchecked Sendable {
 
     private func stopAllLocked(snapshotStores: Bool) {
         for plugin in started.reversed() where plugin.isSnapshotStore == snapshotStores && plugin.state == .running {
+            unregisterRouter(of: plugin)
             plugin.descriptor.stop?(plugin.instance)
             plugin.closeAll()
             plugin.state = .stopped
@@ -270,6 +279,7 @@ final class PluginHost: @unchecked Sendable {
         let rc = plugin.descriptor.start!(PluginHost.api, plugin.handle, &instance, &error, error.count)
         plugin.starting = false
         guard rc == 0 else {
+            unregisterRouter(of: plugin)
             plugin.closeAll()
             let why = messageText(error)
             throw PluginError(plugin: plugin.name, cause: .startFailed,
@@ -288,6 +298,44 @@ final class PluginHost: @unchecked Sendable {
             guard snapshotStore == nil else { return CB_ERR_LIMIT.rawValue }
             snapshotStore = PluginSnapshotStore(store: store, plugin: plugin.name)
             return CB_OK.rawValue
+        }
+    }
+
+    // MARK: Router
+
+    func registerRouter(_ table: cb_router, plugin: LoadedPlugin) -> Int32 {
+        guard plugin.descriptor.kinds & UInt32(CB_KIND_ROUTING) != 0 else { return CB_ERR_UNSUPPORTED.rawValue }
+        return routerLock.locked {
+            guard router == nil else { return CB_ERR_LIMIT.rawValue }
+            router = (table, plugin)
+            environment.log("plugin \(plugin.name): routes this engine's symbols")
+            return CB_OK.rawValue
+        }
+    }
+
+    private func unregisterRouter(of plugin: LoadedPlugin) {
+        routerLock.locked { if router?.plugin === plugin { router = nil } }
+    }
+
+    var hasRouter: Bool { routerLock.locked { router != nil } }
+
+    /// Asks the router before a move: nil lets it go on (also with no router), else why not.
+    func routeBegin(symbolId: UInt32, from: Int, to: Int) -> String? {
+        routerLock.locked { () -> String? in
+            guard let router, let begin = router.table.route_begin else { return nil }
+            var error = [CChar](repeating: 0, count: 256)
+            let rc = begin(router.table.context, symbolId, UInt32(from), UInt32(to), &error, error.count)
+            guard rc != CB_OK.rawValue else { return nil }
+            let why = messageText(error)
+            return "router \(router.plugin.name) refused: \(why.isEmpty ? statusName(rc) : why)"
+        }
+    }
+
+    /// Tells the router where the symbol trades after a move (or a refused one).
+    func routeEnd(symbolId: UInt32, shard: Int) {
+        routerLock.locked {
+            guard let router, let end = router.table.route_end else { return }
+            end(router.table.context, symbolId, UInt32(shard))
         }
     }
 }
