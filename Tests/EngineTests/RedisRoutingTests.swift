@@ -276,6 +276,37 @@ struct RedisRoutingTests {
         #expect(engine.owner(of: "SOL-USD") == 1)
     }
 
+    @Test("a bad routing config is refused at start with the key and what it wants; a route key of another type is left alone")
+    func badConfigAndKeys() throws {
+        let redis = try RedisServer()
+        for (key, value, says) in [("redis", "no-port", "give host:port"), ("redis", "127.0.0.1:99999", "give host:port"),
+                                   ("heartbeat_ms", "often", "heartbeat_ms"), ("prefix", String(repeating: "p", count: 60), "prefix")] {
+            var settings = EngineSettings(instance: "rbad", directory: testDirectory(), symbols: [(spec: SymbolSpec(name: "AAA", id: 1), shard: 0)])
+            var config = ["redis": redis.address]
+            config[key] = value
+            settings.plugins = PluginSettings(directory: PluginSettings.executableDirectory, load: [PluginSpec(name: "redis-routing", config: config)])
+            #expect {
+                let engine = Engine(settings: settings, log: { _ in })
+                _ = try engine.start()
+                engine.stop()
+            } throws: { "\($0)".contains(says) }
+        }
+        // A route that is a string, not a hash: the symbol trades on, the health says why.
+        let prefix = "b\(UInt32.random(in: 0...UInt32.max)):"
+        try redis.cli(["SET", prefix + "route:SOL-USD", "junk"])
+        let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-rb-\(UUID().uuidString.prefix(8))"
+        defer { removeTree(data) }
+        let log = LogLines()
+        let engine = try routedEngine("rrb", dir: dir, data: data, redis: redis, prefix: prefix, log: log)
+        defer { engine.stop() }
+        #expect(waitFor(10) { routingHealth(engine)?.message.contains("cannot be read") == true }, "\(String(describing: routingHealth(engine)))")
+        #expect(engine.owner(of: "SOL-USD") == 1)
+        #expect(try redis.cli(["GET", prefix + "route:SOL-USD"]) == "junk")
+        #expect(throws: EngineError.self) { _ = try engine.migrate(symbol: "SOL-USD", toShard: 0) }
+        _ = try engine.migrate(symbol: "HOT-USD", toShard: 1)
+        #expect(routes(redis, prefix: prefix)["HOT-USD"] == RouteLine(instance: "rrb", shard: 1, status: "ACTIVE", epoch: 3))
+    }
+
     @Test("kill -9 at a random moment of back-to-back moves through the router, 5 times: after each restart every route in Redis is ACTIVE on the shard that owns the symbol, and the next moves go on")
     func killDuringRoutedMoves() throws {
         let redis = try RedisServer()
