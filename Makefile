@@ -3,8 +3,9 @@
 
 SWIFT        ?= swift
 # fuse3/libfuse3-dev: crossbook-powercut, the power-loss layer of the durability tests.
-# redis-server: the routing tests start their own on a free loopback port (never the system's).
-DEB_PACKAGES := liburing-dev libnuma-dev libhiredis-dev librdkafka-dev pkg-config fuse3 libfuse3-dev redis-server
+# redis-server: the routing tests start their own on a free loopback port (never the system's);
+# prometheus: promtool checks a real scrape and the alert rules.
+DEB_PACKAGES := liburing-dev libnuma-dev libhiredis-dev librdkafka-dev pkg-config fuse3 libfuse3-dev redis-server prometheus
 # Tests run optimized: the differential test drives 1,000,000 commands through two books.
 TEST_FLAGS   := -c release -Xswiftc -enable-testing
 

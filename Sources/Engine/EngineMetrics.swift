@@ -28,8 +28,9 @@ public struct MetricFamily: Sendable {
 public struct EngineMetrics: Sendable {
     public var families: [MetricFamily] = []
 
-    /// Everything the control file holds now.
-    public static func collect(_ file: EngineFile) -> EngineMetrics {
+    /// Everything the control file holds now; `pluginHelp` (by counter name) is the help the
+    /// plugins gave their own counters, `ownCounters` false leaves those out.
+    public static func collect(_ file: EngineFile, pluginHelp: [String: String] = [:], ownCounters: Bool = true) -> EngineMetrics {
         var m = EngineMetrics()
         let state = file.state
         m.gauge("crossbook_engine_running", "1 while the engine serves (state running and its process alive)",
@@ -65,18 +66,18 @@ public struct EngineMetrics: Sendable {
         perShard(.journalBatches, "crossbook_journal_batches_total", "Group commits made durable")
         perShard(.journalBytes, "crossbook_journal_bytes_total", "Bytes made durable")
         perShard(.durableSequence, "crossbook_journal_durable_sequence", "Highest sequence on disk", gauge: true)
-        func migrations(_ word: Int, _ name: String, _ help: String, gauge: Bool = false) {
-            let samples = shards.map { (shardLabel($0), Double(file.migrations($0).read(word))) }
+        func migrations(_ word: Int, _ name: String, _ help: String, gauge: Bool = false, scale: Double = 1) {
+            let samples = shards.map { (shardLabel($0), Double(file.migrations($0).read(word)) * scale) }
             if gauge { m.gauge(name, help, samples) } else { m.counter(name, help, samples) }
         }
         migrations(MigrationCounters.into, "crossbook_migrations_in_total", "Symbols moved to this shard")
         migrations(MigrationCounters.outOf, "crossbook_migrations_out_total", "Symbols moved off this shard")
         migrations(MigrationCounters.failed, "crossbook_migrations_failed_total", "Moves off this shard refused or abandoned")
         migrations(MigrationCounters.inProgress, "crossbook_migration_in_progress", "1 while a symbol moves to or off this shard", gauge: true)
-        migrations(MigrationCounters.lastPauseMicros, "crossbook_migration_last_pause_microseconds",
-                   "The pause of the last move to or off this shard (the symbol not trading)", gauge: true)
-        migrations(MigrationCounters.maxPauseMicros, "crossbook_migration_max_pause_microseconds",
-                   "The longest pause of a move to or off this shard since the engine started", gauge: true)
+        migrations(MigrationCounters.lastPauseMicros, "crossbook_migration_last_pause_seconds",
+                   "The pause of the last move to or off this shard (the symbol not trading)", gauge: true, scale: 1e-6)
+        migrations(MigrationCounters.maxPauseMicros, "crossbook_migration_max_pause_seconds",
+                   "The longest pause of a move to or off this shard since the engine started", gauge: true, scale: 1e-6)
         perShard(.snapshots, "crossbook_snapshots_total", "Snapshots stored")
         perShard(.snapshotFailures, "crossbook_snapshot_failures_total", "Snapshots that failed to store")
         perShard(.lastSnapshotSequence, "crossbook_snapshot_last_sequence", "Sequence of the last snapshot stored",
@@ -166,6 +167,7 @@ public struct EngineMetrics: Sendable {
         m.gauge("crossbook_plugin_health", "The plugin's health: 0 ok, 1 degraded, 2 failed",
                 plugins.map { ("plugin=\"\(escape($0.name))\"", Double($0.health)) })
         // The plugins' own counters, one family per name.
+        guard ownCounters else { return m }
         let own = file.pluginCounters()
         let names = plugins.map(\.name)
         for name in Set(own.map(\.name)).sorted() {
@@ -174,10 +176,76 @@ public struct EngineMetrics: Sendable {
             let samples = values.map { v in
                 ("plugin=\"\(escape(v.plugin < names.count ? names[v.plugin] : "slot\(v.plugin)"))\"", Double(v.value))
             }
-            if values[0].isGauge { m.gauge(family, "A plugin's own gauge", samples) }
-            else { m.counter(family, "A plugin's own counter", samples) }
+            let help = pluginHelp[name].flatMap { $0.isEmpty ? nil : $0 } ?? (values[0].isGauge ? "A plugin's own gauge" : "A plugin's own counter")
+            if values[0].isGauge { m.gauge(family, help, samples) }
+            else { m.counter(family, help, samples) }
         }
         return m
+    }
+
+    /// The family a plugin's own counter is exported as.
+    public static func pluginFamily(_ name: String, isGauge: Bool) -> String {
+        "crossbook_plugin_" + name + (isGauge ? "" : "_total")
+    }
+
+    /// This process: the build, and CPU, memory and descriptors as Prometheus' own clients name
+    /// them (the engine's process: only where the host serves metrics in process).
+    public mutating func addProcess(version: String) {
+        gauge("crossbook_build_info", "The engine's build: always 1, the version in labels",
+              [("version=\"\(escape(version))\",plugin_abi=\"\(CB_PLUGIN_ABI_VERSION)\"", 1)])
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        let cpu = Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6
+            + Double(usage.ru_stime.tv_sec) + Double(usage.ru_stime.tv_usec) / 1e6
+        counter("process_cpu_seconds_total", "User and system CPU time of the engine's process, seconds", [("", cpu)])
+        let page = Double(sysconf(Int32(_SC_PAGESIZE)))
+        var resident = 0.0, virtualBytes = 0.0
+        let statm = Self.firstLine("/proc/self/statm").split(separator: " ")
+        if statm.count >= 2, let size = Double(statm[0]), let rss = Double(statm[1]) {
+            virtualBytes = size * page
+            resident = rss * page
+        }
+        gauge("process_resident_memory_bytes", "Resident memory of the engine's process, bytes", [("", resident)])
+        gauge("process_virtual_memory_bytes", "Virtual memory of the engine's process, bytes", [("", virtualBytes)])
+        var open = 0
+        if let dir = opendir("/proc/self/fd") {
+            while readdir(dir) != nil { open += 1 }
+            closedir(dir)
+            open = max(0, open - 3)  // ".", ".." and the listing's own descriptor
+        }
+        gauge("process_open_fds", "Open file descriptors of the engine's process", [("", Double(open))])
+        var limit = rlimit()
+        getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+        gauge("process_max_fds", "The engine process's limit of open file descriptors", [("", Double(limit.rlim_cur))])
+        gauge("process_start_time_seconds", "When the engine's process started, seconds since the epoch",
+              [("", Self.processStart)])
+    }
+
+    /// The process's start, from /proc: its start in clock ticks after boot plus the boot time.
+    static let processStart: Double = {
+        var bootTime = 0.0
+        if let f = fopen("/proc/stat", "r") {
+            var line = [CChar](repeating: 0, count: 256)
+            while fgets(&line, 256, f) != nil {
+                let text = String(cString: line)
+                if text.hasPrefix("btime ") { bootTime = Double(text.dropFirst(6).filter { $0 != "\n" && $0 != " " }) ?? 0 }
+            }
+            fclose(f)
+        }
+        let text = firstLine("/proc/self/stat")
+        guard let close = text.lastIndex(of: ")") else { return 0 }
+        // After the command: the state is field 3, the start time field 22.
+        let fields = text[text.index(after: close)...].split(separator: " ")
+        guard fields.count > 19, let ticks = Double(fields[19]) else { return 0 }
+        return bootTime + ticks / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }()
+
+    static func firstLine(_ path: String) -> String {
+        guard let f = fopen(path, "r") else { return "" }
+        defer { fclose(f) }
+        var line = [CChar](repeating: 0, count: 1024)
+        guard fgets(&line, 1024, f) != nil else { return "" }
+        return String(cString: line).filter { $0 != "\n" }
     }
 
     mutating func counter(_ name: String, _ help: String, _ samples: [(String, Double)]) {

@@ -1,5 +1,6 @@
 // The crossbook command-line tool: the entry point for operators and for `make run`.
 import ArgumentParser
+import Engine
 import SharedMemory
 
 @main
@@ -7,6 +8,7 @@ struct Crossbook: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "crossbook",
         abstract: "Crossbook, a matching engine for spot exchanges.",
+        version: crossbookVersion,
         subcommands: [RunCommand.self, SubmitCommand.self, LoadCommand.self, StatCommand.self, MarketDataCommand.self, Replay.self, WorkloadCommand.self, RingCommand.self, JournalCommand.self, DiskFloorCommand.self, Host.self, MigrateCommand.self, RouteCommand.self, MigrateBenchCommand.self, RebalanceCommand.self]
     )
 }

@@ -574,7 +574,7 @@ struct MigrationTests {
         let metrics = EngineMetrics.collect(try EngineFile.attach(directory: dir))
         let movedIn = metrics.families.first { $0.name == "crossbook_migrations_in_total" }?.samples.map(\.value)
         #expect(movedIn == [0, 1])
-        #expect((metrics.families.first { $0.name == "crossbook_migration_last_pause_microseconds" }?.samples.map(\.value) ?? []).allSatisfy { $0 > 0 })
+        #expect((metrics.families.first { $0.name == "crossbook_migration_last_pause_seconds" }?.samples.map(\.value) ?? []).allSatisfy { $0 > 0 })
         #expect(client.shard(of: hot) == 1, "the client follows the route")
         // The moved bid trades on shard 1 with a sell sent there.
         #expect(client.submit(.new(NewOrder(orderId: 2, side: .sell, price: 100, quantity: 1)), symbol: hot))

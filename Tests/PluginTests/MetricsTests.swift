@@ -225,6 +225,94 @@ struct MetricsPluginTests {
         #expect(notFound.status == 404)
     }
 
+    @Test("idle and slow clients do not hold up a scrape; the scrape passes promtool check metrics; a plugin counter that would repeat an engine family is refused, a plugin's help text is kept; build and process metrics")
+    func cannotBeKnockedOver() throws {
+        let port = freePort()
+        let dir = testDirectory(), log = LogLines(), folder = temporaryFolder()
+        defer { removeTree(folder) }
+        // A plugin that asks for a gauge named "health" (it would repeat crossbook_plugin_health)
+        // and a counter with its own help.
+        _ = try compilePlugin("""
+            #include "crossbook_plugin.h"
+            static int marker;
+            static int start(const cb_host_api *api, cb_host *host, void **instance, char *error, size_t size) {
+                (void)error; (void)size;
+                uint64_t *slot = 0, *good = 0;
+                int clash = api->counter_register(host, "health", "mine", CB_METRIC_GAUGE, &slot);
+                api->counter_register(host, "good_things", "Good things this plugin did", CB_METRIC_COUNTER, &good);
+                if (good) __atomic_store_n(good, clash == CB_ERR_INVALID ? 7 : 1, __ATOMIC_RELAXED);
+                *instance = &marker;
+                return CB_OK;
+            }
+            static void stop(void *instance) { (void)instance; }
+            static const cb_plugin d = { sizeof(cb_plugin), CB_PLUGIN_ABI_VERSION, "clash", "1.0", CB_KIND_METRICS, 0, start, stop, 0 };
+            CB_PLUGIN_EXPORT const cb_plugin *crossbook_plugin_entry(void) { return &d; }
+            """, name: "clash", into: folder)
+        let engine = try pluginEngine(dir, plugins: PluginSettings(directory: folder, load: [
+            PluginSpec(name: "metrics-prometheus", file: buildDirectory + "/libcrossbook-metrics-prometheus.so",
+                       config: ["listen": "127.0.0.1:\(port)"]),
+            PluginSpec(name: "clash"),
+        ]), log: log)
+        defer { engine.stop() }
+        #expect(log.contains("counter name 'health' refused"), "\(log.all)")
+
+        // Three connections that say nothing, one that sends a byte every 300 ms: before, each
+        // held the one-at-a-time server for 2 s, and a scrape (5 s timeout here) failed.
+        func connectLoopback() -> Int32 {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+            address.sin_port = port.bigEndian
+            _ = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            return fd
+        }
+        let idle = (0..<3).map { _ in connectLoopback() }
+        defer { for fd in idle { close(fd) } }
+        let slow = connectLoopback()
+        let stopSlow = StopSignal()
+        let slowThread = Thread {
+            for byte in Array("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".utf8) {
+                if stopSlow.isSet { break }
+                var b = byte
+                _ = send(slow, &b, 1, Int32(MSG_NOSIGNAL))
+                usleep(300_000)
+            }
+        }
+        slowThread.start()
+        defer {
+            stopSlow.set()
+            close(slow)
+        }
+        usleep(200_000)
+        var bodies: [String] = []
+        for _ in 0..<3 {
+            let scrape = try httpGet("http://127.0.0.1:\(port)/metrics")
+            #expect(scrape.status == 200)
+            bodies.append(scrape.body)
+        }
+        let body = try #require(bodies.last)
+        let parsed = try Exposition(body)
+        #expect(parsed.value("crossbook_plugin_good_things_total", ["plugin": "clash"]) == 7)
+        #expect(body.contains("# HELP crossbook_plugin_good_things_total Good things this plugin did\n"))
+        #expect(body.components(separatedBy: "# TYPE crossbook_plugin_health ").count == 2)
+        #expect(parsed.value("crossbook_build_info", ["version": crossbookVersion]) == 1)
+        #expect(parsed.value("process_resident_memory_bytes") ?? 0 > 1_000_000)
+        #expect(parsed.value("process_open_fds") ?? 0 > 3)
+        #expect(parsed.value("process_cpu_seconds_total") ?? 0 > 0)
+        #expect(parsed.value("process_start_time_seconds") ?? 0 > Date().timeIntervalSince1970 - 86400 * 365)
+        // Debian's promtool, as Prometheus would read it.
+        let check = try runWithInput("/usr/bin/promtool", ["check", "metrics"], input: body)
+        #expect(check.status == 0, "promtool: \(check.output)")
+        // The slow one is cut at its deadline, and counted.
+        #expect(waitFor(5) {
+            (try? Exposition(try httpGet("http://127.0.0.1:\(port)/metrics").body))?
+                .value("crossbook_plugin_metrics_request_errors_total", ["plugin": "metrics-prometheus"]) ?? 0 >= 1
+        })
+    }
+
     @Test("a port already taken: start fails with the address and the reason")
     func portTaken() throws {
         let (fd, port) = boundSocket()
@@ -236,4 +324,31 @@ struct MetricsPluginTests {
         #expect(text == "plugin metrics-prometheus: start failed: CB_ERR_IO: cannot listen on 127.0.0.1:\(port): Address already in use",
                 "\(text)")
     }
+}
+
+final class StopSignal: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = false
+    var isSet: Bool { lock.lock(); defer { lock.unlock() }; return value }
+    func set() { lock.lock(); value = true; lock.unlock() }
+}
+
+/// Runs a program with `input` on its standard input: its status and output (both streams).
+func runWithInput(_ program: String, _ arguments: [String], input: String) throws -> (status: Int32, output: String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: program)
+    process.arguments = arguments
+    let pipe = Pipe(), stdin = Pipe()
+    process.standardOutput = pipe
+    process.standardError = pipe
+    process.standardInput = stdin
+    try process.run()
+    let writer = Thread {
+        stdin.fileHandleForWriting.write(Data(input.utf8))
+        try? stdin.fileHandleForWriting.close()
+    }
+    writer.start()
+    let data = pipe.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: data, as: UTF8.self))
 }

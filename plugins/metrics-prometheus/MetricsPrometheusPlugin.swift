@@ -1,7 +1,8 @@
 // plugins/metrics-prometheus: serves GET /metrics in the Prometheus text exposition format
 // (version 0.0.4), read from the engine's counters region through the host table
-// (metrics_read) at each scrape. One thread of its own: accept, read the request, answer,
-// close. Nothing runs on a shard thread and a scrape costs the shards nothing.
+// (metrics_read) at each scrape. One thread of its own serves every connection at once (poll,
+// non-blocking sockets), each within a deadline: an idle or slow client never delays another's
+// scrape. Nothing runs on a shard thread and a scrape costs the shards nothing.
 //
 // Config: listen = "127.0.0.1:9464" (host:port; IPv4).
 
@@ -47,52 +48,126 @@ final class MetricsServer: @unchecked Sendable {
 
     func log(_ level: cb_log_level, _ text: String) { api.pointee.log(host, Int32(level.rawValue), text) }
 
+    /// At most this many connections at once; a new one past it closes the oldest that has not
+    /// sent its request yet.
+    static let maxConnections = 64
+    /// From accept to the last byte of the answer: a client that sends its request slowly, or
+    /// reads the answer slowly, is closed at this deadline; others are served meanwhile.
+    static let requestNanoseconds: UInt64 = 2_000_000_000
+
+    struct Connection {
+        var fd: Int32
+        var deadline: UInt64
+        var input: [UInt8] = []
+        var output: [UInt8] = []
+        var sent = 0
+        var answering = false
+    }
+
+    /// One thread, every connection at once (poll): no client can hold up another's scrape.
     func run() {
+        var connections: [Connection] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
         while cb_load_acquire_u32(stopping) == 0 {
-            var pfd = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
-            guard poll(&pfd, 1, 100) > 0 else { continue }
-            let client = accept(listener, nil, nil)
-            guard client >= 0 else { continue }
-            serve(client)
-            close(client)
+            var fds = [pollfd(fd: listener, events: Int16(POLLIN), revents: 0)]
+            for c in connections { fds.append(pollfd(fd: c.fd, events: Int16(c.answering ? POLLOUT : POLLIN), revents: 0)) }
+            let now = monotonic()
+            var nearest: Int32 = 100
+            if let first = connections.map(\.deadline).min() {
+                let left: UInt64 = first > now ? (first - now) / 1_000_000 + 1 : 0
+                nearest = Int32(min(100, left))
+            }
+            let ready = poll(&fds, nfds_t(fds.count), nearest)
+            let at = monotonic()
+            if ready > 0 {
+                for i in 0..<connections.count where fds[i + 1].revents != 0 {
+                    if connections[i].answering {
+                        flush(&connections[i])
+                    } else {
+                        let n = chunk.withUnsafeMutableBytes { read(connections[i].fd, $0.baseAddress, $0.count) }
+                        if n > 0 {
+                            connections[i].input += chunk[0..<n]
+                            let complete = connections[i].input.firstRange(of: [13, 10, 13, 10]) != nil
+                            if complete || connections[i].input.count >= 16384 {
+                                connections[i].output = answer(connections[i].input)
+                                connections[i].answering = true
+                                flush(&connections[i])
+                            }
+                        } else if n == 0 || (errno != EAGAIN && errno != EINTR) {
+                            connections[i].answering = true  // gone before asking: closed below
+                            connections[i].output = []
+                        }
+                    }
+                }
+                if fds[0].revents & Int16(POLLIN) != 0 {
+                    while true {
+                        let client = accept(listener, nil, nil)
+                        guard client >= 0 else { break }
+                        _ = fcntl(client, F_SETFD, FD_CLOEXEC)
+                        _ = fcntl(client, F_SETFL, fcntl(client, F_GETFL) | O_NONBLOCK)
+                        if connections.count >= Self.maxConnections {
+                            let victim = connections.indices.filter { !connections[$0].answering }.min { connections[$0].deadline < connections[$1].deadline } ?? 0
+                            close(connections[victim].fd)
+                            connections.remove(at: victim)
+                            count(error: "more than \(Self.maxConnections) connections: the oldest waiting one closed")
+                        }
+                        connections.append(Connection(fd: client, deadline: at + Self.requestNanoseconds))
+                    }
+                }
+            }
+            // Done, gone, or out of time.
+            connections.removeAll { c in
+                let finished = c.answering && c.sent >= c.output.count
+                let late = at >= c.deadline
+                if late && !finished { count(error: "a connection did not finish within \(Self.requestNanoseconds / 1_000_000_000) s: closed") }
+                if finished || late { close(c.fd) }
+                return finished || late
+            }
+        }
+        for c in connections { close(c.fd) }
+    }
+
+    func monotonic() -> UInt64 {
+        var t = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &t)
+        return UInt64(t.tv_sec) * 1_000_000_000 + UInt64(t.tv_nsec)
+    }
+
+    /// Sends what the socket takes now.
+    func flush(_ c: inout Connection) {
+        while c.sent < c.output.count {
+            let n = c.output.withUnsafeBytes { send(c.fd, $0.baseAddress! + c.sent, $0.count - c.sent, Int32(MSG_NOSIGNAL)) }
+            if n > 0 {
+                c.sent += n
+            } else {
+                if n < 0 && (errno == EAGAIN || errno == EINTR) { return }
+                count(error: "send: \(String(cString: strerror(errno)))")
+                c.sent = c.output.count  // give up on it
+                return
+            }
         }
     }
 
-    func serve(_ fd: Int32) {
-        var timeout = timeval(tv_sec: 2, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        var request: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 4096)
-        // The request line and headers; no body is expected.
-        while request.count < 16384 {
-            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n <= 0 { break }
-            request += chunk[0..<n]
-            if request.count >= 4, request.suffix(4) == [13, 10, 13, 10] { break }
-            if request.firstRange(of: [13, 10, 13, 10]) != nil { break }
-        }
+    /// The answer to a request (its line and headers).
+    func answer(_ request: [UInt8]) -> [UInt8] {
         let line = String(decoding: request.prefix { $0 != 13 && $0 != 10 }, as: UTF8.self)
         let parts = line.split(separator: " ")
         guard parts.count == 3, parts[2].hasPrefix("HTTP/1.") else {
-            respond(fd, 400, "Bad Request", "text/plain", "a request line 'GET /metrics HTTP/1.1' was expected\n")
             count(error: "bad request line '\(line.prefix(80))'")
-            return
+            return response(400, "Bad Request", "text/plain", "a request line 'GET /metrics HTTP/1.1' was expected\n")
         }
         guard parts[0] == "GET" || parts[0] == "HEAD" else {
-            respond(fd, 405, "Method Not Allowed", "text/plain", "only GET\n", extra: "Allow: GET, HEAD\r\n")
-            return
+            return response(405, "Method Not Allowed", "text/plain", "only GET\n", extra: "Allow: GET, HEAD\r\n")
         }
         let path = parts[1].split(separator: "?", maxSplits: 1).first.map(String.init) ?? ""
         switch path {
         case "/metrics":
-            let body = exposition()
-            respond(fd, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", body, headOnly: parts[0] == "HEAD")
             if let scrapes { _ = cb_fetch_add_u64_relaxed(scrapes, 1) }
+            return response(200, "OK", "text/plain; version=0.0.4; charset=utf-8", exposition(), headOnly: parts[0] == "HEAD")
         case "/", "/healthz":
-            respond(fd, 200, "OK", "text/plain", "crossbook metrics: GET /metrics\n", headOnly: parts[0] == "HEAD")
+            return response(200, "OK", "text/plain", "crossbook metrics: GET /metrics\n", headOnly: parts[0] == "HEAD")
         default:
-            respond(fd, 404, "Not Found", "text/plain", "not found: try /metrics\n")
+            return response(404, "Not Found", "text/plain", "not found: try /metrics\n")
         }
     }
 
@@ -101,28 +176,22 @@ final class MetricsServer: @unchecked Sendable {
         if let errors { _ = cb_fetch_add_u64_relaxed(errors, 1) }
     }
 
-    func respond(_ fd: Int32, _ code: Int, _ reason: String, _ type: String, _ body: String, extra: String = "",
-                 headOnly: Bool = false) {
+    func response(_ code: Int, _ reason: String, _ type: String, _ body: String, extra: String = "",
+                  headOnly: Bool = false) -> [UInt8] {
         let payload = Array(body.utf8)
         let head = "HTTP/1.1 \(code) \(reason)\r\nContent-Type: \(type)\r\nContent-Length: \(payload.count)\r\n\(extra)Connection: close\r\n\r\n"
-        var bytes = Array(head.utf8)
-        if !headOnly { bytes += payload }
-        var done = 0
-        while done < bytes.count {
-            let n = bytes.withUnsafeBytes { send(fd, $0.baseAddress! + done, $0.count - done, Int32(MSG_NOSIGNAL)) }
-            if n <= 0 {
-                count(error: "send: \(String(cString: strerror(errno)))")
-                return
-            }
-            done += n
-        }
+        return Array(head.utf8) + (headOnly ? [] : payload)
     }
 
-    /// The text format: for each family its HELP and TYPE, then its samples.
+    /// The text format: for each family its HELP and TYPE once, then all its samples together
+    /// (Prometheus refuses a scrape with a family twice). A family that comes back with another
+    /// type is dropped and counted as an error.
     func exposition() -> String {
         final class Builder {
-            var text = ""
-            var family = ""
+            var order: [String] = []
+            var head: [String: (type: UInt32, text: String)] = [:]
+            var lines: [String: String] = [:]
+            var clashes: [String] = []
         }
         let builder = Builder()
         let context = Unmanaged.passUnretained(builder).toOpaque()
@@ -131,25 +200,39 @@ final class MetricsServer: @unchecked Sendable {
             let b = Unmanaged<Builder>.fromOpaque(context).takeUnretainedValue()
             let name = String(cString: namePointer)
             let labels = m.labels.map { String(cString: $0) } ?? ""
-            if name != b.family {
-                b.family = name
+            if let known = b.head[name] {
+                guard known.type == m.type else {
+                    if !b.clashes.contains(name) { b.clashes.append(name) }
+                    return
+                }
+            } else {
                 let help = m.help.map { String(cString: $0) } ?? ""
-                if !help.isEmpty { b.text += "# HELP \(name) \(escapeHelp(help))\n" }
-                b.text += "# TYPE \(name) \(["counter", "gauge", "histogram"][Int(min(m.type, 2))])\n"
+                var text = help.isEmpty ? "" : "# HELP \(name) \(escapeHelp(help))\n"
+                text += "# TYPE \(name) \(["counter", "gauge", "histogram"][Int(min(m.type, 2))])\n"
+                b.head[name] = (m.type, text)
+                b.order.append(name)
             }
+            var out = ""
             if m.type == UInt32(CB_METRIC_HISTOGRAM) {
                 let sep = labels.isEmpty ? "" : ","
                 for i in 0..<Int(m.bucket_count) {
-                    b.text += "\(name)_bucket{\(labels)\(sep)le=\"\(number(m.bucket_bounds[i]))\"} \(m.bucket_counts[i])\n"
+                    out += "\(name)_bucket{\(labels)\(sep)le=\"\(number(m.bucket_bounds[i]))\"} \(m.bucket_counts[i])\n"
                 }
-                b.text += "\(name)_bucket{\(labels)\(sep)le=\"+Inf\"} \(m.count)\n"
-                b.text += "\(name)_sum\(labels.isEmpty ? "" : "{\(labels)}") \(number(m.sum))\n"
-                b.text += "\(name)_count\(labels.isEmpty ? "" : "{\(labels)}") \(m.count)\n"
+                out += "\(name)_bucket{\(labels)\(sep)le=\"+Inf\"} \(m.count)\n"
+                out += "\(name)_sum\(labels.isEmpty ? "" : "{\(labels)}") \(number(m.sum))\n"
+                out += "\(name)_count\(labels.isEmpty ? "" : "{\(labels)}") \(m.count)\n"
             } else {
-                b.text += "\(name)\(labels.isEmpty ? "" : "{\(labels)}") \(number(m.value))\n"
+                out += "\(name)\(labels.isEmpty ? "" : "{\(labels)}") \(number(m.value))\n"
             }
+            b.lines[name, default: ""] += out
         }, context)
-        return builder.text
+        if !builder.clashes.isEmpty { count(error: "families with two types dropped: \(builder.clashes.joined(separator: ", "))") }
+        var text = ""
+        for name in builder.order {
+            text += builder.head[name]!.text
+            text += builder.lines[name] ?? ""
+        }
+        return text
     }
 }
 
@@ -208,6 +291,7 @@ nonisolated(unsafe) let metricsDescriptor: UnsafeMutablePointer<cb_plugin> = {
         let bound = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)  // accepted until EAGAIN
         guard bound == 0, Glibc.listen(fd, 64) == 0 else {
             let why = String(cString: strerror(errno))
             close(fd)

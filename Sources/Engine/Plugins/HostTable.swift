@@ -17,7 +17,7 @@ extension PluginHost {
         table.initialize(to: cb_host_api())
         table.pointee.size = UInt32(MemoryLayout<cb_host_api>.size)
         table.pointee.abi_version = CB_PLUGIN_ABI_VERSION
-        table.pointee.host_version = UnsafePointer(strdup("crossbook 0.5"))
+        table.pointee.host_version = UnsafePointer(strdup("crossbook \(crossbookVersion)"))
         table.pointee.log = { host, level, message in
             guard let plugin = LoadedPlugin.from(host), let message else { return }
             let tag = ["debug", "info", "warning", "error"][Int(max(0, min(3, level)))]
@@ -68,7 +68,9 @@ extension PluginHost {
             guard let plugin = LoadedPlugin.from(host), let visit, let environment = plugin.host?.environment else {
                 return CB_ERR_INVALID.rawValue
             }
-            EngineMetrics.collect(environment.engineFile).visit(visit, context)
+            var metrics = EngineMetrics.collect(environment.engineFile, pluginHelp: plugin.host?.counterHelp ?? [:])
+            metrics.addProcess(version: crossbookVersion)
+            metrics.visit(visit, context)
             return CB_OK.rawValue
         }
         table.pointee.counter_register = { host, name, help, type, slot in
@@ -79,10 +81,20 @@ extension PluginHost {
                 plugin.host?.environment.log("plugin \(plugin.name): counter name '\(text)' refused: [a-z0-9_], under 80 bytes")
                 return CB_ERR_INVALID.rawValue
             }
-            guard let word = plugin.host?.environment.engineFile.claimPluginCounter(name: text, plugin: plugin.slot,
-                                                                                     isGauge: type == 1) else {
+            // Its family must be its own: not one of the engine's (a gauge named "health" would
+            // repeat crossbook_plugin_health, and Prometheus drops a scrape with a family twice), and
+            // not another plugin's of the other type.
+            guard let host = plugin.host else { return CB_ERR_INVALID.rawValue }
+            let family = EngineMetrics.pluginFamily(text, isGauge: type == 1)
+            if let clash = host.familyClash(family, name: text, isGauge: type == 1) {
+                host.environment.log("plugin \(plugin.name): counter name '\(text)' refused: \(clash)")
+                return CB_ERR_INVALID.rawValue
+            }
+            guard let word = host.environment.engineFile.claimPluginCounter(name: text, plugin: plugin.slot,
+                                                                           isGauge: type == 1) else {
                 return CB_ERR_LIMIT.rawValue
             }
+            host.rememberHelp(text, help.map { String(cString: $0) } ?? "")
             slot.pointee = word
             return CB_OK.rawValue
         }

@@ -74,6 +74,8 @@ final class PluginHost: @unchecked Sendable {
     /// The router (a CB_KIND_ROUTING plugin's), and the lock its calls hold: a plugin's stop
     /// waits for a call in progress and no call starts after it.
     private var router: (table: cb_router, plugin: LoadedPlugin)?
+    /// The help the plugins gave their counters, by counter name (under `lock`).
+    private var helpTexts: [String: String] = [:]
     private let routerLock = Lock()
 
     init(settings: PluginSettings, environment: PluginEnvironment) {
@@ -337,5 +339,29 @@ final class PluginHost: @unchecked Sendable {
             guard let router, let end = router.table.route_end else { return }
             end(router.table.context, symbolId, UInt32(shard))
         }
+    }
+
+    // MARK: Counters
+
+    var counterHelp: [String: String] { lock.locked { helpTexts } }
+
+    func rememberHelp(_ name: String, _ help: String) {
+        let line = String(help.prefix(200).map { $0 == "\n" || $0 == "\r" ? " " : $0 })
+        lock.locked { if helpTexts[name] == nil || helpTexts[name]!.isEmpty { helpTexts[name] = line } }
+    }
+
+    /// Why a plugin counter's family cannot be registered, or nil.
+    func familyClash(_ family: String, name: String, isGauge: Bool) -> String? {
+        var engine = EngineMetrics.collect(environment.engineFile, ownCounters: false)
+        engine.addProcess(version: crossbookVersion)
+        if engine.families.contains(where: { $0.name == family }) {
+            return "it would be exported as \(family), one of the engine's own families"
+        }
+        for other in environment.engineFile.pluginCounters() where other.isGauge != isGauge {
+            if EngineMetrics.pluginFamily(other.name, isGauge: other.isGauge) == family || other.name == name {
+                return "\(family) is another plugin's \(other.isGauge ? "gauge" : "counter") '\(other.name)' already"
+            }
+        }
+        return nil
     }
 }
