@@ -32,7 +32,7 @@ final class RedisServer {
         process.executableURL = URL(fileURLWithPath: "/bin/sh")
         let server = "'\(Self.binary)' --port \(port) --bind 127.0.0.1 --save '' --appendonly no --dir /tmp"
         unlink(pidFile)
-        process.arguments = ["-c", "\(server) & b=$!; echo $b > '\(pidFile)'; while kill -0 \(getpid()) 2>/dev/null && kill -0 $b 2>/dev/null; do sleep 0.2; done; kill -9 $b 2>/dev/null"]
+        process.arguments = ["-c", "\(server) & b=$!; echo $b > '\(pidFile)'; while kill -0 \(getpid()) 2>/dev/null && kill -0 $b 2>/dev/null; do sleep 0.2; done; kill -9 $b 2>/dev/null; wait $b"]
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
         try process.run()

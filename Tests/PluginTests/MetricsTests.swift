@@ -313,6 +313,91 @@ struct MetricsPluginTests {
         })
     }
 
+    @Test("the alert rules load (promtool check rules) and pass their unit tests (promtool test rules: normal rejects do not page, a full book does); a real Prometheus server scrapes the engine under load and every dashboard query returns data")
+    func prometheusServer() throws {
+        let rules = repositoryRoot + "/plugins/metrics-prometheus/prometheus-alerts.yml"
+        let checked = try runWithInput("/usr/bin/promtool", ["check", "rules", rules], input: "")
+        #expect(checked.status == 0, "\(checked.output)")
+        let unit = try runWithInput("/usr/bin/promtool", ["test", "rules", repositoryRoot + "/plugins/metrics-prometheus/prometheus-alerts-test.yml"], input: "")
+        #expect(unit.status == 0, "\(unit.output)")
+
+        let port = freePort(), prometheusPort = freePort()
+        let dir = testDirectory(), log = LogLines(), folder = temporaryFolder()
+        defer { removeTree(folder) }
+        let engine = try pluginEngine(dir, plugins: PluginSettings(directory: buildDirectory, load: [
+            PluginSpec(name: "metrics-prometheus", config: ["listen": "127.0.0.1:\(port)"]),
+        ]), log: log)
+        defer { engine.stop() }
+        let stop = StopSignal()
+        let loader = Thread {
+            guard let client = try? CrossbookClient(instance: "p", directory: dir) else { return }
+            let symbols = symbolNames.compactMap { try? client.symbol($0) }
+            var id: OrderId = 1
+            while !stop.isSet {
+                for k in 0..<32 {
+                    let price: Price = id % 50 == 0 ? 0 : 1000 + Price(id % 7)  // some rejected
+                    _ = client.submit(.new(NewOrder(orderId: id, side: k % 2 == 0 ? .buy : .sell, price: price, quantity: 1)),
+                                      symbol: symbols[Int(id) % symbols.count], flush: false)
+                    id += 1
+                }
+                client.flush()
+                _ = try? client.poll { _ in }
+                usleep(2000)
+            }
+            client.close()
+        }
+        loader.start()
+        defer { stop.set(); usleep(100_000) }
+
+        try """
+        global: {scrape_interval: 1s, evaluation_interval: 1s}
+        rule_files: ["\(rules)"]
+        scrape_configs:
+          - job_name: crossbook
+            static_configs: [{targets: ["127.0.0.1:\(port)"]}]
+        """.write(toFile: folder + "/prometheus.yml", atomically: true, encoding: .utf8)
+        // Under a shell that ends the server with this test process, however it ends.
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: "/bin/sh")
+        let command = "/usr/bin/prometheus --config.file=\(folder)/prometheus.yml --storage.tsdb.path=\(folder)/data --web.listen-address=127.0.0.1:\(prometheusPort) --log.level=warn"
+        server.arguments = ["-c", "\(command) & b=$!; while kill -0 \(getpid()) 2>/dev/null && kill -0 $b 2>/dev/null; do sleep 0.2; done; kill -9 $b 2>/dev/null; wait $b"]
+        server.standardOutput = FileHandle.nullDevice
+        server.standardError = FileHandle.nullDevice
+        try server.run()
+        defer {
+            // The server, then its shell (which reaps it) ends by itself.
+            _ = try? run("/usr/bin/pkill", ["-f", "web.listen-address=127.0.0.1:\(prometheusPort)"])
+            server.waitUntilExit()
+        }
+        func query(_ expr: String) -> [Any]? {
+            let encoded = expr.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? ""
+            guard let answer = try? httpGet("http://127.0.0.1:\(prometheusPort)/api/v1/query?query=\(encoded)"), answer.status == 200,
+                  let json = try? JSONSerialization.jsonObject(with: Data(answer.body.utf8)) as? [String: Any],
+                  let data = json["data"] as? [String: Any] else { return nil }
+            return data["result"] as? [Any]
+        }
+        #expect(waitFor(30) { (query("up{job=\"crossbook\"} == 1")?.count ?? 0) == 1 }, "Prometheus never scraped the engine")
+        usleep(12_000_000)  // enough samples for the rates
+        let dashboard = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: repositoryRoot + "/plugins/metrics-prometheus/grafana-dashboard.json"))) as? [String: Any]
+        let panels = dashboard?["panels"] as? [[String: Any]] ?? []
+        #expect(panels.count >= 19)
+        var empty: [String] = []
+        for panel in panels {
+            for target in panel["targets"] as? [[String: Any]] ?? [] {
+                guard let expr = target["expr"] as? String else { continue }
+                let concrete = expr.replacingOccurrences(of: "$instance", with: ".*").replacingOccurrences(of: "$__rate_interval", with: "10s")
+                if (query(concrete)?.count ?? 0) == 0 { empty.append("\(panel["title"] ?? "?"): \(concrete)") }
+            }
+        }
+        #expect(empty.isEmpty, "queries without data: \(empty)")
+        // The rules loaded into the server. This load fills the test engine's small books
+        // (16,384 orders a symbol): the book-full alert fires, and it alone.
+        let full = query("sum(crossbook_shard_rejects_by_reason_total{reason=\"order_pool_exhausted\"}) > 0")?.count ?? 0
+        let firing = Set((query("ALERTS{alertstate=\"firing\"}") ?? []).compactMap { (($0 as? [String: Any])?["metric"] as? [String: Any])?["alertname"] as? String })
+        #expect(firing == (full > 0 ? ["CrossbookBookFull"] : []), "firing: \(firing), book full: \(full > 0)")
+        #expect(full > 0, "the load was meant to fill the books")
+    }
+
     @Test("a port already taken: start fails with the address and the reason")
     func portTaken() throws {
         let (fd, port) = boundSocket()
