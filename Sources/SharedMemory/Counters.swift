@@ -147,6 +147,12 @@ public struct LatencyHistogram: Sendable, Equatable {
     public var count: UInt64
     public static func boundNanoseconds(_ i: Int) -> UInt64 { 256 << UInt64(i) }
 
+    public init(cumulative: [UInt64], sum: UInt64, count: UInt64) {
+        self.cumulative = cumulative
+        self.sum = sum
+        self.count = count
+    }
+
     /// The smallest bound under which at least `fraction` of the observations fall (an upper
     /// estimate); nil when empty or beyond the last bound.
     public func quantileBound(_ fraction: Double) -> UInt64? {

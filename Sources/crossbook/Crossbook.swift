@@ -1,5 +1,6 @@
 // The crossbook command-line tool: the entry point for operators and for `make run`.
 import ArgumentParser
+import Glibc
 import Engine
 import SharedMemory
 
@@ -20,13 +21,28 @@ struct CLIError: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
+/// A failure with its own exit status: the message on standard error as ArgumentParser writes
+/// one ("Error: ..."), then that status.
+func failure(_ message: String, status: Int32) -> ExitCode {
+    let line = Array("Error: \(message)\n".utf8)
+    _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+    return ExitCode(status)
+}
+
 /// Which running engine a command talks to.
 struct InstanceOptions: ParsableArguments {
-    @Option(help: "Instance name.")
-    var instance: String = "default"
+    @Option(help: "Instance name (default: $CROSSBOOK_INSTANCE, else 'default').")
+    var instance: String = environmentInstance ?? "default"
 
     @Option(help: "Directory of the instance (default /dev/shm/crossbook-<uid>/<instance>).")
     var directory: String?
 
     var resolvedDirectory: String { directory ?? InstanceLayout.defaultDirectory(instance) }
 }
+
+/// The instance named by the environment (CROSSBOOK_INSTANCE), if any.
+let environmentInstance: String? = {
+    guard let value = getenv("CROSSBOOK_INSTANCE") else { return nil }
+    let text = String(cString: value)
+    return text.isEmpty ? nil : text
+}()

@@ -1,5 +1,7 @@
 // `crossbook journal verify|dump|truncate`: operators' tools for a shard's journal segments.
 import ArgumentParser
+import Foundation
+import Glibc
 import Journal
 import OrderBook
 import Wire
@@ -16,6 +18,19 @@ struct JournalCommand: ParsableCommand {
 
         @Option(help: "The shard whose journal to read.")
         var shard: Int = 0
+
+        /// A missing directory, or one without a segment of the shard, is an error (exit 1), not
+        /// an empty journal.
+        func check() throws {
+            var info = stat()
+            guard stat(directory, &info) == 0 else {
+                throw CLIError("\(directory): \(String(cString: strerror(errno)))")
+            }
+            guard info.st_mode & S_IFMT == S_IFDIR else { throw CLIError("\(directory) is not a directory") }
+            guard !JournalReader.segments(directory: directory, shard: shard).isEmpty else {
+                throw CLIError("no journal segment of shard \(shard) in \(directory)")
+            }
+        }
     }
 
     struct Verify: ParsableCommand {
@@ -24,6 +39,7 @@ struct JournalCommand: ParsableCommand {
         @OptionGroup var location: Location
 
         func run() throws {
+            try location.check()
             let scan: JournalScan
             do {
                 scan = try JournalReader.scan(directory: location.directory, shard: location.shard, repair: false) { _, _, _ in }
@@ -46,14 +62,66 @@ struct JournalCommand: ParsableCommand {
             abstract: "Print each record: sequence, type, length, then the command or admin command decoded (or its first bytes).")
         @OptionGroup var location: Location
 
+        @Option(help: "Only records at or after this sequence.")
+        var from: UInt64?
+
+        @Option(help: "Only records at or before this sequence.")
+        var to: UInt64?
+
+        @Option(help: "Only records whose engine time is at or after this (ISO 8601 UTC, e.g. 2026-11-30T02:00:00Z, or nanoseconds since the epoch).")
+        var since: String?
+
+        @Option(help: "Only records whose engine time is at or before this (as --since).")
+        var until: String?
+
         func run() throws {
+            try location.check()
+            let after = try since.map { try Self.time($0, "--since") }
+            let before = try until.map { try Self.time($0, "--until") }
             do {
                 _ = try JournalReader.scan(directory: location.directory, shard: location.shard, repair: false) { type, sequence, bytes in
+                    if let from, sequence < from { return }
+                    if let to, sequence > to { return }
+                    if after != nil || before != nil {
+                        guard let time = Self.engineTime(type: type, bytes) else { return }
+                        if let after, time < after { return }
+                        if let before, time > before { return }
+                    }
                     print("\(sequence) type \(type) \(bytes.count) bytes \(Self.describe(type: type, bytes))")
                 }
             } catch {
                 throw CLIError("\(error)")
             }
+        }
+
+        /// Nanoseconds since the epoch from ISO 8601 UTC (seconds, optional fraction, Z) or digits.
+        static func time(_ text: String, _ option: String) throws -> UInt64 {
+            if let ns = UInt64(text) { return ns }
+            let formatter = ISO8601DateFormatter()
+            formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+            let plain = ISO8601DateFormatter()
+            // Up to 2500 (nanoseconds since 1970 fit 64 bits until 2554).
+            guard let date = formatter.date(from: text) ?? plain.date(from: text), date.timeIntervalSince1970 >= 0,
+                  date.timeIntervalSince1970 < 16_725_225_600 else {
+                throw ValidationError("\(option) '\(text)': give ISO 8601 UTC between 1970 and 2500 (2026-11-30T02:00:00Z) or nanoseconds since the epoch")
+            }
+            return UInt64(date.timeIntervalSince1970 * 1e9)
+        }
+
+        /// The engine time a record carries (commands and admin records), or nil.
+        static func engineTime(type: UInt16, _ bytes: UnsafeRawBufferPointer) -> UInt64? {
+            if type == 1, bytes.count == 80 { return UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: 72, as: UInt64.self)) }
+            if type == 2, bytes.count >= 8 { return UInt64(littleEndian: bytes.loadUnaligned(as: UInt64.self)) }
+            return nil
+        }
+
+        /// Engine time as ISO 8601 UTC with nanoseconds.
+        static func iso(_ ns: UInt64) -> String {
+            var seconds = time_t(ns / 1_000_000_000)
+            var tm = tm()
+            gmtime_r(&seconds, &tm)
+            return String(format: "%04d-%02d-%02dT%02d:%02d:%02d.%09lluZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                          tm.tm_hour, tm.tm_min, tm.tm_sec, ns % 1_000_000_000)
         }
 
         /// A command in the replay text format, the symbol as #<id> (the journal holds ids).
@@ -79,12 +147,12 @@ struct JournalCommand: ParsableCommand {
                 let time = UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: 72, as: UInt64.self))
                 let command: String
                 do { command = line(try CommandRecord.decode(bytes.baseAddress!)) } catch { command = "malformed (\(error))" }
-                return "session \(session) engine time \(time): \(command)"
+                return "session \(session) engine time \(iso(time)): \(command)"
             }
             if type == 2, bytes.count >= 8 {
                 let time = UInt64(littleEndian: bytes.loadUnaligned(as: UInt64.self))
                 do {
-                    return "engine time \(time): \(AdminRecord.describe(try AdminRecord.decode(UnsafeRawBufferPointer(rebasing: bytes[8...]))))"
+                    return "engine time \(iso(time)): \(AdminRecord.describe(try AdminRecord.decode(UnsafeRawBufferPointer(rebasing: bytes[8...]))))"
                 } catch {
                     return "malformed admin record (\(error))"
                 }
@@ -99,6 +167,7 @@ struct JournalCommand: ParsableCommand {
         @OptionGroup var location: Location
 
         func run() throws {
+            try location.check()
             do {
                 let scan = try JournalReader.scan(directory: location.directory, shard: location.shard, repair: true) { _, _, _ in }
                 if let unfinished = scan.unfinishedSegment {

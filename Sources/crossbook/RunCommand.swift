@@ -84,7 +84,7 @@ struct RunCommand: ParsableCommand {
     @Option(help: "A TOML config ([engine], [[shards]], [book], [[symbols]], [plugins]).")
     var config: String?
 
-    @Option(help: "Instance name (overrides the config).")
+    @Option(help: "Instance name (overrides CROSSBOOK_INSTANCE, which overrides the config).")
     var instance: String?
 
     @Option(help: "Directory for the shared-memory files (default /dev/shm/crossbook-<uid>/<instance>).")
@@ -116,7 +116,7 @@ struct RunCommand: ParsableCommand {
 
     func run() throws {
         var settings = try EngineConfig.load(config).engineSettings(
-            instance: instance, directory: directory, pin: !noPin, cleanStale: cleanStale, dataDirectory: dataDir,
+            instance: instance ?? environmentInstance, directory: directory, pin: !noPin, cleanStale: cleanStale, dataDirectory: dataDir,
             durability: durability)
         settings.snapshotEvery = snapshotEvery
         if noPlugins { settings.plugins = nil }
@@ -203,93 +203,4 @@ func logLine(_ text: String) {
                        tm.tm_hour, tm.tm_min, tm.tm_sec, Int(ts.tv_nsec / 1_000_000))
     let line = Array("\(stamp) \(text)\n".utf8)
     _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
-}
-
-struct StatCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "stat",
-        abstract: "Show a running engine's counters, live, without touching its shards (like aeron-stat).")
-
-    @OptionGroup var target: InstanceOptions
-
-    @Option(help: "Seconds between lines (0.01 to 3600).")
-    var interval: Double = 1
-
-    @Option(help: "Lines to print (0: until the engine stops or Ctrl-C).")
-    var count: Int = 0
-
-    func validate() throws {
-        guard interval.isFinite, interval >= 0.01, interval <= 3600 else {
-            throw ValidationError("--interval must be between 0.01 and 3600 seconds, got \(interval)")
-        }
-        guard count >= 0 else { throw ValidationError("--count must be 0 or more, got \(count)") }
-    }
-
-    func run() throws {
-        let instance = target.instance
-        let file: EngineFile
-        do { file = try EngineFile.attach(directory: target.resolvedDirectory) } catch {
-            throw CLIError("engine '\(instance)' is not running: \(error)")
-        }
-        guard processIsAlive(file.enginePid) else {
-            throw CLIError("engine '\(instance)' (pid \(file.enginePid)) is gone; its files are leftovers (crossbook run --clean-stale removes them)")
-        }
-        var last = (0..<file.shardCount).map { s in ShardCounter.allCases.map { file.counters(s).read($0) } }
-        var printed = 0
-        print("engine '\(instance)' pid \(file.enginePid), \(file.shardCount) shard(s), state \(file.state)")
-        while count == 0 || printed < count {
-            var pause = timespec(tv_sec: Int(interval), tv_nsec: Int((interval - interval.rounded(.down)) * 1e9))
-            var left = timespec()
-            while nanosleep(&pause, &left) != 0 && errno == EINTR { pause = left }
-            guard processIsAlive(file.enginePid), file.state == .running else {
-                print("engine '\(instance)' is \(processIsAlive(file.enginePid) ? "\(file.state)" : "gone")")
-                return
-            }
-            for s in 0..<file.shardCount {
-                let c = file.counters(s)
-                let now = ShardCounter.allCases.map { c.read($0) }
-                let rate = { (k: ShardCounter) in Double(now[k.rawValue] &- last[s][k.rawValue]) / interval }
-                var rejects: [String] = []
-                for reason in RejectReason.allCases where c.rejects(reason.rawValue) > 0 {
-                    rejects.append("\(reason.name)=\(c.rejects(reason.rawValue))")
-                }
-                print(String(format: "shard %d: %.0f cmd/s %.0f trades/s %.0f rejects/s | total %llu commands, %llu trades, %llu rejects, backlog %llu, largest batch %llu, sessions %llu, parks %llu, lagging detached %llu, ring faults %llu, malformed %llu",
-                             s, rate(.commands), rate(.trades), rate(.rejects), now[0], now[2], now[3],
-                             now[ShardCounter.backlog.rawValue], now[ShardCounter.largestBatch.rawValue],
-                             now[ShardCounter.sessions.rawValue], now[ShardCounter.parks.rawValue],
-                             now[ShardCounter.lagDetaches.rawValue], now[ShardCounter.ringFaults.rawValue],
-                             now[ShardCounter.malformed.rawValue])
-                      + (rejects.isEmpty ? "" : " | " + rejects.joined(separator: " ")))
-                var buckets: [String] = []
-                for b in 0..<InstanceLayout.batchBuckets where c.batches(bucket: b) > 0 {
-                    let low = 1 << b
-                    let label = b == InstanceLayout.batchBuckets - 1 ? "\(low)+" : (low == 1 ? "1" : "\(low)-\(2 * low - 1)")
-                    buckets.append("\(label):\(c.batches(bucket: b))")
-                }
-                if !buckets.isEmpty { print("  batch sizes " + buckets.joined(separator: " ")) }
-                if now[ShardCounter.journalBatches.rawValue] > 0 {
-                    if now[ShardCounter.snapshots.rawValue] > 0 || now[ShardCounter.snapshotFailures.rawValue] > 0 {
-                        print("  snapshots=\(now[ShardCounter.snapshots.rawValue]) last_snapshot_sequence=\(now[ShardCounter.lastSnapshotSequence.rawValue]) last_pause_us=\(now[ShardCounter.snapshotPauseMicros.rawValue]) snapshot_failures=\(now[ShardCounter.snapshotFailures.rawValue])")
-                    }
-                    print("  journal journal_batches=\(now[ShardCounter.journalBatches.rawValue]) journal_bytes=\(now[ShardCounter.journalBytes.rawValue]) durable_sequence=\(now[ShardCounter.durableSequence.rawValue]) journal_failures=\(now[ShardCounter.journalFailures.rawValue])\(now[ShardCounter.journalFailed.rawValue] != 0 ? " JOURNAL REFUSING (disk full or failing): not taking commands" : "")")
-                }
-                let m = file.migrations(s)
-                if m.read(MigrationCounters.into) + m.read(MigrationCounters.outOf) + m.read(MigrationCounters.failed) + m.read(MigrationCounters.inProgress) > 0 {
-                    print("  migrations in=\(m.read(MigrationCounters.into)) out=\(m.read(MigrationCounters.outOf)) failed=\(m.read(MigrationCounters.failed)) last_pause_us=\(m.read(MigrationCounters.lastPauseMicros)) max_pause_us=\(m.read(MigrationCounters.maxPauseMicros))\(m.read(MigrationCounters.inProgress) != 0 ? " MOVING" : "")")
-                }
-                if let ring = try? EventRing.attach(path: InstanceLayout.eventRingPath(target.resolvedDirectory, shard: s)) {
-                    for consumer in ring.consumerLags() {
-                        print("  event consumer \(consumer.index) (pid \(consumer.pid)\(consumer.mayDetach ? ", may detach" : "")): lag \(consumer.lag) events")
-                    }
-                }
-                last[s] = now
-            }
-            let counters = file.pluginCounters()
-            for (i, plugin) in file.pluginStatuses().enumerated() {
-                let own = counters.filter { $0.plugin == i }.map { "\($0.name)=\($0.value)" }
-                print("plugin \(plugin.name) \(plugin.version) [\(plugin.kindNames.joined(separator: ","))]: \(plugin.state) health \(plugin.healthName)\(plugin.message.isEmpty ? "" : " (\(plugin.message))")\(own.isEmpty ? "" : " | " + own.joined(separator: " "))")
-            }
-            printed += 1
-        }
-    }
 }

@@ -1,5 +1,6 @@
 // `crossbook submit`: one command into a running engine, and the reports it causes.
 import ArgumentParser
+import Foundation
 import CrossbookClient
 import OrderBook
 import Wire
@@ -22,9 +23,11 @@ struct SubmitCommand: ParsableCommand {
             Commands in the replay format (see `crossbook replay --help`), e.g.
               crossbook submit 'N,BTC-USD,1,7,B,LMT,10000,5,GTC'
             Reports: ACK, REJ (reason), FILL (price, qty, open, maker|taker), CXL, RPL.
+            Exit status: 0 when every command was taken, 2 when one was rejected, 3 when one got
+            no answer within --wait, 1 for any other failure (no engine, a bad command).
             """)
 
-    @Argument(help: "One or more commands.")
+    @Argument(help: "One or more commands ('-': one per line from standard input, read once connected).")
     var commands: [String]
 
     @OptionGroup var target: InstanceOptions
@@ -38,9 +41,9 @@ struct SubmitCommand: ParsableCommand {
         }
     }
 
-    func run() throws {
+    static func parse(_ lines: [String]) throws -> [TextCommand] {
         var parsed: [TextCommand] = []
-        for (i, text) in commands.enumerated() {
+        for (i, text) in lines.enumerated() {
             do {
                 guard let command = try TextCodec.parse(Substring(text)) else { continue }
                 parsed.append(command)
@@ -48,25 +51,80 @@ struct SubmitCommand: ParsableCommand {
                 throw CLIError("command \(i + 1): \(error.message)")
             }
         }
+        return parsed
+    }
+
+    func run() throws {
+        let fromInput = commands == ["-"]
+        var parsed = fromInput ? [] : try Self.parse(commands)
         let client: CrossbookClient
         do { client = try CrossbookClient(instance: target.instance, directory: target.directory) } catch { throw CLIError("\(error)") }
         defer { client.close() }
+        if fromInput {
+            // Read once connected: the session is open before the first command arrives.
+            var lines: [String] = []
+            while let line = readLine() { lines.append(line) }
+            parsed = try Self.parse(lines)
+        }
         let names = Dictionary(uniqueKeysWithValues: client.symbols.values.map { ($0.spec.id, $0.spec.name) })
-        let print = { (r: ReportRecord.Report) in Swift.print(reportLine(r, symbol: names[r.symbolId] ?? "#\(r.symbolId)")) }
+        // Each command's answer (ACK, CXL, RPL or REJ for its order id): the exit status says
+        // whether every command was taken.
+        final class Answers {
+            var answered: [UInt64: Int] = [:]
+            var rejected = 0
+        }
+        let answers = Answers()
+        let print = { (r: ReportRecord.Report) in
+            Swift.print(reportLine(r, symbol: names[r.symbolId] ?? "#\(r.symbolId)"))
+            let key = UInt64(r.symbolId) << 48 | (UInt64(bitPattern: Int64(r.orderId)) & 0xFFFF_FFFF_FFFF)
+            switch r.kind {
+            case .accepted, .replaced: answers.answered[key, default: 0] += 1
+            case .cancelled where r.code == CancelReason.user.rawValue: answers.answered[key, default: 0] += 1
+            case .rejected:
+                answers.answered[key, default: 0] += 1
+                answers.rejected += 1
+            default: break
+            }
+        }
         // Every symbol is checked before anything is sent.
         var resolved: [(BookCommand, SymbolInfo)] = []
         for command in parsed {
             do { resolved.append((command.command, try client.symbol(command.symbol))) } catch { throw CLIError("\(error)") }
         }
         for (command, symbol) in resolved {
+            // A full ring: wait for the engine, but not past --wait without progress.
+            var since = Date()
             while !client.submit(command, symbol: symbol) {
-                do { try client.poll(print) } catch { throw CLIError("\(error)") }
+                var got = 0
+                do { got = try client.poll(print) } catch { throw CLIError("\(error)") }
+                if got > 0 { since = Date() }
+                if Date().timeIntervalSince(since) > max(wait, 0.1) {
+                    throw failure("the engine took no command for \(wait) s (its ring stays full)", status: 3)
+                }
+                usleep(100)
             }
         }
         do {
             while try client.waitForReports(timeout: wait, print) > 0 {}
         } catch {
             throw CLIError("\(error)")
+        }
+        var expected: [UInt64: Int] = [:]
+        for (command, symbol) in resolved {
+            let id: OrderId
+            switch command {
+            case .new(let o): id = o.orderId
+            case .cancel(let c): id = c.orderId
+            case .replace(let r): id = r.orderId
+            }
+            expected[UInt64(symbol.spec.id) << 48 | (UInt64(bitPattern: Int64(id)) & 0xFFFF_FFFF_FFFF), default: 0] += 1
+        }
+        let unanswered = expected.filter { answers.answered[$0.key, default: 0] < $0.value }.map(\.value).reduce(0, +)
+        if unanswered > 0 {
+            throw failure("\(unanswered) of \(resolved.count) command(s) got no answer within \(wait) s", status: 3)
+        }
+        if answers.rejected > 0 {
+            throw failure("\(answers.rejected) of \(resolved.count) command(s) rejected", status: 2)
         }
     }
 }

@@ -17,10 +17,11 @@ func crossbookBinary() -> URL {
     return exe.deletingLastPathComponent().appendingPathComponent("crossbook")
 }
 
-func runCrossbook(_ arguments: [String], stdin: String? = nil) throws -> RunResult {
+func runCrossbook(_ arguments: [String], stdin: String? = nil, environment: [String: String] = [:]) throws -> RunResult {
     let process = Process()
     process.executableURL = crossbookBinary()
     process.arguments = arguments
+    if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
     let out = Pipe(), err = Pipe(), input = Pipe()
     process.standardOutput = out
     process.standardError = err
@@ -204,7 +205,9 @@ struct TuningCheckTests {
         try process.run()
         let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
-        #expect(process.terminationStatus == 0)
+        let warnings = Int(text.split(separator: "\n").last?.split(separator: " ").first ?? "") ?? -1
+        // Exit status 1 when something needs a look, 0 when nothing does.
+        #expect(warnings >= 0 && process.terminationStatus == (warnings == 0 ? 0 : 1), "\(warnings) warnings, status \(process.terminationStatus)")
         #expect(text.contains("isolcpus"))
         #expect(text.contains("transparent huge pages"))
         #expect(text.contains("clocksource"))
@@ -350,5 +353,118 @@ struct ToolInputTests {
         defer { rmdir(data) }
         _ = try runCrossbook(["replay", "--journal", data])
         #expect(access(leftover, F_OK) != 0, "the dead replay's directory is still there")
+    }
+}
+
+@Suite("A CLI that tells the truth", .serialized)
+struct TruthfulCLITests {
+    @Test("exit status: journal tools on a missing directory, stat on no engine or a dead one, submit rejected (2) or unanswered (3); --version on every command; the instance from CROSSBOOK_INSTANCE; stat --json, --symbols and percentiles; journal dump filtered by sequence and time")
+    func exitCodesAndViews() throws {
+        let missing = NSTemporaryDirectory() + "crossbook-none-\(UUID().uuidString.prefix(8))"
+        for verb in ["verify", "dump", "truncate"] {
+            let r = try runCrossbook(["journal", verb, missing])
+            #expect(r.status == 1 && r.stderr.contains("No such file"), "journal \(verb): \(r.status) \(r.stderr)")
+        }
+        let empty = NSTemporaryDirectory() + "crossbook-empty-\(UUID().uuidString.prefix(8))"
+        mkdir(empty, 0o700)
+        defer { rmdir(empty) }
+        let none = try runCrossbook(["journal", "verify", empty])
+        #expect(none.status == 1 && none.stderr.contains("no journal segment of shard 0"), "\(none.stderr)")
+        let version = try runCrossbook(["--version"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(version.split(separator: ".").count == 3 && version.split(separator: ".").allSatisfy { Int($0) != nil }, "\(version)")
+        for command in [["run", "--version"], ["stat", "--version"], ["journal", "dump", "--version"], ["submit", "--version"]] {
+            let v = try runCrossbook(command)
+            #expect(v.status == 0 && v.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == version, "\(command): \(v.stdout)")
+        }
+        let gone = try runCrossbook(["stat", "--count", "1"], environment: ["CROSSBOOK_INSTANCE": "nobody-\(UUID().uuidString.prefix(6))"])
+        #expect(gone.status == 1 && gone.stderr.contains("nobody-"), "\(gone.stderr)")
+
+        // A live engine, named only through the environment.
+        let tag = String(UUID().uuidString.prefix(8))
+        let instance = "truth\(tag)", data = NSTemporaryDirectory() + "crossbook-truth-\(tag)"
+        defer { try? FileManager.default.removeItem(atPath: data) }
+        let env = ["CROSSBOOK_INSTANCE": instance]
+        let engine = Process()
+        engine.executableURL = crossbookBinary()
+        engine.arguments = ["run", "--data-dir", data, "--no-pin", "--clean-stale", "--no-plugins"]
+        engine.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }
+        engine.standardError = FileHandle.nullDevice
+        try engine.run()
+        defer {
+            kill(engine.processIdentifier, SIGCONT)
+            kill(engine.processIdentifier, SIGINT)
+            engine.waitUntilExit()
+        }
+        var up = false
+        for _ in 0..<200 where !up {
+            up = (try? runCrossbook(["stat", "--count", "1", "--interval", "0.01"], environment: env))?.stdout.contains("state running") ?? false
+            if !up { usleep(50_000) }
+        }
+        #expect(up)
+        let taken = try runCrossbook(["submit", "N,BTC-USD,1,7,S,LMT,10000,5,GTC", "N,BTC-USD,2,8,B,LMT,10000,2,GTC"], environment: env)
+        #expect(taken.status == 0 && taken.stdout.contains("FILL,BTC-USD,2,10000,2,0,taker"), "\(taken)")
+        let rejected = try runCrossbook(["submit", "N,BTC-USD,3,7,S,LMT,10000,0,GTC"], environment: env)
+        #expect(rejected.status == 2 && rejected.stdout.contains("REJ,BTC-USD,3,quantity_zero"), "\(rejected)")
+        #expect(rejected.stderr.contains("1 of 1 command(s) rejected"))
+        // Order ids are the session's: a cancel from another session is for an order it does not have.
+        let foreign = try runCrossbook(["submit", "C,BTC-USD,1"], environment: env)
+        #expect(foreign.status == 2 && foreign.stdout.contains("REJ,BTC-USD,1,unknown_order_id"), "\(foreign)")
+        let cancel = try runCrossbook(["submit", "N,BTC-USD,5,7,S,LMT,10100,3,GTC", "C,BTC-USD,5"], environment: env)
+        #expect(cancel.status == 0 && cancel.stdout.contains("CXL,BTC-USD,5,3"), "\(cancel)")
+
+        // stat: JSON, the symbols, the latency percentiles of the interval.
+        let json = try runCrossbook(["stat", "--count", "1", "--interval", "0.2", "--json"], environment: env)
+        #expect(json.status == 0)
+        let frame = try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any]
+        #expect(frame?["instance"] as? String == instance)
+        let shards = frame?["shards"] as? [[String: Any]] ?? []
+        #expect(((shards.first?["totals"] as? [String: Any])?["commands"] as? Int) == 6)
+        let symbols = frame?["symbols"] as? [[String: Any]] ?? []
+        #expect(symbols.contains { $0["name"] as? String == "BTC-USD" && (($0["totals"] as? [String: Any])?["trades"] as? Int) == 1 })
+        let text = try runCrossbook(["stat", "--count", "1", "--interval", "0.05", "--symbols"], environment: env)
+        #expect(text.stdout.contains("symbol BTC-USD (id 1) shard 0:") && text.stdout.contains("latency match per batch"), "\(text.stdout)")
+
+        // No answer: connected, then the engine stopped (SIGSTOP), then the command (from
+        // standard input, read once connected) waits in its ring.
+        let sessionsBefore = (try? EngineFile.attach(directory: InstanceLayout.defaultDirectory(instance)))?.counters(0).read(.sessions) ?? 0
+        let late = Process()
+        late.executableURL = crossbookBinary()
+        late.arguments = ["submit", "--wait", "0.3", "-"]
+        late.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }
+        let lateIn = Pipe(), lateErr = Pipe()
+        late.standardInput = lateIn
+        late.standardError = lateErr
+        late.standardOutput = FileHandle.nullDevice
+        try late.run()
+        var connected = false
+        for _ in 0..<200 where !connected {
+            connected = ((try? EngineFile.attach(directory: InstanceLayout.defaultDirectory(instance)))?.counters(0).read(.sessions) ?? 0) > sessionsBefore
+            if !connected { usleep(20_000) }
+        }
+        #expect(connected)
+        kill(engine.processIdentifier, SIGSTOP)
+        lateIn.fileHandleForWriting.write(Data("N,BTC-USD,9,7,S,LMT,10000,1,GTC\n".utf8))
+        try lateIn.fileHandleForWriting.close()
+        late.waitUntilExit()
+        let lateText = String(decoding: lateErr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(late.terminationStatus == 3 && lateText.contains("got no answer"), "\(late.terminationStatus) \(lateText)")
+        let frozen = try runCrossbook(["stat", "--count", "1", "--interval", "0.05"], environment: env)
+        #expect(frozen.status == 0, "a stopped (not dead) engine is still there")
+        kill(engine.processIdentifier, SIGCONT)
+
+        // journal dump: records decoded, filtered by sequence and by engine time.
+        usleep(300_000)
+        let all = try runCrossbook(["journal", "dump", data])
+        #expect(all.status == 0 && all.stdout.contains("N,#1,1,7,S,LMT,10000,5,GTC"), "\(all.stdout)")
+        let second = try runCrossbook(["journal", "dump", data, "--from", "2", "--to", "2"])
+        #expect(second.stdout.split(separator: "\n").count == 1 && second.stdout.hasPrefix("2 type 1"), "\(second.stdout)")
+        let future = try runCrossbook(["journal", "dump", data, "--since", "2400-01-01T00:00:00Z"])
+        #expect(future.status == 0 && future.stdout.isEmpty)
+        let past = try runCrossbook(["journal", "dump", data, "--since", "2000-01-01T00:00:00Z", "--until", "2400-01-01T00:00:00.5Z"])
+        #expect(past.stdout.split(separator: "\n").count == all.stdout.split(separator: "\n").count)
+        for bad in ["yesterday", "2999-01-01T00:00:00Z"] {
+            let badTime = try runCrossbook(["journal", "dump", data, "--since", bad])
+            #expect(badTime.status != 0 && badTime.stderr.contains("ISO 8601"), "\(bad): \(badTime.stderr)")
+        }
     }
 }
