@@ -4,8 +4,9 @@
 SWIFT        ?= swift
 # fuse3/libfuse3-dev: crossbook-powercut, the power-loss layer of the durability tests.
 # redis-server: the routing tests start their own on a free loopback port (never the system's);
-# prometheus: promtool checks a real scrape and the alert rules.
-DEB_PACKAGES := liburing-dev libnuma-dev libhiredis-dev librdkafka-dev pkg-config fuse3 libfuse3-dev redis-server prometheus
+# prometheus: promtool checks a real scrape and the alert rules; systemd: systemd-analyze verifies
+# the unit file (the tests never start systemd).
+DEB_PACKAGES := liburing-dev libnuma-dev libhiredis-dev librdkafka-dev pkg-config fuse3 libfuse3-dev redis-server prometheus systemd
 # Tests run optimized: the differential test drives 1,000,000 commands through two books.
 TEST_FLAGS   := -c release -Xswiftc -enable-testing
 
@@ -20,7 +21,7 @@ C_PLUGIN_FLAGS := -std=c11 -Wall -Wextra -Werror -shared -fPIC -O2 -I C/CPluginA
 # with LD_LIBRARY_PATH=.build/kafka/lib.
 KAFKA_KIT    := .build/kafka
 
-.PHONY: all deps build release test run replay bench bench-e2e bench-d1 soak clean plugins fuzz kafka-kit kafka-demo migrate-demo bench-m1
+.PHONY: all deps build release test run replay bench bench-e2e bench-d1 soak clean plugins fuzz kafka-kit kafka-demo migrate-demo bench-m1 install install-sdk docs
 
 all: build
 
@@ -119,6 +120,46 @@ bench-m1: release
 # D1: one shard, sync durability, from a separate process, with the fdatasync floor.
 bench-d1: release
 	bench/d1.sh
+
+# Installs under PREFIX (default /usr/local; DESTDIR for packaging): the engine and its tools in
+# bin, the plugins in lib/crossbook (the engine looks there when nothing is beside it), the plugin
+# ABI header in include/crossbook and its pkg-config file, the man pages and shell completions
+# generated from the command line's own definitions, the systemd unit and the example config.
+PREFIX       ?= /usr/local
+VERSION      := $(shell sed -n 's/^public let crossbookVersion = "\(.*\)"/\1/p' Sources/Engine/Version.swift)
+
+docs: release
+	$(SWIFT) build -c release --product generate-manual
+	rm -rf .build/man && mkdir -p .build/man .build/completions
+	.build/release/generate-manual .build/release/crossbook --multi-page --output-directory .build/man
+	.build/release/crossbook --generate-completion-script bash > .build/completions/crossbook.bash
+	.build/release/crossbook --generate-completion-script zsh > .build/completions/_crossbook
+	.build/release/crossbook --generate-completion-script fish > .build/completions/crossbook.fish
+
+# The plugin SDK alone (no build): the ABI header and its pkg-config file. A plugin then builds
+# from anywhere with `cc $$(pkg-config --cflags crossbook-plugin) -shared -fPIC ...`.
+install-sdk:
+	install -d $(DESTDIR)$(PREFIX)/include/crossbook $(DESTDIR)$(PREFIX)/lib/pkgconfig
+	install -m 644 C/CPluginABI/include/crossbook_plugin.h $(DESTDIR)$(PREFIX)/include/crossbook/
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' packaging/crossbook-plugin.pc.in \
+	  > $(DESTDIR)$(PREFIX)/lib/pkgconfig/crossbook-plugin.pc
+
+install: docs
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/crossbook $(DESTDIR)$(PREFIX)/include/crossbook \
+	  $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/lib/systemd/system \
+	  $(DESTDIR)$(PREFIX)/share/bash-completion/completions $(DESTDIR)$(PREFIX)/share/zsh/site-functions \
+	  $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d $(DESTDIR)$(PREFIX)/share/doc/crossbook
+	install -m 755 .build/release/crossbook .build/release/crossbook-kafka .build/release/crossbook-route $(DESTDIR)$(PREFIX)/bin/
+	install -m 755 .build/release/libcrossbook-*.so $(DESTDIR)$(PREFIX)/lib/crossbook/
+	$(MAKE) --no-print-directory install-sdk
+	install -m 644 .build/man/*.1 $(DESTDIR)$(PREFIX)/share/man/man1/
+	install -m 644 .build/completions/crossbook.bash $(DESTDIR)$(PREFIX)/share/bash-completion/completions/crossbook
+	install -m 644 .build/completions/_crossbook $(DESTDIR)$(PREFIX)/share/zsh/site-functions/
+	install -m 644 .build/completions/crossbook.fish $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/
+	sed 's|/usr/local|$(PREFIX)|g' packaging/crossbook.service > $(DESTDIR)$(PREFIX)/lib/systemd/system/crossbook.service
+	install -m 644 packaging/crossbook.toml README.md $(DESTDIR)$(PREFIX)/share/doc/crossbook/
+	install -m 644 plugins/README.md $(DESTDIR)$(PREFIX)/share/doc/crossbook/PLUGINS.md
+	install -m 644 plugins/template/c/template.c $(DESTDIR)$(PREFIX)/share/doc/crossbook/plugin-template.c
 
 clean:
 	rm -rf .build bench/.build fuzz/.build

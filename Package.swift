@@ -25,6 +25,7 @@ let package = Package(
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
         .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.5.0"),
     ],
     targets: [
         // Thin C, one small target per concern (C/): what Swift cannot express well. Only the
@@ -67,12 +68,13 @@ let package = Package(
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "TOMLKit", package: "TOMLKit"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .target(name: "SnapshotFilePlugin", dependencies: ["CPluginABI", "CCRC32C"], path: "plugins/snapshot-file",
                 sources: ["SnapshotFilePlugin.swift"]),
         .target(name: "MetricsPrometheusPlugin", dependencies: ["CPluginABI", "CSync"], path: "plugins/metrics-prometheus",
-                exclude: ["README.md", "grafana-dashboard.json", "prometheus-alerts.yml"],
+                exclude: ["README.md", "grafana-dashboard.json", "prometheus-alerts.yml", "prometheus-alerts-test.yml"],
                 sources: ["MetricsPrometheusPlugin.swift"]),
         .target(name: "TemplateSwiftPlugin", dependencies: ["CPluginABI", "CSync"], path: "plugins/template/swift"),
         // Helpers shared by the test targets (not a test target itself).
@@ -83,6 +85,6 @@ let package = Package(
         .testTarget(name: "CrossbookCLITests", dependencies: ["crossbook", "Journal", "SharedMemory"]),
         .testTarget(name: "JournalTests", dependencies: ["Journal", "Workloads", "TestSupport", "CCRC32C"]),
         .testTarget(name: "EngineTests", dependencies: ["Engine", "CrossbookClient", "SharedMemory", "Wire", "OrderBook", "crossbook", "TestSupport", "CCRC32C"]),
-        .testTarget(name: "PluginTests", dependencies: ["Engine", "CrossbookClient", "SharedMemory", "Wire", "OrderBook", "CPluginABI", "CSync", "crossbook", "TestSupport"]),
+        .testTarget(name: "PluginTests", dependencies: ["Engine", "CrossbookClient", "SharedMemory", "Wire", "OrderBook", "CPluginABI", "CSync", "crossbook", "TestSupport", "CrossbookConfig"]),
     ]
 )

@@ -132,8 +132,22 @@ public struct EngineConfig {
                             else if let int = value.int { spec.config[key] = String(int) }
                             else if let bool = value.bool { spec.config[key] = String(bool) }
                             else if let double = value.double { spec.config[key] = String(double) }
-                            else {
-                                throw ConfigError(description: "\(source): \(place): config.\(key): give a string, number or boolean")
+                            else if let array = value.array {
+                                // An array of scalars comes back from config_get as one text,
+                                // its items joined by commas: ["a", "b"] is "a,b", [1, 2] is "1,2".
+                                var items: [String] = []
+                                for item in array {
+                                    if let text = item.string { items.append(text) }
+                                    else if let int = item.int { items.append(String(int)) }
+                                    else if let bool = item.bool { items.append(String(bool)) }
+                                    else if let double = item.double { items.append(String(double)) }
+                                    else {
+                                        throw ConfigError(description: "\(source): \(place): config.\(key): an array of strings, numbers or booleans (nothing nested)")
+                                    }
+                                }
+                                spec.config[key] = items.joined(separator: ",")
+                            } else {
+                                throw ConfigError(description: "\(source): \(place): config.\(key): give a string, number, boolean or an array of them")
                             }
                         }
                     }

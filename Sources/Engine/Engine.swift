@@ -280,6 +280,10 @@ public final class Engine: @unchecked Sendable {
             guard seenNames.insert(spec.name).inserted else { throw EngineError("symbol \(spec.name) is declared twice") }
             guard seenIds.insert(spec.id).inserted else { throw EngineError("symbol id \(spec.id) is used twice") }
             guard spec.id < 1 << 20 else { throw EngineError("symbol \(spec.name): id \(spec.id) above 2^20") }
+            // Clients find a symbol by the name in the control file, which holds 23 bytes.
+            guard spec.name.utf8.count <= InstanceLayout.symbolNameBytes else {
+                throw EngineError("symbol \(spec.name): a name of \(spec.name.utf8.count) bytes; an engine's symbols have at most \(InstanceLayout.symbolNameBytes)")
+            }
             do {
                 try spec.validate()
                 try s.capacity.validate(for: spec)
@@ -310,10 +314,14 @@ public final class Engine: @unchecked Sendable {
         } catch .inUse(_, let pid) {
             throw EngineError("instance '\(s.instance)' is already running (engine pid \(pid), \(s.directory))")
         } catch .stale(_, let pid) {
-            guard s.cleanStale else {
-                throw EngineError("instance '\(s.instance)' has leftovers of an engine that is gone (pid \(pid)) in \(s.directory); start with --clean-stale to remove them")
+            // Provably dead: its creator is gone, and its data directory's lock is free (nothing
+            // of it holds the journal). Then the leftovers go by themselves (a restart under
+            // systemd must not need an operator); otherwise only with --clean-stale.
+            let lockFree = s.durability == .none || s.readOnly || Self.dataLockFree(s.dataDirectory)
+            guard s.cleanStale || lockFree else {
+                throw EngineError("instance '\(s.instance)' has leftovers of an engine that is gone (pid \(pid)) in \(s.directory), but its data directory \(s.dataDirectory) is locked by another process; start with --clean-stale to remove them anyway")
             }
-            log("removing leftovers of engine pid \(pid) in \(s.directory)")
+            log("removing leftovers of engine pid \(pid) in \(s.directory)\(s.cleanStale ? "" : " (it is gone and its data directory is free)")")
             InstanceDirectory.removeFiles(instanceDirectory)
             do {
                 file = try EngineFile.create(directory: s.directory, shards: s.shards.count, symbols: controlSymbols,
@@ -598,6 +606,16 @@ public final class Engine: @unchecked Sendable {
             usleep(200)
         }
         return outcome
+    }
+
+    /// Whether no process holds the data directory's lock (true when there is no lock file).
+    static func dataLockFree(_ directory: String) -> Bool {
+        let fd = open(directory + "/LOCK", O_RDWR | O_CLOEXEC)
+        guard fd >= 0 else { return true }
+        defer { close(fd) }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else { return false }
+        flock(fd, LOCK_UN)
+        return true
     }
 
     /// What a shard's admin commands have set (nil: the shard did not answer in time).

@@ -170,17 +170,53 @@ public struct EngineMetrics: Sendable {
         guard ownCounters else { return m }
         let own = file.pluginCounters()
         let names = plugins.map(\.name)
-        for name in Set(own.map(\.name)).sorted() {
-            let values = own.filter { $0.name == name }
-            let family = "crossbook_plugin_" + name + (values[0].isGauge ? "" : "_total")
-            let samples = values.map { v in
-                ("plugin=\"\(escape(v.plugin < names.count ? names[v.plugin] : "slot\(v.plugin)"))\"", Double(v.value))
+        // A counter's name may carry labels: base{key="value",...}; one family per base.
+        for base in Set(own.map { Self.splitCounterName($0.name).base }).sorted() {
+            let values = own.filter { Self.splitCounterName($0.name).base == base }
+            let family = Self.pluginFamily(base, isGauge: values[0].isGauge)
+            let samples = values.filter { $0.isGauge == values[0].isGauge }.map { v in
+                let labels = Self.splitCounterName(v.name).labels
+                return ("plugin=\"\(escape(v.plugin < names.count ? names[v.plugin] : "slot\(v.plugin)"))\"" + (labels.isEmpty ? "" : "," + labels),
+                        Double(v.value))
             }
-            let help = pluginHelp[name].flatMap { $0.isEmpty ? nil : $0 } ?? (values[0].isGauge ? "A plugin's own gauge" : "A plugin's own counter")
+            let help = pluginHelp[base].flatMap { $0.isEmpty ? nil : $0 } ?? (values[0].isGauge ? "A plugin's own gauge" : "A plugin's own counter")
             if values[0].isGauge { m.gauge(family, help, samples) }
             else { m.counter(family, help, samples) }
         }
         return m
+    }
+
+    /// A plugin counter's name: its base and its labels (`base{k="v",...}`: the text inside the
+    /// braces, "" without).
+    public static func splitCounterName(_ name: String) -> (base: String, labels: String) {
+        guard let open = name.firstIndex(of: "{"), name.hasSuffix("}") else { return (name, "") }
+        return (String(name[..<open]), String(name[name.index(after: open)..<name.index(before: name.endIndex)]))
+    }
+
+    /// Whether a plugin counter's name is well formed: a base of [a-z0-9_], then optionally
+    /// {key="value",...} with keys [a-z_][a-z0-9_]* (not "plugin") and values without ", \ or
+    /// control characters; under 80 bytes in all.
+    public static func validCounterName(_ name: String) -> Bool {
+        guard !name.isEmpty, name.utf8.count < 80 else { return false }
+        let (base, labels) = splitCounterName(name)
+        guard !base.isEmpty, base.utf8.allSatisfy({ ($0 >= 97 && $0 <= 122) || ($0 >= 48 && $0 <= 57) || $0 == 95 }) else { return false }
+        if base.count == name.count { return true }
+        guard !labels.isEmpty else { return false }
+        var rest = Substring(labels)
+        while !rest.isEmpty {
+            guard let eq = rest.firstIndex(of: "=") else { return false }
+            let key = rest[..<eq]
+            guard let first = key.utf8.first, (first >= 97 && first <= 122) || first == 95, key != "plugin",
+                  key.utf8.allSatisfy({ ($0 >= 97 && $0 <= 122) || ($0 >= 48 && $0 <= 57) || $0 == 95 }) else { return false }
+            rest = rest[rest.index(after: eq)...]
+            guard rest.first == "\"" else { return false }
+            rest = rest.dropFirst()
+            guard let close = rest.firstIndex(of: "\"") else { return false }
+            guard rest[..<close].utf8.allSatisfy({ $0 >= 32 && $0 != 92 && $0 != 127 }) else { return false }
+            rest = rest[rest.index(after: close)...]
+            if rest.first == "," { rest = rest.dropFirst(); guard !rest.isEmpty else { return false } } else if !rest.isEmpty { return false }
+        }
+        return true
     }
 
     /// The family a plugin's own counter is exported as.

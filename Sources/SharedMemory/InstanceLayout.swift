@@ -66,6 +66,8 @@ public enum InstanceLayout {
     public static let pluginSlots = 16
     public static let pluginSlotSize = 256
     public static let pluginCounterSlots = 64
+    /// The longest symbol name the control file holds (24 bytes with its NUL).
+    public static let symbolNameBytes = 23
     public static let pluginCounterSize = 128
 
     public static func symbolsOffset(shards: Int) -> Int { headerSize + shards * shardBlockSize }

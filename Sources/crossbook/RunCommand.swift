@@ -4,6 +4,7 @@ import CrossbookConfig
 import Engine
 import Foundation
 import Glibc
+import Logging
 import OrderBook
 import SharedMemory
 
@@ -51,7 +52,7 @@ extension EngineConfig {
         settings.dataDirectory = overrideData ?? dataDirectory ?? "./data"
         settings.ioCores = ioCores
         settings.autoRebalance = autoRebalance
-        settings.plugins = PluginSettings(directory: pluginDirectory ?? PluginSettings.executableDirectory,
+        settings.plugins = PluginSettings(directory: pluginDirectory ?? PluginSettings.defaultDirectory,
                                           load: plugins ?? defaultPlugins)
         return settings
     }
@@ -114,10 +115,27 @@ struct RunCommand: ParsableCommand {
     @Option(help: "Where the plugin files are (overrides [plugins] dir).")
     var pluginDir: String?
 
+    @Option(help: "The least severe log messages written: debug, info, warning or error.")
+    var logLevel: String = "info"
+
+    @Option(help: "Log lines as text or json (one object a line: time, level, message, instance).")
+    var logFormat: String = "text"
+
+    func validate() throws {
+        guard Logger.Level(rawValue: logLevel) != nil, ["debug", "info", "warning", "error"].contains(logLevel) else {
+            throw ValidationError("--log-level must be debug, info, warning or error, got '\(logLevel)'")
+        }
+        guard LogFormat(rawValue: logFormat) != nil else {
+            throw ValidationError("--log-format must be text or json, got '\(logFormat)'")
+        }
+    }
+
     func run() throws {
         var settings = try EngineConfig.load(config).engineSettings(
             instance: instance ?? environmentInstance, directory: directory, pin: !noPin, cleanStale: cleanStale, dataDirectory: dataDir,
             durability: durability)
+        bootstrapLog(level: Logger.Level(rawValue: logLevel) ?? .info, format: LogFormat(rawValue: logFormat) ?? .text,
+                     instance: settings.instance)
         settings.snapshotEvery = snapshotEvery
         if noPlugins { settings.plugins = nil }
         if let pluginDir { settings.plugins?.directory = pluginDir }
@@ -177,7 +195,9 @@ struct RunCommand: ParsableCommand {
         }
         for line in placement { logLine(line) }
         logLine("engine '\(settings.instance)' running, pid \(getpid()), files in \(settings.directory); SIGINT or SIGTERM stops it")
+        notifySystemd("READY=1\nSTATUS=engine '\(settings.instance)' serving\nMAINPID=\(getpid())")
         stopRequested.wait()
+        notifySystemd("STOPPING=1\nSTATUS=draining the rings")
         engine.stop()
         logLine("stopped; shared-memory files removed")
     }
@@ -190,17 +210,4 @@ func signalName(_ sig: Int32) -> String {
     case SIGUSR2: "SIGUSR2"
     default: "signal \(sig)"
     }
-}
-
-/// Log lines go to stderr with a UTC timestamp, whole lines at a time.
-func logLine(_ text: String) {
-    var ts = timespec()
-    clock_gettime(CLOCK_REALTIME, &ts)
-    var tm = tm()
-    var seconds = ts.tv_sec
-    gmtime_r(&seconds, &tm)
-    let stamp = String(format: "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-                       tm.tm_hour, tm.tm_min, tm.tm_sec, Int(ts.tv_nsec / 1_000_000))
-    let line = Array("\(stamp) \(text)\n".utf8)
-    _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
 }

@@ -225,15 +225,37 @@ struct EngineTests {
         }
         #expect(Date().timeIntervalSince(started) < 5)
         #expect(throws: ClientError.self) { _ = try CrossbookClient(instance: "k", directory: dir) }
-        // A new engine finds the leftovers and refuses, unless told to clean them.
-        #expect {
-            _ = try startEngine(dir, instance: "k")
-        } throws: { "\($0)".contains("--clean-stale") }
+        // A new engine finds the leftovers. Its data directory locked by another process (the
+        // dead engine's creator may have a child holding the journal): it refuses, unless told
+        // to clean them. Provably dead (the lock free): it removes them by itself, and says so.
+        let data = NSTemporaryDirectory() + "crossbook-killed-\(UUID().uuidString.prefix(8))"
+        defer { removeTree(data) }
+        mkdir(data, 0o700)
+        let holder = open(data + "/LOCK", O_RDWR | O_CREAT, 0o600)
+        #expect(flock(holder, LOCK_EX | LOCK_NB) == 0)
         let symbols = [(spec: SymbolSpec(name: "AAA", id: 1), shard: 0)]
-        let again = Engine(settings: EngineSettings(instance: "k", directory: dir, symbols: symbols, cleanStale: true),
-                           log: { _ in })
+        var settings = EngineSettings(instance: "k", directory: dir, symbols: symbols)
+        settings.durability = .sync
+        settings.dataDirectory = data
+        #expect {
+            _ = try Engine(settings: settings, log: { _ in }).start()
+        } throws: { "\($0)".contains("--clean-stale") && "\($0)".contains("locked by another process") }
+        close(holder)
+        let lines = LogLines()
+        let again = Engine(settings: settings, log: { lines.append($0) })
         _ = try again.start()
+        #expect(lines.contains("removing leftovers of engine pid \(engine.processIdentifier) in \(dir) (it is gone and its data directory is free)"), "\(lines.all)")
         again.stop()
+    }
+
+    @Test("a symbol name longer than the control file holds (23 bytes) is refused at start, not cut")
+    func longSymbolName() throws {
+        let long = String(repeating: "X", count: 24)
+        #expect(SymbolSpec.isValidName(long))
+        #expect {
+            _ = try Engine(settings: EngineSettings(instance: "n", directory: testDirectory(), symbols: [(spec: SymbolSpec(name: long, id: 1), shard: 0)]),
+                           log: { _ in }).start()
+        } throws: { "\($0)".contains("a name of 24 bytes") }
     }
 
     @Test("leftovers whose dead creator's pid the kernel gave to this process are leftovers, not a running engine; a regeneration's leftovers are swept")
@@ -243,12 +265,9 @@ struct EngineTests {
         let dir = testDirectory()
         #expect(mkdir(dir, 0o700) == 0)
         do { _ = try EngineFile.create(directory: dir, shards: 1, mode: 0o400) }  // "our" pid, never removed
-        #expect {
-            _ = try startEngine(dir, instance: "r")
-        } throws: { "\($0)".contains("--clean-stale") && !"\($0)".contains("already running") }
         let symbols = [(spec: SymbolSpec(name: "AAA", id: 1), shard: 0)]
         let lines = LogLines()
-        let engine = Engine(settings: EngineSettings(instance: "r", directory: dir, symbols: symbols, cleanStale: true),
+        let engine = Engine(settings: EngineSettings(instance: "r", directory: dir, symbols: symbols),
                             log: { lines.append($0) })
         _ = try engine.start()
         #expect(lines.contains("removing leftovers of engine pid \(getpid())"), "\(lines.all)")

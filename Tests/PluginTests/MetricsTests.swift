@@ -241,6 +241,12 @@ struct MetricsPluginTests {
                 int clash = api->counter_register(host, "health", "mine", CB_METRIC_GAUGE, &slot);
                 api->counter_register(host, "good_things", "Good things this plugin did", CB_METRIC_COUNTER, &good);
                 if (good) __atomic_store_n(good, clash == CB_ERR_INVALID ? 7 : 1, __ATOMIC_RELAXED);
+                uint64_t *orders = 0, *fills = 0, *bad = 0;
+                api->counter_register(host, "routed{topic=\\"orders\\"}", "Messages routed, by topic", CB_METRIC_COUNTER, &orders);
+                api->counter_register(host, "routed{topic=\\"fills\\"}", "Messages routed, by topic", CB_METRIC_COUNTER, &fills);
+                int refused = api->counter_register(host, "routed{plugin=\\"x\\"}", "", CB_METRIC_COUNTER, &bad);
+                if (orders) __atomic_store_n(orders, 3, __ATOMIC_RELAXED);
+                if (fills) __atomic_store_n(fills, refused == CB_ERR_INVALID ? 5 : 0, __ATOMIC_RELAXED);
                 *instance = &marker;
                 return CB_OK;
             }
@@ -297,6 +303,10 @@ struct MetricsPluginTests {
         let parsed = try Exposition(body)
         #expect(parsed.value("crossbook_plugin_good_things_total", ["plugin": "clash"]) == 7)
         #expect(body.contains("# HELP crossbook_plugin_good_things_total Good things this plugin did\n"))
+        // Labels of a plugin's own: one family, a sample per label set; "plugin" is the host's.
+        #expect(parsed.value("crossbook_plugin_routed_total", ["plugin": "clash", "topic": "orders"]) == 3)
+        #expect(parsed.value("crossbook_plugin_routed_total", ["plugin": "clash", "topic": "fills"]) == 5)
+        #expect(body.contains("# HELP crossbook_plugin_routed_total Messages routed, by topic\n"))
         #expect(body.components(separatedBy: "# TYPE crossbook_plugin_health ").count == 2)
         #expect(parsed.value("crossbook_build_info", ["version": crossbookVersion]) == 1)
         #expect(parsed.value("process_resident_memory_bytes") ?? 0 > 1_000_000)

@@ -5,6 +5,7 @@
 import CrossbookClient
 import CPluginABI
 import CSync
+import CrossbookConfig
 import Engine
 import Foundation
 import Glibc
@@ -563,6 +564,49 @@ struct TemplatePluginTests {
         #expect(file.counters(0).read(.trades) + file.counters(1).read(.trades) == UInt64(expected.trades))
         #expect(waitFor(3) { file.pluginStatuses().first?.message.hasPrefix("read all of") == true })
         engine.stop()
+    }
+
+    @Test("the SDK outside the repository: make install-sdk puts the header and crossbook-plugin.pc under a prefix; the template, copied to a folder of its own, builds with pkg-config's flags as plugins/README.md says, loads from there and feeds the sample orders; an array in a plugin's config comes back joined by commas")
+    func sdkOutsideTheRepository() throws {
+        let root = temporaryFolder()
+        defer { removeTree(root) }
+        let prefix = root + "/prefix", work = root + "/my-plugin"
+        let installed = try run("/usr/bin/make", ["-C", repositoryRoot, "--no-print-directory", "install-sdk", "PREFIX=\(prefix)"])
+        #expect(installed.status == 0, "\(installed.output)")
+        #expect(FileManager.default.fileExists(atPath: prefix + "/include/crossbook/crossbook_plugin.h"))
+        mkdir(work, 0o755)
+        try FileManager.default.copyItem(atPath: repositoryRoot + "/plugins/template/c/template.c", toPath: work + "/my.c")
+        // The README's line, in the plugin's own folder, with only the installed SDK to go by.
+        let build = "cd '\(work)' && PKG_CONFIG_PATH='\(prefix)/lib/pkgconfig' cc -std=c11 -shared -fPIC -O2 $(PKG_CONFIG_PATH='\(prefix)/lib/pkgconfig' pkg-config --cflags crossbook-plugin) my.c -o libcrossbook-template-c.so -lpthread"
+        let built = try run("/bin/sh", ["-c", build])
+        #expect(built.status == 0, "\(built.output)")
+        let flags = try run("/bin/sh", ["-c", "PKG_CONFIG_PATH='\(prefix)/lib/pkgconfig' pkg-config --cflags crossbook-plugin"])
+        #expect(flags.output.contains("-I\(prefix)/include/crossbook"), "\(flags.output)")
+        let version = try run("/bin/sh", ["-c", "PKG_CONFIG_PATH='\(prefix)/lib/pkgconfig' pkg-config --modversion crossbook-plugin"])
+        #expect(version.output.trimmingCharacters(in: .whitespacesAndNewlines) == crossbookVersion)
+        chmod(work, 0o755)
+
+        let expected = try SampleExpectation.compute()
+        let dir = testDirectory(), log = LogLines()
+        let engine = try pluginEngine(dir, plugins: PluginSettings(directory: work, load: [
+            PluginSpec(name: "template-c", config: ["path": repositoryRoot + "/samples/orders.csv"]),
+        ]), log: log)
+        defer { engine.stop() }
+        let file = try EngineFile.attach(directory: dir)
+        #expect(waitFor(10) { file.pluginCounters().first { $0.name == "template_c_submitted" }?.value == UInt64(expected.commands) },
+                "\(log.all)")
+
+        // Arrays in a plugin's config: one text, items joined by commas.
+        let parsed = try EngineConfig(toml: """
+            [[symbols]]
+            name = "AAA"
+            [plugins]
+            [[plugins.load]]
+            name = "template-c"
+            config = { path = "/dev/null", partitions = [0, 1, 2], topics = ["a", "b"] }
+            """, source: "arrays.toml")
+        #expect(parsed.plugins?.first?.config["partitions"] == "0,1,2")
+        #expect(parsed.plugins?.first?.config["topics"] == "a,b")
     }
 
     @Test("the template plugin reads a named pipe as writers come and go; a bad line makes it degraded", arguments: ["c", "swift"])

@@ -309,7 +309,10 @@ typedef struct cb_host_api {
     int (*metrics_read)(cb_host *host, cb_metric_visitor visit, void *context);
     /* The plugin's own counter (type CB_METRIC_COUNTER or CB_METRIC_GAUGE): a 64-bit slot in the
        engine's counters region, shown by `crossbook stat` and exported with label
-       plugin="<name>". Update it with __atomic_store_n / __atomic_fetch_add (relaxed). */
+       plugin="<name>" and `help`. `name`: [a-z0-9_], optionally with labels of its own,
+       base{key="value",...}, under 80 bytes; refused (CB_ERR_INVALID) when its family would
+       repeat one of the engine's or another plugin's of the other type; CB_ERR_LIMIT when the
+       64 slots are taken. Update it with __atomic_store_n / __atomic_fetch_add (relaxed). */
     int (*counter_register)(cb_host *host, const char *name, const char *help, uint32_t type,
                             uint64_t **slot);
 

@@ -76,17 +76,17 @@ extension PluginHost {
         table.pointee.counter_register = { host, name, help, type, slot in
             guard let plugin = LoadedPlugin.from(host), let name, let slot, type <= 1 else { return CB_ERR_INVALID.rawValue }
             let text = String(cString: name)
-            guard !text.isEmpty, text.utf8.count < 80,
-                  text.utf8.allSatisfy({ ($0 >= 97 && $0 <= 122) || ($0 >= 48 && $0 <= 57) || $0 == 95 }) else {
-                plugin.host?.environment.log("plugin \(plugin.name): counter name '\(text)' refused: [a-z0-9_], under 80 bytes")
+            guard EngineMetrics.validCounterName(text) else {
+                plugin.host?.environment.log("plugin \(plugin.name): counter name '\(text)' refused: [a-z0-9_], optionally labels {key=\"value\",...}, under 80 bytes")
                 return CB_ERR_INVALID.rawValue
             }
             // Its family must be its own: not one of the engine's (a gauge named "health" would
             // repeat crossbook_plugin_health, and Prometheus drops a scrape with a family twice), and
             // not another plugin's of the other type.
             guard let host = plugin.host else { return CB_ERR_INVALID.rawValue }
-            let family = EngineMetrics.pluginFamily(text, isGauge: type == 1)
-            if let clash = host.familyClash(family, name: text, isGauge: type == 1) {
+            let base = EngineMetrics.splitCounterName(text).base
+            let family = EngineMetrics.pluginFamily(base, isGauge: type == 1)
+            if let clash = host.familyClash(family, name: base, isGauge: type == 1) {
                 host.environment.log("plugin \(plugin.name): counter name '\(text)' refused: \(clash)")
                 return CB_ERR_INVALID.rawValue
             }
@@ -94,7 +94,7 @@ extension PluginHost {
                                                                            isGauge: type == 1) else {
                 return CB_ERR_LIMIT.rawValue
             }
-            host.rememberHelp(text, help.map { String(cString: $0) } ?? "")
+            host.rememberHelp(base, help.map { String(cString: $0) } ?? "")
             slot.pointee = word
             return CB_OK.rawValue
         }

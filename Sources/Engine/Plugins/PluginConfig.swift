@@ -38,6 +38,18 @@ public struct PluginSettings: Sendable, Equatable {
         self.load = load
     }
 
+    /// Where plugins are looked for by default: beside the executable (where `swift build` and
+    /// `make` put them), or, for an installed engine (`make install`: bin/crossbook), in
+    /// ../lib/crossbook when that holds them and the executable's directory does not.
+    public static var defaultDirectory: String {
+        let here = executableDirectory
+        let installed = here + "/../lib/crossbook"
+        if access(here + "/libcrossbook-snapshot-file.so", F_OK) != 0, access(installed + "/libcrossbook-snapshot-file.so", F_OK) == 0 {
+            return installed
+        }
+        return here
+    }
+
     /// The directory of the running executable: where `swift build` and `make` put the plugins.
     public static var executableDirectory: String {
         var buffer = [CChar](repeating: 0, count: 4096)

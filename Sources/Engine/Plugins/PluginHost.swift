@@ -358,7 +358,8 @@ final class PluginHost: @unchecked Sendable {
             return "it would be exported as \(family), one of the engine's own families"
         }
         for other in environment.engineFile.pluginCounters() where other.isGauge != isGauge {
-            if EngineMetrics.pluginFamily(other.name, isGauge: other.isGauge) == family || other.name == name {
+            let otherBase = EngineMetrics.splitCounterName(other.name).base
+            if EngineMetrics.pluginFamily(otherBase, isGauge: other.isGauge) == family || otherBase == name {
                 return "\(family) is another plugin's \(other.isGauge ? "gauge" : "counter") '\(other.name)' already"
             }
         }

@@ -11,7 +11,9 @@
  * Counters: template_c_lines, template_c_submitted, template_c_bad_lines, template_c_accepted,
  * template_c_rejected, template_c_trades.
  *
- * Build: cc -shared -fPIC -O2 -I C/CPluginABI/include plugins/template/c/template.c -o libcrossbook-template-c.so -lpthread
+ * Build, with the SDK installed (make install, or make install-sdk): from anywhere,
+ *   cc -std=c11 -shared -fPIC -O2 $(pkg-config --cflags crossbook-plugin) template.c -o libcrossbook-template-c.so -lpthread
+ * or inside the repository: -I C/CPluginABI/include instead of the pkg-config part.
  * Only crossbook_plugin.h is shared with the engine. */
 #define _GNU_SOURCE
 #include "crossbook_plugin.h"
