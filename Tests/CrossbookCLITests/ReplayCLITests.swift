@@ -376,6 +376,13 @@ struct TruthfulCLITests {
             let v = try runCrossbook(command)
             #expect(v.status == 0 && v.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == version, "\(command): \(v.stdout)")
         }
+        // What make install turns into shell completions and man pages.
+        for shell in ["bash", "zsh", "fish"] {
+            let completion = try runCrossbook(["--generate-completion-script", shell])
+            #expect(completion.status == 0 && completion.stdout.contains("journal") && completion.stdout.contains("log-format"), "\(shell)")
+        }
+        let dump = try runCrossbook(["--experimental-dump-help"])
+        #expect(dump.status == 0 && (try? JSONSerialization.jsonObject(with: Data(dump.stdout.utf8))) != nil)
         let gone = try runCrossbook(["stat", "--count", "1"], environment: ["CROSSBOOK_INSTANCE": "nobody-\(UUID().uuidString.prefix(6))"])
         #expect(gone.status == 1 && gone.stderr.contains("nobody-"), "\(gone.stderr)")
 

@@ -92,6 +92,17 @@ struct SystemdTests {
         // kill -9, as a crash under systemd; the restart (no --clean-stale) cleans up by itself.
         first.signal(SIGKILL)
         _ = first.waitForExit(10)
+        // stat on the dead engine's leftovers: exit 1, saying so.
+        let stat = Process()
+        stat.executableURL = crossbookBinary()
+        stat.arguments = ["stat", "--directory", dir, "--count", "1"]
+        let statErr = Pipe()
+        stat.standardError = statErr
+        stat.standardOutput = FileHandle.nullDevice
+        try stat.run()
+        let statText = String(decoding: statErr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        stat.waitUntilExit()
+        #expect(stat.terminationStatus == 1 && statText.contains("is gone"), "\(stat.terminationStatus) \(statText)")
         let second = try EngineProcess(["--instance", "sd", "--directory", dir, "--data-dir", data, "--no-pin", "--no-plugins"],
                                        environment: ["NOTIFY_SOCKET": notify.path])
         let again = notify.receive(within: 15) ?? ""

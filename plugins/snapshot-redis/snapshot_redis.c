@@ -1,0 +1,257 @@
+/* plugins/snapshot-redis: shard snapshots in Redis (hiredis 0.14), the newest N kept. A snapshot
+ * store (CB_KIND_SNAPSHOT_STORE) like snapshot-file, for the low-latency snapshots the seed
+ * architecture keeps in Redis, and the way a book is to travel between engines.
+ *
+ * Keys (one hash slot per shard, for Redis Cluster: the braces):
+ *   <prefix>snap:{<instance>:<shard>}:<sequence>   the body, binary, as the engine gave it
+ *   <prefix>snaps:{<instance>:<shard>}             sorted set: score and member = the sequence
+ * A save writes the body, indexes it and drops all but the newest `keep`, in one Lua script
+ * (whole or not at all). The engine checks what it loads (the snapshot's binding to its journal
+ * and the book checksums) and falls back to an older snapshot, or to the journal, when one is
+ * damaged or missing: snapshots only shorten a replay. Durable as Redis is configured (appendonly
+ * with appendfsync always for a snapshot to outlive a Redis crash). One connection per call:
+ * the host calls from a thread per shard, and calls may overlap. */
+#define _GNU_SOURCE
+#include "crossbook_plugin.h"
+
+#include <hiredis/hiredis.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char save_script[] =
+    "redis.call('SET', KEYS[2], ARGV[2])\n"
+    "redis.call('ZADD', KEYS[1], ARGV[1], ARGV[1])\n"
+    "local n = redis.call('ZCARD', KEYS[1])\n"
+    "local drop = n - tonumber(ARGV[3])\n"
+    "if drop > 0 then\n"
+    "  for _, s in ipairs(redis.call('ZRANGE', KEYS[1], 0, drop - 1)) do\n"
+    "    redis.call('DEL', ARGV[4] .. s)\n"
+    "    redis.call('ZREM', KEYS[1], s)\n"
+    "  end\n"
+    "end\n"
+    "return n\n";
+
+typedef struct store {
+    const cb_host_api *api;
+    cb_host *host;
+    char redis_host[256];
+    int redis_port;
+    char prefix[64];
+    char instance[128];
+    long keep;
+    int timeout_ms;
+    uint64_t *saved, *failures;
+    int last_failed; /* the last save failed (atomic) */
+    char last_error[256];
+} store;
+
+static redisContext *open_redis(store *s, char *error, size_t size) {
+    struct timeval tv = {s->timeout_ms / 1000, (s->timeout_ms % 1000) * 1000};
+    redisContext *c = redisConnectWithTimeout(s->redis_host, s->redis_port, tv);
+    if (c == NULL || c->err) {
+        snprintf(error, size, "redis %s:%d: %s", s->redis_host, s->redis_port, c ? c->errstr : "cannot allocate");
+        if (c) redisFree(c);
+        return NULL;
+    }
+    redisSetTimeout(c, tv);
+    return c;
+}
+
+static void keys_of(store *s, uint32_t shard, char *index, size_t isize, char *body_prefix, size_t bsize) {
+    snprintf(index, isize, "%ssnaps:{%s:%u}", s->prefix, s->instance, shard);
+    snprintf(body_prefix, bsize, "%ssnap:{%s:%u}:", s->prefix, s->instance, shard);
+}
+
+static int save(void *context, uint32_t shard, uint64_t sequence, const uint8_t *body, size_t length, char *error,
+                size_t error_size) {
+    store *s = context;
+    char index[256], prefix[256], key[300], seq[32], keep[32];
+    keys_of(s, shard, index, sizeof index, prefix, sizeof prefix);
+    snprintf(seq, sizeof seq, "%llu", (unsigned long long)sequence);
+    snprintf(key, sizeof key, "%s%s", prefix, seq);
+    snprintf(keep, sizeof keep, "%ld", s->keep);
+    redisContext *c = open_redis(s, error, error_size);
+    if (c == NULL) {
+        __atomic_fetch_add(s->failures, 1, __ATOMIC_RELAXED);
+        __atomic_store_n(&s->last_failed, 1, __ATOMIC_RELAXED);
+        return CB_ERR_IO;
+    }
+    const char *argv[] = {"EVAL", save_script, "2", index, key, seq, (const char *)body, keep, prefix};
+    size_t lens[] = {4, strlen(save_script), 1, strlen(index), strlen(key), strlen(seq), length, strlen(keep), strlen(prefix)};
+    redisReply *r = redisCommandArgv(c, 9, argv, lens);
+    int rc = CB_OK;
+    if (r == NULL) {
+        snprintf(error, error_size, "redis %s:%d: %s", s->redis_host, s->redis_port, c->errstr);
+        rc = CB_ERR_IO;
+    } else if (r->type == REDIS_REPLY_ERROR) {
+        snprintf(error, error_size, "redis refused the snapshot: %s", r->str);
+        rc = CB_ERR_IO;
+    }
+    if (r) freeReplyObject(r);
+    redisFree(c);
+    __atomic_fetch_add(rc == CB_OK ? s->saved : s->failures, 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&s->last_failed, rc != CB_OK, __ATOMIC_RELAXED);
+    return rc;
+}
+
+/* A name is the sequence in decimal, as list gives it: anything else is not ours. */
+static int parse_name(const char *name, uint64_t *sequence) {
+    if (name == NULL || name[0] == 0 || strlen(name) > 20) return 0;
+    for (const char *p = name; *p; p++)
+        if (*p < '0' || *p > '9') return 0;
+    errno = 0;
+    char *end = NULL;
+    unsigned long long v = strtoull(name, &end, 10);
+    if (errno != 0 || *end != 0) return 0;
+    *sequence = v;
+    return 1;
+}
+
+static int list(void *context, uint32_t shard, cb_snapshot_visitor visit, void *visit_context) {
+    store *s = context;
+    char index[256], prefix[256], error[256];
+    keys_of(s, shard, index, sizeof index, prefix, sizeof prefix);
+    redisContext *c = open_redis(s, error, sizeof error);
+    if (c == NULL) {
+        s->api->log(s->host, CB_LOG_WARNING, error);
+        return CB_ERR_IO;
+    }
+    redisReply *r = redisCommand(c, "ZRANGE %s 0 -1", index);
+    int rc = CB_OK;
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
+        rc = CB_ERR_IO;
+    } else {
+        for (size_t i = 0; i < r->elements; i++) {
+            uint64_t sequence;
+            redisReply *e = r->element[i];
+            if (e->type == REDIS_REPLY_STRING && parse_name(e->str, &sequence)) visit(visit_context, sequence, e->str);
+        }
+    }
+    if (r) freeReplyObject(r);
+    redisFree(c);
+    return rc;
+}
+
+static int load(void *context, uint32_t shard, const char *name, uint64_t *sequence, cb_snapshot_sink sink,
+                void *sink_context, char *error, size_t error_size) {
+    store *s = context;
+    uint64_t at;
+    if (!parse_name(name, &at)) {
+        snprintf(error, error_size, "'%s' is not a snapshot of this store", name ? name : "(null)");
+        return CB_ERR_INVALID;
+    }
+    char index[256], prefix[256], key[300];
+    keys_of(s, shard, index, sizeof index, prefix, sizeof prefix);
+    snprintf(key, sizeof key, "%s%s", prefix, name);
+    redisContext *c = open_redis(s, error, error_size);
+    if (c == NULL) return CB_ERR_IO;
+    redisReply *r = redisCommand(c, "GET %s", key);
+    int rc = CB_OK;
+    if (r == NULL) {
+        snprintf(error, error_size, "redis %s:%d: %s", s->redis_host, s->redis_port, c->errstr);
+        rc = CB_ERR_IO;
+    } else if (r->type == REDIS_REPLY_NIL) {
+        snprintf(error, error_size, "%s is gone", key);
+        rc = CB_ERR_NOT_FOUND;
+    } else if (r->type != REDIS_REPLY_STRING || r->len == 0) {
+        snprintf(error, error_size, "%s is not a snapshot body", key);
+        rc = CB_ERR_INVALID;
+    } else {
+        *sequence = at;
+        sink(sink_context, (const uint8_t *)r->str, r->len);
+    }
+    if (r) freeReplyObject(r);
+    redisFree(c);
+    return rc;
+}
+
+static int start(const cb_host_api *api, cb_host *host, void **instance, char *error, size_t size) {
+    store *s = calloc(1, sizeof *s);
+    if (s == NULL) return CB_ERR_FAILED;
+    s->api = api;
+    s->host = host;
+    const char *redis = api->config_get(host, "redis");
+    if (redis == NULL) redis = "127.0.0.1:6379";
+    const char *colon = strrchr(redis, ':');
+    char *end = NULL;
+    long port = colon ? strtol(colon + 1, &end, 10) : 0;
+    if (colon == NULL || colon == redis || (size_t)(colon - redis) >= sizeof s->redis_host || end == colon + 1 || *end != 0 ||
+        port < 1 || port > 65535) {
+        snprintf(error, size, "config redis = '%s': give host:port", redis);
+        free(s);
+        return CB_ERR_INVALID;
+    }
+    memcpy(s->redis_host, redis, (size_t)(colon - redis));
+    s->redis_port = (int)port;
+    const char *prefix = api->config_get(host, "prefix");
+    const char *name = api->config_get(host, "engine.instance");
+    if (prefix == NULL) prefix = "";
+    if (name == NULL) name = "crossbook";
+    if (strlen(prefix) >= sizeof s->prefix || strlen(name) >= sizeof s->instance || strpbrk(prefix, " {}") != NULL) {
+        cb_copy_text(error, size, "config prefix: at most 63 bytes, no space or braces");
+        free(s);
+        return CB_ERR_INVALID;
+    }
+    snprintf(s->prefix, sizeof s->prefix, "%s", prefix);
+    snprintf(s->instance, sizeof s->instance, "%s", name);
+    const char *keep = api->config_get(host, "keep");
+    if (keep == NULL) keep = api->config_get(host, "engine.snapshots_kept");
+    s->keep = keep ? strtol(keep, &end, 10) : 3;
+    if (keep && (*end != 0 || s->keep < 1 || s->keep > 1000)) {
+        snprintf(error, size, "config keep = '%s': 1 to 1000 snapshots a shard", keep);
+        free(s);
+        return CB_ERR_INVALID;
+    }
+    const char *timeout = api->config_get(host, "timeout_ms");
+    s->timeout_ms = timeout ? (int)strtol(timeout, &end, 10) : 2000;
+    if (timeout && (*end != 0 || s->timeout_ms < 10 || s->timeout_ms > 60000)) {
+        snprintf(error, size, "config timeout_ms = '%s': 10 to 60000", timeout);
+        free(s);
+        return CB_ERR_INVALID;
+    }
+    static uint64_t unused_saved, unused_failures;
+    s->saved = &unused_saved;
+    s->failures = &unused_failures;
+    api->counter_register(host, "redis_snapshots_saved", "Snapshots stored in Redis", CB_METRIC_COUNTER, &s->saved);
+    api->counter_register(host, "redis_snapshot_failures", "Snapshots Redis did not take", CB_METRIC_COUNTER, &s->failures);
+    cb_snapshot_store table = {.size = sizeof(cb_snapshot_store), .context = s, .save = save, .list = list, .load = load};
+    int rc = api->snapshot_store_register(host, &table);
+    if (rc != CB_OK) {
+        snprintf(error, size, "cannot register as the snapshot store (status %d: another store loaded?)", rc);
+        free(s);
+        return rc;
+    }
+    /* Redis down now is not fatal: recovery replays the journal, saves fail and are counted. */
+    *instance = s;
+    return CB_OK;
+}
+
+static void stop(void *instance) { free(instance); }
+
+static int health(void *instance, char *message, size_t size) {
+    store *s = instance;
+    uint64_t failures = __atomic_load_n(s->failures, __ATOMIC_RELAXED);
+    snprintf(message, size, "redis %s:%d, newest %ld kept, %llu saved, %llu failed", s->redis_host, s->redis_port, s->keep,
+             (unsigned long long)__atomic_load_n(s->saved, __ATOMIC_RELAXED), (unsigned long long)failures);
+    if (__atomic_load_n(&s->last_failed, __ATOMIC_RELAXED)) {
+        snprintf(message, size, "redis %s:%d: the last snapshot was not stored (%llu failed in all); recovery replays more of the journal",
+                 s->redis_host, s->redis_port, (unsigned long long)failures);
+        return CB_HEALTH_DEGRADED;
+    }
+    return CB_HEALTH_OK;
+}
+
+static const cb_plugin descriptor = {
+    .size = sizeof(cb_plugin),
+    .abi_version = CB_PLUGIN_ABI_VERSION,
+    .name = "snapshot-redis",
+    .version = "1.0.0",
+    .kinds = CB_KIND_SNAPSHOT_STORE,
+    .start = start,
+    .stop = stop,
+    .health = health,
+};
+
+CB_PLUGIN_EXPORT const cb_plugin *crossbook_plugin_entry(void) { return &descriptor; }
