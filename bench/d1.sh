@@ -2,6 +2,7 @@
 # D1: one shard, sync durability, 1,000,000 orders from a separate process, flat out and at
 # 100k orders/s: orders/s, journal batch size, ack latency; then, same file system, the floor:
 # pwrite + fdatasync of the mean batch size in a loop. Usage: bench/d1.sh [DATA_DIR] [ROUNDS]
+# CONFIG=file.toml runs the engine on that config (e.g. [engine] completion_wait_us).
 set -u
 cd "$(dirname "$0")/.."
 bin=${BIN:-.build/release/crossbook}
@@ -12,7 +13,7 @@ echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f
 for round in $(seq 1 "$rounds"); do
   for rate in ${RATES:-0 100000}; do
     rm -rf "$data"
-    "$bin" run --instance "$instance" --clean-stale --durability sync --data-dir "$data" 2>/dev/null &
+    "$bin" run ${CONFIG:+--config "$CONFIG"} --instance "$instance" --clean-stale --durability sync --data-dir "$data" 2>/dev/null &
     engine=$!
     for _ in $(seq 1 3000); do "$bin" stat --instance "$instance" --count 1 --interval 0.01 2>/dev/null | grep -q "state running" && break; sleep 0.1; done
     label=$([ "$rate" = 0 ] && echo "flat out" || echo "$rate/s")

@@ -51,6 +51,14 @@ int32_t cb_uring_reap(cb_uring *r, uint64_t *tag, int32_t *result) {
     return 1;
 }
 
+int32_t cb_uring_wait_timeout(cb_uring *r, uint64_t timeout_ns) {
+    struct io_uring_cqe *cqe = NULL;
+    struct __kernel_timespec ts = {.tv_sec = (long long)(timeout_ns / 1000000000u), .tv_nsec = (long long)(timeout_ns % 1000000000u)};
+    int rc = io_uring_wait_cqe_timeout(&r->ring, &cqe, &ts);
+    if (rc == 0 && cqe) return 1;
+    return rc == -ETIME || rc == -EINTR ? 0 : rc;
+}
+
 int32_t cb_uring_wait(cb_uring *r, uint64_t *tag, int32_t *result) {
     struct io_uring_cqe *cqe = NULL;
     int rc;

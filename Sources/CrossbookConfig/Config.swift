@@ -11,6 +11,8 @@
 //   rebalance_busy_percent = 80  # automatic rebalance (off without it): a shard busy above
 //   rebalance_after_s = 10       # this share of its time for this long moves one symbol off
 //   rebalance_cooldown_s = 60    # it (crossbook rebalance's plan), then waits this long
+//   completion_wait_us = 200 # a shard waiting only for its journal batch: 0 spins, N sleeps in
+//                          # the kernel up to N µs a time (the I/O worker may need the core)
 //
 //   [[shards]]            # one per shard, in order; core omitted: not pinned
 //   core = 1
@@ -59,6 +61,8 @@ public struct EngineConfig {
     public var ioCores: [Int]?
     /// [engine] rebalance_*: the automatic rebalance (nil: off).
     public var autoRebalance: AutoRebalance?
+    /// [engine] completion_wait_us: how a shard waits for its journal batch (0: spinning).
+    public var completionWaitMicroseconds: Int?
     /// [[shards]]: the core of each shard (nil: not pinned).
     public var shardCores: [Int?] = []
     /// The shard of each declared symbol, by name (default 0).
@@ -159,12 +163,18 @@ public struct EngineConfig {
         if let engine = table["engine"] {
             guard let engine = engine.table else { throw ConfigError(description: "\(source): [engine] must be a table") }
             let engineKeys = ["instance", "directory", "group", "lag_timeout_ms", "data_dir", "durability", "io_cores",
-                              "rebalance_busy_percent", "rebalance_after_s", "rebalance_cooldown_s"]
+                              "rebalance_busy_percent", "rebalance_after_s", "rebalance_cooldown_s", "completion_wait_us"]
             for key in engine.keys where !engineKeys.contains(key) {
                 throw ConfigError(description: "\(source): [engine]: unknown key '\(key)' (expected \(engineKeys.joined(separator: ", ")))")
             }
             let busy = try Self.int(engine, "rebalance_busy_percent", in: "[engine]", source: source)
             let after = try Self.int(engine, "rebalance_after_s", in: "[engine]", source: source)
+            if let wait = try Self.int(engine, "completion_wait_us", in: "[engine]", source: source) {
+                guard wait >= 0, wait <= 10_000 else {
+                    throw ConfigError(description: "\(source): [engine]: completion_wait_us must be 0 (spin) to 10000, got \(wait)")
+                }
+                completionWaitMicroseconds = wait
+            }
             let cooldown = try Self.int(engine, "rebalance_cooldown_s", in: "[engine]", source: source)
             if let busy {
                 guard busy >= 1, busy <= 100 else { throw ConfigError(description: "\(source): [engine]: rebalance_busy_percent must be between 1 and 100, got \(busy)") }

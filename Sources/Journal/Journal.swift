@@ -312,6 +312,18 @@ public final class JournalWriter {
         return durable
     }
 
+    /// Whether a batch is on its way to disk (its completion is what a caller would wait for).
+    public var hasInFlight: Bool { inFlight != nil }
+
+    /// Sleeps in the kernel until the batch in flight completes or `timeoutNanoseconds` pass,
+    /// then reaps: the thread gives its core to the kernel worker doing the write and fdatasync
+    /// instead of spinning against it. Returns the durable watermark.
+    @discardableResult
+    public func waitForCompletion(timeoutNanoseconds: UInt64) -> UInt64 {
+        if inFlight != nil { _ = cb_uring_wait_timeout(ring, timeoutNanoseconds) }
+        return poll()
+    }
+
     /// After a failure: does again what failed (the disk may work again, space may have
     /// returned). A failed batch is written again whole; a segment that could not be created is
     /// created again. `failure` stays set until that has completed and worked, so a caller that

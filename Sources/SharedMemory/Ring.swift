@@ -298,12 +298,19 @@ public struct WaitStrategy: Sendable {
     /// checking for a dead producer; data wakes it at once.
     public var park: Bool
     public var parkTimeoutNanoseconds: Int64
+    /// A shard whose only work is output waiting for its journal batch: 0 spins for the
+    /// completion (on the core the kernel worker doing the write may need); above 0 sleeps in the
+    /// kernel (io_uring_wait_cqe_timeout) up to this long per wait, so the worker can run there.
+    /// A command arriving meanwhile waits at most this long.
+    public var completionWaitNanoseconds: UInt64
 
-    public init(spins: Int = 10_000, yields: Int = 100, park: Bool = true, parkTimeoutNanoseconds: Int64 = 100_000_000) {
+    public init(spins: Int = 10_000, yields: Int = 100, park: Bool = true, parkTimeoutNanoseconds: Int64 = 100_000_000,
+                completionWaitNanoseconds: UInt64 = 0) {
         self.spins = spins
         self.yields = yields
         self.park = park
         self.parkTimeoutNanoseconds = parkTimeoutNanoseconds
+        self.completionWaitNanoseconds = completionWaitNanoseconds
     }
 
     public static let busySpin = WaitStrategy(spins: .max, yields: 0, park: false)

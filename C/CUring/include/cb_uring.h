@@ -28,6 +28,9 @@ int32_t cb_uring_reap(cb_uring *ring, uint64_t *tag, int32_t *result);
 
 /// Waits for one completion (shutdown and tests only).
 int32_t cb_uring_wait(cb_uring *ring, uint64_t *tag, int32_t *result);
+/* Sleeps in the kernel until a completion is there (1, not consumed: reap it) or `timeout_ns`
+   pass (0); a negative errno on failure. */
+int32_t cb_uring_wait_timeout(cb_uring *ring, uint64_t timeout_ns);
 
 /// Binds the ring's kernel workers (io-wq: they run the writes and fdatasyncs that cannot
 /// complete inline) to the `count` CPUs in `cpus`. Without this they inherit the affinity of the

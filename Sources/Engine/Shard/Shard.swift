@@ -334,7 +334,13 @@ final class Shard: @unchecked Sendable {
                 idle = min(idle, wait.spins)
             }
             if idle < wait.spins {
-                cb_cpu_relax()
+                if wait.completionWaitNanoseconds > 0, state.output.pointee.hasStaged, let journal = state.feed.journal,
+                   journal.hasInFlight {
+                    // Only the disk to wait for: sleep in the kernel until it answers.
+                    journal.waitForCompletion(timeoutNanoseconds: wait.completionWaitNanoseconds)
+                } else {
+                    cb_cpu_relax()
+                }
             } else if idle < wait.spins + wait.yields {
                 sched_yield()
             } else if wait.park {
