@@ -722,7 +722,9 @@ struct MigrationTests {
         defer { removeTree(config) }
         for (text, reason) in [("rebalance_after_s = 5", "need rebalance_busy_percent"),
                                ("rebalance_busy_percent = 0", "between 1 and 100"),
-                               ("rebalance_busy_percent = 80\nrebalance_after_s = 0", "rebalance_after_s must be between")] {
+                               ("rebalance_busy_percent = 80\nrebalance_after_s = 0", "rebalance_after_s must be between"),
+                               ("completion_wait_us = -1", "completion_wait_us must be 0 (spin) to 10000"),
+                               ("completion_wait_us = 20000", "completion_wait_us must be 0 (spin) to 10000")] {
             try "[engine]\n\(text)\n[[symbols]]\nname = \"BTC-USD\"\n".write(toFile: config, atomically: true, encoding: .utf8)
             let result = try crossbook(["run", "--config", config, "--check-config"])
             #expect(result.status != 0 && result.output.contains(reason), "\(text): \(result)")
