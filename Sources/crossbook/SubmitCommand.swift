@@ -66,6 +66,7 @@ struct SubmitCommand: ParsableCommand {
             while let line = readLine() { lines.append(line) }
             parsed = try Self.parse(lines)
         }
+        guard !parsed.isEmpty else { throw CLIError("no command given\(fromInput ? " on standard input" : "")") }
         let names = Dictionary(uniqueKeysWithValues: client.symbols.values.map { ($0.spec.id, $0.spec.name) })
         // Each command's answer (ACK, CXL, RPL or REJ for its order id): the exit status says
         // whether every command was taken.

@@ -438,10 +438,10 @@ struct TruthfulCLITests {
         late.executableURL = crossbookBinary()
         late.arguments = ["submit", "--wait", "0.3", "-"]
         late.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }
-        let lateIn = Pipe(), lateErr = Pipe()
+        let lateIn = Pipe(), lateErr = Pipe(), lateOut = Pipe()
         late.standardInput = lateIn
         late.standardError = lateErr
-        late.standardOutput = FileHandle.nullDevice
+        late.standardOutput = lateOut
         try late.run()
         var connected = false
         for _ in 0..<200 where !connected {
@@ -450,11 +450,28 @@ struct TruthfulCLITests {
         }
         #expect(connected)
         kill(engine.processIdentifier, SIGSTOP)
+        // kill() returns before every thread has stopped (under load a shard thread runs on for a
+        // while): wait until each of the engine's threads says T (stopped).
+        func allStopped(_ pid: Int32) -> Bool {
+            guard let tasks = try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task"), !tasks.isEmpty else { return false }
+            return tasks.allSatisfy { tid in
+                guard let stat = try? String(contentsOfFile: "/proc/\(pid)/task/\(tid)/stat", encoding: .utf8),
+                      let close = stat.lastIndex(of: ")") else { return false }
+                return stat[stat.index(after: close)...].trimmingCharacters(in: .whitespaces).hasPrefix("T")
+            }
+        }
+        var stopped = false
+        for _ in 0..<1000 where !stopped {
+            stopped = allStopped(engine.processIdentifier)
+            if !stopped { usleep(10_000) }
+        }
+        #expect(stopped)
         lateIn.fileHandleForWriting.write(Data("N,BTC-USD,9,7,S,LMT,10000,1,GTC\n".utf8))
         try lateIn.fileHandleForWriting.close()
         late.waitUntilExit()
         let lateText = String(decoding: lateErr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        #expect(late.terminationStatus == 3 && lateText.contains("got no answer"), "\(late.terminationStatus) \(lateText)")
+        let lateReports = String(decoding: lateOut.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(late.terminationStatus == 3 && lateText.contains("got no answer"), "\(late.terminationStatus) \(lateText) | \(lateReports)")
         let frozen = try runCrossbook(["stat", "--count", "1", "--interval", "0.05"], environment: env)
         #expect(frozen.status == 0, "a stopped (not dead) engine is still there")
         kill(engine.processIdentifier, SIGCONT)

@@ -78,62 +78,22 @@ func freeLoopbackPort() -> Int {
     return Int(UInt16(bigEndian: address.sin_port))
 }
 
-func acceptsConnections(_ port: Int) -> Bool {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    address.sin_port = UInt16(port).bigEndian
-    return withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-    } == 0
-}
 
 /// A Tansu broker (memory storage) on a free loopback port, stopped by `stop` or at deinit.
 final class KafkaBroker {
-    let port: Int
-    private var process: Process?
-    private var pidFile: String { NSTemporaryDirectory() + "crossbook-tansu-\(getpid())-\(port).pid" }
+    private let server: LoopbackServer
+    var port: Int { server.port }
+    var address: String { server.address }
 
     init() throws {
         try KafkaKit.require()
-        port = freeLoopbackPort()
-        try start()
+        let port = freeLoopbackPort()
+        server = try LoopbackServer("tansu", port: port, command:
+            "'\(KafkaKit.tansu)' broker --listener-url tcp://127.0.0.1:\(port) --advertised-listener-url tcp://127.0.0.1:\(port)")
     }
 
-    deinit { stop() }
-
-    var address: String { "127.0.0.1:\(port)" }
-
-    func start() throws {
-        // Under a shell that also ends the broker when this test process ends, however it ends
-        // (no broker is left behind); the shell says the broker's pid, for `stop`.
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/sh")
-        let tansu = "'\(KafkaKit.tansu)' broker --listener-url tcp://127.0.0.1:\(port) --advertised-listener-url tcp://127.0.0.1:\(port)"
-        unlink(pidFile)
-        process.arguments = ["-c", "\(tansu) & b=$!; echo $b > '\(pidFile)'; while kill -0 \(getpid()) 2>/dev/null && kill -0 $b 2>/dev/null; do sleep 0.2; done; kill -9 $b 2>/dev/null"]
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        self.process = process
-        guard waitFor(15, { acceptsConnections(port) }) else { throw KitMissing(description: "the broker did not listen on \(port) in 15 s") }
-    }
-
-    func stop() {
-        guard let process else { return }
-        _ = waitFor(5) { FileManager.default.fileExists(atPath: pidFile) }
-        if let text = try? String(contentsOfFile: pidFile, encoding: .utf8), let broker = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
-            kill(broker, SIGKILL)
-        }
-        unlink(pidFile)
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        process.waitUntilExit()
-        self.process = nil
-        // The port is free once the broker is gone.
-        _ = waitFor(5) { !acceptsConnections(port) }
-    }
+    func start() throws { try server.start() }
+    func stop() { server.stop() }
 
     func createTopic(_ name: String, partitions: Int) throws {
         let result = try KafkaKit.run(["create", address, name, "\(partitions)"])

@@ -11,47 +11,22 @@ import TestSupport
 /// A redis-server (no persistence) on a free loopback port; `stop` kills it, `start` brings up
 /// an empty one on the same port.
 final class RedisServer {
-    let port: Int
-    private var process: Process?
-    private var pidFile: String { NSTemporaryDirectory() + "crossbook-redis-\(getpid())-\(port).pid" }
     static let binary = "/usr/bin/redis-server"
+    private let server: LoopbackServer
+    var port: Int { server.port }
+    var address: String { server.address }
 
     init() throws {
         guard FileManager.default.isExecutableFile(atPath: Self.binary) else {
             throw KitMissing(description: "no \(Self.binary): run `make test` (it installs Debian's redis-server)")
         }
-        port = freeLoopbackPort()
-        try start()
-    }
-    deinit { stop() }
-    var address: String { "127.0.0.1:\(port)" }
-
-    func start() throws {
-        // Under a shell that also ends the server when this test process ends, however it ends.
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/sh")
-        let server = "'\(Self.binary)' --port \(port) --bind 127.0.0.1 --save '' --appendonly no --dir /tmp"
-        unlink(pidFile)
-        process.arguments = ["-c", "\(server) & b=$!; echo $b > '\(pidFile)'; while kill -0 \(getpid()) 2>/dev/null && kill -0 $b 2>/dev/null; do sleep 0.2; done; kill -9 $b 2>/dev/null; wait $b"]
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        self.process = process
-        guard waitFor(15, { acceptsConnections(port) }) else { throw KitMissing(description: "redis-server did not listen on \(port) in 15 s") }
+        let port = freeLoopbackPort()
+        server = try LoopbackServer("redis", port: port,
+                                    command: "'\(Self.binary)' --port \(port) --bind 127.0.0.1 --save '' --appendonly no --dir /tmp")
     }
 
-    func stop() {
-        guard let process else { return }
-        _ = waitFor(5) { FileManager.default.fileExists(atPath: pidFile) }
-        if let text = try? String(contentsOfFile: pidFile, encoding: .utf8), let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
-            kill(pid, SIGKILL)
-        }
-        unlink(pidFile)
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        process.waitUntilExit()
-        self.process = nil
-        _ = waitFor(5) { !acceptsConnections(port) }
-    }
+    func start() throws { try server.start() }
+    func stop() { server.stop() }
 
     /// redis-cli against this server: its standard output, trimmed.
     @discardableResult

@@ -126,7 +126,7 @@ struct Exposition {
 
 @Suite("metrics-prometheus", .serialized)
 struct MetricsPluginTests {
-    @Test("GET /metrics under load: valid text format, counters move, histograms consistent, per symbol sums to per shard")
+    @Test("GET /metrics under load: valid text format (ours and promtool check metrics), counters move, histograms consistent, per symbol sums to per shard")
     func scrapeUnderLoad() throws {
         let port = freePort()
         let dir = testDirectory(), log = LogLines(), data = temporaryFolder()
@@ -170,6 +170,9 @@ struct MetricsPluginTests {
         #expect(first.status == 200)
         #expect(first.type == "text/plain; version=0.0.4; charset=utf-8")
         let a = try Exposition(first.body), b = try Exposition(second.body)
+        // Debian's promtool on a scrape taken under load, as Prometheus would read it.
+        let linted = try runWithInput("/usr/bin/promtool", ["check", "metrics"], input: second.body)
+        #expect(linted.status == 0, "promtool: \(linted.output)")
         for family in ["crossbook_shard_commands_total", "crossbook_shard_trades_total", "crossbook_shard_rejects_by_reason_total",
                        "crossbook_shard_ring_backlog", "crossbook_shard_batch_size", "crossbook_match_batch_seconds",
                        "crossbook_journal_sync_seconds", "crossbook_shard_cpu_seconds_total", "crossbook_symbol_commands_total",
@@ -366,19 +369,9 @@ struct MetricsPluginTests {
           - job_name: crossbook
             static_configs: [{targets: ["127.0.0.1:\(port)"]}]
         """.write(toFile: folder + "/prometheus.yml", atomically: true, encoding: .utf8)
-        // Under a shell that ends the server with this test process, however it ends.
-        let server = Process()
-        server.executableURL = URL(fileURLWithPath: "/bin/sh")
-        let command = "/usr/bin/prometheus --config.file=\(folder)/prometheus.yml --storage.tsdb.path=\(folder)/data --web.listen-address=127.0.0.1:\(prometheusPort) --log.level=warn"
-        server.arguments = ["-c", "\(command) & b=$!; while kill -0 \(getpid()) 2>/dev/null && kill -0 $b 2>/dev/null; do sleep 0.2; done; kill -9 $b 2>/dev/null; wait $b"]
-        server.standardOutput = FileHandle.nullDevice
-        server.standardError = FileHandle.nullDevice
-        try server.run()
-        defer {
-            // The server, then its shell (which reaps it) ends by itself.
-            _ = try? run("/usr/bin/pkill", ["-f", "web.listen-address=127.0.0.1:\(prometheusPort)"])
-            server.waitUntilExit()
-        }
+        let server = try LoopbackServer("prometheus", port: Int(prometheusPort), command:
+            "/usr/bin/prometheus --config.file=\(folder)/prometheus.yml --storage.tsdb.path=\(folder)/data --web.listen-address=127.0.0.1:\(prometheusPort) --log.level=warn")
+        defer { server.stop() }
         func query(_ expr: String) -> [Any]? {
             let encoded = expr.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? ""
             guard let answer = try? httpGet("http://127.0.0.1:\(prometheusPort)/api/v1/query?query=\(encoded)"), answer.status == 200,

@@ -105,3 +105,69 @@ public func readLines(_ handle: FileHandle, _ line: @escaping @Sendable (String)
     thread.start()
     return thread
 }
+
+/// A server the tests start (a Kafka broker, redis-server, Prometheus) on a loopback port, under a
+/// shell that also ends it when the test process ends, however that ends: nothing is left
+/// behind. `stop` kills it; `start` brings it up again on the same port.
+public final class LoopbackServer {
+    public let port: Int
+    private let command: String
+    private let name: String
+    private var process: Process?
+    private var pidFile: String { NSTemporaryDirectory() + "crossbook-\(name)-\(getpid())-\(port).pid" }
+
+    /// `command`: a shell command line that runs the server in the foreground on `port`.
+    public init(_ name: String, port: Int, command: String) throws {
+        self.name = name
+        self.port = port
+        self.command = command
+        try start()
+    }
+
+    deinit { stop() }
+
+    public var address: String { "127.0.0.1:\(port)" }
+
+    public func start() throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/sh")
+        unlink(pidFile)
+        process.arguments = ["-c", "\(command) & b=$!; echo $b > '\(pidFile)'; while kill -0 \(getpid()) 2>/dev/null && kill -0 $b 2>/dev/null; do sleep 0.2; done; kill -9 $b 2>/dev/null; wait $b"]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        self.process = process
+        guard waitFor(30, { loopbackAccepts(port) }) else {
+            throw ServerError(description: "\(name) did not listen on \(port) in 30 s")
+        }
+    }
+
+    public func stop() {
+        guard let process else { return }
+        _ = waitFor(5) { FileManager.default.fileExists(atPath: pidFile) }
+        if let text = try? String(contentsOfFile: pidFile, encoding: .utf8), let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
+            kill(pid, SIGKILL)
+        }
+        unlink(pidFile)
+        process.waitUntilExit()  // the shell reaps the server and ends
+        self.process = nil
+        _ = waitFor(5) { !loopbackAccepts(port) }
+    }
+}
+
+public struct ServerError: Error, CustomStringConvertible {
+    public var description: String
+}
+
+/// Whether something accepts TCP connections on 127.0.0.1:`port`.
+public func loopbackAccepts(_ port: Int) -> Bool {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = UInt16(port).bigEndian
+    return withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    } == 0
+}

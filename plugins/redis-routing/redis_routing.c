@@ -26,6 +26,7 @@
  * until Redis is back. */
 #define _GNU_SOURCE
 #include "crossbook_plugin.h"
+#include "redis_common.h"
 #include "route_cas.h"
 
 #include <hiredis/hiredis.h>
@@ -544,19 +545,10 @@ static int start(const cb_host_api *api, cb_host *host, void **instance, char *e
     r->migrating = -1;
     pthread_mutex_init(&r->lock, NULL);
     int bad = 0;
-    const char *redis = api->config_get(host, "redis");
-    if (redis == NULL) redis = "127.0.0.1:6379";
-    const char *colon = strrchr(redis, ':');
-    char *end = NULL;
-    long port = colon ? strtol(colon + 1, &end, 10) : 0;
-    if (colon == NULL || colon == redis || (size_t)(colon - redis) >= sizeof r->redis_host || end == colon + 1 || *end != 0 ||
-        port < 1 || port > 65535) {
-        snprintf(error, size, "config redis = '%s': give host:port", redis);
+    if (!redis_address(api, host, r->redis_host, sizeof r->redis_host, &r->redis_port, error, size)) {
         free(r);
         return CB_ERR_INVALID;
     }
-    memcpy(r->redis_host, redis, (size_t)(colon - redis));
-    r->redis_port = (int)port;
     const char *prefix = api->config_get(host, "prefix");
     if (prefix == NULL) prefix = "";
     const char *name = api->config_get(host, "engine.instance");

@@ -13,6 +13,7 @@
  * the host calls from a thread per shard, and calls may overlap. */
 #define _GNU_SOURCE
 #include "crossbook_plugin.h"
+#include "redis_common.h"
 
 #include <hiredis/hiredis.h>
 #include <errno.h>
@@ -172,19 +173,10 @@ static int start(const cb_host_api *api, cb_host *host, void **instance, char *e
     if (s == NULL) return CB_ERR_FAILED;
     s->api = api;
     s->host = host;
-    const char *redis = api->config_get(host, "redis");
-    if (redis == NULL) redis = "127.0.0.1:6379";
-    const char *colon = strrchr(redis, ':');
-    char *end = NULL;
-    long port = colon ? strtol(colon + 1, &end, 10) : 0;
-    if (colon == NULL || colon == redis || (size_t)(colon - redis) >= sizeof s->redis_host || end == colon + 1 || *end != 0 ||
-        port < 1 || port > 65535) {
-        snprintf(error, size, "config redis = '%s': give host:port", redis);
+    if (!redis_address(api, host, s->redis_host, sizeof s->redis_host, &s->redis_port, error, size)) {
         free(s);
         return CB_ERR_INVALID;
     }
-    memcpy(s->redis_host, redis, (size_t)(colon - redis));
-    s->redis_port = (int)port;
     const char *prefix = api->config_get(host, "prefix");
     const char *name = api->config_get(host, "engine.instance");
     if (prefix == NULL) prefix = "";
@@ -196,6 +188,7 @@ static int start(const cb_host_api *api, cb_host *host, void **instance, char *e
     }
     snprintf(s->prefix, sizeof s->prefix, "%s", prefix);
     snprintf(s->instance, sizeof s->instance, "%s", name);
+    char *end = NULL;
     const char *keep = api->config_get(host, "keep");
     if (keep == NULL) keep = api->config_get(host, "engine.snapshots_kept");
     s->keep = keep ? strtol(keep, &end, 10) : 3;
