@@ -38,6 +38,9 @@ struct MigrateBenchCommand: ParsableCommand {
     @Option(help: "Cores for shard 0 and shard 1, e.g. 0,1 (default: not pinned).")
     var cores: String?
 
+    @Option(help: "A shard waiting only for its journal sleeps in the kernel up to this long (µs; 0: spins), as [engine] completion_wait_us.")
+    var completionWaitUs: Int = 200
+
     func run() throws {
         let sizes = books.split(separator: ",").compactMap { Int($0) }
         guard !sizes.isEmpty, sizes.allSatisfy({ $0 > 0 && $0 <= 1 << 20 }), moves > 0, rate >= 0 else {
@@ -46,7 +49,7 @@ struct MigrateBenchCommand: ParsableCommand {
         guard let mode = Durability(rawValue: durability), mode != .none else { throw ValidationError("--durability sync or async") }
         let pins = cores.map { $0.split(separator: ",").map { Int($0) } } ?? [nil, nil]
         guard pins.count == 2 else { throw ValidationError("--cores: two cores, e.g. 0,1") }
-        print("M1 (\(ProcessInfo.processInfo.activeProcessorCount) CPUs, \(hostCPU()), \(isoNow())): \(moves) moves per size, load \(rate) orders/s, durability \(durability), shards on \(cores ?? "unpinned cores")")
+        print("M1 (\(ProcessInfo.processInfo.activeProcessorCount) CPUs, \(hostCPU()), \(isoNow())): \(moves) moves per size, load \(rate) orders/s, durability \(durability), shards on \(cores ?? "unpinned cores"), completion wait \(completionWaitUs) µs")
         for size in sizes {
             try bench(size: size, durability: mode, pins: pins)
         }
@@ -62,7 +65,7 @@ struct MigrateBenchCommand: ParsableCommand {
             symbols: [(spec: SymbolSpec(name: "HOT-USD", id: 1, minPrice: 1, maxPrice: 10_000_000), shard: 0),
                       (spec: SymbolSpec(name: "ETH-USD", id: 2, minPrice: 1, maxPrice: 10_000_000), shard: 1)],
             capacity: BookCapacity(orders: max(1 << 16, size * 2 + 65536), levels: 1 << 16),
-            wait: WaitStrategy(), cleanStale: true)
+            wait: WaitStrategy(completionWaitNanoseconds: UInt64(max(0, completionWaitUs)) * 1000), cleanStale: true)
         settings.durability = durability
         settings.dataDirectory = data
         settings.snapshotEvery = 0
