@@ -53,8 +53,8 @@ typedef struct symbol_state {
     uint32_t id;
     const char *name;
     long long epoch;      /* the last epoch seen or written */
-    int elsewhere;        /* the route names another instance */
-    int malformed;        /* the route cannot be read */
+    int elsewhere;        /* the route names another instance (atomic: health reads it) */
+    int malformed;        /* the route cannot be read (atomic) */
     char other[128];      /* that instance */
 } symbol_state;
 
@@ -73,7 +73,7 @@ typedef struct routing {
     pthread_mutex_t lock; /* the command connection and everything below */
     redisContext *cmd;
     redisContext *sub;
-    int connected;
+    int connected; /* atomic: health reads it without the lock */
     char last_error[160];
     uint32_t count;
     symbol_state *symbols;
@@ -129,7 +129,7 @@ static void disconnect(routing *r, const char *why) {
     if (r->cmd != NULL) redisFree(r->cmd);
     if (r->sub != NULL) redisFree(r->sub);
     r->cmd = r->sub = NULL;
-    r->connected = 0;
+    __atomic_store_n(&r->connected, 0, __ATOMIC_RELAXED);
     if (r->c_connected) __atomic_store_n(r->c_connected, 0, __ATOMIC_RELAXED);
 }
 
@@ -268,25 +268,26 @@ static long sync_one(routing *r, symbol_state *s) {
             s->epoch = epoch;
             logf_(r, CB_LOG_INFO, "route %s published: %s shard %u, epoch %lld", s->name, r->instance, here, epoch);
         }
-        s->elsewhere = s->malformed = 0;
+        __atomic_store_n(&s->elsewhere, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&s->malformed, 0, __ATOMIC_RELAXED);
         return -1;
     }
     if (rt.malformed[0]) {
         if (!s->malformed) logf_(r, CB_LOG_WARNING, "route of %s left alone: %s", s->name, rt.malformed);
-        s->malformed = 1;
+        __atomic_store_n(&s->malformed, 1, __ATOMIC_RELAXED);
         return -1;
     }
-    s->malformed = 0;
+    __atomic_store_n(&s->malformed, 0, __ATOMIC_RELAXED);
     if (strcmp(rt.instance, r->instance) != 0) {
         if (!s->elsewhere || strcmp(s->other, rt.instance) != 0)
             logf_(r, CB_LOG_WARNING, "route of %s names instance %s (epoch %lld): it keeps trading here; moves between engines are not built",
                   s->name, rt.instance, rt.epoch);
-        s->elsewhere = 1;
+        __atomic_store_n(&s->elsewhere, 1, __ATOMIC_RELAXED);
         snprintf(s->other, sizeof s->other, "%s", rt.instance);
         s->epoch = rt.epoch;
         return -1;
     }
-    s->elsewhere = 0;
+    __atomic_store_n(&s->elsewhere, 0, __ATOMIC_RELAXED);
     s->epoch = rt.epoch;
     if (rt.migrating) {
         if (r->migrating == (long)s->id) return -1; /* ours, in progress */
@@ -395,7 +396,7 @@ static int connect_all(routing *r) {
         return 0;
     }
     freeReplyObject(reply);
-    r->connected = 1;
+    __atomic_store_n(&r->connected, 1, __ATOMIC_RELAXED);
     if (r->c_connected) __atomic_store_n(r->c_connected, 1, __ATOMIC_RELAXED);
     if (r->c_reconnects) __atomic_fetch_add(r->c_reconnects, 1, __ATOMIC_RELAXED);
     logf_(r, CB_LOG_INFO, "redis %s:%d connected; following %s", r->redis_host, r->redis_port, r->channel);
