@@ -259,6 +259,25 @@ final class BusyLoad: @unchecked Sendable {
     }
 }
 
+/// Moves HOT-USD between shards 0 and 1 through the engine's control socket, back to back on a
+/// thread of its own, until the engine is gone: each answer's first line (and "why: ..." for a
+/// refusal) in the log; the semaphore is signalled when the thread ends.
+func backToBackMoves(directory dir: String) -> (LogLines, DispatchSemaphore) {
+    let moves = LogLines()
+    let mover = DispatchSemaphore(value: 0)
+    Thread {
+        for _ in 0..<10_000 {
+            guard let answer = try? Engine.ask(directory: dir, "routes", timeout: 5), answer.first == "ok" else { break }
+            let hot = answer.first { $0.hasPrefix("HOT-USD ") }?.split(separator: " ").last.flatMap { Int($0) } ?? 0
+            guard let moved = try? Engine.ask(directory: dir, "migrate HOT-USD \(1 - hot)", timeout: 10) else { break }
+            moves.append(moved.first ?? "")
+            if let why = moved.first, why != "ok", !why.isEmpty { moves.append("why: " + why) }
+        }
+        mover.signal()
+    }.start()
+    return (moves, mover)
+}
+
 final class StopFlag: @unchecked Sendable {
     private let lock = NSLock()
     private var value = false
@@ -416,20 +435,7 @@ struct MigrationTests {
             try engine.run()
             #expect(waitFor(10) { (try? EngineFile.attach(directory: dir))?.isServing ?? false }, "cycle \(cycle): engine up")
             // Migrations back to back on a thread of their own, until the engine is gone.
-            let moves = LogLines()
-            let mover = DispatchSemaphore(value: 0)
-            Thread {
-                var target = 1
-                for _ in 0..<10_000 {
-                    guard let answer = try? Engine.ask(directory: dir, "routes", timeout: 5), answer.first == "ok" else { break }
-                    let hot = answer.first { $0.hasPrefix("HOT-USD ") }?.split(separator: " ").last.flatMap { Int($0) } ?? 0
-                    target = 1 - hot
-                    guard let moved = try? Engine.ask(directory: dir, "migrate HOT-USD \(target)", timeout: 10) else { break }
-                    moves.append(moved.first ?? "")
-                    if let why = moved.first, why != "ok", !why.isEmpty { moves.append("why: " + why) }
-                }
-                mover.signal()
-            }.start()
+            let (moves, mover) = backToBackMoves(directory: dir)
             let client = try CrossbookClient(instance: "mk", directory: dir, ringCapacity: 1 << 14)
             let hot = try client.symbol("HOT-USD"), eth = try client.symbol("ETH-USD")
             var acked = Set<Int64>()

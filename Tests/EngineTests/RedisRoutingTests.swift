@@ -341,17 +341,7 @@ struct RedisRoutingTests {
                 break
             }
             // Moves back to back until the engine is gone.
-            let moves = LogLines()
-            let mover = DispatchSemaphore(value: 0)
-            Thread {
-                for _ in 0..<10_000 {
-                    guard let answer = try? Engine.ask(directory: dir, "routes", timeout: 5), answer.first == "ok" else { break }
-                    let hot = answer.first { $0.hasPrefix("HOT-USD ") }?.split(separator: " ").last.flatMap { Int($0) } ?? 0
-                    guard let moved = try? Engine.ask(directory: dir, "migrate HOT-USD \(1 - hot)", timeout: 10) else { break }
-                    moves.append(moved.first ?? "")
-                }
-                mover.signal()
-            }.start()
+            let (moves, mover) = backToBackMoves(directory: dir)
             rng = rng &* 6364136223846793005 &+ 1442695040888963407
             usleep(200_000 + UInt32((rng >> 33) % 600_000))
             kill(engine.processIdentifier, SIGKILL)
