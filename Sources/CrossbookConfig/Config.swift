@@ -30,6 +30,14 @@
 //   max_order_quantity = 1000000
 //   shard = 0             # crossbook run only: which shard owns it (default 0)
 //
+//   [replication]         # crossbook run only: hot standby (README, "Hot standby")
+//   role = "primary"      # or "standby" (crossbook run --standby)
+//   listen = "10.0.0.1:7400"   # where this engine serves standbys (as primary, or once promoted)
+//   peer = "10.0.0.2:7400"     # the other engine's: the primary a standby follows
+//   mode = "sync"         # sync: output once a standby has it durable too; async: lag counted
+//   failover_after_ms = 500    # a standby promotes itself when an engaged primary is silent this long
+//   digest_every_ms = 1000     # the primary's state digests, compared by the standby
+//
 //   [plugins]             # crossbook run only; without this section: the default plugins
 //   dir = "/opt/crossbook/plugins"  # default: the directory of the crossbook executable
 //   [[plugins.load]]      # one per plugin, started in this order, stopped in the reverse
@@ -67,6 +75,8 @@ public struct EngineConfig {
     public var shardCores: [Int?] = []
     /// The shard of each declared symbol, by name (default 0).
     public var symbolShards: [String: Int] = [:]
+    /// [replication]: nil without the section.
+    public var replication: ReplicationSettings?
     /// [plugins]: nil without the section (the defaults load).
     public var pluginDirectory: String?
     public var plugins: [PluginSpec]?
@@ -84,8 +94,8 @@ public struct EngineConfig {
         } catch let error as TOMLParseError {
             throw ConfigError(description: "\(source):\(error.source.begin.line): \(error.description)")
         }
-        for key in table.keys where !["book", "symbols", "engine", "shards", "plugins"].contains(key) {
-            throw ConfigError(description: "\(source): unknown section '\(key)' (expected [engine], [[shards]], [book], [[symbols]] or [plugins])")
+        for key in table.keys where !["book", "symbols", "engine", "shards", "plugins", "replication"].contains(key) {
+            throw ConfigError(description: "\(source): unknown section '\(key)' (expected [engine], [[shards]], [book], [[symbols]], [replication] or [plugins])")
         }
         if let section = table["plugins"] {
             guard let section = section.table else { throw ConfigError(description: "\(source): [plugins] must be a table") }
@@ -159,6 +169,47 @@ public struct EngineConfig {
                 }
             }
             plugins = specs
+        }
+        if let section = table["replication"] {
+            guard let section = section.table else { throw ConfigError(description: "\(source): [replication] must be a table") }
+            let keys = ["role", "listen", "peer", "mode", "failover_after_ms", "digest_every_ms"]
+            for key in section.keys where !keys.contains(key) {
+                throw ConfigError(description: "\(source): [replication]: unknown key '\(key)' (expected \(keys.joined(separator: ", ")))")
+            }
+            var r = ReplicationSettings()
+            if let v = section["role"] {
+                guard let text = v.string, let role = ReplicationSettings.Role(rawValue: text) else {
+                    throw ConfigError(description: "\(source): [replication]: role must be \"primary\" or \"standby\"")
+                }
+                r.role = role
+            }
+            if let v = section["mode"] {
+                guard let text = v.string, let mode = ReplicationMode(rawValue: text) else {
+                    throw ConfigError(description: "\(source): [replication]: mode must be \"sync\" or \"async\"")
+                }
+                r.mode = mode
+            }
+            for key in ["listen", "peer"] {
+                guard let v = section[key] else { continue }
+                guard let text = v.string, let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
+                      port > 0, port < 65536 else {
+                    throw ConfigError(description: "\(source): [replication]: \(key) must be \"host:port\"")
+                }
+                if key == "listen" { r.listen = text } else { r.peer = text }
+            }
+            if let ms = try Self.int(section, "failover_after_ms", in: "[replication]", source: source) {
+                guard ms >= 100, ms <= 600_000 else {
+                    throw ConfigError(description: "\(source): [replication]: failover_after_ms must be between 100 and 600000, got \(ms)")
+                }
+                r.failoverAfterMilliseconds = ms
+            }
+            if let ms = try Self.int(section, "digest_every_ms", in: "[replication]", source: source) {
+                guard ms >= 0, ms <= 3_600_000 else {
+                    throw ConfigError(description: "\(source): [replication]: digest_every_ms must be between 0 (never) and 3600000, got \(ms)")
+                }
+                r.digestEveryMilliseconds = ms
+            }
+            replication = r
         }
         if let engine = table["engine"] {
             guard let engine = engine.table else { throw ConfigError(description: "\(source): [engine] must be a table") }

@@ -299,8 +299,15 @@ extension Engine {
         case "migrations":
             let m = migrations
             return ["ok", "in_progress \(m.inProgress) done \(m.done) failed \(m.failed) last_pause_ns \(m.lastPauseNanoseconds) max_pause_ns \(m.maxPauseNanoseconds) total_pause_ns \(m.totalPauseNanoseconds)"]
+        case "replication":
+            return ["ok"] + replicationStatus()
+        case "promote":
+            guard words.count <= 2 else { return ["error usage: promote [EPOCH]"] }
+            let epoch = words.count == 2 ? UInt64(words[1]) : nil
+            if words.count == 2 && epoch == nil { return ["error usage: promote [EPOCH]"] }
+            do { return ["ok", try promote(epoch: epoch)] } catch { return ["error \(error)"] }
         default:
-            return ["error unknown request (migrate SYMBOL SHARD | routes | migrations)"]
+            return ["error unknown request (migrate SYMBOL SHARD | routes | migrations | replication | promote [EPOCH])"]
         }
     }
 

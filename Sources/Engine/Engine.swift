@@ -66,6 +66,8 @@ public struct EngineSettings: Sendable {
     /// bound there waits for a scheduler slice per fdatasync (bench/README.md, D1: ack p50 0.3
     /// ms unbound, 9 ms bound); give it cores nothing spins on.
     public var ioCores: [Int]?
+    /// Hot standby (Engine+Replication.swift); nil: this engine replicates nothing.
+    public var replication: ReplicationSettings?
     /// The highest session id handed out (ids are 16 bits: 65,535). Lower only to test what
     /// happens when they run out.
     public var sessionIdLimit: UInt32 = 65_535
@@ -181,6 +183,8 @@ public final class Engine: @unchecked Sendable {
     private(set) var routes: RouteTable?
     /// The operator's socket (ControlSocket.swift).
     private var controlSocket: ControlSocket?
+    /// Hot standby (Engine+Replication.swift): the role, the server or client, the inboxes.
+    var replication: ReplicationRuntime?
     /// One migration at a time (Engine+Migration.swift), and what the past ones measured.
     let migrationSerial = Lock()
     let migrationLock = Lock()
@@ -265,6 +269,7 @@ public final class Engine: @unchecked Sendable {
                 guard seenCores.insert(core).inserted else { throw EngineError("shard \(i): core \(core) is given to two shards") }
             }
         }
+        try checkReplication(s)
         let ioCores = s.ioCores ?? []
         for core in ioCores where core < 0 || core >= cpus {
             throw EngineError("io_cores: core \(core) does not exist (this host has \(cpus))")
@@ -405,6 +410,13 @@ public final class Engine: @unchecked Sendable {
                 throw error
             }
         }
+        do { try checkPeerIsNotPrimary(s) } catch {
+            stop()
+            throw error
+        }
+        let replicationRuntime = s.readOnly ? nil : prepareReplication(s)
+        replication = replicationRuntime
+        let standby = replicationRuntime?.role == .standby
         // Snapshot stores start before recovery: it reads their snapshots. Without a journal
         // there are no snapshots: they stay loaded, not started.
         if s.durability == .none, let host = pluginHost, host.loaded.contains(where: \.isSnapshotStore) {
@@ -470,7 +482,9 @@ public final class Engine: @unchecked Sendable {
                               snapshots: snapshots,
                               readOnly: s.readOnly, describeBooks: s.describeBooks, abortStart: abortStart,
                               executionRing: executions,
-                              regenerateAfter: s.regenerateShard == i ? s.regenerateAfter : nil)
+                              regenerateAfter: s.regenerateShard == i ? s.regenerateAfter : nil,
+                              replica: standby ? replicationRuntime?.inboxes[i] : nil,
+                              replicatedCap: replicationRuntime?.gateCap.map { $0 + i })
             if s.durability != .none && !startAborted { log("shard \(i): recovering from \(s.dataDirectory)") }
             shard.start()
             shard.started.wait()
@@ -495,7 +509,8 @@ public final class Engine: @unchecked Sendable {
             placement.append("durability \(s.durability.rawValue): journals in \(s.dataDirectory)")
             // Where each symbol is after the journals (migrations), finishing or undoing a
             // migration a crash interrupted.
-            if s.regenerateShard == nil {
+            // A standby's journals hold the primary's records only: it reconciles when promoted.
+            if s.regenerateShard == nil && !standby {
                 do { placement.append(contentsOf: try reconcileOwners(readOnly: s.readOnly)) } catch {
                     stop()
                     throw error
@@ -519,6 +534,14 @@ public final class Engine: @unchecked Sendable {
             }
         }
         file.state = .running
+        do { try startReplication() } catch {
+            stop()
+            throw error
+        }
+        if standby {
+            placement.append("standby: following \(s.replication?.peer ?? "?"); takes no orders until promoted; plugins start then")
+            return placement
+        }
         // The other plugins once the engine serves: they may open producers and subscriptions.
         do { try pluginHost?.startAll(snapshotStores: false, allowed: !s.readOnly) } catch {
             stop()
@@ -593,6 +616,10 @@ public final class Engine: @unchecked Sendable {
     /// is applied and, with a journal, durable; `.refused` says why it did not apply.
     public func admin(shard: Int, _ command: AdminCommand, timeout: Double = 5) -> AdminOutcome {
         guard shard >= 0, shard < shards.count else { return .refused(sequence: nil, "no shard \(shard)") }
+        // A standby's journal holds its primary's records and nothing of its own.
+        if role == .standby, !(replication?.lock.locked { replication!.promoting } ?? false) {
+            return .refused(sequence: nil, "this engine is a standby: admin commands go to the primary")
+        }
         let request = AdminRequest(command)
         guard shards[shard].send(.admin(request)), request.done.wait(seconds: timeout), let outcome = request.outcome else {
             return .refused(sequence: nil, "shard \(shard) did not answer within \(timeout) s")
@@ -609,7 +636,7 @@ public final class Engine: @unchecked Sendable {
     }
 
     /// Whether no process holds the data directory's lock (true when there is no lock file).
-    static func dataLockFree(_ directory: String) -> Bool {
+    public static func dataLockFree(_ directory: String) -> Bool {
         let fd = open(directory + "/LOCK", O_RDWR | O_CLOEXEC)
         guard fd >= 0 else { return true }
         defer { close(fd) }
@@ -674,6 +701,10 @@ public final class Engine: @unchecked Sendable {
         }
         // Ingress first: what the plugins submitted is drained with the rest.
         pluginHost?.stopAll(snapshotStores: false)
+        if let runtime = replication {
+            runtime.client?.stop()
+            runtime.server?.stop()
+        }
         file.state = .stopping
         controlSocket?.stop()
         controlSocket = nil
@@ -688,7 +719,7 @@ public final class Engine: @unchecked Sendable {
         file.state = .stopped
         for shard in shards.indices {
             let c = file.counters(shard)
-            log("shard \(shard): \(c.read(.commands)) commands, \(c.read(.trades)) trades, \(c.read(.rejects)) rejects, \(c.read(.sessions)) sessions")
+            log("shard \(shard): \(c.read(.commands)) commands, \(c.read(.trades)) trades, \(c.read(.rejects)) rejects, \(c.read(.sessions)) sessions; stopped at state digest \(String(finalDigests[shard], radix: 16))")
         }
         shards = []
         sessions = [:]
@@ -852,6 +883,9 @@ public final class Engine: @unchecked Sendable {
         func refuse(_ why: String, code: UInt32) {
             log("client \(client) (pid \(sessionFile.clientPid)) refused: \(why)")
             sessionFile.answer(.refused, sessionId: 0, refusal: code)
+        }
+        if role == .standby {
+            return refuse("this engine is a standby: it takes no orders until promoted (connect to the primary)", code: 5)
         }
         // Each shard serves at most Shard.maxSessions sessions at once: refuse the next one
         // clearly rather than attach a session no shard reads.

@@ -57,6 +57,7 @@ extension EngineConfig {
         settings.wait.completionWaitNanoseconds = UInt64(completionWaitMicroseconds ?? 200) * 1000
         settings.plugins = PluginSettings(directory: pluginDirectory ?? PluginSettings.defaultDirectory,
                                           load: plugins ?? defaultPlugins)
+        settings.replication = replication
         return settings
     }
 
@@ -133,6 +134,18 @@ struct RunCommand: ParsableCommand {
         }
     }
 
+    @Flag(help: "Run as a hot standby: follow the primary ([replication] peer, or --peer), take no orders until promoted.")
+    var standby = false
+
+    @Option(help: "The other engine's replication address host:port (overrides [replication] peer).")
+    var peer: String?
+
+    @Option(name: .customLong("replication-listen"), help: "Where this engine serves standbys, host:port (overrides [replication] listen).")
+    var replicationListen: String?
+
+    @Flag(help: "With --standby: move the data directory aside (to <dir>.diverged-<time>) and start from an empty journal, for an old primary whose journal the new primary refuses.")
+    var rebuild = false
+
     func run() throws {
         var settings = try EngineConfig.load(config).engineSettings(
             instance: instance ?? environmentInstance, directory: directory, pin: !noPin, cleanStale: cleanStale, dataDirectory: dataDir,
@@ -140,6 +153,27 @@ struct RunCommand: ParsableCommand {
         bootstrapLog(level: Logger.Level(rawValue: logLevel) ?? .info, format: LogFormat(rawValue: logFormat) ?? .text,
                      instance: settings.instance)
         settings.snapshotEvery = snapshotEvery
+        if standby || peer != nil || replicationListen != nil {
+            var r = settings.replication ?? ReplicationSettings()
+            if standby { r.role = .standby }
+            if let peer { r.peer = peer }
+            if let replicationListen { r.listen = replicationListen }
+            settings.replication = r
+        }
+        if rebuild {
+            guard settings.replication?.role == .standby else { throw CLIError("--rebuild is for a standby (--standby)") }
+            var info = stat()
+            if stat(settings.dataDirectory, &info) == 0 {
+                guard Engine.dataLockFree(settings.dataDirectory) else {
+                    throw CLIError("--rebuild: \(settings.dataDirectory) is in use by a running engine")
+                }
+                let aside = settings.dataDirectory + ".diverged-\(Int(Date().timeIntervalSince1970))"
+                guard rename(settings.dataDirectory, aside) == 0 else {
+                    throw CLIError("--rebuild: cannot move \(settings.dataDirectory) to \(aside): \(String(cString: strerror(errno)))")
+                }
+                logLine("--rebuild: moved \(settings.dataDirectory) to \(aside); starting from an empty journal")
+            }
+        }
         if noPlugins { settings.plugins = nil }
         if let pluginDir { settings.plugins?.directory = pluginDir }
         if checkConfig {

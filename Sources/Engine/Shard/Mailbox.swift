@@ -21,6 +21,23 @@ enum ShardMessage {
     case migrateIn(MigrationStep, abandon: Bool)
     case holdOutgoing(MigrationStep)
     case sealExport(MigrationStep)
+    /// The primary's replication: the state digest now, at the sequence applied now.
+    case digest(DigestQuery)
+    /// A standby becomes the primary: it applies everything it received, then journals the
+    /// request's epoch command (Replica.swift).
+    case promote(AdminRequest)
+}
+
+/// A shard's state digest and the sequence it is at, for the replication sender.
+final class DigestQuery: @unchecked Sendable {
+    private let lock = Lock()
+    private var answer: (sequence: UInt64, digest: UInt64)?
+    let done = Semaphore()
+    func reply(_ sequence: UInt64, _ digest: UInt64) {
+        lock.locked { answer = (sequence, digest) }
+        done.signal()
+    }
+    var value: (sequence: UInt64, digest: UInt64)? { lock.locked { answer } }
 }
 
 /// The control thread's question for a shard's admin state, and its answer.

@@ -105,6 +105,12 @@ struct OutputGate {
     var stagedTail = 0
     /// Sync mode: the journal to wait on when `staging` is full.
     var disk: JournalWriter?
+    /// Sync replication (Replication/): nothing above what a standby has confirmed durable is
+    /// released. nil: local durability is enough.
+    var replicatedCap: UnsafeMutablePointer<UInt64>?
+    /// Leadership (Replication/Lease.swift): nothing is released at or after this monotonic
+    /// time, the end of the lease as this engine must assume it. nil: no lease.
+    var leaseUntil: UnsafeMutablePointer<UInt64>?
     /// The private drop-copy ring (nil: no egress asked for it): every execution report, whoever
     /// it is for, even a session that is gone. In this process's memory only.
     let executions: UnsafeMutablePointer<EventProducer>?
@@ -303,7 +309,7 @@ struct OutputGate {
         while stagedHead - stagedTail == stagingCapacity {
             guard let disk else { break }
             release(upTo: disk.poll())
-            if disk.failing { break }  // nothing will be durable: drop the oldest
+            if disk.failing || cb_load_acquire_u32(stopFlag) != 0 { break }  // nothing will be durable: drop the oldest
             if stagedHead - stagedTail == stagingCapacity { cb_cpu_relax() }
         }
         if stagedHead - stagedTail == stagingCapacity { stagedTail += 1 }
@@ -311,8 +317,15 @@ struct OutputGate {
         stagedHead += 1
     }
 
+    /// Half the staging area waits: stop taking commands until it drains.
+    var backlogged: Bool { stagedHead - stagedTail > stagingCapacity / 2 }
+
     /// Sends everything staged whose command is durable.
     mutating func release(upTo durable: UInt64) {
+        guard stagedTail < stagedHead else { return }
+        var durable = durable
+        if let replicatedCap { durable = min(durable, cb_load_acquire_u64(replicatedCap)) }
+        if let leaseUntil, monotonicNanoseconds() >= cb_load_acquire_u64(leaseUntil) { return }
         while stagedTail < stagedHead {
             let out = staging[stagedTail % stagingCapacity]
             if out.sequence > durable { break }

@@ -59,31 +59,11 @@ extension ShardState {
             scanned = try JournalReader.scan(directory: config.directory, shard: index, repair: !readOnly, after: base,
                                              interrupted: interrupted) { type, seq, payload in
                 replayed += 1
-                if type == adminRecordType {
-                    guard adminFailure == nil else { return }
-                    guard payload.count >= 8 else { adminFailure = "admin record at sequence \(seq) of \(payload.count) bytes"; return }
-                    let engineTime = UInt64(littleEndian: payload.loadUnaligned(as: UInt64.self))
-                    do {
-                        let command = try AdminRecord.decode(UnsafeRawBufferPointer(rebasing: payload[8...]))
-                        let refusal = processAdmin(command, sequencer.replayed(sequence: seq, session: 0, engineTime: engineTime))
-                        let isExport: Bool
-                        switch command {
-                        case .exportBook, .exportSealed: isExport = true
-                        default: isExport = false
-                        }
-                        if let refusal, isExport, refusal.contains("differs") {
-                            adminFailure = "sequence \(seq): \(refusal): the replay does not rebuild what was exported"
-                        }
-                    } catch {
-                        adminFailure = "sequence \(seq): \(error)"
-                    }
-                    return
+                guard adminFailure == nil else { return }
+                if type == JournalFeed.commandRecord, payload.count == JournalFeed.commandRecordSize {
+                    maxSession = max(maxSession, UInt32(littleEndian: payload.loadUnaligned(fromByteOffset: 64, as: UInt32.self)))
                 }
-                guard type == JournalFeed.commandRecord, payload.count == JournalFeed.commandRecordSize else { return }
-                let session = UInt32(littleEndian: payload.loadUnaligned(fromByteOffset: 64, as: UInt32.self))
-                maxSession = max(maxSession, session)
-                let engineTime = UInt64(littleEndian: payload.loadUnaligned(fromByteOffset: 72, as: UInt64.self))
-                process(payload.baseAddress!, sequencer.replayed(sequence: seq, session: session, engineTime: engineTime))
+                adminFailure = applyJournaled(type: type, sequence: seq, payload: payload)
             }
         } catch .interrupted(let at) {
             throw .interrupted(at: at)

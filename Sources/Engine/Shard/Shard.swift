@@ -72,6 +72,11 @@ final class Shard: @unchecked Sendable {
     let executionRing: EventRing?
     /// Regeneration (a read-only replay): collect the output of the commands above this.
     private let regenerateAfter: UInt64?
+    /// A standby's shard: it applies what this inbox brings (Replica.swift) until promoted.
+    let replica: ReplicaInbox?
+    /// Sync replication and leadership limit what the output gate releases (OutputGate.swift).
+    private let replicatedCap: UnsafeMutablePointer<UInt64>?
+    private let leaseUntil: UnsafeMutablePointer<UInt64>?
     /// What the regeneration collected, and the last sequence the replay reached.
     private(set) var collected: OutputCollector?
     private(set) var recoveredLast: UInt64 = 0
@@ -108,7 +113,12 @@ final class Shard: @unchecked Sendable {
          durability: Durability = .none, journalConfig: JournalConfig? = nil,
          snapshotEvery: UInt64 = 0, snapshots: SnapshotStore? = nil, readOnly: Bool = false,
          describeBooks: Bool = false, abortStart: UnsafeMutablePointer<UInt32>? = nil,
-         executionRing: EventRing? = nil, regenerateAfter: UInt64? = nil) {
+         executionRing: EventRing? = nil, regenerateAfter: UInt64? = nil,
+         replica: ReplicaInbox? = nil, replicatedCap: UnsafeMutablePointer<UInt64>? = nil,
+         leaseUntil: UnsafeMutablePointer<UInt64>? = nil) {
+        self.replica = replica
+        self.replicatedCap = replicatedCap
+        self.leaseUntil = leaseUntil
         self.executionRing = executionRing
         self.regenerateAfter = regenerateAfter
         self.abortStart = abortStart
@@ -257,12 +267,13 @@ final class Shard: @unchecked Sendable {
             state.feed.open(writer)
             state.output.pointee.hold = durability == .sync
             state.output.pointee.disk = writer
-            // The sessions of the run the journal comes from are gone: undo their ingress bindings
-            // in the journal too, or a later replay would bind this run's sessions of the same id.
-            for (session, _) in state.ingress.bindings {
-                if case .refused(nil, let why) = state.runAdmin(.unbindSource(session: session)) {
-                    return failStart("shard \(index): cannot journal the end of session \(session)'s ingress binding: \(why)")
-                }
+            state.output.pointee.replicatedCap = replicatedCap
+            state.output.pointee.leaseUntil = leaseUntil
+            if replica != nil {
+                // A standby's journal holds the primary's records only: nothing of its own.
+                state.output.pointee.replaying = true
+            } else if let why = Self.unbindSources(&state) {
+                return failStart("shard \(index): \(why)")
             }
         }
         started.signal()
@@ -270,8 +281,44 @@ final class Shard: @unchecked Sendable {
         finalDigest = state.digest
     }
 
+    /// The sessions of the run the journal comes from are gone: undo their ingress bindings in
+    /// the journal too, or a later replay would bind this run's sessions of the same id.
+    private static func unbindSources(_ state: inout ShardState) -> String? {
+        for (session, _) in state.ingress.bindings {
+            if case .refused(nil, let why) = state.runAdmin(.unbindSource(session: session)) {
+                return "cannot journal the end of session \(session)'s ingress binding: \(why)"
+            }
+        }
+        return nil
+    }
+
+    /// A standby's promotion: everything received is applied and journaled, then the epoch;
+    /// from here the shard takes orders.
+    private func promote(_ state: inout ShardState, _ request: AdminRequest, _ cursor: ReplicaCursor) {
+        guard let inbox = replica else { return request.finish(.refused(sequence: nil, "not a standby")) }
+        var spins = 0
+        while !cursor.stopped && !(cursor.item >= cursor.items.count && inbox.isEmpty) {
+            if state.applyReplica(inbox, cursor) == 0 {
+                state.feed.poll()
+                spins += 1
+                if spins > 1_000_000 { break }  // a journal that takes nothing: promote what is applied
+                cb_cpu_relax()
+            }
+        }
+        if let why = inbox.alarm { return request.finish(.refused(sequence: nil, "the standby stopped applying: \(why)")) }
+        state.output.pointee.replaying = false
+        let outcome = state.runAdmin(request.command)
+        if case .applied = outcome, let why = Self.unbindSources(&state) {
+            return request.finish(.refused(sequence: nil, why))
+        }
+        request.finish(outcome)
+    }
+
     /// Until stop: messages, journal failures, snapshots, passes over the rings, and waiting.
     private func loop(_ state: inout ShardState) {
+        // A standby applies its inbox until promoted; `standby` is false from then on.
+        var standby = replica != nil
+        let cursor = ReplicaCursor()
         let writer = snapshots.map { SnapshotWriter(store: $0, shard: index, counters: counters) }
         defer { writer?.finish() }
         var lastSnapshot = state.sequencer.last
@@ -280,7 +327,18 @@ final class Shard: @unchecked Sendable {
         var nextJournalRetry: UInt64 = 0
         var lastReportedFailure: JournalError?
         while cb_load_acquire_u32(stopFlag) == 0 {
-            if !mailbox.isEmpty { state.drain(mailbox) }
+            if !mailbox.isEmpty {
+                state.drain(mailbox)
+                if let request = state.promotion {
+                    state.promotion = nil
+                    if standby {
+                        promote(&state, request, cursor)
+                        if case .applied = request.outcome { standby = false }
+                    } else {
+                        request.finish(.refused(sequence: nil, "shard \(index) is not a standby"))
+                    }
+                }
+            }
             if let journal = state.feed.journal, journal.failing {
                 // The disk refused: take no command until what failed has been done again and
                 // worked (the failure stays set while a retry is in flight); try every 100 ms.
@@ -324,7 +382,9 @@ final class Shard: @unchecked Sendable {
                 writer?.submit(sequence: pending.sequence, body: pending.body)
                 pendingSnapshot = nil
             }
-            if state.pass() > 0 {
+            var work = state.pass()
+            if standby, let inbox = replica { work += state.applyReplica(inbox, cursor) }
+            if work > 0 {
                 idle = 0
                 continue
             }
@@ -334,10 +394,16 @@ final class Shard: @unchecked Sendable {
                 idle = min(idle, wait.spins)
             }
             if idle < wait.spins {
-                if wait.completionWaitNanoseconds > 0, state.output.pointee.hasStaged, let journal = state.feed.journal,
+                if wait.completionWaitNanoseconds > 0, state.output.pointee.hasStaged || standby, let journal = state.feed.journal,
                    journal.hasInFlight {
                     // Only the disk to wait for: sleep in the kernel until it answers.
                     journal.waitForCompletion(timeoutNanoseconds: wait.completionWaitNanoseconds)
+                } else if wait.completionWaitNanoseconds > 0, let cap = replicatedCap, state.output.pointee.hasStaged,
+                          let journal = state.feed.journal, journal.durable > cb_load_acquire_u64(cap) {
+                    // Only the standby's confirmation to wait for: give the core to the threads
+                    // that carry it (the replication sender, on a small host) for a moment.
+                    var pause = timespec(tv_sec: 0, tv_nsec: 20_000)
+                    nanosleep(&pause, nil)
                 } else {
                     cb_cpu_relax()
                 }
@@ -346,7 +412,13 @@ final class Shard: @unchecked Sendable {
             } else if wait.park {
                 counters.add(.parks)
                 let mailbox = self.mailbox, stop = stopFlag
-                doorbell.park(timeoutNanoseconds: wait.parkTimeoutNanoseconds) { state.isIdle(mailbox: mailbox, stopFlag: stop) }
+                let inbox = standby && !cursor.stopped ? replica : nil
+                doorbell.park(timeoutNanoseconds: wait.parkTimeoutNanoseconds) {
+                    // A standby acknowledges what is durable: it sleeps only once all of it is.
+                    state.isIdle(mailbox: mailbox, stopFlag: stop) && (inbox.map { inbox in
+                        inbox.isEmpty && (state.feed.journal.map { $0.durable >= state.sequencer.last } ?? true)
+                    } ?? true)
+                }
                 idle = 0
             }
         }

@@ -58,6 +58,8 @@ struct ShardState: ~Copyable {
     var prebuiltImport: UInt32?
     /// Imports arriving in parts (AdminCommand.importPart), by symbol id, until the last part.
     var importParts: [UInt32: [UInt8]] = [:]
+    /// A standby's promotion, asked and not yet done (Shard.loop).
+    var promotion: AdminRequest?
     /// Symbol id → owner shard (RouteTable), read to name the owner in a `symbol_moved` reject.
     let routes: RouteTable?
 
@@ -250,7 +252,10 @@ struct ShardState: ~Copyable {
         var work = 0
         var backlog = 0
         let inbound = sessions.inbound
-        for i in 0..<sessions.count where inbound[i].active {
+        // Output held back (a standby that does not confirm, a lease in doubt): take no more
+        // commands than the staging area can answer for; the rings fill, the clients wait.
+        let accepting = !output.pointee.backlogged
+        for i in 0..<(accepting ? sessions.count : 0) where inbound[i].active {
             let available: Int
             do {
                 available = try inbound[i].commands.poll()
@@ -355,6 +360,10 @@ struct ShardState: ~Copyable {
                 sealExport(step)
             case .migrateIn(let step, let abandon):
                 migrateIn(step, abandon: abandon)
+            case .digest(let query):
+                query.reply(sequencer.last, digest)
+            case .promote(let request):
+                promotion = request  // the loop finishes the replica's records first
             }
         }
     }

@@ -1,0 +1,248 @@
+// Hot standby: an engine is a primary (it takes orders and serves standbys its journals) or a
+// standby (it follows a primary's journals, takes no orders, and can be promoted). The pieces:
+// Replication/ReplicationServer.swift (the primary's side, sync mode and the two-node rule),
+// Replication/ReplicationClient.swift (the standby's side, automatic failover), and
+// Shard/Replica.swift (a standby shard applying what arrives).
+
+import CSync
+import Foundation
+import Glibc
+import Journal
+import SharedMemory
+import Wire
+
+public struct ReplicationSettings: Sendable, Equatable {
+    public enum Role: String, Sendable, CaseIterable {
+        case primary
+        case standby
+    }
+    public var role: Role = .primary
+    /// Where this engine serves standbys: as the primary, or once promoted (nil: it serves none).
+    public var listen: String?
+    /// The other engine's replication address: the primary a standby follows; at a primary's
+    /// start, the engine that must not be serving as a primary already.
+    public var peer: String?
+    public var mode: ReplicationMode = .sync
+    /// A standby promotes itself when an engaged primary has been silent this long (nil: only
+    /// `crossbook promote` promotes it).
+    public var failoverAfterMilliseconds: Int?
+    /// How often the primary sends each shard's state digest for the standby to compare (0: never).
+    public var digestEveryMilliseconds: Int = 1000
+
+    public init(role: Role = .primary, listen: String? = nil, peer: String? = nil, mode: ReplicationMode = .sync,
+                failoverAfterMilliseconds: Int? = nil, digestEveryMilliseconds: Int = 1000) {
+        self.role = role
+        self.listen = listen
+        self.peer = peer
+        self.mode = mode
+        self.failoverAfterMilliseconds = failoverAfterMilliseconds
+        self.digestEveryMilliseconds = digestEveryMilliseconds
+    }
+}
+
+/// What the engine keeps of replication while it runs (one object, so the engine's stored
+/// properties stay in Engine.swift).
+final class ReplicationRuntime: @unchecked Sendable {
+    let lock = Lock()
+    var role: ReplicationSettings.Role
+    var server: ReplicationServer?
+    var client: ReplicationClient?
+    var inboxes: [ReplicaInbox] = []
+    /// Per shard, what the output gates may release: given to the gates in sync mode only.
+    let cap: UnsafeMutablePointer<UInt64>
+    let mode: ReplicationMode
+    var gateCap: UnsafeMutablePointer<UInt64>? { mode == .sync ? cap : nil }
+    let shards: Int
+    var promotions = 0
+    var lastPromotion: (epoch: UInt64, milliseconds: Double)?
+    var promoting = false
+
+    init(settings: ReplicationSettings, shards: Int) {
+        role = settings.role
+        self.shards = shards
+        mode = settings.mode
+        cap = cacheAligned(UInt64.self, count: shards)
+        cap.initialize(repeating: .max, count: shards)
+    }
+
+    deinit { cap.deallocate() }
+}
+
+extension Engine {
+    var replicationConfigurationHash: UInt64 { fnv1a(Self.configurationText(settings)) }
+
+    /// Checks the settings before anything starts.
+    func checkReplication(_ s: EngineSettings) throws(EngineError) {
+        guard let r = s.replication else { return }
+        guard s.durability == .sync || (s.durability == .async && r.mode == .async) else {
+            throw EngineError("replication needs a journal: durability \"sync\" (or \"async\" with mode \"async\"), not \"\(s.durability.rawValue)\"")
+        }
+        do {
+            if let listen = r.listen { _ = try ReplicationAddress(listen) }
+            if let peer = r.peer { _ = try ReplicationAddress(peer) }
+        } catch { throw EngineError("[replication]: \(error)") }
+        if r.role == .standby && r.peer == nil { throw EngineError("[replication]: a standby needs peer, the primary's address") }
+        if let ms = r.failoverAfterMilliseconds, ms < 100 || ms > 600_000 {
+            throw EngineError("[replication]: failover_after_ms must be between 100 and 600000")
+        }
+    }
+
+    /// A primary's start: the peer must not be serving as a primary (a failover made it one).
+    func checkPeerIsNotPrimary(_ s: EngineSettings) throws(EngineError) {
+        guard let r = s.replication, r.role == .primary, let peerText = r.peer, let peer = try? ReplicationAddress(peerText) else { return }
+        guard let connection = try? ReplicationConnection.connect(to: peer, timeoutMilliseconds: 500) else { return }
+        let hello = ReplicationMessage.hello(epoch: 0, configuration: 0, shards: [ReplicationMessage.ShardPosition(last: 0, crc: 0)])
+        try? connection.send(hello)
+        let answer = try? connection.receive(timeoutMilliseconds: 2000)
+        guard answer != nil else { return }
+        throw EngineError("the peer \(peer) is serving as a primary (a failover promoted it): start this engine as its standby (--standby; --rebuild if it refuses this journal)")
+    }
+
+    /// The shard-side objects for a standby (one inbox per shard) and sync mode (the caps).
+    func prepareReplication(_ s: EngineSettings) -> ReplicationRuntime? {
+        guard let r = s.replication else { return nil }
+        let runtime = ReplicationRuntime(settings: r, shards: s.shards.count)
+        if r.role == .standby { runtime.inboxes = s.shards.map { _ in ReplicaInbox() } }
+        return runtime
+    }
+
+    /// After the shards started: a primary serves standbys, a standby follows its primary.
+    func startReplication() throws(EngineError) {
+        guard let r = settings.replication, let runtime = replication else { return }
+        if runtime.role == .primary {
+            try startServer(r, runtime)
+        } else {
+            let positions: [(last: UInt64, crc: UInt32)] = shards.map { shard in
+                let last = shard.recoveredLast
+                let crc = last == 0 ? 0 : ((try? JournalReader.record(directory: settings.dataDirectory, shard: shard.index, sequence: last)) ?? nil)?.crc ?? 0
+                return (last, crc)
+            }
+            let epoch = shards.indices.compactMap { adminState(shard: $0)?.epoch }.max() ?? 0
+            let shards = self.shards
+            let client = ReplicationClient(
+                primary: try! ReplicationAddress(r.peer!), inboxes: runtime.inboxes, positions: positions,
+                configurationHash: replicationConfigurationHash, epoch: epoch,
+                failoverAfterNanoseconds: r.failoverAfterMilliseconds.map { UInt64($0) * 1_000_000 },
+                nudge: { shards[$0].nudge() }, durable: { shards[$0].tallied(ShardTally.durable) },
+                promote: { [weak self] epoch in
+                    // Not on the client's own thread: promotion stops it and waits for it.
+                    Thread { [weak self] in
+                        guard let self else { return }
+                        do { _ = try self.promote(epoch: epoch) } catch { self.log("automatic promotion failed: \(error)") }
+                    }.start()
+                },
+                log: log)
+            runtime.client = client
+            client.start()
+        }
+    }
+
+    private func startServer(_ r: ReplicationSettings, _ runtime: ReplicationRuntime) throws(EngineError) {
+        guard let listen = r.listen, let address = try? ReplicationAddress(listen) else { return }
+        let cap = runtime.cap
+        let epoch = shards.indices.compactMap { adminState(shard: $0)?.epoch }.max() ?? 0
+        let shards = self.shards
+        let server = ReplicationServer(
+            address: address, mode: r.mode, shards: shards.count, dataDirectory: settings.dataDirectory,
+            configurationHash: replicationConfigurationHash, epoch: epoch, cap: cap,
+            digestEveryNanoseconds: UInt64(max(0, r.digestEveryMilliseconds)) * 1_000_000,
+            durable: { shards[$0].tallied(ShardTally.durable) },
+            digest: { i in
+                let query = DigestQuery()
+                guard shards[i].send(.digest(query)), query.done.wait(seconds: 1) else { return nil }
+                return query.value
+            },
+            log: log)
+        do { try server.start() } catch { throw EngineError("\(error)") }
+        runtime.server = server
+        log("replication: serving standbys on \(address) (\(r.mode.rawValue), epoch \(epoch))")
+    }
+
+    public var role: ReplicationSettings.Role { replication?.lock.locked { replication!.role } ?? .primary }
+
+    /// Makes this standby the primary under `epoch` (nil: one above every epoch it has seen):
+    /// stops following, applies and journals everything received, journals the epoch in every
+    /// shard, then takes orders, starts its plugins and serves standbys. Returns what it took.
+    @discardableResult
+    public func promote(epoch requested: UInt64? = nil) throws(EngineError) -> String {
+        guard let runtime = replication else { throw EngineError("this engine has no [replication] section") }
+        let go: Bool = runtime.lock.locked {
+            guard runtime.role == .standby, !runtime.promoting else { return false }
+            runtime.promoting = true
+            return true
+        }
+        guard go else { throw EngineError("this engine is not a standby (or is being promoted)") }
+        let t0 = monotonicNanoseconds()
+        runtime.client?.stop()
+        if let alarm = runtime.inboxes.lazy.compactMap(\.alarm).first {
+            runtime.lock.locked { runtime.promoting = false }
+            throw EngineError("this standby stopped applying (\(alarm)); it cannot be promoted: rebuild it")
+        }
+        let seen = runtime.client?.currentStatus.primaryEpoch ?? 0
+        let mine = shards.indices.compactMap { adminState(shard: $0)?.epoch }.max() ?? 0
+        let epoch = requested ?? (max(seen, mine) + 1)
+        var sequences: [UInt64] = []
+        for shard in shards {
+            let request = AdminRequest(.epoch(epoch))
+            guard shard.send(.promote(request)), request.done.wait(seconds: 30), let outcome = request.outcome else {
+                runtime.lock.locked { runtime.promoting = false }
+                throw EngineError("shard \(shard.index) did not finish its promotion within 30 s")
+            }
+            guard case .applied(let sequence) = outcome else {
+                runtime.lock.locked { runtime.promoting = false }
+                throw EngineError("shard \(shard.index): \(outcome)")
+            }
+            sequences.append(sequence)
+        }
+        // Where each symbol is after what was replicated (a migration the primary left half done).
+        do { for line in try reconcileOwners(readOnly: false) { log(line) } } catch {
+            log("promotion: \(error)")
+        }
+        runtime.lock.locked {
+            runtime.role = .primary
+            runtime.promoting = false
+            runtime.client = nil
+            runtime.promotions += 1
+        }
+        if let r = settings.replication {
+            do { try startServer(r, runtime) } catch { log("promotion: \(error)") }
+        }
+        do { try pluginHost?.startAll(snapshotStores: false, allowed: true) } catch {
+            log("promotion: plugins: \(error)")
+        }
+        let ms = Double(monotonicNanoseconds() - t0) / 1e6
+        runtime.lock.locked { runtime.lastPromotion = (epoch, ms) }
+        let text = "promoted to primary at epoch \(epoch) in \(String(format: "%.1f", ms)) ms (epoch records at sequences \(sequences.map(String.init).joined(separator: ",")))"
+        log(text)
+        return text
+    }
+
+    /// Lines for `crossbook replication` (control socket) and `crossbook stat`.
+    func replicationStatus() -> [String] {
+        guard let runtime = replication, let r = settings.replication else { return ["role primary", "replication off"] }
+        var lines: [String] = []
+        let role = runtime.lock.locked { runtime.role }
+        let epoch = shards.indices.compactMap { adminState(shard: $0, timeout: 1)?.epoch }.max() ?? 0
+        lines.append("role \(role.rawValue) epoch \(epoch) mode \(r.mode.rawValue) promotions \(runtime.promotions)")
+        if let last = runtime.lock.locked({ runtime.lastPromotion }) {
+            lines.append("last_promotion epoch \(last.epoch) ms \(String(format: "%.1f", last.milliseconds))")
+        }
+        if let server = runtime.server {
+            lines.append("serving \(server.address) engaged \(server.engaged ? 1 : 0) standbys \(server.connected.count)")
+            for standby in server.connected {
+                let lag = shards.indices.map { shards[$0].tallied(ShardTally.durable) &- min(standby.acked[$0], shards[$0].tallied(ShardTally.durable)) }
+                lines.append("standby \(standby.peer) acked \(standby.acked.map(String.init).joined(separator: ",")) lag \(lag.map(String.init).joined(separator: ","))")
+            }
+            for refusal in server.lastRefusals { lines.append("refused \(refusal)") }
+        }
+        if let client = runtime.client {
+            let s = client.currentStatus
+            lines.append("following \(s.primary) connected \(s.connected ? 1 : 0) primary_epoch \(s.primaryEpoch) engaged \(s.engaged ? 1 : 0) silent_ms \(s.silentMilliseconds.map(String.init) ?? "-")\(s.refused.map { " refused \($0)" } ?? "")")
+        }
+        for (i, inbox) in runtime.inboxes.enumerated() where role == .standby {
+            let applied = cb_load_acquire_u64(inbox.applied), theirs = cb_load_acquire_u64(inbox.primaryDurable)
+            lines.append("shard \(i) applied \(applied) primary \(theirs) lag \(theirs &- min(theirs, applied)) digests_matched \(cb_load_acquire_u64(inbox.digestsMatched))\(inbox.alarm.map { " ALARM \($0)" } ?? "")")
+        }
+        return lines
+    }
+}

@@ -1,0 +1,241 @@
+// The standby's side of replication: it connects to the primary, says where each of its shards'
+// journals ends (sequence and that record's CRC, so the primary can tell a prefix of its own
+// journal from a diverged one), hands what arrives to the shards (Shard/Replica.swift), and
+// acknowledges what their journals have made durable.
+//
+// Automatic failover (the two-node rule, ReplicationServer.swift): when the primary has been
+// silent for `failoverAfter` (no message, no reconnect) and its last heartbeat said sync was
+// engaged, the old primary cannot acknowledge anything this standby does not hold: the standby
+// promotes itself. A standby that never saw sync engaged waits for an operator
+// (`crossbook promote`).
+
+import CSync
+import Foundation
+import Glibc
+import Journal
+import SharedMemory
+
+final class ReplicationClient: @unchecked Sendable {
+    struct Status {
+        var connected = false
+        var primary: String
+        var primaryEpoch: UInt64 = 0
+        var engaged = false
+        /// Milliseconds since the primary was last heard (nil: never).
+        var silentMilliseconds: UInt64?
+        var refused: String?
+        var reconnects = 0
+    }
+
+    private let primary: ReplicationAddress
+    private let inboxes: [ReplicaInbox]
+    private let nudge: (Int) -> Void
+    private let durable: (Int) -> UInt64
+    private let configurationHash: UInt64
+    private let epoch: UInt64
+    private let failoverAfterNanoseconds: UInt64?
+    private let promote: @Sendable (UInt64) -> Void
+    private let log: @Sendable (String) -> Void
+    private var received: [UInt64]
+    private var receivedCrc: [UInt32]
+    private let lock = Lock()
+    private var stopping = false
+    private var current: ReplicationConnection?
+    private var status: Status
+    private var lastHeard: UInt64 = 0
+    private let finished = Semaphore()
+    private var running = false
+
+    /// `positions`: where each shard's journal ends (sequence, CRC of that record).
+    init(primary: ReplicationAddress, inboxes: [ReplicaInbox], positions: [(last: UInt64, crc: UInt32)],
+         configurationHash: UInt64, epoch: UInt64, failoverAfterNanoseconds: UInt64?,
+         nudge: @escaping (Int) -> Void, durable: @escaping (Int) -> UInt64,
+         promote: @escaping @Sendable (UInt64) -> Void, log: @escaping @Sendable (String) -> Void) {
+        self.primary = primary
+        self.inboxes = inboxes
+        received = positions.map(\.last)
+        receivedCrc = positions.map(\.crc)
+        self.configurationHash = configurationHash
+        self.epoch = epoch
+        self.failoverAfterNanoseconds = failoverAfterNanoseconds
+        self.nudge = nudge
+        self.durable = durable
+        self.promote = promote
+        self.log = log
+        status = Status(primary: primary.description)
+        for (i, p) in positions.enumerated() { cb_store_release_u64(inboxes[i].applied, p.last) }
+    }
+
+    var currentStatus: Status {
+        lock.locked {
+            var s = status
+            if lastHeard > 0 { s.silentMilliseconds = (monotonicNanoseconds() - lastHeard) / 1_000_000 }
+            return s
+        }
+    }
+
+    func start() {
+        running = true
+        let thread = Thread { [weak self] in
+            self?.run()
+            self?.finished.signal()
+        }
+        thread.name = "cb-repl-recv"
+        thread.start()
+    }
+
+    /// Stops receiving (at promotion, or when the engine stops); returns once the thread is done.
+    func stop() {
+        let connection: ReplicationConnection? = lock.locked {
+            stopping = true
+            return current
+        }
+        connection?.shutdownNow()
+        if running { _ = finished.wait(seconds: 5) }
+        running = false
+    }
+
+    private var isStopping: Bool { lock.locked { stopping } }
+
+    private func run() {
+        var silentSince = monotonicNanoseconds()
+        var loggedDown = false
+        while !isStopping {
+            if let alarm = inboxes.lazy.compactMap(\.alarm).first {
+                // Never promoted, never fed again: an operator rebuilds this standby.
+                lock.locked { status.refused = "stopped: \(alarm)" }
+                return log("replication: ALARM: \(alarm); this standby stops following and will not promote")
+            }
+            if let reason = stream(onHeard: { silentSince = monotonicNanoseconds() }) {
+                if !loggedDown { log("replication: primary \(primary): \(reason)") }
+                loggedDown = true
+            } else {
+                loggedDown = false
+            }
+            if isStopping { return }
+            lock.locked { status.connected = false }
+            // The two-node rule: an engaged primary silent this long cannot acknowledge anything.
+            let now = monotonicNanoseconds()
+            let (engaged, theirEpoch) = lock.locked { (status.engaged, status.primaryEpoch) }
+            if let after = failoverAfterNanoseconds, engaged, now - silentSince >= after {
+                log("replication: the primary has been silent \((now - silentSince) / 1_000_000) ms and sync was engaged: promoting this standby")
+                let next = max(epoch, theirEpoch) + 1
+                promote(next)
+                return
+            }
+            usleep(50_000)
+        }
+    }
+
+    /// One connection: hello, then records until it breaks. Returns why it ended (nil: stopping).
+    private func stream(onHeard: () -> Void) -> String? {
+        let connection: ReplicationConnection
+        do { connection = try ReplicationConnection.connect(to: primary, timeoutMilliseconds: 500) } catch {
+            return "\(error)"
+        }
+        let go: Bool = lock.locked {
+            guard !stopping else { return false }
+            current = connection
+            return true
+        }
+        guard go else { return nil }
+        defer { lock.locked { current = nil } }
+        let positions = zip(received, receivedCrc).map { ReplicationMessage.ShardPosition(last: $0.0, crc: $0.1) }
+        var acked = received
+        do {
+            try connection.send(.hello(epoch: epoch, configuration: configurationHash, shards: positions))
+            var answer: ReplicationMessage?
+            let deadline = monotonicNanoseconds() + 5_000_000_000
+            while answer == nil && monotonicNanoseconds() < deadline && !isStopping {
+                answer = try connection.receive(timeoutMilliseconds: 100)
+            }
+            switch answer {
+            case .welcome(let theirEpoch, let mode)?:
+                guard theirEpoch >= epoch else {
+                    return "the primary is at epoch \(theirEpoch), this standby has seen \(epoch): it is not the current primary"
+                }
+                lock.locked {
+                    status.connected = true
+                    status.primaryEpoch = theirEpoch
+                    status.refused = nil
+                    status.reconnects += 1
+                    lastHeard = monotonicNanoseconds()
+                }
+                onHeard()
+                log("replication: following primary \(primary) (epoch \(theirEpoch), \(mode.rawValue)) from sequences \(received.map(String.init).joined(separator: ","))")
+            case .refuse(let why)?:
+                lock.locked { status.refused = why }
+                return "refused: \(why)"
+            case nil:
+                return isStopping ? nil : "no answer to the hello in 5 s"
+            default:
+                return "unexpected answer to the hello"
+            }
+            while !isStopping {
+                let outstanding = (0..<inboxes.count).contains { acked[$0] < received[$0] }
+                if let message = try connection.receive(timeoutMilliseconds: outstanding ? 0 : 20) {
+                    let now = monotonicNanoseconds()
+                    lock.locked { lastHeard = now }
+                    onHeard()
+                    switch message {
+                    case .records(let shard, let upTo, let bytes):
+                        guard shard >= 0, shard < inboxes.count else { return "records for shard \(shard), which does not exist" }
+                        // Where the chunk ends (the shard checks every record again as it applies it).
+                        var at = 0
+                        var last = received[shard], crc = receivedCrc[shard]
+                        let problem: String? = bytes.withUnsafeBytes { raw in
+                            while at < raw.count {
+                                switch JournalRecordBytes.check(UnsafeRawBufferPointer(rebasing: raw[at...])) {
+                                case .failure(let why): return "\(why)"
+                                case .success(let record):
+                                    last = record.sequence
+                                    crc = JournalRecordBytes.crc(UnsafeRawBufferPointer(rebasing: raw[at...]))
+                                    at += record.size
+                                }
+                            }
+                            return nil
+                        }
+                        if let problem { return "a bad record from the primary: \(problem)" }
+                        inboxes[shard].push(.records(bytes))
+                        received[shard] = max(received[shard], last)
+                        if last == received[shard] { receivedCrc[shard] = crc }
+                        cb_store_release_u64(inboxes[shard].primaryDurable, upTo)
+                        nudge(shard)
+                    case .digest(let shard, let sequence, let value):
+                        guard shard >= 0, shard < inboxes.count else { return "a digest for shard \(shard), which does not exist" }
+                        inboxes[shard].push(.digest(sequence: sequence, digest: value))
+                        nudge(shard)
+                    case .heartbeat(let theirEpoch, let engaged, let upTo):
+                        guard upTo.count == inboxes.count else { return "a heartbeat for \(upTo.count) shards" }
+                        guard theirEpoch >= epoch else { return "the primary went back to epoch \(theirEpoch)" }
+                        lock.locked {
+                            status.engaged = engaged
+                            status.primaryEpoch = theirEpoch
+                        }
+                        for (i, d) in upTo.enumerated() { cb_store_release_u64(inboxes[i].primaryDurable, d) }
+                    default:
+                        return "unexpected message from the primary"
+                    }
+                } else if outstanding {
+                    usleep(30)
+                }
+                for shard in 0..<inboxes.count {
+                    let d = min(durable(shard), received[shard])
+                    if d > acked[shard] {
+                        try connection.send(.ack(shard: shard, durable: d))
+                        acked[shard] = d
+                    }
+                }
+                if let alarm = inboxes.lazy.compactMap(\.alarm).first {
+                    return "the standby stopped applying: \(alarm)"
+                }
+                if let after = failoverAfterNanoseconds, monotonicNanoseconds() - lock.locked({ lastHeard }) > after {
+                    return "silent for \(after / 1_000_000) ms"
+                }
+            }
+        } catch {
+            return "\(error)"
+        }
+        return nil
+    }
+}

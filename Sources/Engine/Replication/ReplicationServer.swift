@@ -1,0 +1,279 @@
+// The primary's side of replication: it listens for standbys and streams each one its shards'
+// journals, batch by batch as they become durable (read back from the segments, so a standby
+// that connects late or falls behind catches up from the same code), with the state digest of
+// each shard every `digestEvery` and a heartbeat every 100 ms.
+//
+// Sync mode and the two-node rule. Until a standby has caught up (acknowledged, for every shard,
+// everything durable here), the primary runs alone: output is released on local durability,
+// and the heartbeat says "not engaged". Once one has, sync is engaged for the rest of this
+// process's life: output is released only up to what a standby has confirmed durable
+// (`cap`, read by every shard's output gate). A primary cut off from its standby then stops
+// acknowledging; it never goes back to running alone. That is what lets an engaged standby
+// promote itself when the primary falls silent (ReplicationClient.swift) without two primaries
+// ever acknowledging: the old one cannot acknowledge without it.
+
+import CSync
+import Foundation
+import Glibc
+import Journal
+import SharedMemory
+
+final class ReplicationServer: @unchecked Sendable {
+    struct Standby {
+        var peer: String
+        var acked: [UInt64]
+        var sent: [UInt64]
+        var since: UInt64
+    }
+
+    let address: ReplicationAddress
+    let mode: ReplicationMode
+    private let shardCount: Int
+    private let dataDirectory: String
+    private let configurationHash: UInt64
+    private let epoch: UInt64
+    private let durable: (Int) -> UInt64
+    private let digest: (Int) -> (sequence: UInt64, digest: UInt64)?
+    private let log: @Sendable (String) -> Void
+    private let digestEveryNanoseconds: UInt64
+    /// Per shard: the highest sequence the output gates may release (sync mode).
+    let cap: UnsafeMutablePointer<UInt64>
+    /// 1 once sync is engaged (see above).
+    private let engagedFlag: UnsafeMutablePointer<UInt32>
+    private var listener: Int32 = -1
+    private let lock = Lock()
+    private var standbys: [Int: Standby] = [:]
+    private var connections: [Int: ReplicationConnection] = [:]
+    private var nextId = 0
+    private var stopping = false
+    private var acceptThread: Thread?
+    private var threads = 0
+    private let threadsDone = Semaphore()
+    /// Refused standbys and why (the last few), for the operator.
+    private var refusals: [String] = []
+
+    init(address: ReplicationAddress, mode: ReplicationMode, shards: Int, dataDirectory: String, configurationHash: UInt64,
+         epoch: UInt64, cap: UnsafeMutablePointer<UInt64>, digestEveryNanoseconds: UInt64,
+         durable: @escaping (Int) -> UInt64, digest: @escaping (Int) -> (sequence: UInt64, digest: UInt64)?,
+         log: @escaping @Sendable (String) -> Void) {
+        self.address = address
+        self.mode = mode
+        shardCount = shards
+        self.dataDirectory = dataDirectory
+        self.configurationHash = configurationHash
+        self.epoch = epoch
+        self.cap = cap
+        self.durable = durable
+        self.digest = digest
+        self.log = log
+        self.digestEveryNanoseconds = digestEveryNanoseconds
+        engagedFlag = cacheAligned(UInt32.self, count: 1)
+        engagedFlag.initialize(to: 0)
+        // Alone until a standby catches up: the gates release on local durability.
+        for i in 0..<shards { cb_store_release_u64(cap + i, .max) }
+    }
+
+    deinit { engagedFlag.deallocate() }
+
+    var engaged: Bool { cb_load_acquire_u32(engagedFlag) != 0 }
+
+    /// The standbys connected now.
+    var connected: [Standby] { lock.locked { Array(standbys.values) } }
+    var lastRefusals: [String] { lock.locked { refusals } }
+
+    func start() throws(ReplicationError) {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw .system("socket: \(String(cString: strerror(errno)))") }
+        var one: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        var a = address.sockaddr
+        let rc = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        guard rc == 0, listen(fd, 8) == 0 else {
+            let why = String(cString: strerror(errno))
+            close(fd)
+            throw .system("replication: cannot listen on \(address): \(why)")
+        }
+        listener = fd
+        let thread = Thread { [weak self] in self?.acceptLoop() }
+        thread.name = "cb-repl-accept"
+        acceptThread = thread
+        thread.start()
+    }
+
+    func stop() {
+        let open: [ReplicationConnection] = lock.locked {
+            stopping = true
+            return Array(connections.values)
+        }
+        if listener >= 0 { shutdown(listener, Int32(SHUT_RDWR)) }
+        for c in open { c.shutdownNow() }
+        // Every connection thread ends within its poll timeout.
+        let running = lock.locked { threads }
+        for _ in 0..<running { _ = threadsDone.wait(seconds: 2) }
+        if listener >= 0 { close(listener) }
+        listener = -1
+    }
+
+    private func acceptLoop() {
+        while !lock.locked({ stopping }) {
+            var p = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
+            guard poll(&p, 1, 100) == 1 else { continue }
+            var peer = sockaddr_in()
+            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+            let fd = withUnsafeMutablePointer(to: &peer) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { accept(listener, $0, &length) }
+            }
+            if fd < 0 { continue }
+            var text = [CChar](repeating: 0, count: 32)
+            inet_ntop(AF_INET, &peer.sin_addr, &text, 32)
+            let name = "\(String(cString: text)):\(UInt16(bigEndian: peer.sin_port))"
+            let connection = ReplicationConnection(fd: fd, peer: name)
+            let id: Int? = lock.locked {
+                guard !stopping else { return nil }
+                nextId += 1
+                connections[nextId] = connection
+                threads += 1
+                return nextId
+            }
+            guard let id else { continue }
+            let thread = Thread { [weak self] in
+                guard let self else { return }
+                self.serve(id, connection)
+                self.lock.locked {
+                    self.connections[id] = nil
+                    self.standbys[id] = nil
+                    self.threads -= 1
+                }
+                self.threadsDone.signal()
+            }
+            thread.name = "cb-repl-send"
+            thread.start()
+        }
+    }
+
+    private func refuse(_ connection: ReplicationConnection, _ why: String) {
+        log("replication: refused standby \(connection.peer): \(why)")
+        lock.locked {
+            refusals.append("\(connection.peer): \(why)")
+            if refusals.count > 8 { refusals.removeFirst() }
+        }
+        try? connection.send(.refuse(why))
+    }
+
+    /// One standby: check its hello, then stream until it goes or the engine stops.
+    private func serve(_ id: Int, _ connection: ReplicationConnection) {
+        let hello: ReplicationMessage?
+        do {
+            let deadline = monotonicNanoseconds() + 5_000_000_000
+            var got: ReplicationMessage?
+            while got == nil && monotonicNanoseconds() < deadline && !lock.locked({ stopping }) {
+                got = try connection.receive(timeoutMilliseconds: 100)
+            }
+            hello = got
+        } catch {
+            return log("replication: standby \(connection.peer): \(error)")
+        }
+        guard case .hello(let theirEpoch, let configuration, let positions)? = hello else {
+            return refuse(connection, "expected a hello first")
+        }
+        guard positions.count == shardCount else {
+            return refuse(connection, "the standby has \(positions.count) shards, this primary \(shardCount)")
+        }
+        guard configuration == configurationHash else {
+            return refuse(connection, "the standby's configuration (symbols, shards, book capacity) differs from the primary's")
+        }
+        guard theirEpoch <= epoch else {
+            // A standby that has seen a later primary: this one has been deposed.
+            return refuse(connection, "the standby has seen epoch \(theirEpoch), this primary is at epoch \(epoch): this primary has been replaced")
+        }
+        // The standby's journal must be a prefix of this one: the record at its last sequence
+        // is the same (same CRC), and it holds nothing this journal does not.
+        for (shard, position) in positions.enumerated() where position.last > 0 {
+            let mine = durable(shard)
+            let record = (try? JournalReader.record(directory: dataDirectory, shard: shard, sequence: position.last)) ?? nil
+            if position.last > mine || record?.crc != position.crc {
+                return refuse(connection, "shard \(shard): the standby's journal has diverged from this primary's at sequence \(position.last) (it holds records this primary does not): rebuild it (crossbook run --standby --rebuild)")
+            }
+        }
+        do { try connection.send(.welcome(epoch: epoch, mode: mode)) } catch {
+            return log("replication: standby \(connection.peer): \(error)")
+        }
+        let tails = positions.enumerated().map { JournalTail(directory: dataDirectory, shard: $0.offset, after: $0.element.last) }
+        var state = Standby(peer: connection.peer, acked: positions.map(\.last), sent: positions.map(\.last), since: monotonicNanoseconds())
+        lock.locked { standbys[id] = state }
+        // A standby that already holds everything durable here engages sync at once.
+        if mode == .sync { confirm(state.acked) }
+        log("replication: standby \(connection.peer) connected (\(mode.rawValue)) from sequences \(positions.map { String($0.last) }.joined(separator: ","))")
+        var lastHeartbeat: UInt64 = 0
+        var lastDigest = monotonicNanoseconds()
+        var buffer: [UInt8] = []
+        buffer.reserveCapacity(1 << 20)
+        do {
+            while !lock.locked({ stopping }) {
+                var work = 0
+                for shard in 0..<shardCount {
+                    let upTo = durable(shard)
+                    if tails[shard].position >= upTo { continue }
+                    buffer.removeAll(keepingCapacity: true)
+                    let n: Int
+                    do { n = try tails[shard].read(upTo: upTo, maxBytes: 1 << 20, into: &buffer) } catch {
+                        return refuse(connection, "shard \(shard): cannot stream the journal: \(error); rebuild the standby from a snapshot")
+                    }
+                    if n > 0 {
+                        try connection.send(.records(shard: shard, durable: upTo, bytes: buffer))
+                        state.sent[shard] = tails[shard].position
+                        work += n
+                    }
+                }
+                let now = monotonicNanoseconds()
+                if digestEveryNanoseconds > 0 && now - lastDigest >= digestEveryNanoseconds {
+                    lastDigest = now
+                    for shard in 0..<shardCount {
+                        if let d = digest(shard) { try connection.send(.digest(shard: shard, sequence: d.sequence, digest: d.digest)) }
+                    }
+                }
+                if now - lastHeartbeat >= 100_000_000 {
+                    lastHeartbeat = now
+                    try connection.send(.heartbeat(epoch: epoch, engaged: engaged, durable: (0..<shardCount).map(durable)))
+                }
+                // Acknowledgements: everything that has arrived.
+                var acks = 0
+                while let message = try connection.receive(timeoutMilliseconds: 0) {
+                    guard case .ack(let shard, let upTo) = message, shard >= 0, shard < shardCount else {
+                        return refuse(connection, "unexpected message from the standby")
+                    }
+                    // Never more than was sent: a confused standby cannot release output.
+                    state.acked[shard] = max(state.acked[shard], min(upTo, state.sent[shard]))
+                    acks += 1
+                }
+                if acks > 0 {
+                    lock.locked { standbys[id] = state }
+                    if mode == .sync { confirm(state.acked) }
+                }
+                if work == 0 && acks == 0 { usleep(50) }
+            }
+        } catch {
+            log("replication: standby \(connection.peer) lost: \(error)\(mode == .sync && engaged ? "; sync is engaged: output waits for a standby" : "")")
+        }
+    }
+
+    /// A standby confirmed `acked`: raise the caps, engaging sync once it has caught up.
+    private func confirm(_ acked: [UInt64]) {
+        if !engaged {
+            // Caught up: everything durable here (and so everything released) is durable there.
+            // The caps go down first, then the check: whatever a gate released before the caps
+            // went down was durable here by then, so at or below what the check reads.
+            for shard in 0..<shardCount { cb_store_release_u64(cap + shard, acked[shard]) }
+            guard (0..<shardCount).allSatisfy({ acked[$0] >= durable($0) }) else {
+                for shard in 0..<shardCount { cb_store_release_u64(cap + shard, .max) }
+                return
+            }
+            cb_store_release_u32(engagedFlag, 1)
+            log("replication: sync engaged: output now waits for the standby's confirmation")
+            return
+        }
+        for shard in 0..<shardCount where acked[shard] > cb_load_acquire_u64(cap + shard) {
+            cb_store_release_u64(cap + shard, acked[shard])
+        }
+    }
+}

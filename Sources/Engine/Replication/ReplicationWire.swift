@@ -1,0 +1,300 @@
+// The replication protocol between a primary and its standbys, over TCP. Every message is a
+// frame: body length (u32, at most `maxBody`), kind (u16), reserved (u16, 0), body; integers
+// little-endian. A malformed frame from either side ends the connection with a reason; it never
+// traps the engine.
+//
+//   standby → primary
+//     1 hello: magic "CBREPL01" (u64), version (u16), shards (u16), epoch (u64),
+//              configuration hash (u64), per shard: last sequence (u64), its record's CRC (u32)
+//     7 ack:   shard (u16), 6 reserved bytes, durable sequence (u64)
+//   primary → standby
+//     2 welcome: epoch (u64), mode (u8: 0 sync, 1 async)
+//     3 refuse:  UTF-8 reason
+//     4 records: shard (u16), 6 reserved, the primary's durable sequence (u64), records as they
+//                lie in the journal (Journal/JournalTail.swift), each carrying its own CRC32C
+//     5 digest:  shard (u16), 6 reserved, sequence (u64), state digest at it (u64)
+//     6 heartbeat: epoch (u64), engaged (u64: 1 once sync is engaged, ReplicationServer.swift),
+//                  per shard the durable sequence (u64)
+
+import Glibc
+import SharedMemory
+
+public enum ReplicationMode: String, Sendable, CaseIterable {
+    /// Output is released once a standby has the command durable too.
+    case sync
+    /// Local durability only; the standby's lag is counted.
+    case async
+}
+
+enum ReplicationMessage: Equatable {
+    struct ShardPosition: Equatable {
+        var last: UInt64
+        var crc: UInt32
+    }
+    case hello(epoch: UInt64, configuration: UInt64, shards: [ShardPosition])
+    case welcome(epoch: UInt64, mode: ReplicationMode)
+    case refuse(String)
+    case records(shard: Int, durable: UInt64, bytes: [UInt8])
+    case digest(shard: Int, sequence: UInt64, digest: UInt64)
+    case heartbeat(epoch: UInt64, engaged: Bool, durable: [UInt64])
+    case ack(shard: Int, durable: UInt64)
+
+    static let magic: UInt64 = 0x3130_4C50_4552_4243  // "CBREPL01"
+    static let version: UInt16 = 1
+    static let maxBody = 8 << 20
+    static let maxShards = 1024
+
+    func encode() -> [UInt8] {
+        var body: [UInt8] = []
+        func put<T: FixedWidthInteger>(_ v: T) { withUnsafeBytes(of: v.littleEndian) { body.append(contentsOf: $0) } }
+        let kind: UInt16
+        switch self {
+        case .hello(let epoch, let configuration, let shards):
+            kind = 1
+            put(Self.magic); put(Self.version); put(UInt16(shards.count)); put(epoch); put(configuration)
+            for s in shards { put(s.last); put(s.crc) }
+        case .welcome(let epoch, let mode):
+            kind = 2
+            put(epoch); put(UInt8(mode == .sync ? 0 : 1))
+        case .refuse(let why):
+            kind = 3
+            body.append(contentsOf: Array(why.utf8.prefix(4096)))
+        case .records(let shard, let durable, let bytes):
+            kind = 4
+            put(UInt16(shard)); put(UInt16(0)); put(UInt32(0)); put(durable)
+            body.append(contentsOf: bytes)
+        case .digest(let shard, let sequence, let digest):
+            kind = 5
+            put(UInt16(shard)); put(UInt16(0)); put(UInt32(0)); put(sequence); put(digest)
+        case .heartbeat(let epoch, let engaged, let durable):
+            kind = 6
+            put(epoch); put(UInt64(engaged ? 1 : 0))
+            for d in durable { put(d) }
+        case .ack(let shard, let durable):
+            kind = 7
+            put(UInt16(shard)); put(UInt16(0)); put(UInt32(0)); put(durable)
+        }
+        var frame: [UInt8] = []
+        frame.reserveCapacity(8 + body.count)
+        withUnsafeBytes(of: UInt32(body.count).littleEndian) { frame.append(contentsOf: $0) }
+        withUnsafeBytes(of: kind.littleEndian) { frame.append(contentsOf: $0) }
+        frame.append(contentsOf: [0, 0])
+        frame.append(contentsOf: body)
+        return frame
+    }
+
+    /// Decodes one frame's body of `kind`, or says why it is not a message of this protocol.
+    static func decode(kind: UInt16, _ body: UnsafeRawBufferPointer) throws(ReplicationError) -> ReplicationMessage {
+        var at = 0
+        func get<T: FixedWidthInteger>(_: T.Type) throws(ReplicationError) -> T {
+            guard at + MemoryLayout<T>.size <= body.count else { throw .protocol("message kind \(kind) is short (\(body.count) bytes)") }
+            defer { at += MemoryLayout<T>.size }
+            return T(littleEndian: body.loadUnaligned(fromByteOffset: at, as: T.self))
+        }
+        func end() throws(ReplicationError) {
+            guard at == body.count else { throw .protocol("message kind \(kind) has \(body.count - at) bytes too many") }
+        }
+        switch kind {
+        case 1:
+            guard try get(UInt64.self) == magic else { throw .protocol("not a Crossbook replication hello") }
+            let version = try get(UInt16.self)
+            guard version == Self.version else { throw .protocol("replication protocol version \(version); this engine speaks \(Self.version)") }
+            let count = Int(try get(UInt16.self))
+            guard count >= 1, count <= maxShards else { throw .protocol("hello for \(count) shards") }
+            let epoch = try get(UInt64.self), configuration = try get(UInt64.self)
+            var shards: [ShardPosition] = []
+            for _ in 0..<count { shards.append(ShardPosition(last: try get(UInt64.self), crc: try get(UInt32.self))) }
+            try end()
+            return .hello(epoch: epoch, configuration: configuration, shards: shards)
+        case 2:
+            let epoch = try get(UInt64.self)
+            let mode = try get(UInt8.self)
+            guard mode <= 1 else { throw .protocol("replication mode \(mode)") }
+            try end()
+            return .welcome(epoch: epoch, mode: mode == 0 ? .sync : .async)
+        case 3:
+            return .refuse(String(decoding: body, as: UTF8.self))
+        case 4:
+            let shard = Int(try get(UInt16.self))
+            _ = try get(UInt16.self); _ = try get(UInt32.self)
+            let durable = try get(UInt64.self)
+            return .records(shard: shard, durable: durable, bytes: Array(body[at...]))
+        case 5:
+            let shard = Int(try get(UInt16.self))
+            _ = try get(UInt16.self); _ = try get(UInt32.self)
+            let sequence = try get(UInt64.self), digest = try get(UInt64.self)
+            try end()
+            return .digest(shard: shard, sequence: sequence, digest: digest)
+        case 6:
+            let epoch = try get(UInt64.self)
+            let engaged = try get(UInt64.self)
+            guard engaged <= 1 else { throw .protocol("heartbeat engaged flag \(engaged)") }
+            guard (body.count - at) % 8 == 0, (body.count - at) / 8 <= maxShards else { throw .protocol("heartbeat of \(body.count) bytes") }
+            var durable: [UInt64] = []
+            while at < body.count { durable.append(try get(UInt64.self)) }
+            return .heartbeat(epoch: epoch, engaged: engaged == 1, durable: durable)
+        case 7:
+            let shard = Int(try get(UInt16.self))
+            _ = try get(UInt16.self); _ = try get(UInt32.self)
+            let durable = try get(UInt64.self)
+            try end()
+            return .ack(shard: shard, durable: durable)
+        default:
+            throw .protocol("unknown message kind \(kind)")
+        }
+    }
+}
+
+public enum ReplicationError: Error, Equatable, CustomStringConvertible {
+    case `protocol`(String)
+    case closed(String)
+    case refused(String)
+    case system(String)
+    public var description: String {
+        switch self {
+        case .protocol(let why): "replication protocol error: \(why)"
+        case .closed(let why): "connection closed: \(why)"
+        case .refused(let why): "refused: \(why)"
+        case .system(let why): why
+        }
+    }
+}
+
+/// A TCP address "host:port" (IPv4 dotted quad, or "localhost").
+struct ReplicationAddress: Equatable, CustomStringConvertible {
+    var host: String
+    var port: UInt16
+
+    init(_ text: String) throws(ReplicationError) {
+        guard let colon = text.lastIndex(of: ":"), let port = UInt16(text[text.index(after: colon)...]), port > 0 else {
+            throw .system("address '\(text)' is not host:port")
+        }
+        var host = String(text[..<colon])
+        if host == "localhost" { host = "127.0.0.1" }
+        var probe = in_addr()
+        guard inet_pton(AF_INET, host, &probe) == 1 else { throw .system("address '\(text)': the host must be an IPv4 address") }
+        self.host = host
+        self.port = port
+    }
+
+    var description: String { "\(host):\(port)" }
+
+    var sockaddr: sockaddr_in {
+        var a = sockaddr_in()
+        a.sin_family = sa_family_t(AF_INET)
+        a.sin_port = port.bigEndian
+        inet_pton(AF_INET, host, &a.sin_addr)
+        return a
+    }
+}
+
+/// One replication connection: whole frames out, frames in as they complete.
+final class ReplicationConnection: @unchecked Sendable {
+    let fd: Int32
+    private var buffer: [UInt8] = []
+    private var start = 0
+    let peer: String
+
+    init(fd: Int32, peer: String) {
+        self.fd = fd
+        self.peer = peer
+        var one: Int32 = 1
+        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+        // A peer that stops reading cannot hold a sender forever.
+        var timeout = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    deinit { close(fd) }
+
+    /// Ends the connection now (another thread blocked on it returns).
+    func shutdownNow() { shutdown(fd, Int32(SHUT_RDWR)) }
+
+    static func connect(to address: ReplicationAddress, timeoutMilliseconds: Int32) throws(ReplicationError) -> ReplicationConnection {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+        guard fd >= 0 else { throw .system("socket: \(String(cString: strerror(errno)))") }
+        var a = address.sockaddr
+        let rc = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        if rc != 0 && errno != EINPROGRESS {
+            let why = String(cString: strerror(errno))
+            close(fd)
+            throw .system("connect to \(address): \(why)")
+        }
+        var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+        var error: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        if poll(&p, 1, timeoutMilliseconds) != 1 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length) != 0 || error != 0 {
+            close(fd)
+            throw .system("connect to \(address): \(error != 0 ? String(cString: strerror(error)) : "timed out")")
+        }
+        let flags = fcntl(fd, F_GETFL)
+        _ = fcntl(fd, F_SETFL, flags & ~O_NONBLOCK)
+        return ReplicationConnection(fd: fd, peer: address.description)
+    }
+
+    func send(_ message: ReplicationMessage) throws(ReplicationError) {
+        let frame = message.encode()
+        var sent = 0
+        while sent < frame.count {
+            let n = frame.withUnsafeBytes { raw in Glibc.send(fd, raw.baseAddress! + sent, raw.count - sent, Int32(MSG_NOSIGNAL)) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw .closed("send to \(peer): \(errno == EAGAIN ? "the peer reads nothing (5 s)" : String(cString: strerror(errno)))")
+            }
+            sent += n
+        }
+    }
+
+    /// The next whole message, waiting up to `timeoutMilliseconds` for bytes; nil if none came.
+    func receive(timeoutMilliseconds: Int32) throws(ReplicationError) -> ReplicationMessage? {
+        if let message = try parse() { return message }
+        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        let ready = poll(&p, 1, timeoutMilliseconds)
+        if ready < 0 && errno != EINTR { throw .system("poll: \(String(cString: strerror(errno)))") }
+        if ready <= 0 { return nil }
+        var chunk = [UInt8](repeating: 0, count: 256 << 10)
+        let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, $0.count, 0) }
+        if n == 0 { throw .closed("\(peer) closed the connection") }
+        if n < 0 {
+            if errno == EINTR || errno == EAGAIN { return nil }
+            throw .closed("receive from \(peer): \(String(cString: strerror(errno)))")
+        }
+        if start > 0 && start == buffer.count {
+            buffer.removeAll(keepingCapacity: true)
+            start = 0
+        } else if start > 1 << 20 {
+            buffer.removeFirst(start)
+            start = 0
+        }
+        buffer.append(contentsOf: chunk[0..<n])
+        return try parse()
+    }
+
+    private func parse() throws(ReplicationError) -> ReplicationMessage? {
+        guard buffer.count - start >= 8 else { return nil }
+        let (length, kind, reserved): (Int, UInt16, UInt16) = buffer.withUnsafeBytes { raw in
+            (Int(UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: start, as: UInt32.self))),
+             UInt16(littleEndian: raw.loadUnaligned(fromByteOffset: start + 4, as: UInt16.self)),
+             UInt16(littleEndian: raw.loadUnaligned(fromByteOffset: start + 6, as: UInt16.self)))
+        }
+        guard length <= ReplicationMessage.maxBody, reserved == 0 else {
+            throw .protocol("a frame of \(length) bytes (at most \(ReplicationMessage.maxBody)), reserved \(reserved)")
+        }
+        guard buffer.count - start >= 8 + length else { return nil }
+        let decoded: Result<ReplicationMessage, ReplicationError> = buffer.withUnsafeBytes { raw in
+            do throws(ReplicationError) {
+                return .success(try ReplicationMessage.decode(kind: kind, UnsafeRawBufferPointer(rebasing: raw[(start + 8)..<(start + 8 + length)])))
+            } catch { return .failure(error) }
+        }
+        let message = try decoded.get()
+        start += 8 + length
+        return message
+    }
+}
+
+/// A 64-bit FNV-1a hash (of the configuration text both ends must share).
+func fnv1a(_ text: String) -> UInt64 {
+    var h: UInt64 = 0xCBF2_9CE4_8422_2325
+    for b in text.utf8 { h = (h ^ UInt64(b)) &* 0x0000_0100_0000_01B3 }
+    return h
+}
