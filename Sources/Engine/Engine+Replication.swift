@@ -228,7 +228,11 @@ extension Engine {
             lines.append("last_promotion epoch \(last.epoch) ms \(String(format: "%.1f", last.milliseconds))")
         }
         if let server = runtime.server {
-            lines.append("serving \(server.address) engaged \(server.engaged ? 1 : 0) standbys \(server.connected.count)")
+            let caps = (0..<shards.count).map { i -> String in
+                let c = cb_load_acquire_u64(runtime.cap + i)
+                return r.mode == .sync && c != .max ? String(c) : "-"
+            }
+            lines.append("serving \(server.address) engaged \(server.engaged ? 1 : 0) standbys \(server.connected.count) released_up_to \(caps.joined(separator: ",")) lag \(server.lag.map(String.init).joined(separator: ","))")
             for standby in server.connected {
                 let lag = shards.indices.map { shards[$0].tallied(ShardTally.durable) &- min(standby.acked[$0], shards[$0].tallied(ShardTally.durable)) }
                 lines.append("standby \(standby.peer) acked \(standby.acked.map(String.init).joined(separator: ",")) lag \(lag.map(String.init).joined(separator: ","))")

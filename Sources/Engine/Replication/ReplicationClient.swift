@@ -145,7 +145,7 @@ final class ReplicationClient: @unchecked Sendable {
         do {
             try connection.send(.hello(epoch: epoch, configuration: configurationHash, shards: positions))
             var answer: ReplicationMessage?
-            let deadline = monotonicNanoseconds() + 5_000_000_000
+            let deadline = monotonicNanoseconds() + 1_000_000_000
             while answer == nil && monotonicNanoseconds() < deadline && !isStopping {
                 answer = try connection.receive(timeoutMilliseconds: 100)
             }
@@ -167,7 +167,7 @@ final class ReplicationClient: @unchecked Sendable {
                 lock.locked { status.refused = why }
                 return "refused: \(why)"
             case nil:
-                return isStopping ? nil : "no answer to the hello in 5 s"
+                return isStopping ? nil : "no answer to the hello in 1 s"
             default:
                 return "unexpected answer to the hello"
             }
@@ -229,8 +229,11 @@ final class ReplicationClient: @unchecked Sendable {
                 if let alarm = inboxes.lazy.compactMap(\.alarm).first {
                     return "the standby stopped applying: \(alarm)"
                 }
-                if let after = failoverAfterNanoseconds, monotonicNanoseconds() - lock.locked({ lastHeard }) > after {
-                    return "silent for \(after / 1_000_000) ms"
+                // Heartbeats come every 100 ms: a connection silent this long is dead (a cut
+                // network sends no FIN).
+                let silence = min(failoverAfterNanoseconds ?? 1_000_000_000, 1_000_000_000)
+                if monotonicNanoseconds() - lock.locked({ lastHeard }) > silence {
+                    return "silent for \(silence / 1_000_000) ms"
                 }
             }
         } catch {

@@ -49,6 +49,9 @@ final class ReplicationServer: @unchecked Sendable {
     private var acceptThread: Thread?
     private var threads = 0
     private let threadsDone = Semaphore()
+    /// Per shard, the highest sequence any standby has confirmed (kept when it goes): the lag
+    /// is the durable sequence minus this.
+    private var bestAcked: [UInt64]
     /// Refused standbys and why (the last few), for the operator.
     private var refusals: [String] = []
 
@@ -67,6 +70,7 @@ final class ReplicationServer: @unchecked Sendable {
         self.digest = digest
         self.log = log
         self.digestEveryNanoseconds = digestEveryNanoseconds
+        bestAcked = Array(repeating: 0, count: shards)
         engagedFlag = cacheAligned(UInt32.self, count: 1)
         engagedFlag.initialize(to: 0)
         // Alone until a standby catches up: the gates release on local durability.
@@ -80,6 +84,11 @@ final class ReplicationServer: @unchecked Sendable {
     /// The standbys connected now.
     var connected: [Standby] { lock.locked { Array(standbys.values) } }
     var lastRefusals: [String] { lock.locked { refusals } }
+    /// Per shard, the records durable here that no standby has confirmed.
+    var lag: [UInt64] {
+        let best = lock.locked { bestAcked }
+        return (0..<shardCount).map { let d = durable($0); return d &- min(d, best[$0]) }
+    }
 
     func start() throws(ReplicationError) {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -200,7 +209,10 @@ final class ReplicationServer: @unchecked Sendable {
         }
         let tails = positions.enumerated().map { JournalTail(directory: dataDirectory, shard: $0.offset, after: $0.element.last) }
         var state = Standby(peer: connection.peer, acked: positions.map(\.last), sent: positions.map(\.last), since: monotonicNanoseconds())
-        lock.locked { standbys[id] = state }
+        lock.locked {
+            standbys[id] = state
+            for i in 0..<shardCount { bestAcked[i] = max(bestAcked[i], state.acked[i]) }
+        }
         // A standby that already holds everything durable here engages sync at once.
         if mode == .sync { confirm(state.acked) }
         log("replication: standby \(connection.peer) connected (\(mode.rawValue)) from sequences \(positions.map { String($0.last) }.joined(separator: ","))")
@@ -247,7 +259,10 @@ final class ReplicationServer: @unchecked Sendable {
                     acks += 1
                 }
                 if acks > 0 {
-                    lock.locked { standbys[id] = state }
+                    lock.locked {
+                        standbys[id] = state
+                        for i in 0..<shardCount { bestAcked[i] = max(bestAcked[i], state.acked[i]) }
+                    }
                     if mode == .sync { confirm(state.acked) }
                 }
                 if work == 0 && acks == 0 { usleep(50) }
