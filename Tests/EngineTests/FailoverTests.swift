@@ -2,6 +2,7 @@
 // offline), unplanned failover by kill -9 under load with a checker that counts every
 // acknowledged order exactly once, a network cut (sync stops acknowledging, async counts the
 // lag), and the start-up rule that keeps a deposed primary from coming back as one.
+import CCRC32C
 import CrossbookClient
 @testable import Engine
 import Foundation
@@ -12,6 +13,7 @@ import SharedMemory
 import Testing
 import TestSupport
 import Wire
+import Workloads
 
 /// Every new order in a shard's journal: client order id → how many times it was sequenced.
 func journaledClientIds(_ data: String) throws -> [Int64: Int] {
@@ -399,6 +401,183 @@ extension FailoverTests {
             // Nothing lost, nothing twice: both journals hold the 400 orders once.
             let ca = try journaledClientIds(a.data), cb = try journaledClientIds(b.data)
             #expect(ca.count == 400 && ca.values.allSatisfy { $0 == 1 } && ca == cb, "\(mode): \(ca.count) / \(cb.count)")
+        }
+    }
+}
+
+/// An engine in this process with a [replication] section.
+func replicatedEngine(_ name: String, data: String, role: ReplicationSettings.Role, listen: Int?, peer: Int?,
+                      log: LogLines = LogLines()) throws -> Engine {
+    var settings = EngineSettings(
+        instance: name, directory: testDirectory(), shards: [ShardSettings(core: nil)],
+        symbols: [(spec: SymbolSpec(name: "BTC-USD", id: 1), shard: 0)],
+        capacity: BookCapacity(orders: 1 << 12, levels: 1 << 8),
+        wait: WaitStrategy(spins: 1000, yields: 10, park: true, parkTimeoutNanoseconds: 20_000_000))
+    settings.durability = .sync
+    settings.dataDirectory = data
+    settings.replication = ReplicationSettings(role: role, listen: listen.map { "127.0.0.1:\($0)" },
+                                               peer: peer.map { "127.0.0.1:\($0)" }, digestEveryMilliseconds: 50)
+    let engine = Engine(settings: settings, log: { log.append($0) })
+    _ = try engine.start()
+    return engine
+}
+
+/// A raw TCP connection to 127.0.0.1:port.
+func rawConnect(_ port: Int) -> Int32 {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    var a = sockaddr_in()
+    a.sin_family = sa_family_t(AF_INET)
+    a.sin_addr.s_addr = inet_addr("127.0.0.1")
+    a.sin_port = UInt16(port).bigEndian
+    _ = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+    return fd
+}
+
+/// A listening socket on a free loopback port.
+func rawListen() -> (fd: Int32, port: Int) {
+    let port = freeLoopbackPort()
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    var one: Int32 = 1
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+    var a = sockaddr_in()
+    a.sin_family = sa_family_t(AF_INET)
+    a.sin_addr.s_addr = inet_addr("127.0.0.1")
+    a.sin_port = UInt16(port).bigEndian
+    _ = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+    listen(fd, 4)
+    return (fd, port)
+}
+
+/// One raw record as a journal holds it (header with CRC, payload, padding).
+func rawRecord(type: UInt16, sequence: UInt64, payload: [UInt8]) -> [UInt8] {
+    var header = [UInt8](repeating: 0, count: 24)
+    header.withUnsafeMutableBytes { h in
+        h.storeBytes(of: UInt32(payload.count).littleEndian, toByteOffset: 0, as: UInt32.self)
+        h.storeBytes(of: type.littleEndian, toByteOffset: 4, as: UInt16.self)
+        h.storeBytes(of: sequence.littleEndian, toByteOffset: 8, as: UInt64.self)
+        var crc = cb_crc32c(0, h.baseAddress!, 16)
+        crc = payload.withUnsafeBytes { cb_crc32c(crc, $0.baseAddress!, payload.count) }
+        h.storeBytes(of: crc.littleEndian, toByteOffset: 16, as: UInt32.self)
+    }
+    let record = header + payload
+    return record + [UInt8](repeating: 0, count: JournalLayout.recordSize(payload: payload.count) - record.count)
+}
+
+extension FailoverTests {
+    @Test("garbage on a primary's replication port: closed with a reason; a forged hello is refused; acknowledgements above what was sent release nothing")
+    func hostileStandby() throws {
+        let data = NSTemporaryDirectory() + "crossbook-ha-hp-\(UUID().uuidString.prefix(8))"
+        defer { removeTree(data) }
+        let port = freeLoopbackPort()
+        let log = LogLines()
+        let engine = try replicatedEngine("hp", data: data, role: .primary, listen: port, peer: nil, log: log)
+        defer { engine.stop() }
+        // Random bytes, a frame claiming 4 GiB, an unknown kind: each connection is dropped, the engine serves on.
+        var rng = SplitMix64(seed: 9)
+        for attempt in 0..<20 {
+            let fd = rawConnect(port)
+            var junk = (0..<(1 + Int(rng.next() % 300))).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+            if attempt == 1 { junk = [0xFF, 0xFF, 0xFF, 0xFF, 1, 0, 0, 0] }
+            if attempt == 2 { junk = [0, 0, 0, 0, 99, 0, 0, 0] }
+            _ = send(fd, junk, junk.count, Int32(MSG_NOSIGNAL))
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            _ = poll(&p, 1, 2000)
+            close(fd)
+        }
+        // Hellos that do not fit: another configuration, two shards, a journal that went past this one.
+        let forged: [(ReplicationMessage, String)] = [
+            (.hello(epoch: 0, configuration: 1, shards: [.init(last: 0, crc: 0)]), "configuration"),
+            (.hello(epoch: 0, configuration: engine.replicationConfigurationHash, shards: [.init(last: 0, crc: 0), .init(last: 0, crc: 0)]), "shards"),
+            (.hello(epoch: 0, configuration: engine.replicationConfigurationHash, shards: [.init(last: 1_000_000, crc: 7)]), "diverged"),
+            (.hello(epoch: 9, configuration: engine.replicationConfigurationHash, shards: [.init(last: 0, crc: 0)]), "replaced"),
+        ]
+        for (hello, why) in forged {
+            let connection = try ReplicationConnection.connect(to: try ReplicationAddress("127.0.0.1:\(port)"), timeoutMilliseconds: 1000)
+            try connection.send(hello)
+            var answer: ReplicationMessage?
+            _ = waitFor(3) { answer = try? connection.receive(timeoutMilliseconds: 50); return answer != nil }
+            guard case .refuse(let text)? = answer else { Issue.record("\(why): \(String(describing: answer))"); continue }
+            #expect(text.contains(why), "\(text)")
+        }
+        // A standby that acknowledges far ahead, before anything was sent: nothing is released
+        // beyond what it was sent, so an order waits for records it really confirmed.
+        let liar = try ReplicationConnection.connect(to: try ReplicationAddress("127.0.0.1:\(port)"), timeoutMilliseconds: 1000)
+        try liar.send(.hello(epoch: 0, configuration: engine.replicationConfigurationHash, shards: [.init(last: 0, crc: 0)]))
+        var welcome: ReplicationMessage?
+        _ = waitFor(3) { welcome = try? liar.receive(timeoutMilliseconds: 50); return welcome != nil }
+        guard case .welcome? = welcome else { Issue.record("no welcome: \(String(describing: welcome))"); return }
+        try liar.send(.ack(shard: 0, durable: 1 << 40))
+        let client = try CrossbookClient(instance: "hp", directory: engine.settings.directory)
+        defer { client.close() }
+        #expect(client.submit(.new(NewOrder(orderId: 1, side: .buy, price: 100, quantity: 1)), symbol: try client.symbol("BTC-USD")))
+        var acked = false
+        _ = waitFor(1) { _ = try? client.poll { if $0.kind == .accepted { acked = true } }; return acked }
+        #expect(!acked, "an order was acknowledged on an acknowledgement sent before its record")
+        // Once the liar has been sent the record and confirms it, the order is released.
+        var last: UInt64 = 0
+        _ = waitFor(3) {
+            if case .records(_, _, let bytes)? = try? liar.receive(timeoutMilliseconds: 50) {
+                bytes.withUnsafeBytes { raw in
+                    var at = 0
+                    while at < raw.count, case .success(let r) = JournalRecordBytes.check(UnsafeRawBufferPointer(rebasing: raw[at...])) {
+                        last = r.sequence
+                        at += r.size
+                    }
+                }
+            }
+            return last > 0
+        }
+        try liar.send(.ack(shard: 0, durable: last))
+        #expect(waitFor(3) { _ = try? client.poll { if $0.kind == .accepted { acked = true } }; return acked })
+        #expect(engine.role == .primary)
+    }
+
+    @Test("a primary that sends garbage, a gap or a wrong digest: the standby applies nothing of it, raises an alarm, and refuses promotion")
+    func hostilePrimary() throws {
+        for scenario in ["bad-crc", "gap", "digest", "huge-frame"] {
+            let data = NSTemporaryDirectory() + "crossbook-ha-hs-\(UUID().uuidString.prefix(8))"
+            defer { removeTree(data) }
+            let server = rawListen()
+            defer { close(server.fd) }
+            let log = LogLines()
+            let engine = try replicatedEngine("hs", data: data, role: .standby, listen: nil, peer: server.port, log: log)
+            defer { engine.stop() }
+            var p = pollfd(fd: server.fd, events: Int16(POLLIN), revents: 0)
+            #expect(poll(&p, 1, 5000) == 1, "\(scenario): the standby did not connect")
+            let fd = accept(server.fd, nil, nil)
+            let connection = ReplicationConnection(fd: fd, peer: "standby")
+            var hello: ReplicationMessage?
+            _ = waitFor(3) { hello = try? connection.receive(timeoutMilliseconds: 50); return hello != nil }
+            guard case .hello? = hello else { Issue.record("\(scenario): no hello"); continue }
+            try connection.send(.welcome(epoch: 0, mode: .sync))
+            let command = [UInt8](repeating: 0, count: 80)  // an all-zero command: rejected when applied, but sequenced
+            switch scenario {
+            case "bad-crc":
+                var record = rawRecord(type: 1, sequence: 1, payload: command)
+                record[30] ^= 1
+                try connection.send(.records(shard: 0, durable: 1, bytes: record))
+            case "gap":
+                try connection.send(.records(shard: 0, durable: 5, bytes: rawRecord(type: 1, sequence: 5, payload: command)))
+            case "digest":
+                try connection.send(.digest(shard: 0, sequence: 1, digest: 12345))
+                try connection.send(.records(shard: 0, durable: 1, bytes: rawRecord(type: 1, sequence: 1, payload: command)))
+            default:
+                var frame = [UInt8](repeating: 0, count: 8)
+                frame[0] = 0xFF; frame[1] = 0xFF; frame[2] = 0xFF; frame[3] = 0x7F; frame[4] = 4
+                _ = send(fd, frame, 8, Int32(MSG_NOSIGNAL))
+            }
+            let lines = { engine.replicationStatus().joined(separator: " | ") }
+            switch scenario {
+            case "bad-crc", "huge-frame":
+                // Refused at the door: the connection is dropped, nothing applied, the standby lives on.
+                #expect(waitFor(5) { log.contains("primary 127.0.0.1:\(server.port): ") }, "\(scenario): \(log.all.suffix(3))")
+                #expect(lines().contains("shard 0 applied 0"), "\(scenario): \(lines())")
+            default:
+                #expect(waitFor(5) { lines().contains("ALARM") }, "\(scenario): \(lines())")
+                #expect(throws: EngineError.self) { try engine.promote() }
+            }
+            #expect(engine.role == .standby)
+            connection.shutdownNow()
         }
     }
 }

@@ -4,7 +4,7 @@
 import Foundation
 import Glibc
 import CCRC32C
-import Journal
+@testable import Journal
 import Testing
 import TestSupport
 import Workloads
@@ -372,5 +372,68 @@ struct JournalTests {
         let (after, all) = try readAll(dir)
         #expect(after.records == 200 && all[1] == payload(1) && all[200] == payload(200) && after.lastVersion == 2)
         #expect(JournalReader.segments(directory: dir, shard: 0).count == 2)
+    }
+}
+
+@Suite("Journal tail (replication)", .serialized)
+struct JournalTailTests {
+    /// Reads everything the tail gives up to `upTo`, in chunks of at most `chunk` bytes.
+    func drain(_ tail: JournalTail, upTo: UInt64, chunk: Int = 4096) throws -> [(UInt64, [UInt8])] {
+        var out: [(UInt64, [UInt8])] = []
+        while true {
+            var bytes: [UInt8] = []
+            let n = try tail.read(upTo: upTo, maxBytes: chunk, into: &bytes)
+            if n == 0 { return out }
+            var at = 0
+            while at < bytes.count {
+                let checked = bytes.withUnsafeBytes { JournalRecordBytes.check(UnsafeRawBufferPointer(rebasing: $0[at...])) }
+                guard case .success(let record) = checked else { Issue.record("a bad record at \(at)"); return out }
+                #expect(record.type == 7)
+                out.append((record.sequence, Array(record.payload)))
+                at += record.size
+            }
+        }
+    }
+
+    @Test("a tail reads every record after its position, across segment rollovers, only up to the watermark, from mid-batch too")
+    func tailAcrossSegments() throws {
+        let dir = journalDirectory()
+        defer { removeAll(dir) }
+        let writer = try JournalWriter(config: JournalConfig(directory: dir, shard: 0, segmentSize: 64 << 10, bufferSize: 16 << 10),
+                                       lastSequence: 0)
+        try write(writer, 1...3000)
+        #expect(JournalReader.segments(directory: dir, shard: 0).count > 3)
+        // From the start, stopping at a watermark in the middle: whole batches at or below it only.
+        let tail = JournalTail(directory: dir, shard: 0, after: 0)
+        let first = try drain(tail, upTo: 1500)
+        #expect(first.allSatisfy { $0.0 <= 1500 } && first.map(\.0) == Array(1...UInt64(first.count)))
+        #expect(first.allSatisfy { $0.1 == payload($0.0) })
+        // The rest, as the watermark moves on (more written meanwhile).
+        try write(writer, 3001...4000)
+        let rest = try drain(tail, upTo: 4000)
+        #expect((first + rest).map(\.0) == Array(1...4000))
+        #expect(rest.allSatisfy { $0.1 == payload($0.0) })
+        // A tail that starts after a sequence inside a batch and inside a later segment.
+        let late = JournalTail(directory: dir, shard: 0, after: 2345)
+        #expect(try drain(late, upTo: 4000).map(\.0) == Array(2346...4000))
+        // Nothing beyond the watermark, nothing twice.
+        #expect(try drain(late, upTo: 4000).isEmpty)
+    }
+
+    @Test("a tail whose records are gone says so; a damaged record is refused, never handed out")
+    func tailGapsAndDamage() throws {
+        let dir = journalDirectory()
+        defer { removeAll(dir) }
+        let writer = try JournalWriter(config: JournalConfig(directory: dir, shard: 0, segmentSize: 64 << 10, bufferSize: 16 << 10),
+                                       lastSequence: 0)
+        try write(writer, 1...2000)
+        let segments = JournalReader.segments(directory: dir, shard: 0)
+        unlink(segments[0])  // as a snapshot's cleanup would
+        #expect(throws: JournalTail.Gap.self) { _ = try drain(JournalTail(directory: dir, shard: 0, after: 0), upTo: 2000) }
+        // A flipped payload byte in the second segment's first batch.
+        let layout = batches(segments[1])
+        flip(segments[1], at: layout[2].records[0] + JournalLayout.recordHeaderSize)
+        let first = JournalReader.firstSequence(of: segments[1])!
+        #expect(throws: JournalTail.Gap.self) { _ = try drain(JournalTail(directory: dir, shard: 0, after: first - 1), upTo: 2000) }
     }
 }
