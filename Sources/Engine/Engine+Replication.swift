@@ -54,6 +54,8 @@ final class ReplicationRuntime: @unchecked Sendable {
     var gateCap: UnsafeMutablePointer<UInt64>? { mode == .sync ? cap : nil }
     let shards: Int
     var promotions = 0
+    /// Each shard's epoch as last read (at start, and at each promotion).
+    var epochs: [UInt64] = []
     var lastPromotion: (epoch: UInt64, milliseconds: Double)?
     var promoting = false
 
@@ -109,6 +111,8 @@ extension Engine {
     /// After the shards started: a primary serves standbys, a standby follows its primary.
     func startReplication() throws(EngineError) {
         guard let r = settings.replication, let runtime = replication else { return }
+        let epochs = shards.indices.map { adminState(shard: $0)?.epoch ?? 0 }
+        runtime.lock.locked { runtime.epochs = epochs }
         if runtime.role == .primary {
             try startServer(r, runtime)
         } else {
@@ -200,6 +204,7 @@ extension Engine {
         }
         runtime.lock.locked {
             runtime.role = .primary
+            runtime.epochs = Array(repeating: epoch, count: shards.count)
             runtime.promoting = false
             runtime.client = nil
             runtime.promotions += 1
@@ -249,4 +254,39 @@ extension Engine {
         }
         return lines
     }
+
+    /// The control file's replication words (ReplicationCounters), for `stat` and the metrics.
+    func publishReplicationCounters() {
+        guard let file = engineFile, let runtime = replication else { return }
+        let role = runtime.lock.locked { runtime.role }
+        let server = runtime.lock.locked { runtime.server }
+        let client = runtime.lock.locked { runtime.client }
+        let status = client?.currentStatus
+        let lag = server?.lag
+        let standbys = UInt64(server?.connected.count ?? 0)
+        for i in shards.indices {
+            let c = file.replication(i)
+            c.set(ReplicationCounters.role, role == .primary ? 1 : 2)
+            c.set(ReplicationCounters.epoch, max(status?.primaryEpoch ?? 0, runtime.epochs[safe: i] ?? 0))
+            c.set(ReplicationCounters.promotions, UInt64(runtime.promotions))
+            if role == .primary {
+                c.set(ReplicationCounters.engaged, server?.engaged ?? false ? 1 : 0)
+                c.set(ReplicationCounters.lag, lag?[i] ?? 0)
+                c.set(ReplicationCounters.connected, standbys)
+                c.set(ReplicationCounters.alarm, 0)
+            } else if i < runtime.inboxes.count {
+                let inbox = runtime.inboxes[i]
+                let applied = cb_load_acquire_u64(inbox.applied), theirs = cb_load_acquire_u64(inbox.primaryDurable)
+                c.set(ReplicationCounters.engaged, status?.engaged ?? false ? 1 : 0)
+                c.set(ReplicationCounters.lag, theirs &- min(theirs, applied))
+                c.set(ReplicationCounters.connected, status?.connected ?? false ? 1 : 0)
+                c.set(ReplicationCounters.digestsMatched, cb_load_acquire_u64(inbox.digestsMatched))
+                c.set(ReplicationCounters.alarm, inbox.alarm == nil ? 0 : 1)
+            }
+        }
+    }
+}
+
+extension Array {
+    subscript(safe index: Int) -> Element? { index >= 0 && index < count ? self[index] : nil }
 }

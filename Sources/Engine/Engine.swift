@@ -776,6 +776,7 @@ public final class Engine: @unchecked Sendable {
                 lastRebalanceTick = monotonicNanoseconds()
                 autoRebalanceTick(&rebalancer!)
             }
+            publishReplicationCounters()
             if let host = pluginHost, monotonicNanoseconds() &- lastHealth >= 1_000_000_000 {
                 host.pollHealth()
                 lastHealth = monotonicNanoseconds()

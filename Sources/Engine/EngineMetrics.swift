@@ -78,6 +78,27 @@ public struct EngineMetrics: Sendable {
                    "The pause of the last move to or off this shard (the symbol not trading)", gauge: true, scale: 1e-6)
         migrations(MigrationCounters.maxPauseMicros, "crossbook_migration_max_pause_seconds",
                    "The longest pause of a move to or off this shard since the engine started", gauge: true, scale: 1e-6)
+        // Hot standby (Engine+Replication.swift); role 0: no replication.
+        if shards.contains(where: { file.replication($0).read(ReplicationCounters.role) != 0 }) {
+            func replication(_ word: Int, _ name: String, _ help: String, gauge: Bool = true) {
+                let samples = shards.map { (shardLabel($0), Double(file.replication($0).read(word))) }
+                if gauge { m.gauge(name, help, samples) } else { m.counter(name, help, samples) }
+            }
+            replication(ReplicationCounters.role, "crossbook_replication_role", "1 primary, 2 standby")
+            replication(ReplicationCounters.epoch, "crossbook_replication_epoch", "The leadership epoch (journaled at each promotion)")
+            replication(ReplicationCounters.engaged, "crossbook_replication_sync_engaged",
+                        "1 once sync replication is engaged: output waits for a standby's confirmation")
+            replication(ReplicationCounters.lag, "crossbook_replication_lag_records",
+                        "Primary: records durable here that no standby confirmed; standby: records the primary has that are not applied here")
+            replication(ReplicationCounters.connected, "crossbook_replication_connected",
+                        "Primary: standbys connected; standby: 1 while it follows its primary")
+            replication(ReplicationCounters.digestsMatched, "crossbook_replication_digests_matched_total",
+                        "State digests compared with the primary's and found equal", gauge: false)
+            replication(ReplicationCounters.alarm, "crossbook_replication_alarm",
+                        "1 once a standby stopped applying (digest mismatch, gap, a record that does not apply)")
+            replication(ReplicationCounters.promotions, "crossbook_replication_promotions_total",
+                        "Times this engine was promoted from standby to primary", gauge: false)
+        }
         perShard(.snapshots, "crossbook_snapshots_total", "Snapshots stored")
         perShard(.snapshotFailures, "crossbook_snapshot_failures_total", "Snapshots that failed to store")
         perShard(.lastSnapshotSequence, "crossbook_snapshot_last_sequence", "Sequence of the last snapshot stored",

@@ -182,3 +182,18 @@ public struct MigrationCounters: @unchecked Sendable {
     public func add(_ word: Int, _ n: UInt64 = 1) { cb_store_release_u64(words + word, read(word) &+ n) }
     public func set(_ word: Int, _ value: UInt64) { cb_store_release_u64(words + word, value) }
 }
+
+/// A shard's replication in the control file (written by the engine's control thread every
+/// 100 ms; read by `crossbook stat` and the metrics). The role and epoch are the engine's.
+public struct ReplicationCounters: @unchecked Sendable {
+    /// role: 0 no replication, 1 primary, 2 standby. engaged: 1 once sync is engaged (primary)
+    /// or the primary says so (standby). lag: records durable on the primary and not yet
+    /// confirmed by a standby (primary) or not yet applied here (standby). alarm: 1 once a
+    /// standby stopped applying (digest mismatch, gap). connected: standbys connected (primary)
+    /// or 1 while following (standby).
+    public static let role = 0, epoch = 1, engaged = 2, lag = 3, digestsMatched = 4, alarm = 5, connected = 6, promotions = 7
+    public let words: UnsafeMutablePointer<UInt64>
+    public init(words: UnsafeMutablePointer<UInt64>) { self.words = words }
+    public func read(_ word: Int) -> UInt64 { cb_load_relaxed_u64(words + word) }
+    public func set(_ word: Int, _ value: UInt64) { cb_store_release_u64(words + word, value) }
+}

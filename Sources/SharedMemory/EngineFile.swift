@@ -252,6 +252,10 @@ public final class EngineFile: @unchecked Sendable {
 
     public func counters(_ shard: Int) -> ShardCounters { ShardCounters(shardBlock(shard), owner: file) }
 
+    public func replication(_ shard: Int) -> ReplicationCounters {
+        ReplicationCounters(words: (shardBlock(shard) + InstanceLayout.replicationOffset).assumingMemoryBound(to: UInt64.self))
+    }
+
     public func migrations(_ shard: Int) -> MigrationCounters {
         MigrationCounters(words: (shardBlock(shard) + InstanceLayout.migrationsOffset).assumingMemoryBound(to: UInt64.self))
     }

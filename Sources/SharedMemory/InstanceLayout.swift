@@ -24,7 +24,8 @@
 //        CB_HISTOGRAM_WORDS u64, see cb_sync.h), at +896 the shard thread's kernel id (i32),
 //        at +1024 commands per group commit (a count histogram: bucket i holds n <= 2^i),
 //        at +1536 the shard's migrations (u64 × 8, written by whichever thread runs the
-//        migration, one at a time: MigrationCounters).
+//        migration, one at a time: MigrationCounters), at +1600 its replication (u64 × 8,
+//        written by the control thread: ReplicationCounters).
 //   then 64 × symbol: name (24 bytes, NUL-padded), id (u32), shard (u32), commands, trades,
 //        rejects, traded quantity (u64 each, written by the owning shard).
 //   then 256 × plugin slot (16): name (48), version (16), kinds (u32), state (u32), health (u32),
@@ -58,6 +59,7 @@ public enum InstanceLayout {
     public static let threadIdOffset = 896
     public static let journalBatchOffset = 1024
     public static let migrationsOffset = 1536
+    public static let replicationOffset = 1600
     public static let histogramWords = Int(CB_HISTOGRAM_WORDS)
     public static let histogramBuckets = Int(CB_HISTOGRAM_BUCKETS)
     public static let maxShards = 64

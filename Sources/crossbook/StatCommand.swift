@@ -153,6 +153,11 @@ struct StatCommand: ParsableCommand {
                 }
                 line("  journal journal_batches=\(n[ShardCounter.journalBatches.rawValue]) journal_bytes=\(n[ShardCounter.journalBytes.rawValue]) durable_sequence=\(n[ShardCounter.durableSequence.rawValue]) journal_failures=\(n[ShardCounter.journalFailures.rawValue])\(n[ShardCounter.journalFailed.rawValue] != 0 ? " JOURNAL REFUSING (disk full or failing): not taking commands" : "")")
             }
+            let r = file.replication(s)
+            if r.read(ReplicationCounters.role) != 0 {
+                let standby = r.read(ReplicationCounters.role) == 2
+                line("  replication \(standby ? "standby" : "primary") epoch=\(r.read(ReplicationCounters.epoch)) \(standby ? "following" : "standbys")=\(r.read(ReplicationCounters.connected)) sync_engaged=\(r.read(ReplicationCounters.engaged)) lag_records=\(r.read(ReplicationCounters.lag))\(standby ? " digests_matched=\(r.read(ReplicationCounters.digestsMatched))" : "")\(r.read(ReplicationCounters.alarm) != 0 ? " ALARM (crossbook replication says why)" : "")")
+            }
             let m = file.migrations(s)
             if m.read(MigrationCounters.into) + m.read(MigrationCounters.outOf) + m.read(MigrationCounters.failed) + m.read(MigrationCounters.inProgress) > 0 {
                 line("  migrations in=\(m.read(MigrationCounters.into)) out=\(m.read(MigrationCounters.outOf)) failed=\(m.read(MigrationCounters.failed)) last_pause_us=\(m.read(MigrationCounters.lastPauseMicros)) max_pause_us=\(m.read(MigrationCounters.maxPauseMicros))\(m.read(MigrationCounters.inProgress) != 0 ? " MOVING" : "")")
@@ -196,6 +201,7 @@ struct StatCommand: ParsableCommand {
             let c = file.counters(s)
             for reason in RejectReason.allCases where c.rejects(reason.rawValue) > 0 { rejects[reason.name] = c.rejects(reason.rawValue) }
             let m = file.migrations(s)
+            let r = file.replication(s)
             shards.append([
                 "shard": s,
                 "rates": ["commands": Double(n[0] &- l[0]) / interval,
@@ -208,6 +214,11 @@ struct StatCommand: ParsableCommand {
                 "migrations": ["in": m.read(MigrationCounters.into), "out": m.read(MigrationCounters.outOf),
                                "failed": m.read(MigrationCounters.failed), "in_progress": m.read(MigrationCounters.inProgress),
                                "last_pause_us": m.read(MigrationCounters.lastPauseMicros)],
+                "replication": ["role": ["none", "primary", "standby"][Int(min(2, r.read(ReplicationCounters.role)))],
+                                "epoch": r.read(ReplicationCounters.epoch), "sync_engaged": r.read(ReplicationCounters.engaged),
+                                "lag_records": r.read(ReplicationCounters.lag), "connected": r.read(ReplicationCounters.connected),
+                                "digests_matched": r.read(ReplicationCounters.digestsMatched), "alarm": r.read(ReplicationCounters.alarm),
+                                "promotions": r.read(ReplicationCounters.promotions)],
             ])
         }
         let symbolList: [[String: Any]] = (0..<file.symbolCount).map { i in

@@ -64,7 +64,7 @@ struct CompileError: Error, CustomStringConvertible {
 let symbolNames = ["BTC-USD", "ETH-USD", "SOL-USD", "XRP-USD"]
 
 func pluginEngine(_ dir: String, plugins: PluginSettings?, log: LogLines, instance: String = "p",
-                  syncJournalIn data: String? = nil) throws -> Engine {
+                  syncJournalIn data: String? = nil, replication: ReplicationSettings? = nil) throws -> Engine {
     var settings = EngineSettings(
         instance: instance, directory: dir, shards: [ShardSettings(core: nil), ShardSettings(core: nil)],
         symbols: symbolNames.enumerated().map { (spec: SymbolSpec(name: $1, id: UInt32($0 + 1)), shard: $0 % 2) },
@@ -75,6 +75,7 @@ func pluginEngine(_ dir: String, plugins: PluginSettings?, log: LogLines, instan
         settings.durability = .sync
         settings.dataDirectory = data
     }
+    settings.replication = replication
     let engine = Engine(settings: settings, log: { log.append($0) })
     for line in try engine.start() { log.append(line) }
     return engine
