@@ -306,8 +306,15 @@ extension Engine {
             let epoch = words.count == 2 ? UInt64(words[1]) : nil
             if words.count == 2 && epoch == nil { return ["error usage: promote [EPOCH]"] }
             do { return ["ok", try promote(epoch: epoch)] } catch { return ["error \(error)"] }
+        case "switchover":
+            do {
+                let text = try switchover()
+                // The run command stops this engine and starts it again as the standby.
+                onSwitchover?()
+                return ["ok", text]
+            } catch { return ["error \(error)"] }
         default:
-            return ["error unknown request (migrate SYMBOL SHARD | routes | migrations | replication | promote [EPOCH])"]
+            return ["error unknown request (migrate SYMBOL SHARD | routes | migrations | replication | promote [EPOCH] | switchover)"]
         }
     }
 

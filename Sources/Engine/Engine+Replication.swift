@@ -52,6 +52,11 @@ final class ReplicationRuntime: @unchecked Sendable {
     let cap: UnsafeMutablePointer<UInt64>
     let mode: ReplicationMode
     var gateCap: UnsafeMutablePointer<UInt64>? { mode == .sync ? cap : nil }
+    /// 1 while a planned switchover holds the shards' ingress (they take no command).
+    let paused: UnsafeMutablePointer<UInt32>
+    /// Set once this engine handed over to its standby: it stops, and `crossbook run` starts it
+    /// again as the standby.
+    var switchedOver = false
     let shards: Int
     var promotions = 0
     /// Each shard's epoch as last read (at start, and at each promotion).
@@ -65,9 +70,14 @@ final class ReplicationRuntime: @unchecked Sendable {
         mode = settings.mode
         cap = cacheAligned(UInt64.self, count: shards)
         cap.initialize(repeating: .max, count: shards)
+        paused = cacheAligned(UInt32.self, count: 1)
+        paused.initialize(to: 0)
     }
 
-    deinit { cap.deallocate() }
+    deinit {
+        cap.deallocate()
+        paused.deallocate()
+    }
 }
 
 extension Engine {
@@ -221,6 +231,48 @@ extension Engine {
         log(text)
         return text
     }
+
+    /// A planned switchover (`crossbook switchover`), on the primary: stop taking commands, wait
+    /// until a standby has confirmed everything this engine made durable, hand over (it
+    /// promotes itself under the next epoch), then stop; `crossbook run` starts this engine again
+    /// as the new primary's standby. Nothing is lost, nothing needs rebuilding. On a timeout the
+    /// orders flow again here and nothing changed.
+    public func switchover(timeout: Double = 10) throws(EngineError) -> String {
+        guard let runtime = replication, let server = runtime.lock.locked({ runtime.server }), role == .primary else {
+            throw EngineError("a switchover starts on a primary that serves standbys")
+        }
+        guard !server.connected.isEmpty else { throw EngineError("no standby is connected: nothing to switch over to") }
+        let t0 = monotonicNanoseconds()
+        cb_store_release_u32(runtime.paused, 1)
+        // Where each shard stopped (what it sequenced), then until that is durable here and there.
+        var last: [UInt64] = []
+        for shard in shards {
+            let query = DigestQuery()
+            guard shard.send(.digest(query)), query.done.wait(seconds: timeout), let value = query.value else {
+                cb_store_release_u32(runtime.paused, 0)
+                throw EngineError("shard \(shard.index) did not answer")
+            }
+            last.append(value.sequence)
+        }
+        let epoch = (shards.indices.compactMap { adminState(shard: $0)?.epoch }.max() ?? 0) + 1
+        server.requestHandover((epoch, last))
+        let deadline = monotonicNanoseconds() + UInt64(timeout * 1e9)
+        while !server.hasHandedOver {
+            guard monotonicNanoseconds() < deadline else {
+                server.requestHandover(nil)
+                cb_store_release_u32(runtime.paused, 0)
+                throw EngineError("no standby confirmed every record within \(timeout) s (durable here: \(shards.map { String($0.tallied(ShardTally.durable)) }.joined(separator: ",")), sequenced: \(last.map(String.init).joined(separator: ","))); orders flow here again")
+            }
+            usleep(200)
+        }
+        runtime.lock.locked { runtime.switchedOver = true }
+        let ms = Double(monotonicNanoseconds() - t0) / 1e6
+        let text = "switched over: took no orders from the pause, handed over at epoch \(epoch) after \(String(format: "%.1f", ms)) ms (sequences \(last.map(String.init).joined(separator: ","))); stopping, to follow the new primary"
+        log(text)
+        return text
+    }
+
+    public var switchedOver: Bool { replication?.lock.locked { replication!.switchedOver } ?? false }
 
     /// Lines for `crossbook replication` (control socket) and `crossbook stat`.
     func replicationStatus() -> [String] {

@@ -185,6 +185,9 @@ public final class Engine: @unchecked Sendable {
     private var controlSocket: ControlSocket?
     /// Hot standby (Engine+Replication.swift): the role, the server or client, the inboxes.
     var replication: ReplicationRuntime?
+    /// Called (on the control socket's thread) once a planned switchover handed over: the
+    /// process should stop this engine and follow the new primary (RunCommand does).
+    public var onSwitchover: (@Sendable () -> Void)?
     /// One migration at a time (Engine+Migration.swift), and what the past ones measured.
     let migrationSerial = Lock()
     let migrationLock = Lock()
@@ -484,7 +487,8 @@ public final class Engine: @unchecked Sendable {
                               executionRing: executions,
                               regenerateAfter: s.regenerateShard == i ? s.regenerateAfter : nil,
                               replica: standby ? replicationRuntime?.inboxes[i] : nil,
-                              replicatedCap: replicationRuntime?.gateCap.map { $0 + i })
+                              replicatedCap: replicationRuntime?.gateCap.map { $0 + i },
+                              ingressPause: replicationRuntime?.paused)
             if s.durability != .none && !startAborted { log("shard \(i): recovering from \(s.dataDirectory)") }
             shard.start()
             shard.started.wait()

@@ -40,3 +40,21 @@ struct ReplicationCommand: ParsableCommand {
         for line in answer.dropFirst() { print(line) }
     }
 }
+
+struct SwitchoverCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "switchover",
+        abstract: "A planned switchover, run against the primary: it stops taking orders, waits for its standby to confirm everything, hands over, and comes back as the new primary's standby.",
+        discussion: "Clients then connect to the new primary. Exit status 1 if it was refused or timed out (the orders then flow on the old primary again).")
+
+    @OptionGroup var target: InstanceOptions
+
+    func run() throws {
+        let answer: [String]
+        do { answer = try Engine.ask(directory: target.resolvedDirectory, "switchover", timeout: 30) } catch {
+            throw CLIError("engine '\(target.instance)': \(error)")
+        }
+        guard answer.first == "ok" else { throw CLIError(answer.first.map { String($0.dropFirst(6)) } ?? "no answer") }
+        for line in answer.dropFirst() { print(line) }
+    }
+}

@@ -202,9 +202,17 @@ struct RunCommand: ParsableCommand {
         signal(SIGPIPE, SIG_IGN)
         pthread_sigmask(SIG_BLOCK, &signals, nil)
 
-        let engine = Engine(settings: settings, log: { line in logLine(line) })
-        // A stop may come at any moment, during a long recovery too: the watcher aborts the start.
         let stopRequested = DispatchSemaphore(value: 0)
+        let engine = Engine(settings: settings, log: { line in logLine(line) })
+        // A planned switchover handed over to the standby: stop (once the answer is sent), then
+        // start again as the new primary's standby.
+        engine.onSwitchover = {
+            Thread {
+                usleep(200_000)
+                stopRequested.signal()
+            }.start()
+        }
+        // A stop may come at any moment, during a long recovery too: the watcher aborts the start.
         let watchedSet = signals
         let watcher = Thread {
             var set = watchedSet
@@ -237,6 +245,15 @@ struct RunCommand: ParsableCommand {
         notifySystemd("STOPPING=1\nSTATUS=draining the rings")
         engine.stop()
         logLine("stopped; shared-memory files removed")
+        if engine.switchedOver {
+            // Follow the new primary: this process again, as the standby (same pid for systemd).
+            var arguments = CommandLine.arguments.filter { $0 != "--rebuild" }
+            if !arguments.contains("--standby") { arguments.append("--standby") }
+            logLine("switched over: starting again as the standby (\(arguments.dropFirst().joined(separator: " ")))")
+            let argv = arguments.map { strdup($0) } + [nil]
+            execv("/proc/self/exe", argv)
+            throw CLIError("cannot start again as the standby: execv: \(String(cString: strerror(errno)))")
+        }
     }
 }
 

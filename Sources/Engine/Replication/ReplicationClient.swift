@@ -45,6 +45,8 @@ final class ReplicationClient: @unchecked Sendable {
     private var lastHeard: UInt64 = 0
     private let finished = Semaphore()
     private var running = false
+    /// The primary handed over: this client's work is done (the promotion stops it).
+    private var handedOver = false
 
     /// `positions`: where each shard's journal ends (sequence, CRC of that record).
     init(primary: ReplicationAddress, inboxes: [ReplicaInbox], positions: [(last: UInt64, crc: UInt32)],
@@ -112,7 +114,7 @@ final class ReplicationClient: @unchecked Sendable {
             } else {
                 loggedDown = false
             }
-            if isStopping { return }
+            if isStopping || lock.locked({ handedOver }) { return }
             lock.locked { status.connected = false }
             // The two-node rule: an engaged primary silent this long cannot acknowledge anything.
             let now = monotonicNanoseconds()
@@ -213,6 +215,13 @@ final class ReplicationClient: @unchecked Sendable {
                             status.primaryEpoch = theirEpoch
                         }
                         for (i, d) in upTo.enumerated() { cb_store_release_u64(inboxes[i].primaryDurable, d) }
+                    case .handover(let theirEpoch):
+                        // A planned switchover: everything the primary made durable is here.
+                        guard theirEpoch > epoch else { return "a handover to epoch \(theirEpoch), not above \(epoch)" }
+                        log("replication: the primary hands over (planned switchover): promoting this standby at epoch \(theirEpoch)")
+                        lock.locked { handedOver = true }
+                        promote(theirEpoch)
+                        return nil
                     default:
                         return "unexpected message from the primary"
                     }

@@ -52,6 +52,9 @@ final class ReplicationServer: @unchecked Sendable {
     /// Per shard, the highest sequence any standby has confirmed (kept when it goes): the lag
     /// is the durable sequence minus this.
     private var bestAcked: [UInt64]
+    /// A planned switchover: the epoch to hand to the first caught-up standby, and whether it went.
+    private var handover: (epoch: UInt64, through: [UInt64])?
+    private(set) var handedOver = false
     /// Refused standbys and why (the last few), for the operator.
     private var refusals: [String] = []
 
@@ -80,6 +83,12 @@ final class ReplicationServer: @unchecked Sendable {
     deinit { engagedFlag.deallocate() }
 
     var engaged: Bool { cb_load_acquire_u32(engagedFlag) != 0 }
+
+    /// Asks the serving threads to hand over to the first standby that has confirmed every
+    /// record durable here (the caller has stopped the shards taking commands).
+    /// `through`: each shard's last sequenced command (the standby must hold them all); nil cancels.
+    func requestHandover(_ request: (epoch: UInt64, through: [UInt64])?) { lock.locked { handover = request } }
+    var hasHandedOver: Bool { lock.locked { handedOver } }
 
     /// The standbys connected now.
     var connected: [Standby] { lock.locked { Array(standbys.values) } }
@@ -264,6 +273,13 @@ final class ReplicationServer: @unchecked Sendable {
                         for i in 0..<shardCount { bestAcked[i] = max(bestAcked[i], state.acked[i]) }
                     }
                     if mode == .sync { confirm(state.acked) }
+                }
+                if let request = lock.locked({ handedOver ? nil : handover }),
+                   (0..<shardCount).allSatisfy({ state.acked[$0] >= request.through[$0] }) {
+                    let epoch = request.epoch
+                    try connection.send(.handover(epoch: epoch))
+                    lock.locked { handedOver = true }
+                    log("replication: handed over to standby \(connection.peer) at epoch \(epoch)")
                 }
                 if work == 0 && acks == 0 { usleep(50) }
             }

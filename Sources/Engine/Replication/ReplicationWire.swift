@@ -13,6 +13,8 @@
 //     4 records: shard (u16), 6 reserved, the primary's durable sequence (u64), records as they
 //                lie in the journal (Journal/JournalTail.swift), each carrying its own CRC32C
 //     5 digest:  shard (u16), 6 reserved, sequence (u64), state digest at it (u64)
+//     8 handover: epoch (u64): a planned switchover: the primary takes no more orders and the
+//                standby holds everything; it promotes itself under this epoch
 //     6 heartbeat: epoch (u64), engaged (u64: 1 once sync is engaged, ReplicationServer.swift),
 //                  per shard the durable sequence (u64)
 
@@ -38,6 +40,7 @@ enum ReplicationMessage: Equatable {
     case digest(shard: Int, sequence: UInt64, digest: UInt64)
     case heartbeat(epoch: UInt64, engaged: Bool, durable: [UInt64])
     case ack(shard: Int, durable: UInt64)
+    case handover(epoch: UInt64)
 
     static let magic: UInt64 = 0x3130_4C50_4552_4243  // "CBREPL01"
     static let version: UInt16 = 1
@@ -73,6 +76,9 @@ enum ReplicationMessage: Equatable {
         case .ack(let shard, let durable):
             kind = 7
             put(UInt16(shard)); put(UInt16(0)); put(UInt32(0)); put(durable)
+        case .handover(let epoch):
+            kind = 8
+            put(epoch)
         }
         var frame: [UInt8] = []
         frame.reserveCapacity(8 + body.count)
@@ -139,6 +145,10 @@ enum ReplicationMessage: Equatable {
             let durable = try get(UInt64.self)
             try end()
             return .ack(shard: shard, durable: durable)
+        case 8:
+            let epoch = try get(UInt64.self)
+            try end()
+            return .handover(epoch: epoch)
         default:
             throw .protocol("unknown message kind \(kind)")
         }

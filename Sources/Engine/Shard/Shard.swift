@@ -77,6 +77,7 @@ final class Shard: @unchecked Sendable {
     /// Sync replication and leadership limit what the output gate releases (OutputGate.swift).
     private let replicatedCap: UnsafeMutablePointer<UInt64>?
     private let leaseUntil: UnsafeMutablePointer<UInt64>?
+    private let ingressPause: UnsafeMutablePointer<UInt32>?
     /// What the regeneration collected, and the last sequence the replay reached.
     private(set) var collected: OutputCollector?
     private(set) var recoveredLast: UInt64 = 0
@@ -115,7 +116,8 @@ final class Shard: @unchecked Sendable {
          describeBooks: Bool = false, abortStart: UnsafeMutablePointer<UInt32>? = nil,
          executionRing: EventRing? = nil, regenerateAfter: UInt64? = nil,
          replica: ReplicaInbox? = nil, replicatedCap: UnsafeMutablePointer<UInt64>? = nil,
-         leaseUntil: UnsafeMutablePointer<UInt64>? = nil) {
+         leaseUntil: UnsafeMutablePointer<UInt64>? = nil, ingressPause: UnsafeMutablePointer<UInt32>? = nil) {
+        self.ingressPause = ingressPause
         self.replica = replica
         self.replicatedCap = replicatedCap
         self.leaseUntil = leaseUntil
@@ -269,6 +271,7 @@ final class Shard: @unchecked Sendable {
             state.output.pointee.disk = writer
             state.output.pointee.replicatedCap = replicatedCap
             state.output.pointee.leaseUntil = leaseUntil
+            state.ingressPause = ingressPause
             if replica != nil {
                 // A standby's journal holds the primary's records only: nothing of its own.
                 state.output.pointee.replaying = true

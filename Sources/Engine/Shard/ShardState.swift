@@ -58,6 +58,8 @@ struct ShardState: ~Copyable {
     var prebuiltImport: UInt32?
     /// Imports arriving in parts (AdminCommand.importPart), by symbol id, until the last part.
     var importParts: [UInt32: [UInt8]] = [:]
+    /// A planned switchover (Engine+Replication.swift): while this reads 1, no command is taken.
+    var ingressPause: UnsafeMutablePointer<UInt32>?
     /// A standby's promotion, asked and not yet done (Shard.loop).
     var promotion: AdminRequest?
     /// Symbol id → owner shard (RouteTable), read to name the owner in a `symbol_moved` reject.
@@ -254,7 +256,7 @@ struct ShardState: ~Copyable {
         let inbound = sessions.inbound
         // Output held back (a standby that does not confirm, a lease in doubt): take no more
         // commands than the staging area can answer for; the rings fill, the clients wait.
-        let accepting = !output.pointee.backlogged
+        let accepting = !output.pointee.backlogged && (ingressPause.map { cb_load_acquire_u32($0) == 0 } ?? true)
         for i in 0..<(accepting ? sessions.count : 0) where inbound[i].active {
             let available: Int
             do {
