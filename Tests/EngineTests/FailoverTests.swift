@@ -194,9 +194,10 @@ struct FailoverTests {
             while Date() < stopAt && Date() < hardStop {
                 if stopAt == hardStop && cycleAcked > 0 { stopAt = Date().addingTimeInterval(runFor) }
                 if cycleSent - cycleAcked < 2000 {
-                    let side: Side = (nextId + 1) % 2 == 0 ? .buy : .sell
+                    // Buys and sells at one price in turn: the books stay small over every cycle.
+                    let side: Side = ((nextId + 1) / 2) % 2 == 0 ? .buy : .sell
                     // Not sent (a full ring): the same id is tried again.
-                    if client.submit(.new(NewOrder(orderId: nextId + 1, side: side, price: 990 + Price((nextId + 1) % 21), quantity: 1)),
+                    if client.submit(.new(NewOrder(orderId: nextId + 1, side: side, price: 1000, quantity: 1)),
                                      symbol: (nextId + 1) % 3 == 0 ? eth : btc) {
                         nextId += 1
                         cycleSent += 1
@@ -220,7 +221,7 @@ struct FailoverTests {
             let next = try CrossbookClient(instance: standby.name, directory: standby.dir)
             nextId += 1
             let probe = nextId
-            _ = next.submit(.new(NewOrder(orderId: probe, side: .buy, price: 1, quantity: 1)), symbol: try next.symbol("BTC-USD"))
+            _ = next.submit(.new(NewOrder(orderId: probe, side: .buy, price: 999, quantity: 1)), symbol: try next.symbol("BTC-USD"))
             var probeAcked = false
             _ = waitFor(10) {
                 _ = try? next.poll { if $0.kind == .accepted && $0.orderId == probe { probeAcked = true; acked.insert(probe) } }
