@@ -161,6 +161,7 @@ extension Engine {
             configurationHash: replicationConfigurationHash, epoch: epoch, cap: cap,
             digestEveryNanoseconds: UInt64(max(0, r.digestEveryMilliseconds)) * 1_000_000,
             durable: { shards[$0].tallied(ShardTally.durable) },
+            written: { shards[$0].tallied(ShardTally.written) },
             digest: { i in
                 let query = DigestQuery()
                 guard shards[i].send(.digest(query)), query.done.wait(seconds: 1) else { return nil }
@@ -255,6 +256,7 @@ extension Engine {
             last.append(value.sequence)
         }
         let epoch = (shards.indices.compactMap { adminState(shard: $0)?.epoch }.max() ?? 0) + 1
+        let t1 = monotonicNanoseconds()
         server.requestHandover((epoch, last))
         let deadline = monotonicNanoseconds() + UInt64(timeout * 1e9)
         while !server.hasHandedOver {
@@ -267,7 +269,7 @@ extension Engine {
         }
         runtime.lock.locked { runtime.switchedOver = true }
         let ms = Double(monotonicNanoseconds() - t0) / 1e6
-        let text = "switched over: took no orders from the pause, handed over at epoch \(epoch) after \(String(format: "%.1f", ms)) ms (sequences \(last.map(String.init).joined(separator: ","))); stopping, to follow the new primary"
+        let text = "switched over: took no orders from the pause, handed over at epoch \(epoch) after \(String(format: "%.1f", ms)) ms (\(String(format: "%.1f", Double(t1 - t0) / 1e6)) ms until every shard had stopped; sequences \(last.map(String.init).joined(separator: ","))); stopping, to follow the new primary"
         log(text)
         return text
     }
@@ -279,7 +281,7 @@ extension Engine {
         guard let runtime = replication, let r = settings.replication else { return ["role primary", "replication off"] }
         var lines: [String] = []
         let role = runtime.lock.locked { runtime.role }
-        let epoch = shards.indices.compactMap { adminState(shard: $0, timeout: 1)?.epoch }.max() ?? 0
+        let epoch = runtime.lock.locked { runtime.epochs.max() ?? 0 }
         lines.append("role \(role.rawValue) epoch \(epoch) mode \(r.mode.rawValue) promotions \(runtime.promotions)")
         if let last = runtime.lock.locked({ runtime.lastPromotion }) {
             lines.append("last_promotion epoch \(last.epoch) ms \(String(format: "%.1f", last.milliseconds))")

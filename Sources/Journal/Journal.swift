@@ -150,6 +150,9 @@ public final class JournalWriter {
     /// What the owning thread reads on its order path.
     public struct Progress {
         public var durable: UInt64 = 0
+        /// The highest sequence whose write has completed (in the file, maybe not yet on disk):
+        /// what a standby may be sent ahead of the fdatasync (JournalTail).
+        public var written: UInt64 = 0
         /// `failure != nil`.
         public var failing = false
         public var failureCount: UInt64 = 0
@@ -161,6 +164,7 @@ public final class JournalWriter {
     public let config: JournalConfig
     /// The highest sequence on disk.
     @inlinable public var durable: UInt64 { progress.pointee.durable }
+    @inlinable public var written: UInt64 { progress.pointee.written }
     /// Set when the disk refuses: nothing more becomes durable until `retry` has made it work.
     public private(set) var failure: JournalError? {
         didSet { progress.pointee.failing = failure != nil }
@@ -213,7 +217,7 @@ public final class JournalWriter {
     public init(config: JournalConfig, lastSequence: UInt64, resume: JournalResume? = nil) throws(JournalError) {
         self.config = config
         progress = .allocate(capacity: 1)
-        progress.initialize(to: Progress(durable: lastSequence))
+        progress.initialize(to: Progress(durable: lastSequence, written: lastSequence))
         nextSequence = lastSequence + 1
         journalId = resume?.journalId ?? UInt64.random(in: 1...UInt64.max)
         chain = resume?.chain ?? 0
@@ -419,10 +423,14 @@ public final class JournalWriter {
             fail(.system(SystemCallError("write (short: \(result) of \(batch.length) bytes)", segmentPath, errno: EIO)))
             return
         }
-        if isSync { inFlight?.synced = true } else { inFlight?.wrote = true }
+        if isSync { inFlight?.synced = true } else {
+            inFlight?.wrote = true
+            progress.pointee.written = max(progress.pointee.written, batch.last)
+        }
         if let done = inFlight, done.wrote && done.synced {
             if let batchHistogram { cb_histogram_record_count(batchHistogram, done.last &- durable) }
             progress.pointee.durable = done.last
+            progress.pointee.written = max(progress.pointee.written, done.last)
             progress.pointee.durableBatches += 1
             progress.pointee.durableBytes += UInt64(done.length)
             if let syncHistogram { cb_histogram_record(syncHistogram, monotonicNanoseconds() &- submittedAt) }

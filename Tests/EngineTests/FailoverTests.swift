@@ -605,12 +605,33 @@ extension FailoverTests {
                 if client.submit(.new(NewOrder(orderId: id + 1, side: (id / 2) % 2 == 0 ? .buy : .sell, price: 1000, quantity: 1)), symbol: btc) { id += 1 }
                 _ = try client.poll { if $0.kind == .accepted { acked.insert($0.orderId) } }
             }
+            // The client keeps reading its reports while the switchover runs (one that stops
+            // reading holds its shard up to lag_timeout_ms, as always).
+            final class Reader: @unchecked Sendable {
+                let client: CrossbookClient
+                let lock = NSLock()
+                var stop = false, ids: [Int64] = []
+                let done = DispatchSemaphore(value: 0)
+                init(_ client: CrossbookClient) { self.client = client }
+            }
+            let reader = Reader(client)
+            Thread {
+                while !reader.lock.withLock({ reader.stop }) {
+                    _ = try? reader.client.poll { if $0.kind == .accepted { reader.ids.append($0.orderId) } }
+                }
+                reader.done.signal()
+            }.start()
             let asked = Date()
             let answer = try Engine.ask(directory: from.dir, "switchover", timeout: 30)
+            reader.lock.withLock { reader.stop = true }
+            reader.done.wait()
+            acked.formUnion(reader.ids)
             #expect(answer.first == "ok", "round \(round): \(answer)")
-            #expect(waitFor(10) { to.isPrimary }, "round \(round): \(to.status())")
-            // The pause: from the request to the new primary's first acknowledgement.
-            let next = try CrossbookClient(instance: to.name, directory: to.dir)
+            // The pause: from the request to the new primary's first acknowledgement (a standby
+            // refuses clients: try until it takes one).
+            var taken: CrossbookClient?
+            _ = waitFor(10) { taken = try? CrossbookClient(instance: to.name, directory: to.dir, timeout: 1); return taken != nil }
+            guard let next = taken else { Issue.record("round \(round): the new primary takes no client: \(to.status())"); return }
             id += 1
             let probe = id
             _ = next.submit(.new(NewOrder(orderId: probe, side: .buy, price: 999, quantity: 1)), symbol: try next.symbol("BTC-USD"))
@@ -618,7 +639,10 @@ extension FailoverTests {
             _ = waitFor(10) { _ = try? next.poll { if $0.kind == .accepted && $0.orderId == probe { got = true } }; return got }
             #expect(got)
             acked.insert(probe)
-            print("switchover \(round): \(Int(Date().timeIntervalSince(asked) * 1000)) ms from the request to the new primary's first acknowledgement")
+            let handover = answer.dropFirst().first?.split(separator: " ").firstIndex(of: "after").map { answer[1].split(separator: " ")[$0 + 1] } ?? "?"
+            let promotion = to.status().first { $0.hasPrefix("last_promotion") }?.split(separator: " ").last ?? "?"
+            if ProcessInfo.processInfo.environment["HA_DEBUG"] != nil { print(answer, from.log.all.suffix(12).joined(separator: "\n"), to.log.all.suffix(12).joined(separator: "\n")) }
+            print("switchover \(round): paused \(handover) ms until the handover, the standby promoted in \(promotion) ms; \(Int(Date().timeIntervalSince(asked) * 1000)) ms from the request to this client's first acknowledgement by the new primary (with the client's reconnection)")
             next.close()
             // What the old primary acknowledged before it stopped (its rings stay mapped here).
             _ = try? client.poll { if $0.kind == .accepted { acked.insert($0.orderId) } }

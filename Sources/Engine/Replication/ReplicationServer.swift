@@ -33,6 +33,9 @@ final class ReplicationServer: @unchecked Sendable {
     private let configurationHash: UInt64
     private let epoch: UInt64
     private let durable: (Int) -> UInt64
+    /// Per shard, the highest sequence written to the journal's file (sent before it is durable:
+    /// the standby's fdatasync then runs beside this one's, not after it).
+    private let written: (Int) -> UInt64
     private let digest: (Int) -> (sequence: UInt64, digest: UInt64)?
     private let log: @Sendable (String) -> Void
     private let digestEveryNanoseconds: UInt64
@@ -60,7 +63,7 @@ final class ReplicationServer: @unchecked Sendable {
 
     init(address: ReplicationAddress, mode: ReplicationMode, shards: Int, dataDirectory: String, configurationHash: UInt64,
          epoch: UInt64, cap: UnsafeMutablePointer<UInt64>, digestEveryNanoseconds: UInt64,
-         durable: @escaping (Int) -> UInt64, digest: @escaping (Int) -> (sequence: UInt64, digest: UInt64)?,
+         durable: @escaping (Int) -> UInt64, written: @escaping (Int) -> UInt64, digest: @escaping (Int) -> (sequence: UInt64, digest: UInt64)?,
          log: @escaping @Sendable (String) -> Void) {
         self.address = address
         self.mode = mode
@@ -70,6 +73,7 @@ final class ReplicationServer: @unchecked Sendable {
         self.epoch = epoch
         self.cap = cap
         self.durable = durable
+        self.written = written
         self.digest = digest
         self.log = log
         self.digestEveryNanoseconds = digestEveryNanoseconds
@@ -207,7 +211,7 @@ final class ReplicationServer: @unchecked Sendable {
         // The standby's journal must be a prefix of this one: the record at its last sequence
         // is the same (same CRC), and it holds nothing this journal does not.
         for (shard, position) in positions.enumerated() where position.last > 0 {
-            let mine = durable(shard)
+            let mine = max(durable(shard), written(shard))
             let record = (try? JournalReader.record(directory: dataDirectory, shard: shard, sequence: position.last)) ?? nil
             if position.last > mine || record?.crc != position.crc {
                 return refuse(connection, "shard \(shard): the standby's journal has diverged from this primary's at sequence \(position.last) (it holds records this primary does not): rebuild it (crossbook run --standby --rebuild)")
@@ -233,7 +237,7 @@ final class ReplicationServer: @unchecked Sendable {
             while !lock.locked({ stopping }) {
                 var work = 0
                 for shard in 0..<shardCount {
-                    let upTo = durable(shard)
+                    let upTo = max(durable(shard), written(shard))
                     if tails[shard].position >= upTo { continue }
                     buffer.removeAll(keepingCapacity: true)
                     let n: Int
@@ -241,7 +245,7 @@ final class ReplicationServer: @unchecked Sendable {
                         return refuse(connection, "shard \(shard): cannot stream the journal: \(error); rebuild the standby from a snapshot")
                     }
                     if n > 0 {
-                        try connection.send(.records(shard: shard, durable: upTo, bytes: buffer))
+                        try connection.send(.records(shard: shard, durable: durable(shard), bytes: buffer))
                         state.sent[shard] = tails[shard].position
                         work += n
                     }

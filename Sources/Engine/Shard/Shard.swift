@@ -34,7 +34,10 @@ enum ShardTally {
     static let ringFaults = 2
     /// The highest sequence on disk (for the control thread: the counters region is output only).
     static let durable = 3
-    static let count = 4
+    /// The highest sequence written to the journal's file, maybe not yet on disk (replication
+    /// sends it ahead of the fdatasync).
+    static let written = 4
+    static let count = 5
 }
 
 /// A shard's thread, its settings, and what it tells the engine. Its state lives on its thread

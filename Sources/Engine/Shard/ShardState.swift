@@ -299,6 +299,7 @@ struct ShardState: ~Copyable {
             if output.pointee.hold { output.pointee.release(upTo: durable) }
             counters.set(.durableSequence, durable)
             cb_store_release_u64(tally + ShardTally.durable, durable)
+            cb_store_release_u64(tally + ShardTally.written, journal.written)
             counters.set(.journalFailures, journal.failureCount)
             counters.set(.journalBatches, journal.durableBatches)
             counters.set(.journalBytes, journal.durableBytes)
