@@ -660,3 +660,70 @@ extension FailoverTests {
         #expect(try journaledClientIds(a.data) == counts)
     }
 }
+
+extension FailoverTests {
+    @Test("Kafka ingress across a failover: the primary is killed with -9 while it consumes; the promoted standby starts its ingress at the journaled positions; every message of the topic is journaled exactly once, in order")
+    func kafkaFailover() throws {
+        let broker = try KafkaBroker()
+        defer { broker.stop() }
+        try broker.createTopic("orders", partitions: 2)
+        try broker.createTopic("orders.dead-letter", partitions: 1)
+        let pa = freeLoopbackPort(), pb = freeLoopbackPort()
+        struct Side { let name, dir, data, config: String }
+        func side(_ name: String, listen: Int, peer: Int) throws -> Side {
+            let data = NSTemporaryDirectory() + "crossbook-kha-\(name)-\(UUID().uuidString.prefix(8))"
+            let text = kafkaEngineConfig(instance: name, broker: broker, topic: "orders")
+                + "\n[replication]\nlisten = \"127.0.0.1:\(listen)\"\npeer = \"127.0.0.1:\(peer)\"\nfailover_after_ms = 300\n"
+            try text.write(toFile: data + ".toml", atomically: true, encoding: .utf8)
+            return Side(name: name, dir: testDirectory(), data: data, config: data + ".toml")
+        }
+        let a = try side("kha-a", listen: pa, peer: pb), b = try side("kha-b", listen: pb, peer: pa)
+        defer { for s in [a, b] { removeTree(s.data); unlink(s.config) } }
+        func arguments(_ s: Side) -> [String] { ["--config", s.config, "--directory", s.dir, "--no-pin", "--data-dir", s.data, "--clean-stale"] }
+        let primary = try EngineProcess(arguments(a), environment: KafkaKit.environment)
+        #expect(waitFor(20) { (try? EngineFile.attach(directory: a.dir))?.isServing ?? false }, "\(primary.log.all.suffix(5))")
+        let standby = try EngineProcess(arguments(b) + ["--standby"], environment: KafkaKit.environment)
+        defer { standby.signal(SIGTERM); _ = standby.waitForExit(10) }
+        let status = { (dir: String) in (try? Engine.ask(directory: dir, "replication", timeout: 2)) ?? [] }
+        #expect(waitFor(20) { status(a.dir).contains { $0.contains("engaged 1 standbys 1") } }, "\(status(a.dir))")
+
+        let lines = randomOrderLog(count: 4000, seed: 1212)
+        func produce(_ part: ArraySlice<String>) throws {
+            let producer = Process()
+            producer.executableURL = KafkaKit.tool
+            producer.arguments = ["orders", broker.address, "orders", "2"]
+            producer.environment = ProcessInfo.processInfo.environment.merging(KafkaKit.environment) { $1 }
+            let input = Pipe()
+            producer.standardInput = input
+            producer.standardError = FileHandle.nullDevice
+            try producer.run()
+            input.fileHandleForWriting.write(Data((part.joined(separator: "\n") + "\n").utf8))
+            try? input.fileHandleForWriting.close()
+            producer.waitUntilExit()
+            #expect(producer.terminationStatus == 0)
+        }
+        try produce(lines[0..<2000])
+        // Killed while it consumes: some of the first half journaled, maybe not all.
+        #expect(waitFor(20) { ((try? JournaledIngress(data: a.data, shards: 2))?.offsets.values.map(\.count).reduce(0, +) ?? 0) > 200 })
+        primary.signal(SIGKILL)
+        _ = primary.waitForExit(10)
+        #expect(waitFor(10) { status(b.dir).contains { $0.hasPrefix("role primary") } }, "\(standby.log.all.suffix(5))")
+        try produce(lines[2000...])
+        let consumed = ConsumedMessage.parse(try KafkaKit.run(["consume", broker.address, "orders", "2", "3000"]).out)
+        #expect(consumed.count == lines.count)
+        #expect(waitFor(60) {
+            ((try? JournaledIngress(data: b.data, shards: 2))?.offsets.values.map(\.count).reduce(0, +) ?? 0) >= consumed.count
+        }, "\(standby.log.all.suffix(10))")
+        #expect(standby.log.contains("resuming at offset"))
+        usleep(300_000)
+        let journaled = try JournaledIngress(data: b.data, shards: 2)
+        for partition in 0..<2 {
+            let want = consumed.filter { $0.partition == partition }.map(\.offset).sorted()
+            let got = (journaled.offsets["orders#\(partition)"] ?? []).sorted()
+            #expect(got == want, "partition \(partition): \(got.count) journaled, \(want.count) in the topic; duplicates \(got.count - Set(got).count)")
+        }
+        for (shard, keys) in journaled.perShard {
+            for (key, offsets) in keys { #expect(offsets == offsets.sorted(), "shard \(shard) \(key) out of order") }
+        }
+    }
+}
