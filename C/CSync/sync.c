@@ -1,5 +1,6 @@
 // futex and CPU affinity: raw syscalls with errno turned into return values.
 #define _GNU_SOURCE
+#include <sys/prctl.h>
 #include "cb_sync.h"
 
 #include <errno.h>
@@ -42,6 +43,8 @@ int cb_pin_current_thread(int32_t cpu) {
 int32_t cb_current_cpu(void) { return sched_getcpu(); }
 
 int32_t cb_thread_id(void) { return (int32_t)syscall(SYS_gettid); }
+
+int cb_set_timer_slack_ns(unsigned long ns) { return prctl(PR_SET_TIMERSLACK, ns, 0, 0, 0); }
 
 int64_t cb_thread_cpu_ns(int32_t pid, int32_t tid) {
     if (tid <= 0) return -1;

@@ -100,6 +100,7 @@ final class ReplicationClient: @unchecked Sendable {
     private var isStopping: Bool { lock.locked { stopping } }
 
     private func run() {
+        _ = cb_set_timer_slack_ns(1)  // its short sleeps are on the acknowledgement path
         var silentSince = monotonicNanoseconds()
         var loggedDown = false
         while !isStopping {

@@ -184,6 +184,7 @@ final class ReplicationServer: @unchecked Sendable {
 
     /// One standby: check its hello, then stream until it goes or the engine stops.
     private func serve(_ id: Int, _ connection: ReplicationConnection) {
+        _ = cb_set_timer_slack_ns(1)  // its short sleeps are on the acknowledgement path
         let hello: ReplicationMessage?
         do {
             let deadline = monotonicNanoseconds() + 5_000_000_000
