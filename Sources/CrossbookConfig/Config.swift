@@ -37,6 +37,8 @@
 //   mode = "sync"         # sync: output once a standby has it durable too; async: lag counted
 //   failover_after_ms = 500    # a standby promotes itself when an engaged primary is silent this long
 //   digest_every_ms = 1000     # the primary's state digests, compared by the standby
+//   lease = "redis://10.0.0.3:6379/crossbook-main"  # leadership as a Redis lease (fencing)
+//   lease_ttl_ms = 2000        # a primary that cannot renew stops acknowledging before it expires
 //
 //   [plugins]             # crossbook run only; without this section: the default plugins
 //   dir = "/opt/crossbook/plugins"  # default: the directory of the crossbook executable
@@ -172,7 +174,7 @@ public struct EngineConfig {
         }
         if let section = table["replication"] {
             guard let section = section.table else { throw ConfigError(description: "\(source): [replication] must be a table") }
-            let keys = ["role", "listen", "peer", "mode", "failover_after_ms", "digest_every_ms"]
+            let keys = ["role", "listen", "peer", "mode", "failover_after_ms", "digest_every_ms", "lease", "lease_ttl_ms"]
             for key in section.keys where !keys.contains(key) {
                 throw ConfigError(description: "\(source): [replication]: unknown key '\(key)' (expected \(keys.joined(separator: ", ")))")
             }
@@ -208,6 +210,18 @@ public struct EngineConfig {
                     throw ConfigError(description: "\(source): [replication]: digest_every_ms must be between 0 (never) and 3600000, got \(ms)")
                 }
                 r.digestEveryMilliseconds = ms
+            }
+            if let v = section["lease"] {
+                guard let text = v.string, text.hasPrefix("redis://") else {
+                    throw ConfigError(description: "\(source): [replication]: lease must be \"redis://HOST:PORT/KEY\"")
+                }
+                r.lease = text
+            }
+            if let ms = try Self.int(section, "lease_ttl_ms", in: "[replication]", source: source) {
+                guard ms >= 200, ms <= 60_000 else {
+                    throw ConfigError(description: "\(source): [replication]: lease_ttl_ms must be between 200 and 60000, got \(ms)")
+                }
+                r.leaseTtlMilliseconds = ms
             }
             replication = r
         }

@@ -28,9 +28,16 @@ public struct ReplicationSettings: Sendable, Equatable {
     public var failoverAfterMilliseconds: Int?
     /// How often the primary sends each shard's state digest for the standby to compare (0: never).
     public var digestEveryMilliseconds: Int = 1000
+    /// Leadership as a lease in Redis (Replication/Lease.swift): `redis://HOST:PORT/KEY`; nil:
+    /// the two-node rule alone.
+    public var lease: String?
+    public var leaseTtlMilliseconds: Int = 2000
 
     public init(role: Role = .primary, listen: String? = nil, peer: String? = nil, mode: ReplicationMode = .sync,
-                failoverAfterMilliseconds: Int? = nil, digestEveryMilliseconds: Int = 1000) {
+                failoverAfterMilliseconds: Int? = nil, digestEveryMilliseconds: Int = 1000,
+                lease: String? = nil, leaseTtlMilliseconds: Int = 2000) {
+        self.lease = lease
+        self.leaseTtlMilliseconds = leaseTtlMilliseconds
         self.role = role
         self.listen = listen
         self.peer = peer
@@ -59,6 +66,8 @@ final class ReplicationRuntime: @unchecked Sendable {
     var switchedOver = false
     let shards: Int
     var promotions = 0
+    /// The Redis lease ([replication] lease), when configured.
+    var lease: LeaseKeeper?
     /// Each shard's epoch as last read (at start, and at each promotion).
     var epochs: [UInt64] = []
     var lastPromotion: (epoch: UInt64, milliseconds: Double)?
@@ -94,6 +103,12 @@ extension Engine {
             if let peer = r.peer { _ = try ReplicationAddress(peer) }
         } catch { throw EngineError("[replication]: \(error)") }
         if r.role == .standby && r.peer == nil { throw EngineError("[replication]: a standby needs peer, the primary's address") }
+        if let lease = r.lease {
+            do { _ = try LeaseLocation(lease) } catch { throw EngineError("[replication]: \(error)") }
+            guard r.leaseTtlMilliseconds >= 200, r.leaseTtlMilliseconds <= 60_000 else {
+                throw EngineError("[replication]: lease_ttl_ms must be between 200 and 60000")
+            }
+        }
         if let ms = r.failoverAfterMilliseconds, ms < 100 || ms > 600_000 {
             throw EngineError("[replication]: failover_after_ms must be between 100 and 600000")
         }
@@ -115,6 +130,9 @@ extension Engine {
         guard let r = s.replication else { return nil }
         let runtime = ReplicationRuntime(settings: r, shards: s.shards.count)
         if r.role == .standby { runtime.inboxes = s.shards.map { _ in ReplicaInbox() } }
+        if let text = r.lease, let location = try? LeaseLocation(text) {
+            runtime.lease = LeaseKeeper(location: location, ttlMilliseconds: r.leaseTtlMilliseconds, instance: s.instance, log: log)
+        }
         return runtime
     }
 
@@ -124,6 +142,20 @@ extension Engine {
         let epochs = shards.indices.map { adminState(shard: $0)?.epoch ?? 0 }
         runtime.lock.locked { runtime.epochs = epochs }
         if runtime.role == .primary {
+            if let lease = runtime.lease {
+                // Only the lease's holder acknowledges; its epoch is journaled in every shard.
+                let epoch: UInt64?
+                do { epoch = try lease.acquire() } catch { throw EngineError("lease \(lease.location.key): \(error)") }
+                guard let epoch else {
+                    throw EngineError("lease \(lease.location.key) is held by another engine: start this engine as its standby (--standby)")
+                }
+                for i in shards.indices where (adminState(shard: i)?.epoch ?? 0) < epoch {
+                    guard case .applied = admin(shard: i, .epoch(epoch)) else { throw EngineError("shard \(i) cannot journal the lease's epoch \(epoch)") }
+                }
+                runtime.lock.locked { runtime.epochs = Array(repeating: epoch, count: shards.count) }
+                lease.start()
+                log("lease \(lease.location.key): held (epoch \(epoch), ttl \(lease.ttlMilliseconds) ms, acknowledgements stop \(lease.marginNanoseconds / 1_000_000) ms before an unrenewed lease expires)")
+            }
             try startServer(r, runtime)
         } else {
             let positions: [(last: UInt64, crc: UInt32)] = shards.map { shard in
@@ -133,10 +165,17 @@ extension Engine {
             }
             let epoch = shards.indices.compactMap { adminState(shard: $0)?.epoch }.max() ?? 0
             let shards = self.shards
+            var leaseAcquire: (@Sendable () -> UInt64?)?
+            if let lease = runtime.lease {
+                leaseAcquire = { () -> UInt64? in
+                    do { return try lease.acquire() } catch { return nil }
+                }
+            }
             let client = ReplicationClient(
                 primary: try! ReplicationAddress(r.peer!), inboxes: runtime.inboxes, positions: positions,
                 configurationHash: replicationConfigurationHash, epoch: epoch,
                 failoverAfterNanoseconds: r.failoverAfterMilliseconds.map { UInt64($0) * 1_000_000 },
+                leaseAcquire: leaseAcquire,
                 nudge: { shards[$0].nudge() }, durable: { shards[$0].tallied(ShardTally.durable) },
                 promote: { [weak self] epoch in
                     // Not on the client's own thread: promotion stops it and waits for it.
@@ -195,7 +234,20 @@ extension Engine {
         }
         let seen = runtime.client?.currentStatus.primaryEpoch ?? 0
         let mine = shards.indices.compactMap { adminState(shard: $0)?.epoch }.max() ?? 0
-        let epoch = requested ?? (max(seen, mine) + 1)
+        var epoch = requested ?? (max(seen, mine) + 1)
+        if let lease = runtime.lease {
+            // The lease decides who leads: without it, no promotion (the old primary may live).
+            let leased: UInt64?
+            do { leased = try lease.acquire() } catch {
+                runtime.lock.locked { runtime.promoting = false }
+                throw EngineError("lease \(lease.location.key): \(error): not promoted")
+            }
+            guard let leased else {
+                runtime.lock.locked { runtime.promoting = false }
+                throw EngineError("lease \(lease.location.key) is held by another engine (the primary may be alive): not promoted")
+            }
+            epoch = max(epoch, leased)
+        }
         var sequences: [UInt64] = []
         for shard in shards {
             let request = AdminRequest(.epoch(epoch))
@@ -220,6 +272,7 @@ extension Engine {
             runtime.client = nil
             runtime.promotions += 1
         }
+        runtime.lease?.start()
         if let r = settings.replication {
             do { try startServer(r, runtime) } catch { log("promotion: \(error)") }
         }
@@ -297,6 +350,11 @@ extension Engine {
                 lines.append("standby \(standby.peer) acked \(standby.acked.map(String.init).joined(separator: ",")) lag \(lag.map(String.init).joined(separator: ","))")
             }
             for refusal in server.lastRefusals { lines.append("refused \(refusal)") }
+        }
+        if let lease = runtime.lease {
+            let left = cb_load_acquire_u64(lease.until)
+            let now = monotonicNanoseconds()
+            lines.append("lease \(lease.location.key) ttl_ms \(lease.ttlMilliseconds) \(lease.isDeposed ? "DEPOSED" : role == .primary ? "held, acknowledges for \((left &- min(left, now)) / 1_000_000) ms more unless renewed" : "not held")")
         }
         if let client = runtime.client {
             let s = client.currentStatus

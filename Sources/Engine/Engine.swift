@@ -488,6 +488,7 @@ public final class Engine: @unchecked Sendable {
                               regenerateAfter: s.regenerateShard == i ? s.regenerateAfter : nil,
                               replica: standby ? replicationRuntime?.inboxes[i] : nil,
                               replicatedCap: replicationRuntime?.gateCap.map { $0 + i },
+                              leaseUntil: replicationRuntime?.lease?.until,
                               ingressPause: replicationRuntime?.paused)
             if s.durability != .none && !startAborted { log("shard \(i): recovering from \(s.dataDirectory)") }
             shard.start()
@@ -708,6 +709,7 @@ public final class Engine: @unchecked Sendable {
         if let runtime = replication {
             runtime.client?.stop()
             runtime.server?.stop()
+            runtime.lease?.stop()
         }
         file.state = .stopping
         controlSocket?.stop()

@@ -47,7 +47,7 @@ final class PairNode: @unchecked Sendable {
     let log = LogLines()
     private(set) var process: Process?
 
-    init(name: String, listen: Int, peer: Int, mode: String = "sync", failoverAfterMs: Int? = 300) {
+    init(name: String, listen: Int, peer: Int, mode: String = "sync", failoverAfterMs: Int? = 300, extra: String = "") {
         self.name = name
         dir = testDirectory()
         data = NSTemporaryDirectory() + "crossbook-ha-\(name)-\(UUID().uuidString.prefix(8))"
@@ -69,6 +69,7 @@ final class PairNode: @unchecked Sendable {
             mode = "\(mode)"
             digest_every_ms = 100
             \(failoverAfterMs.map { "failover_after_ms = \($0)" } ?? "")
+            \(extra)
 
             """
         FileManager.default.createFile(atPath: config, contents: Data(text.utf8))
@@ -689,16 +690,7 @@ extension FailoverTests {
 
         let lines = randomOrderLog(count: 4000, seed: 1212)
         func produce(_ part: ArraySlice<String>) throws {
-            let producer = Process()
-            producer.executableURL = KafkaKit.tool
-            producer.arguments = ["orders", broker.address, "orders", "2"]
-            producer.environment = ProcessInfo.processInfo.environment.merging(KafkaKit.environment) { $1 }
-            let input = Pipe()
-            producer.standardInput = input
-            producer.standardError = FileHandle.nullDevice
-            try producer.run()
-            input.fileHandleForWriting.write(Data((part.joined(separator: "\n") + "\n").utf8))
-            try? input.fileHandleForWriting.close()
+            let producer = try startOrderProducer(broker, lines: part)
             producer.waitUntilExit()
             #expect(producer.terminationStatus == 0)
         }
@@ -724,6 +716,80 @@ extension FailoverTests {
         }
         for (shard, keys) in journaled.perShard {
             for (key, offsets) in keys { #expect(offsets == offsets.sorted(), "shard \(shard) \(key) out of order") }
+        }
+    }
+}
+
+extension FailoverTests {
+    /// The [replication] lines of a Redis lease.
+    static func lease(_ redis: RedisServer, _ key: String, ttl: Int = 600) -> String {
+        "lease = \"redis://127.0.0.1:\(redis.port)/\(key)\"\nlease_ttl_ms = \(ttl)"
+    }
+
+    @Test("a primary that loses its Redis lease stops acknowledging before the lease can expire: the key taken by another holder, and Redis down")
+    func leaseLoss() throws {
+        let redis = try RedisServer()
+        defer { redis.stop() }
+        for scenario in ["stolen", "redis down"] {
+            let key = "hl-\(UInt32.random(in: 0...UInt32.max))"
+            let pa = freeLoopbackPort()
+            let a = PairNode(name: "hl-a", listen: pa, peer: freeLoopbackPort(), failoverAfterMs: nil, extra: Self.lease(redis, key))
+            defer { a.terminate(); a.remove() }
+            try a.start(standby: false)
+            #expect(waitFor(10) { a.isPrimary }, "\(scenario): \(a.log.all.suffix(3))")
+            #expect(try redis.cli(["GET", key + ":epoch"]) == "1")
+            let client = try CrossbookClient(instance: "hl-a", directory: a.dir)
+            defer { client.close() }
+            let btc = try client.symbol("BTC-USD")
+            #expect(try Self.submitAndCount(client, btc, ids: 1...100, seconds: 5) == 100, "\(scenario): acknowledged while the lease is held")
+            if scenario == "stolen" {
+                try redis.cli(["SET", key, "another-engine"])
+            } else {
+                redis.stop()
+            }
+            // Within the lease's ttl (600 ms) nothing more is acknowledged, and never again.
+            usleep(700_000)
+            #expect(try Self.submitAndCount(client, btc, ids: 101...150, seconds: 1.5) == 0, "\(scenario): acknowledged without a lease")
+            #expect(a.status().contains { $0.hasPrefix("lease") && ($0.contains("DEPOSED") || $0.contains("for 0 ms")) }, "\(scenario): \(a.status())")
+            if scenario == "redis down" {
+                try redis.start()  // an empty Redis: the key is gone, the primary stays deposed
+                usleep(500_000)
+                #expect(try Self.submitAndCount(client, btc, ids: 151...160, seconds: 1) == 0)
+                #expect(a.log.contains("lost"), "\(a.log.all.suffix(5))")
+            }
+        }
+    }
+
+    @Test("two standbys racing for promotion when the primary dies: the lease lets one win, under a higher epoch; the other stays a standby")
+    func twoStandbysRace() throws {
+        let redis = try RedisServer()
+        defer { redis.stop() }
+        let key = "hr-\(UInt32.random(in: 0...UInt32.max))"
+        let pp = freeLoopbackPort(), p1 = freeLoopbackPort(), p2 = freeLoopbackPort()
+        let primary = PairNode(name: "hr-p", listen: pp, peer: p1, failoverAfterMs: nil, extra: Self.lease(redis, key))
+        let s1 = PairNode(name: "hr-1", listen: p1, peer: pp, failoverAfterMs: 200, extra: Self.lease(redis, key))
+        let s2 = PairNode(name: "hr-2", listen: p2, peer: pp, failoverAfterMs: 200, extra: Self.lease(redis, key))
+        defer { for n in [primary, s1, s2] { n.terminate(); n.remove() } }
+        try primary.start(standby: false)
+        #expect(waitFor(10) { primary.isPrimary })
+        try s1.start(standby: true)
+        try s2.start(standby: true)
+        #expect(waitFor(10) { primary.status().contains { $0.hasPrefix("serving") && $0.contains("standbys 2") } }, "\(primary.status())")
+        let client = try CrossbookClient(instance: "hr-p", directory: primary.dir)
+        #expect(try Self.submitAndCount(client, try client.symbol("BTC-USD"), ids: 1...300, seconds: 5) == 300)
+        client.close()
+        primary.kill9()
+        // Both notice; both try the lease (held until the dead primary's expires); one gets it.
+        #expect(waitFor(10) { s1.isPrimary || s2.isPrimary })
+        usleep(1_500_000)  // the loser keeps trying: still only one
+        let leaders = [s1, s2].filter(\.isPrimary)
+        #expect(leaders.count == 1, "\(s1.status()) \(s2.status())")
+        #expect(try redis.cli(["GET", key + ":epoch"]) == "2")
+        if let winner = leaders.first {
+            #expect(winner.status().contains { $0.hasPrefix("role primary epoch 2") }, "\(winner.status())")
+            let loser = winner === s1 ? s2 : s1
+            #expect(loser.status().contains { $0.hasPrefix("role standby") })
+            #expect(loser.status().contains { $0.hasPrefix("lease") && $0.contains("not held") })
         }
     }
 }

@@ -101,6 +101,22 @@ final class KafkaBroker {
     }
 }
 
+/// `crossbook-kafka orders`: `lines` (CSV orders) to topic "orders" (2 partitions) as JSON
+/// messages; the caller waits for it to exit.
+func startOrderProducer(_ broker: KafkaBroker, lines: ArraySlice<String>) throws -> Process {
+    let producer = Process()
+    producer.executableURL = KafkaKit.tool
+    producer.arguments = ["orders", broker.address, "orders", "2"]
+    producer.environment = ProcessInfo.processInfo.environment.merging(KafkaKit.environment) { $1 }
+    let input = Pipe()
+    producer.standardInput = input
+    producer.standardError = FileHandle.nullDevice
+    try producer.run()
+    input.fileHandleForWriting.write(Data((lines.joined(separator: "\n") + "\n").utf8))
+    try? input.fileHandleForWriting.close()
+    return producer
+}
+
 /// One consumed message: partition, offset, key, headers, value (as crossbook-kafka prints them).
 struct ConsumedMessage {
     let partition: Int
@@ -303,17 +319,8 @@ extension KafkaIngressTests {
         for cycle in 0..<cycles {
             let engine = try EngineProcess(arguments, environment: KafkaKit.environment)
             #expect(waitFor(20) { (try? EngineFile.attach(directory: dir))?.isServing ?? false }, "cycle \(cycle): \(engine.log.all.suffix(10))")
-            let producer = Process()
-            producer.executableURL = KafkaKit.tool
-            producer.arguments = ["orders", broker.address, "orders", "2"]
-            producer.environment = ProcessInfo.processInfo.environment.merging(KafkaKit.environment) { $1 }
-            let input = Pipe()
-            producer.standardInput = input
-            producer.standardError = FileHandle.nullDevice
-            try producer.run()
             let part = lines[min(lines.count, cycle * chunk)..<min(lines.count, (cycle + 1) * chunk)]
-            input.fileHandleForWriting.write(Data((part.joined(separator: "\n") + "\n").utf8))
-            try? input.fileHandleForWriting.close()
+            let producer = try startOrderProducer(broker, lines: part)
             usleep(UInt32(30_000 + rng.next() % 300_000))
             engine.signal(SIGKILL)
             _ = engine.waitForExit(10)

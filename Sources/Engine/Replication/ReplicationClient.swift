@@ -34,6 +34,8 @@ final class ReplicationClient: @unchecked Sendable {
     private let configurationHash: UInt64
     private let epoch: UInt64
     private let failoverAfterNanoseconds: UInt64?
+    /// With a lease: takes it (its epoch) or says another engine holds it (nil).
+    private let leaseAcquire: (@Sendable () -> UInt64?)?
     private let promote: @Sendable (UInt64) -> Void
     private let log: @Sendable (String) -> Void
     private var received: [UInt64]
@@ -51,6 +53,7 @@ final class ReplicationClient: @unchecked Sendable {
     /// `positions`: where each shard's journal ends (sequence, CRC of that record).
     init(primary: ReplicationAddress, inboxes: [ReplicaInbox], positions: [(last: UInt64, crc: UInt32)],
          configurationHash: UInt64, epoch: UInt64, failoverAfterNanoseconds: UInt64?,
+         leaseAcquire: (@Sendable () -> UInt64?)? = nil,
          nudge: @escaping (Int) -> Void, durable: @escaping (Int) -> UInt64,
          promote: @escaping @Sendable (UInt64) -> Void, log: @escaping @Sendable (String) -> Void) {
         self.primary = primary
@@ -60,6 +63,7 @@ final class ReplicationClient: @unchecked Sendable {
         self.configurationHash = configurationHash
         self.epoch = epoch
         self.failoverAfterNanoseconds = failoverAfterNanoseconds
+        self.leaseAcquire = leaseAcquire
         self.nudge = nudge
         self.durable = durable
         self.promote = promote
@@ -120,11 +124,21 @@ final class ReplicationClient: @unchecked Sendable {
             // The two-node rule: an engaged primary silent this long cannot acknowledge anything.
             let now = monotonicNanoseconds()
             let (engaged, theirEpoch) = lock.locked { (status.engaged, status.primaryEpoch) }
-            if let after = failoverAfterNanoseconds, engaged, now - silentSince >= after {
-                log("replication: the primary has been silent \((now - silentSince) / 1_000_000) ms and sync was engaged: promoting this standby")
-                let next = max(epoch, theirEpoch) + 1
-                promote(next)
-                return
+            if let after = failoverAfterNanoseconds, now - silentSince >= after {
+                if let leaseAcquire {
+                    // With a lease, the lease decides: the old primary stops acknowledging before
+                    // its lease can expire, and only one engine gets it.
+                    if let leased = leaseAcquire() {
+                        log("replication: the primary has been silent \((now - silentSince) / 1_000_000) ms and this standby took the lease (epoch \(leased)): promoting it")
+                        promote(max(leased, max(epoch, theirEpoch) + 1))
+                        return
+                    }
+                } else if engaged {
+                    log("replication: the primary has been silent \((now - silentSince) / 1_000_000) ms and sync was engaged: promoting this standby")
+                    let next = max(epoch, theirEpoch) + 1
+                    promote(next)
+                    return
+                }
             }
             usleep(50_000)
         }
