@@ -409,7 +409,7 @@ extension FailoverTests {
 
 /// An engine in this process with a [replication] section.
 func replicatedEngine(_ name: String, data: String, role: ReplicationSettings.Role, listen: Int?, peer: Int?,
-                      log: LogLines = LogLines()) throws -> Engine {
+                      lease: String? = nil, log: LogLines = LogLines()) throws -> Engine {
     var settings = EngineSettings(
         instance: name, directory: testDirectory(), shards: [ShardSettings(core: nil)],
         symbols: [(spec: SymbolSpec(name: "BTC-USD", id: 1), shard: 0)],
@@ -418,7 +418,7 @@ func replicatedEngine(_ name: String, data: String, role: ReplicationSettings.Ro
     settings.durability = .sync
     settings.dataDirectory = data
     settings.replication = ReplicationSettings(role: role, listen: listen.map { "127.0.0.1:\($0)" },
-                                               peer: peer.map { "127.0.0.1:\($0)" }, digestEveryMilliseconds: 50)
+                                               peer: peer.map { "127.0.0.1:\($0)" }, digestEveryMilliseconds: 50, lease: lease)
     let engine = Engine(settings: settings, log: { log.append($0) })
     _ = try engine.start()
     return engine
@@ -790,6 +790,35 @@ extension FailoverTests {
             let loser = winner === s1 ? s2 : s1
             #expect(loser.status().contains { $0.hasPrefix("role standby") })
             #expect(loser.status().contains { $0.hasPrefix("lease") && $0.contains("not held") })
+        }
+    }
+}
+
+extension FailoverTests {
+    @Test("a lease server that answers garbage, errors, huge lengths or nothing: the primary refuses to start, naming it; it never acknowledges without a lease")
+    func hostileLeaseServer() throws {
+        for answer in ["garbage\r\n", "-ERR unknown command\r\n", "$99999999999\r\n", "*3\r\n:1\r\n", "", ":-1\r\n"] {
+            let server = rawListen()
+            defer { close(server.fd) }
+            let reply = Thread {
+                let fd = accept(server.fd, nil, nil)
+                guard fd >= 0 else { return }
+                var buffer = [UInt8](repeating: 0, count: 4096)
+                _ = recv(fd, &buffer, buffer.count, 0)
+                _ = send(fd, answer, answer.utf8.count, Int32(MSG_NOSIGNAL))
+                usleep(2_500_000)  // then silence (or a reply cut short) until the engine gives up
+                close(fd)
+            }
+            reply.start()
+            let data = NSTemporaryDirectory() + "crossbook-ha-hx-\(UUID().uuidString.prefix(8))"
+            defer { removeTree(data) }
+            let started = Date()
+            #expect(throws: EngineError.self, "answer \(answer.debugDescription)") {
+                let engine = try replicatedEngine("hx", data: data, role: .primary, listen: freeLoopbackPort(), peer: nil,
+                                                  lease: "redis://127.0.0.1:\(server.port)/hx-lease")
+                engine.stop()
+            }
+            #expect(Date().timeIntervalSince(started) < 10)
         }
     }
 }
