@@ -21,6 +21,8 @@ final class ReplicationClient: @unchecked Sendable {
         var primary: String
         var primaryEpoch: UInt64 = 0
         var engaged = false
+        /// The primary's mode, from its welcome.
+        var mode: ReplicationMode?
         /// Milliseconds since the primary was last heard (nil: never).
         var silentMilliseconds: UInt64?
         var refused: String?
@@ -123,12 +125,13 @@ final class ReplicationClient: @unchecked Sendable {
             lock.locked { status.connected = false }
             // The two-node rule: an engaged primary silent this long cannot acknowledge anything.
             let now = monotonicNanoseconds()
-            let (engaged, theirEpoch) = lock.locked { (status.engaged, status.primaryEpoch) }
+            let (engaged, theirEpoch, mode) = lock.locked { (status.engaged, status.primaryEpoch, status.mode) }
             if let after = failoverAfterNanoseconds, now - silentSince >= after {
                 if let leaseAcquire {
                     // With a lease, the lease decides: the old primary stops acknowledging before
-                    // its lease can expire, and only one engine gets it.
-                    if let leased = leaseAcquire() {
+                    // its lease can expire, and only one engine gets it. In sync mode only a
+                    // standby of an engaged primary holds every acknowledged order: RPO 0.
+                    if mode != .sync || engaged, let leased = leaseAcquire() {
                         log("replication: the primary has been silent \((now - silentSince) / 1_000_000) ms and this standby took the lease (epoch \(leased)): promoting it")
                         promote(max(leased, max(epoch, theirEpoch) + 1))
                         return
@@ -173,6 +176,7 @@ final class ReplicationClient: @unchecked Sendable {
                 }
                 lock.locked {
                     status.connected = true
+                    status.mode = mode
                     status.primaryEpoch = theirEpoch
                     status.refused = nil
                     status.reconnects += 1
