@@ -135,6 +135,8 @@ struct FailoverDrillCommand: ParsableCommand {
         var failed = false
         var rtos: [Double] = []
         for n in 1...failovers {
+            // The standby has heard that sync is engaged: the condition of its automatic promotion.
+            _ = Self.wait(10) { standby.status.contains { $0.hasPrefix("following") && $0.contains("engaged 1") } }
             let client = try CrossbookClient(instance: primary.name, directory: primary.dir)
             let symbols = [try client.symbol("BTC-USD"), try client.symbol("ETH-USD")]
             var sent = 0, got = 0

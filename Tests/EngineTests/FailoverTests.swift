@@ -182,6 +182,8 @@ struct FailoverTests {
         var rtos: [Double] = []
         var rebuilds = 0
         for cycle in 0..<Self.cycles {
+            // The standby has heard that sync is engaged (the condition of its automatic promotion).
+            #expect(waitFor(10) { standby.status().contains { $0.hasPrefix("following") && $0.contains("engaged 1") } }, "cycle \(cycle): \(standby.status())")
             let client = try CrossbookClient(instance: primary.name, directory: primary.dir)
             let btc = try client.symbol("BTC-USD"), eth = try client.symbol("ETH-USD")
             rng = rng &* 6364136223846793005 &+ 1442695040888963407
@@ -778,6 +780,10 @@ extension FailoverTests {
         let client = try CrossbookClient(instance: "hr-p", directory: primary.dir)
         #expect(try Self.submitAndCount(client, try client.symbol("BTC-USD"), ids: 1...300, seconds: 5) == 300)
         client.close()
+        // Sync engaged, and both standbys told so (a standby of a primary that ran alone waits
+        // for an operator: it may lack acknowledged orders).
+        #expect(waitFor(10) { [s1, s2].allSatisfy { $0.status().contains { $0.hasPrefix("following") && $0.contains("engaged 1") } } },
+                "\(primary.status()) \(s1.status()) \(s2.status())")
         primary.kill9()
         // Both notice; both try the lease (held until the dead primary's expires); one gets it.
         #expect(waitFor(10) { s1.isPrimary || s2.isPrimary })
