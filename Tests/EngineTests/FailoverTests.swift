@@ -488,6 +488,14 @@ extension FailoverTests {
             _ = poll(&p, 1, 2000)
             close(fd)
         }
+        // Many connections that say nothing: at most 8 are served (each for 5 s), the rest are
+        // closed at once; no thread piles up, and a real hello gets through once they time out.
+        func threadCount() -> Int { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task").count) ?? 0 }
+        let before = threadCount()
+        let silent = (0..<40).map { _ in rawConnect(port) }
+        usleep(300_000)
+        #expect(threadCount() <= before + ReplicationServer.maxConnections + 2, "threads \(before) → \(threadCount())")
+        for fd in silent { close(fd) }
         // Hellos that do not fit: another configuration, two shards, a journal that went past this one.
         let forged: [(ReplicationMessage, String)] = [
             (.hello(epoch: 0, configuration: 1, shards: [.init(last: 0, crc: 0)]), "configuration"),

@@ -48,6 +48,9 @@ final class ReplicationServer: @unchecked Sendable {
     private var standbys: [Int: Standby] = [:]
     private var connections: [Int: ReplicationConnection] = [:]
     private var nextId = 0
+    static let maxConnections = 8
+    /// Connections closed at once because `maxConnections` were open.
+    private(set) var turnedAway = 0
     private var stopping = false
     private var acceptThread: Thread?
     private var threads = 0
@@ -151,13 +154,18 @@ final class ReplicationServer: @unchecked Sendable {
             let name = "\(String(cString: text)):\(UInt16(bigEndian: peer.sin_port))"
             let connection = ReplicationConnection(fd: fd, peer: name)
             let id: Int? = lock.locked {
-                guard !stopping else { return nil }
+                // A thread per connection, so a bounded number of them: connections that say
+                // nothing cannot pile up threads (each has 5 s to say hello).
+                guard !stopping, threads < Self.maxConnections else { return nil }
                 nextId += 1
                 connections[nextId] = connection
                 threads += 1
                 return nextId
             }
-            guard let id else { continue }
+            guard let id else {
+                lock.locked { turnedAway += 1 }
+                continue  // the connection closes as it goes
+            }
             let thread = Thread { [weak self] in
                 guard let self else { return }
                 self.serve(id, connection)
