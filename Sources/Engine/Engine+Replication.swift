@@ -350,6 +350,9 @@ extension Engine {
                 lines.append("standby \(standby.peer) acked \(standby.acked.map(String.init).joined(separator: ",")) lag \(lag.map(String.init).joined(separator: ","))")
             }
             for refusal in server.lastRefusals { lines.append("refused \(refusal)") }
+            if server.connectionsTurnedAway > 0 {
+                lines.append("turned_away \(server.connectionsTurnedAway) (connections over \(ReplicationServer.maxConnections) at once)")
+            }
         }
         if let lease = runtime.lease {
             let left = cb_load_acquire_u64(lease.until)
@@ -358,7 +361,7 @@ extension Engine {
         }
         if let client = runtime.client {
             let s = client.currentStatus
-            lines.append("following \(s.primary) connected \(s.connected ? 1 : 0) primary_epoch \(s.primaryEpoch) engaged \(s.engaged ? 1 : 0) silent_ms \(s.silentMilliseconds.map(String.init) ?? "-")\(s.refused.map { " refused \($0)" } ?? "")")
+            lines.append("following \(s.primary) connected \(s.connected ? 1 : 0) primary_epoch \(s.primaryEpoch) engaged \(s.engaged ? 1 : 0) silent_ms \(s.silentMilliseconds.map(String.init) ?? "-") connections \(s.reconnects)\(s.refused.map { " refused \($0)" } ?? "")")
         }
         for (i, inbox) in runtime.inboxes.enumerated() where role == .standby {
             let applied = cb_load_acquire_u64(inbox.applied), theirs = cb_load_acquire_u64(inbox.primaryDurable)

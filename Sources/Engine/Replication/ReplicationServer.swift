@@ -23,7 +23,6 @@ final class ReplicationServer: @unchecked Sendable {
         var peer: String
         var acked: [UInt64]
         var sent: [UInt64]
-        var since: UInt64
     }
 
     let address: ReplicationAddress
@@ -50,7 +49,8 @@ final class ReplicationServer: @unchecked Sendable {
     private var nextId = 0
     static let maxConnections = 8
     /// Connections closed at once because `maxConnections` were open.
-    private(set) var turnedAway = 0
+    private var turnedAway = 0
+    var connectionsTurnedAway: Int { lock.locked { turnedAway } }
     private var stopping = false
     private var acceptThread: Thread?
     private var threads = 0
@@ -230,7 +230,7 @@ final class ReplicationServer: @unchecked Sendable {
             return log("replication: standby \(connection.peer): \(error)")
         }
         let tails = positions.enumerated().map { JournalTail(directory: dataDirectory, shard: $0.offset, after: $0.element.last) }
-        var state = Standby(peer: connection.peer, acked: positions.map(\.last), sent: positions.map(\.last), since: monotonicNanoseconds())
+        var state = Standby(peer: connection.peer, acked: positions.map(\.last), sent: positions.map(\.last))
         lock.locked {
             standbys[id] = state
             for i in 0..<shardCount { bestAcked[i] = max(bestAcked[i], state.acked[i]) }
