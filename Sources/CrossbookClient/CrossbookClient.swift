@@ -45,6 +45,16 @@ public final class CrossbookClient {
     public let name: String
     public let symbols: [String: SymbolInfo]
     public let sessionId: UInt32
+    /// This client's stream (nil: none): a named order flow whose commands carry their offset in
+    /// the client sequence field; the engine journals how far it took each shard's part of it,
+    /// so that after a restart or a failover the stream's next client resends what was not
+    /// acknowledged with the same offsets and each order is taken exactly once.
+    public let stream: String?
+    /// With a stream, per shard the next offset the engine expects of it (0: nothing of it
+    /// taken yet): an order sent to shard s with an offset below this was taken (journaled,
+    /// applied or rejected) before this client attached; sent again, it is rejected
+    /// (`duplicate_ingress`). Empty without a stream.
+    public let resumeOffsets: [UInt64]
     private let engineFile: EngineFile
     private let sessionFile: SessionFile
     private let rings: [Ring]
@@ -56,9 +66,18 @@ public final class CrossbookClient {
     private nonisolated(unsafe) static var counter = 0
 
     /// Attaches to engine `instance`: creates this client's rings, announces them, waits for
-    /// the engine to accept (up to `timeout` seconds).
-    public init(instance: String, directory: String? = nil, ringCapacity: Int = 4096, timeout: Double = 5) throws(ClientError) {
+    /// the engine to accept (up to `timeout` seconds). `stream`: attach as that stream (1 to 64
+    /// of A-Z a-z 0-9 . _ -; one client at a time per stream): the engine gives it the
+    /// session id it had (its resting orders are its own again) and says where each shard is
+    /// in it (`resumeOffsets`). Every command must then carry its offset, increasing per shard,
+    /// in `clientSequence` (at most 2^63 - 1).
+    public init(instance: String, directory: String? = nil, ringCapacity: Int = 4096, timeout: Double = 5,
+                stream: String? = nil) throws(ClientError) {
+        if let stream, !SessionFile.isValidStream(stream) {
+            throw .setup("stream name '\(stream)': 1 to 64 of A-Z a-z 0-9 . _ -")
+        }
         self.instance = instance
+        self.stream = stream
         let dir = directory ?? InstanceLayout.defaultDirectory(instance)
         self.directory = dir
         let engine: EngineFile
@@ -115,7 +134,7 @@ public final class CrossbookClient {
                 made.append(try Ring.create(path: InstanceLayout.reportRingPath(dir, name, shard: s),
                                             capacity: ringCapacity, mode: mode, consumerMayPark: true))
             }
-            session = try SessionFile.create(path: InstanceLayout.sessionPath(dir, name), mode: mode)
+            session = try SessionFile.create(path: InstanceLayout.sessionPath(dir, name), mode: mode, stream: stream)
         } catch {
             cleanUp()
             throw .setup("cannot create this client's rings: \(error)")
@@ -140,6 +159,15 @@ public final class CrossbookClient {
             unlink(InstanceLayout.helloPath(dir, name))
             if !processIsAlive(engine.enginePid) { throw .engineGone(instance: instance, pid: engine.enginePid) }
             throw .handshakeTimedOut(instance: instance)
+        }
+        if stream != nil {
+            guard let positions = session.positions(shards: engine.shardCount) else {
+                cleanUp()
+                throw .setup("engine '\(instance)' accepted the stream but said nothing of its positions (an engine without streams?)")
+            }
+            resumeOffsets = positions
+        } else {
+            resumeOffsets = []
         }
         sessionFile = session
         sessionId = session.sessionId
@@ -266,6 +294,14 @@ public final class CrossbookClient {
     }
 
     public var shardCount: Int { engineFile.shardCount }
+
+    /// With a stream: whether the command sent at `offset` to `symbol`'s shard was taken before
+    /// this client attached (its outcome is in the journal; sending it again only gets a
+    /// `duplicate_ingress` reject).
+    public func wasTaken(offset: UInt64, symbol: SymbolInfo) -> Bool {
+        let s = shard(of: symbol)
+        return s < resumeOffsets.count && offset < resumeOffsets[s]
+    }
 }
 
 func monotonicSeconds() -> Double { Double(monotonicNanoseconds()) / 1e9 }

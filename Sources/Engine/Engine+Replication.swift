@@ -265,6 +265,9 @@ extension Engine {
         do { for line in try reconcileOwners(readOnly: false) { log(line) } } catch {
             log("promotion: \(error)")
         }
+        // The primary's sessions that own resting orders, and those of its sources and streams,
+        // keep their ids here (as after a restart): no new client may act for them.
+        reserveSessions(log: true)
         runtime.lock.locked {
             runtime.role = .primary
             runtime.epochs = Array(repeating: epoch, count: shards.count)

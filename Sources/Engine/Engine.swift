@@ -198,11 +198,14 @@ public final class Engine: @unchecked Sendable {
         let pid: Int32
         let sessionFile: SessionFile
         let rings: [Ring]
-        init(name: String, pid: Int32, sessionFile: SessionFile, rings: [Ring]) {
+        /// The client's stream (exactly-once resend), if it named one.
+        let stream: IngressSource?
+        init(name: String, pid: Int32, sessionFile: SessionFile, rings: [Ring], stream: IngressSource? = nil) {
             self.name = name
             self.pid = pid
             self.sessionFile = sessionFile
             self.rings = rings
+            self.stream = stream
         }
     }
 
@@ -568,11 +571,7 @@ public final class Engine: @unchecked Sendable {
         guard let file = engineFile, file.state == .running else { throw EngineError("the engine is not running") }
         let (taken, full) = idLock.locked { () -> (UInt32?, Bool) in
             if attachedIds.count >= Shard.maxSessions { return (nil, true) }
-            if let key = source?.key, let id = sourceSessionIds.removeValue(forKey: key), !attachedIds.contains(id) {
-                freeSessionIds.removeAll { $0 == id }
-                return (id, false)
-            }
-            return (takeSessionId(), false)
+            return (takeSessionId(for: source?.key), false)
         }
         guard let id = taken else {
             throw EngineError(full ? "\(Shard.maxSessions) sessions are attached, the most an engine serves at once"
@@ -908,19 +907,60 @@ public final class Engine: @unchecked Sendable {
                 return refuse("\(error)", code: 2)
             }
         }
-        guard let id = idLock.locked({ takeSessionId() }) else {
+        // A stream: a named order flow that resumes where the journals say (exactly-once resend
+        // after a restart or a failover), with the session id it had (its resting orders).
+        var stream: IngressSource?
+        switch sessionFile.stream() {
+        case .success(let name?):
+            guard shards.count <= SessionFile.maxPositions else {
+                return refuse("streams need at most \(SessionFile.maxPositions) shards", code: 6)
+            }
+            let source = IngressSource(name: Self.streamPrefix + name, partition: 0)
+            if let (other, holder) = sessions.first(where: { $0.value.stream == source }) {
+                // The stream's last client died (or closed) and the engine has not noticed yet.
+                if !processIsAlive(holder.pid) {
+                    detach(other, holder, removeFiles: true, "is gone (its stream \(name) attaches again)")
+                } else {
+                    return refuse("stream \(name) is attached by session \(other) (pid \(holder.pid))", code: 6)
+                }
+            }
+            stream = source
+        case .success(nil):
+            break
+        case .failure(let why):
+            return refuse("\(why)", code: 6)
+        }
+        var positions: [UInt64] = []
+        if let stream {
+            // Where each shard is in the stream (after the detach of its last client: mailboxes
+            // are in order), and room for one more source.
+            for s in shards.indices {
+                guard let state = adminState(shard: s, timeout: 5) else { return refuse("shard \(s) is busy", code: 3) }
+                if state.positions[stream.key] == nil && state.sourceSessions[stream.key] == nil
+                    && state.sourceCount >= IngressPositions.capacity {
+                    return refuse("shard \(s) knows \(IngressPositions.capacity) ingress sources, the most it holds: no new stream", code: 6)
+                }
+                positions.append(state.positions[stream.key].map { $0 &+ 1 } ?? 0)
+            }
+        }
+        guard let id = idLock.locked({ takeSessionId(for: stream?.key) }) else {
             return refuse("no session id free: each of the \(settings.sessionIdLimit) is attached or owns resting orders", code: 1)
         }
         for (s, shard) in shards.enumerated() {
             let message = ShardMessage.attach(session: id, commands: rings[2 * s].consumer(),
-                                              reports: rings[2 * s + 1].producer(), source: nil)
+                                              reports: rings[2 * s + 1].producer(), source: stream)
             guard shard.send(message) else { return refuse("shard \(s) is busy", code: 3) }
         }
-        sessions[id] = ClientSession(name: client, pid: sessionFile.clientPid, sessionFile: sessionFile, rings: rings)
+        sessions[id] = ClientSession(name: client, pid: sessionFile.clientPid, sessionFile: sessionFile, rings: rings, stream: stream)
         idLock.locked { _ = attachedIds.insert(id) }
+        if stream != nil { sessionFile.writePositions(positions) }
         sessionFile.answer(.accepted, sessionId: id)
-        log("session \(id): client \(client) (pid \(sessionFile.clientPid)) attached")
+        log("session \(id): client \(client) (pid \(sessionFile.clientPid)) attached\(stream.map { ", stream \($0.name.dropFirst(Self.streamPrefix.count)) resumes at \(positions.map(String.init).joined(separator: ","))" } ?? "")")
     }
+
+    /// Streams are ingress sources named "client:NAME" (partition 0); a Kafka topic's name
+    /// cannot hold a colon.
+    static let streamPrefix = "client:"
 
     /// Control thread: a client session ends (closed, gone, or a file of it shrunk). Every shard
     /// stops reading it; its mappings stay until stop (a shard may be mid-read); its id is free
@@ -930,8 +970,53 @@ public final class Engine: @unchecked Sendable {
         if removeFiles { removeClientFiles(session.name) }
         retired.append(session)
         sessions[id] = nil
-        idLock.locked { _ = attachedIds.remove(id) }
+        idLock.locked {
+            _ = attachedIds.remove(id)
+            // The stream's next client (in this run) takes the id back.
+            if let key = session.stream?.key { sourceSessionIds[key] = id }
+        }
         log("session \(id): client \(session.name) (pid \(session.pid)) \(why)")
+    }
+
+    /// A promoted standby: what the shards applied since its start (the primary's sessions that
+    /// own resting orders, its sources' and streams' sessions) keeps those ids from new clients.
+    /// A shard that does not answer: every id is held until the shards say which own orders.
+    func reserveSessions(log logIt: Bool) {
+        var owners = Set<UInt32>(), sources: [String: UInt32] = [:]
+        var answered = true
+        for (s, shard) in shards.enumerated() {
+            let query = RestingOwnersQuery()
+            guard shard.send(.restingOwners(query)), query.done.wait(seconds: 10), let state = adminState(shard: s, timeout: 10) else {
+                answered = false
+                break
+            }
+            owners.formUnion(query.owners)
+            sources.merge(state.sourceSessions) { a, _ in a }
+        }
+        let limit = min(settings.sessionIdLimit, 65_535)
+        idLock.locked {
+            if answered {
+                reservedSessions.formUnion(owners)
+                reservedSessions.formUnion(sources.values)
+                for (key, session) in sources where sourceSessionIds[key] == nil { sourceSessionIds[key] = session }
+            } else {
+                nextSession = limit + 1
+                freeSessionIds = []
+            }
+        }
+        if logIt {
+            log(answered ? "session ids: \(owners.count) kept for their resting orders, \(sources.count) for their sources and streams"
+                         : "session ids: a shard did not say which sessions own resting orders: none handed out until it does")
+        }
+    }
+
+    /// Under `idLock`: the id the source or stream `key` had, when free; else a new one.
+    private func takeSessionId(for key: String?) -> UInt32? {
+        if let key, let id = sourceSessionIds.removeValue(forKey: key), !attachedIds.contains(id) {
+            freeSessionIds.removeAll { $0 == id }
+            return id
+        }
+        return takeSessionId()
     }
 
     /// Under `idLock`.
@@ -958,7 +1043,9 @@ public final class Engine: @unchecked Sendable {
             }
             owners.formUnion(query.owners)
         }
-        freeSessionIds = (1...limit).reversed().filter { !attachedIds.contains($0) && !owners.contains($0) }
+        // An id a source or stream had stays its own (its next producer takes it back).
+        let kept = Set(sourceSessionIds.values)
+        freeSessionIds = (1...limit).reversed().filter { !attachedIds.contains($0) && !owners.contains($0) && !kept.contains($0) }
         reservedSessions = []
         log("session ids: all \(limit) handed out in this run; \(freeSessionIds.count) reclaimed (no attached session, no resting order); \(owners.count) kept for their resting orders")
     }

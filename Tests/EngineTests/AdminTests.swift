@@ -105,7 +105,9 @@ struct AdminCommandTests {
         let again2 = try durableEngine(dir, data: data, instance: "adm")
         #expect(again2.recoveredDigests == final)
         let replayed = try #require(again2.adminState(shard: 0))
-        #expect(replayed == ShardAdminState(epoch: 3, positions: ["orders#0": 41], frozen: [], notOwned: []))
+        var expected = ShardAdminState(epoch: 3, positions: ["orders#0": 41], frozen: [], notOwned: [])
+        expected.sourceCount = 1
+        #expect(replayed == expected)
         again2.stop()
     }
 
@@ -149,7 +151,9 @@ struct AdminCommandTests {
         let restarted = try durableEngine(dir, data: data, instance: "adms", symbols: ["BTC-USD", "ETH-USD"], snapshotEvery: 50, log: log)
         defer { restarted.stop() }
         #expect(log.contains("loaded snapshot"), "\(log.all)")
-        #expect(restarted.adminState(shard: 0) == ShardAdminState(epoch: 9, positions: ["t#2": 5], frozen: [2], notOwned: []))
+        var expected = ShardAdminState(epoch: 9, positions: ["t#2": 5], frozen: [2], notOwned: [])
+        expected.sourceCount = 1
+        #expect(restarted.adminState(shard: 0) == expected)
         #expect(restarted.recoveredDigests == engine.finalDigests)
     }
 }

@@ -274,6 +274,103 @@ struct FailoverTests {
     }
 }
 
+extension FailoverTests {
+    @Test("a stream client across a kill -9 failover: it resends what was not acknowledged with the same offsets; each order is taken exactly once (an independent replay of the new primary's journal); a plain client of the new primary gets no id of the old primary's resting orders")
+    func streamFailover() throws {
+        let pa = freeLoopbackPort(), pb = freeLoopbackPort()
+        let a = PairNode(name: "hs-a", listen: pa, peer: pb), b = PairNode(name: "hs-b", listen: pb, peer: pa)
+        defer { a.terminate(); b.terminate(); a.remove(); b.remove() }
+        try a.start(standby: false)
+        #expect(waitFor(10) { a.isPrimary })
+        try b.start(standby: true)
+        #expect(waitFor(10) { a.engagedWithStandby }, "\(a.status())")
+        #expect(waitFor(10) { b.status().contains { $0.hasPrefix("following") && $0.contains("engaged 1") } }, "\(b.status())")
+        // A plain client's resting order on the old primary.
+        let plain = try CrossbookClient(instance: a.name, directory: a.dir)
+        let plainBtc = try plain.symbol("BTC-USD")
+        sendAt(plain, .new(NewOrder(orderId: 7, side: .buy, price: 900, quantity: 1)), plainBtc, offset: 0)
+        #expect(try reports(plain, count: 1).first?.kind == .accepted)
+        let plainSession = plain.sessionId
+
+        let desk = try CrossbookClient(instance: a.name, directory: a.dir, stream: "desk")
+        #expect(desk.resumeOffsets == [0])
+        let btc = try desk.symbol("BTC-USD"), eth = try desk.symbol("ETH-USD")
+        func order(_ offset: UInt64) -> BookCommand {
+            // Buys and sells at one price in turn: the book stays small.
+            .new(NewOrder(orderId: OrderId(offset + 1), side: (offset / 2) % 2 == 0 ? .buy : .sell, price: 1000, quantity: 1))
+        }
+        func symbol(_ offset: UInt64) -> SymbolInfo { offset % 3 == 0 ? eth : btc }
+        var acked = Set<Int64>(), sent: UInt64 = 0
+        func take(_ c: CrossbookClient) throws { _ = try c.poll { if $0.kind == .accepted { acked.insert($0.orderId) } } }
+        let hardStop = Date().addingTimeInterval(5)
+        var stopAt = hardStop
+        while Date() < stopAt && Date() < hardStop {
+            if stopAt == hardStop && !acked.isEmpty { stopAt = Date().addingTimeInterval(0.15) }
+            if Int(sent) - acked.count < 2000, desk.submit(order(sent), symbol: symbol(sent), clientSequence: sent) { sent += 1 }
+            try take(desk)
+        }
+        a.kill9()
+        try? take(desk)
+        desk.close()
+        plain.close()
+        #expect(!acked.isEmpty && acked.count < Int(sent), "acknowledged \(acked.count) of \(sent)")
+        #expect(waitFor(10) { b.isPrimary }, "no promotion: \(b.status())")
+
+        // A plain client of the new primary: never the id under which the old one's order rests.
+        let stranger = try CrossbookClient(instance: b.name, directory: b.dir)
+        #expect(stranger.sessionId != plainSession)
+        sendAt(stranger, .cancel(CancelOrder(orderId: 7)), try stranger.symbol("BTC-USD"), offset: 0)
+        #expect(try reports(stranger, count: 1).first?.kind == .rejected)
+        stranger.close()
+
+        // The stream attaches to the new primary: everything acknowledged is below its position
+        // (sync: acknowledged means on the standby's disk); the rest is sent again.
+        let again = try CrossbookClient(instance: b.name, directory: b.dir, stream: "desk")
+        let resume = try #require(again.resumeOffsets.first)
+        #expect(acked.allSatisfy { UInt64($0 - 1) < resume }, "an acknowledged order above the position \(resume)")
+        let unacked = (0..<sent).filter { !acked.contains(OrderId($0 + 1)) }
+        var duplicates = 0, taken = 0, other: [String] = []
+        // Each resent order's answer (trades of the resent orders come too: not counted).
+        var answers: [OrderId: ReportRecord.Report] = [:]
+        let wanted = Set(unacked.map { OrderId($0 + 1) })
+        func collect() throws {
+            _ = try again.poll { r in if r.kind != .trade, wanted.contains(r.orderId) { answers[r.orderId] = r } }
+        }
+        for offset in unacked {
+            while !again.submit(order(offset), symbol: symbol(offset), clientSequence: offset) { try collect() }
+            try collect()
+        }
+        _ = waitFor(10) { (try? collect()) != nil && answers.count == wanted.count }
+        for r in answers.values {
+            if r.kind == .rejected && r.code == RejectReason.duplicateIngress.rawValue { duplicates += 1 }
+            else if r.kind == .accepted { taken += 1 }
+            else { other.append("\(r.kind) \(r.code)") }
+        }
+        #expect(answers.count == wanted.count, "answers for \(answers.count) of \(wanted.count) resent orders")
+        #expect(other.isEmpty, "\(other.prefix(5))")
+        #expect(duplicates == unacked.filter { $0 < resume }.count && taken == unacked.filter { $0 >= resume }.count,
+                "duplicates \(duplicates), taken \(taken), unacknowledged \(unacked.count), position \(resume)")
+        print("stream failover: sent \(sent), acknowledged \(acked.count), position on the new primary \(resume), resent \(unacked.count): \(duplicates) duplicate_ingress, \(taken) taken")
+        let streamSession = again.sessionId
+        again.close()
+        b.terminate()
+
+        // An independent replay of the new primary's journal: per offset of the stream, taken
+        // when it is at or above the position so far; every order sent is taken exactly once.
+        var next: UInt64 = 0
+        var times: [Int64: Int] = [:]
+        _ = try JournalReader.scan(directory: b.data, shard: 0, repair: false) { type, _, payload in
+            guard type == 1, payload.count == 80,
+                  UInt32(littleEndian: payload.loadUnaligned(fromByteOffset: 64, as: UInt32.self)) == streamSession,
+                  let decoded = try? CommandRecord.decode(payload.baseAddress!), case .new(let o) = decoded.command else { return }
+            guard decoded.clientSequence >= next else { return }
+            next = decoded.clientSequence + 1
+            times[o.orderId, default: 0] += 1
+        }
+        #expect(times.count == Int(sent) && times.values.allSatisfy { $0 == 1 }, "taken \(times.count) of \(sent), twice: \(times.filter { $0.value > 1 }.count)")
+    }
+}
+
 /// A TCP relay the test controls, standing in for the network between primary and standby:
 /// `cut` stops carrying bytes without closing anything (a partition sends no FIN), `heal`
 /// closes what was cut and carries new connections again.

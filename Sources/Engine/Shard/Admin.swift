@@ -42,6 +42,10 @@ public struct ShardAdminState: Equatable, Sendable {
     /// Of the frozen ones: exported (moving away), and imported (moving in, not thawed yet).
     public var exported: Set<UInt32> = []
     public var imported: Set<UInt32> = []
+    /// Per ingress source ("topic#partition", "client:STREAM#0"), the session last bound to it;
+    /// and how many sources the shard knows (at most `IngressPositions.capacity`).
+    public var sourceSessions: [String: UInt32] = [:]
+    public var sourceCount = 0
 
     public init(epoch: UInt64, positions: [String: UInt64], frozen: Set<UInt32>, notOwned: Set<UInt32>,
                 exported: Set<UInt32> = [], imported: Set<UInt32> = []) {
@@ -248,6 +252,8 @@ extension ShardState {
 
     var adminState: ShardAdminState {
         var state = ShardAdminState(epoch: epoch, positions: ingress.positions, frozen: [], notOwned: [])
+        state.sourceSessions = ingress.sourceSessions
+        state.sourceCount = ingress.keys.count
         for (b, entry) in symbols.enumerated() {
             let id = entry.spec.id, flags = bookFlags[b]
             if flags & BookFlag.frozen != 0 { state.frozen.insert(id) }
