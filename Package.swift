@@ -43,8 +43,10 @@ let package = Package(
         .target(name: "CNuma", path: "C/CNuma", linkerSettings: [.linkedLibrary("numa")]),
         // Host facts for `crossbook host` (liburing and libnuma probed).
         .target(name: "CHost", path: "C/CHost", linkerSettings: [.linkedLibrary("uring"), .linkedLibrary("numa")]),
+        // Software prefetch for the book's batch path: one header, links nothing.
+        .target(name: "CPrefetch", path: "C/CPrefetch"),
         // The book and its rules: pure Swift, no OS, no Foundation.
-        .target(name: "OrderBook"),
+        .target(name: "OrderBook", dependencies: ["CPrefetch"]),
         // 64-byte command records and the replay text codec.
         .target(name: "Wire", dependencies: ["OrderBook"]),
         // Rings in shared-memory files, between processes.
@@ -58,7 +60,7 @@ let package = Package(
         // For other processes: attach to an engine, submit, read reports.
         .target(name: "CrossbookClient", dependencies: ["OrderBook", "Wire", "SharedMemory", "CSync"]),
         // The seeded benchmark workloads of bench/README.md, shared by tests and benchmarks.
-        .target(name: "Workloads", dependencies: ["OrderBook"]),
+        .target(name: "Workloads", dependencies: ["OrderBook", "CPrefetch"]),
         // The configuration file (TOML), a library so that the fuzz targets can load configs.
         .target(name: "CrossbookConfig", dependencies: ["Engine", "OrderBook", .product(name: "TOMLKit", package: "TOMLKit")]),
         .executableTarget(

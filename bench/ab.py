@@ -5,14 +5,21 @@ Runs A and B alternately (A, B, A, B, ...) and reports each one's ops/s and the 
 each adjacent pair as min/median/max: a pair shares the machine's mode, a ratio cancels it.
 
     bench/ab.py OLD_BINARY NEW_BINARY [w1|w2] [ROUNDS]
+
+A "binary" may carry options for `crossbook workload`, quoted as one argument: to compare the
+book's batch path with one command at a time in one build,
+
+    bench/ab.py ".build/release/crossbook --batch 1" ".build/release/crossbook --batch 16" w2
 """
+import shlex
 import statistics
 import subprocess
 import sys
 
 
 def rate(binary, workload):
-    out = subprocess.run([binary, "workload", workload], check=True, capture_output=True, text=True).stdout
+    words = shlex.split(binary)
+    out = subprocess.run([words[0], "workload", workload] + words[1:], check=True, capture_output=True, text=True).stdout
     for line in out.splitlines():
         if " run 1: " in line:
             return float(line.split("ops in ")[1].split(",")[1].strip().rstrip("M ops/s"))

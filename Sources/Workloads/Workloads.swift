@@ -2,6 +2,7 @@
 // SplitMix64 draws, ops prepared before the clock starts, and a runner that drives an
 // OrderBook and keeps the totals that prove two engines did the same work.
 
+import CPrefetch
 import OrderBook
 
 /// SplitMix64, exactly as the workload definition gives it.
@@ -162,14 +163,27 @@ public struct WorkloadTotals: Equatable, Sendable, CustomStringConvertible {
 public struct WorkloadRunner: ~Copyable {
     public var book: OrderBook
     @usableFromInline var sink: TotalsSink
+    /// The batch path's guesses (run(_:idBase:batch:)): per op of a batch, the live count's
+    /// expected change before it.
+    @usableFromInline let delta: UnsafeMutablePointer<Int>
+    /// Per op of a batch, the order it is guessed to name (0: none).
+    @usableFromInline let targets: UnsafeMutablePointer<OrderId>
 
     public init(workload: Workload, capacity: BookCapacity? = nil) throws(BookConfigError) {
         let spec = SymbolSpec(name: workload.name, id: 1)
         book = try OrderBook(spec: spec, capacity: capacity ?? workload.capacity)
         sink = TotalsSink(maxOrderId: workload.maxOrderId)
+        delta = .allocate(capacity: Self.maxBatch)
+        delta.initialize(repeating: 0, count: Self.maxBatch)
+        targets = .allocate(capacity: Self.maxBatch)
+        targets.initialize(repeating: 0, count: Self.maxBatch)
     }
 
-    deinit { sink.deallocate() }
+    deinit {
+        sink.deallocate()
+        delta.deallocate()
+        targets.deallocate()
+    }
 
     public var totals: WorkloadTotals {
         var t = sink.totals
@@ -197,6 +211,98 @@ public struct WorkloadRunner: ~Copyable {
             id += 1
             step(op, id)
         }
+    }
+
+    /// The largest batch `run(_:idBase:batch:)` takes.
+    public static let maxBatch = 4096
+
+    /// Runs ops[range] as the book's batch path does (OrderBook.apply(batch:)): in batches of
+    /// `batch` ops, prefetching the lines of the orders the ops ahead will cancel or replace
+    /// while the current one runs. Which order an op names is known only when it runs (a
+    /// position in the live list, which the ops before it change): the prefetch guesses it
+    /// from the live list now and the ops between (a limit adds one, a cancel removes one; a
+    /// market order's fills are not foreseen); a wrong guess costs a wasted hint, never a
+    /// different result. The totals equal `run`'s.
+    @inlinable
+    public mutating func run(_ ops: UnsafeBufferPointer<WorkloadOp>, idBase: Int, batch: Int,
+                             distance: Int = OrderBook.prefetchDistance) {
+        guard batch > 1 else { return run(ops, idBase: idBase) }
+        let size = min(batch, Self.maxBatch)
+        let d = max(1, distance)
+        var id = OrderId(idBase)
+        var start = 0
+        while start < ops.count {
+            let end = min(start + size, ops.count)
+            // delta[k - start]: the live count's change the ops start..<k are expected to make.
+            var sum = 0
+            for k in start..<end {
+                delta[k - start] = sum
+                switch ops[k].kind {
+                case .limit: sum += 1
+                case .cancel: sum -= 1
+                case .market, .replace: break
+                }
+            }
+            // Each op's guess is made once, at its first stage, and followed by the next two.
+            for k in start..<min(end, start + 4 * d) { stageZero(ops, k, now: start, start) }
+            for k in start..<min(end, start + 3 * d) { stageOne(ops, k, now: start, start, id: id + OrderId(k - start + 1)) }
+            for k in start..<min(end, start + 2 * d) { stageTwo(k - start) }
+            for k in start..<min(end, start + d) { book.prefetchNeighbours(of: targets[k - start]) }
+            for k in start..<end {
+                if k + 4 * d < end { stageZero(ops, k + 4 * d, now: k, start) }
+                if k + 3 * d < end { stageOne(ops, k + 3 * d, now: k, start, id: id + OrderId(3 * d + 1)) }
+                if k + 2 * d < end { stageTwo(k + 2 * d - start) }
+                if k + d < end { book.prefetchNeighbours(of: targets[k + d - start]) }
+                id += 1
+                step(ops[k], id)
+            }
+            start = end
+        }
+    }
+
+    /// Stage 0 (the harness's own): the live list's entry a cancel or replace will read.
+    @inlinable @inline(__always)
+    func stageZero(_ ops: UnsafeBufferPointer<WorkloadOp>, _ k: Int, now: Int, _ start: Int) {
+        let op = ops[k]
+        guard op.kind == .cancel || op.kind == .replace else { return }
+        let count = sink.liveCount + delta[k - start] - delta[now - start]
+        if count > 0 { cb_prefetch_write(sink.live + Int(op.pick % UInt64(count))) }
+    }
+
+    /// Stage 2: the order's node (the book), and its entry in the harness's id → position map.
+    @inlinable @inline(__always)
+    func stageTwo(_ i: Int) {
+        let target = targets[i]
+        guard target != 0 else { return }
+        book.prefetchOrder(of: target)
+        cb_prefetch_write(sink.position + Int(target))
+    }
+
+    /// The first stage for op `k` (`id`: the order id it would carry as a new order): a
+    /// limit's id slot (a new order's id is looked up for duplicates), or the guess of the
+    /// order a cancel or replace will name and its id slot.
+    @inlinable @inline(__always)
+    func stageOne(_ ops: UnsafeBufferPointer<WorkloadOp>, _ k: Int, now: Int, _ start: Int, id: OrderId) {
+        if ops[k].kind == .limit {
+            targets[k - start] = 0
+            book.prefetchSlot(of: id)
+        } else {
+            guess(ops, k, now: now, start)
+            book.prefetchSlot(of: targets[k - start])
+        }
+    }
+
+    /// Guesses the order op `k` will name, before op `now` runs (`start`: the batch's first
+    /// op), into targets[k - start] (0: none).
+    @inlinable @inline(__always)
+    func guess(_ ops: UnsafeBufferPointer<WorkloadOp>, _ k: Int, now: Int, _ start: Int) {
+        let op = ops[k]
+        targets[k - start] = 0
+        guard op.kind == .cancel || op.kind == .replace else { return }
+        let count = sink.liveCount + delta[k - start] - delta[now - start]
+        guard count > 0 else { return }
+        let i = Int(op.pick % UInt64(count))
+        if i < sink.liveCount { targets[k - start] = sink.live[i] }
     }
 
     @inlinable @inline(__always)

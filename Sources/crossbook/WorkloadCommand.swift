@@ -19,6 +19,16 @@ struct WorkloadCommand: ParsableCommand {
     @Option(help: "Times to run it (a fresh book each time).")
     var `repeat`: Int = 1
 
+    @Option(help: "Ops per batch through the book's batch path (prefetching the orders ahead); 1: one at a time. The totals are the same for every batch size.")
+    var batch: Int = 1
+
+    @Option(help: ArgumentHelp("With --batch: how many ops ahead each prefetch stage runs (default: the book's).", visibility: .hidden))
+    var prefetchDistance: Int?
+
+    func validate() throws {
+        guard batch >= 1, batch <= WorkloadRunner.maxBatch else { throw ValidationError("--batch must be 1...\(WorkloadRunner.maxBatch)") }
+    }
+
     func run() throws {
         let workload: Workload
         switch name.lowercased() {
@@ -32,10 +42,12 @@ struct WorkloadCommand: ParsableCommand {
             var runner = try WorkloadRunner(workload: workload, capacity: capacity)
             runner.warmUp(workload)
             let start = DispatchTime.now().uptimeNanoseconds
-            workload.ops.withUnsafeBufferPointer { runner.run($0, idBase: workload.warmup.count) }
+            workload.ops.withUnsafeBufferPointer {
+                runner.run($0, idBase: workload.warmup.count, batch: batch, distance: prefetchDistance ?? OrderBook.prefetchDistance)
+            }
             let elapsed = DispatchTime.now().uptimeNanoseconds - start
             let rate = Double(workload.ops.count) / (Double(elapsed) / 1e9)
-            if run == 1 { print("\(workload.name) totals: \(runner.totals)") }
+            if run == 1 { print("\(workload.name) totals: \(runner.totals)\(batch > 1 ? " (batch \(batch))" : "")") }
             print("\(workload.name) run \(run): \(workload.ops.count) ops in \(elapsed / 1_000_000) ms, "
                   + "\(String(format: "%.2f", rate / 1e6))M ops/s, \(elapsed / UInt64(workload.ops.count)) ns/op")
         }

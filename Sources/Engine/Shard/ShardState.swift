@@ -274,8 +274,17 @@ struct ShardState: ~Copyable {
             let batchStart = monotonicNanoseconds()
             sequencer.beginBatch()
             let session = inbound[i].session
+            // The book's batch path: the lines of the commands ahead are asked for while the
+            // current one runs (OrderBook/Batch.swift; hints only).
+            let d = OrderBook.prefetchDistance
+            for k in 0..<min(n, 3 * d) { prefetch(1, inbound[i].commands.slot(k), session: session) }
+            for k in 0..<min(n, 2 * d) { prefetch(2, inbound[i].commands.slot(k), session: session) }
+            for k in 0..<min(n, d) { prefetch(3, inbound[i].commands.slot(k), session: session) }
             var done = 0
             while done < n {
+                if done + 3 * d < n { prefetch(1, inbound[i].commands.slot(done + 3 * d), session: session) }
+                if done + 2 * d < n { prefetch(2, inbound[i].commands.slot(done + 2 * d), session: session) }
+                if done + d < n { prefetch(3, inbound[i].commands.slot(done + d), session: session) }
                 let record = UnsafeRawPointer(inbound[i].commands.slot(done))
                 // A symbol on its way here: its commands wait for its book, unsequenced.
                 if holding != 0 && hold(record, session: session) {
@@ -306,6 +315,26 @@ struct ShardState: ~Copyable {
         }
         output.pointee.wakeConsumers()
         return work
+    }
+
+    /// Stage `stage` (1 the id slot, 2 the order's node, 3 its neighbours and level) of the
+    /// prefetch for the command in `record`, from `session`. A hint: the record may be anything
+    /// (another process wrote it); only what `process` will check anyway is read, and a book
+    /// that does not take commands now is left alone.
+    @inline(__always)
+    func prefetch(_ stage: Int, _ record: UnsafeRawPointer, session: UInt32) {
+        // A new order's id is only looked up (it is not there, normally): its slot is all.
+        if stage > 1 && record.load(fromByteOffset: 1, as: UInt8.self) == CommandRecord.Kind.new.rawValue { return }
+        let symbol = Int(UInt32(littleEndian: record.loadUnaligned(fromByteOffset: 8, as: UInt32.self)))
+        guard symbol <= maxSymbolId else { return }
+        let b = Int(bookIndex[symbol])
+        guard b >= 0, bookFlags[b] == 0 else { return }
+        let id = engineOrderId(session, CommandRecord.orderId(record) & maxClientOrderId)
+        switch stage {
+        case 1: books[b].prefetchSlot(of: id)
+        case 2: books[b].prefetchOrder(of: id)
+        default: books[b].prefetchNeighbours(of: id)
+        }
     }
 
     /// The end of a batch of commands from one ring: what is counted per batch.
