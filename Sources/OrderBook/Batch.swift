@@ -14,6 +14,15 @@ extension OrderBook {
     /// node 2 ×, its neighbours and level 1 ×.
     public static let prefetchDistance = 3
 
+    /// Below this many resting orders a book's nodes and id table stay in the core's caches
+    /// (16,384 orders: 512 KiB of nodes, 256 KiB of id slots): prefetching would only cost.
+    public static let prefetchThreshold = 16_384
+
+    /// Whether the batch path prefetches for this book now (it is deep enough to miss), with
+    /// `threshold` resting orders or more.
+    @inlinable @inline(__always)
+    public func prefetches(threshold: Int = prefetchThreshold) -> Bool { liveOrders >= threshold }
+
     /// Stage 1 for the order `id` names: the id table's line where its probe starts.
     @inlinable @inline(__always)
     public func prefetchSlot(of id: OrderId) {
@@ -67,9 +76,15 @@ extension OrderBook {
 
     /// Applies `commands` in order, as `apply` one by one would (the same events, the same
     /// book), prefetching the lines of the commands ahead of the current one.
+    /// `threshold`: prefetch only for a book with at least that many resting orders.
     @inlinable
-    public mutating func apply<S: BookEventSink>(batch commands: UnsafeBufferPointer<BookCommand>, to sink: inout S) {
+    public mutating func apply<S: BookEventSink>(batch commands: UnsafeBufferPointer<BookCommand>, to sink: inout S,
+                                                 threshold: Int = prefetchThreshold) {
         let n = commands.count
+        guard prefetches(threshold: threshold) else {
+            for command in commands { apply(command, to: &sink) }
+            return
+        }
         let d = Self.prefetchDistance
         // The pipeline's start: the first commands' stages, as far as their distances allow.
         for k in 0..<min(n, 3 * d) { prefetchFirst(commands[k]) }

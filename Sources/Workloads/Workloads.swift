@@ -225,7 +225,7 @@ public struct WorkloadRunner: ~Copyable {
     /// different result. The totals equal `run`'s.
     @inlinable
     public mutating func run(_ ops: UnsafeBufferPointer<WorkloadOp>, idBase: Int, batch: Int,
-                             distance: Int = OrderBook.prefetchDistance) {
+                             distance: Int = OrderBook.prefetchDistance, threshold: Int = OrderBook.prefetchThreshold) {
         guard batch > 1 else { return run(ops, idBase: idBase) }
         let size = min(batch, Self.maxBatch)
         let d = max(1, distance)
@@ -233,6 +233,15 @@ public struct WorkloadRunner: ~Copyable {
         var start = 0
         while start < ops.count {
             let end = min(start + size, ops.count)
+            // A shallow book is in the caches: one at a time, as the book's batch path does.
+            guard book.prefetches(threshold: threshold) else {
+                for k in start..<end {
+                    id += 1
+                    step(ops[k], id)
+                }
+                start = end
+                continue
+            }
             // delta[k - start]: the live count's change the ops start..<k are expected to make.
             var sum = 0
             for k in start..<end {

@@ -25,7 +25,8 @@ struct BookBatchTests {
             for _ in 0..<size { commands.append(generator.next()) }
             var one = EventRecorder(), many = EventRecorder()
             for command in commands { single.apply(command, to: &one) }
-            commands.withUnsafeBufferPointer { batched.apply(batch: $0, to: &many) }
+            // Threshold 0: prefetch however shallow the book (the test books are small).
+            commands.withUnsafeBufferPointer { batched.apply(batch: $0, to: &many, threshold: 0) }
             guard one.events == many.events else {
                 Issue.record("seed \(seed), batch of \(size) after \(applied) commands: the events differ")
                 return
@@ -42,10 +43,10 @@ struct BookBatchTests {
     func workloadsBatched(name: String) throws {
         let workload = name == "W1" ? Workload.w1(count: 200_000) : Workload.w2(warmupCount: 20_000, count: 200_000)
         var results: [(WorkloadTotals, [UInt8])] = []
-        for (batch, distance) in [(1, 3), (16, 3), (64, 3), (64, 1), (7, 8)] {
+        for (batch, distance, threshold) in [(1, 3, 0), (16, 3, 0), (64, 3, 0), (64, 1, 0), (7, 8, 0), (16, 3, OrderBook.prefetchThreshold)] {
             var runner = try WorkloadRunner(workload: workload)
             runner.warmUp(workload)
-            workload.ops.withUnsafeBufferPointer { runner.run($0, idBase: workload.warmup.count, batch: batch, distance: distance) }
+            workload.ops.withUnsafeBufferPointer { runner.run($0, idBase: workload.warmup.count, batch: batch, distance: distance, threshold: threshold) }
             #expect(runner.book.consistencyError() == nil)
             results.append((runner.totals, runner.book.snapshot()))
         }

@@ -328,7 +328,7 @@ struct ShardState: ~Copyable {
         let symbol = Int(UInt32(littleEndian: record.loadUnaligned(fromByteOffset: 8, as: UInt32.self)))
         guard symbol <= maxSymbolId else { return }
         let b = Int(bookIndex[symbol])
-        guard b >= 0, bookFlags[b] == 0 else { return }
+        guard b >= 0, bookFlags[b] == 0, books[b].prefetches() else { return }
         let id = engineOrderId(session, CommandRecord.orderId(record) & maxClientOrderId)
         switch stage {
         case 1: books[b].prefetchSlot(of: id)
