@@ -833,7 +833,7 @@ extension FailoverTests {
         "lease = \"redis://127.0.0.1:\(redis.port)/\(key)\"\nlease_ttl_ms = \(ttl)"
     }
 
-    @Test("a primary that loses its Redis lease stops acknowledging before the lease can expire: the key taken by another holder, and Redis down")
+    @Test("a primary that loses its Redis lease stops acknowledging before the lease can expire, and takes no more commands: the key taken by another holder, and Redis down")
     func leaseLoss() throws {
         let redis = try RedisServer()
         defer { redis.stop() }
@@ -864,6 +864,11 @@ extension FailoverTests {
                 #expect(try Self.submitAndCount(client, btc, ids: 151...160, seconds: 1) == 0)
                 #expect(a.log.contains("lost"), "\(a.log.all.suffix(5))")
             }
+            // Fencing stops intake too: nothing sent after the deadline was journaled, even
+            // when the engine stops (it drains only what it may take).
+            a.terminate()
+            let journaled = try journaledClientIds(a.data)
+            #expect(journaled.count == 100 && journaled.keys.allSatisfy { $0 <= 100 }, "\(scenario): \(journaled.count) journaled, highest \(journaled.keys.max() ?? 0)")
         }
     }
 

@@ -320,6 +320,14 @@ struct OutputGate {
     /// Half the staging area waits: stop taking commands until it drains.
     var backlogged: Bool { stagedHead - stagedTail > stagingCapacity / 2 }
 
+    /// The lease's deadline has passed (in doubt, or lost for good): nothing is released, and
+    /// the shard takes no command either (fencing stops intake, not only acknowledgements:
+    /// nothing is journaled here that the next primary does not have).
+    var leaseExpired: Bool {
+        guard let leaseUntil else { return false }
+        return monotonicNanoseconds() >= cb_load_acquire_u64(leaseUntil)
+    }
+
     /// Sends everything staged whose command is durable.
     mutating func release(upTo durable: UInt64) {
         guard stagedTail < stagedHead else { return }

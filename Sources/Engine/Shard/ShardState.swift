@@ -254,9 +254,11 @@ struct ShardState: ~Copyable {
         var work = 0
         var backlog = 0
         let inbound = sessions.inbound
-        // Output held back (a standby that does not confirm, a lease in doubt): take no more
-        // commands than the staging area can answer for; the rings fill, the clients wait.
+        // Output held back (a standby that does not confirm): take no more commands than the
+        // staging area can answer for; the rings fill, the clients wait. Past the lease's
+        // deadline (in doubt or lost), take none.
         let accepting = !output.pointee.backlogged && (ingressPause.map { cb_load_acquire_u32($0) == 0 } ?? true)
+            && !output.pointee.leaseExpired
         for i in 0..<(accepting ? sessions.count : 0) where inbound[i].active {
             let available: Int
             do {
