@@ -39,6 +39,7 @@
 //   digest_every_ms = 1000     # the primary's state digests, compared by the standby
 //   lease = "redis://10.0.0.3:6379/crossbook-main"  # leadership as a Redis lease (fencing)
 //   lease_ttl_ms = 2000        # a primary that cannot renew stops acknowledging before it expires
+//   sync_standbys = 1          # sync: standbys that must confirm each record (2 standbys: 2 for RPO 0)
 //
 //   [plugins]             # crossbook run only; without this section: the default plugins
 //   dir = "/opt/crossbook/plugins"  # default: the directory of the crossbook executable
@@ -174,7 +175,7 @@ public struct EngineConfig {
         }
         if let section = table["replication"] {
             guard let section = section.table else { throw ConfigError(description: "\(source): [replication] must be a table") }
-            let keys = ["role", "listen", "peer", "mode", "failover_after_ms", "digest_every_ms", "lease", "lease_ttl_ms"]
+            let keys = ["role", "listen", "peer", "mode", "failover_after_ms", "digest_every_ms", "lease", "lease_ttl_ms", "sync_standbys"]
             for key in section.keys where !keys.contains(key) {
                 throw ConfigError(description: "\(source): [replication]: unknown key '\(key)' (expected \(keys.joined(separator: ", ")))")
             }
@@ -222,6 +223,12 @@ public struct EngineConfig {
                     throw ConfigError(description: "\(source): [replication]: lease_ttl_ms must be between 200 and 60000, got \(ms)")
                 }
                 r.leaseTtlMilliseconds = ms
+            }
+            if let n = try Self.int(section, "sync_standbys", in: "[replication]", source: source) {
+                guard n >= 1, n <= 8 else {
+                    throw ConfigError(description: "\(source): [replication]: sync_standbys must be between 1 and 8, got \(n)")
+                }
+                r.syncStandbys = n
             }
             replication = r
         }

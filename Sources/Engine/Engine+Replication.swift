@@ -32,6 +32,10 @@ public struct ReplicationSettings: Sendable, Equatable {
     /// the two-node rule alone.
     public var lease: String?
     public var leaseTtlMilliseconds: Int = 2000
+    /// Sync mode: how many standbys must confirm a record durable before its output is
+    /// released (1 to 8). With several standbys that may be promoted (a lease), set it to
+    /// their number for RPO 0: the winner then holds every acknowledged order.
+    public var syncStandbys: Int = 1
 
     public init(role: Role = .primary, listen: String? = nil, peer: String? = nil, mode: ReplicationMode = .sync,
                 failoverAfterMilliseconds: Int? = nil, digestEveryMilliseconds: Int = 1000,
@@ -197,7 +201,7 @@ extension Engine {
         let shards = self.shards
         let server = ReplicationServer(
             address: address, mode: r.mode, shards: shards.count, dataDirectory: settings.dataDirectory,
-            configurationHash: replicationConfigurationHash, epoch: epoch, cap: cap,
+            configurationHash: replicationConfigurationHash, epoch: epoch, cap: cap, syncStandbys: r.syncStandbys,
             digestEveryNanoseconds: UInt64(max(0, r.digestEveryMilliseconds)) * 1_000_000,
             durable: { shards[$0].tallied(ShardTally.durable) },
             written: { shards[$0].tallied(ShardTally.written) },
@@ -347,7 +351,7 @@ extension Engine {
                 let c = cb_load_acquire_u64(runtime.cap + i)
                 return r.mode == .sync && c != .max ? String(c) : "-"
             }
-            lines.append("serving \(server.address) engaged \(server.engaged ? 1 : 0) standbys \(server.connected.count) released_up_to \(caps.joined(separator: ",")) lag \(server.lag.map(String.init).joined(separator: ","))")
+            lines.append("serving \(server.address) engaged \(server.engaged ? 1 : 0) standbys \(server.connected.count) sync_standbys \(server.syncStandbys) released_up_to \(caps.joined(separator: ",")) lag \(server.lag.map(String.init).joined(separator: ","))")
             for standby in server.connected {
                 let lag = shards.indices.map { shards[$0].tallied(ShardTally.durable) &- min(standby.acked[$0], shards[$0].tallied(ShardTally.durable)) }
                 lines.append("standby \(standby.peer) acked \(standby.acked.map(String.init).joined(separator: ",")) lag \(lag.map(String.init).joined(separator: ","))")

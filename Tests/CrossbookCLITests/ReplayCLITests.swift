@@ -135,6 +135,8 @@ struct ReplayCLITests {
         ("[[symbols]]\nname = \"BTC\\nUSD\"\n", "a name is 1 to 32"),
         ("[[shards]]\ncore = -3\n", "core must be between 0 and 65535"),
         ("[[symbols]]\nname = \"X\"\nshard = 99999999999\n", "shard must be between 0 and 1023"),
+        ("[replication]\nsync_standbys = 0\n", "sync_standbys must be between 1 and 8, got 0"),
+        ("[replication]\nsync_standbys = 9\n", "sync_standbys must be between 1 and 8, got 9"),
         // toml++ asserted (abort) on these, found by fuzz/fuzz-config.
         ("[[[a]]\n", ".toml:1: a table header must start with a key"),
         ("[.a]\n", ".toml:1: a table header must start with a key"),

@@ -911,6 +911,43 @@ extension FailoverTests {
 }
 
 extension FailoverTests {
+    @Test("sync_standbys = 2 with two standbys: output waits for both confirmations (one standby gone: nothing acknowledged) and flows again when it is back; with 1, one suffices")
+    func twoConfirmations() throws {
+        for needed in [2, 1] {
+            let pp = freeLoopbackPort(), p1 = freeLoopbackPort(), p2 = freeLoopbackPort()
+            let extra = "sync_standbys = \(needed)"
+            let primary = PairNode(name: "hq-p", listen: pp, peer: p1, failoverAfterMs: nil, extra: extra)
+            let s1 = PairNode(name: "hq-1", listen: p1, peer: pp, failoverAfterMs: nil, extra: extra)
+            let s2 = PairNode(name: "hq-2", listen: p2, peer: pp, failoverAfterMs: nil, extra: extra)
+            defer { for n in [primary, s1, s2] { n.terminate(); n.remove() } }
+            try primary.start(standby: false)
+            #expect(waitFor(10) { primary.isPrimary })
+            try s1.start(standby: true)
+            try s2.start(standby: true)
+            #expect(waitFor(10) { primary.status().contains { $0.hasPrefix("serving") && $0.contains("engaged 1 standbys 2 sync_standbys \(needed)") } },
+                    "\(needed): \(primary.status())")
+            let client = try CrossbookClient(instance: "hq-p", directory: primary.dir)
+            defer { client.close() }
+            let btc = try client.symbol("BTC-USD")
+            #expect(try Self.submitAndCount(client, btc, ids: 1...100, seconds: 5) == 100, "\(needed): with both standbys")
+            s2.terminate()
+            #expect(waitFor(5) { primary.status().contains { $0.hasPrefix("serving") && $0.contains("standbys 1 ") } })
+            let alone = try Self.submitAndCount(client, btc, ids: 101...150, seconds: needed == 2 ? 1.5 : 5)
+            if needed == 2 {
+                #expect(alone == 0, "acknowledged \(alone) with one of two confirmations")
+                // The second standby back: it catches up, confirms, and the held output goes out.
+                try s2.start(standby: true)
+                var late = 0
+                #expect(waitFor(10) {
+                    _ = try? client.poll { if $0.kind == .accepted { late += 1 } }
+                    return late == 50
+                }, "acknowledged \(late) of 50 once the second standby was back")
+            } else {
+                #expect(alone == 50, "\(needed): one standby suffices")
+            }
+        }
+    }
+
     @Test("a lease server that answers garbage, errors, huge lengths or nothing: the primary refuses to start, naming it; it never acknowledges without a lease")
     func hostileLeaseServer() throws {
         for answer in ["garbage\r\n", "-ERR unknown command\r\n", "$99999999999\r\n", "*3\r\n:1\r\n", "", ":-1\r\n"] {

@@ -11,6 +11,12 @@
 // acknowledging; it never goes back to running alone. That is what lets an engaged standby
 // promote itself when the primary falls silent (ReplicationClient.swift) without two primaries
 // ever acknowledging: the old one cannot acknowledge without it.
+//
+// Several standbys: `syncStandbys` (K, `sync_standbys`) of the connected ones must confirm a
+// record before its output is released: the cap is the K-th highest confirmation, and sync
+// engages once K standbys have each caught up. With K equal to the number of standbys that
+// may be promoted, whichever wins the lease holds every acknowledged order; with fewer
+// connected than K, output waits.
 
 import CSync
 import Foundation
@@ -40,6 +46,8 @@ final class ReplicationServer: @unchecked Sendable {
     private let digestEveryNanoseconds: UInt64
     /// Per shard: the highest sequence the output gates may release (sync mode).
     let cap: UnsafeMutablePointer<UInt64>
+    /// How many standbys must confirm a record (see above).
+    let syncStandbys: Int
     /// 1 once sync is engaged (see above).
     private let engagedFlag: UnsafeMutablePointer<UInt32>
     private var listener: Int32 = -1
@@ -65,7 +73,7 @@ final class ReplicationServer: @unchecked Sendable {
     private var refusals: [String] = []
 
     init(address: ReplicationAddress, mode: ReplicationMode, shards: Int, dataDirectory: String, configurationHash: UInt64,
-         epoch: UInt64, cap: UnsafeMutablePointer<UInt64>, digestEveryNanoseconds: UInt64,
+         epoch: UInt64, cap: UnsafeMutablePointer<UInt64>, syncStandbys: Int = 1, digestEveryNanoseconds: UInt64,
          durable: @escaping (Int) -> UInt64, written: @escaping (Int) -> UInt64, digest: @escaping (Int) -> (sequence: UInt64, digest: UInt64)?,
          log: @escaping @Sendable (String) -> Void) {
         self.address = address
@@ -75,6 +83,7 @@ final class ReplicationServer: @unchecked Sendable {
         self.configurationHash = configurationHash
         self.epoch = epoch
         self.cap = cap
+        self.syncStandbys = max(1, syncStandbys)
         self.durable = durable
         self.written = written
         self.digest = digest
@@ -236,7 +245,7 @@ final class ReplicationServer: @unchecked Sendable {
             for i in 0..<shardCount { bestAcked[i] = max(bestAcked[i], state.acked[i]) }
         }
         // A standby that already holds everything durable here engages sync at once.
-        if mode == .sync { confirm(state.acked) }
+        if mode == .sync { confirm() }
         log("replication: standby \(connection.peer) connected (\(mode.rawValue)) from sequences \(positions.map { String($0.last) }.joined(separator: ","))")
         var lastHeartbeat: UInt64 = 0
         var lastDigest = monotonicNanoseconds()
@@ -285,7 +294,7 @@ final class ReplicationServer: @unchecked Sendable {
                         standbys[id] = state
                         for i in 0..<shardCount { bestAcked[i] = max(bestAcked[i], state.acked[i]) }
                     }
-                    if mode == .sync { confirm(state.acked) }
+                    if mode == .sync { confirm() }
                 }
                 if let request = lock.locked({ handedOver ? nil : handover }),
                    (0..<shardCount).allSatisfy({ state.acked[$0] >= request.through[$0] }) {
@@ -301,8 +310,20 @@ final class ReplicationServer: @unchecked Sendable {
         }
     }
 
-    /// A standby confirmed `acked`: raise the caps, engaging sync once it has caught up.
-    private func confirm(_ acked: [UInt64]) {
+    /// Per shard, what `syncStandbys` of the connected standbys have confirmed (the K-th highest
+    /// confirmation); nil while fewer are connected.
+    private var confirmed: [UInt64]? {
+        lock.locked {
+            let all = Array(standbys.values)
+            guard all.count >= syncStandbys else { return nil }
+            return (0..<shardCount).map { s in all.map { $0.acked[s] }.sorted(by: >)[syncStandbys - 1] }
+        }
+    }
+
+    /// A standby confirmed: raise the caps to what `syncStandbys` of them hold, engaging sync
+    /// once that many have caught up.
+    private func confirm() {
+        guard let acked = confirmed else { return }
         if !engaged {
             // Caught up: everything durable here (and so everything released) is durable there.
             // The caps go down first, then the check: whatever a gate released before the caps
@@ -313,7 +334,7 @@ final class ReplicationServer: @unchecked Sendable {
                 return
             }
             cb_store_release_u32(engagedFlag, 1)
-            log("replication: sync engaged: output now waits for the standby's confirmation")
+            log("replication: sync engaged: output now waits for \(syncStandbys == 1 ? "the standby's confirmation" : "\(syncStandbys) standbys' confirmations")")
             return
         }
         for shard in 0..<shardCount where acked[shard] > cb_load_acquire_u64(cap + shard) {
