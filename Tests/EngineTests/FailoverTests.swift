@@ -476,7 +476,9 @@ extension FailoverTests {
             let client = try CrossbookClient(instance: "hn-a", directory: a.dir)
             let btc = try client.symbol("BTC-USD")
             #expect(try Self.submitAndCount(client, btc, ids: 1...200, seconds: 10) == 200, "\(mode): before the cut")
-            if mode == "sync" { #expect(a.engagedWithStandby) }
+            // Sync engages once the standby has caught up (the orders above were acknowledged
+            // before that, by the primary alone): wait for it, or the cut finds it running alone.
+            if mode == "sync" { #expect(waitFor(10) { a.engagedWithStandby }, "\(a.status())") }
             proxy.cut()
             let during = try Self.submitAndCount(client, btc, ids: 201...400, seconds: 2)
             let lag = a.status().first { $0.hasPrefix("serving") } ?? ""

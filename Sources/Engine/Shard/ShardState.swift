@@ -39,6 +39,12 @@ struct ShardState: ~Copyable {
     let symbolWords: UnsafeMutablePointer<UnsafeMutablePointer<UInt64>>
     let noSymbol: UnsafeMutablePointer<UInt64>
     let maxBatch = 256
+    /// Whether some book of the shard is deep enough for the batch path to prefetch for
+    /// (OrderBook.prefetches): looked at again every `deepCheckEvery` commands, so that a shard
+    /// of shallow books pays one branch per batch for it.
+    var anyDeepBook = false
+    var deepCheckCountdown = 0
+    static let deepCheckEvery = 4096
     private(set) var largestBatch = 0
     /// The highest session id the journal (or the snapshot under it) holds.
     var maxRecoveredSession: UInt32 = 0
@@ -278,15 +284,25 @@ struct ShardState: ~Copyable {
             let session = inbound[i].session
             // The book's batch path: the lines of the commands ahead are asked for while the
             // current one runs (OrderBook/Batch.swift; hints only).
-            let d = OrderBook.prefetchDistance
-            for k in 0..<min(n, 3 * d) { prefetch(1, inbound[i].commands.slot(k), session: session) }
-            for k in 0..<min(n, 2 * d) { prefetch(2, inbound[i].commands.slot(k), session: session) }
-            for k in 0..<min(n, d) { prefetch(3, inbound[i].commands.slot(k), session: session) }
+            deepCheckCountdown -= n
+            if deepCheckCountdown <= 0 {
+                deepCheckCountdown = Self.deepCheckEvery
+                anyDeepBook = symbols.indices.contains { hasBook($0) && books[$0].prefetches() }
+            }
+            // With no deep book the distance is 0: no stage runs.
+            let d = anyDeepBook ? OrderBook.prefetchDistance : 0
+            if d > 0 {
+                for k in 0..<min(n, 3 * d) { prefetch(1, inbound[i].commands.slot(k), session: session) }
+                for k in 0..<min(n, 2 * d) { prefetch(2, inbound[i].commands.slot(k), session: session) }
+                for k in 0..<min(n, d) { prefetch(3, inbound[i].commands.slot(k), session: session) }
+            }
             var done = 0
             while done < n {
-                if done + 3 * d < n { prefetch(1, inbound[i].commands.slot(done + 3 * d), session: session) }
-                if done + 2 * d < n { prefetch(2, inbound[i].commands.slot(done + 2 * d), session: session) }
-                if done + d < n { prefetch(3, inbound[i].commands.slot(done + d), session: session) }
+                if d > 0 {
+                    if done + 3 * d < n { prefetch(1, inbound[i].commands.slot(done + 3 * d), session: session) }
+                    if done + 2 * d < n { prefetch(2, inbound[i].commands.slot(done + 2 * d), session: session) }
+                    if done + d < n { prefetch(3, inbound[i].commands.slot(done + d), session: session) }
+                }
                 let record = UnsafeRawPointer(inbound[i].commands.slot(done))
                 // A symbol on its way here: its commands wait for its book, unsequenced.
                 if holding != 0 && hold(record, session: session) {

@@ -1,0 +1,81 @@
+// The shard's batch path: for a deep book (OrderBook.prefetchThreshold resting orders or more)
+// the shard prefetches the orders of the commands ahead in each ring batch. Recovery applies
+// the same journal one command at a time without it: the live state and the replayed state
+// must be the same.
+import CrossbookClient
+@testable import Engine
+import Foundation
+import Glibc
+import OrderBook
+import Testing
+import TestSupport
+import Wire
+import Workloads
+
+@Suite("The shard's batch path", .serialized)
+struct ShardBatchTests {
+    @Test("a deep book (20,000 resting orders) under random cancels, replaces, new and market orders in ring batches: the live state equals a replay of the journal")
+    func deepBookDigest() throws {
+        let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-batch-\(UUID().uuidString.prefix(8))"
+        defer { removeTree(data) }
+        let engine = try durableEngine(dir, data: data, instance: "bp", durability: .async)
+        let client = try CrossbookClient(instance: "bp", directory: dir)
+        let btc = try client.symbol("BTC-USD")
+        var live: [OrderId] = []
+        var reports = 0, sent = 0
+        func send(_ command: BookCommand) throws {
+            while !client.submit(command, symbol: btc, flush: false) {
+                client.flush()
+                reports += try client.poll { _ in }
+            }
+            sent += 1
+            if sent % 64 == 0 {
+                client.flush()
+                reports += try client.poll { _ in }
+            }
+        }
+        var rng = SplitMix64(seed: 99)
+        var nextId: OrderId = 1
+        for _ in 0..<20_000 {
+            let buy = rng.next() & 1 == 0
+            let off = 1 + Price(rng.next() % 400)
+            try send(.new(NewOrder(orderId: nextId, side: buy ? .buy : .sell, price: buy ? 1000 - off : 1000 + off, quantity: 1 + Quantity(rng.next() % 9))))
+            live.append(nextId)
+            nextId += 1
+        }
+        for _ in 0..<40_000 {
+            let roll = rng.next() % 100
+            if roll < 40, !live.isEmpty {
+                let i = Int(rng.next() % UInt64(live.count))
+                try send(.cancel(CancelOrder(orderId: live[i])))
+                live.swapAt(i, live.count - 1)
+                live.removeLast()
+            } else if roll < 60, !live.isEmpty {
+                let id = live[Int(rng.next() % UInt64(live.count))]
+                let buy = rng.next() & 1 == 0
+                let off = 1 + Price(rng.next() % 400)
+                // A replace may name an order a market order took: rejected, the same way live and replayed.
+                try send(.replace(ReplaceOrder(orderId: id, price: buy ? 1000 - off : 1000 + off, quantity: 1 + Quantity(rng.next() % 9))))
+            } else if roll < 95 {
+                let buy = rng.next() & 1 == 0
+                let off = 1 + Price(rng.next() % 400)
+                try send(.new(NewOrder(orderId: nextId, side: buy ? .buy : .sell, price: buy ? 1000 - off : 1000 + off, quantity: 1 + Quantity(rng.next() % 9))))
+                live.append(nextId)
+                nextId += 1
+            } else {
+                try send(.new(NewOrder(orderId: nextId, side: rng.next() & 1 == 0 ? .buy : .sell, type: .market, price: 0,
+                                       quantity: 1 + Quantity(rng.next() % 20), timeInForce: .ioc)))
+                nextId += 1
+            }
+        }
+        client.flush()
+        // Everything answered (each command at least one report).
+        #expect(waitFor(20) { reports += (try? client.poll { _ in }) ?? 0; return reports >= sent }, "\(reports) reports for \(sent) commands")
+        client.close()
+        engine.stop()
+        let live1 = engine.finalDigests
+        let replayed = try durableEngine(dir, data: data, instance: "bp", durability: .async)
+        #expect(replayed.recoveredDigests == live1)
+        replayed.stop()
+    }
+}
