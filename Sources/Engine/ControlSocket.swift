@@ -8,6 +8,11 @@
 // user, root, or (with a group) a member of it. Anyone else is answered "error" and nothing
 // runs. A request is at most 512 bytes, read within 2 s; garbage gets "error" with what was
 // wrong.
+//
+// Each connection is read on a thread of its own (at most `maxConnections` at once; one more is
+// answered "error busy" at once), so that a connection that says nothing holds only itself;
+// the requests themselves run one at a time, in the order their lines arrived (a migration and
+// a promotion never run together).
 
 import CSync
 import Foundation
@@ -30,6 +35,12 @@ final class ControlSocket: @unchecked Sendable {
     private let handle: @Sendable (String) -> [String]
 
     static let maxRequest = 512
+    static let maxConnections = 16
+    /// Connections being read or answered now; and the requests' turn.
+    private let lock = Lock()
+    private var open = 0
+    private let allClosed = Semaphore()
+    private let turn = Lock()
 
     /// The Unix socket address of `path` (nil: too long for one).
     static func address(_ path: String) -> sockaddr_un? {
@@ -82,6 +93,8 @@ final class ControlSocket: @unchecked Sendable {
     func stop() {
         cb_store_release_u32(stopFlag, 1)
         done.wait()
+        // The connections in flight finish (each within 2 s of reading, then its request).
+        while lock.locked({ open }) > 0 { _ = allClosed.wait(seconds: 0.1) }
         close(fd)
         unlink(path)
         stopFlag.deallocate()
@@ -94,8 +107,26 @@ final class ControlSocket: @unchecked Sendable {
             let c = accept(fd, nil, nil)
             guard c >= 0 else { continue }
             _ = fcntl(c, F_SETFD, FD_CLOEXEC)
-            answer(c)
-            close(c)
+            let admitted: Bool = lock.locked {
+                guard open < Self.maxConnections else { return false }
+                open += 1
+                return true
+            }
+            guard admitted else {
+                var timeout = timeval(tv_sec: 0, tv_usec: 100_000)
+                setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+                reply(c, ["error busy: \(Self.maxConnections) connections are being served; try again"])
+                close(c)
+                continue
+            }
+            let thread = Thread { [self] in
+                answer(c)
+                close(c)
+                lock.locked { open -= 1 }
+                allClosed.signal()
+            }
+            thread.name = "crossbook-ctl-conn"
+            thread.start()
         }
     }
 
@@ -134,7 +165,8 @@ final class ControlSocket: @unchecked Sendable {
               line.utf8.allSatisfy({ $0 >= 32 && $0 < 127 }) else {
             return reply(c, ["error the request is not printable ASCII"])
         }
-        reply(c, handle(line))
+        let lines = turn.locked { handle(line) }
+        reply(c, lines)
     }
 
     private func reply(_ c: Int32, _ lines: [String]) {

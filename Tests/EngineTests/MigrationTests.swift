@@ -601,7 +601,21 @@ struct MigrationTests {
         #expect(rawRequest(dir, [1, 2, 0xff, 10]).hasPrefix("error the request is not printable"))
         #expect(rawRequest(dir, [UInt8](repeating: 65, count: 5000)).hasPrefix("error request longer"))
         #expect(rawRequest(dir, Array("routes".utf8)).hasPrefix("error no request line"))
+        // A silent connection holds only itself: requests beside it are answered at once.
+        let silent = Thread { _ = self.rawRequest(dir, [], closeWrite: false) }
+        silent.start()
+        usleep(100_000)
+        let t0 = Date()
+        #expect(rawRequest(dir, Array("routes\n".utf8)).hasPrefix("ok"))
+        #expect(Date().timeIntervalSince(t0) < 1.5, "a request waited \(Date().timeIntervalSince(t0)) s behind a silent connection")
         #expect(rawRequest(dir, [], closeWrite: false).hasPrefix("error no request line"), "silent: answered after 2 s")
+        // Twenty silent connections at once: beyond 16, "busy" at once, never a hang.
+        let answers = LogLines()
+        let silentOnes = (0..<20).map { _ in Thread { answers.append(self.rawRequest(dir, [], closeWrite: false)) } }
+        for t in silentOnes { t.start() }
+        #expect(waitFor(8) { answers.all.count == 20 })
+        #expect(answers.all.filter { $0.hasPrefix("error busy") }.count >= 4, "\(answers.all.map { $0.prefix(20) })")
+        #expect(rawRequest(dir, Array("routes\n".utf8)).hasPrefix("ok"))
         // Another user cannot reach it (the instance directory is the engine's user's).
         let other = try crossbook(["route", "list"] + target, asUser: 65534)
         #expect(other.status != 0 && !other.output.contains("HOT-USD"), "\(other)")
