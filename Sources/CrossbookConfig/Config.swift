@@ -40,6 +40,8 @@
 //   lease = "redis://10.0.0.3:6379/crossbook-main"  # leadership as a Redis lease (fencing)
 //   lease_ttl_ms = 2000        # a primary that cannot renew stops acknowledging before it expires
 //   sync_standbys = 1          # sync: standbys that must confirm each record (2 standbys: 2 for RPO 0)
+//   lease_user = "crossbook"   # Redis ACL user for the lease (optional)
+//   lease_password_file = "/etc/crossbook/redis.pass"  # Redis AUTH: first line, not readable by others
 //
 //   [plugins]             # crossbook run only; without this section: the default plugins
 //   dir = "/opt/crossbook/plugins"  # default: the directory of the crossbook executable
@@ -175,7 +177,7 @@ public struct EngineConfig {
         }
         if let section = table["replication"] {
             guard let section = section.table else { throw ConfigError(description: "\(source): [replication] must be a table") }
-            let keys = ["role", "listen", "peer", "mode", "failover_after_ms", "digest_every_ms", "lease", "lease_ttl_ms", "sync_standbys"]
+            let keys = ["role", "listen", "peer", "mode", "failover_after_ms", "digest_every_ms", "lease", "lease_ttl_ms", "sync_standbys", "lease_user", "lease_password_file"]
             for key in section.keys where !keys.contains(key) {
                 throw ConfigError(description: "\(source): [replication]: unknown key '\(key)' (expected \(keys.joined(separator: ", ")))")
             }
@@ -223,6 +225,13 @@ public struct EngineConfig {
                     throw ConfigError(description: "\(source): [replication]: lease_ttl_ms must be between 200 and 60000, got \(ms)")
                 }
                 r.leaseTtlMilliseconds = ms
+            }
+            for key in ["lease_user", "lease_password_file"] {
+                guard let v = section[key] else { continue }
+                guard let text = v.string, !text.isEmpty else {
+                    throw ConfigError(description: "\(source): [replication]: \(key) must be a non-empty string")
+                }
+                if key == "lease_user" { r.leaseUser = text } else { r.leasePasswordFile = text }
             }
             if let n = try Self.int(section, "sync_standbys", in: "[replication]", source: source) {
                 guard n >= 1, n <= 8 else {

@@ -36,6 +36,10 @@ public struct ReplicationSettings: Sendable, Equatable {
     /// released (1 to 8). With several standbys that may be promoted (a lease), set it to
     /// their number for RPO 0: the winner then holds every acknowledged order.
     public var syncStandbys: Int = 1
+    /// Redis AUTH for the lease: an ACL user (optional) and a file whose first line is the
+    /// password (not readable by others; there is no password key in the config).
+    public var leaseUser: String?
+    public var leasePasswordFile: String?
 
     public init(role: Role = .primary, listen: String? = nil, peer: String? = nil, mode: ReplicationMode = .sync,
                 failoverAfterMilliseconds: Int? = nil, digestEveryMilliseconds: Int = 1000,
@@ -109,6 +113,9 @@ extension Engine {
         if r.role == .standby && r.peer == nil { throw EngineError("[replication]: a standby needs peer, the primary's address") }
         if let lease = r.lease {
             do { _ = try LeaseLocation(lease) } catch { throw EngineError("[replication]: \(error)") }
+            do { _ = try RedisCredentials(user: r.leaseUser, passwordFile: r.leasePasswordFile) } catch {
+                throw EngineError("[replication]: \(error)")
+            }
             guard r.leaseTtlMilliseconds >= 200, r.leaseTtlMilliseconds <= 60_000 else {
                 throw EngineError("[replication]: lease_ttl_ms must be between 200 and 60000")
             }
@@ -135,7 +142,9 @@ extension Engine {
         let runtime = ReplicationRuntime(settings: r, shards: s.shards.count)
         if r.role == .standby { runtime.inboxes = s.shards.map { _ in ReplicaInbox() } }
         if let text = r.lease, let location = try? LeaseLocation(text) {
-            runtime.lease = LeaseKeeper(location: location, ttlMilliseconds: r.leaseTtlMilliseconds, instance: s.instance, log: log)
+            let credentials = try? RedisCredentials(user: r.leaseUser, passwordFile: r.leasePasswordFile)
+            runtime.lease = LeaseKeeper(location: location, ttlMilliseconds: r.leaseTtlMilliseconds, instance: s.instance,
+                                        credentials: credentials ?? nil, log: log)
         }
         return runtime
     }

@@ -16,13 +16,18 @@ final class RedisServer {
     var port: Int { server.port }
     var address: String { server.address }
 
-    init() throws {
+    /// With `password`: the server requires AUTH (`requirepass`), and `cli` gives it.
+    let password: String?
+
+    init(password: String? = nil) throws {
         guard FileManager.default.isExecutableFile(atPath: Self.binary) else {
             throw KitMissing(description: "no \(Self.binary): run `make test` (it installs Debian's redis-server)")
         }
+        self.password = password
         let port = freeLoopbackPort()
         server = try LoopbackServer("redis", port: port,
-                                    command: "'\(Self.binary)' --port \(port) --bind 127.0.0.1 --save '' --appendonly no --dir /tmp")
+                                    command: "'\(Self.binary)' --port \(port) --bind 127.0.0.1 --save '' --appendonly no --dir /tmp"
+                                        + (password.map { " --requirepass '\($0)'" } ?? ""))
     }
 
     func start() throws { try server.start() }
@@ -31,16 +36,18 @@ final class RedisServer {
     /// redis-cli against this server: its standard output, trimmed.
     @discardableResult
     func cli(_ arguments: [String]) throws -> String {
-        try runTool("/usr/bin/redis-cli", ["-p", "\(port)"] + arguments).out.trimmingCharacters(in: .whitespacesAndNewlines)
+        try runTool("/usr/bin/redis-cli", ["-p", "\(port)"] + (password.map { ["--no-auth-warning", "-a", $0] } ?? []) + arguments)
+            .out.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 }
 
 /// Runs a program: its exit status and standard output.
 @discardableResult
-func runTool(_ path: String, _ arguments: [String]) throws -> (status: Int32, out: String) {
+func runTool(_ path: String, _ arguments: [String], environment: [String: String] = [:]) throws -> (status: Int32, out: String) {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: path)
     process.arguments = arguments
+    if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
     let out = Pipe()
     process.standardOutput = out
     process.standardError = FileHandle.nullDevice
@@ -51,12 +58,12 @@ func runTool(_ path: String, _ arguments: [String]) throws -> (status: Int32, ou
 }
 
 /// crossbook-route (built beside crossbook by `make c-plugins`).
-func routeTool(_ redis: RedisServer, prefix: String, _ arguments: [String]) throws -> (status: Int32, out: String) {
+func routeTool(_ redis: RedisServer, prefix: String, _ arguments: [String], environment: [String: String] = [:]) throws -> (status: Int32, out: String) {
     let tool = crossbookBinary().deletingLastPathComponent().appendingPathComponent("crossbook-route").path
     guard FileManager.default.isExecutableFile(atPath: tool) else {
         throw KitMissing(description: "no \(tool): run `make test` (or `make c-plugins OUT=.build/release`)")
     }
-    return try runTool(tool, ["--prefix", prefix, redis.address] + arguments)
+    return try runTool(tool, ["--prefix", prefix, redis.address] + arguments, environment: environment)
 }
 
 /// One route as crossbook-route prints it.
@@ -80,7 +87,7 @@ func routes(_ redis: RedisServer, prefix: String) -> [String: RouteLine] {
 
 /// busyShardEngine's placement (HOT-USD, ETH-USD on shard 0; SOL-USD on 1) with the routing plugin.
 func routedEngine(_ instance: String, dir: String, data: String, redis: RedisServer, prefix: String,
-                  log: LogLines) throws -> Engine {
+                  log: LogLines, extra: [String: String] = [:]) throws -> Engine {
     var settings = EngineSettings(
         instance: instance, directory: dir, shards: [ShardSettings(core: nil), ShardSettings(core: nil)],
         symbols: [(spec: SymbolSpec(name: "HOT-USD", id: 1), shard: 0), (spec: SymbolSpec(name: "ETH-USD", id: 2), shard: 0),
@@ -91,7 +98,7 @@ func routedEngine(_ instance: String, dir: String, data: String, redis: RedisSer
     settings.dataDirectory = data
     settings.plugins = PluginSettings(directory: PluginSettings.executableDirectory, load: [
         PluginSpec(name: "redis-routing", config: ["redis": redis.address, "prefix": prefix, "heartbeat_ms": "200",
-                                                   "resync_ms": "500", "timeout_ms": "300"]),
+                                                   "resync_ms": "500", "timeout_ms": "300"].merging(extra) { $1 }),
     ])
     let engine = Engine(settings: settings, log: { log.append($0) })
     for line in try engine.start() { log.append(line) }

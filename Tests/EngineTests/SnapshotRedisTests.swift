@@ -10,7 +10,8 @@ import Testing
 import TestSupport
 import Wire
 
-func snapshotRedisEngine(_ dir: String, data: String, redis: RedisServer, prefix: String, log: LogLines) throws -> Engine {
+func snapshotRedisEngine(_ dir: String, data: String, redis: RedisServer, prefix: String, log: LogLines,
+                         extra: [String: String] = [:]) throws -> Engine {
     var settings = EngineSettings(
         instance: "sr", directory: dir, shards: [ShardSettings(core: nil), ShardSettings(core: nil)],
         symbols: [(spec: SymbolSpec(name: "HOT-USD", id: 1), shard: 0), (spec: SymbolSpec(name: "ETH-USD", id: 2), shard: 1)],
@@ -20,7 +21,7 @@ func snapshotRedisEngine(_ dir: String, data: String, redis: RedisServer, prefix
     settings.dataDirectory = data
     settings.snapshotEvery = 150
     settings.plugins = PluginSettings(directory: PluginSettings.executableDirectory, load: [
-        PluginSpec(name: "snapshot-redis", config: ["redis": redis.address, "prefix": prefix, "keep": "2", "timeout_ms": "500"]),
+        PluginSpec(name: "snapshot-redis", config: ["redis": redis.address, "prefix": prefix, "keep": "2", "timeout_ms": "500"].merging(extra) { $1 }),
     ])
     let engine = Engine(settings: settings, log: { log.append($0) })
     for line in try engine.start() { log.append(line) }

@@ -7,7 +7,9 @@
  *       the compare-and-set of route_cas.h: exit 0 and "won epoch N" when the route's epoch was
  *       E (0: no route yet), exit 3 and "lost: epoch is N" otherwise. An engine that owns SYMBOL
  *       follows an ACTIVE route naming one of its other shards (it moves the symbol there).
- * Exit 2: a usage error or Redis unreachable. */
+ * A Redis that requires AUTH: the password in the environment variable REDISCLI_AUTH (as
+ * redis-cli takes it), an ACL user in CROSSBOOK_REDIS_USER.
+ * Exit 2: a usage error or Redis unreachable (or refusing the password). */
 #define _GNU_SOURCE
 #include "route_cas.h"
 
@@ -102,6 +104,18 @@ int main(int argc, char **argv) {
         return 2;
     }
     redisSetTimeout(c, tv);
+    const char *password = getenv("REDISCLI_AUTH"), *user = getenv("CROSSBOOK_REDIS_USER");
+    if (password != NULL && password[0] != 0) {
+        const char *auth[3] = {"AUTH", user, password};
+        int n = user != NULL && user[0] != 0 ? 3 : 2;
+        if (n == 2) auth[1] = password;
+        redisReply *r = redisCommandArgv(c, n, auth, NULL);
+        if (r == NULL || r->type == REDIS_REPLY_ERROR) {
+            fprintf(stderr, "crossbook-route: redis %s: AUTH: %s\n", address, r ? r->str : c->errstr);
+            return 2;
+        }
+        freeReplyObject(r);
+    }
     char key[512], pattern[128];
     if (strcmp(verb, "list") == 0) {
         snprintf(pattern, sizeof pattern, "%sroute:*", prefix);

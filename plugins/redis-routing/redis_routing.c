@@ -63,6 +63,7 @@ typedef struct routing {
     cb_host *host;
     char redis_host[256];
     int redis_port;
+    redis_credentials credentials;
     char prefix[64];
     char instance[128];
     char address[256];
@@ -147,6 +148,10 @@ static redisContext *open_context(routing *r, char *why, size_t size) {
     }
     redisSetTimeout(c, tv);
     redisEnableKeepAlive(c);
+    if (!redis_authenticate(c, &r->credentials, why, size)) {
+        redisFree(c);
+        return NULL;
+    }
     return c;
 }
 
@@ -546,6 +551,10 @@ static int start(const cb_host_api *api, cb_host *host, void **instance, char *e
     r->migrating = -1;
     pthread_mutex_init(&r->lock, NULL);
     int bad = 0;
+    if (!redis_credentials_read(api, host, &r->credentials, error, size)) {
+        free(r);
+        return CB_ERR_INVALID;
+    }
     if (!redis_address(api, host, r->redis_host, sizeof r->redis_host, &r->redis_port, error, size)) {
         free(r);
         return CB_ERR_INVALID;
@@ -644,8 +653,12 @@ static int health(void *instance, char *message, size_t size) {
     routing *r = instance;
     /* Never wait for the lock here (the health poll must return at once): read racy ints. */
     if (!__atomic_load_n(&r->connected, __ATOMIC_RELAXED)) {
-        snprintf(message, size, "redis %s:%d unreachable: trading on the routes it has; no route changes until it is back",
-                 r->redis_host, r->redis_port);
+        /* The reason, read without the lock (at most its buffer: a torn text at worst). */
+        char why[sizeof r->last_error];
+        memcpy(why, r->last_error, sizeof why);
+        why[sizeof why - 1] = 0;
+        snprintf(message, size, "redis %s:%d unreachable (%s): trading on the routes it has; no route changes until it is back",
+                 r->redis_host, r->redis_port, why);
         return CB_HEALTH_DEGRADED;
     }
     uint32_t elsewhere = 0, malformed = 0;

@@ -39,6 +39,7 @@ typedef struct store {
     cb_host *host;
     char redis_host[256];
     int redis_port;
+    redis_credentials credentials;
     char prefix[64];
     char instance[128];
     long keep;
@@ -57,6 +58,12 @@ static redisContext *open_redis(store *s, char *error, size_t size) {
         return NULL;
     }
     redisSetTimeout(c, tv);
+    char why[256];
+    if (!redis_authenticate(c, &s->credentials, why, sizeof why)) {
+        snprintf(error, size, "redis %s:%d: %s", s->redis_host, s->redis_port, why);
+        redisFree(c);
+        return NULL;
+    }
     return c;
 }
 
@@ -173,7 +180,8 @@ static int start(const cb_host_api *api, cb_host *host, void **instance, char *e
     if (s == NULL) return CB_ERR_FAILED;
     s->api = api;
     s->host = host;
-    if (!redis_address(api, host, s->redis_host, sizeof s->redis_host, &s->redis_port, error, size)) {
+    if (!redis_address(api, host, s->redis_host, sizeof s->redis_host, &s->redis_port, error, size) ||
+        !redis_credentials_read(api, host, &s->credentials, error, size)) {
         free(s);
         return CB_ERR_INVALID;
     }

@@ -128,6 +128,40 @@ struct LeaseLocation: Equatable {
     }
 }
 
+/// Redis AUTH: an ACL user (optional) and the password, read from a file that others cannot
+/// read (its first line, 1 to 511 bytes).
+struct RedisCredentials: Equatable {
+    var user: String?
+    var password: String
+
+    /// nil without a password file; throws with the reason when the file will not do.
+    init?(user: String?, passwordFile: String?) throws(ReplicationError) {
+        guard let passwordFile else {
+            if let user { throw .system("lease_user = '\(user)' needs lease_password_file") }
+            return nil
+        }
+        if let user, user.isEmpty || user.utf8.count > 127 || !user.utf8.allSatisfy({ $0 > 32 && $0 < 127 }) {
+            throw .system("lease_user: 1 to 127 printable characters without spaces")
+        }
+        let fd = open(passwordFile, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+        guard fd >= 0 else { throw .system("lease_password_file '\(passwordFile)': \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0, info.st_mode & S_IFMT == S_IFREG, info.st_mode & S_IROTH == 0 else {
+            throw .system("lease_password_file '\(passwordFile)': not a regular file, or readable by others (chmod o-r)")
+        }
+        var bytes = [UInt8](repeating: 0, count: 600)
+        let n = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        guard n > 0 else { throw .system("lease_password_file '\(passwordFile)': empty or unreadable") }
+        let line = bytes[0..<n].prefix { $0 != 10 && $0 != 13 }
+        guard !line.isEmpty, line.count < 512, line.count < n || n < bytes.count else {
+            throw .system("lease_password_file '\(passwordFile)': its first line must be a password of 1 to 511 bytes")
+        }
+        self.user = user
+        password = String(decoding: line, as: UTF8.self)
+    }
+}
+
 /// The lease as one engine sees it: acquire (standby at promotion, primary at start), then a
 /// thread that renews it and moves the output gates' deadline.
 final class LeaseKeeper: @unchecked Sendable {
@@ -162,8 +196,12 @@ final class LeaseKeeper: @unchecked Sendable {
     private let finished = Semaphore()
     private var running = false
 
-    init(location: LeaseLocation, ttlMilliseconds: Int, instance: String, log: @escaping @Sendable (String) -> Void) {
+    private let credentials: RedisCredentials?
+
+    init(location: LeaseLocation, ttlMilliseconds: Int, instance: String, credentials: RedisCredentials? = nil,
+         log: @escaping @Sendable (String) -> Void) {
         self.location = location
+        self.credentials = credentials
         self.ttlMilliseconds = ttlMilliseconds
         holder = "\(instance)/\(getpid())/\(UInt64.random(in: 1...UInt64.max))"
         self.log = log
@@ -177,7 +215,15 @@ final class LeaseKeeper: @unchecked Sendable {
     var isDeposed: Bool { lock.locked { deposed } }
 
     private func call(_ script: String) throws(ReplicationError) -> RespValue {
-        if redis == nil { redis = try RedisConnection(host: location.host, port: location.port) }
+        if redis == nil {
+            let connection = try RedisConnection(host: location.host, port: location.port)
+            if let credentials {
+                let answer = try connection.command(["AUTH"] + (credentials.user.map { [$0] } ?? []) + [credentials.password])
+                if case .error(let why) = answer { throw .refused("redis AUTH: \(why)") }
+                guard case .simple = answer else { throw .protocol("redis AUTH: unexpected answer") }
+            }
+            redis = connection
+        }
         do {
             return try redis!.command(["EVAL", script, "2", location.key, location.key + ":epoch", holder, String(ttlMilliseconds)])
         } catch {

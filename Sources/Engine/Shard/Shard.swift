@@ -110,6 +110,9 @@ final class Shard: @unchecked Sendable {
     /// Counts the control thread logs (ShardTally), kept in private memory.
     private let tally: UnsafeMutablePointer<UInt64>
 
+    /// The engine's log (the snapshot writer says why a snapshot was not stored).
+    private let log: @Sendable (String) -> Void
+
     init(index: Int, core: Int?, symbols: [(spec: SymbolSpec, capacity: BookCapacity)], owned: [Bool]? = nil,
          routes: RouteTable? = nil, symbolSlots: [Int],
          engineFile: EngineFile, doorbells: DoorbellFile,
@@ -119,7 +122,9 @@ final class Shard: @unchecked Sendable {
          describeBooks: Bool = false, abortStart: UnsafeMutablePointer<UInt32>? = nil,
          executionRing: EventRing? = nil, regenerateAfter: UInt64? = nil,
          replica: ReplicaInbox? = nil, replicatedCap: UnsafeMutablePointer<UInt64>? = nil,
-         leaseUntil: UnsafeMutablePointer<UInt64>? = nil, ingressPause: UnsafeMutablePointer<UInt32>? = nil) {
+         leaseUntil: UnsafeMutablePointer<UInt64>? = nil, ingressPause: UnsafeMutablePointer<UInt32>? = nil,
+         log: @escaping @Sendable (String) -> Void = { _ in }) {
+        self.log = log
         self.ingressPause = ingressPause
         self.replica = replica
         self.replicatedCap = replicatedCap
@@ -326,7 +331,7 @@ final class Shard: @unchecked Sendable {
         // A standby applies its inbox until promoted; `standby` is false from then on.
         var standby = replica != nil
         let cursor = ReplicaCursor()
-        let writer = snapshots.map { SnapshotWriter(store: $0, shard: index, counters: counters) }
+        let writer = snapshots.map { SnapshotWriter(store: $0, shard: index, counters: counters, log: log) }
         defer { writer?.finish() }
         var lastSnapshot = state.sequencer.last
         var pendingSnapshot: (sequence: UInt64, body: [UInt8])?

@@ -15,7 +15,12 @@ final class SnapshotWriter: @unchecked Sendable {
     private let wake = Semaphore()
     private let finished = Semaphore()
 
-    init(store: SnapshotStore, shard: Int, counters: ShardCounters) {
+    private let log: @Sendable (String) -> Void
+    /// The reason of the last failure said in the log (nil: the last snapshot was stored).
+    private var lastFailure: String?
+
+    init(store: SnapshotStore, shard: Int, counters: ShardCounters, log: @escaping @Sendable (String) -> Void = { _ in }) {
+        self.log = log
         self.store = store
         self.shard = shard
         self.counters = counters
@@ -44,8 +49,14 @@ final class SnapshotWriter: @unchecked Sendable {
                     try store.save(shard: shard, sequence: sequence, body: body)
                     counters.add(.snapshots)
                     counters.set(.lastSnapshotSequence, sequence)
+                    if lastFailure != nil { log("shard \(shard): snapshots are stored again (sequence \(sequence))") }
+                    lastFailure = nil
                 } catch {
                     counters.add(.snapshotFailures)
+                    // Said once per reason, not once per snapshot.
+                    let why = "\(error)"
+                    if why != lastFailure { log("shard \(shard): the snapshot at sequence \(sequence) was not stored: \(why) (recovery replays more of the journal)") }
+                    lastFailure = why
                 }
             }
             if lock.locked({ done }) { break }
