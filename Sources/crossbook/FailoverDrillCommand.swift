@@ -1,9 +1,11 @@
 // `crossbook failover-drill` (`make failover-demo`): a primary and a hot standby on this host
-// (two `crossbook run` processes, loopback replication), orders from a client of this process,
-// the primary killed with -9 again and again. For each failover: the RTO (from the kill to the
-// first order the new primary acknowledges) and the acknowledged orders checked against the new
-// primary's journal (each must be there exactly once). The old primary comes back as the
-// standby each time (rebuilt when the new primary refuses its journal).
+// (two `crossbook run` processes, loopback replication), orders from a client of this process
+// attached as a stream (CrossbookClient's exactly-once resend), the primary killed with -9 again
+// and again. For each failover: the RTO (from the kill to the new primary's first answer to
+// this client), the orders never acknowledged sent again to the new primary with their offsets
+// (those it already had are rejected `duplicate_ingress`), and every order checked against the
+// new primary's journal (each acknowledged one there, each one taken exactly once). The old
+// primary comes back as the standby each time (rebuilt when the new primary refuses its journal).
 import ArgumentParser
 import CrossbookClient
 import Engine
@@ -16,8 +18,8 @@ import Wire
 struct FailoverDrillCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "failover-drill",
-        abstract: "Kill a primary with -9 under load, again and again; print each failover's RTO and the acknowledged orders checked and lost.",
-        discussion: "Starts two engines (instances drill-a and drill-b, sync replication on loopback, failover_after_ms as given) in a temporary directory, removed at the end. Exit status 1 if an acknowledged order is lost or sequenced twice, or a failover does not happen.")
+        abstract: "Kill a primary with -9 under load, again and again; print each failover's RTO, the acknowledged orders checked and lost, and the unacknowledged ones sent again (exactly once).",
+        discussion: "Starts two engines (instances drill-a and drill-b, sync replication on loopback, failover_after_ms as given) in a temporary directory, removed at the end. Exit status 1 if an acknowledged order is lost, an order is taken twice or never, or a failover does not happen.")
 
     @Option(help: "Failovers to drill.")
     var failovers = 5
@@ -102,12 +104,16 @@ struct FailoverDrillCommand: ParsableCommand {
         return Int(UInt16(bigEndian: a.sin_port))
     }
 
-    /// Client order id → times sequenced, in a journal (read-only: the engine may be running).
+    /// Client order id → times taken, in a journal (read-only: the engine may be running): an
+    /// independent replay of the stream's positions (a command at an offset below the position
+    /// is a resent one the engine rejected; it is not counted).
     static func journaled(_ data: String) -> [Int64: Int] {
         var out: [Int64: Int] = [:]
+        var next: UInt64 = 0
         _ = try? JournalReader.scan(directory: data, shard: 0, repair: false) { type, _, payload in
             guard type == 1, payload.count == 80, let decoded = try? CommandRecord.decode(payload.baseAddress!),
-                  case .new(let order) = decoded.command else { return }
+                  case .new(let order) = decoded.command, decoded.clientSequence >= next else { return }
+            next = decoded.clientSequence + 1
             out[order.orderId, default: 0] += 1
         }
         return out
@@ -130,14 +136,20 @@ struct FailoverDrillCommand: ParsableCommand {
         guard Self.wait(10, { a.engaged }) else { throw CLIError("the standby did not catch up: \(b.log.suffix(500))") }
         print("primary \(a.name), standby \(b.name), sync replication on 127.0.0.1:\(pa)/\(pb), failover_after_ms \(failoverAfterMs)")
         var primary = a, standby = b
-        var acked = Set<Int64>()
+        var acked = Set<Int64>(), settled = Set<Int64>()
+        // Order id k is sent at offset k - 1 of the stream "drill" (one shard: offsets rise in it).
         var nextId: Int64 = 0
         var failed = false
         var rtos: [Double] = []
+        func order(_ id: Int64) -> BookCommand {
+            // Buys and sells at one price, in turn on each symbol: each sell fills the buy before
+            // it, so the books stay small however long the drill runs.
+            .new(NewOrder(orderId: id, side: (id / 2) % 2 == 0 ? .buy : .sell, price: 1000, quantity: 1))
+        }
+        var client = try CrossbookClient(instance: primary.name, directory: primary.dir, stream: "drill")
         for n in 1...failovers {
             // The standby has heard that sync is engaged: the condition of its automatic promotion.
             _ = Self.wait(10) { standby.status.contains { $0.hasPrefix("following") && $0.contains("engaged 1") } }
-            let client = try CrossbookClient(instance: primary.name, directory: primary.dir)
             let symbols = [try client.symbol("BTC-USD"), try client.symbol("ETH-USD")]
             var sent = 0, got = 0
             let runFor = 0.5 + Double(n % 4) * 0.25
@@ -146,10 +158,7 @@ struct FailoverDrillCommand: ParsableCommand {
             while Date().timeIntervalSince(start) < runFor {
                 if sent - got < window {
                     let id = nextId + 1
-                    // Buys and sells at one price, in turn on each symbol: each sell fills the buy
-                    // before it, so the books stay small however long the drill runs.
-                    if client.submit(.new(NewOrder(orderId: id, side: (id / 2) % 2 == 0 ? .buy : .sell, price: 1000, quantity: 1)),
-                                     symbol: symbols[Int(id % 2)]) {
+                    if client.submit(order(id), symbol: symbols[Int(id % 2)], clientSequence: UInt64(id - 1)) {
                         nextId = id
                         sent += 1
                     }
@@ -165,25 +174,59 @@ struct FailoverDrillCommand: ParsableCommand {
                 failed = true
                 break
             }
-            let next = try CrossbookClient(instance: standby.name, directory: standby.dir)
+            // The stream attaches to the new primary and sends again what was never acknowledged.
+            var attached: CrossbookClient?
+            _ = Self.wait(10) { attached = try? CrossbookClient(instance: standby.name, directory: standby.dir, timeout: 1, stream: "drill"); return attached != nil }
+            guard let next = attached else {
+                print("failover \(n): the stream could not attach to the new primary")
+                failed = true
+                break
+            }
+            client = next
+            let nextSymbols = [try next.symbol("BTC-USD"), try next.symbol("ETH-USD")]
+            // Never acknowledged, and not known to be taken (a duplicate_ingress answer of an
+            // earlier failover says an order was: its outcome is in the journal).
+            let unacked = (1...max(nextId, 1)).filter { $0 <= nextId && !acked.contains($0) && !settled.contains($0) }
+            let resending = Set(unacked)
+            var answered = Set<Int64>(), duplicates = 0, takenNow = 0
+            var firstAnswer: Date?
+            func collect() throws {
+                _ = try next.poll { r in
+                    guard r.kind != .trade else { return }
+                    if firstAnswer == nil { firstAnswer = Date() }
+                    if r.kind == .accepted { acked.insert(r.orderId) }
+                    guard resending.contains(r.orderId), !answered.contains(r.orderId), r.kind == .accepted || r.kind == .rejected else { return }
+                    answered.insert(r.orderId)
+                    if r.kind == .rejected && r.code == RejectReason.duplicateIngress.rawValue {
+                        duplicates += 1
+                        settled.insert(r.orderId)
+                    } else if r.kind == .accepted {
+                        takenNow += 1
+                    }
+                }
+            }
+            for id in unacked {
+                while !next.submit(order(id), symbol: nextSymbols[Int(id % 2)], clientSequence: UInt64(id - 1)) { try collect() }
+                try collect()
+            }
+            // A new order after them: the new primary serves.
             nextId += 1
             let probe = nextId
-            _ = next.submit(.new(NewOrder(orderId: probe, side: .buy, price: 999, quantity: 1)), symbol: try next.symbol("BTC-USD"))
-            var probeAcked = false
-            _ = Self.wait(10) {
-                _ = try? next.poll { if $0.kind == .accepted && $0.orderId == probe { probeAcked = true } }
-                return probeAcked
-            }
-            next.close()
-            let rto = Date().timeIntervalSince(killedAt) * 1000
+            while !next.submit(order(probe), symbol: nextSymbols[Int(probe % 2)], clientSequence: UInt64(probe - 1)) { try collect() }
+            _ = Self.wait(10) { (try? collect()) != nil && acked.contains(probe) && answered.count >= unacked.count }
+            let probeAcked = acked.contains(probe)
+            let rto = (firstAnswer ?? Date()).timeIntervalSince(killedAt) * 1000
             rtos.append(rto)
-            if probeAcked { acked.insert(probe) }
-            // Every order acknowledged so far, by either primary, in the new primary's journal once.
+            // Every order acknowledged so far, by either primary, in the new primary's journal;
+            // every order sent taken exactly once.
             let counts = Self.journaled(standby.data)
             let lost = acked.filter { counts[$0] == nil }.count
             let twice = counts.values.filter { $0 > 1 }.count
-            print("failover \(n): RTO \(Int(rto.rounded())) ms; acknowledged orders checked \(acked.count), lost \(lost), sequenced twice \(twice)\(probeAcked ? "" : "; the new primary acknowledged nothing in 10 s")")
-            if lost > 0 || twice > 0 || !probeAcked { failed = true }
+            let missing = (1...nextId).filter { counts[$0] == nil }.count
+            print("failover \(n): RTO \(Int(rto.rounded())) ms; acknowledged orders checked \(acked.count), lost \(lost), sequenced twice \(twice); "
+                  + "resent \(unacked.count) never acknowledged: \(duplicates) the new primary had (duplicate_ingress), \(takenNow) taken now; orders not taken \(missing)"
+                  + (probeAcked ? "" : "; the new primary acknowledged nothing in 10 s"))
+            if lost > 0 || twice > 0 || missing > 0 || !probeAcked { failed = true }
             if !probeAcked { print(standby.log.split(separator: "\n").suffix(8).joined(separator: "\n")) }
             // The old primary comes back as the standby (rebuilt if its journal went past the new primary's).
             let before = primary.log.count
@@ -203,6 +246,7 @@ struct FailoverDrillCommand: ParsableCommand {
             }
             swap(&primary, &standby)
         }
+        client.close()
         if !rtos.isEmpty {
             let sorted = rtos.sorted()
             print("RTO over \(rtos.count) failovers: min \(Int(sorted.first!)) ms, median \(Int(sorted[sorted.count / 2])) ms, max \(Int(sorted.last!)) ms (failover_after_ms \(failoverAfterMs) of it)")

@@ -913,6 +913,17 @@ extension FailoverTests {
 }
 
 extension FailoverTests {
+    @Test("make failover-demo's drill, two failovers: each prints its RTO, nothing acknowledged lost, every order taken exactly once (the never acknowledged sent again by the stream)")
+    func drill() throws {
+        let out = try runCrossbookCapturing(["failover-drill", "--failovers", "2"])
+        let lines = out.split(separator: "\n").filter { $0.hasPrefix("failover ") }
+        #expect(lines.count == 2, "\(out)")
+        for line in lines {
+            #expect(line.contains("RTO ") && line.contains("lost 0,") && line.contains("sequenced twice 0;") && line.contains("orders not taken 0"), "\(line)")
+        }
+        #expect(out.contains("RTO over 2 failovers"))
+    }
+
     @Test("sync_standbys = 2 with two standbys: output waits for both confirmations (one standby gone: nothing acknowledged) and flows again when it is back; with 1, one suffices")
     func twoConfirmations() throws {
         for needed in [2, 1] {
