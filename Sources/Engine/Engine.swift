@@ -915,7 +915,9 @@ public final class Engine: @unchecked Sendable {
             guard shards.count <= SessionFile.maxPositions else {
                 return refuse("streams need at most \(SessionFile.maxPositions) shards", code: 6)
             }
-            let source = IngressSource(name: Self.streamPrefix + name, partition: 0)
+            // Each user's streams are their own: the name is qualified by the session file's
+            // owner (the user who made it), so that two users' "desk-1" never meet.
+            let source = IngressSource(name: Self.streamPrefix + "\(sessionFile.file.owner):" + name, partition: 0)
             if let (other, holder) = sessions.first(where: { $0.value.stream == source }) {
                 // The stream's last client died (or closed) and the engine has not noticed yet.
                 if !processIsAlive(holder.pid) {
@@ -955,11 +957,11 @@ public final class Engine: @unchecked Sendable {
         idLock.locked { _ = attachedIds.insert(id) }
         if stream != nil { sessionFile.writePositions(positions) }
         sessionFile.answer(.accepted, sessionId: id)
-        log("session \(id): client \(client) (pid \(sessionFile.clientPid)) attached\(stream.map { ", stream \($0.name.dropFirst(Self.streamPrefix.count)) resumes at \(positions.map(String.init).joined(separator: ","))" } ?? "")")
+        log("session \(id): client \(client) (pid \(sessionFile.clientPid)) attached\(stream.map { ", stream \($0.name.dropFirst(Self.streamPrefix.count)) (user:name) resumes at \(positions.map(String.init).joined(separator: ","))" } ?? "")")
     }
 
-    /// Streams are ingress sources named "client:NAME" (partition 0); a Kafka topic's name
-    /// cannot hold a colon.
+    /// Streams are ingress sources named "client:UID:NAME" (partition 0; UID: the user who made
+    /// the session file); a Kafka topic's name cannot hold a colon.
     static let streamPrefix = "client:"
 
     /// Control thread: a client session ends (closed, gone, or a file of it shrunk). Every shard

@@ -50,11 +50,15 @@ public final class MappedFile {
     public let path: String
     public let base: UnsafeMutableRawPointer
     public let size: Int
+    /// The file's owner when it was opened (`open(path:)`: whoever created it; the mappings this
+    /// process makes: its own user).
+    public let owner: uid_t
 
     /// The SIGBUS guard of a mapping of a file someone else made (and could shrink), or -1.
     private let guardSlot: Int32
 
-    private init(path: String, base: UnsafeMutableRawPointer, size: Int, guarded: Bool) {
+    private init(path: String, base: UnsafeMutableRawPointer, size: Int, guarded: Bool, owner: uid_t = geteuid()) {
+        self.owner = owner
         self.path = path
         self.base = base
         self.size = size
@@ -118,11 +122,11 @@ public final class MappedFile {
         }
         // Another process made this file and can shrink it: guard the mapping against SIGBUS.
         return try map(fd: fd, path: path, size: Int(info.st_size), unlinkOnFailure: false, guarded: true,
-                       writable: writable)
+                       writable: writable, owner: info.st_uid)
     }
 
     private static func map(fd: Int32, path: String, size: Int, unlinkOnFailure: Bool,
-                            guarded: Bool, writable: Bool) throws(SharedMemoryError) -> MappedFile {
+                            guarded: Bool, writable: Bool, owner: uid_t = geteuid()) throws(SharedMemoryError) -> MappedFile {
         // MAP_POPULATE: every page is faulted in now, not on a shard's hot path later.
         let p = mmap(nil, size, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED | MAP_POPULATE, fd, 0)
         guard let p, p != MAP_FAILED else {
@@ -130,6 +134,6 @@ public final class MappedFile {
             if unlinkOnFailure { unlink(path) }
             throw .system(SystemCallError("mmap", path, errno: e))
         }
-        return MappedFile(path: path, base: p, size: size, guarded: guarded)
+        return MappedFile(path: path, base: p, size: size, guarded: guarded, owner: owner)
     }
 }

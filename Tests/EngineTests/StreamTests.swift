@@ -105,7 +105,7 @@ struct StreamTests {
         // The plain client cannot touch the stream's orders.
         sendAt(other, .cancel(CancelOrder(orderId: 2)), btc, offset: 0)
         #expect(try reports(other, count: 1).first?.kind == .rejected)
-        #expect(restarted.adminState(shard: 0)?.positions["client:desk-1#0"] == 101)
+        #expect(restarted.adminState(shard: 0)?.positions["client:\(geteuid()):desk-1#0"] == 101)
         again.close()
         other.close()
         // Its next client in the same run: same id, same position.
