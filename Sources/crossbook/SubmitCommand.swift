@@ -35,7 +35,15 @@ struct SubmitCommand: ParsableCommand {
     @Option(help: "Seconds to wait for reports after the last one (0 to 3600).")
     var wait: Double = 0.5
 
+    @Option(help: "Attach as this stream (exactly-once resend): the commands carry offsets from where the engine is in it (printed), or from --offset.")
+    var stream: String?
+
+    @Option(help: "With --stream: the first command's offset (the next follow); default: the engine's position.")
+    var offset: UInt64?
+
     func validate() throws {
+        if offset != nil && stream == nil { throw ValidationError("--offset needs --stream") }
+        if let offset, offset > UInt64(Int64.max) { throw ValidationError("--offset must be at most 2^63 - 1") }
         guard wait.isFinite, wait >= 0, wait <= 3600 else {
             throw ValidationError("--wait must be between 0 and 3600 seconds, got \(wait)")
         }
@@ -58,8 +66,13 @@ struct SubmitCommand: ParsableCommand {
         let fromInput = commands == ["-"]
         var parsed = fromInput ? [] : try Self.parse(commands)
         let client: CrossbookClient
-        do { client = try CrossbookClient(instance: target.instance, directory: target.directory) } catch { throw CLIError("\(error)") }
+        do { client = try CrossbookClient(instance: target.instance, directory: target.directory, stream: stream) } catch { throw CLIError("\(error)") }
         defer { client.close() }
+        // A stream: where the engine is in it (per shard), and the offsets this run sends at.
+        var nextOffset = offset ?? client.resumeOffsets.max() ?? 0
+        if let stream {
+            Swift.print("STREAM \(stream) session \(client.sessionId) resume \(client.resumeOffsets.map(String.init).joined(separator: ","))")
+        }
         if fromInput {
             // Read once connected: the session is open before the first command arrives.
             var lines: [String] = []
@@ -95,7 +108,7 @@ struct SubmitCommand: ParsableCommand {
         for (command, symbol) in resolved {
             // A full ring: wait for the engine, but not past --wait without progress.
             var since = Date()
-            while !client.submit(command, symbol: symbol) {
+            while !client.submit(command, symbol: symbol, clientSequence: stream == nil ? 0 : nextOffset) {
                 var got = 0
                 do { got = try client.poll(print) } catch { throw CLIError("\(error)") }
                 if got > 0 { since = Date() }
@@ -104,6 +117,7 @@ struct SubmitCommand: ParsableCommand {
                 }
                 usleep(100)
             }
+            nextOffset &+= 1
         }
         do {
             while try client.waitForReports(timeout: wait, print) > 0 {}

@@ -239,6 +239,27 @@ struct InstanceDirectoryTests {
         let printed = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         let complaint = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         #expect(member.terminationStatus == 0 && printed.contains("ACK"), "\(printed) \(complaint)")
+        // Streams are per user: the member's "desk-1" is not this user's "desk-1".
+        let mine = try CrossbookClient(instance: "plant", directory: dir, stream: "desk-1")
+        let btc = try mine.symbol("BTC-USD")
+        #expect(mine.submit(.new(NewOrder(orderId: 5, side: .buy, price: 100, quantity: 1)), symbol: btc, clientSequence: 7))
+        _ = try mine.waitForReports(timeout: 5) { _ in }
+        let theirs = Process()
+        theirs.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+        theirs.arguments = ["--reuid=12346", "--regid=\(group)", "--clear-groups", crossbookBinary().path,
+                            "submit", "--instance", "plant", "--directory", dir, "--wait", "1", "--stream", "desk-1", "N,BTC-USD,2,1,B,LMT,100,1,GTC"]
+        let theirOut = Pipe()
+        theirs.standardOutput = theirOut
+        theirs.standardError = Pipe()
+        try theirs.run()
+        theirs.waitUntilExit()
+        let theirPrinted = String(decoding: theirOut.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        // A stream of its own: nothing of it taken yet, another session, and its order taken.
+        #expect(theirs.terminationStatus == 0 && theirPrinted.contains("resume 0") && theirPrinted.contains("ACK")
+                && !theirPrinted.contains("session \(mine.sessionId) "), "\(theirPrinted)")
+        #expect(engine.adminState(shard: 0)?.positions["client:\(geteuid()):desk-1#0"] == 7)
+        #expect(engine.adminState(shard: 0)?.positions["client:12346:desk-1#0"] == 0)
+        mine.close()
     }
 }
 
