@@ -287,7 +287,9 @@ struct ShardState: ~Copyable {
             deepCheckCountdown -= n
             if deepCheckCountdown <= 0 {
                 deepCheckCountdown = Self.deepCheckEvery
-                anyDeepBook = symbols.indices.contains { hasBook($0) && books[$0].prefetches() }
+                // Books that take commands only (one being restored by the control thread in a
+                // migration is not read).
+                anyDeepBook = symbols.indices.contains { bookFlags[$0] == 0 && books[$0].prefetches() }
             }
             // With no deep book the distance is 0: no stage runs.
             let d = anyDeepBook ? OrderBook.prefetchDistance : 0
