@@ -280,7 +280,7 @@ extension Engine {
         }
         // The primary's sessions that own resting orders, and those of its sources and streams,
         // keep their ids here (as after a restart): no new client may act for them.
-        reserveSessions(log: true)
+        reserveSessions()
         runtime.lock.locked {
             runtime.role = .primary
             runtime.epochs = Array(repeating: epoch, count: shards.count)

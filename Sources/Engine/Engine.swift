@@ -983,7 +983,7 @@ public final class Engine: @unchecked Sendable {
     /// A promoted standby: what the shards applied since its start (the primary's sessions that
     /// own resting orders, its sources' and streams' sessions) keeps those ids from new clients.
     /// A shard that does not answer: every id is held until the shards say which own orders.
-    func reserveSessions(log logIt: Bool) {
+    func reserveSessions() {
         var owners = Set<UInt32>(), sources: [String: UInt32] = [:]
         var answered = true
         for (s, shard) in shards.enumerated() {
@@ -1006,10 +1006,8 @@ public final class Engine: @unchecked Sendable {
                 freeSessionIds = []
             }
         }
-        if logIt {
-            log(answered ? "session ids: \(owners.count) kept for their resting orders, \(sources.count) for their sources and streams"
-                         : "session ids: a shard did not say which sessions own resting orders: none handed out until it does")
-        }
+        log(answered ? "session ids: \(owners.count) kept for their resting orders, \(sources.count) for their sources and streams"
+                     : "session ids: a shard did not say which sessions own resting orders: none handed out until it does")
     }
 
     /// Under `idLock`: the id the source or stream `key` had, when free; else a new one.
