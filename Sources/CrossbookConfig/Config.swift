@@ -13,6 +13,9 @@
 //   rebalance_cooldown_s = 60    # it (crossbook rebalance's plan), then waits this long
 //   completion_wait_us = 200 # a shard waiting only for its journal batch: 0 spins, N sleeps in
 //                          # the kernel up to N µs a time (the I/O worker may need the core)
+//   journal_segment_mb = 64  # the size of each journal segment file
+//   prune_journal = false    # true: after each snapshot, remove the segments older than every
+//                            # kept snapshot (a standby that needs them is seeded from a snapshot)
 //
 //   [[shards]]            # one per shard, in order; core omitted: not pinned
 //   core = 1
@@ -76,6 +79,10 @@ public struct EngineConfig {
     public var autoRebalance: AutoRebalance?
     /// [engine] completion_wait_us: how a shard waits for its journal batch (0: spinning).
     public var completionWaitMicroseconds: Int?
+    /// [engine] journal_segment_mb: the size of each journal segment file (nil: 64 MiB).
+    public var journalSegmentMegabytes: Int?
+    /// [engine] prune_journal: remove segments older than every kept snapshot (default false).
+    public var pruneJournal = false
     /// [[shards]]: the core of each shard (nil: not pinned).
     public var shardCores: [Int?] = []
     /// The shard of each declared symbol, by name (default 0).
@@ -244,7 +251,8 @@ public struct EngineConfig {
         if let engine = table["engine"] {
             guard let engine = engine.table else { throw ConfigError(description: "\(source): [engine] must be a table") }
             let engineKeys = ["instance", "directory", "group", "lag_timeout_ms", "data_dir", "durability", "io_cores",
-                              "rebalance_busy_percent", "rebalance_after_s", "rebalance_cooldown_s", "completion_wait_us"]
+                              "rebalance_busy_percent", "rebalance_after_s", "rebalance_cooldown_s", "completion_wait_us",
+                              "journal_segment_mb", "prune_journal"]
             for key in engine.keys where !engineKeys.contains(key) {
                 throw ConfigError(description: "\(source): [engine]: unknown key '\(key)' (expected \(engineKeys.joined(separator: ", ")))")
             }
@@ -255,6 +263,16 @@ public struct EngineConfig {
                     throw ConfigError(description: "\(source): [engine]: completion_wait_us must be 0 (spin) to 10000, got \(wait)")
                 }
                 completionWaitMicroseconds = wait
+            }
+            if let mb = try Self.int(engine, "journal_segment_mb", in: "[engine]", source: source) {
+                guard mb >= 1, mb <= 4096 else {
+                    throw ConfigError(description: "\(source): [engine]: journal_segment_mb must be between 1 and 4096, got \(mb)")
+                }
+                journalSegmentMegabytes = mb
+            }
+            if let v = engine["prune_journal"] {
+                guard let flag = v.bool else { throw ConfigError(description: "\(source): [engine]: prune_journal must be true or false") }
+                pruneJournal = flag
             }
             let cooldown = try Self.int(engine, "rebalance_cooldown_s", in: "[engine]", source: source)
             if let busy {

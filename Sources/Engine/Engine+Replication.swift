@@ -72,6 +72,9 @@ final class ReplicationRuntime: @unchecked Sendable {
     /// Set once this engine handed over to its standby: it stops, and `crossbook run` starts it
     /// again as the standby.
     var switchedOver = false
+    /// Set once the primary seeded this standby from its snapshots (staged in the data
+    /// directory): it stops, and `crossbook run` starts it again to install them.
+    var seeded = false
     let shards: Int
     var promotions = 0
     /// The Redis lease ([replication] lease), when configured.
@@ -190,6 +193,18 @@ extension Engine {
                 failoverAfterNanoseconds: r.failoverAfterMilliseconds.map { UInt64($0) * 1_000_000 },
                 leaseAcquire: leaseAcquire,
                 nudge: { shards[$0].nudge() }, durable: { shards[$0].tallied(ShardTally.durable) },
+                reseed: { [weak self] seeds in
+                    guard let self else { return }
+                    for seed in seeds {
+                        do { try seed.stage(in: self.settings.dataDirectory) } catch {
+                            // Nothing is installed: the next start connects again and is seeded again.
+                            self.log("replication: \(error)")
+                        }
+                    }
+                    runtime.lock.locked { runtime.seeded = true }
+                    self.log("replication: seeds staged in \(self.settings.dataDirectory): stopping, to start again from them")
+                    self.onSwitchover?()
+                },
                 promote: { [weak self] epoch in
                     // Not on the client's own thread: promotion stops it and waits for it.
                     Thread { [weak self] in
@@ -219,6 +234,7 @@ extension Engine {
                 guard shards[i].send(.digest(query)), query.done.wait(seconds: 1) else { return nil }
                 return query.value
             },
+            seed: { [weak self] i in self?.standbySeed(shard: i) },
             log: log)
         do { try server.start() } catch { throw EngineError("\(error)") }
         runtime.server = server
@@ -239,6 +255,10 @@ extension Engine {
             return true
         }
         guard go else { throw EngineError("this engine is not a standby (or is being promoted)") }
+        if runtime.lock.locked({ runtime.seeded }) {
+            runtime.lock.locked { runtime.promoting = false }
+            throw EngineError("this standby was seeded from the primary's snapshots and is starting again to install them: it cannot be promoted before")
+        }
         let t0 = monotonicNanoseconds()
         runtime.client?.stop()
         if let alarm = runtime.inboxes.lazy.compactMap(\.alarm).first {
@@ -344,6 +364,36 @@ extension Engine {
     }
 
     public var switchedOver: Bool { replication?.lock.locked { replication!.switchedOver } ?? false }
+    /// The primary seeded this standby from its snapshots: it stops, to start again from them.
+    public var seededFromSnapshots: Bool { replication?.lock.locked { replication!.seeded } ?? false }
+
+    /// A seed for a standby (StandbySeed.swift): the newest snapshot of this journal that loads,
+    /// and the journal's record at its sequence.
+    func standbySeed(shard: Int) -> StandbySeed? {
+        guard let store = pluginHost?.snapshotStore ?? injectedSnapshots else { return nil }
+        for candidate in store.list(shard: shard) {
+            guard let (at, stored) = try? store.load(shard: shard, name: candidate.name),
+                  let body = try? SnapshotBinding.check(stored, at: at, directory: settings.dataDirectory, shard: shard),
+                  let record = try? JournalReader.recordBytes(directory: settings.dataDirectory, shard: shard, sequence: at) else { continue }
+            return StandbySeed(shard: shard, sequence: at, record: record, body: body)
+        }
+        return nil
+    }
+
+    /// At a standby's start, before recovery: installs the seeds a primary sent (StandbySeed.swift).
+    func installStagedSeeds(store: SnapshotStore?, journalConfig: (Int) -> JournalConfig) throws(EngineError) -> [String] {
+        var lines: [String] = []
+        let aside = settings.dataDirectory + ".replaced-\(Int(Date().timeIntervalSince1970))"
+        for shard in settings.shards.indices {
+            guard let seed = try StandbySeed.staged(in: settings.dataDirectory, shard: shard) else { continue }
+            guard let store else {
+                throw EngineError("shard \(shard): the primary's seed is staged in \(StandbySeed.stagedPath(settings.dataDirectory, shard: shard)), but no snapshot-store plugin is loaded to install it into: load one (as the primary does), or start with --rebuild")
+            }
+            try seed.install(config: journalConfig(shard), store: store, aside: aside)
+            lines.append("shard \(shard): seeded from the primary's snapshot at sequence \(seed.sequence)\(access(aside, F_OK) == 0 ? "; the segments it replaces are in \(aside)" : "")")
+        }
+        return lines
+    }
 
     /// Lines for `crossbook replication` (control socket) and `crossbook stat`.
     func replicationStatus() -> [String] {

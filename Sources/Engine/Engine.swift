@@ -40,6 +40,8 @@ public struct EngineSettings: Sendable {
     /// Where the journals live (one set of segments per shard).
     public var dataDirectory: String = "./data"
     public var journalSegmentSize: Int = 64 << 20
+    /// Remove journal segments older than every kept snapshot after each snapshot ([engine] prune_journal).
+    public var pruneJournal = false
     /// A snapshot every this many commands per shard (0: never); the newest `snapshotsKept` stay.
     public var snapshotEvery: UInt64 = 0
     /// Move a symbol off a shard that stays busy (Rebalance.swift); nil: off.
@@ -131,7 +133,7 @@ public final class Engine: @unchecked Sendable {
     private(set) var shards: [Shard] = []
     /// Per shard, its drop-copy ring (nil: off).
     private(set) var executionRings: [EventRing?] = []
-    private let injectedSnapshots: SnapshotStore?
+    let injectedSnapshots: SnapshotStore?
     /// Numbers the regenerations of the whole process (several engines may run in one), so that
     /// no two side engines share a directory.
     private nonisolated(unsafe) static var regenerations = 0
@@ -187,6 +189,7 @@ public final class Engine: @unchecked Sendable {
     var replication: ReplicationRuntime?
     /// Called (on the control socket's thread) once a planned switchover handed over: the
     /// process should stop this engine and follow the new primary (RunCommand does).
+    /// Also called when a standby was seeded from the primary's snapshots and must start again.
     public var onSwitchover: (@Sendable () -> Void)?
     /// One migration at a time (Engine+Migration.swift), and what the past ones measured.
     let migrationSerial = Lock()
@@ -441,7 +444,14 @@ public final class Engine: @unchecked Sendable {
         func journalConfig(_ shard: Int) -> JournalConfig {
             var config = JournalConfig(directory: s.dataDirectory, shard: shard, segmentSize: s.journalSegmentSize)
             config.ioCores = ioCores.map { Int32($0) }
+            config.prune = s.pruneJournal
             return config
+        }
+        if standby && s.durability != .none {
+            do { placement.append(contentsOf: try installStagedSeeds(store: snapshots, journalConfig: journalConfig)) } catch {
+                stop()
+                throw error
+            }
         }
         if s.durability != .none {
             placement.append(ioCores.isEmpty

@@ -101,6 +101,7 @@ public struct EngineMetrics: Sendable {
         }
         perShard(.snapshots, "crossbook_snapshots_total", "Snapshots stored")
         perShard(.snapshotFailures, "crossbook_snapshot_failures_total", "Snapshots that failed to store")
+        perShard(.journalSegmentsPruned, "crossbook_journal_segments_pruned_total", "Journal segments removed after a snapshot")
         perShard(.lastSnapshotSequence, "crossbook_snapshot_last_sequence", "Sequence of the last snapshot stored",
                  gauge: true)
         m.gauge("crossbook_snapshot_pause_seconds", "The shard's pause for its last snapshot copy",

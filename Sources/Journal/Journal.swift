@@ -123,6 +123,9 @@ public struct JournalConfig: Sendable {
     /// The CPUs the ring's kernel workers (the writes and fdatasyncs) may run on; empty: the
     /// kernel's default, which is the submitting thread's affinity (a pinned shard's own core).
     public var ioCores: [Int32] = []
+    /// Segments older than every kept snapshot are removed after each snapshot is stored
+    /// (`JournalReader.prune`); false keeps them all.
+    public var prune = false
 
     public init(directory: String, shard: Int, segmentSize: Int = 64 << 20, bufferSize: Int = 4 << 20) {
         self.directory = directory
@@ -616,7 +619,54 @@ public enum JournalReader {
         return found ?? nil
     }
 
+    /// The record with `sequence` as it lies in the journal (header, payload, padding), checked
+    /// like `record`; nil when the journal does not hold it. What a standby seeded from a
+    /// snapshot at that sequence starts its own journal with.
+    public static func recordBytes(directory: String, shard: Int, sequence: UInt64) throws(JournalError) -> [UInt8]? {
+        guard let path = segments(directory: directory, shard: shard).last(where: { (firstSequence(of: $0) ?? .max) <= sequence }) else {
+            return nil
+        }
+        let found: [UInt8]?? = try mapped(path, writable: false, minimum: JournalLayout.segmentHeaderSize) {
+            (_, base, size) throws(JournalError) -> [UInt8]? in
+            guard let at = recordOffset(base, size: size, sequence: sequence) else { return nil }
+            let length = Int(UInt32(littleEndian: base.load(fromByteOffset: at, as: UInt32.self)))
+            let bytes = JournalLayout.recordSize(payload: length)
+            guard at + bytes <= size else { return nil }
+            return Array(UnsafeRawBufferPointer(start: base + at, count: bytes))
+        }
+        return found ?? nil
+    }
+
+    /// The first sequence the journal holds (that of its oldest segment), nil when it has none.
+    public static func firstKept(directory: String, shard: Int) -> UInt64? {
+        segments(directory: directory, shard: shard).first.flatMap(firstSequence(of:))
+    }
+
+    /// Removes the segments whose records all lie below `below` (never the last segment, never
+    /// the one holding `below`), oldest first, then makes the removal durable. Returns the
+    /// paths removed. Pruning keeps what a snapshot at `below` needs: its record (the
+    /// snapshot's binding) and everything after it.
+    public static func prune(directory: String, shard: Int, below: UInt64) throws(JournalError) -> [String] {
+        let files = segments(directory: directory, shard: shard)
+        var removed: [String] = []
+        for i in files.indices.dropLast() {
+            // Segment i holds [first(i), first(i + 1) - 1]: all below `below` when first(i + 1) <= below.
+            guard let next = firstSequence(of: files[i + 1]), next <= below else { break }
+            try journalCall("unlink", files[i]) { unlink(files[i]) }
+            removed.append(files[i])
+        }
+        if !removed.isEmpty { try syncDirectory(directory) }
+        return removed
+    }
+
     static func recordIn(_ base: UnsafeRawPointer, size: Int, sequence: UInt64) -> (journalId: UInt64, crc: UInt32)? {
+        guard let at = recordOffset(base, size: size, sequence: sequence) else { return nil }
+        return (UInt64(littleEndian: base.load(fromByteOffset: 32, as: UInt64.self)),
+                UInt32(littleEndian: base.load(fromByteOffset: at + 16, as: UInt32.self)))
+    }
+
+    /// Where the record with `sequence` starts in a mapped segment (every batch up to it checked).
+    static func recordOffset(_ base: UnsafeRawPointer, size: Int, sequence: UInt64) -> Int? {
         guard base.load(as: UInt64.self) == JournalLayout.magic,
               UInt32(littleEndian: base.load(fromByteOffset: 8, as: UInt32.self)) == JournalLayout.version else { return nil }
         let journalId = UInt64(littleEndian: base.load(fromByteOffset: 32, as: UInt64.self))
@@ -629,11 +679,12 @@ public enum JournalReader {
             let last = UInt64(littleEndian: base.load(fromByteOffset: offset + JournalLayout.recordHeaderSize, as: UInt64.self))
             if sequence <= last {
                 var p = offset + JournalLayout.batchHeaderSize
+                guard sequence >= expected else { return nil }
                 while expected < sequence {
                     p += JournalLayout.recordSize(payload: Int(UInt32(littleEndian: base.load(fromByteOffset: p, as: UInt32.self))))
                     expected += 1
                 }
-                return (journalId, UInt32(littleEndian: base.load(fromByteOffset: p + 16, as: UInt32.self)))
+                return p
             }
             expected = last + 1
             chain = batch.checksum

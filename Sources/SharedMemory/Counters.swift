@@ -36,6 +36,8 @@ public enum ShardCounter: Int, CaseIterable, Sendable {
     case lastSnapshotSequence = 20
     case snapshotPauseMicros = 21
     case snapshotFailures = 22
+    /// Journal segments removed after a snapshot ([engine] prune_journal).
+    case journalSegmentsPruned = 23
 
     public var name: String {
         switch self {
@@ -62,6 +64,7 @@ public enum ShardCounter: Int, CaseIterable, Sendable {
         case .lastSnapshotSequence: "last_snapshot_sequence"
         case .snapshotPauseMicros: "snapshot_pause_us"
         case .snapshotFailures: "snapshot_failures"
+        case .journalSegmentsPruned: "journal_segments_pruned"
         }
     }
 }

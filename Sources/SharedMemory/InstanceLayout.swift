@@ -17,7 +17,7 @@
 //        state (u32: 1 starting, 2 running, 3 stopping, 4 stopped), start time ns (u64),
 //        32 symbol count (u32)
 //   64 + 2048 × s   shard s: 64 bytes reserved (the doorbell until version 2),
-//        at +64 the counters (24 u64 slots: the 23 ShardCounter words, one spare), at +256 rejects
+//        at +64 the counters (24 u64 slots: the 24 ShardCounter words), at +256 rejects
 //        by reason (u64 × 24),
 //        at +448 batch sizes (u64 × 8: batches of 1, 2–3, 4–7, … 128–256 commands),
 //        at +512 match latency per batch and at +704 fdatasync latency (histograms of

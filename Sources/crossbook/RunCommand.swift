@@ -55,6 +55,8 @@ extension EngineConfig {
         // Sleeping in the kernel for the journal's completion beat spinning for it in D1 here
         // (bench/README.md, "Waiting for the disk"): the default.
         settings.wait.completionWaitNanoseconds = UInt64(completionWaitMicroseconds ?? 200) * 1000
+        if let mb = journalSegmentMegabytes { settings.journalSegmentSize = mb << 20 }
+        settings.pruneJournal = pruneJournal
         settings.plugins = PluginSettings(directory: pluginDirectory ?? PluginSettings.defaultDirectory,
                                           load: plugins ?? defaultPlugins)
         settings.replication = replication
@@ -245,11 +247,12 @@ struct RunCommand: ParsableCommand {
         notifySystemd("STOPPING=1\nSTATUS=draining the rings")
         engine.stop()
         logLine("stopped; shared-memory files removed")
-        if engine.switchedOver {
-            // Follow the new primary: this process again, as the standby (same pid for systemd).
+        if engine.switchedOver || engine.seededFromSnapshots {
+            // Follow the new primary (or install the primary's seeds, which the start does):
+            // this process again, as the standby (same pid for systemd).
             var arguments = CommandLine.arguments.filter { $0 != "--rebuild" }
             if !arguments.contains("--standby") { arguments.append("--standby") }
-            logLine("switched over: starting again as the standby (\(arguments.dropFirst().joined(separator: " ")))")
+            logLine("\(engine.switchedOver ? "switched over" : "seeded from the primary's snapshots"): starting again as the standby (\(arguments.dropFirst().joined(separator: " ")))")
             let argv = arguments.map { strdup($0) } + [nil]
             execv("/proc/self/exe", argv)
             throw CLIError("cannot start again as the standby: execv: \(String(cString: strerror(errno)))")

@@ -149,7 +149,7 @@ struct StatCommand: ParsableCommand {
             if !buckets.isEmpty { line("  batch sizes " + buckets.joined(separator: " ")) }
             if n[ShardCounter.journalBatches.rawValue] > 0 {
                 if n[ShardCounter.snapshots.rawValue] > 0 || n[ShardCounter.snapshotFailures.rawValue] > 0 {
-                    line("  snapshots=\(n[ShardCounter.snapshots.rawValue]) last_snapshot_sequence=\(n[ShardCounter.lastSnapshotSequence.rawValue]) last_pause_us=\(n[ShardCounter.snapshotPauseMicros.rawValue]) snapshot_failures=\(n[ShardCounter.snapshotFailures.rawValue])")
+                    line("  snapshots=\(n[ShardCounter.snapshots.rawValue]) last_snapshot_sequence=\(n[ShardCounter.lastSnapshotSequence.rawValue]) last_pause_us=\(n[ShardCounter.snapshotPauseMicros.rawValue]) snapshot_failures=\(n[ShardCounter.snapshotFailures.rawValue]) journal_segments_pruned=\(n[ShardCounter.journalSegmentsPruned.rawValue])")
                 }
                 line("  journal journal_batches=\(n[ShardCounter.journalBatches.rawValue]) journal_bytes=\(n[ShardCounter.journalBytes.rawValue]) durable_sequence=\(n[ShardCounter.durableSequence.rawValue]) journal_failures=\(n[ShardCounter.journalFailures.rawValue])\(n[ShardCounter.journalFailed.rawValue] != 0 ? " JOURNAL REFUSING (disk full or failing): not taking commands" : "")")
             }

@@ -48,10 +48,12 @@ func journaledOrders(_ data: String, since: UInt64 = 0) throws -> Set<Int64> {
     return out
 }
 
-func copyDirectory(_ from: String, _ to: String) {
+func copyDirectory(_ from: String, _ to: String, snapshots: Bool = false) {
     mkdir(to, 0o700)
-    // Journal segments only: the copy is replayed from the beginning, without snapshots.
-    for name in (try? FileManager.default.contentsOfDirectory(atPath: from)) ?? [] where name.hasPrefix("journal-") {
+    // Journal segments only: the copy is replayed from the beginning, without snapshots (with
+    // `snapshots`, the snapshot files too: a pruned journal needs them).
+    for name in (try? FileManager.default.contentsOfDirectory(atPath: from)) ?? []
+    where name.hasPrefix("journal-") || (snapshots && name.hasPrefix("snapshot-")) {
         try? FileManager.default.copyItem(atPath: from + "/" + name, toPath: to + "/" + name)
     }
 }

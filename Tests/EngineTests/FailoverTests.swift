@@ -27,10 +27,10 @@ func journaledClientIds(_ data: String) throws -> [Int64: Int] {
 }
 
 /// An offline replay of a journal (a copy of its segments): the digest it rebuilds.
-func offlineDigest(_ data: String, tag: String) throws -> UInt64? {
+func offlineDigest(_ data: String, tag: String, snapshots: Bool = false) throws -> UInt64? {
     let copy = data + "-replay-\(tag)"
     removeTree(copy)
-    copyDirectory(data, copy)
+    copyDirectory(data, copy, snapshots: snapshots)
     defer { removeTree(copy) }
     let offline = try durableEngine(testDirectory(), data: copy, instance: "replay-\(tag)", durability: .async,
                                     symbols: ["BTC-USD", "ETH-USD"])
@@ -47,7 +47,8 @@ final class PairNode: @unchecked Sendable {
     let log = LogLines()
     private(set) var process: Process?
 
-    init(name: String, listen: Int, peer: Int, mode: String = "sync", failoverAfterMs: Int? = 300, extra: String = "") {
+    /// `engineExtra`: lines of the [engine] section; `extra`: lines of [replication] (and sections after it).
+    init(name: String, listen: Int, peer: Int, mode: String = "sync", failoverAfterMs: Int? = 300, extra: String = "", engineExtra: String = "") {
         self.name = name
         dir = testDirectory()
         data = NSTemporaryDirectory() + "crossbook-ha-\(name)-\(UUID().uuidString.prefix(8))"
@@ -56,6 +57,7 @@ final class PairNode: @unchecked Sendable {
             [engine]
             instance = "\(name)"
             durability = "sync"
+            \(engineExtra)
             [book]
             orders = 65536
             levels = 4096
@@ -75,11 +77,12 @@ final class PairNode: @unchecked Sendable {
         FileManager.default.createFile(atPath: config, contents: Data(text.utf8))
     }
 
-    func start(standby: Bool, rebuild: Bool = false) throws {
+    /// `plugins`: load the config's [plugins] (else none); `arguments`: more options of `crossbook run`.
+    func start(standby: Bool, rebuild: Bool = false, plugins: Bool = false, arguments: [String] = []) throws {
         let p = Process()
         p.executableURL = crossbookBinary()
-        p.arguments = ["run", "--config", config, "--directory", dir, "--data-dir", data, "--no-pin", "--no-plugins", "--clean-stale"]
-            + (standby ? ["--standby"] : []) + (rebuild ? ["--rebuild"] : [])
+        p.arguments = ["run", "--config", config, "--directory", dir, "--data-dir", data, "--no-pin", "--clean-stale"]
+            + (plugins ? [] : ["--no-plugins"]) + (standby ? ["--standby"] : []) + (rebuild ? ["--rebuild"] : []) + arguments
         let err = Pipe()
         p.standardError = err
         p.standardOutput = err
@@ -113,7 +116,8 @@ final class PairNode: @unchecked Sendable {
         removeTree(data)
         try? FileManager.default.removeItem(atPath: config)
         for aside in (try? FileManager.default.contentsOfDirectory(atPath: NSTemporaryDirectory())) ?? []
-        where aside.hasPrefix((data as NSString).lastPathComponent + ".diverged-") {
+        where aside.hasPrefix((data as NSString).lastPathComponent + ".diverged-")
+            || aside.hasPrefix((data as NSString).lastPathComponent + ".replaced-") {
             removeTree(NSTemporaryDirectory() + aside)
         }
     }

@@ -436,4 +436,45 @@ struct JournalTailTests {
         let first = JournalReader.firstSequence(of: segments[1])!
         #expect(throws: JournalTail.Gap.self) { _ = try drain(JournalTail(directory: dir, shard: 0, after: first - 1), upTo: 2000) }
     }
+
+    @Test("pruning below a sequence removes only whole segments before it: that record and everything after stay, a scan from it reads the rest, one from 0 says the start is gone, a tail from before it says removed")
+    func prune() throws {
+        let dir = journalDirectory()
+        defer { removeAll(dir) }
+        let writer = try JournalWriter(config: JournalConfig(directory: dir, shard: 0, segmentSize: 64 << 10, bufferSize: 16 << 10),
+                                       lastSequence: 0)
+        try write(writer, 1...4000)
+        let before = JournalReader.segments(directory: dir, shard: 0)
+        #expect(before.count > 4)
+        // A boundary just after a segment's first record: the segment holding it stays.
+        let third = JournalReader.firstSequence(of: before[2])!
+        let boundary = third + 1
+        let crc = try #require(try JournalReader.record(directory: dir, shard: 0, sequence: boundary)).crc
+        let removed = try JournalReader.prune(directory: dir, shard: 0, below: boundary)
+        #expect(removed == Array(before[0..<2]))
+        #expect(JournalReader.firstKept(directory: dir, shard: 0) == third)
+        #expect(try JournalReader.record(directory: dir, shard: 0, sequence: boundary)?.crc == crc)
+        #expect(try JournalReader.record(directory: dir, shard: 0, sequence: third - 1) == nil)
+        // The record's bytes, as they lie: its header names it and its CRC is the stored one.
+        let bytes = try #require(try JournalReader.recordBytes(directory: dir, shard: 0, sequence: boundary))
+        let checked = bytes.withUnsafeBytes { JournalRecordBytes.check($0) }
+        guard case .success(let record) = checked else { Issue.record("recordBytes: \(checked)"); return }
+        #expect(record.sequence == boundary && Array(record.payload) == payload(boundary) && record.size == bytes.count)
+        #expect(bytes.withUnsafeBytes { JournalRecordBytes.crc($0) } == crc)
+        // Pruning again at the same boundary removes nothing; at a boundary in the last segment, never the last.
+        #expect(try JournalReader.prune(directory: dir, shard: 0, below: boundary).isEmpty)
+        _ = try JournalReader.prune(directory: dir, shard: 0, below: 4000)
+        #expect(JournalReader.segments(directory: dir, shard: 0) == [before.last!])
+        let last = JournalReader.firstSequence(of: before.last!)!
+        // Recovery's scan: from a snapshot at or after the first kept record, the rest; from 0, an error that says why.
+        var seen: [UInt64] = []
+        _ = try JournalReader.scan(directory: dir, shard: 0, repair: false, after: last) { _, sequence, _ in seen.append(sequence) }
+        #expect(seen == Array((last + 1)...4000))
+        #expect { _ = try JournalReader.scan(directory: dir, shard: 0, repair: false) { _, _, _ in } } throws: {
+            "\($0)".contains("the segments before it are missing")
+        }
+        #expect { _ = try drain(JournalTail(directory: dir, shard: 0, after: 10), upTo: 4000) } throws: {
+            ($0 as? JournalTail.Gap) == .removed(after: 10, firstKept: last)
+        }
+    }
 }

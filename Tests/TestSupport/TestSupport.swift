@@ -54,6 +54,7 @@ public final class LogLines: @unchecked Sendable {
     public init() {}
     public func append(_ line: String) { lock.lock(); lines.append(line); lock.unlock() }
     public var all: [String] { lock.lock(); defer { lock.unlock() }; return lines }
+    public func clear() { lock.lock(); lines.removeAll(); lock.unlock() }
     public func contains(_ text: String) -> Bool { all.contains { $0.contains(text) } }
     public func index(of text: String) -> Int? { all.firstIndex { $0.contains(text) } }
 }

@@ -39,6 +39,10 @@ final class ReplicationClient: @unchecked Sendable {
     /// With a lease: takes it (its epoch) or says another engine holds it (nil).
     private let leaseAcquire: (@Sendable () -> UInt64?)?
     private let promote: @Sendable (UInt64) -> Void
+    /// The primary seeded shards from its snapshots (StandbySeed.swift): the engine stages them
+    /// and starts again; this client's work is done.
+    private let reseed: @Sendable ([StandbySeed]) -> Void
+    private var seeded = false
     private let log: @Sendable (String) -> Void
     private var received: [UInt64]
     private var receivedCrc: [UInt32]
@@ -57,7 +61,10 @@ final class ReplicationClient: @unchecked Sendable {
          configurationHash: UInt64, epoch: UInt64, failoverAfterNanoseconds: UInt64?,
          leaseAcquire: (@Sendable () -> UInt64?)? = nil,
          nudge: @escaping (Int) -> Void, durable: @escaping (Int) -> UInt64,
-         promote: @escaping @Sendable (UInt64) -> Void, log: @escaping @Sendable (String) -> Void) {
+         reseed: @escaping @Sendable ([StandbySeed]) -> Void = { _ in },
+         promote: @escaping @Sendable (UInt64) -> Void,
+         log: @escaping @Sendable (String) -> Void) {
+        self.reseed = reseed
         self.primary = primary
         self.inboxes = inboxes
         received = positions.map(\.last)
@@ -121,7 +128,7 @@ final class ReplicationClient: @unchecked Sendable {
             } else {
                 loggedDown = false
             }
-            if isStopping || lock.locked({ handedOver }) { return }
+            if isStopping || lock.locked({ handedOver || seeded }) { return }
             lock.locked { status.connected = false }
             // The two-node rule: an engaged primary silent this long cannot acknowledge anything.
             let now = monotonicNanoseconds()
@@ -144,6 +151,50 @@ final class ReplicationClient: @unchecked Sendable {
                 }
             }
             usleep(50_000)
+        }
+    }
+
+    /// The seed parts after the first, up to `seeded`, checked: shards that exist, each once, its
+    /// parts in order and whole, within `StandbySeed.maxBytes`, each a record of its sequence.
+    private func receiveSeeds(_ connection: ReplicationConnection, first: ReplicationMessage) throws(ReplicationError) -> [StandbySeed] {
+        var parts: [Int: (sequence: UInt64, total: UInt64, bytes: [UInt8])] = [:]
+        var finished: [Int] = []
+        var message: ReplicationMessage? = first
+        while true {
+            guard let m = message else { throw .protocol("the primary went silent while seeding") }
+            switch m {
+            case .seed(let shard, let sequence, let total, let offset, let bytes):
+                guard shard >= 0, shard < inboxes.count else { throw .protocol("a seed for shard \(shard), which does not exist") }
+                guard total <= StandbySeed.maxBytes, total > 0 else { throw .protocol("a seed of \(total) bytes") }
+                guard !finished.contains(shard) else { throw .protocol("a second seed for shard \(shard)") }
+                var part = parts[shard] ?? (sequence, total, [])
+                guard part.sequence == sequence, part.total == total, offset == UInt64(part.bytes.count),
+                      UInt64(part.bytes.count) + UInt64(bytes.count) <= total else {
+                    throw .protocol("a seed part of shard \(shard) out of order (sequence \(sequence), offset \(offset), \(bytes.count) bytes)")
+                }
+                part.bytes.append(contentsOf: bytes)
+                if UInt64(part.bytes.count) == total {
+                    finished.append(shard)
+                }
+                parts[shard] = part
+            case .seeded:
+                guard !finished.isEmpty, finished.count == parts.count else { throw .protocol("seeding ended with a seed cut short (or none)") }
+                var seeds: [StandbySeed] = []
+                for shard in finished {
+                    let part = parts[shard]!
+                    seeds.append(try StandbySeed.parse(shard: shard, sequence: part.sequence, payload: part.bytes))
+                }
+                return seeds
+            default:
+                throw .protocol("unexpected message while seeding")
+            }
+            // Each part within 10 s of the one before.
+            message = nil
+            let deadline = monotonicNanoseconds() + 10_000_000_000
+            while message == nil && monotonicNanoseconds() < deadline && !isStopping {
+                message = try connection.receive(timeoutMilliseconds: 100)
+            }
+            if isStopping { throw .closed("the standby is stopping") }
         }
     }
 
@@ -187,6 +238,19 @@ final class ReplicationClient: @unchecked Sendable {
             case .refuse(let why)?:
                 lock.locked { status.refused = why }
                 return "refused: \(why)"
+            case .seed?, .seeded?:
+                let seeds: [StandbySeed]
+                do { seeds = try receiveSeeds(connection, first: answer!) } catch {
+                    lock.locked { status.refused = "seeding: \(error)" }
+                    return "seeding from the primary's snapshots failed: \(error)"
+                }
+                log("replication: the primary no longer holds the records after this standby's journal: seeded from its snapshots of shard(s) \(seeds.map { "\($0.shard) at \($0.sequence)" }.joined(separator: ", ")); starting again from them")
+                lock.locked {
+                    seeded = true
+                    status.refused = "seeded from the primary's snapshots: starting again"
+                }
+                reseed(seeds)
+                return nil
             case nil:
                 return isStopping ? nil : "no answer to the hello in 1 s"
             default:

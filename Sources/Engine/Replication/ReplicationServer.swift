@@ -42,6 +42,9 @@ final class ReplicationServer: @unchecked Sendable {
     /// the standby's fdatasync then runs beside this one's, not after it).
     private let written: (Int) -> UInt64
     private let digest: (Int) -> (sequence: UInt64, digest: UInt64)?
+    /// A shard's seed for a standby whose position this journal no longer holds: the newest
+    /// snapshot of this journal and its record (StandbySeed.swift); nil when there is none.
+    private let seed: (Int) -> StandbySeed?
     private let log: @Sendable (String) -> Void
     private let digestEveryNanoseconds: UInt64
     /// Per shard: the highest sequence the output gates may release (sync mode).
@@ -75,7 +78,9 @@ final class ReplicationServer: @unchecked Sendable {
     init(address: ReplicationAddress, mode: ReplicationMode, shards: Int, dataDirectory: String, configurationHash: UInt64,
          epoch: UInt64, cap: UnsafeMutablePointer<UInt64>, syncStandbys: Int = 1, digestEveryNanoseconds: UInt64,
          durable: @escaping (Int) -> UInt64, written: @escaping (Int) -> UInt64, digest: @escaping (Int) -> (sequence: UInt64, digest: UInt64)?,
+         seed: @escaping (Int) -> StandbySeed? = { _ in nil },
          log: @escaping @Sendable (String) -> Void) {
+        self.seed = seed
         self.address = address
         self.mode = mode
         shardCount = shards
@@ -226,6 +231,12 @@ final class ReplicationServer: @unchecked Sendable {
             // A standby that has seen a later primary: this one has been deposed.
             return refuse(connection, "the standby has seen epoch \(theirEpoch), this primary is at epoch \(epoch): this primary has been replaced")
         }
+        // A standby whose next records this journal no longer holds (pruned after a snapshot)
+        // is seeded from the snapshot instead, and starts again.
+        let gone = positions.enumerated().filter { shard, position in
+            (JournalReader.firstKept(directory: dataDirectory, shard: shard) ?? 1) > position.last + 1
+        }.map(\.offset)
+        if !gone.isEmpty { return sendSeeds(connection, shards: gone, positions: positions) }
         // The standby's journal must be a prefix of this one: the record at its last sequence
         // is the same (same CRC), and it holds nothing this journal does not.
         for (shard, position) in positions.enumerated() where position.last > 0 {
@@ -259,8 +270,11 @@ final class ReplicationServer: @unchecked Sendable {
                     if tails[shard].position >= upTo { continue }
                     buffer.removeAll(keepingCapacity: true)
                     let n: Int
-                    do { n = try tails[shard].read(upTo: upTo, maxBytes: 1 << 20, into: &buffer) } catch {
-                        return refuse(connection, "shard \(shard): cannot stream the journal: \(error); rebuild the standby from a snapshot")
+                    do { n = try tails[shard].read(upTo: upTo, maxBytes: 1 << 20, into: &buffer) } catch .removed(let after, let first) {
+                        // Pruned while the standby was behind: it connects again and is seeded.
+                        return refuse(connection, "shard \(shard): the records after \(after) were removed from the journal (it starts at \(first ?? 0)) before the standby had them: it is seeded from a snapshot when it connects again")
+                    } catch {
+                        return refuse(connection, "shard \(shard): cannot stream the journal: \(error); rebuild the standby (crossbook run --standby --rebuild)")
                     }
                     if n > 0 {
                         try connection.send(.records(shard: shard, durable: durable(shard), bytes: buffer))
@@ -307,6 +321,41 @@ final class ReplicationServer: @unchecked Sendable {
             }
         } catch {
             log("replication: standby \(connection.peer) lost: \(error)\(mode == .sync && engaged ? "; sync is engaged: output waits for a standby" : "")")
+        }
+    }
+
+    /// Sends each shard in `shards` its seed, in parts, then `seeded`: the standby installs them
+    /// and connects again from the seeds' sequences.
+    private func sendSeeds(_ connection: ReplicationConnection, shards: [Int], positions: [ReplicationMessage.ShardPosition]) {
+        var seeds: [StandbySeed] = []
+        for shard in shards {
+            guard let seed = seed(shard) else {
+                let first = JournalReader.firstKept(directory: dataDirectory, shard: shard) ?? 0
+                return refuse(connection, "shard \(shard): the journal no longer holds the records after \(positions[shard].last) (it starts at \(first)) and no snapshot of this journal is available to seed the standby from")
+            }
+            seeds.append(seed)
+        }
+        do {
+            for seed in seeds {
+                let payload = seed.payload
+                let part = 4 << 20
+                var offset = 0
+                repeat {
+                    let end = min(payload.count, offset + part)
+                    try connection.send(.seed(shard: seed.shard, sequence: seed.sequence, total: UInt64(payload.count),
+                                              offset: UInt64(offset), bytes: Array(payload[offset..<end])))
+                    offset = end
+                } while offset < payload.count
+            }
+            try connection.send(.seeded)
+            log("replication: standby \(connection.peer) is behind this journal's oldest record: sent it the snapshots of shard(s) \(seeds.map { "\($0.shard) at \($0.sequence)" }.joined(separator: ", ")) to start again from")
+        } catch {
+            return log("replication: standby \(connection.peer): seeding ended: \(error)")
+        }
+        // Until the standby closes (it has read everything), at most 5 s.
+        let deadline = monotonicNanoseconds() + 5_000_000_000
+        while monotonicNanoseconds() < deadline && !lock.locked({ stopping }) {
+            do { _ = try connection.receive(timeoutMilliseconds: 100) } catch { break }
         }
     }
 

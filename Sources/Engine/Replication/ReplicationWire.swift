@@ -17,6 +17,13 @@
 //                standby holds everything; it promotes itself under this epoch
 //     6 heartbeat: epoch (u64), engaged (u64: 1 once sync is engaged, ReplicationServer.swift),
 //                  per shard the durable sequence (u64)
+//     9 seed:    shard (u16), 6 reserved, sequence (u64), total (u64), offset (u64), bytes: a part
+//                of a shard's seed, sent in place of a welcome when the records after the
+//                standby's position are gone from the primary's journal (pruned after a
+//                snapshot). A seed is the record at `sequence` as it lies in the journal, then
+//                the primary's snapshot at that sequence without its binding
+//                (Replication/StandbySeed.swift); parts follow each other, `total` bytes in all
+//    10 seeded:  (empty) every seed was sent: the standby installs them and starts again
 
 import Glibc
 import SharedMemory
@@ -41,6 +48,8 @@ enum ReplicationMessage: Equatable {
     case heartbeat(epoch: UInt64, engaged: Bool, durable: [UInt64])
     case ack(shard: Int, durable: UInt64)
     case handover(epoch: UInt64)
+    case seed(shard: Int, sequence: UInt64, total: UInt64, offset: UInt64, bytes: [UInt8])
+    case seeded
 
     static let magic: UInt64 = 0x3130_4C50_4552_4243  // "CBREPL01"
     static let version: UInt16 = 1
@@ -79,6 +88,12 @@ enum ReplicationMessage: Equatable {
         case .handover(let epoch):
             kind = 8
             put(epoch)
+        case .seed(let shard, let sequence, let total, let offset, let bytes):
+            kind = 9
+            put(UInt16(shard)); put(UInt16(0)); put(UInt32(0)); put(sequence); put(total); put(offset)
+            body.append(contentsOf: bytes)
+        case .seeded:
+            kind = 10
         }
         var frame: [UInt8] = []
         frame.reserveCapacity(8 + body.count)
@@ -149,6 +164,14 @@ enum ReplicationMessage: Equatable {
             let epoch = try get(UInt64.self)
             try end()
             return .handover(epoch: epoch)
+        case 9:
+            let shard = Int(try get(UInt16.self))
+            _ = try get(UInt16.self); _ = try get(UInt32.self)
+            let sequence = try get(UInt64.self), total = try get(UInt64.self), offset = try get(UInt64.self)
+            return .seed(shard: shard, sequence: sequence, total: total, offset: offset, bytes: Array(body[at...]))
+        case 10:
+            try end()
+            return .seeded
         default:
             throw .protocol("unknown message kind \(kind)")
         }

@@ -331,7 +331,8 @@ final class Shard: @unchecked Sendable {
         // A standby applies its inbox until promoted; `standby` is false from then on.
         var standby = replica != nil
         let cursor = ReplicaCursor()
-        let writer = snapshots.map { SnapshotWriter(store: $0, shard: index, counters: counters, log: log) }
+        let pruneDirectory = journalConfig.flatMap { $0.prune && !readOnly ? $0.directory : nil }
+        let writer = snapshots.map { SnapshotWriter(store: $0, shard: index, counters: counters, pruneDirectory: pruneDirectory, log: log) }
         defer { writer?.finish() }
         var lastSnapshot = state.sequencer.last
         var pendingSnapshot: (sequence: UInt64, body: [UInt8])?

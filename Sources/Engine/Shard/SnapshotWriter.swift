@@ -19,8 +19,15 @@ final class SnapshotWriter: @unchecked Sendable {
     /// The reason of the last failure said in the log (nil: the last snapshot was stored).
     private var lastFailure: String?
 
-    init(store: SnapshotStore, shard: Int, counters: ShardCounters, log: @escaping @Sendable (String) -> Void = { _ in }) {
+    /// The journal's directory when segments are pruned after each stored snapshot
+    /// ([engine] prune_journal); nil keeps every segment.
+    private let pruneDirectory: String?
+    private var lastPruneFailure: String?
+
+    init(store: SnapshotStore, shard: Int, counters: ShardCounters, pruneDirectory: String? = nil,
+         log: @escaping @Sendable (String) -> Void = { _ in }) {
         self.log = log
+        self.pruneDirectory = pruneDirectory
         self.store = store
         self.shard = shard
         self.counters = counters
@@ -51,6 +58,7 @@ final class SnapshotWriter: @unchecked Sendable {
                     counters.set(.lastSnapshotSequence, sequence)
                     if lastFailure != nil { log("shard \(shard): snapshots are stored again (sequence \(sequence))") }
                     lastFailure = nil
+                    if let directory = pruneDirectory { prune(directory, after: sequence) }
                 } catch {
                     counters.add(.snapshotFailures)
                     // Said once per reason, not once per snapshot.
@@ -62,6 +70,31 @@ final class SnapshotWriter: @unchecked Sendable {
             if lock.locked({ done }) { break }
         }
         finished.signal()
+    }
+
+    /// Removes the journal segments older than every snapshot the store keeps of this journal:
+    /// each of them still loads (its record, and everything after it, stay), so a damaged newest
+    /// snapshot still falls back to an older one. A snapshot whose binding does not name this
+    /// journal (another data directory's, left in a shared store) never moves the boundary.
+    private func prune(_ directory: String, after sequence: UInt64) {
+        var boundary = sequence
+        for candidate in store.list(shard: shard) where candidate.sequence < boundary {
+            guard let (at, body) = try? store.load(shard: shard, name: candidate.name),
+                  (try? SnapshotBinding.check(body, at: at, directory: directory, shard: shard)) != nil else { continue }
+            boundary = min(boundary, at)
+        }
+        do {
+            let removed = try JournalReader.prune(directory: directory, shard: shard, below: boundary)
+            if !removed.isEmpty {
+                counters.add(.journalSegmentsPruned, UInt64(removed.count))
+                log("shard \(shard): removed \(removed.count) journal segment(s) below sequence \(boundary), the oldest snapshot kept (the journal now starts at \(JournalReader.firstKept(directory: directory, shard: shard) ?? 0))")
+            }
+            lastPruneFailure = nil
+        } catch {
+            let why = "\(error)"
+            if why != lastPruneFailure { log("shard \(shard): journal segments below \(boundary) were not removed: \(why)") }
+            lastPruneFailure = why
+        }
     }
 }
 

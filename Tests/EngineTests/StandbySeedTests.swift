@@ -1,0 +1,176 @@
+// A standby catching up from a snapshot when the primary's journal no longer holds the records it
+// needs ([engine] prune_journal): seeded from the primary's snapshot, it starts again and follows.
+// And a primary that sends hostile seeds: nothing is staged, nothing restarts.
+import CCRC32C
+import Foundation
+import Glibc
+@testable import Engine
+import CrossbookClient
+import Journal
+import OrderBook
+import Testing
+import TestSupport
+
+extension FailoverTests {
+    /// Sends `count` orders from `id` on, and waits until every one is acknowledged.
+    static func sendAcknowledged(_ node: PairNode, from id: Int64, count: Int) throws {
+        let client = try CrossbookClient(instance: node.name, directory: node.dir)
+        defer { client.close() }
+        let btc = try client.symbol("BTC-USD"), eth = try client.symbol("ETH-USD")
+        var acked = 0
+        for n in id..<(id + Int64(count)) {
+            let order = NewOrder(orderId: n, side: n % 2 == 0 ? .buy : .sell, price: 990 + Price(n % 21), quantity: 1 + Quantity(n % 3))
+            while !client.submit(.new(order), symbol: n % 3 == 0 ? eth : btc) {
+                _ = try client.poll { if $0.kind == .accepted { acked += 1 } }
+            }
+            if n % 64 == 0 { _ = try client.poll { if $0.kind == .accepted { acked += 1 } } }
+        }
+        #expect(waitFor(20) {
+            _ = try? client.poll { if $0.kind == .accepted { acked += 1 } }
+            return acked == count
+        }, "acknowledged \(acked) of \(count)")
+    }
+
+    @Test("a standby whose records the primary pruned (a new one, and one that fell behind) is seeded from the primary's snapshot, starts again, follows with equal digests; its old segments are kept aside; an offline replay of either gives the same state")
+    func seededStandby() throws {
+        let pa = freeLoopbackPort(), pb = freeLoopbackPort()
+        let plugins = """
+
+            [plugins]
+            dir = "\(PluginSettings.executableDirectory)"
+            [[plugins.load]]
+            name = "snapshot-file"
+            """
+        let engine = "journal_segment_mb = 1\nprune_journal = true"
+        let a = PairNode(name: "hp-a", listen: pa, peer: pb, mode: "async", failoverAfterMs: nil, extra: plugins, engineExtra: engine)
+        let b = PairNode(name: "hp-b", listen: pb, peer: pa, mode: "async", failoverAfterMs: nil, extra: plugins, engineExtra: engine)
+        defer { a.terminate(); b.terminate(); a.remove(); b.remove() }
+        let snapshots = ["--snapshot-every", "2000"]
+        try a.start(standby: false, plugins: true, arguments: snapshots)
+        #expect(waitFor(10) { a.isPrimary }, "\(a.log.all.suffix(5))")
+        // 1 MiB segments hold about 9,000 records: 40,000 orders and a snapshot every 2,000 let
+        // the primary prune its first segments.
+        try Self.sendAcknowledged(a, from: 1, count: 40_000)
+        #expect(waitFor(10) { (JournalReader.firstKept(directory: a.data, shard: 0) ?? 1) > 1 }, "\(a.log.all.suffix(5))")
+        #expect(a.log.contains("removed"), "\(a.log.all.suffix(5))")
+        let serving = { a.status().contains { $0.hasPrefix("serving") && $0.contains(" standbys 1 ") } }
+        // A new standby: its empty journal is not a prefix the primary still holds.
+        try b.start(standby: true, plugins: true, arguments: snapshots)
+        #expect(waitFor(20) { serving() }, "\(b.log.all.suffix(8))")
+        #expect(b.log.contains("seeded from the primary's snapshots"), "\(b.log.all.joined(separator: "\n"))\n----\n\(a.log.all.joined(separator: "\n"))")
+        #expect(b.log.contains("seeded from the primary's snapshot at sequence"), "\(b.log.all.suffix(8))")
+        #expect(a.log.contains("sent it the snapshots of shard(s) 0 at"))
+        try Self.sendAcknowledged(a, from: 40_001, count: 3_000)
+        let caughtUp = { b.status().contains { $0.contains("lag 0 ") && !$0.contains("digests_matched 0") } }
+        #expect(waitFor(15) { caughtUp() }, "\(b.status())")
+        // The standby stops; the primary takes 40,000 more and prunes past it.
+        b.terminate()
+        let behind = try JournalReader.scan(directory: b.data, shard: 0, repair: false,
+                                            after: (JournalReader.firstKept(directory: b.data, shard: 0) ?? 1) - 1) { _, _, _ in }.lastSequence
+        try Self.sendAcknowledged(a, from: 43_001, count: 40_000)
+        #expect(waitFor(10) { (JournalReader.firstKept(directory: a.data, shard: 0) ?? 1) > behind + 1 },
+                "primary starts at \(JournalReader.firstKept(directory: a.data, shard: 0) ?? 0), standby at \(behind)")
+        b.log.clear()
+        try b.start(standby: true, plugins: true, arguments: snapshots)
+        #expect(waitFor(20) { b.log.contains("seeded from the primary's snapshot at sequence") && serving() }, "\(b.log.all.suffix(8))")
+        // Records after the seed apply on top of it, digests compared along the way.
+        try Self.sendAcknowledged(a, from: 83_001, count: 3_000)
+        #expect(waitFor(15) { caughtUp() }, "\(b.status())")
+        #expect(!b.status().joined().contains("ALARM"))
+        // Its replaced segments are kept aside, not lost.
+        let parent = (b.data as NSString).deletingLastPathComponent
+        let aside = try FileManager.default.contentsOfDirectory(atPath: parent)
+            .filter { $0.hasPrefix((b.data as NSString).lastPathComponent + ".replaced-") }
+        #expect(aside.count >= 1 && aside.allSatisfy {
+            ((try? FileManager.default.contentsOfDirectory(atPath: parent + "/" + $0)) ?? []).contains { $0.hasSuffix(".seg") }
+        }, "\(aside)")
+        a.terminate()
+        b.terminate()
+        // Each data directory alone (snapshot and journal) rebuilds the same state.
+        let da = try offlineDigest(a.data, tag: "pa", snapshots: true), db = try offlineDigest(b.data, tag: "pb", snapshots: true)
+        #expect(da != nil && da == db)
+    }
+
+    @Test("a primary that sends hostile seeds (an unknown shard, a huge total, parts out of order, a damaged record, a record of another sequence, seeded without a seed): nothing is staged, the standby does not restart and stays a standby")
+    func hostileSeeds() throws {
+        let command = [UInt8](repeating: 0, count: 80)
+        let good = rawRecord(type: 1, sequence: 50, payload: command)
+        func payload(_ record: [UInt8], body: [UInt8] = [1, 2, 3, 4, 5, 6, 7, 8]) -> [UInt8] {
+            withUnsafeBytes(of: UInt32(record.count).littleEndian) { Array($0) } + record + body
+        }
+        var damaged = good
+        damaged[30] ^= 1
+        let scenarios: [(String, [ReplicationMessage])] = [
+            ("unknown shard", [.seed(shard: 7, sequence: 50, total: UInt64(payload(good).count), offset: 0, bytes: payload(good)), .seeded]),
+            ("huge total", [.seed(shard: 0, sequence: 50, total: 1 << 40, offset: 0, bytes: payload(good)), .seeded]),
+            ("out of order", [.seed(shard: 0, sequence: 50, total: UInt64(payload(good).count), offset: 8, bytes: Array(payload(good)[8...])), .seeded]),
+            ("cut short", [.seed(shard: 0, sequence: 50, total: UInt64(payload(good).count) + 10, offset: 0, bytes: payload(good)), .seeded]),
+            ("damaged record", [.seed(shard: 0, sequence: 50, total: UInt64(payload(damaged).count), offset: 0, bytes: payload(damaged)), .seeded]),
+            ("another sequence", [.seed(shard: 0, sequence: 49, total: UInt64(payload(good).count), offset: 0, bytes: payload(good)), .seeded]),
+            ("record longer than the seed", [.seed(shard: 0, sequence: 50, total: 12, offset: 0, bytes: [200, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]), .seeded]),
+            ("nothing", [.seeded]),
+        ]
+        for (name, messages) in scenarios {
+            let data = NSTemporaryDirectory() + "crossbook-ha-hseed-\(UUID().uuidString.prefix(8))"
+            defer { removeTree(data) }
+            let server = rawListen()
+            defer { close(server.fd) }
+            let log = LogLines()
+            let engine = try replicatedEngine("hseed", data: data, role: .standby, listen: nil, peer: server.port, log: log)
+            defer { engine.stop() }
+            var p = pollfd(fd: server.fd, events: Int16(POLLIN), revents: 0)
+            #expect(poll(&p, 1, 5000) == 1, "\(name): the standby did not connect")
+            let fd = accept(server.fd, nil, nil)
+            let connection = ReplicationConnection(fd: fd, peer: "standby")
+            var hello: ReplicationMessage?
+            _ = waitFor(3) { hello = try? connection.receive(timeoutMilliseconds: 50); return hello != nil }
+            guard case .hello? = hello else { Issue.record("\(name): no hello"); continue }
+            for m in messages { try connection.send(m) }
+            #expect(waitFor(5) { log.contains("seeding from the primary's snapshots failed") }, "\(name): \(log.all.suffix(3))")
+            #expect(access(StandbySeed.stagedPath(data, shard: 0), F_OK) != 0, "\(name): a seed was staged")
+            #expect(!engine.seededFromSnapshots && engine.role == .standby, "\(name)")
+            connection.shutdownNow()
+        }
+    }
+
+    @Test("a staged seed that is damaged on disk stops the standby's start with the file named; a good one without a snapshot store is refused with the reason")
+    func damagedStagedSeed() throws {
+        let data = NSTemporaryDirectory() + "crossbook-ha-sseed-\(UUID().uuidString.prefix(8))"
+        mkdir(data, 0o700)
+        defer { removeTree(data) }
+        let seed = StandbySeed(shard: 0, sequence: 50, record: rawRecord(type: 1, sequence: 50, payload: [UInt8](repeating: 0, count: 80)),
+                               body: [0, 0, 0, 0, 0, 0, 0, 0])
+        try seed.stage(in: data)
+        #expect(try StandbySeed.staged(in: data, shard: 0) == seed)
+        // No snapshot store (replicatedEngine loads no plugin): refused, the seed left staged.
+        #expect { _ = try replicatedEngine("sseed", data: data, role: .standby, listen: nil, peer: freeLoopbackPort()) } throws: {
+            "\($0)".contains("no snapshot-store plugin is loaded")
+        }
+        #expect(access(StandbySeed.stagedPath(data, shard: 0), F_OK) == 0)
+        // One flipped byte: named, never installed.
+        let path = StandbySeed.stagedPath(data, shard: 0)
+        var bytes = [UInt8](FileManager.default.contents(atPath: path)!)
+        bytes[bytes.count - 3] ^= 0x40
+        FileManager.default.createFile(atPath: path, contents: Data(bytes))
+        #expect { _ = try StandbySeed.staged(in: data, shard: 0) } throws: { "\($0)".contains("CRC does not hold") }
+        // Cut short.
+        FileManager.default.createFile(atPath: path, contents: Data(bytes.prefix(30)))
+        #expect { _ = try StandbySeed.staged(in: data, shard: 0) } throws: { "\($0)".contains(path) }
+    }
+
+    @Test("[engine] journal_segment_mb and prune_journal: out of range or of the wrong type, refused with the reason; in range, accepted")
+    func pruneConfig() throws {
+        let config = NSTemporaryDirectory() + "crossbook-prune-\(UUID().uuidString.prefix(8)).toml"
+        defer { unlink(config) }
+        for (text, reason) in [("journal_segment_mb = 0", "journal_segment_mb must be between 1 and 4096"),
+                               ("journal_segment_mb = 5000", "journal_segment_mb must be between 1 and 4096"),
+                               ("journal_segment_mb = \"big\"", "journal_segment_mb"),
+                               ("prune_journal = 1", "prune_journal must be true or false")] {
+            try "[engine]\n\(text)\n[[symbols]]\nname = \"BTC-USD\"\n".write(toFile: config, atomically: true, encoding: .utf8)
+            let result = try MigrationTests().crossbook(["run", "--config", config, "--check-config"])
+            #expect(result.status != 0 && result.output.contains(reason), "\(text): \(result)")
+        }
+        try "[engine]\njournal_segment_mb = 1\nprune_journal = true\n[[symbols]]\nname = \"BTC-USD\"\n".write(toFile: config, atomically: true, encoding: .utf8)
+        #expect(try MigrationTests().crossbook(["run", "--config", config, "--check-config"]).status == 0)
+    }
+}
