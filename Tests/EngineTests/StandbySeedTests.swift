@@ -8,6 +8,7 @@ import Glibc
 import CrossbookClient
 import Journal
 import OrderBook
+import SharedMemory
 import Testing
 import TestSupport
 
@@ -172,5 +173,71 @@ extension FailoverTests {
         }
         try "[engine]\njournal_segment_mb = 1\nprune_journal = true\n[[symbols]]\nname = \"BTC-USD\"\n".write(toFile: config, atomically: true, encoding: .utf8)
         #expect(try MigrationTests().crossbook(["run", "--config", config, "--check-config"]).status == 0)
+    }
+
+    @Test("a crash at any point of a seed's install (before it, after the old segments moved and the new journal started, after the snapshot stored): the next start installs it again and recovers at the seed's sequence; the replaced segments are kept aside")
+    func seedInstallCrashes() throws {
+        let data = NSTemporaryDirectory() + "crossbook-ha-iseed-\(UUID().uuidString.prefix(8))"
+        mkdir(data, 0o700)
+        defer {
+            removeTree(data)
+            let parent = (data as NSString).deletingLastPathComponent
+            for aside in (try? FileManager.default.contentsOfDirectory(atPath: parent)) ?? []
+            where aside.hasPrefix((data as NSString).lastPathComponent + ".replaced-") { removeTree(parent + "/" + aside) }
+        }
+        // The standby's own journal before the seed: records 1...10 of a kind the engine skips.
+        let writer = try JournalWriter(config: JournalConfig(directory: data, shard: 0, segmentSize: 1 << 20), lastSequence: 0)
+        for n in UInt64(1)...10 { _ = try [UInt8](repeating: 7, count: 16).withUnsafeBytes { try writer.append(type: 99, sequence: n, payload: $0) } }
+        try writer.flush()
+        // An empty book set at sequence 50: highest session 0, no book.
+        let seed = StandbySeed(shard: 0, sequence: 50, record: rawRecord(type: 99, sequence: 50, payload: [UInt8](repeating: 3, count: 16)),
+                               body: [UInt8](repeating: 0, count: 8))
+        func start() throws -> (Engine, LogLines) {
+            let log = LogLines()
+            var settings = EngineSettings(
+                instance: "iseed", directory: testDirectory(), shards: [ShardSettings(core: nil)],
+                symbols: [(spec: SymbolSpec(name: "BTC-USD", id: 1), shard: 0)],
+                capacity: BookCapacity(orders: 1 << 12, levels: 1 << 8),
+                wait: WaitStrategy(spins: 1000, yields: 10, park: true, parkTimeoutNanoseconds: 20_000_000))
+            settings.durability = .sync
+            settings.dataDirectory = data
+            settings.plugins = PluginSettings(directory: PluginSettings.executableDirectory, load: [PluginSpec(name: "snapshot-file")])
+            settings.replication = ReplicationSettings(role: .standby, peer: "127.0.0.1:\(freeLoopbackPort())")
+            let engine = Engine(settings: settings, log: { log.append($0) })
+            for line in try engine.start() { log.append(line) }
+            return (engine, log)
+        }
+        func snapshots() -> [String] { ((try? FileManager.default.contentsOfDirectory(atPath: data)) ?? []).filter { $0.hasPrefix("snapshot-") } }
+        // 1. Staged, nothing installed yet (a crash right after staging).
+        try seed.stage(in: data)
+        var (engine, log) = try start()
+        #expect(log.contains("seeded from the primary's snapshot at sequence 50"), "\(log.all.suffix(5))")
+        #expect(engine.replicationStatus().contains { $0.hasPrefix("shard 0 applied 50 ") }, "\(engine.replicationStatus())")
+        #expect(access(StandbySeed.stagedPath(data, shard: 0), F_OK) != 0)
+        engine.stop()
+        #expect(JournalReader.firstKept(directory: data, shard: 0) == 50)
+        // 2. The new journal started, the snapshot not stored (a crash between them).
+        for name in snapshots() { unlink(data + "/" + name) }
+        try seed.stage(in: data)
+        (engine, log) = try start()
+        #expect(log.contains("seeded from the primary's snapshot at sequence 50"), "\(log.all.suffix(5))")
+        #expect(engine.replicationStatus().contains { $0.hasPrefix("shard 0 applied 50 ") }, "\(engine.replicationStatus())")
+        engine.stop()
+        // 3. The snapshot stored, the staged file not yet removed (a crash just before).
+        try seed.stage(in: data)
+        (engine, log) = try start()
+        #expect(engine.replicationStatus().contains { $0.hasPrefix("shard 0 applied 50 ") }, "\(engine.replicationStatus())")
+        engine.stop()
+        // And without a seed, a plain restart recovers there too.
+        (engine, log) = try start()
+        #expect(!log.contains("seeded from"))
+        #expect(engine.replicationStatus().contains { $0.hasPrefix("shard 0 applied 50 ") }, "\(engine.replicationStatus())")
+        engine.stop()
+        // The standby's own first records were moved aside, not lost.
+        let parent = (data as NSString).deletingLastPathComponent
+        let aside = ((try? FileManager.default.contentsOfDirectory(atPath: parent)) ?? [])
+            .filter { $0.hasPrefix((data as NSString).lastPathComponent + ".replaced-") }
+        let moved = aside.flatMap { dir in ((try? FileManager.default.contentsOfDirectory(atPath: parent + "/" + dir)) ?? []).map { parent + "/" + dir + "/" + $0 } }
+        #expect(moved.contains { $0.hasSuffix(JournalLayout.segmentName(shard: 0, firstSequence: 1)) }, "\(moved)")
     }
 }

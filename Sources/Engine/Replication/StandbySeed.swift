@@ -139,7 +139,8 @@ struct StandbySeed: Equatable {
                 throw EngineError("cannot create \(aside) for the replaced segments: \(String(cString: strerror(errno)))")
             }
             for path in old {
-                let target = aside + "/" + (path as NSString).lastPathComponent
+                var target = aside + "/" + (path as NSString).lastPathComponent
+                while access(target, F_OK) == 0 { target += ".again" }  // never over an earlier install's
                 guard rename(path, target) == 0 else {
                     throw EngineError("cannot move \(path) to \(target): \(String(cString: strerror(errno)))")
                 }
