@@ -72,8 +72,9 @@ final class ReplicationRuntime: @unchecked Sendable {
     /// Set once this engine handed over to its standby: it stops, and `crossbook run` starts it
     /// again as the standby.
     var switchedOver = false
-    /// Set once the primary seeded this standby from its snapshots (staged in the data
-    /// directory): it stops, and `crossbook run` starts it again to install them.
+    /// Set once the primary seeded this standby from its snapshots, or once this standby found
+    /// its journal must be cut back to the primary's (staged in the data directory): it stops,
+    /// and `crossbook run` starts it again to install them.
     var seeded = false
     let shards: Int
     var promotions = 0
@@ -205,6 +206,18 @@ extension Engine {
                     self.log("replication: seeds staged in \(self.settings.dataDirectory): stopping, to start again from them")
                     self.onSwitchover?()
                 },
+                rewind: { [weak self] cuts in
+                    guard let self else { return }
+                    for cut in cuts {
+                        do { try cut.stage(in: self.settings.dataDirectory) } catch { self.log("replication: \(error)") }
+                    }
+                    runtime.lock.locked { runtime.seeded = true }
+                    self.log("replication: journal cuts staged in \(self.settings.dataDirectory): stopping, to start again from the common prefix")
+                    self.onSwitchover?()
+                },
+                localCrc: { [dataDirectory = settings.dataDirectory] shard, sequence in
+                    ((try? JournalReader.record(directory: dataDirectory, shard: shard, sequence: sequence)) ?? nil)?.crc
+                },
                 promote: { [weak self] epoch in
                     // Not on the client's own thread: promotion stops it and waits for it.
                     Thread { [weak self] in
@@ -257,7 +270,7 @@ extension Engine {
         guard go else { throw EngineError("this engine is not a standby (or is being promoted)") }
         if runtime.lock.locked({ runtime.seeded }) {
             runtime.lock.locked { runtime.promoting = false }
-            throw EngineError("this standby was seeded from the primary's snapshots and is starting again to install them: it cannot be promoted before")
+            throw EngineError("this standby is starting again to install the primary's seeds or a cut of its journal: it cannot be promoted before")
         }
         let t0 = monotonicNanoseconds()
         runtime.client?.stop()
@@ -364,7 +377,8 @@ extension Engine {
     }
 
     public var switchedOver: Bool { replication?.lock.locked { replication!.switchedOver } ?? false }
-    /// The primary seeded this standby from its snapshots: it stops, to start again from them.
+    /// The primary seeded this standby from its snapshots, or its journal is to be cut back to
+    /// the primary's: it stops, to start again from them.
     public var seededFromSnapshots: Bool { replication?.lock.locked { replication!.seeded } ?? false }
 
     /// A seed for a standby (StandbySeed.swift): the newest snapshot of this journal that loads,
@@ -383,6 +397,13 @@ extension Engine {
     /// At a standby's start, before recovery: installs the seeds a primary sent (StandbySeed.swift).
     func installStagedSeeds(store: SnapshotStore?, journalConfig: (Int) -> JournalConfig) throws(EngineError) -> [String] {
         var lines: [String] = []
+        // Cuts first (an old primary rejoining), then seeds (which replace a shard's journal).
+        let diverged = settings.dataDirectory + ".diverged-\(Int(Date().timeIntervalSince1970))"
+        for shard in settings.shards.indices {
+            guard let cut = try JournalCut.staged(in: settings.dataDirectory, shard: shard) else { continue }
+            let copied = try cut.install(directory: settings.dataDirectory, aside: diverged)
+            lines.append("shard \(shard): journal cut back after sequence \(cut.after), the primary's common prefix\(copied > 0 ? "; the segments that held the records cut are copied to \(diverged)" : "")")
+        }
         let aside = settings.dataDirectory + ".replaced-\(Int(Date().timeIntervalSince1970))"
         for shard in settings.shards.indices {
             guard let seed = try StandbySeed.staged(in: settings.dataDirectory, shard: shard) else { continue }

@@ -659,6 +659,74 @@ public enum JournalReader {
         return removed
     }
 
+    /// Cuts the journal back so that `last` is its last record: later segments are removed, the
+    /// batch holding `last` ends at it (its header written again when `last` is inside it:
+    /// last sequence, length, checksum), and the rest of that segment is zeroed and synced. 0
+    /// removes every segment. Returns the paths removed. For an old primary rejoining as a
+    /// standby: the records after the common prefix were never the new primary's.
+    public static func truncate(directory: String, shard: Int, after last: UInt64) throws(JournalError) -> [String] {
+        let files = segments(directory: directory, shard: shard)
+        var removed: [String] = []
+        // A segment whose first sequence is above `last` holds nothing to keep.
+        for path in files.reversed() where (firstSequence(of: path) ?? 0) > last {
+            try journalCall("unlink", path) { unlink(path) }
+            removed.append(path)
+        }
+        if !removed.isEmpty { try syncDirectory(directory) }
+        guard last > 0, let holder = files.last(where: { (firstSequence(of: $0) ?? .max) <= last }) else { return removed }
+        _ = try mapped(holder, writable: true, minimum: JournalLayout.segmentHeaderSize) { (fd, base, size) throws(JournalError) -> Void in
+            guard base.load(as: UInt64.self) == JournalLayout.magic,
+                  UInt32(littleEndian: base.load(fromByteOffset: 8, as: UInt32.self)) == JournalLayout.version else {
+                throw .badSegment(path: holder, "not a version \(JournalLayout.version) segment: it cannot be cut")
+            }
+            let journalId = UInt64(littleEndian: base.load(fromByteOffset: 32, as: UInt64.self))
+            var chain = UInt32(littleEndian: base.load(fromByteOffset: 40, as: UInt32.self))
+            var expected = UInt64(littleEndian: base.load(fromByteOffset: 16, as: UInt64.self))
+            var offset = JournalLayout.segmentHeaderSize
+            while offset + JournalLayout.recordHeaderSize <= size, !isZero(base + offset, JournalLayout.recordHeaderSize) {
+                guard case .success(let batch) = checkBatch(base, size: size, at: offset, journalId: journalId, chain: chain,
+                                                            expected: expected) else {
+                    throw .corrupt(path: holder, offset: offset, sequence: expected, "cannot cut the journal after \(last): the batch here does not check")
+                }
+                let batchLast = UInt64(littleEndian: base.load(fromByteOffset: offset + JournalLayout.recordHeaderSize, as: UInt64.self))
+                if batchLast < last {
+                    expected = batchLast + 1
+                    chain = batch.checksum
+                    offset = batch.end
+                    continue
+                }
+                var end = batch.end
+                if batchLast > last {
+                    // The batch ends at `last` now: its header says so, with the checksum of its records up to it.
+                    var p = offset + JournalLayout.batchHeaderSize
+                    var running = chain
+                    var sequence = expected
+                    while sequence <= last {
+                        running = cb_crc32c(running, base + p + 16, 4)
+                        p += JournalLayout.recordSize(payload: Int(UInt32(littleEndian: base.load(fromByteOffset: p, as: UInt32.self))))
+                        sequence += 1
+                    }
+                    end = p
+                    var header = [UInt8](UnsafeRawBufferPointer(start: base + offset, count: JournalLayout.batchHeaderSize))
+                    header.withUnsafeMutableBytes { h in
+                        h.storeBytes(of: last.littleEndian, toByteOffset: JournalLayout.recordHeaderSize, as: UInt64.self)
+                        h.storeBytes(of: UInt32(end - offset).littleEndian, toByteOffset: JournalLayout.recordHeaderSize + 8, as: UInt32.self)
+                        h.storeBytes(of: running.littleEndian, toByteOffset: JournalLayout.recordHeaderSize + 12, as: UInt32.self)
+                        var crc = cb_crc32c(0, h.baseAddress!, 16)
+                        crc = cb_crc32c(crc, h.baseAddress! + JournalLayout.recordHeaderSize, JournalLayout.batchPayload)
+                        h.storeBytes(of: crc.littleEndian, toByteOffset: 16, as: UInt32.self)
+                    }
+                    let wrote = try journalCall("pwrite", holder) { pwrite(fd, header, header.count, off_t(offset)) }
+                    guard wrote == header.count else { throw .system(SystemCallError("pwrite (short)", holder, errno: EIO)) }
+                }
+                if end < size { try zero(fd, path: holder, from: end, to: size) }
+                try journalCall("fdatasync", holder) { fdatasync(fd) }
+                return
+            }
+        }
+        return removed
+    }
+
     static func recordIn(_ base: UnsafeRawPointer, size: Int, sequence: UInt64) -> (journalId: UInt64, crc: UInt32)? {
         guard let at = recordOffset(base, size: size, sequence: sequence) else { return nil }
         return (UInt64(littleEndian: base.load(fromByteOffset: 32, as: UInt64.self)),
@@ -994,7 +1062,7 @@ public enum JournalReader {
     }
 
     /// The first sequence of a segment, from its name.
-    static func firstSequence(of path: String) -> UInt64? {
+    public static func firstSequence(of path: String) -> UInt64? {
         guard let dash = path.lastIndex(of: "-"), let dot = path.lastIndex(of: ".") else { return nil }
         return UInt64(path[path.index(after: dash)..<dot])
     }

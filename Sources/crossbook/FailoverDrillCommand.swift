@@ -228,10 +228,12 @@ struct FailoverDrillCommand: ParsableCommand {
                   + (probeAcked ? "" : "; the new primary acknowledged nothing in 10 s"))
             if lost > 0 || twice > 0 || missing > 0 || !probeAcked { failed = true }
             if !probeAcked { print(standby.log.split(separator: "\n").suffix(8).joined(separator: "\n")) }
-            // The old primary comes back as the standby (rebuilt if its journal went past the new primary's).
+            // The old primary comes back as the standby (its journal cut back to the new
+            // primary's if it went past it; rebuilt only if that fails).
             let before = primary.log.count
             try primary.start(standby: true)
-            _ = Self.wait(20) { standby.engaged || primary.log.dropFirst(before).contains("diverged") }
+            _ = Self.wait(20) { standby.engaged || primary.log.dropFirst(before).contains("rebuild it") }
+            let cut = primary.log.dropFirst(before).contains("journal cut back after sequence")
             if !standby.engaged {
                 primary.signal(SIGKILL)
                 try primary.start(standby: true, rebuild: true)
@@ -240,7 +242,9 @@ struct FailoverDrillCommand: ParsableCommand {
                     failed = true
                     break
                 }
-                print("  \(primary.name) is the standby again (rebuilt: its journal held records the new primary never confirmed)")
+                print("  \(primary.name) is the standby again (rebuilt: its journal could not be cut back to the new primary's)")
+            } else if cut {
+                print("  \(primary.name) is the standby again (its journal cut back to the new primary's: it held records the new primary never confirmed)")
             } else {
                 print("  \(primary.name) is the standby again")
             }

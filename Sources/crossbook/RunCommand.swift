@@ -252,7 +252,7 @@ struct RunCommand: ParsableCommand {
             // this process again, as the standby (same pid for systemd).
             var arguments = CommandLine.arguments.filter { $0 != "--rebuild" }
             if !arguments.contains("--standby") { arguments.append("--standby") }
-            logLine("\(engine.switchedOver ? "switched over" : "seeded from the primary's snapshots"): starting again as the standby (\(arguments.dropFirst().joined(separator: " ")))")
+            logLine("\(engine.switchedOver ? "switched over" : "seeded from the primary's snapshots or cut back to its journal"): starting again as the standby (\(arguments.dropFirst().joined(separator: " ")))")
             let argv = arguments.map { strdup($0) } + [nil]
             execv("/proc/self/exe", argv)
             throw CLIError("cannot start again as the standby: execv: \(String(cString: strerror(errno)))")

@@ -240,4 +240,57 @@ extension FailoverTests {
         let moved = aside.flatMap { dir in ((try? FileManager.default.contentsOfDirectory(atPath: parent + "/" + dir)) ?? []).map { parent + "/" + dir + "/" + $0 } }
         #expect(moved.contains { $0.hasSuffix(JournalLayout.segmentName(shard: 0, firstSequence: 1)) }, "\(moved)")
     }
+
+    @Test("an old primary with records the new primary never had comes back as its standby without a rebuild: it finds the common prefix by probing, cuts its journal back to it (the cut records copied aside), starts again and converges to the new primary's state")
+    func oldPrimaryCutBack() throws {
+        let pa = freeLoopbackPort(), pb = freeLoopbackPort()
+        let a = PairNode(name: "hc-a", listen: pa, peer: pb, mode: "async", failoverAfterMs: nil)
+        let b = PairNode(name: "hc-b", listen: pb, peer: pa, mode: "async", failoverAfterMs: nil)
+        defer { a.terminate(); b.terminate(); a.remove(); b.remove() }
+        try a.start(standby: false)
+        #expect(waitFor(10) { a.isPrimary })
+        try b.start(standby: true)
+        #expect(waitFor(10) { a.status().contains { $0.hasPrefix("serving") && $0.contains(" standbys 1 ") } })
+        try Self.sendAcknowledged(a, from: 1, count: 5_000)
+        #expect(waitFor(15) { b.status().contains { $0.contains("lag 0 ") } }, "\(b.status())")
+        // The standby goes; the primary (async) takes 3,000 more alone, then dies.
+        b.terminate()
+        try Self.sendAcknowledged(a, from: 5_001, count: 3_000)
+        a.kill9()
+        // The standby comes back and is promoted by the operator; it takes orders of its own.
+        try b.start(standby: true)
+        #expect(waitFor(10) { !b.status().isEmpty })
+        let answer = try Engine.ask(directory: b.dir, "promote", timeout: 10)
+        #expect(answer.first == "ok", "\(answer)")
+        #expect(waitFor(10) { b.isPrimary })
+        try Self.sendAcknowledged(b, from: 100_001, count: 2_000)
+        // The old primary, as the standby, with its own journal: 3,000 records past the common prefix.
+        let common = try JournalReader.scan(directory: b.data, shard: 0, repair: false) { _, _, _ in }.lastSequence - 2_001
+        try a.start(standby: true)
+        #expect(waitFor(20) { b.status().contains { $0.hasPrefix("serving") && $0.contains(" standbys 1 ") } }, "\(a.log.all.suffix(6))")
+        #expect(a.log.contains("cutting it back after shard 0: \(common) (3000 records)"), "\(a.log.all.suffix(8))")
+        #expect(a.log.contains("journal cut back after sequence \(common)"), "\(a.log.all.suffix(8))")
+        #expect(b.log.contains("its journal has diverged from this primary's"))
+        try Self.sendAcknowledged(b, from: 102_001, count: 1_000)
+        #expect(waitFor(15) { a.status().contains { $0.contains("lag 0 ") && !$0.contains("digests_matched 0") } }, "\(a.status())")
+        #expect(!a.status().joined().contains("ALARM"))
+        a.terminate()
+        b.terminate()
+        // The same journal (the new primary's) in both, the same state rebuilt from either.
+        let ca = try journaledClientIds(a.data), cb = try journaledClientIds(b.data)
+        #expect(ca == cb && ca.count == 8_000, "\(ca.count) / \(cb.count)")
+        #expect(ca[5_001] == nil && ca[100_001] == 1)
+        let da = try offlineDigest(a.data, tag: "ca"), db = try offlineDigest(b.data, tag: "cb")
+        #expect(da != nil && da == db)
+        // The 3,000 records cut are kept aside, not lost.
+        let parent = (a.data as NSString).deletingLastPathComponent
+        let aside = try FileManager.default.contentsOfDirectory(atPath: parent)
+            .filter { $0.hasPrefix((a.data as NSString).lastPathComponent + ".diverged-") }
+        var kept = Set<Int64>()
+        for dir in aside {
+            let copy = parent + "/" + dir
+            for (id, _) in (try? journaledClientIds(copy)) ?? [:] { kept.insert(id) }
+        }
+        #expect((5_001...8_000).allSatisfy { kept.contains($0) }, "aside: \(aside), \(kept.count) orders")
+    }
 }

@@ -373,6 +373,28 @@ struct JournalTests {
         #expect(after.records == 200 && all[1] == payload(1) && all[200] == payload(200) && after.lastVersion == 2)
         #expect(JournalReader.segments(directory: dir, shard: 0).count == 2)
     }
+
+    @Test("cutting a journal back after a sequence (inside a batch, at a batch's end, across segments, to nothing): it reads back to exactly there, and appending goes on from there")
+    func truncate() throws {
+        for cut in [UInt64(1234), 1250, 1, 0] {
+            let dir = journalDirectory()
+            defer { removeAll(dir) }
+            let config = JournalConfig(directory: dir, shard: 0, segmentSize: 64 << 10, bufferSize: 32 << 10)
+            let writer = try JournalWriter(config: config, lastSequence: 0)
+            for first in stride(from: UInt64(1), to: 3000, by: 50) { try writeBatch(writer, first...(first + 49)) }
+            #expect(JournalReader.segments(directory: dir, shard: 0).count > 3)
+            _ = try JournalReader.truncate(directory: dir, shard: 0, after: cut)
+            let (scan, seen) = try readAll(dir)
+            #expect(scan.lastSequence == cut && seen.count == Int(cut), "cut \(cut): \(scan.lastSequence), \(seen.count)")
+            #expect(seen.allSatisfy { $0.value == payload($0.key) })
+            // Appending after the cut: the next batch chains to the one cut short.
+            let again = try JournalWriter(config: config, lastSequence: cut, resume: scan.resume)
+            try write(again, (cut + 1)...(cut + 300))
+            let (scan2, seen2) = try readAll(dir)
+            #expect(scan2.lastSequence == cut + 300 && seen2.count == Int(cut + 300) && seen2.allSatisfy { $0.value == payload($0.key) },
+                    "cut \(cut): after appending \(scan2.lastSequence)")
+        }
+    }
 }
 
 @Suite("Journal tail (replication)", .serialized)

@@ -42,6 +42,11 @@ final class ReplicationClient: @unchecked Sendable {
     /// The primary seeded shards from its snapshots (StandbySeed.swift): the engine stages them
     /// and starts again; this client's work is done.
     private let reseed: @Sendable ([StandbySeed]) -> Void
+    /// The primary said this standby's journal diverged: the cuts found (JournalCut, in
+    /// StandbySeed.swift) go to the engine, which stages them and starts again.
+    private let rewind: @Sendable ([JournalCut]) -> Void
+    /// The CRC of this standby's own record at a sequence (nil: its journal does not hold it).
+    private let localCrc: (Int, UInt64) -> UInt32?
     private var seeded = false
     private let log: @Sendable (String) -> Void
     private var received: [UInt64]
@@ -62,9 +67,13 @@ final class ReplicationClient: @unchecked Sendable {
          leaseAcquire: (@Sendable () -> UInt64?)? = nil,
          nudge: @escaping (Int) -> Void, durable: @escaping (Int) -> UInt64,
          reseed: @escaping @Sendable ([StandbySeed]) -> Void = { _ in },
+         rewind: @escaping @Sendable ([JournalCut]) -> Void = { _ in },
+         localCrc: @escaping (Int, UInt64) -> UInt32? = { _, _ in nil },
          promote: @escaping @Sendable (UInt64) -> Void,
          log: @escaping @Sendable (String) -> Void) {
         self.reseed = reseed
+        self.rewind = rewind
+        self.localCrc = localCrc
         self.primary = primary
         self.inboxes = inboxes
         received = positions.map(\.last)
@@ -154,6 +163,44 @@ final class ReplicationClient: @unchecked Sendable {
         }
     }
 
+    /// Per shard, the last sequence where this journal and the primary's hold the same record
+    /// (a bisection: records agree up to the divergence and differ from it on); the cuts of the
+    /// shards whose journal goes beyond it.
+    private func findCommonPrefix(_ connection: ReplicationConnection) throws(ReplicationError) -> [JournalCut] {
+        var probes = 0
+        func theirs(_ shard: Int, _ sequence: UInt64) throws(ReplicationError) -> UInt32? {
+            probes += 1
+            guard probes <= ReplicationMessage.maxProbes else { throw .protocol("more than \(ReplicationMessage.maxProbes) probes") }
+            try connection.send(.probe(shard: shard, sequence: sequence))
+            let deadline = monotonicNanoseconds() + 5_000_000_000
+            while monotonicNanoseconds() < deadline && !isStopping {
+                guard let answer = try connection.receive(timeoutMilliseconds: 100) else { continue }
+                guard case .probed(let s, let q, let crc) = answer, s == shard, q == sequence else {
+                    throw .protocol("an answer to the probe of shard \(shard) sequence \(sequence) that is not one")
+                }
+                return crc
+            }
+            throw .closed("no answer to a probe in 5 s")
+        }
+        var cuts: [JournalCut] = []
+        for shard in 0..<inboxes.count {
+            let last = received[shard]
+            guard last > 0 else { continue }
+            if let mine = localCrc(shard, last), try theirs(shard, last) == mine { continue }
+            // Agree at `low` (0: nothing), differ at `high`.
+            var low: UInt64 = 0, high = last
+            while high - low > 1 {
+                let mid = low + (high - low) / 2
+                guard let mine = localCrc(shard, mid) else {
+                    throw .protocol("this journal no longer holds its own record \(mid) of shard \(shard) (pruned)")
+                }
+                if try theirs(shard, mid) == mine { low = mid } else { high = mid }
+            }
+            cuts.append(JournalCut(shard: shard, after: low))
+        }
+        return cuts
+    }
+
     /// The seed parts after the first, up to `seeded`, checked: shards that exist, each once, its
     /// parts in order and whole, within `StandbySeed.maxBytes`, each a record of its sequence.
     private func receiveSeeds(_ connection: ReplicationConnection, first: ReplicationMessage) throws(ReplicationError) -> [StandbySeed] {
@@ -238,6 +285,20 @@ final class ReplicationClient: @unchecked Sendable {
             case .refuse(let why)?:
                 lock.locked { status.refused = why }
                 return "refused: \(why)"
+            case .diverged(let shard, let last)?:
+                let cuts: [JournalCut]
+                do { cuts = try findCommonPrefix(connection) } catch {
+                    lock.locked { status.refused = "diverged at shard \(shard), sequence \(last): \(error)" }
+                    return "this standby's journal has diverged from the primary's (shard \(shard), sequence \(last)) and the common prefix was not found: \(error); rebuild it (crossbook run --standby --rebuild)"
+                }
+                guard !cuts.isEmpty else { return "the primary said this journal diverged, but every record probed is the primary's" }
+                log("replication: this standby's journal holds records the primary never had (an old primary): cutting it back after \(cuts.map { "shard \($0.shard): \($0.after) (\(received[$0.shard] - $0.after) records)" }.joined(separator: ", ")); starting again from there")
+                lock.locked {
+                    seeded = true
+                    status.refused = "diverged: cutting the journal back to the primary's, starting again"
+                }
+                rewind(cuts)
+                return nil
             case .seed?, .seeded?:
                 let seeds: [StandbySeed]
                 do { seeds = try receiveSeeds(connection, first: answer!) } catch {

@@ -243,7 +243,9 @@ final class ReplicationServer: @unchecked Sendable {
             let mine = max(durable(shard), written(shard))
             let record = (try? JournalReader.record(directory: dataDirectory, shard: shard, sequence: position.last)) ?? nil
             if position.last > mine || record?.crc != position.crc {
-                return refuse(connection, "shard \(shard): the standby's journal has diverged from this primary's at sequence \(position.last) (it holds records this primary does not): rebuild it (crossbook run --standby --rebuild)")
+                // An old primary coming back: it holds records this one never had. It finds
+                // the common prefix by probing, cuts its journal back to it and connects again.
+                return answerProbes(connection, shard: shard, last: position.last)
             }
         }
         do { try connection.send(.welcome(epoch: epoch, mode: mode)) } catch {
@@ -321,6 +323,35 @@ final class ReplicationServer: @unchecked Sendable {
             }
         } catch {
             log("replication: standby \(connection.peer) lost: \(error)\(mode == .sync && engaged ? "; sync is engaged: output waits for a standby" : "")")
+        }
+    }
+
+    /// A standby whose journal has diverged: says so, then answers its probes (the CRC of this
+    /// journal's record at a sequence) until it closes, at most `maxProbes`, 30 s.
+    private func answerProbes(_ connection: ReplicationConnection, shard: Int, last: UInt64) {
+        log("replication: standby \(connection.peer): its journal has diverged from this primary's at shard \(shard) (its last record, \(last), is not this journal's): it looks for the common prefix, to cut its journal back to it")
+        lock.locked {
+            refusals.append("\(connection.peer): diverged at shard \(shard), sequence \(last): probing for the common prefix")
+            if refusals.count > 8 { refusals.removeFirst() }
+        }
+        do {
+            try connection.send(.diverged(shard: shard, last: last))
+            let deadline = monotonicNanoseconds() + 30_000_000_000
+            var answered = 0
+            while monotonicNanoseconds() < deadline && answered < ReplicationMessage.maxProbes && !lock.locked({ stopping }) {
+                guard let message = try connection.receive(timeoutMilliseconds: 100) else { continue }
+                guard case .probe(let s, let sequence) = message, s >= 0, s < shardCount else {
+                    return refuse(connection, "unexpected message from the standby while it probes")
+                }
+                // Only what this journal holds durable or written: nothing beyond it.
+                let mine = max(durable(s), written(s))
+                let crc = sequence == 0 || sequence > mine ? nil
+                    : ((try? JournalReader.record(directory: dataDirectory, shard: s, sequence: sequence)) ?? nil)?.crc
+                try connection.send(.probed(shard: s, sequence: sequence, crc: crc))
+                answered += 1
+            }
+        } catch {
+            // The standby closed: it found what it looked for.
         }
     }
 

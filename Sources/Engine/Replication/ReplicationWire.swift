@@ -24,6 +24,13 @@
 //                the primary's snapshot at that sequence without its binding
 //                (Replication/StandbySeed.swift); parts follow each other, `total` bytes in all
 //    10 seeded:  (empty) every seed was sent: the standby installs them and starts again
+//    11 diverged: shard (u16), 6 reserved, the standby's last sequence (u64): in place of a
+//                welcome, the standby's journal is not a prefix of this one at that shard; the
+//                primary now answers probes (at most `maxProbes`), to find the common prefix
+//    13 probed:  shard (u16), present (u8), 5 reserved, sequence (u64), its record's CRC (u32),
+//                4 reserved: the answer to a probe (present 0: this journal does not hold it)
+//   standby → primary, after a diverged
+//    12 probe:   shard (u16), 6 reserved, sequence (u64)
 
 import Glibc
 import SharedMemory
@@ -50,6 +57,12 @@ enum ReplicationMessage: Equatable {
     case handover(epoch: UInt64)
     case seed(shard: Int, sequence: UInt64, total: UInt64, offset: UInt64, bytes: [UInt8])
     case seeded
+    case diverged(shard: Int, last: UInt64)
+    case probe(shard: Int, sequence: UInt64)
+    case probed(shard: Int, sequence: UInt64, crc: UInt32?)
+
+    /// Probes a primary answers on one connection after a diverged.
+    static let maxProbes = 4096
 
     static let magic: UInt64 = 0x3130_4C50_4552_4243  // "CBREPL01"
     static let version: UInt16 = 1
@@ -94,6 +107,16 @@ enum ReplicationMessage: Equatable {
             body.append(contentsOf: bytes)
         case .seeded:
             kind = 10
+        case .diverged(let shard, let last):
+            kind = 11
+            put(UInt16(shard)); put(UInt16(0)); put(UInt32(0)); put(last)
+        case .probe(let shard, let sequence):
+            kind = 12
+            put(UInt16(shard)); put(UInt16(0)); put(UInt32(0)); put(sequence)
+        case .probed(let shard, let sequence, let crc):
+            kind = 13
+            put(UInt16(shard)); put(UInt8(crc == nil ? 0 : 1)); put(UInt8(0)); put(UInt32(0)); put(sequence)
+            put(crc ?? 0); put(UInt32(0))
         }
         var frame: [UInt8] = []
         frame.reserveCapacity(8 + body.count)
@@ -172,6 +195,21 @@ enum ReplicationMessage: Equatable {
         case 10:
             try end()
             return .seeded
+        case 11, 12:
+            let shard = Int(try get(UInt16.self))
+            _ = try get(UInt16.self); _ = try get(UInt32.self)
+            let sequence = try get(UInt64.self)
+            try end()
+            return kind == 11 ? .diverged(shard: shard, last: sequence) : .probe(shard: shard, sequence: sequence)
+        case 13:
+            let shard = Int(try get(UInt16.self))
+            let present = try get(UInt8.self)
+            guard present <= 1 else { throw .protocol("probed present flag \(present)") }
+            _ = try get(UInt8.self); _ = try get(UInt32.self)
+            let sequence = try get(UInt64.self), crc = try get(UInt32.self)
+            _ = try get(UInt32.self)
+            try end()
+            return .probed(shard: shard, sequence: sequence, crc: present == 1 ? crc : nil)
         default:
             throw .protocol("unknown message kind \(kind)")
         }

@@ -179,3 +179,79 @@ struct StandbySeed: Equatable {
         try? JournalReader.syncDirectory(directory)
     }
 }
+
+// Rejoin by cutting back: an old primary brought back as a standby may hold records the new
+// primary never had (written, never confirmed; in sync mode never acknowledged). The new
+// primary says so (`diverged`) and answers probes; the standby finds the last sequence where
+// both journals hold the same record (a bisection over its own records' CRCs), stages a cut
+// (`cut-<shard>`: "cut after N", synced), stops and starts again. Before recovery the segments
+// holding the records after N are copied to `<data dir>.diverged-<time>/` (nothing is lost),
+// the journal is cut back after N (JournalReader.truncate), and the staged file is removed
+// last: a crash midway cuts again. Snapshots taken after N no longer bind to the journal and
+// are skipped. The standby then follows from N + 1: no copy of the whole journal.
+struct JournalCut: Equatable {
+    var shard: Int
+    var after: UInt64
+
+    static func stagedPath(_ dataDirectory: String, shard: Int) -> String { dataDirectory + "/cut-\(shard)" }
+
+    func stage(in dataDirectory: String) throws(EngineError) {
+        let path = Self.stagedPath(dataDirectory, shard: shard)
+        let temporary = path + ".tmp"
+        let text = Array("cut after \(after)\n".utf8)
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw EngineError("cannot stage the cut of shard \(shard) in \(temporary): \(String(cString: strerror(errno)))") }
+        let ok = write(fd, text, text.count) == text.count && fsync(fd) == 0
+        let why = String(cString: strerror(errno))
+        close(fd)
+        guard ok, rename(temporary, path) == 0 else {
+            unlink(temporary)
+            throw EngineError("cannot stage the cut of shard \(shard) in \(path): \(why)")
+        }
+        do { try JournalReader.syncDirectory(dataDirectory) } catch { throw EngineError("staging the cut of shard \(shard): \(error)") }
+    }
+
+    static func staged(in dataDirectory: String, shard: Int) throws(EngineError) -> JournalCut? {
+        let path = stagedPath(dataDirectory, shard: shard)
+        guard access(path, F_OK) == 0 else { return nil }
+        guard let data = FileManager.default.contents(atPath: path), data.count <= 64 else {
+            throw EngineError("\(path): a staged cut that cannot be read")
+        }
+        let text = String(decoding: data, as: UTF8.self)
+        guard text.hasPrefix("cut after "), text.hasSuffix("\n"),
+              let after = UInt64(text.dropFirst("cut after ".count).dropLast()) else {
+            throw EngineError("\(path): not a staged cut (\"cut after N\")")
+        }
+        return JournalCut(shard: shard, after: after)
+    }
+
+    /// Copies the segments holding records after `after` aside, then cuts the journal back.
+    /// Returns how many segments were copied aside.
+    func install(directory: String, aside: String) throws(EngineError) -> Int {
+        let files = JournalReader.segments(directory: directory, shard: shard)
+        // The segment holding `after` + 1 and every later one hold the records cut.
+        let holding = files.indices.filter { i in
+            i == files.count - 1 || (JournalReader.firstSequence(of: files[i + 1]) ?? 0) > after + 1
+        }
+        let copied = holding.map { files[$0] }
+        if !copied.isEmpty {
+            if access(aside, F_OK) != 0 && mkdir(aside, 0o700) != 0 {
+                throw EngineError("cannot create \(aside) for the cut records: \(String(cString: strerror(errno)))")
+            }
+            for path in copied {
+                var target = aside + "/" + (path as NSString).lastPathComponent
+                while access(target, F_OK) == 0 { target += ".again" }
+                do { try FileManager.default.copyItem(atPath: path, toPath: target) } catch {
+                    throw EngineError("cannot copy \(path) to \(target): \(error)")
+                }
+            }
+            do { try JournalReader.syncDirectory(aside) } catch { throw EngineError("copying the cut records aside: \(error)") }
+        }
+        do { _ = try JournalReader.truncate(directory: directory, shard: shard, after: after) } catch {
+            throw EngineError("shard \(shard): cannot cut the journal back after \(after): \(error)")
+        }
+        unlink(Self.stagedPath(directory, shard: shard))
+        try? JournalReader.syncDirectory(directory)
+        return copied.count
+    }
+}
