@@ -293,4 +293,44 @@ extension FailoverTests {
         }
         #expect((5_001...8_000).allSatisfy { kept.contains($0) }, "aside: \(aside), \(kept.count) orders")
     }
+
+    @Test("a primary that says diverged and then answers probes wrongly (another sequence, another shard, a welcome, silence): the standby cuts nothing and stays a standby")
+    func hostileProbeAnswers() throws {
+        for scenario in ["other sequence", "other shard", "welcome", "silence"] {
+            let data = NSTemporaryDirectory() + "crossbook-ha-hprobe-\(UUID().uuidString.prefix(8))"
+            mkdir(data, 0o700)
+            defer { removeTree(data) }
+            // The standby's journal: records 1...10 of a kind the engine skips.
+            let writer = try JournalWriter(config: JournalConfig(directory: data, shard: 0, segmentSize: 1 << 20), lastSequence: 0)
+            for n in UInt64(1)...10 { _ = try [UInt8](repeating: 7, count: 16).withUnsafeBytes { try writer.append(type: 99, sequence: n, payload: $0) } }
+            try writer.flush()
+            let server = rawListen()
+            defer { close(server.fd) }
+            let log = LogLines()
+            let engine = try replicatedEngine("hprobe", data: data, role: .standby, listen: nil, peer: server.port, log: log)
+            defer { engine.stop() }
+            var p = pollfd(fd: server.fd, events: Int16(POLLIN), revents: 0)
+            #expect(poll(&p, 1, 5000) == 1, "\(scenario): the standby did not connect")
+            let fd = accept(server.fd, nil, nil)
+            let connection = ReplicationConnection(fd: fd, peer: "standby")
+            var hello: ReplicationMessage?
+            _ = waitFor(3) { hello = try? connection.receive(timeoutMilliseconds: 50); return hello != nil }
+            guard case .hello(_, _, let shards)? = hello, shards.first?.last == 10 else { Issue.record("\(scenario): \(String(describing: hello))"); continue }
+            try connection.send(.diverged(shard: 0, last: 10))
+            var probe: ReplicationMessage?
+            _ = waitFor(3) { probe = try? connection.receive(timeoutMilliseconds: 50); return probe != nil }
+            guard case .probe(0, let sequence)? = probe else { Issue.record("\(scenario): no probe: \(String(describing: probe))"); continue }
+            switch scenario {
+            case "other sequence": try connection.send(.probed(shard: 0, sequence: sequence + 1, crc: nil))
+            case "other shard": try connection.send(.probed(shard: 3, sequence: sequence, crc: nil))
+            case "welcome": try connection.send(.welcome(epoch: 0, mode: .async))
+            default: break
+            }
+            #expect(waitFor(8) { log.contains("the common prefix was not found") }, "\(scenario): \(log.all.suffix(3))")
+            #expect(access(JournalCut.stagedPath(data, shard: 0), F_OK) != 0, "\(scenario): a cut was staged")
+            #expect(!engine.seededFromSnapshots && engine.role == .standby)
+            #expect(JournalReader.segments(directory: data, shard: 0).count == 1)
+            connection.shutdownNow()
+        }
+    }
 }
