@@ -85,7 +85,7 @@ let package = Package(
         .testTarget(name: "WireTests", dependencies: ["Wire", "OrderBook", "CCRC32C", "CHost", "CNuma"]),
         .testTarget(name: "SharedMemoryTests", dependencies: ["SharedMemory", "Wire", "OrderBook", "CSync", "crossbook"]),
         .testTarget(name: "CrossbookCLITests", dependencies: ["crossbook", "Journal", "SharedMemory"]),
-        .testTarget(name: "JournalTests", dependencies: ["Journal", "Workloads", "TestSupport", "CCRC32C"]),
+        .testTarget(name: "JournalTests", dependencies: ["Journal", "Workloads", "TestSupport", "CCRC32C", "CUring", "CSync"]),
         .testTarget(name: "EngineTests", dependencies: ["Engine", "CrossbookClient", "SharedMemory", "Wire", "OrderBook", "crossbook", "TestSupport", "CCRC32C", "Journal", "Workloads"]),
         .testTarget(name: "PluginTests", dependencies: ["Engine", "CrossbookClient", "SharedMemory", "Wire", "OrderBook", "CPluginABI", "CSync", "crossbook", "TestSupport", "CrossbookConfig"]),
     ]

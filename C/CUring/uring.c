@@ -70,6 +70,24 @@ int32_t cb_uring_wait(cb_uring *r, uint64_t *tag, int32_t *result) {
     return 1;
 }
 
+#ifndef IORING_OP_FUTEX_WAIT
+#define IORING_OP_FUTEX_WAIT 51 /* kernel 6.7; liburing 2.3's headers predate it */
+#endif
+#define CB_FUTEX2_SIZE_U32 0x02
+#define CB_FUTEX_BITSET_MATCH_ANY 0xffffffffu
+
+int32_t cb_uring_futex_wait(cb_uring *r, uint32_t *word, uint32_t expected, uint64_t tag) {
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
+    if (!sqe) return -EBUSY;
+    /* As liburing 2.5's io_uring_prep_futex_wait: fd = futex2 flags (shared, 32-bit),
+       addr = the word, off = the expected value, addr3 = the mask, futex_flags (rw_flags) 0. */
+    io_uring_prep_rw(IORING_OP_FUTEX_WAIT, sqe, CB_FUTEX2_SIZE_U32, word, 0, expected);
+    sqe->addr3 = CB_FUTEX_BITSET_MATCH_ANY;
+    io_uring_sqe_set_data64(sqe, tag);
+    int rc = io_uring_submit(&r->ring);
+    return rc < 0 ? rc : 0;
+}
+
 int32_t cb_fallocate(int32_t fd, uint64_t offset, uint64_t length) {
     return posix_fallocate(fd, (off_t)offset, (off_t)length);
 }

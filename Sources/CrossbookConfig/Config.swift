@@ -13,6 +13,8 @@
 //   rebalance_cooldown_s = 60    # it (crossbook rebalance's plan), then waits this long
 //   completion_wait_us = 200 # a shard waiting only for its journal batch: 0 spins, N sleeps in
 //                          # the kernel up to N µs a time (the I/O worker may need the core)
+//   completion_wakes_on_doorbell = false # with a kernel wait, a producer's ring wakes the
+//                          # shard too (a futex wait in the journal's io_uring, kernel 6.7+)
 //   journal_segment_mb = 64  # the size of each journal segment file
 //   prune_journal = false    # true: after each snapshot, remove the segments older than every
 //                            # kept snapshot (a standby that needs them is seeded from a snapshot)
@@ -79,6 +81,9 @@ public struct EngineConfig {
     public var autoRebalance: AutoRebalance?
     /// [engine] completion_wait_us: how a shard waits for its journal batch (0: spinning).
     public var completionWaitMicroseconds: Int?
+    /// [engine] completion_wakes_on_doorbell: a shard sleeping for its journal also wakes on a
+    /// producer's doorbell (a futex wait in the journal's io_uring). nil: the default.
+    public var completionWakesOnDoorbell: Bool?
     /// [engine] journal_segment_mb: the size of each journal segment file (nil: 64 MiB).
     public var journalSegmentMegabytes: Int?
     /// [engine] prune_journal: remove segments older than every kept snapshot (default false).
@@ -252,7 +257,7 @@ public struct EngineConfig {
             guard let engine = engine.table else { throw ConfigError(description: "\(source): [engine] must be a table") }
             let engineKeys = ["instance", "directory", "group", "lag_timeout_ms", "data_dir", "durability", "io_cores",
                               "rebalance_busy_percent", "rebalance_after_s", "rebalance_cooldown_s", "completion_wait_us",
-                              "journal_segment_mb", "prune_journal"]
+                              "journal_segment_mb", "prune_journal", "completion_wakes_on_doorbell"]
             for key in engine.keys where !engineKeys.contains(key) {
                 throw ConfigError(description: "\(source): [engine]: unknown key '\(key)' (expected \(engineKeys.joined(separator: ", ")))")
             }
@@ -269,6 +274,10 @@ public struct EngineConfig {
                     throw ConfigError(description: "\(source): [engine]: journal_segment_mb must be between 1 and 4096, got \(mb)")
                 }
                 journalSegmentMegabytes = mb
+            }
+            if let v = engine["completion_wakes_on_doorbell"] {
+                guard let flag = v.bool else { throw ConfigError(description: "\(source): [engine]: completion_wakes_on_doorbell must be true or false") }
+                completionWakesOnDoorbell = flag
             }
             if let v = engine["prune_journal"] {
                 guard let flag = v.bool else { throw ConfigError(description: "\(source): [engine]: prune_journal must be true or false") }

@@ -406,12 +406,37 @@ public final class JournalWriter {
         }
     }
 
+    /// The completion tag of a doorbell wait (batch tags are even, their syncs have bit 63).
+    static let doorbellTag: UInt64 = 1
+    /// A doorbell wait is queued on the ring and has not completed.
+    private var doorbellArmed = false
+    /// False once the kernel refused a doorbell wait (before 6.7): never asked again.
+    public private(set) var doorbellWaitWorks = true
+
+    /// Queues a futex wait on a shard's doorbell word (unless one is queued already), so that
+    /// `waitForCompletion` wakes on a doorbell too, not only on the disk. A queued wait that
+    /// completes later is reaped and ignored. Returns false when the kernel cannot.
+    @discardableResult
+    public func armDoorbell(_ word: UnsafeMutablePointer<UInt32>, expected: UInt32) -> Bool {
+        guard doorbellWaitWorks else { return false }
+        if doorbellArmed { return true }
+        let rc = cb_uring_futex_wait(ring, word, expected, Self.doorbellTag)
+        if rc != 0 { doorbellWaitWorks = false; return false }
+        doorbellArmed = true
+        return true
+    }
+
     private func reap() {
         var tag: UInt64 = 0, result: Int32 = 0
         while cb_uring_reap(ring, &tag, &result) == 1 { complete(tag: tag, result: result) }
     }
 
     private func complete(tag: UInt64, result: Int32) {
+        if tag == Self.doorbellTag {
+            doorbellArmed = false
+            if result == -EINVAL || result == -EOPNOTSUPP { doorbellWaitWorks = false }
+            return
+        }
         guard let batch = inFlight, (tag & ~(1 << 63)) >> 1 == batchTag else { return }  // a stale retry's
         let isSync = tag & (1 << 63) != 0
         if result < 0 {

@@ -48,6 +48,23 @@ public struct Doorbell: @unchecked Sendable {
         cb_store_release_u32(parked, 0)
     }
 
+    /// Shard side, for a sleep elsewhere (a doorbell wait queued on the journal's io_uring, so
+    /// that a completion or a ring wakes it): announces the park and returns the wake word's
+    /// value to wait on; the caller checks for work after, then sleeps, then calls `endPark`.
+    @inlinable
+    public func beginPark() -> UInt32 {
+        let sequence = cb_load_acquire_u32(wake)
+        cb_store_seq_cst_u32(parked, 1)
+        cb_fence_seq_cst()
+        return sequence
+    }
+
+    @inlinable
+    public func endPark() { cb_store_release_u32(parked, 0) }
+
+    /// The word producers increment and FUTEX_WAKE (a shared futex).
+    public var wakeWord: UnsafeMutablePointer<UInt32> { wake }
+
     /// Wakes the shard whatever it is doing (stop, new session).
     public func wakeNow() {
         _ = cb_fetch_add_u32(wake, 1)

@@ -301,8 +301,13 @@ public struct WaitStrategy: Sendable {
     /// A shard whose only work is output waiting for its journal batch: 0 spins for the
     /// completion (on the core the kernel worker doing the write may need); above 0 sleeps in the
     /// kernel (io_uring_wait_cqe_timeout) up to this long per wait, so the worker can run there.
-    /// A command arriving meanwhile waits at most this long.
+    /// A command arriving meanwhile waits at most this long, unless `completionWakesOnDoorbell`.
     public var completionWaitNanoseconds: UInt64
+    /// With a kernel wait: also queue a futex wait on the shard's doorbell in the journal's
+    /// io_uring (IORING_OP_FUTEX_WAIT, kernel 6.7+), so a producer's ring wakes the shard at once
+    /// instead of after the completion or the timeout. Falls back to the plain wait where the
+    /// kernel refuses it.
+    public var completionWakesOnDoorbell = false
 
     public init(spins: Int = 10_000, yields: Int = 100, park: Bool = true, parkTimeoutNanoseconds: Int64 = 100_000_000,
                 completionWaitNanoseconds: UInt64 = 0) {

@@ -55,6 +55,7 @@ extension EngineConfig {
         // Sleeping in the kernel for the journal's completion beat spinning for it in D1 here
         // (bench/README.md, "Waiting for the disk"): the default.
         settings.wait.completionWaitNanoseconds = UInt64(completionWaitMicroseconds ?? 200) * 1000
+        settings.wait.completionWakesOnDoorbell = completionWakesOnDoorbell ?? false
         if let mb = journalSegmentMegabytes { settings.journalSegmentSize = mb << 20 }
         settings.pruneJournal = pruneJournal
         settings.plugins = PluginSettings(directory: pluginDirectory ?? PluginSettings.defaultDirectory,

@@ -17,12 +17,13 @@ let defaultSymbols = ["BTC-USD", "ETH-USD", "SOL-USD", "XRP-USD"]
 func durableEngine(_ dir: String, data: String, instance: String = "d", durability: Durability = .sync,
                    cleanStale: Bool = false, symbols: [String] = ["BTC-USD"],
                    capacity: BookCapacity = BookCapacity(orders: 1 << 16, levels: 1 << 12),
-                   snapshotEvery: UInt64 = 0, segmentSize: Int = 1 << 20, log: LogLines? = nil) throws -> Engine {
+                   snapshotEvery: UInt64 = 0, segmentSize: Int = 1 << 20, log: LogLines? = nil,
+                   wait: WaitStrategy = WaitStrategy(spins: 1000, yields: 10, park: true, parkTimeoutNanoseconds: 50_000_000)) throws -> Engine {
     var settings = EngineSettings(
         instance: instance, directory: dir, shards: [ShardSettings(core: nil)],
         symbols: symbols.enumerated().map { (spec: SymbolSpec(name: $1, id: UInt32($0 + 1)), shard: 0) },
         capacity: capacity,
-        wait: WaitStrategy(spins: 1000, yields: 10, park: true, parkTimeoutNanoseconds: 50_000_000), cleanStale: cleanStale)
+        wait: wait, cleanStale: cleanStale)
     settings.durability = durability
     settings.dataDirectory = data
     settings.journalSegmentSize = segmentSize
@@ -90,6 +91,37 @@ struct DurabilityTests {
         defer { second.stop() }
         #expect(second.recoveredDigests == first.finalDigests)
         #expect(first.finalDigests != [0])
+    }
+
+    @Test("sync with the shard sleeping for its journal, spinning, and woken by the doorbell too (completion_wakes_on_doorbell): every order acknowledged one at a time is journaled, and a restart rebuilds the same state")
+    func completionWaits() throws {
+        for (name, waitNs, bell) in [("spin", UInt64(0), false), ("kernel wait", UInt64(200_000), false), ("doorbell too", UInt64(200_000), true)] {
+            let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-data-\(UUID().uuidString.prefix(8))"
+            defer { removeTree(data) }
+            var wait = WaitStrategy(spins: 1000, yields: 10, park: true, parkTimeoutNanoseconds: 50_000_000, completionWaitNanoseconds: waitNs)
+            wait.completionWakesOnDoorbell = bell
+            let first = try durableEngine(dir, data: data, wait: wait)
+            let client = try CrossbookClient(instance: "d", directory: dir)
+            let btc = try client.symbol("BTC-USD")
+            var acked = Set<Int64>()
+            // One at a time, and in bursts: commands arrive while the shard waits for the disk.
+            for id in 1...1500 {
+                #expect(client.submit(.new(NewOrder(orderId: OrderId(id), side: id % 2 == 0 ? .buy : .sell, price: 100 + Price(id % 7) - 3,
+                                                    quantity: 1 + Quantity(id % 5))), symbol: btc))
+                if id > 1000 && id % 50 != 0 { continue }
+                let deadline = Date().addingTimeInterval(5)
+                while acked.count < id && Date() < deadline {
+                    try client.waitForReports(timeout: 0.05) { if $0.kind == .accepted { acked.insert(Int64(client.sessionId) << 48 | $0.orderId) } }
+                }
+            }
+            #expect(acked.count == 1500, "\(name): \(acked.count) acknowledged")
+            #expect(acked.isSubset(of: try journaledOrders(data)), "\(name)")
+            client.close()
+            first.stop()
+            let second = try durableEngine(dir, data: data)
+            #expect(second.recoveredDigests == first.finalDigests, "\(name)")
+            second.stop()
+        }
     }
 
     @Test("snapshots: a restart loads the newest and replays the rest; a corrupt one falls back to an older")

@@ -4,6 +4,8 @@
 import Foundation
 import Glibc
 import CCRC32C
+import CSync
+import CUring
 @testable import Journal
 import Testing
 import TestSupport
@@ -498,5 +500,34 @@ struct JournalTailTests {
         #expect { _ = try drain(JournalTail(directory: dir, shard: 0, after: 10), upTo: 4000) } throws: {
             ($0 as? JournalTail.Gap) == .removed(after: 10, firstKept: last)
         }
+    }
+
+    @Test("a futex wait queued on the journal's io_uring (shared memory, as the doorbell): a FUTEX_WAKE from another thread ends the ring's wait before its timeout, with the wait's tag; a stale expected value completes at once")
+    func doorbellWaitInRing() throws {
+        var error: Int32 = 0
+        let ring = try #require(cb_uring_create(8, &error))
+        defer { cb_uring_destroy(ring) }
+        let map = try #require(mmap(nil, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0))
+        defer { munmap(map, 4096) }
+        let word = map.bindMemory(to: UInt32.self, capacity: 1)
+        word.pointee = 0
+        #expect(cb_uring_futex_wait(ring, word, 0, 7) == 0)
+        let address = UInt(bitPattern: word)
+        let waker = Thread {
+            usleep(100_000)
+            let w = UnsafeMutablePointer<UInt32>(bitPattern: address)!
+            _ = cb_fetch_add_u32(w, 1)
+            _ = cb_futex_wake(w, 1)
+        }
+        waker.start()
+        let t0 = Date()
+        #expect(cb_uring_wait_timeout(ring, 5_000_000_000) == 1)
+        #expect(Date().timeIntervalSince(t0) < 4, "woken by the timeout, not by the wake")
+        var tag: UInt64 = 0, result: Int32 = 0
+        #expect(cb_uring_reap(ring, &tag, &result) == 1 && tag == 7 && result == 0, "tag \(tag), result \(result)")
+        // The word moved on: a wait for the old value completes at once (-EAGAIN).
+        #expect(cb_uring_futex_wait(ring, word, 0, 8) == 0)
+        #expect(cb_uring_wait_timeout(ring, 5_000_000_000) == 1)
+        #expect(cb_uring_reap(ring, &tag, &result) == 1 && tag == 8 && result == -EAGAIN, "tag \(tag), result \(result)")
     }
 }

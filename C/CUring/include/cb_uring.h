@@ -32,6 +32,13 @@ int32_t cb_uring_wait(cb_uring *ring, uint64_t *tag, int32_t *result);
    pass (0); a negative errno on failure. */
 int32_t cb_uring_wait_timeout(cb_uring *ring, uint64_t timeout_ns);
 
+/* Queues a futex wait on *word (a shared futex, 32 bits: any process's FUTEX_WAKE on it ends
+   the wait) if *word still holds `expected`, with `tag` on its completion, and submits it
+   (IORING_OP_FUTEX_WAIT, kernel 6.7+): a thread sleeping in cb_uring_wait_timeout then wakes on
+   a doorbell as well as on a journal completion. Returns 0 or -errno (-EINVAL or -EOPNOTSUPP
+   on a kernel without it). */
+int32_t cb_uring_futex_wait(cb_uring *ring, uint32_t *word, uint32_t expected, uint64_t tag);
+
 /// Binds the ring's kernel workers (io-wq: they run the writes and fdatasyncs that cannot
 /// complete inline) to the `count` CPUs in `cpus`. Without this they inherit the affinity of the
 /// thread that submits: a pinned shard's own core. Returns 0 or -errno.

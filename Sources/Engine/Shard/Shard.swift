@@ -409,8 +409,18 @@ final class Shard: @unchecked Sendable {
             if idle < wait.spins {
                 if wait.completionWaitNanoseconds > 0, state.output.pointee.hasStaged || standby, let journal = state.feed.journal,
                    journal.hasInFlight {
-                    // Only the disk to wait for: sleep in the kernel until it answers.
-                    journal.waitForCompletion(timeoutNanoseconds: wait.completionWaitNanoseconds)
+                    // Only the disk to wait for: sleep in the kernel until it answers (and, with
+                    // a doorbell wait queued on the same ring, until a producer rings).
+                    if wait.completionWakesOnDoorbell && !standby && journal.doorbellWaitWorks {
+                        let sequence = doorbell.beginPark()
+                        if state.noCommands(mailbox: mailbox, stopFlag: stopFlag),
+                           journal.armDoorbell(doorbell.wakeWord, expected: sequence) {
+                            journal.waitForCompletion(timeoutNanoseconds: wait.completionWaitNanoseconds)
+                        }
+                        doorbell.endPark()
+                    } else {
+                        journal.waitForCompletion(timeoutNanoseconds: wait.completionWaitNanoseconds)
+                    }
                 } else if wait.completionWaitNanoseconds > 0, let cap = replicatedCap, state.output.pointee.hasStaged,
                           let journal = state.feed.journal, journal.durable > cb_load_acquire_u64(cap) {
                     // Only the standby's confirmation to wait for: give the core to the threads

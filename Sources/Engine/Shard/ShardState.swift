@@ -370,6 +370,16 @@ struct ShardState: ~Copyable {
     }
 
     /// Nothing to do: no message, no stop, nothing staged, every ring empty.
+    /// No command in any ring, no message, no stop: only output (if any) waits.
+    func noCommands(mailbox: Mailbox<ShardMessage>, stopFlag: UnsafeMutablePointer<UInt32>) -> Bool {
+        if !mailbox.isEmpty || cb_load_acquire_u32(stopFlag) != 0 { return false }
+        let inbound = sessions.inbound
+        for i in 0..<sessions.count where inbound[i].active {
+            if ((try? inbound[i].commands.poll()) ?? 0) > 0 { return false }
+        }
+        return true
+    }
+
     func isIdle(mailbox: Mailbox<ShardMessage>, stopFlag: UnsafeMutablePointer<UInt32>) -> Bool {
         if !mailbox.isEmpty || cb_load_acquire_u32(stopFlag) != 0 { return false }
         // Output waiting for the disk: io_uring completions ring no doorbell, so keep polling.
