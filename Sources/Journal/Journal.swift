@@ -700,54 +700,39 @@ public enum JournalReader {
         if !removed.isEmpty { try syncDirectory(directory) }
         guard last > 0, let holder = files.last(where: { (firstSequence(of: $0) ?? .max) <= last }) else { return removed }
         _ = try mapped(holder, writable: true, minimum: JournalLayout.segmentHeaderSize) { (fd, base, size) throws(JournalError) -> Void in
-            guard base.load(as: UInt64.self) == JournalLayout.magic,
-                  UInt32(littleEndian: base.load(fromByteOffset: 8, as: UInt32.self)) == JournalLayout.version else {
-                throw .badSegment(path: holder, "not a version \(JournalLayout.version) segment: it cannot be cut")
+            let batch: BatchSpan
+            switch batchHolding(base, size: size, sequence: last) {
+            case .absent: return  // the journal ends before `last`: nothing to cut
+            case .damaged(let offset, let expected):
+                throw .corrupt(path: holder, offset: offset, sequence: expected, "cannot cut the journal after \(last): the batch here does not check")
+            case .found(let found): batch = found
             }
-            let journalId = UInt64(littleEndian: base.load(fromByteOffset: 32, as: UInt64.self))
-            var chain = UInt32(littleEndian: base.load(fromByteOffset: 40, as: UInt32.self))
-            var expected = UInt64(littleEndian: base.load(fromByteOffset: 16, as: UInt64.self))
-            var offset = JournalLayout.segmentHeaderSize
-            while offset + JournalLayout.recordHeaderSize <= size, !isZero(base + offset, JournalLayout.recordHeaderSize) {
-                guard case .success(let batch) = checkBatch(base, size: size, at: offset, journalId: journalId, chain: chain,
-                                                            expected: expected) else {
-                    throw .corrupt(path: holder, offset: offset, sequence: expected, "cannot cut the journal after \(last): the batch here does not check")
+            var end = batch.end
+            if batch.last > last {
+                // The batch ends at `last` now: its header says so, with the checksum of its records up to it.
+                var p = batch.offset + JournalLayout.batchHeaderSize
+                var running = batch.chain
+                var sequence = batch.first
+                while sequence <= last {
+                    running = cb_crc32c(running, base + p + 16, 4)
+                    p += JournalLayout.recordSize(payload: Int(UInt32(littleEndian: base.load(fromByteOffset: p, as: UInt32.self))))
+                    sequence += 1
                 }
-                let batchLast = UInt64(littleEndian: base.load(fromByteOffset: offset + JournalLayout.recordHeaderSize, as: UInt64.self))
-                if batchLast < last {
-                    expected = batchLast + 1
-                    chain = batch.checksum
-                    offset = batch.end
-                    continue
+                end = p
+                var header = [UInt8](UnsafeRawBufferPointer(start: base + batch.offset, count: JournalLayout.batchHeaderSize))
+                header.withUnsafeMutableBytes { h in
+                    h.storeBytes(of: last.littleEndian, toByteOffset: JournalLayout.recordHeaderSize, as: UInt64.self)
+                    h.storeBytes(of: UInt32(end - batch.offset).littleEndian, toByteOffset: JournalLayout.recordHeaderSize + 8, as: UInt32.self)
+                    h.storeBytes(of: running.littleEndian, toByteOffset: JournalLayout.recordHeaderSize + 12, as: UInt32.self)
+                    var crc = cb_crc32c(0, h.baseAddress!, 16)
+                    crc = cb_crc32c(crc, h.baseAddress! + JournalLayout.recordHeaderSize, JournalLayout.batchPayload)
+                    h.storeBytes(of: crc.littleEndian, toByteOffset: 16, as: UInt32.self)
                 }
-                var end = batch.end
-                if batchLast > last {
-                    // The batch ends at `last` now: its header says so, with the checksum of its records up to it.
-                    var p = offset + JournalLayout.batchHeaderSize
-                    var running = chain
-                    var sequence = expected
-                    while sequence <= last {
-                        running = cb_crc32c(running, base + p + 16, 4)
-                        p += JournalLayout.recordSize(payload: Int(UInt32(littleEndian: base.load(fromByteOffset: p, as: UInt32.self))))
-                        sequence += 1
-                    }
-                    end = p
-                    var header = [UInt8](UnsafeRawBufferPointer(start: base + offset, count: JournalLayout.batchHeaderSize))
-                    header.withUnsafeMutableBytes { h in
-                        h.storeBytes(of: last.littleEndian, toByteOffset: JournalLayout.recordHeaderSize, as: UInt64.self)
-                        h.storeBytes(of: UInt32(end - offset).littleEndian, toByteOffset: JournalLayout.recordHeaderSize + 8, as: UInt32.self)
-                        h.storeBytes(of: running.littleEndian, toByteOffset: JournalLayout.recordHeaderSize + 12, as: UInt32.self)
-                        var crc = cb_crc32c(0, h.baseAddress!, 16)
-                        crc = cb_crc32c(crc, h.baseAddress! + JournalLayout.recordHeaderSize, JournalLayout.batchPayload)
-                        h.storeBytes(of: crc.littleEndian, toByteOffset: 16, as: UInt32.self)
-                    }
-                    let wrote = try journalCall("pwrite", holder) { pwrite(fd, header, header.count, off_t(offset)) }
-                    guard wrote == header.count else { throw .system(SystemCallError("pwrite (short)", holder, errno: EIO)) }
-                }
-                if end < size { try zero(fd, path: holder, from: end, to: size) }
-                try journalCall("fdatasync", holder) { fdatasync(fd) }
-                return
+                let wrote = try journalCall("pwrite", holder) { pwrite(fd, header, header.count, off_t(batch.offset)) }
+                guard wrote == header.count else { throw .system(SystemCallError("pwrite (short)", holder, errno: EIO)) }
             }
+            if end < size { try zero(fd, path: holder, from: end, to: size) }
+            try journalCall("fdatasync", holder) { fdatasync(fd) }
         }
         return removed
     }
@@ -758,32 +743,54 @@ public enum JournalReader {
                 UInt32(littleEndian: base.load(fromByteOffset: at + 16, as: UInt32.self)))
     }
 
-    /// Where the record with `sequence` starts in a mapped segment (every batch up to it checked).
-    static func recordOffset(_ base: UnsafeRawPointer, size: Int, sequence: UInt64) -> Int? {
+    /// A batch of a mapped segment: where it starts and ends, its sequences, the checksum it chains to.
+    struct BatchSpan {
+        var offset: Int
+        var end: Int
+        var first: UInt64
+        var last: UInt64
+        var chain: UInt32
+    }
+
+    enum BatchSearch {
+        case found(BatchSpan)
+        /// The segment's batches end before the sequence (or it is not a version 2 segment).
+        case absent
+        /// The batch at `offset`, expected to start at `expected`, does not check.
+        case damaged(offset: Int, expected: UInt64)
+    }
+
+    /// The batch of a mapped segment holding `sequence`, every batch up to it checked.
+    static func batchHolding(_ base: UnsafeRawPointer, size: Int, sequence: UInt64) -> BatchSearch {
         guard base.load(as: UInt64.self) == JournalLayout.magic,
-              UInt32(littleEndian: base.load(fromByteOffset: 8, as: UInt32.self)) == JournalLayout.version else { return nil }
+              UInt32(littleEndian: base.load(fromByteOffset: 8, as: UInt32.self)) == JournalLayout.version else { return .absent }
         let journalId = UInt64(littleEndian: base.load(fromByteOffset: 32, as: UInt64.self))
         var chain = UInt32(littleEndian: base.load(fromByteOffset: 40, as: UInt32.self))
         var expected = UInt64(littleEndian: base.load(fromByteOffset: 16, as: UInt64.self))
+        guard sequence >= expected else { return .absent }
         var offset = JournalLayout.segmentHeaderSize
         while offset + JournalLayout.recordHeaderSize <= size, !isZero(base + offset, JournalLayout.recordHeaderSize) {
             guard case .success(let batch) = checkBatch(base, size: size, at: offset, journalId: journalId, chain: chain,
-                                                        expected: expected) else { return nil }
+                                                        expected: expected) else { return .damaged(offset: offset, expected: expected) }
             let last = UInt64(littleEndian: base.load(fromByteOffset: offset + JournalLayout.recordHeaderSize, as: UInt64.self))
-            if sequence <= last {
-                var p = offset + JournalLayout.batchHeaderSize
-                guard sequence >= expected else { return nil }
-                while expected < sequence {
-                    p += JournalLayout.recordSize(payload: Int(UInt32(littleEndian: base.load(fromByteOffset: p, as: UInt32.self))))
-                    expected += 1
-                }
-                return p
-            }
+            if sequence <= last { return .found(BatchSpan(offset: offset, end: batch.end, first: expected, last: last, chain: chain)) }
             expected = last + 1
             chain = batch.checksum
             offset = batch.end
         }
-        return nil
+        return .absent
+    }
+
+    /// Where the record with `sequence` starts in a mapped segment (every batch up to it checked).
+    static func recordOffset(_ base: UnsafeRawPointer, size: Int, sequence: UInt64) -> Int? {
+        guard case .found(let batch) = batchHolding(base, size: size, sequence: sequence) else { return nil }
+        var p = batch.offset + JournalLayout.batchHeaderSize
+        var expected = batch.first
+        while expected < sequence {
+            p += JournalLayout.recordSize(payload: Int(UInt32(littleEndian: base.load(fromByteOffset: p, as: UInt32.self))))
+            expected += 1
+        }
+        return p
     }
 
     struct ScanState {

@@ -78,30 +78,8 @@ struct StandbySeed: Equatable {
             h.storeBytes(of: UInt64(data.count).littleEndian, toByteOffset: 24, as: UInt64.self)
             h.storeBytes(of: data.withUnsafeBytes { cb_crc32c(0, $0.baseAddress, $0.count) }.littleEndian, toByteOffset: 32, as: UInt32.self)
         }
-        let path = Self.stagedPath(dataDirectory, shard: shard)
-        let temporary = path + ".tmp"
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw EngineError("cannot stage the seed of shard \(shard) in \(temporary): \(String(cString: strerror(errno)))") }
-        func writeAll(_ bytes: [UInt8]) -> Bool {
-            bytes.withUnsafeBytes { raw in
-                var done = 0
-                while done < raw.count {
-                    let n = write(fd, raw.baseAddress! + done, raw.count - done)
-                    if n < 0 && errno == EINTR { continue }
-                    if n <= 0 { return false }
-                    done += n
-                }
-                return true
-            }
-        }
-        let ok = writeAll(header) && writeAll(data) && fsync(fd) == 0
-        let why = String(cString: strerror(errno))
-        close(fd)
-        guard ok, rename(temporary, path) == 0 else {
-            unlink(temporary)
-            throw EngineError("cannot stage the seed of shard \(shard) in \(path): \(why)")
-        }
-        do { try JournalReader.syncDirectory(dataDirectory) } catch { throw EngineError("staging the seed of shard \(shard): \(error)") }
+        try stageFile(header + data, at: Self.stagedPath(dataDirectory, shard: shard), directory: dataDirectory,
+                      what: "the seed of shard \(shard)")
     }
 
     /// The seed staged for `shard`, checked whole; nil when there is none; throws when the file is damaged.
@@ -196,19 +174,8 @@ struct JournalCut: Equatable {
     static func stagedPath(_ dataDirectory: String, shard: Int) -> String { dataDirectory + "/cut-\(shard)" }
 
     func stage(in dataDirectory: String) throws(EngineError) {
-        let path = Self.stagedPath(dataDirectory, shard: shard)
-        let temporary = path + ".tmp"
-        let text = Array("cut after \(after)\n".utf8)
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw EngineError("cannot stage the cut of shard \(shard) in \(temporary): \(String(cString: strerror(errno)))") }
-        let ok = write(fd, text, text.count) == text.count && fsync(fd) == 0
-        let why = String(cString: strerror(errno))
-        close(fd)
-        guard ok, rename(temporary, path) == 0 else {
-            unlink(temporary)
-            throw EngineError("cannot stage the cut of shard \(shard) in \(path): \(why)")
-        }
-        do { try JournalReader.syncDirectory(dataDirectory) } catch { throw EngineError("staging the cut of shard \(shard): \(error)") }
+        try stageFile(Array("cut after \(after)\n".utf8), at: Self.stagedPath(dataDirectory, shard: shard), directory: dataDirectory,
+                      what: "the cut of shard \(shard)")
     }
 
     static func staged(in dataDirectory: String, shard: Int) throws(EngineError) -> JournalCut? {
@@ -254,4 +221,29 @@ struct JournalCut: Equatable {
         try? JournalReader.syncDirectory(directory)
         return copied.count
     }
+}
+
+/// Writes `bytes` to `path` whole and durably: a temporary file, fsync, rename, fsync of the directory.
+func stageFile(_ bytes: [UInt8], at path: String, directory: String, what: String) throws(EngineError) {
+    let temporary = path + ".tmp"
+    let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+    guard fd >= 0 else { throw EngineError("cannot stage \(what) in \(temporary): \(String(cString: strerror(errno)))") }
+    let written = bytes.withUnsafeBytes { raw -> Bool in
+        var done = 0
+        while done < raw.count {
+            let n = write(fd, raw.baseAddress! + done, raw.count - done)
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { return false }
+            done += n
+        }
+        return true
+    }
+    let ok = written && fsync(fd) == 0
+    let why = String(cString: strerror(errno))
+    close(fd)
+    guard ok, rename(temporary, path) == 0 else {
+        unlink(temporary)
+        throw EngineError("cannot stage \(what) in \(path): \(why)")
+    }
+    do { try JournalReader.syncDirectory(directory) } catch { throw EngineError("staging \(what): \(error)") }
 }
