@@ -549,6 +549,40 @@ func rawListen() -> (fd: Int32, port: Int) {
     return (fd, port)
 }
 
+/// A standby engine in this process whose primary is the test: `start` waits for the standby to
+/// connect and say hello, and gives the test's side of the connection.
+final class FakePrimary {
+    let server = rawListen()
+    let log = LogLines()
+    let engine: Engine
+    private(set) var connection: ReplicationConnection?
+    private(set) var hello: ReplicationMessage?
+
+    init(_ name: String, data: String) throws {
+        do { engine = try replicatedEngine(name, data: data, role: .standby, listen: nil, peer: server.port, log: log) } catch {
+            close(server.fd)
+            throw error
+        }
+    }
+
+    /// The standby connected and said hello (false: it did not, within 5 s).
+    func start() -> Bool {
+        var p = pollfd(fd: server.fd, events: Int16(POLLIN), revents: 0)
+        guard poll(&p, 1, 5000) == 1 else { return false }
+        let c = ReplicationConnection(fd: accept(server.fd, nil, nil), peer: "standby")
+        connection = c
+        _ = waitFor(3) { hello = try? c.receive(timeoutMilliseconds: 50); return hello != nil }
+        guard case .hello? = hello else { return false }
+        return true
+    }
+
+    func stop() {
+        connection?.shutdownNow()
+        engine.stop()
+        close(server.fd)
+    }
+}
+
 /// One raw record as a journal holds it (header with CRC, payload, padding).
 func rawRecord(type: UInt16, sequence: UInt64, payload: [UInt8]) -> [UInt8] {
     var header = [UInt8](repeating: 0, count: 24)
@@ -664,18 +698,10 @@ extension FailoverTests {
         for scenario in ["bad-crc", "gap", "digest", "huge-frame"] {
             let data = NSTemporaryDirectory() + "crossbook-ha-hs-\(UUID().uuidString.prefix(8))"
             defer { removeTree(data) }
-            let server = rawListen()
-            defer { close(server.fd) }
-            let log = LogLines()
-            let engine = try replicatedEngine("hs", data: data, role: .standby, listen: nil, peer: server.port, log: log)
-            defer { engine.stop() }
-            var p = pollfd(fd: server.fd, events: Int16(POLLIN), revents: 0)
-            #expect(poll(&p, 1, 5000) == 1, "\(scenario): the standby did not connect")
-            let fd = accept(server.fd, nil, nil)
-            let connection = ReplicationConnection(fd: fd, peer: "standby")
-            var hello: ReplicationMessage?
-            _ = waitFor(3) { hello = try? connection.receive(timeoutMilliseconds: 50); return hello != nil }
-            guard case .hello? = hello else { Issue.record("\(scenario): no hello"); continue }
+            let fake = try FakePrimary("hs", data: data)
+            defer { fake.stop() }
+            guard fake.start(), let connection = fake.connection else { Issue.record("\(scenario): no hello"); continue }
+            let (engine, log, server, fd) = (fake.engine, fake.log, fake.server, connection.fd)
             try connection.send(.welcome(epoch: 0, mode: .sync))
             let command = [UInt8](repeating: 0, count: 80)  // an all-zero command: rejected when applied, but sequenced
             switch scenario {

@@ -114,18 +114,10 @@ extension FailoverTests {
         for (name, messages) in scenarios {
             let data = NSTemporaryDirectory() + "crossbook-ha-hseed-\(UUID().uuidString.prefix(8))"
             defer { removeTree(data) }
-            let server = rawListen()
-            defer { close(server.fd) }
-            let log = LogLines()
-            let engine = try replicatedEngine("hseed", data: data, role: .standby, listen: nil, peer: server.port, log: log)
-            defer { engine.stop() }
-            var p = pollfd(fd: server.fd, events: Int16(POLLIN), revents: 0)
-            #expect(poll(&p, 1, 5000) == 1, "\(name): the standby did not connect")
-            let fd = accept(server.fd, nil, nil)
-            let connection = ReplicationConnection(fd: fd, peer: "standby")
-            var hello: ReplicationMessage?
-            _ = waitFor(3) { hello = try? connection.receive(timeoutMilliseconds: 50); return hello != nil }
-            guard case .hello? = hello else { Issue.record("\(name): no hello"); continue }
+            let fake = try FakePrimary("hseed", data: data)
+            defer { fake.stop() }
+            guard fake.start(), let connection = fake.connection else { Issue.record("\(name): no hello"); continue }
+            let (engine, log) = (fake.engine, fake.log)
             for m in messages { try connection.send(m) }
             #expect(waitFor(5) { log.contains("seeding from the primary's snapshots failed") }, "\(name): \(log.all.suffix(3))")
             #expect(access(StandbySeed.stagedPath(data, shard: 0), F_OK) != 0, "\(name): a seed was staged")
@@ -304,18 +296,12 @@ extension FailoverTests {
             let writer = try JournalWriter(config: JournalConfig(directory: data, shard: 0, segmentSize: 1 << 20), lastSequence: 0)
             for n in UInt64(1)...10 { _ = try [UInt8](repeating: 7, count: 16).withUnsafeBytes { try writer.append(type: 99, sequence: n, payload: $0) } }
             try writer.flush()
-            let server = rawListen()
-            defer { close(server.fd) }
-            let log = LogLines()
-            let engine = try replicatedEngine("hprobe", data: data, role: .standby, listen: nil, peer: server.port, log: log)
-            defer { engine.stop() }
-            var p = pollfd(fd: server.fd, events: Int16(POLLIN), revents: 0)
-            #expect(poll(&p, 1, 5000) == 1, "\(scenario): the standby did not connect")
-            let fd = accept(server.fd, nil, nil)
-            let connection = ReplicationConnection(fd: fd, peer: "standby")
-            var hello: ReplicationMessage?
-            _ = waitFor(3) { hello = try? connection.receive(timeoutMilliseconds: 50); return hello != nil }
-            guard case .hello(_, _, let shards)? = hello, shards.first?.last == 10 else { Issue.record("\(scenario): \(String(describing: hello))"); continue }
+            let fake = try FakePrimary("hprobe", data: data)
+            defer { fake.stop() }
+            guard fake.start(), let connection = fake.connection, case .hello(_, _, let shards)? = fake.hello, shards.first?.last == 10 else {
+                Issue.record("\(scenario): \(String(describing: fake.hello))"); continue
+            }
+            let (engine, log) = (fake.engine, fake.log)
             try connection.send(.diverged(shard: 0, last: 10))
             var probe: ReplicationMessage?
             _ = waitFor(3) { probe = try? connection.receive(timeoutMilliseconds: 50); return probe != nil }
