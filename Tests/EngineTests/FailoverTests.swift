@@ -635,6 +635,7 @@ extension FailoverTests {
             (.hello(epoch: 0, configuration: 1, shards: [.init(last: 0, crc: 0)]), "configuration"),
             (.hello(epoch: 0, configuration: engine.replicationConfigurationHash, shards: [.init(last: 0, crc: 0), .init(last: 0, crc: 0)]), "shards"),
             (.hello(epoch: 0, configuration: engine.replicationConfigurationHash, shards: [.init(last: 1_000_000, crc: 7)]), "diverged"),
+            (.hello(epoch: 0, configuration: engine.replicationConfigurationHash, shards: [.init(last: 1_000_000, crc: 7)]), "diverged-garbage"),
             (.hello(epoch: 9, configuration: engine.replicationConfigurationHash, shards: [.init(last: 0, crc: 0)]), "replaced"),
         ]
         for (hello, why) in forged {
@@ -650,6 +651,23 @@ extension FailoverTests {
                 var probed: ReplicationMessage?
                 _ = waitFor(3) { probed = try? connection.receive(timeoutMilliseconds: 50); return probed != nil }
                 #expect(probed == .probed(shard: 0, sequence: 1_000_000, crc: nil), "\(String(describing: probed))")
+                // At most 65 probes a shard are answered (each walks a segment): then the primary closes.
+                var answered = 1
+                for n in 2...70 {
+                    guard (try? connection.send(.probe(shard: 0, sequence: UInt64(n)))) != nil else { break }
+                    var got: ReplicationMessage?
+                    _ = waitFor(2) {
+                        do { got = try connection.receive(timeoutMilliseconds: 50) } catch { return true }
+                        return got != nil
+                    }
+                    guard got != nil else { break }
+                    answered += 1
+                }
+                #expect(answered == ReplicationMessage.maxProbes(shards: 1), "\(answered) probes answered")
+                continue
+            }
+            if why == "diverged-garbage" {
+                #expect(answer == .diverged(shard: 0, last: 1_000_000), "\(String(describing: answer))")
                 try connection.send(.probe(shard: 5, sequence: 1))
                 var refused: ReplicationMessage?
                 _ = waitFor(3) { refused = try? connection.receive(timeoutMilliseconds: 50); return refused != nil }

@@ -170,7 +170,8 @@ final class ReplicationClient: @unchecked Sendable {
         var probes = 0
         func theirs(_ shard: Int, _ sequence: UInt64) throws(ReplicationError) -> UInt32? {
             probes += 1
-            guard probes <= ReplicationMessage.maxProbes else { throw .protocol("more than \(ReplicationMessage.maxProbes) probes") }
+            let most = ReplicationMessage.maxProbes(shards: inboxes.count)
+            guard probes <= most else { throw .protocol("more than \(most) probes") }
             try connection.send(.probe(shard: shard, sequence: sequence))
             let deadline = monotonicNanoseconds() + 5_000_000_000
             while monotonicNanoseconds() < deadline && !isStopping {

@@ -327,7 +327,7 @@ final class ReplicationServer: @unchecked Sendable {
     }
 
     /// A standby whose journal has diverged: says so, then answers its probes (the CRC of this
-    /// journal's record at a sequence) until it closes, at most `maxProbes`, 30 s.
+    /// journal's record at a sequence) until it closes, at most `maxProbes(shards:)`, 30 s.
     private func answerProbes(_ connection: ReplicationConnection, shard: Int, last: UInt64) {
         log("replication: standby \(connection.peer): its journal has diverged from this primary's at shard \(shard) (its last record, \(last), is not this journal's): it looks for the common prefix, to cut its journal back to it")
         lock.locked {
@@ -338,7 +338,7 @@ final class ReplicationServer: @unchecked Sendable {
             try connection.send(.diverged(shard: shard, last: last))
             let deadline = monotonicNanoseconds() + 30_000_000_000
             var answered = 0
-            while monotonicNanoseconds() < deadline && answered < ReplicationMessage.maxProbes && !lock.locked({ stopping }) {
+            while monotonicNanoseconds() < deadline && answered < ReplicationMessage.maxProbes(shards: shardCount) && !lock.locked({ stopping }) {
                 guard let message = try connection.receive(timeoutMilliseconds: 100) else { continue }
                 guard case .probe(let s, let sequence) = message, s >= 0, s < shardCount else {
                     return refuse(connection, "unexpected message from the standby while it probes")

@@ -26,7 +26,7 @@
 //    10 seeded:  (empty) every seed was sent: the standby installs them and starts again
 //    11 diverged: shard (u16), 6 reserved, the standby's last sequence (u64): in place of a
 //                welcome, the standby's journal is not a prefix of this one at that shard; the
-//                primary now answers probes (at most `maxProbes`), to find the common prefix
+//                primary now answers probes (at most `maxProbes(shards:)`), to find the common prefix
 //    13 probed:  shard (u16), present (u8), 5 reserved, sequence (u64), its record's CRC (u32),
 //                4 reserved: the answer to a probe (present 0: this journal does not hold it)
 //   standby → primary, after a diverged
@@ -61,8 +61,10 @@ enum ReplicationMessage: Equatable {
     case probe(shard: Int, sequence: UInt64)
     case probed(shard: Int, sequence: UInt64, crc: UInt32?)
 
-    /// Probes a primary answers on one connection after a diverged.
-    static let maxProbes = 4096
+    /// Probes a primary answers on one connection after a diverged: a bisection over 64-bit
+    /// sequences needs at most 64 a shard, and one more to check its last record. Each probe
+    /// walks a segment's batches, so a hostile peer gets no more than that.
+    static func maxProbes(shards: Int) -> Int { 65 * shards }
 
     static let magic: UInt64 = 0x3130_4C50_4552_4243  // "CBREPL01"
     static let version: UInt16 = 1
