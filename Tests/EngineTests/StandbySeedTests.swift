@@ -319,4 +319,36 @@ extension FailoverTests {
             connection.shutdownNow()
         }
     }
+
+    @Test("sync mode: a primary running alone prunes; a new standby is seeded from its snapshot, starts again, catches up and engages sync; orders acknowledged then (each durable on both) leave the standby at lag 0 with equal digests, live and offline")
+    func seededStandbySync() throws {
+        let pa = freeLoopbackPort(), pb = freeLoopbackPort()
+        let plugins = """
+
+            [plugins]
+            dir = "\(PluginSettings.executableDirectory)"
+            [[plugins.load]]
+            name = "snapshot-file"
+            """
+        let engine = "journal_segment_mb = 1\nprune_journal = true"
+        let a = PairNode(name: "hq-a", listen: pa, peer: pb, mode: "sync", failoverAfterMs: nil, extra: plugins, engineExtra: engine)
+        let b = PairNode(name: "hq-b", listen: pb, peer: pa, mode: "sync", failoverAfterMs: nil, extra: plugins, engineExtra: engine)
+        defer { a.terminate(); b.terminate(); a.remove(); b.remove() }
+        let snapshots = ["--snapshot-every", "2000"]
+        try a.start(standby: false, plugins: true, arguments: snapshots)
+        #expect(waitFor(10) { a.isPrimary }, "\(a.log.all.suffix(5))")
+        try Self.sendAcknowledged(a, from: 1, count: 40_000)
+        #expect(waitFor(10) { (JournalReader.firstKept(directory: a.data, shard: 0) ?? 1) > 1 }, "\(a.log.all.suffix(5))")
+        try b.start(standby: true, plugins: true, arguments: snapshots)
+        #expect(waitFor(20) { a.engagedWithStandby }, "\(a.status()) \(b.log.all.suffix(6))")
+        #expect(b.log.contains("seeded from the primary's snapshot at sequence"), "\(b.log.all.suffix(8))")
+        // Engaged: each order acknowledged now is durable on the standby too.
+        try Self.sendAcknowledged(a, from: 40_001, count: 5_000)
+        #expect(waitFor(15) { b.status().contains { $0.contains("lag 0 ") && !$0.contains("digests_matched 0") } }, "\(b.status())")
+        #expect(!b.status().joined().contains("ALARM"))
+        a.terminate()
+        b.terminate()
+        let da = try offlineDigest(a.data, tag: "qa", snapshots: true), db = try offlineDigest(b.data, tag: "qb", snapshots: true)
+        #expect(da != nil && da == db)
+    }
 }
