@@ -60,9 +60,15 @@ public final class JournalTail {
             if offset + JournalLayout.recordHeaderSize > seg.size
                 || JournalReader.isZero(seg.base + offset, JournalLayout.recordHeaderSize) {
                 // The end of what is written here: the next segment, if the writer rolled over.
-                let next = JournalReader.segments(directory: directory, shard: shard)
-                    .first { JournalReader.firstSequence(of: $0) == expected }
-                guard let next, next != seg.path else { return count }
+                let files = JournalReader.segments(directory: directory, shard: shard)
+                let next = files.first { JournalReader.firstSequence(of: $0) == expected }
+                guard let next, next != seg.path else {
+                    // Pruned while this tail read behind: the segments after this one are gone.
+                    if let first = files.first.flatMap(JournalReader.firstSequence(of:)), first > expected {
+                        throw .removed(after: position, firstKept: first)
+                    }
+                    return count
+                }
                 unmap()
                 try map(next)
                 continue

@@ -502,6 +502,31 @@ struct JournalTailTests {
         }
     }
 
+    @Test("a tail reading behind while the segments after its own are pruned says removed at the end of its segment, never waits there for ever")
+    func pruneUnderATail() throws {
+        let dir = journalDirectory()
+        defer { removeAll(dir) }
+        let writer = try JournalWriter(config: JournalConfig(directory: dir, shard: 0, segmentSize: 64 << 10, bufferSize: 16 << 10),
+                                       lastSequence: 0)
+        try write(writer, 1...4000)
+        let files = JournalReader.segments(directory: dir, shard: 0)
+        #expect(files.count > 4)
+        let tail = JournalTail(directory: dir, shard: 0, after: 0)
+        var bytes: [UInt8] = []
+        _ = try tail.read(upTo: 4000, maxBytes: 1024, into: &bytes)  // inside the first segment
+        let third = JournalReader.firstSequence(of: files[3])!
+        _ = try JournalReader.prune(directory: dir, shard: 0, below: third)
+        var error: JournalTail.Gap?
+        for _ in 0..<10_000 {
+            do {
+                bytes.removeAll()
+                if try tail.read(upTo: 4000, maxBytes: 1 << 20, into: &bytes) == 0 { break }
+            } catch let gap { error = gap; break }
+        }
+        // It read its whole segment, then found the next ones gone.
+        #expect(error == .removed(after: JournalReader.firstSequence(of: files[1])! - 1, firstKept: third), "\(String(describing: error))")
+    }
+
     @Test("a futex wait queued on the journal's io_uring (shared memory, as the doorbell): a FUTEX_WAKE from another thread ends the ring's wait before its timeout, with the wait's tag; a stale expected value completes at once")
     func doorbellWaitInRing() throws {
         var error: Int32 = 0
