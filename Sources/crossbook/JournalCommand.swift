@@ -19,6 +19,10 @@ struct JournalCommand: ParsableCommand {
         @Option(help: "The shard whose journal to read.")
         var shard: Int = 0
 
+        /// Where a scan starts: before the journal's first kept record (the segments before it
+        /// may have been removed after a snapshot, [engine] prune_journal).
+        var scanAfter: UInt64 { (JournalReader.firstKept(directory: directory, shard: shard) ?? 1) - 1 }
+
         /// A missing directory, or one without a segment of the shard, is an error (exit 1), not
         /// an empty journal.
         func check() throws {
@@ -42,12 +46,14 @@ struct JournalCommand: ParsableCommand {
             try location.check()
             let scan: JournalScan
             do {
-                scan = try JournalReader.scan(directory: location.directory, shard: location.shard, repair: false) { _, _, _ in }
+                scan = try JournalReader.scan(directory: location.directory, shard: location.shard, repair: false,
+                                              after: location.scanAfter) { _, _, _ in }
             } catch {
                 throw CLIError("\(error)")
             }
             print("\(scan.records) records, sequences \(scan.firstSequence)...\(scan.lastSequence), "
-                  + "\(JournalReader.segments(directory: location.directory, shard: location.shard).count) segment(s)")
+                  + "\(JournalReader.segments(directory: location.directory, shard: location.shard).count) segment(s)"
+                  + (location.scanAfter > 0 ? " (it starts at \(location.scanAfter + 1): the segments before were removed after a snapshot)" : ""))
             if let unfinished = scan.unfinishedSegment {
                 print("\(unfinished): a segment whose creation never completed (no header, no record): `crossbook journal truncate` removes it")
             }
@@ -79,7 +85,8 @@ struct JournalCommand: ParsableCommand {
             let after = try since.map { try Self.time($0, "--since") }
             let before = try until.map { try Self.time($0, "--until") }
             do {
-                _ = try JournalReader.scan(directory: location.directory, shard: location.shard, repair: false) { type, sequence, bytes in
+                _ = try JournalReader.scan(directory: location.directory, shard: location.shard, repair: false,
+                                           after: location.scanAfter) { type, sequence, bytes in
                     if let from, sequence < from { return }
                     if let to, sequence > to { return }
                     if after != nil || before != nil {
@@ -169,7 +176,8 @@ struct JournalCommand: ParsableCommand {
         func run() throws {
             try location.check()
             do {
-                let scan = try JournalReader.scan(directory: location.directory, shard: location.shard, repair: true) { _, _, _ in }
+                let scan = try JournalReader.scan(directory: location.directory, shard: location.shard, repair: true,
+                                                  after: location.scanAfter) { _, _, _ in }
                 if let unfinished = scan.unfinishedSegment {
                     print("removed \(unfinished), a segment whose creation never completed")
                 }

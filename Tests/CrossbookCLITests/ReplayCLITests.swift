@@ -493,4 +493,33 @@ struct TruthfulCLITests {
             #expect(badTime.status != 0 && badTime.stderr.contains("ISO 8601"), "\(bad): \(badTime.stderr)")
         }
     }
+
+    @Test("journal verify, dump and truncate on a journal whose first segments were removed after a snapshot: they read from its first kept record and say where it starts")
+    func prunedJournalTools() throws {
+        let dir = NSTemporaryDirectory() + "crossbook-pruned-\(UUID().uuidString.prefix(8))"
+        mkdir(dir, 0o700)
+        defer {
+            for name in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] { unlink(dir + "/" + name) }
+            rmdir(dir)
+        }
+        let writer = try JournalWriter(config: JournalConfig(directory: dir, shard: 0, segmentSize: 64 << 10, bufferSize: 16 << 10),
+                                       lastSequence: 0)
+        let bytes = [UInt8](repeating: 0xAB, count: 40)
+        for s in 1...3000 as ClosedRange<UInt64> {
+            while try !bytes.withUnsafeBytes({ try writer.append(type: 1, sequence: s, payload: $0) }) { writer.poll() }
+            if s % 100 == 0 { try writer.flush() }
+        }
+        try writer.flush()
+        let files = JournalReader.segments(directory: dir, shard: 0)
+        #expect(files.count >= 3)
+        let first = try #require(JournalReader.firstSequence(of: files[2]))
+        _ = try JournalReader.prune(directory: dir, shard: 0, below: first)
+        let verify = try runCrossbook(["journal", "verify", dir])
+        #expect(verify.status == 0, "\(verify.stderr)")
+        #expect(verify.stdout.contains("sequences \(first)...3000") && verify.stdout.contains("it starts at \(first)"), "\(verify.stdout)")
+        let dump = try runCrossbook(["journal", "dump", dir, "--from", "2991"])
+        #expect(dump.status == 0 && dump.stdout.split(separator: "\n").count == 10, "\(dump.stdout) \(dump.stderr)")
+        let truncate = try runCrossbook(["journal", "truncate", dir])
+        #expect(truncate.status == 0 && truncate.stdout.contains("nothing to cut; the journal ends at sequence 3000"), "\(truncate.stdout) \(truncate.stderr)")
+    }
 }
