@@ -15,6 +15,8 @@
 //                          # the kernel up to N µs a time (the I/O worker may need the core)
 //   completion_wakes_on_doorbell = false # with a kernel wait, a producer's ring wakes the
 //                          # shard too (a futex wait in the journal's io_uring, kernel 6.7+)
+//   shard_idle = "park"    # "spin": a shard with nothing to do never sleeps (pinned shards
+//                          # with cores of their own: no wake-up on the next order)
 //   journal_segment_mb = 64  # the size of each journal segment file
 //   prune_journal = false    # true: after each snapshot, remove the segments older than every
 //                            # kept snapshot (a standby that needs them is seeded from a snapshot)
@@ -84,6 +86,10 @@ public struct EngineConfig {
     /// [engine] completion_wakes_on_doorbell: a shard sleeping for its journal also wakes on a
     /// producer's doorbell (a futex wait in the journal's io_uring). nil: the default.
     public var completionWakesOnDoorbell: Bool?
+    /// [engine] shard_idle: "park" (default: a shard with nothing to do spins a while, then
+    /// sleeps until a producer rings) or "spin" (it never sleeps: for shards pinned to cores of
+    /// their own, where a wake-up costs more than the core).
+    public var shardIdleSpins = false
     /// [engine] journal_segment_mb: the size of each journal segment file (nil: 64 MiB).
     public var journalSegmentMegabytes: Int?
     /// [engine] prune_journal: remove segments older than every kept snapshot (default false).
@@ -257,7 +263,7 @@ public struct EngineConfig {
             guard let engine = engine.table else { throw ConfigError(description: "\(source): [engine] must be a table") }
             let engineKeys = ["instance", "directory", "group", "lag_timeout_ms", "data_dir", "durability", "io_cores",
                               "rebalance_busy_percent", "rebalance_after_s", "rebalance_cooldown_s", "completion_wait_us",
-                              "journal_segment_mb", "prune_journal", "completion_wakes_on_doorbell"]
+                              "journal_segment_mb", "prune_journal", "completion_wakes_on_doorbell", "shard_idle"]
             for key in engine.keys where !engineKeys.contains(key) {
                 throw ConfigError(description: "\(source): [engine]: unknown key '\(key)' (expected \(engineKeys.joined(separator: ", ")))")
             }
@@ -274,6 +280,12 @@ public struct EngineConfig {
                     throw ConfigError(description: "\(source): [engine]: journal_segment_mb must be between 1 and 4096, got \(mb)")
                 }
                 journalSegmentMegabytes = mb
+            }
+            if let v = engine["shard_idle"] {
+                guard let mode = v.string, ["park", "spin"].contains(mode) else {
+                    throw ConfigError(description: "\(source): [engine]: shard_idle must be \"park\" or \"spin\"")
+                }
+                shardIdleSpins = mode == "spin"
             }
             if let v = engine["completion_wakes_on_doorbell"] {
                 guard let flag = v.bool else { throw ConfigError(description: "\(source): [engine]: completion_wakes_on_doorbell must be true or false") }

@@ -56,6 +56,11 @@ extension EngineConfig {
         // (bench/README.md, "Waiting for the disk"): the default.
         settings.wait.completionWaitNanoseconds = UInt64(completionWaitMicroseconds ?? 200) * 1000
         settings.wait.completionWakesOnDoorbell = completionWakesOnDoorbell ?? false
+        if shardIdleSpins {
+            settings.wait.spins = .max
+            settings.wait.yields = 0
+            settings.wait.park = false
+        }
         if let mb = journalSegmentMegabytes { settings.journalSegmentSize = mb << 20 }
         settings.pruneJournal = pruneJournal
         settings.plugins = PluginSettings(directory: pluginDirectory ?? PluginSettings.defaultDirectory,

@@ -93,13 +93,20 @@ struct DurabilityTests {
         #expect(first.finalDigests != [0])
     }
 
-    @Test("sync with the shard sleeping for its journal, spinning, and woken by the doorbell too (completion_wakes_on_doorbell): every order acknowledged one at a time is journaled, and a restart rebuilds the same state")
+    @Test("sync with the shard sleeping for its journal, spinning, woken by the doorbell too (completion_wakes_on_doorbell), and never parking (shard_idle spin): every order acknowledged one at a time is journaled, the engine stops, and a restart rebuilds the same state")
     func completionWaits() throws {
-        for (name, waitNs, bell) in [("spin", UInt64(0), false), ("kernel wait", UInt64(200_000), false), ("doorbell too", UInt64(200_000), true)] {
+        for (name, waitNs, bell, parks) in [("spin", UInt64(0), false, true), ("kernel wait", UInt64(200_000), false, true),
+                                            ("doorbell too", UInt64(200_000), true, true), ("shard_idle spin", UInt64(200_000), false, false)] {
             let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-data-\(UUID().uuidString.prefix(8))"
             defer { removeTree(data) }
             var wait = WaitStrategy(spins: 1000, yields: 10, park: true, parkTimeoutNanoseconds: 50_000_000, completionWaitNanoseconds: waitNs)
             wait.completionWakesOnDoorbell = bell
+            if !parks {
+                // [engine] shard_idle = "spin": the shard never sleeps, never yields.
+                wait.spins = .max
+                wait.yields = 0
+                wait.park = false
+            }
             let first = try durableEngine(dir, data: data, wait: wait)
             let client = try CrossbookClient(instance: "d", directory: dir)
             let btc = try client.symbol("BTC-USD")
