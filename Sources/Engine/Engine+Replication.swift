@@ -194,17 +194,20 @@ extension Engine {
                 failoverAfterNanoseconds: r.failoverAfterMilliseconds.map { UInt64($0) * 1_000_000 },
                 leaseAcquire: leaseAcquire,
                 nudge: { shards[$0].nudge() }, durable: { shards[$0].tallied(ShardTally.durable) },
-                reseed: { [weak self] seeds in
-                    guard let self else { return }
+                reseed: { [weak self] seeds -> String? in
+                    guard let self else { return "the engine is stopping" }
+                    guard (self.pluginHost?.snapshotStore ?? self.injectedSnapshots) != nil else {
+                        return "this standby has no snapshot-store plugin to install them into: load one, as the primary does"
+                    }
                     for seed in seeds {
-                        do { try seed.stage(in: self.settings.dataDirectory) } catch {
-                            // Nothing is installed: the next start connects again and is seeded again.
-                            self.log("replication: \(error)")
-                        }
+                        // Nothing staged is installed before the restart: a failure here leaves
+                        // this journal as it is, and the next start is seeded again.
+                        do { try seed.stage(in: self.settings.dataDirectory) } catch { return "\(error)" }
                     }
                     runtime.lock.locked { runtime.seeded = true }
                     self.log("replication: seeds staged in \(self.settings.dataDirectory): stopping, to start again from them")
                     self.onSwitchover?()
+                    return nil
                 },
                 rewind: { [weak self] cuts in
                     guard let self else { return }

@@ -92,7 +92,7 @@ extension FailoverTests {
         #expect(da != nil && da == db)
     }
 
-    @Test("a primary that sends hostile seeds (an unknown shard, a huge total, parts out of order, a damaged record, a record of another sequence, seeded without a seed): nothing is staged, the standby does not restart and stays a standby")
+    @Test("a primary that sends hostile seeds (an unknown shard, a huge total, parts out of order, a damaged record, a record of another sequence, seeded without a seed), or a good one to a standby without a snapshot store: nothing is staged, the standby does not restart and stays a standby (the last raises an alarm and refuses promotion)")
     func hostileSeeds() throws {
         let command = [UInt8](repeating: 0, count: 80)
         let good = rawRecord(type: 1, sequence: 50, payload: command)
@@ -110,6 +110,8 @@ extension FailoverTests {
             ("another sequence", [.seed(shard: 0, sequence: 49, total: UInt64(payload(good).count), offset: 0, bytes: payload(good)), .seeded]),
             ("record longer than the seed", [.seed(shard: 0, sequence: 50, total: 12, offset: 0, bytes: [200, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]), .seeded]),
             ("nothing", [.seeded]),
+            // Well formed, but this standby has no snapshot store to install it into.
+            ("no snapshot store", [.seed(shard: 0, sequence: 50, total: UInt64(payload(good).count), offset: 0, bytes: payload(good)), .seeded]),
         ]
         for (name, messages) in scenarios {
             let data = NSTemporaryDirectory() + "crossbook-ha-hseed-\(UUID().uuidString.prefix(8))"
@@ -122,6 +124,12 @@ extension FailoverTests {
             #expect(waitFor(5) { log.contains("seeding from the primary's snapshots failed") }, "\(name): \(log.all.suffix(3))")
             #expect(access(StandbySeed.stagedPath(data, shard: 0), F_OK) != 0, "\(name): a seed was staged")
             #expect(!engine.seededFromSnapshots && engine.role == .standby, "\(name)")
+            if name == "no snapshot store" {
+                // It cannot follow: an alarm, and no promotion this far behind.
+                #expect(waitFor(5) { engine.replicationStatus().joined().contains("ALARM") && log.contains("no snapshot-store plugin") },
+                        "\(engine.replicationStatus())")
+                #expect(throws: EngineError.self) { try engine.promote() }
+            }
             connection.shutdownNow()
         }
     }

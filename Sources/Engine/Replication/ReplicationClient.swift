@@ -41,7 +41,8 @@ final class ReplicationClient: @unchecked Sendable {
     private let promote: @Sendable (UInt64) -> Void
     /// The primary seeded shards from its snapshots (StandbySeed.swift): the engine stages them
     /// and starts again; this client's work is done.
-    private let reseed: @Sendable ([StandbySeed]) -> Void
+    /// Returns why the seeds cannot be installed here (nil: staged, the engine starts again).
+    private let reseed: @Sendable ([StandbySeed]) -> String?
     /// The primary said this standby's journal diverged: the cuts found (JournalCut, in
     /// StandbySeed.swift) go to the engine, which stages them and starts again.
     private let rewind: @Sendable ([JournalCut]) -> Void
@@ -66,7 +67,7 @@ final class ReplicationClient: @unchecked Sendable {
          configurationHash: UInt64, epoch: UInt64, failoverAfterNanoseconds: UInt64?,
          leaseAcquire: (@Sendable () -> UInt64?)? = nil,
          nudge: @escaping (Int) -> Void, durable: @escaping (Int) -> UInt64,
-         reseed: @escaping @Sendable ([StandbySeed]) -> Void = { _ in },
+         reseed: @escaping @Sendable ([StandbySeed]) -> String? = { _ in "seeding is not supported here" },
          rewind: @escaping @Sendable ([JournalCut]) -> Void = { _ in },
          localCrc: @escaping (Int, UInt64) -> UInt32? = { _, _ in nil },
          promote: @escaping @Sendable (UInt64) -> Void,
@@ -306,12 +307,16 @@ final class ReplicationClient: @unchecked Sendable {
                     lock.locked { status.refused = "seeding: \(error)" }
                     return "seeding from the primary's snapshots failed: \(error)"
                 }
+                if let why = reseed(seeds) {
+                    // It cannot follow without them, and must not be promoted this far behind.
+                    inboxes.first?.raise("the primary no longer holds the records this standby needs, and its snapshots cannot be installed here: \(why)")
+                    return "seeding from the primary's snapshots failed: \(why)"
+                }
                 log("replication: the primary no longer holds the records after this standby's journal: seeded from its snapshots of shard(s) \(seeds.map { "\($0.shard) at \($0.sequence)" }.joined(separator: ", ")); starting again from them")
                 lock.locked {
                     seeded = true
                     status.refused = "seeded from the primary's snapshots: starting again"
                 }
-                reseed(seeds)
                 return nil
             case nil:
                 return isStopping ? nil : "no answer to the hello in 1 s"
