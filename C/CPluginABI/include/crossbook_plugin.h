@@ -229,8 +229,9 @@ typedef void (*cb_metric_visitor)(void *context, const cb_metric *metric);
 typedef void (*cb_snapshot_visitor)(void *context, uint64_t sequence, const char *name);
 typedef void (*cb_snapshot_sink)(void *context, const uint8_t *body, size_t length);
 
-/* A place for shard snapshots. The host calls these from one thread per shard (never a shard
- * thread); calls for different shards may overlap. A body is opaque bytes, checksummed by the
+/* A place for shard snapshots. The host calls these one thread at a time per shard (its snapshot
+ * writer; the replication thread when it seeds a standby; the main thread at start), never from a
+ * shard thread; calls for different shards may overlap. A body is opaque bytes, checksummed by the
  * engine inside; the store must hand back exactly what it was given, or an error. */
 typedef struct cb_snapshot_store {
     uint32_t size;

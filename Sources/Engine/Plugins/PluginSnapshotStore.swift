@@ -11,6 +11,15 @@ import SharedMemory
 final class PluginSnapshotStore: SnapshotStore, @unchecked Sendable {
     let store: cb_snapshot_store
     let plugin: String
+    /// The ABI promises a store one thread at a time per shard (crossbook_plugin.h). A shard's
+    /// snapshot writer and the replication thread seeding a standby both use a shard's
+    /// snapshots: one lock per shard keeps the promise.
+    private let shardLocks = (0..<InstanceLayout.maxShards).map { _ in Lock() }
+
+    private func locked<T>(_ shard: Int, _ body: () throws(JournalError) -> T) throws(JournalError) -> T {
+        guard shard >= 0, shard < shardLocks.count else { return try body() }
+        return try shardLocks[shard].locked { () throws(JournalError) -> T in try body() }
+    }
 
     init(store: cb_snapshot_store, plugin: String) {
         self.store = store
@@ -19,8 +28,10 @@ final class PluginSnapshotStore: SnapshotStore, @unchecked Sendable {
 
     func save(shard: Int, sequence: UInt64, body: [UInt8]) throws(JournalError) {
         var error = [CChar](repeating: 0, count: 256)
-        let rc = body.withUnsafeBufferPointer { b in
-            store.save(store.context, UInt32(shard), sequence, b.baseAddress, b.count, &error, error.count)
+        let rc = try locked(shard) { () throws(JournalError) -> Int32 in
+            body.withUnsafeBufferPointer { b in
+                store.save(store.context, UInt32(shard), sequence, b.baseAddress, b.count, &error, error.count)
+            }
         }
         guard rc == 0 else {
             throw .snapshotStore(plugin: plugin, status: statusName(rc), message: messageText(error))
@@ -35,11 +46,13 @@ final class PluginSnapshotStore: SnapshotStore, @unchecked Sendable {
     func list(shard: Int) -> [(sequence: UInt64, name: String)] {
         let found = Box<[(sequence: UInt64, name: String)]>([])
         let context = Unmanaged.passUnretained(found).toOpaque()
-        _ = store.list(store.context, UInt32(shard), { context, sequence, name in
-            guard let context, let name else { return }
-            let box = Unmanaged<Box<[(sequence: UInt64, name: String)]>>.fromOpaque(context).takeUnretainedValue()
-            box.value.append((sequence, String(cString: name)))
-        }, context)
+        _ = try? locked(shard) { () throws(JournalError) -> Int32 in
+            store.list(store.context, UInt32(shard), { context, sequence, name in
+                guard let context, let name else { return }
+                let box = Unmanaged<Box<[(sequence: UInt64, name: String)]>>.fromOpaque(context).takeUnretainedValue()
+                box.value.append((sequence, String(cString: name)))
+            }, context)
+        }
         return found.value.sorted { $0.sequence > $1.sequence }
     }
 
@@ -48,11 +61,13 @@ final class PluginSnapshotStore: SnapshotStore, @unchecked Sendable {
         var sequence: UInt64 = 0
         var error = [CChar](repeating: 0, count: 256)
         let context = Unmanaged.passUnretained(body).toOpaque()
-        let rc = store.load(store.context, UInt32(shard), name, &sequence, { context, bytes, length in
-            guard let context else { return }
-            let box = Unmanaged<Box<[UInt8]>>.fromOpaque(context).takeUnretainedValue()
-            box.value = length > 0 && bytes != nil ? Array(UnsafeBufferPointer(start: bytes, count: length)) : []
-        }, context, &error, error.count)
+        let rc = try locked(shard) { () throws(JournalError) -> Int32 in
+            store.load(store.context, UInt32(shard), name, &sequence, { context, bytes, length in
+                guard let context else { return }
+                let box = Unmanaged<Box<[UInt8]>>.fromOpaque(context).takeUnretainedValue()
+                box.value = length > 0 && bytes != nil ? Array(UnsafeBufferPointer(start: bytes, count: length)) : []
+            }, context, &error, error.count)
+        }
         guard rc == 0 else {
             throw .badSegment(path: name, "plugin \(plugin): \(statusName(rc)): \(messageText(error))")
         }
