@@ -13,6 +13,22 @@ import Testing
 import TestSupport
 
 extension FailoverTests {
+    /// A primary and a standby that keep their snapshots (plugin snapshot-file) and prune their
+    /// journals of 1 MiB segments.
+    static func pruningPair(_ name: String, mode: String) -> (PairNode, PairNode) {
+        let pa = freeLoopbackPort(), pb = freeLoopbackPort()
+        let plugins = """
+
+            [plugins]
+            dir = "\(PluginSettings.executableDirectory)"
+            [[plugins.load]]
+            name = "snapshot-file"
+            """
+        let engine = "journal_segment_mb = 1\nprune_journal = true"
+        return (PairNode(name: name + "-a", listen: pa, peer: pb, mode: mode, failoverAfterMs: nil, extra: plugins, engineExtra: engine),
+                PairNode(name: name + "-b", listen: pb, peer: pa, mode: mode, failoverAfterMs: nil, extra: plugins, engineExtra: engine))
+    }
+
     /// Sends `count` orders from `id` on, and waits until every one is acknowledged.
     static func sendAcknowledged(_ node: PairNode, from id: Int64, count: Int) throws {
         let client = try CrossbookClient(instance: node.name, directory: node.dir)
@@ -34,17 +50,7 @@ extension FailoverTests {
 
     @Test("a standby whose records the primary pruned (a new one, and one that fell behind) is seeded from the primary's snapshot, starts again, follows with equal digests; its old segments are kept aside; an offline replay of either gives the same state")
     func seededStandby() throws {
-        let pa = freeLoopbackPort(), pb = freeLoopbackPort()
-        let plugins = """
-
-            [plugins]
-            dir = "\(PluginSettings.executableDirectory)"
-            [[plugins.load]]
-            name = "snapshot-file"
-            """
-        let engine = "journal_segment_mb = 1\nprune_journal = true"
-        let a = PairNode(name: "hp-a", listen: pa, peer: pb, mode: "async", failoverAfterMs: nil, extra: plugins, engineExtra: engine)
-        let b = PairNode(name: "hp-b", listen: pb, peer: pa, mode: "async", failoverAfterMs: nil, extra: plugins, engineExtra: engine)
+        let (a, b) = Self.pruningPair("hp", mode: "async")
         defer { a.terminate(); b.terminate(); a.remove(); b.remove() }
         let snapshots = ["--snapshot-every", "2000"]
         try a.start(standby: false, plugins: true, arguments: snapshots)
@@ -332,17 +338,7 @@ extension FailoverTests {
 
     @Test("sync mode: a primary running alone prunes; a new standby is seeded from its snapshot, starts again, catches up and engages sync; orders acknowledged then (each durable on both) leave the standby at lag 0 with equal digests, live and offline")
     func seededStandbySync() throws {
-        let pa = freeLoopbackPort(), pb = freeLoopbackPort()
-        let plugins = """
-
-            [plugins]
-            dir = "\(PluginSettings.executableDirectory)"
-            [[plugins.load]]
-            name = "snapshot-file"
-            """
-        let engine = "journal_segment_mb = 1\nprune_journal = true"
-        let a = PairNode(name: "hq-a", listen: pa, peer: pb, mode: "sync", failoverAfterMs: nil, extra: plugins, engineExtra: engine)
-        let b = PairNode(name: "hq-b", listen: pb, peer: pa, mode: "sync", failoverAfterMs: nil, extra: plugins, engineExtra: engine)
+        let (a, b) = Self.pruningPair("hq", mode: "sync")
         defer { a.terminate(); b.terminate(); a.remove(); b.remove() }
         let snapshots = ["--snapshot-every", "2000"]
         try a.start(standby: false, plugins: true, arguments: snapshots)
