@@ -381,14 +381,8 @@ struct ShardState: ~Copyable {
     }
 
     func isIdle(mailbox: Mailbox<ShardMessage>, stopFlag: UnsafeMutablePointer<UInt32>) -> Bool {
-        if !mailbox.isEmpty || cb_load_acquire_u32(stopFlag) != 0 { return false }
         // Output waiting for the disk: io_uring completions ring no doorbell, so keep polling.
-        if output.pointee.hasStaged { return false }
-        let inbound = sessions.inbound
-        for i in 0..<sessions.count where inbound[i].active {
-            if ((try? inbound[i].commands.poll()) ?? 0) > 0 { return false }
-        }
-        return true
+        !output.pointee.hasStaged && noCommands(mailbox: mailbox, stopFlag: stopFlag)
     }
 
     // MARK: - Messages from the control thread
