@@ -103,40 +103,27 @@ let benchmarks: @Sendable () -> Void = {
         maxIterations: 12
     )
 
-    Benchmark("W1 mixed shallow book (1M ops, L2 maintained)", configuration: throughput) { benchmark in
-        var runner = try WorkloadRunner(workload: w1)
-        benchmark.startMeasurement()
-        w1.ops.withUnsafeBufferPointer { runner.run($0, idBase: 0) }
-        benchmark.stopMeasurement()
-        checkW1(benchmark, runner.totals)
+    // W1 and W2 one op at a time (batch 1), and through the book's batch path
+    // (OrderBook/Batch.swift): the same ops in batches of 16, the orders ahead prefetched; the
+    // same totals (checked for W1), 0 allocations per op.
+    for (name, batch) in [("W1 mixed shallow book (1M ops, L2 maintained)", 1), ("W1 mixed shallow book, batches of 16", 16)] {
+        Benchmark(name, configuration: throughput) { benchmark in
+            var runner = try WorkloadRunner(workload: w1)
+            benchmark.startMeasurement()
+            w1.ops.withUnsafeBufferPointer { runner.run($0, idBase: 0, batch: batch) }
+            benchmark.stopMeasurement()
+            checkW1(benchmark, runner.totals)
+        }
     }
-
-    Benchmark("W2 deep book (100k warm-up, 1M ops)", configuration: throughput) { benchmark in
-        var runner = try WorkloadRunner(workload: w2)
-        runner.warmUp(w2)
-        benchmark.startMeasurement()
-        w2.ops.withUnsafeBufferPointer { runner.run($0, idBase: w2.warmup.count) }
-        benchmark.stopMeasurement()
-        if runner.totals.rejects != 0 { benchmark.error("W2 had rejects: \(runner.totals)") }
-    }
-
-    // The book's batch path (OrderBook/Batch.swift): the same ops in batches of 16, the
-    // orders ahead prefetched; the same totals (checked for W1), 0 allocations per op.
-    Benchmark("W1 mixed shallow book, batches of 16", configuration: throughput) { benchmark in
-        var runner = try WorkloadRunner(workload: w1)
-        benchmark.startMeasurement()
-        w1.ops.withUnsafeBufferPointer { runner.run($0, idBase: 0, batch: 16) }
-        benchmark.stopMeasurement()
-        checkW1(benchmark, runner.totals)
-    }
-
-    Benchmark("W2 deep book, batches of 16", configuration: throughput) { benchmark in
-        var runner = try WorkloadRunner(workload: w2)
-        runner.warmUp(w2)
-        benchmark.startMeasurement()
-        w2.ops.withUnsafeBufferPointer { runner.run($0, idBase: w2.warmup.count, batch: 16) }
-        benchmark.stopMeasurement()
-        if runner.totals.rejects != 0 { benchmark.error("W2 had rejects: \(runner.totals)") }
+    for (name, batch) in [("W2 deep book (100k warm-up, 1M ops)", 1), ("W2 deep book, batches of 16", 16)] {
+        Benchmark(name, configuration: throughput) { benchmark in
+            var runner = try WorkloadRunner(workload: w2)
+            runner.warmUp(w2)
+            benchmark.startMeasurement()
+            w2.ops.withUnsafeBufferPointer { runner.run($0, idBase: w2.warmup.count, batch: batch) }
+            benchmark.stopMeasurement()
+            if runner.totals.rejects != 0 { benchmark.error("W2 had rejects: \(runner.totals)") }
+        }
     }
 
     let latency = Benchmark.Configuration(
