@@ -75,7 +75,7 @@ final class ReplicationRuntime: @unchecked Sendable {
     /// Set once the primary seeded this standby from its snapshots, or once this standby found
     /// its journal must be cut back to the primary's (staged in the data directory): it stops,
     /// and `crossbook run` starts it again to install them.
-    var seeded = false
+    var installPending = false
     let shards: Int
     var promotions = 0
     /// The Redis lease ([replication] lease), when configured.
@@ -204,19 +204,21 @@ extension Engine {
                         // this journal as it is, and the next start is seeded again.
                         do { try seed.stage(in: self.settings.dataDirectory) } catch { return "\(error)" }
                     }
-                    runtime.lock.locked { runtime.seeded = true }
+                    runtime.lock.locked { runtime.installPending = true }
                     self.log("replication: seeds staged in \(self.settings.dataDirectory): stopping, to start again from them")
                     self.onSwitchover?()
                     return nil
                 },
-                rewind: { [weak self] cuts in
-                    guard let self else { return }
+                rewind: { [weak self] cuts -> String? in
+                    guard let self else { return "the engine is stopping" }
                     for cut in cuts {
-                        do { try cut.stage(in: self.settings.dataDirectory) } catch { self.log("replication: \(error)") }
+                        // A cut staged before a failure is still right to install at the next start.
+                        do { try cut.stage(in: self.settings.dataDirectory) } catch { return "\(error)" }
                     }
-                    runtime.lock.locked { runtime.seeded = true }
+                    runtime.lock.locked { runtime.installPending = true }
                     self.log("replication: journal cuts staged in \(self.settings.dataDirectory): stopping, to start again from the common prefix")
                     self.onSwitchover?()
+                    return nil
                 },
                 localCrc: { [dataDirectory = settings.dataDirectory] shard, sequence in
                     ((try? JournalReader.record(directory: dataDirectory, shard: shard, sequence: sequence)) ?? nil)?.crc
@@ -271,7 +273,7 @@ extension Engine {
             return true
         }
         guard go else { throw EngineError("this engine is not a standby (or is being promoted)") }
-        if runtime.lock.locked({ runtime.seeded }) {
+        if runtime.lock.locked({ runtime.installPending }) {
             runtime.lock.locked { runtime.promoting = false }
             throw EngineError("this standby is starting again to install the primary's seeds or a cut of its journal: it cannot be promoted before")
         }
@@ -382,7 +384,7 @@ extension Engine {
     public var switchedOver: Bool { replication?.lock.locked { replication!.switchedOver } ?? false }
     /// The primary seeded this standby from its snapshots, or its journal is to be cut back to
     /// the primary's: it stops, to start again from them.
-    public var seededFromSnapshots: Bool { replication?.lock.locked { replication!.seeded } ?? false }
+    public var restartsToInstall: Bool { replication?.lock.locked { replication!.installPending } ?? false }
 
     /// A seed for a standby (StandbySeed.swift): the newest snapshot of this journal that loads,
     /// and the journal's record at its sequence.

@@ -253,7 +253,7 @@ struct RunCommand: ParsableCommand {
         notifySystemd("STOPPING=1\nSTATUS=draining the rings")
         engine.stop()
         logLine("stopped; shared-memory files removed")
-        if engine.switchedOver || engine.seededFromSnapshots {
+        if engine.switchedOver || engine.restartsToInstall {
             // Follow the new primary (or install the primary's seeds, which the start does):
             // this process again, as the standby (same pid for systemd).
             var arguments = CommandLine.arguments.filter { $0 != "--rebuild" }

@@ -29,6 +29,19 @@ extension FailoverTests {
                 PairNode(name: name + "-b", listen: pb, peer: pa, mode: mode, failoverAfterMs: nil, extra: plugins, engineExtra: engine))
     }
 
+    /// Starts `a` as the primary (a snapshot every 2,000 commands) and sends it 40,000 orders:
+    /// 1 MiB segments hold about 9,000 records, so it prunes its first segments. Returns the
+    /// snapshot options, for its standby.
+    static func startPrunedPrimary(_ a: PairNode) throws -> [String] {
+        let snapshots = ["--snapshot-every", "2000"]
+        try a.start(standby: false, plugins: true, arguments: snapshots)
+        #expect(waitFor(10) { a.isPrimary }, "\(a.log.all.suffix(5))")
+        try sendAcknowledged(a, from: 1, count: 40_000)
+        #expect(waitFor(10) { (JournalReader.firstKept(directory: a.data, shard: 0) ?? 1) > 1 }, "\(a.log.all.suffix(5))")
+        #expect(a.log.contains("removed"), "\(a.log.all.suffix(5))")
+        return snapshots
+    }
+
     /// Sends `count` orders from `id` on, and waits until every one is acknowledged.
     static func sendAcknowledged(_ node: PairNode, from id: Int64, count: Int) throws {
         let client = try CrossbookClient(instance: node.name, directory: node.dir)
@@ -52,14 +65,7 @@ extension FailoverTests {
     func seededStandby() throws {
         let (a, b) = Self.pruningPair("hp", mode: "async")
         defer { a.terminate(); b.terminate(); a.remove(); b.remove() }
-        let snapshots = ["--snapshot-every", "2000"]
-        try a.start(standby: false, plugins: true, arguments: snapshots)
-        #expect(waitFor(10) { a.isPrimary }, "\(a.log.all.suffix(5))")
-        // 1 MiB segments hold about 9,000 records: 40,000 orders and a snapshot every 2,000 let
-        // the primary prune its first segments.
-        try Self.sendAcknowledged(a, from: 1, count: 40_000)
-        #expect(waitFor(10) { (JournalReader.firstKept(directory: a.data, shard: 0) ?? 1) > 1 }, "\(a.log.all.suffix(5))")
-        #expect(a.log.contains("removed"), "\(a.log.all.suffix(5))")
+        let snapshots = try Self.startPrunedPrimary(a)
         let serving = { a.status().contains { $0.hasPrefix("serving") && $0.contains(" standbys 1 ") } }
         // A new standby: its empty journal is not a prefix the primary still holds.
         try b.start(standby: true, plugins: true, arguments: snapshots)
@@ -129,7 +135,7 @@ extension FailoverTests {
             for m in messages { try connection.send(m) }
             #expect(waitFor(5) { log.contains("seeding from the primary's snapshots failed") }, "\(name): \(log.all.suffix(3))")
             #expect(access(StandbySeed.stagedPath(data, shard: 0), F_OK) != 0, "\(name): a seed was staged")
-            #expect(!engine.seededFromSnapshots && engine.role == .standby, "\(name)")
+            #expect(!engine.restartsToInstall && engine.role == .standby, "\(name)")
             if name == "no snapshot store" {
                 // It cannot follow: an alarm, and no promotion this far behind.
                 #expect(waitFor(5) { engine.replicationStatus().joined().contains("ALARM") && log.contains("no snapshot-store plugin") },
@@ -330,7 +336,7 @@ extension FailoverTests {
             }
             #expect(waitFor(8) { log.contains("the common prefix was not found") }, "\(scenario): \(log.all.suffix(3))")
             #expect(access(JournalCut.stagedPath(data, shard: 0), F_OK) != 0, "\(scenario): a cut was staged")
-            #expect(!engine.seededFromSnapshots && engine.role == .standby)
+            #expect(!engine.restartsToInstall && engine.role == .standby)
             #expect(JournalReader.segments(directory: data, shard: 0).count == 1)
             connection.shutdownNow()
         }
@@ -340,11 +346,7 @@ extension FailoverTests {
     func seededStandbySync() throws {
         let (a, b) = Self.pruningPair("hq", mode: "sync")
         defer { a.terminate(); b.terminate(); a.remove(); b.remove() }
-        let snapshots = ["--snapshot-every", "2000"]
-        try a.start(standby: false, plugins: true, arguments: snapshots)
-        #expect(waitFor(10) { a.isPrimary }, "\(a.log.all.suffix(5))")
-        try Self.sendAcknowledged(a, from: 1, count: 40_000)
-        #expect(waitFor(10) { (JournalReader.firstKept(directory: a.data, shard: 0) ?? 1) > 1 }, "\(a.log.all.suffix(5))")
+        let snapshots = try Self.startPrunedPrimary(a)
         try b.start(standby: true, plugins: true, arguments: snapshots)
         #expect(waitFor(20) { a.engagedWithStandby }, "\(a.status()) \(b.log.all.suffix(6))")
         #expect(b.log.contains("seeded from the primary's snapshot at sequence"), "\(b.log.all.suffix(8))")
@@ -356,5 +358,46 @@ extension FailoverTests {
         b.terminate()
         let da = try offlineDigest(a.data, tag: "qa", snapshots: true), db = try offlineDigest(b.data, tag: "qb", snapshots: true)
         #expect(da != nil && da == db)
+    }
+
+    @Test("a full disk when a cut or a seed is staged: nothing half-written stays, the standby raises an alarm instead of restarting, and it cannot be promoted")
+    func stagingOnAFullDisk() throws {
+        let mount = NSTemporaryDirectory() + "crossbook-fullstage-\(UUID().uuidString.prefix(8))"
+        mkdir(mount, 0o700)
+        defer { rmdir(mount) }
+        try withTmpfs(size: "80m", at: mount) {
+            let data = mount + "/data"
+            mkdir(data, 0o700)
+            let writer = try JournalWriter(config: JournalConfig(directory: data, shard: 0, segmentSize: 1 << 20), lastSequence: 0)
+            for n in UInt64(1)...10 { _ = try [UInt8](repeating: 7, count: 16).withUnsafeBytes { try writer.append(type: 99, sequence: n, payload: $0) } }
+            try writer.flush()
+            let fake = try FakePrimary("fullstage", data: data)
+            defer { fake.stop() }
+            // The rest of the file system filled, as another process could.
+            let filler = open(mount + "/filler", O_WRONLY | O_CREAT, 0o600)
+            let block = [UInt8](repeating: 1, count: 1 << 16)
+            while write(filler, block, block.count) > 0 {}
+            close(filler)
+            // A seed cannot be staged: a clear error, no temporary file left.
+            let seed = StandbySeed(shard: 0, sequence: 50, record: rawRecord(type: 99, sequence: 50, payload: [UInt8](repeating: 3, count: 16)),
+                                   body: [UInt8](repeating: 0, count: 1 << 20))
+            #expect(throws: EngineError.self) { try seed.stage(in: data) }
+            #expect(access(StandbySeed.stagedPath(data, shard: 0), F_OK) != 0 && access(StandbySeed.stagedPath(data, shard: 0) + ".tmp", F_OK) != 0)
+            // A primary that says the journal diverged at its first record: the cut cannot be staged.
+            guard fake.start(), let connection = fake.connection else { Issue.record("no hello"); return }
+            try connection.send(.diverged(shard: 0, last: 10))
+            _ = waitFor(5) {
+                guard let m = try? connection.receive(timeoutMilliseconds: 50), case .probe(let s, let q) = m else { return false }
+                try? connection.send(.probed(shard: s, sequence: q, crc: nil))
+                return false
+            }
+            #expect(fake.log.contains("cutting the journal back failed"), "\(fake.log.all.suffix(3))")
+            #expect(fake.engine.replicationStatus().joined().contains("ALARM"), "\(fake.engine.replicationStatus())")
+            #expect(access(JournalCut.stagedPath(data, shard: 0), F_OK) != 0 && access(JournalCut.stagedPath(data, shard: 0) + ".tmp", F_OK) != 0)
+            #expect(!fake.engine.restartsToInstall && fake.engine.role == .standby)
+            #expect(throws: EngineError.self) { try fake.engine.promote() }
+            // Its journal is untouched.
+            #expect(try JournalReader.scan(directory: data, shard: 0, repair: false) { _, _, _ in }.lastSequence == 10)
+        }
     }
 }

@@ -45,10 +45,12 @@ final class ReplicationClient: @unchecked Sendable {
     private let reseed: @Sendable ([StandbySeed]) -> String?
     /// The primary said this standby's journal diverged: the cuts found (JournalCut, in
     /// StandbySeed.swift) go to the engine, which stages them and starts again.
-    private let rewind: @Sendable ([JournalCut]) -> Void
+    /// Returns why the cuts cannot be staged (nil: staged, the engine starts again).
+    private let rewind: @Sendable ([JournalCut]) -> String?
     /// The CRC of this standby's own record at a sequence (nil: its journal does not hold it).
     private let localCrc: (Int, UInt64) -> UInt32?
-    private var seeded = false
+    /// Seeds or cuts were staged: the engine starts again to install them; this client is done.
+    private var installPending = false
     private let log: @Sendable (String) -> Void
     private var received: [UInt64]
     private var receivedCrc: [UInt32]
@@ -68,7 +70,7 @@ final class ReplicationClient: @unchecked Sendable {
          leaseAcquire: (@Sendable () -> UInt64?)? = nil,
          nudge: @escaping (Int) -> Void, durable: @escaping (Int) -> UInt64,
          reseed: @escaping @Sendable ([StandbySeed]) -> String? = { _ in "seeding is not supported here" },
-         rewind: @escaping @Sendable ([JournalCut]) -> Void = { _ in },
+         rewind: @escaping @Sendable ([JournalCut]) -> String? = { _ in "cutting the journal back is not supported here" },
          localCrc: @escaping (Int, UInt64) -> UInt32? = { _, _ in nil },
          promote: @escaping @Sendable (UInt64) -> Void,
          log: @escaping @Sendable (String) -> Void) {
@@ -138,7 +140,7 @@ final class ReplicationClient: @unchecked Sendable {
             } else {
                 loggedDown = false
             }
-            if isStopping || lock.locked({ handedOver || seeded }) { return }
+            if isStopping || lock.locked({ handedOver || installPending }) { return }
             lock.locked { status.connected = false }
             // The two-node rule: an engaged primary silent this long cannot acknowledge anything.
             let now = monotonicNanoseconds()
@@ -294,12 +296,17 @@ final class ReplicationClient: @unchecked Sendable {
                     return "this standby's journal has diverged from the primary's (shard \(shard), sequence \(last)) and the common prefix was not found: \(error); rebuild it (crossbook run --standby --rebuild)"
                 }
                 guard !cuts.isEmpty else { return "the primary said this journal diverged, but every record probed is the primary's" }
+                if let why = rewind(cuts) {
+                    // Not staged (a full disk, say): it cannot follow, and must not be promoted
+                    // with records the new primary never had.
+                    inboxes.first?.raise("this standby's journal holds records the primary never had, and the cut back to the common prefix cannot be staged: \(why)")
+                    return "cutting the journal back failed: \(why)"
+                }
                 log("replication: this standby's journal holds records the primary never had (an old primary): cutting it back after \(cuts.map { "shard \($0.shard): \($0.after) (\(received[$0.shard] - $0.after) records)" }.joined(separator: ", ")); starting again from there")
                 lock.locked {
-                    seeded = true
+                    installPending = true
                     status.refused = "diverged: cutting the journal back to the primary's, starting again"
                 }
-                rewind(cuts)
                 return nil
             case .seed?, .seeded?:
                 let seeds: [StandbySeed]
@@ -314,7 +321,7 @@ final class ReplicationClient: @unchecked Sendable {
                 }
                 log("replication: the primary no longer holds the records after this standby's journal: seeded from its snapshots of shard(s) \(seeds.map { "\($0.shard) at \($0.sequence)" }.joined(separator: ", ")); starting again from them")
                 lock.locked {
-                    seeded = true
+                    installPending = true
                     status.refused = "seeded from the primary's snapshots: starting again"
                 }
                 return nil
