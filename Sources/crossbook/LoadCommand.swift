@@ -33,6 +33,9 @@ struct LoadCommand: ParsableCommand {
     @Option(help: "How many of the engine's symbols to spread the orders over.")
     var symbols: Int = 1
 
+    @Option(help: "Skip this many of the engine's symbols (by id) first: load processes started with 0, 1, 2, ... and --symbols 1 each drive another symbol (another shard, if each has its own).")
+    var firstSymbol: Int = 0
+
     @Option(help: "Seed of the W1 draws.")
     var seed: UInt64 = 42
 
@@ -48,8 +51,11 @@ struct LoadCommand: ParsableCommand {
             throw CLIError("\(error)")
         }
         defer { client.close() }
-        let chosen = client.symbols.values.sorted { $0.spec.id < $1.spec.id }.prefix(max(1, symbols))
-        guard !chosen.isEmpty else { throw CLIError("engine '\(target.instance)' has no symbols") }
+        guard firstSymbol >= 0 else { throw CLIError("--first-symbol must be 0 or more") }
+        let chosen = client.symbols.values.sorted { $0.spec.id < $1.spec.id }.dropFirst(firstSymbol).prefix(max(1, symbols))
+        guard !chosen.isEmpty else {
+            throw CLIError("engine '\(target.instance)' has \(client.symbols.count) symbol(s): none after skipping \(firstSymbol)")
+        }
         let targets = Array(chosen)
         signal(SIGINT) { _ in loadInterrupted = 1 }
 
