@@ -207,6 +207,33 @@ struct EngineTests {
         #expect(try collect(client, 1).first?.kind == .accepted)
     }
 
+    @Test("crossbook load --first-symbol i drives the engine's (i+1)-th symbol only (bench/scale.sh: one load process per shard); past the last symbol it says so")
+    func loadFirstSymbol() throws {
+        let dir = testDirectory()
+        let engine = try startEngine(dir, shards: 3)
+        defer { engine.stop() }
+        func load(_ first: Int) throws -> (Int32, String) {
+            let p = Process(), out = Pipe()
+            p.executableURL = crossbookBinary()
+            p.arguments = ["load", "--instance", "t", "--directory", dir, "--rate", "0", "--orders", "2000", "--quiet",
+                           "--first-symbol", String(first)]
+            p.standardOutput = out
+            p.standardError = out
+            try p.run()
+            let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            p.waitUntilExit()
+            return (p.terminationStatus, text)
+        }
+        let (rc, text) = try load(1)
+        #expect(rc == 0 && text.contains("2000 acknowledged"), "\(text)")
+        let file = try EngineFile.attach(directory: dir)
+        let commands = (0..<file.symbolCount).map { (file.symbol($0).name, file.symbolCounters($0).read(SymbolCounters.commands)) }
+        #expect(commands.first { $0.0 == "BBB" }?.1 == 2000, "\(commands)")
+        #expect(commands.filter { $0.0 != "BBB" }.allSatisfy { $0.1 == 0 }, "\(commands)")
+        let (rc2, text2) = try load(3)
+        #expect(rc2 != 0 && text2.contains("none after skipping 3"), "\(text2)")
+    }
+
     @Test("the engine killed: the client gets a clear error, not a hang; the leftovers are found and cleaned")
     func engineKilled() throws {
         let dir = testDirectory()
