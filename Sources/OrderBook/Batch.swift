@@ -81,8 +81,10 @@ extension OrderBook {
     public mutating func apply<S: BookEventSink>(batch commands: UnsafeBufferPointer<BookCommand>, to sink: inout S,
                                                  threshold: Int = prefetchThreshold) {
         let n = commands.count
+        let before = enterPools()
+        defer { leavePools(before) }
         guard prefetches(threshold: threshold) else {
-            for command in commands { apply(command, to: &sink) }
+            for command in commands { applyInPools(command, to: &sink) }
             return
         }
         let d = Self.prefetchDistance
@@ -94,7 +96,7 @@ extension OrderBook {
             if k + 3 * d < n { prefetchFirst(commands[k + 3 * d]) }
             if k + 2 * d < n, let id = Self.target(commands[k + 2 * d]) { prefetchOrder(of: id) }
             if k + d < n, let id = Self.target(commands[k + d]) { prefetchNeighbours(of: id) }
-            apply(commands[k], to: &sink)
+            applyInPools(commands[k], to: &sink)
         }
     }
 }

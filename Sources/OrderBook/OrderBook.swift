@@ -12,6 +12,14 @@
 // - levels: a pool of 32-byte levels, and per side a sorted ladder of (key, handle) with the best
 //   level at the end: the touch is found, added and removed in O(1); a level d places away from
 //   the touch costs O(d) to add or remove and O(log n) to find.
+//
+// The three pools (nodes, id table, levels) are a `BookPools`: a book made with a capacity has
+// pools of its own; the books of a shard can share one (`init(spec:pools:levels:)`), so that
+// thousands of mostly quiet symbols cost a few hundred bytes each instead of their own
+// preallocated pools. A shared id table tells books apart by the id's home slot (the book's
+// index is hashed in) and by the level an order rests on (each level carries its book's index).
+// The ladders are the book's own: at full size for a book with pools of its own, and growing by
+// doubling (up to the book's level limit) for one that shares.
 
 /// One resting order: 32 bytes, so that a node never straddles two cache lines and two share
 /// one. Handles instead of pointers keep it small; side and self-trade mode ride in the top
@@ -65,6 +73,9 @@ struct PriceLevel {
     /// The last order, or the next free level when on the free list.
     @usableFromInline var tail: UInt32
     @usableFromInline var count: UInt32
+    /// The index of the book the level belongs to (books sharing pools tell their orders apart
+    /// by it). Fills the 4 bytes that were padding.
+    @usableFromInline var book: UInt32
 
     @inlinable
     init() {
@@ -73,6 +84,7 @@ struct PriceLevel {
         head = 0
         tail = 0
         count = 0
+        book = 0
     }
 }
 
@@ -92,10 +104,7 @@ public struct BookCapacity: Sendable, Equatable {
 
     /// The memory one book of this capacity allocates (and touches) when it is created.
     public var bookBytes: Int {
-        var bits = 4
-        while (1 << bits) < orders + orders / 2 { bits += 1 }
-        return (orders + 1) * MemoryLayout<OrderNode>.stride + (1 << bits) * MemoryLayout<IdSlot>.stride
-            + (levels + 1) * MemoryLayout<PriceLevel>.stride + 2 * levels * (MemoryLayout<Int64>.stride + MemoryLayout<UInt32>.stride)
+        PoolMemory.bytes(orders: orders, levels: levels) + 2 * levels * (MemoryLayout<Int64>.stride + MemoryLayout<UInt32>.stride)
     }
 
     /// Checks that a book of this capacity can hold this symbol; every problem is named.
@@ -158,16 +167,30 @@ struct IdSlot {
     }
 }
 
-/// What a book fixes at `init`: its rules and its memory. Copying it copies pointers only.
+/// How the pools are used now. A book with pools of its own keeps this in its own fields; books
+/// that share pools copy it in from here when a command starts and back when it ends (one
+/// shard's thread only), so that the hot path is the same for both.
 @frozen @usableFromInline
-struct BookStore {
-    @usableFromInline let symbolId: UInt32
-    @usableFromInline let tickSize: Price
-    @usableFromInline let lotSize: Quantity
-    @usableFromInline let minPrice: Price
-    @usableFromInline let maxPrice: Price
-    @usableFromInline let maxQuantity: Quantity
+struct PoolState {
+    /// The next handle never used yet; handles below it are live or on the free list.
+    @usableFromInline var orderHighWater: UInt32 = 1
+    @usableFromInline var freeOrders: UInt32 = 0
+    @usableFromInline var levelHighWater: UInt32 = 1
+    @usableFromInline var freeLevels: UInt32 = 0
+    @usableFromInline var liveOrders: Int = 0
+    @usableFromInline var liveLevels: Int = 0
+    /// Books using the pools now.
+    @usableFromInline var books: Int = 0
+    /// The index the next book gets (hashed into its ids' homes, written on its levels).
+    @usableFromInline var nextBook: UInt32 = 0
 
+    @inlinable
+    init() {}
+}
+
+/// The memory of a set of pools: order nodes, the id table, levels. Copying it copies pointers.
+@frozen @usableFromInline
+struct PoolMemory {
     @usableFromInline let nodes: UnsafeMutablePointer<OrderNode>
     @usableFromInline let orderCapacity: UInt32
     @usableFromInline let slots: UnsafeMutablePointer<IdSlot>
@@ -175,50 +198,153 @@ struct BookStore {
     @usableFromInline let slotShift: UInt64
     @usableFromInline let levels: UnsafeMutablePointer<PriceLevel>
     @usableFromInline let levelCapacity: UInt32
-    /// Ladders: side s uses keys[s*L ..< s*L + count], ascending, best last. The key of a
-    /// price is the price for bids and its negation for asks.
-    @usableFromInline let ladderKeys: UnsafeMutablePointer<Int64>
-    @usableFromInline let ladderHandles: UnsafeMutablePointer<UInt32>
+    @usableFromInline let state: UnsafeMutablePointer<PoolState>
 
-    init(spec: SymbolSpec, capacity: BookCapacity) throws(BookConfigError) {
-        try spec.validate()
-        try capacity.validate(for: spec)
-        symbolId = spec.id
-        tickSize = spec.tickSize
-        lotSize = spec.lotSize
-        minPrice = spec.minPrice
-        maxPrice = spec.maxPrice
-        maxQuantity = spec.maxOrderQuantity
+    /// Checks the sizes; every problem is named.
+    static func validate(orders: Int, levels: Int) throws(BookConfigError) {
+        // Handles are 28 bits: the order node packs side and STP mode above the level handle.
+        guard orders >= 1, orders < 1 << 28 else {
+            throw .capacity("orders must be between 1 and \(1 << 28 - 1), got \(orders)")
+        }
+        guard levels >= 2, levels < 1 << 28 else {
+            throw .capacity("levels must be between 2 and \(1 << 28 - 1), got \(levels)")
+        }
+    }
 
-        // Everything is initialized here, so its pages are touched now and not on the hot path.
-        orderCapacity = UInt32(capacity.orders)
-        nodes = .allocate(capacity: capacity.orders + 1)
-        nodes.initialize(repeating: OrderNode(), count: capacity.orders + 1)
-
+    static func idTableBits(orders: Int) -> Int {
         var bits = 4  // at least two lines of 8 slots
-        while (1 << bits) < capacity.orders + capacity.orders / 2 { bits += 1 }
+        while (1 << bits) < orders + orders / 2 { bits += 1 }
+        return bits
+    }
+
+    /// The bytes pools of these sizes allocate (and touch) when they are made.
+    static func bytes(orders: Int, levels: Int) -> Int {
+        (orders + 1) * MemoryLayout<OrderNode>.stride + (1 << idTableBits(orders: orders)) * MemoryLayout<IdSlot>.stride
+            + (levels + 1) * MemoryLayout<PriceLevel>.stride + MemoryLayout<PoolState>.stride
+    }
+
+    init(orders: Int, levels levelCount: Int) throws(BookConfigError) {
+        try Self.validate(orders: orders, levels: levelCount)
+        // Everything is initialized here, so its pages are touched now and not on the hot path.
+        orderCapacity = UInt32(orders)
+        nodes = .allocate(capacity: orders + 1)
+        nodes.initialize(repeating: OrderNode(), count: orders + 1)
+        let bits = Self.idTableBits(orders: orders)
         // Aligned so that each block of 8 slots is exactly one cache line.
         slots = UnsafeMutableRawPointer.allocate(byteCount: (1 << bits) * MemoryLayout<IdSlot>.stride, alignment: 64)
             .bindMemory(to: IdSlot.self, capacity: 1 << bits)
         slots.initialize(repeating: IdSlot(handle: 0, home: 0), count: 1 << bits)
         slotMask = (1 << bits) - 1
         slotShift = UInt64(64 - bits)
-
-        levelCapacity = UInt32(capacity.levels)
-        levels = .allocate(capacity: capacity.levels + 1)
-        levels.initialize(repeating: PriceLevel(), count: capacity.levels + 1)
-        ladderKeys = .allocate(capacity: 2 * capacity.levels)
-        ladderKeys.initialize(repeating: 0, count: 2 * capacity.levels)
-        ladderHandles = .allocate(capacity: 2 * capacity.levels)
-        ladderHandles.initialize(repeating: 0, count: 2 * capacity.levels)
+        levelCapacity = UInt32(levelCount)
+        levels = .allocate(capacity: levelCount + 1)
+        levels.initialize(repeating: PriceLevel(), count: levelCount + 1)
+        state = .allocate(capacity: 1)
+        state.initialize(to: PoolState())
     }
 
     func deallocate() {
         nodes.deallocate()
         slots.deallocate()
         levels.deallocate()
-        ladderKeys.deallocate()
-        ladderHandles.deallocate()
+        state.deallocate()
+    }
+
+    var bytes: Int { Self.bytes(orders: Int(orderCapacity), levels: Int(levelCapacity)) }
+}
+
+/// Pools shared by the books of one shard: one order pool, one id table and one level pool,
+/// sized for all of them together (`[shard] orders`, `levels`). A book made on them costs its
+/// struct and its ladders (a few hundred bytes while quiet). Single-threaded, like the books.
+/// Each book holds a reference, so the pools outlive their books; a book that goes returns its
+/// orders and levels to them.
+public final class BookPools: @unchecked Sendable {
+    @usableFromInline let memory: PoolMemory
+
+    /// Pools for `orders` resting orders and `levels` price levels in all.
+    public init(orders: Int, levels: Int) throws(BookConfigError) {
+        memory = try PoolMemory(orders: orders, levels: levels)
+    }
+
+    deinit {
+        precondition(memory.state.pointee.books == 0, "book pools freed while \(memory.state.pointee.books) books use them")
+        memory.deallocate()
+    }
+
+    /// The bytes pools of these sizes allocate when they are made.
+    public static func bytes(orders: Int, levels: Int) -> Int { PoolMemory.bytes(orders: orders, levels: levels) }
+
+    public var allocatedBytes: Int { memory.bytes }
+    public var orderCapacity: Int { Int(memory.orderCapacity) }
+    public var levelCapacity: Int { Int(memory.levelCapacity) }
+    /// Resting orders of all its books now.
+    public var liveOrders: Int { memory.state.pointee.liveOrders }
+    /// Price levels of all its books now.
+    public var liveLevels: Int { memory.state.pointee.liveLevels }
+    /// Books made on the pools and not freed yet.
+    public var books: Int { memory.state.pointee.books }
+}
+
+/// What a book fixes at `init`: its rules and its memory. Copying it copies pointers only.
+/// Kept small (120 bytes, fields ordered to pack): its methods may get a copy of it.
+@frozen @usableFromInline
+struct BookStore {
+    @usableFromInline let symbolId: UInt32
+    /// The book's index in its pools (0 for a book with pools of its own).
+    @usableFromInline let book: UInt32
+    @usableFromInline let tickSize: Price
+    @usableFromInline let lotSize: Quantity
+    @usableFromInline let minPrice: Price
+    @usableFromInline let maxPrice: Price
+    @usableFromInline let maxQuantity: Quantity
+
+    @usableFromInline let nodes: UnsafeMutablePointer<OrderNode>
+    @usableFromInline let slots: UnsafeMutablePointer<IdSlot>
+    @usableFromInline let levels: UnsafeMutablePointer<PriceLevel>
+    @usableFromInline let pool: UnsafeMutablePointer<PoolState>
+    @usableFromInline let slotMask: Int
+    @usableFromInline let slotShift: UInt64
+    /// The book's index spread by an odd constant, added to each id's block before it is
+    /// hashed (0 for the first book: a book with pools of its own hashes as before pools were
+    /// shared). Kept, not computed: a multiply on every hash's path measured 5–10% of W1.
+    @usableFromInline let salt: UInt64
+    @usableFromInline let orderCapacity: UInt32
+    @usableFromInline let levelCapacity: UInt32
+    /// The most price levels the book may hold on one side.
+    @usableFromInline let levelLimit: UInt32
+    /// Pools of its own: freed with the book, and no order of another book in its id table.
+    @usableFromInline let ownsPools: Bool
+
+    init(spec: SymbolSpec, memory: PoolMemory, levelLimit: Int, ownsPools: Bool) throws(BookConfigError) {
+        try spec.validate()
+        // Level totals are sums of open quantities: they must not overflow.
+        guard spec.maxOrderQuantity <= Int64.max / Int64(memory.orderCapacity) else {
+            throw .capacity("symbol \(spec.name): maximum order quantity \(spec.maxOrderQuantity) × \(memory.orderCapacity) orders overflows 64 bits")
+        }
+        guard levelLimit >= 1, levelLimit <= Int(memory.levelCapacity) else {
+            throw .capacity("symbol \(spec.name): a book's levels must be between 1 and its pools' \(memory.levelCapacity), got \(levelLimit)")
+        }
+        guard memory.state.pointee.nextBook < UInt32.max else { throw .capacity("too many books made on these pools") }
+        symbolId = spec.id
+        tickSize = spec.tickSize
+        lotSize = spec.lotSize
+        minPrice = spec.minPrice
+        maxPrice = spec.maxPrice
+        maxQuantity = spec.maxOrderQuantity
+        nodes = memory.nodes
+        orderCapacity = memory.orderCapacity
+        slots = memory.slots
+        slotMask = memory.slotMask
+        slotShift = memory.slotShift
+        levels = memory.levels
+        levelCapacity = memory.levelCapacity
+        pool = memory.state
+        book = memory.state.pointee.nextBook
+        salt = UInt64(book) &* 0xD6E8_FEB8_6659_FD93
+        self.levelLimit = UInt32(levelLimit)
+        self.ownsPools = ownsPools
+        memory.state.pointee.nextBook += 1
+        memory.state.pointee.books += 1
     }
 
     // MARK: Validation
@@ -256,38 +382,6 @@ struct BookStore {
     func key(_ side: Side, _ price: Price) -> Int64 { side == .buy ? price : -price }
 
     @inlinable @inline(__always)
-    func ladderBase(_ side: Side) -> Int { side == .buy ? 0 : Int(levelCapacity) }
-
-    /// The best level of a side with `count` levels (count > 0).
-    @inlinable @inline(__always)
-    func bestLevel(_ side: Side, _ count: Int) -> UInt32 { ladderHandles[ladderBase(side) + count - 1] }
-
-    /// Where `price` is, or would go, in a side's ladder of `count` levels. Scans the few
-    /// levels at the touch first (where nearly all activity is), then bisects.
-    @inlinable
-    func findLevel(_ side: Side, _ price: Price, _ count: Int) -> (found: Bool, position: Int) {
-        let k = key(side, price)
-        let keys = ladderKeys + ladderBase(side)
-        var i = count - 1
-        var steps = 0
-        while i >= 0 && steps < 4 {
-            let ki = keys[i]
-            if ki == k { return (true, i) }
-            if ki < k { return (false, i + 1) }
-            i -= 1
-            steps += 1
-        }
-        if i < 0 { return (false, 0) }
-        var lo = 0
-        var hi = i + 1
-        while lo < hi {
-            let mid = (lo + hi) >> 1
-            if keys[mid] < k { lo = mid + 1 } else { hi = mid }
-        }
-        return (lo <= i && keys[lo] == k, lo)
-    }
-
-    @inlinable @inline(__always)
     func emitLevel<S: BookEventSink>(_ side: Side, _ lv: UInt32, _ sink: inout S) {
         let level = levels[Int(lv)]
         sink.on(.level(side: side, price: level.price, quantity: level.total, orders: Int32(level.count)))
@@ -295,25 +389,38 @@ struct BookStore {
 
     // MARK: Order id table
 
-    /// The home slot of an id. Ids are hashed in blocks of 8, one 64-byte line of slots: the
+    /// The home slot of an id (of this book: its index is hashed in). Ids are hashed in blocks of 8, one 64-byte line of slots: the
     /// block (id >> 3) picks the line by Fibonacci hashing, and id & 7 the slot in it. Clients
     /// number their orders consecutively, so a new id nearly always lands on the line the last
     /// one did, in cache; ids in no such order still spread evenly over the table.
     @inlinable @inline(__always)
     func home(_ id: OrderId) -> Int {
-        let block = (UInt64(bitPattern: id >> 3) &* 0x9E37_79B9_7F4A_7C15) >> slotShift
+        let block = ((UInt64(bitPattern: id >> 3) &+ salt) &* 0x9E37_79B9_7F4A_7C15) >> slotShift
         return Int(truncatingIfNeeded: block) & ~7 | Int(truncatingIfNeeded: id) & 7
     }
 
-    /// The handle of the live order with this id, or 0.
+    /// The handle of the live order with this id, or 0. In shared pools an order of another
+    /// book can have the same id and home: its level names the other book.
     @inlinable
     func lookup(_ id: OrderId) -> UInt32 {
         let h0 = home(id)
         var i = h0
+        if ownsPools {
+            while true {
+                let slot = slots[i]
+                if slot.handle == 0 { return 0 }
+                if Int(slot.home) == h0 && nodes[Int(slot.handle)].id == id { return slot.handle }
+                i = (i + 1) & slotMask
+            }
+        }
         while true {
             let slot = slots[i]
             if slot.handle == 0 { return 0 }
-            if Int(slot.home) == h0 && nodes[Int(slot.handle)].id == id { return slot.handle }
+            if Int(slot.home) == h0 && nodes[Int(slot.handle)].id == id
+                && levels[Int(nodes[Int(slot.handle)].level)].book == book
+            {
+                return slot.handle
+            }
             i = (i + 1) & slotMask
         }
     }
@@ -351,29 +458,130 @@ struct BookStore {
 @frozen
 public struct OrderBook: ~Copyable {
     @usableFromInline let store: BookStore
+    /// The pools' allocation state: this book's own, or a copy of the shared pools' while a
+    /// command runs (`enterPools`, `leavePools`).
     /// The next order handle never used yet; handles below it are live or on the free list.
     @usableFromInline var orderHighWater: UInt32 = 1
     @usableFromInline var freeOrders: UInt32 = 0
-    @usableFromInline var liveOrders: Int = 0
     @usableFromInline var levelHighWater: UInt32 = 1
     @usableFromInline var freeLevels: UInt32 = 0
+    /// Resting orders of this book (its pools may hold other books' too).
+    @usableFromInline var liveOrders: Int = 0
     @usableFromInline var bidLevels: Int = 0
     @usableFromInline var askLevels: Int = 0
+    /// Ladders: side s uses keys[base(s) ..< base(s) + count], ascending, best last; the bids'
+    /// base is 0, the asks' is `ladderCapacity`. The key of a price is the price for bids and
+    /// its negation for asks.
+    @usableFromInline var ladderKeys: UnsafeMutablePointer<Int64>
+    @usableFromInline var ladderHandles: UnsafeMutablePointer<UInt32>
+    /// Levels each side's ladder holds now: the level limit for a book with pools of its own;
+    /// growing by doubling up to it for one that shares.
+    @usableFromInline var ladderCapacity: Int
+    /// Shared pools, retained so that they outlive the book (released in deinit). A raw
+    /// pointer, not a reference: a class field would make the book a non-trivial type, and
+    /// the compiler then copies its store for each call of the store's methods (measured: W1
+    /// 0.84× with the field).
+    let sharedPools: UnsafeMutableRawPointer?
 
+    /// The first capacity of a sharing book's ladders, per side.
+    public static let initialLadderCapacity = 8
+
+    /// A book with pools of its own, all allocated (and touched) now.
     public init(spec: SymbolSpec, capacity: BookCapacity) throws(BookConfigError) {
-        store = try BookStore(spec: spec, capacity: capacity)
+        try capacity.validate(for: spec)
+        let memory = try PoolMemory(orders: capacity.orders, levels: capacity.levels)
+        do {
+            store = try BookStore(spec: spec, memory: memory, levelLimit: capacity.levels, ownsPools: true)
+        } catch {
+            memory.deallocate()
+            throw error
+        }
+        sharedPools = nil
+        ladderCapacity = capacity.levels
+        ladderKeys = .allocate(capacity: 2 * capacity.levels)
+        ladderKeys.initialize(repeating: 0, count: 2 * capacity.levels)
+        ladderHandles = .allocate(capacity: 2 * capacity.levels)
+        ladderHandles.initialize(repeating: 0, count: 2 * capacity.levels)
     }
 
-    deinit { store.deallocate() }
+    /// A book on a shard's shared pools, holding at most `levels` price levels a side (and
+    /// what the pools have free). Its ladders start small and grow as it gets levels.
+    public init(spec: SymbolSpec, pools: BookPools, levels: Int) throws(BookConfigError) {
+        store = try BookStore(spec: spec, memory: pools.memory, levelLimit: levels, ownsPools: false)
+        sharedPools = Unmanaged.passRetained(pools).toOpaque()
+        ladderCapacity = min(Self.initialLadderCapacity, levels)
+        ladderKeys = .allocate(capacity: 2 * ladderCapacity)
+        ladderKeys.initialize(repeating: 0, count: 2 * ladderCapacity)
+        ladderHandles = .allocate(capacity: 2 * ladderCapacity)
+        ladderHandles.initialize(repeating: 0, count: 2 * ladderCapacity)
+    }
+
+    deinit {
+        if store.ownsPools {
+            store.nodes.deallocate()
+            store.slots.deallocate()
+            store.levels.deallocate()
+            store.pool.deallocate()
+        } else {
+            // Its orders and levels go back to the shared pools' free lists.
+            let pool = store.pool
+            for (base, count) in [(0, bidLevels), (ladderCapacity, askLevels)] {
+                for i in 0..<count {
+                    let lv = ladderHandles[base + i]
+                    var h = store.levels[Int(lv)].head
+                    while h != 0 {
+                        let next = store.nodes[Int(h)].next
+                        store.removeId(h)
+                        store.nodes[Int(h)].next = pool.pointee.freeOrders
+                        pool.pointee.freeOrders = h
+                        h = next
+                    }
+                    store.levels[Int(lv)].tail = pool.pointee.freeLevels
+                    pool.pointee.freeLevels = lv
+                }
+            }
+            pool.pointee.liveOrders -= liveOrders
+            pool.pointee.liveLevels -= bidLevels + askLevels
+            pool.pointee.books -= 1
+        }
+        if let sharedPools { Unmanaged<BookPools>.fromOpaque(sharedPools).release() }
+        ladderKeys.deallocate()
+        ladderHandles.deallocate()
+    }
 
     public var symbolId: UInt32 { store.symbolId }
 
-    /// Bytes this book allocated, for capacity planning.
+    /// Bytes this book allocated, for capacity planning: with pools of its own, the pools too.
     public var allocatedBytes: Int {
-        (Int(store.orderCapacity) + 1) * MemoryLayout<OrderNode>.stride
-            + (store.slotMask + 1) * MemoryLayout<IdSlot>.stride
-            + (Int(store.levelCapacity) + 1) * MemoryLayout<PriceLevel>.stride
-            + 2 * Int(store.levelCapacity) * (MemoryLayout<Int64>.stride + MemoryLayout<UInt32>.stride)
+        (store.ownsPools ? PoolMemory.bytes(orders: Int(store.orderCapacity), levels: Int(store.levelCapacity)) : 0)
+            + MemoryLayout<OrderBook>.stride
+            + 2 * ladderCapacity * (MemoryLayout<Int64>.stride + MemoryLayout<UInt32>.stride)
+    }
+
+    /// A sharing book takes the pools' allocation state into its own fields before a command
+    /// (returns what it held then, for `leavePools`); a book with pools of its own has it there.
+    @inlinable @inline(__always)
+    mutating func enterPools() -> (orders: Int, levels: Int) {
+        guard !store.ownsPools else { return (0, 0) }
+        let state = store.pool
+        orderHighWater = state.pointee.orderHighWater
+        freeOrders = state.pointee.freeOrders
+        levelHighWater = state.pointee.levelHighWater
+        freeLevels = state.pointee.freeLevels
+        return (liveOrders, bidLevels + askLevels)
+    }
+
+    /// Gives the allocation state back to the shared pools after a command.
+    @inlinable @inline(__always)
+    mutating func leavePools(_ before: (orders: Int, levels: Int)) {
+        guard !store.ownsPools else { return }
+        let state = store.pool
+        state.pointee.orderHighWater = orderHighWater
+        state.pointee.freeOrders = freeOrders
+        state.pointee.levelHighWater = levelHighWater
+        state.pointee.freeLevels = freeLevels
+        state.pointee.liveOrders += liveOrders - before.orders
+        state.pointee.liveLevels += bidLevels + askLevels - before.levels
     }
 
     // Shorthands for the hot path.
@@ -390,6 +598,13 @@ public struct OrderBook: ~Copyable {
     /// (GTC, post-only) or is cancelled (IOC, market).
     @inlinable
     public mutating func submit<S: BookEventSink>(_ order: NewOrder, to sink: inout S) {
+        let before = enterPools()
+        submitInPools(order, to: &sink)
+        leavePools(before)
+    }
+
+    @inlinable
+    mutating func submitInPools<S: BookEventSink>(_ order: NewOrder, to sink: inout S) {
         sink.account(order.account, of: order.orderId)
         if let reason = store.validateNew(order) {
             sink.on(.rejected(orderId: order.orderId, reason: reason))
@@ -403,7 +618,7 @@ public struct OrderBook: ~Copyable {
                 sink.on(.rejected(orderId: order.orderId, reason: .orderPoolExhausted))
                 return
             }
-            if freeLevels == 0 && levelHighWater > store.levelCapacity
+            if (freeLevels == 0 && levelHighWater > store.levelCapacity || ladderCount(order.side) >= Int(store.levelLimit))
                 && !findLevel(order.side, order.price).found
             {
                 sink.on(.rejected(orderId: order.orderId, reason: .levelPoolExhausted))
@@ -445,6 +660,13 @@ public struct OrderBook: ~Copyable {
 
     @inlinable
     public mutating func cancel<S: BookEventSink>(_ command: CancelOrder, to sink: inout S) {
+        let before = enterPools()
+        cancelInPools(command, to: &sink)
+        leavePools(before)
+    }
+
+    @inlinable
+    mutating func cancelInPools<S: BookEventSink>(_ command: CancelOrder, to sink: inout S) {
         let h = store.lookup(command.orderId)
         guard h != 0 else {
             sink.on(.rejected(orderId: command.orderId, reason: .unknownOrderId))
@@ -463,6 +685,13 @@ public struct OrderBook: ~Copyable {
 
     @inlinable
     public mutating func replace<S: BookEventSink>(_ command: ReplaceOrder, to sink: inout S) {
+        let before = enterPools()
+        replaceInPools(command, to: &sink)
+        leavePools(before)
+    }
+
+    @inlinable
+    mutating func replaceInPools<S: BookEventSink>(_ command: ReplaceOrder, to sink: inout S) {
         let h = store.lookup(command.orderId)
         guard h != 0 else {
             sink.on(.rejected(orderId: command.orderId, reason: .unknownOrderId))
@@ -499,7 +728,9 @@ public struct OrderBook: ~Copyable {
             }
             return
         }
-        if freeLevels == 0 && levelHighWater > store.levelCapacity && !findLevel(side, command.price).found {
+        if (freeLevels == 0 && levelHighWater > store.levelCapacity || ladderCount(side) >= Int(store.levelLimit))
+            && !findLevel(side, command.price).found
+        {
             sink.on(.rejected(orderId: command.orderId, reason: .levelPoolExhausted))
             return
         }
@@ -524,10 +755,18 @@ public struct OrderBook: ~Copyable {
 
     @inlinable
     public mutating func apply<S: BookEventSink>(_ command: BookCommand, to sink: inout S) {
+        let before = enterPools()
+        applyInPools(command, to: &sink)
+        leavePools(before)
+    }
+
+    /// A command, with the pools' state already in this book's fields.
+    @inlinable
+    mutating func applyInPools<S: BookEventSink>(_ command: BookCommand, to sink: inout S) {
         switch command {
-        case .new(let order): submit(order, to: &sink)
-        case .cancel(let cancel): self.cancel(cancel, to: &sink)
-        case .replace(let replace): self.replace(replace, to: &sink)
+        case .new(let order): submitInPools(order, to: &sink)
+        case .cancel(let cancel): cancelInPools(cancel, to: &sink)
+        case .replace(let replace): replaceInPools(replace, to: &sink)
         }
     }
 
@@ -539,7 +778,7 @@ public struct OrderBook: ~Copyable {
         let opposite = side.opposite
         let n = ladderCount(opposite)
         guard n > 0 else { return false }
-        let best = levels[Int(store.ladderHandles[store.ladderBase(opposite) + n - 1])].price
+        let best = levels[Int(ladderHandles[ladderBase(opposite) + n - 1])].price
         return side == .buy ? best <= limit : best >= limit
     }
 
@@ -548,11 +787,11 @@ public struct OrderBook: ~Copyable {
     func fillable(_ side: Side, _ limit: Price, _ quantity: Quantity, _ account: AccountId,
                   _ stp: SelfTradePrevention) -> Bool {
         let opposite = side.opposite
-        let base = store.ladderBase(opposite)
+        let base = ladderBase(opposite)
         var need = quantity
         var i = ladderCount(opposite) - 1
         while i >= 0 {
-            let lv = Int(store.ladderHandles[base + i])
+            let lv = Int(ladderHandles[base + i])
             let price = levels[lv].price
             if side == .buy ? price > limit : price < limit { return false }
             if stp == .none {
@@ -584,11 +823,12 @@ public struct OrderBook: ~Copyable {
         _ remaining: inout Quantity, _ stp: SelfTradePrevention, _ sink: inout S
     ) {
         let opposite = side.opposite
-        let base = store.ladderBase(opposite)
+        // Matching only removes levels: the ladder does not move while it runs.
+        let handles = ladderHandles + ladderBase(opposite)
         while remaining > 0 {
             let n = ladderCount(opposite)
             guard n > 0 else { return }
-            let lv = store.ladderHandles[base + n - 1]
+            let lv = handles[n - 1]
             let price = levels[Int(lv)].price
             if side == .buy ? price > limit : price < limit { return }
             var touched = false
@@ -678,7 +918,7 @@ public struct OrderBook: ~Copyable {
         let (found, position) = findLevel(side, price)
         let lv: UInt32
         if found {
-            lv = store.ladderHandles[store.ladderBase(side) + position]
+            lv = ladderHandles[ladderBase(side) + position]
         } else {
             lv = allocateLevel()
             levels[Int(lv)].price = price
@@ -749,14 +989,16 @@ public struct OrderBook: ~Copyable {
 
     @inlinable @inline(__always)
     mutating func allocateLevel() -> UInt32 {
+        let lv: UInt32
         if freeLevels != 0 {
-            let lv = freeLevels
+            lv = freeLevels
             freeLevels = levels[Int(lv)].tail
             levels[Int(lv)] = PriceLevel()
-            return lv
+        } else {
+            lv = levelHighWater
+            levelHighWater += 1
         }
-        let lv = levelHighWater
-        levelHighWater += 1
+        levels[Int(lv)].book = store.book
         return lv
     }
 
@@ -777,17 +1019,67 @@ public struct OrderBook: ~Copyable {
     }
 
     @inlinable @inline(__always)
+    func ladderBase(_ side: Side) -> Int { side == .buy ? 0 : ladderCapacity }
+
+    /// Where `price` is, or would go, in a side's ladder.
+    @inlinable @inline(__always)
     func findLevel(_ side: Side, _ price: Price) -> (found: Bool, position: Int) {
-        store.findLevel(side, price, side == .buy ? bidLevels : askLevels)
+        Self.findLevel(store.key(side, price), in: ladderKeys + ladderBase(side), count: ladderCount(side))
+    }
+
+    /// Where key `k` is, or would go, in an ascending ladder of `count` keys. Scans the few
+    /// levels at the touch first (where nearly all activity is), then bisects. Static, on plain
+    /// values: a method of the book would get a copy of the book on some call paths.
+    @inlinable
+    static func findLevel(_ k: Int64, in keys: UnsafeMutablePointer<Int64>, count: Int) -> (found: Bool, position: Int) {
+        var i = count - 1
+        var steps = 0
+        while i >= 0 && steps < 4 {
+            let ki = keys[i]
+            if ki == k { return (true, i) }
+            if ki < k { return (false, i + 1) }
+            i -= 1
+            steps += 1
+        }
+        if i < 0 { return (false, 0) }
+        var lo = 0
+        var hi = i + 1
+        while lo < hi {
+            let mid = (lo + hi) >> 1
+            if keys[mid] < k { lo = mid + 1 } else { hi = mid }
+        }
+        return (lo <= i && keys[lo] == k, lo)
+    }
+
+    /// Doubles both ladders (up to the book's level limit): a sharing book's only allocation
+    /// after it is made, at most log2(limit / 8) times a side's ladder fills.
+    @usableFromInline
+    mutating func growLadders() {
+        let capacity = min(2 * ladderCapacity, Int(store.levelLimit))
+        precondition(capacity > ladderCapacity, "a ladder grown past the book's level limit")
+        let keys = UnsafeMutablePointer<Int64>.allocate(capacity: 2 * capacity)
+        keys.initialize(repeating: 0, count: 2 * capacity)
+        let handles = UnsafeMutablePointer<UInt32>.allocate(capacity: 2 * capacity)
+        handles.initialize(repeating: 0, count: 2 * capacity)
+        keys.update(from: ladderKeys, count: bidLevels)
+        handles.update(from: ladderHandles, count: bidLevels)
+        (keys + capacity).update(from: ladderKeys + ladderCapacity, count: askLevels)
+        (handles + capacity).update(from: ladderHandles + ladderCapacity, count: askLevels)
+        ladderKeys.deallocate()
+        ladderHandles.deallocate()
+        ladderKeys = keys
+        ladderHandles = handles
+        ladderCapacity = capacity
     }
 
     @inlinable
     mutating func insertLadder(_ side: Side, _ position: Int, _ k: Int64, _ lv: UInt32) {
-        let base = store.ladderBase(side)
         let n = ladderCount(side)
+        if n == ladderCapacity { growLadders() }
+        let base = ladderBase(side)
         let moving = n - position
-        let keys = store.ladderKeys + base
-        let handles = store.ladderHandles + base
+        let keys = ladderKeys + base
+        let handles = ladderHandles + base
         if moving > 0 {
             (keys + position + 1).moveInitialize(from: keys + position, count: moving)
             (handles + position + 1).moveInitialize(from: handles + position, count: moving)
@@ -799,11 +1091,11 @@ public struct OrderBook: ~Copyable {
 
     @inlinable
     mutating func removeLadder(_ side: Side, _ position: Int) {
-        let base = store.ladderBase(side)
+        let base = ladderBase(side)
         let n = ladderCount(side)
         let moving = n - position - 1
-        let keys = store.ladderKeys + base
-        let handles = store.ladderHandles + base
+        let keys = ladderKeys + base
+        let handles = ladderHandles + base
         if moving > 0 {
             (keys + position).moveInitialize(from: keys + position + 1, count: moving)
             (handles + position).moveInitialize(from: handles + position + 1, count: moving)

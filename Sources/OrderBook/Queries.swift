@@ -11,7 +11,7 @@ extension OrderBook {
     public func best(_ side: Side) -> DepthLevel? {
         let n = ladderCount(side)
         guard n > 0 else { return nil }
-        let level = levels[Int(store.ladderHandles[store.ladderBase(side) + n - 1])]
+        let level = levels[Int(ladderHandles[ladderBase(side) + n - 1])]
         return DepthLevel(price: level.price, quantity: level.total, orders: Int(level.count))
     }
 
@@ -23,7 +23,7 @@ extension OrderBook {
         var out: [DepthLevel] = []
         var i = ladderCount(side) - 1
         while i >= 0 && out.count < limit {
-            let level = levels[Int(store.ladderHandles[store.ladderBase(side) + i])]
+            let level = levels[Int(ladderHandles[ladderBase(side) + i])]
             out.append(DepthLevel(price: level.price, quantity: level.total, orders: Int(level.count)))
             i -= 1
         }
@@ -35,7 +35,7 @@ extension OrderBook {
         var out: [RestingOrder] = []
         var i = ladderCount(side) - 1
         while i >= 0 {
-            let lv = Int(store.ladderHandles[store.ladderBase(side) + i])
+            let lv = Int(ladderHandles[ladderBase(side) + i])
             var h = levels[lv].head
             while h != 0 {
                 let node = nodes[Int(h)]
@@ -73,7 +73,7 @@ extension OrderBook {
             mix(UInt64(side.rawValue) | 0xA5A5_0000)
             var i = ladderCount(side) - 1
             while i >= 0 {
-                let lv = Int(store.ladderHandles[store.ladderBase(side) + i])
+                let lv = Int(ladderHandles[ladderBase(side) + i])
                 mix(UInt64(bitPattern: levels[lv].price))
                 var h = levels[lv].head
                 while h != 0 {
@@ -96,13 +96,13 @@ extension OrderBook {
         var seen = 0
         var levelsSeen = 0
         for side in Side.allCases {
-            let base = store.ladderBase(side)
+            let base = ladderBase(side)
             var previousKey = Int64.min
             for i in 0..<ladderCount(side) {
-                let k = store.ladderKeys[base + i]
+                let k = ladderKeys[base + i]
                 if i > 0 && k <= previousKey { return "\(side) ladder not strictly ascending at \(i)" }
                 previousKey = k
-                let lv = store.ladderHandles[base + i]
+                let lv = ladderHandles[base + i]
                 let level = levels[Int(lv)]
                 if store.key(side, level.price) != k { return "\(side) ladder key \(k) ≠ level price \(level.price)" }
                 if level.count == 0 { return "empty level \(level.price) left in the \(side) ladder" }
@@ -137,10 +137,17 @@ extension OrderBook {
         var inTable = 0
         for i in 0...store.slotMask where store.slots[i].handle != 0 {
             let slot = store.slots[i]
+            // Shared pools: the table holds the other books' orders too (their levels say whose).
+            guard store.ownsPools || levels[Int(nodes[Int(slot.handle)].level)].book == store.book else { continue }
             if Int(slot.home) != store.home(nodes[Int(slot.handle)].id) { return "id table slot \(i): wrong home" }
             inTable += 1
         }
         if inTable != liveOrders { return "\(inTable) ids in the table, \(liveOrders) live orders" }
+        for side in Side.allCases {
+            for i in 0..<ladderCount(side) where levels[Int(ladderHandles[ladderBase(side) + i])].book != store.book {
+                return "\(side) level \(i) is marked as another book's"
+            }
+        }
         return nil
     }
 }

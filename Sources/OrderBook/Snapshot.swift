@@ -82,7 +82,7 @@ extension OrderBook {
             for side in Side.allCases {
                 var i = ladderCount(side) - 1
                 while i >= 0 {
-                    let lv = Int(store.ladderHandles[store.ladderBase(side) + i])
+                    let lv = Int(ladderHandles[ladderBase(side) + i])
                     let price = levels[lv].price
                     var h = levels[lv].head
                     while h != 0 {
@@ -121,7 +121,12 @@ extension OrderBook {
     /// input like any other.
     public mutating func restore(from bytes: [UInt8]) throws(BookSnapshotError) {
         guard liveOrders == 0 else { throw .capacity("restore needs an empty book") }
-        let spec = (id: store.symbolId, orders: Int(store.orderCapacity), levels: Int(store.levelCapacity))
+        let before = enterPools()
+        defer { leavePools(before) }
+        // What the pools have free (shared pools: the other books hold the rest; an empty book
+        // with pools of its own has them all).
+        let spec = (id: store.symbolId, orders: Int(store.orderCapacity) - (store.ownsPools ? 0 : store.pool.pointee.liveOrders),
+                    levels: Int(store.levelCapacity) - (store.ownsPools ? 0 : store.pool.pointee.liveLevels))
         guard bytes.count >= BookSnapshotLayout.headerSize + 8 else { throw .badHeader("\(bytes.count) bytes is too short") }
         var failure: BookSnapshotError?
         bytes.withUnsafeBytes { raw in
@@ -172,6 +177,10 @@ extension OrderBook {
                 }
             }
             guard runs.count <= spec.levels else { failure = .capacity("more price levels than the capacity \(spec.levels)"); return }
+            for side in Side.allCases where runs.lazy.filter({ $0.side == side }).count > Int(store.levelLimit) {
+                failure = .capacity("more \(side) price levels than the book's limit \(store.levelLimit)")
+                return
+            }
             // Pass 2: the levels from the worst price in, so that each new level goes at the end
             // of its ladder (the best price is kept last): a book of n levels restores in O(n),
             // not O(n^2) moves. Orders within a level in their order: their priority.

@@ -1,5 +1,6 @@
 // `crossbook workload w1|w2`: runs a benchmark workload once and prints its totals and rate,
 // so that anyone can check the engine did the published work (bench/README.md has the table).
+// `crossbook workload s1`: benchmark S1, many symbols on one shard's shared pools.
 import ArgumentParser
 import Foundation
 import OrderBook
@@ -8,10 +9,22 @@ import Workloads
 struct WorkloadCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "workload",
-        abstract: "Run benchmark workload W1 or W2 and print its totals and ops/s.")
+        abstract: "Run benchmark workload W1, W2 or S1 and print its totals and ops/s.",
+        discussion: """
+            S1: many symbols on one shard's shared pools. Prints the memory of a quiet symbol \
+            and of 1M resting orders spread over the symbols, then W1 on one book and W1's mix \
+            spread over the symbols (uniform, and Zipf with --zipf), interleaved --repeat times, \
+            with the ratios to one book in the same run.
+            """)
 
-    @Argument(help: "w1 or w2")
+    @Argument(help: "w1, w2 or s1")
     var name: String
+
+    @Option(help: "S1: symbols on the shard.")
+    var symbols: Int = 10_000
+
+    @Option(help: "S1: the Zipf exponent of the skewed run.")
+    var zipf: Double = 1.1
 
     @Option(help: "Book capacity in resting orders (default: the workload's own, 65,536 for W1, 262,144 for W2).")
     var orders: Int?
@@ -34,7 +47,8 @@ struct WorkloadCommand: ParsableCommand {
         switch name.lowercased() {
         case "w1": workload = .w1()
         case "w2": workload = .w2()
-        default: throw ValidationError("unknown workload '\(name)': expected w1 or w2")
+        case "s1": return try runS1()
+        default: throw ValidationError("unknown workload '\(name)': expected w1, w2 or s1")
         }
         for run in 1...max(1, `repeat`) {
             var capacity = workload.capacity
@@ -50,6 +64,67 @@ struct WorkloadCommand: ParsableCommand {
             if run == 1 { print("\(workload.name) totals: \(runner.totals)\(batch > 1 ? " (batch \(batch))" : "")") }
             print("\(workload.name) run \(run): \(workload.ops.count) ops in \(elapsed / 1_000_000) ms, "
                   + "\(String(format: "%.2f", rate / 1e6))M ops/s, \(elapsed / UInt64(workload.ops.count)) ns/op")
+        }
+    }
+
+    /// Resident memory of this process now (bytes).
+    func residentBytes() -> Int {
+        guard let text = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8),
+              let pages = text.split(separator: " ").dropFirst().first.flatMap({ Int($0) }) else { return 0 }
+        return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
+    }
+
+    func runS1() throws {
+        guard symbols >= 1, symbols <= 1 << 20 else { throw ValidationError("--symbols must be 1...\(1 << 20)") }
+        let mib = { (bytes: Int) in String(format: "%.1f MiB", Double(bytes) / 1_048_576) }
+        // Memory: a quiet symbol, then 1M resting orders spread over all of them (100 a symbol
+        // at 10 prices a side when there are 10,000).
+        do {
+            let quiet = try MultiSymbolRunner(symbols: symbols, orders: 1 << 10, levels: 1 << 10, levelsPerBook: 1 << 10, maxOrderId: 0)
+            print("S1 memory: a quiet symbol on shared pools: \(quiet.booksBytes / symbols) bytes (its book and ladders)")
+        }
+        let resting = 1_000_000
+        let before = residentBytes()
+        do {
+            var full = try MultiSymbolRunner(symbols: symbols, orders: resting, levels: min(1 << 27, 20 * symbols), levelsPerBook: 64, maxOrderId: resting)
+            for i in 0..<resting {
+                let symbol = i % symbols, k = i / symbols
+                let buy = k % 2 == 0
+                full.rest(NewOrder(orderId: OrderId(i + 1), side: buy ? .buy : .sell,
+                                   price: buy ? 9990 - Price(k / 2 % 10) : 10010 + Price(k / 2 % 10), quantity: 1), symbol: symbol)
+            }
+            let grown = residentBytes() - before
+            let t = full.totals
+            print("S1 memory: \(t.rested) resting orders over \(symbols) symbols (\(t.bidLevels + t.askLevels) levels): pools \(mib(full.pools.allocatedBytes)) + books \(mib(full.booksBytes)) = \(mib(full.pools.allocatedBytes + full.booksBytes)); resident memory grew \(mib(grown))")
+        }
+        // Throughput: W1 on one book, then W1's mix over the symbols, uniform and Zipf.
+        let w1 = Workload.w1()
+        let uniform = Workload.symbolDraws(count: w1.ops.count, symbols: symbols, zipf: 0)
+        let skewed = Workload.symbolDraws(count: w1.ops.count, symbols: symbols, zipf: zipf)
+        let hottest = skewed.reduce(into: [UInt32: Int]()) { $0[$1, default: 0] += 1 }.values.max() ?? 0
+        print("S1: \(w1.ops.count) ops of W1's mix; Zipf s = \(zipf): the hottest symbol gets \(String(format: "%.1f", 100 * Double(hottest) / Double(w1.ops.count)))% of them")
+        func time(_ body: () -> Void) -> Double {
+            let start = DispatchTime.now().uptimeNanoseconds
+            body()
+            return Double(w1.ops.count) / (Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+        }
+        for run in 1...max(1, `repeat`) {
+            var single = try WorkloadRunner(workload: w1)
+            let one = w1.ops.withUnsafeBufferPointer { ops in time { single.run(ops, idBase: 0) } }
+            var rates: [Double] = []
+            var totals: [WorkloadTotals] = []
+            for draws in [uniform, skewed] {
+                var many = try MultiSymbolRunner(symbols: symbols, orders: 1 << 20, levels: 1 << 20, levelsPerBook: 4096, maxOrderId: w1.ops.count)
+                rates.append(w1.ops.withUnsafeBufferPointer { ops in draws.withUnsafeBufferPointer { d in time { many.run(ops, symbols: d, idBase: 0) } } })
+                totals.append(many.totals)
+            }
+            if run == 1 {
+                print("S1 totals, one book: \(single.totals)")
+                print("S1 totals, uniform: \(totals[0])")
+                print("S1 totals, Zipf: \(totals[1])")
+            }
+            print(String(format: "S1 run %d: one book %.2fM ops/s; %d symbols uniform %.2fM ops/s (%.2f×), Zipf %.2fM ops/s (%.2f×)",
+                         run, one / 1e6, symbols, rates[0] / 1e6, rates[0] / one, rates[1] / 1e6, rates[1] / one))
         }
     }
 }
