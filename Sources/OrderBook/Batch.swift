@@ -53,6 +53,29 @@ extension OrderBook {
         cb_prefetch_write(store.levels + Int(node.level))
     }
 
+    /// Across books (many symbols on shared pools, whose books are not in the caches): the
+    /// top of each side's ladder, which a new or market order reads first (a taker checks the
+    /// opposite side's best, a resting order finds its level near its own side's top). The
+    /// book's own fields should be in cache (prefetched a stage before).
+    @inlinable @inline(__always)
+    public func prefetchTops() {
+        if bidLevels > 0 {
+            cb_prefetch_write(ladderHandles + (bidLevels - 1))
+            cb_prefetch_write(ladderKeys + (bidLevels - 1))
+        }
+        if askLevels > 0 {
+            cb_prefetch_write(ladderHandles + (ladderCapacity + askLevels - 1))
+            cb_prefetch_write(ladderKeys + (ladderCapacity + askLevels - 1))
+        }
+    }
+
+    /// The best level of each side (a stage after `prefetchTops`).
+    @inlinable @inline(__always)
+    public func prefetchBestLevels() {
+        if bidLevels > 0 { cb_prefetch_write(store.levels + Int(ladderHandles[bidLevels - 1])) }
+        if askLevels > 0 { cb_prefetch_write(store.levels + Int(ladderHandles[ladderCapacity + askLevels - 1])) }
+    }
+
     /// The order a command looks up (cancel, replace), if any.
     @inlinable @inline(__always)
     static func target(_ command: BookCommand) -> OrderId? {

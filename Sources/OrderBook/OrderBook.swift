@@ -21,6 +21,8 @@
 // The ladders are the book's own: at full size for a book with pools of its own, and growing by
 // doubling (up to the book's level limit) for one that shares.
 
+import CPrefetch
+
 /// One resting order: 32 bytes, so that a node never straddles two cache lines and two share
 /// one. Handles instead of pointers keep it small; side and self-trade mode ride in the top
 /// bits of the level handle (level capacity is below 2^28).
@@ -283,6 +285,15 @@ public final class BookPools: @unchecked Sendable {
     public var liveLevels: Int { memory.state.pointee.liveLevels }
     /// Books made on the pools and not freed yet.
     public var books: Int { memory.state.pointee.books }
+
+    /// The node the next resting order on these pools takes (the free list's head, or the
+    /// first never used): for a batch across books.
+    @inlinable @inline(__always)
+    public func prefetchNextNode() {
+        let free = memory.state.pointee.freeOrders
+        let h = free != 0 ? free : memory.state.pointee.orderHighWater
+        if h <= memory.orderCapacity { cb_prefetch_write(memory.nodes + Int(h)) }
+    }
 }
 
 /// What a book fixes at `init`: its rules and its memory. Copying it copies pointers only.

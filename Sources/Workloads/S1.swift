@@ -3,6 +3,7 @@
 // and market orders go to the op's symbol; a cancel names a random live order of any symbol
 // (the order's own book takes it), as W1's names a random live order of its one book.
 
+import CPrefetch
 import Foundation
 import OrderBook
 
@@ -97,6 +98,74 @@ public struct MultiSymbolRunner: ~Copyable {
         for k in 0..<ops.count {
             id += 1
             step(ops[k], Int(symbols[k]), id)
+        }
+    }
+
+    /// Runs ops as `run` does (the same totals), prefetching across books in three stages:
+    /// `distance` × 3 ops ahead the op's book (its fields) or, for a cancel, the live list's
+    /// entry; × 2 the new order's id slot and the ladders' tops, or the cancelled order's
+    /// book index; × 1 the best levels and the next free node, or the cancelled order's book.
+    /// Which order a cancel names is a guess made from the live list now (the ops between
+    /// change it): a wrong guess costs a wasted hint, never a different result.
+    @inlinable
+    public mutating func run(_ ops: UnsafeBufferPointer<WorkloadOp>, symbols: UnsafeBufferPointer<UInt32>, idBase: Int, distance: Int) {
+        guard distance > 0 else { return run(ops, symbols: symbols, idBase: idBase) }
+        let d = distance
+        let n = ops.count
+        var id = OrderId(idBase)
+        for k in 0..<n {
+            if k + 3 * d < n { stageOne(ops[k + 3 * d], Int(symbols[k + 3 * d])) }
+            if k + 2 * d < n { stageTwo(ops[k + 2 * d], Int(symbols[k + 2 * d]), id: id + OrderId(2 * d + 1)) }
+            if k + d < n { stageThree(ops[k + d], Int(symbols[k + d])) }
+            id += 1
+            step(ops[k], Int(symbols[k]), id)
+        }
+    }
+
+    @inlinable @inline(__always)
+    func prefetchBook(_ symbol: Int) {
+        let p = UnsafeRawPointer(books + symbol)
+        for line in stride(from: 0, to: MemoryLayout<OrderBook>.stride, by: 64) { cb_prefetch_write(p + line) }
+    }
+
+    @inlinable @inline(__always)
+    func guessCancel(_ op: WorkloadOp) -> OrderId? {
+        guard sink.liveCount > 0 else { return nil }
+        return sink.live[Int(op.pick % UInt64(sink.liveCount))]
+    }
+
+    @inlinable @inline(__always)
+    func stageOne(_ op: WorkloadOp, _ symbol: Int) {
+        if op.kind == .cancel {
+            if sink.liveCount > 0 { cb_prefetch_write(sink.live + Int(op.pick % UInt64(sink.liveCount))) }
+        } else {
+            prefetchBook(symbol)
+        }
+    }
+
+    @inlinable @inline(__always)
+    func stageTwo(_ op: WorkloadOp, _ symbol: Int, id: OrderId) {
+        switch op.kind {
+        case .limit:
+            books[symbol].prefetchSlot(of: id)
+            books[symbol].prefetchTops()
+        case .market:
+            books[symbol].prefetchTops()
+        case .cancel, .replace:
+            if let target = guessCancel(op) { cb_prefetch_write(symbolOf + Int(target)) }
+        }
+    }
+
+    @inlinable @inline(__always)
+    func stageThree(_ op: WorkloadOp, _ symbol: Int) {
+        switch op.kind {
+        case .limit:
+            books[symbol].prefetchBestLevels()
+            pools.prefetchNextNode()
+        case .market:
+            books[symbol].prefetchBestLevels()
+        case .cancel, .replace:
+            if let target = guessCancel(op) { prefetchBook(Int(symbolOf[Int(target)])) }
         }
     }
 

@@ -113,18 +113,25 @@ struct WorkloadCommand: ParsableCommand {
             let one = w1.ops.withUnsafeBufferPointer { ops in time { single.run(ops, idBase: 0) } }
             var rates: [Double] = []
             var totals: [WorkloadTotals] = []
+            // Uniform and Zipf, each one op at a time and prefetching across books.
             for draws in [uniform, skewed] {
-                var many = try MultiSymbolRunner(symbols: symbols, orders: 1 << 20, levels: 1 << 20, levelsPerBook: 4096, maxOrderId: w1.ops.count)
-                rates.append(w1.ops.withUnsafeBufferPointer { ops in draws.withUnsafeBufferPointer { d in time { many.run(ops, symbols: d, idBase: 0) } } })
-                totals.append(many.totals)
+                for ahead in [0, prefetchDistance ?? 4] {
+                    var many = try MultiSymbolRunner(symbols: symbols, orders: 1 << 20, levels: 1 << 20, levelsPerBook: 4096, maxOrderId: w1.ops.count)
+                    rates.append(w1.ops.withUnsafeBufferPointer { ops in
+                        draws.withUnsafeBufferPointer { d in time { many.run(ops, symbols: d, idBase: 0, distance: ahead) } }
+                    })
+                    totals.append(many.totals)
+                }
             }
             if run == 1 {
                 print("S1 totals, one book: \(single.totals)")
                 print("S1 totals, uniform: \(totals[0])")
-                print("S1 totals, Zipf: \(totals[1])")
+                print("S1 totals, Zipf: \(totals[2])")
+                if totals[1] != totals[0] || totals[3] != totals[2] { throw CLIError("S1: the prefetching runs' totals differ from one at a time") }
             }
-            print(String(format: "S1 run %d: one book %.2fM ops/s; %d symbols uniform %.2fM ops/s (%.2f×), Zipf %.2fM ops/s (%.2f×)",
-                         run, one / 1e6, symbols, rates[0] / 1e6, rates[0] / one, rates[1] / 1e6, rates[1] / one))
+            print(String(format: "S1 run %d: one book %.2fM ops/s; %d symbols uniform %.2fM ops/s (%.2f×), prefetching %.2fM (%.2f×); Zipf %.2fM ops/s (%.2f×), prefetching %.2fM (%.2f×)",
+                         run, one / 1e6, symbols, rates[0] / 1e6, rates[0] / one, rates[1] / 1e6, rates[1] / one,
+                         rates[2] / 1e6, rates[2] / one, rates[3] / 1e6, rates[3] / one))
         }
     }
 }
