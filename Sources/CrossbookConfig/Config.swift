@@ -23,6 +23,9 @@
 //
 //   [[shards]]            # one per shard, in order; core omitted: not pinned
 //   core = 1
+//   orders = 1048576      # optional, with levels: one pool of resting orders and one of price
+//   levels = 262144       # levels shared by the shard's books (thousands of mostly quiet
+//                         # symbols); each book then holds at most [book] levels a side
 //
 //   [book]
 //   orders = 65536        # resting orders a symbol can hold
@@ -96,6 +99,8 @@ public struct EngineConfig {
     public var pruneJournal = false
     /// [[shards]]: the core of each shard (nil: not pinned).
     public var shardCores: [Int?] = []
+    /// [[shards]] orders, levels: the pools each shard's books share (nil: a book's own).
+    public var shardPools: [BookCapacity?] = []
     /// The shard of each declared symbol, by name (default 0).
     public var symbolShards: [String: Int] = [:]
     /// [replication]: nil without the section.
@@ -349,14 +354,30 @@ public struct EngineConfig {
             guard let list = list.array else { throw ConfigError(description: "\(source): shards must be an array of tables ([[shards]])") }
             for (index, item) in list.enumerated() {
                 guard let entry = item.table else { throw ConfigError(description: "\(source): [[shards]] #\(index + 1) must be a table") }
-                for key in entry.keys where key != "core" {
-                    throw ConfigError(description: "\(source): [[shards]] #\(index + 1): unknown key '\(key)' (expected core)")
+                for key in entry.keys where !["core", "orders", "levels"].contains(key) {
+                    throw ConfigError(description: "\(source): [[shards]] #\(index + 1): unknown key '\(key)' (expected core, orders, levels)")
                 }
                 let core = try Self.int(entry, "core", in: "[[shards]] #\(index + 1)", source: source)
                 if let core, core < 0 || core > 65535 {
                     throw ConfigError(description: "\(source): [[shards]] #\(index + 1): core must be between 0 and 65535, got \(core)")
                 }
                 shardCores.append(core)
+                let orders = try Self.int(entry, "orders", in: "[[shards]] #\(index + 1)", source: source)
+                let levels = try Self.int(entry, "levels", in: "[[shards]] #\(index + 1)", source: source)
+                switch (orders, levels) {
+                case (nil, nil):
+                    shardPools.append(nil)
+                case let (orders?, levels?):
+                    guard orders >= 1, orders < 1 << 28 else {
+                        throw ConfigError(description: "\(source): [[shards]] #\(index + 1): orders must be between 1 and \(1 << 28 - 1), got \(orders)")
+                    }
+                    guard levels >= 2, levels < 1 << 28 else {
+                        throw ConfigError(description: "\(source): [[shards]] #\(index + 1): levels must be between 2 and \(1 << 28 - 1), got \(levels)")
+                    }
+                    shardPools.append(BookCapacity(orders: orders, levels: levels))
+                default:
+                    throw ConfigError(description: "\(source): [[shards]] #\(index + 1): orders and levels go together (the shard's shared pools)")
+                }
             }
         }
         if let book = table["book"] {
@@ -366,6 +387,11 @@ public struct EngineConfig {
             }
             capacity.orders = try Self.int(book, "orders", in: "[book]", source: source) ?? capacity.orders
             capacity.levels = try Self.int(book, "levels", in: "[book]", source: source) ?? capacity.levels
+        }
+        for (index, pools) in shardPools.enumerated() {
+            if let pools, pools.levels < capacity.levels {
+                throw ConfigError(description: "\(source): [[shards]] #\(index + 1): pools of \(pools.levels) levels, fewer than a book's [book] levels \(capacity.levels)")
+            }
         }
         if let list = table["symbols"] {
             guard let list = list.array else {

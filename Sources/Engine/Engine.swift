@@ -15,7 +15,14 @@ import Wire
 public struct ShardSettings: Sendable, Equatable {
     /// The core to pin to; nil leaves the thread to the scheduler (a test machine).
     public var core: Int?
-    public init(core: Int?) { self.core = core }
+    /// Pools shared by the shard's books (`[[shards]] orders`, `levels`): resting orders and
+    /// price levels for all its symbols together; each book then holds at most [book] levels a
+    /// side. nil: each book has pools of its own, sized by [book].
+    public var pools: BookCapacity?
+    public init(core: Int?, pools: BookCapacity? = nil) {
+        self.core = core
+        self.pools = pools
+    }
 }
 
 public struct EngineSettings: Sendable {
@@ -237,11 +244,18 @@ public final class Engine: @unchecked Sendable {
     /// What a configuration allocates at start: every book, every shard's event ring and, with
     /// a journal, its two batch buffers.
     public static func memoryNeeded(_ s: EngineSettings) -> (total: Int, description: String) {
-        let books = s.symbols.count * s.capacity.bookBytes
+        // Shards with shared pools: the pools, and per symbol its book and first ladders.
+        let pooled = s.shards.enumerated().filter { $0.element.pools != nil }
+        let pooledSymbols = s.symbols.filter { $0.shard < s.shards.count && s.shards[$0.shard].pools != nil }.count
+        let pools = pooled.reduce(0) { $0 + BookPools.bytes(orders: $1.element.pools!.orders, levels: $1.element.pools!.levels) }
+            + pooledSymbols * OrderBook.sharingBookBytes
+        let books = (s.symbols.count - pooledSymbols) * s.capacity.bookBytes
         let rings = s.shards.count * s.eventRingCapacity * 64
         let journals = s.durability == .none ? 0 : s.shards.count * 2 * (4 << 20)
-        let total = books + rings + journals
-        return (total, "\(total >> 20) MiB: \(s.symbols.count) books of \(s.capacity.bookBytes >> 10) KiB (\(s.capacity.orders) orders, \(s.capacity.levels) levels), event rings \(rings >> 20) MiB, journal buffers \(journals >> 20) MiB")
+        let total = books + pools + rings + journals
+        let own = "\(s.symbols.count - pooledSymbols) books of \(s.capacity.bookBytes >> 10) KiB (\(s.capacity.orders) orders, \(s.capacity.levels) levels)"
+        let shared = pooled.isEmpty ? "" : ", shared pools of \(pooled.count) shard(s) with \(pooledSymbols) symbols \(pools >> 20) MiB"
+        return (total, "\(total >> 20) MiB: \(own)\(shared), event rings \(rings >> 20) MiB, journal buffers \(journals >> 20) MiB")
     }
 
     /// MemAvailable from /proc/meminfo, in bytes (nil where it cannot be read).
@@ -279,6 +293,19 @@ public final class Engine: @unchecked Sendable {
             }
         }
         try checkReplication(s)
+        for (i, shard) in s.shards.enumerated() {
+            guard let pools = shard.pools else { continue }
+            do {
+                try pools.validate(for: SymbolSpec(name: "shard \(i) pools", id: 0))
+                // Any symbol can move to any shard: each must fit these pools.
+                for (spec, _) in s.symbols { try pools.validate(for: spec) }
+            } catch {
+                throw EngineError("shard \(i): pools: \(error)")
+            }
+            guard s.capacity.levels <= pools.levels else {
+                throw EngineError("shard \(i): pools of \(pools.levels) levels, fewer than a book's [book] levels \(s.capacity.levels)")
+            }
+        }
         let ioCores = s.ioCores ?? []
         for core in ioCores where core < 0 || core >= cpus {
             throw EngineError("io_cores: core \(core) does not exist (this host has \(cpus))")
@@ -487,7 +514,7 @@ public final class Engine: @unchecked Sendable {
             let slots = Array(s.symbols.indices)
             // A regeneration recovers its one shard; the others stay empty.
             let skipped = s.regenerateShard.map { $0 != i } ?? false
-            let shard = Shard(index: i, core: shardSettings.core, symbols: all, owned: mine, routes: routes,
+            let shard = Shard(index: i, core: shardSettings.core, pools: shardSettings.pools, symbols: all, owned: mine, routes: routes,
                               symbolSlots: slots, engineFile: file,
                               doorbells: doorbells,
                               eventRing: events,
@@ -1102,6 +1129,10 @@ public final class Engine: @unchecked Sendable {
     static func configurationText(_ s: EngineSettings) -> String {
         var lines = ["crossbook journal configuration v1", "shards \(s.shards.count)",
                      "capacity orders \(s.capacity.orders) levels \(s.capacity.levels)"]
+        // Shared pools change which orders a full shard rejects (absent: as before they existed).
+        for (i, shard) in s.shards.enumerated() {
+            if let pools = shard.pools { lines.append("shard \(i) pools orders \(pools.orders) levels \(pools.levels)") }
+        }
         for (spec, shard) in s.symbols.sorted(by: { $0.spec.id < $1.spec.id }) {
             lines.append("symbol \(spec.name) id \(spec.id) shard \(shard) tick \(spec.tickSize) lot \(spec.lotSize) band \(spec.minPrice)...\(spec.maxPrice) max \(spec.maxOrderQuantity)")
         }

@@ -497,6 +497,11 @@ public struct OrderBook: ~Copyable {
     /// The first capacity of a sharing book's ladders, per side.
     public static let initialLadderCapacity = 8
 
+    /// What a book on shared pools allocates when it is made (its struct, its first ladders).
+    public static var sharingBookBytes: Int {
+        MemoryLayout<OrderBook>.stride + 2 * initialLadderCapacity * (MemoryLayout<Int64>.stride + MemoryLayout<UInt32>.stride)
+    }
+
     /// A book with pools of its own, all allocated (and touched) now.
     public init(spec: SymbolSpec, capacity: BookCapacity) throws(BookConfigError) {
         try capacity.validate(for: spec)

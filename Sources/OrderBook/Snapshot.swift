@@ -117,6 +117,15 @@ extension OrderBook {
         return book
     }
 
+    /// A book with pools of its own sized for a snapshot's orders (at most `levels` a side):
+    /// for comparing a book on shared pools, which may hold more than a per-book capacity.
+    public static func restoring(spec: SymbolSpec, levels: Int, from bytes: [UInt8]) throws(BookSnapshotError) -> OrderBook {
+        guard bytes.count >= BookSnapshotLayout.headerSize + 8 else { throw .badHeader("\(bytes.count) bytes is too short") }
+        let count = bytes.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(fromByteOffset: 16, as: UInt64.self)) }
+        guard count < 1 << 28 else { throw .capacity("\(count) orders") }
+        return try restoring(spec: spec, capacity: BookCapacity(orders: max(1, Int(count)), levels: max(2, 2 * levels)), from: bytes)
+    }
+
     /// Fills an empty book from a snapshot. Every field is checked: a snapshot from elsewhere is
     /// input like any other.
     public mutating func restore(from bytes: [UInt8]) throws(BookSnapshotError) {

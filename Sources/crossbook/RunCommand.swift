@@ -42,7 +42,7 @@ extension EngineConfig {
         }
         var settings = EngineSettings(
             instance: name, directory: overrideDirectory ?? directory, group: gid,
-            shards: cores.map { ShardSettings(core: $0) },
+            shards: cores.enumerated().map { ShardSettings(core: $1, pools: $0 < shardPools.count ? shardPools[$0] : nil) },
             symbols: specs.map { (spec: $0, shard: symbolShards[$0.name] ?? 0) },
             capacity: capacity, lagTimeoutNanoseconds: UInt64(lagTimeoutMilliseconds) * 1_000_000,
             cleanStale: cleanStale)

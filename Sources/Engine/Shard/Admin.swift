@@ -238,7 +238,10 @@ extension ShardState {
 
     /// Book `b` holds what `bytes` (a snapshot of any format this build reads) describe.
     func sameBook(_ b: Int, _ bytes: [UInt8]) -> Bool {
-        guard let other = try? OrderBook.restoring(spec: symbols[b].spec, capacity: symbols[b].capacity, from: bytes) else { return false }
+        // On shared pools a book may hold more orders than [book] orders: sized by the snapshot.
+        let restored = pools == nil ? try? OrderBook.restoring(spec: symbols[b].spec, capacity: symbols[b].capacity, from: bytes)
+            : try? OrderBook.restoring(spec: symbols[b].spec, levels: symbols[b].capacity.levels, from: bytes)
+        guard let other = restored else { return false }
         return other.digest == books[b].digest
     }
 

@@ -49,6 +49,8 @@ final class Shard: @unchecked Sendable {
     /// Every symbol of the instance (a symbol can move here), and which are the shard's at its
     /// first start.
     let symbols: [(spec: SymbolSpec, capacity: BookCapacity)]
+    /// Pools its books share (nil: each book its own).
+    let pools: BookCapacity?
     let owned: [Bool]
     let routes: RouteTable?
     /// Each symbol's counters in the control file (same order as `symbols`).
@@ -113,7 +115,7 @@ final class Shard: @unchecked Sendable {
     /// The engine's log (the snapshot writer says why a snapshot was not stored).
     private let log: @Sendable (String) -> Void
 
-    init(index: Int, core: Int?, symbols: [(spec: SymbolSpec, capacity: BookCapacity)], owned: [Bool]? = nil,
+    init(index: Int, core: Int?, pools: BookCapacity? = nil, symbols: [(spec: SymbolSpec, capacity: BookCapacity)], owned: [Bool]? = nil,
          routes: RouteTable? = nil, symbolSlots: [Int],
          engineFile: EngineFile, doorbells: DoorbellFile,
          eventRing: EventRing, wait: WaitStrategy, lagTimeoutNanoseconds: UInt64,
@@ -142,6 +144,7 @@ final class Shard: @unchecked Sendable {
         self.index = index
         self.core = core
         self.symbols = symbols
+        self.pools = pools
         self.owned = owned ?? symbols.map { _ in true }
         self.routes = routes
         precondition(symbolSlots.count == symbols.count, "one control-file slot per symbol")
@@ -228,9 +231,10 @@ final class Shard: @unchecked Sendable {
         } else {
             where_ += " not pinned (running on cpu \(cb_current_cpu()))"
         }
+        if let pools { where_ += ", pools of \(pools.orders) orders and \(pools.levels) levels shared by its books" }
         var state: ShardState
         do {
-            state = try ShardState(index: index, symbols: symbols, owned: owned, routes: routes, symbolCounters: symbolCounters, maxSessions: Self.maxSessions,
+            state = try ShardState(index: index, symbols: symbols, pools: pools, owned: owned, routes: routes, symbolCounters: symbolCounters, maxSessions: Self.maxSessions,
                                    counters: counters, eventRing: eventRing, lagTimeoutNanoseconds: lagTimeoutNanoseconds,
                                    stopFlag: stopFlag, tally: tally, executionRing: executionRing)
         } catch {

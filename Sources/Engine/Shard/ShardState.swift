@@ -70,13 +70,17 @@ struct ShardState: ~Copyable {
     var promotion: AdminRequest?
     /// Symbol id → owner shard (RouteTable), read to name the owner in a `symbol_moved` reject.
     let routes: RouteTable?
+    /// The pools the books share ([[shards]] orders, levels), or nil: each book its own.
+    let pools: BookPools?
 
     /// Allocates the books (on the calling thread's NUMA node: call it from the pinned shard).
-    init(index: Int, symbols: [(spec: SymbolSpec, capacity: BookCapacity)], owned: [Bool]? = nil,
+    init(index: Int, symbols: [(spec: SymbolSpec, capacity: BookCapacity)], pools: BookCapacity? = nil, owned: [Bool]? = nil,
          routes: RouteTable? = nil, symbolCounters: [SymbolCounters],
          maxSessions: Int, counters: ShardCounters, eventRing: EventRing, lagTimeoutNanoseconds: UInt64,
          stopFlag: UnsafeMutablePointer<UInt32>, tally: UnsafeMutablePointer<UInt64>,
          executionRing: EventRing? = nil) throws(EngineError) {
+        // Sizes checked at start (Engine.validate): a failure here is memory.
+        self.pools = pools.flatMap { try? BookPools(orders: $0.orders, levels: $0.levels) }
         self.index = index
         self.symbols = symbols
         self.owned = owned ?? symbols.map { _ in true }
@@ -101,6 +105,9 @@ struct ShardState: ~Copyable {
         noSymbol.initialize(repeating: 0, count: 4)
         symbolWords = cacheAligned(UnsafeMutablePointer<UInt64>.self, count: max(1, symbols.count))
         for i in symbols.indices { (symbolWords + i).initialize(to: symbolCounters[i].words) }
+        if let pools, self.pools == nil {
+            throw EngineError("shard \(index): pools of \(pools.orders) orders and \(pools.levels) levels cannot be made")
+        }
         if let failure = createBooks() { throw failure }
     }
 
@@ -141,7 +148,11 @@ struct ShardState: ~Copyable {
     mutating func makeBook(_ b: Int) -> EngineError? {
         guard !hasBook(b) else { return nil }
         do {
-            (books + b).initialize(to: try OrderBook(spec: symbols[b].spec, capacity: symbols[b].capacity))
+            if let pools {
+                (books + b).initialize(to: try OrderBook(spec: symbols[b].spec, pools: pools, levels: symbols[b].capacity.levels))
+            } else {
+                (books + b).initialize(to: try OrderBook(spec: symbols[b].spec, capacity: symbols[b].capacity))
+            }
         } catch {
             return EngineError("shard \(index): symbol \(symbols[b].spec.name): \(error)")
         }
