@@ -177,8 +177,13 @@ extension Engine {
         //    its other symbols: nothing there touches a book it does not own) while the export
         //    goes to disk; once it is there (the target's import must never be durable without
         //    it), the target journals the import and the thaw, then applies what it held.
-        do { try targetBook.pointer.pointee.restore(from: bytes) } catch {
-            throw abandon("the book does not restore on shard \(target): \(error)", thawSource: true)
+        // A target whose books share pools restores on its own thread, in the import: the
+        // pools' free lists are the shard thread's alone.
+        let restoresHere = settings.shards[target].pools == nil
+        if restoresHere {
+            do { try targetBook.pointer.pointee.restore(from: bytes) } catch {
+                throw abandon("the book does not restore on shard \(target): \(error)", thawSource: true)
+            }
         }
         let restored = monotonicNanoseconds()
         guard awaitDurable(source, out.sequence, timeout: timeout) else {
@@ -186,7 +191,7 @@ extension Engine {
         }
         let durableAt = monotonicNanoseconds()
         let arriving = MigrationStep(symbolId: id, book: bytes, positions: out.positions)
-        arriving.prebuilt = true
+        arriving.prebuilt = restoresHere
         guard let into = step(target, { .migrateIn($0, abandon: false) }, arriving, timeout: timeout) else {
             // Unknown whether the target imported: leave the route there and let the next start
             // decide from the journals (reconcileOwners); say so.

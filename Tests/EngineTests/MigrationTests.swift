@@ -14,10 +14,12 @@ import Testing
 import TestSupport
 import Wire
 
+/// `pools`: both shards' books on shared pools of that size ([[shards]] orders, levels).
 func migrationEngine(_ dir: String, data: String, instance: String, durability: Durability = .sync,
-                     log: LogLines? = nil, cleanStale: Bool = false, snapshotEvery: UInt64 = 0) throws -> Engine {
+                     log: LogLines? = nil, cleanStale: Bool = false, snapshotEvery: UInt64 = 0,
+                     pools: BookCapacity? = nil) throws -> Engine {
     var settings = EngineSettings(
-        instance: instance, directory: dir, shards: [ShardSettings(core: nil), ShardSettings(core: nil)],
+        instance: instance, directory: dir, shards: [ShardSettings(core: nil, pools: pools), ShardSettings(core: nil, pools: pools)],
         symbols: [(spec: SymbolSpec(name: "HOT-USD", id: 1), shard: 0), (spec: SymbolSpec(name: "ETH-USD", id: 2), shard: 1)],
         capacity: BookCapacity(orders: 1 << 16, levels: 1 << 12),
         wait: WaitStrategy(spins: 1000, yields: 10, park: true, parkTimeoutNanoseconds: 50_000_000), cleanStale: cleanStale)
@@ -287,12 +289,13 @@ final class StopFlag: @unchecked Sendable {
 
 @Suite("Migration between shards", .serialized)
 struct MigrationTests {
-    @Test("a symbol moves between two shards ten times under load from three producers: every order acknowledged once, every trade once, the trades equal a one-book replay of the journals, a restart rebuilds the same books")
-    func shardToShardUnderLoad() throws {
+    @Test("a symbol moves between two shards ten times under load from three producers: every order acknowledged once, every trade once, the trades equal a one-book replay of the journals, a restart rebuilds the same books (books with pools of their own, and on shards' shared pools)",
+          arguments: [nil, BookCapacity(orders: 1 << 17, levels: 1 << 13)])
+    func shardToShardUnderLoad(pools: BookCapacity?) throws {
         let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-mig-\(UUID().uuidString.prefix(8))"
         defer { removeTree(data) }
         let log = LogLines()
-        let engine = try migrationEngine(dir, data: data, instance: "mig", log: log)
+        let engine = try migrationEngine(dir, data: data, instance: "mig", log: log, pools: pools)
         let producers = try (0..<3).map { try MigrationProducer(instance: "mig", directory: dir, seed: UInt64($0 + 1)) }
         let stop = StopFlag()
         let failures = LogLines()
@@ -389,7 +392,7 @@ struct MigrationTests {
         print(log.all.filter { $0.contains("migrated") || $0.contains("checker") }.joined(separator: "\n"))
 
         // A restart replays the moves: the same books, the symbol on shard 0.
-        let again = try migrationEngine(dir, data: data, instance: "mig")
+        let again = try migrationEngine(dir, data: data, instance: "mig", pools: pools)
         #expect(again.recoveredDigests == final)
         #expect(again.owner(of: "HOT-USD") == 0 && again.owner(of: "ETH-USD") == 1)
         again.stop()
