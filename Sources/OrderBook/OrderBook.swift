@@ -174,17 +174,26 @@ struct IdSlot {
 /// shard's thread only), so that the hot path is the same for both.
 @frozen @usableFromInline
 struct PoolState {
-    /// The next handle never used yet; handles below it are live or on the free list.
-    @usableFromInline var orderHighWater: UInt32 = 1
-    @usableFromInline var freeOrders: UInt32 = 0
-    @usableFromInline var levelHighWater: UInt32 = 1
-    @usableFromInline var freeLevels: UInt32 = 0
+    @usableFromInline var cursor = PoolCursor()
     @usableFromInline var liveOrders: Int = 0
     @usableFromInline var liveLevels: Int = 0
     /// Books using the pools now.
     @usableFromInline var books: Int = 0
     /// The index the next book gets (hashed into its ids' homes, written on its levels).
     @usableFromInline var nextBook: UInt32 = 0
+
+    @inlinable
+    init() {}
+}
+
+/// Where the pools' next node and level come from: the heads of their free lists, and the
+/// first handles never used yet (handles below them are live or on a free list).
+@frozen @usableFromInline
+struct PoolCursor {
+    @usableFromInline var orderHighWater: UInt32 = 1
+    @usableFromInline var freeOrders: UInt32 = 0
+    @usableFromInline var levelHighWater: UInt32 = 1
+    @usableFromInline var freeLevels: UInt32 = 0
 
     @inlinable
     init() {}
@@ -290,8 +299,8 @@ public final class BookPools: @unchecked Sendable {
     /// first never used): for a batch across books.
     @inlinable @inline(__always)
     public func prefetchNextNode() {
-        let free = memory.state.pointee.freeOrders
-        let h = free != 0 ? free : memory.state.pointee.orderHighWater
+        let free = memory.state.pointee.cursor.freeOrders
+        let h = free != 0 ? free : memory.state.pointee.cursor.orderHighWater
         if h <= memory.orderCapacity { cb_prefetch_write(memory.nodes + Int(h)) }
     }
 }
@@ -471,11 +480,7 @@ public struct OrderBook: ~Copyable {
     @usableFromInline let store: BookStore
     /// The pools' allocation state: this book's own, or a copy of the shared pools' while a
     /// command runs (`enterPools`, `leavePools`).
-    /// The next order handle never used yet; handles below it are live or on the free list.
-    @usableFromInline var orderHighWater: UInt32 = 1
-    @usableFromInline var freeOrders: UInt32 = 0
-    @usableFromInline var levelHighWater: UInt32 = 1
-    @usableFromInline var freeLevels: UInt32 = 0
+    @usableFromInline var cursor = PoolCursor()
     /// Resting orders of this book (its pools may hold other books' too).
     @usableFromInline var liveOrders: Int = 0
     @usableFromInline var bidLevels: Int = 0
@@ -548,12 +553,12 @@ public struct OrderBook: ~Copyable {
                     while h != 0 {
                         let next = store.nodes[Int(h)].next
                         store.removeId(h)
-                        store.nodes[Int(h)].next = pool.pointee.freeOrders
-                        pool.pointee.freeOrders = h
+                        store.nodes[Int(h)].next = pool.pointee.cursor.freeOrders
+                        pool.pointee.cursor.freeOrders = h
                         h = next
                     }
-                    store.levels[Int(lv)].tail = pool.pointee.freeLevels
-                    pool.pointee.freeLevels = lv
+                    store.levels[Int(lv)].tail = pool.pointee.cursor.freeLevels
+                    pool.pointee.cursor.freeLevels = lv
                 }
             }
             pool.pointee.liveOrders -= liveOrders
@@ -580,10 +585,7 @@ public struct OrderBook: ~Copyable {
     mutating func enterPools() -> (orders: Int, levels: Int) {
         guard !store.ownsPools else { return (0, 0) }
         let state = store.pool
-        orderHighWater = state.pointee.orderHighWater
-        freeOrders = state.pointee.freeOrders
-        levelHighWater = state.pointee.levelHighWater
-        freeLevels = state.pointee.freeLevels
+        cursor = state.pointee.cursor
         return (liveOrders, bidLevels + askLevels)
     }
 
@@ -592,10 +594,7 @@ public struct OrderBook: ~Copyable {
     mutating func leavePools(_ before: (orders: Int, levels: Int)) {
         guard !store.ownsPools else { return }
         let state = store.pool
-        state.pointee.orderHighWater = orderHighWater
-        state.pointee.freeOrders = freeOrders
-        state.pointee.levelHighWater = levelHighWater
-        state.pointee.freeLevels = freeLevels
+        state.pointee.cursor = cursor
         state.pointee.liveOrders += liveOrders - before.orders
         state.pointee.liveLevels += bidLevels + askLevels - before.levels
     }
@@ -630,11 +629,11 @@ public struct OrderBook: ~Copyable {
         let rests = !isMarket && (order.timeInForce == .gtc || order.timeInForce == .postOnly)
         if rests {
             // Capacity is checked up front, so that an accepted order never fails halfway.
-            if freeOrders == 0 && orderHighWater > store.orderCapacity {
+            if cursor.freeOrders == 0 && cursor.orderHighWater > store.orderCapacity {
                 sink.on(.rejected(orderId: order.orderId, reason: .orderPoolExhausted))
                 return
             }
-            if (freeLevels == 0 && levelHighWater > store.levelCapacity || ladderCount(order.side) >= Int(store.levelLimit))
+            if (cursor.freeLevels == 0 && cursor.levelHighWater > store.levelCapacity || ladderCount(order.side) >= Int(store.levelLimit))
                 && !findLevel(order.side, order.price).found
             {
                 sink.on(.rejected(orderId: order.orderId, reason: .levelPoolExhausted))
@@ -744,7 +743,7 @@ public struct OrderBook: ~Copyable {
             }
             return
         }
-        if (freeLevels == 0 && levelHighWater > store.levelCapacity || ladderCount(side) >= Int(store.levelLimit))
+        if (cursor.freeLevels == 0 && cursor.levelHighWater > store.levelCapacity || ladderCount(side) >= Int(store.levelLimit))
             && !findLevel(side, command.price).found
         {
             sink.on(.rejected(orderId: command.orderId, reason: .levelPoolExhausted))
@@ -986,33 +985,33 @@ public struct OrderBook: ~Copyable {
     @inlinable @inline(__always)
     mutating func allocateOrder() -> UInt32 {
         liveOrders += 1
-        if freeOrders != 0 {
-            let h = freeOrders
-            freeOrders = nodes[Int(h)].next
+        if cursor.freeOrders != 0 {
+            let h = cursor.freeOrders
+            cursor.freeOrders = nodes[Int(h)].next
             return h
         }
-        let h = orderHighWater
-        orderHighWater += 1
+        let h = cursor.orderHighWater
+        cursor.orderHighWater += 1
         return h
     }
 
     @inlinable @inline(__always)
     mutating func freeOrder(_ h: UInt32) {
         liveOrders -= 1
-        nodes[Int(h)].next = freeOrders
-        freeOrders = h
+        nodes[Int(h)].next = cursor.freeOrders
+        cursor.freeOrders = h
     }
 
     @inlinable @inline(__always)
     mutating func allocateLevel() -> UInt32 {
         let lv: UInt32
-        if freeLevels != 0 {
-            lv = freeLevels
-            freeLevels = levels[Int(lv)].tail
+        if cursor.freeLevels != 0 {
+            lv = cursor.freeLevels
+            cursor.freeLevels = levels[Int(lv)].tail
             levels[Int(lv)] = PriceLevel()
         } else {
-            lv = levelHighWater
-            levelHighWater += 1
+            lv = cursor.levelHighWater
+            cursor.levelHighWater += 1
         }
         levels[Int(lv)].book = store.book
         return lv
@@ -1020,8 +1019,8 @@ public struct OrderBook: ~Copyable {
 
     @inlinable @inline(__always)
     mutating func freeLevel(_ lv: UInt32) {
-        levels[Int(lv)].tail = freeLevels
-        freeLevels = lv
+        levels[Int(lv)].tail = cursor.freeLevels
+        cursor.freeLevels = lv
     }
 
     // MARK: - Ladders
