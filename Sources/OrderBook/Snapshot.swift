@@ -122,7 +122,10 @@ extension OrderBook {
     public static func restoring(spec: SymbolSpec, levels: Int, from bytes: [UInt8]) throws(BookSnapshotError) -> OrderBook {
         guard bytes.count >= BookSnapshotLayout.headerSize + 8 else { throw .badHeader("\(bytes.count) bytes is too short") }
         let count = bytes.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(fromByteOffset: 16, as: UInt64.self)) }
-        guard count < 1 << 28 else { throw .capacity("\(count) orders") }
+        // The bytes must hold that many orders before anything is allocated for them.
+        guard count < 1 << 28, bytes.count == BookSnapshotLayout.size(orders: Int(count)) else {
+            throw .capacity("\(count) orders do not fit the \(bytes.count) bytes")
+        }
         return try restoring(spec: spec, capacity: BookCapacity(orders: max(1, Int(count)), levels: max(2, 2 * levels)), from: bytes)
     }
 

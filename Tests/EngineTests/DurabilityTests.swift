@@ -18,9 +18,10 @@ func durableEngine(_ dir: String, data: String, instance: String = "d", durabili
                    cleanStale: Bool = false, symbols: [String] = ["BTC-USD"],
                    capacity: BookCapacity = BookCapacity(orders: 1 << 16, levels: 1 << 12),
                    snapshotEvery: UInt64 = 0, segmentSize: Int = 1 << 20, log: LogLines? = nil,
-                   wait: WaitStrategy = WaitStrategy(spins: 1000, yields: 10, park: true, parkTimeoutNanoseconds: 50_000_000)) throws -> Engine {
+                   wait: WaitStrategy = WaitStrategy(spins: 1000, yields: 10, park: true, parkTimeoutNanoseconds: 50_000_000),
+                   pools: BookCapacity? = nil) throws -> Engine {
     var settings = EngineSettings(
-        instance: instance, directory: dir, shards: [ShardSettings(core: nil)],
+        instance: instance, directory: dir, shards: [ShardSettings(core: nil, pools: pools)],
         symbols: symbols.enumerated().map { (spec: SymbolSpec(name: $1, id: UInt32($0 + 1)), shard: 0) },
         capacity: capacity,
         wait: wait, cleanStale: cleanStale)

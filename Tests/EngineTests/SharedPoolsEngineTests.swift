@@ -13,19 +13,10 @@ import Wire
 
 @Suite("Shared pools in the engine")
 struct SharedPoolsEngineTests {
+    /// Three symbols on one shard whose books share `pools`; [book] 4 orders and 4 levels.
     func pooledEngine(_ dir: String, data: String, pools: BookCapacity, snapshotEvery: UInt64 = 0, log: LogLines? = nil) throws -> Engine {
-        var settings = EngineSettings(
-            instance: "sp", directory: dir, shards: [ShardSettings(core: nil, pools: pools)],
-            symbols: ["AAA", "BBB", "CCC"].enumerated().map { (spec: SymbolSpec(name: $1, id: UInt32($0 + 1)), shard: 0) },
-            capacity: BookCapacity(orders: 4, levels: 4),
-            wait: WaitStrategy(spins: 1000, yields: 10, park: true, parkTimeoutNanoseconds: 50_000_000))
-        settings.durability = .sync
-        settings.dataDirectory = data
-        settings.snapshotEvery = snapshotEvery
-        settings.plugins = PluginSettings(directory: PluginSettings.executableDirectory, load: [PluginSpec(name: "snapshot-file")])
-        let engine = Engine(settings: settings, log: { log?.append($0) })
-        for line in try engine.start() { log?.append(line) }
-        return engine
+        try durableEngine(dir, data: data, instance: "sp", symbols: ["AAA", "BBB", "CCC"], capacity: BookCapacity(orders: 4, levels: 4),
+                          snapshotEvery: snapshotEvery, log: log, pools: pools)
     }
 
     /// The answer to order `id`: accepted or rejected (`cancelled`: its cancellation).

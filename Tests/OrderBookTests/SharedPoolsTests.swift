@@ -112,7 +112,7 @@ struct SharedPoolsTests {
         #expect(pools.liveOrders == 8)
     }
 
-    @Test("a snapshot restores into a book on shared pools (its ladders grow to the levels it needs); one that does not fit what the pools have free is refused and gives back what it took")
+    @Test("a snapshot restores into a book on shared pools (its ladders grow to the levels it needs); one that does not fit what the pools have free is refused and gives back what it took; a header claiming more orders than its bytes hold is refused before any allocation")
     func snapshotIntoSharedPools() throws {
         let spec = SymbolSpec(name: "DEEP", id: 9, tickSize: 1, lotSize: 1, minPrice: 1, maxPrice: 1_000_000, maxOrderQuantity: 100)
         var source = try OrderBook(spec: spec, capacity: BookCapacity(orders: 4096, levels: 1024))
@@ -138,6 +138,12 @@ struct SharedPoolsTests {
         var narrow = try OrderBook(spec: spec, pools: roomy, levels: 150)
         #expect(throws: BookSnapshotError.self) { try narrow.restore(from: bytes) }
         #expect(roomy.liveOrders == 0 && roomy.liveLevels == 0)
+        // A copy sized by the snapshot (to compare a book on shared pools): the bytes must hold
+        // the orders the header claims before anything is allocated for them.
+        #expect(try OrderBook.restoring(spec: spec, levels: 512, from: bytes).snapshot() == bytes)
+        var forged = bytes
+        forged.withUnsafeMutableBytes { $0.storeBytes(of: UInt64(1 << 27).littleEndian, toByteOffset: 16, as: UInt64.self) }
+        #expect(throws: BookSnapshotError.self) { _ = try OrderBook.restoring(spec: spec, levels: 512, from: forged) }
     }
 
     @Test("a quiet book on shared pools costs at most 4 KiB, and pools sized for 1M resting orders fit in 128 MiB (S1's memory targets)")
