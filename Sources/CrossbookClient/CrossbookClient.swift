@@ -43,7 +43,7 @@ public final class CrossbookClient {
     public let instance: String
     public let directory: String
     public let name: String
-    public let symbols: [String: SymbolInfo]
+    public private(set) var symbols: [String: SymbolInfo]
     public let sessionId: UInt32
     /// This client's stream (nil: none): a named order flow whose commands carry their offset in
     /// the client sequence field; the engine journals how far it took each shard's part of it,
@@ -94,21 +94,7 @@ public final class CrossbookClient {
             throw .engineNotRunning(instance: instance, "\(error)")
         }
 
-        var parsed: [String: SymbolInfo] = [:]
-        guard let text = try? String(contentsOfFile: InstanceLayout.symbolsPath(dir), encoding: .utf8) else {
-            throw .engineNotRunning(instance: instance, "cannot read its symbol list")
-        }
-        for (slot, line) in text.split(separator: "\n").enumerated() {
-            let f = line.split(separator: " ")
-            guard f.count == 8, let id = UInt32(f[1]), let shard = Int(f[2]), let tick = Int64(f[3]), let lot = Int64(f[4]),
-                  let lo = Int64(f[5]), let hi = Int64(f[6]), let maxQ = Int64(f[7]), shard >= 0, shard < engine.shardCount,
-                  SymbolSpec.isValidName(String(f[0]))
-            else { throw .setup("engine '\(instance)': a bad line in its symbol list: \(line)") }
-            parsed[String(f[0])] = SymbolInfo(spec: SymbolSpec(name: String(f[0]), id: id, tickSize: tick, lotSize: lot,
-                                                               minPrice: lo, maxPrice: hi, maxOrderQuantity: maxQ),
-                                              shard: shard, slot: slot < engine.symbolCount ? slot : -1)
-        }
-        symbols = parsed
+        symbols = try Self.readSymbols(directory: dir, engine: engine, instance: instance)
 
         Self.counter += 1
         let name = "c\(getpid())-\(Self.counter)"
@@ -190,9 +176,36 @@ public final class CrossbookClient {
         }
     }
 
+    /// A symbol by name. One this client has not seen yet (listed since it attached: `crossbook
+    /// symbol add`) is looked for again in the engine's symbol list.
     public func symbol(_ name: String) throws(ClientError) -> SymbolInfo {
+        if let info = symbols[name] { return info }
+        if engineFile.symbolCount > symbols.count, let fresh = try? Self.readSymbols(directory: directory, engine: engineFile, instance: instance) {
+            symbols = fresh
+        }
         guard let info = symbols[name] else { throw .unknownSymbol(name) }
         return info
+    }
+
+    /// The engine's `symbols` file: one line per symbol, by slot (name id shard tick lot min max
+    /// maxqty). A line this build cannot read is an error, not a guess.
+    static func readSymbols(directory dir: String, engine: EngineFile, instance: String) throws(ClientError) -> [String: SymbolInfo] {
+        var parsed: [String: SymbolInfo] = [:]
+        guard let text = try? String(contentsOfFile: InstanceLayout.symbolsPath(dir), encoding: .utf8) else {
+            throw .engineNotRunning(instance: instance, "cannot read its symbol list")
+        }
+        let published = engine.symbolCount
+        for (slot, line) in text.split(separator: "\n").enumerated() {
+            let f = line.split(separator: " ")
+            guard f.count == 8, let id = UInt32(f[1]), let shard = Int(f[2]), let tick = Int64(f[3]), let lot = Int64(f[4]),
+                  let lo = Int64(f[5]), let hi = Int64(f[6]), let maxQ = Int64(f[7]), shard >= 0, shard < engine.shardCount,
+                  SymbolSpec.isValidName(String(f[0]))
+            else { throw .setup("engine '\(instance)': a bad line in its symbol list: \(line)") }
+            parsed[String(f[0])] = SymbolInfo(spec: SymbolSpec(name: String(f[0]), id: id, tickSize: tick, lotSize: lot,
+                                                               minPrice: lo, maxPrice: hi, maxOrderQuantity: maxQ),
+                                              shard: shard, slot: slot < published ? slot : -1)
+        }
+        return parsed
     }
 
     /// Puts one command in the ring of the symbol's shard. False when that ring is full (the

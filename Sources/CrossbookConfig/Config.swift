@@ -18,6 +18,8 @@
 //   shard_idle = "park"    # "spin": a shard with nothing to do never sleeps (pinned shards
 //                          # with cores of their own: no wake-up on the next order)
 //   journal_segment_mb = 64  # the size of each journal segment file
+//   max_symbols = 1024     # room for symbols: the config's and those listed while it runs
+//                          # (crossbook symbol add); default the config's and 256 more
 //   prune_journal = false    # true: after each snapshot, remove the segments older than every
 //                            # kept snapshot (a standby that needs them is seeded from a snapshot)
 //
@@ -95,6 +97,8 @@ public struct EngineConfig {
     public var shardIdleSpins = false
     /// [engine] journal_segment_mb: the size of each journal segment file (nil: 64 MiB).
     public var journalSegmentMegabytes: Int?
+    /// [engine] max_symbols: room for symbols, the config's and those listed at run time.
+    public var maxSymbols: Int?
     /// [engine] prune_journal: remove segments older than every kept snapshot (default false).
     public var pruneJournal = false
     /// [[shards]]: the core of each shard (nil: not pinned).
@@ -268,7 +272,7 @@ public struct EngineConfig {
             guard let engine = engine.table else { throw ConfigError(description: "\(source): [engine] must be a table") }
             let engineKeys = ["instance", "directory", "group", "lag_timeout_ms", "data_dir", "durability", "io_cores",
                               "rebalance_busy_percent", "rebalance_after_s", "rebalance_cooldown_s", "completion_wait_us",
-                              "journal_segment_mb", "prune_journal", "completion_wakes_on_doorbell", "shard_idle"]
+                              "journal_segment_mb", "prune_journal", "completion_wakes_on_doorbell", "shard_idle", "max_symbols"]
             for key in engine.keys where !engineKeys.contains(key) {
                 throw ConfigError(description: "\(source): [engine]: unknown key '\(key)' (expected \(engineKeys.joined(separator: ", ")))")
             }
@@ -285,6 +289,12 @@ public struct EngineConfig {
                     throw ConfigError(description: "\(source): [engine]: journal_segment_mb must be between 1 and 4096, got \(mb)")
                 }
                 journalSegmentMegabytes = mb
+            }
+            if let n = try Self.int(engine, "max_symbols", in: "[engine]", source: source) {
+                guard n >= 1, n <= 65536 else {
+                    throw ConfigError(description: "\(source): [engine]: max_symbols must be between 1 and 65536, got \(n)")
+                }
+                maxSymbols = n
             }
             if let v = engine["shard_idle"] {
                 guard let mode = v.string, ["park", "spin"].contains(mode) else {

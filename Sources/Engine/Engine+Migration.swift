@@ -50,7 +50,7 @@ public struct MigrationHistory: Sendable, Equatable {
 extension Engine {
     /// The shard that owns `symbol` now (nil: not a symbol of this instance, or not running).
     public func owner(of symbol: String) -> Int? {
-        guard let spec = settings.symbols.first(where: { $0.spec.name == symbol })?.spec else { return nil }
+        guard let spec = symbolTable?.spec(named: symbol) else { return nil }
         return routes?.shard(of: spec.id)
     }
 
@@ -61,7 +61,7 @@ extension Engine {
     /// when a step is refused or does not finish within `timeout` seconds.
     public func migrate(symbol name: String, toShard target: Int, timeout: Double = 5) throws(EngineError) -> MigrationReport {
         guard let routes else { throw EngineError("the engine is not running") }
-        guard let spec = settings.symbols.first(where: { $0.spec.name == name })?.spec else {
+        guard let spec = symbolTable?.spec(named: name) else {
             throw EngineError("no symbol \(name) in this instance")
         }
         guard target >= 0, target < shards.count else { throw EngineError("no shard \(target) (\(shards.count) shards)") }
@@ -245,8 +245,8 @@ extension Engine {
             states.append(state)
         }
         var log: [String] = []
-        for (spec, _) in settings.symbols {
-            let id = spec.id
+        for entry in symbolTable?.all ?? [] {
+            let spec = entry.spec, id = spec.id
             let owners = shards.indices.filter { !states[$0].notOwned.contains(id) }
             var owner: Int
             switch owners.count {
@@ -300,7 +300,42 @@ extension Engine {
             }
         case "routes":
             guard words.count == 1, let routes else { return ["error usage: routes"] }
-            return ["ok"] + settings.symbols.map { "\($0.spec.name) \($0.spec.id) \(routes.shard(of: $0.spec.id).map(String.init) ?? "-")" }
+            return ["ok"] + (symbolTable?.all ?? []).map { "\($0.spec.name) \($0.spec.id) \(routes.shard(of: $0.spec.id).map(String.init) ?? "-")" }
+        case "list":
+            // list NAME SHARD [id N] [tick N] [lot N] [min N] [max N] [maxqty N]
+            let usage = ["error usage: list SYMBOL SHARD [id N] [tick N] [lot N] [min N] [max N] [maxqty N]"]
+            guard words.count >= 3, words.count % 2 == 1, let shard = Int(words[2]) else { return usage }
+            var rules = SymbolSpec(name: words[1], id: 0)
+            var id: UInt32?
+            var seen = Set<String>()
+            for k in stride(from: 3, to: words.count, by: 2) {
+                let key = words[k]
+                guard seen.insert(key).inserted else { return ["error \(key) given twice"] }
+                guard let value = Int64(words[k + 1]) else { return ["error \(key): \(words[k + 1].prefix(40)) is not an integer"] }
+                switch key {
+                case "id":
+                    guard value >= 1, value <= Int64(UInt32.max) else { return ["error id \(value): between 1 and \(UInt32.max)"] }
+                    id = UInt32(value)
+                case "tick": rules.tickSize = value
+                case "lot": rules.lotSize = value
+                case "min": rules.minPrice = value
+                case "max": rules.maxPrice = value
+                case "maxqty": rules.maxOrderQuantity = value
+                default: return usage
+                }
+            }
+            do {
+                let report = try listSymbol(words[1], shard: shard, id: id, rules: rules)
+                return ["ok", report.description, "id \(report.spec.id)"]
+            } catch {
+                return ["error \(error)"]
+            }
+        case "symbols":
+            guard words.count == 1, let table = symbolTable, let routes else { return ["error usage: symbols"] }
+            return ["ok"] + (0..<table.publishedCount).compactMap { table.published(at: $0) }.map { e in
+                let s = e.spec
+                return "\(s.name) \(s.id) \(routes.shard(of: s.id).map(String.init) ?? "-") \(s.tickSize) \(s.lotSize) \(s.minPrice) \(s.maxPrice) \(s.maxOrderQuantity)"
+            }
         case "migrations":
             let m = migrations
             return ["ok", "in_progress \(m.inProgress) done \(m.done) failed \(m.failed) last_pause_ns \(m.lastPauseNanoseconds) max_pause_ns \(m.maxPauseNanoseconds) total_pause_ns \(m.totalPauseNanoseconds)"]
@@ -319,7 +354,7 @@ extension Engine {
                 return ["ok", text]
             } catch { return ["error \(error)"] }
         default:
-            return ["error unknown request (migrate SYMBOL SHARD | routes | migrations | replication | promote [EPOCH] | switchover)"]
+            return ["error unknown request (migrate SYMBOL SHARD | routes | list SYMBOL SHARD [...] | symbols | migrations | replication | promote [EPOCH] | switchover)"]
         }
     }
 
@@ -337,7 +372,7 @@ extension Engine {
         let busy = shards.indices.map { ShardCounters.readHistogram(file.counters($0).matchLatency).sum }
         let commands = (0..<file.symbolCount).map { file.symbolCounters($0).read(SymbolCounters.commands) }
         let names = (0..<file.symbolCount).map { file.symbol($0).name }
-        let ids = Dictionary(settings.symbols.map { ($0.spec.name, $0.spec.id) }, uniquingKeysWith: { a, _ in a })
+        let ids = Dictionary((symbolTable?.all ?? []).map { ($0.spec.name, $0.spec.id) }, uniquingKeysWith: { a, _ in a })
         guard migrations.inProgress == 0,
               let due = rebalancer.tick(now: monotonicNanoseconds(), busy: busy, commands: commands, names: names,
                                         shardOf: { ids[$0].flatMap { routes.shard(of: $0) } }, shards: shards.count) else { return }

@@ -77,6 +77,9 @@ public struct EngineSettings: Sendable {
     public var ioCores: [Int]?
     /// Hot standby (Engine+Replication.swift); nil: this engine replicates nothing.
     public var replication: ReplicationSettings?
+    /// Room for this many symbols, the config's included: the rest are listed while the engine
+    /// runs (`crossbook symbol add`). nil: the config's and 256 more.
+    public var maxSymbols: Int?
     /// The highest session id handed out (ids are 16 bits: 65,535). Lower only to test what
     /// happens when they run out.
     public var sessionIdLimit: UInt32 = 65_535
@@ -190,6 +193,10 @@ public final class Engine: @unchecked Sendable {
     /// Where each symbol lives now (Routes.swift): the config's placement, then what the
     /// journals say, then each migration.
     private(set) var routes: RouteTable?
+    /// The instance's symbols, the config's and those listed since (InstanceSymbols.swift).
+    private(set) var symbolTable: InstanceSymbols?
+    /// One publisher of listings at a time (a listing, the start).
+    let publishLock = Lock()
     /// The operator's socket (ControlSocket.swift).
     private var controlSocket: ControlSocket?
     /// Hot standby (Engine+Replication.swift): the role, the server or client, the inboxes.
@@ -340,13 +347,18 @@ public final class Engine: @unchecked Sendable {
             throw EngineError("this configuration needs \(memory.total >> 20) MiB (\(memory.description)) and the host has \(available >> 20) MiB available: lower [book] orders or levels, or the number of symbols")
         }
 
+        if let room = s.maxSymbols, room < s.symbols.count || room > InstanceLayout.maxSymbols {
+            throw EngineError("max_symbols \(room): between the config's \(s.symbols.count) symbols and \(InstanceLayout.maxSymbols)")
+        }
+        let table = InstanceSymbols(config: s.symbols, capacity: s.maxSymbols, shards: s.shards.count)
+        symbolTable = table
         instanceDirectory = try InstanceDirectory.prepare(s.directory, group: s.group)
         let controlSymbols = s.symbols.map { (name: $0.spec.name, id: $0.spec.id, shard: $0.shard) }
         let file: EngineFile
         do throws(SharedMemoryError) {
             do throws(SharedMemoryError) {
                 file = try EngineFile.create(directory: s.directory, shards: s.shards.count, symbols: controlSymbols,
-                                             mode: s.fileMode)
+                                             symbolCapacity: table.capacity, mode: s.fileMode)
             } catch .inUse(let path, let pid) where pid == getpid() && !Self.isLive(s.directory) {
                 // "Alive" because the kernel gave the dead creator's pid to this process, which
                 // runs no engine there: a leftover like any other.
@@ -366,14 +378,14 @@ public final class Engine: @unchecked Sendable {
             InstanceDirectory.removeFiles(instanceDirectory)
             do {
                 file = try EngineFile.create(directory: s.directory, shards: s.shards.count, symbols: controlSymbols,
-                                             mode: s.fileMode)
+                                             symbolCapacity: table.capacity, mode: s.fileMode)
             } catch { throw EngineError.sharedMemory(error) }
         } catch {
             throw EngineError.sharedMemory(error)
         }
         engineFile = file
         Self.regenerationLock.locked { _ = Self.liveDirectories.insert(s.directory) }
-        let routes = RouteTable(symbols: s.symbols.map { (id: $0.spec.id, shard: $0.shard) }, engineFile: file)
+        let routes = RouteTable(symbols: s.symbols.map { (id: $0.spec.id, shard: $0.shard) }, idLimit: table.idLimit, engineFile: file)
         self.routes = routes
         if let group = s.group { chown(InstanceLayout.enginePath(s.directory), uid_t.max, group) }
         let doorbells: DoorbellFile
@@ -383,11 +395,7 @@ public final class Engine: @unchecked Sendable {
         }
         if let group = s.group { chown(InstanceLayout.doorbellsPath(s.directory), uid_t.max, group) }
 
-        var lines = ""
-        for (spec, shard) in s.symbols {
-            lines += "\(spec.name) \(spec.id) \(shard) \(spec.tickSize) \(spec.lotSize) \(spec.minPrice) \(spec.maxPrice) \(spec.maxOrderQuantity)\n"
-        }
-        try writeFile(InstanceLayout.symbolsPath(s.directory), lines)
+        try writeFile(InstanceLayout.symbolsPath(s.directory), table.symbolsFileText(shardOf: { _ in nil }))
 
         // Plugins: every one checked and loaded before anything else happens.
         if let pluginSettings = s.plugins, !pluginSettings.load.isEmpty {
@@ -409,10 +417,10 @@ public final class Engine: @unchecked Sendable {
                 },
                 migrate: { [weak self] id, shard in
                     guard let self else { return "the engine is gone" }
-                    guard let spec = self.settings.symbols.first(where: { $0.spec.id == id })?.spec else { return "no symbol with id \(id)" }
+                    guard let spec = self.symbolTable?.spec(ofId: id) else { return "no symbol with id \(id)" }
                     do { _ = try self.migrate(symbol: spec.name, toShard: shard) } catch { return "\(error)" }
                     return nil
-                }))
+                }, table: table))
             pluginHost = host
             do {
                 try host.loadAll(extraConfig: ["engine.instance": s.instance, "engine.directory": s.directory,
@@ -515,7 +523,7 @@ public final class Engine: @unchecked Sendable {
             // A regeneration recovers its one shard; the others stay empty.
             let skipped = s.regenerateShard.map { $0 != i } ?? false
             let shard = Shard(index: i, core: shardSettings.core, pools: shardSettings.pools, symbols: all, owned: mine, routes: routes,
-                              symbolSlots: slots, engineFile: file,
+                              symbolSlots: slots, directory: table, listingCapacity: s.capacity, engineFile: file,
                               doorbells: doorbells,
                               eventRing: events,
                               wait: s.wait, lagTimeoutNanoseconds: s.lagTimeoutNanoseconds,
@@ -556,12 +564,17 @@ public final class Engine: @unchecked Sendable {
             // migration a crash interrupted.
             // A standby's journals hold the primary's records only: it reconciles when promoted.
             if s.regenerateShard == nil && !standby {
-                do { placement.append(contentsOf: try reconcileOwners(readOnly: s.readOnly)) } catch {
+                do {
+                    placement.append(contentsOf: try completeListings(readOnly: s.readOnly))
+                    placement.append(contentsOf: try reconcileOwners(readOnly: s.readOnly))
+                } catch {
                     stop()
                     throw error
                 }
             }
         }
+        // The symbols listed at run time that the journals brought back, for clients.
+        publishListings()
         // The watch exists before anyone can see the engine running, so no announcement is missed.
         watch = inotify_init1(Int32(IN_CLOEXEC | IN_NONBLOCK))
         if watch < 0 || inotify_add_watch(watch, s.directory, UInt32(IN_MOVED_TO)) < 0 {
@@ -1202,7 +1215,7 @@ public final class Engine: @unchecked Sendable {
         }
     }
 
-    private func writeFile(_ path: String, _ text: String) throws {
+    func writeFile(_ path: String, _ text: String) throws {
         let bytes = Array(text.utf8)
         do throws(SystemCallError) {
             let fd = try SystemCall.run("open", path) { open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, settings.fileMode) }

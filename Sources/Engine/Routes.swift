@@ -12,24 +12,34 @@ final class RouteTable: @unchecked Sendable {
     let words: UnsafeMutablePointer<UInt32>
     let count: Int
     private let engineFile: EngineFile?
-    /// Symbol id → its block in the control file (-1: none).
-    private let slotOf: [Int]
+    /// Symbol id → its block in the control file (-1: none); grows by listings (`register`).
+    private let slotOf: UnsafeMutablePointer<Int32>
 
-    init(symbols: [(id: UInt32, shard: Int)], engineFile: EngineFile?) {
+    /// `idLimit`: room for symbol ids below it (listed symbols' too).
+    init(symbols: [(id: UInt32, shard: Int)], idLimit: UInt32 = 0, engineFile: EngineFile?) {
         let maxId = Int(symbols.map(\.id).max() ?? 0)
-        count = maxId + 1
+        count = max(maxId + 1, Int(idLimit))
         words = cacheAligned(UInt32.self, count: count)
         words.initialize(repeating: Self.none, count: count)
-        var slots = [Int](repeating: -1, count: count)
+        slotOf = cacheAligned(Int32.self, count: count)
+        slotOf.initialize(repeating: -1, count: count)
         for (i, symbol) in symbols.enumerated() {
             words[Int(symbol.id)] = UInt32(symbol.shard)
-            slots[Int(symbol.id)] = i
+            slotOf[Int(symbol.id)] = Int32(i)
         }
-        slotOf = slots
         self.engineFile = engineFile
     }
 
-    deinit { words.deallocate() }
+    deinit {
+        words.deallocate()
+        slotOf.deallocate()
+    }
+
+    /// A listed symbol's control-file block (each shard registers the same: no race that matters).
+    func register(_ symbolId: UInt32, slot: Int) {
+        guard Int(symbolId) < count else { return }
+        cb_store_release_u32(UnsafeMutableRawPointer(slotOf + Int(symbolId)).assumingMemoryBound(to: UInt32.self), UInt32(bitPattern: Int32(slot)))
+    }
 
     /// The owner of `symbolId` now (nil: not a symbol of the instance).
     @inline(__always)
@@ -43,6 +53,7 @@ final class RouteTable: @unchecked Sendable {
     func set(_ symbolId: UInt32, shard: Int) {
         guard Int(symbolId) < count else { return }
         cb_store_release_u32(words + Int(symbolId), UInt32(shard))
-        if slotOf[Int(symbolId)] >= 0 { engineFile?.setRoute(slotOf[Int(symbolId)], shard: shard) }
+        let slot = Int32(bitPattern: cb_load_acquire_u32(UnsafeMutableRawPointer(slotOf + Int(symbolId)).assumingMemoryBound(to: UInt32.self)))
+        if slot >= 0 { engineFile?.setRoute(Int(slot), shard: shard) }
     }
 }

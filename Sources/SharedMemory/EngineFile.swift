@@ -70,18 +70,21 @@ public final class EngineFile: @unchecked Sendable {
     /// (0400, or 0440 for a group): the engine writes through the descriptor that created it,
     /// so no other process of another user can change what clients are told, or shrink it
     /// under the engine.
+    /// `symbolCapacity`: room for that many symbols (at least `symbols.count`), the rest listed
+    /// while the engine runs (`publishSymbol`).
     public static func create(directory: String, shards: Int, symbols: [(name: String, id: UInt32, shard: Int)] = [],
-                              mode: mode_t) throws(SharedMemoryError) -> EngineFile {
+                              symbolCapacity: Int? = nil, mode: mode_t) throws(SharedMemoryError) -> EngineFile {
+        let capacity = max(symbolCapacity ?? symbols.count, symbols.count)
         let path = InstanceLayout.enginePath(directory)
         guard shards >= 1, shards <= InstanceLayout.maxShards else {
             throw .badHeader(path: path, "shard count \(shards) outside 1...\(InstanceLayout.maxShards)")
         }
-        guard symbols.count <= InstanceLayout.maxSymbols else {
-            throw .badHeader(path: path, "\(symbols.count) symbols, at most \(InstanceLayout.maxSymbols)")
+        guard capacity <= InstanceLayout.maxSymbols else {
+            throw .badHeader(path: path, "room for \(capacity) symbols, at most \(InstanceLayout.maxSymbols)")
         }
         let file: MappedFile
         do {
-            file = try MappedFile.create(path: path, size: InstanceLayout.engineFileSize(shards: shards, symbols: symbols.count),
+            file = try MappedFile.create(path: path, size: InstanceLayout.engineFileSize(shards: shards, symbols: capacity),
                                          mode: mode & 0o444)
         } catch .system(let failure) where failure.errno == .fileExists {
             let pid = Self.peekPid(path)
@@ -94,6 +97,7 @@ public final class EngineFile: @unchecked Sendable {
         base.storeBytes(of: EngineState.starting.rawValue.littleEndian, toByteOffset: 20, as: UInt32.self)
         base.storeBytes(of: realtimeNanoseconds().littleEndian, toByteOffset: 24, as: UInt64.self)
         base.storeBytes(of: UInt32(symbols.count).littleEndian, toByteOffset: 32, as: UInt32.self)
+        base.storeBytes(of: UInt32(capacity).littleEndian, toByteOffset: 36, as: UInt32.self)
         let symbolBase = base + InstanceLayout.symbolsOffset(shards: shards)
         for (i, symbol) in symbols.enumerated() {
             let block = symbolBase + i * InstanceLayout.symbolBlockSize
@@ -102,7 +106,7 @@ public final class EngineFile: @unchecked Sendable {
             block.storeBytes(of: UInt32(symbol.shard).littleEndian, toByteOffset: 28, as: UInt32.self)
         }
         cb_store_release_u64(base.assumingMemoryBound(to: UInt64.self), InstanceLayout.engineMagic.littleEndian)
-        return EngineFile(file: file, shards: shards, symbols: symbols.count)
+        return EngineFile(file: file, shards: shards, capacity: capacity)
     }
 
     /// Attaches to a running (or dead) engine's control file, checking its header. The mapping
@@ -118,21 +122,39 @@ public final class EngineFile: @unchecked Sendable {
             throw .badHeader(path: path, "version \(version), this build reads \(InstanceLayout.version)")
         }
         let shards = Int(UInt32(littleEndian: base.load(fromByteOffset: 12, as: UInt32.self)))
-        let symbols = Int(UInt32(littleEndian: base.load(fromByteOffset: 32, as: UInt32.self)))
-        guard shards >= 1, shards <= InstanceLayout.maxShards, symbols <= InstanceLayout.maxSymbols,
-              file.size == InstanceLayout.engineFileSize(shards: shards, symbols: symbols) else {
-            throw .badHeader(path: path, "shard count \(shards) and symbol count \(symbols) do not match the file size \(file.size)")
+        let capacity = Int(UInt32(littleEndian: base.load(fromByteOffset: 36, as: UInt32.self)))
+        guard shards >= 1, shards <= InstanceLayout.maxShards, capacity <= InstanceLayout.maxSymbols,
+              file.size == InstanceLayout.engineFileSize(shards: shards, symbols: capacity) else {
+            throw .badHeader(path: path, "shard count \(shards) and symbol capacity \(capacity) do not match the file size \(file.size)")
         }
-        return EngineFile(file: file, shards: shards, symbols: symbols)
+        return EngineFile(file: file, shards: shards, capacity: capacity)
     }
 
-    private init(file: MappedFile, shards: Int, symbols: Int) {
+    private init(file: MappedFile, shards: Int, capacity: Int) {
         self.file = file
         shardCount = shards
-        symbolCount = symbols
+        symbolCapacity = capacity
     }
 
-    public let symbolCount: Int
+    /// The blocks the file has room for.
+    public let symbolCapacity: Int
+
+    /// The symbols published so far (it grows as symbols are listed): never above the capacity,
+    /// whatever the file says (a reader's mapping is the engine's, but a bound costs nothing).
+    public var symbolCount: Int {
+        let n = Int(UInt32(littleEndian: cb_load_acquire_u32((file.base + 32).assumingMemoryBound(to: UInt32.self))))
+        return min(n, symbolCapacity)
+    }
+
+    /// Engine side: symbol `i` (the next: `symbolCount`) gets its block, then the count says so.
+    public func publishSymbol(_ i: Int, name: String, id: UInt32, shard: Int) {
+        guard i == symbolCount, i < symbolCapacity else { return }
+        let block = symbolBlock(i)
+        storeText(name, at: block, capacity: 24)
+        block.storeBytes(of: id.littleEndian, toByteOffset: 24, as: UInt32.self)
+        block.storeBytes(of: UInt32(shard).littleEndian, toByteOffset: 28, as: UInt32.self)
+        cb_store_release_u32((file.base + 32).assumingMemoryBound(to: UInt32.self), UInt32(i + 1).littleEndian)
+    }
 
     func symbolBlock(_ i: Int) -> UnsafeMutableRawPointer {
         file.base + InstanceLayout.symbolsOffset(shards: shardCount) + i * InstanceLayout.symbolBlockSize
@@ -162,7 +184,7 @@ public final class EngineFile: @unchecked Sendable {
     }
 
     func pluginSlot(_ i: Int) -> UnsafeMutableRawPointer {
-        file.base + InstanceLayout.pluginsOffset(shards: shardCount, symbols: symbolCount) + i * InstanceLayout.pluginSlotSize
+        file.base + InstanceLayout.pluginsOffset(shards: shardCount, symbols: symbolCapacity) + i * InstanceLayout.pluginSlotSize
     }
 
     /// Engine side (control thread): publishes what it knows of plugin slot i.
@@ -193,7 +215,7 @@ public final class EngineFile: @unchecked Sendable {
     }
 
     func pluginCounterSlot(_ i: Int) -> UnsafeMutableRawPointer {
-        file.base + InstanceLayout.pluginCountersOffset(shards: shardCount, symbols: symbolCount)
+        file.base + InstanceLayout.pluginCountersOffset(shards: shardCount, symbols: symbolCapacity)
             + i * InstanceLayout.pluginCounterSize
     }
 

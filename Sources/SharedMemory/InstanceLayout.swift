@@ -12,10 +12,12 @@
 //   <client>.rep.<shard>   that shard's report ring to the client (shard produces)
 //   <client>.hello         written last, by rename: "my rings are ready"
 //
-// Engine control file layout (little-endian), version 3:
+// Engine control file layout (little-endian), version 4:
 //   0    magic "CBENGIN1" (u64), version (u32), shard count (u32), engine pid (i32),
 //        state (u32: 1 starting, 2 running, 3 stopping, 4 stopped), start time ns (u64),
-//        32 symbol count (u32)
+//        32 symbol count (u32: the symbols published so far; it grows, release-stored after the
+//        new symbol's block, as symbols are listed at run time), 36 symbol capacity (u32: the
+//        blocks the file has room for; fixed)
 //   64 + 2048 × s   shard s: 64 bytes reserved (the doorbell until version 2),
 //        at +64 the counters (24 u64 slots: the 24 ShardCounter words), at +256 rejects
 //        by reason (u64 × 24),
@@ -26,7 +28,7 @@
 //        at +1536 the shard's migrations (u64 × 8, written by whichever thread runs the
 //        migration, one at a time: MigrationCounters), at +1600 its replication (u64 × 8,
 //        written by the control thread: ReplicationCounters).
-//   then 64 × symbol: name (24 bytes, NUL-padded), id (u32), shard (u32), commands, trades,
+//   then 64 × symbol capacity: name (24 bytes, NUL-padded), id (u32), shard (u32), commands, trades,
 //        rejects, traded quantity (u64 each, written by the owning shard).
 //   then 256 × plugin slot (16): name (48), version (16), kinds (u32), state (u32), health (u32),
 //        4 reserved, updated ns (u64), 8 reserved, message (160).
@@ -45,7 +47,7 @@ public enum InstanceLayout {
     public static let engineMagic: UInt64 = 0x3149_4E47_4E45_4243  // "CBENGIN1"
     public static let sessionMagic: UInt64 = 0x3153_5345_5353_4243  // "CBSESS1" + "1"
     public static let doorbellsMagic: UInt64 = 0x3142_524F_4F44_4243  // "CBDOORB1"
-    public static let version: UInt32 = 3
+    public static let version: UInt32 = 4
     public static let headerSize = 64
     public static let shardBlockSize = 2048
     public static let countersOffset = 64

@@ -17,6 +17,9 @@
 //     ingress floor      symbol id (u32), partition (u32), offset (u64), source length (u16), source
 //     bind source        session (u32), partition (u32), source length (u16), source (UTF-8)
 //     unbind source      session (u32)
+//     list symbol        slot (u32), home shard (u32), symbol id (u32), tick size, lot size,
+//                        min price, max price, max order quantity (i64 each), name length (u16),
+//                        name (1 to 32 bytes, SymbolSpec's rule)
 //
 // Who uses which: epochs (routing and failover fencing), ingress positions (exactly-once
 // Kafka ingress: the position a command came from), freeze/export/import/drop/thaw (moving a
@@ -59,6 +62,36 @@ public enum AdminCommand: Equatable, Sendable {
     case bindSource(session: UInt32, source: String, partition: UInt32)
     /// The session is gone: its id may come back for another client.
     case unbindSource(session: UInt32)
+    /// A symbol listed while the engine runs takes slot `slot` of the instance's symbols (the
+    /// next one): journaled by every shard, in slot order; its home shard makes its book.
+    case listSymbol(Listing)
+
+    /// A symbol listed at run time: its rules, its slot among the instance's symbols and the
+    /// shard that owns it first.
+    public struct Listing: Equatable, Sendable {
+        public var slot: UInt32
+        public var home: UInt32
+        public var name: String
+        public var id: UInt32
+        public var tickSize: Int64
+        public var lotSize: Int64
+        public var minPrice: Int64
+        public var maxPrice: Int64
+        public var maxOrderQuantity: Int64
+
+        public init(slot: UInt32, home: UInt32, name: String, id: UInt32, tickSize: Int64, lotSize: Int64,
+                    minPrice: Int64, maxPrice: Int64, maxOrderQuantity: Int64) {
+            self.slot = slot
+            self.home = home
+            self.name = name
+            self.id = id
+            self.tickSize = tickSize
+            self.lotSize = lotSize
+            self.minPrice = minPrice
+            self.maxPrice = maxPrice
+            self.maxOrderQuantity = maxOrderQuantity
+        }
+    }
 
     public enum Kind: UInt16, Sendable, CaseIterable {
         case epoch = 1
@@ -73,6 +106,7 @@ public enum AdminCommand: Equatable, Sendable {
         case exportSealed = 10
         case importPart = 11
         case ingressFloor = 12
+        case listSymbol = 13
     }
 
     public var kind: Kind {
@@ -89,6 +123,7 @@ public enum AdminCommand: Equatable, Sendable {
         case .exportSealed: .exportSealed
         case .importPart: .importPart
         case .ingressFloor: .ingressFloor
+        case .listSymbol: .listSymbol
         }
     }
 }
@@ -100,6 +135,7 @@ public enum AdminRecord {
     /// journal batch; past this, refused.
     public static let maxBody = 64 << 20
     public static let maxSourceLength = 200
+    public static let maxNameLength = 32
 
     public enum Malformed: Error, Equatable, Sendable, CustomStringConvertible {
         case tooShort(Int)
@@ -161,6 +197,14 @@ public enum AdminRecord {
             put(offset)
             put(UInt32(part.count))
             body.append(contentsOf: part)
+        case .listSymbol(let l):
+            let name = Array(l.name.utf8.prefix(maxNameLength))
+            put(l.slot)
+            put(l.home)
+            put(l.id)
+            for v in [l.tickSize, l.lotSize, l.minPrice, l.maxPrice, l.maxOrderQuantity] { put(v) }
+            put(UInt16(name.count))
+            body.append(contentsOf: name)
         }
         var out: [UInt8] = []
         out.reserveCapacity(headerSize + body.count)
@@ -241,6 +285,16 @@ public enum AdminRecord {
                 throw .body(kind, "part \(offset) + \(count) outside a book of \(total) bytes")
             }
             return .importPart(symbolId: u32(0), total: total, offset: offset, part: Array(body[16...]))
+        case .listSymbol:
+            guard body.count >= 54 else { throw .body(kind, "\(body.count) bytes, fewer than 54") }
+            let count = Int(UInt16(littleEndian: body.loadUnaligned(fromByteOffset: 52, as: UInt16.self)))
+            try need(54 + count)
+            guard count >= 1, count <= maxNameLength, let name = String(validating: body[54...], as: UTF8.self) else {
+                throw .body(kind, "the name is not 1 to \(maxNameLength) bytes of UTF-8")
+            }
+            func i64(_ at: Int) -> Int64 { Int64(bitPattern: u64(at)) }
+            return .listSymbol(AdminCommand.Listing(slot: u32(0), home: u32(4), name: name, id: u32(8), tickSize: i64(12), lotSize: i64(20),
+                                                    minPrice: i64(28), maxPrice: i64(36), maxOrderQuantity: i64(44)))
         }
     }
 
@@ -259,6 +313,7 @@ public enum AdminRecord {
         case .importPart(let id, let total, let offset, let part): "admin import symbol \(id), bytes \(offset)..<\(offset + UInt32(part.count)) of \(total)"
         case .bindSource(let session, let source, let partition): "admin bind session \(session) to source \(source)#\(partition)"
         case .unbindSource(let session): "admin unbind session \(session)"
+        case .listSymbol(let l): "admin list symbol \(l.name) id \(l.id) slot \(l.slot) shard \(l.home) tick \(l.tickSize) lot \(l.lotSize) band \(l.minPrice)...\(l.maxPrice) max \(l.maxOrderQuantity)"
         }
     }
 }

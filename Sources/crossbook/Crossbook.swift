@@ -10,7 +10,7 @@ struct Crossbook: ParsableCommand {
         commandName: "crossbook",
         abstract: "Crossbook, a matching engine for spot exchanges.",
         version: crossbookVersion,
-        subcommands: [RunCommand.self, SubmitCommand.self, LoadCommand.self, StatCommand.self, MarketDataCommand.self, Replay.self, WorkloadCommand.self, RingCommand.self, JournalCommand.self, DiskFloorCommand.self, Host.self, MigrateCommand.self, RouteCommand.self, MigrateBenchCommand.self, RebalanceCommand.self, PromoteCommand.self, ReplicationCommand.self, SwitchoverCommand.self, FailoverDrillCommand.self]
+        subcommands: [RunCommand.self, SubmitCommand.self, LoadCommand.self, StatCommand.self, MarketDataCommand.self, Replay.self, WorkloadCommand.self, RingCommand.self, JournalCommand.self, DiskFloorCommand.self, Host.self, MigrateCommand.self, RouteCommand.self, SymbolCommand.self, MigrateBenchCommand.self, RebalanceCommand.self, PromoteCommand.self, ReplicationCommand.self, SwitchoverCommand.self, FailoverDrillCommand.self]
     )
 }
 

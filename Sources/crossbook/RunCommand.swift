@@ -62,6 +62,7 @@ extension EngineConfig {
             settings.wait.park = false
         }
         if let mb = journalSegmentMegabytes { settings.journalSegmentSize = mb << 20 }
+        settings.maxSymbols = maxSymbols
         settings.pruneJournal = pruneJournal
         settings.plugins = PluginSettings(directory: pluginDirectory ?? PluginSettings.defaultDirectory,
                                           load: plugins ?? defaultPlugins)

@@ -30,7 +30,9 @@ struct AdminCommandTests {
                                    .bindSource(session: 4, source: "orders", partition: 1), .unbindSource(session: 4),
                                    .exportSealed(symbolId: 3, length: 96, crc: 0xDEAD_BEEF),
                                    .importPart(symbolId: 3, total: 10, offset: 4, part: [1, 2, 3]),
-                                   .ingressFloor(symbolId: 3, source: "orders", partition: 2, offset: 1 << 33)]
+                                   .ingressFloor(symbolId: 3, source: "orders", partition: 2, offset: 1 << 33),
+                                   .listSymbol(AdminCommand.Listing(slot: 5, home: 1, name: "ETH-USD", id: 6, tickSize: 5, lotSize: 2,
+                                                                    minPrice: 10, maxPrice: 1 << 40, maxOrderQuantity: -1))]
         #expect(Set(all.map(\.kind)) == Set(AdminCommand.Kind.allCases), "every kind is in the round trip")
         // A part outside its book is refused.
         var outside = AdminRecord.encode(.importPart(symbolId: 3, total: 10, offset: 8, part: [1, 2]))
@@ -106,6 +108,7 @@ struct AdminCommandTests {
         #expect(again2.recoveredDigests == final)
         let replayed = try #require(again2.adminState(shard: 0))
         var expected = ShardAdminState(epoch: 3, positions: ["orders#0": 41], frozen: [], notOwned: [])
+        expected.symbolCount = 1
         expected.sourceCount = 1
         #expect(replayed == expected)
         again2.stop()
@@ -152,6 +155,7 @@ struct AdminCommandTests {
         defer { restarted.stop() }
         #expect(log.contains("loaded snapshot"), "\(log.all)")
         var expected = ShardAdminState(epoch: 9, positions: ["t#2": 5], frozen: [2], notOwned: [])
+        expected.symbolCount = 2
         expected.sourceCount = 1
         #expect(restarted.adminState(shard: 0) == expected)
         #expect(restarted.recoveredDigests == engine.finalDigests)

@@ -130,7 +130,7 @@ extension PluginHost {
             return CB_OK.rawValue
         }
         table.pointee.symbol_count = { host in
-            UInt32(LoadedPlugin.from(host)?.host?.environment.symbols.count ?? 0)
+            UInt32(LoadedPlugin.from(host)?.host?.environment.symbolCount ?? 0)
         }
         table.pointee.symbol_at = { host, index, out in
             guard let plugin = LoadedPlugin.from(host), let out, out.pointee.size >= 16 else { return CB_ERR_INVALID.rawValue }

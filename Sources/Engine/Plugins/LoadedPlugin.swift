@@ -53,7 +53,8 @@ final class LoadedPlugin: @unchecked Sendable {
 
     func lookup(_ symbol: String, into out: UnsafeMutablePointer<cb_symbol>) -> Int32 {
         guard let environment = host?.environment,
-              let entry = environment.symbolIndex[symbol].map({ environment.symbols[$0] }) else {
+              let entry = environment.symbolIndex[symbol].map({ environment.symbols[$0] })
+                ?? environment.table?.published(named: symbol).map({ (spec: $0.spec, shard: $0.home) }) else {
             return CB_ERR_UNKNOWN_SYMBOL.rawValue
         }
         return describe(entry, routes: environment.routes, into: out)
@@ -61,7 +62,9 @@ final class LoadedPlugin: @unchecked Sendable {
 
     /// The symbol with engine id `id` (a binary record names its symbol by id).
     func lookup(id: UInt32, into out: UnsafeMutablePointer<cb_symbol>) -> Int32 {
-        guard let environment = host?.environment, let entry = environment.symbols.first(where: { $0.spec.id == id }) else {
+        guard let environment = host?.environment,
+              let entry = environment.symbols.first(where: { $0.spec.id == id })
+                ?? environment.table?.published(id: id).map({ (spec: $0.spec, shard: $0.home) }) else {
             return CB_ERR_UNKNOWN_SYMBOL.rawValue
         }
         return describe(entry, routes: environment.routes, into: out)
@@ -69,10 +72,10 @@ final class LoadedPlugin: @unchecked Sendable {
 
     /// The symbol at `index` of the engine's symbols.
     func lookup(index: Int, into out: UnsafeMutablePointer<cb_symbol>) -> Int32 {
-        guard let environment = host?.environment, index >= 0, index < environment.symbols.count else {
-            return CB_ERR_NOT_FOUND.rawValue
-        }
-        return describe(environment.symbols[index], routes: environment.routes, into: out)
+        guard let environment = host?.environment, index >= 0 else { return CB_ERR_NOT_FOUND.rawValue }
+        if index < environment.symbols.count { return describe(environment.symbols[index], routes: environment.routes, into: out) }
+        guard let entry = environment.table?.published(at: index) else { return CB_ERR_NOT_FOUND.rawValue }
+        return describe((spec: entry.spec, shard: entry.home), routes: environment.routes, into: out)
     }
 
     /// `shard`: where the symbol lives now (it may move: a producer follows by itself).

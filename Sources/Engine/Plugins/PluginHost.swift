@@ -35,6 +35,8 @@ struct PluginEnvironment: @unchecked Sendable {
     let regenerate: @Sendable (Int, UInt64) throws(EngineError) -> (market: [UInt8], executions: [UInt8], through: UInt64)
     /// Moves a symbol (by id) to a shard (Engine.migrate): nil when it trades there, else why not.
     let migrate: @Sendable (UInt32, Int) -> String?
+    /// Every symbol of the instance, those listed at run time too (nil: `symbols` only).
+    let table: InstanceSymbols?
 
     init(instance: String, directory: String, engineFile: EngineFile, symbols: [(spec: SymbolSpec, shard: Int)],
          routes: RouteTable? = nil, log: @escaping @Sendable (String) -> Void,
@@ -44,8 +46,10 @@ struct PluginEnvironment: @unchecked Sendable {
          executionRing: @escaping @Sendable (Int) -> EventRing? = { _ in nil },
          regenerate: @escaping @Sendable (Int, UInt64) throws(EngineError) -> (market: [UInt8], executions: [UInt8], through: UInt64)
             = { _, _ throws(EngineError) in throw EngineError("no journal") },
-         migrate: @escaping @Sendable (UInt32, Int) -> String? = { _, _ in "this engine cannot move symbols" }) {
+         migrate: @escaping @Sendable (UInt32, Int) -> String? = { _, _ in "this engine cannot move symbols" },
+         table: InstanceSymbols? = nil) {
         self.migrate = migrate
+        self.table = table
         self.openSession = openSession
         self.closeSession = closeSession
         self.position = position
@@ -59,6 +63,11 @@ struct PluginEnvironment: @unchecked Sendable {
         self.log = log
         symbolIndex = Dictionary(symbols.enumerated().map { ($1.spec.name, $0) }, uniquingKeysWith: { first, _ in first })
     }
+}
+
+extension PluginEnvironment {
+    /// The symbols a plugin may see now (listings grow it).
+    var symbolCount: Int { max(symbols.count, table?.publishedCount ?? 0) }
 }
 
 final class PluginHost: @unchecked Sendable {

@@ -46,6 +46,8 @@ public struct ShardAdminState: Equatable, Sendable {
     /// and how many sources the shard knows (at most `IngressPositions.capacity`).
     public var sourceSessions: [String: UInt32] = [:]
     public var sourceCount = 0
+    /// The symbols the shard knows: the config's and the listings it has applied.
+    public var symbolCount = 0
 
     public init(epoch: UInt64, positions: [String: UInt64], frozen: Set<UInt32>, notOwned: Set<UInt32>,
                 exported: Set<UInt32> = [], imported: Set<UInt32> = []) {
@@ -232,7 +234,41 @@ extension ShardState {
                 return "symbol \(id) is not an exported symbol of this shard: freeze and export it before dropping it"
             }
             releaseBook(b)
+        case .listSymbol(let listing):
+            if let why = adoptListing(listing) { return why }
+            let b = Int(listing.slot)
+            routes?.register(listing.id, slot: b)
+            // The home shard owns it from here: an empty book.
+            if Int(listing.home) == index {
+                if let failure = makeBook(b) {
+                    return "symbol \(listing.name): \(failure)"
+                }
+                routes?.set(listing.id, shard: index)
+            }
         }
+        return nil
+    }
+
+    /// The shard's next slot becomes `listing`'s symbol (the instance's table adopts it, or has
+    /// it already and it is the same), absent from this shard. Nil, or why not.
+    mutating func adoptListing(_ listing: AdminCommand.Listing) -> String? {
+        guard let directory else { return "this shard takes no listings" }
+        let slot = Int(listing.slot)
+        guard slot == symbols.count else {
+            return slot < symbols.count ? "slot \(slot) is listed already (\(symbols[slot].spec.name))"
+                : "listing of slot \(slot) before slot \(symbols.count)"
+        }
+        guard slot < room else { return "no room for symbol \(listing.name): [engine] max_symbols = \(room)" }
+        guard Int(listing.id) <= maxSymbolId, bookIndex[Int(listing.id)] < 0 else {
+            return "symbol id \(listing.id) is in use or outside this instance's ids"
+        }
+        if let why = directory.adopt(listing) { return why }
+        symbols.append((spec: InstanceSymbols.spec(of: listing), capacity: listingCapacity))
+        owned.append(false)
+        bookIndex[Int(listing.id)] = Int32(slot)
+        bookFlags[slot] = BookFlag.absent | BookFlag.notOwned
+        incoming[slot] = 0
+        if let countersOf { symbolWords[slot] = countersOf(slot).words }
         return nil
     }
 
@@ -257,6 +293,7 @@ extension ShardState {
         var state = ShardAdminState(epoch: epoch, positions: ingress.positions, frozen: [], notOwned: [])
         state.sourceSessions = ingress.sourceSessions
         state.sourceCount = ingress.keys.count
+        state.symbolCount = symbols.count
         for (b, entry) in symbols.enumerated() {
             let id = entry.spec.id, flags = bookFlags[b]
             if flags & BookFlag.frozen != 0 { state.frozen.insert(id) }
@@ -272,6 +309,7 @@ extension ShardState {
     static let adminTrailerTag: UInt32 = 0x3144_4D41  // "AMD1" little-endian: admin state, version 1
     static let adminTrailerTag2: UInt32 = 0x3244_4D41  // "AMD2": version 2, with the ingress bindings
     static let adminTrailerTag3: UInt32 = 0x3344_4D41  // "AMD3": version 3, flags per symbol of the instance
+    static let adminTrailerTag4: UInt32 = 0x3444_4D41  // "AMD4": version 3 after the symbols listed at run time
 
     /// The admin state after the books in a snapshot body: tag, epoch (u64), the flags (version 3:
     /// a count (u32), per symbol of the instance its id (u32) and flags (u8); before: per book of
@@ -288,7 +326,19 @@ extension ShardState {
             put(UInt16(bytes.count))
             out.append(contentsOf: bytes)
         }
-        put(Self.adminTrailerTag3)
+        // Version 4 (only with listings): the listing count (u32), per listing its admin record's
+        // length (u32) and the record (AdminCommand.listSymbol); then version 3 from its epoch.
+        if symbols.count > configuredCount {
+            put(Self.adminTrailerTag4)
+            put(UInt32(symbols.count - configuredCount))
+            for b in configuredCount..<symbols.count {
+                let record = AdminRecord.encode(.listSymbol(listing(b)))
+                put(UInt32(record.count))
+                out.append(contentsOf: record)
+            }
+        } else {
+            put(Self.adminTrailerTag3)
+        }
         put(epoch)
         put(UInt32(symbols.count))
         for (b, entry) in symbols.enumerated() {
@@ -323,6 +373,44 @@ extension ShardState {
         return out
     }
 
+    /// Slot `b`'s listing, as the record that listed it.
+    func listing(_ b: Int) -> AdminCommand.Listing {
+        let spec = symbols[b].spec
+        let home = directory?.entry(b)?.home ?? index
+        return AdminCommand.Listing(slot: UInt32(b), home: UInt32(home), name: spec.name, id: spec.id, tickSize: spec.tickSize,
+                                    lotSize: spec.lotSize, minPrice: spec.minPrice, maxPrice: spec.maxPrice,
+                                    maxOrderQuantity: spec.maxOrderQuantity)
+    }
+
+    /// The listings of a version 4 admin state starting at `at` (after its tag) in `body`.
+    static func listings(_ body: [UInt8], from start: Int) throws(EngineError) -> (listings: [AdminCommand.Listing], end: Int) {
+        var at = start
+        func u32() throws(EngineError) -> Int {
+            guard at + 4 <= body.count else { throw EngineError("snapshot admin state truncated") }
+            defer { at += 4 }
+            return body.withUnsafeBytes { Int(UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: at, as: UInt32.self))) }
+        }
+        let count = try u32()
+        guard count <= InstanceLayout.maxSymbols else { throw EngineError("snapshot: \(count) listed symbols") }
+        var out: [AdminCommand.Listing] = []
+        for _ in 0..<count {
+            let length = try u32()
+            guard length <= body.count - at else { throw EngineError("snapshot admin state truncated") }
+            let command: AdminCommand
+            do {
+                command = try body[at..<(at + length)].withUnsafeBytes { raw throws(AdminRecord.Malformed) in try AdminRecord.decode(raw) }
+            } catch { throw EngineError("snapshot: a listed symbol: \(error)") }
+            guard case .listSymbol(let listing) = command else { throw EngineError("snapshot: a record other than a listing among the listed symbols") }
+            out.append(listing)
+            at += length
+        }
+        return (out, at)
+    }
+
+    static func skipListings(_ body: [UInt8], from start: Int) throws(EngineError) -> Int {
+        try listings(body, from: start).end
+    }
+
     mutating func restoreAdminTrailer(_ bytes: ArraySlice<UInt8>) throws(EngineError) {
         let body = Array(bytes)
         var at = 0
@@ -338,7 +426,12 @@ extension ShardState {
             defer { at += n }
             return String(decoding: body[at..<(at + n)], as: UTF8.self)
         }
-        let tag = try get(UInt32.self)
+        var tag = try get(UInt32.self)
+        if tag == Self.adminTrailerTag4 {
+            // The listings were adopted before the books (restoreBooks): skipped here.
+            at = try Self.skipListings(body, from: at)
+            tag = Self.adminTrailerTag3
+        }
         guard tag == Self.adminTrailerTag || tag == Self.adminTrailerTag2 || tag == Self.adminTrailerTag3 else {
             throw EngineError("snapshot: unknown data after the books")
         }

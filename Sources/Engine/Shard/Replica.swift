@@ -87,6 +87,11 @@ extension ShardState {
                 if let refusal, isExport, refusal.contains("differs") {
                     return "sequence \(sequence): \(refusal): the replay does not rebuild what was exported"
                 }
+                // A listing the live engine had room for: without it, the symbol's commands after
+                // it would replay as rejects.
+                if let refusal, case .listSymbol = command, refusal.hasPrefix("no room") || refusal.contains("outside this instance's ids") {
+                    return "sequence \(sequence): \(refusal): the journal lists more symbols than this configuration has room for (raise [engine] max_symbols)"
+                }
             } catch {
                 return "sequence \(sequence): \(error)"
             }

@@ -55,6 +55,10 @@ final class Shard: @unchecked Sendable {
     let routes: RouteTable?
     /// Each symbol's counters in the control file (same order as `symbols`).
     let symbolCounters: [SymbolCounters]
+    /// The instance's symbols (listings at run time), and a listed slot's counters.
+    let directory: InstanceSymbols?
+    let listingCapacity: BookCapacity?
+    let countersOf: (Int) -> SymbolCounters
     let doorbell: Doorbell
     let counters: ShardCounters
     let mailbox: Mailbox<ShardMessage>
@@ -116,7 +120,7 @@ final class Shard: @unchecked Sendable {
     private let log: @Sendable (String) -> Void
 
     init(index: Int, core: Int?, pools: BookCapacity? = nil, symbols: [(spec: SymbolSpec, capacity: BookCapacity)], owned: [Bool]? = nil,
-         routes: RouteTable? = nil, symbolSlots: [Int],
+         routes: RouteTable? = nil, symbolSlots: [Int], directory: InstanceSymbols? = nil, listingCapacity: BookCapacity? = nil,
          engineFile: EngineFile, doorbells: DoorbellFile,
          eventRing: EventRing, wait: WaitStrategy, lagTimeoutNanoseconds: UInt64,
          durability: Durability = .none, journalConfig: JournalConfig? = nil,
@@ -149,6 +153,9 @@ final class Shard: @unchecked Sendable {
         self.routes = routes
         precondition(symbolSlots.count == symbols.count, "one control-file slot per symbol")
         symbolCounters = symbolSlots.map { engineFile.symbolCounters($0) }
+        self.directory = directory
+        self.listingCapacity = listingCapacity
+        countersOf = { [engineFile] slot in engineFile.symbolCounters(slot) }
         doorbell = doorbells.doorbell(index)
         counters = engineFile.counters(index)
         mailbox = Mailbox(capacity: 256)
@@ -234,7 +241,8 @@ final class Shard: @unchecked Sendable {
         if let pools { where_ += ", pools of \(pools.orders) orders and \(pools.levels) levels shared by its books" }
         var state: ShardState
         do {
-            state = try ShardState(index: index, symbols: symbols, pools: pools, owned: owned, routes: routes, symbolCounters: symbolCounters, maxSessions: Self.maxSessions,
+            state = try ShardState(index: index, symbols: symbols, pools: pools, owned: owned, routes: routes, symbolCounters: symbolCounters,
+                                   directory: directory, countersOf: countersOf, listingCapacity: listingCapacity, maxSessions: Self.maxSessions,
                                    counters: counters, eventRing: eventRing, lagTimeoutNanoseconds: lagTimeoutNanoseconds,
                                    stopFlag: stopFlag, tally: tally, executionRing: executionRing)
         } catch {

@@ -6,6 +6,7 @@
 
 import Journal
 import OrderBook
+import SharedMemory
 
 extension ShardState {
     func snapshotBody() -> [UInt8] {
@@ -31,6 +32,22 @@ extension ShardState {
     mutating func restoreBooks(_ body: [UInt8]) throws(EngineError) {
         guard body.count >= 8 else { throw EngineError("snapshot body too short") }
         let count = body.withUnsafeBytes { Int(UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: 4, as: UInt32.self))) }
+        // The symbols listed at run time come first (their slots must exist for their books):
+        // they are in the admin state after the books (version 4).
+        var end = 8
+        for _ in 0..<min(count, room) {
+            guard end + 8 <= body.count else { break }
+            let length = body.withUnsafeBytes { Int(UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: end + 4, as: UInt32.self))) }
+            guard length <= body.count - end - 8 else { break }
+            end += 8 + length
+        }
+        if end + 4 <= body.count,
+           body.withUnsafeBytes({ UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: end, as: UInt32.self)) }) == Self.adminTrailerTag4 {
+            for listing in try Self.listings(body, from: end + 4).listings where Int(listing.slot) >= symbols.count {
+                if let why = adoptListing(listing) { throw EngineError("snapshot: listed symbol \(listing.name): \(why)") }
+                routes?.register(listing.id, slot: Int(listing.slot))
+            }
+        }
         guard count <= symbols.count else { throw EngineError("snapshot of \(count) books, the instance has \(symbols.count) symbols") }
         var offset = 8
         for _ in 0..<count {

@@ -19,9 +19,20 @@ struct ShardState: ~Copyable {
     let index: Int
     /// Every symbol of the instance, in the same order in every shard: a symbol can move to any
     /// shard (Migration.swift). `owned`: the shard's own at its first start (the config's
-    /// placement); the journal says where each is now.
-    let symbols: [(spec: SymbolSpec, capacity: BookCapacity)]
-    let owned: [Bool]
+    /// placement); the journal says where each is now. It grows by the listings the shard
+    /// applies (AdminCommand.listSymbol, its own journal's or snapshot's), up to `room` slots.
+    var symbols: [(spec: SymbolSpec, capacity: BookCapacity)]
+    var owned: [Bool]
+    /// Slots allocated (the instance's room for symbols) and the instance's table of them
+    /// (nil: no listings, as in tests of a bare shard).
+    let room: Int
+    let directory: InstanceSymbols?
+    /// Where a listed symbol's counters are (the control file's block of its slot).
+    let countersOf: ((Int) -> SymbolCounters)?
+    /// A listed symbol's book capacity ([book]).
+    let listingCapacity: BookCapacity
+    /// The config's symbols: the first slots.
+    let configuredCount: Int
     /// One slot per symbol, in `symbols` order; `bookIndex` maps a symbol id to its slot, or -1.
     /// A slot holds a book only while the shard owns the symbol (or is taking it in): flag
     /// `BookFlag.absent` otherwise, and the slot's memory is not an OrderBook.
@@ -76,6 +87,7 @@ struct ShardState: ~Copyable {
     /// Allocates the books (on the calling thread's NUMA node: call it from the pinned shard).
     init(index: Int, symbols: [(spec: SymbolSpec, capacity: BookCapacity)], pools: BookCapacity? = nil, owned: [Bool]? = nil,
          routes: RouteTable? = nil, symbolCounters: [SymbolCounters],
+         directory: InstanceSymbols? = nil, countersOf: ((Int) -> SymbolCounters)? = nil, listingCapacity: BookCapacity? = nil,
          maxSessions: Int, counters: ShardCounters, eventRing: EventRing, lagTimeoutNanoseconds: UInt64,
          stopFlag: UnsafeMutablePointer<UInt32>, tally: UnsafeMutablePointer<UInt64>,
          executionRing: EventRing? = nil) throws(EngineError) {
@@ -87,14 +99,20 @@ struct ShardState: ~Copyable {
         self.routes = routes
         self.counters = counters
         self.tally = tally
-        maxSymbolId = Int(symbols.map(\.spec.id).max() ?? 0)
+        self.directory = directory
+        self.countersOf = countersOf
+        self.listingCapacity = listingCapacity ?? symbols.first?.capacity ?? .small
+        let room = max(directory?.capacity ?? symbols.count, symbols.count, 1)
+        self.room = room
+        configuredCount = symbols.count
+        maxSymbolId = max(Int(symbols.map(\.spec.id).max() ?? 0), Int(directory?.idLimit ?? 1) - 1)
         bookIndex = cacheAligned(Int32.self, count: maxSymbolId + 1)
         bookIndex.initialize(repeating: -1, count: maxSymbolId + 1)
-        books = cacheAligned(OrderBook.self, count: max(symbols.count, 1))
-        bookFlags = cacheAligned(UInt8.self, count: max(symbols.count, 1))
-        bookFlags.initialize(repeating: 0, count: max(symbols.count, 1))
-        incoming = cacheAligned(UInt8.self, count: max(symbols.count, 1))
-        incoming.initialize(repeating: 0, count: max(symbols.count, 1))
+        books = cacheAligned(OrderBook.self, count: room)
+        bookFlags = cacheAligned(UInt8.self, count: room)
+        bookFlags.initialize(repeating: 0, count: room)
+        incoming = cacheAligned(UInt8.self, count: room)
+        incoming.initialize(repeating: 0, count: room)
         sessions = SessionTable(capacity: maxSessions)
         output = cacheAligned(OutputGate.self, count: 1)
         output.initialize(to: OutputGate(sessions: sessions.slots, counters: counters,
@@ -103,8 +121,9 @@ struct ShardState: ~Copyable {
                                          routes: routes))
         noSymbol = cacheAligned(UInt64.self, count: 4)
         noSymbol.initialize(repeating: 0, count: 4)
-        symbolWords = cacheAligned(UnsafeMutablePointer<UInt64>.self, count: max(1, symbols.count))
+        symbolWords = cacheAligned(UnsafeMutablePointer<UInt64>.self, count: room)
         for i in symbols.indices { (symbolWords + i).initialize(to: symbolCounters[i].words) }
+        for i in symbols.count..<room { (symbolWords + i).initialize(to: noSymbol) }
         if let pools, self.pools == nil {
             throw EngineError("shard \(index): pools of \(pools.orders) orders and \(pools.levels) levels cannot be made")
         }
@@ -169,6 +188,13 @@ struct ShardState: ~Copyable {
     /// Empty books again, as at the first start (a snapshot that failed to restore half way).
     mutating func resetBooks() throws(EngineError) {
         for b in symbols.indices { releaseBook(b) }
+        // Listings adopted from the snapshot are applied again from the journal.
+        while symbols.count > configuredCount {
+            let last = symbols.removeLast()
+            owned.removeLast()
+            bookIndex[Int(last.spec.id)] = -1
+            symbolWords[symbols.count] = noSymbol
+        }
         epoch = 0
         ingress.reset()
         if let failure = createBooks() { throw failure }
