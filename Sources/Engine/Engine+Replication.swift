@@ -312,10 +312,16 @@ extension Engine {
             }
             sequences.append(sequence)
         }
-        // Where each symbol is after what was replicated (a migration the primary left half done).
+        // A listing the primary left half done (some shards have it), then where each symbol is
+        // after what was replicated (a migration the primary left half done); the listings the
+        // standby replayed are shown to clients from here.
+        do { for line in try completeListings(readOnly: false) { log(line) } } catch {
+            log("promotion: \(error)")
+        }
         do { for line in try reconcileOwners(readOnly: false) { log(line) } } catch {
             log("promotion: \(error)")
         }
+        publishListings()
         // The primary's sessions that own resting orders, and those of its sources and streams,
         // keep their ids here (as after a restart): no new client may act for them.
         reserveSessions()

@@ -4,7 +4,7 @@
 // listing that reached some shards' journals and not others (a crash mid-listing) is finished
 // at the next start.
 import CrossbookClient
-import Engine
+@testable import Engine
 import Foundation
 import Glibc
 import OrderBook
@@ -168,5 +168,191 @@ struct ListingTests {
         let third = try listingEngine(dir, data: data)
         #expect(third.recoveredDigests == second.finalDigests && third.owner(of: "HALF") == 1)
         third.stop()
+    }
+
+    @Test("a listing reaches the hot standby through the journal: after kill -9 of the primary the promoted standby trades the listed symbol with its book, and its state equals an offline replay of its journal")
+    func listingAcrossFailover() throws {
+        let pa = freeLoopbackPort(), pb = freeLoopbackPort()
+        let a = PairNode(name: "hl-a", listen: pa, peer: pb), b = PairNode(name: "hl-b", listen: pb, peer: pa)
+        defer { a.terminate(); b.terminate(); a.remove(); b.remove() }
+        try a.start(standby: false)
+        #expect(waitFor(10) { a.isPrimary })
+        try b.start(standby: true)
+        #expect(waitFor(10) { a.engagedWithStandby }, "\(a.status())")
+        let added = try MigrationTests().crossbook(["symbol", "add", "SOL-USD", "--directory", a.dir, "--tick", "2", "--max-price", "100000"])
+        #expect(added.status == 0 && added.output.contains("listed SOL-USD id 3 on shard 0"), "\(added)")
+        let listed = try MigrationTests().crossbook(["symbol", "list", "--directory", a.dir])
+        #expect(listed.output.contains("SOL-USD id 3 shard 0 tick 2 lot 1 band 1...100000"), "\(listed)")
+        // A standby lists nothing itself.
+        let onStandby = try MigrationTests().crossbook(["symbol", "add", "XRP-USD", "--directory", b.dir])
+        #expect(onStandby.status != 0 && onStandby.output.contains("standby"), "\(onStandby)")
+        let client = try CrossbookClient(instance: "hl-a", directory: a.dir)
+        let sol = try client.symbol("SOL-USD")
+        var acked = 0
+        for id in 1...200 {
+            while !client.submit(.new(NewOrder(orderId: OrderId(id), side: .buy, price: 1000 + 2 * Price(id % 10), quantity: 1)), symbol: sol) {
+                _ = try client.poll { if $0.kind == .accepted { acked += 1 } }
+            }
+        }
+        #expect(waitFor(10) {
+            _ = try? client.poll { if $0.kind == .accepted { acked += 1 } }
+            return acked == 200
+        }, "acknowledged \(acked) of 200")
+        client.close()
+        a.kill9()
+        #expect(waitFor(10) { b.isPrimary }, "\(b.status())")
+        let after = try CrossbookClient(instance: "hl-b", directory: b.dir)
+        let moved = try after.symbol("SOL-USD")
+        #expect(moved.spec.tickSize == 2 && moved.spec.id == 3)
+        // The 200 resting bids are there: a sell of 200 at the lowest fills them all.
+        #expect(after.submit(.new(NewOrder(orderId: 1, side: .sell, price: 1000, quantity: 200)), symbol: moved))
+        var filled: Quantity = 0
+        #expect(waitFor(5) {
+            _ = try? after.poll { if $0.kind == .trade && $0.orderId == 1 { filled += $0.quantity } }
+            return filled == 200
+        }, "filled \(filled) of 200")
+        after.close()
+        b.terminate()
+        let replayed = try offlineDigest(b.data, tag: "listing")
+        let stopped = b.log.all.first { $0.contains("stopped at state digest") } ?? ""
+        #expect(replayed != nil && stopped.hasSuffix(String(replayed ?? 0, radix: 16)), "\(stopped)")
+    }
+
+    static let killCycles = Int(ProcessInfo.processInfo.environment["CROSSBOOK_LISTING_KILL_CYCLES"] ?? "") ?? 4
+
+    @Test("kill -9 at a random moment of back-to-back listings under load (orders on the listed symbols too), then recovery: every acknowledged listing is there on its home shard, every listed symbol has one owner, each book equals a one-book replay of the journals, no acknowledged order is lost")
+    func killDuringListings() throws {
+        let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-listk-\(UUID().uuidString.prefix(8))"
+        let config = data + ".toml"
+        defer {
+            removeTree(data)
+            removeTree(config)
+        }
+        try """
+        [engine]
+        durability = "sync"
+        max_symbols = 64
+        [[shards]]
+        [[shards]]
+        [book]
+        orders = 1024
+        levels = 256
+        [[symbols]]
+        name = "AAA"
+        id = 1
+        shard = 0
+        [[symbols]]
+        name = "BBB"
+        id = 2
+        shard = 1
+        """.write(toFile: config, atomically: true, encoding: .utf8)
+        var rng: UInt64 = 0x115
+        var summary: [String] = []
+        var acknowledgedListings: [(name: String, home: Int)] = []
+        for cycle in 0..<Self.killCycles {
+            let engine = Process()
+            engine.executableURL = crossbookBinary()
+            engine.arguments = ["run", "--config", config, "--instance", "lk", "--directory", dir, "--data-dir", data, "--no-pin",
+                                "--clean-stale", "--no-plugins"]
+            let err = Pipe()
+            engine.standardError = err
+            engine.standardOutput = err
+            try engine.run()
+            #expect(waitFor(10) { (try? EngineFile.attach(directory: dir))?.isServing ?? false }, "cycle \(cycle): engine up")
+            // Listings back to back on a thread of their own until the engine is gone (or 6 a cycle).
+            let answers = LogLines()
+            let lister = DispatchSemaphore(value: 0)
+            Thread {
+                for k in 0..<6 {
+                    let name = "L\(cycle)-\(k)"
+                    guard let answer = try? Engine.ask(directory: dir, "list \(name) \(k % 2) tick \(1 + k % 3)", timeout: 10) else { break }
+                    answers.append("\(name) \(k % 2) \(answer.first ?? "")")
+                    usleep(20_000)
+                }
+                lister.signal()
+            }.start()
+            let client = try CrossbookClient(instance: "lk", directory: dir, ringCapacity: 1 << 14)
+            let session = Int64(client.sessionId)
+            var acked = Set<Int64>()
+            func take(_ r: ReportRecord.Report) {
+                if r.kind == .accepted || r.kind == .rejected { acked.insert(session << 48 | r.orderId) }
+            }
+            rng = rng &* 6364136223846793005 &+ 1442695040888963407
+            let killAt = Date().addingTimeInterval(0.05 + Double((rng >> 33) % 200) / 1000)
+            var id = OrderId(cycle) * 10_000_000
+            var names = ["AAA", "BBB"] + acknowledgedListings.map(\.name)
+            while Date() < killAt {
+                id += 1
+                rng = rng &* 6364136223846793005 &+ 1442695040888963407
+                let r = rng >> 33
+                // The symbols listed so far this cycle join the flow as soon as the client finds them.
+                if id % 16 == 0 {
+                    for line in answers.all where line.hasSuffix(" ok") {
+                        let name = String(line.split(separator: " ")[0])
+                        if !names.contains(name), (try? client.symbol(name)) != nil { names.append(name) }
+                    }
+                }
+                let name = names[Int(r % UInt64(names.count))]
+                guard let info = try? client.symbol(name) else { continue }
+                let tick = info.spec.tickSize
+                let order = NewOrder(orderId: id, side: r & 1 == 0 ? .buy : .sell, price: tick * (95 + Price((r >> 4) % 11)), quantity: 1 + Quantity((r >> 8) % 5))
+                while !client.submit(.new(order), symbol: info) {
+                    _ = try? client.poll(take)
+                    if Date() >= killAt { break }
+                }
+                if id % 32 == 0 {
+                    _ = try? client.poll(take)
+                    usleep(300)
+                }
+            }
+            kill(engine.processIdentifier, SIGKILL)
+            engine.waitUntilExit()
+            _ = try? client.poll(take)
+            client.close()
+            lister.wait()
+            for line in answers.all where line.hasSuffix(" ok") {
+                let f = line.split(separator: " ")
+                acknowledgedListings.append((String(f[0]), Int(f[1]) ?? -1))
+            }
+
+            // Recovery of a copy, in this process.
+            let copy = data + "-copy"
+            removeTree(copy)
+            copyDirectory(data, copy)
+            var settings = EngineSettings(instance: "lko\(cycle)", directory: testDirectory(), shards: [ShardSettings(core: nil), ShardSettings(core: nil)],
+                                          symbols: [(spec: SymbolSpec(name: "AAA", id: 1), shard: 0), (spec: SymbolSpec(name: "BBB", id: 2), shard: 1)],
+                                          capacity: BookCapacity(orders: 1024, levels: 256))
+            settings.durability = .sync
+            settings.dataDirectory = copy
+            settings.maxSymbols = 64
+            let log = LogLines()
+            let offline = Engine(settings: settings, log: { log.append($0) })
+            _ = try offline.start()
+            let table = try #require(offline.symbolTable).all
+            // Every acknowledged listing is there, owned by its home shard (nothing moved them).
+            for (name, home) in acknowledgedListings {
+                #expect(offline.owner(of: name) == home, "cycle \(cycle): acknowledged listing \(name) on shard \(String(describing: offline.owner(of: name)))")
+            }
+            offline.stop()
+            let recovered = offline.finalDigests
+            // Each shard's books against one-book replays of the journals, in slot order.
+            var expected: [[UInt64]] = [[], []]
+            var journaled = Set<Int64>()
+            for entry in table {
+                let chain = try SymbolChain(data: copy, shards: 2, symbolId: entry.spec.id, initialOwner: entry.home)
+                #expect(chain.owner == entry.home)
+                expected[entry.home].append(try chain.replay(spec: entry.spec, capacity: BookCapacity(orders: 1024, levels: 256)).digest)
+                for applied in chain.commands where applied.record[1] == 1 {
+                    journaled.insert(Int64(applied.session) << 48 | applied.record.withUnsafeBytes { CommandRecord.orderId($0.baseAddress!) })
+                }
+            }
+            func fold(_ books: [UInt64]) -> UInt64 { books.reduce(0xCBF2_9CE4_8422_2325) { ($0 ^ $1) &* 0x0000_0100_0000_01B3 } }
+            #expect(recovered == expected.map(fold), "cycle \(cycle): recovered books differ from the replay of the journals")
+            #expect(acked.isSubset(of: journaled), "cycle \(cycle): \(acked.subtracting(journaled).count) acknowledged orders not in the journals")
+            summary.append("cycle \(cycle): \(answers.all.filter { $0.hasSuffix(" ok") }.count) listings acknowledged, \(table.count - 2) listed in all, \(acked.count) orders acknowledged" +
+                           log.all.filter { $0.contains("listed on shard") }.map { "; " + $0 }.joined())
+            removeTree(copy)
+        }
+        print(summary.joined(separator: "\n"))
     }
 }
