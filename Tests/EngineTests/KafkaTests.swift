@@ -284,6 +284,42 @@ struct KafkaIngressTests {
 }
 
 extension KafkaIngressTests {
+    @Test("a symbol listed while the engine consumes: its orders from the topic are taken (before the listing they were dead-lettered as unknown), and its fills reach the fills topic under its name")
+    func listedSymbolThroughKafka() throws {
+        let broker = try KafkaBroker()
+        defer { broker.stop() }
+        try broker.createTopic("orders", partitions: 2)
+        try broker.createTopic("orders.dead-letter", partitions: 1)
+        for topic in ["fills", "exec-reports", "depth"] { try broker.createTopic(topic, partitions: 2) }
+        let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-kafkal-\(UUID().uuidString.prefix(8))"
+        defer { removeTree(data) }
+        let config = data + ".toml"
+        defer { unlink(config) }
+        try kafkaEngineConfig(instance: "kfl", broker: broker, topic: "orders", egress: true).write(toFile: config, atomically: true, encoding: .utf8)
+        let engine = try EngineProcess(["--config", config, "--directory", dir, "--no-pin", "--data-dir", data, "--clean-stale"],
+                                       environment: KafkaKit.environment)
+        defer { engine.stop() }
+        #expect(waitFor(20) { (try? EngineFile.attach(directory: dir))?.isServing ?? false }, "\(engine.log.all)")
+        // Before the listing: unknown, dead-lettered.
+        #expect(try KafkaKit.run(["orders", broker.address, "orders", "2"], stdin: "N,ADA-USD,1,1,B,LMT,100,2,GTC\n").status == 0)
+        #expect(waitFor(20) {
+            ConsumedMessage.parse((try? KafkaKit.run(["consume", broker.address, "orders.dead-letter", "1", "1000"]).out) ?? "").contains { $0.value.contains("ADA-USD") }
+        })
+        let added = try MigrationTests().crossbook(["symbol", "add", "ADA-USD", "--shard", "1", "--directory", dir])
+        #expect(added.status == 0, "\(added)")
+        let lines = ["N,ADA-USD,2,1,B,LMT,100,2,GTC", "N,ADA-USD,3,2,S,LMT,99,3,GTC", "N,ADA-USD,4,3,B,LMT,101,1,GTC"]
+        #expect(try KafkaKit.run(["orders", broker.address, "orders", "2"], stdin: lines.joined(separator: "\n") + "\n").status == 0)
+        var fills: [ConsumedMessage] = []
+        #expect(waitFor(30) {
+            fills = ConsumedMessage.parse((try? KafkaKit.run(["consume", broker.address, "fills", "2", "1500"]).out) ?? "").filter { $0.key == "ADA-USD" }
+            return fills.count >= 2
+        }, "\(engine.log.all.suffix(10))")
+        // Bid 2 @ 100, then a sell of 3 @ 99 takes it (2 @ 100) and rests 1; the bid of 1 @ 101 takes that (1 @ 99).
+        #expect(fills.map(\.value).map { $0.split(separator: ",").suffix(2).joined(separator: ",") } == ["100,2", "99,1"], "\(fills.map(\.value))")
+        let letters = ConsumedMessage.parse(try KafkaKit.run(["consume", broker.address, "orders.dead-letter", "1", "1000"]).out)
+        #expect(letters.filter { $0.value.contains("ADA-USD") }.count == 1, "\(letters.map(\.value))")
+    }
+
     static let killCycleCount = Int(ProcessInfo.processInfo.environment["CROSSBOOK_KAFKA_KILL_CYCLES"] ?? "") ?? 20
 
     /// The engine's config without the ingress: what `crossbook replay --journal` rebuilds with.

@@ -213,6 +213,31 @@ struct RedisRoutingTests {
         #expect(try redis.cli(["EXISTS", prefix + "instance:rra"]) == "0")
     }
 
+    @Test("a symbol listed at run time gets its route in Redis at once (epoch 1, ACTIVE on its shard); moves of it go through the router like any; with Redis down its route is published once Redis is back")
+    func listedSymbolRoutes() throws {
+        let redis = try RedisServer()
+        let prefix = "t\(UInt32.random(in: 0...UInt32.max)):"
+        let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-rl-\(UUID().uuidString.prefix(8))"
+        defer { removeTree(data) }
+        let log = LogLines()
+        let engine = try routedEngine("rrl", dir: dir, data: data, redis: redis, prefix: prefix, log: log)
+        defer { engine.stop() }
+        #expect(waitFor(10) { routes(redis, prefix: prefix).count == 3 }, "\(log.all.suffix(10))")
+        _ = try engine.listSymbol("ADA-USD", shard: 1)
+        #expect(waitFor(5) { routes(redis, prefix: prefix)["ADA-USD"] == RouteLine(instance: "rrl", shard: 1, status: "ACTIVE", epoch: 1) },
+                "\(routes(redis, prefix: prefix)) \(log.all.suffix(6))")
+        _ = try engine.migrate(symbol: "ADA-USD", toShard: 0)
+        #expect(waitFor(5) { routes(redis, prefix: prefix)["ADA-USD"] == RouteLine(instance: "rrl", shard: 0, status: "ACTIVE", epoch: 3) },
+                "\(routes(redis, prefix: prefix))")
+        // Redis gone: the listing goes on (the engine's placement is the truth); the route follows.
+        redis.stop()
+        #expect(waitFor(5) { routingHealth(engine)?.health == 1 })
+        _ = try engine.listSymbol("DOT-USD", shard: 0)
+        try redis.start()
+        #expect(waitFor(10) { routes(redis, prefix: prefix)["DOT-USD"] == RouteLine(instance: "rrl", shard: 0, status: "ACTIVE", epoch: 1) },
+                "\(routes(redis, prefix: prefix)) \(log.all.suffix(6))")
+    }
+
     @Test("Redis down: health degraded, trading goes on, no move until it is back; an empty Redis restarted gets every route where the engine has it; a MIGRATING route no move explains is settled where the engine has the symbol")
     func redisDown() throws {
         let redis = try RedisServer()

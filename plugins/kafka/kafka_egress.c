@@ -146,8 +146,22 @@ static void emit(egress *p, uint32_t shard, int topic, const char *key, uint64_t
     }
 }
 
+/* A symbol's name by id: the table made at start, or one listed since (asked of the host once,
+   then kept; two threads asking at once keep one copy). */
 static const char *symbol_name(egress *p, uint32_t id) {
-    return id <= p->max_symbol && p->symbol_names[id] ? p->symbol_names[id] : NULL;
+    if (id == 0 || id >= MAX_SYMBOLS) return NULL;
+    char *known = __atomic_load_n(&p->symbol_names[id], __ATOMIC_ACQUIRE);
+    if (known != NULL) return known;
+    cb_symbol symbol = {.size = sizeof symbol};
+    if (p->api->symbol_by_id(p->host, id, &symbol) != CB_OK || symbol.name == NULL) return NULL;
+    char *copy = strdup(symbol.name);
+    if (copy == NULL) return NULL;
+    char *expected = NULL;
+    if (!__atomic_compare_exchange_n(&p->symbol_names[id], &expected, copy, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        free(copy);
+        return expected;
+    }
+    return copy;
 }
 
 static void on_execution(egress *p, uint32_t shard, const cb_execution *e) {
@@ -371,7 +385,7 @@ static void release(egress *p) {
     }
     for (int t = 0; t < T_COUNT; t++) free(p->topics[t].last);
     if (p->symbol_names) {
-        for (uint32_t i = 0; i <= p->max_symbol; i++) free(p->symbol_names[i]);
+        for (uint32_t i = 0; i < MAX_SYMBOLS; i++) free(p->symbol_names[i]);
         free(p->symbol_names);
     }
     free(p->symbol_shard);

@@ -356,11 +356,34 @@ static int route_begin(void *context, uint32_t id, uint32_t from, uint32_t to, c
     return rc;
 }
 
+static long sync_one(routing *r, symbol_state *s);
+
+/* A symbol listed while the engine runs (the host calls route_end once it is published): it joins
+ * the table (under the lock), and its route is published at once when Redis is up (else at the
+ * next resync). */
+static symbol_state *adopt_listed(routing *r, uint32_t id) {
+    cb_symbol sym = {.size = sizeof(cb_symbol)};
+    if (r->api->symbol_by_id(r->host, id, &sym) != CB_OK || sym.name == NULL) return NULL;
+    symbol_state *grown = realloc(r->symbols, ((size_t)r->count + 1) * sizeof *r->symbols);
+    if (grown == NULL) return NULL;
+    r->symbols = grown;
+    symbol_state *s = &r->symbols[r->count];
+    memset(s, 0, sizeof *s);
+    s->id = sym.id;
+    s->name = sym.name;
+    r->count++;
+    logf_(r, CB_LOG_INFO, "symbol %s listed: its route is published%s", s->name, r->connected ? "" : " once Redis is back");
+    if (r->connected) (void)sync_one(r, s);
+    return s;
+}
+
 static void route_end(void *context, uint32_t id, uint32_t shard) {
     routing *r = context;
     pthread_mutex_lock(&r->lock);
     symbol_state *s = find(r, id);
-    if (s != NULL && r->migrating == (long)id) {
+    if (s == NULL && r->migrating != (long)id) {
+        (void)adopt_listed(r, id);
+    } else if (s != NULL && r->migrating == (long)id) {
         r->migrating = -1;
         long long epoch = 0;
         int won = r->connected ? cas(r, s->name, s->epoch, shard, "ACTIVE", &epoch) : -1;
@@ -467,13 +490,28 @@ static void do_moves(routing *r, const long *moves, int n) {
     }
 }
 
+/* The moves buffer holds a move per symbol: it grows with the table (listings), under the lock. */
+static long *moves_for(routing *r, long *moves, size_t *length) {
+    size_t need = (size_t)r->count * 2 + 2;
+    if (need <= *length) return moves;
+    long *grown = realloc(moves, need * sizeof(long));
+    if (grown == NULL) return moves;
+    *length = need;
+    return grown;
+}
+
 static void *run(void *arg) {
     routing *r = arg;
-    long *moves = calloc((size_t)r->count * 2 + 2, sizeof(long));
+    size_t moves_length = 0;
+    long *moves = NULL;
+    pthread_mutex_lock(&r->lock);
+    moves = moves_for(r, moves, &moves_length);
+    pthread_mutex_unlock(&r->lock);
     uint64_t next_beat = 0, next_sync = 0, next_try = 0;
     while (!__atomic_load_n(&r->stopping, __ATOMIC_ACQUIRE)) {
         int n = 0;
         pthread_mutex_lock(&r->lock);
+        moves = moves_for(r, moves, &moves_length);
         uint64_t now = now_ms();
         if (!r->connected && now >= next_try) {
             if (connect_all(r)) {
@@ -486,7 +524,7 @@ static void *run(void *arg) {
             heartbeat(r);
             next_beat = now + (uint64_t)r->heartbeat_ms;
         }
-        if (r->connected && (now >= next_sync || r->resync_now)) {
+        if (r->connected && (now >= next_sync || r->resync_now) && moves_length >= (size_t)r->count * 2 + 2) {
             r->resync_now = 0;
             n = sync_all(r, moves);
             next_sync = now + (uint64_t)r->resync_ms;
@@ -506,7 +544,8 @@ static void *run(void *arg) {
         int ready = poll(&p, 1, 100);
         if (ready <= 0) continue;
         pthread_mutex_lock(&r->lock);
-        if (r->connected && r->sub->fd == fd) {
+        moves = moves_for(r, moves, &moves_length);
+        if (r->connected && r->sub->fd == fd && moves_length >= (size_t)r->count * 2 + 2) {
             if (redisBufferRead(r->sub) != REDIS_OK) {
                 disconnect(r, r->sub->errstr[0] ? r->sub->errstr : "the subscription closed");
             } else {
