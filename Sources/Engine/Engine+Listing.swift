@@ -49,6 +49,11 @@ extension Engine {
             for line in try completeListings(readOnly: false, timeout: timeout) { log(line) }
             let listing = try table.prepare(name: name, id: id, home: shard, rules: rules, book: settings.capacity,
                                             pools: settings.shards.map(\.pools))
+            // Its book is allocated now, on the home shard: refused rather than met by the OOM killer.
+            let bytes = settings.shards[shard].pools == nil ? settings.capacity.bookBytes : OrderBook.sharingBookBytes
+            if let available = Self.memoryAvailable(), bytes > available {
+                throw EngineError("listing of \(name): its book needs \(bytes >> 20) MiB and the host has \(available >> 20) MiB available")
+            }
             var sequences: [UInt64] = []
             for i in shards.indices {
                 switch admin(shard: i, .listSymbol(listing), timeout: timeout) {

@@ -259,10 +259,13 @@ public final class Engine: @unchecked Sendable {
         let books = (s.symbols.count - pooledSymbols) * s.capacity.bookBytes
         let rings = s.shards.count * s.eventRingCapacity * 64
         let journals = s.durability == .none ? 0 : s.shards.count * 2 * (4 << 20)
-        let total = books + pools + rings + journals
+        // Every shard has a slot for every symbol the instance has room for (listings too).
+        let room = min(max(s.maxSymbols ?? (s.symbols.count + InstanceSymbols.defaultHeadroom), s.symbols.count), InstanceLayout.maxSymbols)
+        let slots = s.shards.count * room * (MemoryLayout<OrderBook>.stride + 10)
+        let total = books + pools + rings + journals + slots
         let own = "\(s.symbols.count - pooledSymbols) books of \(s.capacity.bookBytes >> 10) KiB (\(s.capacity.orders) orders, \(s.capacity.levels) levels)"
         let shared = pooled.isEmpty ? "" : ", shared pools of \(pooled.count) shard(s) with \(pooledSymbols) symbols \(pools >> 20) MiB"
-        return (total, "\(total >> 20) MiB: \(own)\(shared), event rings \(rings >> 20) MiB, journal buffers \(journals >> 20) MiB")
+        return (total, "\(total >> 20) MiB: \(own)\(shared), event rings \(rings >> 20) MiB, journal buffers \(journals >> 20) MiB, slots for \(room) symbols \(slots >> 10) KiB")
     }
 
     /// MemAvailable from /proc/meminfo, in bytes (nil where it cannot be read).

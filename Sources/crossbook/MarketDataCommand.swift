@@ -34,12 +34,17 @@ struct MarketDataCommand: ParsableCommand {
             throw CLIError("engine '\(target.instance)' is not running: \(error)")
         }
         var names: [UInt32: String] = [:]
-        if let text = try? String(contentsOfFile: InstanceLayout.symbolsPath(dir), encoding: .utf8) {
-            for line in text.split(separator: "\n") {
-                let f = line.split(separator: " ")
-                if f.count >= 2, let id = UInt32(f[1]) { names[id] = String(f[0]) }
+        // Read again when a symbol listed since (crossbook symbol add) shows up.
+        func readNames() {
+            if let text = try? String(contentsOfFile: InstanceLayout.symbolsPath(dir), encoding: .utf8) {
+                for line in text.split(separator: "\n") {
+                    let f = line.split(separator: " ")
+                    if f.count >= 2, let id = UInt32(f[1]) { names[id] = String(f[0]) }
+                }
             }
         }
+        readNames()
+        var namesRead = engine.symbolCount
         var consumers: [EventConsumer] = []
         var rings: [EventRing] = []
         for s in 0..<engine.shardCount {
@@ -69,6 +74,10 @@ struct MarketDataCommand: ParsableCommand {
                 }
                 for k in 0..<n where count == 0 || printed < count {
                     guard let e = MarketEventRecord.decode(consumer.slot(k)) else { continue }
+                    if names[e.symbolId] == nil, engine.symbolCount != namesRead {
+                        namesRead = engine.symbolCount
+                        readNames()
+                    }
                     let symbol = names[e.symbolId] ?? "#\(e.symbolId)"
                     switch e.kind {
                     case .trade: emit("TRADE,\(symbol),\(e.side.letter),\(e.price),\(e.quantity),\(e.engineSequence)")

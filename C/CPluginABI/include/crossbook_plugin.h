@@ -265,7 +265,9 @@ typedef struct cb_router {
     int (*route_begin)(void *context, uint32_t symbol_id, uint32_t from, uint32_t to, char *error, size_t error_size);
     /* After: the symbol trades on `shard` (the target, or the source when the move failed or was
        refused after route_begin). Must not fail: an authority that cannot record it now records
-       it when it can (the engine's placement is the truth for its own symbols). */
+       it when it can (the engine's placement is the truth for its own symbols). Also called,
+       without a route_begin, for a symbol listed while the engine runs (`crossbook symbol add`),
+       once it is published: an id the router has not seen before (symbol_by_id finds it). */
     void (*route_end)(void *context, uint32_t symbol_id, uint32_t shard);
 } cb_router;
 
@@ -352,7 +354,9 @@ typedef struct cb_host_api {
                             cb_subscription **market);
 
     /* Appended with routing (check CB_HOST_HAS). The symbols of this engine: how many, and the
-       one at `index` (0 ..< symbol_count), as symbol_lookup (its `shard` is where it lives now). */
+       one at `index` (0 ..< symbol_count), as symbol_lookup (its `shard` is where it lives now).
+       The count grows as symbols are listed while the engine runs (never shrinks); symbol_lookup
+       and symbol_by_id find a listed symbol from the moment it is published. */
     uint32_t (*symbol_count)(cb_host *host);
     int (*symbol_at)(cb_host *host, uint32_t index, cb_symbol *out);
     /* Registers the engine's router (plugins of kind CB_KIND_ROUTING, from start; one per
