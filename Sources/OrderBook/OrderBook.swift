@@ -584,6 +584,12 @@ public struct OrderBook: ~Copyable {
     @inlinable @inline(__always)
     mutating func enterPools() -> (orders: Int, levels: Int) {
         guard !store.ownsPools else { return (0, 0) }
+        return enterSharedPools()
+    }
+
+    /// `enterPools` of a book known to share its pools.
+    @inlinable @inline(__always)
+    mutating func enterSharedPools() -> (orders: Int, levels: Int) {
         let state = store.pool
         cursor = state.pointee.cursor
         return (liveOrders, bidLevels + askLevels)
@@ -593,6 +599,12 @@ public struct OrderBook: ~Copyable {
     @inlinable @inline(__always)
     mutating func leavePools(_ before: (orders: Int, levels: Int)) {
         guard !store.ownsPools else { return }
+        leaveSharedPools(before)
+    }
+
+    /// `leavePools` of a book known to share its pools.
+    @inlinable @inline(__always)
+    mutating func leaveSharedPools(_ before: (orders: Int, levels: Int)) {
         let state = store.pool
         state.pointee.cursor = cursor
         state.pointee.liveOrders += liveOrders - before.orders
@@ -613,9 +625,11 @@ public struct OrderBook: ~Copyable {
     /// (GTC, post-only) or is cancelled (IOC, market).
     @inlinable
     public mutating func submit<S: BookEventSink>(_ order: NewOrder, to sink: inout S) {
-        let before = enterPools()
+        // A book with pools of its own (the common case) pays one branch.
+        guard !store.ownsPools else { return submitInPools(order, to: &sink) }
+        let before = enterSharedPools()
         submitInPools(order, to: &sink)
-        leavePools(before)
+        leaveSharedPools(before)
     }
 
     @inlinable
@@ -675,9 +689,11 @@ public struct OrderBook: ~Copyable {
 
     @inlinable
     public mutating func cancel<S: BookEventSink>(_ command: CancelOrder, to sink: inout S) {
-        let before = enterPools()
+        // A book with pools of its own (the common case) pays one branch.
+        guard !store.ownsPools else { return cancelInPools(command, to: &sink) }
+        let before = enterSharedPools()
         cancelInPools(command, to: &sink)
-        leavePools(before)
+        leaveSharedPools(before)
     }
 
     @inlinable
@@ -700,9 +716,11 @@ public struct OrderBook: ~Copyable {
 
     @inlinable
     public mutating func replace<S: BookEventSink>(_ command: ReplaceOrder, to sink: inout S) {
-        let before = enterPools()
+        // A book with pools of its own (the common case) pays one branch.
+        guard !store.ownsPools else { return replaceInPools(command, to: &sink) }
+        let before = enterSharedPools()
         replaceInPools(command, to: &sink)
-        leavePools(before)
+        leaveSharedPools(before)
     }
 
     @inlinable
@@ -770,9 +788,11 @@ public struct OrderBook: ~Copyable {
 
     @inlinable
     public mutating func apply<S: BookEventSink>(_ command: BookCommand, to sink: inout S) {
-        let before = enterPools()
+        // A book with pools of its own (the common case) pays one branch.
+        guard !store.ownsPools else { return applyInPools(command, to: &sink) }
+        let before = enterSharedPools()
         applyInPools(command, to: &sink)
-        leavePools(before)
+        leaveSharedPools(before)
     }
 
     /// A command, with the pools' state already in this book's fields.
