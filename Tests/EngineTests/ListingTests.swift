@@ -139,6 +139,23 @@ struct ListingTests {
         #expect(throws: (any Error).self) { _ = try listingEngine(dir, data: data, room: 3) }
     }
 
+    @Test("[engine] max_symbols: checked in the config (1 to 65536) and at start (not below the config's symbols)")
+    func roomConfig() throws {
+        let config = NSTemporaryDirectory() + "crossbook-room-\(UUID().uuidString.prefix(8)).toml"
+        defer { unlink(config) }
+        for (value, reason) in [("0", "max_symbols must be between 1 and 65536"), ("70000", "max_symbols must be between 1 and 65536"),
+                                ("\"many\"", "max_symbols")] {
+            try "[engine]\nmax_symbols = \(value)\n[[symbols]]\nname = \"BTC-USD\"\n".write(toFile: config, atomically: true, encoding: .utf8)
+            let result = try MigrationTests().crossbook(["run", "--config", config, "--check-config"])
+            #expect(result.status != 0 && result.output.contains(reason), "\(value): \(result)")
+        }
+        let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-room-\(UUID().uuidString.prefix(8))"
+        defer { removeTree(data) }
+        #expect {
+            _ = try listingEngine(dir, data: data, room: 1)
+        } throws: { "\($0)".contains("max_symbols 1: between the config's 2 symbols") }
+    }
+
     @Test("a listing on one shard's journal only (a crash mid-listing) is finished at the next start: every shard takes it, its home shard owns it")
     func interruptedListing() throws {
         let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-list-\(UUID().uuidString.prefix(8))"
