@@ -62,7 +62,7 @@ let package = Package(
         // The seeded benchmark workloads of bench/README.md, shared by tests and benchmarks.
         .target(name: "Workloads", dependencies: ["OrderBook", "CPrefetch"]),
         // The configuration file (TOML), a library so that the fuzz targets can load configs.
-        .target(name: "CrossbookConfig", dependencies: ["Engine", "OrderBook", .product(name: "TOMLKit", package: "TOMLKit")]),
+        .target(name: "CrossbookConfig", dependencies: ["CSync", "Engine", "OrderBook", .product(name: "TOMLKit", package: "TOMLKit")]),
         .executableTarget(
             name: "crossbook",
             dependencies: [

@@ -44,6 +44,13 @@ int32_t cb_current_cpu(void) { return sched_getcpu(); }
 
 int32_t cb_thread_id(void) { return (int32_t)syscall(SYS_gettid); }
 
+void cb_close_from(int lowest) {
+#ifdef SYS_close_range
+    if (syscall(SYS_close_range, (unsigned)lowest, ~0u, 0) == 0) return;
+#endif
+    for (int fd = lowest; fd < 65536; fd++) close(fd);
+}
+
 int cb_set_timer_slack_ns(unsigned long ns) { return prctl(PR_SET_TIMERSLACK, ns, 0, 0, 0); }
 
 int64_t cb_thread_cpu_ns(int32_t pid, int32_t tid) {

@@ -69,6 +69,10 @@ static inline void cb_histogram_record_count(uint64_t *words, uint64_t n) {
 
 /// The calling thread's kernel id (for /proc/<pid>/task/<tid>/stat).
 int32_t cb_thread_id(void);
+
+/* Closes every descriptor from `lowest` up (close_range, else one by one up to 65536): a forked
+   child that only computes must not keep the parent's files (a data directory's lock) open. */
+void cb_close_from(int lowest);
 /* The calling thread's timer slack (prctl PR_SET_TIMERSLACK): how late the kernel may wake a
    short sleep. The default 50 us turns each 20-50 us sleep of the replication path into ~100 us. */
 int cb_set_timer_slack_ns(unsigned long ns);
