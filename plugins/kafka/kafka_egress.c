@@ -64,6 +64,7 @@ typedef struct egress {
     topic_state topics[T_COUNT];
     char **symbol_names; /* by id; NULL: none */
     uint32_t *symbol_shard;
+    uint8_t *placed;     /* by id: symbol_shard holds its shard (at start, or when first seen listed) */
     uint32_t max_symbol;
     shard_state *state;
     rd_kafka_t *producer;
@@ -202,10 +203,26 @@ static void on_market(egress *p, uint32_t shard, const cb_market_event *m) {
     emit(p, shard, T_DEPTH, symbol, m->engine_sequence, m->engine_time, value);
 }
 
+/* The symbols listed since the start (crossbook symbol add) join the table: their names and the
+   shard they are on when first seen (egress thread, or the start before it runs). */
+static void place_listed(egress *p) {
+    if (!CB_HOST_HAS(p->api, symbol_at)) return;
+    uint32_t n = p->api->symbol_count(p->host);
+    for (uint32_t i = 0; i < n; i++) {
+        cb_symbol s = {.size = sizeof s};
+        if (p->api->symbol_at(p->host, i, &s) != CB_OK || s.id == 0 || s.id >= MAX_SYMBOLS || p->placed[s.id]) continue;
+        if (symbol_name(p, s.id) == NULL) continue;
+        p->symbol_shard[s.id] = s.shard;
+        p->placed[s.id] = 1;
+        if (s.id > p->max_symbol) p->max_symbol = s.id;
+    }
+}
+
 /* The lowest last sequence over the partitions a shard's output goes to (0: one has none): the
    partitions of its symbols in the topics keyed by symbol, every partition of exec-reports (keyed
    by account: any account may trade any symbol). */
 static uint64_t resume_after(egress *p, uint32_t shard) {
+    place_listed(p);
     uint64_t after = UINT64_MAX;
     if (!p->topics[T_EXECS].off)
         for (int q = 0; q < p->topics[T_EXECS].partitions; q++) {
@@ -214,7 +231,7 @@ static uint64_t resume_after(egress *p, uint32_t shard) {
             if (complete < after) after = complete;
         }
     for (uint32_t id = 0; id <= p->max_symbol; id++) {
-        if (p->symbol_names[id] == NULL || p->symbol_shard[id] != shard) continue;
+        if (!p->placed[id] || p->symbol_shard[id] != shard) continue;
         for (int t = 0; t < T_COUNT; t++) {
             if (p->topics[t].off || t == T_EXECS) continue;
             int partition = (int)(fnv1a(p->symbol_names[id]) % (uint32_t)p->topics[t].partitions);
@@ -389,6 +406,7 @@ static void release(egress *p) {
         free(p->symbol_names);
     }
     free(p->symbol_shard);
+    free(p->placed);
     free(p->state);
     kafka_health_destroy(&p->h);
     free(p);
@@ -426,12 +444,14 @@ static int start(const cb_host_api *api, cb_host *host, void **instance, char *e
     /* Every symbol, by id. */
     p->symbol_names = calloc(MAX_SYMBOLS, sizeof(char *));
     p->symbol_shard = calloc(MAX_SYMBOLS, sizeof(uint32_t));
+    p->placed = calloc(MAX_SYMBOLS, 1);
     p->state = calloc(p->shards, sizeof(shard_state));
     for (uint32_t id = 1; id < MAX_SYMBOLS; id++) {
         cb_symbol symbol = {.size = sizeof symbol};
         if (api->symbol_by_id(host, id, &symbol) != CB_OK) continue;
         p->symbol_names[id] = strdup(symbol.name);
         p->symbol_shard[id] = symbol.shard;
+        p->placed[id] = 1;
         p->max_symbol = id;
     }
     int rc = read_positions(p, error, error_size);
