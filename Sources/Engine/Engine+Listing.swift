@@ -3,7 +3,7 @@
 // The steps (one listing at a time, and never during a migration):
 //   1. The instance's table (InstanceSymbols) checks the name, the id and the rules, and gives
 //      the listing the next slot; nothing changes yet.
-//   2. Every shard, in order, journals the listing (AdminCommand.listSymbol) and applies it:
+//   2. Every shard journals the listing (AdminCommand.listSymbol) and applies it, all at once:
 //      the slot is its from now on; the home shard makes the empty book and owns it. Each is
 //      waited for until it is on disk.
 //   3. Only then is it published (the control file's symbol block, then its count; the
@@ -54,13 +54,15 @@ extension Engine {
             if let available = Self.memoryAvailable(), bytes > available {
                 throw EngineError("listing of \(name): its book needs \(bytes >> 20) MiB and the host has \(available >> 20) MiB available")
             }
+            // Every shard at once (each journals it in its own slot order: listings are one at a time).
             var sequences: [UInt64] = []
-            for i in shards.indices {
-                switch admin(shard: i, .listSymbol(listing), timeout: timeout) {
+            let outcomes = admin(shards: Array(shards.indices), .listSymbol(listing), timeout: timeout)
+            for (i, outcome) in outcomes.enumerated() {
+                switch outcome {
                 case .applied(let sequence):
                     sequences.append(sequence)
                 case .refused(_, let why):
-                    log("listing of \(name): shard \(i) refused it: \(why)\(i > 0 ? " (shards 0..<\(i) have it: the next listing or start finishes it)" : "")")
+                    log("listing of \(name): shard \(i) refused it: \(why) (the shards that have it keep it: the next listing or start finishes it)")
                     throw EngineError("listing of \(name) refused by shard \(i): \(why)")
                 }
             }

@@ -672,27 +672,51 @@ public final class Engine: @unchecked Sendable {
     /// sequence, is journaled and applied like an order, and replays like one. Returns once it
     /// is applied and, with a journal, durable; `.refused` says why it did not apply.
     public func admin(shard: Int, _ command: AdminCommand, timeout: Double = 5) -> AdminOutcome {
-        guard shard >= 0, shard < shards.count else { return .refused(sequence: nil, "no shard \(shard)") }
+        admin(shards: [shard], command, timeout: timeout)[0]
+    }
+
+    /// `admin` on several shards at once: each gets the command, then each is waited for (its
+    /// outcome, then its journal), so their writes and fdatasyncs overlap. Outcomes in the
+    /// order of `shards`.
+    public func admin(shards indices: [Int], _ command: AdminCommand, timeout: Double = 5) -> [AdminOutcome] {
         // A standby's journal holds its primary's records and nothing of its own.
         if role == .standby, !(replication?.lock.locked { replication!.promoting } ?? false) {
-            return .refused(sequence: nil, "this engine is a standby: admin commands go to the primary")
+            return indices.map { _ in .refused(sequence: nil, "this engine is a standby: admin commands go to the primary") }
         }
-        let request = AdminRequest(command)
-        guard shards[shard].send(.admin(request)), request.done.wait(seconds: timeout), let outcome = request.outcome else {
-            return .refused(sequence: nil, "shard \(shard) did not answer within \(timeout) s")
-        }
-        guard settings.durability != .none, case .applied(let sequence) = outcome else { return outcome }
         let deadline = monotonicNanoseconds() + UInt64(timeout * 1e9)
-        while shards[shard].tallied(ShardTally.durable) < sequence {
-            guard monotonicNanoseconds() < deadline else {
-                return .refused(sequence: sequence, "applied, but not durable within \(timeout) s")
-            }
-            // A shard with nothing else to do may be parked: woken, it reaps its journal's
-            // completion (else the answer waits for its park timeout, ~100 ms).
-            shards[shard].nudge()
-            usleep(100)
+        let requests: [AdminRequest?] = indices.map { shard in
+            guard shard >= 0, shard < shards.count else { return nil }
+            let request = AdminRequest(command)
+            return shards[shard].send(.admin(request)) ? request : nil
         }
-        return outcome
+        var outcomes: [AdminOutcome] = []
+        for (shard, request) in zip(indices, requests) {
+            guard shard >= 0, shard < shards.count else {
+                outcomes.append(.refused(sequence: nil, "no shard \(shard)"))
+                continue
+            }
+            let left = Double(deadline &- min(deadline, monotonicNanoseconds())) / 1e9
+            guard let request, request.done.wait(seconds: left), let outcome = request.outcome else {
+                outcomes.append(.refused(sequence: nil, "shard \(shard) did not answer within \(timeout) s"))
+                continue
+            }
+            outcomes.append(outcome)
+        }
+        guard settings.durability != .none else { return outcomes }
+        for (k, shard) in indices.enumerated() {
+            guard case .applied(let sequence) = outcomes[k] else { continue }
+            while shards[shard].tallied(ShardTally.durable) < sequence {
+                guard monotonicNanoseconds() < deadline else {
+                    outcomes[k] = .refused(sequence: sequence, "applied, but not durable within \(timeout) s")
+                    break
+                }
+                // A shard with nothing else to do may be parked: woken, it reaps its journal's
+                // completion (else the answer waits for its park timeout, ~100 ms).
+                shards[shard].nudge()
+                usleep(100)
+            }
+        }
+        return outcomes
     }
 
     /// Whether no process holds the data directory's lock (true when there is no lock file).
