@@ -109,6 +109,7 @@ soak: deps
 	$(MAKE) --no-print-directory kafka-kit
 	CROSSBOOK_KAFKA_KILL_CYCLES=$${KAFKA_CYCLES:-200} $(SWIFT) test $(TEST_FLAGS) --skip-build --filter KafkaIngressTests/killCycles
 	MIGRATION_KILL_CYCLES=$${MIGRATION_CYCLES:-100} $(SWIFT) test $(TEST_FLAGS) --skip-build --filter killDuringMigrations
+	CROSSBOOK_LISTING_KILL_CYCLES=$${LISTING_CYCLES:-100} $(SWIFT) test $(TEST_FLAGS) --skip-build --filter killDuringListings
 	CROSSBOOK_FAILOVER_CYCLES=$${FAILOVER_CYCLES:-200} $(SWIFT) test $(TEST_FLAGS) --skip-build --filter FailoverTests/killPrimary
 
 # A symbol moved between two shards ten times under load, each move's pause printed.
