@@ -248,7 +248,7 @@ struct ListingTests {
         try """
         [engine]
         durability = "sync"
-        max_symbols = 64
+        max_symbols = 1024
         [[shards]]
         [[shards]]
         [book]
@@ -331,6 +331,8 @@ struct ListingTests {
                 let f = line.split(separator: " ")
                 acknowledgedListings.append((String(f[0]), Int(f[1]) ?? -1))
             }
+            // Each answer is the listing done, or none (the engine was killed): never a refusal.
+            #expect(answers.all.allSatisfy { $0.hasSuffix(" ok") || $0.split(separator: " ").count == 2 }, "cycle \(cycle): \(answers.all)")
 
             // Recovery of a copy, in this process.
             let copy = data + "-copy"
@@ -341,7 +343,7 @@ struct ListingTests {
                                           capacity: BookCapacity(orders: 1024, levels: 256))
             settings.durability = .sync
             settings.dataDirectory = copy
-            settings.maxSymbols = 64
+            settings.maxSymbols = 1024
             let log = LogLines()
             let offline = Engine(settings: settings, log: { log.append($0) })
             _ = try offline.start()
