@@ -469,6 +469,11 @@ struct FullDiskEngineTests {
             try pump(0.5)
             #expect(acked.count == ackedWhenFull, "nothing is acknowledged while the disk is full")
             #expect(control.counters(0).read(.journalFailures) > 0)
+            // A listing is refused with the reason, and leaves nothing behind.
+            #expect {
+                _ = try engine.listSymbol("NEW-USD", shard: 0, timeout: 2)
+            } throws: { "\($0)".contains("refused by shard 0") && "\($0)".contains("journal") }
+            #expect(throws: ClientError.self) { _ = try client.symbol("NEW-USD") }
             // Space returns: the shard takes the waiting commands, and everything sent is acknowledged
             // (nothing new is sent, or the disk would fill again).
             sending = false
@@ -477,6 +482,9 @@ struct FullDiskEngineTests {
             while acked.count < Int(id) && Date() < deadline { try pump(0.05) }
             #expect(acked.count == Int(id), "\(acked.count) of \(id) acknowledged after space returned")
             #expect(control.counters(0).read(.journalFailed) == 0)
+            // With space again, the listing goes through.
+            let listed = try engine.listSymbol("NEW-USD", shard: 0)
+            #expect(listed.slot == 1 && (try? client.symbol("NEW-USD")) != nil)
             // The operator is told, once when it starts failing and once when it works again.
             #expect(waitFor(3) { log.contains("the journal works again") }, "\(log.all)")
             #expect(log.all.filter { $0.contains("the journal is failing") && $0.contains("no space left") }.count == 1, "\(log.all)")
