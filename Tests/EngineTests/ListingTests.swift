@@ -267,15 +267,7 @@ struct ListingTests {
         var summary: [String] = []
         var acknowledgedListings: [(name: String, home: Int)] = []
         for cycle in 0..<Self.killCycles {
-            let engine = Process()
-            engine.executableURL = crossbookBinary()
-            engine.arguments = ["run", "--config", config, "--instance", "lk", "--directory", dir, "--data-dir", data, "--no-pin",
-                                "--clean-stale", "--no-plugins"]
-            let err = Pipe()
-            engine.standardError = err
-            engine.standardOutput = err
-            try engine.run()
-            #expect(waitFor(10) { (try? EngineFile.attach(directory: dir))?.isServing ?? false }, "cycle \(cycle): engine up")
+            let engine = try startEngineProcess(config: config, instance: "lk", directory: dir, data: data, cycle: cycle)
             // Listings back to back on a thread of their own until the engine is gone (or 6 a cycle).
             let answers = LogLines()
             let lister = DispatchSemaphore(value: 0)

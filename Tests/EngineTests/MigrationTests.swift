@@ -264,6 +264,21 @@ final class BusyLoad: @unchecked Sendable {
 /// Moves HOT-USD between shards 0 and 1 through the engine's control socket, back to back on a
 /// thread of its own, until the engine is gone: each answer's first line (and "why: ..." for a
 /// refusal) in the log; the semaphore is signalled when the thread ends.
+/// `crossbook run` of `config` as instance `instance` (no plugins, not pinned), its output in a
+/// pipe; returns once it serves (an expectation records it when it does not within 10 s).
+func startEngineProcess(config: String, instance: String, directory dir: String, data: String, cycle: Int) throws -> Process {
+    let engine = Process()
+    engine.executableURL = crossbookBinary()
+    engine.arguments = ["run", "--config", config, "--instance", instance, "--directory", dir, "--data-dir", data, "--no-pin",
+                        "--clean-stale", "--no-plugins"]
+    let err = Pipe()
+    engine.standardError = err
+    engine.standardOutput = err
+    try engine.run()
+    #expect(waitFor(10) { (try? EngineFile.attach(directory: dir))?.isServing ?? false }, "cycle \(cycle): engine up")
+    return engine
+}
+
 func backToBackMoves(directory dir: String) -> (LogLines, DispatchSemaphore) {
     let moves = LogLines()
     let mover = DispatchSemaphore(value: 0)
@@ -428,15 +443,7 @@ struct MigrationTests {
         var rng: UInt64 = 0x5eed
         var recoveries: [String] = []
         for cycle in 0..<Self.killCycles {
-            let engine = Process()
-            engine.executableURL = crossbookBinary()
-            engine.arguments = ["run", "--config", config, "--instance", "mk", "--directory", dir, "--data-dir", data, "--no-pin",
-                                "--clean-stale", "--no-plugins"]
-            let err = Pipe()
-            engine.standardError = err
-            engine.standardOutput = err
-            try engine.run()
-            #expect(waitFor(10) { (try? EngineFile.attach(directory: dir))?.isServing ?? false }, "cycle \(cycle): engine up")
+            let engine = try startEngineProcess(config: config, instance: "mk", directory: dir, data: data, cycle: cycle)
             // Migrations back to back on a thread of their own, until the engine is gone.
             let (moves, mover) = backToBackMoves(directory: dir)
             let client = try CrossbookClient(instance: "mk", directory: dir, ringCapacity: 1 << 14)
