@@ -84,10 +84,8 @@ extension Engine {
             guard let state = adminState(shard: i, timeout: timeout) else { throw EngineError("shard \(i) did not answer") }
             guard state.symbolCount < all.count else { continue }
             for slot in state.symbolCount..<all.count {
-                let e = all[slot], spec = e.spec
-                let listing = AdminCommand.Listing(slot: UInt32(slot), home: UInt32(e.home), name: spec.name, id: spec.id,
-                                                   tickSize: spec.tickSize, lotSize: spec.lotSize, minPrice: spec.minPrice,
-                                                   maxPrice: spec.maxPrice, maxOrderQuantity: spec.maxOrderQuantity)
+                let spec = all[slot].spec
+                let listing = InstanceSymbols.listing(of: spec, slot: slot, home: all[slot].home)
                 if case .refused(_, let why) = admin(shard: i, .listSymbol(listing), timeout: timeout) {
                     throw EngineError("shard \(i) cannot take the listing of \(spec.name) that other shards have: \(why)")
                 }

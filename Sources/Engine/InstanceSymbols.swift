@@ -106,9 +106,7 @@ final class InstanceSymbols: @unchecked Sendable {
                 // Any symbol can move to any shard: it must fit every shard's pools.
                 for pool in pools { if let pool { try pool.validate(for: spec) } }
             } catch { throw EngineError.bookConfig(error) }
-            return AdminCommand.Listing(slot: UInt32(entries.count), home: UInt32(home), name: name, id: chosen,
-                                        tickSize: spec.tickSize, lotSize: spec.lotSize, minPrice: spec.minPrice,
-                                        maxPrice: spec.maxPrice, maxOrderQuantity: spec.maxOrderQuantity)
+            return Self.listing(of: spec, slot: entries.count, home: home)
         }
     }
 
@@ -136,6 +134,13 @@ final class InstanceSymbols: @unchecked Sendable {
             byId[spec.id] = slot
             return nil
         }
+    }
+
+    /// The record that lists `spec` in `slot`, owned first by shard `home` (`spec(of:)`'s inverse).
+    static func listing(of spec: SymbolSpec, slot: Int, home: Int) -> AdminCommand.Listing {
+        AdminCommand.Listing(slot: UInt32(slot), home: UInt32(home), name: spec.name, id: spec.id, tickSize: spec.tickSize,
+                             lotSize: spec.lotSize, minPrice: spec.minPrice, maxPrice: spec.maxPrice,
+                             maxOrderQuantity: spec.maxOrderQuantity)
     }
 
     static func spec(of l: AdminCommand.Listing) -> SymbolSpec {

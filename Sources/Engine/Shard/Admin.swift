@@ -375,11 +375,7 @@ extension ShardState {
 
     /// Slot `b`'s listing, as the record that listed it.
     func listing(_ b: Int) -> AdminCommand.Listing {
-        let spec = symbols[b].spec
-        let home = directory?.entry(b)?.home ?? index
-        return AdminCommand.Listing(slot: UInt32(b), home: UInt32(home), name: spec.name, id: spec.id, tickSize: spec.tickSize,
-                                    lotSize: spec.lotSize, minPrice: spec.minPrice, maxPrice: spec.maxPrice,
-                                    maxOrderQuantity: spec.maxOrderQuantity)
+        InstanceSymbols.listing(of: symbols[b].spec, slot: b, home: directory?.entry(b)?.home ?? index)
     }
 
     /// The listings of a version 4 admin state starting at `at` (after its tag) in `body`.
