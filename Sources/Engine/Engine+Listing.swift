@@ -50,7 +50,7 @@ extension Engine {
             let listing = try table.prepare(name: name, id: id, home: shard, rules: rules, book: settings.capacity,
                                             pools: settings.shards.map(\.pools))
             // Its book is allocated now, on the home shard: refused rather than met by the OOM killer.
-            let bytes = settings.shards[shard].pools == nil ? settings.capacity.bookBytes : OrderBook.sharingBookBytes
+            let bytes = shard == InstanceSymbols.away || settings.shards[shard].pools != nil ? OrderBook.sharingBookBytes : settings.capacity.bookBytes
             if let available = Self.memoryAvailable(), bytes > available {
                 throw EngineError("listing of \(name): its book needs \(bytes >> 20) MiB and the host has \(available >> 20) MiB available")
             }
@@ -104,7 +104,7 @@ extension Engine {
             let fresh = table.unpublished()
             guard !fresh.isEmpty else { return }
             for (slot, e) in fresh {
-                file.publishSymbol(slot, name: e.spec.name, id: e.spec.id, shard: routes.shard(of: e.spec.id) ?? e.home)
+                file.publishSymbol(slot, name: e.spec.name, id: e.spec.id, shard: routes.shard(of: e.spec.id) ?? -1)
             }
             let path = InstanceLayout.symbolsPath(settings.directory)
             let text = table.symbolsFileText(shardOf: { routes.shard(of: $0) })
@@ -114,8 +114,9 @@ extension Engine {
             } catch {
                 log("the symbols file was not rewritten (\(error)); clients attaching now do not see \(fresh.map(\.entry.spec.name).joined(separator: " "))")
             }
+            // A symbol listed away (it arrives from another engine) has no route of this engine yet.
             for (_, e) in fresh {
-                pluginHost?.routeEnd(symbolId: e.spec.id, shard: routes.shard(of: e.spec.id) ?? e.home)
+                if let shard = routes.shard(of: e.spec.id) { pluginHost?.routeEnd(symbolId: e.spec.id, shard: shard) }
             }
         }
     }

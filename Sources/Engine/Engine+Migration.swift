@@ -250,9 +250,17 @@ extension Engine {
             let owners = shards.indices.filter { !states[$0].notOwned.contains(id) }
             var owner: Int
             switch owners.count {
+            case 0:
+                // It trades on another engine (moved there, or listed here to arrive from one).
+                routes.set(id, shard: -1)
+                continue
             case 1:
                 owner = owners[0]
-                if states[owner].imported.contains(id) || states[owner].exported.contains(id) {
+                if let t = states[owner].transfers[id] {
+                    // Moving to or from another engine: the route decides, once the router runs.
+                    noteTransfers()
+                    log.append("\(spec.name): a move \(t.outbound ? "to" : "from") instance \(t.instance) at route epoch \(t.epoch) is under way: frozen on shard \(owner) until the route settles it")
+                } else if states[owner].imported.contains(id) || states[owner].exported.contains(id) {
                     // Imported and not thawed (the source's drop is on disk), or exported and
                     // never imported: either way it trades here.
                     guard case .applied = admin(shard: owner, .thaw(symbolId: id)) else {
@@ -290,6 +298,21 @@ extension Engine {
     func controlRequest(_ line: String) -> [String] {
         let words = line.split(separator: " ").map(String.init)
         switch words.first {
+        case "transfer-out":
+            guard words.count == 3 else { return ["error usage: transfer-out SYMBOL INSTANCE"] }
+            do {
+                let r = try transferOut(symbol: words[1], to: words[2])
+                return ["ok", "epoch \(r.epoch) shard \(r.shard) orders \(r.orders) bytes \(r.bookBytes) frozen_at \(r.frozenAt) sequence \(r.exportSequence)"]
+            } catch { return ["error \(error)"] }
+        case "transfer-in":
+            guard words.count == 4, let epoch = UInt64(words[2]), let shard = Int(words[3]) else { return ["error usage: transfer-in SYMBOL EPOCH SHARD"] }
+            do {
+                let r = try transferIn(symbol: words[1], epoch: epoch, shard: shard)
+                let phases = ["load", "list", "import", "durable", "claim", "held"].map { "\($0) \(r.phases[$0] ?? 0)" }.joined(separator: " ")
+                return ["ok", "shard \(r.shard) held \(r.held) listed \(r.listed ? 1 : 0) trading_at \(r.tradingAt) sequence \(r.importSequence) \(phases)"]
+            } catch { return ["error \(error)"] }
+        case "transfer-settle":
+            return ["ok"] + settleTransfers()
         case "migrate":
             guard words.count == 3, let shard = Int(words[2]) else { return ["error usage: migrate SYMBOL SHARD"] }
             do {

@@ -53,6 +53,9 @@ public struct EngineSettings: Sendable {
     public var snapshotEvery: UInt64 = 0
     /// Move a symbol off a shard that stays busy (Rebalance.swift); nil: off.
     public var autoRebalance: AutoRebalance?
+    /// A move to another engine not claimed by the target within this many seconds is taken
+    /// back by the source (`[engine] transfer_timeout_s`, Engine+Transfer.swift).
+    public var transferTimeout: Double = 10
     public var snapshotsKept: Int = 3
     /// Recover and stop there: no lock, no repair of a torn tail, no journal writing (offline
     /// replay). With `describeBooks`, the recovered L2 books come back as lines from `start`.
@@ -208,6 +211,11 @@ public final class Engine: @unchecked Sendable {
     /// One migration at a time (Engine+Migration.swift), and what the past ones measured.
     let migrationSerial = Lock()
     let migrationLock = Lock()
+    /// Moves between engines under way (Engine+Transfer.swift): when the source first saw each
+    /// undecided one, and whether the control thread settles them.
+    let transferLock = Lock()
+    var transferSeen: [UInt32: UInt64] = [:]
+    var transfersPending = false
     var migrationHistory = MigrationHistory()
 
     final class ClientSession {
@@ -856,12 +864,17 @@ public final class Engine: @unchecked Sendable {
         var lastHealth: UInt64 = 0
         var rebalancer = settings.autoRebalance.map { AutoRebalancer(policy: $0) }
         var lastRebalanceTick: UInt64 = 0
+        var lastTransferTick: UInt64 = 0
         while cb_load_acquire_u32(controlStop) == 0 {
             if rebalancer != nil, monotonicNanoseconds() &- lastRebalanceTick >= 1_000_000_000 {
                 lastRebalanceTick = monotonicNanoseconds()
                 autoRebalanceTick(&rebalancer!)
             }
             publishReplicationCounters()
+            if hasPendingTransfers, monotonicNanoseconds() &- lastTransferTick >= 1_000_000_000 {
+                lastTransferTick = monotonicNanoseconds()
+                settleTransfers()
+            }
             if let host = pluginHost, monotonicNanoseconds() &- lastHealth >= 1_000_000_000 {
                 host.pollHealth()
                 lastHealth = monotonicNanoseconds()

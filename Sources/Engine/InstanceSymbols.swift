@@ -81,7 +81,7 @@ final class InstanceSymbols: @unchecked Sendable {
             guard name.utf8.count <= InstanceLayout.symbolNameBytes, SymbolSpec.isValidName(name) else {
                 throw EngineError("symbol name \(name.debugDescription): 1 to \(InstanceLayout.symbolNameBytes) letters, digits, '-', '_', '.', '/' or ':'")
             }
-            guard home >= 0, home < shards else { throw EngineError("no shard \(home) (\(shards) shards)") }
+            guard home == Self.away || (home >= 0 && home < shards) else { throw EngineError("no shard \(home) (\(shards) shards)") }
             let chosen: UInt32
             if let id {
                 guard id >= 1, id < idLimit else { throw EngineError("symbol id \(id) outside 1 ..< \(idLimit) (the ids this instance has room for)") }
@@ -118,18 +118,18 @@ final class InstanceSymbols: @unchecked Sendable {
             let slot = Int(listing.slot)
             if slot < entries.count {
                 let mine = entries[slot]
-                return mine.spec == spec && mine.home == Int(listing.home) ? nil
+                return mine.spec == spec && mine.home == Self.home(of: listing) ? nil
                     : "slot \(slot) is \(mine.spec.name) (id \(mine.spec.id)) here, the listing says \(spec.name) (id \(spec.id))"
             }
             guard slot == entries.count else { return "listing of slot \(slot) before slot \(entries.count)" }
             guard slot < capacity else { return "no room for symbol \(spec.name): [engine] max_symbols = \(capacity)" }
-            guard Int(listing.home) < shards else { return "no shard \(listing.home)" }
+            guard listing.home == UInt32.max || Int(listing.home) < shards else { return "no shard \(listing.home)" }
             guard listing.id >= 1, listing.id < idLimit else { return "symbol id \(listing.id) outside 1 ..< \(idLimit)" }
             guard byName[spec.name] == nil, byId[spec.id] == nil else { return "symbol \(spec.name) (id \(spec.id)) exists already" }
             guard spec.name.utf8.count <= InstanceLayout.symbolNameBytes, (try? spec.validate()) != nil else {
                 return "symbol \(spec.name.debugDescription): its rules are not valid"
             }
-            entries.append(Entry(spec: spec, home: Int(listing.home)))
+            entries.append(Entry(spec: spec, home: Self.home(of: listing)))
             byName[spec.name] = slot
             byId[spec.id] = slot
             return nil
@@ -137,8 +137,16 @@ final class InstanceSymbols: @unchecked Sendable {
     }
 
     /// The record that lists `spec` in `slot`, owned first by shard `home` (`spec(of:)`'s inverse).
+    /// A listing's home that is no shard: the symbol trades on another engine and arrives by a
+    /// transfer (`Engine.transferIn`); record value UInt32.max.
+    static let away = -1
+
+    static func home(of listing: AdminCommand.Listing) -> Int {
+        listing.home == UInt32.max ? away : Int(listing.home)
+    }
+
     static func listing(of spec: SymbolSpec, slot: Int, home: Int) -> AdminCommand.Listing {
-        AdminCommand.Listing(slot: UInt32(slot), home: UInt32(home), name: spec.name, id: spec.id, tickSize: spec.tickSize,
+        AdminCommand.Listing(slot: UInt32(slot), home: home == away ? UInt32.max : UInt32(home), name: spec.name, id: spec.id, tickSize: spec.tickSize,
                              lotSize: spec.lotSize, minPrice: spec.minPrice, maxPrice: spec.maxPrice,
                              maxOrderQuantity: spec.maxOrderQuantity)
     }
@@ -162,7 +170,7 @@ final class InstanceSymbols: @unchecked Sendable {
         lock.locked {
             entries[0..<published].map { e in
                 let s = e.spec
-                return "\(s.name) \(s.id) \(shardOf(s.id) ?? e.home) \(s.tickSize) \(s.lotSize) \(s.minPrice) \(s.maxPrice) \(s.maxOrderQuantity)\n"
+                return "\(s.name) \(s.id) \(shardOf(s.id) ?? max(e.home, 0)) \(s.tickSize) \(s.lotSize) \(s.minPrice) \(s.maxPrice) \(s.maxOrderQuantity)\n"
             }.joined()
         }
     }

@@ -49,10 +49,12 @@ final class RouteTable: @unchecked Sendable {
         return word == Self.none ? nil : Int(word)
     }
 
-    /// Producers send `symbolId`'s commands to `shard` from now on.
+    /// Producers send `symbolId`'s commands to `shard` from now on (-1: no shard of this engine
+    /// owns it: it trades on another engine; `shard(of:)` is nil, the control file says
+    /// UINT32_MAX).
     func set(_ symbolId: UInt32, shard: Int) {
         guard Int(symbolId) < count else { return }
-        cb_store_release_u32(words + Int(symbolId), UInt32(shard))
+        cb_store_release_u32(words + Int(symbolId), shard < 0 ? Self.none : UInt32(shard))
         let slot = Int32(bitPattern: cb_load_acquire_u32(UnsafeMutableRawPointer(slotOf + Int(symbolId)).assumingMemoryBound(to: UInt32.self)))
         if slot >= 0 { engineFile?.setRoute(Int(slot), shard: shard) }
     }

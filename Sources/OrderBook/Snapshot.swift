@@ -38,6 +38,34 @@ public enum BookSnapshotLayout {
 
     public static func size(orders: Int) -> Int { headerSize + orders * orderSize + 8 }
 
+    /// The same snapshot with every order id passed through `transform` (and the checksum made
+    /// again, version 2); nil when the bytes are not a whole snapshot of this layout, or two
+    /// orders would get the same id.
+    public static func rewritingOrderIds(_ bytes: [UInt8], _ transform: (OrderId) -> OrderId) -> [UInt8]? {
+        guard bytes.count >= size(orders: 0) else { return nil }
+        var out = bytes
+        let ok = out.withUnsafeMutableBytes { p -> Bool in
+            guard p.loadUnaligned(as: UInt64.self) == magic else { return false }
+            let count = Int(UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 16, as: UInt64.self)))
+            guard count < 1 << 28, bytes.count == size(orders: count) else { return false }
+            let version = UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt32.self))
+            let end = headerSize + count * orderSize
+            guard (version == 1 || version == 2),
+                  UInt64(littleEndian: p.loadUnaligned(fromByteOffset: end, as: UInt64.self)) == checksum(UnsafeRawBufferPointer(rebasing: p[0..<end]), version: version) else { return false }
+            var seen = Set<OrderId>(minimumCapacity: count)
+            for i in 0..<count {
+                let at = headerSize + i * orderSize
+                let id = transform(OrderId(littleEndian: p.loadUnaligned(fromByteOffset: at, as: OrderId.self)))
+                guard seen.insert(id).inserted else { return false }
+                p.storeBytes(of: id.littleEndian, toByteOffset: at, as: OrderId.self)
+            }
+            p.storeBytes(of: Self.version.littleEndian, toByteOffset: 8, as: UInt32.self)
+            p.storeBytes(of: checksum(UnsafeRawBufferPointer(rebasing: p[0..<end]), version: Self.version).littleEndian, toByteOffset: end, as: UInt64.self)
+            return true
+        }
+        return ok ? out : nil
+    }
+
     /// The trailing checksum of a snapshot of `version` over `bytes` (everything before it).
     public static func checksum(_ bytes: UnsafeRawBufferPointer, version: UInt32) -> UInt64 {
         version == 1 ? fnv1a(bytes) : fnv1aWords(bytes)

@@ -152,7 +152,7 @@ public final class EngineFile: @unchecked Sendable {
         let block = symbolBlock(i)
         storeText(name, at: block, capacity: 24)
         block.storeBytes(of: id.littleEndian, toByteOffset: 24, as: UInt32.self)
-        block.storeBytes(of: UInt32(shard).littleEndian, toByteOffset: 28, as: UInt32.self)
+        block.storeBytes(of: UInt32(truncatingIfNeeded: shard).littleEndian, toByteOffset: 28, as: UInt32.self)
         cb_store_release_u32((file.base + 32).assumingMemoryBound(to: UInt32.self), UInt32(i + 1).littleEndian)
     }
 
@@ -170,7 +170,7 @@ public final class EngineFile: @unchecked Sendable {
     /// Engine side: symbol i's commands go to `shard` from now on (a migration). Clients read it
     /// on every submit (`routeShard`).
     public func setRoute(_ i: Int, shard: Int) {
-        cb_store_release_u32((symbolBlock(i) + 28).assumingMemoryBound(to: UInt32.self), UInt32(shard).littleEndian)
+        cb_store_release_u32((symbolBlock(i) + 28).assumingMemoryBound(to: UInt32.self), UInt32(truncatingIfNeeded: shard).littleEndian)
     }
 
     /// Where symbol i's commands go now.

@@ -20,6 +20,10 @@
 //     list symbol        slot (u32), home shard (u32), symbol id (u32), tick size, lot size,
 //                        min price, max price, max order quantity (i64 each), name length (u16),
 //                        name (1 to 32 bytes, SymbolSpec's rule)
+//     transfer out       symbol id (u32), book length (u32), the book's CRC32C (u32), route epoch
+//                        (u64), instance length (u16), the target instance (1 to 128 bytes)
+//     transfer in        symbol id (u32), route epoch (u64), instance length (u16), the source
+//                        instance (1 to 128 bytes)
 //
 // Who uses which: epochs (routing and failover fencing), ingress positions (exactly-once
 // Kafka ingress: the position a command came from), freeze/export/import/drop/thaw (moving a
@@ -65,6 +69,15 @@ public enum AdminCommand: Equatable, Sendable {
     /// A symbol listed while the engine runs takes slot `slot` of the instance's symbols (the
     /// next one): journaled by every shard, in slot order; its home shard makes its book.
     case listSymbol(Listing)
+    /// The symbol's book leaves for another engine (`instance`), its route MIGRATING at `epoch`:
+    /// an `exportSealed` that names where it goes. Frozen from here; the route (Redis) decides:
+    /// the target's claim commits the move (the source drops), the source's claim undoes it
+    /// (the source thaws).
+    case transferOut(symbolId: UInt32, length: UInt32, crc: UInt32, epoch: UInt64, instance: String)
+    /// The symbol's book arrives from another engine (`instance`) at route epoch `epoch`: the
+    /// import (its parts) follows; frozen until this engine wins the route (thaw) or loses it
+    /// (drop).
+    case transferIn(symbolId: UInt32, epoch: UInt64, instance: String)
 
     /// A symbol listed at run time: its rules, its slot among the instance's symbols and the
     /// shard that owns it first.
@@ -107,6 +120,8 @@ public enum AdminCommand: Equatable, Sendable {
         case importPart = 11
         case ingressFloor = 12
         case listSymbol = 13
+        case transferOut = 14
+        case transferIn = 15
     }
 
     public var kind: Kind {
@@ -124,6 +139,8 @@ public enum AdminCommand: Equatable, Sendable {
         case .importPart: .importPart
         case .ingressFloor: .ingressFloor
         case .listSymbol: .listSymbol
+        case .transferOut: .transferOut
+        case .transferIn: .transferIn
         }
     }
 }
@@ -136,6 +153,7 @@ public enum AdminRecord {
     public static let maxBody = 64 << 20
     public static let maxSourceLength = 200
     public static let maxNameLength = 32
+    public static let maxInstanceLength = 128
 
     public enum Malformed: Error, Equatable, Sendable, CustomStringConvertible {
         case tooShort(Int)
@@ -203,6 +221,20 @@ public enum AdminRecord {
             put(l.home)
             put(l.id)
             for v in [l.tickSize, l.lotSize, l.minPrice, l.maxPrice, l.maxOrderQuantity] { put(v) }
+            put(UInt16(name.count))
+            body.append(contentsOf: name)
+        case .transferOut(let id, let length, let crc, let epoch, let instance):
+            let name = Array(instance.utf8.prefix(maxInstanceLength))
+            put(id)
+            put(length)
+            put(crc)
+            put(epoch)
+            put(UInt16(name.count))
+            body.append(contentsOf: name)
+        case .transferIn(let id, let epoch, let instance):
+            let name = Array(instance.utf8.prefix(maxInstanceLength))
+            put(id)
+            put(epoch)
             put(UInt16(name.count))
             body.append(contentsOf: name)
         }
@@ -295,6 +327,17 @@ public enum AdminRecord {
             func i64(_ at: Int) -> Int64 { Int64(bitPattern: u64(at)) }
             return .listSymbol(AdminCommand.Listing(slot: u32(0), home: u32(4), name: name, id: u32(8), tickSize: i64(12), lotSize: i64(20),
                                                     minPrice: i64(28), maxPrice: i64(36), maxOrderQuantity: i64(44)))
+        case .transferOut, .transferIn:
+            let fixed = kind == .transferOut ? 20 : 12
+            guard body.count >= fixed + 2 else { throw .body(kind, "\(body.count) bytes, fewer than \(fixed + 2)") }
+            let count = Int(UInt16(littleEndian: body.loadUnaligned(fromByteOffset: fixed, as: UInt16.self)))
+            try need(fixed + 2 + count)
+            guard count >= 1, count <= maxInstanceLength, let instance = String(validating: body[(fixed + 2)...], as: UTF8.self) else {
+                throw .body(kind, "the instance is not 1 to \(maxInstanceLength) bytes of UTF-8")
+            }
+            return kind == .transferOut
+                ? .transferOut(symbolId: u32(0), length: u32(4), crc: u32(8), epoch: u64(12), instance: instance)
+                : .transferIn(symbolId: u32(0), epoch: u64(4), instance: instance)
         }
     }
 
@@ -313,6 +356,8 @@ public enum AdminRecord {
         case .importPart(let id, let total, let offset, let part): "admin import symbol \(id), bytes \(offset)..<\(offset + UInt32(part.count)) of \(total)"
         case .bindSource(let session, let source, let partition): "admin bind session \(session) to source \(source)#\(partition)"
         case .unbindSource(let session): "admin unbind session \(session)"
+        case .transferOut(let id, let length, let crc, let epoch, let instance): "admin transfer-out symbol \(id) to instance \(instance) at route epoch \(epoch), book of \(length) bytes, crc32c \(String(crc, radix: 16))"
+        case .transferIn(let id, let epoch, let instance): "admin transfer-in symbol \(id) from instance \(instance) at route epoch \(epoch)"
         case .listSymbol(let l): "admin list symbol \(l.name) id \(l.id) slot \(l.slot) shard \(l.home) tick \(l.tickSize) lot \(l.lotSize) band \(l.minPrice)...\(l.maxPrice) max \(l.maxOrderQuantity)"
         }
     }

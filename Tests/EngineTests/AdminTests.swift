@@ -32,7 +32,9 @@ struct AdminCommandTests {
                                    .importPart(symbolId: 3, total: 10, offset: 4, part: [1, 2, 3]),
                                    .ingressFloor(symbolId: 3, source: "orders", partition: 2, offset: 1 << 33),
                                    .listSymbol(AdminCommand.Listing(slot: 5, home: 1, name: "ETH-USD", id: 6, tickSize: 5, lotSize: 2,
-                                                                    minPrice: 10, maxPrice: 1 << 40, maxOrderQuantity: -1))]
+                                                                    minPrice: 10, maxPrice: 1 << 40, maxOrderQuantity: -1)),
+                                   .transferOut(symbolId: 4, length: 120, crc: 0xFEED, epoch: 1 << 35, instance: "east-2"),
+                                   .transferIn(symbolId: 4, epoch: 17, instance: "west")]
         #expect(Set(all.map(\.kind)) == Set(AdminCommand.Kind.allCases), "every kind is in the round trip")
         // A part outside its book is refused.
         var outside = AdminRecord.encode(.importPart(symbolId: 3, total: 10, offset: 8, part: [1, 2]))

@@ -31,6 +31,7 @@
 
 #include <hiredis/hiredis.h>
 #include <errno.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -45,6 +46,7 @@ typedef struct route {
     char instance[128];
     long shard;
     int migrating; /* status MIGRATING */
+    char to[128];  /* MIGRATING to another instance: that instance ("" otherwise) */
     long long epoch;
     char malformed[320]; /* why it cannot be read; "" when fine */
 } route;
@@ -203,6 +205,10 @@ static int read_route(routing *r, const char *symbol, route *out) {
             errno = 0;
             long s = strtol(v->str, &end, 10);
             if (errno == 0 && end != v->str && *end == 0 && s >= 0) { out->shard = s; have_shard = 1; }
+        } else if (strcmp(f->str, "to") == 0) {
+            if (v->len == 0 || v->len >= sizeof out->to) continue;
+            memcpy(out->to, v->str, v->len);
+            out->to[v->len] = 0;
         } else if (strcmp(f->str, "status") == 0) {
             if (strcmp(v->str, "ACTIVE") == 0) { out->migrating = 0; have_status = 1; }
             else if (strcmp(v->str, "MIGRATING") == 0) { out->migrating = 1; have_status = 1; }
@@ -222,13 +228,15 @@ static int read_route(routing *r, const char *symbol, route *out) {
 
 /* The compare-and-set (under the lock): 1 won (*epoch = the new one), 0 lost (*epoch = the
  * route's), -1 I/O error. */
-static int cas(routing *r, const char *symbol, long long expected, uint32_t shard, const char *status, long long *epoch) {
+static int cas_to(routing *r, const char *symbol, long long expected, uint32_t shard, const char *status, const char *to,
+                  int must_migrate, long long *epoch) {
     char key[256], exp[32], sh[16];
     key_of(r, symbol, key, sizeof key);
     snprintf(exp, sizeof exp, "%lld", expected);
     snprintf(sh, sizeof sh, "%u", shard);
-    const char *argv[] = {"EVAL", route_cas_script, "1", key, exp, r->instance, sh, status, r->channel};
-    redisReply *reply = command(r, 9, argv);
+    const char *argv[] = {"EVAL", route_cas_script, "1", key, exp, r->instance, sh, status, r->channel, to ? to : "",
+                          must_migrate ? "M" : ""};
+    redisReply *reply = command(r, 11, argv);
     if (reply == NULL) return -1;
     int result = -1;
     if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 && reply->element[0]->type == REDIS_REPLY_INTEGER) {
@@ -261,6 +269,10 @@ static uint32_t engine_shard(routing *r, uint32_t id) {
     return s.shard;
 }
 
+static int cas(routing *r, const char *symbol, long long expected, uint32_t shard, const char *status, long long *epoch) {
+    return cas_to(r, symbol, expected, shard, status, NULL, 0, epoch);
+}
+
 /* Brings one route in line (under the lock). Returns the shard the engine should move the
  * symbol to (a route of this instance that says so), or -1. */
 static long sync_one(routing *r, symbol_state *s) {
@@ -268,6 +280,12 @@ static long sync_one(routing *r, symbol_state *s) {
     if (!read_route(r, s->name, &rt)) return -1;
     uint32_t here = engine_shard(r, s->id);
     long long epoch = 0;
+    if (here == UINT32_MAX) {
+        /* No shard of this engine owns it (it moved to another engine): its route is not ours to
+           publish or mend. */
+        if (rt.present && !rt.malformed[0]) s->epoch = rt.epoch;
+        return -1;
+    }
     if (!rt.present) {
         if (cas(r, s->name, 0, here, "ACTIVE", &epoch) == 1) {
             s->epoch = epoch;
@@ -283,9 +301,14 @@ static long sync_one(routing *r, symbol_state *s) {
         return -1;
     }
     __atomic_store_n(&s->malformed, 0, __ATOMIC_RELAXED);
+    if (rt.migrating && rt.to[0]) {
+        /* A move between engines: the two engines settle it (transfer_claim), not this loop. */
+        s->epoch = rt.epoch;
+        return -1;
+    }
     if (strcmp(rt.instance, r->instance) != 0) {
         if (!s->elsewhere || strcmp(s->other, rt.instance) != 0)
-            logf_(r, CB_LOG_WARNING, "route of %s names instance %s (epoch %lld): it keeps trading here; moves between engines are not built",
+            logf_(r, CB_LOG_WARNING, "route of %s names instance %s (epoch %lld): it trades there unless this engine owns it (then here too: fix the route)",
                   s->name, rt.instance, rt.epoch);
         __atomic_store_n(&s->elsewhere, 1, __ATOMIC_RELAXED);
         snprintf(s->other, sizeof s->other, "%s", rt.instance);
@@ -351,6 +374,107 @@ static int route_begin(void *context, uint32_t id, uint32_t from, uint32_t to, c
             snprintf(error, size, "redis %s:%d: %s", r->redis_host, r->redis_port, r->last_error);
             rc = CB_ERR_IO;
         }
+    }
+    pthread_mutex_unlock(&r->lock);
+    return rc;
+}
+
+/* ---- Moves between engines (the router's transfer functions) -------------------------------- */
+
+static int transfer_begin(void *context, const char *symbol, uint32_t shard, const char *to, uint64_t *epoch_out,
+                          char *error, size_t size) {
+    routing *r = context;
+    if (symbol == NULL || to == NULL || epoch_out == NULL || !*to || strlen(to) >= 128 || strlen(symbol) > 64) {
+        cb_copy_text(error, size, "bad arguments");
+        return CB_ERR_INVALID;
+    }
+    if (strcmp(to, r->instance) == 0) {
+        cb_copy_text(error, size, "the target is this instance");
+        return CB_ERR_INVALID;
+    }
+    pthread_mutex_lock(&r->lock);
+    int rc = CB_ERR_FAILED;
+    route rt;
+    long long epoch = 0;
+    if (!r->connected || !read_route(r, symbol, &rt)) {
+        snprintf(error, size, "redis %s:%d unreachable (%s): no route changes until it is back", r->redis_host, r->redis_port,
+                 r->last_error);
+        rc = CB_ERR_IO;
+    } else if (!rt.present) {
+        snprintf(error, size, "route:%s does not exist (this engine publishes its routes once Redis answers)", symbol);
+    } else if (rt.malformed[0]) {
+        snprintf(error, size, "the route is malformed: %s", rt.malformed);
+    } else if (strcmp(rt.instance, r->instance) != 0) {
+        snprintf(error, size, "route:%s names instance %s (epoch %lld)", symbol, rt.instance, rt.epoch);
+    } else if (rt.migrating) {
+        snprintf(error, size, "route:%s is MIGRATING already (epoch %lld)", symbol, rt.epoch);
+    } else {
+        int won = cas_to(r, symbol, rt.epoch, shard, "MIGRATING", to, 0, &epoch);
+        if (won == 1) {
+            *epoch_out = (uint64_t)epoch;
+            rc = CB_OK;
+            logf_(r, CB_LOG_INFO, "route %s: MIGRATING to instance %s, epoch %lld", symbol, to, epoch);
+        } else if (won == 0) {
+            snprintf(error, size, "route:%s changed meanwhile (epoch %lld)", symbol, epoch);
+        } else {
+            snprintf(error, size, "redis %s:%d: %s", r->redis_host, r->redis_port, r->last_error);
+            rc = CB_ERR_IO;
+        }
+    }
+    pthread_mutex_unlock(&r->lock);
+    return rc;
+}
+
+static int transfer_claim(void *context, const char *symbol, uint64_t epoch, uint32_t shard, char *error, size_t size) {
+    routing *r = context;
+    if (symbol == NULL || strlen(symbol) > 64 || epoch == 0 || epoch > (uint64_t)LLONG_MAX) {
+        cb_copy_text(error, size, "bad arguments");
+        return CB_ERR_INVALID;
+    }
+    pthread_mutex_lock(&r->lock);
+    long long now = 0;
+    int won = r->connected ? cas_to(r, symbol, (long long)epoch, shard, "ACTIVE", NULL, 1, &now) : -1;
+    int rc;
+    if (won == 1) {
+        logf_(r, CB_LOG_INFO, "route %s: ACTIVE on %s shard %u, epoch %lld (claimed at epoch %llu)", symbol, r->instance, shard,
+              now, (unsigned long long)epoch);
+        rc = CB_OK;
+    } else if (won == 0) {
+        snprintf(error, size, "route:%s is not MIGRATING at epoch %llu (epoch %lld)", symbol, (unsigned long long)epoch, now);
+        rc = CB_ERR_FAILED;
+    } else {
+        snprintf(error, size, "redis %s:%d unreachable (%s)", r->redis_host, r->redis_port, r->last_error);
+        rc = CB_ERR_IO;
+    }
+    pthread_mutex_unlock(&r->lock);
+    return rc;
+}
+
+static int route_read_(void *context, const char *symbol, cb_route *out, char *error, size_t size) {
+    routing *r = context;
+    if (symbol == NULL || out == NULL || strlen(symbol) > 64) {
+        cb_copy_text(error, size, "bad arguments");
+        return CB_ERR_INVALID;
+    }
+    pthread_mutex_lock(&r->lock);
+    route rt;
+    int rc;
+    if (!r->connected || !read_route(r, symbol, &rt)) {
+        snprintf(error, size, "redis %s:%d unreachable (%s)", r->redis_host, r->redis_port, r->last_error);
+        rc = CB_ERR_IO;
+    } else if (!rt.present) {
+        rc = CB_ERR_NOT_FOUND;
+    } else if (rt.malformed[0]) {
+        cb_copy_text(error, size, rt.malformed);
+        rc = CB_ERR_INVALID;
+    } else {
+        memset(out, 0, sizeof *out);
+        snprintf(out->instance, sizeof out->instance, "%s", rt.instance);
+        snprintf(out->to, sizeof out->to, "%s", rt.to);
+        out->shard = (uint32_t)rt.shard;
+        out->migrating = rt.migrating ? 1 : 0;
+        out->epoch = (uint64_t)rt.epoch;
+        rc = CB_OK;
     }
     pthread_mutex_unlock(&r->lock);
     return rc;
@@ -646,7 +770,8 @@ static int start(const cb_host_api *api, cb_host *host, void **instance, char *e
                           &r->c_cas_lost);
     api->counter_register(host, "route_follows", "moves made because a route in Redis asked for them", CB_METRIC_COUNTER,
                           &r->c_follows);
-    cb_router router = {.size = sizeof(cb_router), .context = r, .route_begin = route_begin, .route_end = route_end};
+    cb_router router = {.size = sizeof(cb_router), .context = r, .route_begin = route_begin, .route_end = route_end,
+                        .transfer_begin = transfer_begin, .transfer_claim = transfer_claim, .route_read = route_read_};
     int rc = api->router_register(host, &router);
     if (rc != CB_OK) {
         snprintf(error, size, "cannot register as the engine's router (status %d: another router?)", rc);

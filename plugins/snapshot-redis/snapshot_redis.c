@@ -175,6 +175,89 @@ static int load(void *context, uint32_t shard, const char *name, uint64_t *seque
     return rc;
 }
 
+/* ---- Blobs: a book moving between engines (`crossbook migrate --to-instance`) ---------------- */
+
+/* <prefix>blob:{<key>}: one key, SET whole (atomic in Redis). */
+static int blob_key(store *s, const char *key, char *out, size_t size, char *error, size_t error_size) {
+    size_t n = key ? strlen(key) : 0;
+    if (n == 0 || n > 200) {
+        cb_copy_text(error, error_size, "a blob key is 1 to 200 bytes");
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)key[i];
+        if (ch <= ' ' || ch >= 127 || ch == '{' || ch == '}') {
+            cb_copy_text(error, error_size, "a blob key is printable ASCII without spaces or braces");
+            return 0;
+        }
+    }
+    snprintf(out, size, "%sblob:{%s}", s->prefix, key);
+    return 1;
+}
+
+static int blob_save(void *context, const char *key, const uint8_t *body, size_t length, char *error, size_t error_size) {
+    store *s = context;
+    char k[300];
+    if (!blob_key(s, key, k, sizeof k, error, error_size)) return CB_ERR_INVALID;
+    redisContext *c = open_redis(s, error, error_size);
+    if (c == NULL) return CB_ERR_IO;
+    const char *argv[] = {"SET", k, (const char *)body};
+    size_t lens[] = {3, strlen(k), length};
+    redisReply *r = redisCommandArgv(c, 3, argv, lens);
+    int rc = CB_OK;
+    if (r == NULL) {
+        snprintf(error, error_size, "redis %s:%d: %s", s->redis_host, s->redis_port, c->errstr);
+        rc = CB_ERR_IO;
+    } else if (r->type == REDIS_REPLY_ERROR) {
+        snprintf(error, error_size, "redis refused %s: %s", k, r->str);
+        rc = CB_ERR_IO;
+    }
+    if (r) freeReplyObject(r);
+    redisFree(c);
+    return rc;
+}
+
+static int blob_load(void *context, const char *key, cb_snapshot_sink sink, void *sink_context, char *error,
+                     size_t error_size) {
+    store *s = context;
+    char k[300];
+    if (!blob_key(s, key, k, sizeof k, error, error_size)) return CB_ERR_INVALID;
+    redisContext *c = open_redis(s, error, error_size);
+    if (c == NULL) return CB_ERR_IO;
+    const char *argv[] = {"GET", k};
+    redisReply *r = redisCommandArgv(c, 2, argv, NULL);
+    int rc = CB_OK;
+    if (r == NULL) {
+        snprintf(error, error_size, "redis %s:%d: %s", s->redis_host, s->redis_port, c->errstr);
+        rc = CB_ERR_IO;
+    } else if (r->type == REDIS_REPLY_NIL) {
+        snprintf(error, error_size, "%s does not exist", k);
+        rc = CB_ERR_NOT_FOUND;
+    } else if (r->type != REDIS_REPLY_STRING) {
+        snprintf(error, error_size, "%s is not a string", k);
+        rc = CB_ERR_INVALID;
+    } else {
+        sink(sink_context, (const uint8_t *)r->str, r->len);
+    }
+    if (r) freeReplyObject(r);
+    redisFree(c);
+    return rc;
+}
+
+static int blob_delete(void *context, const char *key) {
+    store *s = context;
+    char k[300], error[64];
+    if (!blob_key(s, key, k, sizeof k, error, sizeof error)) return CB_ERR_INVALID;
+    redisContext *c = open_redis(s, error, sizeof error);
+    if (c == NULL) return CB_ERR_IO;
+    const char *argv[] = {"DEL", k};
+    redisReply *r = redisCommandArgv(c, 2, argv, NULL);
+    int rc = r != NULL && r->type != REDIS_REPLY_ERROR ? CB_OK : CB_ERR_IO;
+    if (r) freeReplyObject(r);
+    redisFree(c);
+    return rc;
+}
+
 static int start(const cb_host_api *api, cb_host *host, void **instance, char *error, size_t size) {
     store *s = calloc(1, sizeof *s);
     if (s == NULL) return CB_ERR_FAILED;
@@ -217,7 +300,8 @@ static int start(const cb_host_api *api, cb_host *host, void **instance, char *e
     s->failures = &unused_failures;
     api->counter_register(host, "redis_snapshots_saved", "Snapshots stored in Redis", CB_METRIC_COUNTER, &s->saved);
     api->counter_register(host, "redis_snapshot_failures", "Snapshots Redis did not take", CB_METRIC_COUNTER, &s->failures);
-    cb_snapshot_store table = {.size = sizeof(cb_snapshot_store), .context = s, .save = save, .list = list, .load = load};
+    cb_snapshot_store table = {.size = sizeof(cb_snapshot_store), .context = s, .save = save, .list = list, .load = load,
+                               .blob_save = blob_save, .blob_load = blob_load, .blob_delete = blob_delete};
     int rc = api->snapshot_store_register(host, &table);
     if (rc != CB_OK) {
         snprintf(error, size, "cannot register as the snapshot store (status %d: another store loaded?)", rc);

@@ -246,7 +246,20 @@ typedef struct cb_snapshot_store {
        (which copies it). An incomplete or damaged snapshot is an error, never a body. */
     int (*load)(void *context, uint32_t shard, const char *name, uint64_t *sequence, cb_snapshot_sink sink,
                 void *sink_context, char *error, size_t error_size);
+    /* Optional (a store whose struct ends before them, or leaves them NULL, has none): named
+       blobs another engine can read, for moving a book between engines (`crossbook migrate
+       --to-instance`). `key` is printable ASCII without spaces, at most 200 bytes. blob_save
+       stores it whole or not at all (durably; replacing one of the same key); blob_load hands it
+       to sink (CB_ERR_NOT_FOUND: none); blob_delete removes it (none: CB_OK). */
+    int (*blob_save)(void *context, const char *key, const uint8_t *body, size_t length, char *error, size_t error_size);
+    int (*blob_load)(void *context, const char *key, cb_snapshot_sink sink, void *sink_context, char *error,
+                     size_t error_size);
+    int (*blob_delete)(void *context, const char *key);
 } cb_snapshot_store;
+
+/* The size of a snapshot store without the blob functions (stores built before them). */
+#define CB_SNAPSHOT_STORE_MIN_SIZE (offsetof(cb_snapshot_store, load) + sizeof(void *))
+static inline size_t cb_snapshot_store_min_size(void) { return CB_SNAPSHOT_STORE_MIN_SIZE; }
 
 /* ---- Routers -------------------------------------------------------------------------------- */
 
@@ -254,6 +267,15 @@ typedef struct cb_snapshot_store {
  * the engine asks it before it moves a symbol between its shards and tells it after. The host
  * calls these from the thread that asked for the move (the control socket's, the automatic
  * rebalancer's, or a plugin's own through symbol_migrate), one move at a time. */
+/* A route as the authority holds it. */
+typedef struct cb_route {
+    char instance[128]; /* the engine it names */
+    char to[128];       /* MIGRATING to another engine: that engine ("" otherwise) */
+    uint32_t shard;
+    uint32_t migrating; /* 1: MIGRATING, 0: ACTIVE */
+    uint64_t epoch;
+} cb_route;
+
 typedef struct cb_router {
     uint32_t size;
     uint32_t reserved;
@@ -269,7 +291,29 @@ typedef struct cb_router {
        without a route_begin, for a symbol listed while the engine runs (`crossbook symbol add`),
        once it is published: an id the router has not seen before (symbol_by_id finds it). */
     void (*route_end)(void *context, uint32_t symbol_id, uint32_t shard);
+
+    /* Optional (a router whose struct ends before them, or leaves them NULL, moves no symbol
+       between engines): a symbol moving to another engine (`crossbook migrate --to-instance`).
+       The route is the commit point: exactly one of the two engines wins it.
+       transfer_begin: the route of `symbol` names this engine, ACTIVE; it becomes MIGRATING to
+         instance `to_instance` (epoch + 1, in *epoch). Anything else refuses, with the reason.
+       transfer_claim: the route of `symbol` is MIGRATING at `epoch`; it becomes ACTIVE on this
+         engine's shard `shard` (epoch + 1). The target claims it once the book is on its disk (the
+         move is done); the source claims it back to abandon the move. CB_OK: won;
+         CB_ERR_FAILED: the route is not MIGRATING at that epoch (the other engine won, or
+         someone changed it); CB_ERR_IO: the authority is unreachable (nothing changed).
+       route_read: the route of `symbol` now (CB_ERR_NOT_FOUND: none; CB_ERR_IO: unreachable;
+         CB_ERR_INVALID: it cannot be read, with why in `error`). */
+    int (*transfer_begin)(void *context, const char *symbol, uint32_t shard, const char *to_instance, uint64_t *epoch,
+                          char *error, size_t error_size);
+    int (*transfer_claim)(void *context, const char *symbol, uint64_t epoch, uint32_t shard, char *error,
+                          size_t error_size);
+    int (*route_read)(void *context, const char *symbol, struct cb_route *out, char *error, size_t error_size);
 } cb_router;
+
+/* The size of a router without the transfer functions (routers built before them). */
+#define CB_ROUTER_MIN_SIZE (offsetof(cb_router, route_end) + sizeof(void *))
+static inline size_t cb_router_min_size(void) { return CB_ROUTER_MIN_SIZE; }
 
 /* ---- The host table ------------------------------------------------------------------------- */
 

@@ -99,11 +99,12 @@ extension PluginHost {
             return CB_OK.rawValue
         }
         table.pointee.snapshot_store_register = { host, store in
-            guard let plugin = LoadedPlugin.from(host), let store, store.pointee.size >= UInt32(MemoryLayout<cb_snapshot_store>.size),
+            // A store built before the blob functions is shorter: what it has, the rest zero.
+            guard let plugin = LoadedPlugin.from(host), let store, store.pointee.size >= UInt32(cb_snapshot_store_min_size()),
                   store.pointee.save != nil, store.pointee.list != nil, store.pointee.load != nil else {
                 return CB_ERR_INVALID.rawValue
             }
-            return plugin.host?.registerSnapshotStore(store.pointee, plugin: plugin) ?? CB_ERR_INVALID.rawValue
+            return plugin.host?.registerSnapshotStore(copyPrefix(store, size: store.pointee.size), plugin: plugin) ?? CB_ERR_INVALID.rawValue
         }
         table.pointee.monotonic_ns = { _ in monotonicNanoseconds() }
         table.pointee.producer_open_source = { host, source, partition, out in
@@ -137,11 +138,11 @@ extension PluginHost {
             return plugin.lookup(index: Int(index), into: out)
         }
         table.pointee.router_register = { host, router in
-            guard let plugin = LoadedPlugin.from(host), let router, router.pointee.size >= UInt32(MemoryLayout<cb_router>.size),
+            guard let plugin = LoadedPlugin.from(host), let router, router.pointee.size >= UInt32(cb_router_min_size()),
                   router.pointee.route_begin != nil, router.pointee.route_end != nil else {
                 return CB_ERR_INVALID.rawValue
             }
-            return plugin.host?.registerRouter(router.pointee, plugin: plugin) ?? CB_ERR_INVALID.rawValue
+            return plugin.host?.registerRouter(copyPrefix(router, size: router.pointee.size), plugin: plugin) ?? CB_ERR_INVALID.rawValue
         }
         table.pointee.symbol_migrate = { host, id, shard, error, errorSize in
             guard let plugin = LoadedPlugin.from(host), let environment = plugin.host?.environment else { return CB_ERR_INVALID.rawValue }
@@ -184,4 +185,14 @@ func statusName(_ rc: Int32) -> String {
     case CB_ERR_FAILED.rawValue: "CB_ERR_FAILED"
     default: "status \(rc)"
     }
+}
+
+/// The first `size` bytes of a plugin's struct (its own size: an older, shorter one), the rest
+/// zero (no function).
+func copyPrefix<T>(_ source: UnsafePointer<T>, size: UInt32) -> T {
+    let out = UnsafeMutableRawPointer.allocate(byteCount: MemoryLayout<T>.size, alignment: MemoryLayout<T>.alignment)
+    defer { out.deallocate() }
+    memset(out, 0, MemoryLayout<T>.size)
+    memcpy(out, source, min(Int(size), MemoryLayout<T>.size))
+    return out.load(as: T.self)
 }

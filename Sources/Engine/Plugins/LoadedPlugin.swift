@@ -91,7 +91,8 @@ final class LoadedPlugin: @unchecked Sendable {
         var value = cb_symbol()
         value.size = UInt32(MemoryLayout<cb_symbol>.size)
         value.id = entry.spec.id
-        value.shard = UInt32(routes.shard(of: entry.spec.id) ?? entry.shard)
+        // No shard here owns it (it moved to another engine): UINT32_MAX.
+        value.shard = routes.shard(of: entry.spec.id).map { UInt32($0) } ?? UInt32.max
         value.name = UnsafePointer(name)
         value.tick_size = entry.spec.tickSize
         value.lot_size = entry.spec.lotSize

@@ -350,6 +350,66 @@ final class PluginHost: @unchecked Sendable {
         }
     }
 
+    /// The router moves symbols between engines (its struct has the transfer functions).
+    var routesTransfers: Bool {
+        routerLock.locked { router.map { $0.table.transfer_begin != nil && $0.table.transfer_claim != nil && $0.table.route_read != nil } ?? false }
+    }
+
+    /// The route of `symbol` becomes MIGRATING to `instance`: its epoch, or why not.
+    func transferBegin(symbol: String, shard: Int, to instance: String) -> Result<UInt64, EngineError> {
+        routerLock.locked { () -> Result<UInt64, EngineError> in
+            guard let router, let begin = router.table.transfer_begin else { return .failure(EngineError("no router that moves symbols between engines (load redis-routing)")) }
+            var error = [CChar](repeating: 0, count: 256)
+            var epoch: UInt64 = 0
+            let rc = begin(router.table.context, symbol, UInt32(shard), instance, &epoch, &error, error.count)
+            guard rc == CB_OK.rawValue else {
+                let why = messageText(error)
+                return .failure(EngineError("router \(router.plugin.name) refused: \(why.isEmpty ? statusName(rc) : why)"))
+            }
+            return .success(epoch)
+        }
+    }
+
+    enum ClaimOutcome: Equatable { case won, lost(String), unreachable(String) }
+
+    /// The route of `symbol`, MIGRATING at `epoch`, becomes ACTIVE on this engine's `shard`.
+    func transferClaim(symbol: String, epoch: UInt64, shard: Int) -> ClaimOutcome {
+        routerLock.locked { () -> ClaimOutcome in
+            guard let router, let claim = router.table.transfer_claim else { return .unreachable("no router that moves symbols between engines") }
+            var error = [CChar](repeating: 0, count: 256)
+            let rc = claim(router.table.context, symbol, epoch, UInt32(shard), &error, error.count)
+            if rc == CB_OK.rawValue { return .won }
+            let why = messageText(error)
+            return rc == CB_ERR_FAILED.rawValue ? .lost(why) : .unreachable(why.isEmpty ? statusName(rc) : why)
+        }
+    }
+
+    struct RouteNow: Equatable {
+        var instance: String
+        var to: String
+        var shard: Int
+        var migrating: Bool
+        var epoch: UInt64
+    }
+
+    /// The route of `symbol` now: nil inside .success when there is none.
+    func routeRead(symbol: String) -> Result<RouteNow?, EngineError> {
+        routerLock.locked { () -> Result<RouteNow?, EngineError> in
+            guard let router, let read = router.table.route_read else { return .failure(EngineError("no router that moves symbols between engines")) }
+            var error = [CChar](repeating: 0, count: 256)
+            var out = cb_route()
+            let rc = read(router.table.context, symbol, &out, &error, error.count)
+            if rc == CB_ERR_NOT_FOUND.rawValue { return .success(nil) }
+            guard rc == CB_OK.rawValue else {
+                let why = messageText(error)
+                return .failure(EngineError("router \(router.plugin.name): \(why.isEmpty ? statusName(rc) : why)"))
+            }
+            let instance = withUnsafeBytes(of: out.instance) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+            let to = withUnsafeBytes(of: out.to) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+            return .success(RouteNow(instance: instance, to: to, shard: Int(out.shard), migrating: out.migrating != 0, epoch: out.epoch))
+        }
+    }
+
     // MARK: Counters
 
     var counterHelp: [String: String] { lock.locked { helpTexts } }

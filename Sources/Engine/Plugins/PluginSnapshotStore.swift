@@ -74,3 +74,37 @@ final class PluginSnapshotStore: SnapshotStore, @unchecked Sendable {
         return (sequence, body.value)
     }
 }
+
+extension PluginSnapshotStore {
+    /// The store keeps named blobs another engine can read (moving a book between engines).
+    var hasBlobs: Bool { store.blob_save != nil && store.blob_load != nil && store.blob_delete != nil }
+
+    func saveBlob(_ key: String, _ body: [UInt8]) -> String? {
+        guard let save = store.blob_save else { return "snapshot store \(plugin) keeps no blobs" }
+        var error = [CChar](repeating: 0, count: 256)
+        let rc = body.withUnsafeBufferPointer { b in save(store.context, key, b.baseAddress, b.count, &error, error.count) }
+        return rc == 0 ? nil : "snapshot store \(plugin): \(statusName(rc)): \(messageText(error))"
+    }
+
+    /// The blob (nil with why: none, or the store failed).
+    func loadBlob(_ key: String) -> Result<[UInt8], EngineError> {
+        guard let load = store.blob_load else { return .failure(EngineError("snapshot store \(plugin) keeps no blobs")) }
+        let body = Box<[UInt8]>([])
+        var error = [CChar](repeating: 0, count: 256)
+        let context = Unmanaged.passUnretained(body).toOpaque()
+        let rc = load(store.context, key, { context, bytes, length in
+            guard let context else { return }
+            let box = Unmanaged<Box<[UInt8]>>.fromOpaque(context).takeUnretainedValue()
+            box.value = length > 0 && bytes != nil ? Array(UnsafeBufferPointer(start: bytes, count: length)) : []
+        }, context, &error, error.count)
+        guard rc == 0 else {
+            return .failure(EngineError("snapshot store \(plugin): \(key): \(statusName(rc))\(error[0] == 0 ? "" : ": " + messageText(error))"))
+        }
+        return .success(body.value)
+    }
+
+    func deleteBlob(_ key: String) {
+        guard let delete = store.blob_delete else { return }
+        _ = delete(store.context, key)
+    }
+}

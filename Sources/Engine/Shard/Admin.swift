@@ -32,6 +32,14 @@ final class AdminRequest: @unchecked Sendable {
 }
 
 /// What a shard's admin commands have set, as the control thread sees it.
+/// A symbol moving between engines, as a shard's journal says: the route epoch it moves at, the
+/// other engine, and which way.
+public struct ShardTransfer: Equatable, Sendable {
+    public var epoch: UInt64
+    public var instance: String
+    public var outbound: Bool
+}
+
 public struct ShardAdminState: Equatable, Sendable {
     public var epoch: UInt64
     /// The last journaled position of each ingress source and partition ("topic#partition").
@@ -42,6 +50,8 @@ public struct ShardAdminState: Equatable, Sendable {
     /// Of the frozen ones: exported (moving away), and imported (moving in, not thawed yet).
     public var exported: Set<UInt32> = []
     public var imported: Set<UInt32> = []
+    /// Of those, the ones moving to or from another engine (a transfer: the route decides).
+    public var transfers: [UInt32: ShardTransfer] = [:]
     /// Per ingress source ("topic#partition", "client:STREAM#0"), the session last bound to it;
     /// and how many sources the shard knows (at most `IngressPositions.capacity`).
     public var sourceSessions: [String: UInt32] = [:]
@@ -175,6 +185,7 @@ extension ShardState {
                 return "symbol \(id) is not a frozen symbol of this shard"
             }
             bookFlags[b] &= ~(BookFlag.frozen | BookFlag.exported | BookFlag.imported)
+            transfers[id] = nil
         case .exportBook(let id, let bytes):
             // An export freezes the symbol (if an operator had not): one record, so that no crash
             // leaves a migration's freeze without its export.
@@ -186,20 +197,15 @@ extension ShardState {
             // (the same bytes, or, written in an older snapshot format, the same book).
             guard bytes == books[b].snapshot() || sameBook(b, bytes) else { return "symbol \(id): the exported book differs from this shard's" }
             bookFlags[b] |= BookFlag.frozen | BookFlag.exported
+        case .transferOut(let id, let length, let crc, let epoch, let instance):
+            if let why = markExported(id, length: length, crc: crc) { return why }
+            transfers[id] = ShardTransfer(epoch: epoch, instance: instance, outbound: true)
+        case .transferIn(let id, let epoch, let instance):
+            guard let b = book(of: id) else { return "symbol \(id) is not a symbol of this instance" }
+            guard bookFlags[b] & BookFlag.notOwned != 0 else { return "symbol \(id) is owned by this shard already" }
+            transfers[id] = ShardTransfer(epoch: epoch, instance: instance, outbound: false)
         case .exportSealed(let id, let length, let crc):
-            guard let b = book(of: id), bookFlags[b] & BookFlag.notOwned == 0 else {
-                return "symbol \(id) is not owned by this shard"
-            }
-            guard bookFlags[b] & BookFlag.imported == 0 else { return "symbol \(id) was imported and not thawed yet" }
-            // Replayed, the rebuilt book must be the one exported. Live, the bytes were taken from
-            // this book on this thread a moment ago (Migration.swift): not taken twice.
-            if output.pointee.replaying {
-                let bytes = books[b].snapshot()
-                guard bytes.count == Int(length), bookCRC(bytes) == crc else {
-                    return "symbol \(id): the exported book differs from this shard's"
-                }
-            }
-            bookFlags[b] |= BookFlag.frozen | BookFlag.exported
+            if let why = markExported(id, length: length, crc: crc) { return why }
         case .importPart(let id, let total, let offset, let part):
             guard book(of: id) != nil else { return "symbol \(id) is not a symbol of this instance" }
             var buffer = importParts[id] ?? []
@@ -230,10 +236,14 @@ extension ShardState {
             }
             bookFlags[b] = BookFlag.frozen | BookFlag.imported
         case .drop(let id):
-            guard let b = book(of: id), bookFlags[b] & BookFlag.notOwned == 0, bookFlags[b] & BookFlag.exported != 0 else {
+            // An exported book, or one imported from another engine that lost the route to the
+            // source (the move was abandoned there).
+            guard let b = book(of: id), bookFlags[b] & BookFlag.notOwned == 0,
+                  bookFlags[b] & BookFlag.exported != 0 || (bookFlags[b] & BookFlag.imported != 0 && transfers[id]?.outbound == false) else {
                 return "symbol \(id) is not an exported symbol of this shard: freeze and export it before dropping it"
             }
             releaseBook(b)
+            transfers[id] = nil
         case .listSymbol(let listing):
             if let why = adoptListing(listing) { return why }
             let b = Int(listing.slot)
@@ -246,6 +256,25 @@ extension ShardState {
                 routes?.set(listing.id, shard: index)
             }
         }
+        return nil
+    }
+
+    /// An export by length and CRC32C (`exportSealed`, `transferOut`): the symbol frozen and
+    /// exported, or why not.
+    private mutating func markExported(_ id: UInt32, length: UInt32, crc: UInt32) -> String? {
+        guard let b = book(of: id), bookFlags[b] & BookFlag.notOwned == 0 else {
+            return "symbol \(id) is not owned by this shard"
+        }
+        guard bookFlags[b] & BookFlag.imported == 0 else { return "symbol \(id) was imported and not thawed yet" }
+        // Replayed, the rebuilt book must be the one exported. Live, the bytes were taken from
+        // this book on this thread a moment ago (Migration.swift): not taken twice.
+        if output.pointee.replaying {
+            let bytes = books[b].snapshot()
+            guard bytes.count == Int(length), bookCRC(bytes) == crc else {
+                return "symbol \(id): the exported book differs from this shard's"
+            }
+        }
+        bookFlags[b] |= BookFlag.frozen | BookFlag.exported
         return nil
     }
 
@@ -300,6 +329,9 @@ extension ShardState {
             if flags & BookFlag.notOwned != 0 { state.notOwned.insert(id) }
             if flags & BookFlag.exported != 0 { state.exported.insert(id) }
             if flags & BookFlag.imported != 0 { state.imported.insert(id) }
+            if let t = transfers[id], flags & BookFlag.notOwned == 0, flags & (t.outbound ? BookFlag.exported : BookFlag.imported) != 0 {
+                state.transfers[id] = t
+            }
         }
         return state
     }
@@ -310,6 +342,7 @@ extension ShardState {
     static let adminTrailerTag2: UInt32 = 0x3244_4D41  // "AMD2": version 2, with the ingress bindings
     static let adminTrailerTag3: UInt32 = 0x3344_4D41  // "AMD3": version 3, flags per symbol of the instance
     static let adminTrailerTag4: UInt32 = 0x3444_4D41  // "AMD4": version 3 after the symbols listed at run time
+    static let transferTag: UInt32 = 0x3152_4658  // "XFR1": moves between engines under way, after the floors
 
     /// The admin state after the books in a snapshot body: tag, epoch (u64), the flags (version 3:
     /// a count (u32), per symbol of the instance its id (u32) and flags (u8); before: per book of
@@ -369,6 +402,19 @@ extension ShardState {
             put(UInt32(truncatingIfNeeded: key >> 32))
             put(UInt32(truncatingIfNeeded: key))
             put(offset)
+        }
+        // Only with a move between engines under way: tag "XFR1", the count (u32), per transfer
+        // the symbol id (u32), route epoch (u64), outbound (u8), instance length (u16), instance.
+        let pending = adminState.transfers.sorted { $0.key < $1.key }
+        if !pending.isEmpty {
+            put(Self.transferTag)
+            put(UInt32(pending.count))
+            for (id, t) in pending {
+                put(id)
+                put(t.epoch)
+                out.append(t.outbound ? 1 : 0)
+                put(t.instance)
+            }
         }
         return out
     }
@@ -492,6 +538,20 @@ extension ShardState {
                     ingress.floors[UInt64(symbol) << 32 | UInt64(index)] = offset
                 }
             }
+        }
+        transfers = [:]
+        if at + 4 <= body.count, try get(UInt32.self) == Self.transferTag {
+            for _ in 0..<(try get(UInt32.self)) {
+                let id = try get(UInt32.self), epoch = try get(UInt64.self), outbound = try get(UInt8.self)
+                let instance = try key()
+                guard let b = book(of: id), outbound <= 1, !instance.isEmpty,
+                      bookFlags[b] & (outbound == 1 ? BookFlag.exported : BookFlag.imported) != 0 else {
+                    throw EngineError("snapshot: a transfer of symbol \(id) that its flags do not show")
+                }
+                transfers[id] = ShardTransfer(epoch: epoch, instance: instance, outbound: outbound == 1)
+            }
+        } else if at < body.count {
+            at -= 4
         }
         guard at == body.count else { throw EngineError("snapshot: \(body.count - at) stray bytes after the admin state") }
     }

@@ -21,6 +21,10 @@ enum ShardMessage {
     case migrateIn(MigrationStep, abandon: Bool)
     case holdOutgoing(MigrationStep)
     case sealExport(MigrationStep)
+    /// A symbol arriving from another engine (Transfer.swift): imported, still held; then thawed
+    /// (the route won) or dropped (lost).
+    case importTransfer(MigrationStep)
+    case finishTransfer(MigrationStep, won: Bool)
     /// The primary's replication: the state digest now, at the sequence applied now.
     case digest(DigestQuery)
     /// A standby becomes the primary: it applies everything it received, then journals the

@@ -45,6 +45,9 @@ final class MigrationStep: @unchecked Sendable {
     let positions: [String: UInt64]
     /// `.migrateIn`: the control thread restored the book into the target's empty book already.
     var prebuilt = false
+    /// A move between engines (`sealExport` journals a transferOut; `importTransfer` a
+    /// transferIn): the route epoch and the other engine.
+    var transfer: ShardTransfer?
     init(symbolId: UInt32, book: [UInt8] = [], positions: [String: UInt64] = [:]) {
         self.symbolId = symbolId
         self.book = book
@@ -159,7 +162,10 @@ extension ShardState {
         guard let b = book(of: id) else { return step.finish(MigrationAnswer(refusal: "symbol \(id) is not one of this instance")) }
         let t0 = monotonicNanoseconds()
         var answer = MigrationAnswer()
-        switch runAdmin(.exportSealed(symbolId: id, length: UInt32(step.book.count), crc: bookCRC(step.book))) {
+        let length = UInt32(step.book.count), crc = bookCRC(step.book)
+        let record: AdminCommand = step.transfer.map { .transferOut(symbolId: id, length: length, crc: crc, epoch: $0.epoch, instance: $0.instance) }
+            ?? .exportSealed(symbolId: id, length: length, crc: crc)
+        switch runAdmin(record) {
         case .applied(let sequence):
             answer.sequence = sequence
             answer.positions = ingress.positions
@@ -207,6 +213,62 @@ extension ShardState {
             holding -= 1
         }
         // Not imported: the book made at `expect` goes.
+        if bookFlags[b] & BookFlag.notOwned != 0 { releaseBook(b) }
+        let t1 = monotonicNanoseconds()
+        answer.held = releaseHeld(slot: Int32(b))
+        answer.at = monotonicNanoseconds()
+        answer.phases["held"] = answer.at - t1
+        step.finish(answer)
+    }
+
+    /// A symbol from another engine, on the target (after `expect`): the transferIn, the import
+    /// (in parts) and the source's positions as floors, journaled; its commands stay held (the
+    /// route decides next: `finishTransfer`).
+    mutating func importTransfer(_ step: MigrationStep) {
+        let id = step.symbolId
+        guard let transfer = step.transfer else { return step.finish(MigrationAnswer(refusal: "not a transfer")) }
+        let t0 = monotonicNanoseconds()
+        var answer = MigrationAnswer()
+        switch runAdmin(.transferIn(symbolId: id, epoch: transfer.epoch, instance: transfer.instance)) {
+        case .refused(_, let why): answer.refusal = why
+        case .applied:
+            switch importBook(id, step.book) {
+            case .refused(_, let why): answer.refusal = why
+            case .applied(let sequence):
+                answer.sequence = sequence
+                for (key, last) in step.positions.sorted(by: { $0.key < $1.key }) {
+                    guard let hash = key.lastIndex(of: "#"), let partition = UInt32(key[key.index(after: hash)...]) else { continue }
+                    if case .applied(let s) = runAdmin(.ingressFloor(symbolId: id, source: String(key[..<hash]), partition: partition, offset: last + 1)) {
+                        answer.sequence = s
+                    }
+                }
+            }
+        }
+        answer.at = monotonicNanoseconds()
+        answer.phases["import"] = answer.at - t0
+        step.finish(answer)
+    }
+
+    /// The route decided a symbol arriving from another engine: won, it trades here (thaw) and
+    /// the commands held meanwhile are applied in arrival order; lost (or not imported), the
+    /// imported book goes (drop) and they are rejected (`symbol_moved`).
+    mutating func finishTransfer(_ step: MigrationStep, won: Bool) {
+        let id = step.symbolId
+        guard let b = book(of: id) else { return step.finish(MigrationAnswer(refusal: "symbol \(id) is not one of this instance")) }
+        var answer = MigrationAnswer()
+        let imported = bookFlags[b] & BookFlag.imported != 0 && bookFlags[b] & BookFlag.notOwned == 0
+        if imported {
+            switch runAdmin(won ? .thaw(symbolId: id) : .drop(symbolId: id)) {
+            case .applied(let sequence): answer.sequence = sequence
+            case .refused(_, let why): answer.refusal = why
+            }
+        } else if won {
+            answer.refusal = "symbol \(id) was not imported on shard \(index)"
+        }
+        if incoming[b] != 0 {
+            incoming[b] = 0
+            holding -= 1
+        }
         if bookFlags[b] & BookFlag.notOwned != 0 { releaseBook(b) }
         let t1 = monotonicNanoseconds()
         answer.held = releaseHeld(slot: Int32(b))

@@ -12,5 +12,14 @@ func owner(_ engineId: OrderId) -> Int { Int(engineId >> 48) }
 @inline(__always)
 func clientOrderId(_ engineId: OrderId) -> OrderId { engineId & (1 << 48 - 1) }
 
+/// An order that moved from another engine (Engine+Transfer.swift): session 0, which no client
+/// is given, so its reports reach no session here (the drop copy and the execution stream
+/// carry them, by account); its old session and the low 32 bits of its client id keep it
+/// unique. Already foreign (session 0): unchanged.
+@inline(__always)
+func foreignOrderId(_ engineId: OrderId) -> OrderId {
+    owner(engineId) == 0 ? engineId : OrderId(owner(engineId)) << 32 | (engineId & 0xFFFF_FFFF)
+}
+
 /// The largest order id a client may use (48 bits).
 public let maxClientOrderId: OrderId = 1 << 48 - 1

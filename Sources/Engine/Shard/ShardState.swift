@@ -75,6 +75,8 @@ struct ShardState: ~Copyable {
     var prebuiltImport: UInt32?
     /// Imports arriving in parts (AdminCommand.importPart), by symbol id, until the last part.
     var importParts: [UInt32: [UInt8]] = [:]
+    /// Symbols moving to or from another engine (Admin.swift's transferOut / transferIn).
+    var transfers: [UInt32: ShardTransfer] = [:]
     /// A planned switchover (Engine+Replication.swift): while this reads 1, no command is taken.
     var ingressPause: UnsafeMutablePointer<UInt32>?
     /// A standby's promotion, asked and not yet done (Shard.loop).
@@ -453,6 +455,10 @@ struct ShardState: ~Copyable {
                 sealExport(step)
             case .migrateIn(let step, let abandon):
                 migrateIn(step, abandon: abandon)
+            case .importTransfer(let step):
+                importTransfer(step)
+            case .finishTransfer(let step, let won):
+                finishTransfer(step, won: won)
             case .digest(let query):
                 query.reply(sequencer.last, digest)
             case .promote(let request):

@@ -1,0 +1,393 @@
+// Moving a symbol to another engine while it trades (`crossbook migrate SYMBOL --to-instance
+// NAME`, issue 11 item 4). The two engines share a router (redis-routing) and a snapshot store
+// that keeps blobs (snapshot-redis). The route in Redis is the commit point: whichever engine
+// wins the compare-and-set on its epoch owns the symbol.
+//
+//  1. Source, `transferOut`: the route becomes MIGRATING to the target (epoch E). The source holds
+//     the symbol's commands, takes the book's bytes and journals `transferOut` (frozen, exported,
+//     naming E and the target) at its sequence S; the commands it held are rejected
+//     (`symbol_frozen`: the producer sends them to the owner once the route names it). Once S is
+//     on disk, the book (with the symbol's rules and the source's ingress positions) goes to the
+//     store as the blob `transfer:<SYMBOL>:<E>`.
+//  2. Target, `transferIn`: lists the symbol if it does not know it (owned by no shard of its own:
+//     home "away"), holds its commands, journals `transferIn` and the import; once that is on
+//     disk it claims the route (MIGRATING at E → ACTIVE here, E + 1). Won: it thaws and trades.
+//  3. Source, `transferFinish` (or its control thread within a second): the route names the
+//     target: it journals the drop and deletes the blob.
+//
+// Either engine killed at any step: its journal says a transfer is under way (transferOut
+// without a drop or thaw; transferIn without a thaw or drop), and its control thread settles it
+// from the route once its router answers (`settleTransfers`): the route names the target → the
+// source drops, the target thaws; the route still MIGRATING at E → the target claims it (it has
+// the book on disk), the source claims it back after `transferTimeout` with no claim (and thaws);
+// the route names the source again → the target drops its copy. Two claims from the same epoch
+// cannot both win, so exactly one engine owns the symbol. Until settled, the symbol is frozen on
+// both (commands rejected with a reason, nothing lost). Redis must keep what it acknowledged
+// (`appendonly yes`, `appendfsync always`): a route that goes back in time can give the symbol to
+// both.
+
+import CCRC32C
+import Foundation
+import Glibc
+import OrderBook
+import SharedMemory
+import Wire
+
+/// The book, its rules and where the source's ingress was, as the store carries them between
+/// engines. Little-endian: magic "CBX1", epoch (u64), symbol id (u32), tick, lot, min price, max
+/// price, max quantity (i64 each), name length (u16), name, source instance length (u16),
+/// instance, position count (u32), per position its key length (u16), key, last offset (u64),
+/// book length (u32), book, CRC32C of everything before (u32).
+struct TransferBlob: Equatable {
+    static let magic: UInt32 = 0x3158_4243  // "CBX1"
+    var spec: SymbolSpec
+    var epoch: UInt64
+    var source: String
+    var positions: [String: UInt64]
+    var book: [UInt8]
+
+    static func key(symbol: String, epoch: UInt64) -> String { "transfer:\(symbol):\(epoch)" }
+
+    func encode() -> [UInt8] {
+        var out: [UInt8] = []
+        func put<T: FixedWidthInteger>(_ v: T) { withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) } }
+        func put(_ s: String) {
+            let b = Array(s.utf8)
+            put(UInt16(b.count))
+            out.append(contentsOf: b)
+        }
+        put(Self.magic)
+        put(epoch)
+        put(spec.id)
+        for v in [spec.tickSize, spec.lotSize, spec.minPrice, spec.maxPrice, spec.maxOrderQuantity] { put(v) }
+        put(spec.name)
+        put(source)
+        put(UInt32(positions.count))
+        for (k, v) in positions.sorted(by: { $0.key < $1.key }) {
+            put(k)
+            put(v)
+        }
+        put(UInt32(book.count))
+        out.append(contentsOf: book)
+        put(out.withUnsafeBytes { cb_crc32c(0, $0.baseAddress, $0.count) })
+        return out
+    }
+
+    /// Anything but a blob this build wrote is refused, with the reason.
+    static func decode(_ bytes: [UInt8]) throws(EngineError) -> TransferBlob {
+        guard bytes.count >= 8 else { throw EngineError("transfer blob of \(bytes.count) bytes") }
+        let crc = bytes.withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: bytes.count - 4, as: UInt32.self)) }
+        guard crc == bytes.withUnsafeBytes({ cb_crc32c(0, $0.baseAddress, bytes.count - 4) }) else {
+            throw EngineError("transfer blob damaged (CRC32C)")
+        }
+        var at = 0
+        let end = bytes.count - 4
+        func get<T: FixedWidthInteger>(_: T.Type) throws(EngineError) -> T {
+            guard at + MemoryLayout<T>.size <= end else { throw EngineError("transfer blob truncated") }
+            defer { at += MemoryLayout<T>.size }
+            return bytes.withUnsafeBytes { T(littleEndian: $0.loadUnaligned(fromByteOffset: at, as: T.self)) }
+        }
+        func text() throws(EngineError) -> String {
+            let n = Int(try get(UInt16.self))
+            guard at + n <= end, let s = String(validating: bytes[at..<(at + n)], as: UTF8.self) else { throw EngineError("transfer blob: a bad name") }
+            at += n
+            return s
+        }
+        guard try get(UInt32.self) == magic else { throw EngineError("not a transfer blob (magic)") }
+        let epoch = try get(UInt64.self)
+        var spec = SymbolSpec(name: "", id: try get(UInt32.self))
+        spec.tickSize = try get(Int64.self)
+        spec.lotSize = try get(Int64.self)
+        spec.minPrice = try get(Int64.self)
+        spec.maxPrice = try get(Int64.self)
+        spec.maxOrderQuantity = try get(Int64.self)
+        spec.name = try text()
+        guard SymbolSpec.isValidName(spec.name) else { throw EngineError("transfer blob: symbol name \(spec.name) is not valid") }
+        let source = try text()
+        var positions: [String: UInt64] = [:]
+        let count = try get(UInt32.self)
+        guard count <= 4096 else { throw EngineError("transfer blob: \(count) positions") }
+        for _ in 0..<count {
+            let k = try text()
+            positions[k] = try get(UInt64.self)
+        }
+        let length = Int(try get(UInt32.self))
+        guard length == end - at else { throw EngineError("transfer blob: book of \(length) bytes, \(end - at) left") }
+        return TransferBlob(spec: spec, epoch: epoch, source: source, positions: positions, book: Array(bytes[at..<end]))
+    }
+}
+
+/// What the source did: the route epoch the move is at, the book it sent.
+public struct TransferOutReport: Sendable {
+    public var symbol: String
+    public var shard: Int
+    public var epoch: UInt64
+    public var orders: Int
+    public var bookBytes: Int
+    /// Monotonic nanoseconds (CLOCK_MONOTONIC: comparable between engines on one host) when
+    /// the symbol stopped trading here.
+    public var frozenAt: UInt64
+    public var exportSequence: UInt64
+}
+
+/// What the target did: when it traded the symbol, how many commands had waited.
+public struct TransferInReport: Sendable {
+    public var symbol: String
+    public var shard: Int
+    public var epoch: UInt64
+    public var held: Int
+    public var listed: Bool
+    /// Monotonic nanoseconds when the symbol trades here.
+    public var tradingAt: UInt64
+    public var importSequence: UInt64
+    public var phases: [String: UInt64]
+}
+
+extension Engine {
+    /// How long a source waits for the target's claim before it claims the route back.
+    var transferTimeoutNanoseconds: UInt64 { UInt64(max(settings.transferTimeout, 1) * 1e9) }
+
+    private func transferPrerequisites() throws(EngineError) -> (PluginHost, PluginSnapshotStore) {
+        guard routes != nil, symbolTable != nil else { throw EngineError("the engine is not running") }
+        guard role != .standby else { throw EngineError("this engine is a standby") }
+        guard !settings.readOnly, settings.durability != .none else { throw EngineError("moves between engines need a journal (durability sync or async)") }
+        guard let host = pluginHost, host.routesTransfers else {
+            throw EngineError("no router that moves symbols between engines: load the redis-routing plugin")
+        }
+        guard let store = host.snapshotStore, store.hasBlobs else {
+            throw EngineError("no snapshot store that keeps blobs for another engine: load the snapshot-redis plugin")
+        }
+        return (host, store)
+    }
+
+    private func transferStep(_ shard: Int, _ message: (MigrationStep) -> ShardMessage, _ step: MigrationStep, timeout: Double) -> MigrationAnswer? {
+        guard shards[shard].send(message(step)), step.done.wait(seconds: timeout) else { return nil }
+        return step.result
+    }
+
+    private func durable(_ shard: Int, _ sequence: UInt64, timeout: Double) -> Bool {
+        let deadline = monotonicNanoseconds() + UInt64(timeout * 1e9)
+        while shards[shard].tallied(ShardTally.durable) < sequence {
+            if monotonicNanoseconds() >= deadline { return false }
+            shards[shard].nudge()
+            usleep(20)
+        }
+        return true
+    }
+
+    /// Step 1, on the source. Returns once the book is frozen here, on disk, and in the store.
+    public func transferOut(symbol name: String, to instance: String, timeout: Double = 5) throws(EngineError) -> TransferOutReport {
+        let (host, store) = try transferPrerequisites()
+        guard let routes, let spec = symbolTable?.spec(named: name) else { throw EngineError("no symbol \(name) in this instance") }
+        guard instance != settings.instance else { throw EngineError("\(name): the target is this instance") }
+        guard !instance.isEmpty, instance.utf8.count <= 64, instance.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "-_.".contains($0)) }) else {
+            throw EngineError("instance name '\(instance)': 1 to 64 letters, digits, '-', '_', '.'")
+        }
+        return try migrationSerial.locked { () throws(EngineError) -> TransferOutReport in
+            guard let source = routes.shard(of: spec.id) else { throw EngineError("\(name) does not trade on this engine") }
+            let epoch: UInt64
+            switch host.transferBegin(symbol: name, shard: source, to: instance) {
+            case .success(let e): epoch = e
+            case .failure(let why): throw EngineError("move of \(name) to \(instance) refused: \(why)")
+            }
+            log("move of \(name) to instance \(instance): route MIGRATING at epoch \(epoch); shard \(source) holds its commands")
+            // Undo before anything left this engine: the route back (if it can be), the symbol trading.
+            func abandon(_ why: String, thaw: Bool) -> EngineError {
+                switch host.transferClaim(symbol: name, epoch: epoch, shard: source) {
+                case .won:
+                    if thaw { _ = admin(shard: source, .thaw(symbolId: spec.id), timeout: timeout) }
+                    log("move of \(name) to \(instance) abandoned: \(why); it trades on shard \(source)")
+                    return EngineError("move of \(name) to \(instance) abandoned: \(why)")
+                case .lost(let other), .unreachable(let other):
+                    noteTransfers()
+                    log("move of \(name) to \(instance) failed: \(why); the route could not be taken back (\(other)): frozen until the route decides")
+                    return EngineError("move of \(name) to \(instance) failed: \(why); frozen until the route decides (\(other))")
+                }
+            }
+            guard let held = transferStep(source, { .holdOutgoing($0) }, MigrationStep(symbolId: spec.id), timeout: timeout) else {
+                throw abandon("shard \(source) did not answer", thaw: false)
+            }
+            if let refusal = held.refusal { throw abandon(refusal, thaw: false) }
+            guard let book = held.bookAddress else { throw abandon("shard \(source) lent no book", thaw: false) }
+            let bytes = book.pointer.pointee.snapshot()
+            let seal = MigrationStep(symbolId: spec.id, book: bytes)
+            seal.transfer = ShardTransfer(epoch: epoch, instance: instance, outbound: true)
+            guard let out = transferStep(source, { .sealExport($0) }, seal, timeout: timeout) else {
+                noteTransfers()
+                throw EngineError("move of \(name): shard \(source) did not answer the export; the route decides")
+            }
+            if let refusal = out.refusal { throw abandon(refusal, thaw: false) }
+            guard durable(source, out.sequence, timeout: timeout) else { throw abandon("the export was not durable within \(timeout) s", thaw: true) }
+            // Its orders' sessions are this engine's: on the target they belong to no session.
+            guard let foreign = BookSnapshotLayout.rewritingOrderIds(bytes, foreignOrderId) else {
+                throw abandon("two resting orders of one session have client ids equal in their low 32 bits: they cannot both move to another engine", thaw: true)
+            }
+            let blob = TransferBlob(spec: spec, epoch: epoch, source: settings.instance, positions: out.positions, book: foreign)
+            if let why = store.saveBlob(TransferBlob.key(symbol: name, epoch: epoch), blob.encode()) {
+                throw abandon(why, thaw: true)
+            }
+            noteTransfers()
+            crashPoint("after-export")
+            let report = TransferOutReport(symbol: name, shard: source, epoch: epoch, orders: held.orders, bookBytes: bytes.count,
+                                           frozenAt: held.at, exportSequence: out.sequence)
+            log("move of \(name) to \(instance): shard \(source) exported \(held.orders) resting orders (\(bytes.count) bytes) at sequence \(out.sequence); waiting for \(instance) to claim epoch \(epoch)")
+            return report
+        }
+    }
+
+    /// Step 2, on the target. Returns once the symbol trades on `target` here (or throws: the
+    /// route went elsewhere, or is undecided: then settled later).
+    public func transferIn(symbol name: String, epoch: UInt64, shard target: Int, timeout: Double = 5) throws(EngineError) -> TransferInReport {
+        let (host, store) = try transferPrerequisites()
+        guard target >= 0, target < shards.count else { throw EngineError("no shard \(target) (\(shards.count) shards)") }
+        let t0 = monotonicNanoseconds()
+        let blob: TransferBlob
+        switch store.loadBlob(TransferBlob.key(symbol: name, epoch: epoch)) {
+        case .failure(let why): throw EngineError("move of \(name) at epoch \(epoch): \(why)")
+        case .success(let bytes): blob = try TransferBlob.decode(bytes)
+        }
+        guard blob.spec.name == name, blob.epoch == epoch else {
+            throw EngineError("the transfer blob of \(name) at epoch \(epoch) carries \(blob.spec.name) at epoch \(blob.epoch)")
+        }
+        guard blob.source != settings.instance else { throw EngineError("\(name) at epoch \(epoch) comes from this instance") }
+        let loaded = monotonicNanoseconds()
+        var listed = false
+        if let known = symbolTable?.spec(named: name) {
+            guard known == blob.spec else {
+                throw EngineError("\(name) has other rules or another id here (id \(known.id), tick \(known.tickSize), lot \(known.lotSize)) than on \(blob.source) (id \(blob.spec.id), tick \(blob.spec.tickSize), lot \(blob.spec.lotSize))")
+            }
+        } else {
+            _ = try listSymbol(name, shard: InstanceSymbols.away, id: blob.spec.id, rules: blob.spec, timeout: timeout)
+            listed = true
+        }
+        let listedAt = monotonicNanoseconds()
+        guard let routes else { throw EngineError("the engine is not running") }
+        return try migrationSerial.locked { () throws(EngineError) -> TransferInReport in
+            if let owner = routes.shard(of: blob.spec.id) { throw EngineError("\(name) trades on shard \(owner) of this instance already") }
+            guard let expected = transferStep(target, { .expect($0) }, MigrationStep(symbolId: blob.spec.id), timeout: timeout) else {
+                throw EngineError("move of \(name): shard \(target) did not answer")
+            }
+            if let refusal = expected.refusal { throw EngineError("move of \(name): \(refusal)") }
+            func giveUp(_ why: String) -> EngineError {
+                _ = transferStep(target, { .finishTransfer($0, won: false) }, MigrationStep(symbolId: blob.spec.id), timeout: timeout)
+                log("move of \(name) from \(blob.source) not taken: \(why)")
+                return EngineError("move of \(name) from \(blob.source) not taken: \(why)")
+            }
+            let step = MigrationStep(symbolId: blob.spec.id, book: blob.book, positions: blob.positions)
+            step.transfer = ShardTransfer(epoch: epoch, instance: blob.source, outbound: false)
+            guard let imported = transferStep(target, { .importTransfer($0) }, step, timeout: timeout) else {
+                noteTransfers()
+                throw EngineError("move of \(name): shard \(target) did not answer the import; the route decides")
+            }
+            if let refusal = imported.refusal { throw giveUp(refusal) }
+            guard durable(target, imported.sequence, timeout: timeout) else {
+                noteTransfers()
+                throw EngineError("move of \(name): the import was not durable within \(timeout) s; the route decides")
+            }
+            let onDisk = monotonicNanoseconds()
+            crashPoint("after-import")
+            switch host.transferClaim(symbol: name, epoch: epoch, shard: target) {
+            case .won: break
+            case .lost(let why): throw giveUp("the route went elsewhere: \(why)")
+            case .unreachable(let why):
+                noteTransfers()
+                throw EngineError("move of \(name): the route could not be claimed (\(why)); frozen here until it can")
+            }
+            let claimed = monotonicNanoseconds()
+            crashPoint("after-claim")
+            routes.set(blob.spec.id, shard: target)
+            guard let done = transferStep(target, { .finishTransfer($0, won: true) }, MigrationStep(symbolId: blob.spec.id), timeout: timeout) else {
+                noteTransfers()
+                throw EngineError("move of \(name): shard \(target) did not answer the thaw; it thaws at the next settlement")
+            }
+            if let refusal = done.refusal { throw EngineError("move of \(name): \(refusal)") }
+            host.routeEnd(symbolId: blob.spec.id, shard: target)
+            let phases = ["load": loaded &- t0, "list": listedAt &- loaded, "import": imported.phases["import"] ?? 0,
+                          "durable": onDisk &- imported.at, "claim": claimed &- onDisk, "held": done.phases["held"] ?? 0]
+            let report = TransferInReport(symbol: name, shard: target, epoch: epoch, held: done.held, listed: listed, tradingAt: done.at,
+                                          importSequence: imported.sequence, phases: phases)
+            log("move of \(name) from \(blob.source): trades on shard \(target) from epoch \(epoch + 1) (\(done.held) held commands applied)")
+            return report
+        }
+    }
+
+    /// Step 3 on the source, and every second on both while a transfer is under way: each
+    /// transfer the shards' journals show, settled by the route. Lines for the log (nothing
+    /// when none, or when the router does not answer: it is asked again).
+    @discardableResult
+    public func settleTransfers(timeout: Double = 5) -> [String] {
+        guard let host = pluginHost, host.routesTransfers, let routes, let table = symbolTable, role != .standby else { return [] }
+        var lines: [String] = []
+        var pending = false
+        migrationSerial.locked {
+            for i in shards.indices {
+                guard let state = adminState(shard: i, timeout: timeout) else { pending = true; continue }
+                for (id, t) in state.transfers.sorted(by: { $0.key < $1.key }) {
+                    guard let name = table.spec(ofId: id)?.name else { continue }
+                    pending = true
+                    let route: PluginHost.RouteNow?
+                    switch host.routeRead(symbol: name) {
+                    case .failure: continue
+                    case .success(let r): route = r
+                    }
+                    let undecided = route.map { $0.migrating && $0.epoch == t.epoch } ?? false
+                    if t.outbound {
+                        if undecided {
+                            let seen = transferLock.locked { () -> UInt64 in
+                                if let first = transferSeen[id] { return first }
+                                transferSeen[id] = monotonicNanoseconds()
+                                return transferSeen[id]!
+                            }
+                            guard monotonicNanoseconds() &- seen >= transferTimeoutNanoseconds else { continue }
+                            guard case .won = host.transferClaim(symbol: name, epoch: t.epoch, shard: i) else { continue }
+                            lines.append("\(name): \(t.instance) did not claim epoch \(t.epoch) in time: the route is back here")
+                        }
+                        // The route names this engine (taken back), or none: trade here again.
+                        // It names another engine: that one has it.
+                        if undecided || route == nil || route?.instance == settings.instance {
+                            if case .applied = admin(shard: i, .thaw(symbolId: id), timeout: timeout) {
+                                host.routeEnd(symbolId: id, shard: i)
+                                lines.append("\(name): the move to \(t.instance) was undone: trades on shard \(i)")
+                            }
+                        } else if case .applied = admin(shard: i, .drop(symbolId: id), timeout: timeout) {
+                            routes.set(id, shard: -1)
+                            host.snapshotStore?.deleteBlob(TransferBlob.key(symbol: name, epoch: t.epoch))
+                            lines.append("\(name): moved to \(route!.instance) (epoch \(route!.epoch)): dropped here")
+                        }
+                        transferLock.locked { transferSeen[id] = nil }
+                    } else {
+                        var won = route.map { !$0.migrating && $0.instance == settings.instance && $0.epoch == t.epoch + 1 && $0.shard == i } ?? false
+                        if undecided {
+                            switch host.transferClaim(symbol: name, epoch: t.epoch, shard: i) {
+                            case .won: won = true
+                            case .lost: break
+                            case .unreachable: continue
+                            }
+                        }
+                        if won { routes.set(id, shard: i) }
+                        if let answer = transferStep(i, { .finishTransfer($0, won: won) }, MigrationStep(symbolId: id), timeout: timeout), answer.refusal == nil {
+                            if won { host.routeEnd(symbolId: id, shard: i) }
+                            lines.append(won ? "\(name): the move from \(t.instance) at epoch \(t.epoch) finished: trades on shard \(i)"
+                                             : "\(name): the move from \(t.instance) at epoch \(t.epoch) went elsewhere: dropped here")
+                        }
+                    }
+                }
+            }
+        }
+        if !pending { transferLock.locked { transfersPending = false } }
+        for line in lines { log(line) }
+        return lines
+    }
+
+    /// A transfer is under way: the control thread settles it every second until none is.
+    func noteTransfers() { transferLock.locked { transfersPending = true } }
+    var hasPendingTransfers: Bool { transferLock.locked { transfersPending } }
+
+    /// Tests kill the engine at a step of a move (`CROSSBOOK_TRANSFER_CRASH=after-export`,
+    /// `after-import` or `after-claim`): SIGKILL, as kill -9 would.
+    func crashPoint(_ name: String) {
+        guard let wanted = ProcessInfo.processInfo.environment["CROSSBOOK_TRANSFER_CRASH"], wanted == name else { return }
+        log("CROSSBOOK_TRANSFER_CRASH=\(name): killing this process")
+        kill(getpid(), SIGKILL)
+    }
+}

@@ -1,0 +1,189 @@
+// Moving a symbol between two engines (Engine+Transfer.swift) with a real redis-server: the
+// route in Redis is the commit point, the book travels as a blob in snapshot-redis. Both engines
+// run in this process here; TransferKillTests kills `crossbook run` processes at each step.
+import CrossbookClient
+@testable import Engine
+import Foundation
+import Glibc
+import OrderBook
+import SharedMemory
+import Testing
+import TestSupport
+import Wire
+
+/// An engine of two shards with redis-routing and snapshot-redis on `redis`, durability sync.
+func transferEngine(_ instance: String, dir: String, data: String, redis: RedisServer, prefix: String,
+                    symbols: [(spec: SymbolSpec, shard: Int)], log: LogLines, timeout: Double = 10) throws -> Engine {
+    var settings = EngineSettings(
+        instance: instance, directory: dir, shards: [ShardSettings(core: nil), ShardSettings(core: nil)],
+        symbols: symbols, capacity: BookCapacity(orders: 1 << 14, levels: 1 << 10),
+        wait: WaitStrategy(spins: 1000, yields: 10, park: true, parkTimeoutNanoseconds: 50_000_000), cleanStale: true)
+    settings.durability = .sync
+    settings.dataDirectory = data
+    settings.snapshotEvery = 0
+    settings.transferTimeout = timeout
+    settings.plugins = PluginSettings(directory: PluginSettings.executableDirectory, load: [
+        PluginSpec(name: "snapshot-redis", config: ["redis": redis.address, "prefix": prefix, "timeout_ms": "500"]),
+        PluginSpec(name: "redis-routing", config: ["redis": redis.address, "prefix": prefix, "heartbeat_ms": "200",
+                                                   "resync_ms": "300", "timeout_ms": "500"]),
+    ])
+    let engine = Engine(settings: settings, log: { log.append($0) })
+    for line in try engine.start() { log.append(line) }
+    return engine
+}
+
+/// Orders to one engine, and what it answered.
+final class Desk {
+    let client: CrossbookClient
+    var next: OrderId
+    var trades = 0
+    var filled: Quantity = 0
+    init(_ instance: String, _ dir: String, firstId: OrderId) throws {
+        client = try CrossbookClient(instance: instance, directory: dir)
+        next = firstId
+    }
+    /// Sends one limit order; its answer (accepted, or rejected with the reason).
+    func send(_ symbol: String, _ side: Side, _ price: Price, _ quantity: Quantity = 1) throws -> ReportRecord.Report? {
+        let info = try client.symbol(symbol)
+        next += 1
+        let id = next
+        guard client.submit(.new(NewOrder(orderId: id, side: side, price: price, quantity: quantity)), symbol: info) else { return nil }
+        var found: ReportRecord.Report?
+        let deadline = Date().addingTimeInterval(5)
+        while found == nil && Date() < deadline {
+            try client.waitForReports(timeout: 0.05) {
+                if $0.kind == .trade {
+                    self.trades += 1
+                    self.filled += $0.quantity
+                }
+                if $0.orderId == id && ($0.kind == .accepted || $0.kind == .rejected) { found = $0 }
+            }
+        }
+        return found
+    }
+    /// Reports still arriving (trades of the last order), for a moment.
+    func drain() throws {
+        try client.waitForReports(timeout: 0.2) {
+            if $0.kind == .trade {
+                self.trades += 1
+                self.filled += $0.quantity
+            }
+        }
+    }
+}
+
+@Suite("Moving a symbol between engines", .serialized)
+struct TransferTests {
+    @Test("a symbol moves to another engine and back with its resting orders; the source rejects it meanwhile (frozen, then moved); restarts keep one owner; a garbage or foreign blob is refused with a reason; a move the target claims too late is taken back by the source")
+    func moveBetweenEngines() throws {
+        let redis = try RedisServer()
+        let prefix = "x\(UInt32.random(in: 0...UInt32.max)):"
+        let dirA = testDirectory(), dirB = testDirectory()
+        let dataA = NSTemporaryDirectory() + "crossbook-xa-\(UUID().uuidString.prefix(8))"
+        let dataB = NSTemporaryDirectory() + "crossbook-xb-\(UUID().uuidString.prefix(8))"
+        defer { removeTree(dataA); removeTree(dataB) }
+        let logA = LogLines(), logB = LogLines()
+        let symbolsA = [(spec: SymbolSpec(name: "HOT-USD", id: 1), shard: 0), (spec: SymbolSpec(name: "ETH-USD", id: 2), shard: 1)]
+        let symbolsB = [(spec: SymbolSpec(name: "SOL-USD", id: 3), shard: 0)]
+        var a: Engine? = try transferEngine("xa", dir: dirA, data: dataA, redis: redis, prefix: prefix, symbols: symbolsA, log: logA)
+        var b: Engine? = try transferEngine("xb", dir: dirB, data: dataB, redis: redis, prefix: prefix, symbols: symbolsB, log: logB)
+        defer { a?.stop(); b?.stop() }
+        #expect(waitFor(10) { routes(redis, prefix: prefix)["HOT-USD"]?.instance == "xa" && routes(redis, prefix: prefix)["SOL-USD"] != nil })
+
+        let deskA = try Desk("xa", dirA, firstId: 0)
+        for i in 0..<50 { #expect(try deskA.send("HOT-USD", .buy, 1000 - Int64(i), 2)?.kind == .accepted) }
+        #expect(try deskA.send("ETH-USD", .buy, 500)?.kind == .accepted)
+
+        // Out of A: frozen there (orders rejected, symbol_frozen), the book in Redis.
+        let out = try a!.transferOut(symbol: "HOT-USD", to: "xb")
+        #expect(out.orders == 50 && out.shard == 0, "\(out)")
+        let route = routes(redis, prefix: prefix)["HOT-USD"]
+        #expect(route?.status == "MIGRATING" && route?.epoch == Int(out.epoch), "\(String(describing: route))")
+        #expect(try deskA.send("HOT-USD", .buy, 900)?.rejectReason == .symbolFrozen)
+        #expect(try deskA.send("ETH-USD", .buy, 501)?.kind == .accepted, "other symbols trade on")
+        #expect(try redis.cli(["EXISTS", "\(prefix)blob:{transfer:HOT-USD:\(out.epoch)}"]) == "1")
+
+        // Refused with a reason: no such epoch; the target's shard out of range.
+        #expect(throws: EngineError.self) { _ = try b!.transferIn(symbol: "HOT-USD", epoch: out.epoch + 7, shard: 1) }
+        #expect(throws: EngineError.self) { _ = try b!.transferIn(symbol: "HOT-USD", epoch: out.epoch, shard: 5) }
+
+        // Into B: listed there (it did not know it), imported, the route claimed, trading.
+        let into = try b!.transferIn(symbol: "HOT-USD", epoch: out.epoch, shard: 1)
+        #expect(into.listed && into.shard == 1, "\(into)")
+        #expect(into.tradingAt > out.frozenAt)
+        #expect(b!.owner(of: "HOT-USD") == 1)
+        let claimed = routes(redis, prefix: prefix)["HOT-USD"]
+        #expect(claimed == RouteLine(instance: "xb", shard: 1, status: "ACTIVE", epoch: Int(out.epoch) + 1), "\(String(describing: claimed))")
+        // The source settles: it drops its frozen copy; orders there are rejected, symbol_moved.
+        let settled = a!.settleTransfers()
+        #expect(settled.contains { $0.contains("dropped here") }, "\(settled)")
+        #expect(a!.owner(of: "HOT-USD") == nil)
+        #expect(try deskA.send("HOT-USD", .buy, 900)?.rejectReason == .symbolMoved)
+        #expect(try redis.cli(["EXISTS", "\(prefix)blob:{transfer:HOT-USD:\(out.epoch)}"]) == "0", "the blob is deleted")
+
+        // B trades the book A had: a sell of 100 fills the 50 bids of 2.
+        let deskB = try Desk("xb", dirB, firstId: 1_000_000)
+        #expect(try deskB.send("HOT-USD", .sell, 1, 100)?.kind == .accepted)
+        try deskB.drain()
+        #expect(deskB.filled == 100, "filled \(deskB.filled): the 50 bids of 2 moved")
+        for i in 0..<20 { #expect(try deskB.send("HOT-USD", .sell, 2000 + Int64(i))?.kind == .accepted) }
+
+        // And back to A, shard 1 this time.
+        let back = try b!.transferOut(symbol: "HOT-USD", to: "xa")
+        let home = try a!.transferIn(symbol: "HOT-USD", epoch: back.epoch, shard: 1)
+        #expect(!home.listed && home.shard == 1)
+        b!.settleTransfers()
+        #expect(a!.owner(of: "HOT-USD") == 1 && b!.owner(of: "HOT-USD") == nil)
+        let before = deskA.filled
+        #expect(try deskA.send("HOT-USD", .buy, 2019, 3)?.kind == .accepted)
+        try deskA.drain()
+        #expect(deskA.filled - before == 3, "the 20 asks moved back")
+        #expect(try deskB.send("HOT-USD", .sell, 2100)?.rejectReason == .symbolMoved)
+
+        // Restarts: each engine's journal says where it is; one owner.
+        deskA.client.close()
+        deskB.client.close()
+        a!.stop()
+        b!.stop()
+        a = try transferEngine("xa", dir: dirA, data: dataA, redis: redis, prefix: prefix, symbols: symbolsA, log: logA)
+        b = try transferEngine("xb", dir: dirB, data: dataB, redis: redis, prefix: prefix, symbols: symbolsB, log: logB)
+        #expect(a!.owner(of: "HOT-USD") == 1)
+        #expect(b!.owner(of: "HOT-USD") == nil && b!.symbolTable?.spec(named: "HOT-USD") != nil)
+
+        // Hostile blobs: garbage, and a blob for another symbol under this key.
+        let key = "\(prefix)blob:{transfer:HOT-USD:999}"
+        try redis.cli(["SET", key, "garbage"])
+        #expect { _ = try b!.transferIn(symbol: "HOT-USD", epoch: 999, shard: 0) } throws: { "\($0)".contains("transfer blob") }
+        let foreign = TransferBlob(spec: SymbolSpec(name: "ETH-USD", id: 2), epoch: 999, source: "xa", positions: [:], book: [])
+        let encoded = foreign.encode()
+        try redis.cli(["SET", key, String(decoding: encoded, as: UTF8.self)])
+        #expect(throws: EngineError.self) { _ = try b!.transferIn(symbol: "HOT-USD", epoch: 999, shard: 0) }
+        #expect(b!.owner(of: "HOT-USD") == nil)
+
+        // A target too late: the source takes the route back after its timeout and trades again;
+        // the target's claim then loses and it keeps nothing.
+        a!.stop()
+        a = try transferEngine("xa", dir: dirA, data: dataA, redis: redis, prefix: prefix, symbols: symbolsA, log: logA, timeout: 1)
+        // (Its router connects to Redis a moment after the start.)
+        var attempt: TransferOutReport?
+        for _ in 0..<50 where attempt == nil {
+            attempt = try? a!.transferOut(symbol: "HOT-USD", to: "xb")
+            if attempt == nil { usleep(100_000) }
+        }
+        let late = try #require(attempt)
+        a!.settleTransfers()
+        usleep(1_100_000)
+        let undone = a!.settleTransfers()
+        #expect(undone.contains { $0.contains("undone") }, "\(undone)")
+        #expect(a!.owner(of: "HOT-USD") == 1)
+        #expect { _ = try b!.transferIn(symbol: "HOT-USD", epoch: late.epoch, shard: 0) } throws: { "\($0)".contains("not taken") }
+        #expect(b!.owner(of: "HOT-USD") == nil)
+        #expect(routes(redis, prefix: prefix)["HOT-USD"]?.instance == "xa")
+        // Its book is whole: the 17 asks left fill a buy of 20 (the rest rests).
+        let deskA2 = try Desk("xa", dirA, firstId: 5_000_000)
+        #expect(try deskA2.send("HOT-USD", .buy, 2019, 20)?.kind == .accepted)
+        try deskA2.drain()
+        #expect(deskA2.filled == 17, "filled \(deskA2.filled)")
+        deskA2.client.close()
+    }
+}
