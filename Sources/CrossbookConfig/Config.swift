@@ -11,6 +11,8 @@
 //   rebalance_busy_percent = 80  # automatic rebalance (off without it): a shard busy above
 //   rebalance_after_s = 10       # this share of its time for this long moves one symbol off
 //   rebalance_cooldown_s = 60    # it (crossbook rebalance's plan), then waits this long
+//   transfer_timeout_s = 10      # a move to another engine its target has not claimed by then
+//                                # is taken back by the source (Engine+Transfer.swift)
 //   completion_wait_us = 200 # a shard waiting only for its journal batch: 0 spins, N sleeps in
 //                          # the kernel up to N µs a time (the I/O worker may need the core)
 //   completion_wakes_on_doorbell = false # with a kernel wait, a producer's ring wakes the
@@ -89,6 +91,8 @@ public struct EngineConfig {
     public var autoRebalance: AutoRebalance?
     /// [engine] completion_wait_us: how a shard waits for its journal batch (0: spinning).
     public var completionWaitMicroseconds: Int?
+    /// [engine] transfer_timeout_s: a move to another engine not claimed by then is taken back.
+    public var transferTimeoutSeconds: Int?
     /// [engine] completion_wakes_on_doorbell: a shard sleeping for its journal also wakes on a
     /// producer's doorbell (a futex wait in the journal's io_uring). nil: the default.
     public var completionWakesOnDoorbell: Bool?
@@ -273,12 +277,19 @@ public struct EngineConfig {
             guard let engine = engine.table else { throw ConfigError(description: "\(source): [engine] must be a table") }
             let engineKeys = ["instance", "directory", "group", "lag_timeout_ms", "data_dir", "durability", "io_cores",
                               "rebalance_busy_percent", "rebalance_after_s", "rebalance_cooldown_s", "completion_wait_us",
-                              "journal_segment_mb", "prune_journal", "completion_wakes_on_doorbell", "shard_idle", "max_symbols"]
+                              "journal_segment_mb", "prune_journal", "completion_wakes_on_doorbell", "shard_idle", "max_symbols",
+                              "transfer_timeout_s"]
             for key in engine.keys where !engineKeys.contains(key) {
                 throw ConfigError(description: "\(source): [engine]: unknown key '\(key)' (expected \(engineKeys.joined(separator: ", ")))")
             }
             let busy = try Self.int(engine, "rebalance_busy_percent", in: "[engine]", source: source)
             let after = try Self.int(engine, "rebalance_after_s", in: "[engine]", source: source)
+            if let t = try Self.int(engine, "transfer_timeout_s", in: "[engine]", source: source) {
+                guard t >= 1, t <= 3600 else {
+                    throw ConfigError(description: "\(source): [engine]: transfer_timeout_s must be 1 to 3600, got \(t)")
+                }
+                transferTimeoutSeconds = t
+            }
             if let wait = try Self.int(engine, "completion_wait_us", in: "[engine]", source: source) {
                 guard wait >= 0, wait <= 10_000 else {
                     throw ConfigError(description: "\(source): [engine]: completion_wait_us must be 0 (spin) to 10000, got \(wait)")

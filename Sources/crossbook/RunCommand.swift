@@ -52,6 +52,7 @@ extension EngineConfig {
         settings.dataDirectory = overrideData ?? dataDirectory ?? "./data"
         settings.ioCores = ioCores
         settings.autoRebalance = autoRebalance
+        settings.transferTimeout = Double(transferTimeoutSeconds ?? 10)
         // Sleeping in the kernel for the journal's completion beat spinning for it in D1 here
         // (bench/README.md, "Waiting for the disk"): the default.
         settings.wait.completionWaitNanoseconds = UInt64(completionWaitMicroseconds ?? 200) * 1000
