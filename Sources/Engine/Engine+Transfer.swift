@@ -219,8 +219,8 @@ extension Engine {
             if let refusal = out.refusal { throw abandon(refusal, thaw: false) }
             guard durable(source, out.sequence, timeout: timeout) else { throw abandon("the export was not durable within \(timeout) s", thaw: true) }
             // Its orders' sessions are this engine's: on the target they belong to no session.
-            guard let foreign = BookSnapshotLayout.rewritingOrderIds(bytes, foreignOrderId) else {
-                throw abandon("two resting orders of one session have client ids equal in their low 32 bits: they cannot both move to another engine", thaw: true)
+            guard let foreign = BookSnapshotLayout.rewritingOrderIds(bytes, { foreignOrderId($1, epoch: epoch, place: $0) }) else {
+                throw abandon("two resting orders would have the same id on \(instance) (an order that moved 65,536 moves ago still rests)", thaw: true)
             }
             let blob = TransferBlob(spec: spec, epoch: epoch, source: settings.instance, positions: out.positions, book: foreign)
             if let why = store.saveBlob(TransferBlob.key(symbol: name, epoch: epoch), blob.encode()) {

@@ -38,10 +38,10 @@ public enum BookSnapshotLayout {
 
     public static func size(orders: Int) -> Int { headerSize + orders * orderSize + 8 }
 
-    /// The same snapshot with every order id passed through `transform` (and the checksum made
-    /// again, version 2); nil when the bytes are not a whole snapshot of this layout, or two
-    /// orders would get the same id.
-    public static func rewritingOrderIds(_ bytes: [UInt8], _ transform: (OrderId) -> OrderId) -> [UInt8]? {
+    /// The same snapshot with every order id passed through `transform` (its place in the
+    /// snapshot, its id; and the checksum made again, version 2); nil when the bytes are not a
+    /// whole snapshot of this layout, or two orders would get the same id.
+    public static func rewritingOrderIds(_ bytes: [UInt8], _ transform: (Int, OrderId) -> OrderId) -> [UInt8]? {
         guard bytes.count >= size(orders: 0) else { return nil }
         var out = bytes
         let ok = out.withUnsafeMutableBytes { p -> Bool in
@@ -55,7 +55,7 @@ public enum BookSnapshotLayout {
             var seen = Set<OrderId>(minimumCapacity: count)
             for i in 0..<count {
                 let at = headerSize + i * orderSize
-                let id = transform(OrderId(littleEndian: p.loadUnaligned(fromByteOffset: at, as: OrderId.self)))
+                let id = transform(i, OrderId(littleEndian: p.loadUnaligned(fromByteOffset: at, as: OrderId.self)))
                 guard seen.insert(id).inserted else { return false }
                 p.storeBytes(of: id.littleEndian, toByteOffset: at, as: OrderId.self)
             }

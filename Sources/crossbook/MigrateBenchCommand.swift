@@ -41,6 +41,9 @@ struct MigrateBenchCommand: ParsableCommand {
     @Option(help: "A shard waiting only for its journal sleeps in the kernel up to this long (µs; 0: spins), as [engine] completion_wait_us.")
     var completionWaitUs: Int = 200
 
+    @Option(help: "Move between two engines in this process (instance → instance) through this Redis (host:port), which both use for routes (redis-routing) and the book (snapshot-redis); without it, between the shards of one engine.")
+    var redis: String?
+
     func run() throws {
         let sizes = books.split(separator: ",").compactMap { Int($0) }
         guard !sizes.isEmpty, sizes.allSatisfy({ $0 > 0 && $0 <= 1 << 20 }), moves > 0, rate >= 0 else {
@@ -51,7 +54,9 @@ struct MigrateBenchCommand: ParsableCommand {
         guard pins.count == 2 else { throw ValidationError("--cores: two cores, e.g. 0,1") }
         print("M1 (\(ProcessInfo.processInfo.activeProcessorCount) CPUs, \(hostCPU()), \(isoNow())): \(moves) moves per size, load \(rate) orders/s, durability \(durability), shards on \(cores ?? "unpinned cores"), completion wait \(completionWaitUs) µs")
         for size in sizes {
-            try bench(size: size, durability: mode, pins: pins)
+            if let redis { try benchBetweenEngines(size: size, durability: mode, pins: pins, redis: redis) } else {
+                try bench(size: size, durability: mode, pins: pins)
+            }
         }
     }
 
@@ -209,4 +214,100 @@ func isoNow() -> String {
     let formatter = ISO8601DateFormatter()
     formatter.formatOptions = [.withInternetDateTime]
     return formatter.string(from: Date())
+}
+
+extension MigrateBenchCommand {
+    /// Instance → instance: engines A (HOT-USD on shard 0, ETH-USD on shard 1) and B (SOL-USD),
+    /// HOT-USD moved A → B shard 1 → A shard 0 → … through `redis`. The pause: from the source
+    /// holding the symbol's commands to the target trading it (CLOCK_MONOTONIC of this host).
+    /// The load goes to A: ETH-USD's acknowledgements must not pause; HOT-USD's commands are
+    /// rejected while it is on B (counted).
+    private func benchBetweenEngines(size: Int, durability: Durability, pins: [Int?], redis: String) throws {
+        let tag = "\(getpid())-\(size)"
+        let prefix = "m1-\(tag):"
+        func engine(_ instance: String, _ symbols: [(spec: SymbolSpec, shard: Int)]) throws -> (Engine, String) {
+            let data = dataDir + "/crossbook-m1-\(instance)"
+            var settings = EngineSettings(
+                instance: instance, directory: nil, shards: pins.map { ShardSettings(core: $0 ?? nil) }, symbols: symbols,
+                capacity: BookCapacity(orders: max(1 << 16, size * 2 + 65536), levels: 1 << 16),
+                wait: WaitStrategy(completionWaitNanoseconds: UInt64(max(0, completionWaitUs)) * 1000), cleanStale: true)
+            settings.durability = durability
+            settings.dataDirectory = data
+            settings.snapshotEvery = 0
+            settings.plugins = PluginSettings(directory: PluginSettings.executableDirectory, load: [
+                PluginSpec(name: "snapshot-redis", config: ["redis": redis, "prefix": prefix, "timeout_ms": "5000"]),
+                PluginSpec(name: "redis-routing", config: ["redis": redis, "prefix": prefix, "timeout_ms": "5000"]),
+            ])
+            let engine = Engine(settings: settings, log: { _ in })
+            _ = try engine.start()
+            return (engine, data)
+        }
+        let range = (minPrice: Price(1), maxPrice: Price(10_000_000))
+        let (a, dataA) = try engine("m1a-\(tag)", [(spec: SymbolSpec(name: "HOT-USD", id: 1, minPrice: range.minPrice, maxPrice: range.maxPrice), shard: 0),
+                                                  (spec: SymbolSpec(name: "ETH-USD", id: 2, minPrice: range.minPrice, maxPrice: range.maxPrice), shard: 1)])
+        defer { a.stop(); removeContents(of: dataA); rmdir(dataA) }
+        let (b, dataB) = try engine("m1b-\(tag)", [(spec: SymbolSpec(name: "SOL-USD", id: 3, minPrice: range.minPrice, maxPrice: range.maxPrice), shard: 0)])
+        defer { b.stop(); removeContents(of: dataB); rmdir(dataB) }
+
+        let filler = try CrossbookClient(instance: "m1a-\(tag)", ringCapacity: 1 << 16)
+        let hot = try filler.symbol("HOT-USD"), eth = try filler.symbol("ETH-USD")
+        var acked = 0
+        for k in 0..<size {
+            let buy = k % 2 == 0
+            let price: Price = buy ? 5_000_000 - 1 - Price(k % 20_000) : 5_000_000 + 1 + Price(k % 20_000)
+            while !filler.submit(.new(NewOrder(orderId: OrderId(k + 1), side: buy ? .buy : .sell, price: price, quantity: 1)),
+                                 symbol: hot, flush: k % 256 == 255) {
+                filler.flush()
+                acked += try filler.poll { _ in }
+            }
+        }
+        filler.flush()
+        while acked < size { acked += try filler.waitForReports(timeout: 1) { _ in } }
+        filler.close()
+        let load = LoadThread(instance: "m1a-\(tag)", hot: hot, eth: eth, rate: rate)
+        let thread = Thread { load.run() }
+        thread.start()
+        usleep(200_000)
+
+        var pauses: [UInt64] = [], orders: [Int] = [], failures: [String] = []
+        var phases: [String: [UInt64]] = [:]
+        for move in 0..<moves {
+            let (source, target, name, shard) = move % 2 == 0 ? (a, b, "m1b-\(tag)", 1) : (b, a, "m1a-\(tag)", 0)
+            do {
+                // The routers connect to Redis a moment after the start.
+                var out: TransferOutReport?
+                var lastError: Error?
+                for _ in 0..<50 where out == nil {
+                    do { out = try source.transferOut(symbol: "HOT-USD", to: name, timeout: 30) } catch {
+                        lastError = error
+                        usleep(100_000)
+                    }
+                }
+                guard let out else { throw lastError ?? CLIError("no answer") }
+                let t0 = monotonicNanoseconds()
+                let into = try target.transferIn(symbol: "HOT-USD", epoch: out.epoch, shard: shard, timeout: 30)
+                phases["request", default: []].append(t0 &- out.frozenAt)
+                source.settleTransfers()
+                pauses.append(into.tradingAt &- out.frozenAt)
+                orders.append(out.orders)
+                for (key, value) in into.phases { phases[key, default: []].append(value) }
+            } catch {
+                failures.append("\(error)")
+            }
+            usleep(20_000)
+        }
+        load.stop()
+        while !load.finished { usleep(1000) }
+        func ms(_ ns: UInt64) -> String { String(format: "%.3f", Double(ns) / 1e6) }
+        func at(_ values: [UInt64], _ q: Double) -> UInt64 {
+            guard !values.isEmpty else { return 0 }
+            let sorted = values.sorted()
+            return sorted[min(sorted.count - 1, Int((Double(sorted.count) * q).rounded(.up)) - 1)]
+        }
+        let sortedOrders = orders.sorted()
+        print("instance → instance, book \(size) (moved \(sortedOrders.first ?? 0)...\(sortedOrders.last ?? 0) orders): pause p50 \(ms(at(pauses, 0.5))) ms, p90 \(ms(at(pauses, 0.9))) ms, p99 \(ms(at(pauses, 0.99))) ms, max \(ms(pauses.max() ?? 0)) ms over \(pauses.count) moves; \(load.summary)")
+        let order = ["request", "load", "list", "import", "durable", "claim", "held"]
+        print("  pause by phase, p50 (p99) ms: " + order.compactMap { key in phases[key].map { "\(key) \(ms(at($0, 0.5))) (\(ms(at($0, 0.99))))" } }.joined(separator: ", "))
+        if !failures.isEmpty { print("  \(failures.count) moves failed: \(Set(failures).joined(separator: " | "))") }
+    }
 }

@@ -5,6 +5,7 @@ import CrossbookClient
 @testable import Engine
 import Foundation
 import Glibc
+import Journal
 import OrderBook
 import SharedMemory
 import Testing
@@ -305,5 +306,272 @@ struct TransferKillTests {
             #expect(sourceDies, "the target knows a symbol it took")
         }
         other.client.close()
+    }
+}
+
+/// A symbol's commands in the order the engines applied them, across the engines and shards it
+/// lived on, read from their journals alone: a hop is a transferOut on one side and, at the same
+/// route epoch, a transferIn followed by a thaw on the other (a transferIn that was dropped is a
+/// move that did not happen).
+struct CrossChain {
+    enum Step {
+        case command(engine: Int, session: UInt32, record: [UInt8])
+        /// The book moved to another engine at a route epoch: its orders' ids become foreign
+        /// (foreignOrderId).
+        case hop(to: Int, epoch: UInt64)
+    }
+    var steps: [Step] = []
+    var hops = 0
+    var owner: (engine: Int, shard: Int)
+
+    init(data: [String], shards: Int, symbolId: UInt32, initialOwner: (engine: Int, shard: Int)) throws {
+        enum Entry { case command(UInt32, [UInt8]), out(UInt64), into(UInt64), thaw, drop }
+        var journals: [[[Entry]]] = []
+        for directory in data {
+            var perShard: [[Entry]] = []
+            for shard in 0..<shards {
+                var entries: [Entry] = []
+                _ = try JournalReader.scan(directory: directory, shard: shard, repair: false) { type, _, payload in
+                    if type == 2, payload.count > 8, let command = try? AdminRecord.decode(UnsafeRawBufferPointer(rebasing: payload[8...])) {
+                        switch command {
+                        case .transferOut(let id, _, _, let epoch, _) where id == symbolId: entries.append(.out(epoch))
+                        case .transferIn(let id, let epoch, _) where id == symbolId: entries.append(.into(epoch))
+                        case .thaw(let id) where id == symbolId: entries.append(.thaw)
+                        case .drop(let id) where id == symbolId: entries.append(.drop)
+                        default: break
+                        }
+                    } else if type == 1, payload.count == 80,
+                              UInt32(littleEndian: payload.loadUnaligned(fromByteOffset: 8, as: UInt32.self)) == symbolId {
+                        entries.append(.command(UInt32(littleEndian: payload.loadUnaligned(fromByteOffset: 64, as: UInt32.self)), Array(payload[0..<64])))
+                    }
+                }
+                perShard.append(entries)
+            }
+            journals.append(perShard)
+        }
+        owner = initialOwner
+        var cursor = journals.map { $0.map { _ in 0 } }
+        var owning = true
+        var (e, s) = initialOwner
+        walk: while true {
+            while cursor[e][s] < journals[e][s].count {
+                let entry = journals[e][s][cursor[e][s]]
+                cursor[e][s] += 1
+                switch entry {
+                case .command(let session, let record):
+                    if owning { steps.append(.command(engine: e, session: session, record: record)) }
+                case .thaw:
+                    owning = true
+                case .out(let epoch):
+                    owning = false
+                    // The engine and shard that took it: a transferIn at this epoch, then a thaw.
+                    for e2 in journals.indices where e2 != e {
+                        for s2 in 0..<shards {
+                            let list = journals[e2][s2]
+                            guard let k = list.indices.first(where: { if case .into(let x) = list[$0] { return x == epoch }; return false }) else { continue }
+                            let after = list[(k + 1)...]
+                            let thawed = after.first { if case .thaw = $0 { return true }; if case .drop = $0 { return true }; return false }
+                            guard case .thaw = thawed else { continue }
+                            cursor[e2][s2] = k + 1
+                            steps.append(.hop(to: e2, epoch: epoch))
+                            hops += 1
+                            (e, s) = (e2, s2)
+                            owner = (e2, s2)
+                            continue walk
+                        }
+                    }
+                default:
+                    break
+                }
+            }
+            break
+        }
+    }
+
+    /// One book through the chain (its ids made foreign at each hop, as the engines did): its
+    /// events, each with the engine it happened on, and the book's digest.
+    func replay(spec: SymbolSpec, capacity: BookCapacity) throws -> (events: [(engine: Int, event: BookEvent)], digest: UInt64) {
+        var book = try OrderBook(spec: spec, capacity: capacity)
+        var out: [(engine: Int, event: BookEvent)] = []
+        for step in steps {
+            switch step {
+            case .hop(_, let epoch):
+                let bytes = book.snapshot()
+                guard let foreign = BookSnapshotLayout.rewritingOrderIds(bytes, { foreignOrderId($1, epoch: epoch, place: $0) }) else {
+                    throw EngineError("replay: the ids collide at a hop")
+                }
+                book = try OrderBook(spec: spec, capacity: capacity)
+                try book.restore(from: foreign)
+            case .command(let engine, let session, let record):
+                let decoded = record.withUnsafeBytes { try? CommandRecord.decode($0.baseAddress!) }
+                guard var command = decoded?.command else { continue }
+                command.orderId = OrderId(session) << 48 | command.orderId
+                var recorder = EventRecorder()
+                book.apply(command, to: &recorder)
+                out += recorder.events.map { (engine, $0) }
+            }
+        }
+        return (out, book.digest)
+    }
+}
+
+/// One producer of the load test: a client on each engine; its orders for the symbol go to the
+/// engine it believes owns it, and to the other one when told `symbol_moved`.
+final class CrossProducer: @unchecked Sendable {
+    let desks: [Desk]
+    var acks: [Int: [OrderId: [ReportRecord.Report]]] = [0: [:], 1: [:]]
+    var fills: [Int: [ReportRecord.Report]] = [0: [], 1: [], 2: []]
+    var sent = 0
+    private var seed: UInt64
+    init(_ k: Int, dirs: [String]) throws {
+        desks = [try Desk("xla", dirs[0], firstId: OrderId(k) << 24), try Desk("xlb", dirs[1], firstId: OrderId(k) << 24)]
+        seed = UInt64(k + 1) &* 0x9E37_79B9_7F4A_7C15
+    }
+    private func next() -> UInt64 {
+        seed = seed &* 6364136223846793005 &+ 1442695040888963407
+        return seed >> 33
+    }
+
+    func run(until stop: () -> Bool) {
+        var target = 0
+        while !stop() {
+            let desk = desks[target]
+            let r = next()
+            guard let info = try? desk.client.symbol("HOT-USD") else { target = 1 - target; usleep(1000); continue }
+            desk.next += 1
+            let id = desk.next
+            sent += 1
+            let order = NewOrder(orderId: id, side: r & 1 == 0 ? .buy : .sell, price: 95 + Price(next() % 11), quantity: 1 + Quantity(next() % 5))
+            while !desk.client.submit(.new(order), symbol: info) { usleep(100) }
+            var answer: ReportRecord.Report?
+            let deadline = Date().addingTimeInterval(10)
+            while answer == nil && Date() < deadline {
+                try? desk.client.waitForReports(timeout: 0.05) { report in
+                    if report.kind == .trade { self.fills[target]!.append(report) }
+                    if report.orderId == id && (report.kind == .accepted || report.kind == .rejected) { answer = report }
+                    if report.kind == .accepted || report.kind == .rejected { self.acks[target]![report.orderId, default: []].append(report) }
+                }
+            }
+            if answer?.rejectReason == .symbolMoved { target = 1 - target }
+            if answer?.rejectReason == .symbolFrozen { usleep(500) }
+        }
+    }
+
+    func drain() {
+        for (k, desk) in desks.enumerated() {
+            try? desk.client.waitForReports(timeout: 0.5) { report in
+                if report.kind == .trade { self.fills[k]!.append(report) }
+                if report.kind == .accepted || report.kind == .rejected { self.acks[k]![report.orderId, default: []].append(report) }
+            }
+        }
+    }
+}
+
+@Suite("Moving a symbol between engines under load", .serialized)
+struct TransferLoadTests {
+    @Test("six moves between two engines while three producers trade the symbol, following symbol_moved: every order acknowledged exactly once; the trades each client saw equal a one-book replay of the symbol's commands through both engines' journals; the final book equals the replay's")
+    func movesUnderLoad() throws {
+        let redis = try RedisServer()
+        let prefix = "l\(UInt32.random(in: 0...UInt32.max)):"
+        let dirs = [testDirectory(), testDirectory()]
+        let data = ["a", "b"].map { NSTemporaryDirectory() + "crossbook-xl\($0)-\(UUID().uuidString.prefix(8))" }
+        defer { for d in data { removeTree(d) } }
+        let logs = [LogLines(), LogLines()]
+        let hotSpec = SymbolSpec(name: "HOT-USD", id: 1)
+        let engines = [
+            try transferEngine("xla", dir: dirs[0], data: data[0], redis: redis, prefix: prefix,
+                               symbols: [(spec: hotSpec, shard: 0), (spec: SymbolSpec(name: "ETH-USD", id: 2), shard: 1)], log: logs[0]),
+            try transferEngine("xlb", dir: dirs[1], data: data[1], redis: redis, prefix: prefix,
+                               symbols: [(spec: SymbolSpec(name: "SOL-USD", id: 3), shard: 0)], log: logs[1]),
+        ]
+        var stopped = false
+        defer { if !stopped { for e in engines { e.stop() } } }
+        #expect(waitFor(10) { routes(redis, prefix: prefix)["HOT-USD"]?.instance == "xla" && routes(redis, prefix: prefix)["SOL-USD"] != nil })
+        let producers = try (0..<3).map { try CrossProducer($0, dirs: dirs) }
+        let stop = StopFlag()
+        let finished = DispatchSemaphore(value: 0)
+        for p in producers { Thread { p.run(until: { stop.isSet }); finished.signal() }.start() }
+        usleep(300_000)
+        var moves = 0
+        for hop in 0..<6 {
+            let (from, to, shard) = hop % 2 == 0 ? (0, 1, 1) : (1, 0, 0)
+            do {
+                var out: TransferOutReport?
+                var why = ""
+                for _ in 0..<50 where out == nil {
+                    do { out = try engines[from].transferOut(symbol: "HOT-USD", to: to == 0 ? "xla" : "xlb") } catch {
+                        why = "\(error)"
+                        usleep(100_000)
+                    }
+                }
+                let o = try #require(out, "move \(hop) out: \(why)")
+                _ = try engines[to].transferIn(symbol: "HOT-USD", epoch: o.epoch, shard: shard)
+                engines[from].settleTransfers()
+                moves += 1
+            } catch {
+                Issue.record("move \(hop): \(error)")
+                break
+            }
+            usleep(200_000)
+        }
+        stop.set()
+        for _ in producers { finished.wait() }
+        for p in producers { p.drain() }
+        #expect(moves == 6)
+        for e in engines { e.stop() }
+        stopped = true
+        let final = engines.map(\.finalDigests)
+
+        // Every order acknowledged exactly once, on the engine it was sent to; rejects only
+        // while the symbol moved.
+        var accepted = 0, rejected = 0
+        for p in producers {
+            var count = 0
+            for k in 0..<2 {
+                for (id, answers) in p.acks[k]! {
+                    count += 1
+                    #expect(answers.count == 1, "order \(id) on engine \(k): \(answers.count) acknowledgements")
+                    for a in answers {
+                        if a.kind == .accepted { accepted += 1 } else {
+                            rejected += 1
+                            #expect(a.rejectReason == .symbolMoved || a.rejectReason == .symbolFrozen, "\(String(describing: a.rejectReason))")
+                        }
+                    }
+                }
+            }
+            #expect(count == p.sent, "\(p.sent) sent, \(count) acknowledged")
+        }
+        #expect(accepted > 200, "\(accepted) accepted, \(rejected) rejected")
+
+        // The journals' chain replayed into one book.
+        let chain = try CrossChain(data: data, shards: 2, symbolId: 1, initialOwner: (0, 0))
+        #expect(chain.hops == 6 && chain.owner.engine == 0 && chain.owner.shard == 0, "\(chain.hops) hops, owner \(chain.owner)")
+        let (events, digest) = try chain.replay(spec: hotSpec, capacity: BookCapacity(orders: 1 << 14, levels: 1 << 10))
+        // Fills reported to a session (engine, session, order, price, quantity, open) against the
+        // replay's; a foreign maker (an order that moved: session 0) is reported to no session.
+        struct Fill: Hashable { var engine: Int; var order: OrderId; var price: Price; var quantity: Quantity; var open: Quantity }
+        var reported: [Fill: Int] = [:], replayed: [Fill: Int] = [:]
+        for p in producers {
+            for k in 0..<2 {
+                for r in p.fills[k]! where r.symbolId == 1 {
+                    reported[Fill(engine: k, order: OrderId(p.desks[k].client.sessionId) << 48 | r.orderId, price: r.price, quantity: r.quantity, open: r.open), default: 0] += 1
+                }
+            }
+        }
+        var trades = 0, foreignMakers = 0
+        for (engine, event) in events {
+            guard case .trade(let maker, let taker, _, let price, let quantity, let makerOpen, let takerOpen) = event else { continue }
+            trades += 1
+            if owner(maker) == 0 { foreignMakers += 1 } else {
+                replayed[Fill(engine: engine, order: maker, price: price, quantity: quantity, open: makerOpen), default: 0] += 1
+            }
+            replayed[Fill(engine: engine, order: taker, price: price, quantity: quantity, open: takerOpen), default: 0] += 1
+        }
+        #expect(trades > 50, "\(trades) trades")
+        let missing = replayed.filter { reported[$0.key] != $0.value }.count, extra = reported.filter { replayed[$0.key] != $0.value }.count
+        #expect(missing == 0 && extra == 0, "\(reported.count) fills reported, \(replayed.count) replayed: \(missing) replayed not reported as often, \(extra) reported not replayed as often")
+        // The engine's book (A's shard 0 holds it alone) is the replay's.
+        #expect(final[0][0] == (0xCBF2_9CE4_8422_2325 ^ digest) &* 0x0000_0100_0000_01B3)
+        print("transfer checker: \(accepted) accepted, \(rejected) rejected while moving, \(trades) trades (\(foreignMakers) against orders that had moved), \(chain.steps.count) steps in the chain")
     }
 }

@@ -12,13 +12,14 @@ func owner(_ engineId: OrderId) -> Int { Int(engineId >> 48) }
 @inline(__always)
 func clientOrderId(_ engineId: OrderId) -> OrderId { engineId & (1 << 48 - 1) }
 
-/// An order that moved from another engine (Engine+Transfer.swift): session 0, which no client
-/// is given, so its reports reach no session here (the drop copy and the execution stream
-/// carry them, by account); its old session and the low 32 bits of its client id keep it
-/// unique. Already foreign (session 0): unchanged.
+/// An order that moved from another engine (Engine+Transfer.swift) gets session 0, which no
+/// client is given, so its reports reach no session here (the drop copy and the execution
+/// stream carry them, by account). Its id: the move's route epoch (low 16 bits) above its place
+/// in the moved book (32 bits), unique among the book's orders (sessions of two engines share
+/// numbers, and clients their ids); one that is foreign already keeps its id.
 @inline(__always)
-func foreignOrderId(_ engineId: OrderId) -> OrderId {
-    owner(engineId) == 0 ? engineId : OrderId(owner(engineId)) << 32 | (engineId & 0xFFFF_FFFF)
+func foreignOrderId(_ engineId: OrderId, epoch: UInt64, place: Int) -> OrderId {
+    owner(engineId) == 0 ? engineId : OrderId(epoch & 0xFFFF) << 32 | OrderId(place & 0xFFFF_FFFF)
 }
 
 /// The largest order id a client may use (48 bits).
