@@ -21,7 +21,7 @@ C_PLUGIN_FLAGS := -std=c11 -Wall -Wextra -Werror -shared -fPIC -O2 -I C/CPluginA
 # with LD_LIBRARY_PATH=.build/kafka/lib.
 KAFKA_KIT    := .build/kafka
 
-.PHONY: all deps build release test run replay bench bench-e2e bench-d1 soak clean plugins fuzz kafka-kit kafka-demo migrate-demo failover-demo bench-m1 install install-sdk docs
+.PHONY: all deps build release test run replay bench bench-e2e bench-d1 soak clean plugins fuzz kafka-kit kafka-demo migrate-demo failover-demo bench-m1 bench-m1-instances install install-sdk docs
 
 all: build
 
@@ -124,6 +124,10 @@ failover-demo: release
 # M1: the pause of a symbol moving between shards, books of 1k/10k/100k resting orders, under load.
 bench-m1: release
 	.build/release/crossbook migrate-bench --books 1000,10000,100000 --moves $${MOVES:-40}
+
+# M1 between engines: a symbol moved between two engines through a redis-server started here.
+bench-m1-instances: release
+	bench/m1-instances.sh 1000,10000,100000 $${MOVES:-20}
 
 # D1: one shard, sync durability, from a separate process, with the fdatasync floor.
 bench-d1: release

@@ -14,14 +14,14 @@ import Wire
 
 /// An engine of two shards with redis-routing and snapshot-redis on `redis`, durability sync.
 func transferEngine(_ instance: String, dir: String, data: String, redis: RedisServer, prefix: String,
-                    symbols: [(spec: SymbolSpec, shard: Int)], log: LogLines, timeout: Double = 10) throws -> Engine {
+                    symbols: [(spec: SymbolSpec, shard: Int)], log: LogLines, timeout: Double = 10, snapshotEvery: UInt64 = 0) throws -> Engine {
     var settings = EngineSettings(
         instance: instance, directory: dir, shards: [ShardSettings(core: nil), ShardSettings(core: nil)],
         symbols: symbols, capacity: BookCapacity(orders: 1 << 14, levels: 1 << 10),
         wait: WaitStrategy(spins: 1000, yields: 10, park: true, parkTimeoutNanoseconds: 50_000_000), cleanStale: true)
     settings.durability = .sync
     settings.dataDirectory = data
-    settings.snapshotEvery = 0
+    settings.snapshotEvery = snapshotEvery
     settings.transferTimeout = timeout
     settings.plugins = PluginSettings(directory: PluginSettings.executableDirectory, load: [
         PluginSpec(name: "snapshot-redis", config: ["redis": redis.address, "prefix": prefix, "timeout_ms": "500"]),
@@ -75,6 +75,44 @@ final class Desk {
 
 @Suite("Moving a symbol between engines", .serialized)
 struct TransferTests {
+    @Test("a move under way is in the snapshots (admin state XFR1): a source restarted from a snapshot taken while the symbol was frozen for its move still knows the move, and drops the symbol once the target claims it")
+    func pendingMoveInSnapshot() throws {
+        let redis = try RedisServer()
+        let prefix = "p\(UInt32.random(in: 0...UInt32.max)):"
+        let dirA = testDirectory(), dirB = testDirectory()
+        let dataA = NSTemporaryDirectory() + "crossbook-xpa-\(UUID().uuidString.prefix(8))"
+        let dataB = NSTemporaryDirectory() + "crossbook-xpb-\(UUID().uuidString.prefix(8))"
+        defer { removeTree(dataA); removeTree(dataB) }
+        let logA = LogLines(), logB = LogLines()
+        let symbolsA = [(spec: SymbolSpec(name: "HOT-USD", id: 1), shard: 0), (spec: SymbolSpec(name: "ETH-USD", id: 2), shard: 1)]
+        var a: Engine? = try transferEngine("xpa", dir: dirA, data: dataA, redis: redis, prefix: prefix, symbols: symbolsA, log: logA, snapshotEvery: 5)
+        let b = try transferEngine("xpb", dir: dirB, data: dataB, redis: redis, prefix: prefix, symbols: [(spec: SymbolSpec(name: "SOL-USD", id: 3), shard: 0)], log: logB)
+        defer { a?.stop(); b.stop() }
+        #expect(waitFor(10) { routes(redis, prefix: prefix)["HOT-USD"]?.instance == "xpa" })
+        let desk = try Desk("xpa", dirA, firstId: 0)
+        for i in 0..<4 { #expect(try desk.send("HOT-USD", .buy, 100 - Int64(i), 5)?.kind == .accepted) }
+        let out = try a!.transferOut(symbol: "HOT-USD", to: "xpb")
+        // Commands on shard 0 while it is frozen (rejected, but sequenced): snapshots follow.
+        for _ in 0..<12 { #expect(try desk.send("HOT-USD", .buy, 90)?.rejectReason == .symbolFrozen) }
+        #expect(waitFor(10) { logA.contains("snapshot") && (try? redis.cli(["ZCARD", "\(prefix)snaps:{xpa:0}"])).flatMap(Int.init) ?? 0 >= 1 },
+                "\(logA.all.suffix(5))")
+        desk.client.close()
+        a!.stop()
+        a = try transferEngine("xpa", dir: dirA, data: dataA, redis: redis, prefix: prefix, symbols: symbolsA, log: logA, snapshotEvery: 5)
+        // From a snapshot taken after the export (so its admin state carried the move).
+        let recovered = logA.all.last { $0.contains("shard 0: recovered from the snapshot at ") }
+        let base = recovered.flatMap { $0.components(separatedBy: "snapshot at ").last?.split(separator: " ").first }.flatMap { UInt64($0) }
+        #expect((base ?? 0) > out.exportSequence, "\(String(describing: recovered)), export at \(out.exportSequence)")
+        #expect(logA.contains("HOT-USD: a move to instance xpb at route epoch \(out.epoch) is under way"), "\(logA.all.suffix(8))")
+        _ = try b.transferIn(symbol: "HOT-USD", epoch: out.epoch, shard: 1)
+        #expect(waitFor(10) { a!.settleTransfers(); return a!.owner(of: "HOT-USD") == nil }, "\(logA.all.suffix(5))")
+        let taker = try Desk("xpb", dirB, firstId: 1 << 40)
+        #expect(try taker.send("HOT-USD", .sell, 1, 30)?.kind == .accepted)
+        try taker.drain()
+        #expect(taker.filled == 20, "filled \(taker.filled)")
+        taker.client.close()
+    }
+
     @Test("a symbol moves to another engine and back with its resting orders; the source rejects it meanwhile (frozen, then moved); restarts keep one owner; a garbage or foreign blob is refused with a reason; a move the target claims too late is taken back by the source")
     func moveBetweenEngines() throws {
         let redis = try RedisServer()
