@@ -112,14 +112,14 @@ extension Engine {
         }
     }
 
-    private func step(_ shard: Int, _ message: (MigrationStep) -> ShardMessage, _ step: MigrationStep,
+    func step(_ shard: Int, _ message: (MigrationStep) -> ShardMessage, _ step: MigrationStep,
                       timeout: Double) -> MigrationAnswer? {
         guard shards[shard].send(message(step)), step.done.wait(seconds: timeout) else { return nil }
         return step.result
     }
 
     /// Waits for `shard`'s journal to hold `sequence` (true at once without a journal).
-    private func awaitDurable(_ shard: Int, _ sequence: UInt64, timeout: Double) -> Bool {
+    func awaitDurable(_ shard: Int, _ sequence: UInt64, timeout: Double) -> Bool {
         guard settings.durability != .none else { return true }
         let deadline = monotonicNanoseconds() + UInt64(timeout * 1e9)
         while shards[shard].tallied(ShardTally.durable) < sequence {

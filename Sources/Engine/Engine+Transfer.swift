@@ -160,21 +160,6 @@ extension Engine {
         return (host, store)
     }
 
-    private func transferStep(_ shard: Int, _ message: (MigrationStep) -> ShardMessage, _ step: MigrationStep, timeout: Double) -> MigrationAnswer? {
-        guard shards[shard].send(message(step)), step.done.wait(seconds: timeout) else { return nil }
-        return step.result
-    }
-
-    private func durable(_ shard: Int, _ sequence: UInt64, timeout: Double) -> Bool {
-        let deadline = monotonicNanoseconds() + UInt64(timeout * 1e9)
-        while shards[shard].tallied(ShardTally.durable) < sequence {
-            if monotonicNanoseconds() >= deadline { return false }
-            shards[shard].nudge()
-            usleep(20)
-        }
-        return true
-    }
-
     /// Step 1, on the source. Returns once the book is frozen here, on disk, and in the store.
     public func transferOut(symbol name: String, to instance: String, timeout: Double = 5) throws(EngineError) -> TransferOutReport {
         let (host, store) = try transferPrerequisites()
@@ -204,7 +189,7 @@ extension Engine {
                     return EngineError("move of \(name) to \(instance) failed: \(why); frozen until the route decides (\(other))")
                 }
             }
-            guard let held = transferStep(source, { .holdOutgoing($0) }, MigrationStep(symbolId: spec.id), timeout: timeout) else {
+            guard let held = step(source, { .holdOutgoing($0) }, MigrationStep(symbolId: spec.id), timeout: timeout) else {
                 throw abandon("shard \(source) did not answer", thaw: false)
             }
             if let refusal = held.refusal { throw abandon(refusal, thaw: false) }
@@ -212,12 +197,12 @@ extension Engine {
             let bytes = book.pointer.pointee.snapshot()
             let seal = MigrationStep(symbolId: spec.id, book: bytes)
             seal.transfer = ShardTransfer(epoch: epoch, instance: instance, outbound: true)
-            guard let out = transferStep(source, { .sealExport($0) }, seal, timeout: timeout) else {
+            guard let out = step(source, { .sealExport($0) }, seal, timeout: timeout) else {
                 noteTransfers()
                 throw EngineError("move of \(name): shard \(source) did not answer the export; the route decides")
             }
             if let refusal = out.refusal { throw abandon(refusal, thaw: false) }
-            guard durable(source, out.sequence, timeout: timeout) else { throw abandon("the export was not durable within \(timeout) s", thaw: true) }
+            guard awaitDurable(source, out.sequence, timeout: timeout) else { throw abandon("the export was not durable within \(timeout) s", thaw: true) }
             // Its orders' sessions are this engine's: on the target they belong to no session.
             guard let foreign = BookSnapshotLayout.rewritingOrderIds(bytes, { foreignOrderId($1, epoch: epoch, place: $0) }) else {
                 throw abandon("two resting orders would have the same id on \(instance) (an order that moved 65,536 moves ago still rests)", thaw: true)
@@ -264,23 +249,23 @@ extension Engine {
         guard let routes else { throw EngineError("the engine is not running") }
         return try migrationSerial.locked { () throws(EngineError) -> TransferInReport in
             if let owner = routes.shard(of: blob.spec.id) { throw EngineError("\(name) trades on shard \(owner) of this instance already") }
-            guard let expected = transferStep(target, { .expect($0) }, MigrationStep(symbolId: blob.spec.id), timeout: timeout) else {
+            guard let expected = step(target, { .expect($0) }, MigrationStep(symbolId: blob.spec.id), timeout: timeout) else {
                 throw EngineError("move of \(name): shard \(target) did not answer")
             }
             if let refusal = expected.refusal { throw EngineError("move of \(name): \(refusal)") }
             func giveUp(_ why: String) -> EngineError {
-                _ = transferStep(target, { .finishTransfer($0, won: false) }, MigrationStep(symbolId: blob.spec.id), timeout: timeout)
+                _ = step(target, { .finishTransfer($0, won: false) }, MigrationStep(symbolId: blob.spec.id), timeout: timeout)
                 log("move of \(name) from \(blob.source) not taken: \(why)")
                 return EngineError("move of \(name) from \(blob.source) not taken: \(why)")
             }
-            let step = MigrationStep(symbolId: blob.spec.id, book: blob.book, positions: blob.positions)
-            step.transfer = ShardTransfer(epoch: epoch, instance: blob.source, outbound: false)
-            guard let imported = transferStep(target, { .importTransfer($0) }, step, timeout: timeout) else {
+            let arriving = MigrationStep(symbolId: blob.spec.id, book: blob.book, positions: blob.positions)
+            arriving.transfer = ShardTransfer(epoch: epoch, instance: blob.source, outbound: false)
+            guard let imported = step(target, { .importTransfer($0) }, arriving, timeout: timeout) else {
                 noteTransfers()
                 throw EngineError("move of \(name): shard \(target) did not answer the import; the route decides")
             }
             if let refusal = imported.refusal { throw giveUp(refusal) }
-            guard durable(target, imported.sequence, timeout: timeout) else {
+            guard awaitDurable(target, imported.sequence, timeout: timeout) else {
                 noteTransfers()
                 throw EngineError("move of \(name): the import was not durable within \(timeout) s; the route decides")
             }
@@ -296,7 +281,7 @@ extension Engine {
             let claimed = monotonicNanoseconds()
             crashPoint("after-claim")
             routes.set(blob.spec.id, shard: target)
-            guard let done = transferStep(target, { .finishTransfer($0, won: true) }, MigrationStep(symbolId: blob.spec.id), timeout: timeout) else {
+            guard let done = step(target, { .finishTransfer($0, won: true) }, MigrationStep(symbolId: blob.spec.id), timeout: timeout) else {
                 noteTransfers()
                 throw EngineError("move of \(name): shard \(target) did not answer the thaw; it thaws at the next settlement")
             }
@@ -365,7 +350,7 @@ extension Engine {
                             }
                         }
                         if won { routes.set(id, shard: i) }
-                        if let answer = transferStep(i, { .finishTransfer($0, won: won) }, MigrationStep(symbolId: id), timeout: timeout), answer.refusal == nil {
+                        if let answer = step(i, { .finishTransfer($0, won: won) }, MigrationStep(symbolId: id), timeout: timeout), answer.refusal == nil {
                             if won { host.routeEnd(symbolId: id, shard: i) }
                             lines.append(won ? "\(name): the move from \(t.instance) at epoch \(t.epoch) finished: trades on shard \(i)"
                                              : "\(name): the move from \(t.instance) at epoch \(t.epoch) went elsewhere: dropped here")

@@ -78,22 +78,7 @@ struct MigrateBenchCommand: ParsableCommand {
         _ = try engine.start()
         defer { engine.stop() }
 
-        // The hot book: `size` resting orders, bids under 5,000,000 and asks above, none crossing.
-        let filler = try CrossbookClient(instance: instance, ringCapacity: 1 << 16)
-        let hot = try filler.symbol("HOT-USD"), eth = try filler.symbol("ETH-USD")
-        var acked = 0
-        for k in 0..<size {
-            let buy = k % 2 == 0
-            let price: Price = buy ? 5_000_000 - 1 - Price(k % 20_000) : 5_000_000 + 1 + Price(k % 20_000)
-            while !filler.submit(.new(NewOrder(orderId: OrderId(k + 1), side: buy ? .buy : .sell, price: price, quantity: 1)),
-                                 symbol: hot, flush: k % 256 == 255) {
-                filler.flush()
-                acked += try filler.poll { _ in }
-            }
-        }
-        filler.flush()
-        while acked < size { acked += try filler.waitForReports(timeout: 1) { _ in } }
-        filler.close()
+        let (hot, eth) = try Self.fillHotBook(instance: instance, size: size)
 
         // The load: the hot symbol's orders rest and are cancelled again (the book stays near
         // `size`); the other symbol's each timed from submit to its acknowledgement.
@@ -120,12 +105,6 @@ struct MigrateBenchCommand: ParsableCommand {
         }
         load.stop()
         while !load.finished { usleep(1000) }
-        func ms(_ ns: UInt64) -> String { String(format: "%.3f", Double(ns) / 1e6) }
-        func at(_ values: [UInt64], _ q: Double) -> UInt64 {
-            guard !values.isEmpty else { return 0 }
-            let sorted = values.sorted()
-            return sorted[min(sorted.count - 1, Int((Double(sorted.count) * q).rounded(.up)) - 1)]
-        }
         let sortedHeld = held.sorted(), sortedOrders = orders.sorted()
         print("book \(size) (moved \(sortedOrders.first ?? 0)...\(sortedOrders.last ?? 0) orders): pause p50 \(ms(at(pauses, 0.5))) ms, p90 \(ms(at(pauses, 0.9))) ms, p99 \(ms(at(pauses, 0.99))) ms, max \(ms(pauses.max() ?? 0)) ms over \(pauses.count) moves; of it waiting for the export to be durable p50 \(ms(at(durableWaits, 0.5))) ms; held commands per move p50 \(sortedHeld.isEmpty ? 0 : sortedHeld[sortedHeld.count / 2]); \(load.summary)")
         let order = ["snapshot", "export", "restore", "durable", "import", "held", "handoff"]
@@ -216,7 +195,36 @@ func isoNow() -> String {
     return formatter.string(from: Date())
 }
 
+private func ms(_ ns: UInt64) -> String { String(format: "%.3f", Double(ns) / 1e6) }
+
+/// The `q` quantile of `values` (0 when none).
+private func at(_ values: [UInt64], _ q: Double) -> UInt64 {
+    guard !values.isEmpty else { return 0 }
+    let sorted = values.sorted()
+    return sorted[min(sorted.count - 1, Int((Double(sorted.count) * q).rounded(.up)) - 1)]
+}
+
 extension MigrateBenchCommand {
+    /// The hot book: `size` resting orders, bids under 5,000,000 and asks above, none crossing.
+    static func fillHotBook(instance: String, size: Int) throws -> (hot: SymbolInfo, eth: SymbolInfo) {
+        let filler = try CrossbookClient(instance: instance, ringCapacity: 1 << 16)
+        defer { filler.close() }
+        let hot = try filler.symbol("HOT-USD"), eth = try filler.symbol("ETH-USD")
+        var acked = 0
+        for k in 0..<size {
+            let buy = k % 2 == 0
+            let price: Price = buy ? 5_000_000 - 1 - Price(k % 20_000) : 5_000_000 + 1 + Price(k % 20_000)
+            while !filler.submit(.new(NewOrder(orderId: OrderId(k + 1), side: buy ? .buy : .sell, price: price, quantity: 1)),
+                                 symbol: hot, flush: k % 256 == 255) {
+                filler.flush()
+                acked += try filler.poll { _ in }
+            }
+        }
+        filler.flush()
+        while acked < size { acked += try filler.waitForReports(timeout: 1) { _ in } }
+        return (hot, eth)
+    }
+
     /// Instance → instance: engines A (HOT-USD on shard 0, ETH-USD on shard 1) and B (SOL-USD),
     /// HOT-USD moved A → B shard 1 → A shard 0 → … through `redis`. The pause: from the source
     /// holding the symbol's commands to the target trading it (CLOCK_MONOTONIC of this host).
@@ -249,21 +257,7 @@ extension MigrateBenchCommand {
         let (b, dataB) = try engine("m1b-\(tag)", [(spec: SymbolSpec(name: "SOL-USD", id: 3, minPrice: range.minPrice, maxPrice: range.maxPrice), shard: 0)])
         defer { b.stop(); removeContents(of: dataB); rmdir(dataB) }
 
-        let filler = try CrossbookClient(instance: "m1a-\(tag)", ringCapacity: 1 << 16)
-        let hot = try filler.symbol("HOT-USD"), eth = try filler.symbol("ETH-USD")
-        var acked = 0
-        for k in 0..<size {
-            let buy = k % 2 == 0
-            let price: Price = buy ? 5_000_000 - 1 - Price(k % 20_000) : 5_000_000 + 1 + Price(k % 20_000)
-            while !filler.submit(.new(NewOrder(orderId: OrderId(k + 1), side: buy ? .buy : .sell, price: price, quantity: 1)),
-                                 symbol: hot, flush: k % 256 == 255) {
-                filler.flush()
-                acked += try filler.poll { _ in }
-            }
-        }
-        filler.flush()
-        while acked < size { acked += try filler.waitForReports(timeout: 1) { _ in } }
-        filler.close()
+        let (hot, eth) = try Self.fillHotBook(instance: "m1a-\(tag)", size: size)
         let load = LoadThread(instance: "m1a-\(tag)", hot: hot, eth: eth, rate: rate)
         let thread = Thread { load.run() }
         thread.start()
@@ -298,12 +292,6 @@ extension MigrateBenchCommand {
         }
         load.stop()
         while !load.finished { usleep(1000) }
-        func ms(_ ns: UInt64) -> String { String(format: "%.3f", Double(ns) / 1e6) }
-        func at(_ values: [UInt64], _ q: Double) -> UInt64 {
-            guard !values.isEmpty else { return 0 }
-            let sorted = values.sorted()
-            return sorted[min(sorted.count - 1, Int((Double(sorted.count) * q).rounded(.up)) - 1)]
-        }
         let sortedOrders = orders.sorted()
         print("instance → instance, book \(size) (moved \(sortedOrders.first ?? 0)...\(sortedOrders.last ?? 0) orders): pause p50 \(ms(at(pauses, 0.5))) ms, p90 \(ms(at(pauses, 0.9))) ms, p99 \(ms(at(pauses, 0.99))) ms, max \(ms(pauses.max() ?? 0)) ms over \(pauses.count) moves; \(load.summary)")
         let order = ["request", "load", "list", "import", "durable", "claim", "held"]

@@ -142,6 +142,32 @@ static int list(void *context, uint32_t shard, cb_snapshot_visitor visit, void *
     return rc;
 }
 
+/* GET key, handed to sink: CB_ERR_NOT_FOUND when it is not there; an empty string is a body
+ * only when `empty_ok`. */
+static int get_body(store *s, const char *key, int empty_ok, cb_snapshot_sink sink, void *sink_context, char *error,
+                    size_t error_size) {
+    redisContext *c = open_redis(s, error, error_size);
+    if (c == NULL) return CB_ERR_IO;
+    const char *argv[] = {"GET", key};
+    redisReply *r = redisCommandArgv(c, 2, argv, NULL);
+    int rc = CB_OK;
+    if (r == NULL) {
+        snprintf(error, error_size, "redis %s:%d: %s", s->redis_host, s->redis_port, c->errstr);
+        rc = CB_ERR_IO;
+    } else if (r->type == REDIS_REPLY_NIL) {
+        snprintf(error, error_size, "%s does not exist", key);
+        rc = CB_ERR_NOT_FOUND;
+    } else if (r->type != REDIS_REPLY_STRING || (r->len == 0 && !empty_ok)) {
+        snprintf(error, error_size, "%s is not a body this store wrote", key);
+        rc = CB_ERR_INVALID;
+    } else {
+        sink(sink_context, (const uint8_t *)r->str, r->len);
+    }
+    if (r) freeReplyObject(r);
+    redisFree(c);
+    return rc;
+}
+
 static int load(void *context, uint32_t shard, const char *name, uint64_t *sequence, cb_snapshot_sink sink,
                 void *sink_context, char *error, size_t error_size) {
     store *s = context;
@@ -153,26 +179,8 @@ static int load(void *context, uint32_t shard, const char *name, uint64_t *seque
     char index[256], prefix[256], key[300];
     keys_of(s, shard, index, sizeof index, prefix, sizeof prefix);
     snprintf(key, sizeof key, "%s%s", prefix, name);
-    redisContext *c = open_redis(s, error, error_size);
-    if (c == NULL) return CB_ERR_IO;
-    redisReply *r = redisCommand(c, "GET %s", key);
-    int rc = CB_OK;
-    if (r == NULL) {
-        snprintf(error, error_size, "redis %s:%d: %s", s->redis_host, s->redis_port, c->errstr);
-        rc = CB_ERR_IO;
-    } else if (r->type == REDIS_REPLY_NIL) {
-        snprintf(error, error_size, "%s is gone", key);
-        rc = CB_ERR_NOT_FOUND;
-    } else if (r->type != REDIS_REPLY_STRING || r->len == 0) {
-        snprintf(error, error_size, "%s is not a snapshot body", key);
-        rc = CB_ERR_INVALID;
-    } else {
-        *sequence = at;
-        sink(sink_context, (const uint8_t *)r->str, r->len);
-    }
-    if (r) freeReplyObject(r);
-    redisFree(c);
-    return rc;
+    *sequence = at;
+    return get_body(s, key, 0, sink, sink_context, error, error_size);
 }
 
 /* ---- Blobs: a book moving between engines (`crossbook migrate --to-instance`) ---------------- */
@@ -222,26 +230,7 @@ static int blob_load(void *context, const char *key, cb_snapshot_sink sink, void
     store *s = context;
     char k[300];
     if (!blob_key(s, key, k, sizeof k, error, error_size)) return CB_ERR_INVALID;
-    redisContext *c = open_redis(s, error, error_size);
-    if (c == NULL) return CB_ERR_IO;
-    const char *argv[] = {"GET", k};
-    redisReply *r = redisCommandArgv(c, 2, argv, NULL);
-    int rc = CB_OK;
-    if (r == NULL) {
-        snprintf(error, error_size, "redis %s:%d: %s", s->redis_host, s->redis_port, c->errstr);
-        rc = CB_ERR_IO;
-    } else if (r->type == REDIS_REPLY_NIL) {
-        snprintf(error, error_size, "%s does not exist", k);
-        rc = CB_ERR_NOT_FOUND;
-    } else if (r->type != REDIS_REPLY_STRING) {
-        snprintf(error, error_size, "%s is not a string", k);
-        rc = CB_ERR_INVALID;
-    } else {
-        sink(sink_context, (const uint8_t *)r->str, r->len);
-    }
-    if (r) freeReplyObject(r);
-    redisFree(c);
-    return rc;
+    return get_body(s, k, 1, sink, sink_context, error, error_size);
 }
 
 static int blob_delete(void *context, const char *key) {

@@ -195,11 +195,7 @@ extension ShardState {
             defer { prebuiltImport = nil }
             switch importBook(id, step.book) {
             case .applied:
-                // The source's positions: its commands of the symbol below them are replays here.
-                for (key, last) in step.positions.sorted(by: { $0.key < $1.key }) {
-                    guard let hash = key.lastIndex(of: "#"), let partition = UInt32(key[key.index(after: hash)...]) else { continue }
-                    _ = runAdmin(.ingressFloor(symbolId: id, source: String(key[..<hash]), partition: partition, offset: last + 1))
-                }
+                _ = journalFloors(id, step.positions)
                 switch runAdmin(.thaw(symbolId: id)) {
                 case .applied(let sequence): answer.sequence = sequence
                 case .refused(_, let why): answer.refusal = why
@@ -208,17 +204,7 @@ extension ShardState {
                 answer.refusal = why
             }
         }
-        if incoming[b] != 0 {
-            incoming[b] = 0
-            holding -= 1
-        }
-        // Not imported: the book made at `expect` goes.
-        if bookFlags[b] & BookFlag.notOwned != 0 { releaseBook(b) }
-        let t1 = monotonicNanoseconds()
-        answer.held = releaseHeld(slot: Int32(b))
-        answer.at = monotonicNanoseconds()
-        answer.phases["held"] = answer.at - t1
-        step.finish(answer)
+        stopHolding(b, answer, step)
     }
 
     /// A symbol from another engine, on the target (after `expect`): the transferIn, the import
@@ -235,13 +221,7 @@ extension ShardState {
             switch importBook(id, step.book) {
             case .refused(_, let why): answer.refusal = why
             case .applied(let sequence):
-                answer.sequence = sequence
-                for (key, last) in step.positions.sorted(by: { $0.key < $1.key }) {
-                    guard let hash = key.lastIndex(of: "#"), let partition = UInt32(key[key.index(after: hash)...]) else { continue }
-                    if case .applied(let s) = runAdmin(.ingressFloor(symbolId: id, source: String(key[..<hash]), partition: partition, offset: last + 1)) {
-                        answer.sequence = s
-                    }
-                }
+                answer.sequence = journalFloors(id, step.positions) ?? sequence
             }
         }
         answer.at = monotonicNanoseconds()
@@ -265,6 +245,27 @@ extension ShardState {
         } else if won {
             answer.refusal = "symbol \(id) was not imported on shard \(index)"
         }
+        stopHolding(b, answer, step)
+    }
+
+    /// The source's ingress positions ("topic#partition" → last applied offset) journaled as the
+    /// symbol's floors: its commands below them are replays here. The last one's sequence.
+    private mutating func journalFloors(_ id: UInt32, _ positions: [String: UInt64]) -> UInt64? {
+        var last: UInt64?
+        for (key, offset) in positions.sorted(by: { $0.key < $1.key }) {
+            guard let hash = key.lastIndex(of: "#"), let partition = UInt32(key[key.index(after: hash)...]) else { continue }
+            if case .applied(let s) = runAdmin(.ingressFloor(symbolId: id, source: String(key[..<hash]), partition: partition, offset: offset + 1)) {
+                last = s
+            }
+        }
+        return last
+    }
+
+    /// The end of a move into slot `b`: its commands are no longer held; a book not imported (the
+    /// one made at `expect`) goes; the held commands are sequenced in arrival order (applied, or
+    /// rejected where the symbol is not owned); the answer goes back.
+    private mutating func stopHolding(_ b: Int, _ answer: MigrationAnswer, _ step: MigrationStep) {
+        var answer = answer
         if incoming[b] != 0 {
             incoming[b] = 0
             holding -= 1
