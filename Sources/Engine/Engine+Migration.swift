@@ -299,9 +299,11 @@ extension Engine {
         let words = line.split(separator: " ").map(String.init)
         switch words.first {
         case "transfer-out":
-            guard words.count == 3 else { return ["error usage: transfer-out SYMBOL INSTANCE"] }
+            guard words.count == 3 || words.count == 4, let shard = words.count == 4 ? Int(words[3]) : 0 else {
+                return ["error usage: transfer-out SYMBOL INSTANCE [SHARD]"]
+            }
             do {
-                let r = try transferOut(symbol: words[1], to: words[2])
+                let r = try transferOut(symbol: words[1], to: words[2], shard: shard)
                 return ["ok", "epoch \(r.epoch) shard \(r.shard) orders \(r.orders) bytes \(r.bookBytes) frozen_at \(r.frozenAt) sequence \(r.exportSequence)"]
             } catch { return ["error \(error)"] }
         case "transfer-in":
@@ -313,6 +315,12 @@ extension Engine {
             } catch { return ["error \(error)"] }
         case "transfer-settle":
             return ["ok"] + settleTransfers()
+        case "transfer-wait":
+            guard words.count == 3, let epoch = UInt64(words[2]) else { return ["error usage: transfer-wait SYMBOL EPOCH"] }
+            do {
+                let (route, at) = try awaitTransfer(symbol: words[1], epoch: epoch)
+                return ["ok", "instance \(route.instance) shard \(route.shard) epoch \(route.epoch) decided_at \(at)"] + settleTransfers()
+            } catch { return ["error \(error)"] }
         case "migrate":
             guard words.count == 3, let shard = Int(words[2]) else { return ["error usage: migrate SYMBOL SHARD"] }
             do {

@@ -161,7 +161,7 @@ extension Engine {
     }
 
     /// Step 1, on the source. Returns once the book is frozen here, on disk, and in the store.
-    public func transferOut(symbol name: String, to instance: String, timeout: Double = 5) throws(EngineError) -> TransferOutReport {
+    public func transferOut(symbol name: String, to instance: String, shard targetShard: Int = 0, timeout: Double = 5) throws(EngineError) -> TransferOutReport {
         let (host, store) = try transferPrerequisites()
         guard let routes, let spec = symbolTable?.spec(named: name) else { throw EngineError("no symbol \(name) in this instance") }
         guard instance != settings.instance else { throw EngineError("\(name): the target is this instance") }
@@ -171,7 +171,7 @@ extension Engine {
         return try migrationSerial.locked { () throws(EngineError) -> TransferOutReport in
             guard let source = routes.shard(of: spec.id) else { throw EngineError("\(name) does not trade on this engine") }
             let epoch: UInt64
-            switch host.transferBegin(symbol: name, shard: source, to: instance) {
+            switch host.transferBegin(symbol: name, shard: source, to: instance, toShard: targetShard) {
             case .success(let e): epoch = e
             case .failure(let why): throw EngineError("move of \(name) to \(instance) refused: \(why)")
             }
@@ -248,6 +248,8 @@ extension Engine {
         let listedAt = monotonicNanoseconds()
         guard let routes else { throw EngineError("the engine is not running") }
         return try migrationSerial.locked { () throws(EngineError) -> TransferInReport in
+            // Taken in already (the router offered it, and someone asks again): the same answer.
+            if let done = transferLock.locked({ transfersTaken["\(name) \(epoch)"] }) { return done }
             if let owner = routes.shard(of: blob.spec.id) { throw EngineError("\(name) trades on shard \(owner) of this instance already") }
             guard let expected = step(target, { .expect($0) }, MigrationStep(symbolId: blob.spec.id), timeout: timeout) else {
                 throw EngineError("move of \(name): shard \(target) did not answer")
@@ -292,6 +294,7 @@ extension Engine {
             let report = TransferInReport(symbol: name, shard: target, epoch: epoch, held: done.held, listed: listed, tradingAt: done.at,
                                           importSequence: imported.sequence, phases: phases)
             log("move of \(name) from \(blob.source): trades on shard \(target) from epoch \(epoch + 1) (\(done.held) held commands applied)")
+            transferLock.locked { transfersTaken["\(name) \(epoch)"] = report }
             return report
         }
     }
@@ -362,6 +365,66 @@ extension Engine {
         if !pending { transferLock.locked { transfersPending = false } }
         for line in lines { log(line) }
         return lines
+    }
+
+    /// A router saw `symbol`'s route MIGRATING to this engine at `epoch` (for `shard`): taken in
+    /// on a thread of its own (once per symbol and epoch). This is how a move between engines on
+    /// different hosts completes: the source's `crossbook migrate --to-instance` never reaches
+    /// the target itself.
+    func offerTransfer(symbol name: String, epoch: UInt64, shard: Int) -> Bool {
+        guard role != .standby, !settings.readOnly, settings.durability != .none else { return false }
+        let fresh = transferLock.locked { () -> Bool in
+            guard !transfersOffered.contains("\(name) \(epoch)") else { return false }
+            transfersOffered.insert("\(name) \(epoch)")
+            return true
+        }
+        guard fresh else { return true }
+        let worker = Thread { [weak self] in
+            guard let self else { return }
+            // The route turns MIGRATING before the source has the book on its disk and in the
+            // store: until the blob is there (and while the route still waits at this epoch),
+            // ask again.
+            let deadline = monotonicNanoseconds() &+ self.transferTimeoutNanoseconds
+            while true {
+                do {
+                    let report = try self.transferIn(symbol: name, epoch: epoch, shard: shard)
+                    self.log("move of \(name) at epoch \(epoch), offered by the router: taken in on shard \(report.shard)")
+                    return
+                } catch {
+                    let waiting: Bool
+                    if case .success(let route?) = self.pluginHost?.routeRead(symbol: name) { waiting = route.migrating && route.epoch == epoch } else { waiting = false }
+                    guard "\(error)".contains("does not exist"), waiting, monotonicNanoseconds() < deadline else {
+                        self.log("move of \(name) at epoch \(epoch), offered by the router: \(error)")
+                        return
+                    }
+                    usleep(1000)
+                }
+            }
+        }
+        worker.name = "transfer-in"
+        worker.start()
+        return true
+    }
+
+    /// The source waits for the route of a move it began at `epoch` to be decided (the target
+    /// claimed it, or this engine took it back after `transfer_timeout_s`): the route then, and
+    /// when this engine saw it (monotonic nanoseconds; polled every 0.2 ms).
+    func awaitTransfer(symbol name: String, epoch: UInt64) throws(EngineError) -> (PluginHost.RouteNow, UInt64) {
+        guard let host = pluginHost, host.routesTransfers else { throw EngineError("no router that moves symbols between engines") }
+        let deadline = monotonicNanoseconds() &+ transferTimeoutNanoseconds &+ 5_000_000_000
+        var lastSettle = monotonicNanoseconds()
+        while monotonicNanoseconds() < deadline {
+            if case .success(let route?) = host.routeRead(symbol: name), !(route.migrating && route.epoch == epoch) {
+                return (route, monotonicNanoseconds())
+            }
+            // Past the timeout, this engine takes the route back (settleTransfers).
+            if monotonicNanoseconds() &- lastSettle > 500_000_000 {
+                settleTransfers()
+                lastSettle = monotonicNanoseconds()
+            }
+            usleep(200)
+        }
+        throw EngineError("the route of \(name) is still MIGRATING at epoch \(epoch)")
     }
 
     /// A transfer is under way: the control thread settles it every second until none is.

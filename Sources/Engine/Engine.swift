@@ -216,6 +216,10 @@ public final class Engine: @unchecked Sendable {
     let transferLock = Lock()
     var transferSeen: [UInt32: UInt64] = [:]
     var transfersPending = false
+    /// Moves offered by the router ("SYMBOL epoch"), each taken up once; the moves taken in
+    /// ("SYMBOL epoch" → report), so that asking again answers the same.
+    var transfersOffered: Set<String> = []
+    var transfersTaken: [String: TransferInReport] = [:]
     var migrationHistory = MigrationHistory()
 
     final class ClientSession {
@@ -431,7 +435,8 @@ public final class Engine: @unchecked Sendable {
                     guard let spec = self.symbolTable?.spec(ofId: id) else { return "no symbol with id \(id)" }
                     do { _ = try self.migrate(symbol: spec.name, toShard: shard) } catch { return "\(error)" }
                     return nil
-                }, table: table))
+                }, transferOffered: { [weak self] name, epoch, shard in self?.offerTransfer(symbol: name, epoch: epoch, shard: shard) ?? false },
+                table: table))
             pluginHost = host
             do {
                 try host.loadAll(extraConfig: ["engine.instance": s.instance, "engine.directory": s.directory,

@@ -1,6 +1,7 @@
 // `crossbook migrate` and `crossbook route`: moving a symbol between a running engine's shards,
 // and where each symbol lives now (through the engine's control socket).
 import ArgumentParser
+import Glibc
 import Engine
 import OrderBook
 import SharedMemory
@@ -97,9 +98,21 @@ struct TransferCommand {
             let w = line.split(separator: " ").map(String.init)
             return Dictionary(stride(from: 0, to: w.count - 1, by: 2).map { (w[$0], w[$0 + 1]) }, uniquingKeysWith: { a, _ in a })
         }
-        let out = fields(try ask(source, from.instance, "transfer-out \(symbol) \(to)").dropFirst().first ?? "")
+        let out = fields(try ask(source, from.instance, "transfer-out \(symbol) \(to) \(toShard)").dropFirst().first ?? "")
         guard let epoch = out["epoch"], let frozen = UInt64(out["frozen_at"] ?? "") else { throw CLIError("engine '\(from.instance)': a bad answer") }
         print("\(symbol): \(from.instance) shard \(out["shard"] ?? "?") exported \(out["orders"] ?? "?") resting orders (\(out["bytes"] ?? "?") bytes) at route epoch \(epoch)")
+        // The target on this host: asked directly. Elsewhere (no control socket here): its router
+        // saw the route and takes the book in by itself; the source waits for the route.
+        guard access(target + "/control.sock", F_OK) == 0 else {
+            let waited = try ask(source, from.instance, "transfer-wait \(symbol) \(epoch)")
+            let decided = fields(waited.dropFirst().first ?? "")
+            for line in waited.dropFirst(2) { print(line) }
+            guard decided["instance"] == to, let at = UInt64(decided["decided_at"] ?? "") else {
+                throw CLIError("\(symbol) did not move: the route names \(decided["instance"] ?? "?") (epoch \(decided["epoch"] ?? "?"))")
+            }
+            print("moved \(symbol) from \(from.instance) to \(to) shard \(decided["shard"] ?? "?"): the route named it \(String(format: "%.3f", Double(at &- frozen) / 1e6)) ms after the symbol froze (as the source saw it)")
+            return
+        }
         let into = fields(try ask(target, to, "transfer-in \(symbol) \(epoch) \(toShard)").dropFirst().first ?? "")
         guard let trading = UInt64(into["trading_at"] ?? "") else { throw CLIError("engine '\(to)': a bad answer") }
         // The source drops its frozen copy now (its control thread would within a second).

@@ -14,7 +14,8 @@ import Wire
 
 /// An engine of two shards with redis-routing and snapshot-redis on `redis`, durability sync.
 func transferEngine(_ instance: String, dir: String, data: String, redis: RedisServer, prefix: String,
-                    symbols: [(spec: SymbolSpec, shard: Int)], log: LogLines, timeout: Double = 10, snapshotEvery: UInt64 = 0) throws -> Engine {
+                    symbols: [(spec: SymbolSpec, shard: Int)], log: LogLines, timeout: Double = 10, snapshotEvery: UInt64 = 0,
+                    accept: Bool = true) throws -> Engine {
     var settings = EngineSettings(
         instance: instance, directory: dir, shards: [ShardSettings(core: nil), ShardSettings(core: nil)],
         symbols: symbols, capacity: BookCapacity(orders: 1 << 14, levels: 1 << 10),
@@ -26,7 +27,7 @@ func transferEngine(_ instance: String, dir: String, data: String, redis: RedisS
     settings.plugins = PluginSettings(directory: PluginSettings.executableDirectory, load: [
         PluginSpec(name: "snapshot-redis", config: ["redis": redis.address, "prefix": prefix, "timeout_ms": "500"]),
         PluginSpec(name: "redis-routing", config: ["redis": redis.address, "prefix": prefix, "heartbeat_ms": "200",
-                                                   "resync_ms": "300", "timeout_ms": "500"]),
+                                                   "resync_ms": "300", "timeout_ms": "500", "accept_transfers": accept ? "yes" : "no"]),
     ])
     let engine = Engine(settings: settings, log: { log.append($0) })
     for line in try engine.start() { log.append(line) }
@@ -75,6 +76,40 @@ final class Desk {
 
 @Suite("Moving a symbol between engines", .serialized)
 struct TransferTests {
+    @Test("crossbook migrate --to-instance with the target out of reach of the CLI (another host): the target's router hands the move to its engine, which takes the book in; the source waits for the route and drops its copy")
+    func moveOfferedByTheRouter() throws {
+        let redis = try RedisServer()
+        let prefix = "o\(UInt32.random(in: 0...UInt32.max)):"
+        let dirA = testDirectory(), dirB = testDirectory()
+        let dataA = NSTemporaryDirectory() + "crossbook-xoa-\(UUID().uuidString.prefix(8))"
+        let dataB = NSTemporaryDirectory() + "crossbook-xob-\(UUID().uuidString.prefix(8))"
+        defer { removeTree(dataA); removeTree(dataB) }
+        let logA = LogLines(), logB = LogLines()
+        let a = try transferEngine("xoa", dir: dirA, data: dataA, redis: redis, prefix: prefix,
+                                   symbols: [(spec: SymbolSpec(name: "HOT-USD", id: 1), shard: 0), (spec: SymbolSpec(name: "ETH-USD", id: 2), shard: 1)], log: logA)
+        let b = try transferEngine("xob", dir: dirB, data: dataB, redis: redis, prefix: prefix, symbols: [(spec: SymbolSpec(name: "SOL-USD", id: 3), shard: 0)], log: logB)
+        defer { a.stop(); b.stop() }
+        #expect(waitFor(10) { routes(redis, prefix: prefix)["HOT-USD"]?.instance == "xoa" && routes(redis, prefix: prefix)["SOL-USD"] != nil })
+        let desk = try Desk("xoa", dirA, firstId: 0)
+        for i in 0..<10 { #expect(try desk.send("HOT-USD", .buy, 100 - Int64(i), 3)?.kind == .accepted) }
+        desk.client.close()
+        // The CLI reaches only the source (the target's directory is not on this host).
+        var moved = (status: Int32(-1), out: "")
+        #expect(waitFor(10) {
+            moved = (try? runTool(crossbookBinary().path, ["migrate", "HOT-USD", "--instance", "xoa", "--directory", dirA, "--to-instance", "xob",
+                                                           "--to-directory", "/nonexistent-\(UUID().uuidString)", "--to-shard", "1"])) ?? (-1, "")
+            return moved.status == 0
+        }, "\(moved.out) \(logB.all.suffix(5))")
+        #expect(moved.out.contains("moved HOT-USD from xoa to xob shard 1"), "\(moved.out)")
+        #expect(logB.contains("offered by the router: taken in on shard 1"), "\(logB.all.suffix(5))")
+        #expect(b.owner(of: "HOT-USD") == 1 && a.owner(of: "HOT-USD") == nil)
+        let taker = try Desk("xob", dirB, firstId: 1 << 40)
+        #expect(try taker.send("HOT-USD", .sell, 1, 40)?.kind == .accepted)
+        try taker.drain()
+        #expect(taker.filled == 30, "filled \(taker.filled)")
+        taker.client.close()
+    }
+
     @Test("a move under way is in the snapshots (admin state XFR1): a source restarted from a snapshot taken while the symbol was frozen for its move still knows the move, and drops the symbol once the target claims it")
     func pendingMoveInSnapshot() throws {
         let redis = try RedisServer()
@@ -125,7 +160,8 @@ struct TransferTests {
         let symbolsA = [(spec: SymbolSpec(name: "HOT-USD", id: 1), shard: 0), (spec: SymbolSpec(name: "ETH-USD", id: 2), shard: 1)]
         let symbolsB = [(spec: SymbolSpec(name: "SOL-USD", id: 3), shard: 0)]
         var a: Engine? = try transferEngine("xa", dir: dirA, data: dataA, redis: redis, prefix: prefix, symbols: symbolsA, log: logA)
-        var b: Engine? = try transferEngine("xb", dir: dirB, data: dataB, redis: redis, prefix: prefix, symbols: symbolsB, log: logB)
+        // B takes moves only when asked here (its router does not hand them over by itself).
+        var b: Engine? = try transferEngine("xb", dir: dirB, data: dataB, redis: redis, prefix: prefix, symbols: symbolsB, log: logB, accept: false)
         defer { a?.stop(); b?.stop() }
         #expect(waitFor(10) { routes(redis, prefix: prefix)["HOT-USD"]?.instance == "xa" && routes(redis, prefix: prefix)["SOL-USD"] != nil })
 
@@ -185,7 +221,7 @@ struct TransferTests {
         a!.stop()
         b!.stop()
         a = try transferEngine("xa", dir: dirA, data: dataA, redis: redis, prefix: prefix, symbols: symbolsA, log: logA)
-        b = try transferEngine("xb", dir: dirB, data: dataB, redis: redis, prefix: prefix, symbols: symbolsB, log: logB)
+        b = try transferEngine("xb", dir: dirB, data: dataB, redis: redis, prefix: prefix, symbols: symbolsB, log: logB, accept: false)
         #expect(a!.owner(of: "HOT-USD") == 1)
         #expect(b!.owner(of: "HOT-USD") == nil && b!.symbolTable?.spec(named: "HOT-USD") != nil)
 
@@ -321,9 +357,10 @@ struct TransferKillTests {
         #expect(route?.status == "ACTIVE", "\(String(describing: route))")
         let (ownerInstance, ownerDir) = owners.0 != "-" ? ("xka", dirA) : ("xkb", dirB)
         #expect(route?.instance == ownerInstance, "the route names the owner: \(String(describing: route)), owners \(String(describing: owners))")
-        // Expected: the target finishes a move whose book reached its disk; the source keeps one
-        // that never left (after-export: the target never asked for it, so the source takes it back).
-        #expect(ownerInstance == (sourceDies ? "xka" : "xkb"), "\(point)")
+        // Expected: the target finishes each of these moves: the book was in the store before
+        // the source died (its router hands the move to it without the CLI), or on the target's
+        // disk before the target died.
+        #expect(ownerInstance == "xkb", "\(point)")
         // Its book: every acknowledged bid once (a sell of 31 fills 30), once it thawed (until
         // then rejected, symbol_frozen: nothing happens).
         let taker = try Desk(ownerInstance, ownerDir, firstId: 1_000_000)

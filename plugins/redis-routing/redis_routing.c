@@ -47,6 +47,7 @@ typedef struct route {
     long shard;
     int migrating; /* status MIGRATING */
     char to[128];  /* MIGRATING to another instance: that instance ("" otherwise) */
+    long to_shard; /* and its shard */
     long long epoch;
     char malformed[320]; /* why it cannot be read; "" when fine */
 } route;
@@ -87,6 +88,12 @@ typedef struct routing {
     int thread_started;
     int stopping;
     uint64_t *c_connected, *c_reconnects, *c_cas_lost, *c_follows, *c_changes;
+
+    /* Moves to this engine the routes announce (MIGRATING, to = this instance), to hand to the
+       engine outside the lock; the last ones handed, not to hand twice. */
+    int accept_transfers;
+    struct offer { char name[65]; long long epoch; uint32_t shard; } offers[16], offered[64];
+    int offer_count, offered_next;
 } routing;
 
 static uint64_t now_ms(void) {
@@ -205,6 +212,10 @@ static int read_route(routing *r, const char *symbol, route *out) {
             errno = 0;
             long s = strtol(v->str, &end, 10);
             if (errno == 0 && end != v->str && *end == 0 && s >= 0) { out->shard = s; have_shard = 1; }
+        } else if (strcmp(f->str, "to_shard") == 0) {
+            errno = 0;
+            long s = strtol(v->str, &end, 10);
+            if (errno == 0 && end != v->str && *end == 0 && s >= 0) out->to_shard = s;
         } else if (strcmp(f->str, "to") == 0) {
             if (v->len == 0 || v->len >= sizeof out->to) continue;
             memcpy(out->to, v->str, v->len);
@@ -229,14 +240,15 @@ static int read_route(routing *r, const char *symbol, route *out) {
 /* The compare-and-set (under the lock): 1 won (*epoch = the new one), 0 lost (*epoch = the
  * route's), -1 I/O error. */
 static int cas_to(routing *r, const char *symbol, long long expected, uint32_t shard, const char *status, const char *to,
-                  int must_migrate, long long *epoch) {
-    char key[256], exp[32], sh[16];
+                  uint32_t to_shard, int must_migrate, long long *epoch) {
+    char key[256], exp[32], sh[16], tsh[16];
     key_of(r, symbol, key, sizeof key);
     snprintf(exp, sizeof exp, "%lld", expected);
     snprintf(sh, sizeof sh, "%u", shard);
+    snprintf(tsh, sizeof tsh, "%u", to_shard);
     const char *argv[] = {"EVAL", route_cas_script, "1", key, exp, r->instance, sh, status, r->channel, to ? to : "",
-                          must_migrate ? "M" : ""};
-    redisReply *reply = command(r, 11, argv);
+                          must_migrate ? "M" : "", tsh};
+    redisReply *reply = command(r, 12, argv);
     if (reply == NULL) return -1;
     int result = -1;
     if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 && reply->element[0]->type == REDIS_REPLY_INTEGER) {
@@ -270,8 +282,10 @@ static uint32_t engine_shard(routing *r, uint32_t id) {
 }
 
 static int cas(routing *r, const char *symbol, long long expected, uint32_t shard, const char *status, long long *epoch) {
-    return cas_to(r, symbol, expected, shard, status, NULL, 0, epoch);
+    return cas_to(r, symbol, expected, shard, status, NULL, 0, 0, epoch);
 }
+
+static void note_offer(routing *r, const char *name, const route *rt);
 
 /* Brings one route in line (under the lock). Returns the shard the engine should move the
  * symbol to (a route of this instance that says so), or -1. */
@@ -282,8 +296,9 @@ static long sync_one(routing *r, symbol_state *s) {
     long long epoch = 0;
     if (here == UINT32_MAX) {
         /* No shard of this engine owns it (it moved to another engine): its route is not ours to
-           publish or mend. */
+           publish or mend; a move to here is offered to the engine. */
         if (rt.present && !rt.malformed[0]) s->epoch = rt.epoch;
+        note_offer(r, s->name, &rt);
         return -1;
     }
     if (!rt.present) {
@@ -381,8 +396,8 @@ static int route_begin(void *context, uint32_t id, uint32_t from, uint32_t to, c
 
 /* ---- Moves between engines (the router's transfer functions) -------------------------------- */
 
-static int transfer_begin(void *context, const char *symbol, uint32_t shard, const char *to, uint64_t *epoch_out,
-                          char *error, size_t size) {
+static int transfer_begin(void *context, const char *symbol, uint32_t shard, const char *to, uint32_t to_shard,
+                          uint64_t *epoch_out, char *error, size_t size) {
     routing *r = context;
     if (symbol == NULL || to == NULL || epoch_out == NULL || !*to || strlen(to) >= 128 || strlen(symbol) > 64) {
         cb_copy_text(error, size, "bad arguments");
@@ -409,7 +424,7 @@ static int transfer_begin(void *context, const char *symbol, uint32_t shard, con
     } else if (rt.migrating) {
         snprintf(error, size, "route:%s is MIGRATING already (epoch %lld)", symbol, rt.epoch);
     } else {
-        int won = cas_to(r, symbol, rt.epoch, shard, "MIGRATING", to, 0, &epoch);
+        int won = cas_to(r, symbol, rt.epoch, shard, "MIGRATING", to, to_shard, 0, &epoch);
         if (won == 1) {
             *epoch_out = (uint64_t)epoch;
             rc = CB_OK;
@@ -433,7 +448,7 @@ static int transfer_claim(void *context, const char *symbol, uint64_t epoch, uin
     }
     pthread_mutex_lock(&r->lock);
     long long now = 0;
-    int won = r->connected ? cas_to(r, symbol, (long long)epoch, shard, "ACTIVE", NULL, 1, &now) : -1;
+    int won = r->connected ? cas_to(r, symbol, (long long)epoch, shard, "ACTIVE", NULL, 0, 1, &now) : -1;
     int rc;
     if (won == 1) {
         logf_(r, CB_LOG_INFO, "route %s: ACTIVE on %s shard %u, epoch %lld (claimed at epoch %llu)", symbol, r->instance, shard,
@@ -474,6 +489,7 @@ static int route_read_(void *context, const char *symbol, cb_route *out, char *e
         out->shard = (uint32_t)rt.shard;
         out->migrating = rt.migrating ? 1 : 0;
         out->epoch = (uint64_t)rt.epoch;
+        out->to_shard = (uint32_t)rt.to_shard;
         rc = CB_OK;
     }
     pthread_mutex_unlock(&r->lock);
@@ -586,6 +602,53 @@ static int sync_all(routing *r, long *moves) {
     return n;
 }
 
+/* A route MIGRATING to this instance (under the lock): queued for the engine, once. */
+static void note_offer(routing *r, const char *name, const route *rt) {
+    if (!r->accept_transfers || !rt->present || rt->malformed[0] || !rt->migrating || strcmp(rt->to, r->instance) != 0) return;
+    for (int i = 0; i < 64; i++)
+        if (r->offered[i].epoch == rt->epoch && strcmp(r->offered[i].name, name) == 0) return;
+    for (int i = 0; i < r->offer_count; i++)
+        if (r->offers[i].epoch == rt->epoch && strcmp(r->offers[i].name, name) == 0) return;
+    if (r->offer_count >= 16 || strlen(name) >= sizeof r->offers[0].name) return;
+    struct offer *o = &r->offers[r->offer_count++];
+    snprintf(o->name, sizeof o->name, "%s", name);
+    o->epoch = rt->epoch;
+    o->shard = (uint32_t)rt->to_shard;
+    r->offered[r->offered_next] = *o;
+    r->offered_next = (r->offered_next + 1) % 64;
+}
+
+/* Hands the queued offers to the engine (without the lock: the engine may call the router). */
+static void hand_offers(routing *r) {
+    struct offer batch[16];
+    pthread_mutex_lock(&r->lock);
+    int n = r->offer_count;
+    memcpy(batch, r->offers, sizeof(struct offer) * (size_t)n);
+    r->offer_count = 0;
+    pthread_mutex_unlock(&r->lock);
+    for (int i = 0; i < n; i++) {
+        logf_(r, CB_LOG_INFO, "route %s: MIGRATING to this instance at epoch %lld, shard %u: handed to the engine", batch[i].name,
+              batch[i].epoch, batch[i].shard);
+        if (CB_HOST_HAS(r->api, transfer_offered)) r->api->transfer_offered(r->host, batch[i].name, (uint64_t)batch[i].epoch, batch[i].shard);
+    }
+}
+
+/* A hint about a symbol this plugin does not track (the engine does not know it yet): a move to
+ * this instance is offered all the same. */
+static void hint_untracked(routing *r, const char *text) {
+    char head[256], name[65];
+    snprintf(head, sizeof head, "%sroute:", r->prefix);
+    size_t h = strlen(head);
+    if (!r->accept_transfers || strncmp(text, head, h) != 0) return;
+    const char *start = text + h, *space = strchr(start, ' ');
+    size_t len = space ? (size_t)(space - start) : strlen(start);
+    if (len == 0 || len >= sizeof name) return;
+    memcpy(name, start, len);
+    name[len] = 0;
+    route rt;
+    if (read_route(r, name, &rt)) note_offer(r, name, &rt);
+}
+
 /* A hint: "<prefix>route:<SYMBOL> <epoch>"; the symbol's state, or NULL. */
 static symbol_state *hinted(routing *r, const char *text) {
     char head[256];
@@ -655,6 +718,7 @@ static void *run(void *arg) {
         }
         int fd = r->connected ? r->sub->fd : -1;
         pthread_mutex_unlock(&r->lock);
+        hand_offers(r);
         if (n > 0) {
             do_moves(r, moves, n);
             continue;
@@ -678,6 +742,7 @@ static void *run(void *arg) {
                     redisReply *m = raw;
                     if (m->type == REDIS_REPLY_ARRAY && m->elements == 3 && m->element[2]->type == REDIS_REPLY_STRING) {
                         symbol_state *s = hinted(r, m->element[2]->str);
+                        if (s == NULL) hint_untracked(r, m->element[2]->str);
                         if (s != NULL) {
                             long to = sync_one(r, s);
                             if (to >= 0) {
@@ -694,6 +759,7 @@ static void *run(void *arg) {
             }
         }
         pthread_mutex_unlock(&r->lock);
+        hand_offers(r);
         if (n > 0) do_moves(r, moves, n);
     }
     free(moves);
@@ -743,6 +809,12 @@ static int start(const cb_host_api *api, cb_host *host, void **instance, char *e
     r->heartbeat_ms = (int)config_long(r, "heartbeat_ms", 1000, 50, 60000, error, size, &bad);
     if (!bad) r->timeout_ms = (int)config_long(r, "timeout_ms", 500, 10, 10000, error, size, &bad);
     if (!bad) r->resync_ms = (int)config_long(r, "resync_ms", 5000, 100, 600000, error, size, &bad);
+    const char *accept = api->config_get(host, "accept_transfers");
+    if (!bad && accept != NULL && strcmp(accept, "yes") != 0 && strcmp(accept, "no") != 0) {
+        snprintf(error, size, "config accept_transfers = '%s': yes or no", accept);
+        bad = 1;
+    }
+    r->accept_transfers = accept == NULL || strcmp(accept, "yes") == 0;
     if (bad) {
         free(r);
         return CB_ERR_INVALID;

@@ -274,6 +274,8 @@ typedef struct cb_route {
     uint32_t shard;
     uint32_t migrating; /* 1: MIGRATING, 0: ACTIVE */
     uint64_t epoch;
+    uint32_t to_shard;  /* with `to`: the shard of that engine it goes to */
+    uint32_t reserved;
 } cb_route;
 
 typedef struct cb_router {
@@ -296,7 +298,9 @@ typedef struct cb_router {
        between engines): a symbol moving to another engine (`crossbook migrate --to-instance`).
        The route is the commit point: exactly one of the two engines wins it.
        transfer_begin: the route of `symbol` names this engine, ACTIVE; it becomes MIGRATING to
-         instance `to_instance` (epoch + 1, in *epoch). Anything else refuses, with the reason.
+         instance `to_instance`, its shard `to_shard` (epoch + 1, in *epoch). Anything else
+         refuses, with the reason. The router tells the target engine (transfer_offered), which
+         takes the book in by itself, wherever it runs.
        transfer_claim: the route of `symbol` is MIGRATING at `epoch`; it becomes ACTIVE on this
          engine's shard `shard` (epoch + 1). The target claims it once the book is on its disk (the
          move is done); the source claims it back to abandon the move. CB_OK: won;
@@ -304,8 +308,8 @@ typedef struct cb_router {
          someone changed it); CB_ERR_IO: the authority is unreachable (nothing changed).
        route_read: the route of `symbol` now (CB_ERR_NOT_FOUND: none; CB_ERR_IO: unreachable;
          CB_ERR_INVALID: it cannot be read, with why in `error`). */
-    int (*transfer_begin)(void *context, const char *symbol, uint32_t shard, const char *to_instance, uint64_t *epoch,
-                          char *error, size_t error_size);
+    int (*transfer_begin)(void *context, const char *symbol, uint32_t shard, const char *to_instance, uint32_t to_shard,
+                          uint64_t *epoch, char *error, size_t error_size);
     int (*transfer_claim)(void *context, const char *symbol, uint64_t epoch, uint32_t shard, char *error,
                           size_t error_size);
     int (*route_read)(void *context, const char *symbol, struct cb_route *out, char *error, size_t error_size);
@@ -413,6 +417,11 @@ typedef struct cb_host_api {
        for up to a few seconds: call it from the plugin's own thread, never from start, stop,
        health or a router callback. */
     int (*symbol_migrate)(cb_host *host, uint32_t symbol_id, uint32_t shard, char *error, size_t error_size);
+    /* A router saw the route of `symbol` MIGRATING to this engine at `epoch`, for its shard
+       `shard`: the engine takes the book in (from the snapshot store's blob), claims the route
+       and trades it, on a thread of its own; returns at once (CB_OK: taken up or already under
+       way; CB_ERR_UNSUPPORTED: this engine takes no moves). */
+    int (*transfer_offered)(cb_host *host, const char *symbol, uint64_t epoch, uint32_t shard);
 } cb_host_api;
 
 /* True when the host's table reaches `field` (a plugin built against a newer header). */

@@ -154,6 +154,12 @@ extension PluginHost {
             if let error { cb_copy_text(error, errorSize, why) }
             return CB_ERR_FAILED.rawValue
         }
+        table.pointee.transfer_offered = { host, symbol, epoch, shard in
+            guard let plugin = LoadedPlugin.from(host), let environment = plugin.host?.environment, let symbol,
+                  let name = String(validating: UnsafeBufferPointer(start: UnsafeRawPointer(symbol).assumingMemoryBound(to: UInt8.self), count: strnlen(symbol, 65)), as: UTF8.self),
+                  SymbolSpec.isValidName(name) else { return CB_ERR_INVALID.rawValue }
+            return environment.transferOffered(name, epoch, Int(shard)) ? CB_OK.rawValue : CB_ERR_UNSUPPORTED.rawValue
+        }
         return table
     }()
 }

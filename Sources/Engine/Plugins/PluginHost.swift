@@ -35,6 +35,9 @@ struct PluginEnvironment: @unchecked Sendable {
     let regenerate: @Sendable (Int, UInt64) throws(EngineError) -> (market: [UInt8], executions: [UInt8], through: UInt64)
     /// Moves a symbol (by id) to a shard (Engine.migrate): nil when it trades there, else why not.
     let migrate: @Sendable (UInt32, Int) -> String?
+    /// A router saw a symbol's route MIGRATING to this engine (name, epoch, shard): the engine
+    /// takes it in on a thread of its own (Engine.offerTransfer); false: it takes no moves.
+    let transferOffered: @Sendable (String, UInt64, Int) -> Bool
     /// Every symbol of the instance, those listed at run time too (nil: `symbols` only).
     let table: InstanceSymbols?
 
@@ -47,8 +50,10 @@ struct PluginEnvironment: @unchecked Sendable {
          regenerate: @escaping @Sendable (Int, UInt64) throws(EngineError) -> (market: [UInt8], executions: [UInt8], through: UInt64)
             = { _, _ throws(EngineError) in throw EngineError("no journal") },
          migrate: @escaping @Sendable (UInt32, Int) -> String? = { _, _ in "this engine cannot move symbols" },
+         transferOffered: @escaping @Sendable (String, UInt64, Int) -> Bool = { _, _, _ in false },
          table: InstanceSymbols? = nil) {
         self.migrate = migrate
+        self.transferOffered = transferOffered
         self.table = table
         self.openSession = openSession
         self.closeSession = closeSession
@@ -356,12 +361,12 @@ final class PluginHost: @unchecked Sendable {
     }
 
     /// The route of `symbol` becomes MIGRATING to `instance`: its epoch, or why not.
-    func transferBegin(symbol: String, shard: Int, to instance: String) -> Result<UInt64, EngineError> {
+    func transferBegin(symbol: String, shard: Int, to instance: String, toShard: Int) -> Result<UInt64, EngineError> {
         routerLock.locked { () -> Result<UInt64, EngineError> in
             guard let router, let begin = router.table.transfer_begin else { return .failure(EngineError("no router that moves symbols between engines (load redis-routing)")) }
             var error = [CChar](repeating: 0, count: 256)
             var epoch: UInt64 = 0
-            let rc = begin(router.table.context, symbol, UInt32(shard), instance, &epoch, &error, error.count)
+            let rc = begin(router.table.context, symbol, UInt32(shard), instance, UInt32(max(0, toShard)), &epoch, &error, error.count)
             guard rc == CB_OK.rawValue else {
                 let why = messageText(error)
                 return .failure(EngineError("router \(router.plugin.name) refused: \(why.isEmpty ? statusName(rc) : why)"))
@@ -390,6 +395,7 @@ final class PluginHost: @unchecked Sendable {
         var shard: Int
         var migrating: Bool
         var epoch: UInt64
+        var toShard: Int = 0
     }
 
     /// The route of `symbol` now: nil inside .success when there is none.
@@ -406,7 +412,7 @@ final class PluginHost: @unchecked Sendable {
             }
             let instance = withUnsafeBytes(of: out.instance) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
             let to = withUnsafeBytes(of: out.to) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
-            return .success(RouteNow(instance: instance, to: to, shard: Int(out.shard), migrating: out.migrating != 0, epoch: out.epoch))
+            return .success(RouteNow(instance: instance, to: to, shard: Int(out.shard), migrating: out.migrating != 0, epoch: out.epoch, toShard: Int(out.to_shard)))
         }
     }
 
