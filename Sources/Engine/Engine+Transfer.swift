@@ -237,13 +237,17 @@ extension Engine {
         guard blob.source != settings.instance else { throw EngineError("\(name) at epoch \(epoch) comes from this instance") }
         let loaded = monotonicNanoseconds()
         var listed = false
-        if let known = symbolTable?.spec(named: name) {
-            guard known == blob.spec else {
-                throw EngineError("\(name) has other rules or another id here (id \(known.id), tick \(known.tickSize), lot \(known.lotSize)) than on \(blob.source) (id \(blob.spec.id), tick \(blob.spec.tickSize), lot \(blob.spec.lotSize))")
+        if symbolTable?.spec(named: name) == nil {
+            // Listed here first, owned by no shard (two takers of one move: one lists it).
+            do {
+                _ = try listSymbol(name, shard: InstanceSymbols.away, id: blob.spec.id, rules: blob.spec, timeout: timeout)
+                listed = true
+            } catch {
+                guard symbolTable?.spec(named: name) != nil else { throw error }
             }
-        } else {
-            _ = try listSymbol(name, shard: InstanceSymbols.away, id: blob.spec.id, rules: blob.spec, timeout: timeout)
-            listed = true
+        }
+        if let known = symbolTable?.spec(named: name), known != blob.spec {
+            throw EngineError("\(name) has other rules or another id here (id \(known.id), tick \(known.tickSize), lot \(known.lotSize)) than on \(blob.source) (id \(blob.spec.id), tick \(blob.spec.tickSize), lot \(blob.spec.lotSize))")
         }
         let listedAt = monotonicNanoseconds()
         guard let routes else { throw EngineError("the engine is not running") }
