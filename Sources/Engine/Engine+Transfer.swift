@@ -178,6 +178,8 @@ extension Engine {
             log("move of \(name) to instance \(instance): route MIGRATING at epoch \(epoch); shard \(source) holds its commands")
             // Undo before anything left this engine: the route back (if it can be), the symbol trading.
             func abandon(_ why: String, thaw: Bool) -> EngineError {
+                engineFile?.migrations(source).add(MigrationCounters.failed)
+                migrationLock.locked { migrationHistory.failed += 1 }
                 switch host.transferClaim(symbol: name, epoch: epoch, shard: source) {
                 case .won:
                     if thaw { _ = admin(shard: source, .thaw(symbolId: spec.id), timeout: timeout) }
@@ -261,6 +263,7 @@ extension Engine {
             if let refusal = expected.refusal { throw EngineError("move of \(name): \(refusal)") }
             func giveUp(_ why: String) -> EngineError {
                 _ = step(target, { .finishTransfer($0, won: false) }, MigrationStep(symbolId: blob.spec.id), timeout: timeout)
+                engineFile?.migrations(target).add(MigrationCounters.failed)
                 log("move of \(name) from \(blob.source) not taken: \(why)")
                 return EngineError("move of \(name) from \(blob.source) not taken: \(why)")
             }
@@ -299,6 +302,9 @@ extension Engine {
                                           importSequence: imported.sequence, phases: phases)
             log("move of \(name) from \(blob.source): trades on shard \(target) from epoch \(epoch + 1) (\(done.held) held commands applied)")
             transferLock.locked { transfersTaken["\(name) \(epoch)"] = report }
+            // In `crossbook stat` and the metrics as a move into the shard (the pause of a move
+            // between engines is in the log and the CLI's output: the clocks are two hosts').
+            engineFile?.migrations(target).add(MigrationCounters.into)
             return report
         }
     }
@@ -343,6 +349,8 @@ extension Engine {
                             }
                         } else if case .applied = admin(shard: i, .drop(symbolId: id), timeout: timeout) {
                             routes.set(id, shard: -1)
+                            engineFile?.migrations(i).add(MigrationCounters.outOf)
+                            migrationLock.locked { migrationHistory.done += 1 }
                             host.snapshotStore?.deleteBlob(TransferBlob.key(symbol: name, epoch: t.epoch))
                             lines.append("\(name): moved to \(route!.instance) (epoch \(route!.epoch)): dropped here")
                         }

@@ -194,6 +194,9 @@ struct TransferTests {
         a!.settleTransfers()
         #expect(logA.all.contains { $0.hasPrefix("HOT-USD: moved to xb (epoch") && $0.hasSuffix("dropped here") }, "\(logA.all.suffix(5))")
         #expect(a!.owner(of: "HOT-USD") == nil)
+        // Counted as a move out of A's shard 0 and into B's shard 1 (crossbook stat, metrics).
+        #expect(a!.engineFile?.migrations(0).read(MigrationCounters.outOf) == 1 && a!.migrations.done == 1)
+        #expect(b!.engineFile?.migrations(1).read(MigrationCounters.into) == 1)
         #expect(try deskA.send("HOT-USD", .buy, 900)?.rejectReason == .symbolMoved)
         #expect(try redis.cli(["EXISTS", "\(prefix)blob:{transfer:HOT-USD:\(out.epoch)}"]) == "0", "the blob is deleted")
 
