@@ -107,8 +107,12 @@ struct TransferBlob: Equatable {
         var positions: [String: UInt64] = [:]
         let count = try get(UInt32.self)
         guard count <= 4096 else { throw EngineError("transfer blob: \(count) positions") }
+        var previous: String?
         for _ in 0..<count {
             let k = try text()
+            // As encode writes them: in order, each once.
+            guard previous.map({ $0 < k }) ?? true else { throw EngineError("transfer blob: positions out of order") }
+            previous = k
             positions[k] = try get(UInt64.self)
         }
         let length = Int(try get(UInt32.self))

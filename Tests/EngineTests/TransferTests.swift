@@ -1,6 +1,7 @@
 // Moving a symbol between two engines (Engine+Transfer.swift) with a real redis-server: the
 // route in Redis is the commit point, the book travels as a blob in snapshot-redis. Both engines
 // run in this process here; TransferKillTests kills `crossbook run` processes at each step.
+import CCRC32C
 import CrossbookClient
 @testable import Engine
 import Foundation
@@ -108,6 +109,47 @@ struct TransferTests {
         try taker.drain()
         #expect(taker.filled == 30, "filled \(taker.filled)")
         taker.client.close()
+    }
+
+    @Test("a transfer blob from Redis is input like any other: every truncation, every byte flip, and random bytes under a valid CRC32C are refused with a reason or read back as exactly what they encode, never trapped on")
+    func hostileBlobs() throws {
+        let spec = SymbolSpec(name: "HOT-USD", id: 7, tickSize: 5, lotSize: 2, minPrice: 10, maxPrice: 1 << 30)
+        var book = try OrderBook(spec: spec, capacity: BookCapacity(orders: 64, levels: 16))
+        var recorder = EventRecorder()
+        for i in 0..<3 { book.apply(.new(NewOrder(orderId: OrderId(i + 1), side: i % 2 == 0 ? .buy : .sell, price: i % 2 == 0 ? 100 : 200, quantity: 2)), to: &recorder) }
+        let blob = TransferBlob(spec: spec, epoch: 41, source: "east-1", positions: ["orders#3": 99, "orders#0": 1 << 40], book: book.snapshot())
+        let good = blob.encode()
+        #expect(try TransferBlob.decode(good) == blob)
+        func crcFixed(_ bytes: [UInt8]) -> [UInt8] {
+            guard bytes.count >= 4 else { return bytes }
+            var out = bytes
+            let crc = out.withUnsafeBytes { cb_crc32c(0, $0.baseAddress, out.count - 4) }
+            withUnsafeBytes(of: crc.littleEndian) { out.replaceSubrange((out.count - 4)..., with: $0) }
+            return out
+        }
+        var refused = 0, read = 0
+        func check(_ bytes: [UInt8]) {
+            do {
+                let decoded = try TransferBlob.decode(bytes)
+                read += 1
+                #expect(decoded.encode() == bytes, "a blob read back as something else")
+            } catch { refused += 1 }
+        }
+        for n in 0..<good.count { check(Array(good[0..<n])); check(crcFixed(Array(good[0..<n]) + [0, 0, 0, 0])) }
+        for i in 0..<good.count {
+            for bit in 0..<8 {
+                var flipped = good
+                flipped[i] ^= 1 << bit
+                check(flipped)
+                check(crcFixed(flipped))
+            }
+        }
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<2000 {
+            let n = Int.random(in: 0..<300, using: &rng)
+            check(crcFixed((0..<n).map { _ in UInt8.random(in: 0...255, using: &rng) }))
+        }
+        #expect(refused > 0 && read >= 0, "\(refused) refused, \(read) read")
     }
 
     @Test("a move under way is in the snapshots (admin state XFR1): a source restarted from a snapshot taken while the symbol was frozen for its move still knows the move, and drops the symbol once the target claims it")
