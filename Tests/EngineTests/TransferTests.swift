@@ -163,7 +163,9 @@ struct TransferTests {
         let logA = LogLines(), logB = LogLines()
         let symbolsA = [(spec: SymbolSpec(name: "HOT-USD", id: 1), shard: 0), (spec: SymbolSpec(name: "ETH-USD", id: 2), shard: 1)]
         var a: Engine? = try transferEngine("xpa", dir: dirA, data: dataA, redis: redis, prefix: prefix, symbols: symbolsA, log: logA, snapshotEvery: 5)
-        let b = try transferEngine("xpb", dir: dirB, data: dataB, redis: redis, prefix: prefix, symbols: [(spec: SymbolSpec(name: "SOL-USD", id: 3), shard: 0)], log: logB)
+        // B takes the move only when asked (after A's restart).
+        let b = try transferEngine("xpb", dir: dirB, data: dataB, redis: redis, prefix: prefix, symbols: [(spec: SymbolSpec(name: "SOL-USD", id: 3), shard: 0)],
+                                   log: logB, accept: false)
         defer { a?.stop(); b.stop() }
         #expect(waitFor(10) { routes(redis, prefix: prefix)["HOT-USD"]?.instance == "xpa" })
         let desk = try Desk("xpa", dirA, firstId: 0)
