@@ -258,6 +258,8 @@ extension Engine {
                 owner = owners[0]
                 if let t = states[owner].transfers[id] {
                     // Moving to or from another engine: the route decides, once the router runs.
+                    // Its ingress is not taken here meanwhile (IngressRewinds).
+                    ingressRewinds.leave(id)
                     noteTransfers()
                     log.append("\(spec.name): a move \(t.outbound ? "to" : "from") instance \(t.instance) at route epoch \(t.epoch) is under way: frozen on shard \(owner) until the route settles it")
                 } else if states[owner].imported.contains(id) || states[owner].exported.contains(id) {

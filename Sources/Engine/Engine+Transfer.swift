@@ -180,13 +180,17 @@ extension Engine {
             case .failure(let why): throw EngineError("move of \(name) to \(instance) refused: \(why)")
             }
             log("move of \(name) to instance \(instance): route MIGRATING at epoch \(epoch); shard \(source) holds its commands")
+            var positions: [String: UInt64] = [:]
             // Undo before anything left this engine: the route back (if it can be), the symbol trading.
             func abandon(_ why: String, thaw: Bool) -> EngineError {
                 engineFile?.migrations(source).add(MigrationCounters.failed)
                 migrationLock.locked { migrationHistory.failed += 1 }
                 switch host.transferClaim(symbol: name, epoch: epoch, shard: source) {
                 case .won:
-                    if thaw { _ = admin(shard: source, .thaw(symbolId: spec.id), timeout: timeout) }
+                    if thaw, case .applied = admin(shard: source, .thaw(symbolId: spec.id), timeout: timeout) {
+                        // Its ingress messages after the hold were left to the target: read again.
+                        ingressRewinds.gain(spec.id, floors: positions)
+                    }
                     log("move of \(name) to \(instance) abandoned: \(why); it trades on shard \(source)")
                     return EngineError("move of \(name) to \(instance) abandoned: \(why)")
                 case .lost(let other), .unreachable(let other):
@@ -195,19 +199,26 @@ extension Engine {
                     return EngineError("move of \(name) to \(instance) failed: \(why); frozen until the route decides (\(other))")
                 }
             }
-            guard let held = step(source, { .holdOutgoing($0) }, MigrationStep(symbolId: spec.id), timeout: timeout) else {
+            let hold = MigrationStep(symbolId: spec.id)
+            hold.transfer = ShardTransfer(epoch: epoch, instance: instance, outbound: true)
+            guard let held = step(source, { .holdOutgoing($0) }, hold, timeout: timeout) else {
                 throw abandon("shard \(source) did not answer", thaw: false)
             }
             if let refusal = held.refusal { throw abandon(refusal, thaw: false) }
             guard let book = held.bookAddress else { throw abandon("shard \(source) lent no book", thaw: false) }
             let bytes = book.pointer.pointee.snapshot()
-            let seal = MigrationStep(symbolId: spec.id, book: bytes)
+            // The symbol's ingress positions at the hold: the target reads its partitions from them.
+            positions = held.positions
+            let seal = MigrationStep(symbolId: spec.id, book: bytes, positions: positions)
             seal.transfer = ShardTransfer(epoch: epoch, instance: instance, outbound: true)
             guard let out = step(source, { .sealExport($0) }, seal, timeout: timeout) else {
                 noteTransfers()
                 throw EngineError("move of \(name): shard \(source) did not answer the export; the route decides")
             }
             if let refusal = out.refusal { throw abandon(refusal, thaw: false) }
+            // Its ingress messages are the target's from here (or this engine's again, read anew,
+            // if the move is undone).
+            ingressRewinds.leave(spec.id)
             guard awaitDurable(source, out.sequence, timeout: timeout) else { throw abandon("the export was not durable within \(timeout) s", thaw: true) }
             // Its orders' sessions are this engine's: on the target they belong to no session.
             guard let foreign = BookSnapshotLayout.rewritingOrderIds(bytes, { foreignOrderId($1, epoch: epoch, place: $0) }) else {
@@ -293,6 +304,9 @@ extension Engine {
             }
             let claimed = monotonicNanoseconds()
             crashPoint("after-claim")
+            // Its partitions are read again from where the source stopped before it turns this
+            // engine's (IngressRewinds: the rewind first); meanwhile its commands are held here.
+            ingressRewinds.gain(blob.spec.id, floors: blob.positions)
             routes.set(blob.spec.id, shard: target)
             guard let done = step(target, { .finishTransfer($0, won: true) }, MigrationStep(symbolId: blob.spec.id), timeout: timeout) else {
                 noteTransfers()
@@ -348,11 +362,13 @@ extension Engine {
                         // It names another engine: that one has it.
                         if undecided || route == nil || route?.instance == settings.instance {
                             if case .applied = admin(shard: i, .thaw(symbolId: id), timeout: timeout) {
+                                ingressRewinds.gain(id, floors: state.transferFloors[id] ?? [:])
                                 host.routeEnd(symbolId: id, shard: i)
                                 lines.append("\(name): the move to \(t.instance) was undone: trades on shard \(i)")
                             }
                         } else if case .applied = admin(shard: i, .drop(symbolId: id), timeout: timeout) {
                             routes.set(id, shard: -1)
+                            ingressRewinds.forget(id)
                             engineFile?.migrations(i).add(MigrationCounters.outOf)
                             migrationLock.locked { migrationHistory.done += 1 }
                             host.snapshotStore?.deleteBlob(TransferBlob.key(symbol: name, epoch: t.epoch))
@@ -368,9 +384,16 @@ extension Engine {
                             case .unreachable: continue
                             }
                         }
-                        if won { routes.set(id, shard: i) }
+                        // Not held here after a restart: thawed first, then its partitions are
+                        // read again (IngressRewinds), then it turns this engine's.
                         if let answer = step(i, { .finishTransfer($0, won: won) }, MigrationStep(symbolId: id), timeout: timeout), answer.refusal == nil {
-                            if won { host.routeEnd(symbolId: id, shard: i) }
+                            if won {
+                                ingressRewinds.gain(id, floors: state.transferFloors[id] ?? [:])
+                                routes.set(id, shard: i)
+                                host.routeEnd(symbolId: id, shard: i)
+                            } else {
+                                ingressRewinds.forget(id)
+                            }
                             lines.append(won ? "\(name): the move from \(t.instance) at epoch \(t.epoch) finished: trades on shard \(i)"
                                              : "\(name): the move from \(t.instance) at epoch \(t.epoch) went elsewhere: dropped here")
                         }

@@ -208,6 +208,9 @@ public final class Engine: @unchecked Sendable {
     /// process should stop this engine and follow the new primary (RunCommand does).
     /// Also called when a standby was seeded from the primary's snapshots and must start again.
     public var onSwitchover: (@Sendable () -> Void)?
+    /// What the ingress plugins read again when a symbol arrives from another engine, and the
+    /// symbols another engine takes the ingress of (IngressRewinds.swift, Engine+Transfer.swift).
+    let ingressRewinds = IngressRewinds()
     /// One migration at a time (Engine+Migration.swift), and what the past ones measured.
     let migrationSerial = Lock()
     let migrationLock = Lock()
@@ -421,7 +424,7 @@ public final class Engine: @unchecked Sendable {
                     return try self.openLocalSession(source: source)
                 },
                 closeSession: { [weak self] session in self?.closeLocalSession(session) },
-                position: { [weak self] shard, key in self?.adminState(shard: shard)?.positions[key] },
+                position: { [weak self] shard, key in self?.adminState(shard: shard)?.resume[key] },
                 executionRing: { [weak self] shard in
                     guard let self, shard >= 0, shard < self.executionRings.count else { return nil }
                     return self.executionRings[shard]
@@ -436,7 +439,7 @@ public final class Engine: @unchecked Sendable {
                     do { _ = try self.migrate(symbol: spec.name, toShard: shard) } catch { return "\(error)" }
                     return nil
                 }, transferOffered: { [weak self] name, epoch, shard in self?.offerTransfer(symbol: name, epoch: epoch, shard: shard) ?? false },
-                table: table))
+                table: table, rewinds: ingressRewinds))
             pluginHost = host
             do {
                 try host.loadAll(extraConfig: ["engine.instance": s.instance, "engine.directory": s.directory,

@@ -70,6 +70,12 @@ public struct EngineMetrics: Sendable {
             let samples = shards.map { (shardLabel($0), Double(file.migrations($0).read(word)) * scale) }
             if gauge { m.gauge(name, help, samples) } else { m.counter(name, help, samples) }
         }
+        m.counter("crossbook_ingress_replays_dropped_total",
+                  "Ingress (Kafka) commands at or below their symbol's position, dropped unsequenced: applied already",
+                  shards.map { (shardLabel($0), Double(file.ingress($0).read(IngressCounters.replays))) })
+        m.counter("crossbook_ingress_elsewhere_dropped_total",
+                  "Ingress (Kafka) commands for a symbol given to another engine, dropped unsequenced: its new owner reads them",
+                  shards.map { (shardLabel($0), Double(file.ingress($0).read(IngressCounters.elsewhere))) })
         migrations(MigrationCounters.into, "crossbook_migrations_in_total", "Symbols moved to this shard")
         migrations(MigrationCounters.outOf, "crossbook_migrations_out_total", "Symbols moved off this shard")
         migrations(MigrationCounters.failed, "crossbook_migrations_failed_total", "Moves off this shard refused or abandoned")

@@ -137,6 +137,11 @@ public struct ShardCounters: @unchecked Sendable {
 
     public func read(_ counter: ShardCounter) -> UInt64 { cb_load_relaxed_u64(words + counter.rawValue) }
 
+    /// The shard's ingress drops (IngressCounters), in the same block.
+    public var ingress: IngressCounters {
+        IngressCounters(words: words + (InstanceLayout.ingressOffset - InstanceLayout.countersOffset) / 8)
+    }
+
     public func rejects(_ code: UInt8) -> UInt64 {
         cb_load_relaxed_u64(rejects + min(Int(code), InstanceLayout.rejectSlots - 1))
     }
@@ -184,6 +189,19 @@ public struct MigrationCounters: @unchecked Sendable {
     public func read(_ word: Int) -> UInt64 { cb_load_relaxed_u64(words + word) }
     public func add(_ word: Int, _ n: UInt64 = 1) { cb_store_release_u64(words + word, read(word) &+ n) }
     public func set(_ word: Int, _ value: UInt64) { cb_store_release_u64(words + word, value) }
+}
+
+/// Commands of ingress sources (Kafka partitions) a shard dropped before sequencing them: not
+/// journaled, no report (one writer, the shard). `replays`: at or below the symbol's position in
+/// its partition, applied already (a restart or a rewind reads a partition again). `elsewhere`:
+/// for a symbol this engine gave to another engine (frozen for the move, or gone): the new
+/// owner reads them from the partition.
+public struct IngressCounters: @unchecked Sendable {
+    public static let replays = 0, elsewhere = 1
+    public let words: UnsafeMutablePointer<UInt64>
+    public init(words: UnsafeMutablePointer<UInt64>) { self.words = words }
+    public func read(_ word: Int) -> UInt64 { cb_load_relaxed_u64(words + word) }
+    @inline(__always) public func add(_ word: Int) { cb_store_release_u64(words + word, read(word) &+ 1) }
 }
 
 /// A shard's replication in the control file (written by the engine's control thread every

@@ -278,6 +278,10 @@ public final class EngineFile: @unchecked Sendable {
         ReplicationCounters(words: (shardBlock(shard) + InstanceLayout.replicationOffset).assumingMemoryBound(to: UInt64.self))
     }
 
+    public func ingress(_ shard: Int) -> IngressCounters {
+        IngressCounters(words: (shardBlock(shard) + InstanceLayout.ingressOffset).assumingMemoryBound(to: UInt64.self))
+    }
+
     public func migrations(_ shard: Int) -> MigrationCounters {
         MigrationCounters(words: (shardBlock(shard) + InstanceLayout.migrationsOffset).assumingMemoryBound(to: UInt64.self))
     }

@@ -26,6 +26,9 @@ struct SymbolCommand: ParsableCommand {
     @Option(help: "The shard that owns it (add).")
     var shard: Int = 0
 
+    @Flag(help: "Listed here, owned by another engine (add): engines that share an orders topic each list the others' symbols so, to skip their messages (not dead letters); such a symbol can move here (crossbook migrate --to-instance).")
+    var away = false
+
     @Option(help: "Its engine id (default: one above the highest in use).")
     var id: UInt32?
 
@@ -53,7 +56,7 @@ struct SymbolCommand: ParsableCommand {
 
     func run() throws {
         let request = action == "list" ? "symbols"
-            : "list \(symbol!) \(shard)\(id.map { " id \($0)" } ?? "") tick \(tick) lot \(lot) min \(minPrice) max \(maxPrice) maxqty \(maxOrderQuantity)"
+            : "list \(symbol!) \(away ? -1 : shard)\(id.map { " id \($0)" } ?? "") tick \(tick) lot \(lot) min \(minPrice) max \(maxPrice) maxqty \(maxOrderQuantity)"
         let answer: [String]
         do { answer = try Engine.ask(directory: target.resolvedDirectory, request) } catch {
             throw CLIError("engine '\(target.instance)': \(error)")

@@ -1,7 +1,8 @@
 // Exactly-once ingress in the engine (no broker here; the Kafka plugin's tests are in
 // KafkaTests): a session bound to a source partition journals its binding, each command's
-// offset travels in the journaled record, a command at an offset applied already is rejected,
-// and positions and bindings survive restarts and snapshots.
+// offset travels in the journaled record, a command at an offset applied already is dropped
+// unsequenced (a plugin's source; a client's stream gets a reject: StreamTests), and positions,
+// floors and bindings survive restarts and snapshots.
 import CrossbookClient
 @testable import Engine
 import Foundation
@@ -14,13 +15,14 @@ import TestSupport
 import Wire
 
 /// Submits a new buy order from `session` at `offset` and returns its first report.
-func submitAt(_ session: LocalSession, offset: UInt64, orderId: OrderId, price: Int64 = 100, symbolId: UInt32 = 1) throws -> ReportRecord.Report? {
+func submitAt(_ session: LocalSession, offset: UInt64, orderId: OrderId, price: Int64 = 100, symbolId: UInt32 = 1,
+              timeout: Double = 5) throws -> ReportRecord.Report? {
     var record = [UInt8](repeating: 0, count: 64)
     let order = NewOrder(orderId: orderId, side: .buy, price: price, quantity: 1)
     record.withUnsafeMutableBytes {
         CommandRecord.encode(.init(symbolId: symbolId, command: .new(order), clientSequence: offset), to: $0.baseAddress!)
     }
-    let deadline = Date().addingTimeInterval(5)
+    let deadline = Date().addingTimeInterval(timeout)
     while !record.withUnsafeBytes({ session.submit($0.baseAddress!, shard: 0) }) {
         guard Date() < deadline else { return nil }
         usleep(100)
@@ -34,9 +36,18 @@ func submitAt(_ session: LocalSession, offset: UInt64, orderId: OrderId, price: 
     return nil
 }
 
+/// A replay of a plugin's source: no report comes (dropped unsequenced), and the shard counts it.
+func expectReplayDropped(_ engine: Engine, shard: Int = 0, _ submit: () throws -> ReportRecord.Report?,
+                         sourceLocation: SourceLocation = #_sourceLocation) rethrows {
+    let before = engine.engineFile?.ingress(shard).read(IngressCounters.replays) ?? 0
+    let report = try submit()
+    #expect(report == nil, "a replay was answered: \(String(describing: report))", sourceLocation: sourceLocation)
+    #expect((engine.engineFile?.ingress(shard).read(IngressCounters.replays) ?? 0) == before + 1, sourceLocation: sourceLocation)
+}
+
 @Suite("Exactly-once ingress positions", .serialized)
 struct IngressPositionTests {
-    @Test("a bound session's offsets become the shard's position; an offset applied already is rejected (duplicate_ingress), live and after a restart; the binding is journaled and undone")
+    @Test("a bound session's offsets become the shard's position; an offset applied already is dropped unsequenced (counted), live and after a restart; the binding is journaled and undone")
     func positionsAndDuplicates() throws {
         let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-ingress-\(UUID().uuidString.prefix(8))"
         defer { removeTree(data) }
@@ -46,8 +57,7 @@ struct IngressPositionTests {
             let report = try #require(try submitAt(session, offset: UInt64(offset), orderId: OrderId(k + 1)))
             #expect(report.kind == .accepted)
         }
-        let duplicate = try #require(try submitAt(session, offset: 11, orderId: 9))
-        #expect(duplicate.kind == .rejected && duplicate.code == RejectReason.duplicateIngress.rawValue)
+        try expectReplayDropped(engine) { try submitAt(session, offset: 11, orderId: 9, timeout: 0.3) }
         // A gap is not a duplicate (messages for other shards, dead letters): taken.
         #expect(try submitAt(session, offset: 20, orderId: 10)?.kind == .accepted)
         #expect(engine.adminState(shard: 0)?.positions == ["orders#3": 20])
@@ -69,7 +79,7 @@ struct IngressPositionTests {
         // The source's producer gets its session id back: its orders rest under that id, and a
         // cancel read after the restart must find the order placed before it.
         #expect(again.id == session.id)
-        #expect(try submitAt(again, offset: 20, orderId: 11)?.code == RejectReason.duplicateIngress.rawValue)
+        try expectReplayDropped(restarted) { try submitAt(again, offset: 20, orderId: 11, timeout: 0.3) }
         #expect(try submitAt(again, offset: 21, orderId: 12)?.kind == .accepted)
         var cancel = [UInt8](repeating: 0, count: 64)
         cancel.withUnsafeMutableBytes {
@@ -135,7 +145,8 @@ struct IngressPositionTests {
     }
 
     /// Submits a new order of `symbolId` from `session` at `offset` to `shard`; its first report.
-    func submitTo(_ session: LocalSession, shard: Int, symbolId: UInt32, offset: UInt64, orderId: OrderId) throws -> ReportRecord.Report? {
+    func submitTo(_ session: LocalSession, shard: Int, symbolId: UInt32, offset: UInt64, orderId: OrderId,
+                  timeout: Double = 5) throws -> ReportRecord.Report? {
         var record = [UInt8](repeating: 0, count: 64)
         record.withUnsafeMutableBytes {
             CommandRecord.encode(.init(symbolId: symbolId, command: .new(NewOrder(orderId: orderId, side: .buy, price: 100, quantity: 1)),
@@ -143,7 +154,7 @@ struct IngressPositionTests {
         }
         guard record.withUnsafeBytes({ session.submit($0.baseAddress!, shard: shard) }) else { return nil }
         var out = [UInt8](repeating: 0, count: 64)
-        let deadline = Date().addingTimeInterval(5)
+        let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
             let n = try out.withUnsafeMutableBytes { try session.poll(into: $0.baseAddress!, capacity: 1) }
             if n == 1 { return out.withUnsafeBytes { try? ReportRecord.decode($0.baseAddress!) } }
@@ -152,7 +163,7 @@ struct IngressPositionTests {
         return nil
     }
 
-    @Test("a symbol that moves to another shard takes its old shard's ingress position along: a replay of its commands is rejected there (duplicate_ingress), though the new shard's own position is lower; after a restart too")
+    @Test("a symbol that moves to another shard takes its old shard's ingress position along: a replay of its commands is dropped there, though the new shard's own position is lower; after a restart too")
     func positionsMoveWithTheSymbol() throws {
         let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-ingmig-\(UUID().uuidString.prefix(8))"
         defer { removeTree(data) }
@@ -164,8 +175,7 @@ struct IngressPositionTests {
         _ = try engine.migrate(symbol: "HOT-USD", toShard: 1)
         // Shard 1's own position is 5: offset 8 of HOT-USD would pass its check, but shard 0
         // applied it.
-        let replay = try #require(try submitTo(session, shard: 1, symbolId: 1, offset: 8, orderId: 3))
-        #expect(replay.kind == .rejected && replay.code == RejectReason.duplicateIngress.rawValue)
+        try expectReplayDropped(engine, shard: 1) { try submitTo(session, shard: 1, symbolId: 1, offset: 8, orderId: 3, timeout: 0.3) }
         // ETH-USD is not held back by HOT-USD's floor.
         #expect(try submitTo(session, shard: 1, symbolId: 2, offset: 7, orderId: 4)?.kind == .accepted)
         #expect(try submitTo(session, shard: 1, symbolId: 1, offset: 11, orderId: 5)?.kind == .accepted)
@@ -178,7 +188,46 @@ struct IngressPositionTests {
         #expect(restarted.recoveredDigests == final)
         #expect(restarted.owner(of: "HOT-USD") == 1)
         let again = try restarted.openLocalSession(source: IngressSource(name: "orders", partition: 0))
-        #expect(try submitTo(again, shard: 1, symbolId: 1, offset: 9, orderId: 6)?.code == RejectReason.duplicateIngress.rawValue)
+        try expectReplayDropped(restarted, shard: 1) { try submitTo(again, shard: 1, symbolId: 1, offset: 9, orderId: 6, timeout: 0.3) }
         #expect(try submitTo(again, shard: 1, symbolId: 1, offset: 12, orderId: 7)?.kind == .accepted)
+    }
+}
+
+@Suite("Ingress floors: a symbol's own position in a partition", .serialized)
+struct IngressFloorTests {
+    @Test("a floor below the shard's position (a symbol back from another engine): its commands from there are taken once, the others' replays dropped; it goes once the symbol caught up; the resume point follows it; a restart replays all of it")
+    func floorBehindTheShard() throws {
+        let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-floor-\(UUID().uuidString.prefix(8))"
+        defer { removeTree(data) }
+        let engine = try durableEngine(dir, data: data, instance: "flo")
+        let session = try engine.openLocalSession(source: IngressSource(name: "orders", partition: 0))
+        // BTC-USD (id 1) up to offset 10; then an order at 20 moves the shard's position on.
+        #expect(try submitAt(session, offset: 10, orderId: 1)?.kind == .accepted)
+        #expect(try submitAt(session, offset: 20, orderId: 2)?.kind == .accepted)
+        // BTC-USD's own position is 14 (as when it arrives from an engine that stopped there):
+        // its messages 15 … 20 are to be read again here, 15 first.
+        guard case .applied = engine.admin(shard: 0, .ingressFloor(symbolId: 1, source: "orders", partition: 0, offset: 15)) else {
+            Issue.record("the floor was refused")
+            return
+        }
+        #expect(engine.adminState(shard: 0)?.resume == ["orders#0": 14])
+        try expectReplayDropped(engine) { try submitAt(session, offset: 12, orderId: 3, timeout: 0.3) }
+        #expect(try submitAt(session, offset: 16, orderId: 4)?.kind == .accepted)  // below the shard's 20: its own
+        try expectReplayDropped(engine) { try submitAt(session, offset: 16, orderId: 5, timeout: 0.3) }
+        #expect(try submitAt(session, offset: 18, orderId: 6)?.kind == .accepted)
+        #expect(engine.adminState(shard: 0)?.resume == ["orders#0": 18])
+        #expect(engine.adminState(shard: 0)?.positions == ["orders#0": 20])
+        // Caught up: its command is the newest of the partition here; the floor goes.
+        #expect(try submitAt(session, offset: 25, orderId: 7)?.kind == .accepted)
+        #expect(engine.adminState(shard: 0)?.resume == ["orders#0": 25])
+        try expectReplayDropped(engine) { try submitAt(session, offset: 19, orderId: 8, timeout: 0.3) }
+        engine.stop()
+        let final = engine.finalDigests
+
+        let restarted = try durableEngine(dir, data: data, instance: "flo")
+        defer { restarted.stop() }
+        #expect(restarted.recoveredDigests == final)
+        #expect(restarted.adminState(shard: 0)?.resume == ["orders#0": 25])
+        #expect(restarted.adminState(shard: 0)?.positions == ["orders#0": 25])
     }
 }

@@ -685,7 +685,8 @@ struct MigrationTests {
         let state = try #require(restarted.adminState(shard: 1))
         #expect(state.notOwned.isEmpty && state.frozen.isEmpty)
         #expect(restarted.adminState(shard: 0)?.notOwned == [1, 2])
-        // The floor came through the snapshot: an old offset of HOT-USD is a replay on shard 1.
+        // The positions came through the snapshot: an old offset of HOT-USD is a replay on shard 1
+        // (dropped unsequenced, counted).
         let again = try restarted.openLocalSession(source: IngressSource(name: "orders", partition: 0))
         var record = [UInt8](repeating: 0, count: 64)
         record.withUnsafeMutableBytes {
@@ -693,10 +694,10 @@ struct MigrationTests {
                                        clientSequence: floorOffset - 1), to: $0.baseAddress!)
         }
         #expect(record.withUnsafeBytes { again.submit($0.baseAddress!, shard: 1) })
+        #expect(waitFor(5) { (restarted.engineFile?.ingress(1).read(IngressCounters.replays) ?? 0) == 1 })
         var out = [UInt8](repeating: 0, count: 64)
-        #expect(waitFor(5) { ((try? out.withUnsafeMutableBytes { try again.poll(into: $0.baseAddress!, capacity: 1) }) ?? 0) == 1 })
-        let replay = out.withUnsafeBytes { try? ReportRecord.decode($0.baseAddress!) }
-        #expect(replay?.code == RejectReason.duplicateIngress.rawValue)
+        usleep(200_000)
+        #expect(((try? out.withUnsafeMutableBytes { try again.poll(into: $0.baseAddress!, capacity: 1) }) ?? 0) == 0, "a replay was answered")
     }
 
     @Test("the rebalance plan: the move that lowers the busier of the two shards most, while it takes enough off the busiest; none when level or one shard")

@@ -10,6 +10,12 @@
  * message for a symbol whose shard has journaled it already is skipped: after a kill -9 at
  * any moment, no message is applied twice and none is skipped.
  *
+ * Engines that share the topic each take their own symbols' messages: a symbol another engine
+ * takes (CB_SYMBOL_ELSEWHERE: it lives there, or moves) is skipped. When a symbol arrives from
+ * another engine, the host hands out rewinds (ingress_generation, source_rewind): the partition
+ * is read again from where that engine stopped, so the messages skipped meanwhile are applied
+ * here, in order, once (the shards drop what they applied already).
+ *
  * A message that does not parse or names an unknown symbol goes to the dead-letter topic, with
  * the reason in the header crossbook.reason, and consumption goes on. A full ring stops the
  * consumer thread until the shard makes room (librdkafka then stops fetching once its queue is
@@ -39,6 +45,7 @@ typedef struct partition_state {
     int32_t partition;
     cb_producer *producer;
     int64_t start;                /* the first offset read after a start */
+    int64_t next;                 /* the next offset to read: the last one handled + 1 */
     int64_t applied[MAX_SHARDS];  /* per shard: the last offset it journaled at start, -1 none */
 } partition_state;
 
@@ -61,7 +68,10 @@ typedef struct ingress {
     int thread_started;
     int stopping; /* atomic */
     int dead_letters_pending; /* produced, not yet acknowledged by the broker (consumer thread only) */
+    int follows;              /* the host hands out rewinds (ingress_generation, source_rewind) */
+    uint64_t generation;      /* the host's ingress generation last seen */
     uint64_t *consumed, *submitted, *skipped, *dead_lettered, *accepted, *rejected, *duplicates, *full_waits;
+    uint64_t *elsewhere, *rewinds;
 } ingress;
 
 static long long now_ms(void) {
@@ -147,11 +157,54 @@ static partition_state *partition_of(ingress *p, int32_t partition) {
     return NULL;
 }
 
+/* A symbol arrived from another engine (or a move away was undone): the partitions it may have
+   messages in that this plugin skipped are read again from where the host says. Returns 1 when
+   `current` (whose message in hand follows `offset`) is read again from at or before that
+   message: it is not handled now (it comes back). Called
+   after symbol_lookup said the message's symbol is this engine's, before submitting it. */
+static int take_rewinds(ingress *p, partition_state *current, int64_t offset) {
+    if (!p->follows) return 0;
+    uint64_t generation = p->api->ingress_generation(p->host);
+    if (generation == p->generation) return 0;
+    p->generation = generation;
+    int again = 0;
+    for (int i = 0; i < p->partition_count; i++) {
+        partition_state *part = &p->partitions[i];
+        uint64_t from = 0;
+        if (p->api->source_rewind(p->host, p->topic, (uint32_t)part->partition, &from) != CB_OK) continue;
+        if (from > (uint64_t)INT64_MAX) continue;
+        int64_t reached = part == current ? offset : part->next - 1; /* the last offset handled */
+        if ((int64_t)from > reached) continue; /* not read that far yet: nothing skipped there */
+        rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(1);
+        rd_kafka_topic_partition_list_add(list, p->topic, part->partition)->offset = (int64_t)from;
+        /* Blocks until the seek is done; the messages fetched before it are purged. */
+        rd_kafka_error_t *error = rd_kafka_seek_partitions(p->consumer, list, 5000);
+        rd_kafka_topic_partition_list_destroy(list);
+        char line[400];
+        if (error) {
+            snprintf(line, sizeof line, "%s#%d: reading again from offset %llu failed (%s): consumption stops until a restart",
+                     p->topic, (int)part->partition, (unsigned long long)from, rd_kafka_error_string(error));
+            rd_kafka_error_destroy(error);
+            set_health(p, CB_HEALTH_FAILED, line);
+            __atomic_store_n(&p->stopping, 1, __ATOMIC_RELEASE);
+            return 1;
+        }
+        snprintf(line, sizeof line, "%s#%d: a symbol arrived from another engine: reading again from offset %llu (had read to %lld)",
+                 p->topic, (int)part->partition, (unsigned long long)from, (long long)reached);
+        p->api->log(p->host, CB_LOG_INFO, line);
+        bump(p->rewinds, 1);
+        part->next = (int64_t)from;
+        if (part == current) again = 1;
+    }
+    return again;
+}
+
 /* One message: parse, route, skip if applied, submit (waiting while the ring is full). */
 static void handle(ingress *p, const rd_kafka_message_t *m) {
     partition_state *part = partition_of(p, m->partition);
     if (part == NULL) return; /* not assigned: cannot happen with assign() */
     bump(p->consumed, 1);
+    if (m->offset >= part->next) part->next = m->offset + 1;
     cb_command command;
     cb_symbol symbol = {.size = sizeof symbol};
     char why[200];
@@ -177,6 +230,13 @@ static void handle(ingress *p, const rd_kafka_message_t *m) {
         command = order.command;
         command.symbol_id = symbol.id;
     }
+    /* Another engine's (it lives there, or is moving): that engine applies it. */
+    if (symbol.size >= offsetof(cb_symbol, flags) + sizeof symbol.flags && (symbol.flags & CB_SYMBOL_ELSEWHERE)) {
+        bump(p->elsewhere, 1);
+        return;
+    }
+    /* This engine's: a symbol that arrived has older messages to apply first. */
+    if (take_rewinds(p, part, m->offset - 1)) return;
     if (symbol.shard < p->shards && m->offset <= part->applied[symbol.shard]) {
         bump(p->skipped, 1); /* journaled by its shard before the restart */
         return;
@@ -215,6 +275,7 @@ static void *run(void *arg) {
         rd_kafka_poll(p->dead_letters, 0);
         if (m == NULL) {
             drain_reports(p);
+            take_rewinds(p, NULL, 0); /* a quiet topic: what was skipped is read again all the same */
             /* Degraded and idle: ask the broker; healthy again once it answers. */
             if (is_degraded(p) && now_ms() - last_check > 1000) {
                 last_check = now_ms();
@@ -240,6 +301,13 @@ static void *run(void *arg) {
             continue;
         }
         if (is_degraded(p)) set_health(p, CB_HEALTH_OK, "");
+        /* A rewind while this partition's message is in hand: read again first (the message
+           comes back with the rest). */
+        partition_state *part = partition_of(p, m->partition);
+        if (part && take_rewinds(p, part, m->offset - 1)) {
+            rd_kafka_message_destroy(m);
+            continue;
+        }
         handle(p, m);
         rd_kafka_message_destroy(m);
         if ((__atomic_load_n(p->consumed, __ATOMIC_RELAXED) & 15) == 0) drain_reports(p); /* before the report rings fill */
@@ -337,6 +405,7 @@ static int start(const cb_host_api *api, cb_host *host, void **instance, char *e
     if (p == NULL) return CB_ERR_FAILED;
     p->api = api;
     p->host = host;
+    p->follows = CB_HOST_HAS(api, ingress_generation) && CB_HOST_HAS(api, source_rewind);
     kafka_health_init(&p->h, api, host, p->brokers);
     char partitions_text[512], format[16];
     int32_t partitions[MAX_PARTITIONS];
@@ -413,6 +482,7 @@ static int start(const cb_host_api *api, cb_host *host, void **instance, char *e
             if (part->applied[s] + 1 < part->start) part->start = part->applied[s] + 1;
         }
         rd_kafka_topic_partition_list_add(assignment, p->topic, part->partition)->offset = part->start;
+        part->next = part->start;
         int at = snprintf(line, sizeof line, "%s#%d: resuming at offset %lld; journaled up to:", p->topic, part->partition,
                           (long long)part->start);
         for (uint32_t s = 0; s < p->shards && at > 0 && at < (int)sizeof line - 32; s++)
@@ -443,6 +513,8 @@ static int start(const cb_host_api *api, cb_host *host, void **instance, char *e
         {"kafka_ingress_rejected", "rejected reports", &p->rejected},
         {"kafka_ingress_duplicates", "rejected as duplicate_ingress (0 but after a restart that follows a symbol's move: replays the engine caught)", &p->duplicates},
         {"kafka_ingress_full_waits", "waits for a full ring (back-pressure)", &p->full_waits},
+        {"kafka_ingress_elsewhere", "messages of symbols another engine takes (it lives there, or is moving)", &p->elsewhere},
+        {"kafka_ingress_rewinds", "partitions read again from an earlier offset: a symbol arrived from another engine", &p->rewinds},
     };
     for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++)
         api->counter_register(host, counters[i].name, counters[i].help, CB_METRIC_COUNTER, counters[i].slot);

@@ -190,7 +190,7 @@ typedef struct cb_symbol {
     uint32_t size; /* sizeof(cb_symbol) of the caller: set it before calling symbol_lookup */
     uint32_t id;
     uint32_t shard;
-    uint32_t reserved;
+    uint32_t flags;   /* CB_SYMBOL_* (0 from hosts before them) */
     const char *name; /* valid until stop */
     int64_t tick_size;
     int64_t lot_size;
@@ -198,6 +198,11 @@ typedef struct cb_symbol {
     int64_t max_price;
     int64_t max_order_quantity;
 } cb_symbol;
+
+/* cb_symbol.flags. CB_SYMBOL_ELSEWHERE: another engine takes this symbol's ingress orders now
+   (it lives there, or is moving between this engine and another): an ingress plugin skips its
+   messages, as applied by that engine (not a dead letter: the owner reads the same partition). */
+enum { CB_SYMBOL_ELSEWHERE = 1 };
 
 /* ---- Metrics ---------------------------------------------------------------------------------- */
 
@@ -422,6 +427,21 @@ typedef struct cb_host_api {
        and trades it, on a thread of its own; returns at once (CB_OK: taken up or already under
        way; CB_ERR_UNSUPPORTED: this engine takes no moves). */
     int (*transfer_offered)(cb_host *host, const char *symbol, uint64_t epoch, uint32_t shard);
+
+    /* Appended with ingress that follows moves between engines (check CB_HOST_HAS). Engines that
+       share a topic each read all of it and take the messages of their own symbols (the others'
+       are CB_SYMBOL_ELSEWHERE). A symbol that arrives from another engine (or whose move away is
+       undone) has messages this plugin skipped while it was elsewhere: its partitions are read
+       again from where the other engine stopped. `ingress_generation` changes each time that
+       happens; when it changed, call `source_rewind` for every partition the plugin reads:
+       CB_OK with *offset: seek the partition back to *offset and read on from there, submitting
+       as usual (a shard drops, unjournaled and unanswered, every command it applied already);
+       CB_ERR_NOT_FOUND: nothing to read again there. A rewind is handed out once. Check the
+       generation after symbol_lookup said a symbol is this engine's and before submitting its
+       message: the host makes the rewind before the symbol: a message read after that check is
+       never submitted ahead of the older ones the rewind brings back. */
+    uint64_t (*ingress_generation)(cb_host *host);
+    int (*source_rewind)(cb_host *host, const char *source, uint32_t partition, uint64_t *offset);
 } cb_host_api;
 
 /* True when the host's table reaches `field` (a plugin built against a newer header). */

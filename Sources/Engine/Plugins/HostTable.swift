@@ -160,6 +160,16 @@ extension PluginHost {
                   SymbolSpec.isValidName(name) else { return CB_ERR_INVALID.rawValue }
             return environment.transferOffered(name, epoch, Int(shard)) ? CB_OK.rawValue : CB_ERR_UNSUPPORTED.rawValue
         }
+        table.pointee.ingress_generation = { host in
+            LoadedPlugin.from(host)?.host?.environment.rewinds.currentGeneration ?? 0
+        }
+        table.pointee.source_rewind = { host, source, partition, offset in
+            guard let plugin = LoadedPlugin.from(host), let source, let offset, let name = ingressSourceName(source),
+                  let environment = plugin.host?.environment else { return CB_ERR_INVALID.rawValue }
+            guard let from = environment.rewinds.take(sourceKey(name, partition)) else { return CB_ERR_NOT_FOUND.rawValue }
+            offset.pointee = from
+            return CB_OK.rawValue
+        }
         return table
     }()
 }

@@ -57,7 +57,7 @@ final class LoadedPlugin: @unchecked Sendable {
                 ?? environment.table?.published(named: symbol).map({ (spec: $0.spec, shard: $0.home) }) else {
             return CB_ERR_UNKNOWN_SYMBOL.rawValue
         }
-        return describe(entry, routes: environment.routes, into: out)
+        return describe(entry, environment, into: out)
     }
 
     /// The symbol with engine id `id` (a binary record names its symbol by id).
@@ -67,20 +67,21 @@ final class LoadedPlugin: @unchecked Sendable {
                 ?? environment.table?.published(id: id).map({ (spec: $0.spec, shard: $0.home) }) else {
             return CB_ERR_UNKNOWN_SYMBOL.rawValue
         }
-        return describe(entry, routes: environment.routes, into: out)
+        return describe(entry, environment, into: out)
     }
 
     /// The symbol at `index` of the engine's symbols.
     func lookup(index: Int, into out: UnsafeMutablePointer<cb_symbol>) -> Int32 {
         guard let environment = host?.environment, index >= 0 else { return CB_ERR_NOT_FOUND.rawValue }
-        if index < environment.symbols.count { return describe(environment.symbols[index], routes: environment.routes, into: out) }
+        if index < environment.symbols.count { return describe(environment.symbols[index], environment, into: out) }
         guard let entry = environment.table?.published(at: index) else { return CB_ERR_NOT_FOUND.rawValue }
-        return describe((spec: entry.spec, shard: entry.home), routes: environment.routes, into: out)
+        return describe((spec: entry.spec, shard: entry.home), environment, into: out)
     }
 
     /// `shard`: where the symbol lives now (it may move: a producer follows by itself).
-    private func describe(_ entry: (spec: SymbolSpec, shard: Int), routes: RouteTable,
+    private func describe(_ entry: (spec: SymbolSpec, shard: Int), _ environment: PluginEnvironment,
                           into out: UnsafeMutablePointer<cb_symbol>) -> Int32 {
+        let routes = environment.routes
         let symbol = entry.spec.name
         let name = lock.locked {
             if let known = symbolNames[symbol] { return known }
@@ -93,6 +94,8 @@ final class LoadedPlugin: @unchecked Sendable {
         value.id = entry.spec.id
         // No shard here owns it (it moved to another engine): UINT32_MAX.
         value.shard = routes.shard(of: entry.spec.id).map { UInt32($0) } ?? UInt32.max
+        // Its ingress is another engine's: it lives there, or moves (IngressRewinds).
+        if value.shard == UInt32.max || environment.rewinds.isAway(entry.spec.id) { value.flags = UInt32(CB_SYMBOL_ELSEWHERE) }
         value.name = UnsafePointer(name)
         value.tick_size = entry.spec.tickSize
         value.lot_size = entry.spec.lotSize

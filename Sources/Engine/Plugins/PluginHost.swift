@@ -40,6 +40,9 @@ struct PluginEnvironment: @unchecked Sendable {
     let transferOffered: @Sendable (String, UInt64, Int) -> Bool
     /// Every symbol of the instance, those listed at run time too (nil: `symbols` only).
     let table: InstanceSymbols?
+    /// What the ingress plugins read again when a symbol arrives from another engine, and the
+    /// symbols another engine takes the ingress of (IngressRewinds.swift).
+    let rewinds: IngressRewinds
 
     init(instance: String, directory: String, engineFile: EngineFile, symbols: [(spec: SymbolSpec, shard: Int)],
          routes: RouteTable? = nil, log: @escaping @Sendable (String) -> Void,
@@ -51,7 +54,8 @@ struct PluginEnvironment: @unchecked Sendable {
             = { _, _ throws(EngineError) in throw EngineError("no journal") },
          migrate: @escaping @Sendable (UInt32, Int) -> String? = { _, _ in "this engine cannot move symbols" },
          transferOffered: @escaping @Sendable (String, UInt64, Int) -> Bool = { _, _, _ in false },
-         table: InstanceSymbols? = nil) {
+         table: InstanceSymbols? = nil, rewinds: IngressRewinds = IngressRewinds()) {
+        self.rewinds = rewinds
         self.migrate = migrate
         self.transferOffered = transferOffered
         self.table = table

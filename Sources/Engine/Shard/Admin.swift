@@ -58,6 +58,11 @@ public struct ShardAdminState: Equatable, Sendable {
     public var sourceCount = 0
     /// The symbols the shard knows: the config's and the listings it has applied.
     public var symbolCount = 0
+    /// Where a restart reads each source from, minus one (IngressPositions.resumePositions).
+    public var resume: [String: UInt64] = [:]
+    /// The floors of the symbols of `transfers` (source → last applied offset of the symbol):
+    /// where the partition is read again from once the move is settled here (IngressRewinds).
+    public var transferFloors: [UInt32: [String: UInt64]] = [:]
 
     public init(epoch: UInt64, positions: [String: UInt64], frozen: Set<UInt32>, notOwned: Set<UInt32>,
                 exported: Set<UInt32> = [], imported: Set<UInt32> = []) {
@@ -170,8 +175,7 @@ extension ShardState {
             guard book(of: id) != nil else { return "symbol \(id) is not a symbol of this instance" }
             guard offset <= UInt64(Int64.max) + 1 else { return "offset \(offset) is not a Kafka offset" }
             guard let slot = ingress.slot(sourceKey(source, partition)) else { return "more than \(IngressPositions.capacity) ingress sources" }
-            let key = UInt64(id) << 32 | UInt64(UInt32(bitPattern: slot))
-            ingress.floors[key] = max(ingress.floors[key] ?? 0, offset)
+            ingress.setFloor(id, slot: slot, offset)
         case .unbindSource(let session):
             guard session < 1 << 16, ingress.ofSession[Int(session)] >= 0 else { return "session \(session) is not bound" }
             ingress.ofSession[Int(session)] = -1
@@ -204,6 +208,7 @@ extension ShardState {
             guard let b = book(of: id) else { return "symbol \(id) is not a symbol of this instance" }
             guard bookFlags[b] & BookFlag.notOwned != 0 else { return "symbol \(id) is owned by this shard already" }
             transfers[id] = ShardTransfer(epoch: epoch, instance: instance, outbound: false)
+            given.remove(id)
         case .exportSealed(let id, let length, let crc):
             if let why = markExported(id, length: length, crc: crc) { return why }
         case .importPart(let id, let total, let offset, let part):
@@ -243,7 +248,9 @@ extension ShardState {
                 return "symbol \(id) is not an exported symbol of this shard: freeze and export it before dropping it"
             }
             releaseBook(b)
+            if transfers[id]?.outbound == true { given.insert(id) }
             transfers[id] = nil
+            ingress.dropFloors(id)
         case .listSymbol(let listing):
             if let why = adoptListing(listing) { return why }
             let b = Int(listing.slot)
@@ -323,6 +330,7 @@ extension ShardState {
         state.sourceSessions = ingress.sourceSessions
         state.sourceCount = ingress.keys.count
         state.symbolCount = symbols.count
+        state.resume = ingress.resumePositions
         for (b, entry) in symbols.enumerated() {
             let id = entry.spec.id, flags = bookFlags[b]
             if flags & BookFlag.frozen != 0 { state.frozen.insert(id) }
@@ -331,6 +339,7 @@ extension ShardState {
             if flags & BookFlag.imported != 0 { state.imported.insert(id) }
             if let t = transfers[id], flags & BookFlag.notOwned == 0, flags & (t.outbound ? BookFlag.exported : BookFlag.imported) != 0 {
                 state.transfers[id] = t
+                state.transferFloors[id] = ingress.floors(of: id)
             }
         }
         return state
@@ -535,7 +544,7 @@ extension ShardState {
                 for _ in 0..<(try get(UInt32.self)) {
                     let symbol = try get(UInt32.self), index = try get(UInt32.self), offset = try get(UInt64.self)
                     guard book(of: symbol) != nil, index < ingress.keys.count else { throw EngineError("snapshot: ingress floor of symbol \(symbol)") }
-                    ingress.floors[UInt64(symbol) << 32 | UInt64(index)] = offset
+                    ingress.setFloor(symbol, slot: Int32(index), offset)
                 }
             }
         }

@@ -7,9 +7,20 @@
 // replay binds the same session at the same point; the offset travels inside the journaled
 // command record itself, so a command and its position are durable together or not at all.
 // The shard keeps, per source, the next offset it expects; a command at an offset below it is
-// a replay of the source and is rejected (`duplicate_ingress`), journaled like any command,
-// so that the replay of the journal rejects it too. Positions survive in snapshots (the admin
-// trailer) with the bindings of the sessions attached at that point.
+// a replay of the source. Live, a replay is dropped before it is sequenced (not journaled, no
+// report: its outcome was given the first time; IngressCounters.replays); in a journal written
+// before that, it is a reject (`duplicate_ingress`) and replays as one. Positions survive in
+// snapshots (the admin trailer) with the bindings of the sessions attached at that point.
+//
+// A symbol that arrived (from another shard, or from another engine) has its own position per
+// source, its *floor*: the next offset of that symbol the shard takes. Exact, both ways: a
+// symbol from another engine arrives behind the shard's own position (the partition is read
+// again from its floor, `IngressRewinds`), one from a shard that had read further arrives
+// ahead of it. A floor moves with each command of its symbol and goes once the symbol has
+// caught up with the shard (its command is the newest of that source here), or, for the other
+// sources, once a command of the symbol comes from one source (a symbol's orders come from one
+// partition). A shard's resume point in a source (what the ingress plugin reads from after a
+// restart) is the lowest of its position and its floors there.
 
 import OrderBook
 
@@ -25,24 +36,33 @@ struct IngressPositions: ~Copyable {
     let next: UnsafeMutablePointer<UInt64>
     /// Session id → the slot of its source, or -1 (not bound).
     let ofSession: UnsafeMutablePointer<Int32>
+    /// Per slot: a plugin's source (a Kafka partition), whose replays and other engines'
+    /// commands are dropped unsequenced; not a client's stream ("client:..."), whose resent
+    /// commands are answered (rejected, duplicate_ingress: the client waits for an answer).
+    let plugin: UnsafeMutablePointer<Bool>
     /// Per slot, the session last bound to it (0: none). Its orders carry that session id: a
     /// restart gives the source's new producer the same id when it is free, so that a cancel
     /// read after the restart finds the order placed before it (Engine.openLocalSession).
     private(set) var lastSession: [UInt32] = []
-    /// Per symbol that moved here and source slot (symbol id << 32 | slot): the offset below
-    /// which its commands were applied by the shard it came from (admin `ingressFloor`).
-    var floors: [UInt64: UInt64] = [:]
+    /// Per symbol that moved here and source slot (symbol id << 32 | slot): the next offset of
+    /// that symbol the shard takes (admin `ingressFloor`, then each of its commands).
+    private(set) var floors: [UInt64: UInt64] = [:]
+    /// The symbols with floors: the first command of one source drops their floors on the others.
+    private var floored: Set<UInt32> = []
 
     init() {
         next = cacheAligned(UInt64.self, count: Self.capacity)
         next.initialize(repeating: 0, count: Self.capacity)
         ofSession = cacheAligned(Int32.self, count: 1 << 16)
         ofSession.initialize(repeating: -1, count: 1 << 16)
+        plugin = cacheAligned(Bool.self, count: Self.capacity)
+        plugin.initialize(repeating: false, count: Self.capacity)
     }
 
     deinit {
         next.deallocate()
         ofSession.deallocate()
+        plugin.deallocate()
     }
 
     /// The slot of `key`, created if new; nil when the table is full.
@@ -54,6 +74,7 @@ struct IngressPositions: ~Copyable {
         lastSession.append(0)
         slots[key] = slot
         next[Int(slot)] = 0
+        plugin[Int(slot)] = !key.hasPrefix("client:")
         return slot
     }
 
@@ -68,6 +89,55 @@ struct IngressPositions: ~Copyable {
         var out: [String: UInt64] = [:]
         for (i, key) in keys.enumerated() where next[i] > 0 { out[key] = next[i] - 1 }
         return out
+    }
+
+    /// Where a restart reads each source from, minus one: the lowest of the position and the
+    /// floors there (a symbol behind the shard). A floor of 0 (nothing applied): no entry.
+    var resumePositions: [String: UInt64] {
+        var lowest = Array(UnsafeBufferPointer(start: next, count: keys.count))
+        for (key, floor) in floors {
+            let slot = Int(UInt32(truncatingIfNeeded: key))
+            if slot < lowest.count { lowest[slot] = min(lowest[slot], floor) }
+        }
+        var out: [String: UInt64] = [:]
+        for (i, key) in keys.enumerated() where lowest[i] > 0 { out[key] = lowest[i] - 1 }
+        return out
+    }
+
+    /// A symbol's own positions: per source, the last offset of it the shard applied (its floor
+    /// - 1 where it has one, else the shard's position). Where it goes next, these are its floors.
+    /// `unread`: also the sources with none applied, as UInt64.max (a floor of 0).
+    func positions(of symbol: UInt32, unread: Bool) -> [String: UInt64] {
+        var out: [String: UInt64] = [:]
+        for (i, key) in keys.enumerated() {
+            let n = floors[UInt64(symbol) << 32 | UInt64(i)] ?? next[i]
+            if n > 0 { out[key] = n - 1 } else if unread { out[key] = UInt64.max }
+        }
+        return out
+    }
+
+    /// The floors of `symbol` (source key → last applied offset): where the partition is read
+    /// again from when it arrives behind.
+    func floors(of symbol: UInt32) -> [String: UInt64] {
+        var out: [String: UInt64] = [:]
+        for (key, floor) in floors where key >> 32 == UInt64(symbol) && floor > 0 {
+            out[keys[Int(UInt32(truncatingIfNeeded: key))]] = floor - 1
+        }
+        return out
+    }
+
+    /// Sets a floor (admin `ingressFloor`, a snapshot): the higher of the two where there is one.
+    mutating func setFloor(_ symbol: UInt32, slot: Int32, _ offset: UInt64) {
+        let key = UInt64(symbol) << 32 | UInt64(UInt32(bitPattern: slot))
+        floors[key] = max(floors[key] ?? 0, offset)
+        floored.insert(symbol)
+    }
+
+    /// The symbol left the shard: its floors go.
+    mutating func dropFloors(_ symbol: UInt32) {
+        guard !floors.isEmpty else { return }
+        floors = floors.filter { $0.key >> 32 != UInt64(symbol) }
+        floored.remove(symbol)
     }
 
     /// Bound sessions: session id → key.
@@ -102,23 +172,54 @@ struct IngressPositions: ~Copyable {
         slots = [:]
         next.update(repeating: 0, count: Self.capacity)
         floors = [:]
+        floored = []
         clearBindings()
     }
 
-    /// The hot-path check of one command from a bound session: nil when it is new (the position
-    /// moves to it), or why it is rejected.
+    /// Live, before a command is sequenced: true when it is a replay of its source (applied
+    /// already: dropped, not journaled). A malformed offset is not (it is rejected as such).
     @inline(__always)
-    func admit(_ record: UnsafeRawPointer, source: Int32) -> RejectReason? {
+    func isReplay(_ record: UnsafeRawPointer, source: Int32) -> Bool {
+        let offset = UInt64(littleEndian: record.loadUnaligned(fromByteOffset: 48, as: UInt64.self))
+        guard offset <= UInt64(Int64.max) else { return false }
+        if !floors.isEmpty {
+            let symbol = UInt64(UInt32(littleEndian: record.loadUnaligned(fromByteOffset: 8, as: UInt32.self)))
+            if let floor = floors[symbol << 32 | UInt64(UInt32(bitPattern: source))] { return offset < floor }
+        }
+        return offset < next[Int(source)]
+    }
+
+    /// The check of one command from a bound session, live or replayed: nil when it is new (the
+    /// positions move to it), or why it is rejected.
+    @inline(__always)
+    mutating func admit(_ record: UnsafeRawPointer, source: Int32) -> RejectReason? {
         let offset = UInt64(littleEndian: record.loadUnaligned(fromByteOffset: 48, as: UInt64.self))
         // A Kafka offset is a non-negative 64-bit integer.
         guard offset <= UInt64(Int64.max) else { return .malformedCommand }
         let slot = Int(source)
-        guard offset >= next[slot] else { return .duplicateIngress }
-        // A symbol that moved here: below the position its old shard had, a replay.
         if !floors.isEmpty {
-            let symbol = UInt64(UInt32(littleEndian: record.loadUnaligned(fromByteOffset: 8, as: UInt32.self)))
-            if let floor = floors[symbol << 32 | UInt64(UInt32(bitPattern: source))], offset < floor { return .duplicateIngress }
+            let symbol = UInt32(littleEndian: record.loadUnaligned(fromByteOffset: 8, as: UInt32.self))
+            let key = UInt64(symbol) << 32 | UInt64(UInt32(bitPattern: source))
+            if floored.contains(symbol) {
+                let floor = floors[key]
+                if let floor, offset < floor { return .duplicateIngress }
+                // Its orders come from this source: its floors on the others go.
+                floors = floors.filter { $0.key >> 32 != UInt64(symbol) || $0.key == key }
+                if floor != nil {
+                    // A symbol that arrived: its own position decides, behind or ahead of the shard's.
+                    if offset >= next[slot] {
+                        floors[key] = nil  // caught up: the shard's position is its own from here
+                        next[slot] = offset &+ 1
+                        floored.remove(symbol)
+                    } else {
+                        floors[key] = offset &+ 1
+                    }
+                    return nil
+                }
+                floored.remove(symbol)
+            }
         }
+        guard offset >= next[slot] else { return .duplicateIngress }
         next[slot] = offset &+ 1
         return nil
     }

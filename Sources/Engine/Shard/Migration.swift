@@ -152,6 +152,10 @@ extension ShardState {
         }
         var answer = MigrationAnswer(at: monotonicNanoseconds(), orders: books[b].restingOrderCount)
         answer.bookAddress = BookAddress(pointer: books + b)
+        // The symbol's own positions now: each of its commands not applied yet is after them
+        // (those held from here on too, though the shard's positions move on with its other
+        // symbols). For another engine, every source this shard reads (none applied: from 0).
+        answer.positions = ingress.positions(of: id, unread: step.transfer != nil)
         step.finish(answer)
     }
 
@@ -168,7 +172,15 @@ extension ShardState {
         switch runAdmin(record) {
         case .applied(let sequence):
             answer.sequence = sequence
-            answer.positions = ingress.positions
+            if step.transfer != nil {
+                // Its commands from here on are the other engine's (dropped here, IngressCounters
+                // .elsewhere); its positions at the hold become its floors here too, so that if
+                // the move is undone it is read again from them (IngressRewinds).
+                answer.positions = step.positions
+                answer.sequence = journalFloors(id, step.positions) ?? sequence
+            } else {
+                answer.positions = ingress.positions(of: id, unread: false)
+            }
         case .refused(_, let why):
             answer.refusal = why
         }
@@ -254,7 +266,8 @@ extension ShardState {
         var last: UInt64?
         for (key, offset) in positions.sorted(by: { $0.key < $1.key }) {
             guard let hash = key.lastIndex(of: "#"), let partition = UInt32(key[key.index(after: hash)...]) else { continue }
-            if case .applied(let s) = runAdmin(.ingressFloor(symbolId: id, source: String(key[..<hash]), partition: partition, offset: offset + 1)) {
+            // UInt64.max: none applied (a floor of 0).
+            if case .applied(let s) = runAdmin(.ingressFloor(symbolId: id, source: String(key[..<hash]), partition: partition, offset: offset &+ 1)) {
                 last = s
             }
         }
@@ -312,6 +325,8 @@ extension ShardState {
             let session = command.session
             withUnsafeBytes(of: &command.words) { raw in
                 let record = raw.baseAddress!
+                let source = ingress.ofSession[Int(session)]
+                if source >= 0 && ingress.plugin[Int(source)] && dropsIngress(record, source: source) { return }
                 let context = sequencer.next(session: session)
                 if journal(record, context) { process(record, context) }
             }

@@ -77,6 +77,9 @@ struct ShardState: ~Copyable {
     var importParts: [UInt32: [UInt8]] = [:]
     /// Symbols moving to or from another engine (Admin.swift's transferOut / transferIn).
     var transfers: [UInt32: ShardTransfer] = [:]
+    /// Symbols this shard gave to another engine (dropped after a transferOut): their ingress
+    /// commands are the new owner's (IngressCounters.elsewhere).
+    var given: Set<UInt32> = []
     /// A planned switchover (Engine+Replication.swift): while this reads 1, no command is taken.
     var ingressPause: UnsafeMutablePointer<UInt32>?
     /// A standby's promotion, asked and not yet done (Shard.loop).
@@ -274,6 +277,25 @@ struct ShardState: ~Copyable {
         books[b].apply(command, to: &sink)
     }
 
+    /// Live, before sequencing a command of an ingress source (a Kafka partition): true when it
+    /// is dropped, unjournaled and unanswered. A replay of the source (at or below its symbol's
+    /// position: applied already), or a command for a symbol this shard gave to another engine
+    /// (frozen for the move, or gone): that engine reads it from the partition (the partition is
+    /// the queue of the commands that wait for a move). Counted in IngressCounters.
+    @inline(never)
+    mutating func dropsIngress(_ record: UnsafeRawPointer, source: Int32) -> Bool {
+        if ingress.isReplay(record, source: source) {
+            counters.ingress.add(IngressCounters.replays)
+            return true
+        }
+        let id = UInt32(littleEndian: record.loadUnaligned(fromByteOffset: 8, as: UInt32.self))
+        guard let b = book(of: id), bookFlags[b] != 0 else { return false }
+        let elsewhere = transfers[id] != nil
+            || (bookFlags[b] & BookFlag.notOwned != 0 && (given.contains(id) || routes?.shard(of: id) == nil))
+        if elsewhere { counters.ingress.add(IngressCounters.elsewhere) }
+        return elsewhere
+    }
+
     /// Journals a live command under its context. False when the journal cannot take it (disk
     /// full, I/O error): the command stays in its ring, untouched, and is not sequenced.
     @inline(__always)
@@ -347,6 +369,12 @@ struct ShardState: ~Copyable {
                 let record = UnsafeRawPointer(inbound[i].commands.slot(done))
                 // A symbol on its way here: its commands wait for its book, unsequenced.
                 if holding != 0 && hold(record, session: session) {
+                    done += 1
+                    continue
+                }
+                // An ingress source's command applied already, or another engine's: not sequenced.
+                let source = ingress.ofSession[Int(session)]
+                if source >= 0 && ingress.plugin[Int(source)] && dropsIngress(record, source: source) {
                     done += 1
                     continue
                 }
