@@ -511,7 +511,7 @@ static int start(const cb_host_api *api, cb_host *host, void **instance, char *e
         {"kafka_ingress_dead_letters", "messages sent to the dead-letter topic", &p->dead_lettered},
         {"kafka_ingress_accepted", "accepted reports", &p->accepted},
         {"kafka_ingress_rejected", "rejected reports", &p->rejected},
-        {"kafka_ingress_duplicates", "rejected as duplicate_ingress (0 but after a restart that follows a symbol's move: replays the engine caught)", &p->duplicates},
+        {"kafka_ingress_duplicates", "rejected as duplicate_ingress (0: replays are dropped by the shards now, crossbook_ingress_replays_dropped_total)", &p->duplicates},
         {"kafka_ingress_full_waits", "waits for a full ring (back-pressure)", &p->full_waits},
         {"kafka_ingress_elsewhere", "messages of symbols another engine takes (it lives there, or is moving)", &p->elsewhere},
         {"kafka_ingress_rewinds", "partitions read again from an earlier offset: a symbol arrived from another engine", &p->rewinds},

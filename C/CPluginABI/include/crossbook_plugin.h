@@ -384,14 +384,17 @@ typedef struct cb_host_api {
        one partition of an ingress source (a Kafka topic: `source` is its name, UTF-8, 1 to 200
        bytes, no '#'). Every command it submits carries its offset in that partition in
        `client_sequence`. Each shard journals the binding before any command of the producer and
-       keeps, per source partition, the last offset it applied: a command at an offset not
-       after it is rejected (reason 18, duplicate_ingress) as a replay of the source. The offset
-       travels inside the journaled command, so a command and its position are durable together
-       or not at all. */
+       keeps, per source partition, the last offset it applied (and, for a symbol that moved
+       here, the symbol's own): a command at an offset its symbol applied already is a replay of
+       the source, dropped unsequenced (no report: its outcome was given the first time), as is
+       a command for a symbol another engine owns or is moving. The offset travels inside the
+       journaled command, so a command and its position are durable together or not at all. */
     int (*producer_open_source)(cb_host *host, const char *source, uint32_t partition, cb_producer **out);
-    /* The last offset of `source` partition `partition` that `shard` journaled (and applied or
-       rejected): CB_OK with *offset, CB_ERR_NOT_FOUND if it journaled none. Resume each shard at
-       *offset + 1: a message for a symbol of that shard at or below it is applied already. */
+    /* Where `shard` resumes `source` partition `partition`, minus one: the last offset it
+       journaled, or lower where a symbol that moved here is behind it (its floor): CB_OK with
+       *offset, CB_ERR_NOT_FOUND if none. Resume each shard at *offset + 1: a message for a symbol
+       of that shard at or below it is applied already (above it, the shard drops what it
+       applied). */
     int (*source_position)(cb_host *host, uint32_t shard, const char *source, uint32_t partition, uint64_t *offset);
     /* The symbol whose engine id is `id` (a binary record names its symbol by id): as
        symbol_lookup. */
