@@ -162,6 +162,10 @@ struct StatCommand: ParsableCommand {
             if m.read(MigrationCounters.into) + m.read(MigrationCounters.outOf) + m.read(MigrationCounters.failed) + m.read(MigrationCounters.inProgress) > 0 {
                 line("  migrations in=\(m.read(MigrationCounters.into)) out=\(m.read(MigrationCounters.outOf)) failed=\(m.read(MigrationCounters.failed)) last_pause_us=\(m.read(MigrationCounters.lastPauseMicros)) max_pause_us=\(m.read(MigrationCounters.maxPauseMicros))\(m.read(MigrationCounters.inProgress) != 0 ? " MOVING" : "")")
             }
+            let ingress = file.ingress(s)
+            if ingress.read(IngressCounters.replays) + ingress.read(IngressCounters.elsewhere) > 0 {
+                line("  ingress dropped unsequenced: replays=\(ingress.read(IngressCounters.replays)) elsewhere=\(ingress.read(IngressCounters.elsewhere))")
+            }
             if let ring = try? EventRing.attach(path: InstanceLayout.eventRingPath(target.resolvedDirectory, shard: s)) {
                 for consumer in ring.consumerLags() {
                     line("  event consumer \(consumer.index) (pid \(consumer.pid)\(consumer.mayDetach ? ", may detach" : "")): lag \(consumer.lag) events")
@@ -214,6 +218,8 @@ struct StatCommand: ParsableCommand {
                 "migrations": ["in": m.read(MigrationCounters.into), "out": m.read(MigrationCounters.outOf),
                                "failed": m.read(MigrationCounters.failed), "in_progress": m.read(MigrationCounters.inProgress),
                                "last_pause_us": m.read(MigrationCounters.lastPauseMicros)],
+                "ingress_dropped": ["replays": file.ingress(s).read(IngressCounters.replays),
+                                    "elsewhere": file.ingress(s).read(IngressCounters.elsewhere)],
                 "replication": ["role": ["none", "primary", "standby"][Int(min(2, r.read(ReplicationCounters.role)))],
                                 "epoch": r.read(ReplicationCounters.epoch), "sync_engaged": r.read(ReplicationCounters.engaged),
                                 "lag_records": r.read(ReplicationCounters.lag), "connected": r.read(ReplicationCounters.connected),
