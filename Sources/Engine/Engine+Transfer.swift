@@ -34,16 +34,24 @@ import SharedMemory
 import Wire
 
 /// The book, its rules and where the source's ingress was, as the store carries them between
-/// engines. Little-endian: magic "CBX1", epoch (u64), symbol id (u32), tick, lot, min price, max
+/// engines. Little-endian: magic "CBX2", epoch (u64), symbol id (u32), tick, lot, min price, max
 /// price, max quantity (i64 each), name length (u16), name, source instance length (u16),
 /// instance, position count (u32), per position its key length (u16), key, last offset (u64),
-/// book length (u32), book, CRC32C of everything before (u32).
+/// owner count (u32), per owner its session id (u32, rising) and source key (length u16, key),
+/// book length (u32), book (the source's order ids), CRC32C of everything before (u32).
+///
+/// The owners are the source's sessions bound to ingress sources (Kafka partitions): an order
+/// one of them placed belongs, on the target, to the target's session of the same partition
+/// (its client cancels it there by the same order id); any other order becomes foreign
+/// (`foreignOrderId`). The target makes the ids (`arrivingBook`).
 struct TransferBlob: Equatable {
-    static let magic: UInt32 = 0x3158_4243  // "CBX1"
+    static let magic: UInt32 = 0x3258_4243  // "CBX2"
+    static let firstMagic: UInt32 = 0x3158_4243  // "CBX1": ids made foreign by the source; no owners
     var spec: SymbolSpec
     var epoch: UInt64
     var source: String
     var positions: [String: UInt64]
+    var owners: [UInt32: String] = [:]
     var book: [UInt8]
 
     static func key(symbol: String, epoch: UInt64) -> String { "transfer:\(symbol):\(epoch)" }
@@ -66,6 +74,11 @@ struct TransferBlob: Equatable {
         for (k, v) in positions.sorted(by: { $0.key < $1.key }) {
             put(k)
             put(v)
+        }
+        put(UInt32(owners.count))
+        for (session, key) in owners.sorted(by: { $0.key < $1.key }) {
+            put(session)
+            put(key)
         }
         put(UInt32(book.count))
         out.append(contentsOf: book)
@@ -93,7 +106,9 @@ struct TransferBlob: Equatable {
             at += n
             return s
         }
-        guard try get(UInt32.self) == magic else { throw EngineError("not a transfer blob (magic)") }
+        let tag = try get(UInt32.self)
+        guard tag != firstMagic else { throw EngineError("a transfer blob of an earlier build (CBX1): finish the move with the build that began it") }
+        guard tag == magic else { throw EngineError("not a transfer blob (magic)") }
         let epoch = try get(UInt64.self)
         var spec = SymbolSpec(name: "", id: try get(UInt32.self))
         spec.tickSize = try get(Int64.self)
@@ -115,9 +130,31 @@ struct TransferBlob: Equatable {
             previous = k
             positions[k] = try get(UInt64.self)
         }
+        var owners: [UInt32: String] = [:]
+        let owning = try get(UInt32.self)
+        guard owning <= 4096 else { throw EngineError("transfer blob: \(owning) owners") }
+        var last: UInt32 = 0
+        for _ in 0..<owning {
+            let session = try get(UInt32.self)
+            guard session > last, session < 1 << 16 else { throw EngineError("transfer blob: owner session \(session) out of order or range") }
+            last = session
+            owners[session] = try text()
+        }
         let length = Int(try get(UInt32.self))
         guard length == end - at else { throw EngineError("transfer blob: book of \(length) bytes, \(end - at) left") }
-        return TransferBlob(spec: spec, epoch: epoch, source: source, positions: positions, book: Array(bytes[at..<end]))
+        return TransferBlob(spec: spec, epoch: epoch, source: source, positions: positions, owners: owners, book: Array(bytes[at..<end]))
+    }
+
+    /// The book as the target takes it in: an order of an owner (a session of an ingress
+    /// source) belongs to `sessions[its source]` (the target's session of that source), with its
+    /// client's order id; every other becomes foreign. nil when two orders would have one id.
+    func arrivingBook(sessions: [String: UInt32]) -> [UInt8]? {
+        BookSnapshotLayout.rewritingOrderIds(book) { place, id in
+            if let key = owners[UInt32(owner(id))], let mine = sessions[key], mine != 0 {
+                return engineOrderId(mine, id & maxClientOrderId)
+            }
+            return foreignOrderId(id, epoch: epoch, place: place)
+        }
     }
 }
 
@@ -220,11 +257,14 @@ extension Engine {
             // if the move is undone).
             ingressRewinds.leave(spec.id)
             guard awaitDurable(source, out.sequence, timeout: timeout) else { throw abandon("the export was not durable within \(timeout) s", thaw: true) }
-            // Its orders' sessions are this engine's: on the target they belong to no session.
-            guard let foreign = BookSnapshotLayout.rewritingOrderIds(bytes, { foreignOrderId($1, epoch: epoch, place: $0) }) else {
-                throw abandon("two resting orders would have the same id on \(instance) (an order that moved 65,536 moves ago still rests)", thaw: true)
+            // Its orders' sessions are this engine's: on the target, an ingress source's orders go
+            // to its session of the same source, the others to no session (arrivingBook).
+            var owners: [UInt32: String] = [:]
+            for (key, session) in adminState(shard: source, timeout: timeout)?.sourceSessions ?? [:]
+            where session != 0 && !key.hasPrefix(Engine.streamPrefix) {
+                owners[session] = key
             }
-            let blob = TransferBlob(spec: spec, epoch: epoch, source: settings.instance, positions: out.positions, book: foreign)
+            let blob = TransferBlob(spec: spec, epoch: epoch, source: settings.instance, positions: out.positions, owners: owners, book: bytes)
             if let why = store.saveBlob(TransferBlob.key(symbol: name, epoch: epoch), blob.encode()) {
                 throw abandon(why, thaw: true)
             }
@@ -282,7 +322,11 @@ extension Engine {
                 log("move of \(name) from \(blob.source) not taken: \(why)")
                 return EngineError("move of \(name) from \(blob.source) not taken: \(why)")
             }
-            let arriving = MigrationStep(symbolId: blob.spec.id, book: blob.book, positions: blob.positions)
+            // Its orders' ids here: an ingress source's go to this shard's session of that source.
+            guard let book = blob.arrivingBook(sessions: adminState(shard: target, timeout: timeout)?.sourceSessions ?? [:]) else {
+                throw giveUp("two resting orders would have the same id here (an order that moved 65,536 moves ago still rests)")
+            }
+            let arriving = MigrationStep(symbolId: blob.spec.id, book: book, positions: blob.positions)
             arriving.transfer = ShardTransfer(epoch: epoch, instance: blob.source, outbound: false)
             guard let imported = step(target, { .importTransfer($0) }, arriving, timeout: timeout) else {
                 noteTransfers()

@@ -48,21 +48,27 @@ struct KafkaTransferTests {
         return path
     }
 
-    /// Order lines: HOT-USD new orders only (a moved order cannot be cancelled by its client on
-    /// the other engine: README), limit around 100 and some market; ETH-USD and SOL-USD with
-    /// cancels and replaces (they do not move).
+    /// Order lines: HOT-USD (the symbol that moves) with cancels and replaces of its earlier
+    /// orders (those that moved with it are cancelled on the other engine by the same order id),
+    /// limit around 100 and some market; ETH-USD and SOL-USD with cancels.
     static func orderLog(count: Int, seed: UInt64) -> [String] {
         var rng = SplitMix(seed: seed)
         var lines: [String] = []
         var live: [(String, Int)] = []
+        var hot: [Int] = []
         for id in 1...count {
             let roll = rng.next() % 100
             let side = rng.next() % 2 == 0 ? "B" : "S"
             if roll < 45 {
-                if roll < 5 {
+                if roll < 6, !hot.isEmpty {
+                    lines.append("C,HOT-USD,\(hot.remove(at: Int(rng.next() % UInt64(hot.count))))")
+                } else if roll < 9, !hot.isEmpty {
+                    lines.append("R,HOT-USD,\(hot[Int(rng.next() % UInt64(hot.count))]),\(95 + rng.next() % 11),\(1 + rng.next() % 5)")
+                } else if roll < 12 {
                     lines.append("N,HOT-USD,\(id),\(1 + id % 5),\(side),MKT,0,\(1 + rng.next() % 3),IOC")
                 } else {
                     lines.append("N,HOT-USD,\(id),\(1 + id % 5),\(side),LMT,\(95 + rng.next() % 11),\(1 + rng.next() % 5),GTC")
+                    hot.append(id)
                 }
                 continue
             }
@@ -237,7 +243,7 @@ struct KafkaTransferTests {
             for (_, event) in events {
                 if case .trade(_, _, _, let price, let quantity, _, _) = event { trades.append("\(price),\(quantity)") }
             }
-            let hotLines = log.filter { $0.hasPrefix("N,HOT-USD,") }
+            let hotLines = log.filter { $0.split(separator: ",").dropFirst().first == "HOT-USD" }
             let reference = try runCrossbookCapturing(["replay", "--trades-only", "-"], stdin: hotLines.joined(separator: "\n") + "\n")
             let want = reference.split(separator: "\n").filter { $0.hasPrefix("T,") }.map { line -> String in
                 let f = line.split(separator: ",")

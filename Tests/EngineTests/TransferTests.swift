@@ -117,7 +117,8 @@ struct TransferTests {
         var book = try OrderBook(spec: spec, capacity: BookCapacity(orders: 64, levels: 16))
         var recorder = EventRecorder()
         for i in 0..<3 { book.apply(.new(NewOrder(orderId: OrderId(i + 1), side: i % 2 == 0 ? .buy : .sell, price: i % 2 == 0 ? 100 : 200, quantity: 2)), to: &recorder) }
-        let blob = TransferBlob(spec: spec, epoch: 41, source: "east-1", positions: ["orders#3": 99, "orders#0": 1 << 40], book: book.snapshot())
+        let blob = TransferBlob(spec: spec, epoch: 41, source: "east-1", positions: ["orders#3": 99, "orders#0": 1 << 40],
+                                owners: [7: "orders#3", 2: "orders#0"], book: book.snapshot())
         let good = blob.encode()
         #expect(try TransferBlob.decode(good) == blob)
         func crcFixed(_ bytes: [UInt8]) -> [UInt8] {
@@ -190,6 +191,78 @@ struct TransferTests {
         try taker.drain()
         #expect(taker.filled == 20, "filled \(taker.filled)")
         taker.client.close()
+    }
+
+    @Test("orders an ingress source (a Kafka partition) placed move with the symbol as that source's on the target: the target's session of the same partition cancels and replaces them by their order ids, and is told their fills; a client's orders become foreign (its cancel there finds nothing)")
+    func sourceOrdersMoveAsTheSources() throws {
+        let redis = try RedisServer()
+        let prefix = "xs\(UInt32.random(in: 0...UInt32.max)):"
+        let dirA = testDirectory(), dirB = testDirectory()
+        let dataA = NSTemporaryDirectory() + "crossbook-xsa-\(UUID().uuidString.prefix(8))"
+        let dataB = NSTemporaryDirectory() + "crossbook-xsb-\(UUID().uuidString.prefix(8))"
+        defer { removeTree(dataA); removeTree(dataB) }
+        let logA = LogLines(), logB = LogLines()
+        let a = try transferEngine("xsa", dir: dirA, data: dataA, redis: redis, prefix: prefix,
+                                   symbols: [(spec: SymbolSpec(name: "HOT-USD", id: 1), shard: 0)], log: logA, accept: false)
+        let b = try transferEngine("xsb", dir: dirB, data: dataB, redis: redis, prefix: prefix,
+                                   symbols: [(spec: SymbolSpec(name: "SOL-USD", id: 3), shard: 0)], log: logB, accept: false)
+        defer { a.stop(); b.stop() }
+        #expect(waitFor(10) { routes(redis, prefix: prefix)["HOT-USD"]?.instance == "xsa" })
+        // B opens its session of the partition first, so that the two engines' session ids differ.
+        let other = try b.openLocalSession()
+        let onB = try b.openLocalSession(source: IngressSource(name: "orders", partition: 4))
+        let onA = try a.openLocalSession(source: IngressSource(name: "orders", partition: 4))
+        #expect(onA.id != onB.id, "the test needs two session ids: \(onA.id), \(onB.id)")
+        func send(_ session: LocalSession, _ command: BookCommand, offset: UInt64, shard: Int, symbol: UInt32 = 1) -> [ReportRecord.Report] {
+            var record = [UInt8](repeating: 0, count: 64)
+            record.withUnsafeMutableBytes { CommandRecord.encode(.init(symbolId: symbol, command: command, clientSequence: offset), to: $0.baseAddress!) }
+            guard record.withUnsafeBytes({ session.submit($0.baseAddress!, shard: shard) }) else { return [] }
+            var out: [ReportRecord.Report] = []
+            var buffer = [UInt8](repeating: 0, count: 64)
+            _ = waitFor(5) {
+                while let n = try? buffer.withUnsafeMutableBytes({ try session.poll(into: $0.baseAddress!, capacity: 1) }), n == 1 {
+                    if let r = buffer.withUnsafeBytes({ try? ReportRecord.decode($0.baseAddress!) }) { out.append(r) }
+                }
+                return !out.isEmpty
+            }
+            usleep(50_000)
+            while let n = try? buffer.withUnsafeMutableBytes({ try session.poll(into: $0.baseAddress!, capacity: 1) }), n == 1 {
+                if let r = buffer.withUnsafeBytes({ try? ReportRecord.decode($0.baseAddress!) }) { out.append(r) }
+            }
+            return out
+        }
+        for k in 0..<5 {
+            #expect(send(onA, .new(NewOrder(orderId: OrderId(100 + k), side: .buy, price: 100 - Int64(k), quantity: 2)), offset: UInt64(k), shard: 0).first?.kind == .accepted)
+        }
+        let desk = try Desk("xsa", dirA, firstId: 0)
+        #expect(try desk.send("HOT-USD", .buy, 90)?.kind == .accepted)
+        let clientOrder = desk.next
+
+        let out = try a.transferOut(symbol: "HOT-USD", to: "xsb")
+        _ = try b.transferIn(symbol: "HOT-USD", epoch: out.epoch, shard: 0)
+        a.settleTransfers()
+        // On B, by B's session of partition orders#4: a cancel and a replace by the order ids
+        // A's session of that partition gave them.
+        #expect(send(onB, .cancel(CancelOrder(orderId: 101)), offset: 10, shard: 0).first?.kind == .cancelled)
+        #expect(send(onB, .replace(ReplaceOrder(orderId: 102, price: 100, quantity: 2)), offset: 11, shard: 0).first?.kind == .replaced)
+        // A sell takes the best bids: 100 (id 100, 2), then 102 replaced at 100 (2): both fills
+        // reach B's session of the partition.
+        let fills = send(onB, .new(NewOrder(orderId: 200, side: .sell, price: 100, quantity: 4)), offset: 12, shard: 0)
+        let makerFills = fills.filter { $0.kind == .trade && $0.orderId != 200 }.map(\.orderId).sorted()
+        #expect(makerFills == [100, 102], "\(fills)")
+        // The client's order moved as foreign: B has no session of that client.
+        let deskB = try Desk("xsb", dirB, firstId: 0)
+        let info = try deskB.client.symbol("HOT-USD")
+        #expect(deskB.client.submit(.cancel(CancelOrder(orderId: clientOrder)), symbol: info))
+        var answer: ReportRecord.Report?
+        _ = waitFor(5) {
+            _ = try? deskB.client.waitForReports(timeout: 0.05) { answer = answer ?? $0 }
+            return answer != nil
+        }
+        #expect(answer?.kind == .rejected && answer?.rejectReason == .unknownOrderId, "\(String(describing: answer))")
+        b.closeLocalSession(onB)
+        b.closeLocalSession(other)
+        a.closeLocalSession(onA)
     }
 
     @Test("a symbol moves to another engine and back with its resting orders; the source rejects it meanwhile (frozen, then moved); restarts keep one owner; a garbage or foreign blob is refused with a reason; a move the target claims too late is taken back by the source")
@@ -439,27 +512,34 @@ struct TransferKillTests {
 struct CrossChain {
     enum Step {
         case command(engine: Int, session: UInt32, record: [UInt8])
-        /// The book moved to another engine at a route epoch: its orders' ids become foreign
-        /// (foreignOrderId).
-        case hop(to: Int, epoch: UInt64)
+        /// The book moved to another engine at a route epoch, as the target journaled its import
+        /// (its orders' ids made there: TransferBlob.arrivingBook).
+        case hop(to: Int, epoch: UInt64, book: [UInt8])
     }
     var steps: [Step] = []
     var hops = 0
     var owner: (engine: Int, shard: Int)
 
     init(data: [String], shards: Int, symbolId: UInt32, initialOwner: (engine: Int, shard: Int)) throws {
-        enum Entry { case command(UInt32, [UInt8]), out(UInt64), into(UInt64), thaw, drop }
+        enum Entry { case command(UInt32, [UInt8]), out(UInt64), into(UInt64), imported([UInt8]), thaw, drop }
         var journals: [[[Entry]]] = []
         for directory in data {
             var perShard: [[Entry]] = []
             for shard in 0..<shards {
                 var entries: [Entry] = []
+                var pending: [UInt8] = []
                 _ = try JournalReader.scan(directory: directory, shard: shard, repair: false) { type, _, payload in
                     if type == 2, payload.count > 8, let command = try? AdminRecord.decode(UnsafeRawBufferPointer(rebasing: payload[8...])) {
                         switch command {
                         case .transferOut(let id, _, _, let epoch, _) where id == symbolId: entries.append(.out(epoch))
                         case .transferIn(let id, let epoch, _) where id == symbolId: entries.append(.into(epoch))
                         case .thaw(let id) where id == symbolId: entries.append(.thaw)
+                        case .importBook(let id, let book) where id == symbolId: entries.append(.imported(book))
+                        case .importPart(let id, let total, let offset, let part) where id == symbolId:
+                            // Parts in order; the last completes the book.
+                            if offset == 0 { pending = [] }
+                            pending += part
+                            if pending.count == Int(total) { entries.append(.imported(pending)) }
                         case .drop(let id) where id == symbolId: entries.append(.drop)
                         default: break
                         }
@@ -495,8 +575,10 @@ struct CrossChain {
                             let after = list[(k + 1)...]
                             let thawed = after.first { if case .thaw = $0 { return true }; if case .drop = $0 { return true }; return false }
                             guard case .thaw = thawed else { continue }
+                            let imported = after.lazy.compactMap { if case .imported(let b) = $0 { return b }; return nil }.first
+                            guard let imported else { continue }
                             cursor[e2][s2] = k + 1
-                            steps.append(.hop(to: e2, epoch: epoch))
+                            steps.append(.hop(to: e2, epoch: epoch, book: imported))
                             hops += 1
                             (e, s) = (e2, s2)
                             owner = (e2, s2)
@@ -518,13 +600,16 @@ struct CrossChain {
         var out: [(engine: Int, event: BookEvent)] = []
         for step in steps {
             switch step {
-            case .hop(_, let epoch):
-                let bytes = book.snapshot()
-                guard let foreign = BookSnapshotLayout.rewritingOrderIds(bytes, { foreignOrderId($1, epoch: epoch, place: $0) }) else {
-                    throw EngineError("replay: the ids collide at a hop")
+            case .hop(_, _, let imported):
+                // The target's import must be this book (the same orders in the same places and
+                // priority; only the ids are the target's).
+                let here = book.snapshot()
+                guard let a = BookSnapshotLayout.rewritingOrderIds(here, { place, _ in OrderId(place + 1) }),
+                      let b = BookSnapshotLayout.rewritingOrderIds(imported, { place, _ in OrderId(place + 1) }), a == b else {
+                    throw EngineError("replay: the book imported at a hop is not the book that left")
                 }
                 book = try OrderBook(spec: spec, capacity: capacity)
-                try book.restore(from: foreign)
+                try book.restore(from: imported)
             case .command(let engine, let session, let record):
                 let decoded = record.withUnsafeBytes { try? CommandRecord.decode($0.baseAddress!) }
                 guard var command = decoded?.command else { continue }

@@ -116,12 +116,12 @@ struct IngressPositions: ~Copyable {
         return out
     }
 
-    /// The floors of `symbol` (source key → last applied offset): where the partition is read
-    /// again from when it arrives behind.
+    /// The floors of `symbol` (source key → last applied offset; UInt64.max: none, a floor of
+    /// 0): where the partition is read again from when it arrives behind.
     func floors(of symbol: UInt32) -> [String: UInt64] {
         var out: [String: UInt64] = [:]
-        for (key, floor) in floors where key >> 32 == UInt64(symbol) && floor > 0 {
-            out[keys[Int(UInt32(truncatingIfNeeded: key))]] = floor - 1
+        for (key, floor) in floors where key >> 32 == UInt64(symbol) {
+            out[keys[Int(UInt32(truncatingIfNeeded: key))]] = floor &- 1
         }
         return out
     }
