@@ -415,6 +415,16 @@ public final class Engine: @unchecked Sendable {
 
         try writeFile(InstanceLayout.symbolsPath(s.directory), table.symbolsFileText(shardOf: { _ in nil }))
 
+        // A rewind the ingress took: the floors it reads again for go once it is past them.
+        ingressRewinds.onTaken = { [weak self] key, reached, symbols in
+            guard let self, let routes = self.routes else { return }
+            var byShard: [Int: [(UInt32, String, UInt64)]] = [:]
+            for symbol in symbols {
+                if let shard = routes.shard(of: symbol) { byShard[shard, default: []].append((symbol, key, reached)) }
+            }
+            for (shard, marks) in byShard where shard < self.shards.count { _ = self.shards[shard].send(.ingressMarks(marks)) }
+        }
+
         // Plugins: every one checked and loaded before anything else happens.
         if let pluginSettings = s.plugins, !pluginSettings.load.isEmpty {
             let host = PluginHost(settings: pluginSettings, environment: PluginEnvironment(

@@ -112,6 +112,7 @@ struct AdminCommandTests {
         var expected = ShardAdminState(epoch: 3, positions: ["orders#0": 41], frozen: [], notOwned: [])
         expected.symbolCount = 1
         expected.sourceCount = 1
+        expected.resume = ["orders#0": 41]
         #expect(replayed == expected)
         again2.stop()
     }
@@ -159,6 +160,7 @@ struct AdminCommandTests {
         var expected = ShardAdminState(epoch: 9, positions: ["t#2": 5], frozen: [2], notOwned: [])
         expected.symbolCount = 2
         expected.sourceCount = 1
+        expected.resume = ["t#2": 5]
         #expect(restarted.adminState(shard: 0) == expected)
         #expect(restarted.recoveredDigests == engine.finalDigests)
     }

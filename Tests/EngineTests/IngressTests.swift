@@ -231,3 +231,46 @@ struct IngressFloorTests {
         #expect(restarted.adminState(shard: 0)?.positions == ["orders#0": 25])
     }
 }
+
+extension IngressFloorTests {
+    @Test("a quiet symbol's floor does not stay: it goes once a command above the offset its partition was read again through is applied (the plugin's mark), and after a restart once one above where the shard stopped is; the resume point moves up with it")
+    func quietFloorsGo() throws {
+        let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-floorq-\(UUID().uuidString.prefix(8))"
+        defer { removeTree(data) }
+        let engine = try durableEngine(dir, data: data, instance: "floq", symbols: ["BTC-USD", "ETH-USD"])
+        let session = try engine.openLocalSession(source: IngressSource(name: "orders", partition: 0))
+        #expect(try submitAt(session, offset: 20, orderId: 1)?.kind == .accepted)
+        // ETH-USD (id 2) arrives behind, at 15; it gets no message.
+        guard case .applied = engine.admin(shard: 0, .ingressFloor(symbolId: 2, source: "orders", partition: 0, offset: 15)) else {
+            Issue.record("the floor was refused")
+            return
+        }
+        #expect(engine.adminState(shard: 0)?.resume == ["orders#0": 14])
+        // The plugin read the partition again through 22 for it: a BTC-USD command at 21 is
+        // not past that, one at 23 is.
+        #expect(engine.shards[0].send(.ingressMarks([(2, "orders#0", 22)])))
+        #expect(try submitAt(session, offset: 21, orderId: 2)?.kind == .accepted)
+        #expect(engine.adminState(shard: 0)?.resume == ["orders#0": 14])
+        #expect(try submitAt(session, offset: 23, orderId: 3)?.kind == .accepted)
+        #expect(engine.adminState(shard: 0)?.resume == ["orders#0": 23])
+        // An ETH-USD message below the shard's position is a replay now.
+        try expectReplayDropped(engine) { try submitAt(session, offset: 16, orderId: 4, symbolId: 2, timeout: 0.3) }
+
+        // Again at 18, and a restart: the replay brings the floor back (journaled), the restart
+        // marks it at the shard's position (23): it goes with the first command above.
+        guard case .applied = engine.admin(shard: 0, .ingressFloor(symbolId: 2, source: "orders", partition: 0, offset: 18)) else {
+            Issue.record("the floor was refused")
+            return
+        }
+        engine.closeLocalSession(session)
+        engine.stop()
+        let restarted = try durableEngine(dir, data: data, instance: "floq", symbols: ["BTC-USD", "ETH-USD"])
+        defer { restarted.stop() }
+        #expect(restarted.adminState(shard: 0)?.resume == ["orders#0": 17])
+        let again = try restarted.openLocalSession(source: IngressSource(name: "orders", partition: 0))
+        #expect(try submitAt(again, offset: 19, orderId: 5, symbolId: 2)?.kind == .accepted)  // ETH-USD's own, below 23
+        #expect(restarted.adminState(shard: 0)?.resume == ["orders#0": 19])
+        #expect(try submitAt(again, offset: 24, orderId: 6)?.kind == .accepted)
+        #expect(restarted.adminState(shard: 0)?.resume == ["orders#0": 24])
+    }
+}

@@ -171,9 +171,11 @@ static int take_rewinds(ingress *p, partition_state *current, int64_t offset) {
     for (int i = 0; i < p->partition_count; i++) {
         partition_state *part = &p->partitions[i];
         uint64_t from = 0;
-        if (p->api->source_rewind(p->host, p->topic, (uint32_t)part->partition, &from) != CB_OK) continue;
-        if (from > (uint64_t)INT64_MAX) continue;
         int64_t reached = part == current ? offset : part->next - 1; /* the last offset handled */
+        if (p->api->source_rewind(p->host, p->topic, (uint32_t)part->partition, reached < 0 ? UINT64_MAX : (uint64_t)reached,
+                                  &from) != CB_OK)
+            continue;
+        if (from > (uint64_t)INT64_MAX) continue;
         if ((int64_t)from > reached) continue; /* not read that far yet: nothing skipped there */
         rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(1);
         rd_kafka_topic_partition_list_add(list, p->topic, part->partition)->offset = (int64_t)from;

@@ -436,15 +436,16 @@ typedef struct cb_host_api {
        are CB_SYMBOL_ELSEWHERE). A symbol that arrives from another engine (or whose move away is
        undone) has messages this plugin skipped while it was elsewhere: its partitions are read
        again from where the other engine stopped. `ingress_generation` changes each time that
-       happens; when it changed, call `source_rewind` for every partition the plugin reads:
-       CB_OK with *offset: seek the partition back to *offset and read on from there, submitting
-       as usual (a shard drops, unjournaled and unanswered, every command it applied already);
-       CB_ERR_NOT_FOUND: nothing to read again there. A rewind is handed out once. Check the
+       happens; when it changed, call `source_rewind` for every partition the plugin reads, with
+       `reached`, the last offset of it the plugin handled (UINT64_MAX: none yet): CB_OK with
+       *offset: if *offset <= reached, seek the partition back to *offset and read on from there,
+       submitting as usual (a shard drops, unjournaled and unanswered, every command it applied
+       already); CB_ERR_NOT_FOUND: nothing to read again there. A rewind is handed out once. Check the
        generation after symbol_lookup said a symbol is this engine's and before submitting its
        message: the host makes the rewind before the symbol: a message read after that check is
        never submitted ahead of the older ones the rewind brings back. */
     uint64_t (*ingress_generation)(cb_host *host);
-    int (*source_rewind)(cb_host *host, const char *source, uint32_t partition, uint64_t *offset);
+    int (*source_rewind)(cb_host *host, const char *source, uint32_t partition, uint64_t reached, uint64_t *offset);
 } cb_host_api;
 
 /* True when the host's table reaches `field` (a plugin built against a newer header). */

@@ -163,10 +163,10 @@ extension PluginHost {
         table.pointee.ingress_generation = { host in
             LoadedPlugin.from(host)?.host?.environment.rewinds.currentGeneration ?? 0
         }
-        table.pointee.source_rewind = { host, source, partition, offset in
+        table.pointee.source_rewind = { host, source, partition, reached, offset in
             guard let plugin = LoadedPlugin.from(host), let source, let offset, let name = ingressSourceName(source),
                   let environment = plugin.host?.environment else { return CB_ERR_INVALID.rawValue }
-            guard let from = environment.rewinds.take(sourceKey(name, partition)) else { return CB_ERR_NOT_FOUND.rawValue }
+            guard let from = environment.rewinds.take(sourceKey(name, partition), reached: reached) else { return CB_ERR_NOT_FOUND.rawValue }
             offset.pointee = from
             return CB_OK.rawValue
         }

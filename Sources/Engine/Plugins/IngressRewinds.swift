@@ -21,6 +21,12 @@ final class IngressRewinds: @unchecked Sendable {
     private var pending: [String: UInt64] = [:]
     /// Symbols another engine takes the ingress of (moving out, or in and not settled here).
     private var away: Set<UInt32> = []
+    /// Per pending rewind, the symbols it reads again for.
+    private var covers: [String: Set<UInt32>] = [:]
+    /// Told when a plugin took a rewind: the source key, the offset the plugin had read through,
+    /// the symbols it was for (their shards' floors go once past it: Ingress.swift). Set once,
+    /// before plugins run.
+    var onTaken: ((String, UInt64, Set<UInt32>) -> Void)?
 
     /// Another engine takes `symbol`'s ingress messages from now on (a move away was exported,
     /// or one in is under way and not settled here).
@@ -34,6 +40,7 @@ final class IngressRewinds: @unchecked Sendable {
             for (key, last) in floors {
                 let from = last &+ 1
                 pending[key] = min(pending[key] ?? from, from)
+                covers[key, default: []].insert(symbol)
             }
             if !floors.isEmpty { generation &+= 1 }
             away.remove(symbol)
@@ -47,6 +54,17 @@ final class IngressRewinds: @unchecked Sendable {
 
     var currentGeneration: UInt64 { lock.locked { generation } }
 
-    /// The rewind of a source partition, handed out once.
-    func take(_ key: String) -> UInt64? { lock.locked { pending.removeValue(forKey: key) } }
+    /// The rewind of a source partition, handed out once; `reached`: the last offset the plugin
+    /// had read of it (UInt64.max: none).
+    func take(_ key: String, reached: UInt64) -> UInt64? {
+        let taken = lock.locked { () -> (UInt64, Set<UInt32>)? in
+            guard let from = pending.removeValue(forKey: key) else { return nil }
+            return (from, covers.removeValue(forKey: key) ?? [])
+        }
+        guard let (from, symbols) = taken else { return nil }
+        // Read again through `reached` at most (from `from`): nothing of these symbols waits
+        // below it once a command above it is applied.
+        if reached != UInt64.max { onTaken?(key, reached, symbols) }
+        return from
+    }
 }

@@ -21,6 +21,14 @@
 // sources, once a command of the symbol comes from one source (a symbol's orders come from one
 // partition). A shard's resume point in a source (what the ingress plugin reads from after a
 // restart) is the lowest of its position and its floors there.
+//
+// A floor of a quiet symbol would stay, and every restart would read its partition again from
+// it: a floor also goes once the partition has been read again past everything its symbol could
+// still have waiting (its *mark*: the plugin's read position when it took the symbol's rewind, or
+// the shard's position at a restart) — once a command of that source above the mark is applied,
+// every message up to it was submitted, in order, before, and the shard's position is the
+// symbol's. Marks are not journaled: a floor kept is never wrong (it is the symbol's exact
+// position), only slower to restart from, and a journaled command is accepted by either rule.
 
 import OrderBook
 
@@ -49,6 +57,11 @@ struct IngressPositions: ~Copyable {
     private(set) var floors: [UInt64: UInt64] = [:]
     /// The symbols with floors: the first command of one source drops their floors on the others.
     private var floored: Set<UInt32> = []
+    /// Per floor (same key): it goes once a command of its source above this offset is applied
+    /// (and the floor is not ahead of the shard's position then). Not journaled.
+    private var marks: [UInt64: UInt64] = [:]
+    /// Per slot, the lowest mark of its floors (UInt64.max: none): the one compare per command.
+    let lowestMark: UnsafeMutablePointer<UInt64>
 
     init() {
         next = cacheAligned(UInt64.self, count: Self.capacity)
@@ -57,12 +70,15 @@ struct IngressPositions: ~Copyable {
         ofSession.initialize(repeating: -1, count: 1 << 16)
         plugin = cacheAligned(Bool.self, count: Self.capacity)
         plugin.initialize(repeating: false, count: Self.capacity)
+        lowestMark = cacheAligned(UInt64.self, count: Self.capacity)
+        lowestMark.initialize(repeating: UInt64.max, count: Self.capacity)
     }
 
     deinit {
         next.deallocate()
         ofSession.deallocate()
         plugin.deallocate()
+        lowestMark.deallocate()
     }
 
     /// The slot of `key`, created if new; nil when the table is full.
@@ -77,6 +93,9 @@ struct IngressPositions: ~Copyable {
         plugin[Int(slot)] = !key.hasPrefix("client:")
         return slot
     }
+
+    /// The slot of `key` if the shard knows it.
+    func knownSlot(_ key: String) -> Int32? { slots[key] }
 
     /// The last applied offset of `key`, if any.
     func last(_ key: String) -> UInt64? {
@@ -131,6 +150,54 @@ struct IngressPositions: ~Copyable {
         let key = UInt64(symbol) << 32 | UInt64(UInt32(bitPattern: slot))
         floors[key] = max(floors[key] ?? 0, offset)
         floored.insert(symbol)
+        if marks.removeValue(forKey: key) != nil { remark(Int(UInt32(bitPattern: slot))) }
+    }
+
+    /// The partition of `key`'s floor has been read again through `through` (IngressRewinds),
+    /// or will be from a restart: the floor goes once a command above that is applied.
+    mutating func mark(_ symbol: UInt32, slot: Int32, through: UInt64) {
+        let key = UInt64(symbol) << 32 | UInt64(UInt32(bitPattern: slot))
+        guard let floor = floors[key] else { return }
+        marks[key] = max(through, floor)
+        remark(Int(slot))
+    }
+
+    /// A restart: the plugin reads each source again from the lowest floor, in order, past the
+    /// shard's position: every floor (but those of `keep`: symbols moving) goes once a command
+    /// above that position is applied.
+    mutating func markAll(keeping keep: Set<UInt32>) {
+        for (key, floor) in floors where !keep.contains(UInt32(truncatingIfNeeded: key >> 32)) {
+            let slot = Int(UInt32(truncatingIfNeeded: key))
+            marks[key] = max(next[slot] &- 1, floor)
+        }
+        for slot in 0..<keys.count { remark(slot) }
+    }
+
+    private func remark(_ slot: Int) {
+        var lowest = UInt64.max
+        for (key, mark) in marks where Int(UInt32(truncatingIfNeeded: key)) == slot { lowest = min(lowest, mark) }
+        lowestMark[slot] = lowest
+    }
+
+    /// A command of `slot` at `offset` was applied, above the slot's lowest mark: the floors
+    /// whose marks it passed go, unless ahead of the shard's position (then at their floor).
+    @inline(never)
+    private mutating func passMarks(_ slot: Int, _ offset: UInt64) {
+        for (key, mark) in marks where Int(UInt32(truncatingIfNeeded: key)) == slot && offset > mark {
+            guard let floor = floors[key] else {
+                marks[key] = nil
+                continue
+            }
+            if floor > next[slot] {
+                marks[key] = floor
+                continue
+            }
+            floors[key] = nil
+            marks[key] = nil
+            let symbol = key >> 32
+            if !floors.keys.contains(where: { $0 >> 32 == symbol }) { floored.remove(UInt32(truncatingIfNeeded: symbol)) }
+        }
+        remark(slot)
     }
 
     /// The symbol left the shard: its floors go.
@@ -138,6 +205,10 @@ struct IngressPositions: ~Copyable {
         guard !floors.isEmpty else { return }
         floors = floors.filter { $0.key >> 32 != UInt64(symbol) }
         floored.remove(symbol)
+        if !marks.isEmpty {
+            marks = marks.filter { $0.key >> 32 != UInt64(symbol) }
+            for slot in 0..<keys.count { remark(slot) }
+        }
     }
 
     /// Bound sessions: session id → key.
@@ -173,6 +244,8 @@ struct IngressPositions: ~Copyable {
         next.update(repeating: 0, count: Self.capacity)
         floors = [:]
         floored = []
+        marks = [:]
+        lowestMark.update(repeating: UInt64.max, count: Self.capacity)
         clearBindings()
     }
 
@@ -211,9 +284,11 @@ struct IngressPositions: ~Copyable {
                         floors[key] = nil  // caught up: the shard's position is its own from here
                         next[slot] = offset &+ 1
                         floored.remove(symbol)
+                        if marks.removeValue(forKey: key) != nil { remark(slot) }
                     } else {
                         floors[key] = offset &+ 1
                     }
+                    if offset > lowestMark[slot] { passMarks(slot, offset) }
                     return nil
                 }
                 floored.remove(symbol)
@@ -221,6 +296,7 @@ struct IngressPositions: ~Copyable {
         }
         guard offset >= next[slot] else { return .duplicateIngress }
         next[slot] = offset &+ 1
+        if offset > lowestMark[slot] { passMarks(slot, offset) }
         return nil
     }
 }

@@ -25,6 +25,9 @@ enum ShardMessage {
     /// (the route won) or dropped (lost).
     case importTransfer(MigrationStep)
     case finishTransfer(MigrationStep, won: Bool)
+    /// Floors of symbols that arrived, whose partitions the ingress plugin read again through an
+    /// offset (IngressRewinds): (symbol id, "topic#partition", offset). Not journaled.
+    case ingressMarks([(UInt32, String, UInt64)])
     /// The primary's replication: the state digest now, at the sequence applied now.
     case digest(DigestQuery)
     /// A standby becomes the primary: it applies everything it received, then journals the

@@ -275,6 +275,9 @@ final class Shard: @unchecked Sendable {
             }
             recoveryLog = outcome.log
             restingOwners = outcome.restingOwners
+            // The ingress reads each source again from its lowest floor: the floors go once it
+            // is past where this shard stopped (those of symbols moving stay: Ingress.swift).
+            state.ingress.markAll(keeping: Set(state.transfers.keys))
             recoveredLast = state.sequencer.last
             state.output.pointee.collector = nil
             sourceSessions = state.ingress.sourceSessions

@@ -475,6 +475,10 @@ struct ShardState: ~Copyable {
                 runAdmin(request)
             case .adminState(let query):
                 query.reply(adminState)
+            case .ingressMarks(let marks):
+                for (symbol, key, through) in marks {
+                    if let slot = ingress.knownSlot(key) { ingress.mark(symbol, slot: slot, through: through) }
+                }
             case .expect(let step):
                 expect(step)
             case .holdOutgoing(let step):
