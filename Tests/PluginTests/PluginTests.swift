@@ -468,8 +468,59 @@ let egressSource = """
     CB_PLUGIN_EXPORT const cb_plugin *crossbook_plugin_entry(void) { return &descriptor; }
     """
 
+/// A plugin that calls the host functions of ingress that follows moves with garbage and with
+/// good arguments, and says what they answered (start fails with the first wrong answer).
+let followSource = """
+    #include "crossbook_plugin.h"
+    #include <stdio.h>
+    #include <stdint.h>
+    static int marker;
+    static int start(const cb_host_api *api, cb_host *host, void **instance, char *error, size_t size) {
+        if (!CB_HOST_HAS(api, ingress_generation) || !CB_HOST_HAS(api, source_rewind)) { snprintf(error, size, "no follow API"); return CB_ERR_FAILED; }
+        uint64_t from = 7;
+        struct { const char *source; uint64_t *out; int want; } calls[] = {
+            {NULL, &from, CB_ERR_INVALID}, {"orders", NULL, CB_ERR_INVALID}, {"a#b", &from, CB_ERR_INVALID}, {"", &from, CB_ERR_INVALID},
+            {"orders", &from, CB_ERR_NOT_FOUND},
+        };
+        for (size_t i = 0; i < sizeof calls / sizeof calls[0]; i++) {
+            int rc = api->source_rewind(host, calls[i].source, 3, UINT64_MAX, calls[i].out);
+            if (rc != calls[i].want) { snprintf(error, size, "source_rewind call %zu: %d, not %d", i, rc, calls[i].want); return CB_ERR_FAILED; }
+        }
+        if (from != 7) { snprintf(error, size, "a refused call wrote its offset"); return CB_ERR_FAILED; }
+        if (api->ingress_generation(host) != 0) { snprintf(error, size, "generation before any move"); return CB_ERR_FAILED; }
+        if (api->ingress_generation(NULL) != 0) { snprintf(error, size, "generation without a host"); return CB_ERR_FAILED; }
+        cb_symbol symbol = {.size = sizeof symbol};
+        if (api->symbol_lookup(host, "BTC-USD", &symbol) != CB_OK || symbol.flags != 0 || symbol.shard != 0) {
+            snprintf(error, size, "BTC-USD: shard %u flags %u", symbol.shard, symbol.flags); return CB_ERR_FAILED; }
+        /* A caller's struct shorter than the first v1 one (16 bytes, through `flags`) is refused, untouched. */
+        cb_symbol small = {.size = 12, .flags = 0x5A5A};
+        if (api->symbol_lookup(host, "ETH-USD", &small) != CB_ERR_INVALID || small.flags != 0x5A5A || small.size != 12) {
+            snprintf(error, size, "a 12-byte cb_symbol: flags %u size %u", small.flags, small.size); return CB_ERR_FAILED; }
+        api->log(host, CB_LOG_INFO, "follow API answered as documented");
+        *instance = &marker;
+        return CB_OK;
+    }
+    static void stop(void *instance) { (void)instance; }
+    static const cb_plugin descriptor = {
+        .size = sizeof(cb_plugin), .abi_version = CB_PLUGIN_ABI_VERSION, .name = "follow", .version = "1.0",
+        .kinds = CB_KIND_INGRESS, .start = start, .stop = stop,
+    };
+    CB_PLUGIN_EXPORT const cb_plugin *crossbook_plugin_entry(void) { return &descriptor; }
+    """
+
 @Suite("plugin producers and subscriptions", .serialized)
 struct PluginRingTests {
+    @Test("ingress that follows moves (ingress_generation, source_rewind, cb_symbol.flags): garbage arguments refused, no rewind before a move, a symbol of this engine unflagged, a short cb_symbol refused untouched")
+    func followApiArguments() throws {
+        let folder = temporaryFolder()
+        defer { removeTree(folder) }
+        _ = try compilePlugin(followSource, name: "follow", into: folder)
+        let dir = testDirectory(), log = LogLines()
+        let engine = try pluginEngine(dir, plugins: PluginSettings(directory: folder, load: [PluginSpec(name: "follow")]), log: log)
+        defer { engine.stop() }
+        #expect(log.contains("plugin follow [info]: follow API answered as documented"), "\(log.all)")
+    }
+
     @Test("a subscription sees every shard's market data; a producer refuses unknown symbols and its malformed record is rejected with a reason")
     func subscribeAndProduce() throws {
         let folder = temporaryFolder()
