@@ -21,7 +21,7 @@ C_PLUGIN_FLAGS := -std=c11 -Wall -Wextra -Werror -shared -fPIC -O2 -I C/CPluginA
 # with LD_LIBRARY_PATH=.build/kafka/lib.
 KAFKA_KIT    := .build/kafka
 
-.PHONY: all deps build release test run replay bench bench-e2e bench-d1 soak clean plugins fuzz kafka-kit kafka-demo migrate-demo failover-demo bench-m1 bench-m1-instances install install-sdk docs
+.PHONY: all deps build release test run replay bench bench-e2e bench-d1 soak clean plugins fuzz kafka-kit kafka-demo migrate-demo failover-demo bench-m1 bench-m1-instances bench-m1-kafka install install-sdk docs
 
 all: build
 
@@ -128,6 +128,11 @@ bench-m1: release
 # M1 between engines: a symbol moved between two engines through a redis-server started here.
 bench-m1-instances: release
 	bench/m1-instances.sh 1000,10000,100000 $${MOVES:-20}
+
+# M1 for a symbol whose orders come from Kafka: two engines on one topic (Tansu), Redis routing.
+bench-m1-kafka: release kafka-kit
+	$(MAKE) --no-print-directory c-plugins OUT=.build/release
+	bench/m1-kafka.sh $${MOVES:-20} $${RATE:-2000}
 
 # D1: one shard, sync durability, from a separate process, with the fdatasync floor.
 bench-d1: release

@@ -226,7 +226,7 @@ extension Engine {
                 case .won:
                     if thaw, case .applied = admin(shard: source, .thaw(symbolId: spec.id), timeout: timeout) {
                         // Its ingress messages after the hold were left to the target: read again.
-                        ingressRewinds.gain(spec.id, floors: positions)
+                        ingressRewinds.gain(spec.id, floors: positions, undone: true)
                     }
                     log("move of \(name) to \(instance) abandoned: \(why); it trades on shard \(source)")
                     return EngineError("move of \(name) to \(instance) abandoned: \(why)")
@@ -406,7 +406,7 @@ extension Engine {
                         // It names another engine: that one has it.
                         if undecided || route == nil || route?.instance == settings.instance {
                             if case .applied = admin(shard: i, .thaw(symbolId: id), timeout: timeout) {
-                                ingressRewinds.gain(id, floors: state.transferFloors[id] ?? [:])
+                                ingressRewinds.gain(id, floors: state.transferFloors[id] ?? [:], undone: true)
                                 host.routeEnd(symbolId: id, shard: i)
                                 lines.append("\(name): the move to \(t.instance) was undone: trades on shard \(i)")
                             }

@@ -478,14 +478,18 @@ let followSource = """
     static int start(const cb_host_api *api, cb_host *host, void **instance, char *error, size_t size) {
         if (!CB_HOST_HAS(api, ingress_generation) || !CB_HOST_HAS(api, source_rewind)) { snprintf(error, size, "no follow API"); return CB_ERR_FAILED; }
         uint64_t from = 7;
-        struct { const char *source; uint64_t *out; int want; } calls[] = {
-            {NULL, &from, CB_ERR_INVALID}, {"orders", NULL, CB_ERR_INVALID}, {"a#b", &from, CB_ERR_INVALID}, {"", &from, CB_ERR_INVALID},
-            {"orders", &from, CB_ERR_NOT_FOUND},
+        uint32_t ids[4], count = 9;
+        struct { const char *source; uint64_t *out; uint32_t *ids; uint32_t capacity; uint32_t *count; int want; } calls[] = {
+            {NULL, &from, ids, 4, &count, CB_ERR_INVALID}, {"orders", NULL, ids, 4, &count, CB_ERR_INVALID},
+            {"a#b", &from, ids, 4, &count, CB_ERR_INVALID}, {"", &from, ids, 4, &count, CB_ERR_INVALID},
+            {"orders", &from, NULL, 4, &count, CB_ERR_INVALID}, {"orders", &from, ids, 4, NULL, CB_ERR_INVALID},
+            {"orders", &from, ids, 4, &count, CB_ERR_NOT_FOUND}, {"orders", &from, NULL, 0, &count, CB_ERR_NOT_FOUND},
         };
         for (size_t i = 0; i < sizeof calls / sizeof calls[0]; i++) {
-            int rc = api->source_rewind(host, calls[i].source, 3, UINT64_MAX, calls[i].out);
+            int rc = api->source_rewind(host, calls[i].source, 3, UINT64_MAX, calls[i].out, calls[i].ids, calls[i].capacity, calls[i].count);
             if (rc != calls[i].want) { snprintf(error, size, "source_rewind call %zu: %d, not %d", i, rc, calls[i].want); return CB_ERR_FAILED; }
         }
+        if (count != 9) { snprintf(error, size, "a refused call wrote its count"); return CB_ERR_FAILED; }
         if (from != 7) { snprintf(error, size, "a refused call wrote its offset"); return CB_ERR_FAILED; }
         if (api->ingress_generation(host) != 0) { snprintf(error, size, "generation before any move"); return CB_ERR_FAILED; }
         if (api->ingress_generation(NULL) != 0) { snprintf(error, size, "generation without a host"); return CB_ERR_FAILED; }

@@ -40,6 +40,8 @@
 
 #define MAX_PARTITIONS 256
 #define MAX_SHARDS 256
+#define MAX_SYMBOL_IDS 65536 /* ids above: the plugin keeps no record of their skips (rewinds read all) */
+#define COVERED_MAX 256
 
 typedef struct partition_state {
     int32_t partition;
@@ -70,6 +72,11 @@ typedef struct ingress {
     int dead_letters_pending; /* produced, not yet acknowledged by the broker (consumer thread only) */
     int follows;              /* the host hands out rewinds (ingress_generation, source_rewind) */
     uint64_t generation;      /* the host's ingress generation last seen */
+    /* Per symbol id: the first offset, and its partition, at which this plugin skipped a message
+       of it as another engine's since it started (-1: none; partition -2: on several). A rewind
+       for a symbol need read a partition again only from there. */
+    int64_t *skipped_from;
+    int32_t *skipped_part;
     uint64_t *consumed, *submitted, *skipped, *dead_lettered, *accepted, *rejected, *duplicates, *full_waits;
     uint64_t *elsewhere, *rewinds;
 } ingress;
@@ -172,30 +179,50 @@ static int take_rewinds(ingress *p, partition_state *current, int64_t offset) {
         partition_state *part = &p->partitions[i];
         uint64_t from = 0;
         int64_t reached = part == current ? offset : part->next - 1; /* the last offset handled */
+        uint32_t covered[COVERED_MAX], count = 0;
         if (p->api->source_rewind(p->host, p->topic, (uint32_t)part->partition, reached < 0 ? UINT64_MAX : (uint64_t)reached,
-                                  &from) != CB_OK)
+                                  &from, covered, COVERED_MAX, &count) != CB_OK)
             continue;
         if (from > (uint64_t)INT64_MAX) continue;
-        if ((int64_t)from > reached) continue; /* not read that far yet: nothing skipped there */
+        /* Where to read again from: the symbols' floor, or later where this plugin knows it skipped
+           nothing of them before (it read the partition from its start and recorded each symbol's
+           first skip); from the floor whenever it cannot tell. */
+        int64_t target = -1;
+        if (count > COVERED_MAX || (int64_t)from < part->start) target = (int64_t)from;
+        for (uint32_t k = 0; k < count && k < COVERED_MAX && target != (int64_t)from; k++) {
+            uint32_t id = covered[k];
+            if (id >= MAX_SYMBOL_IDS || p->skipped_part[id] == -2) {
+                target = (int64_t)from;
+            } else if (p->skipped_from[id] >= 0 && p->skipped_part[id] == part->partition) {
+                int64_t at = p->skipped_from[id] > (int64_t)from ? p->skipped_from[id] : (int64_t)from;
+                if (target < 0 || at < target) target = at;
+            }
+        }
+        for (uint32_t k = 0; k < count && k < COVERED_MAX; k++)
+            if (covered[k] < MAX_SYMBOL_IDS && p->skipped_part[covered[k]] == part->partition) {
+                p->skipped_from[covered[k]] = -1;
+                p->skipped_part[covered[k]] = -1;
+            }
+        if (target < 0 || target > reached) continue; /* nothing of them skipped there */
         rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(1);
-        rd_kafka_topic_partition_list_add(list, p->topic, part->partition)->offset = (int64_t)from;
+        rd_kafka_topic_partition_list_add(list, p->topic, part->partition)->offset = target;
         /* Blocks until the seek is done; the messages fetched before it are purged. */
         rd_kafka_error_t *error = rd_kafka_seek_partitions(p->consumer, list, 5000);
         rd_kafka_topic_partition_list_destroy(list);
         char line[400];
         if (error) {
-            snprintf(line, sizeof line, "%s#%d: reading again from offset %llu failed (%s): consumption stops until a restart",
-                     p->topic, (int)part->partition, (unsigned long long)from, rd_kafka_error_string(error));
+            snprintf(line, sizeof line, "%s#%d: reading again from offset %lld failed (%s): consumption stops until a restart",
+                     p->topic, (int)part->partition, (long long)target, rd_kafka_error_string(error));
             rd_kafka_error_destroy(error);
             set_health(p, CB_HEALTH_FAILED, line);
             __atomic_store_n(&p->stopping, 1, __ATOMIC_RELEASE);
             return 1;
         }
-        snprintf(line, sizeof line, "%s#%d: a symbol arrived from another engine: reading again from offset %llu (had read to %lld)",
-                 p->topic, (int)part->partition, (unsigned long long)from, (long long)reached);
+        snprintf(line, sizeof line, "%s#%d: a symbol arrived from another engine: reading again from offset %lld (its floor %llu, had read to %lld)",
+                 p->topic, (int)part->partition, (long long)target, (unsigned long long)from, (long long)reached);
         p->api->log(p->host, CB_LOG_INFO, line);
         bump(p->rewinds, 1);
-        part->next = (int64_t)from;
+        part->next = target;
         if (part == current) again = 1;
     }
     return again;
@@ -235,6 +262,16 @@ static void handle(ingress *p, const rd_kafka_message_t *m) {
     /* Another engine's (it lives there, or is moving): that engine applies it. */
     if (symbol.size >= offsetof(cb_symbol, flags) + sizeof symbol.flags && (symbol.flags & CB_SYMBOL_ELSEWHERE)) {
         bump(p->elsewhere, 1);
+        if (symbol.id < MAX_SYMBOL_IDS) {
+            if (p->skipped_part[symbol.id] == -1) {
+                p->skipped_part[symbol.id] = m->partition;
+                p->skipped_from[symbol.id] = m->offset;
+            } else if (p->skipped_part[symbol.id] != m->partition) {
+                p->skipped_part[symbol.id] = -2;
+            } else if (m->offset < p->skipped_from[symbol.id]) {
+                p->skipped_from[symbol.id] = m->offset; /* read again after a rewind */
+            }
+        }
         return;
     }
     /* This engine's: a symbol that arrived has older messages to apply first. */
@@ -408,6 +445,18 @@ static int start(const cb_host_api *api, cb_host *host, void **instance, char *e
     p->api = api;
     p->host = host;
     p->follows = CB_HOST_HAS(api, ingress_generation) && CB_HOST_HAS(api, source_rewind);
+    p->skipped_from = malloc(MAX_SYMBOL_IDS * sizeof *p->skipped_from);
+    p->skipped_part = malloc(MAX_SYMBOL_IDS * sizeof *p->skipped_part);
+    if (p->skipped_from == NULL || p->skipped_part == NULL) {
+        free(p->skipped_from);
+        free(p->skipped_part);
+        free(p);
+        return CB_ERR_FAILED;
+    }
+    for (int i = 0; i < MAX_SYMBOL_IDS; i++) {
+        p->skipped_from[i] = -1;
+        p->skipped_part[i] = -1;
+    }
     kafka_health_init(&p->h, api, host, p->brokers);
     char partitions_text[512], format[16];
     int32_t partitions[MAX_PARTITIONS];

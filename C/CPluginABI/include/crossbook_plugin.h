@@ -203,6 +203,8 @@ typedef struct cb_symbol {
    (it lives there, or is moving between this engine and another): an ingress plugin skips its
    messages, as applied by that engine (not a dead letter: the owner reads the same partition). */
 enum { CB_SYMBOL_ELSEWHERE = 1 };
+/* A symbol id no symbol has: in a rewind's symbols (source_rewind), "read again from the floor". */
+#define CB_SYMBOL_ANY UINT32_MAX
 
 /* ---- Metrics ---------------------------------------------------------------------------------- */
 
@@ -438,14 +440,20 @@ typedef struct cb_host_api {
        again from where the other engine stopped. `ingress_generation` changes each time that
        happens; when it changed, call `source_rewind` for every partition the plugin reads, with
        `reached`, the last offset of it the plugin handled (UINT64_MAX: none yet): CB_OK with
-       *offset: if *offset <= reached, seek the partition back to *offset and read on from there,
-       submitting as usual (a shard drops, unjournaled and unanswered, every command it applied
-       already); CB_ERR_NOT_FOUND: nothing to read again there. A rewind is handed out once. Check the
+       *offset (the symbols' floor) and the symbols it is for (*count of them, the first
+       `capacity` written to `symbols`; CB_SYMBOL_ANY among them: read from the floor): if
+       *offset <= reached, seek the partition back to *offset and read on from there, submitting
+       as usual (a shard drops, unjournaled and unanswered, every command it applied already).
+       A plugin that read the partition since before *offset and knows the first offset at which
+       it skipped each of those symbols (CB_SYMBOL_ELSEWHERE) may seek to the lowest of those
+       instead, or not at all if it skipped none of them there. CB_ERR_NOT_FOUND: nothing to
+       read again there. A rewind is handed out once. Check the
        generation after symbol_lookup said a symbol is this engine's and before submitting its
        message: the host makes the rewind before the symbol: a message read after that check is
        never submitted ahead of the older ones the rewind brings back. */
     uint64_t (*ingress_generation)(cb_host *host);
-    int (*source_rewind)(cb_host *host, const char *source, uint32_t partition, uint64_t reached, uint64_t *offset);
+    int (*source_rewind)(cb_host *host, const char *source, uint32_t partition, uint64_t reached, uint64_t *offset,
+                         uint32_t *symbols, uint32_t capacity, uint32_t *count);
 } cb_host_api;
 
 /* True when the host's table reaches `field` (a plugin built against a newer header). */

@@ -163,11 +163,14 @@ extension PluginHost {
         table.pointee.ingress_generation = { host in
             LoadedPlugin.from(host)?.host?.environment.rewinds.currentGeneration ?? 0
         }
-        table.pointee.source_rewind = { host, source, partition, reached, offset in
-            guard let plugin = LoadedPlugin.from(host), let source, let offset, let name = ingressSourceName(source),
-                  let environment = plugin.host?.environment else { return CB_ERR_INVALID.rawValue }
-            guard let from = environment.rewinds.take(sourceKey(name, partition), reached: reached) else { return CB_ERR_NOT_FOUND.rawValue }
-            offset.pointee = from
+        table.pointee.source_rewind = { host, source, partition, reached, offset, symbols, capacity, count in
+            guard let plugin = LoadedPlugin.from(host), let source, let offset, let count, symbols != nil || capacity == 0,
+                  let name = ingressSourceName(source), let environment = plugin.host?.environment else { return CB_ERR_INVALID.rawValue }
+            guard let taken = environment.rewinds.take(sourceKey(name, partition), reached: reached) else { return CB_ERR_NOT_FOUND.rawValue }
+            offset.pointee = taken.from
+            // All of them counted; as many as fit written.
+            count.pointee = UInt32(taken.symbols.count)
+            if let symbols { for (i, id) in taken.symbols.prefix(Int(capacity)).enumerated() { symbols[i] = id } }
             return CB_OK.rawValue
         }
         return table

@@ -34,13 +34,16 @@ final class IngressRewinds: @unchecked Sendable {
 
     /// `symbol` is this engine's again and its sources are read again from `floors` (source →
     /// the last offset of it applied; UInt64.max: none, read from 0): the rewinds first, then
-    /// the symbol.
-    func gain(_ symbol: UInt32, floors: [String: UInt64]) {
+    /// the symbol. `undone`: a move away from here was undone: this engine's shards dropped some
+    /// of its messages that the plugin did not skip itself, so the plugin reads again from the
+    /// floors (it is told the symbol `Self.anySymbol`).
+    func gain(_ symbol: UInt32, floors: [String: UInt64], undone: Bool = false) {
         lock.locked {
             for (key, last) in floors {
                 let from = last &+ 1
                 pending[key] = min(pending[key] ?? from, from)
                 covers[key, default: []].insert(symbol)
+                if undone { covers[key, default: []].insert(Self.anySymbol) }
             }
             if !floors.isEmpty { generation &+= 1 }
             away.remove(symbol)
@@ -54,9 +57,12 @@ final class IngressRewinds: @unchecked Sendable {
 
     var currentGeneration: UInt64 { lock.locked { generation } }
 
-    /// The rewind of a source partition, handed out once; `reached`: the last offset the plugin
-    /// had read of it (UInt64.max: none).
-    func take(_ key: String, reached: UInt64) -> UInt64? {
+    /// A symbol id no symbol has (CB_SYMBOL_ANY): the plugin reads again from the floor.
+    static let anySymbol = UInt32.max
+
+    /// The rewind of a source partition, handed out once, and the symbols it is for; `reached`:
+    /// the last offset the plugin had read of it (UInt64.max: none).
+    func take(_ key: String, reached: UInt64) -> (from: UInt64, symbols: [UInt32])? {
         let taken = lock.locked { () -> (UInt64, Set<UInt32>)? in
             guard let from = pending.removeValue(forKey: key) else { return nil }
             return (from, covers.removeValue(forKey: key) ?? [])
@@ -64,7 +70,7 @@ final class IngressRewinds: @unchecked Sendable {
         guard let (from, symbols) = taken else { return nil }
         // Read again through `reached` at most (from `from`): nothing of these symbols waits
         // below it once a command above it is applied.
-        if reached != UInt64.max { onTaken?(key, reached, symbols) }
-        return from
+        if reached != UInt64.max { onTaken?(key, reached, symbols.subtracting([Self.anySymbol])) }
+        return (from, symbols.sorted())
     }
 }
