@@ -14,38 +14,16 @@ import Wire
 
 @Suite("Kafka ingress follows a symbol between engines", .serialized)
 struct KafkaTransferTests {
+    /// TransferKillTests' engine with kafka-ingress on `orders`; no move is taken through the
+    /// router (the test moves, or leaves a move undone).
     static func config(_ instance: String, redis: RedisServer, prefix: String, broker: KafkaBroker,
                        symbols: [(String, Int, Int)]) -> String {
-        let path = NSTemporaryDirectory() + "crossbook-kx-\(instance)-\(UUID().uuidString.prefix(8)).toml"
-        var text = """
-        [engine]
-        instance = "\(instance)"
-        durability = "sync"
-        transfer_timeout_s = 2
-        lag_timeout_ms = 5000
-        [[shards]]
-        [[shards]]
-        [book]
-        orders = 16384
-        levels = 1024
-
-        """
-        for (name, id, shard) in symbols { text += "[[symbols]]\nname = \"\(name)\"\nid = \(id)\nshard = \(shard)\n" }
-        // No move is taken through the router here: the test moves, or leaves a move undone.
-        text += """
-        [plugins]
-        [[plugins.load]]
-        name = "snapshot-redis"
-        config = { redis = "\(redis.address)", prefix = "\(prefix)", timeout_ms = "500" }
-        [[plugins.load]]
-        name = "redis-routing"
-        config = { redis = "\(redis.address)", prefix = "\(prefix)", heartbeat_ms = "200", resync_ms = "300", timeout_ms = "500", accept_transfers = "no" }
-        [[plugins.load]]
-        name = "kafka-ingress"
-        config = { brokers = "\(broker.address)", topic = "orders", partitions = "0-1", format = "json" }
-        """
-        FileManager.default.createFile(atPath: path, contents: Data(text.utf8))
-        return path
+        TransferKillTests.config(instance, redis: redis, prefix: prefix, symbols: symbols, routing: ", accept_transfers = \"no\"",
+                                 plugins: """
+                                 [[plugins.load]]
+                                 name = "kafka-ingress"
+                                 config = { brokers = "\(broker.address)", topic = "orders", partitions = "0-1", format = "json" }
+                                 """)
     }
 
     /// Order lines: HOT-USD (the symbol that moves) with cancels and replaces of its earlier

@@ -390,13 +390,17 @@ struct TransferTests {
 /// and its book holds every acknowledged order once.
 @Suite("Moving a symbol between engines: kill -9 at each step", .serialized)
 struct TransferKillTests {
-    static func config(_ instance: String, redis: RedisServer, prefix: String, symbols: [(String, Int, Int)]) -> String {
+    /// Two shards, sync durability, snapshot-redis and redis-routing on `redis`; `routing`: more of
+    /// redis-routing's config (`, key = "value"`); `plugins`: more [[plugins.load]] sections.
+    static func config(_ instance: String, redis: RedisServer, prefix: String, symbols: [(String, Int, Int)],
+                       routing: String = "", plugins: String = "") -> String {
         let path = NSTemporaryDirectory() + "crossbook-xk-\(instance)-\(UUID().uuidString.prefix(8)).toml"
         var text = """
         [engine]
         instance = "\(instance)"
         durability = "sync"
         transfer_timeout_s = 2
+        lag_timeout_ms = 5000
         [[shards]]
         [[shards]]
         [book]
@@ -412,8 +416,9 @@ struct TransferKillTests {
         config = { redis = "\(redis.address)", prefix = "\(prefix)", timeout_ms = "500" }
         [[plugins.load]]
         name = "redis-routing"
-        config = { redis = "\(redis.address)", prefix = "\(prefix)", heartbeat_ms = "200", resync_ms = "300", timeout_ms = "500" }
-        """
+        config = { redis = "\(redis.address)", prefix = "\(prefix)", heartbeat_ms = "200", resync_ms = "300", timeout_ms = "500"\(routing) }
+
+        """ + plugins
         FileManager.default.createFile(atPath: path, contents: Data(text.utf8))
         return path
     }
