@@ -34,7 +34,8 @@ import SharedMemory
 import Wire
 
 /// The book, its rules and where the source's ingress was, as the store carries them between
-/// engines. Little-endian: magic "CBX2", epoch (u64), symbol id (u32), tick, lot, min price, max
+/// engines. Little-endian: magic "CBX2", epoch (u64), frozen at (u64: CLOCK_REALTIME ns on the
+/// source when it held the symbol's commands; 0 unknown), symbol id (u32), tick, lot, min price, max
 /// price, max quantity (i64 each), name length (u16), name, source instance length (u16),
 /// instance, position count (u32), per position its key length (u16), key, last offset (u64),
 /// owner count (u32), per owner its session id (u32, rising) and source key (length u16, key),
@@ -52,6 +53,9 @@ struct TransferBlob: Equatable {
     var source: String
     var positions: [String: UInt64]
     var owners: [UInt32: String] = [:]
+    /// CLOCK_REALTIME nanoseconds on the source when the symbol stopped trading there (the pause
+    /// the target reports runs from it: between two hosts, their clocks' difference is in it).
+    var frozenWall: UInt64 = 0
     var book: [UInt8]
 
     static func key(symbol: String, epoch: UInt64) -> String { "transfer:\(symbol):\(epoch)" }
@@ -66,6 +70,7 @@ struct TransferBlob: Equatable {
         }
         put(Self.magic)
         put(epoch)
+        put(frozenWall)
         put(spec.id)
         for v in [spec.tickSize, spec.lotSize, spec.minPrice, spec.maxPrice, spec.maxOrderQuantity] { put(v) }
         put(spec.name)
@@ -110,6 +115,7 @@ struct TransferBlob: Equatable {
         guard tag != firstMagic else { throw EngineError("a transfer blob of an earlier build (CBX1): finish the move with the build that began it") }
         guard tag == magic else { throw EngineError("not a transfer blob (magic)") }
         let epoch = try get(UInt64.self)
+        let frozenWall = try get(UInt64.self)
         var spec = SymbolSpec(name: "", id: try get(UInt32.self))
         spec.tickSize = try get(Int64.self)
         spec.lotSize = try get(Int64.self)
@@ -142,7 +148,8 @@ struct TransferBlob: Equatable {
         }
         let length = Int(try get(UInt32.self))
         guard length == end - at else { throw EngineError("transfer blob: book of \(length) bytes, \(end - at) left") }
-        return TransferBlob(spec: spec, epoch: epoch, source: source, positions: positions, owners: owners, book: Array(bytes[at..<end]))
+        return TransferBlob(spec: spec, epoch: epoch, source: source, positions: positions, owners: owners, frozenWall: frozenWall,
+                            book: Array(bytes[at..<end]))
     }
 
     /// The book as the target takes it in: an order of an owner (a session of an ingress
@@ -241,6 +248,7 @@ extension Engine {
             guard let held = step(source, { .holdOutgoing($0) }, hold, timeout: timeout) else {
                 throw abandon("shard \(source) did not answer", thaw: false)
             }
+            let frozenWall = realtimeNanoseconds()
             if let refusal = held.refusal { throw abandon(refusal, thaw: false) }
             guard let book = held.bookAddress else { throw abandon("shard \(source) lent no book", thaw: false) }
             let bytes = book.pointer.pointee.snapshot()
@@ -264,7 +272,8 @@ extension Engine {
             where session != 0 && !key.hasPrefix(Engine.streamPrefix) {
                 owners[session] = key
             }
-            let blob = TransferBlob(spec: spec, epoch: epoch, source: settings.instance, positions: out.positions, owners: owners, book: bytes)
+            let blob = TransferBlob(spec: spec, epoch: epoch, source: settings.instance, positions: out.positions, owners: owners,
+                                    frozenWall: frozenWall, book: bytes)
             if let why = store.saveBlob(TransferBlob.key(symbol: name, epoch: epoch), blob.encode()) {
                 throw abandon(why, thaw: true)
             }
@@ -364,9 +373,23 @@ extension Engine {
                                           importSequence: imported.sequence, phases: phases)
             log("move of \(name) from \(blob.source): trades on shard \(target) from epoch \(epoch + 1) (\(done.held) held commands applied)")
             transferLock.locked { transfersTaken["\(name) \(epoch)"] = report }
-            // In `crossbook stat` and the metrics as a move into the shard (the pause of a move
-            // between engines is in the log and the CLI's output: the clocks are two hosts').
+            // In `crossbook stat` and the metrics as a move into the shard, with its pause: from the
+            // source's hold (its wall clock, in the blob) to trading here (this host's): between
+            // two hosts their clocks' difference is in it.
             engineFile?.migrations(target).add(MigrationCounters.into)
+            let now = realtimeNanoseconds()
+            if blob.frozenWall > 0, now > blob.frozenWall {
+                let pause = now - blob.frozenWall
+                if let c = engineFile?.migrations(target) {
+                    c.set(MigrationCounters.lastPauseMicros, pause / 1000)
+                    c.set(MigrationCounters.maxPauseMicros, max(c.read(MigrationCounters.maxPauseMicros), pause / 1000))
+                }
+                migrationLock.locked {
+                    migrationHistory.lastPauseNanoseconds = pause
+                    migrationHistory.maxPauseNanoseconds = max(migrationHistory.maxPauseNanoseconds, pause)
+                    migrationHistory.totalPauseNanoseconds &+= pause
+                }
+            }
             return report
         }
     }

@@ -118,7 +118,7 @@ struct TransferTests {
         var recorder = EventRecorder()
         for i in 0..<3 { book.apply(.new(NewOrder(orderId: OrderId(i + 1), side: i % 2 == 0 ? .buy : .sell, price: i % 2 == 0 ? 100 : 200, quantity: 2)), to: &recorder) }
         let blob = TransferBlob(spec: spec, epoch: 41, source: "east-1", positions: ["orders#3": 99, "orders#0": 1 << 40],
-                                owners: [7: "orders#3", 2: "orders#0"], book: book.snapshot())
+                                owners: [7: "orders#3", 2: "orders#0"], frozenWall: 1_795_000_000_123_456_789, book: book.snapshot())
         let good = blob.encode()
         #expect(try TransferBlob.decode(good) == blob)
         func crcFixed(_ bytes: [UInt8]) -> [UInt8] {
@@ -314,6 +314,10 @@ struct TransferTests {
         // Counted as a move out of A's shard 0 and into B's shard 1 (crossbook stat, metrics).
         #expect(a!.engineFile?.migrations(0).read(MigrationCounters.outOf) == 1 && a!.migrations.done == 1)
         #expect(b!.engineFile?.migrations(1).read(MigrationCounters.into) == 1)
+        // Its pause on the target: from A's hold (A's wall clock, in the blob) to trading on B.
+        let pause = b!.engineFile?.migrations(1).read(MigrationCounters.lastPauseMicros) ?? 0
+        #expect(pause > 0 && pause < 60_000_000, "\(pause) µs")
+        #expect(b!.migrations.lastPauseNanoseconds / 1000 == pause)
         #expect(try deskA.send("HOT-USD", .buy, 900)?.rejectReason == .symbolMoved)
         #expect(try redis.cli(["EXISTS", "\(prefix)blob:{transfer:HOT-USD:\(out.epoch)}"]) == "0", "the blob is deleted")
 
