@@ -51,7 +51,7 @@ c-plugins:
 	  -o $(OUT)/libcrossbook-kafka-ingress.so -lrdkafka -lpthread
 	$(CC) $(C_PLUGIN_FLAGS) plugins/kafka/kafka_egress.c -o $(OUT)/libcrossbook-kafka-egress.so -lrdkafka -lpthread
 	$(CC) -std=c11 -Wall -Wextra -Werror -O2 tools/kafka/kafka-tool.c -o $(OUT)/crossbook-kafka -lrdkafka -lpthread
-	$(CC) $(C_PLUGIN_FLAGS) plugins/redis-routing/redis_routing.c -o $(OUT)/libcrossbook-redis-routing.so -lhiredis -lpthread
+	$(CC) $(C_PLUGIN_FLAGS) plugins/redis-routing/redis_routing.c plugins/redis-routing/redis_lease.c -o $(OUT)/libcrossbook-redis-routing.so -lhiredis -lpthread
 	$(CC) -std=c11 -Wall -Wextra -Werror -O2 plugins/redis-routing/crossbook_route.c -o $(OUT)/crossbook-route -lhiredis
 	$(CC) $(C_PLUGIN_FLAGS) -I plugins/redis-routing plugins/snapshot-redis/snapshot_redis.c -o $(OUT)/libcrossbook-snapshot-redis.so -lhiredis
 	$(CC) -std=c11 -Wall -Wextra -Werror -O2 $$(pkg-config --cflags fuse3) tools/powercut/powercut.c \

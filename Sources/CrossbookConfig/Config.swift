@@ -51,11 +51,10 @@
 //   mode = "sync"         # sync: output once a standby has it durable too; async: lag counted
 //   failover_after_ms = 500    # a standby promotes itself when an engaged primary is silent this long
 //   digest_every_ms = 1000     # the primary's state digests, compared by the standby
-//   lease = "redis://10.0.0.3:6379/crossbook-main"  # leadership as a Redis lease (fencing)
+//   lease = "crossbook-main"   # leadership as a lease (fencing): its key, taken through lease_plugin
+//   lease_plugin = "redis-routing"  # default; its config names Redis (redis, user, password_file)
 //   lease_ttl_ms = 2000        # a primary that cannot renew stops acknowledging before it expires
 //   sync_standbys = 1          # sync: standbys that must confirm each record (2 standbys: 2 for RPO 0)
-//   lease_user = "crossbook"   # Redis ACL user for the lease (optional)
-//   lease_password_file = "/etc/crossbook/redis.pass"  # Redis AUTH: first line, not readable by others
 //
 //   [plugins]             # crossbook run only; without this section: the default plugins
 //   dir = "/opt/crossbook/plugins"  # default: the directory of the crossbook executable
@@ -209,7 +208,10 @@ public struct EngineConfig {
         }
         if let section = table["replication"] {
             guard let section = section.table else { throw ConfigError(description: "\(source): [replication] must be a table") }
-            let keys = ["role", "listen", "peer", "mode", "failover_after_ms", "digest_every_ms", "lease", "lease_ttl_ms", "sync_standbys", "lease_user", "lease_password_file"]
+            let keys = ["role", "listen", "peer", "mode", "failover_after_ms", "digest_every_ms", "lease", "lease_plugin", "lease_ttl_ms", "sync_standbys"]
+            for key in ["lease_user", "lease_password_file"] where section[key] != nil {
+                throw ConfigError(description: "\(source): [replication]: \(key) is gone: the lease is taken through a plugin, whose config has the Redis AUTH (redis-routing: user, password_file)")
+            }
             for key in section.keys where !keys.contains(key) {
                 throw ConfigError(description: "\(source): [replication]: unknown key '\(key)' (expected \(keys.joined(separator: ", ")))")
             }
@@ -247,23 +249,28 @@ public struct EngineConfig {
                 r.digestEveryMilliseconds = ms
             }
             if let v = section["lease"] {
-                guard let text = v.string, text.hasPrefix("redis://") else {
-                    throw ConfigError(description: "\(source): [replication]: lease must be \"redis://HOST:PORT/KEY\"")
+                guard let text = v.string else {
+                    throw ConfigError(description: "\(source): [replication]: lease must be a string, the lease's key")
+                }
+                if text.hasPrefix("redis://") {
+                    throw ConfigError(description: "\(source): [replication]: lease = \"\(text)\": the lease is taken through a plugin now: give the key alone (lease = \"crossbook-main\"); the Redis address, user and password_file go in redis-routing's config (lease_plugin = \"redis-routing\", the default)")
+                }
+                guard !text.isEmpty, text.utf8.count <= 200, text.utf8.allSatisfy({ $0 > 32 && $0 < 127 }) else {
+                    throw ConfigError(description: "\(source): [replication]: lease: the key must be 1 to 200 printable characters without spaces")
                 }
                 r.lease = text
+            }
+            if let v = section["lease_plugin"] {
+                guard let text = v.string, !text.isEmpty else {
+                    throw ConfigError(description: "\(source): [replication]: lease_plugin must be a plugin's name")
+                }
+                r.leasePlugin = text
             }
             if let ms = try Self.int(section, "lease_ttl_ms", in: "[replication]", source: source) {
                 guard ms >= 200, ms <= 60_000 else {
                     throw ConfigError(description: "\(source): [replication]: lease_ttl_ms must be between 200 and 60000, got \(ms)")
                 }
                 r.leaseTtlMilliseconds = ms
-            }
-            for key in ["lease_user", "lease_password_file"] {
-                guard let v = section[key] else { continue }
-                guard let text = v.string, !text.isEmpty else {
-                    throw ConfigError(description: "\(source): [replication]: \(key) must be a non-empty string")
-                }
-                if key == "lease_user" { r.leaseUser = text } else { r.leasePasswordFile = text }
             }
             if let n = try Self.int(section, "sync_standbys", in: "[replication]", source: source) {
                 guard n >= 1, n <= 8 else {

@@ -28,23 +28,22 @@ public struct ReplicationSettings: Sendable, Equatable {
     public var failoverAfterMilliseconds: Int?
     /// How often the primary sends each shard's state digest for the standby to compare (0: never).
     public var digestEveryMilliseconds: Int = 1000
-    /// Leadership as a lease in Redis (Replication/Lease.swift): `redis://HOST:PORT/KEY`; nil:
-    /// the two-node rule alone.
+    /// Leadership as a lease (Replication/Lease.swift): the lease's key, taken through the plugin
+    /// `leasePlugin` (its cb_lease_ops; redis-routing's is a Redis key on its Redis); nil: the
+    /// two-node rule alone.
     public var lease: String?
+    public var leasePlugin: String = "redis-routing"
     public var leaseTtlMilliseconds: Int = 2000
     /// Sync mode: how many standbys must confirm a record durable before its output is
     /// released (1 to 8). With several standbys that may be promoted (a lease), set it to
     /// their number for RPO 0: the winner then holds every acknowledged order.
     public var syncStandbys: Int = 1
-    /// Redis AUTH for the lease: an ACL user (optional) and a file whose first line is the
-    /// password (not readable by others; there is no password key in the config).
-    public var leaseUser: String?
-    public var leasePasswordFile: String?
 
     public init(role: Role = .primary, listen: String? = nil, peer: String? = nil, mode: ReplicationMode = .sync,
                 failoverAfterMilliseconds: Int? = nil, digestEveryMilliseconds: Int = 1000,
-                lease: String? = nil, leaseTtlMilliseconds: Int = 2000) {
+                lease: String? = nil, leasePlugin: String = "redis-routing", leaseTtlMilliseconds: Int = 2000) {
         self.lease = lease
+        self.leasePlugin = leasePlugin
         self.leaseTtlMilliseconds = leaseTtlMilliseconds
         self.role = role
         self.listen = listen
@@ -116,10 +115,7 @@ extension Engine {
         } catch { throw EngineError("[replication]: \(error)") }
         if r.role == .standby && r.peer == nil { throw EngineError("[replication]: a standby needs peer, the primary's address") }
         if let lease = r.lease {
-            do { _ = try LeaseLocation(lease) } catch { throw EngineError("[replication]: \(error)") }
-            do { _ = try RedisCredentials(user: r.leaseUser, passwordFile: r.leasePasswordFile) } catch {
-                throw EngineError("[replication]: \(error)")
-            }
+            if let why = Self.leaseKeyProblem(lease) { throw EngineError("[replication]: \(why)") }
             guard r.leaseTtlMilliseconds >= 200, r.leaseTtlMilliseconds <= 60_000 else {
                 throw EngineError("[replication]: lease_ttl_ms must be between 200 and 60000")
             }
@@ -140,15 +136,31 @@ extension Engine {
         throw EngineError("the peer \(peer) is serving as a primary (a failover promoted it): start this engine as its standby (--standby; --rebuild if it refuses this journal)")
     }
 
-    /// The shard-side objects for a standby (one inbox per shard) and sync mode (the caps).
-    func prepareReplication(_ s: EngineSettings) -> ReplicationRuntime? {
+    /// Why `key` cannot be a lease's key (nil: it can).
+    static func leaseKeyProblem(_ key: String) -> String? {
+        if key.hasPrefix("redis://") {
+            return "lease = \"\(key)\": the lease is taken through a plugin now: give the key alone (lease = \"crossbook-main\"); the Redis address, user and password_file are redis-routing's (lease_plugin = \"redis-routing\")"
+        }
+        guard !key.isEmpty, key.utf8.count <= 200, key.utf8.allSatisfy({ $0 > 32 && $0 < 127 }) else {
+            return "lease = \"\(key)\": the key must be 1 to 200 printable characters without spaces"
+        }
+        return nil
+    }
+
+    /// The shard-side objects for a standby (one inbox per shard) and sync mode (the caps), and
+    /// the lease, opened through its plugin (loaded, not started: a standby starts it only when
+    /// promoted).
+    func prepareReplication(_ s: EngineSettings) throws(EngineError) -> ReplicationRuntime? {
         guard let r = s.replication else { return nil }
         let runtime = ReplicationRuntime(settings: r, shards: s.shards.count)
         if r.role == .standby { runtime.inboxes = s.shards.map { _ in ReplicaInbox() } }
-        if let text = r.lease, let location = try? LeaseLocation(text) {
-            let credentials = try? RedisCredentials(user: r.leaseUser, passwordFile: r.leasePasswordFile)
-            runtime.lease = LeaseKeeper(location: location, ttlMilliseconds: r.leaseTtlMilliseconds, instance: s.instance,
-                                        credentials: credentials ?? nil, log: log)
+        if let key = r.lease {
+            guard let plugin = pluginHost?.loaded.first(where: { $0.name == r.leasePlugin }) else {
+                throw EngineError("[replication] lease \(key): lease_plugin \(r.leasePlugin) is not loaded: load it in [[plugins.load]] (--no-plugins leaves it out)")
+            }
+            let lease: PluginLease
+            do { lease = try PluginLease(plugin: plugin) } catch { throw EngineError("[replication] lease \(key): \(error)") }
+            runtime.lease = LeaseKeeper(key: key, lease: lease, ttlMilliseconds: r.leaseTtlMilliseconds, instance: s.instance, log: log)
         }
         return runtime
     }
@@ -162,16 +174,16 @@ extension Engine {
             if let lease = runtime.lease {
                 // Only the lease's holder acknowledges; its epoch is journaled in every shard.
                 let epoch: UInt64?
-                do { epoch = try lease.acquire() } catch { throw EngineError("lease \(lease.location.key): \(error)") }
+                do { epoch = try lease.acquire() } catch { throw EngineError("lease \(lease.key): \(error)") }
                 guard let epoch else {
-                    throw EngineError("lease \(lease.location.key) is held by another engine: start this engine as its standby (--standby)")
+                    throw EngineError("lease \(lease.key) is held by another engine: start this engine as its standby (--standby)")
                 }
                 for i in shards.indices where (adminState(shard: i)?.epoch ?? 0) < epoch {
                     guard case .applied = admin(shard: i, .epoch(epoch)) else { throw EngineError("shard \(i) cannot journal the lease's epoch \(epoch)") }
                 }
                 runtime.lock.locked { runtime.epochs = Array(repeating: epoch, count: shards.count) }
                 lease.start()
-                log("lease \(lease.location.key): held (epoch \(epoch), ttl \(lease.ttlMilliseconds) ms, acknowledgements stop \(lease.marginNanoseconds / 1_000_000) ms before an unrenewed lease expires)")
+                log("lease \(lease.key): held (epoch \(epoch), ttl \(lease.ttlMilliseconds) ms, acknowledgements stop \(lease.marginNanoseconds / 1_000_000) ms before an unrenewed lease expires)")
             }
             try startServer(r, runtime)
         } else {
@@ -291,11 +303,11 @@ extension Engine {
             let leased: UInt64?
             do { leased = try lease.acquire() } catch {
                 runtime.lock.locked { runtime.promoting = false }
-                throw EngineError("lease \(lease.location.key): \(error): not promoted")
+                throw EngineError("lease \(lease.key): \(error): not promoted")
             }
             guard let leased else {
                 runtime.lock.locked { runtime.promoting = false }
-                throw EngineError("lease \(lease.location.key) is held by another engine (the primary may be alive): not promoted")
+                throw EngineError("lease \(lease.key) is held by another engine (the primary may be alive): not promoted")
             }
             epoch = max(epoch, leased)
         }
@@ -455,7 +467,7 @@ extension Engine {
         if let lease = runtime.lease {
             let left = cb_load_acquire_u64(lease.until)
             let now = monotonicNanoseconds()
-            lines.append("lease \(lease.location.key) ttl_ms \(lease.ttlMilliseconds) \(lease.isDeposed ? "DEPOSED" : role == .primary ? "held, acknowledges for \((left &- min(left, now)) / 1_000_000) ms more unless renewed" : "not held")")
+            lines.append("lease \(lease.key) ttl_ms \(lease.ttlMilliseconds) \(lease.isDeposed ? "DEPOSED" : role == .primary ? "held, acknowledges for \((left &- min(left, now)) / 1_000_000) ms more unless renewed" : "not held")")
         }
         if let client = runtime.client {
             let s = client.currentStatus

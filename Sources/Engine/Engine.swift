@@ -487,7 +487,11 @@ public final class Engine: @unchecked Sendable {
             stop()
             throw error
         }
-        let replicationRuntime = s.readOnly ? nil : prepareReplication(s)
+        let replicationRuntime: ReplicationRuntime?
+        do { replicationRuntime = s.readOnly ? nil : try prepareReplication(s) } catch {
+            stop()
+            throw error
+        }
         replication = replicationRuntime
         let standby = replicationRuntime?.role == .standby
         // Snapshot stores start before recovery: it reads their snapshots. Without a journal

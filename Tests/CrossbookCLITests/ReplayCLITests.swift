@@ -137,6 +137,9 @@ struct ReplayCLITests {
         ("[[symbols]]\nname = \"X\"\nshard = 99999999999\n", "shard must be between 0 and 1023"),
         ("[replication]\nsync_standbys = 0\n", "sync_standbys must be between 1 and 8, got 0"),
         ("[replication]\nsync_standbys = 9\n", "sync_standbys must be between 1 and 8, got 9"),
+        ("[replication]\nlease = \"redis://127.0.0.1:6379/main\"\n", "the lease is taken through a plugin now"),
+        ("[replication]\nlease = \"a b\"\n", "the key must be 1 to 200 printable characters"),
+        ("[replication]\nlease = \"main\"\nlease_password_file = \"/etc/p\"\n", "lease_password_file is gone"),
         // toml++ asserted (abort) on these, found by fuzz/fuzz-config.
         ("[[[a]]\n", ".toml:1: a table header must start with a key"),
         ("[.a]\n", ".toml:1: a table header must start with a key"),

@@ -77,8 +77,10 @@ final class PairNode: @unchecked Sendable {
         FileManager.default.createFile(atPath: config, contents: Data(text.utf8))
     }
 
-    /// `plugins`: load the config's [plugins] (else none); `arguments`: more options of `crossbook run`.
-    func start(standby: Bool, rebuild: Bool = false, plugins: Bool = false, arguments: [String] = []) throws {
+    /// `plugins`: load the config's [plugins] (else none; nil: whether it has that section);
+    /// `arguments`: more options of `crossbook run`.
+    func start(standby: Bool, rebuild: Bool = false, plugins: Bool? = nil, arguments: [String] = []) throws {
+        let plugins = plugins ?? ((try? String(contentsOfFile: config, encoding: .utf8))?.contains("[plugins]") ?? false)
         let p = Process()
         p.executableURL = crossbookBinary()
         p.arguments = ["run", "--config", config, "--directory", dir, "--data-dir", data, "--no-pin", "--clean-stale"]
@@ -518,9 +520,10 @@ extension FailoverTests {
     }
 }
 
-/// An engine in this process with a [replication] section.
+/// An engine in this process with a [replication] section; with `lease` (the Redis address, and
+/// the key), the lease is taken through redis-routing.
 func replicatedEngine(_ name: String, data: String, role: ReplicationSettings.Role, listen: Int?, peer: Int?,
-                      lease: String? = nil, log: LogLines = LogLines()) throws -> Engine {
+                      lease: (redis: String, key: String)? = nil, log: LogLines = LogLines()) throws -> Engine {
     var settings = EngineSettings(
         instance: name, directory: testDirectory(), shards: [ShardSettings(core: nil)],
         symbols: [(spec: SymbolSpec(name: "BTC-USD", id: 1), shard: 0)],
@@ -529,7 +532,12 @@ func replicatedEngine(_ name: String, data: String, role: ReplicationSettings.Ro
     settings.durability = .sync
     settings.dataDirectory = data
     settings.replication = ReplicationSettings(role: role, listen: listen.map { "127.0.0.1:\($0)" },
-                                               peer: peer.map { "127.0.0.1:\($0)" }, digestEveryMilliseconds: 50, lease: lease)
+                                               peer: peer.map { "127.0.0.1:\($0)" }, digestEveryMilliseconds: 50, lease: lease?.key)
+    if let lease {
+        settings.plugins = PluginSettings(directory: PluginSettings.executableDirectory, load: [
+            PluginSpec(name: "redis-routing", config: ["redis": lease.redis, "timeout_ms": "500"]),
+        ])
+    }
     let engine = Engine(settings: settings, log: { log.append($0) })
     _ = try engine.start()
     return engine
@@ -902,9 +910,17 @@ extension FailoverTests {
 }
 
 extension FailoverTests {
-    /// The [replication] lines of a Redis lease.
-    static func lease(_ redis: RedisServer, _ key: String, ttl: Int = 600) -> String {
-        "lease = \"redis://127.0.0.1:\(redis.port)/\(key)\"\nlease_ttl_ms = \(ttl)"
+    /// The [replication] lines of a Redis lease, and the [plugins] that take it (redis-routing,
+    /// with `config`: more of its config, e.g. `, password_file = "..."`).
+    static func lease(_ redis: RedisServer, _ key: String, ttl: Int = 600, config: String = "") -> String {
+        """
+        lease = "\(key)"
+        lease_ttl_ms = \(ttl)
+        [plugins]
+        [[plugins.load]]
+        name = "redis-routing"
+        config = { redis = "127.0.0.1:\(redis.port)", heartbeat_ms = 200, timeout_ms = 500\(config) }
+        """
     }
 
     @Test("a primary that loses its Redis lease stops acknowledging before the lease can expire, and takes no more commands: the key taken by another holder, and Redis down")
@@ -1033,9 +1049,36 @@ extension FailoverTests {
         }
     }
 
-    @Test("a lease server that answers garbage, errors, huge lengths or nothing: the primary refuses to start, naming it; it never acknowledges without a lease")
+    @Test("a lease whose plugin is not loaded, or offers no lease, refuses the start, naming it")
+    func leasePluginMissing() throws {
+        for (plugins, why) in [([PluginSpec](), "lease_plugin redis-routing is not loaded"),
+                               ([PluginSpec(name: "snapshot-file")], "lease_plugin snapshot-file"),
+                               ([PluginSpec(name: "snapshot-file")], "offers no lease")] {
+            var settings = EngineSettings(
+                instance: "hm", directory: testDirectory(), shards: [ShardSettings(core: nil)],
+                symbols: [(spec: SymbolSpec(name: "BTC-USD", id: 1), shard: 0)],
+                capacity: BookCapacity(orders: 1 << 12, levels: 1 << 8))
+            let data = NSTemporaryDirectory() + "crossbook-ha-hm-\(UUID().uuidString.prefix(8))"
+            defer { removeTree(data) }
+            settings.durability = .sync
+            settings.dataDirectory = data
+            settings.replication = ReplicationSettings(role: .primary, lease: "hm-lease",
+                                                       leasePlugin: plugins.isEmpty ? "redis-routing" : "snapshot-file")
+            settings.plugins = PluginSettings(directory: PluginSettings.executableDirectory, load: plugins)
+            let engine = Engine(settings: settings, log: { _ in })
+            let error = #expect(throws: EngineError.self) { _ = try engine.start() }
+            #expect("\(error.map { "\($0)" } ?? "")".contains(why), "\(error.map { "\($0)" } ?? "none")")
+            engine.stop()
+        }
+    }
+
+    @Test("a lease server that answers garbage, errors, huge lengths, floods or nothing: the primary refuses to start, naming why; it never acknowledges without a lease")
     func hostileLeaseServer() throws {
-        for answer in ["garbage\r\n", "-ERR unknown command\r\n", "$99999999999\r\n", "*3\r\n:1\r\n", "", ":-1\r\n"] {
+        let flood = "$300000\r\n" + String(repeating: "x", count: 300_000) + "\r\n"
+        for (answer, why) in [("garbage\r\n", "Protocol error"), ("-ERR unknown command\r\n", "refused the lease script"),
+                              ("$99999999999\r\n", "no answer in"), ("*3\r\n:1\r\n", "no answer in"), ("", "no answer in"),
+                              (":-1\r\n", "held by another engine"), (flood, "an answer above"), (":0\r\n", "answered the lease script with 0"),
+                              ("+OK\r\n", "not an integer")] {
             let server = rawListen()
             defer { close(server.fd) }
             let reply = Thread {
@@ -1051,11 +1094,14 @@ extension FailoverTests {
             let data = NSTemporaryDirectory() + "crossbook-ha-hx-\(UUID().uuidString.prefix(8))"
             defer { removeTree(data) }
             let started = Date()
-            #expect(throws: EngineError.self, "answer \(answer.debugDescription)") {
+            let log = LogLines()
+            let error = #expect(throws: EngineError.self, "answer \(answer.prefix(40).debugDescription)") {
                 let engine = try replicatedEngine("hx", data: data, role: .primary, listen: freeLoopbackPort(), peer: nil,
-                                                  lease: "redis://127.0.0.1:\(server.port)/hx-lease")
+                                                  lease: ("127.0.0.1:\(server.port)", "hx-lease"), log: log)
                 engine.stop()
             }
+            #expect("\(error.map { "\($0)" } ?? "")".contains("lease hx-lease") && "\(error.map { "\($0)" } ?? "")".contains(why),
+                    "answer \(answer.prefix(40).debugDescription): \(error.map { "\($0)" } ?? "none")")
             #expect(Date().timeIntervalSince(started) < 10)
         }
     }

@@ -22,7 +22,7 @@ func passwordFile(_ password: String, mode: mode_t = 0o600) throws -> String {
 struct RedisAuthTests {
     static let secret = "s3cret-\(UInt32.random(in: 0...UInt32.max))"
 
-    @Test("the lease with lease_password_file: the primary takes it; a wrong password and a file readable by others are refused at start, naming why")
+    @Test("the lease with redis-routing's password_file: the primary takes it; a wrong password and a file readable by others are refused at start, naming why")
     func lease() throws {
         let redis = try RedisServer(password: Self.secret)
         defer { redis.stop() }
@@ -30,7 +30,7 @@ struct RedisAuthTests {
         defer { for f in [good, wrong, open] { unlink(f) } }
         for (file, expected) in [(open, "readable by others"), (wrong, "AUTH"), (good, "")] {
             let key = "ha-\(UInt32.random(in: 0...UInt32.max))"
-            let extra = FailoverTests.lease(redis, key) + "\nlease_password_file = \"\(file)\""
+            let extra = FailoverTests.lease(redis, key, config: ", password_file = \"\(file)\"")
             let a = PairNode(name: "ha-a", listen: freeLoopbackPort(), peer: freeLoopbackPort(), failoverAfterMs: nil, extra: extra)
             defer { a.terminate(); a.remove() }
             try a.start(standby: false)

@@ -918,6 +918,9 @@ static int health(void *instance, char *message, size_t size) {
     return CB_HEALTH_OK;
 }
 
+/* redis_lease.c */
+extern const cb_lease_ops redis_routing_lease;
+
 static const cb_plugin descriptor = {
     .size = sizeof(cb_plugin),
     .abi_version = CB_PLUGIN_ABI_VERSION,
@@ -927,6 +930,7 @@ static const cb_plugin descriptor = {
     .start = start,
     .stop = stop,
     .health = health,
+    .lease = &redis_routing_lease,
 };
 
 CB_PLUGIN_EXPORT const cb_plugin *crossbook_plugin_entry(void) { return &descriptor; }

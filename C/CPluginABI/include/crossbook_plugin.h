@@ -28,6 +28,7 @@
  *   thread at a time uses each. Open one per thread.
  * - Host functions other than those on a producer or a subscription may be called from any
  *   thread of the plugin, between the start of `start` and the end of `stop`.
+ * - A lease (cb_lease_ops) has its own lifetime, from its `open` to its `close`.
  *
  * LIFETIMES
  * - The `cb_host *` handed to `start` and every string the host returns (config values, symbol
@@ -326,9 +327,45 @@ typedef struct cb_router {
 #define CB_ROUTER_MIN_SIZE (offsetof(cb_router, route_end) + sizeof(void *))
 static inline size_t cb_router_min_size(void) { return CB_ROUTER_MIN_SIZE; }
 
+typedef struct cb_host cb_host; /* one per loaded plugin */
+struct cb_host_api;             /* the host table, below */
+
+/* ---- Leases --------------------------------------------------------------------------------- */
+
+/* Leadership of a primary/standby pair ([replication] lease = KEY, lease_plugin = NAME): a lease
+ * with a fencing token, held in a third party the plugin reaches (redis-routing: Redis). A lease
+ * is not started like the rest of the plugin: the host calls `open` before the engine recovers,
+ * whatever its role (a standby starts no other plugin before it is promoted), and `close` after
+ * its shards stop; `start` and `stop` may come between them or not at all. From `open` to
+ * `close`, the host calls config_get, log and monotonic_ns only. The host makes one call at a
+ * time per lease, from its lease thread, its main thread or its replication thread, never from a
+ * shard's. Each call must return within min(2 s, ttl_ms): a late answer is an error.
+ *
+ * The host's timing rule (README "Hot standby and failover") needs only this of a lease: an
+ * acquire or renew that returns CB_OK guarantees that nobody else can acquire `key` before
+ * ttl_ms have passed since the call began. */
+typedef struct cb_lease_ops {
+    uint32_t size; /* sizeof(cb_lease_ops) as the plugin was compiled */
+    uint32_t reserved;
+    /* Opens the lease client from the plugin's config (nothing is contacted yet); *lease is
+       handed back to the other functions. */
+    int (*open)(const struct cb_host_api *api, cb_host *host, void **lease, char *error, size_t error_size);
+    /* Takes `key` for `holder` for ttl_ms, if nobody holds it, or extends it if `holder` does:
+       CB_OK with *epoch, the fencing token (incremented for each new holder, never decreasing;
+       the same for the holder's own re-acquire); CB_ERR_FAILED: another holder has it (`error`
+       names it if it can); CB_ERR_IO: unreachable, no answer in time, or an answer that is not
+       one of these (nothing known: `error` says what). */
+    int (*acquire)(void *lease, const char *key, const char *holder, uint32_t ttl_ms, uint64_t *epoch, char *error,
+                   size_t error_size);
+    /* Extends `key` by ttl_ms if `holder` holds it: CB_OK; CB_ERR_FAILED: it is gone or
+       another's (the holder is deposed); CB_ERR_IO: nothing known, as for acquire. */
+    int (*renew)(void *lease, const char *key, const char *holder, uint32_t ttl_ms, char *error, size_t error_size);
+    /* Closes what open opened (a held lease is left to expire). */
+    void (*close)(void *lease);
+} cb_lease_ops;
+
 /* ---- The host table ------------------------------------------------------------------------- */
 
-typedef struct cb_host cb_host;                 /* one per loaded plugin */
 typedef struct cb_producer cb_producer;         /* a session: command rings to every shard */
 typedef struct cb_subscription cb_subscription; /* a consumer of one shard's event ring */
 
@@ -477,6 +514,9 @@ typedef struct cb_plugin {
     void (*stop)(void *instance);
     /* Returns a cb_health and may write a one-line message. May be NULL (always OK). */
     int (*health)(void *instance, char *message, size_t message_size);
+    /* Appended with leases (a plugin whose descriptor ends before it, or leaves it NULL, has
+       none): the lease this plugin offers (see cb_lease_ops). */
+    const cb_lease_ops *lease;
 } cb_plugin;
 
 /* The size of the first v1 descriptor: a host accepts no smaller one. */
