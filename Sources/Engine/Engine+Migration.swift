@@ -288,6 +288,25 @@ extension Engine {
             default:
                 throw EngineError("symbol \(spec.name) is owned by \(owners.isEmpty ? "no shard" : "shards \(owners.map(String.init).joined(separator: ", "))") after recovery: the journals disagree")
             }
+            if states[owner].transfers[id] == nil {
+                // A shard that held commands of the symbol for a move that ended there before
+                // the import (a crash; an abandoned move) journaled their first offset as a floor:
+                // the owner reads the partition again from there, once (it takes only what it
+                // had not taken: the floor is raised to its own position there).
+                for other in shards.indices where other != owner {
+                    for (key, last) in (states[other].strayFloors[id] ?? [:]) {
+                        guard let hash = key.lastIndex(of: "#"), let partition = UInt32(key[key.index(after: hash)...]) else { continue }
+                        let floor = last &+ 1
+                        switch clampedFloor(shard: owner, .ingressFloor(symbolId: id, source: String(key[..<hash]), partition: partition, offset: floor)) {
+                        case .applied(0): break  // the owner takes them already
+                        case .applied:
+                            log.append("\(spec.name): shard \(other) held its commands of \(key) from offset \(floor) for a move that did not finish: shard \(owner) reads them again from there")
+                        case .refused(_, let why):
+                            throw EngineError("\(spec.name): shard \(owner) cannot take the floor \(floor) of \(key) that shard \(other) held it from: \(why)")
+                        }
+                    }
+                }
+            }
             if owner != routes.shard(of: id) { log.append("\(spec.name): on shard \(owner) (moved there by a migration)") }
             routes.set(id, shard: owner)
         }

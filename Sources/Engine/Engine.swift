@@ -705,10 +705,19 @@ public final class Engine: @unchecked Sendable {
         admin(shards: [shard], command, timeout: timeout)[0]
     }
 
+    /// An `ingressFloor` the shard raises to the symbol's own position there (AdminRequest.clampFloor).
+    func clampedFloor(shard: Int, _ command: AdminCommand, timeout: Double = 5) -> AdminOutcome {
+        admin(shards: [shard], command, timeout: timeout, clampFloor: true)[0]
+    }
+
     /// `admin` on several shards at once: each gets the command, then each is waited for (its
     /// outcome, then its journal), so their writes and fdatasyncs overlap. Outcomes in the
     /// order of `shards`.
     public func admin(shards indices: [Int], _ command: AdminCommand, timeout: Double = 5) -> [AdminOutcome] {
+        admin(shards: indices, command, timeout: timeout, clampFloor: false)
+    }
+
+    private func admin(shards indices: [Int], _ command: AdminCommand, timeout: Double, clampFloor: Bool) -> [AdminOutcome] {
         // A standby's journal holds its primary's records and nothing of its own.
         if role == .standby, !(replication?.lock.locked { replication!.promoting } ?? false) {
             return indices.map { _ in .refused(sequence: nil, "this engine is a standby: admin commands go to the primary") }
@@ -716,7 +725,7 @@ public final class Engine: @unchecked Sendable {
         let deadline = monotonicNanoseconds() + UInt64(timeout * 1e9)
         let requests: [AdminRequest?] = indices.map { shard in
             guard shard >= 0, shard < shards.count else { return nil }
-            let request = AdminRequest(command)
+            let request = AdminRequest(command, clampFloor: clampFloor)
             return shards[shard].send(.admin(request)) ? request : nil
         }
         var outcomes: [AdminOutcome] = []

@@ -274,3 +274,164 @@ extension IngressFloorTests {
         #expect(restarted.adminState(shard: 0)?.resume == ["orders#0": 24])
     }
 }
+
+@Suite("Ingress during a move between shards", .serialized)
+struct IngressHoldTests {
+    /// Two shards: HOT-USD (1) and BTC-USD (3) on shard 0, ETH-USD (2) on shard 1.
+    static func engine(_ dir: String, data: String, snapshotEvery: UInt64 = 0, log: LogLines? = nil) throws -> Engine {
+        var settings = EngineSettings(
+            instance: "inh", directory: dir, shards: [ShardSettings(core: nil), ShardSettings(core: nil)],
+            symbols: [(spec: SymbolSpec(name: "HOT-USD", id: 1), shard: 0), (spec: SymbolSpec(name: "ETH-USD", id: 2), shard: 1),
+                      (spec: SymbolSpec(name: "BTC-USD", id: 3), shard: 0)],
+            capacity: BookCapacity(orders: 1 << 12, levels: 1 << 8),
+            wait: WaitStrategy(spins: 1000, yields: 10, park: true, parkTimeoutNanoseconds: 50_000_000))
+        settings.durability = .sync
+        settings.dataDirectory = data
+        settings.snapshotEvery = snapshotEvery
+        if snapshotEvery > 0 {
+            settings.plugins = PluginSettings(directory: PluginSettings.executableDirectory, load: [PluginSpec(name: "snapshot-file")])
+        }
+        let engine = Engine(settings: settings, log: { log?.append($0) })
+        for line in try engine.start() { log?.append(line) }
+        return engine
+    }
+
+    static func submit(_ session: LocalSession, shard: Int, symbolId: UInt32, offset: UInt64, orderId: OrderId) {
+        var record = [UInt8](repeating: 0, count: 64)
+        record.withUnsafeMutableBytes {
+            CommandRecord.encode(.init(symbolId: symbolId, command: .new(NewOrder(orderId: orderId, side: .buy, price: 100, quantity: 1)),
+                                       clientSequence: offset), to: $0.baseAddress!)
+        }
+        while !record.withUnsafeBytes({ session.submit($0.baseAddress!, shard: shard) }) { usleep(100) }
+    }
+
+    /// Reports until `count` came or 3 s passed: order id (client's) → kind and reason.
+    static func reports(_ session: LocalSession, count: Int, seconds: Double = 3) throws -> [OrderId: String] {
+        var out: [OrderId: String] = [:]
+        var record = [UInt8](repeating: 0, count: 64)
+        let deadline = Date().addingTimeInterval(seconds)
+        while out.count < count, Date() < deadline {
+            let n = try record.withUnsafeMutableBytes { try session.poll(into: $0.baseAddress!, capacity: 1) }
+            if n == 1, let r = record.withUnsafeBytes({ try? ReportRecord.decode($0.baseAddress!) }) {
+                out[r.orderId & maxClientOrderId] = r.kind == .rejected ? "rejected \(r.code)" : "\(r.kind)"
+            } else {
+                usleep(200)
+            }
+        }
+        return out
+    }
+
+    /// The steps of Engine.runMigration, HOT-USD shard 0 → 1, with the partition's next messages
+    /// between them as a Kafka ingress would submit them: `held` (HOT-USD, order id 2) after the
+    /// route switched (to shard 1, held), `other` (BTC-USD, order id 3) to shard 0, applied there.
+    static func moveHot(_ engine: Engine, _ session: LocalSession, held: UInt64, other: UInt64) -> Bool {
+        guard let expected = engine.step(1, { .expect($0) }, MigrationStep(symbolId: 1), timeout: 5), expected.refusal == nil else { return false }
+        engine.routes!.set(1, shard: 1)
+        submit(session, shard: 1, symbolId: 1, offset: held, orderId: 2)
+        submit(session, shard: 0, symbolId: 3, offset: other, orderId: 3)
+        guard (try? reports(session, count: 1)[3]) == "accepted" else { return false }
+        guard let hold = engine.step(0, { .holdOutgoing($0) }, MigrationStep(symbolId: 1), timeout: 5), let book = hold.bookAddress else { return false }
+        let bytes = book.pointer.pointee.snapshot()
+        guard let out = engine.step(0, { .sealExport($0) }, MigrationStep(symbolId: 1, book: bytes), timeout: 5), out.refusal == nil,
+              engine.awaitDurable(0, out.sequence, timeout: 5) else { return false }
+        let arriving = MigrationStep(symbolId: 1, book: bytes, positions: out.positions)
+        guard let into = engine.step(1, { .migrateIn($0, abandon: false) }, arriving, timeout: 5), into.refusal == nil,
+              engine.awaitDurable(1, into.sequence, timeout: 5) else { return false }
+        guard case .applied = engine.admin(shard: 0, .drop(symbolId: 1)) else { return false }
+        return true
+    }
+
+    @Test("a Kafka-fed symbol that moves between shards while the partition goes on: its commands the target held are applied there, though the source's position passed them with another symbol's")
+    func heldBelowTheSourcePosition() throws {
+        let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-inh-\(UUID().uuidString.prefix(8))"
+        defer { removeTree(data) }
+        let engine = try Self.engine(dir, data: data)
+        defer { engine.stop() }
+        let session = try engine.openLocalSession(source: IngressSource(name: "orders", partition: 0))
+        Self.submit(session, shard: 0, symbolId: 1, offset: 10, orderId: 1)
+        #expect(try Self.reports(session, count: 1)[1] == "accepted")
+        #expect(Self.moveHot(engine, session, held: 11, other: 12))
+        // The held command: applied on shard 1, not a replay.
+        #expect(try Self.reports(session, count: 1)[2] == "accepted", "HOT-USD at offset 11")
+        // A replay of HOT-USD's offset 10 (applied on shard 0) is dropped on shard 1; 13 is taken.
+        let replays = engine.engineFile?.ingress(1).read(IngressCounters.replays) ?? 0
+        Self.submit(session, shard: 1, symbolId: 1, offset: 10, orderId: 4)
+        #expect(try Self.reports(session, count: 1, seconds: 0.3).isEmpty)
+        #expect(engine.engineFile?.ingress(1).read(IngressCounters.replays) == replays + 1)
+        Self.submit(session, shard: 1, symbolId: 1, offset: 13, orderId: 5)
+        #expect(try Self.reports(session, count: 1)[5] == "accepted")
+    }
+
+    @Test("each symbol's own position survives a snapshot: after a restart from one, the move between shards still applies the held command")
+    func ownPositionsInSnapshots() throws {
+        let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-inh-\(UUID().uuidString.prefix(8))"
+        defer { removeTree(data) }
+        let engine = try Self.engine(dir, data: data, snapshotEvery: 4)
+        let session = try engine.openLocalSession(source: IngressSource(name: "orders", partition: 0))
+        Self.submit(session, shard: 0, symbolId: 1, offset: 10, orderId: 1)
+        #expect(try Self.reports(session, count: 1)[1] == "accepted")
+        for k in 0..<6 { Self.submit(session, shard: 0, symbolId: 3, offset: 11 + UInt64(k), orderId: OrderId(100 + k)) }
+        #expect(try Self.reports(session, count: 6).count == 6)
+        usleep(300_000)  // the snapshot writer
+        engine.closeLocalSession(session)
+        engine.stop()
+
+        let log = LogLines()
+        let restarted = try Self.engine(testDirectory(), data: data, snapshotEvery: 4, log: log)
+        defer { restarted.stop() }
+        #expect(log.contains("shard 0: loaded snapshot"), "\(log.all)")
+        let again = try restarted.openLocalSession(source: IngressSource(name: "orders", partition: 0))
+        #expect(Self.moveHot(restarted, again, held: 20, other: 21))
+        #expect(try Self.reports(again, count: 1)[2] == "accepted", "HOT-USD at offset 20, held on shard 1")
+    }
+
+    @Test("a crash while the target holds a Kafka-fed symbol's commands, after the source's position passed them: the restart reads the partition again from the first held one, and the source (which keeps the symbol) takes it once")
+    func crashWhileHeld() throws {
+        let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-inh-\(UUID().uuidString.prefix(8))"
+        let image = data + "-crash"
+        defer { removeTree(data); removeTree(image) }
+        let engine = try Self.engine(dir, data: data)
+        let session = try engine.openLocalSession(source: IngressSource(name: "orders", partition: 0))
+        Self.submit(session, shard: 0, symbolId: 1, offset: 10, orderId: 1)
+        #expect(try Self.reports(session, count: 1)[1] == "accepted")
+        guard let expected = engine.step(1, { .expect($0) }, MigrationStep(symbolId: 1), timeout: 5), expected.refusal == nil else {
+            Issue.record("expect refused")
+            return
+        }
+        engine.routes!.set(1, shard: 1)
+        Self.submit(session, shard: 1, symbolId: 1, offset: 11, orderId: 2)  // held on shard 1
+        Self.submit(session, shard: 0, symbolId: 3, offset: 12, orderId: 3)
+        #expect(try Self.reports(session, count: 1)[3] == "accepted")
+        // Shard 1 journaled the held command's offset as HOT-USD's floor, before anything else.
+        let deadline = Date().addingTimeInterval(5)
+        while engine.adminState(shard: 1)?.strayFloors[1] != ["orders#0": 10], Date() < deadline { usleep(1000) }
+        #expect(engine.adminState(shard: 1)?.strayFloors[1] == ["orders#0": 10])
+        usleep(100_000)
+        for shard in 0..<2 { engine.shards[shard].nudge() }
+        usleep(100_000)
+        // The crash: what is on disk now, as kill -9 would leave it (sync durability).
+        #expect(try runTool("/bin/cp", ["-a", data, image]).status == 0)
+        engine.stop()
+
+        let log = LogLines()
+        var settings = engine.settings
+        settings.dataDirectory = image
+        settings.directory = testDirectory()
+        let restarted = Engine(settings: settings, log: { log.append($0) })
+        for line in try restarted.start() { log.append(line) }
+        defer { restarted.stop() }
+        #expect(restarted.owner(of: "HOT-USD") == 0, "the move never imported: the source keeps it")
+        #expect(log.contains("reads them again from there"), "\(log.all.suffix(5))")
+        // Read again from offset 11: HOT-USD's 11 is taken once on shard 0; 10 and BTC-USD's 12
+        // are replays.
+        #expect(restarted.adminState(shard: 0)?.resume["orders#0"] == 10)
+        let again = try restarted.openLocalSession(source: IngressSource(name: "orders", partition: 0))
+        Self.submit(again, shard: 0, symbolId: 1, offset: 11, orderId: 2)
+        #expect(try Self.reports(again, count: 1)[2] == "accepted", "HOT-USD at offset 11, held when the engine died")
+        let replays = restarted.engineFile?.ingress(0).read(IngressCounters.replays) ?? 0
+        Self.submit(again, shard: 0, symbolId: 1, offset: 10, orderId: 6)
+        Self.submit(again, shard: 0, symbolId: 3, offset: 12, orderId: 7)
+        #expect(try Self.reports(again, count: 1, seconds: 0.3).isEmpty)
+        #expect(restarted.engineFile?.ingress(0).read(IngressCounters.replays) == replays + 2)
+    }
+}

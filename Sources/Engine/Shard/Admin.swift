@@ -20,10 +20,17 @@ public enum AdminOutcome: Equatable, Sendable {
 /// One admin command on its way through a shard, and its outcome.
 final class AdminRequest: @unchecked Sendable {
     let command: AdminCommand
+    /// An `ingressFloor` raised by the shard to the symbol's own position there if that is
+    /// higher (or, where the shard may not know it, to its position): a floor from another
+    /// shard's hold that must not let in what this shard took already.
+    var clampFloor = false
     private let lock = Lock()
     private var result: AdminOutcome?
     let done = Semaphore()
-    init(_ command: AdminCommand) { self.command = command }
+    init(_ command: AdminCommand, clampFloor: Bool = false) {
+        self.command = command
+        self.clampFloor = clampFloor
+    }
     func finish(_ outcome: AdminOutcome) {
         lock.locked { result = outcome }
         done.signal()
@@ -63,6 +70,10 @@ public struct ShardAdminState: Equatable, Sendable {
     /// The floors of the symbols of `transfers` (source → last applied offset of the symbol):
     /// where the partition is read again from once the move is settled here (IngressRewinds).
     public var transferFloors: [UInt32: [String: UInt64]] = [:]
+    /// The floors of symbols this shard does not own (as `transferFloors`): a move that ended
+    /// here before its import (a crash, or an abandoned move) after the shard held commands of
+    /// the symbol, unjournaled, from those offsets on.
+    public var strayFloors: [UInt32: [String: UInt64]] = [:]
 
     public init(epoch: UInt64, positions: [String: UInt64], frozen: Set<UInt32>, notOwned: Set<UInt32>,
                 exported: Set<UInt32> = [], imported: Set<UInt32> = []) {
@@ -101,6 +112,16 @@ extension ShardState {
         // An export carries the book as it is now: the shard fills it in.
         if case .exportBook(let id, _) = command, let b = book(of: id), hasBook(b) {
             command = .exportBook(symbolId: id, book: books[b].snapshot())
+        }
+        if request.clampFloor, case .ingressFloor(let id, let source, let partition, let offset) = command {
+            // Nothing to do where the symbol takes that offset already (or the shard never read
+            // the source): `.applied(0)`, nothing journaled.
+            guard let slot = ingress.knownSlot(sourceKey(source, partition)),
+                  offset < ingress.floor(of: id, slot: Int(slot)) ?? ingress.next[Int(slot)] else {
+                return request.finish(.applied(sequence: 0))
+            }
+            let own = ingress.ownNext(id, slot: Int(slot)) ?? (ingress.symbolsComplete ? 0 : ingress.next[Int(slot)])
+            command = .ingressFloor(symbolId: id, source: source, partition: partition, offset: max(offset, own))
         }
         request.finish(runAdmin(command))
     }
@@ -342,6 +363,7 @@ extension ShardState {
                 state.transferFloors[id] = ingress.floors(of: id)
             }
         }
+        for id in ingress.flooredSymbols where state.notOwned.contains(id) { state.strayFloors[id] = ingress.floors(of: id) }
         return state
     }
 
@@ -352,6 +374,7 @@ extension ShardState {
     static let adminTrailerTag3: UInt32 = 0x3344_4D41  // "AMD3": version 3, flags per symbol of the instance
     static let adminTrailerTag4: UInt32 = 0x3444_4D41  // "AMD4": version 3 after the symbols listed at run time
     static let transferTag: UInt32 = 0x3152_4658  // "XFR1": moves between engines under way, after the floors
+    static let symbolPositionsTag: UInt32 = 0x314D_5953  // "SYM1": each symbol's own ingress position, last
 
     /// The admin state after the books in a snapshot body: tag, epoch (u64), the flags (version 3:
     /// a count (u32), per symbol of the instance its id (u32) and flags (u8); before: per book of
@@ -424,6 +447,18 @@ extension ShardState {
                 out.append(t.outbound ? 1 : 0)
                 put(t.instance)
             }
+        }
+        // Always (its absence says a snapshot before them: IngressPositions.symbolsComplete):
+        // tag "SYM1", complete (u8: 1 when they cover the shard's whole history), the count
+        // (u32), per symbol with an own position its id (u32), source index (u32), next offset (u64).
+        let own = ingress.symbolPositions
+        put(Self.symbolPositionsTag)
+        out.append(ingress.symbolsComplete ? 1 : 0)
+        put(UInt32(own.count))
+        for (b, slot, next) in own {
+            put(symbols[b].spec.id)
+            put(UInt32(bitPattern: slot))
+            put(next)
         }
         return out
     }
@@ -549,7 +584,10 @@ extension ShardState {
             }
         }
         transfers = [:]
-        if at + 4 <= body.count, try get(UInt32.self) == Self.transferTag {
+        ingress.symbolsComplete = false
+        // Optional sections, each under its tag, in this order.
+        var tagged = at + 4 <= body.count ? try get(UInt32.self) : nil
+        if tagged == Self.transferTag {
             for _ in 0..<(try get(UInt32.self)) {
                 let id = try get(UInt32.self), epoch = try get(UInt64.self), outbound = try get(UInt8.self)
                 let instance = try key()
@@ -559,7 +597,20 @@ extension ShardState {
                 }
                 transfers[id] = ShardTransfer(epoch: epoch, instance: instance, outbound: outbound == 1)
             }
-        } else if at < body.count {
+            tagged = at + 4 <= body.count ? try get(UInt32.self) : nil
+        }
+        if tagged == Self.symbolPositionsTag {
+            let complete = try get(UInt8.self)
+            guard complete <= 1 else { throw EngineError("snapshot: symbol positions flag \(complete)") }
+            for _ in 0..<(try get(UInt32.self)) {
+                let id = try get(UInt32.self), slot = try get(UInt32.self), next = try get(UInt64.self)
+                guard let b = book(of: id), slot < ingress.keys.count, next <= UInt64(Int64.max) + 1 else {
+                    throw EngineError("snapshot: an ingress position of symbol \(id)")
+                }
+                ingress.setSymbolPosition(book: b, slot: Int32(slot), next: next)
+            }
+            ingress.symbolsComplete = complete == 1
+        } else if tagged != nil {
             at -= 4
         }
         guard at == body.count else { throw EngineError("snapshot: \(body.count - at) stray bytes after the admin state") }

@@ -62,6 +62,20 @@ struct IngressPositions: ~Copyable {
     private var marks: [UInt64: UInt64] = [:]
     /// Per slot, the lowest mark of its floors (UInt64.max: none): the one compare per command.
     let lowestMark: UnsafeMutablePointer<UInt64>
+    /// Per book (the shard's symbol slot): the source slot of its symbol's last command taken
+    /// (-1: none) and that command's offset + 1: the symbol's exact position where it has no
+    /// floor (a symbol's orders come from one partition). What a move between shards hands the
+    /// target, rather than the shard's position, which its other symbols move on past commands
+    /// of this one that went to the target meanwhile (`exactPositions`).
+    private(set) var symbolSlot: UnsafeMutablePointer<Int32>?
+    private(set) var symbolNext: UnsafeMutablePointer<UInt64>?
+    private var bookIndex: UnsafeMutablePointer<Int32>?
+    private var maxSymbolId = -1
+    private var room = 0
+    /// The per-symbol positions cover the shard's whole history: false after a snapshot written
+    /// before them (a symbol with none may then have had commands: the shard's position stands
+    /// in for its own).
+    var symbolsComplete = true
 
     init() {
         next = cacheAligned(UInt64.self, count: Self.capacity)
@@ -74,7 +88,84 @@ struct IngressPositions: ~Copyable {
         lowestMark.initialize(repeating: UInt64.max, count: Self.capacity)
     }
 
+    /// The shard's symbol slots (ShardState.bookIndex, read only here), for the per-symbol positions.
+    mutating func attach(bookIndex: UnsafeMutablePointer<Int32>, maxSymbolId: Int, room: Int) {
+        self.bookIndex = bookIndex
+        self.maxSymbolId = maxSymbolId
+        self.room = room
+        let slots = cacheAligned(Int32.self, count: room)
+        slots.initialize(repeating: -1, count: room)
+        let nexts = cacheAligned(UInt64.self, count: room)
+        nexts.initialize(repeating: 0, count: room)
+        symbolSlot = slots
+        symbolNext = nexts
+    }
+
+    @inline(__always)
+    private func book(_ symbol: UInt32) -> Int {
+        guard let bookIndex, Int(symbol) <= maxSymbolId else { return -1 }
+        return Int(bookIndex[Int(symbol)])
+    }
+
+    /// A command of `symbol` from `slot` at `offset` was taken: its own position.
+    @inline(__always)
+    private func noteTaken(_ symbol: UInt32, _ slot: Int, _ offset: UInt64) {
+        let b = book(symbol)
+        guard b >= 0, let symbolSlot, let symbolNext else { return }
+        symbolSlot[b] = Int32(slot)
+        symbolNext[b] = offset &+ 1
+    }
+
+    /// `symbol`'s own next offset in `slot`, where known: its floor, or after its last command
+    /// from there. nil: it took nothing from there (or, `symbolsComplete` false, maybe before a
+    /// snapshot).
+    func ownNext(_ symbol: UInt32, slot: Int) -> UInt64? {
+        if let floor = floors[UInt64(symbol) << 32 | UInt64(slot)] { return floor }
+        let b = book(symbol)
+        guard b >= 0, let symbolSlot, let symbolNext, symbolSlot[b] == Int32(slot) else { return nil }
+        return symbolNext[b]
+    }
+
+    /// A symbol's positions as exactly as the shard knows them, per source: its floor − 1, or
+    /// its last command's offset there; none where it took nothing from that source (UInt64.max
+    /// for a floor of 0). Only where the shard may not know (`symbolsComplete` false), the
+    /// shard's position stands in (it is above every command of the symbol it took).
+    func exactPositions(of symbol: UInt32) -> [String: UInt64] {
+        var out: [String: UInt64] = [:]
+        for (i, key) in keys.enumerated() {
+            if let own = ownNext(symbol, slot: i) {
+                out[key] = own &- 1
+            } else if !symbolsComplete, next[i] > 0 {
+                out[key] = next[i] - 1
+            }
+        }
+        return out
+    }
+
+    /// Every symbol's own position (book slot → source slot, next offset), for a snapshot.
+    var symbolPositions: [(book: Int, slot: Int32, next: UInt64)] {
+        guard let symbolSlot, let symbolNext else { return [] }
+        return (0..<room).compactMap { symbolSlot[$0] >= 0 ? ($0, symbolSlot[$0], symbolNext[$0]) : nil }
+    }
+
+    /// Restores one symbol's own position (a snapshot).
+    mutating func setSymbolPosition(book b: Int, slot: Int32, next: UInt64) {
+        guard b >= 0, b < room, let symbolSlot, let symbolNext else { return }
+        symbolSlot[b] = slot
+        symbolNext[b] = next
+    }
+
+    /// The symbol left the shard: its own position goes with its floors.
+    private mutating func forgetSymbol(_ symbol: UInt32) {
+        let b = book(symbol)
+        guard b >= 0, let symbolSlot, let symbolNext else { return }
+        symbolSlot[b] = -1
+        symbolNext[b] = 0
+    }
+
     deinit {
+        symbolSlot?.deallocate()
+        symbolNext?.deallocate()
         next.deallocate()
         ofSession.deallocate()
         plugin.deallocate()
@@ -134,6 +225,12 @@ struct IngressPositions: ~Copyable {
         }
         return out
     }
+
+    /// `symbol`'s floor in `slot`, if it has one.
+    func floor(of symbol: UInt32, slot: Int) -> UInt64? { floors[UInt64(symbol) << 32 | UInt64(slot)] }
+
+    /// The symbols with a floor somewhere.
+    var flooredSymbols: Set<UInt32> { Set(floors.keys.map { UInt32(truncatingIfNeeded: $0 >> 32) }) }
 
     /// The floors of `symbol` (source key → last applied offset; UInt64.max: none, a floor of
     /// 0): where the partition is read again from when it arrives behind.
@@ -195,13 +292,20 @@ struct IngressPositions: ~Copyable {
             floors[key] = nil
             marks[key] = nil
             let symbol = key >> 32
+            // Nothing of it was waiting below the mark: its own position stays its floor.
+            let b = book(UInt32(truncatingIfNeeded: symbol))
+            if b >= 0, let symbolSlot, let symbolNext, symbolSlot[b] < 0 || symbolSlot[b] == Int32(slot) {
+                symbolNext[b] = symbolSlot[b] == Int32(slot) ? max(symbolNext[b], floor) : floor
+                symbolSlot[b] = Int32(slot)
+            }
             if !floors.keys.contains(where: { $0 >> 32 == symbol }) { floored.remove(UInt32(truncatingIfNeeded: symbol)) }
         }
         remark(slot)
     }
 
-    /// The symbol left the shard: its floors go.
+    /// The symbol left the shard: its floors and its own position go.
     mutating func dropFloors(_ symbol: UInt32) {
+        forgetSymbol(symbol)
         guard !floors.isEmpty else { return }
         floors = floors.filter { $0.key >> 32 != UInt64(symbol) }
         floored.remove(symbol)
@@ -246,6 +350,9 @@ struct IngressPositions: ~Copyable {
         floored = []
         marks = [:]
         lowestMark.update(repeating: UInt64.max, count: Self.capacity)
+        symbolSlot?.update(repeating: -1, count: room)
+        symbolNext?.update(repeating: 0, count: room)
+        symbolsComplete = true
         clearBindings()
     }
 
@@ -288,6 +395,7 @@ struct IngressPositions: ~Copyable {
                     } else {
                         floors[key] = offset &+ 1
                     }
+                    noteTaken(symbol, slot, offset)
                     if offset > lowestMark[slot] { passMarks(slot, offset) }
                     return nil
                 }
@@ -296,6 +404,7 @@ struct IngressPositions: ~Copyable {
         }
         guard offset >= next[slot] else { return .duplicateIngress }
         next[slot] = offset &+ 1
+        noteTaken(UInt32(littleEndian: record.loadUnaligned(fromByteOffset: 8, as: UInt32.self)), slot, offset)
         if offset > lowestMark[slot] { passMarks(slot, offset) }
         return nil
     }

@@ -96,6 +96,24 @@ extension ShardState {
         guard symbol <= maxSymbolId else { return false }
         let b = bookIndex[symbol]
         guard b >= 0, incoming[Int(b)] != 0, held.count < Self.maxHeld else { return false }
+        // The first command held of a partition: its offset becomes the symbol's floor here,
+        // journaled before the shard's own position can pass it with its other symbols' commands
+        // (the held ones are not journaled: after a crash the partition is read again from it).
+        let source = ingress.ofSession[Int(session)]
+        if source >= 0 && ingress.plugin[Int(source)] {
+            let key = UInt64(symbol) << 32 | UInt64(UInt32(bitPattern: source))
+            if !holdFloors.contains(key) {
+                let offset = UInt64(littleEndian: record.loadUnaligned(fromByteOffset: 48, as: UInt64.self))
+                guard offset <= UInt64(Int64.max) else { return false }  // malformed: sequenced, rejected
+                let floor = max(offset, ingress.ownNext(UInt32(symbol), slot: Int(source)) ?? 0)
+                let name = ingress.keys[Int(source)]
+                guard let hash = name.lastIndex(of: "#"), let partition = UInt32(name[name.index(after: hash)...]) else { return false }
+                if case .refused(nil, _) = runAdmin(.ingressFloor(symbolId: UInt32(symbol), source: String(name[..<hash]), partition: partition, offset: floor)) {
+                    return false  // the journal refuses: the command stays in its ring
+                }
+                holdFloors.insert(key)
+            }
+        }
         let r = (record.loadUnaligned(as: UInt64.self), record.loadUnaligned(fromByteOffset: 8, as: UInt64.self),
                  record.loadUnaligned(fromByteOffset: 16, as: UInt64.self), record.loadUnaligned(fromByteOffset: 24, as: UInt64.self),
                  record.loadUnaligned(fromByteOffset: 32, as: UInt64.self), record.loadUnaligned(fromByteOffset: 40, as: UInt64.self),
@@ -179,7 +197,12 @@ extension ShardState {
                 answer.positions = step.positions
                 answer.sequence = journalFloors(id, step.positions) ?? sequence
             } else {
-                answer.positions = ingress.positions(of: id, unread: false)
+                // Its own positions (not the shard's: its commands that went to the target
+                // meanwhile are below those), journaled as its floors here too: if the move is
+                // undone by a crash, the partition is read again from them (the target's held
+                // commands were not journaled).
+                answer.positions = ingress.exactPositions(of: id)
+                answer.sequence = journalFloors(id, answer.positions) ?? sequence
             }
         case .refused(_, let why):
             answer.refusal = why
@@ -188,6 +211,7 @@ extension ShardState {
             incoming[b] = 0
             holding -= 1
         }
+        holdFloors = holdFloors.filter { $0 >> 32 != UInt64(id) }
         answer.at = monotonicNanoseconds()
         answer.phases["export"] = answer.at - t0
         answer.held = releaseHeld(slot: Int32(b))
@@ -283,6 +307,8 @@ extension ShardState {
             incoming[b] = 0
             holding -= 1
         }
+        let id = UInt64(symbols[b].spec.id)
+        holdFloors = holdFloors.filter { $0 >> 32 != id }
         if bookFlags[b] & BookFlag.notOwned != 0 { releaseBook(b) }
         let t1 = monotonicNanoseconds()
         answer.held = releaseHeld(slot: Int32(b))

@@ -70,6 +70,9 @@ struct ShardState: ~Copyable {
     var holding = 0
     let incoming: UnsafeMutablePointer<UInt8>
     var held: [HeldCommand] = []
+    /// The (symbol id << 32 | source slot) pairs whose hold floor is journaled in the holds under
+    /// way (Migration.swift `hold`): cleared as a symbol's hold ends.
+    var holdFloors: Set<UInt64> = []
     /// The import under way was restored into its book by the control thread (Migration.swift):
     /// live, the import record is journaled and the book not restored twice.
     var prebuiltImport: UInt32?
@@ -132,6 +135,7 @@ struct ShardState: ~Copyable {
         if let pools, self.pools == nil {
             throw EngineError("shard \(index): pools of \(pools.orders) orders and \(pools.levels) levels cannot be made")
         }
+        ingress.attach(bookIndex: bookIndex, maxSymbolId: maxSymbolId, room: room)
         if let failure = createBooks() { throw failure }
     }
 
