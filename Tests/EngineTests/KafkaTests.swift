@@ -598,3 +598,98 @@ final class MarketDataReader: @unchecked Sendable {
         process.waitUntilExit()
     }
 }
+
+extension KafkaIngressTests {
+    @Test("a Kafka-fed symbol moved between the shards again and again while the engine takes a producer's orders: every message journaled exactly once, each partition's in order per shard, the books equal an independent replay")
+    func migrationsUnderKafkaLoad() throws {
+        let broker = try KafkaBroker()
+        defer { broker.stop() }
+        try broker.createTopic("orders", partitions: 2)
+        try broker.createTopic("orders.dead-letter", partitions: 1)
+        let data = NSTemporaryDirectory() + "crossbook-kafkamig-\(UUID().uuidString.prefix(8))"
+        defer { removeTree(data) }
+        let replayConfig = data + "-replay.toml"
+        defer { unlink(replayConfig) }
+        try Self.replayConfig(kafkaEngineConfig(instance: "kfm", broker: broker, topic: "orders"))
+            .write(toFile: replayConfig, atomically: true, encoding: .utf8)
+        // The engine of kafkaEngineConfig, in this process (moves a millisecond apart).
+        var settings = EngineSettings(
+            instance: "kfm", directory: testDirectory(), shards: [ShardSettings(core: nil), ShardSettings(core: nil)],
+            symbols: [(spec: SymbolSpec(name: "BTC-USD", id: 1), shard: 0), (spec: SymbolSpec(name: "ETH-USD", id: 2), shard: 1),
+                      (spec: SymbolSpec(name: "SOL-USD", id: 3), shard: 0), (spec: SymbolSpec(name: "XRP-USD", id: 4), shard: 1)],
+            capacity: BookCapacity(orders: 65536, levels: 4096),
+            wait: WaitStrategy(spins: 1000, yields: 10, park: true, parkTimeoutNanoseconds: 20_000_000))
+        settings.durability = .sync
+        settings.dataDirectory = data
+        settings.plugins = PluginSettings(directory: PluginSettings.executableDirectory, load: [
+            PluginSpec(name: "kafka-ingress", config: ["brokers": broker.address, "topic": "orders", "partitions": "0-1", "format": "json"]),
+        ])
+        let engine = Engine(settings: settings, log: { _ in })
+        _ = try engine.start()
+        let file = try EngineFile.attach(directory: settings.directory)
+        @Sendable func taken() -> UInt64 { (0..<2).map { file.counters($0).read(.commands) }.reduce(0, +) }
+        let lines = randomOrderLog(count: 6000, seed: 61)
+        // BTC-USD moves back and forth all along, while 60 producers one after the other write
+        // 100 orders each.
+        final class Moves: @unchecked Sendable {
+            let lock = NSLock()
+            var stop = false, moves = 0, held = 0, during = 0, failures: [String] = []
+        }
+        let tally = Moves()
+        let mover = Thread {
+            while !tally.lock.withLock({ tally.stop }) {
+                let t0 = taken()
+                do {
+                    let report = try engine.migrate(symbol: "BTC-USD", toShard: (tally.lock.withLock { tally.moves } + 1) % 2)
+                    tally.lock.withLock {
+                        tally.held += report.held
+                        if taken() > t0 { tally.during += 1 }
+                        tally.moves += 1
+                    }
+                } catch {
+                    tally.lock.withLock { tally.failures.append("\(error)") }
+                }
+                usleep(500)
+            }
+        }
+        mover.start()
+        for chunk in stride(from: 0, to: lines.count, by: 100).map({ lines[$0..<min(lines.count, $0 + 100)] }) {
+            let producer = try startOrderProducer(broker, lines: chunk)
+            producer.waitUntilExit()
+            #expect(producer.terminationStatus == 0)
+        }
+        let consumed = ConsumedMessage.parse(try KafkaKit.run(["consume", broker.address, "orders", "2", "3000"]).out)
+        #expect(consumed.count == lines.count)
+        #expect(waitFor(30) { taken() >= UInt64(consumed.count) }, "\(taken()) commands taken")
+        tally.lock.withLock { tally.stop = true }
+        usleep(200_000)
+        engine.stop()
+        let (moves, held, during) = tally.lock.withLock { (tally.moves, tally.held, tally.during) }
+        #expect(tally.failures.isEmpty, "\(tally.failures.prefix(3))")
+        #expect(during >= 20 && held > 0, "\(moves) moves, \(during) while orders were taken, \(held) commands held")
+        let journaled = try JournaledIngress(data: data, shards: 2)
+        for partition in 0..<2 {
+            let want = consumed.filter { $0.partition == partition }.map(\.offset).sorted()
+            let got = (journaled.offsets["orders#\(partition)"] ?? []).sorted()
+            #expect(got == want, "partition \(partition): \(got.count) journaled, \(want.count) in the topic; missing \(Set(want).subtracting(got).sorted().prefix(10)), duplicates \(got.count - Set(got).count); \(held) commands held over \(moves) moves")
+        }
+        // In order per symbol on each shard (a shard's own symbols go on while the commands of
+        // one arriving wait for its book: the partition's offsets interleave across symbols).
+        for (shard, keys) in journaled.perShard {
+            for (key, offsets) in keys {
+                var bySymbol: [UInt32: [Int]] = [:]
+                for offset in offsets { bySymbol[journaled.commands["\(key)@\(offset)"]?.symbolId ?? 0, default: []].append(offset) }
+                for (symbol, mine) in bySymbol { #expect(mine == mine.sorted(), "shard \(shard) \(key) symbol \(symbol) out of order") }
+            }
+        }
+        let fromJournal = try runCrossbookCapturing(["replay", "--journal", data, "--config", replayConfig, "--book"])
+        let independent = try runCrossbookCapturing(["replay", "-", "--config", replayConfig, "--book"],
+                                                    stdin: lines.joined(separator: "\n") + "\n")
+        func book(_ text: String) -> [String] {
+            text.split(separator: "\n").filter { $0.hasPrefix("ASK,") || $0.hasPrefix("BID,") || $0.hasPrefix("BOOK,") }.map(String.init).sorted()
+        }
+        #expect(!book(fromJournal).isEmpty)
+        #expect(book(fromJournal) == book(independent))
+        print("migrationsUnderKafkaLoad: \(moves) moves (\(during) while orders were taken), \(held) commands held")
+    }
+}
