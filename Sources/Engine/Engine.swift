@@ -449,7 +449,11 @@ public final class Engine: @unchecked Sendable {
                     do { _ = try self.migrate(symbol: spec.name, toShard: shard) } catch { return "\(error)" }
                     return nil
                 }, transferOffered: { [weak self] name, epoch, shard in self?.offerTransfer(symbol: name, epoch: epoch, shard: shard) ?? false },
-                table: table, rewinds: ingressRewinds))
+                table: table, rewinds: ingressRewinds,
+                watermark: { [weak self] session, shard, offset in
+                    guard let self, shard >= 0, shard < self.shards.count else { return false }
+                    return self.shards[shard].send(.ingressWatermark(session: session, offset: offset))
+                }))
             pluginHost = host
             do {
                 try host.loadAll(extraConfig: ["engine.instance": s.instance, "engine.directory": s.directory,

@@ -76,6 +76,9 @@ public struct EngineMetrics: Sendable {
         m.counter("crossbook_ingress_elsewhere_dropped_total",
                   "Ingress (Kafka) commands for a symbol given to another engine, dropped unsequenced: its new owner reads them",
                   shards.map { (shardLabel($0), Double(file.ingress($0).read(IngressCounters.elsewhere))) })
+        m.counter("crossbook_ingress_watermarks_total",
+                  "Ingress plugins' watermarks journaled as the shard's position in a partition (restarts read from there)",
+                  shards.map { (shardLabel($0), Double(file.ingress($0).read(IngressCounters.watermarks))) })
         migrations(MigrationCounters.into, "crossbook_migrations_in_total", "Symbols moved to this shard")
         migrations(MigrationCounters.outOf, "crossbook_migrations_out_total", "Symbols moved off this shard")
         migrations(MigrationCounters.failed, "crossbook_migrations_failed_total", "Moves off this shard refused or abandoned")

@@ -197,7 +197,10 @@ public struct MigrationCounters: @unchecked Sendable {
 /// for a symbol this engine gave to another engine (frozen for the move, or gone): the new
 /// owner reads them from the partition.
 public struct IngressCounters: @unchecked Sendable {
-    public static let replays = 0, elsewhere = 1
+    /// replays, elsewhere: commands dropped unsequenced; watermarks: a plugin's watermarks
+    /// journaled as positions; watermarksDeferred: not taken (commands of the session still in
+    /// its ring).
+    public static let replays = 0, elsewhere = 1, watermarks = 2, watermarksDeferred = 3
     public let words: UnsafeMutablePointer<UInt64>
     public init(words: UnsafeMutablePointer<UInt64>) { self.words = words }
     public func read(_ word: Int) -> UInt64 { cb_load_relaxed_u64(words + word) }

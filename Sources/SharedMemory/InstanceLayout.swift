@@ -25,7 +25,7 @@
 //        at +512 match latency per batch and at +704 fdatasync latency (histograms of
 //        CB_HISTOGRAM_WORDS u64, see cb_sync.h), at +896 the shard thread's kernel id (i32),
 //        at +1024 commands per group commit (a count histogram: bucket i holds n <= 2^i),
-//        at +1280 ingress commands dropped before sequencing (u64 × 4: IngressCounters),
+//        at +1280 ingress commands dropped before sequencing, and watermarks (u64 × 4: IngressCounters),
 //        at +1536 the shard's migrations (u64 × 8, written by whichever thread runs the
 //        migration, one at a time: MigrationCounters), at +1600 its replication (u64 × 8,
 //        written by the control thread: ReplicationCounters).

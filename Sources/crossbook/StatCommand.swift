@@ -166,6 +166,9 @@ struct StatCommand: ParsableCommand {
             if ingress.read(IngressCounters.replays) + ingress.read(IngressCounters.elsewhere) > 0 {
                 line("  ingress dropped unsequenced: replays=\(ingress.read(IngressCounters.replays)) elsewhere=\(ingress.read(IngressCounters.elsewhere))")
             }
+            if ingress.read(IngressCounters.watermarks) + ingress.read(IngressCounters.watermarksDeferred) > 0 {
+                line("  ingress watermarks journaled=\(ingress.read(IngressCounters.watermarks)) deferred=\(ingress.read(IngressCounters.watermarksDeferred))")
+            }
             if let ring = try? EventRing.attach(path: InstanceLayout.eventRingPath(target.resolvedDirectory, shard: s)) {
                 for consumer in ring.consumerLags() {
                     line("  event consumer \(consumer.index) (pid \(consumer.pid)\(consumer.mayDetach ? ", may detach" : "")): lag \(consumer.lag) events")
@@ -220,6 +223,7 @@ struct StatCommand: ParsableCommand {
                                "last_pause_us": m.read(MigrationCounters.lastPauseMicros)],
                 "ingress_dropped": ["replays": file.ingress(s).read(IngressCounters.replays),
                                     "elsewhere": file.ingress(s).read(IngressCounters.elsewhere)],
+                "ingress_watermarks": file.ingress(s).read(IngressCounters.watermarks),
                 "replication": ["role": ["none", "primary", "standby"][Int(min(2, r.read(ReplicationCounters.role)))],
                                 "epoch": r.read(ReplicationCounters.epoch), "sync_engaged": r.read(ReplicationCounters.engaged),
                                 "lag_records": r.read(ReplicationCounters.lag), "connected": r.read(ReplicationCounters.connected),

@@ -693,3 +693,55 @@ extension KafkaIngressTests {
         print("migrationsUnderKafkaLoad: \(moves) moves (\(during) while orders were taken), \(held) commands held")
     }
 }
+
+extension KafkaIngressTests {
+    @Test("watermarks: a shard that gets nothing of a partition for a while is told how far it was read and journals that as its position; a restart reads the partition from its end, not from that shard's last command (watermark_ms = 0: from there, as before)", arguments: [true, false])
+    func watermarksMoveQuietShards(on: Bool) throws {
+        let broker = try KafkaBroker()
+        defer { broker.stop() }
+        try broker.createTopic("orders", partitions: 2)
+        try broker.createTopic("orders.dead-letter", partitions: 1)
+        let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-kafkawm-\(UUID().uuidString.prefix(8))"
+        defer { removeTree(data) }
+        let config = data + ".toml"
+        defer { unlink(config) }
+        try kafkaEngineConfig(instance: "kfw", broker: broker, topic: "orders", extra: on ? "" : ", watermark_ms = \"0\"")
+            .write(toFile: config, atomically: true, encoding: .utf8)
+        let arguments = ["--config", config, "--directory", dir, "--no-pin", "--data-dir", data, "--clean-stale"]
+        // Shard 1's symbols (ETH-USD, XRP-USD) get one order each, then only shard 0's (BTC-USD,
+        // SOL-USD) come, 600 of them.
+        var lines = ["N,ETH-USD,1,1,B,LMT,100,1,GTC", "N,XRP-USD,2,1,B,LMT,100,1,GTC"]
+        for k in 0..<600 { lines.append("N,\(k % 2 == 0 ? "BTC-USD" : "SOL-USD"),\(10 + k),1,\(k % 3 == 0 ? "S" : "B"),LMT,\(98 + k % 5),1,GTC") }
+        let engine = try EngineProcess(arguments, environment: KafkaKit.environment)
+        #expect(waitFor(20) { (try? EngineFile.attach(directory: dir))?.isServing ?? false }, "\(engine.log.all.suffix(10))")
+        let producer = try startOrderProducer(broker, lines: lines[...])
+        producer.waitUntilExit()
+        let consumed = ConsumedMessage.parse(try KafkaKit.run(["consume", broker.address, "orders", "2", "3000"]).out)
+        #expect(consumed.count == lines.count)
+        #expect(waitFor(30) {
+            ((try? JournaledIngress(data: data, shards: 2))?.offsets.values.map(\.count).reduce(0, +) ?? 0) >= lines.count
+        })
+        usleep(2_500_000)  // two watermark rounds (1 s each)
+        let stat = try runCrossbookCapturing(["stat", "--directory", dir, "--count", "1", "--interval", "0.2"])
+        engine.stop()
+        if on { #expect(stat.contains("ingress watermarks journaled="), "\(stat)") }
+        // The restart: each partition resumes at its end (watermarks), or at shard 1's one order.
+        let again = try EngineProcess(arguments, environment: KafkaKit.environment)
+        #expect(waitFor(20) { again.log.all.filter { $0.contains("resuming at offset") }.count >= 2 }, "\(again.log.all.suffix(10))")
+        again.stop()
+        for partition in 0..<2 {
+            let messages = consumed.filter { $0.partition == partition }
+            guard let end = messages.map(\.offset).max().map({ $0 + 1 }) else { continue }
+            let shardOne = messages.filter { $0.value.contains("ETH-USD") || $0.value.contains("XRP-USD") }.map(\.offset).max()
+            let want = on || shardOne == nil ? end : shardOne! + 1
+            #expect(again.log.contains("orders#\(partition): resuming at offset \(want);"),
+                    "partition \(partition): \(again.log.all.filter { $0.contains("resuming") })")
+        }
+        // Nothing lost or doubled: every message journaled once.
+        let journaled = try JournaledIngress(data: data, shards: 2)
+        for partition in 0..<2 {
+            let want = consumed.filter { $0.partition == partition }.map(\.offset).sorted()
+            #expect((journaled.offsets["orders#\(partition)"] ?? []).sorted() == want)
+        }
+    }
+}

@@ -49,6 +49,9 @@ typedef struct partition_state {
     int64_t start;                /* the first offset read after a start */
     int64_t next;                 /* the next offset to read: the last one handled + 1 */
     int64_t applied[MAX_SHARDS];  /* per shard: the last offset it journaled at start, -1 none */
+    int64_t high;                 /* the highest offset handled (next - 1 below it: reading again) */
+    int64_t sent[MAX_SHARDS];     /* per shard: the last offset submitted to it (or its position at start) */
+    uint8_t busy[MAX_SHARDS];     /* per shard: submitted to since the last watermark round */
 } partition_state;
 
 typedef struct ingress {
@@ -78,7 +81,9 @@ typedef struct ingress {
     int64_t *skipped_from;
     int32_t *skipped_part;
     uint64_t *consumed, *submitted, *skipped, *dead_lettered, *accepted, *rejected, *duplicates, *full_waits;
-    uint64_t *elsewhere, *rewinds;
+    uint64_t *elsewhere, *rewinds, *watermarks;
+    long watermark_ms;       /* how often quiet shards are told how far the partition was read (0: never) */
+    long long last_watermark; /* now_ms() of the last round */
 } ingress;
 
 static long long now_ms(void) {
@@ -234,6 +239,7 @@ static void handle(ingress *p, const rd_kafka_message_t *m) {
     if (part == NULL) return; /* not assigned: cannot happen with assign() */
     bump(p->consumed, 1);
     if (m->offset >= part->next) part->next = m->offset + 1;
+    if (m->offset > part->high) part->high = m->offset;
     cb_command command;
     cb_symbol symbol = {.size = sizeof symbol};
     char why[200];
@@ -285,6 +291,10 @@ static void handle(ingress *p, const rd_kafka_message_t *m) {
         int rc = p->api->producer_submit(part->producer, &command);
         if (rc == CB_OK) {
             bump(p->submitted, 1);
+            if (symbol.shard < p->shards) {
+                part->sent[symbol.shard] = m->offset;
+                part->busy[symbol.shard] = 1;
+            }
             return;
         }
         if (rc == CB_ERR_UNKNOWN_SYMBOL) return dead_letter(p, m, "the engine does not route this symbol");
@@ -306,6 +316,29 @@ static void handle(ingress *p, const rd_kafka_message_t *m) {
     }
 }
 
+/* Watermarks: a shard that took nothing of a partition during the last round, and is behind
+ * where this plugin has handled it through, is told so (source_watermark): it journals that as its
+ * position, and a restart reads the partition from there rather than from its last command. Not
+ * while reading a partition again (a rewind), nor with dead letters unacknowledged (a restart must
+ * read those again). Sent again each round while the shard stays quiet (it ignores what it has). */
+static void watermarks(ingress *p) {
+    if (p->watermark_ms <= 0 || !CB_HOST_HAS(p->api, source_watermark)) return;
+    long long now = now_ms();
+    if (now - p->last_watermark < p->watermark_ms) return;
+    p->last_watermark = now;
+    if (p->dead_letters_pending > 0) return;
+    for (int i = 0; i < p->partition_count; i++) {
+        partition_state *part = &p->partitions[i];
+        int quiet = part->next - 1 >= part->high && part->high >= 0;
+        for (uint32_t s = 0; s < p->shards; s++) {
+            if (quiet && !part->busy[s] && part->high > part->sent[s] &&
+                p->api->source_watermark(part->producer, s, (uint64_t)part->high) == CB_OK)
+                bump(p->watermarks, 1);
+            part->busy[s] = 0;
+        }
+    }
+}
+
 static void *run(void *arg) {
     ingress *p = arg;
     long long last_check = now_ms();
@@ -315,6 +348,7 @@ static void *run(void *arg) {
         if (m == NULL) {
             drain_reports(p);
             take_rewinds(p, NULL, 0); /* a quiet topic: what was skipped is read again all the same */
+            watermarks(p);
             /* Degraded and idle: ask the broker; healthy again once it answers. */
             if (is_degraded(p) && now_ms() - last_check > 1000) {
                 last_check = now_ms();
@@ -350,6 +384,7 @@ static void *run(void *arg) {
         handle(p, m);
         rd_kafka_message_destroy(m);
         if ((__atomic_load_n(p->consumed, __ATOMIC_RELAXED) & 15) == 0) drain_reports(p); /* before the report rings fill */
+        if ((__atomic_load_n(p->consumed, __ATOMIC_RELAXED) & 255) == 0) watermarks(p);
     }
     drain_reports(p);
     return NULL;
@@ -469,6 +504,18 @@ static int start(const cb_host_api *api, cb_host *host, void **instance, char *e
         release(p);
         return CB_ERR_INVALID;
     }
+    char watermark_text[16];
+    if (config_text(p, "watermark_ms", "1000", watermark_text, sizeof watermark_text, error, error_size)) {
+        release(p);
+        return CB_ERR_INVALID;
+    }
+    char *watermark_end = NULL;
+    p->watermark_ms = strtol(watermark_text, &watermark_end, 10);
+    if (watermark_end == watermark_text || *watermark_end != 0 || p->watermark_ms < 0 || p->watermark_ms > 3600000) {
+        snprintf(error, error_size, "config: watermark_ms \"%s\": 0 (never) to 3600000", watermark_text);
+        release(p);
+        return CB_ERR_INVALID;
+    }
     char fallback[256];
     snprintf(fallback, sizeof fallback, "%s.dead-letter", p->topic);
     if (config_text(p, "dead_letter_topic", fallback, p->dead_letter_topic, sizeof p->dead_letter_topic, error, error_size)) {
@@ -531,7 +578,9 @@ static int start(const cb_host_api *api, cb_host *host, void **instance, char *e
                 return rc;
             }
             if (part->applied[s] + 1 < part->start) part->start = part->applied[s] + 1;
+            part->sent[s] = part->applied[s];
         }
+        part->high = part->start - 1;
         rd_kafka_topic_partition_list_add(assignment, p->topic, part->partition)->offset = part->start;
         part->next = part->start;
         int at = snprintf(line, sizeof line, "%s#%d: resuming at offset %lld; journaled up to:", p->topic, part->partition,
@@ -566,6 +615,7 @@ static int start(const cb_host_api *api, cb_host *host, void **instance, char *e
         {"kafka_ingress_full_waits", "waits for a full ring (back-pressure)", &p->full_waits},
         {"kafka_ingress_elsewhere", "messages of symbols another engine takes (it lives there, or is moving)", &p->elsewhere},
         {"kafka_ingress_rewinds", "partitions read again from an earlier offset: a symbol arrived from another engine", &p->rewinds},
+        {"kafka_ingress_watermarks", "watermarks sent to quiet shards (how far a partition was read)", &p->watermarks},
     };
     for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++)
         api->counter_register(host, counters[i].name, counters[i].help, CB_METRIC_COUNTER, counters[i].slot);

@@ -491,6 +491,18 @@ typedef struct cb_host_api {
     uint64_t (*ingress_generation)(cb_host *host);
     int (*source_rewind)(cb_host *host, const char *source, uint32_t partition, uint64_t reached, uint64_t *offset,
                          uint32_t *symbols, uint32_t capacity, uint32_t *count);
+
+    /* Appended with watermarks (check CB_HOST_HAS). A shard's position in a partition moves only
+       with the commands it takes; one whose symbols get nothing from a partition for a while
+       keeps an old position there, and a restart reads the partition again from it. A producer
+       opened with producer_open_source that has handled every message of its partition up to
+       and including `offset` (submitted, skipped or dead-lettered, nothing in hand) tells
+       `shard` so: the shard journals `offset` as its position if it took everything this
+       producer submitted to it (else it ignores this one: send another later) and is behind.
+       Returns at once: CB_OK (sent), CB_ERR_FULL (the shard's mailbox is full: later),
+       CB_ERR_INVALID (not a source's producer, no such shard). Once a second per quiet shard
+       is plenty. */
+    int (*source_watermark)(cb_producer *producer, uint32_t shard, uint64_t offset);
 } cb_host_api;
 
 /* True when the host's table reaches `field` (a plugin built against a newer header). */

@@ -160,6 +160,10 @@ extension PluginHost {
                   SymbolSpec.isValidName(name) else { return CB_ERR_INVALID.rawValue }
             return environment.transferOffered(name, epoch, Int(shard)) ? CB_OK.rawValue : CB_ERR_UNSUPPORTED.rawValue
         }
+        table.pointee.source_watermark = { producer, shard, offset in
+            guard let producer, shard < UInt32(InstanceLayout.maxShards) else { return CB_ERR_INVALID.rawValue }
+            return PluginProducer.from(producer).watermark(shard: Int(shard), offset: offset)
+        }
         table.pointee.ingress_generation = { host in
             LoadedPlugin.from(host)?.host?.environment.rewinds.currentGeneration ?? 0
         }

@@ -117,7 +117,8 @@ final class LoadedPlugin: @unchecked Sendable {
         }
         do {
             let session = try environment.openSession(source)
-            let producer = PluginProducer(session: session, routes: environment.routes, close: environment.closeSession)
+            let producer = PluginProducer(session: session, routes: environment.routes, close: environment.closeSession,
+                                          watermark: source == nil ? nil : environment.watermark)
             lock.locked { producers.append(producer) }
             out.pointee = producer.handle
             return CB_OK.rawValue

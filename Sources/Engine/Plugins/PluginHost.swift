@@ -43,6 +43,9 @@ struct PluginEnvironment: @unchecked Sendable {
     /// What the ingress plugins read again when a symbol arrives from another engine, and the
     /// symbols another engine takes the ingress of (IngressRewinds.swift).
     let rewinds: IngressRewinds
+    /// A source producer's watermark (session, shard, offset) to that shard's mailbox: false when
+    /// it is full (ShardMessage.ingressWatermark).
+    let watermark: @Sendable (UInt32, Int, UInt64) -> Bool
 
     init(instance: String, directory: String, engineFile: EngineFile, symbols: [(spec: SymbolSpec, shard: Int)],
          routes: RouteTable? = nil, log: @escaping @Sendable (String) -> Void,
@@ -54,8 +57,10 @@ struct PluginEnvironment: @unchecked Sendable {
             = { _, _ throws(EngineError) in throw EngineError("no journal") },
          migrate: @escaping @Sendable (UInt32, Int) -> String? = { _, _ in "this engine cannot move symbols" },
          transferOffered: @escaping @Sendable (String, UInt64, Int) -> Bool = { _, _, _ in false },
-         table: InstanceSymbols? = nil, rewinds: IngressRewinds = IngressRewinds()) {
+         table: InstanceSymbols? = nil, rewinds: IngressRewinds = IngressRewinds(),
+         watermark: @escaping @Sendable (UInt32, Int, UInt64) -> Bool = { _, _, _ in false }) {
         self.rewinds = rewinds
+        self.watermark = watermark
         self.migrate = migrate
         self.transferOffered = transferOffered
         self.table = table

@@ -13,11 +13,21 @@ final class PluginProducer: @unchecked Sendable {
     /// Symbol id → shard now (it follows migrations).
     let routes: RouteTable
     private let closeSession: @Sendable (LocalSession) -> Void
+    /// A source's producer: its watermarks to a shard (nil: not a source's).
+    private let watermarkTo: (@Sendable (UInt32, Int, UInt64) -> Bool)?
 
-    init(session: LocalSession, routes: RouteTable, close: @escaping @Sendable (LocalSession) -> Void) {
+    init(session: LocalSession, routes: RouteTable, close: @escaping @Sendable (LocalSession) -> Void,
+         watermark: (@Sendable (UInt32, Int, UInt64) -> Bool)? = nil) {
         self.session = session
         self.routes = routes
         closeSession = close
+        watermarkTo = watermark
+    }
+
+    func watermark(shard: Int, offset: UInt64) -> Int32 {
+        guard let watermarkTo, offset <= UInt64(Int64.max) else { return CB_ERR_INVALID.rawValue }
+        guard session.isOpen else { return CB_ERR_CLOSED.rawValue }
+        return watermarkTo(session.id, shard, offset) ? CB_OK.rawValue : CB_ERR_FULL.rawValue
     }
 
     var handle: OpaquePointer { OpaquePointer(Unmanaged.passUnretained(self).toOpaque()) }

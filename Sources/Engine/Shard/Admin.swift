@@ -152,6 +152,26 @@ extension ShardState {
         return true
     }
 
+    /// A plugin's watermark (ShardMessage.ingressWatermark): journaled as the source's position
+    /// (admin `ingressPosition`) when the session is bound to a plugin's source, every command it
+    /// submitted here was taken (its ring is empty: the watermark was sent after them), and the
+    /// offset is ahead of the shard's position. Otherwise nothing (the plugin sends another).
+    mutating func watermark(session: UInt32, offset: UInt64) {
+        guard session < 1 << 16, offset <= UInt64(Int64.max) else { return }
+        let slot = ingress.ofSession[Int(session)]
+        guard slot >= 0, ingress.plugin[Int(slot)], offset >= ingress.next[Int(slot)] else { return }
+        let i = Int(sessions.slots.index[Int(session)])
+        guard i >= 0, sessions.inbound[i].active, ((try? sessions.inbound[i].commands.poll()) ?? 1) == 0 else {
+            counters.ingress.add(IngressCounters.watermarksDeferred)
+            return
+        }
+        let key = ingress.keys[Int(slot)]
+        guard let hash = key.lastIndex(of: "#"), let partition = UInt32(key[key.index(after: hash)...]) else { return }
+        if case .applied = runAdmin(.ingressPosition(source: String(key[..<hash]), partition: partition, offset: offset)) {
+            counters.ingress.add(IngressCounters.watermarks)
+        }
+    }
+
     /// Journals an admin record under its context (live only). False when the journal refuses.
     private mutating func journalAdmin(_ record: [UInt8], _ context: CommandContext) -> Bool {
         guard feed.journal != nil else { return true }

@@ -28,6 +28,11 @@ enum ShardMessage {
     /// Floors of symbols that arrived, whose partitions the ingress plugin read again through an
     /// offset (IngressRewinds): (symbol id, "topic#partition", offset). Not journaled.
     case ingressMarks([(UInt32, String, UInt64)])
+    /// A plugin read its source partition through `offset` and submitted (through `session`) every
+    /// message of it this shard's symbols had up to there: the shard takes `offset` as its
+    /// position there, journaled, if it took everything that session submitted to it (its ring is
+    /// empty) and is behind (Ingress.swift, watermarks).
+    case ingressWatermark(session: UInt32, offset: UInt64)
     /// The primary's replication: the state digest now, at the sequence applied now.
     case digest(DigestQuery)
     /// A standby becomes the primary: it applies everything it received, then journals the

@@ -483,6 +483,8 @@ struct ShardState: ~Copyable {
                 for (symbol, key, through) in marks {
                     if let slot = ingress.knownSlot(key) { ingress.mark(symbol, slot: slot, through: through) }
                 }
+            case .ingressWatermark(let session, let offset):
+                watermark(session: session, offset: offset)
             case .expect(let step):
                 expect(step)
             case .holdOutgoing(let step):
