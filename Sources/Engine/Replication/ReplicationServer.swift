@@ -65,6 +65,8 @@ final class ReplicationServer: @unchecked Sendable {
     private var stopping = false
     private var acceptThread: Thread?
     private var threads = 0
+    /// The connection threads running now (at most `maxConnections`).
+    var connectionThreads: Int { lock.locked { threads } }
     private let threadsDone = Semaphore()
     /// Per shard, the highest sequence any standby has confirmed (kept when it goes): the lag
     /// is the durable sequence minus this.
