@@ -244,6 +244,20 @@ struct JournaledIngress {
     }
 }
 
+/// The books the journals of `data` rebuild (`crossbook replay --journal`) equal an independent
+/// replay of `lines` as they were written (each symbol in order), and are not empty.
+func expectBooksEqualReplay(data: String, replayConfig: String, lines: [String],
+                            sourceLocation: SourceLocation = #_sourceLocation) throws {
+    let fromJournal = try runCrossbookCapturing(["replay", "--journal", data, "--config", replayConfig, "--book"])
+    let independent = try runCrossbookCapturing(["replay", "-", "--config", replayConfig, "--book"],
+                                                stdin: lines.joined(separator: "\n") + "\n")
+    func book(_ text: String) -> [String] {
+        text.split(separator: "\n").filter { $0.hasPrefix("ASK,") || $0.hasPrefix("BID,") || $0.hasPrefix("BOOK,") }.map(String.init).sorted()
+    }
+    #expect(!book(fromJournal).isEmpty, sourceLocation: sourceLocation)
+    #expect(book(fromJournal) == book(independent), sourceLocation: sourceLocation)
+}
+
 @Suite("Kafka ingress and egress", .serialized)
 struct KafkaIngressTests {
     @Test("orders from a topic (JSON, two partitions over two shards) make the same trades as crossbook replay of the same orders")
@@ -472,14 +486,7 @@ extension KafkaIngressTests {
 
         // The books: the engine's journal rebuilt by `crossbook replay --journal`, and an
         // independent replay of the valid orders as they were written (each symbol in order).
-        let fromJournal = try runCrossbookCapturing(["replay", "--journal", data, "--config", replayConfig, "--book"])
-        let independent = try runCrossbookCapturing(["replay", "-", "--config", replayConfig, "--book"],
-                                                    stdin: validLines.joined(separator: "\n") + "\n")
-        func book(_ text: String) -> [String] {
-            text.split(separator: "\n").filter { $0.hasPrefix("ASK,") || $0.hasPrefix("BID,") || $0.hasPrefix("BOOK,") }.map(String.init).sorted()
-        }
-        #expect(!book(fromJournal).isEmpty)
-        #expect(book(fromJournal) == book(independent))
+        try expectBooksEqualReplay(data: data, replayConfig: replayConfig, lines: validLines)
 
         // Every garbage message is in the dead-letter topic with its reason (at least once: one
         // dead-lettered before a kill is read and dead-lettered again after the restart).
@@ -606,27 +613,19 @@ extension KafkaIngressTests {
         defer { broker.stop() }
         try broker.createTopic("orders", partitions: 2)
         try broker.createTopic("orders.dead-letter", partitions: 1)
-        let data = NSTemporaryDirectory() + "crossbook-kafkamig-\(UUID().uuidString.prefix(8))"
+        let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-kafkamig-\(UUID().uuidString.prefix(8))"
         defer { removeTree(data) }
-        let replayConfig = data + "-replay.toml"
-        defer { unlink(replayConfig) }
-        try Self.replayConfig(kafkaEngineConfig(instance: "kfm", broker: broker, topic: "orders"))
-            .write(toFile: replayConfig, atomically: true, encoding: .utf8)
-        // The engine of kafkaEngineConfig, in this process (moves a millisecond apart).
-        var settings = EngineSettings(
-            instance: "kfm", directory: testDirectory(), shards: [ShardSettings(core: nil), ShardSettings(core: nil)],
-            symbols: [(spec: SymbolSpec(name: "BTC-USD", id: 1), shard: 0), (spec: SymbolSpec(name: "ETH-USD", id: 2), shard: 1),
-                      (spec: SymbolSpec(name: "SOL-USD", id: 3), shard: 0), (spec: SymbolSpec(name: "XRP-USD", id: 4), shard: 1)],
-            capacity: BookCapacity(orders: 65536, levels: 4096),
-            wait: WaitStrategy(spins: 1000, yields: 10, park: true, parkTimeoutNanoseconds: 20_000_000))
-        settings.durability = .sync
-        settings.dataDirectory = data
-        settings.plugins = PluginSettings(directory: PluginSettings.executableDirectory, load: [
-            PluginSpec(name: "kafka-ingress", config: ["brokers": broker.address, "topic": "orders", "partitions": "0-1", "format": "json"]),
-        ])
-        let engine = Engine(settings: settings, log: { _ in })
-        _ = try engine.start()
-        let file = try EngineFile.attach(directory: settings.directory)
+        let config = data + ".toml", replayConfig = data + "-replay.toml"
+        defer { unlink(config); unlink(replayConfig) }
+        let text = kafkaEngineConfig(instance: "kfm", broker: broker, topic: "orders")
+        try text.write(toFile: config, atomically: true, encoding: .utf8)
+        try Self.replayConfig(text).write(toFile: replayConfig, atomically: true, encoding: .utf8)
+        // A process (the Kafka plugins need the kit's librdkafka); moved through its control
+        // socket, a few milliseconds a move.
+        let engine = try EngineProcess(["--config", config, "--directory", dir, "--no-pin", "--data-dir", data, "--clean-stale"],
+                                       environment: KafkaKit.environment)
+        #expect(waitFor(20) { (try? EngineFile.attach(directory: dir))?.isServing ?? false }, "\(engine.log.all.suffix(10))")
+        let file = try EngineFile.attach(directory: dir)
         @Sendable func taken() -> UInt64 { (0..<2).map { file.counters($0).read(.commands) }.reduce(0, +) }
         let lines = randomOrderLog(count: 6000, seed: 61)
         // BTC-USD moves back and forth all along, while 60 producers one after the other write
@@ -636,18 +635,22 @@ extension KafkaIngressTests {
             var stop = false, moves = 0, held = 0, during = 0, failures: [String] = []
         }
         let tally = Moves()
+        let finished = DispatchSemaphore(value: 0)
         let mover = Thread {
+            defer { finished.signal() }
             while !tally.lock.withLock({ tally.stop }) {
                 let t0 = taken()
-                do {
-                    let report = try engine.migrate(symbol: "BTC-USD", toShard: (tally.lock.withLock { tally.moves } + 1) % 2)
+                let to = (tally.lock.withLock { tally.moves } + 1) % 2
+                let answer = (try? Engine.ask(directory: dir, "migrate BTC-USD \(to)", timeout: 10)) ?? ["no answer"]
+                if answer.first == "ok", answer.count > 1 {
+                    let held = answer[1].range(of: #"\d+ held"#, options: .regularExpression).map { Int(answer[1][$0].split(separator: " ")[0]) ?? 0 } ?? 0
                     tally.lock.withLock {
-                        tally.held += report.held
+                        tally.held += held
                         if taken() > t0 { tally.during += 1 }
                         tally.moves += 1
                     }
-                } catch {
-                    tally.lock.withLock { tally.failures.append("\(error)") }
+                } else {
+                    tally.lock.withLock { tally.failures.append(answer.joined(separator: " ")) }
                 }
                 usleep(500)
             }
@@ -662,6 +665,7 @@ extension KafkaIngressTests {
         #expect(consumed.count == lines.count)
         #expect(waitFor(30) { taken() >= UInt64(consumed.count) }, "\(taken()) commands taken")
         tally.lock.withLock { tally.stop = true }
+        #expect(finished.wait(timeout: .now() + 20) == .success)
         usleep(200_000)
         engine.stop()
         let (moves, held, during) = tally.lock.withLock { (tally.moves, tally.held, tally.during) }
@@ -682,14 +686,7 @@ extension KafkaIngressTests {
                 for (symbol, mine) in bySymbol { #expect(mine == mine.sorted(), "shard \(shard) \(key) symbol \(symbol) out of order") }
             }
         }
-        let fromJournal = try runCrossbookCapturing(["replay", "--journal", data, "--config", replayConfig, "--book"])
-        let independent = try runCrossbookCapturing(["replay", "-", "--config", replayConfig, "--book"],
-                                                    stdin: lines.joined(separator: "\n") + "\n")
-        func book(_ text: String) -> [String] {
-            text.split(separator: "\n").filter { $0.hasPrefix("ASK,") || $0.hasPrefix("BID,") || $0.hasPrefix("BOOK,") }.map(String.init).sorted()
-        }
-        #expect(!book(fromJournal).isEmpty)
-        #expect(book(fromJournal) == book(independent))
+        try expectBooksEqualReplay(data: data, replayConfig: replayConfig, lines: lines)
         print("migrationsUnderKafkaLoad: \(moves) moves (\(during) while orders were taken), \(held) commands held")
     }
 }
