@@ -295,9 +295,9 @@ extension Engine {
                 // had not taken: the floor is raised to its own position there).
                 for other in shards.indices where other != owner {
                     for (key, last) in (states[other].strayFloors[id] ?? [:]) {
-                        guard let hash = key.lastIndex(of: "#"), let partition = UInt32(key[key.index(after: hash)...]) else { continue }
+                        guard let (source, partition) = splitSourceKey(key) else { continue }
                         let floor = last &+ 1
-                        switch clampedFloor(shard: owner, .ingressFloor(symbolId: id, source: String(key[..<hash]), partition: partition, offset: floor)) {
+                        switch clampedFloor(shard: owner, .ingressFloor(symbolId: id, source: source, partition: partition, offset: floor)) {
                         case .applied(0): break  // the owner takes them already
                         case .applied:
                             log.append("\(spec.name): shard \(other) held its commands of \(key) from offset \(floor) for a move that did not finish: shard \(owner) reads them again from there")

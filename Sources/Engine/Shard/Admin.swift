@@ -165,9 +165,8 @@ extension ShardState {
             counters.ingress.add(IngressCounters.watermarksDeferred)
             return
         }
-        let key = ingress.keys[Int(slot)]
-        guard let hash = key.lastIndex(of: "#"), let partition = UInt32(key[key.index(after: hash)...]) else { return }
-        if case .applied = runAdmin(.ingressPosition(source: String(key[..<hash]), partition: partition, offset: offset)) {
+        guard let (source, partition) = splitSourceKey(ingress.keys[Int(slot)]) else { return }
+        if case .applied = runAdmin(.ingressPosition(source: source, partition: partition, offset: offset)) {
             counters.ingress.add(IngressCounters.watermarks)
         }
     }

@@ -35,6 +35,12 @@ import OrderBook
 /// A source partition's name in positions: "topic#partition".
 func sourceKey(_ source: String, _ partition: UInt32) -> String { "\(source)#\(partition)" }
 
+/// The source and partition of a key `sourceKey` made (nil: not one).
+func splitSourceKey(_ key: String) -> (source: String, partition: UInt32)? {
+    guard let hash = key.lastIndex(of: "#"), let partition = UInt32(key[key.index(after: hash)...]) else { return nil }
+    return (String(key[..<hash]), partition)
+}
+
 struct IngressPositions: ~Copyable {
     /// At most this many source partitions per shard.
     static let capacity = 4096

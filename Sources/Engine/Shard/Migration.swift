@@ -106,9 +106,8 @@ extension ShardState {
                 let offset = UInt64(littleEndian: record.loadUnaligned(fromByteOffset: 48, as: UInt64.self))
                 guard offset <= UInt64(Int64.max) else { return false }  // malformed: sequenced, rejected
                 let floor = max(offset, ingress.ownNext(UInt32(symbol), slot: Int(source)) ?? 0)
-                let name = ingress.keys[Int(source)]
-                guard let hash = name.lastIndex(of: "#"), let partition = UInt32(name[name.index(after: hash)...]) else { return false }
-                if case .refused(nil, _) = runAdmin(.ingressFloor(symbolId: UInt32(symbol), source: String(name[..<hash]), partition: partition, offset: floor)) {
+                guard let (name, partition) = splitSourceKey(ingress.keys[Int(source)]) else { return false }
+                if case .refused(nil, _) = runAdmin(.ingressFloor(symbolId: UInt32(symbol), source: name, partition: partition, offset: floor)) {
                     return false  // the journal refuses: the command stays in its ring
                 }
                 holdFloors.insert(key)
@@ -289,9 +288,9 @@ extension ShardState {
     private mutating func journalFloors(_ id: UInt32, _ positions: [String: UInt64]) -> UInt64? {
         var last: UInt64?
         for (key, offset) in positions.sorted(by: { $0.key < $1.key }) {
-            guard let hash = key.lastIndex(of: "#"), let partition = UInt32(key[key.index(after: hash)...]) else { continue }
+            guard let (source, partition) = splitSourceKey(key) else { continue }
             // UInt64.max: none applied (a floor of 0).
-            if case .applied(let s) = runAdmin(.ingressFloor(symbolId: id, source: String(key[..<hash]), partition: partition, offset: offset &+ 1)) {
+            if case .applied(let s) = runAdmin(.ingressFloor(symbolId: id, source: source, partition: partition, offset: offset &+ 1)) {
                 last = s
             }
         }
