@@ -235,6 +235,14 @@ extension Engine {
                 localCrc: { [dataDirectory = settings.dataDirectory] shard, sequence in
                     ((try? JournalReader.record(directory: dataDirectory, shard: shard, sequence: sequence)) ?? nil)?.crc
                 },
+                named: { [dataDirectory = settings.dataDirectory, log] name in
+                    // Kept for a promotion after a restart that never reached the primary.
+                    guard Self.primaryInstance(dataDirectory: dataDirectory) != name else { return }
+                    do {
+                        try stageFile(Array(name.utf8), at: dataDirectory + "/" + Self.primaryInstanceFile,
+                                      directory: dataDirectory, what: "the primary's instance name")
+                    } catch { log("replication: \(error)") }
+                },
                 promote: { [weak self] epoch in
                     // Not on the client's own thread: promotion stops it and waits for it.
                     Thread { [weak self] in
@@ -254,7 +262,7 @@ extension Engine {
         let epoch = shards.indices.compactMap { adminState(shard: $0)?.epoch }.max() ?? 0
         let shards = self.shards
         let server = ReplicationServer(
-            address: address, mode: r.mode, shards: shards.count, dataDirectory: settings.dataDirectory,
+            address: address, instance: settings.instance, mode: r.mode, shards: shards.count, dataDirectory: settings.dataDirectory,
             configurationHash: replicationConfigurationHash, epoch: epoch, cap: cap, syncStandbys: r.syncStandbys,
             digestEveryNanoseconds: UInt64(max(0, r.digestEveryMilliseconds)) * 1_000_000,
             durable: { shards[$0].tallied(ShardTally.durable) },
@@ -269,6 +277,20 @@ extension Engine {
         do { try server.start() } catch { throw EngineError("\(error)") }
         runtime.server = server
         log("replication: serving standbys on \(address) (\(r.mode.rawValue), epoch \(epoch))")
+    }
+
+    /// A standby's data directory keeps the instance name of the primary it last followed.
+    static let primaryInstanceFile = "primary-instance"
+
+    /// That name, if the file holds one (1 to 127 printable bytes, no space).
+    static func primaryInstance(dataDirectory: String) -> String? {
+        let fd = open(dataDirectory + "/" + primaryInstanceFile, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var buffer = [UInt8](repeating: 0, count: 128)
+        let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, 128) }
+        guard n >= 1, n <= 127, buffer[..<n].allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else { return nil }
+        return String(decoding: buffer[..<n], as: UTF8.self)
     }
 
     public var role: ReplicationSettings.Role { replication?.lock.locked { replication!.role } ?? .primary }
@@ -291,6 +313,7 @@ extension Engine {
         }
         let t0 = monotonicNanoseconds()
         runtime.client?.stop()
+        let predecessorHeard = runtime.client?.currentStatus.primaryInstance
         if let alarm = runtime.inboxes.lazy.compactMap(\.alarm).first {
             runtime.lock.locked { runtime.promoting = false }
             throw EngineError("this standby stopped applying (\(alarm)); it cannot be promoted: rebuild it")
@@ -347,6 +370,13 @@ extension Engine {
         runtime.lease?.start()
         if let r = settings.replication {
             do { try startServer(r, runtime) } catch { log("promotion: \(error)") }
+        }
+        // The primary this standby followed, under another instance name: its plugins take over
+        // what named it (redis-routing: the routes of the symbols this engine now trades).
+        if let predecessor = predecessorHeard ?? Self.primaryInstance(dataDirectory: settings.dataDirectory),
+           predecessor != settings.instance {
+            pluginHost?.setHostConfig("engine.predecessor", predecessor)
+            log("promotion: this engine takes over from instance \(predecessor)")
         }
         do { try pluginHost?.startAll(snapshotStores: false, allowed: true) } catch {
             log("promotion: plugins: \(error)")
@@ -471,7 +501,7 @@ extension Engine {
         }
         if let client = runtime.client {
             let s = client.currentStatus
-            lines.append("following \(s.primary) connected \(s.connected ? 1 : 0) primary_epoch \(s.primaryEpoch) engaged \(s.engaged ? 1 : 0) silent_ms \(s.silentMilliseconds.map(String.init) ?? "-") connections \(s.reconnects)\(s.refused.map { " refused \($0)" } ?? "")")
+            lines.append("following \(s.primary) instance \(s.primaryInstance ?? "-") connected \(s.connected ? 1 : 0) primary_epoch \(s.primaryEpoch) engaged \(s.engaged ? 1 : 0) silent_ms \(s.silentMilliseconds.map(String.init) ?? "-") connections \(s.reconnects)\(s.refused.map { " refused \($0)" } ?? "")")
         }
         for (i, inbox) in runtime.inboxes.enumerated() where role == .standby {
             let applied = cb_load_acquire_u64(inbox.applied), theirs = cb_load_acquire_u64(inbox.primaryDurable)

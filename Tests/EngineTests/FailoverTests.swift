@@ -731,16 +731,35 @@ extension FailoverTests {
         #expect(engine.role == .primary)
     }
 
-    @Test("a primary that sends garbage, a gap or a wrong digest: the standby applies nothing of it, raises an alarm, and refuses promotion")
+    @Test("a primary that sends garbage, a gap, a wrong digest or a welcome without a good instance name: the standby applies nothing of it, raises an alarm or drops the connection, and refuses promotion after an alarm")
     func hostilePrimary() throws {
-        for scenario in ["bad-crc", "gap", "digest", "huge-frame"] {
+        for scenario in ["bad-crc", "gap", "digest", "huge-frame", "nameless-welcome", "spaced-name-welcome", "long-name-welcome"] {
             let data = NSTemporaryDirectory() + "crossbook-ha-hs-\(UUID().uuidString.prefix(8))"
             defer { removeTree(data) }
             let fake = try FakePrimary("hs", data: data)
             defer { fake.stop() }
             guard fake.start(), let connection = fake.connection else { Issue.record("\(scenario): no hello"); continue }
             let (engine, log, server, fd) = (fake.engine, fake.log, fake.server, connection.fd)
-            try connection.send(.welcome(epoch: 0, mode: .sync))
+            let lines = { engine.replicationStatus().joined(separator: " | ") }
+            if scenario.hasSuffix("-welcome") {
+                // A welcome as a primary of protocol version 1 sent it (no name), or with a name
+                // that is not one: epoch 0, mode sync, then the name's bytes.
+                let name: [UInt8] = scenario == "nameless-welcome" ? [] : scenario == "spaced-name-welcome"
+                    ? Array("hs primary".utf8) : [UInt8](repeating: 0x61, count: 128)
+                let body = [UInt8](repeating: 0, count: 9) + name
+                var frame = withUnsafeBytes(of: UInt32(body.count).littleEndian, Array.init) + [2, 0, 0, 0] + body
+                _ = send(fd, &frame, frame.count, Int32(MSG_NOSIGNAL))
+                #expect(waitFor(5) { log.contains("welcome names no instance") }, "\(scenario): \(log.all.suffix(3))")
+                #expect(lines().contains("connected 0") && lines().contains("instance -"), "\(scenario): \(lines())")
+                #expect(Engine.primaryInstance(dataDirectory: data) == nil)
+                #expect(engine.role == .standby)
+                connection.shutdownNow()
+                continue
+            }
+            try connection.send(.welcome(epoch: 0, mode: .sync, instance: "hs-primary"))
+            // The standby knows its primary's name, and keeps it for a promotion after a restart.
+            #expect(waitFor(5) { lines().contains("instance hs-primary connected 1") }, "\(scenario): \(lines())")
+            #expect(Engine.primaryInstance(dataDirectory: data) == "hs-primary")
             let command = [UInt8](repeating: 0, count: 80)  // an all-zero command: rejected when applied, but sequenced
             switch scenario {
             case "bad-crc":
@@ -757,7 +776,6 @@ extension FailoverTests {
                 frame[0] = 0xFF; frame[1] = 0xFF; frame[2] = 0xFF; frame[3] = 0x7F; frame[4] = 4
                 _ = send(fd, frame, 8, Int32(MSG_NOSIGNAL))
             }
-            let lines = { engine.replicationStatus().joined(separator: " | ") }
             switch scenario {
             case "bad-crc", "huge-frame":
                 // Refused at the door: the connection is dropped, nothing applied, the standby lives on.
@@ -977,6 +995,11 @@ extension FailoverTests {
         try s1.start(standby: true)
         try s2.start(standby: true)
         #expect(waitFor(10) { primary.status().contains { $0.hasPrefix("serving") && $0.contains("standbys 2") } }, "\(primary.status())")
+        // The primary publishes its symbols' routes (a standby starts no plugin but its lease).
+        #expect(waitFor(10) {
+            let now = routes(redis, prefix: "")
+            return ["BTC-USD", "ETH-USD"].allSatisfy { now[$0] == RouteLine(instance: "hr-p", shard: 0, status: "ACTIVE", epoch: 1) }
+        }, "\(routes(redis, prefix: ""))")
         let client = try CrossbookClient(instance: "hr-p", directory: primary.dir)
         #expect(try Self.submitAndCount(client, try client.symbol("BTC-USD"), ids: 1...300, seconds: 5) == 300)
         client.close()
@@ -993,6 +1016,14 @@ extension FailoverTests {
         #expect(try redis.cli(["GET", key + ":epoch"]) == "2")
         if let winner = leaders.first {
             #expect(winner.status().contains { $0.hasPrefix("role primary epoch 2") }, "\(winner.status())")
+            // The winner was the dead primary's standby under another name: it takes over the
+            // routes redis-routing published for hr-p (one compare-and-set each, epoch 1 → 2).
+            #expect(winner.log.contains("takes over from instance hr-p"), "\(winner.log.all.suffix(5))")
+            #expect(waitFor(10) {
+                let now = routes(redis, prefix: "")
+                return ["BTC-USD", "ETH-USD"].allSatisfy { now[$0] == RouteLine(instance: winner.name, shard: 0, status: "ACTIVE", epoch: 2) }
+            }, "\(routes(redis, prefix: "")) \(winner.log.all.suffix(5))")
+            #expect(winner.log.contains("route BTC-USD taken over from instance hr-p"))
             let loser = winner === s1 ? s2 : s1
             #expect(loser.status().contains { $0.hasPrefix("role standby") })
             #expect(loser.status().contains { $0.hasPrefix("lease") && $0.contains("not held") })

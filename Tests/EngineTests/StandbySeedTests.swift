@@ -331,7 +331,7 @@ extension FailoverTests {
             switch scenario {
             case "other sequence": try connection.send(.probed(shard: 0, sequence: sequence + 1, crc: nil))
             case "other shard": try connection.send(.probed(shard: 3, sequence: sequence, crc: nil))
-            case "welcome": try connection.send(.welcome(epoch: 0, mode: .async))
+            case "welcome": try connection.send(.welcome(epoch: 0, mode: .async, instance: "fake-primary"))
             default: break
             }
             #expect(waitFor(8) { log.contains("the common prefix was not found") }, "\(scenario): \(log.all.suffix(3))")

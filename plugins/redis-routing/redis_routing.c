@@ -19,8 +19,10 @@
  *     (epoch + 1);
  *   - resolves a MIGRATING route of this instance that no move of its own explains (a crash
  *     between the two writes) to ACTIVE where the engine has the symbol;
- *   - leaves alone a route that names another instance (moves between engines are not built
- *     yet), and says so in its health.
+ *   - in a standby promoted to primary (engine.predecessor: the primary it followed, under another
+ *     instance name) takes over the routes that name that primary, for the symbols it trades;
+ *   - leaves alone a route that names another instance (a move between engines is settled by
+ *     transfer_begin/transfer_claim), and says so in its health.
  * Change notifications are hints; the epoch is the truth; a reconnect re-reads everything. Redis
  * down: health degraded, trading goes on with the routes the engine has, and no move is allowed
  * until Redis is back. */
@@ -69,6 +71,7 @@ typedef struct routing {
     redis_credentials credentials;
     char prefix[64];
     char instance[128];
+    char predecessor[128]; /* a promoted standby: the primary it followed ("" otherwise) */
     char address[256];
     char channel[96];
     int heartbeat_ms, timeout_ms, resync_ms;
@@ -87,7 +90,7 @@ typedef struct routing {
     pthread_t thread;
     int thread_started;
     int stopping;
-    uint64_t *c_connected, *c_reconnects, *c_cas_lost, *c_follows, *c_changes;
+    uint64_t *c_connected, *c_reconnects, *c_cas_lost, *c_follows, *c_changes, *c_takeovers;
 
     /* Moves to this engine the routes announce (MIGRATING, to = this instance), to hand to the
        engine outside the lock; the last ones handed, not to hand twice. */
@@ -319,6 +322,18 @@ static long sync_one(routing *r, symbol_state *s) {
     if (rt.migrating && rt.to[0]) {
         /* A move between engines: the two engines settle it (transfer_claim), not this loop. */
         s->epoch = rt.epoch;
+        return -1;
+    }
+    if (r->predecessor[0] && strcmp(rt.instance, r->predecessor) == 0) {
+        /* This engine was promoted in place of that instance (its standby, under another name):
+           the symbols it trades are its own now (the lease fenced the old primary). */
+        if (cas(r, s->name, rt.epoch, here, "ACTIVE", &epoch) == 1) {
+            s->epoch = epoch;
+            __atomic_store_n(&s->elsewhere, 0, __ATOMIC_RELAXED);
+            if (r->c_takeovers) __atomic_fetch_add(r->c_takeovers, 1, __ATOMIC_RELAXED);
+            logf_(r, CB_LOG_INFO, "route %s taken over from instance %s (this engine's primary before its promotion): %s shard %u, epoch %lld",
+                  s->name, r->predecessor, r->instance, here, epoch);
+        }
         return -1;
     }
     if (strcmp(rt.instance, r->instance) != 0) {
@@ -799,6 +814,9 @@ static int start(const cb_host_api *api, cb_host *host, void **instance, char *e
     }
     snprintf(r->prefix, sizeof r->prefix, "%s", prefix);
     snprintf(r->instance, sizeof r->instance, "%s", name);
+    const char *predecessor = api->config_get(host, "engine.predecessor");
+    if (predecessor != NULL && strlen(predecessor) < sizeof r->predecessor && strcmp(predecessor, name) != 0)
+        snprintf(r->predecessor, sizeof r->predecessor, "%s", predecessor);
     snprintf(r->channel, sizeof r->channel, "%sroutes", r->prefix);
     const char *address = api->config_get(host, "address");
     if (address != NULL) {
@@ -842,6 +860,8 @@ static int start(const cb_host_api *api, cb_host *host, void **instance, char *e
                           &r->c_cas_lost);
     api->counter_register(host, "route_follows", "moves made because a route in Redis asked for them", CB_METRIC_COUNTER,
                           &r->c_follows);
+    api->counter_register(host, "route_takeovers", "routes of the primary this promoted standby followed, taken over",
+                          CB_METRIC_COUNTER, &r->c_takeovers);
     cb_router router = {.size = sizeof(cb_router), .context = r, .route_begin = route_begin, .route_end = route_end,
                         .transfer_begin = transfer_begin, .transfer_claim = transfer_claim, .route_read = route_read_};
     int rc = api->router_register(host, &router);

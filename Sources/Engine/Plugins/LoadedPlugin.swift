@@ -51,6 +51,13 @@ final class LoadedPlugin: @unchecked Sendable {
 
     func configValue(_ key: String) -> UnsafePointer<CChar>? { config[key].map { UnsafePointer($0) } }
 
+    /// Sets a key the host gives every plugin (`engine.*`), before the plugin starts. The old
+    /// value stays allocated: a plugin may hold it (the values live as long as the engine).
+    func setHostConfig(_ key: String, _ value: String) {
+        precondition(state == .loaded, "host config is set before a plugin starts")
+        config[key] = strdup(value)
+    }
+
     func lookup(_ symbol: String, into out: UnsafeMutablePointer<cb_symbol>) -> Int32 {
         guard let environment = host?.environment,
               let entry = environment.symbolIndex[symbol].map({ environment.symbols[$0] })

@@ -124,6 +124,11 @@ final class PluginHost: @unchecked Sendable {
         }
     }
 
+    /// A key the host gives every plugin not started yet (a promotion: `engine.predecessor`).
+    func setHostConfig(_ key: String, _ value: String) {
+        for plugin in loaded where plugin.state == .loaded { plugin.setHostConfig(key, value) }
+    }
+
     /// Starts the plugins of (or not of) the snapshot-store kind, in configuration order.
     func startAll(snapshotStores: Bool, allowed: Bool = true) throws(PluginError) {
         for plugin in loaded where plugin.isSnapshotStore == snapshotStores && plugin.state == .loaded {

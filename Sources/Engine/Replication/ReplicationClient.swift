@@ -20,6 +20,8 @@ final class ReplicationClient: @unchecked Sendable {
         var connected = false
         var primary: String
         var primaryEpoch: UInt64 = 0
+        /// The primary's instance name, from its welcome (nil: not heard yet).
+        var primaryInstance: String?
         var engaged = false
         /// The primary's mode, from its welcome.
         var mode: ReplicationMode?
@@ -52,6 +54,8 @@ final class ReplicationClient: @unchecked Sendable {
     /// Seeds or cuts were staged: the engine starts again to install them; this client is done.
     private var installPending = false
     private let log: @Sendable (String) -> Void
+    /// Told the primary's instance name at each welcome.
+    private let named: (String) -> Void
     private var received: [UInt64]
     private var receivedCrc: [UInt32]
     private let lock = Lock()
@@ -72,8 +76,10 @@ final class ReplicationClient: @unchecked Sendable {
          reseed: @escaping @Sendable ([StandbySeed]) -> String? = { _ in "seeding is not supported here" },
          rewind: @escaping @Sendable ([JournalCut]) -> String? = { _ in "cutting the journal back is not supported here" },
          localCrc: @escaping (Int, UInt64) -> UInt32? = { _, _ in nil },
+         named: @escaping (String) -> Void = { _ in },
          promote: @escaping @Sendable (UInt64) -> Void,
          log: @escaping @Sendable (String) -> Void) {
+        self.named = named
         self.reseed = reseed
         self.rewind = rewind
         self.localCrc = localCrc
@@ -272,7 +278,7 @@ final class ReplicationClient: @unchecked Sendable {
                 answer = try connection.receive(timeoutMilliseconds: 100)
             }
             switch answer {
-            case .welcome(let theirEpoch, let mode)?:
+            case .welcome(let theirEpoch, let mode, let theirName)?:
                 guard theirEpoch >= epoch else {
                     return "the primary is at epoch \(theirEpoch), this standby has seen \(epoch): it is not the current primary"
                 }
@@ -280,12 +286,14 @@ final class ReplicationClient: @unchecked Sendable {
                     status.connected = true
                     status.mode = mode
                     status.primaryEpoch = theirEpoch
+                    status.primaryInstance = theirName
                     status.refused = nil
                     status.reconnects += 1
                     lastHeard = monotonicNanoseconds()
                 }
                 onHeard()
-                log("replication: following primary \(primary) (epoch \(theirEpoch), \(mode.rawValue)) from sequences \(received.map(String.init).joined(separator: ","))")
+                named(theirName)
+                log("replication: following primary \(theirName) at \(primary) (epoch \(theirEpoch), \(mode.rawValue)) from sequences \(received.map(String.init).joined(separator: ","))")
             case .refuse(let why)?:
                 lock.locked { status.refused = why }
                 return "refused: \(why)"

@@ -32,6 +32,8 @@ final class ReplicationServer: @unchecked Sendable {
     }
 
     let address: ReplicationAddress
+    /// This engine's instance name, told to each standby in its welcome.
+    let instance: String
     let mode: ReplicationMode
     private let shardCount: Int
     private let dataDirectory: String
@@ -77,13 +79,14 @@ final class ReplicationServer: @unchecked Sendable {
     /// Refused standbys and why (the last few), for the operator.
     private var refusals: [String] = []
 
-    init(address: ReplicationAddress, mode: ReplicationMode, shards: Int, dataDirectory: String, configurationHash: UInt64,
+    init(address: ReplicationAddress, instance: String, mode: ReplicationMode, shards: Int, dataDirectory: String, configurationHash: UInt64,
          epoch: UInt64, cap: UnsafeMutablePointer<UInt64>, syncStandbys: Int = 1, digestEveryNanoseconds: UInt64,
          durable: @escaping (Int) -> UInt64, written: @escaping (Int) -> UInt64, digest: @escaping (Int) -> (sequence: UInt64, digest: UInt64)?,
          seed: @escaping (Int) -> StandbySeed? = { _ in nil },
          log: @escaping @Sendable (String) -> Void) {
         self.seed = seed
         self.address = address
+        self.instance = instance
         self.mode = mode
         shardCount = shards
         self.dataDirectory = dataDirectory
@@ -250,7 +253,7 @@ final class ReplicationServer: @unchecked Sendable {
                 return answerProbes(connection, shard: shard, last: position.last)
             }
         }
-        do { try connection.send(.welcome(epoch: epoch, mode: mode)) } catch {
+        do { try connection.send(.welcome(epoch: epoch, mode: mode, instance: instance)) } catch {
             return log("replication: standby \(connection.peer): \(error)")
         }
         let tails = positions.enumerated().map { JournalTail(directory: dataDirectory, shard: $0.offset, after: $0.element.last) }

@@ -8,7 +8,8 @@
 //              configuration hash (u64), per shard: last sequence (u64), its record's CRC (u32)
 //     7 ack:   shard (u16), 6 reserved bytes, durable sequence (u64)
 //   primary → standby
-//     2 welcome: epoch (u64), mode (u8: 0 sync, 1 async)
+//     2 welcome: epoch (u64), mode (u8: 0 sync, 1 async), then the primary's instance name
+//                (the rest of the body: 1 to 127 bytes of printable ASCII, no space)
 //     3 refuse:  UTF-8 reason
 //     4 records: shard (u16), 6 reserved, the primary's durable sequence (u64), records as they
 //                lie in the journal (Journal/JournalTail.swift), each carrying its own CRC32C
@@ -48,7 +49,7 @@ enum ReplicationMessage: Equatable {
         var crc: UInt32
     }
     case hello(epoch: UInt64, configuration: UInt64, shards: [ShardPosition])
-    case welcome(epoch: UInt64, mode: ReplicationMode)
+    case welcome(epoch: UInt64, mode: ReplicationMode, instance: String)
     case refuse(String)
     case records(shard: Int, durable: UInt64, bytes: [UInt8])
     case digest(shard: Int, sequence: UInt64, digest: UInt64)
@@ -67,7 +68,8 @@ enum ReplicationMessage: Equatable {
     static func maxProbes(shards: Int) -> Int { 65 * shards }
 
     static let magic: UInt64 = 0x3130_4C50_4552_4243  // "CBREPL01"
-    static let version: UInt16 = 1
+    /// 2: the welcome names the primary's instance.
+    static let version: UInt16 = 2
     static let maxBody = 8 << 20
     static let maxShards = 1024
 
@@ -80,9 +82,10 @@ enum ReplicationMessage: Equatable {
             kind = 1
             put(Self.magic); put(Self.version); put(UInt16(shards.count)); put(epoch); put(configuration)
             for s in shards { put(s.last); put(s.crc) }
-        case .welcome(let epoch, let mode):
+        case .welcome(let epoch, let mode, let instance):
             kind = 2
             put(epoch); put(UInt8(mode == .sync ? 0 : 1))
+            body.append(contentsOf: Array(instance.utf8.prefix(127)))
         case .refuse(let why):
             kind = 3
             body.append(contentsOf: Array(why.utf8.prefix(4096)))
@@ -156,8 +159,11 @@ enum ReplicationMessage: Equatable {
             let epoch = try get(UInt64.self)
             let mode = try get(UInt8.self)
             guard mode <= 1 else { throw .protocol("replication mode \(mode)") }
-            try end()
-            return .welcome(epoch: epoch, mode: mode == 0 ? .sync : .async)
+            let name = body[at...]
+            guard (1...127).contains(name.count), name.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else {
+                throw .protocol("welcome names no instance (or not one of 1 to 127 printable bytes)")
+            }
+            return .welcome(epoch: epoch, mode: mode == 0 ? .sync : .async, instance: String(decoding: name, as: UTF8.self))
         case 3:
             return .refuse(String(decoding: body, as: UTF8.self))
         case 4:
