@@ -266,15 +266,22 @@ public final class JournalWriter {
     /// Copies a record into the filling buffer. False when it has no room (call `poll` and try
     /// again: that is back-pressure from the disk) or the journal is failing.
     public func append(type: UInt16, sequence: UInt64, payload: UnsafeRawBufferPointer) throws(JournalError) -> Bool {
-        guard payload.count > 0, payload.count <= JournalLayout.maxPayload, type != JournalLayout.batchType else {
-            throw .tooLarge(payload.count)
+        try append(type: type, sequence: sequence, payload: payload, then: UnsafeRawBufferPointer(start: nil, count: 0))
+    }
+
+    /// The same, for a payload in two parts (`payload` then `more`), copied once into the batch.
+    public func append(type: UInt16, sequence: UInt64, payload first: UnsafeRawBufferPointer,
+                       then more: UnsafeRawBufferPointer) throws(JournalError) -> Bool {
+        let count = first.count + more.count
+        guard count > 0, count <= JournalLayout.maxPayload, type != JournalLayout.batchType else {
+            throw .tooLarge(count)
         }
         precondition(sequence == nextSequence, "journal sequence \(sequence), expected \(nextSequence)")
-        let size = JournalLayout.recordSize(payload: payload.count)
+        let size = JournalLayout.recordSize(payload: count)
         let header = fillLength == 0 ? JournalLayout.batchHeaderSize : 0
         guard header + size <= config.bufferSize,
               JournalLayout.batchHeaderSize + size <= config.segmentSize - JournalLayout.segmentHeaderSize else {
-            throw .tooLarge(payload.count)
+            throw .tooLarge(count)
         }
         if failure != nil { return false }
         if fillLength + header + size > config.bufferSize { return false }
@@ -291,16 +298,17 @@ public final class JournalWriter {
             fillChecksum = chain
         }
         let p = buffers[filling] + fillLength
-        p.storeBytes(of: UInt32(payload.count).littleEndian, toByteOffset: 0, as: UInt32.self)
+        p.storeBytes(of: UInt32(count).littleEndian, toByteOffset: 0, as: UInt32.self)
         p.storeBytes(of: type.littleEndian, toByteOffset: 4, as: UInt16.self)
         p.storeBytes(of: UInt16(0), toByteOffset: 6, as: UInt16.self)
         p.storeBytes(of: sequence.littleEndian, toByteOffset: 8, as: UInt64.self)
         p.storeBytes(of: UInt64(0), toByteOffset: 16, as: UInt64.self)
-        (p + JournalLayout.recordHeaderSize).copyMemory(from: payload.baseAddress!, byteCount: payload.count)
-        let pad = size - JournalLayout.recordHeaderSize - payload.count
-        if pad > 0 { (p + JournalLayout.recordHeaderSize + payload.count).initializeMemory(as: UInt8.self, repeating: 0, count: pad) }
+        if first.count > 0 { (p + JournalLayout.recordHeaderSize).copyMemory(from: first.baseAddress!, byteCount: first.count) }
+        if more.count > 0 { (p + JournalLayout.recordHeaderSize + first.count).copyMemory(from: more.baseAddress!, byteCount: more.count) }
+        let pad = size - JournalLayout.recordHeaderSize - count
+        if pad > 0 { (p + JournalLayout.recordHeaderSize + count).initializeMemory(as: UInt8.self, repeating: 0, count: pad) }
         var crc = cb_crc32c(0, p, 16)
-        crc = cb_crc32c(crc, p + JournalLayout.recordHeaderSize, payload.count)
+        crc = cb_crc32c(crc, p + JournalLayout.recordHeaderSize, count)
         p.storeBytes(of: crc.littleEndian, toByteOffset: 16, as: UInt32.self)
         fillChecksum = cb_crc32c(fillChecksum, p + 16, 4)
         lastRecordCRC = crc

@@ -174,7 +174,16 @@ public enum AdminRecord {
     }
 
     public static func encode(_ command: AdminCommand) -> [UInt8] {
+        let (head, tail) = encodeSplit(command)
+        guard let tail else { return head }
+        return head + tail
+    }
+
+    /// The record in two parts whose concatenation is `encode`'s: a book (or part of one) is the
+    /// second, not copied, so that a large import goes into the journal in one copy.
+    public static func encodeSplit(_ command: AdminCommand) -> (head: [UInt8], tail: [UInt8]?) {
         var body: [UInt8] = []
+        var tail: [UInt8]?
         func put<T: FixedWidthInteger>(_ value: T) { withUnsafeBytes(of: value.littleEndian) { body.append(contentsOf: $0) } }
         switch command {
         case .epoch(let epoch):
@@ -197,7 +206,7 @@ public enum AdminRecord {
         case .exportBook(let id, let book), .importBook(let id, let book):
             put(id)
             put(UInt32(book.count))
-            body.append(contentsOf: book)
+            tail = book
         case .exportSealed(let id, let length, let crc):
             put(id)
             put(length)
@@ -214,7 +223,7 @@ public enum AdminRecord {
             put(total)
             put(offset)
             put(UInt32(part.count))
-            body.append(contentsOf: part)
+            tail = part
         case .listSymbol(let l):
             let name = Array(l.name.utf8.prefix(maxNameLength))
             put(l.slot)
@@ -242,9 +251,9 @@ public enum AdminRecord {
         out.reserveCapacity(headerSize + body.count)
         withUnsafeBytes(of: version.littleEndian) { out.append(contentsOf: $0) }
         withUnsafeBytes(of: command.kind.rawValue.littleEndian) { out.append(contentsOf: $0) }
-        withUnsafeBytes(of: UInt32(body.count).littleEndian) { out.append(contentsOf: $0) }
+        withUnsafeBytes(of: UInt32(body.count + (tail?.count ?? 0)).littleEndian) { out.append(contentsOf: $0) }
         out.append(contentsOf: body)
-        return out
+        return (out, tail)
     }
 
     public static func decode(_ bytes: UnsafeRawBufferPointer) throws(Malformed) -> AdminCommand {

@@ -130,8 +130,8 @@ extension ShardState {
     mutating func runAdmin(_ command: AdminCommand) -> AdminOutcome {
         sequencer.beginBatch()
         let context = sequencer.next(session: 0)
-        let record = AdminRecord.encode(command)
-        guard journalAdmin(record, context) else {
+        let (record, book) = AdminRecord.encodeSplit(command)
+        guard journalAdmin(record, then: book ?? [], context) else {
             return .refused(sequence: nil, "the journal refuses writes now (see the engine's log)")
         }
         let refusal = processAdmin(command, context)
@@ -172,15 +172,16 @@ extension ShardState {
     }
 
     /// Journals an admin record under its context (live only). False when the journal refuses.
-    private mutating func journalAdmin(_ record: [UInt8], _ context: CommandContext) -> Bool {
+    /// The record is the engine time, `record`, then `more` (a book: copied once, into the batch).
+    private mutating func journalAdmin(_ record: [UInt8], then more: [UInt8], _ context: CommandContext) -> Bool {
         guard feed.journal != nil else { return true }
         var payload = [UInt8]()
         payload.reserveCapacity(8 + record.count)
         withUnsafeBytes(of: context.engineTime.littleEndian) { payload.append(contentsOf: $0) }
         payload.append(contentsOf: record)
-        return payload.withUnsafeBytes { raw in
+        return payload.withUnsafeBytes { raw in more.withUnsafeBytes { rest in
             while true {
-                switch feed.append(type: adminRecordType, raw, context) {
+                switch feed.append(type: adminRecordType, raw, then: rest, context) {
                 case .appended: return true
                 case .full:
                     let durable = feed.poll()
@@ -189,7 +190,7 @@ extension ShardState {
                 case .refused: return false
                 }
             }
-        }
+        } }
     }
 
     /// Applies an admin command, live or replayed: nil, or why it does not apply.

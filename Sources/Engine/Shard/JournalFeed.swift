@@ -39,11 +39,12 @@ struct JournalFeed {
     }
 
     /// Journals another kind of record (an admin command) under `context`.
-    func append(type: UInt16, _ payload: UnsafeRawBufferPointer, _ context: CommandContext) -> Append {
+    func append(type: UInt16, _ payload: UnsafeRawBufferPointer, then more: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
+                _ context: CommandContext) -> Append {
         guard let journal else { return .appended }
         if journal.failing { return .refused }
         do {
-            return try journal.append(type: type, sequence: context.sequence, payload: payload) ? .appended : .full
+            return try journal.append(type: type, sequence: context.sequence, payload: payload, then: more) ? .appended : .full
         } catch {
             return .refused
         }
