@@ -173,16 +173,23 @@ extension Engine {
         if let refusal = out.refusal { throw abandon(refusal, thawSource: false) }
         log("migration of \(name): shard \(source) exported \(held.orders) resting orders at sequence \(out.sequence)")
 
-        // 3. This thread restores the bytes into the target's empty book (the target goes on with
+        // 3. This thread makes the target's empty book the source's (the target goes on with
         //    its other symbols: nothing there touches a book it does not own) while the export
-        //    goes to disk; once it is there (the target's import must never be durable without
-        //    it), the target journals the import and the thaw, then applies what it held.
+        //    goes to disk: a copy of the book's memory where both have pools of their own and
+        //    alike (OrderBook.clone(of:): 5 ns an order where a restore from the bytes takes 25),
+        //    else a restore from the bytes. Once the export is on disk (the target's import must
+        //    never be durable without it), the target journals the import (the bytes: a replay
+        //    restores them) and the thaw, then applies what it held.
         // A target whose books share pools restores on its own thread, in the import: the
         // pools' free lists are the shard thread's alone.
         let restoresHere = settings.shards[target].pools == nil
         if restoresHere {
-            do { try targetBook.pointer.pointee.restore(from: bytes) } catch {
-                throw abandon("the book does not restore on shard \(target): \(error)", thawSource: true)
+            if targetBook.pointer.pointee.canClone(sourceBook.pointer.pointee) {
+                targetBook.pointer.pointee.clone(of: sourceBook.pointer.pointee)
+            } else {
+                do { try targetBook.pointer.pointee.restore(from: bytes) } catch {
+                    throw abandon("the book does not restore on shard \(target): \(error)", thawSource: true)
+                }
             }
         }
         let restored = monotonicNanoseconds()

@@ -372,14 +372,15 @@ struct BookStore {
     @inlinable
     func validateQuantity(_ quantity: Quantity) -> RejectReason? {
         if quantity <= 0 { return quantity == 0 ? .quantityZero : .quantityNegative }
-        if quantity % lotSize != 0 { return .quantityOffLot }
+        // A lot (or tick) of 1, the common case, takes no division (tens of cycles).
+        if lotSize != 1 && quantity % lotSize != 0 { return .quantityOffLot }
         if quantity > maxQuantity { return .quantityAboveMaximum }
         return nil
     }
 
     @inlinable
     func validatePrice(_ price: Price) -> RejectReason? {
-        if price % tickSize != 0 { return .priceOffTick }
+        if tickSize != 1 && price % tickSize != 0 { return .priceOffTick }
         if price < minPrice || price > maxPrice { return .priceOutsideBand }
         return nil
     }

@@ -1,6 +1,8 @@
 // `crossbook workload w1|w2`: runs a benchmark workload once and prints its totals and rate,
 // so that anyone can check the engine did the published work (bench/README.md has the table).
 // `crossbook workload s1`: benchmark S1, many symbols on one shard's shared pools.
+// `crossbook workload restore`: the two parts of a move between shards that grow with the book
+// (M1): its snapshot and its restore into an empty book, per resting order.
 import ArgumentParser
 import Foundation
 import OrderBook
@@ -17,7 +19,7 @@ struct WorkloadCommand: ParsableCommand {
             with the ratios to one book in the same run.
             """)
 
-    @Argument(help: "w1, w2 or s1")
+    @Argument(help: "w1, w2, s1 or restore")
     var name: String
 
     @Option(help: "S1: symbols on the shard.")
@@ -48,7 +50,8 @@ struct WorkloadCommand: ParsableCommand {
         case "w1": workload = .w1()
         case "w2": workload = .w2()
         case "s1": return try runS1()
-        default: throw ValidationError("unknown workload '\(name)': expected w1, w2 or s1")
+        case "restore": return try runRestore()
+        default: throw ValidationError("unknown workload '\(name)': expected w1, w2, s1 or restore")
         }
         for run in 1...max(1, `repeat`) {
             var capacity = workload.capacity
@@ -65,6 +68,60 @@ struct WorkloadCommand: ParsableCommand {
             print("\(workload.name) run \(run): \(workload.ops.count) ops in \(elapsed / 1_000_000) ms, "
                   + "\(String(format: "%.2f", rate / 1e6))M ops/s, \(elapsed / UInt64(workload.ops.count)) ns/op")
         }
+    }
+
+    /// A book of `restingOrders` (default 10,000) orders at 1,000 prices a side, ids spread as
+    /// an engine's are (not in price order), in a book of the engine's default capacity (65,536,
+    /// or twice the orders): its snapshot, then its restore into an empty book made before the
+    /// clock starts, and its clone (clone(of:): the book's memory copied) into another; best and
+    /// median of --repeat runs (default 20), ns per order.
+    func runRestore() throws {
+        let resting = orders ?? 10_000
+        guard resting >= 1, resting <= 1 << 22 else { throw ValidationError("--orders must be 1...\(1 << 22)") }
+        let spec = SymbolSpec(name: "HOT-USD", id: 1)
+        var capacityOrders = 65_536
+        while capacityOrders < 2 * resting { capacityOrders *= 2 }
+        let capacity = BookCapacity(orders: capacityOrders, levels: 4096)
+        var source = try OrderBook(spec: spec, capacity: capacity)
+        var sink = DiscardingSink()
+        var random = SplitMix64(seed: 11)
+        for k in 0..<resting {
+            let buy = k % 2 == 0
+            let off = Price(1 + random.next() % 1000)
+            // Ids as a shard gives them out across sessions: distinct, in no order the book keeps.
+            let id = OrderId(bitPattern: (UInt64(k) &* 0x9E37_79B9_7F4A_7C15) >> 20) | 1 << 43
+            source.submit(NewOrder(orderId: id, side: buy ? .buy : .sell, price: buy ? 100_000 - off : 100_000 + off,
+                                   quantity: Quantity(1 + random.next() % 100)), to: &sink)
+        }
+        guard source.restingOrderCount == resting else { throw CLIError("restore: \(source.restingOrderCount) orders rest, expected \(resting)") }
+        var snapshots: [UInt64] = [], restores: [UInt64] = [], clones: [UInt64] = []
+        var bytes: [UInt8] = []
+        for _ in 0..<max(1, `repeat` == 1 ? 20 : `repeat`) {
+            var target = try OrderBook(spec: spec, capacity: capacity)
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            bytes = source.snapshot()
+            let t1 = DispatchTime.now().uptimeNanoseconds
+            try target.restore(from: bytes)
+            let t2 = DispatchTime.now().uptimeNanoseconds
+            guard target.snapshot() == bytes else { throw CLIError("restore: the restored book's snapshot differs") }
+            var copy = try OrderBook(spec: spec, capacity: capacity)
+            let t3 = DispatchTime.now().uptimeNanoseconds
+            copy.clone(of: source)
+            let t4 = DispatchTime.now().uptimeNanoseconds
+            guard copy.snapshot() == bytes else { throw CLIError("restore: the cloned book's snapshot differs") }
+            snapshots.append(t1 - t0)
+            restores.append(t2 - t1)
+            clones.append(t4 - t3)
+        }
+        func line(_ what: String, _ values: [UInt64]) -> String {
+            let sorted = values.sorted()
+            let per = { (v: UInt64) in String(format: "%.1f", Double(v) / Double(resting)) }
+            return "\(what) best \(String(format: "%.3f", Double(sorted[0]) / 1e6)) ms (\(per(sorted[0])) ns/order), median \(String(format: "%.3f", Double(sorted[sorted.count / 2]) / 1e6)) ms (\(per(sorted[sorted.count / 2])) ns/order)"
+        }
+        print("restore: \(resting) resting orders, \(bytes.count) bytes, book capacity \(capacityOrders), \(snapshots.count) runs")
+        print("restore: " + line("snapshot", snapshots))
+        print("restore: " + line("restore", restores))
+        print("restore: " + line("clone (memory copied from the book)", clones))
     }
 
     /// Resident memory of this process now (bytes).

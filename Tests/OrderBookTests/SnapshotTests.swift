@@ -37,7 +37,7 @@ struct SnapshotTests {
         #expect(copy.digest == book.digest)
     }
 
-    @Test("a version-1 snapshot (checksum byte by byte, as written before) still restores to the same book; a version 3 is refused")
+    @Test("version-1 and version-2 snapshots (checksums byte by byte and in one chain of words, as written before) still restore to the same book; a version 4 is refused")
     func versionOne() throws {
         let capacity = BookCapacity(orders: 4096, levels: 256)
         var book = try OrderBook(spec: Self.spec, capacity: capacity)
@@ -47,20 +47,74 @@ struct SnapshotTests {
                                      price: 1000 + Int64(id % 7) * (id % 2 == 0 ? -1 : 1) * 10, quantity: 5)), to: &sink)
         }
         var bytes = book.snapshot()
-        #expect(bytes[8] == 2, "written as version 2")
+        #expect(bytes[8] == 3, "written as version 3")
         func resum(_ version: UInt32) {
             withUnsafeBytes(of: version.littleEndian) { bytes.replaceSubrange(8..<12, with: $0) }
             let sum = bytes.withUnsafeBytes { BookSnapshotLayout.checksum(UnsafeRawBufferPointer(rebasing: $0[..<(bytes.count - 8)]), version: version) }
             withUnsafeBytes(of: sum.littleEndian) { bytes.replaceSubrange((bytes.count - 8)..., with: $0) }
         }
+        resum(2)
+        let two = try OrderBook.restoring(spec: Self.spec, capacity: capacity, from: bytes)
+        #expect(two.digest == book.digest)
+        // The checksums differ: a version-2 checksum under a version-3 header is refused.
+        withUnsafeBytes(of: UInt32(3).littleEndian) { bytes.replaceSubrange(8..<12, with: $0) }
+        #expect(throws: BookSnapshotError.checksum) { _ = try OrderBook.restoring(spec: Self.spec, capacity: capacity, from: bytes) }
         resum(1)
         let old = try OrderBook.restoring(spec: Self.spec, capacity: capacity, from: bytes)
         #expect(old.digest == book.digest)
-        // The two checksums differ: a version-1 checksum under a version-2 header is refused.
+        // A version-1 checksum under a version-2 header is refused.
         withUnsafeBytes(of: UInt32(2).littleEndian) { bytes.replaceSubrange(8..<12, with: $0) }
         #expect(throws: BookSnapshotError.checksum) { _ = try OrderBook.restoring(spec: Self.spec, capacity: capacity, from: bytes) }
-        resum(3)
-        #expect(throws: BookSnapshotError.badHeader("version 3")) { _ = try OrderBook.restoring(spec: Self.spec, capacity: capacity, from: bytes) }
+        resum(4)
+        #expect(throws: BookSnapshotError.badHeader("version 4")) { _ = try OrderBook.restoring(spec: Self.spec, capacity: capacity, from: bytes) }
+    }
+
+    @Test("clone(of: book) is restore(snapshot(book)): same digest, snapshot and L3, the same events for every command that follows, in both copies; the book cloned is unchanged; books not made alike cannot be cloned", arguments: [UInt64(21), 22, 23])
+    func clone(seed: UInt64) throws {
+        let capacity = BookCapacity(orders: 4096, levels: 256)
+        var book = try OrderBook(spec: Self.spec, capacity: capacity)
+        var generator = CommandGenerator(seed: seed, spec: Self.spec)
+        for _ in 0..<20_000 {
+            var recorder = EventRecorder()
+            book.apply(generator.next(), to: &recorder)
+            generator.observe(recorder.events, book: book)
+        }
+        #expect(book.restingOrderCount > 0)
+        let before = book.snapshot()
+        var copy = try OrderBook(spec: Self.spec, capacity: capacity)
+        let alike = copy.canClone(book)
+        #expect(alike)
+        copy.clone(of: book)
+        #expect(book.snapshot() == before, "the source changed")
+        var restored = try OrderBook.restoring(spec: Self.spec, capacity: capacity, from: before)
+        #expect(copy.snapshot() == before && copy.digest == book.digest && restored.digest == book.digest)
+        #expect(copy.orders(.buy) == book.orders(.buy) && copy.orders(.sell) == book.orders(.sell))
+        #expect(copy.consistencyError() == nil)
+        for n in 0..<10_000 {
+            let command = generator.next()
+            var a = EventRecorder(), b = EventRecorder(), c = EventRecorder()
+            book.apply(command, to: &a)
+            copy.apply(command, to: &b)
+            restored.apply(command, to: &c)
+            guard a.events == b.events, b.events == c.events else {
+                Issue.record("seed \(seed), command \(n) after clone: \(a.events) vs \(b.events) vs \(c.events)")
+                return
+            }
+            generator.observe(a.events, book: book)
+        }
+        #expect(copy.digest == book.digest && copy.consistencyError() == nil)
+        // Not alike, or used: no clone.
+        let used = copy.canClone(book)
+        #expect(!used, "a used book")
+        let bigger = try OrderBook(spec: Self.spec, capacity: BookCapacity(orders: 8192, levels: 256)).canClone(book)
+        #expect(!bigger, "other sizes")
+        var other = Self.spec
+        other.id += 1
+        let another = try OrderBook(spec: other, capacity: capacity).canClone(book)
+        #expect(!another, "another symbol")
+        let pools = try BookPools(orders: 4096, levels: 256)
+        let sharing = try OrderBook(spec: Self.spec, pools: pools, levels: 256).canClone(book)
+        #expect(!sharing, "shared pools")
     }
 
     @Test("an empty book round-trips")
@@ -94,7 +148,7 @@ struct SnapshotTests {
         var swapped = good
         let a = 32, b = 64
         for k in 0..<32 { swapped.swapAt(a + k, b + k) }
-        let sum = swapped.withUnsafeBytes { BookSnapshotLayout.checksum(UnsafeRawBufferPointer(rebasing: $0[0..<(32 + 3 * 32)]), version: 2) }
+        let sum = swapped.withUnsafeBytes { BookSnapshotLayout.checksum(UnsafeRawBufferPointer(rebasing: $0[0..<(32 + 3 * 32)]), version: BookSnapshotLayout.version) }
         withUnsafeBytes(of: sum.littleEndian) { for k in 0..<8 { swapped[32 + 3 * 32 + k] = $0[k] } }
         #expect(throws: BookSnapshotError.invalidOrder(index: 1, "out of priority order")) {
             _ = try OrderBook.restoring(spec: Self.spec, capacity: .small, from: swapped)
