@@ -112,6 +112,13 @@ extension Engine {
         }
     }
 
+    /// An empty book of `spec` for `shard` to take at `expect`, made on this thread; nil where
+    /// the shard's books share its pools (a sharing book is small, made by the shard).
+    func premadeBook(_ spec: SymbolSpec, shard: Int) -> PremadeBook? {
+        guard shard >= 0, shard < settings.shards.count, settings.shards[shard].pools == nil else { return nil }
+        return try? PremadeBook(spec: spec, capacity: settings.capacity)
+    }
+
     func step(_ shard: Int, _ message: (MigrationStep) -> ShardMessage, _ step: MigrationStep,
                       timeout: Double) -> MigrationAnswer? {
         guard shards[shard].send(message(step)), step.done.wait(seconds: timeout) else { return nil }
@@ -135,8 +142,11 @@ extension Engine {
         guard let source = routes.shard(of: id) else { throw EngineError("symbol \(name) has no owner") }
         guard source != target else { throw EngineError("\(name) is on shard \(target) already") }
         log("migration of \(name): shard \(source) -> \(target): the target holds its commands")
-        // 1. The target holds the symbol's commands; producers send there from now on.
-        guard let expected = step(target, { .expect($0) }, MigrationStep(symbolId: id), timeout: timeout) else {
+        // 1. The target holds the symbol's commands; producers send there from now on. Its empty
+        //    book is made here, not on its thread (its other symbols would wait for it).
+        let expecting = MigrationStep(symbolId: id)
+        expecting.premade = premadeBook(spec, shard: target)
+        guard let expected = step(target, { .expect($0) }, expecting, timeout: timeout) else {
             throw EngineError("migration of \(name): shard \(target) did not answer within \(timeout) s")
         }
         if let refusal = expected.refusal { throw EngineError("migration of \(name): \(refusal)") }

@@ -156,8 +156,11 @@ struct TransferBlob: Equatable {
     /// source) belongs to `sessions[its source]` (the target's session of that source), with its
     /// client's order id; every other becomes foreign. nil when two orders would have one id.
     func arrivingBook(sessions: [String: UInt32]) -> [UInt8]? {
-        BookSnapshotLayout.rewritingOrderIds(book) { place, id in
-            if let key = owners[UInt32(owner(id))], let mine = sessions[key], mine != 0 {
+        // The source's owner session → this engine's session of the same source, once.
+        var mapped: [UInt32: UInt32] = [:]
+        for (session, key) in owners { if let mine = sessions[key], mine != 0 { mapped[session] = mine } }
+        return BookSnapshotLayout.rewritingOrderIds(book) { place, id in
+            if !mapped.isEmpty, let mine = mapped[UInt32(owner(id))] {
                 return engineOrderId(mine, id & maxClientOrderId)
             }
             return foreignOrderId(id, epoch: epoch, place: place)
@@ -320,11 +323,18 @@ extension Engine {
         return try migrationSerial.locked { () throws(EngineError) -> TransferInReport in
             // Taken in already (the router offered it, and someone asks again): the same answer.
             if let done = transferLock.locked({ transfersTaken["\(name) \(epoch)"] }) { return done }
+            let queuedAt = monotonicNanoseconds()
             if let owner = routes.shard(of: blob.spec.id) { throw EngineError("\(name) trades on shard \(owner) of this instance already") }
-            guard let expected = step(target, { .expect($0) }, MigrationStep(symbolId: blob.spec.id), timeout: timeout) else {
+            // Its empty book: made when the move was offered (while the source exported), or now,
+            // on this thread rather than the shard's.
+            let expecting = MigrationStep(symbolId: blob.spec.id)
+            let offered = transferLock.locked { transferBooks.removeValue(forKey: "\(name) \(epoch)") }
+            expecting.premade = offered.flatMap { $0.isTaken ? nil : $0 } ?? premadeBook(blob.spec, shard: target)
+            guard let expected = step(target, { .expect($0) }, expecting, timeout: timeout) else {
                 throw EngineError("move of \(name): shard \(target) did not answer")
             }
             if let refusal = expected.refusal { throw EngineError("move of \(name): \(refusal)") }
+            let expectedAt = monotonicNanoseconds()
             func giveUp(_ why: String) -> EngineError {
                 _ = step(target, { .finishTransfer($0, won: false) }, MigrationStep(symbolId: blob.spec.id), timeout: timeout)
                 engineFile?.migrations(target).add(MigrationCounters.failed)
@@ -337,6 +347,7 @@ extension Engine {
             }
             let arriving = MigrationStep(symbolId: blob.spec.id, book: book, positions: blob.positions)
             arriving.transfer = ShardTransfer(epoch: epoch, instance: blob.source, outbound: false)
+            let idsAt = monotonicNanoseconds()
             guard let imported = step(target, { .importTransfer($0) }, arriving, timeout: timeout) else {
                 noteTransfers()
                 throw EngineError("move of \(name): shard \(target) did not answer the import; the route decides")
@@ -367,7 +378,8 @@ extension Engine {
             }
             if let refusal = done.refusal { throw EngineError("move of \(name): \(refusal)") }
             host.routeEnd(symbolId: blob.spec.id, shard: target)
-            let phases = ["load": loaded &- t0, "list": listedAt &- loaded, "import": imported.phases["import"] ?? 0,
+            let phases = ["start": t0, "load": loaded &- t0, "list": listedAt &- loaded, "queue": queuedAt &- listedAt, "expect": expectedAt &- queuedAt,
+                          "ids": idsAt &- expectedAt, "import": imported.phases["import"] ?? 0,
                           "durable": onDisk &- imported.at, "claim": claimed &- onDisk, "held": done.phases["held"] ?? 0]
             let report = TransferInReport(symbol: name, shard: target, epoch: epoch, held: done.held, listed: listed, tradingAt: done.at,
                                           importSequence: imported.sequence, phases: phases)
@@ -491,6 +503,13 @@ extension Engine {
             // store: until the blob is there (and while the route still waits at this epoch),
             // ask again.
             let deadline = monotonicNanoseconds() &+ self.transferTimeoutNanoseconds
+            // Its empty book now, while the source exports (a symbol known here: its rules).
+            if let spec = self.symbolTable?.spec(named: name), let book = self.premadeBook(spec, shard: shard) {
+                self.transferLock.locked { self.transferBooks["\(name) \(epoch)"] = book }
+            }
+            // One nobody took (the move went elsewhere) is freed when this worker ends.
+            defer { _ = self.transferLock.locked { self.transferBooks.removeValue(forKey: "\(name) \(epoch)") } }
+            var polls = 0
             while true {
                 do {
                     let report = try self.transferIn(symbol: name, epoch: epoch, shard: shard)
@@ -503,7 +522,10 @@ extension Engine {
                         self.log("move of \(name) at epoch \(epoch), offered by the router: \(error)")
                         return
                     }
-                    usleep(1000)
+                    // Every 0.25 ms for the first 10 ms (a blob is there a few ms after the
+                    // route turned), then every 1 ms.
+                    polls += 1
+                    usleep(polls < 40 ? 250 : 1000)
                 }
             }
         }

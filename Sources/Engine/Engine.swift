@@ -223,6 +223,9 @@ public final class Engine: @unchecked Sendable {
     /// ("SYMBOL epoch" → report), so that asking again answers the same.
     var transfersOffered: Set<String> = []
     var transfersTaken: [String: TransferInReport] = [:]
+    /// Empty books made for moves offered to this engine ("SYMBOL epoch"), for whoever takes the
+    /// move in (the offer's worker, or `crossbook migrate --to-instance` asking again).
+    var transferBooks: [String: PremadeBook] = [:]
     var migrationHistory = MigrationHistory()
 
     final class ClientSession {

@@ -284,7 +284,10 @@ extension MigrateBenchCommand {
                 source.settleTransfers()
                 pauses.append(into.tradingAt &- out.frozenAt)
                 orders.append(out.orders)
-                for (key, value) in into.phases { phases[key, default: []].append(value) }
+                for (key, value) in into.phases where key != "start" { phases[key, default: []].append(value) }
+                // From the blob in the store (the source's export) to the start of the attempt
+                // that took it in: the target's wait for it (the router's offer polls for it).
+                if let start = into.phases["start"] { phases["wait", default: []].append(start > t0 ? start - t0 : 0) }
             } catch {
                 failures.append("\(error)")
             }
@@ -294,7 +297,7 @@ extension MigrateBenchCommand {
         while !load.finished { usleep(1000) }
         let sortedOrders = orders.sorted()
         print("instance → instance, book \(size) (moved \(sortedOrders.first ?? 0)...\(sortedOrders.last ?? 0) orders): pause p50 \(ms(at(pauses, 0.5))) ms, p90 \(ms(at(pauses, 0.9))) ms, p99 \(ms(at(pauses, 0.99))) ms, max \(ms(pauses.max() ?? 0)) ms over \(pauses.count) moves; \(load.summary)")
-        let order = ["request", "load", "list", "import", "durable", "claim", "held"]
+        let order = ["request", "wait", "load", "list", "queue", "expect", "ids", "import", "durable", "claim", "held"]
         print("  pause by phase, p50 (p99) ms: " + order.compactMap { key in phases[key].map { "\(key) \(ms(at($0, 0.5))) (\(ms(at($0, 0.99))))" } }.joined(separator: ", "))
         if !failures.isEmpty { print("  \(failures.count) moves failed: \(Set(failures).joined(separator: " | "))") }
     }

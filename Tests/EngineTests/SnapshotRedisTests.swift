@@ -95,4 +95,42 @@ struct SnapshotRedisTests {
         #expect(!log4.contains("loaded snapshot"))
         fourth.stop()
     }
+
+    @Test("the store keeps one connection between calls (20 blob calls: one connection, not 20); a Redis restarted meanwhile is reached again at the next call; Redis down: a clear error, at once")
+    func keptConnection() throws {
+        let redis = try RedisServer()
+        defer { redis.stop() }
+        let prefix = "k\(UInt32.random(in: 0...UInt32.max)):"
+        let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-sr-\(UUID().uuidString.prefix(8))"
+        defer { removeTree(data) }
+        let log = LogLines()
+        let engine = try snapshotRedisEngine(dir, data: data, redis: redis, prefix: prefix, log: log)
+        defer { engine.stop() }
+        let store = try #require(engine.pluginHost?.snapshotStore)
+        func connections() throws -> Int {
+            let info = try redis.cli(["INFO", "stats"])
+            let line = info.split(whereSeparator: \.isNewline).first { $0.hasPrefix("total_connections_received:") } ?? ""
+            return Int(line.split(separator: ":").last ?? "") ?? -1
+        }
+        let body = (0..<100_000).map { UInt8(truncatingIfNeeded: $0 &* 31) }
+        #expect(store.saveBlob("warm", body) == nil)
+        let before = try connections()
+        for i in 0..<10 {
+            #expect(store.saveBlob("b\(i)", body) == nil)
+            #expect((try? store.loadBlob("b\(i)").get()) == body)
+        }
+        let opened = try connections() - before
+        #expect(opened >= 1 && opened <= 2, "\(opened) connections for 20 calls (the cli's own count: 1)")
+        // Restarted (empty): the kept connection is closed; the next call opens another.
+        redis.stop()
+        try redis.start()
+        #expect(store.saveBlob("after", body) == nil, "the call after a restart")
+        #expect((try? store.loadBlob("after").get()) == body)
+        redis.stop()
+        let t0 = monotonicNanoseconds()
+        let failed = store.saveBlob("down", body)
+        #expect(failed?.contains("127.0.0.1:\(redis.port)") == true, "\(failed ?? "saved?")")
+        #expect(monotonicNanoseconds() - t0 < 2_000_000_000)
+        if case .success = store.loadBlob("after") { Issue.record("loaded with Redis down") }
+    }
 }

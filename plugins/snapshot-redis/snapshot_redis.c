@@ -17,6 +17,7 @@
 
 #include <hiredis/hiredis.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,6 +48,9 @@ typedef struct store {
     uint64_t *saved, *failures;
     int last_failed; /* the last save failed (atomic) */
     char last_error[256];
+    pthread_mutex_t idle_lock;
+    redisContext *idle; /* the connection kept between calls (under idle_lock) */
+    int stopping;
 } store;
 
 static redisContext *open_redis(store *s, char *error, size_t size) {
@@ -67,6 +71,39 @@ static redisContext *open_redis(store *s, char *error, size_t size) {
     return c;
 }
 
+/* One command on the connection kept between calls (a move's blob calls come one after
+ * another, and a connection with AUTH costs more than a GET on loopback); a caller who finds it
+ * in use opens its own. A kept connection the server closed meanwhile is replaced once. NULL:
+ * no reply (`error` says why). */
+static redisReply *command(store *s, int argc, const char **argv, const size_t *lens, char *error, size_t error_size) {
+    for (int attempt = 0; attempt < 2; attempt++) {
+        pthread_mutex_lock(&s->idle_lock);
+        redisContext *c = s->idle;
+        s->idle = NULL;
+        pthread_mutex_unlock(&s->idle_lock);
+        int kept = c != NULL;
+        if (c == NULL) c = open_redis(s, error, error_size);
+        if (c == NULL) return NULL;
+        redisReply *r = redisCommandArgv(c, argc, argv, lens);
+        if (r == NULL) {
+            int closed = c->err == REDIS_ERR_EOF || (c->err == REDIS_ERR_IO && (errno == ECONNRESET || errno == EPIPE));
+            snprintf(error, error_size, "redis %s:%d: %s", s->redis_host, s->redis_port, c->errstr);
+            redisFree(c);
+            if (kept && closed) continue;
+            return NULL;
+        }
+        pthread_mutex_lock(&s->idle_lock);
+        if (s->idle == NULL && !s->stopping) {
+            s->idle = c;
+            c = NULL;
+        }
+        pthread_mutex_unlock(&s->idle_lock);
+        if (c) redisFree(c);
+        return r;
+    }
+    return NULL;
+}
+
 static void keys_of(store *s, uint32_t shard, char *index, size_t isize, char *body_prefix, size_t bsize) {
     snprintf(index, isize, "%ssnaps:{%s:%u}", s->prefix, s->instance, shard);
     snprintf(body_prefix, bsize, "%ssnap:{%s:%u}:", s->prefix, s->instance, shard);
@@ -80,25 +117,17 @@ static int save(void *context, uint32_t shard, uint64_t sequence, const uint8_t 
     snprintf(seq, sizeof seq, "%llu", (unsigned long long)sequence);
     snprintf(key, sizeof key, "%s%s", prefix, seq);
     snprintf(keep, sizeof keep, "%ld", s->keep);
-    redisContext *c = open_redis(s, error, error_size);
-    if (c == NULL) {
-        __atomic_fetch_add(s->failures, 1, __ATOMIC_RELAXED);
-        __atomic_store_n(&s->last_failed, 1, __ATOMIC_RELAXED);
-        return CB_ERR_IO;
-    }
     const char *argv[] = {"EVAL", save_script, "2", index, key, seq, (const char *)body, keep, prefix};
     size_t lens[] = {4, strlen(save_script), 1, strlen(index), strlen(key), strlen(seq), length, strlen(keep), strlen(prefix)};
-    redisReply *r = redisCommandArgv(c, 9, argv, lens);
+    redisReply *r = command(s, 9, argv, lens, error, error_size);
     int rc = CB_OK;
     if (r == NULL) {
-        snprintf(error, error_size, "redis %s:%d: %s", s->redis_host, s->redis_port, c->errstr);
         rc = CB_ERR_IO;
     } else if (r->type == REDIS_REPLY_ERROR) {
         snprintf(error, error_size, "redis refused the snapshot: %s", r->str);
         rc = CB_ERR_IO;
     }
     if (r) freeReplyObject(r);
-    redisFree(c);
     __atomic_fetch_add(rc == CB_OK ? s->saved : s->failures, 1, __ATOMIC_RELAXED);
     __atomic_store_n(&s->last_failed, rc != CB_OK, __ATOMIC_RELAXED);
     return rc;
@@ -121,14 +150,14 @@ static int list(void *context, uint32_t shard, cb_snapshot_visitor visit, void *
     store *s = context;
     char index[256], prefix[256], error[256];
     keys_of(s, shard, index, sizeof index, prefix, sizeof prefix);
-    redisContext *c = open_redis(s, error, sizeof error);
-    if (c == NULL) {
+    const char *argv[] = {"ZRANGE", index, "0", "-1"};
+    redisReply *r = command(s, 4, argv, NULL, error, sizeof error);
+    if (r == NULL) {
         s->api->log(s->host, CB_LOG_WARNING, error);
         return CB_ERR_IO;
     }
-    redisReply *r = redisCommand(c, "ZRANGE %s 0 -1", index);
     int rc = CB_OK;
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
+    if (r->type != REDIS_REPLY_ARRAY) {
         rc = CB_ERR_IO;
     } else {
         for (size_t i = 0; i < r->elements; i++) {
@@ -137,8 +166,7 @@ static int list(void *context, uint32_t shard, cb_snapshot_visitor visit, void *
             if (e->type == REDIS_REPLY_STRING && parse_name(e->str, &sequence)) visit(visit_context, sequence, e->str);
         }
     }
-    if (r) freeReplyObject(r);
-    redisFree(c);
+    freeReplyObject(r);
     return rc;
 }
 
@@ -146,13 +174,10 @@ static int list(void *context, uint32_t shard, cb_snapshot_visitor visit, void *
  * only when `empty_ok`. */
 static int get_body(store *s, const char *key, int empty_ok, cb_snapshot_sink sink, void *sink_context, char *error,
                     size_t error_size) {
-    redisContext *c = open_redis(s, error, error_size);
-    if (c == NULL) return CB_ERR_IO;
     const char *argv[] = {"GET", key};
-    redisReply *r = redisCommandArgv(c, 2, argv, NULL);
+    redisReply *r = command(s, 2, argv, NULL, error, error_size);
     int rc = CB_OK;
     if (r == NULL) {
-        snprintf(error, error_size, "redis %s:%d: %s", s->redis_host, s->redis_port, c->errstr);
         rc = CB_ERR_IO;
     } else if (r->type == REDIS_REPLY_NIL) {
         snprintf(error, error_size, "%s does not exist", key);
@@ -164,7 +189,6 @@ static int get_body(store *s, const char *key, int empty_ok, cb_snapshot_sink si
         sink(sink_context, (const uint8_t *)r->str, r->len);
     }
     if (r) freeReplyObject(r);
-    redisFree(c);
     return rc;
 }
 
@@ -207,21 +231,17 @@ static int blob_save(void *context, const char *key, const uint8_t *body, size_t
     store *s = context;
     char k[300];
     if (!blob_key(s, key, k, sizeof k, error, error_size)) return CB_ERR_INVALID;
-    redisContext *c = open_redis(s, error, error_size);
-    if (c == NULL) return CB_ERR_IO;
     const char *argv[] = {"SET", k, (const char *)body};
     size_t lens[] = {3, strlen(k), length};
-    redisReply *r = redisCommandArgv(c, 3, argv, lens);
+    redisReply *r = command(s, 3, argv, lens, error, error_size);
     int rc = CB_OK;
     if (r == NULL) {
-        snprintf(error, error_size, "redis %s:%d: %s", s->redis_host, s->redis_port, c->errstr);
         rc = CB_ERR_IO;
     } else if (r->type == REDIS_REPLY_ERROR) {
         snprintf(error, error_size, "redis refused %s: %s", k, r->str);
         rc = CB_ERR_IO;
     }
     if (r) freeReplyObject(r);
-    redisFree(c);
     return rc;
 }
 
@@ -237,19 +257,17 @@ static int blob_delete(void *context, const char *key) {
     store *s = context;
     char k[300], error[64];
     if (!blob_key(s, key, k, sizeof k, error, sizeof error)) return CB_ERR_INVALID;
-    redisContext *c = open_redis(s, error, sizeof error);
-    if (c == NULL) return CB_ERR_IO;
     const char *argv[] = {"DEL", k};
-    redisReply *r = redisCommandArgv(c, 2, argv, NULL);
+    redisReply *r = command(s, 2, argv, NULL, error, sizeof error);
     int rc = r != NULL && r->type != REDIS_REPLY_ERROR ? CB_OK : CB_ERR_IO;
     if (r) freeReplyObject(r);
-    redisFree(c);
     return rc;
 }
 
 static int start(const cb_host_api *api, cb_host *host, void **instance, char *error, size_t size) {
     store *s = calloc(1, sizeof *s);
     if (s == NULL) return CB_ERR_FAILED;
+    pthread_mutex_init(&s->idle_lock, NULL);
     s->api = api;
     s->host = host;
     if (!redis_address(api, host, s->redis_host, sizeof s->redis_host, &s->redis_port, error, size) ||
@@ -302,7 +320,17 @@ static int start(const cb_host_api *api, cb_host *host, void **instance, char *e
     return CB_OK;
 }
 
-static void stop(void *instance) { free(instance); }
+static void stop(void *instance) {
+    store *s = instance;
+    pthread_mutex_lock(&s->idle_lock);
+    s->stopping = 1;
+    redisContext *c = s->idle;
+    s->idle = NULL;
+    pthread_mutex_unlock(&s->idle_lock);
+    if (c) redisFree(c);
+    pthread_mutex_destroy(&s->idle_lock);
+    free(s);
+}
 
 static int health(void *instance, char *message, size_t size) {
     store *s = instance;

@@ -35,6 +35,39 @@ struct HeldCommand {
 }
 
 /// The control thread's half of one step of a migration, and the shard's answer.
+/// An empty book made off the shard's thread: allocating and touching a book of its capacity
+/// takes milliseconds, which a shard's other symbols would wait for. The shard that expects the
+/// symbol moves it into its slot (`take`); one nobody took is freed with this.
+final class PremadeBook: @unchecked Sendable {
+    private let pointer: UnsafeMutablePointer<OrderBook>
+    private let lock = Lock()
+    private var taken = false
+
+    init(spec: SymbolSpec, capacity: BookCapacity) throws(BookConfigError) {
+        let book = try OrderBook(spec: spec, capacity: capacity)
+        pointer = .allocate(capacity: 1)
+        pointer.initialize(to: book)
+    }
+
+    /// Moves the book into `slot` (uninitialized memory): false if it was taken already or is
+    /// another symbol's.
+    func take(into slot: UnsafeMutablePointer<OrderBook>, symbolId: UInt32) -> Bool {
+        lock.locked {
+            guard !taken, pointer.pointee.symbolId == symbolId else { return false }
+            taken = true
+            slot.moveInitialize(from: pointer, count: 1)
+            return true
+        }
+    }
+
+    var isTaken: Bool { lock.locked { taken } }
+
+    deinit {
+        if !taken { pointer.deinitialize(count: 1) }
+        pointer.deallocate()
+    }
+}
+
 final class MigrationStep: @unchecked Sendable {
     let symbolId: UInt32
     /// `.migrateIn`: the exported book.
@@ -48,6 +81,9 @@ final class MigrationStep: @unchecked Sendable {
     /// A move between engines (`sealExport` journals a transferOut; `importTransfer` a
     /// transferIn): the route epoch and the other engine.
     var transfer: ShardTransfer?
+    /// `.expect`: the empty book, made by the control thread (PremadeBook), for the shard to take
+    /// in place of making one on its own thread.
+    var premade: PremadeBook?
     init(symbolId: UInt32, book: [UInt8] = [], positions: [String: UInt64] = [:]) {
         self.symbolId = symbolId
         self.book = book
@@ -136,10 +172,15 @@ extension ShardState {
             holding += 1
         }
         // The empty book now, before the pause: allocating (and touching) a book of its capacity
-        // takes milliseconds. It stays not owned (commands rejected) until the import.
+        // takes milliseconds, done by the control thread where it can (PremadeBook). It stays not
+        // owned (commands rejected) until the import.
         if !hasBook(b) {
-            if let failure = makeBook(b) { return step.finish(MigrationAnswer(refusal: "\(failure)")) }
-            bookFlags[b] = BookFlag.notOwned
+            if pools == nil, let premade = step.premade, premade.take(into: books + b, symbolId: step.symbolId) {
+                bookFlags[b] = BookFlag.notOwned
+            } else {
+                if let failure = makeBook(b) { return step.finish(MigrationAnswer(refusal: "\(failure)")) }
+                bookFlags[b] = BookFlag.notOwned
+            }
         }
         var answer = MigrationAnswer(at: monotonicNanoseconds())
         answer.bookAddress = BookAddress(pointer: books + b)
