@@ -94,7 +94,7 @@ struct WorkloadCommand: ParsableCommand {
                                    quantity: Quantity(1 + random.next() % 100)), to: &sink)
         }
         guard source.restingOrderCount == resting else { throw CLIError("restore: \(source.restingOrderCount) orders rest, expected \(resting)") }
-        var snapshots: [UInt64] = [], restores: [UInt64] = [], clones: [UInt64] = []
+        var snapshots: [UInt64] = [], restores: [UInt64] = [], clones: [UInt64] = [], makes: [UInt64] = [], frees: [UInt64] = []
         var bytes: [UInt8] = []
         for _ in 0..<max(1, `repeat` == 1 ? 20 : `repeat`) {
             var target = try OrderBook(spec: spec, capacity: capacity)
@@ -104,11 +104,16 @@ struct WorkloadCommand: ParsableCommand {
             try target.restore(from: bytes)
             let t2 = DispatchTime.now().uptimeNanoseconds
             guard target.snapshot() == bytes else { throw CLIError("restore: the restored book's snapshot differs") }
+            let m0 = DispatchTime.now().uptimeNanoseconds
             var copy = try OrderBook(spec: spec, capacity: capacity)
+            makes.append(DispatchTime.now().uptimeNanoseconds - m0)
             let t3 = DispatchTime.now().uptimeNanoseconds
             copy.clone(of: source)
             let t4 = DispatchTime.now().uptimeNanoseconds
             guard copy.snapshot() == bytes else { throw CLIError("restore: the cloned book's snapshot differs") }
+            let f0 = DispatchTime.now().uptimeNanoseconds
+            _ = consume copy
+            frees.append(DispatchTime.now().uptimeNanoseconds - f0)
             snapshots.append(t1 - t0)
             restores.append(t2 - t1)
             clones.append(t4 - t3)
@@ -122,6 +127,7 @@ struct WorkloadCommand: ParsableCommand {
         print("restore: " + line("snapshot", snapshots))
         print("restore: " + line("restore", restores))
         print("restore: " + line("clone (memory copied from the book)", clones))
+        print("restore: an empty book of this capacity made in best \(String(format: "%.3f", Double(makes.min()!) / 1e6)) ms, median \(String(format: "%.3f", Double(makes.sorted()[makes.count / 2]) / 1e6)) ms; one given back in best \(String(format: "%.3f", Double(frees.min()!) / 1e6)) ms, median \(String(format: "%.3f", Double(frees.sorted()[frees.count / 2]) / 1e6)) ms")
     }
 
     /// Resident memory of this process now (bytes).
