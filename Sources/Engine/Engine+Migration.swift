@@ -348,7 +348,7 @@ extension Engine {
             guard words.count == 4, let epoch = UInt64(words[2]), let shard = Int(words[3]) else { return ["error usage: transfer-in SYMBOL EPOCH SHARD"] }
             do {
                 let r = try transferIn(symbol: words[1], epoch: epoch, shard: shard)
-                let phases = ["load", "list", "import", "durable", "claim", "held"].map { "\($0) \(r.phases[$0] ?? 0)" }.joined(separator: " ")
+                let phases = ["load", "list", "queue", "expect", "ids", "import", "durable", "claim", "held"].map { "\($0) \(r.phases[$0] ?? 0)" }.joined(separator: " ")
                 return ["ok", "shard \(r.shard) held \(r.held) listed \(r.listed ? 1 : 0) trading_at \(r.tradingAt) sequence \(r.importSequence) \(phases)"]
             } catch { return ["error \(error)"] }
         case "transfer-settle":

@@ -118,7 +118,7 @@ struct TransferCommand {
         // The source drops its frozen copy now (its control thread would within a second).
         let settled = try ask(source, from.instance, "transfer-settle")
         for line in settled.dropFirst() { print(line) }
-        let phases = ["load", "list", "import", "durable", "claim", "held"].compactMap { k in into[k].flatMap(Double.init).map { "\(k) \(String(format: "%.3f", $0 / 1e6))" } }
+        let phases = ["load", "list", "queue", "expect", "ids", "import", "durable", "claim", "held"].compactMap { k in into[k].flatMap(Double.init).map { "\(k) \(String(format: "%.3f", $0 / 1e6))" } }
         print("moved \(symbol) from \(from.instance) to \(to) shard \(toShard): \(into["held"] ?? "0") held commands, pause \(String(format: "%.3f", Double(trading &- frozen) / 1e6)) ms (on the target: \(phases.joined(separator: ", ")) ms)")
     }
 }

@@ -34,7 +34,6 @@ struct HeldCommand {
     var slot: Int32
 }
 
-/// The control thread's half of one step of a migration, and the shard's answer.
 /// An empty book made off the shard's thread: allocating and touching a book of its capacity
 /// takes milliseconds, which a shard's other symbols would wait for. The shard that expects the
 /// symbol moves it into its slot (`take`); one nobody took is freed with this.
@@ -68,6 +67,7 @@ final class PremadeBook: @unchecked Sendable {
     }
 }
 
+/// The control thread's half of one step of a migration, and the shard's answer.
 final class MigrationStep: @unchecked Sendable {
     let symbolId: UInt32
     /// `.migrateIn`: the exported book.
