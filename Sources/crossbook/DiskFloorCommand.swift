@@ -20,6 +20,9 @@ struct DiskFloorCommand: ParsableCommand {
     @Option(help: "How many write + fdatasync pairs.")
     var count: Int = 2000
 
+    @Flag(help: "Write into blocks written (zeros) and synced before, instead of fallocated ones (as the journal's segments are): what a journal of pre-zeroed segments would pay.")
+    var prezeroed = false
+
     func run() throws {
         guard size > 0, count > 0 else { throw ValidationError("size and count must be positive") }
         let path = directory + "/crossbook-disk-floor-\(getpid())"
@@ -29,9 +32,21 @@ struct DiskFloorCommand: ParsableCommand {
             close(fd)
             unlink(path)
         }
-        // Preallocated like a journal segment, so that the loop measures data, not allocation.
+        // Preallocated like a journal segment, so that the loop measures data, not allocation;
+        // or written with zeros and synced first (no extent left to convert at each fdatasync).
         let total = size * count
-        guard posix_fallocate(fd, 0, off_t(total)) == 0 else { throw CLIError("fallocate \(total) bytes in \(directory) failed") }
+        if prezeroed {
+            let zeros = [UInt8](repeating: 0, count: 1 << 20)
+            var at = 0
+            while at < total {
+                let n = min(zeros.count, total - at)
+                guard pwrite(fd, zeros, n, off_t(at)) == n else { throw CLIError("writing zeros in \(directory) failed: \(String(cString: strerror(errno)))") }
+                at += n
+            }
+            guard fdatasync(fd) == 0 else { throw CLIError("fdatasync in \(directory) failed") }
+        } else {
+            guard posix_fallocate(fd, 0, off_t(total)) == 0 else { throw CLIError("fallocate \(total) bytes in \(directory) failed") }
+        }
         let buffer = [UInt8](repeating: 0xA5, count: size)
         var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
         for i in 0..<count {
@@ -41,8 +56,8 @@ struct DiskFloorCommand: ParsableCommand {
             }
             _ = histogram.record(monotonicNanoseconds() - t0)
         }
-        print(String(format: "disk floor (%@, %d-byte pwrite + fdatasync, %d times): p50 %.1f µs, p99 %.1f µs, p99.9 %.1f µs",
-                     directory, size, count, Double(histogram.valueAtPercentile(50)) / 1e3,
+        print(String(format: "disk floor (%@, %d-byte pwrite + fdatasync, %d times%@): p50 %.1f µs, p99 %.1f µs, p99.9 %.1f µs",
+                     directory, size, count, prezeroed ? ", blocks zeroed before" : "", Double(histogram.valueAtPercentile(50)) / 1e3,
                      Double(histogram.valueAtPercentile(99)) / 1e3, Double(histogram.valueAtPercentile(99.9)) / 1e3))
     }
 }
