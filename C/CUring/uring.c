@@ -6,8 +6,12 @@
 #include <sched.h>
 #include <fcntl.h>
 #include <liburing.h>
+#include <pthread.h>
+#include <sys/syscall.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 struct cb_uring { struct io_uring ring; };
 
@@ -100,4 +104,105 @@ int32_t cb_uring_set_worker_cpus(cb_uring *r, const int32_t *cpus, uint32_t coun
         CPU_SET(cpus[i], &mask);
     }
     return io_uring_register_iowq_aff(&r->ring, sizeof(mask), &mask);
+}
+
+/* ---- Spare segments (cb_spare_*) ------------------------------------------------------------ */
+
+struct cb_spare {
+    char *path;
+    uint64_t size;
+    pthread_t thread;
+    int32_t state; /* atomic: 0 writing, 1 ready, -1 failed */
+    int32_t error;
+    int32_t stop;  /* atomic */
+    int32_t taken;
+};
+
+static void *spare_main(void *arg) {
+    struct cb_spare *s = arg;
+    int32_t error = 0;
+    /* Its I/O in the idle class: a scheduler that honours it (mq-deadline, bfq) serves the
+       journal's writes first. ioprio_set(IOPRIO_WHO_PROCESS = 1, this thread, IDLE = 3 << 13). */
+    (void)syscall(SYS_ioprio_set, 1, 0, 3 << 13);
+    int fd = open(s->path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) {
+        error = errno;
+    } else {
+        int rc = posix_fallocate(fd, 0, (off_t)s->size);
+        if (rc != 0) error = rc;
+        /* 256 KiB a step, each written back before the next, then a pause: about 32 MiB/s, so
+           that the spare's writes leave the disk to the journal (a 64 MiB segment lasts 8 s at
+           100k orders/s, and its spare is made in 2). */
+        size_t step = 256u << 10;
+        char *zeros = error == 0 ? calloc(1, step) : NULL;
+        if (error == 0 && zeros == NULL) error = ENOMEM;
+        for (uint64_t at = 0; error == 0 && at < s->size; at += step) {
+            if (__atomic_load_n(&s->stop, __ATOMIC_ACQUIRE)) {
+                error = ECANCELED;
+                break;
+            }
+            size_t n = s->size - at < step ? (size_t)(s->size - at) : step;
+            size_t done = 0;
+            while (done < n) {
+                ssize_t w = pwrite(fd, zeros + done, n - done, (off_t)(at + done));
+                if (w < 0 && errno == EINTR) continue;
+                if (w <= 0) {
+                    error = w < 0 ? errno : EIO;
+                    break;
+                }
+                done += (size_t)w;
+            }
+            if (error == 0 &&
+                sync_file_range(fd, (off64_t)at, (off64_t)n,
+                                SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER) != 0)
+                error = errno;
+            if (error == 0) {
+                struct timespec pause = {0, 8 * 1000 * 1000};
+                nanosleep(&pause, NULL);
+            }
+        }
+        free(zeros);
+        if (error == 0 && fdatasync(fd) != 0) error = errno;
+        close(fd);
+    }
+    s->error = error;
+    __atomic_store_n(&s->state, error == 0 ? 1 : -1, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+cb_spare *cb_spare_start(const char *path, uint64_t size) {
+    struct cb_spare *s = calloc(1, sizeof *s);
+    if (s == NULL) return NULL;
+    s->path = strdup(path);
+    s->size = size;
+    if (s->path == NULL || pthread_create(&s->thread, NULL, spare_main, s) != 0) {
+        free(s->path);
+        free(s);
+        return NULL;
+    }
+    return s;
+}
+
+int32_t cb_spare_state(cb_spare *s, int32_t *error) {
+    if (s->taken) return 2;
+    int32_t state = __atomic_load_n(&s->state, __ATOMIC_ACQUIRE);
+    if (state < 0 && error) *error = s->error;
+    return state;
+}
+
+int32_t cb_spare_take(cb_spare *s, const char *target) {
+    if (s->taken || __atomic_load_n(&s->state, __ATOMIC_ACQUIRE) != 1) return EAGAIN;
+    if (link(s->path, target) != 0) return errno;
+    unlink(s->path);
+    s->taken = 1;
+    return 0;
+}
+
+void cb_spare_free(cb_spare *s) {
+    if (s == NULL) return;
+    __atomic_store_n(&s->stop, 1, __ATOMIC_RELEASE);
+    pthread_join(s->thread, NULL);
+    if (!s->taken) unlink(s->path);
+    free(s->path);
+    free(s);
 }

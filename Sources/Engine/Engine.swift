@@ -49,6 +49,8 @@ public struct EngineSettings: Sendable {
     public var journalSegmentSize: Int = 64 << 20
     /// Remove journal segments older than every kept snapshot after each snapshot ([engine] prune_journal).
     public var pruneJournal = false
+    /// Journal segments made ahead of time, written with zeros (JournalConfig.prezero).
+    public var journalPrezero = false
     /// A snapshot every this many commands per shard (0: never); the newest `snapshotsKept` stay.
     public var snapshotEvery: UInt64 = 0
     /// Move a symbol off a shard that stays busy (Rebalance.swift); nil: off.
@@ -520,6 +522,7 @@ public final class Engine: @unchecked Sendable {
             var config = JournalConfig(directory: s.dataDirectory, shard: shard, segmentSize: s.journalSegmentSize)
             config.ioCores = ioCores.map { Int32($0) }
             config.prune = s.pruneJournal
+            config.prezero = s.journalPrezero
             return config
         }
         if standby && s.durability != .none {

@@ -54,6 +54,10 @@ public enum JournalLayout {
     @inline(__always)
     public static func recordSize(payload: Int) -> Int { (recordHeaderSize + payload + 7) & ~7 }
 
+    /// The next segment made ahead of time (JournalConfig.prezero): not a segment (the readers
+    /// list `journal-<shard>-*.seg` only); removed or replaced whenever the journal opens.
+    public static func spareName(shard: Int) -> String { "journal-\(shard).spare" }
+
     public static func segmentName(shard: Int, firstSequence: UInt64) -> String {
         let digits = String(firstSequence)
         return "journal-\(shard)-" + String(repeating: "0", count: max(0, 20 - digits.count)) + digits + ".seg"
@@ -126,6 +130,12 @@ public struct JournalConfig: Sendable {
     /// Segments older than every kept snapshot are removed after each snapshot is stored
     /// (`JournalReader.prune`); false keeps them all.
     public var prune = false
+    /// Each next segment is made ahead of time by a thread of its own, every byte written with
+    /// zeros and synced (`cb_spare_start`), and renamed in at rollover: records then land on
+    /// written blocks, and each fdatasync flushes data without converting the blocks from
+    /// "unwritten" (what fallocate leaves) to written. False (the default): fallocate at
+    /// rollover. The first segment of a new journal is always fallocated.
+    public var prezero = false
 
     public init(directory: String, shard: Int, segmentSize: Int = 64 << 20, bufferSize: Int = 4 << 20) {
         self.directory = directory
@@ -214,6 +224,11 @@ public final class JournalWriter {
     private var writeOffset = 0
     private var nextSequence: UInt64
     private var batchTag: UInt64 = 0
+    /// The next segment being made (config.prezero), and how many segments came from one.
+    private var spare: OpaquePointer?
+    public private(set) var segmentsFromSpares = 0
+    /// The next segment is made and synced (config.prezero).
+    public var spareReady: Bool { spare.map { cb_spare_state($0, nil) == 1 } ?? false }
 
     /// Opens the journal to append after `lastSequence` (0 for a new journal), continuing the
     /// last segment where a recovery scan says (`JournalScan.resume`), else in a new segment.
@@ -251,9 +266,18 @@ public final class JournalWriter {
         } else {
             try openSegment(firstSequence: nextSequence)
         }
+        if spare == nil { prepareSpare() }
+    }
+
+    /// Starts making the next segment (config.prezero), replacing any spare left on disk.
+    private func prepareSpare() {
+        guard config.prezero else { return }
+        if let spare { cb_spare_free(spare) }
+        spare = cb_spare_start(config.directory + "/" + JournalLayout.spareName(shard: config.shard), UInt64(config.segmentSize))
     }
 
     deinit {
+        if let spare { cb_spare_free(spare) }
         progress.deallocate()
         cb_uring_destroy(ring)
         if fd >= 0 { close(fd) }
@@ -493,18 +517,27 @@ public final class JournalWriter {
             throw error
         }
         let create = { () -> Int32 in open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600) }
-        var newFd: Int32
-        do {
-            newFd = try SystemCall.run("open", path, create)
-        } catch let failure where failure.errno == .fileExists && pendingSegment == firstSequence {
-            // Left by an earlier attempt whose removal failed: it holds no record.
-            unlink(path)
-            do { newFd = try SystemCall.run("open", path, create) } catch { try refuse(.system(error), -1) }
-        } catch {
-            try refuse(.system(error), -1)
+        var newFd: Int32 = -1
+        // The spare, if it is complete: zeros on disk, linked in under the segment's name (it
+        // must not exist), then opened; else a new file the usual way.
+        var fromSpare = false
+        if let spare, cb_spare_state(spare, nil) == 1, cb_spare_take(spare, path) == 0 {
+            newFd = open(path, O_RDWR | O_CLOEXEC)
+            if newFd < 0 { unlink(path) } else { fromSpare = true }
         }
-        let rc = cb_fallocate(newFd, 0, UInt64(config.segmentSize))
-        if rc != 0 { try refuse(rc == ENOSPC ? .diskFull(path: path) : .system(SystemCallError("fallocate", path, errno: rc)), newFd) }
+        if !fromSpare {
+            do {
+                newFd = try SystemCall.run("open", path, create)
+            } catch let failure where failure.errno == .fileExists && pendingSegment == firstSequence {
+                // Left by an earlier attempt whose removal failed: it holds no record.
+                unlink(path)
+                do { newFd = try SystemCall.run("open", path, create) } catch { try refuse(.system(error), -1) }
+            } catch {
+                try refuse(.system(error), -1)
+            }
+            let rc = cb_fallocate(newFd, 0, UInt64(config.segmentSize))
+            if rc != 0 { try refuse(rc == ENOSPC ? .diskFull(path: path) : .system(SystemCallError("fallocate", path, errno: rc)), newFd) }
+        }
         var header = [UInt8](repeating: 0, count: JournalLayout.segmentHeaderSize)
         header.withUnsafeMutableBytes { h in
             h.storeBytes(of: JournalLayout.magic, toByteOffset: 0, as: UInt64.self)
@@ -538,6 +571,12 @@ public final class JournalWriter {
         segmentPath = path
         writeOffset = JournalLayout.segmentHeaderSize
         pendingSegment = nil
+        if fromSpare { segmentsFromSpares += 1 }
+        // The next one: after this one took it, or after a spare that failed (or that a
+        // failed creation of this segment took and lost).
+        if config.prezero, spare.map({ cb_spare_state($0, nil) != 0 && cb_spare_state($0, nil) != 1 }) ?? true {
+            prepareSpare()
+        }
     }
 
     /// Opens the next segment after a failure at rollover (space may have returned).

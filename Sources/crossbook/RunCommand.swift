@@ -65,6 +65,7 @@ extension EngineConfig {
         if let mb = journalSegmentMegabytes { settings.journalSegmentSize = mb << 20 }
         settings.maxSymbols = maxSymbols
         settings.pruneJournal = pruneJournal
+        settings.journalPrezero = journalPrezero
         settings.plugins = PluginSettings(directory: pluginDirectory ?? PluginSettings.defaultDirectory,
                                           load: plugins ?? defaultPlugins)
         settings.replication = replication

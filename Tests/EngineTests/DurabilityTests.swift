@@ -328,16 +328,20 @@ struct DurabilityTests {
     /// 20 cycles in `make test`; `make soak` sets CROSSBOOK_KILL_CYCLES=1000.
     static let killCycleCount = Int(ProcessInfo.processInfo.environment["CROSSBOOK_KILL_CYCLES"] ?? "") ?? 20
 
-    @Test("kill -9 at random moments under load, 20 times (make soak: 1,000): every acknowledged order survives, the restart equals an offline replay")
-    func killCycles() throws {
+    @Test("kill -9 at random moments under load, 20 times (make soak: 1,000), and 6 times with journal_prezero on 1 MiB segments (made ahead, renamed in at rollover): every acknowledged order survives, the restart equals an offline replay", arguments: [false, true])
+    func killCycles(prezero: Bool) throws {
         let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-data-\(UUID().uuidString.prefix(8))"
         defer { removeTree(data) }
+        let config = NSTemporaryDirectory() + "crossbook-prezero-\(UUID().uuidString.prefix(8)).toml"
+        try "[engine]\njournal_prezero = true\njournal_segment_mb = 1\n".write(toFile: config, atomically: true, encoding: .utf8)
+        defer { unlink(config) }
+        let cycles = prezero ? min(6, Self.killCycleCount) : Self.killCycleCount
         var rng = UInt64(2026)
         var totalAcked = 0
         // A long soak starts a fresh journal every 100 cycles and replays offline every 10th
         // (the offline replay reads the whole journal: checking every cycle would be quadratic).
-        let compareEvery = Self.killCycleCount > 20 ? 10 : 1
-        for cycle in 0..<Self.killCycleCount {
+        let compareEvery = cycles > 20 ? 10 : 1
+        for cycle in 0..<cycles {
             if cycle > 0 && cycle % 100 == 0 { removeTree(data) }
             // What an independent replay of the journal as it lies now builds.
             var expected: UInt64?
@@ -357,7 +361,7 @@ struct DurabilityTests {
             let engine = Process()
             engine.executableURL = crossbookBinary()
             engine.arguments = ["run", "--instance", "kc", "--directory", dir, "--data-dir", data, "--no-pin", "--clean-stale",
-                                "--snapshot-every", "3000"]
+                                "--snapshot-every", "3000"] + (prezero ? ["--config", config] : [])
             let err = Pipe()
             engine.standardError = err
             try engine.run()

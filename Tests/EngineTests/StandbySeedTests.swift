@@ -171,7 +171,7 @@ extension FailoverTests {
         #expect { _ = try StandbySeed.staged(in: data, shard: 0) } throws: { "\($0)".contains(path) }
     }
 
-    @Test("[engine] journal_segment_mb, prune_journal, shard_idle, completion_wakes_on_doorbell: out of range or of the wrong type, refused with the reason; in range, accepted")
+    @Test("[engine] journal_segment_mb, prune_journal, journal_prezero, shard_idle, completion_wakes_on_doorbell: out of range or of the wrong type, refused with the reason; in range, accepted")
     func pruneConfig() throws {
         let config = NSTemporaryDirectory() + "crossbook-prune-\(UUID().uuidString.prefix(8)).toml"
         defer { unlink(config) }
@@ -179,13 +179,14 @@ extension FailoverTests {
                                ("journal_segment_mb = 5000", "journal_segment_mb must be between 1 and 4096"),
                                ("journal_segment_mb = \"big\"", "journal_segment_mb"),
                                ("prune_journal = 1", "prune_journal must be true or false"),
+                               ("journal_prezero = \"yes\"", "journal_prezero must be true or false"),
                                ("shard_idle = \"busy\"", "shard_idle must be \"park\" or \"spin\""),
                                ("completion_wakes_on_doorbell = \"yes\"", "completion_wakes_on_doorbell must be true or false")] {
             try "[engine]\n\(text)\n[[symbols]]\nname = \"BTC-USD\"\n".write(toFile: config, atomically: true, encoding: .utf8)
             let result = try MigrationTests().crossbook(["run", "--config", config, "--check-config"])
             #expect(result.status != 0 && result.output.contains(reason), "\(text): \(result)")
         }
-        try "[engine]\njournal_segment_mb = 1\nprune_journal = true\nshard_idle = \"spin\"\ncompletion_wakes_on_doorbell = true\n[[symbols]]\nname = \"BTC-USD\"\n".write(toFile: config, atomically: true, encoding: .utf8)
+        try "[engine]\njournal_segment_mb = 1\nprune_journal = true\njournal_prezero = true\nshard_idle = \"spin\"\ncompletion_wakes_on_doorbell = true\n[[symbols]]\nname = \"BTC-USD\"\n".write(toFile: config, atomically: true, encoding: .utf8)
         #expect(try MigrationTests().crossbook(["run", "--config", config, "--check-config"]).status == 0)
     }
 

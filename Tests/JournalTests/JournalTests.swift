@@ -121,6 +121,49 @@ struct JournalTests {
         #expect((1...20_000).allSatisfy { seen[UInt64($0)] == payload(UInt64($0)) })
     }
 
+    @Test("prezero: each next segment is made ahead (zeros, synced) and renamed in at rollover; records read back across them; the spare is no segment to the readers; one left on disk is replaced at open, and removed when the journal closes")
+    func prezeroedSegments() throws {
+        let dir = journalDirectory()
+        defer { removeAll(dir) }
+        var config = JournalConfig(directory: dir, shard: 0, segmentSize: 256 << 10, bufferSize: 32 << 10)
+        config.prezero = true
+        let sparePath = dir + "/" + JournalLayout.spareName(shard: 0)
+        // Garbage where the spare goes (a crash while one was made): never read as a segment.
+        FileManager.default.createFile(atPath: sparePath, contents: Data(repeating: 0xEE, count: 4096))
+        #expect(JournalReader.segments(directory: dir, shard: 0).isEmpty)
+        var writer: JournalWriter? = try JournalWriter(config: config, lastSequence: 0)
+        var next: UInt64 = 1
+        for round in 1...3 {
+            #expect(waitFor(10) { writer!.spareReady }, "round \(round): the spare was not made")
+            // Its bytes are zeros now, the size of a segment.
+            let attributes = try FileManager.default.attributesOfItem(atPath: sparePath)
+            #expect((attributes[.size] as? Int) == 256 << 10)
+            let zeros = FileManager.default.contents(atPath: sparePath).map { $0.allSatisfy { $0 == 0 } } ?? false
+            #expect(zeros, "round \(round): the spare holds something other than zeros")
+            let segments = JournalReader.segments(directory: dir, shard: 0).count
+            // Enough records to fill the current segment and start the next.
+            while JournalReader.segments(directory: dir, shard: 0).count == segments {
+                try write(writer!, next...(next + 99))
+                next += 100
+            }
+            #expect(writer!.segmentsFromSpares == round, "round \(round): \(writer!.segmentsFromSpares) segments from spares")
+        }
+        try write(writer!, next...(next + 49))
+        let last = next + 49
+        #expect(writer!.durable == last)
+        writer = nil
+        #expect(access(sparePath, F_OK) != 0, "the spare stays after the journal closed")
+        let (scan, seen) = try readAll(dir)
+        #expect(scan.records == Int(last) && scan.lastSequence == last && scan.truncated == nil)
+        #expect((1...last).allSatisfy { seen[$0] == payload($0) })
+        // Appending goes on after a restart, with a new spare.
+        let again = try JournalWriter(config: config, lastSequence: scan.lastSequence, resume: scan.resume)
+        #expect(waitFor(10) { again.spareReady })
+        try write(again, (last + 1)...(last + 10))
+        let (after, _) = try readAll(dir)
+        #expect(after.lastSequence == last + 10)
+    }
+
     @Test("appending resumes after a scan, in the same segment")
     func resume() throws {
         let dir = journalDirectory()
