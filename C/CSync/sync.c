@@ -40,6 +40,20 @@ int cb_pin_current_thread(int32_t cpu) {
     return pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
 }
 
+int cb_set_current_thread_cpus(const int32_t *cpus, uint32_t count) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (count > 0) {
+        for (uint32_t i = 0; i < count; i++)
+            if (cpus[i] >= 0 && cpus[i] < CPU_SETSIZE) CPU_SET(cpus[i], &set);
+    } else {
+        long online = sysconf(_SC_NPROCESSORS_ONLN);
+        for (long i = 0; i < online && i < CPU_SETSIZE; i++) CPU_SET(i, &set);
+    }
+    if (CPU_COUNT(&set) == 0) return EINVAL;
+    return pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+}
+
 int32_t cb_current_cpu(void) { return sched_getcpu(); }
 
 int32_t cb_thread_id(void) { return (int32_t)syscall(SYS_gettid); }

@@ -170,16 +170,31 @@ static void *spare_main(void *arg) {
     return NULL;
 }
 
-cb_spare *cb_spare_start(const char *path, uint64_t size) {
+cb_spare *cb_spare_start(const char *path, uint64_t size, const int32_t *cpus, uint32_t count) {
     struct cb_spare *s = calloc(1, sizeof *s);
     if (s == NULL) return NULL;
     s->path = strdup(path);
     s->size = size;
-    if (s->path == NULL || pthread_create(&s->thread, NULL, spare_main, s) != 0) {
+    cpu_set_t mask;
+    CPU_ZERO(&mask);
+    if (count > 0) {
+        for (uint32_t i = 0; i < count; i++)
+            if (cpus[i] >= 0 && cpus[i] < CPU_SETSIZE) CPU_SET(cpus[i], &mask);
+    } else {
+        long online = sysconf(_SC_NPROCESSORS_ONLN);
+        for (long i = 0; i < online && i < CPU_SETSIZE; i++) CPU_SET(i, &mask);
+    }
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    if (CPU_COUNT(&mask) > 0) pthread_attr_setaffinity_np(&attr, sizeof mask, &mask);
+    int rc = s->path == NULL ? -1 : pthread_create(&s->thread, &attr, spare_main, s);
+    pthread_attr_destroy(&attr);
+    if (rc != 0) {
         free(s->path);
         free(s);
         return NULL;
     }
+    pthread_setname_np(s->thread, "journal-spare");
     return s;
 }
 

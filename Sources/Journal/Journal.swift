@@ -273,7 +273,8 @@ public final class JournalWriter {
     private func prepareSpare() {
         guard config.prezero else { return }
         if let spare { cb_spare_free(spare) }
-        spare = cb_spare_start(config.directory + "/" + JournalLayout.spareName(shard: config.shard), UInt64(config.segmentSize))
+        let path = config.directory + "/" + JournalLayout.spareName(shard: config.shard)
+        spare = config.ioCores.withUnsafeBufferPointer { cb_spare_start(path, UInt64(config.segmentSize), $0.baseAddress, UInt32($0.count)) }
     }
 
     deinit {

@@ -519,7 +519,7 @@ struct JournalWorkerPlacementTests {
         }
     }
 
-    @Test("a shard pinned to core 1: io_cores = [0] runs its journal's kernel workers on core 0; unbound (the default) they inherit the shard's core; a shard's core is refused")
+    @Test("a shard pinned to core 1: io_cores = [0] runs its journal's kernel workers (and the thread that makes its next segment, journal_prezero) on core 0; unbound (the default) the workers inherit the shard's core, that thread runs anywhere; a shard's core is refused")
     func workersOffTheShardCore() throws {
         let cpus = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
         guard cpus >= 2 else { return }  // one core: nowhere else to put them
@@ -531,6 +531,7 @@ struct JournalWorkerPlacementTests {
             settings.durability = .sync
             settings.dataDirectory = data
             settings.ioCores = ioCores
+            settings.journalPrezero = true
             return settings
         }
         #expect { _ = try Engine(settings: settings(testDirectory(), NSTemporaryDirectory() + "crossbook-iowq-x", [1]), log: { _ in }).start() } throws: {
@@ -543,6 +544,14 @@ struct JournalWorkerPlacementTests {
             let placement = try engine.start()
             #expect(placement.contains { ioCores == nil ? $0.contains("not bound") : $0.contains("journal I/O workers: cores 0") },
                     "\(placement)")
+            // The thread that makes the next segment (started by the pinned shard's thread; it
+            // takes 2 s or more to write 64 MiB at its pace, so it runs now).
+            let spares = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []).compactMap { tid -> String? in
+                let comm = (try? String(contentsOfFile: "/proc/self/task/\(tid)/comm", encoding: .utf8)) ?? ""
+                guard comm.hasPrefix("journal-spare") else { return nil }
+                let status = (try? String(contentsOfFile: "/proc/self/task/\(tid)/status", encoding: .utf8)) ?? ""
+                return status.split(separator: "\n").first { $0.hasPrefix("Cpus_allowed_list:") }.map { String($0.split(separator: "\t").last ?? "") }
+            }
             let client = try CrossbookClient(instance: "iowq", directory: dir)
             let btc = try client.symbol("BTC-USD")
             for id in 1...200 {
@@ -558,8 +567,10 @@ struct JournalWorkerPlacementTests {
             #expect(!workers.isEmpty, "the syncs ran on io_uring workers")
             if ioCores == nil {
                 #expect(workers.contains { cpuList($0) == [1] }, "unbound workers inherit the shard's core: \(workers)")
+                #expect(spares.count == 1 && spares.allSatisfy { cpuList($0) == Array(0..<cpus) }, "\(spares)")
             } else {
                 #expect(workers.allSatisfy { cpuList($0) == [0] }, "\(workers)")
+                #expect(spares.count == 1 && spares.allSatisfy { cpuList($0) == [0] }, "\(spares)")
             }
         }
     }

@@ -41,6 +41,9 @@ int cb_futex_wake(uint32_t *addr, int32_t count);
 
 /// Pins the calling thread to one CPU. Returns 0 or an errno.
 int cb_pin_current_thread(int32_t cpu);
+/// Lets the calling thread run on the `count` CPUs in `cpus`, or on every online CPU when
+/// `count` is 0 (a thread started by a pinned one inherits its single core). 0 or an errno.
+int cb_set_current_thread_cpus(const int32_t *cpus, uint32_t count);
 /// The CPU the calling thread runs on now, or -1.
 int32_t cb_current_cpu(void);
 

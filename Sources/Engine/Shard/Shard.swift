@@ -347,7 +347,8 @@ final class Shard: @unchecked Sendable {
         var standby = replica != nil
         let cursor = ReplicaCursor()
         let pruneDirectory = journalConfig.flatMap { $0.prune && !readOnly ? $0.directory : nil }
-        let writer = snapshots.map { SnapshotWriter(store: $0, shard: index, counters: counters, pruneDirectory: pruneDirectory, log: log) }
+        let writer = snapshots.map { SnapshotWriter(store: $0, shard: index, counters: counters, pruneDirectory: pruneDirectory,
+                                                    cpus: journalConfig?.ioCores ?? [], log: log) }
         defer { writer?.finish() }
         var lastSnapshot = state.sequencer.last
         var pendingSnapshot: (sequence: UInt64, body: [UInt8])?

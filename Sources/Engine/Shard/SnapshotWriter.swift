@@ -1,5 +1,6 @@
 // A shard's snapshots are written on a thread of their own: the shard pauses only for the copy.
 
+import CSync
 import Foundation
 import Journal
 import SharedMemory
@@ -24,8 +25,11 @@ final class SnapshotWriter: @unchecked Sendable {
     private let pruneDirectory: String?
     private var lastPruneFailure: String?
 
-    init(store: SnapshotStore, shard: Int, counters: ShardCounters, pruneDirectory: String? = nil,
+    /// `cpus`: where its thread runs (the engine's io_cores), or any CPU when empty: it is
+    /// started by the shard's thread, whose single pinned core it would inherit and compete for.
+    init(store: SnapshotStore, shard: Int, counters: ShardCounters, pruneDirectory: String? = nil, cpus: [Int32] = [],
          log: @escaping @Sendable (String) -> Void = { _ in }) {
+        self.cpus = cpus
         self.log = log
         self.pruneDirectory = pruneDirectory
         self.store = store
@@ -48,7 +52,10 @@ final class SnapshotWriter: @unchecked Sendable {
         finished.wait()
     }
 
+    private let cpus: [Int32]
+
     private func run() {
+        _ = cpus.withUnsafeBufferPointer { cb_set_current_thread_cpus($0.baseAddress, UInt32($0.count)) }
         while true {
             wake.wait()
             while let (sequence, body) = lock.locked({ queue.isEmpty ? nil : queue.removeFirst() }) {
