@@ -460,10 +460,17 @@ public final class Engine: @unchecked Sendable {
                     return self.shards[shard].send(.ingressWatermark(session: session, offset: offset))
                 }))
             pluginHost = host
+            var hostConfig = ["engine.instance": s.instance, "engine.directory": s.directory,
+                              "engine.data_dir": s.dataDirectory, "engine.durability": s.durability.rawValue,
+                              "engine.snapshots_kept": String(s.snapshotsKept)]
+            // A data directory that followed a primary of another name: the routes that name it
+            // are this engine's whenever it is the primary (promoted, or started as the primary
+            // again before its plugin had taken them all over).
+            if s.replication != nil, let predecessor = Self.primaryInstance(dataDirectory: s.dataDirectory), predecessor != s.instance {
+                hostConfig["engine.predecessor"] = predecessor
+            }
             do {
-                try host.loadAll(extraConfig: ["engine.instance": s.instance, "engine.directory": s.directory,
-                                               "engine.data_dir": s.dataDirectory, "engine.durability": s.durability.rawValue,
-                                               "engine.snapshots_kept": String(s.snapshotsKept)])
+                try host.loadAll(extraConfig: hostConfig)
             } catch {
                 stop()
                 throw EngineError.plugin(error)

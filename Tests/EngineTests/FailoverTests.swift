@@ -1032,6 +1032,26 @@ extension FailoverTests {
 }
 
 extension FailoverTests {
+    @Test("a primary whose data directory followed a primary of another name (primary-instance) takes over that one's routes when it starts, for its symbols; a route naming any other instance is left alone")
+    func predecessorRoutesAtStart() throws {
+        let redis = try RedisServer()
+        defer { redis.stop() }
+        let key = "hp-\(UInt32.random(in: 0...UInt32.max))"
+        let node = PairNode(name: "hp-new", listen: freeLoopbackPort(), peer: freeLoopbackPort(), failoverAfterMs: nil, extra: Self.lease(redis, key))
+        defer { node.terminate(); node.remove() }
+        mkdir(node.data, 0o700)
+        FileManager.default.createFile(atPath: node.data + "/" + Engine.primaryInstanceFile, contents: Data("hp-old".utf8))
+        #expect(try routeTool(redis, prefix: "", ["set", "BTC-USD", "hp-old", "0", "--epoch", "0"]).status == 0)
+        #expect(try routeTool(redis, prefix: "", ["set", "ETH-USD", "hp-foreign", "0", "--epoch", "0"]).status == 0)
+        try node.start(standby: false)
+        #expect(waitFor(10) { node.isPrimary }, "\(node.log.all.suffix(5))")
+        #expect(waitFor(10) { routes(redis, prefix: "")["BTC-USD"] == RouteLine(instance: "hp-new", shard: 0, status: "ACTIVE", epoch: 2) },
+                "\(routes(redis, prefix: "")) \(node.log.all.suffix(5))")
+        usleep(500_000)
+        #expect(routes(redis, prefix: "")["ETH-USD"] == RouteLine(instance: "hp-foreign", shard: 0, status: "ACTIVE", epoch: 1))
+        #expect(node.log.contains("route BTC-USD taken over from instance hp-old"))
+    }
+
     @Test("make failover-demo's drill, two failovers: each prints its RTO, nothing acknowledged lost, every order taken exactly once (the never acknowledged sent again by the stream)")
     func drill() throws {
         let out = try runCrossbookCapturing(["failover-drill", "--failovers", "2"])
