@@ -38,7 +38,7 @@ let package = Package(
         // CRC32C (SSE4.2 where the CPU has it).
         .target(name: "CCRC32C", path: "C/CCRC32C"),
         // The journal's io_uring (liburing).
-        .target(name: "CUring", path: "C/CUring", linkerSettings: [.linkedLibrary("uring")]),
+        .target(name: "CUring", dependencies: ["CSync"], path: "C/CUring", linkerSettings: [.linkedLibrary("uring")]),
         // NUMA placement of shard threads (libnuma).
         .target(name: "CNuma", path: "C/CNuma", linkerSettings: [.linkedLibrary("numa")]),
         // Host facts for `crossbook host` (liburing and libnuma probed).

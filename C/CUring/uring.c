@@ -1,6 +1,7 @@
 // The journal's io_uring calls, on liburing.
 #define _GNU_SOURCE
 #include "cb_uring.h"
+#include "cb_sync.h"
 
 #include <errno.h>
 #include <sched.h>
@@ -111,6 +112,8 @@ int32_t cb_uring_set_worker_cpus(cb_uring *r, const int32_t *cpus, uint32_t coun
 struct cb_spare {
     char *path;
     uint64_t size;
+    int32_t cpus[64]; /* where its thread runs (cb_set_current_thread_cpus: none = any CPU) */
+    uint32_t cpu_count;
     pthread_t thread;
     int32_t state; /* atomic: 0 writing, 1 ready, -1 failed */
     int32_t error;
@@ -121,6 +124,7 @@ struct cb_spare {
 static void *spare_main(void *arg) {
     struct cb_spare *s = arg;
     int32_t error = 0;
+    (void)cb_set_current_thread_cpus(s->cpus, s->cpu_count);
     /* Its I/O in the idle class: a scheduler that honours it (mq-deadline, bfq) serves the
        journal's writes first. ioprio_set(IOPRIO_WHO_PROCESS = 1, this thread, IDLE = 3 << 13). */
     (void)syscall(SYS_ioprio_set, 1, 0, 3 << 13);
@@ -175,20 +179,8 @@ cb_spare *cb_spare_start(const char *path, uint64_t size, const int32_t *cpus, u
     if (s == NULL) return NULL;
     s->path = strdup(path);
     s->size = size;
-    cpu_set_t mask;
-    CPU_ZERO(&mask);
-    if (count > 0) {
-        for (uint32_t i = 0; i < count; i++)
-            if (cpus[i] >= 0 && cpus[i] < CPU_SETSIZE) CPU_SET(cpus[i], &mask);
-    } else {
-        long online = sysconf(_SC_NPROCESSORS_ONLN);
-        for (long i = 0; i < online && i < CPU_SETSIZE; i++) CPU_SET(i, &mask);
-    }
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    if (CPU_COUNT(&mask) > 0) pthread_attr_setaffinity_np(&attr, sizeof mask, &mask);
-    int rc = s->path == NULL ? -1 : pthread_create(&s->thread, &attr, spare_main, s);
-    pthread_attr_destroy(&attr);
+    for (uint32_t i = 0; i < count && s->cpu_count < 64; i++) s->cpus[s->cpu_count++] = cpus[i];
+    int rc = s->path == NULL ? -1 : pthread_create(&s->thread, NULL, spare_main, s);
     if (rc != 0) {
         free(s->path);
         free(s);

@@ -53,8 +53,8 @@ int32_t cb_fallocate(int32_t fd, uint64_t offset, uint64_t length);
 /// 8 ms (about 32 MiB/s: the disk sees a trickle, not a burst), and fdatasync'ed. Records later written there overwrite written
 /// blocks, so their fdatasync flushes data and converts no extent. NULL: no thread.
 typedef struct cb_spare cb_spare;
-/// The thread runs on the `count` CPUs in `cpus` (the journal's io_cores), or, with none, on
-/// any CPU (not the creating shard's own core, whose affinity it would inherit).
+/// The thread runs on the `count` CPUs in `cpus` (the journal's io_cores; the first 64), or,
+/// with none, on any CPU (not the creating shard's own core, whose affinity it would inherit).
 cb_spare *cb_spare_start(const char *path, uint64_t size, const int32_t *cpus, uint32_t count);
 /// 1: the file is complete and synced; 0: still being written; -1: it failed (errno in *error);
 /// 2: taken (cb_spare_take).
