@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <liburing.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <sys/syscall.h>
 #include <stdlib.h>
 #include <string.h>
@@ -128,7 +129,11 @@ static void *spare_main(void *arg) {
     /* Its I/O in the idle class: a scheduler that honours it (mq-deadline, bfq) serves the
        journal's writes first. ioprio_set(IOPRIO_WHO_PROCESS = 1, this thread, IDLE = 3 << 13). */
     (void)syscall(SYS_ioprio_set, 1, 0, 3 << 13);
-    int fd = open(s->path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    /* A new file, never an old one opened again: a crash between the rollover's rename and
+       its directory's fsync must never leave this name on the live segment's inode, but if it
+       did, removing the name is harmless where truncating the file would not be. */
+    unlink(s->path);
+    int fd = open(s->path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0) {
         error = errno;
     } else {
@@ -199,8 +204,14 @@ int32_t cb_spare_state(cb_spare *s, int32_t *error) {
 
 int32_t cb_spare_take(cb_spare *s, const char *target) {
     if (s->taken || __atomic_load_n(&s->state, __ATOMIC_ACQUIRE) != 1) return EAGAIN;
-    if (link(s->path, target) != 0) return errno;
-    unlink(s->path);
+    /* One atomic step (the spare's name goes as the segment's comes), never over a file. A file
+       system without RENAME_NOREPLACE gets link then unlink (a crash between them leaves the
+       spare's name on the segment too: cb_spare_start removes that name, never truncates). */
+    if (renameat2(AT_FDCWD, s->path, AT_FDCWD, target, RENAME_NOREPLACE) != 0) {
+        if (errno != EINVAL && errno != ENOSYS) return errno;
+        if (link(s->path, target) != 0) return errno;
+        unlink(s->path);
+    }
     s->taken = 1;
     return 0;
 }

@@ -47,8 +47,8 @@ int32_t cb_uring_set_worker_cpus(cb_uring *ring, const int32_t *cpus, uint32_t c
 /// posix_fallocate, as a return code (0 or errno).
 int32_t cb_fallocate(int32_t fd, uint64_t offset, uint64_t length);
 
-/// A journal's next segment made ahead of time by a thread of its own: `path` created (mode
-/// 0600, replacing what was there), allocated to `size` bytes, then every byte of it written
+/// A journal's next segment made ahead of time by a thread of its own: `path` created anew (mode
+/// 0600; a file of that name is removed first, never opened), allocated to `size` bytes, then every byte of it written
 /// with zeros in 256 KiB steps, each written back before the next and followed by a pause of
 /// 8 ms (about 32 MiB/s: the disk sees a trickle, not a burst), and fdatasync'ed. Records later written there overwrite written
 /// blocks, so their fdatasync flushes data and converts no extent. NULL: no thread.
@@ -59,8 +59,8 @@ cb_spare *cb_spare_start(const char *path, uint64_t size, const int32_t *cpus, u
 /// 1: the file is complete and synced; 0: still being written; -1: it failed (errno in *error);
 /// 2: taken (cb_spare_take).
 int32_t cb_spare_state(cb_spare *spare, int32_t *error);
-/// Once ready: links the file as `target` (which must not exist) and removes its own name.
-/// 0, or an errno (the spare stays as it was).
+/// Once ready: renames the file to `target` (which must not exist: RENAME_NOREPLACE, or link
+/// and unlink where the file system has no such rename). 0, or an errno (the spare stays).
 int32_t cb_spare_take(cb_spare *spare, const char *target);
 /// Stops the thread if it runs, waits for it, removes the file unless it was taken, frees.
 void cb_spare_free(cb_spare *spare);
