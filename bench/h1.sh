@@ -7,7 +7,8 @@
 # with the primary's. Usage: bench/h1.sh [ROUNDS] (RATES, default 20000: a list, 0 = flat out).
 # D2 (issue 12) is `RATES="100000 0" bench/h1.sh 3`: each round also prints the floor of a sync
 # acknowledgement here, measured in the same run: a loopback TCP round trip (64-byte ping-pong)
-# and a pwrite + fdatasync of 2 KiB in the data directory's file system.
+# and a pwrite + fdatasync of 2 KiB in the data directory's file system. MODES (default "none
+# async sync") picks the configurations; BIN the binary (A/B: bench/h1-ab.sh).
 set -u
 cd "$(dirname "$0")/.."
 bin=${BIN:-.build/release/crossbook}
@@ -56,7 +57,7 @@ PY
 }
 for round in $(seq 1 "$rounds"); do
  for rate in $rates; do
-  for mode in none async sync; do
+  for mode in ${MODES:-none async sync}; do
     p=crossbook-h1-p-$$; s=crossbook-h1-s-$$
     pa=$((20000 + RANDOM % 20000)); pb=$((pa + 1))
     config "$p" "$pa" "$pb" "$mode"; config "$s" "$pb" "$pa" "$mode"

@@ -13,6 +13,8 @@
 #include <stdio.h>
 #include <string.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <sys/eventfd.h>
 
 int cb_futex_wait(uint32_t *addr, uint32_t expected, int64_t timeout_ns) {
     struct timespec ts, *tsp = NULL;
@@ -93,4 +95,62 @@ int64_t cb_thread_cpu_ns(int32_t pid, int32_t tid) {
     long hz = sysconf(_SC_CLK_TCK);
     if (hz <= 0) return -1;
     return (int64_t)(utime + stime) * (1000000000 / hz);
+}
+
+cb_wakers *cb_wakers_create(void) {
+    cb_wakers *w = calloc(1, sizeof *w);
+    if (!w) return NULL;
+    for (int i = 0; i < CB_WAKERS; i++) w->fds[i] = -1;
+    return w;
+}
+
+void cb_wakers_destroy(cb_wakers *w) {
+    if (!w) return;
+    for (int i = 0; i < CB_WAKERS; i++)
+        if (w->fds[i] >= 0) close(w->fds[i]);
+    free(w);
+}
+
+int32_t cb_wakers_take(cb_wakers *w) {
+    for (int32_t i = 0; i < CB_WAKERS; i++) {
+        uint32_t expected = 0;
+        if (!__atomic_compare_exchange_n(&w->taken[i], &expected, 1, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) continue;
+        /* Only the taker touches fds[i] until it is armed; notifiers read it after the arm. */
+        if (w->fds[i] < 0) {
+            int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+            if (fd < 0) {
+                __atomic_store_n(&w->taken[i], 0, __ATOMIC_SEQ_CST);
+                return -1;
+            }
+            __atomic_store_n(&w->fds[i], fd, __ATOMIC_RELEASE);
+        }
+        return i;
+    }
+    return -1;
+}
+
+void cb_wakers_give(cb_wakers *w, int32_t slot) {
+    if (slot < 0 || slot >= CB_WAKERS) return;
+    cb_wakers_disarm(w, slot);
+    __atomic_store_n(&w->taken[slot], 0, __ATOMIC_SEQ_CST);
+}
+
+void cb_wakers_disarm(cb_wakers *w, int32_t slot) {
+    if (__atomic_exchange_n(&w->armed[slot], 0, __ATOMIC_SEQ_CST) == 1)
+        __atomic_fetch_sub(&w->armed_count, 1, __ATOMIC_SEQ_CST);
+    uint64_t value;
+    /* A notify that took the arm may still write after this: the next poll then returns at
+       once, and its caller looks again (a spurious wake, never a lost one). */
+    while (read(w->fds[slot], &value, sizeof value) > 0) {}
+}
+
+void cb_wakers_notify_slow(cb_wakers *w) {
+    for (int i = 0; i < CB_WAKERS; i++) {
+        if (__atomic_load_n(&w->armed[i], __ATOMIC_RELAXED) == 0) continue;
+        if (__atomic_exchange_n(&w->armed[i], 0, __ATOMIC_SEQ_CST) != 1) continue;
+        __atomic_fetch_sub(&w->armed_count, 1, __ATOMIC_SEQ_CST);
+        uint64_t one = 1;
+        ssize_t rc = write(__atomic_load_n(&w->fds[i], __ATOMIC_ACQUIRE), &one, sizeof one);
+        (void)rc;  /* EAGAIN: the counter is full, the sleeper is awake anyway */
+    }
 }

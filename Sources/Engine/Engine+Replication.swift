@@ -83,6 +83,8 @@ final class ReplicationRuntime: @unchecked Sendable {
     var epochs: [UInt64] = []
     var lastPromotion: (epoch: UInt64, milliseconds: Double)?
     var promoting = false
+    /// The sender and acknowledger sleep on these until a shard's journal moves.
+    let wakers = JournalWakers()
 
     init(settings: ReplicationSettings, shards: Int) {
         role = settings.role
@@ -243,6 +245,7 @@ extension Engine {
                                       directory: dataDirectory, what: "the primary's instance name")
                     } catch { log("replication: \(error)") }
                 },
+                wakers: runtime.wakers,
                 promote: { [weak self] epoch in
                     // Not on the client's own thread: promotion stops it and waits for it.
                     Thread { [weak self] in
@@ -273,6 +276,7 @@ extension Engine {
                 return query.value
             },
             seed: { [weak self] i in self?.standbySeed(shard: i) },
+            ring: { shards[$0].ring() }, wakers: runtime.wakers,
             log: log)
         do { try server.start() } catch { throw EngineError("\(error)") }
         runtime.server = server

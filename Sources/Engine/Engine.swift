@@ -587,7 +587,7 @@ public final class Engine: @unchecked Sendable {
                               replica: standby ? replicationRuntime?.inboxes[i] : nil,
                               replicatedCap: replicationRuntime?.gateCap.map { $0 + i },
                               leaseUntil: replicationRuntime?.lease?.until,
-                              ingressPause: replicationRuntime?.paused, log: log)
+                              ingressPause: replicationRuntime?.paused, wakers: replicationRuntime?.wakers, log: log)
             if s.durability != .none && !startAborted { log("shard \(i): recovering from \(s.dataDirectory)") }
             shard.start()
             shard.started.wait()

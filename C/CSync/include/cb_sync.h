@@ -82,6 +82,40 @@ int cb_set_timer_slack_ns(unsigned long ns);
 /// CPU time of thread `tid` of this process in nanoseconds (from /proc), or -1.
 int64_t cb_thread_cpu_ns(int32_t pid, int32_t tid);
 
+/* Wakers: threads that sleep in poll() until a shard's journal moves (the replication sender
+   and a standby's acknowledger), woken through an eventfd each. A sleeper takes a slot, arms
+   it, looks once more at what it waits for, then polls the slot's eventfd (and its socket);
+   a shard whose durable or written sequence moved calls cb_wakers_notify, which costs a fence
+   and a load while nobody sleeps, and one write(2) per armed sleeper otherwise. The eventfds
+   are made at a slot's first take and closed only by cb_wakers_destroy (after the shards have
+   stopped), so a notifier never writes to a closed descriptor. */
+#define CB_WAKERS 16
+typedef struct cb_wakers {
+    uint32_t armed_count;
+    uint32_t armed[CB_WAKERS];
+    uint32_t taken[CB_WAKERS];
+    int32_t fds[CB_WAKERS];
+} cb_wakers;
+cb_wakers *cb_wakers_create(void);
+void cb_wakers_destroy(cb_wakers *w);
+/// A free slot (its eventfd made now if it has none), or -1: none free, or no eventfd.
+int32_t cb_wakers_take(cb_wakers *w);
+void cb_wakers_give(cb_wakers *w, int32_t slot);
+static inline int32_t cb_wakers_fd(const cb_wakers *w, int32_t slot) { return w->fds[slot]; }
+/// Before the last look at the condition: a notify from now on wakes the slot.
+static inline void cb_wakers_arm(cb_wakers *w, int32_t slot) {
+    if (__atomic_exchange_n(&w->armed[slot], 1, __ATOMIC_SEQ_CST) == 0)
+        __atomic_fetch_add(&w->armed_count, 1, __ATOMIC_SEQ_CST);
+}
+/// After the sleep: disarms the slot and empties its eventfd.
+void cb_wakers_disarm(cb_wakers *w, int32_t slot);
+void cb_wakers_notify_slow(cb_wakers *w);
+/// After publishing what moved (a release store): wakes every armed slot.
+static inline void cb_wakers_notify(cb_wakers *w) {
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&w->armed_count, __ATOMIC_RELAXED) != 0) cb_wakers_notify_slow(w);
+}
+
 // SIGBUS guards (sigbus.c): a mapping of a file another process can shrink. On SIGBUS inside a
 // guarded mapping, private zero pages replace it and the guard says it faulted; a SIGBUS
 // elsewhere keeps its default action. Returns the guard's slot, or -1 when all are taken.

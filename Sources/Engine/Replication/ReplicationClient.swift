@@ -35,6 +35,8 @@ final class ReplicationClient: @unchecked Sendable {
     private let inboxes: [ReplicaInbox]
     private let nudge: (Int) -> Void
     private let durable: (Int) -> UInt64
+    /// It sleeps on these until one of its shards makes more durable (nil: it polls).
+    private let wakers: JournalWakers?
     private let configurationHash: UInt64
     private let epoch: UInt64
     private let failoverAfterNanoseconds: UInt64?
@@ -77,8 +79,10 @@ final class ReplicationClient: @unchecked Sendable {
          rewind: @escaping @Sendable ([JournalCut]) -> String? = { _ in "cutting the journal back is not supported here" },
          localCrc: @escaping (Int, UInt64) -> UInt32? = { _, _ in nil },
          named: @escaping (String) -> Void = { _ in },
+         wakers: JournalWakers? = nil,
          promote: @escaping @Sendable (UInt64) -> Void,
          log: @escaping @Sendable (String) -> Void) {
+        self.wakers = wakers
         self.named = named
         self.reseed = reseed
         self.rewind = rewind
@@ -338,6 +342,8 @@ final class ReplicationClient: @unchecked Sendable {
             default:
                 return "unexpected answer to the hello"
             }
+            let slot = wakers?.take()
+            defer { if let slot { wakers?.give(slot) } }
             while !isStopping {
                 let outstanding = (0..<inboxes.count).contains { acked[$0] < received[$0] }
                 if let message = try connection.receive(timeoutMilliseconds: outstanding ? 0 : 20) {
@@ -391,7 +397,15 @@ final class ReplicationClient: @unchecked Sendable {
                         return "unexpected message from the primary"
                     }
                 } else if outstanding {
-                    usleep(30)
+                    if let slot, let wakers {
+                        // Until a shard makes more durable or the primary says something.
+                        wakers.sleep(slot: slot, socket: connection.fd, timeoutMilliseconds: 20) {
+                            (0..<inboxes.count).contains { min(durable($0), received[$0]) > acked[$0] }
+                                || inboxes.contains { $0.alarm != nil }
+                        }
+                    } else {
+                        usleep(30)
+                    }
                 }
                 for shard in 0..<inboxes.count {
                     let d = min(durable(shard), received[shard])

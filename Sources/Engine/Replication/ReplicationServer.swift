@@ -48,6 +48,10 @@ final class ReplicationServer: @unchecked Sendable {
     /// snapshot of this journal and its record (StandbySeed.swift); nil when there is none.
     private let seed: (Int) -> StandbySeed?
     private let log: @Sendable (String) -> Void
+    /// Rings shard i's doorbell: its output waits for the cap raised just before.
+    private let ring: (Int) -> Void
+    /// The sender sleeps on these until a shard's journal moves (nil: it polls).
+    private let wakers: JournalWakers?
     private let digestEveryNanoseconds: UInt64
     /// Per shard: the highest sequence the output gates may release (sync mode).
     let cap: UnsafeMutablePointer<UInt64>
@@ -83,8 +87,11 @@ final class ReplicationServer: @unchecked Sendable {
          epoch: UInt64, cap: UnsafeMutablePointer<UInt64>, syncStandbys: Int = 1, digestEveryNanoseconds: UInt64,
          durable: @escaping (Int) -> UInt64, written: @escaping (Int) -> UInt64, digest: @escaping (Int) -> (sequence: UInt64, digest: UInt64)?,
          seed: @escaping (Int) -> StandbySeed? = { _ in nil },
+         ring: @escaping (Int) -> Void = { _ in }, wakers: JournalWakers? = nil,
          log: @escaping @Sendable (String) -> Void) {
         self.seed = seed
+        self.ring = ring
+        self.wakers = wakers
         self.address = address
         self.instance = instance
         self.mode = mode
@@ -113,7 +120,10 @@ final class ReplicationServer: @unchecked Sendable {
     /// Asks the serving threads to hand over to the first standby that has confirmed every
     /// record durable here (the caller has stopped the shards taking commands).
     /// `through`: each shard's last sequenced command (the standby must hold them all); nil cancels.
-    func requestHandover(_ request: (epoch: UInt64, through: [UInt64])?) { lock.locked { handover = request } }
+    func requestHandover(_ request: (epoch: UInt64, through: [UInt64])?) {
+        lock.locked { handover = request }
+        wakers?.wakeAll()
+    }
     var hasHandedOver: Bool { lock.locked { handedOver } }
 
     /// The standbys connected now.
@@ -269,6 +279,9 @@ final class ReplicationServer: @unchecked Sendable {
         var lastDigest = monotonicNanoseconds()
         var buffer: [UInt8] = []
         buffer.reserveCapacity(1 << 20)
+        let slot = wakers?.take()
+        defer { if let slot { wakers?.give(slot) } }
+        var handoverWaits = false
         do {
             while !lock.locked({ stopping }) {
                 var work = 0
@@ -317,14 +330,28 @@ final class ReplicationServer: @unchecked Sendable {
                     }
                     if mode == .sync { confirm() }
                 }
-                if let request = lock.locked({ handedOver ? nil : handover }),
-                   (0..<shardCount).allSatisfy({ state.acked[$0] >= request.through[$0] }) {
+                let request = lock.locked({ handedOver ? nil : handover })
+                // A handover waiting for the standby's acknowledgements: those wake the sleep.
+                handoverWaits = request != nil
+                if let request, (0..<shardCount).allSatisfy({ state.acked[$0] >= request.through[$0] }) {
                     let epoch = request.epoch
                     try connection.send(.handover(epoch: epoch))
                     lock.locked { handedOver = true }
                     log("replication: handed over to standby \(connection.peer) at epoch \(epoch)")
                 }
-                if work == 0 && acks == 0 { usleep(50) }
+                if work == 0 && acks == 0 {
+                    if let slot, let wakers {
+                        // Until a shard writes more, the standby acknowledges, or a heartbeat,
+                        // digest or handover is due (requestHandover wakes it too).
+                        let wait = Int32(max(1, min(10, (lastHeartbeat + 100_000_000 &- now) / 1_000_000)))
+                        wakers.sleep(slot: slot, socket: connection.fd, timeoutMilliseconds: wait) {
+                            (0..<shardCount).contains { tails[$0].position < max(durable($0), written($0)) }
+                                || lock.locked({ stopping || (handover != nil && !handedOver && !handoverWaits) })
+                        }
+                    } else {
+                        usleep(50)
+                    }
+                }
             }
         } catch {
             log("replication: standby \(connection.peer) lost: \(error)\(mode == .sync && engaged ? "; sync is engaged: output waits for a standby" : "")")
@@ -419,11 +446,13 @@ final class ReplicationServer: @unchecked Sendable {
                 return
             }
             cb_store_release_u32(engagedFlag, 1)
+            for shard in 0..<shardCount { ring(shard) }
             log("replication: sync engaged: output now waits for \(syncStandbys == 1 ? "the standby's confirmation" : "\(syncStandbys) standbys' confirmations")")
             return
         }
         for shard in 0..<shardCount where acked[shard] > cb_load_acquire_u64(cap + shard) {
             cb_store_release_u64(cap + shard, acked[shard])
+            ring(shard)
         }
     }
 }

@@ -273,6 +273,8 @@ final class ReplicationConnection: @unchecked Sendable {
     private var buffer: [UInt8] = []
     private var start = 0
     let peer: String
+    /// Where recv(2) reads to (one allocation per connection, not one per read).
+    private let chunk = UnsafeMutableRawBufferPointer.allocate(byteCount: 256 << 10, alignment: 64)
 
     init(fd: Int32, peer: String) {
         self.fd = fd
@@ -284,7 +286,10 @@ final class ReplicationConnection: @unchecked Sendable {
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
     }
 
-    deinit { close(fd) }
+    deinit {
+        close(fd)
+        chunk.deallocate()
+    }
 
     /// Ends the connection now (another thread blocked on it returns).
     func shutdownNow() { shutdown(fd, Int32(SHUT_RDWR)) }
@@ -331,8 +336,7 @@ final class ReplicationConnection: @unchecked Sendable {
         let ready = poll(&p, 1, timeoutMilliseconds)
         if ready < 0 && errno != EINTR { throw .system("poll: \(String(cString: strerror(errno)))") }
         if ready <= 0 { return nil }
-        var chunk = [UInt8](repeating: 0, count: 256 << 10)
-        let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, $0.count, 0) }
+        let n = recv(fd, chunk.baseAddress!, chunk.count, 0)
         if n == 0 { throw .closed("\(peer) closed the connection") }
         if n < 0 {
             if errno == EINTR || errno == EAGAIN { return nil }
@@ -345,7 +349,7 @@ final class ReplicationConnection: @unchecked Sendable {
             buffer.removeFirst(start)
             start = 0
         }
-        buffer.append(contentsOf: chunk[0..<n])
+        buffer.append(contentsOf: UnsafeRawBufferPointer(rebasing: chunk[0..<n]))
         return try parse()
     }
 

@@ -46,11 +46,12 @@ final class ReplicaInbox: @unchecked Sendable {
     }
 
     func push(_ item: Item) { lock.locked { items.append(item) } }
-    func take() -> [Item] {
+    /// Swaps what arrived into `taken` (emptied by the caller, its capacity kept): the two
+    /// arrays go back and forth, so neither side allocates per take.
+    func take(into taken: inout [Item]) {
         lock.locked {
-            let taken = items
-            items.removeAll(keepingCapacity: true)
-            return taken
+            if items.isEmpty { return }
+            swap(&items, &taken)
         }
     }
     var isEmpty: Bool { lock.locked { items.isEmpty } }
@@ -114,76 +115,80 @@ extension ShardState {
     mutating func applyReplica(_ inbox: ReplicaInbox, _ cursor: ReplicaCursor) -> Int {
         if cursor.stopped { return 0 }
         if cursor.item >= cursor.items.count {
-            cursor.items = inbox.take()
+            cursor.items.removeAll(keepingCapacity: true)
+            inbox.take(into: &cursor.items)
             cursor.item = 0
             cursor.offset = 0
             if cursor.items.isEmpty { return 0 }
         }
         var applied = 0
-        defer { cb_store_release_u64(inbox.applied, sequencer.last) }
+        // The cursor's place in locals: a class's stored properties cost an exclusivity check
+        // (swift_beginAccess) at every access, and this loop runs once per record.
+        let items = cursor.items
+        var item = cursor.item, offset = cursor.offset
+        defer {
+            cursor.item = item
+            cursor.offset = offset
+            cb_store_release_u64(inbox.applied, sequencer.last)
+        }
         func stop(_ why: String) {
             cursor.stopped = true
             inbox.raise("shard \(index): \(why)")
         }
-        while cursor.item < cursor.items.count {
-            switch cursor.items[cursor.item] {
+        while item < items.count {
+            switch items[item] {
             case .digest(let sequence, let digest):
                 if sequence >= sequencer.last { cursor.pendingDigest = (sequence, digest) }
-                cursor.item += 1
+                item += 1
             case .records(let bytes):
-                while cursor.offset < bytes.count {
-                    let checked = bytes.withUnsafeBytes { raw in
-                        JournalRecordBytes.check(UnsafeRawBufferPointer(rebasing: raw[cursor.offset...]))
-                    }
-                    guard case .success(let record) = checked else {
-                        if case .failure(let why) = checked { stop("a record from the primary: \(why)") }
-                        return applied
-                    }
-                    if record.sequence <= sequencer.last {  // already here (a resend after a reconnect)
-                        cursor.offset += record.size
-                        continue
-                    }
-                    guard record.sequence == sequencer.last + 1 else {
-                        stop("the primary sent sequence \(record.sequence) after \(sequencer.last)")
-                        return applied
-                    }
-                    // Its own journal first, under the same sequence.
-                    let context = sequencer.replayed(sequence: record.sequence, session: 0, engineTime: 0)
-                    let appended: JournalFeed.Append = bytes.withUnsafeBytes { raw in
-                        let payload = UnsafeRawBufferPointer(rebasing: raw[(cursor.offset + JournalLayout.recordHeaderSize)..<(cursor.offset + JournalLayout.recordHeaderSize + record.payload.count)])
-                        return feed.append(type: record.type, payload, context)
-                    }
-                    switch appended {
-                    case .appended: break
-                    case .full:
-                        feed.poll()
-                        return applied  // the rest on the next pass
-                    case .refused:
-                        if let journal = feed.journal { counters.set(.journalFailures, journal.failureCount) }
-                        return applied  // the loop retries the journal
-                    }
-                    let failure = bytes.withUnsafeBytes { raw in
-                        applyJournaled(type: record.type, sequence: record.sequence,
-                                       payload: UnsafeRawBufferPointer(rebasing: raw[(cursor.offset + JournalLayout.recordHeaderSize)..<(cursor.offset + JournalLayout.recordHeaderSize + record.payload.count)]))
-                    }
-                    if let failure {
-                        stop("applying the primary's record: \(failure)")
-                        return applied
-                    }
-                    cursor.offset += record.size
-                    applied += 1
-                    if let check = cursor.pendingDigest, check.sequence == sequencer.last {
-                        cursor.pendingDigest = nil
-                        let mine = digest
-                        guard mine == check.digest else {
-                            stop("state digest \(String(mine, radix: 16)) at sequence \(check.sequence), the primary's is \(String(check.digest, radix: 16)): the standby does not hold the primary's state")
+                let result: Int? = bytes.withUnsafeBytes { raw -> Int? in
+                    while offset < raw.count {
+                        let checked = JournalRecordBytes.check(UnsafeRawBufferPointer(rebasing: raw[offset...]))
+                        guard case .success(let record) = checked else {
+                            if case .failure(let why) = checked { stop("a record from the primary: \(why)") }
                             return applied
                         }
-                        _ = cb_fetch_add_u64_relaxed(inbox.digestsMatched, 1)
+                        if record.sequence <= sequencer.last {  // already here (a resend after a reconnect)
+                            offset += record.size
+                            continue
+                        }
+                        guard record.sequence == sequencer.last + 1 else {
+                            stop("the primary sent sequence \(record.sequence) after \(sequencer.last)")
+                            return applied
+                        }
+                        let payload = UnsafeRawBufferPointer(rebasing: raw[(offset + JournalLayout.recordHeaderSize)..<(offset + JournalLayout.recordHeaderSize + record.payload.count)])
+                        // Its own journal first, under the same sequence.
+                        let context = sequencer.replayed(sequence: record.sequence, session: 0, engineTime: 0)
+                        switch feed.append(type: record.type, payload, context) {
+                        case .appended: break
+                        case .full:
+                            feed.poll()
+                            return applied  // the rest on the next pass
+                        case .refused:
+                            if let journal = feed.journal { counters.set(.journalFailures, journal.failureCount) }
+                            return applied  // the loop retries the journal
+                        }
+                        if let failure = applyJournaled(type: record.type, sequence: record.sequence, payload: payload) {
+                            stop("applying the primary's record: \(failure)")
+                            return applied
+                        }
+                        offset += record.size
+                        applied += 1
+                        if let check = cursor.pendingDigest, check.sequence == sequencer.last {
+                            cursor.pendingDigest = nil
+                            let mine = digest
+                            guard mine == check.digest else {
+                                stop("state digest \(String(mine, radix: 16)) at sequence \(check.sequence), the primary's is \(String(check.digest, radix: 16)): the standby does not hold the primary's state")
+                                return applied
+                            }
+                            _ = cb_fetch_add_u64_relaxed(inbox.digestsMatched, 1)
+                        }
                     }
+                    return nil
                 }
-                cursor.item += 1
-                cursor.offset = 0
+                if let result { return result }
+                item += 1
+                offset = 0
             }
         }
         // A digest at the sequence already reached (sent when the primary stood where we stand).

@@ -83,6 +83,9 @@ final class Shard: @unchecked Sendable {
     private let regenerateAfter: UInt64?
     /// A standby's shard: it applies what this inbox brings (Replica.swift) until promoted.
     let replica: ReplicaInbox?
+    /// The replication threads that sleep until this shard's journal moves (kept alive here:
+    /// the shard's thread tells them until it ends).
+    let wakers: JournalWakers?
     /// Sync replication and leadership limit what the output gate releases (OutputGate.swift).
     private let replicatedCap: UnsafeMutablePointer<UInt64>?
     private let leaseUntil: UnsafeMutablePointer<UInt64>?
@@ -129,8 +132,10 @@ final class Shard: @unchecked Sendable {
          executionRing: EventRing? = nil, regenerateAfter: UInt64? = nil,
          replica: ReplicaInbox? = nil, replicatedCap: UnsafeMutablePointer<UInt64>? = nil,
          leaseUntil: UnsafeMutablePointer<UInt64>? = nil, ingressPause: UnsafeMutablePointer<UInt32>? = nil,
+         wakers: JournalWakers? = nil,
          log: @escaping @Sendable (String) -> Void = { _ in }) {
         self.log = log
+        self.wakers = wakers
         self.ingressPause = ingressPause
         self.replica = replica
         self.replicatedCap = replicatedCap
@@ -199,6 +204,10 @@ final class Shard: @unchecked Sendable {
 
     /// Wakes the shard if it sleeps (it polls its journal's completions when awake).
     func nudge() { doorbell.wakeNow() }
+
+    /// Wakes the shard if it parked (after publishing what it waits for: a fence, a load, and a
+    /// futex wake only if it sleeps).
+    func ring() { doorbell.ring() }
 
     func join() {
         if let thread { pthread_join(thread, nil) }
@@ -296,6 +305,7 @@ final class Shard: @unchecked Sendable {
             state.output.pointee.replicatedCap = replicatedCap
             state.output.pointee.leaseUntil = leaseUntil
             state.ingressPause = ingressPause
+            state.wakers = wakers?.raw
             if replica != nil {
                 // A standby's journal holds the primary's records only: nothing of its own.
                 state.output.pointee.replaying = true
@@ -439,10 +449,13 @@ final class Shard: @unchecked Sendable {
                     }
                 } else if wait.completionWaitNanoseconds > 0, let cap = replicatedCap, state.output.pointee.hasStaged,
                           let journal = state.feed.journal, journal.durable > cb_load_acquire_u64(cap) {
-                    // Only the standby's confirmation to wait for: give the core to the threads
-                    // that carry it (the replication sender, on a small host) for a moment.
-                    var pause = timespec(tv_sec: 0, tv_nsec: 20_000)
-                    nanosleep(&pause, nil)
+                    // Only the standby's confirmation to wait for: sleep (the core goes to the
+                    // threads that carry it, on a small host) until the sender raises the cap
+                    // and rings, or a command comes.
+                    let mailbox = self.mailbox, stop = stopFlag
+                    doorbell.park(timeoutNanoseconds: Int64(wait.completionWaitNanoseconds)) {
+                        state.noCommands(mailbox: mailbox, stopFlag: stop) && journal.durable > cb_load_acquire_u64(cap)
+                    }
                 } else {
                     cb_cpu_relax()
                 }

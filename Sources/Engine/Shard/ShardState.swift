@@ -85,6 +85,11 @@ struct ShardState: ~Copyable {
     var given: Set<UInt32> = []
     /// A planned switchover (Engine+Replication.swift): while this reads 1, no command is taken.
     var ingressPause: UnsafeMutablePointer<UInt32>?
+    /// The replication threads sleeping until this journal moves (JournalWakers), told when its
+    /// written or durable sequence does; the last values told.
+    var wakers: UnsafeMutablePointer<cb_wakers>?
+    var toldWritten: UInt64 = 0
+    var toldDurable: UInt64 = 0
     /// A standby's promotion, asked and not yet done (Shard.loop).
     var promotion: AdminRequest?
     /// Symbol id → owner shard (RouteTable), read to name the owner in a `symbol_moved` reject.
@@ -398,8 +403,14 @@ struct ShardState: ~Copyable {
             let durable = journal.poll()
             if output.pointee.hold { output.pointee.release(upTo: durable) }
             counters.set(.durableSequence, durable)
+            let written = journal.written
             cb_store_release_u64(tally + ShardTally.durable, durable)
-            cb_store_release_u64(tally + ShardTally.written, journal.written)
+            cb_store_release_u64(tally + ShardTally.written, written)
+            if let wakers, durable != toldDurable || written != toldWritten {
+                toldDurable = durable
+                toldWritten = written
+                cb_wakers_notify(wakers)
+            }
             counters.set(.journalFailures, journal.failureCount)
             counters.set(.journalBatches, journal.durableBatches)
             counters.set(.journalBytes, journal.durableBytes)
