@@ -41,9 +41,11 @@ import Wire
 /// owner count (u32), per owner its session id (u32, rising) and source key (length u16, key),
 /// book length (u32), book (the source's order ids), CRC32C of everything before (u32).
 ///
-/// The owners are the source's sessions bound to ingress sources (Kafka partitions): an order
-/// one of them placed belongs, on the target, to the target's session of the same partition
-/// (its client cancels it there by the same order id); any other order becomes foreign
+/// The owners are the source's sessions bound to ingress sources (Kafka partitions) and to
+/// streams (a shared-memory client's named order flow, "client:UID:NAME"): an order one of them
+/// placed belongs, on the target, to the target's session of the same partition or stream (its
+/// client cancels it there by the same order id; a stream that never attached to the target gets
+/// its session there before the import: `streamSessions`); any other order becomes foreign
 /// (`foreignOrderId`). The target makes the ids (`arrivingBook`).
 struct TransferBlob: Equatable {
     static let magic: UInt32 = 0x3258_4243  // "CBX2"
@@ -195,6 +197,40 @@ public struct TransferInReport: Sendable {
 }
 
 extension Engine {
+    /// The moving book's streams (owners named "client:UID:NAME") that have no session on
+    /// `shard` here: each gets one now, the id its next client of that stream will be given
+    /// (`sourceSessionIds`), journaled on the shard as a binding and its end (`bindSource`,
+    /// `unbindSource`) before the import, so that a restart keeps the id for the stream and for
+    /// its resting orders. Adds them to `known`.
+    func streamSessions(for blob: TransferBlob, shard: Int, known: inout [String: UInt32], timeout: Double) throws(EngineError) {
+        let new = Set(blob.owners.values).filter { $0.hasPrefix(Self.streamPrefix) && known[$0] == nil }
+        // Each takes a session id here: a blob (from the store: input like any other) cannot
+        // spend them all.
+        guard new.count <= Self.maxNewStreamsPerMove else {
+            throw EngineError("the book names \(new.count) streams new to this engine (at most \(Self.maxNewStreamsPerMove) a move)")
+        }
+        for key in new.sorted() {
+            guard let (name, partition) = splitSourceKey(key) else { throw EngineError("an owner named \(key) is not a stream's") }
+            guard let id = idLock.locked({ () -> UInt32? in
+                if let id = sourceSessionIds[key] { return id }
+                guard let id = takeSessionId() else { return nil }
+                sourceSessionIds[key] = id
+                return id
+            }) else {
+                throw EngineError("no session id free for stream \(name.dropFirst(Self.streamPrefix.count)), whose orders move here")
+            }
+            for command in [AdminCommand.bindSource(session: id, source: name, partition: partition), .unbindSource(session: id)] {
+                guard case .applied = admin(shard: shard, command, timeout: timeout) else {
+                    throw EngineError("shard \(shard) did not journal session \(id) for stream \(name.dropFirst(Self.streamPrefix.count))")
+                }
+            }
+            known[key] = id
+            log("stream \(name.dropFirst(Self.streamPrefix.count)) (user:name): session \(id) here for its orders that move with \(blob.spec.name)")
+        }
+    }
+
+    static let maxNewStreamsPerMove = 256
+
     /// How long a source waits for the target's claim before it claims the route back.
     var transferTimeoutNanoseconds: UInt64 { UInt64(max(settings.transferTimeout, 1) * 1e9) }
 
@@ -268,11 +304,11 @@ extension Engine {
             // if the move is undone).
             ingressRewinds.leave(spec.id)
             guard awaitDurable(source, out.sequence, timeout: timeout) else { throw abandon("the export was not durable within \(timeout) s", thaw: true) }
-            // Its orders' sessions are this engine's: on the target, an ingress source's orders go
-            // to its session of the same source, the others to no session (arrivingBook).
+            // Its orders' sessions are this engine's: on the target, an ingress source's or a
+            // stream's orders go to its session of the same source or stream, the others to no
+            // session (arrivingBook).
             var owners: [UInt32: String] = [:]
-            for (key, session) in adminState(shard: source, timeout: timeout)?.sourceSessions ?? [:]
-            where session != 0 && !key.hasPrefix(Engine.streamPrefix) {
+            for (key, session) in adminState(shard: source, timeout: timeout)?.sourceSessions ?? [:] where session != 0 {
                 owners[session] = key
             }
             let blob = TransferBlob(spec: spec, epoch: epoch, source: settings.instance, positions: out.positions, owners: owners,
@@ -341,8 +377,11 @@ extension Engine {
                 log("move of \(name) from \(blob.source) not taken: \(why)")
                 return EngineError("move of \(name) from \(blob.source) not taken: \(why)")
             }
-            // Its orders' ids here: an ingress source's go to this shard's session of that source.
-            guard let book = blob.arrivingBook(sessions: adminState(shard: target, timeout: timeout)?.sourceSessions ?? [:]) else {
+            // Its orders' ids here: an ingress source's or a stream's go to this shard's session
+            // of that source or stream (a stream new here gets one now).
+            var sessions = adminState(shard: target, timeout: timeout)?.sourceSessions ?? [:]
+            do { try streamSessions(for: blob, shard: target, known: &sessions, timeout: timeout) } catch { throw giveUp("\(error)") }
+            guard let book = blob.arrivingBook(sessions: sessions) else {
                 throw giveUp("two resting orders would have the same id here (an order that moved 65,536 moves ago still rests)")
             }
             let arriving = MigrationStep(symbolId: blob.spec.id, book: book, positions: blob.positions)

@@ -182,14 +182,14 @@ public final class Engine: @unchecked Sendable {
     private var reservedSessions = Set<UInt32>()
     /// Per ingress source ("topic#partition"), the session id its producer had before the
     /// restart: given to its next producer when free (its orders rest under that id).
-    private var sourceSessionIds: [String: UInt32] = [:]
+    var sourceSessionIds: [String: UInt32] = [:]
     /// Reclaimed ids, the lowest last.
     private var freeSessionIds: [UInt32] = []
     /// Every attached session id, of clients and of the engine's own (plugin) sessions. The
     /// id bookkeeping is taken by the control thread (clients) and by plugin threads (their
     /// producers): under `idLock`.
     private var attachedIds = Set<UInt32>()
-    private let idLock = Lock()
+    let idLock = Lock()
     /// The engine's own sessions (plugin producers), by id; their rings stay mapped until stop.
     private var localSessions: [UInt32: LocalSession] = [:]
     private var retiredLocal: [LocalSession] = []
@@ -1161,7 +1161,7 @@ public final class Engine: @unchecked Sendable {
     }
 
     /// Under `idLock`.
-    private func takeSessionId() -> UInt32? {
+    func takeSessionId() -> UInt32? {
         let limit = min(settings.sessionIdLimit, 65_535)
         while nextSession <= limit && reservedSessions.contains(nextSession) { nextSession += 1 }
         if nextSession <= limit {

@@ -265,6 +265,98 @@ struct TransferTests {
         a.closeLocalSession(onA)
     }
 
+    @Test("a stream's resting orders move as that stream's: on the target, the stream's next client (it never attached there before) cancels them by their order ids and is told their fills, also after the target restarts; another stream cannot touch them")
+    func streamOrdersMoveAsTheStream() throws {
+        let redis = try RedisServer()
+        let prefix = "xt\(UInt32.random(in: 0...UInt32.max)):"
+        let dirA = testDirectory(), dirB = testDirectory()
+        let dataA = NSTemporaryDirectory() + "crossbook-xta-\(UUID().uuidString.prefix(8))"
+        let dataB = NSTemporaryDirectory() + "crossbook-xtb-\(UUID().uuidString.prefix(8))"
+        defer { removeTree(dataA); removeTree(dataB) }
+        let logA = LogLines(), logB = LogLines()
+        let a = try transferEngine("xta", dir: dirA, data: dataA, redis: redis, prefix: prefix,
+                                   symbols: [(spec: SymbolSpec(name: "HOT-USD", id: 1), shard: 0)], log: logA, accept: false)
+        var b = try transferEngine("xtb", dir: dirB, data: dataB, redis: redis, prefix: prefix,
+                                   symbols: [(spec: SymbolSpec(name: "SOL-USD", id: 3), shard: 0)], log: logB, accept: false)
+        defer { a.stop(); b.stop() }
+        #expect(waitFor(10) { routes(redis, prefix: prefix)["HOT-USD"]?.instance == "xta" })
+        // Sessions on B first, so that the stream's id there differs from its id on A.
+        let early = try Desk("xtb", dirB, firstId: 0)
+        let early2 = try Desk("xtb", dirB, firstId: 0)
+
+        /// Sends one command on `client` (a stream: with its next offset) and waits for the
+        /// report about `orderId` of one of `kinds`; the reports seen on the way are kept.
+        final class Flow {
+            let client: CrossbookClient
+            var offsets: [UInt64]
+            var seen: [ReportRecord.Report] = []
+            init(_ client: CrossbookClient) {
+                self.client = client
+                offsets = client.resumeOffsets.isEmpty ? [0, 0] : client.resumeOffsets
+            }
+            func send(_ command: BookCommand, _ symbol: String, waitFor orderId: OrderId, _ kinds: Set<ReportRecord.Kind>) throws -> ReportRecord.Report? {
+                let info = try client.symbol(symbol)
+                let shard = client.shard(of: info)
+                guard client.submit(command, symbol: info, clientSequence: offsets[shard]) else { return nil }
+                offsets[shard] += 1
+                return try expect(orderId, kinds)
+            }
+            func expect(_ orderId: OrderId, _ kinds: Set<ReportRecord.Kind>) throws -> ReportRecord.Report? {
+                if let r = seen.first(where: { $0.orderId == orderId && kinds.contains($0.kind) }) { return r }
+                var found: ReportRecord.Report?
+                let deadline = Date().addingTimeInterval(5)
+                while found == nil && Date() < deadline {
+                    try client.waitForReports(timeout: 0.05) {
+                        self.seen.append($0)
+                        if $0.orderId == orderId && kinds.contains($0.kind) { found = found ?? $0 }
+                    }
+                }
+                return found
+            }
+        }
+        let onA = Flow(try CrossbookClient(instance: "xta", directory: dirA, stream: "desk-1"))
+        for k in 1...3 {
+            let r = try onA.send(.new(NewOrder(orderId: OrderId(k), side: .buy, price: 100 - Int64(k), quantity: 2)), "HOT-USD",
+                                 waitFor: OrderId(k), [.accepted, .rejected])
+            #expect(r?.kind == .accepted, "\(String(describing: r))")
+        }
+        let idOnA = onA.client.sessionId
+        onA.client.close()
+
+        let out = try a.transferOut(symbol: "HOT-USD", to: "xtb")
+        _ = try b.transferIn(symbol: "HOT-USD", epoch: out.epoch, shard: 0)
+        a.settleTransfers()
+        #expect(logB.contains(":desk-1 (user:name): session"), "\(logB.all.suffix(10))")
+
+        // Another stream of the same user: the orders are not its own.
+        let stranger = Flow(try CrossbookClient(instance: "xtb", directory: dirB, stream: "desk-2"))
+        let refused = try stranger.send(.cancel(CancelOrder(orderId: 2)), "HOT-USD", waitFor: 2, [.cancelled, .rejected])
+        #expect(refused?.kind == .rejected && refused?.rejectReason == .unknownOrderId, "\(String(describing: refused))")
+        stranger.client.close()
+
+        // The stream's first client on B: its orders, by their ids.
+        let onB = Flow(try CrossbookClient(instance: "xtb", directory: dirB, stream: "desk-1"))
+        #expect(onB.client.sessionId != idOnA, "the test needs the stream's ids to differ: \(idOnA)")
+        let cancelled = try onB.send(.cancel(CancelOrder(orderId: 2)), "HOT-USD", waitFor: 2, [.cancelled, .rejected])
+        #expect(cancelled?.kind == .cancelled, "\(String(describing: cancelled))")
+        // A sell from a plain client of B takes order 1 (the best bid): the stream is told.
+        #expect(try early.send("HOT-USD", .sell, 99, 2)?.kind == .accepted)
+        let fill = try onB.expect(1, [.trade])
+        #expect(fill?.quantity == 2, "\(onB.seen)")
+        onB.client.close()
+        early.client.close()
+        early2.client.close()
+
+        // After a restart of B: the stream's id and its last order are still its own.
+        b.stop()
+        b = try transferEngine("xtb", dir: dirB, data: dataB, redis: redis, prefix: prefix,
+                               symbols: [(spec: SymbolSpec(name: "SOL-USD", id: 3), shard: 0)], log: logB, accept: false)
+        let again = Flow(try CrossbookClient(instance: "xtb", directory: dirB, stream: "desk-1"))
+        let last = try again.send(.cancel(CancelOrder(orderId: 3)), "HOT-USD", waitFor: 3, [.cancelled, .rejected])
+        #expect(last?.kind == .cancelled, "\(String(describing: last))")
+        again.client.close()
+    }
+
     @Test("a symbol moves to another engine and back with its resting orders; the source rejects it meanwhile (frozen, then moved); restarts keep one owner; a garbage or foreign blob is refused with a reason; a move the target claims too late is taken back by the source")
     func moveBetweenEngines() throws {
         let redis = try RedisServer()
