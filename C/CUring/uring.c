@@ -126,6 +126,8 @@ static void *spare_main(void *arg) {
     struct cb_spare *s = arg;
     int32_t error = 0;
     (void)cb_set_current_thread_cpus(s->cpus, s->cpu_count);
+    /* Named by itself once on its CPUs: whoever finds it by name sees where it runs. */
+    pthread_setname_np(pthread_self(), "journal-spare");
     /* Its I/O in the idle class: a scheduler that honours it (mq-deadline, bfq) serves the
        journal's writes first. ioprio_set(IOPRIO_WHO_PROCESS = 1, this thread, IDLE = 3 << 13). */
     (void)syscall(SYS_ioprio_set, 1, 0, 3 << 13);
@@ -191,7 +193,6 @@ cb_spare *cb_spare_start(const char *path, uint64_t size, const int32_t *cpus, u
         free(s);
         return NULL;
     }
-    pthread_setname_np(s->thread, "journal-spare");
     return s;
 }
 

@@ -286,6 +286,8 @@ final class ReplicationClient: @unchecked Sendable {
                 guard theirEpoch >= epoch else {
                     return "the primary is at epoch \(theirEpoch), this standby has seen \(epoch): it is not the current primary"
                 }
+                // Kept first: whoever sees this standby connected finds the name on disk.
+                named(theirName)
                 lock.locked {
                     status.connected = true
                     status.mode = mode
@@ -296,7 +298,6 @@ final class ReplicationClient: @unchecked Sendable {
                     lastHeard = monotonicNanoseconds()
                 }
                 onHeard()
-                named(theirName)
                 log("replication: following primary \(theirName) at \(primary) (epoch \(theirEpoch), \(mode.rawValue)) from sequences \(received.map(String.init).joined(separator: ","))")
             case .refuse(let why)?:
                 lock.locked { status.refused = why }
