@@ -6,7 +6,7 @@ SWIFT        ?= swift
 # redis-server: the routing tests start their own on a free loopback port (never the system's);
 # prometheus: promtool checks a real scrape and the alert rules; systemd: systemd-analyze verifies
 # the unit file (the tests never start systemd).
-DEB_PACKAGES := liburing-dev libnuma-dev libhiredis-dev librdkafka-dev pkg-config fuse3 libfuse3-dev redis-server prometheus systemd
+DEB_PACKAGES := liburing-dev libnuma-dev libhiredis-dev librdkafka-dev libssl-dev pkg-config fuse3 libfuse3-dev redis-server prometheus systemd
 # Tests run optimized: the differential test drives 1,000,000 commands through two books.
 TEST_FLAGS   := -c release -Xswiftc -enable-testing
 

@@ -35,6 +35,7 @@ let package = Package(
         .target(name: "CPluginABI", path: "C/CPluginABI"),
         // Atomics, futex, CPU affinity, thread facts, latency histograms, SIGBUS guards.
         .target(name: "CSync", path: "C/CSync"),
+        .target(name: "CAuth", path: "C/CAuth", linkerSettings: [.linkedLibrary("crypto")]),
         // CRC32C (SSE4.2 where the CPU has it).
         .target(name: "CCRC32C", path: "C/CCRC32C"),
         // The journal's io_uring (liburing).
@@ -56,7 +57,7 @@ let package = Package(
         // Shards, sequencing, sessions, the plugin host. A shard's state is a value on its own
         // thread (Sources/Engine/Shard/ShardState.swift): exclusivity is checked at compile time,
         // with no unsafe flags.
-        .target(name: "Engine", dependencies: ["OrderBook", "Wire", "SharedMemory", "Journal", "CSync", "CCRC32C", "CNuma", "CPluginABI", .product(name: "SystemPackage", package: "swift-system")]),
+        .target(name: "Engine", dependencies: ["OrderBook", "Wire", "SharedMemory", "Journal", "CSync", "CAuth", "CCRC32C", "CNuma", "CPluginABI", .product(name: "SystemPackage", package: "swift-system")]),
         // For other processes: attach to an engine, submit, read reports.
         .target(name: "CrossbookClient", dependencies: ["OrderBook", "Wire", "SharedMemory", "CSync"]),
         // The seeded benchmark workloads of bench/README.md, shared by tests and benchmarks.

@@ -8,7 +8,8 @@
 # D2 (issue 12) is `RATES="100000 0" bench/h1.sh 3`: each round also prints the floor of a sync
 # acknowledgement here, measured in the same run: a loopback TCP round trip (64-byte ping-pong)
 # and a pwrite + fdatasync of 2 KiB in the data directory's file system. MODES (default "none
-# async sync") picks the configurations; BIN the binary (A/B: bench/h1-ab.sh).
+# async sync") picks the configurations; BIN the binary (A/B: bench/h1-ab.sh); SECRET_FILE
+# authenticates the pair with that secret ([replication] secret_file).
 set -u
 cd "$(dirname "$0")/.."
 bin=${BIN:-.build/release/crossbook}
@@ -33,6 +34,7 @@ listen = "127.0.0.1:$2"
 peer = "127.0.0.1:$3"
 mode = "$4"
 TOML
+  [ "$4" = none ] || [ -z "${SECRET_FILE:-}" ] || echo "secret_file = \"$SECRET_FILE\"" >>"$work/$1.toml"
 }
 wait_up() { for _ in $(seq 1 300); do "$bin" stat --instance "$1" --count 1 --interval 0.01 2>/dev/null | grep -q "state running" && return; sleep 0.1; done; }
 rtt() {  # loopback TCP round trips, 64 bytes each way: p50 and p99 in µs

@@ -58,6 +58,8 @@
 //   lease_plugin = "redis-routing"  # default; its config names Redis (redis, user, password_file)
 //   lease_ttl_ms = 2000        # a primary that cannot renew stops acknowledging before it expires
 //   sync_standbys = 1          # sync: standbys that must confirm each record (2 standbys: 2 for RPO 0)
+//   secret_file = "/etc/crossbook/replication.key"  # the pair's secret (32+ bytes, mode 600, same on
+//                              # both): each proves it to the other, every frame is tagged
 //
 //   [plugins]             # crossbook run only; without this section: the default plugins
 //   dir = "/opt/crossbook/plugins"  # default: the directory of the crossbook executable
@@ -214,7 +216,7 @@ public struct EngineConfig {
         }
         if let section = table["replication"] {
             guard let section = section.table else { throw ConfigError(description: "\(source): [replication] must be a table") }
-            let keys = ["role", "listen", "peer", "mode", "failover_after_ms", "digest_every_ms", "lease", "lease_plugin", "lease_ttl_ms", "sync_standbys"]
+            let keys = ["role", "listen", "peer", "mode", "failover_after_ms", "digest_every_ms", "lease", "lease_plugin", "lease_ttl_ms", "sync_standbys", "secret_file"]
             for key in ["lease_user", "lease_password_file"] where section[key] != nil {
                 throw ConfigError(description: "\(source): [replication]: \(key) is gone: the lease is taken through a plugin, whose config has the Redis AUTH (redis-routing: user, password_file)")
             }
@@ -283,6 +285,12 @@ public struct EngineConfig {
                     throw ConfigError(description: "\(source): [replication]: sync_standbys must be between 1 and 8, got \(n)")
                 }
                 r.syncStandbys = n
+            }
+            if let v = section["secret_file"] {
+                guard let text = v.string, !text.isEmpty else {
+                    throw ConfigError(description: "\(source): [replication]: secret_file must be a file's path (the pair's secret, mode 600)")
+                }
+                r.secretFile = text
             }
             replication = r
         }

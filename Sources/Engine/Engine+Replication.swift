@@ -38,6 +38,9 @@ public struct ReplicationSettings: Sendable, Equatable {
     /// released (1 to 8). With several standbys that may be promoted (a lease), set it to
     /// their number for RPO 0: the winner then holds every acknowledged order.
     public var syncStandbys: Int = 1
+    /// The pair's secret (ReplicationAuth.swift): a file of 32 to 4096 bytes, mode 600, the
+    /// same on both engines; nil: the connection is not authenticated.
+    public var secretFile: String?
 
     public init(role: Role = .primary, listen: String? = nil, peer: String? = nil, mode: ReplicationMode = .sync,
                 failoverAfterMilliseconds: Int? = nil, digestEveryMilliseconds: Int = 1000,
@@ -85,6 +88,8 @@ final class ReplicationRuntime: @unchecked Sendable {
     var promoting = false
     /// The sender and acknowledger sleep on these until a shard's journal moves.
     let wakers = JournalWakers()
+    /// The pair's secret ([replication] secret_file), read at start; nil: none.
+    var secret: [UInt8]?
 
     init(settings: ReplicationSettings, shards: Int) {
         role = settings.role
@@ -125,6 +130,7 @@ extension Engine {
         if let ms = r.failoverAfterMilliseconds, ms < 100 || ms > 600_000 {
             throw EngineError("[replication]: failover_after_ms must be between 100 and 600000")
         }
+        if let path = r.secretFile { _ = try ReplicationAuth.readSecret(path) }
     }
 
     /// A primary's start: the peer must not be serving as a primary (a failover made it one).
@@ -155,6 +161,7 @@ extension Engine {
     func prepareReplication(_ s: EngineSettings) throws(EngineError) -> ReplicationRuntime? {
         guard let r = s.replication else { return nil }
         let runtime = ReplicationRuntime(settings: r, shards: s.shards.count)
+        if let path = r.secretFile { runtime.secret = try ReplicationAuth.readSecret(path) }
         if r.role == .standby { runtime.inboxes = s.shards.map { _ in ReplicaInbox() } }
         if let key = r.lease {
             guard let plugin = pluginHost?.loaded.first(where: { $0.name == r.leasePlugin }) else {
@@ -245,7 +252,7 @@ extension Engine {
                                       directory: dataDirectory, what: "the primary's instance name")
                     } catch { log("replication: \(error)") }
                 },
-                wakers: runtime.wakers,
+                wakers: runtime.wakers, secret: runtime.secret,
                 promote: { [weak self] epoch in
                     // Not on the client's own thread: promotion stops it and waits for it.
                     Thread { [weak self] in
@@ -276,7 +283,7 @@ extension Engine {
                 return query.value
             },
             seed: { [weak self] i in self?.standbySeed(shard: i) },
-            ring: { shards[$0].ring() }, wakers: runtime.wakers,
+            ring: { shards[$0].ring() }, wakers: runtime.wakers, secret: runtime.secret,
             log: log)
         do { try server.start() } catch { throw EngineError("\(error)") }
         runtime.server = server

@@ -411,6 +411,10 @@ final class CuttableProxy: @unchecked Sendable {
     }
 
     func cut() { lock.lock(); cutNow = true; lock.unlock() }
+    /// Flips the last byte of the next chunk carried from the upstream (the primary) on.
+    func corruptNext() { lock.lock(); corrupt = true; lock.unlock() }
+    private var corrupt = false
+    private func takeCorrupt() -> Bool { lock.lock(); defer { lock.unlock() }; let c = corrupt; corrupt = false; return c }
     func heal() { lock.lock(); cutNow = false; generation += 1; lock.unlock() }
     func stop() { lock.lock(); stopped = true; lock.unlock(); shutdown(listener, Int32(SHUT_RDWR)); close(listener) }
 
@@ -440,6 +444,7 @@ final class CuttableProxy: @unchecked Sendable {
                         if state.cut { continue }  // cut while waiting: the bytes stay where they are
                         let n = buffer.withUnsafeMutableBytes { recv(from, $0.baseAddress!, $0.count, 0) }
                         if n <= 0 { break }
+                        if from == server && takeCorrupt() { buffer[n - 1] ^= 0x40 }
                         var sent = 0
                         while sent < n {
                             let m = buffer.withUnsafeBytes { send(to, $0.baseAddress! + sent, n - sent, Int32(MSG_NOSIGNAL)) }
@@ -1154,6 +1159,89 @@ extension FailoverTests {
             #expect("\(error.map { "\($0)" } ?? "")".contains("lease hx-lease") && "\(error.map { "\($0)" } ?? "")".contains(why),
                     "answer \(answer.prefix(40).debugDescription): \(error.map { "\($0)" } ?? "none")")
             #expect(Date().timeIntervalSince(started) < 10)
+        }
+    }
+}
+
+extension FailoverTests {
+    /// A secret file of `bytes` (mode 600); returns its path.
+    static func secretFile(_ bytes: [UInt8], mode: mode_t = 0o600) -> String {
+        let path = NSTemporaryDirectory() + "crossbook-secret-\(UUID().uuidString.prefix(8))"
+        FileManager.default.createFile(atPath: path, contents: Data(bytes))
+        chmod(path, mode)
+        return path
+    }
+
+    @Test("[replication] secret_file: both engines prove the pair's secret and every frame is tagged; a frame altered on the way ends the connection (nothing of it applied) and the pair goes on; a wrong secret, or a standby without one, is refused with the reason and follows nothing")
+    func authenticated() throws {
+        let secret = (0..<48).map { _ in UInt8.random(in: 0x21...0x7E) }
+        let sa = Self.secretFile(secret + [0x0A]), sb = Self.secretFile(secret)
+        defer { unlink(sa); unlink(sb) }
+        let pa = freeLoopbackPort(), pb = freeLoopbackPort()
+        let proxy = CuttableProxy(to: pa)
+        defer { proxy.stop() }
+        let a = PairNode(name: "hk-a", listen: pa, peer: pb, failoverAfterMs: nil, extra: "secret_file = \"\(sa)\"")
+        let b = PairNode(name: "hk-b", listen: pb, peer: proxy.port, failoverAfterMs: nil, extra: "secret_file = \"\(sb)\"")
+        defer { a.terminate(); b.terminate(); a.remove(); b.remove() }
+        try a.start(standby: false)
+        #expect(waitFor(10) { a.isPrimary })
+        try b.start(standby: true)
+        #expect(waitFor(10) { a.engagedWithStandby }, "sync engaged: \(a.status()) \(b.log.all.suffix(5))")
+        let client = try CrossbookClient(instance: "hk-a", directory: a.dir)
+        let btc = try client.symbol("BTC-USD")
+        #expect(try Self.submitAndCount(client, btc, ids: 1...2000, seconds: 15) == 2000)
+
+        // One byte of the primary's stream flipped on the way: the standby drops the connection,
+        // applies nothing of that frame, connects again and catches up.
+        proxy.corruptNext()
+        #expect(waitFor(10) { b.log.contains("does not authenticate") }, "\(b.log.all.suffix(5))")
+        #expect(waitFor(10) { a.engagedWithStandby }, "\(a.status())")
+        #expect(try Self.submitAndCount(client, btc, ids: 2001...2500, seconds: 15) == 500)
+        client.close()
+        #expect(waitFor(10) { b.status().contains { $0.contains("lag 0 ") } }, "\(b.status())")
+        #expect(!b.status().joined().contains("ALARM"), "\(b.status())")
+
+        // The standby with another secret: the primary's proof does not check out; not followed.
+        b.terminate()
+        let other = (0..<48).map { _ in UInt8.random(in: 0x21...0x7E) }
+        FileManager.default.createFile(atPath: sb, contents: Data(other))
+        chmod(sb, 0o600)
+        try b.start(standby: true)
+        #expect(waitFor(10) { b.status().contains { $0.contains("authentication failed") } }, "\(b.status()) \(b.log.all.suffix(5))")
+        #expect(!a.engagedWithStandby || !a.status().contains { $0.contains("standbys 1") })
+
+        // A standby without a secret: the primary refuses it, saying why.
+        let c = PairNode(name: "hk-c", listen: freeLoopbackPort(), peer: pa, failoverAfterMs: nil)
+        defer { c.terminate(); c.remove() }
+        try c.start(standby: true)
+        #expect(waitFor(10) { c.status().contains { $0.contains("authenticates its standbys") } }, "\(c.status())")
+        a.terminate()
+        b.terminate()
+        c.terminate()
+        // Only what the primary sent, in order: the journals hold the same orders.
+        let ca = try journaledClientIds(a.data), cb = try journaledClientIds(b.data)
+        #expect(ca.count == 2500 && ca == cb)
+        #expect(try journaledClientIds(c.data).isEmpty)
+    }
+
+    @Test("a secret file that others may read, a short one, a link, a directory, a missing one: refused with the reason; a final newline is not part of the secret")
+    func secretFiles() throws {
+        let good = (0..<40).map { _ in UInt8.random(in: 0x21...0x7E) }
+        let plain = Self.secretFile(good), newline = Self.secretFile(good + [0x0A])
+        let open = Self.secretFile(good, mode: 0o644), short = Self.secretFile(Array(good.prefix(31)))
+        let link = NSTemporaryDirectory() + "crossbook-secret-link-\(UUID().uuidString.prefix(8))"
+        symlink(plain, link)
+        defer { for p in [plain, newline, open, short, link] { unlink(p) } }
+        #expect(try ReplicationAuth.readSecret(plain) == good)
+        #expect(try ReplicationAuth.readSecret(newline) == good)
+        for (path, why) in [(open, "others may read"), (short, "31 bytes"), (link, "Too many levels of symbolic links"),
+                            (NSTemporaryDirectory(), "not a regular file"), ("/nonexistent/secret", "No such file")] {
+            do {
+                _ = try ReplicationAuth.readSecret(path)
+                Issue.record("\(path) was taken")
+            } catch {
+                #expect(error.description.contains(why), "\(error)")
+            }
         }
     }
 }

@@ -37,6 +37,8 @@ final class ReplicationClient: @unchecked Sendable {
     private let durable: (Int) -> UInt64
     /// It sleeps on these until one of its shards makes more durable (nil: it polls).
     private let wakers: JournalWakers?
+    /// The pair's secret: the primary proves it holds it, and every frame is tagged (nil: none).
+    private let secret: [UInt8]?
     private let configurationHash: UInt64
     private let epoch: UInt64
     private let failoverAfterNanoseconds: UInt64?
@@ -79,10 +81,11 @@ final class ReplicationClient: @unchecked Sendable {
          rewind: @escaping @Sendable ([JournalCut]) -> String? = { _ in "cutting the journal back is not supported here" },
          localCrc: @escaping (Int, UInt64) -> UInt32? = { _, _ in nil },
          named: @escaping (String) -> Void = { _ in },
-         wakers: JournalWakers? = nil,
+         wakers: JournalWakers? = nil, secret: [UInt8]? = nil,
          promote: @escaping @Sendable (UInt64) -> Void,
          log: @escaping @Sendable (String) -> Void) {
         self.wakers = wakers
+        self.secret = secret
         self.named = named
         self.reseed = reseed
         self.rewind = rewind
@@ -275,11 +278,43 @@ final class ReplicationClient: @unchecked Sendable {
         let positions = zip(received, receivedCrc).map { ReplicationMessage.ShardPosition(last: $0.0, crc: $0.1) }
         var acked = received
         do {
-            try connection.send(.hello(epoch: epoch, configuration: configurationHash, shards: positions))
+            let mine = secret.map { _ in ReplicationAuth.nonce() }
+            let hello = ReplicationMessage.hello(epoch: epoch, configuration: configurationHash, shards: positions, nonce: mine)
+            try connection.send(hello)
             var answer: ReplicationMessage?
-            let deadline = monotonicNanoseconds() + 1_000_000_000
+            var deadline = monotonicNanoseconds() + 1_000_000_000
             while answer == nil && monotonicNanoseconds() < deadline && !isStopping {
                 answer = try connection.receive(timeoutMilliseconds: 100)
+            }
+            if let secret, let mine {
+                // The primary proves it holds the secret first; a standby never follows one that does not.
+                switch answer {
+                case .proof(let theirs, let tag)?:
+                    let sent = hello.encode()
+                    guard ReplicationAuth.equal(tag, ReplicationAuth.proof(secret, primary: true, standbyNonce: mine, primaryNonce: theirs, hello: sent)) else {
+                        lock.locked { status.refused = "authentication failed: the primary does not hold this standby's secret" }
+                        return "authentication failed: the primary at \(primary) did not prove it holds this standby's secret: not followed"
+                    }
+                    try connection.send(.proof(nonce: [UInt8](repeating: 0, count: ReplicationAuth.nonceSize),
+                                               tag: ReplicationAuth.proof(secret, primary: false, standbyNonce: mine, primaryNonce: theirs, hello: sent)))
+                    connection.authenticate(key: ReplicationAuth.sessionKey(secret, standbyNonce: mine, primaryNonce: theirs), primary: false)
+                    answer = nil
+                    deadline = monotonicNanoseconds() + 1_000_000_000
+                    while answer == nil && monotonicNanoseconds() < deadline && !isStopping {
+                        answer = try connection.receive(timeoutMilliseconds: 100)
+                    }
+                case .refuse(let why)?:
+                    lock.locked { status.refused = why }
+                    return "refused: \(why)"
+                case nil:
+                    return isStopping ? nil : "no answer to the hello in 1 s"
+                default:
+                    lock.locked { status.refused = "the primary does not authenticate itself" }
+                    return "the primary at \(primary) did not authenticate itself (no [replication] secret_file there?): not followed"
+                }
+            } else if case .proof? = answer {
+                lock.locked { status.refused = "the primary authenticates its standbys: this one has no secret" }
+                return "the primary at \(primary) authenticates its standbys: give this standby the pair's [replication] secret_file"
             }
             switch answer {
             case .welcome(let theirEpoch, let mode, let theirName)?:

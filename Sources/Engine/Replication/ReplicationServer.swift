@@ -52,6 +52,8 @@ final class ReplicationServer: @unchecked Sendable {
     private let ring: (Int) -> Void
     /// The sender sleeps on these until a shard's journal moves (nil: it polls).
     private let wakers: JournalWakers?
+    /// The pair's secret: each standby proves it holds it, and every frame is tagged (nil: none).
+    private let secret: [UInt8]?
     private let digestEveryNanoseconds: UInt64
     /// Per shard: the highest sequence the output gates may release (sync mode).
     let cap: UnsafeMutablePointer<UInt64>
@@ -87,8 +89,9 @@ final class ReplicationServer: @unchecked Sendable {
          epoch: UInt64, cap: UnsafeMutablePointer<UInt64>, syncStandbys: Int = 1, digestEveryNanoseconds: UInt64,
          durable: @escaping (Int) -> UInt64, written: @escaping (Int) -> UInt64, digest: @escaping (Int) -> (sequence: UInt64, digest: UInt64)?,
          seed: @escaping (Int) -> StandbySeed? = { _ in nil },
-         ring: @escaping (Int) -> Void = { _ in }, wakers: JournalWakers? = nil,
+         ring: @escaping (Int) -> Void = { _ in }, wakers: JournalWakers? = nil, secret: [UInt8]? = nil,
          log: @escaping @Sendable (String) -> Void) {
+        self.secret = secret
         self.seed = seed
         self.ring = ring
         self.wakers = wakers
@@ -233,8 +236,32 @@ final class ReplicationServer: @unchecked Sendable {
         } catch {
             return log("replication: standby \(connection.peer): \(error)")
         }
-        guard case .hello(let theirEpoch, let configuration, let positions)? = hello else {
+        guard case .hello(let theirEpoch, let configuration, let positions, let theirNonce)? = hello else {
             return refuse(connection, "expected a hello first")
+        }
+        if let secret {
+            guard let theirNonce else {
+                return refuse(connection, "this primary authenticates its standbys: give the standby the pair's [replication] secret_file")
+            }
+            let mine = ReplicationAuth.nonce()
+            let sent = hello!.encode()
+            do {
+                try connection.send(.proof(nonce: mine, tag: ReplicationAuth.proof(secret, primary: true, standbyNonce: theirNonce, primaryNonce: mine, hello: sent)))
+                var answer: ReplicationMessage?
+                let deadline = monotonicNanoseconds() + 5_000_000_000
+                while answer == nil && monotonicNanoseconds() < deadline && !lock.locked({ stopping }) {
+                    answer = try connection.receive(timeoutMilliseconds: 100)
+                }
+                let expected = ReplicationAuth.proof(secret, primary: false, standbyNonce: theirNonce, primaryNonce: mine, hello: sent)
+                guard case .proof(_, let tag)? = answer, ReplicationAuth.equal(tag, expected) else {
+                    return refuse(connection, "authentication failed: the standby did not prove it holds this primary's secret")
+                }
+            } catch {
+                return log("replication: standby \(connection.peer): authentication: \(error)")
+            }
+            connection.authenticate(key: ReplicationAuth.sessionKey(secret, standbyNonce: theirNonce, primaryNonce: mine), primary: true)
+        } else if theirNonce != nil {
+            return refuse(connection, "the standby authenticates, and this primary has no [replication] secret_file: give both engines the pair's secret")
         }
         guard positions.count == shardCount else {
             return refuse(connection, "the standby has \(positions.count) shards, this primary \(shardCount)")

@@ -5,7 +5,17 @@
 //
 //   standby → primary
 //     1 hello: magic "CBREPL01" (u64), version (u16), shards (u16), epoch (u64),
-//              configuration hash (u64), per shard: last sequence (u64), its record's CRC (u32)
+//              configuration hash (u64), per shard: last sequence (u64), its record's CRC (u32),
+//              then, from a standby with a secret ([replication] secret_file), its nonce (32 bytes)
+//    14 proof: after a primary's proof (below): 32 zero bytes, then the standby's tag (32 bytes)
+//
+//   Authentication (ReplicationAuth.swift), when both engines have the pair's secret: the
+//   primary answers the hello with a proof, nonce (32 bytes) and tag (32), the standby answers
+//   with its proof; each tag is HMAC-SHA256 under the secret of a role's label, both nonces and
+//   the hello. From then on every frame, either way, ends with 16 more bytes (not counted in its
+//   length): HMAC-SHA256 under the session's key (from the secret and both nonces) of the
+//   direction (u8), the frame's number in that direction (u64) and the frame. A frame whose tag
+//   is wrong ends the connection.
 //     7 ack:   shard (u16), 6 reserved bytes, durable sequence (u64)
 //   primary → standby
 //     2 welcome: epoch (u64), mode (u8: 0 sync, 1 async), then the primary's instance name
@@ -33,6 +43,7 @@
 //   standby → primary, after a diverged
 //    12 probe:   shard (u16), 6 reserved, sequence (u64)
 
+import CAuth
 import Glibc
 import SharedMemory
 
@@ -48,7 +59,8 @@ enum ReplicationMessage: Equatable {
         var last: UInt64
         var crc: UInt32
     }
-    case hello(epoch: UInt64, configuration: UInt64, shards: [ShardPosition])
+    case hello(epoch: UInt64, configuration: UInt64, shards: [ShardPosition], nonce: [UInt8]? = nil)
+    case proof(nonce: [UInt8], tag: [UInt8])
     case welcome(epoch: UInt64, mode: ReplicationMode, instance: String)
     case refuse(String)
     case records(shard: Int, durable: UInt64, bytes: [UInt8])
@@ -68,8 +80,8 @@ enum ReplicationMessage: Equatable {
     static func maxProbes(shards: Int) -> Int { 65 * shards }
 
     static let magic: UInt64 = 0x3130_4C50_4552_4243  // "CBREPL01"
-    /// 2: the welcome names the primary's instance.
-    static let version: UInt16 = 2
+    /// 2: the welcome names the primary's instance. 3: authentication (a nonce in the hello, proofs).
+    static let version: UInt16 = 3
     static let maxBody = 8 << 20
     static let maxShards = 1024
 
@@ -78,10 +90,14 @@ enum ReplicationMessage: Equatable {
         func put<T: FixedWidthInteger>(_ v: T) { withUnsafeBytes(of: v.littleEndian) { body.append(contentsOf: $0) } }
         let kind: UInt16
         switch self {
-        case .hello(let epoch, let configuration, let shards):
+        case .hello(let epoch, let configuration, let shards, let nonce):
             kind = 1
             put(Self.magic); put(Self.version); put(UInt16(shards.count)); put(epoch); put(configuration)
             for s in shards { put(s.last); put(s.crc) }
+            if let nonce { body.append(contentsOf: nonce.prefix(32)) }
+        case .proof(let nonce, let tag):
+            kind = 14
+            body.append(contentsOf: nonce.prefix(32)); body.append(contentsOf: tag.prefix(32))
         case .welcome(let epoch, let mode, let instance):
             kind = 2
             put(epoch); put(UInt8(mode == .sync ? 0 : 1))
@@ -153,8 +169,16 @@ enum ReplicationMessage: Equatable {
             let epoch = try get(UInt64.self), configuration = try get(UInt64.self)
             var shards: [ShardPosition] = []
             for _ in 0..<count { shards.append(ShardPosition(last: try get(UInt64.self), crc: try get(UInt32.self))) }
+            var nonce: [UInt8]?
+            if body.count - at == 32 {
+                nonce = Array(body[at...])
+                at += 32
+            }
             try end()
-            return .hello(epoch: epoch, configuration: configuration, shards: shards)
+            return .hello(epoch: epoch, configuration: configuration, shards: shards, nonce: nonce)
+        case 14:
+            guard body.count == 64 else { throw .protocol("a proof of \(body.count) bytes, not 64") }
+            return .proof(nonce: Array(body[0..<32]), tag: Array(body[32..<64]))
         case 2:
             let epoch = try get(UInt64.self)
             let mode = try get(UInt8.self)
@@ -275,6 +299,13 @@ final class ReplicationConnection: @unchecked Sendable {
     let peer: String
     /// Where recv(2) reads to (one allocation per connection, not one per read).
     private let chunk = UnsafeMutableRawBufferPointer.allocate(byteCount: 256 << 10, alignment: 64)
+    /// Once authenticated (ReplicationAuth.swift): the session's key, this side's direction
+    /// (0: primary → standby, 1: standby → primary), and the frames numbered each way.
+    private var mac: OpaquePointer?
+    private var direction: UInt8 = 0
+    private var framesSent: UInt64 = 0
+    private var framesReceived: UInt64 = 0
+    var isAuthenticated: Bool { mac != nil }
 
     init(fd: Int32, peer: String) {
         self.fd = fd
@@ -289,6 +320,30 @@ final class ReplicationConnection: @unchecked Sendable {
     deinit {
         close(fd)
         chunk.deallocate()
+        if let mac { cb_mac_free(mac) }
+    }
+
+    /// From the next frame on, each way: a tag under `key` on every frame sent, and one checked
+    /// on every frame received.
+    func authenticate(key: [UInt8], primary: Bool) {
+        guard let made = key.withUnsafeBufferPointer({ cb_mac_new($0.baseAddress, $0.count) }) else {
+            fatalError("libcrypto cannot make an HMAC-SHA256")
+        }
+        if let mac { cb_mac_free(mac) }
+        mac = made
+        direction = primary ? 0 : 1
+    }
+
+    /// The tag of a frame: direction, number, the frame's bytes.
+    private func tag(_ frame: UnsafeRawBufferPointer, direction: UInt8, number: UInt64) -> [UInt8] {
+        var head = [UInt8](repeating: direction, count: 9)
+        withUnsafeBytes(of: number.littleEndian) { for i in 0..<8 { head[1 + i] = $0[i] } }
+        var out = [UInt8](repeating: 0, count: 32)
+        let rc = head.withUnsafeBytes { h in
+            out.withUnsafeMutableBufferPointer { cb_mac_compute(mac, h.baseAddress, h.count, frame.baseAddress, frame.count, nil, 0, $0.baseAddress) }
+        }
+        precondition(rc == 0, "libcrypto failed to compute an HMAC-SHA256")
+        return Array(out.prefix(ReplicationAuth.tagSize))
     }
 
     /// Ends the connection now (another thread blocked on it returns).
@@ -317,7 +372,11 @@ final class ReplicationConnection: @unchecked Sendable {
     }
 
     func send(_ message: ReplicationMessage) throws(ReplicationError) {
-        let frame = message.encode()
+        var frame = message.encode()
+        if mac != nil {
+            frame += frame.withUnsafeBytes { tag($0, direction: direction, number: framesSent) }
+            framesSent += 1
+        }
         var sent = 0
         while sent < frame.count {
             let n = frame.withUnsafeBytes { raw in Glibc.send(fd, raw.baseAddress! + sent, raw.count - sent, Int32(MSG_NOSIGNAL)) }
@@ -363,14 +422,25 @@ final class ReplicationConnection: @unchecked Sendable {
         guard length <= ReplicationMessage.maxBody, reserved == 0 else {
             throw .protocol("a frame of \(length) bytes (at most \(ReplicationMessage.maxBody)), reserved \(reserved)")
         }
-        guard buffer.count - start >= 8 + length else { return nil }
+        let tagged = mac != nil ? ReplicationAuth.tagSize : 0
+        guard buffer.count - start >= 8 + length + tagged else { return nil }
+        if mac != nil {
+            let good = buffer.withUnsafeBytes { raw in
+                ReplicationAuth.equal(tag(UnsafeRawBufferPointer(rebasing: raw[start..<(start + 8 + length)]), direction: 1 - direction, number: framesReceived),
+                                      Array(raw[(start + 8 + length)..<(start + 8 + length + tagged)]))
+            }
+            guard good else {
+                throw .protocol("frame \(framesReceived) from \(peer) does not authenticate (altered, replayed or injected on the way, or the peer does not hold this engine's secret)")
+            }
+            framesReceived += 1
+        }
         let decoded: Result<ReplicationMessage, ReplicationError> = buffer.withUnsafeBytes { raw in
             do throws(ReplicationError) {
                 return .success(try ReplicationMessage.decode(kind: kind, UnsafeRawBufferPointer(rebasing: raw[(start + 8)..<(start + 8 + length)])))
             } catch { return .failure(error) }
         }
         let message = try decoded.get()
-        start += 8 + length
+        start += 8 + length + tagged
         return message
     }
 }
