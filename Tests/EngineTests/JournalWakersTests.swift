@@ -11,6 +11,14 @@ import Testing
 
 @Suite("Journal wakers")
 struct JournalWakersTests {
+    /// Wakers with one slot taken, and a socket pair for the sleeps (the caller closes it).
+    static func sleeper() -> (JournalWakers, Int32, [Int32]) {
+        let wakers = JournalWakers()
+        var pair: [Int32] = [0, 0]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &pair) == 0)
+        return (wakers, wakers.take()!, pair)
+    }
+
     @Test("16 slots, then none; a slot given back is taken again")
     func slots() {
         let wakers = JournalWakers()
@@ -44,10 +52,7 @@ struct JournalWakersTests {
 
     @Test("`ready` true: no sleep; a readable socket ends the sleep")
     func socketWakes() {
-        let wakers = JournalWakers()
-        let slot = wakers.take()!
-        var pair: [Int32] = [0, 0]
-        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &pair) == 0)
+        let (wakers, slot, pair) = Self.sleeper()
         defer { close(pair[0]); close(pair[1]) }
         #expect(!wakers.sleep(slot: slot, socket: pair[0], timeoutMilliseconds: 60_000) { true })
         var byte: UInt8 = 1
@@ -59,10 +64,7 @@ struct JournalWakersTests {
 
     @Test("20,000 hand-offs between a publishing thread and a sleeper: no notify is lost (no sleep runs to its 5 s timeout)")
     func noLostWakeUp() {
-        let wakers = JournalWakers()
-        let slot = wakers.take()!
-        var pair: [Int32] = [0, 0]
-        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &pair) == 0)
+        let (wakers, slot, pair) = Self.sleeper()
         defer { close(pair[0]); close(pair[1]) }
         let published = UnsafeMutablePointer<UInt64>.allocate(capacity: 3)
         published.initialize(repeating: 0, count: 3)  // [0] published, [1] seen by the sleeper, [2] give up

@@ -75,6 +75,50 @@ final class Desk {
     }
 }
 
+/// Two engines on one redis-server for a move of HOT-USD from A (which trades it) to B (which
+/// trades SOL-USD), neither accepting offered moves by itself; `restartB` starts B again on its
+/// data directory.
+final class TransferPair {
+    let redis: RedisServer
+    let prefix: String
+    let dirA = testDirectory(), dirB = testDirectory()
+    let dataA: String, dataB: String
+    let logA = LogLines(), logB = LogLines()
+    let nameA: String, nameB: String
+    let a: Engine
+    private(set) var b: Engine
+
+    init(_ tag: String) throws {
+        redis = try RedisServer()
+        prefix = "\(tag)\(UInt32.random(in: 0...UInt32.max)):"
+        nameA = tag + "a"
+        nameB = tag + "b"
+        dataA = NSTemporaryDirectory() + "crossbook-\(nameA)-\(UUID().uuidString.prefix(8))"
+        dataB = NSTemporaryDirectory() + "crossbook-\(nameB)-\(UUID().uuidString.prefix(8))"
+        a = try transferEngine(nameA, dir: dirA, data: dataA, redis: redis, prefix: prefix,
+                               symbols: [(spec: SymbolSpec(name: "HOT-USD", id: 1), shard: 0)], log: logA, accept: false)
+        b = try Self.engineB(nameB, dirB, dataB, redis, prefix, logB)
+    }
+
+    private static func engineB(_ name: String, _ dir: String, _ data: String, _ redis: RedisServer, _ prefix: String, _ log: LogLines) throws -> Engine {
+        try transferEngine(name, dir: dir, data: data, redis: redis, prefix: prefix,
+                           symbols: [(spec: SymbolSpec(name: "SOL-USD", id: 3), shard: 0)], log: log, accept: false)
+    }
+
+    func restartB() throws {
+        b.stop()
+        b = try Self.engineB(nameB, dirB, dataB, redis, prefix, logB)
+    }
+
+    /// Stops both and removes their data.
+    func finish() {
+        a.stop()
+        b.stop()
+        removeTree(dataA)
+        removeTree(dataB)
+    }
+}
+
 @Suite("Moving a symbol between engines", .serialized)
 struct TransferTests {
     @Test("crossbook migrate --to-instance with the target out of reach of the CLI (another host): the target's router hands the move to its engine, which takes the book in; the source waits for the route and drops its copy")
@@ -195,18 +239,9 @@ struct TransferTests {
 
     @Test("orders an ingress source (a Kafka partition) placed move with the symbol as that source's on the target: the target's session of the same partition cancels and replaces them by their order ids, and is told their fills; a client's orders become foreign (its cancel there finds nothing)")
     func sourceOrdersMoveAsTheSources() throws {
-        let redis = try RedisServer()
-        let prefix = "xs\(UInt32.random(in: 0...UInt32.max)):"
-        let dirA = testDirectory(), dirB = testDirectory()
-        let dataA = NSTemporaryDirectory() + "crossbook-xsa-\(UUID().uuidString.prefix(8))"
-        let dataB = NSTemporaryDirectory() + "crossbook-xsb-\(UUID().uuidString.prefix(8))"
-        defer { removeTree(dataA); removeTree(dataB) }
-        let logA = LogLines(), logB = LogLines()
-        let a = try transferEngine("xsa", dir: dirA, data: dataA, redis: redis, prefix: prefix,
-                                   symbols: [(spec: SymbolSpec(name: "HOT-USD", id: 1), shard: 0)], log: logA, accept: false)
-        let b = try transferEngine("xsb", dir: dirB, data: dataB, redis: redis, prefix: prefix,
-                                   symbols: [(spec: SymbolSpec(name: "SOL-USD", id: 3), shard: 0)], log: logB, accept: false)
-        defer { a.stop(); b.stop() }
+        let pair = try TransferPair("xs")
+        defer { pair.finish() }
+        let (redis, prefix, a, b, dirA, dirB) = (pair.redis, pair.prefix, pair.a, pair.b, pair.dirA, pair.dirB)
         #expect(waitFor(10) { routes(redis, prefix: prefix)["HOT-USD"]?.instance == "xsa" })
         // B opens its session of the partition first, so that the two engines' session ids differ.
         let other = try b.openLocalSession()
@@ -267,18 +302,9 @@ struct TransferTests {
 
     @Test("a stream's resting orders move as that stream's: on the target, the stream's next client (it never attached there before) cancels them by their order ids and is told their fills, also after the target restarts; another stream cannot touch them")
     func streamOrdersMoveAsTheStream() throws {
-        let redis = try RedisServer()
-        let prefix = "xt\(UInt32.random(in: 0...UInt32.max)):"
-        let dirA = testDirectory(), dirB = testDirectory()
-        let dataA = NSTemporaryDirectory() + "crossbook-xta-\(UUID().uuidString.prefix(8))"
-        let dataB = NSTemporaryDirectory() + "crossbook-xtb-\(UUID().uuidString.prefix(8))"
-        defer { removeTree(dataA); removeTree(dataB) }
-        let logA = LogLines(), logB = LogLines()
-        let a = try transferEngine("xta", dir: dirA, data: dataA, redis: redis, prefix: prefix,
-                                   symbols: [(spec: SymbolSpec(name: "HOT-USD", id: 1), shard: 0)], log: logA, accept: false)
-        var b = try transferEngine("xtb", dir: dirB, data: dataB, redis: redis, prefix: prefix,
-                                   symbols: [(spec: SymbolSpec(name: "SOL-USD", id: 3), shard: 0)], log: logB, accept: false)
-        defer { a.stop(); b.stop() }
+        let pair = try TransferPair("xt")
+        defer { pair.finish() }
+        let (redis, prefix, a, dirA, dirB, logB) = (pair.redis, pair.prefix, pair.a, pair.dirA, pair.dirB, pair.logB)
         #expect(waitFor(10) { routes(redis, prefix: prefix)["HOT-USD"]?.instance == "xta" })
         // Sessions on B first, so that the stream's id there differs from its id on A.
         let early = try Desk("xtb", dirB, firstId: 0)
@@ -324,7 +350,7 @@ struct TransferTests {
         onA.client.close()
 
         let out = try a.transferOut(symbol: "HOT-USD", to: "xtb")
-        _ = try b.transferIn(symbol: "HOT-USD", epoch: out.epoch, shard: 0)
+        _ = try pair.b.transferIn(symbol: "HOT-USD", epoch: out.epoch, shard: 0)
         a.settleTransfers()
         #expect(logB.contains(":desk-1 (user:name): session"), "\(logB.all.suffix(10))")
 
@@ -348,9 +374,7 @@ struct TransferTests {
         early2.client.close()
 
         // After a restart of B: the stream's id and its last order are still its own.
-        b.stop()
-        b = try transferEngine("xtb", dir: dirB, data: dataB, redis: redis, prefix: prefix,
-                               symbols: [(spec: SymbolSpec(name: "SOL-USD", id: 3), shard: 0)], log: logB, accept: false)
+        try pair.restartB()
         let again = Flow(try CrossbookClient(instance: "xtb", directory: dirB, stream: "desk-1"))
         let last = try again.send(.cancel(CancelOrder(orderId: 3)), "HOT-USD", waitFor: 3, [.cancelled, .rejected])
         #expect(last?.kind == .cancelled, "\(String(describing: last))")
