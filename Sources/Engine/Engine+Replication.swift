@@ -486,7 +486,7 @@ extension Engine {
         var lines: [String] = []
         let role = runtime.lock.locked { runtime.role }
         let epoch = runtime.lock.locked { runtime.epochs.max() ?? 0 }
-        lines.append("role \(role.rawValue) epoch \(epoch) mode \(r.mode.rawValue) promotions \(runtime.promotions)")
+        lines.append("role \(role.rawValue) epoch \(epoch) mode \(r.mode.rawValue) promotions \(runtime.promotions) authenticated \(runtime.secret != nil ? 1 : 0)")
         if let last = runtime.lock.locked({ runtime.lastPromotion }) {
             lines.append("last_promotion epoch \(last.epoch) ms \(String(format: "%.1f", last.milliseconds))")
         }

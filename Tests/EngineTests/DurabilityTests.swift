@@ -546,11 +546,16 @@ struct JournalWorkerPlacementTests {
                     "\(placement)")
             // The thread that makes the next segment (started by the pinned shard's thread; it
             // takes 2 s or more to write 64 MiB at its pace, so it runs now).
-            let spares = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []).compactMap { tid -> String? in
-                let comm = (try? String(contentsOfFile: "/proc/self/task/\(tid)/comm", encoding: .utf8)) ?? ""
-                guard comm.hasPrefix("journal-spare") else { return nil }
-                let status = (try? String(contentsOfFile: "/proc/self/task/\(tid)/status", encoding: .utf8)) ?? ""
-                return status.split(separator: "\n").first { $0.hasPrefix("Cpus_allowed_list:") }.map { String($0.split(separator: "\t").last ?? "") }
+            // It names itself once on its CPUs: looked for until it has (a busy host starts it late).
+            var spares: [String] = []
+            _ = waitFor(10) {
+                spares = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []).compactMap { tid -> String? in
+                    let comm = (try? String(contentsOfFile: "/proc/self/task/\(tid)/comm", encoding: .utf8)) ?? ""
+                    guard comm.hasPrefix("journal-spare") else { return nil }
+                    let status = (try? String(contentsOfFile: "/proc/self/task/\(tid)/status", encoding: .utf8)) ?? ""
+                    return status.split(separator: "\n").first { $0.hasPrefix("Cpus_allowed_list:") }.map { String($0.split(separator: "\t").last ?? "") }
+                }
+                return !spares.isEmpty
             }
             let client = try CrossbookClient(instance: "iowq", directory: dir)
             let btc = try client.symbol("BTC-USD")

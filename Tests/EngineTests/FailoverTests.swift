@@ -1187,6 +1187,7 @@ extension FailoverTests {
         #expect(waitFor(10) { a.isPrimary })
         try b.start(standby: true)
         #expect(waitFor(10) { a.engagedWithStandby }, "sync engaged: \(a.status()) \(b.log.all.suffix(5))")
+        #expect(a.status().contains { $0.hasPrefix("role primary") && $0.hasSuffix("authenticated 1") } && b.status().contains { $0.hasPrefix("role standby") && $0.hasSuffix("authenticated 1") }, "\(a.status()) \(b.status())")
         let client = try CrossbookClient(instance: "hk-a", directory: a.dir)
         let btc = try client.symbol("BTC-USD")
         #expect(try Self.submitAndCount(client, btc, ids: 1...2000, seconds: 15) == 2000)
