@@ -71,7 +71,11 @@ struct JournalWakersTests {
         defer { published.deallocate() }
         let rounds: UInt64 = 20_000
         let box = UInt(bitPattern: published), wakersBox = UInt(bitPattern: wakers.raw)
+        // Waited for before the memory it uses goes (its last notify may come after the last
+        // value the sleeper saw).
+        let publisherDone = DispatchSemaphore(value: 0)
         let publisher = Thread {
+            defer { publisherDone.signal() }
             let p = UnsafeMutablePointer<UInt64>(bitPattern: box)!
             let raw = UnsafeMutablePointer<cb_wakers>(bitPattern: wakersBox)!
             for i in 1...rounds {
@@ -100,6 +104,7 @@ struct JournalWakersTests {
             cb_store_release_u64(published + 1, i)
         }
         cb_store_release_u64(published + 2, 1)
+        publisherDone.wait()
         #expect(longest < 4_500_000_000, "a sleep ran to its timeout: a notify was lost (\(sleeps) sleeps)")
         #expect(cb_load_acquire_u64(published + 1) == rounds)
     }
