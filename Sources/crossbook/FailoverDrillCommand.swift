@@ -33,7 +33,7 @@ struct FailoverDrillCommand: ParsableCommand {
     final class Node {
         let name: String, dir: String, data: String, config: String, logPath: String
         var process: Process?
-        init(_ name: String, work: String, listen: Int, peer: Int, failoverAfterMs: Int) {
+        init(_ name: String, work: String, listen: Int, peer: Int, failoverAfterMs: Int, secretFile: String) {
             self.name = name
             dir = work + "/shm-" + name
             data = work + "/data-" + name
@@ -51,6 +51,7 @@ struct FailoverDrillCommand: ParsableCommand {
                 listen = "127.0.0.1:\(listen)"
                 peer = "127.0.0.1:\(peer)"
                 failover_after_ms = \(failoverAfterMs)
+                secret_file = "\(secretFile)"
 
                 """
             FileManager.default.createFile(atPath: config, contents: Data(text.utf8))
@@ -123,8 +124,14 @@ struct FailoverDrillCommand: ParsableCommand {
         let work = NSTemporaryDirectory() + "crossbook-failover-drill-\(getpid())"
         mkdir(work, 0o700)
         let pa = Self.freePort(), pb = Self.freePort()
-        let a = Node("drill-a-\(getpid())", work: work, listen: pa, peer: pb, failoverAfterMs: failoverAfterMs)
-        let b = Node("drill-b-\(getpid())", work: work, listen: pb, peer: pa, failoverAfterMs: failoverAfterMs)
+        // The pair authenticates (a secret of its own, mode 600), as a deployment should.
+        let secret = work + "/replication.key"
+        let key = (0..<48).map { _ in UInt8.random(in: 0x21...0x7E) }
+        guard FileManager.default.createFile(atPath: secret, contents: Data(key), attributes: [.posixPermissions: 0o600]) else {
+            throw ValidationError("cannot write \(secret)")
+        }
+        let a = Node("drill-a-\(getpid())", work: work, listen: pa, peer: pb, failoverAfterMs: failoverAfterMs, secretFile: secret)
+        let b = Node("drill-b-\(getpid())", work: work, listen: pb, peer: pa, failoverAfterMs: failoverAfterMs, secretFile: secret)
         defer {
             a.signal(SIGTERM)
             b.signal(SIGTERM)

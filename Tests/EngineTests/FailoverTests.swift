@@ -172,15 +172,20 @@ struct FailoverTests {
         #expect(stopped.hasSuffix(String(da ?? 0, radix: 16)), "\(stopped)")
     }
 
-    @Test("kill -9 of the primary under load, 10 times (make soak: 200): the standby promotes itself, every acknowledged order is in the final state exactly once, the old primary comes back as a standby and converges")
+    @Test("kill -9 of the primary under load, 10 times (make soak: 200), the pair authenticated (secret_file): the standby promotes itself, every acknowledged order is in the final state exactly once, the old primary comes back as a standby and converges")
     func killPrimary() throws {
         let pa = freeLoopbackPort(), pb = freeLoopbackPort()
-        let a = PairNode(name: "hk-a", listen: pa, peer: pb), b = PairNode(name: "hk-b", listen: pb, peer: pa)
+        // Authenticated: every reconnection, probe and catch-up of the cycles goes through it.
+        let secret = Self.secretFile(Array("kill-cycles-\(UUID().uuidString)-0123456789abcdef".utf8))
+        defer { unlink(secret) }
+        let a = PairNode(name: "hk-a", listen: pa, peer: pb, extra: "secret_file = \"\(secret)\"")
+        let b = PairNode(name: "hk-b", listen: pb, peer: pa, extra: "secret_file = \"\(secret)\"")
         defer { a.terminate(); b.terminate(); a.remove(); b.remove() }
         try a.start(standby: false)
         #expect(waitFor(10) { a.isPrimary })
         try b.start(standby: true)
         #expect(waitFor(10) { a.engagedWithStandby }, "\(a.status())")
+        #expect(a.status().contains { $0.hasPrefix("role primary") && $0.hasSuffix("authenticated 1") }, "\(a.status())")
         var primary = a, standby = b
         var acked = Set<Int64>()
         var nextId: Int64 = 0
@@ -1180,15 +1185,15 @@ extension FailoverTests {
         let pa = freeLoopbackPort(), pb = freeLoopbackPort()
         let proxy = CuttableProxy(to: pa)
         defer { proxy.stop() }
-        let a = PairNode(name: "hk-a", listen: pa, peer: pb, failoverAfterMs: nil, extra: "secret_file = \"\(sa)\"")
-        let b = PairNode(name: "hk-b", listen: pb, peer: proxy.port, failoverAfterMs: nil, extra: "secret_file = \"\(sb)\"")
+        let a = PairNode(name: "ht-a", listen: pa, peer: pb, failoverAfterMs: nil, extra: "secret_file = \"\(sa)\"")
+        let b = PairNode(name: "ht-b", listen: pb, peer: proxy.port, failoverAfterMs: nil, extra: "secret_file = \"\(sb)\"")
         defer { a.terminate(); b.terminate(); a.remove(); b.remove() }
         try a.start(standby: false)
         #expect(waitFor(10) { a.isPrimary })
         try b.start(standby: true)
         #expect(waitFor(10) { a.engagedWithStandby }, "sync engaged: \(a.status()) \(b.log.all.suffix(5))")
         #expect(a.status().contains { $0.hasPrefix("role primary") && $0.hasSuffix("authenticated 1") } && b.status().contains { $0.hasPrefix("role standby") && $0.hasSuffix("authenticated 1") }, "\(a.status()) \(b.status())")
-        let client = try CrossbookClient(instance: "hk-a", directory: a.dir)
+        let client = try CrossbookClient(instance: "ht-a", directory: a.dir)
         let btc = try client.symbol("BTC-USD")
         #expect(try Self.submitAndCount(client, btc, ids: 1...2000, seconds: 15) == 2000)
 
@@ -1212,7 +1217,7 @@ extension FailoverTests {
         #expect(!a.engagedWithStandby || !a.status().contains { $0.contains("standbys 1") })
 
         // A standby without a secret: the primary refuses it, saying why.
-        let c = PairNode(name: "hk-c", listen: freeLoopbackPort(), peer: pa, failoverAfterMs: nil)
+        let c = PairNode(name: "ht-c", listen: freeLoopbackPort(), peer: pa, failoverAfterMs: nil)
         defer { c.terminate(); c.remove() }
         try c.start(standby: true)
         #expect(waitFor(10) { c.status().contains { $0.contains("authenticates its standbys") } }, "\(c.status())")
