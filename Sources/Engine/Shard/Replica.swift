@@ -29,8 +29,13 @@ final class ReplicaInbox: @unchecked Sendable {
     let primaryDurable: UnsafeMutablePointer<UInt64>
     /// Digests compared and found equal.
     let digestsMatched: UnsafeMutablePointer<UInt64>
+    /// How many items wait: the shard looks here on every pass, without the lock (and without
+    /// the exclusivity check every access to `items` costs).
+    private let waiting: UnsafeMutablePointer<UInt64>
 
     init() {
+        waiting = cacheAligned(UInt64.self, count: 1)
+        waiting.initialize(to: 0)
         applied = cacheAligned(UInt64.self, count: 1)
         applied.initialize(to: 0)
         primaryDurable = cacheAligned(UInt64.self, count: 1)
@@ -43,18 +48,25 @@ final class ReplicaInbox: @unchecked Sendable {
         applied.deallocate()
         primaryDurable.deallocate()
         digestsMatched.deallocate()
+        waiting.deallocate()
     }
 
-    func push(_ item: Item) { lock.locked { items.append(item) } }
+    func push(_ item: Item) {
+        lock.locked {
+            items.append(item)
+            cb_store_release_u64(waiting, UInt64(items.count))
+        }
+    }
     /// Swaps what arrived into `taken` (emptied by the caller, its capacity kept): the two
     /// arrays go back and forth, so neither side allocates per take.
     func take(into taken: inout [Item]) {
+        if cb_load_acquire_u64(waiting) == 0 { return }
         lock.locked {
-            if items.isEmpty { return }
             swap(&items, &taken)
+            cb_store_release_u64(waiting, 0)
         }
     }
-    var isEmpty: Bool { lock.locked { items.isEmpty } }
+    var isEmpty: Bool { cb_load_acquire_u64(waiting) == 0 }
     /// Why the standby stopped applying (nil: it applies).
     var alarm: String? { lock.locked { alarmText } }
     func raise(_ why: String) { lock.locked { if alarmText == nil { alarmText = why } } }
@@ -125,10 +137,11 @@ extension ShardState {
         // The cursor's place in locals: a class's stored properties cost an exclusivity check
         // (swift_beginAccess) at every access, and this loop runs once per record.
         let items = cursor.items
-        var item = cursor.item, offset = cursor.offset
+        var item = cursor.item, offset = cursor.offset, pendingDigest = cursor.pendingDigest
         defer {
             cursor.item = item
             cursor.offset = offset
+            cursor.pendingDigest = pendingDigest
             cb_store_release_u64(inbox.applied, sequencer.last)
         }
         func stop(_ why: String) {
@@ -138,7 +151,7 @@ extension ShardState {
         while item < items.count {
             switch items[item] {
             case .digest(let sequence, let digest):
-                if sequence >= sequencer.last { cursor.pendingDigest = (sequence, digest) }
+                if sequence >= sequencer.last { pendingDigest = (sequence, digest) }
                 item += 1
             case .records(let bytes):
                 let result: Int? = bytes.withUnsafeBytes { raw -> Int? in
@@ -174,8 +187,8 @@ extension ShardState {
                         }
                         offset += record.size
                         applied += 1
-                        if let check = cursor.pendingDigest, check.sequence == sequencer.last {
-                            cursor.pendingDigest = nil
+                        if let check = pendingDigest, check.sequence == sequencer.last {
+                            pendingDigest = nil
                             let mine = digest
                             guard mine == check.digest else {
                                 stop("state digest \(String(mine, radix: 16)) at sequence \(check.sequence), the primary's is \(String(check.digest, radix: 16)): the standby does not hold the primary's state")
@@ -192,8 +205,8 @@ extension ShardState {
             }
         }
         // A digest at the sequence already reached (sent when the primary stood where we stand).
-        if let check = cursor.pendingDigest, check.sequence == sequencer.last {
-            cursor.pendingDigest = nil
+        if let check = pendingDigest, check.sequence == sequencer.last {
+            pendingDigest = nil
             let mine = digest
             if mine != check.digest {
                 stop("state digest \(String(mine, radix: 16)) at sequence \(check.sequence), the primary's is \(String(check.digest, radix: 16))")
