@@ -28,12 +28,13 @@ enum ReplicationAuth {
             fatalError("libcrypto cannot make an HMAC-SHA256")
         }
         defer { cb_mac_free(mac) }
+        return a.withUnsafeBytes { a in b.withUnsafeBytes { b in compute(mac, a, b) } }
+    }
+
+    /// HMAC-SHA256 under `mac`'s key of a || b.
+    static func compute(_ mac: OpaquePointer, _ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> [UInt8] {
         var out = [UInt8](repeating: 0, count: 32)
-        let rc = a.withUnsafeBytes { a in
-            b.withUnsafeBytes { b in
-                out.withUnsafeMutableBufferPointer { cb_mac_compute(mac, a.baseAddress, a.count, b.baseAddress, b.count, nil, 0, $0.baseAddress) }
-            }
-        }
+        let rc = out.withUnsafeMutableBufferPointer { cb_mac_compute(mac, a.baseAddress, a.count, b.baseAddress, b.count, nil, 0, $0.baseAddress) }
         precondition(rc == 0, "libcrypto failed to compute an HMAC-SHA256")
         return out
     }

@@ -305,7 +305,6 @@ final class ReplicationConnection: @unchecked Sendable {
     private var direction: UInt8 = 0
     private var framesSent: UInt64 = 0
     private var framesReceived: UInt64 = 0
-    var isAuthenticated: Bool { mac != nil }
 
     init(fd: Int32, peer: String) {
         self.fd = fd
@@ -338,12 +337,7 @@ final class ReplicationConnection: @unchecked Sendable {
     private func tag(_ frame: UnsafeRawBufferPointer, direction: UInt8, number: UInt64) -> [UInt8] {
         var head = [UInt8](repeating: direction, count: 9)
         withUnsafeBytes(of: number.littleEndian) { for i in 0..<8 { head[1 + i] = $0[i] } }
-        var out = [UInt8](repeating: 0, count: 32)
-        let rc = head.withUnsafeBytes { h in
-            out.withUnsafeMutableBufferPointer { cb_mac_compute(mac, h.baseAddress, h.count, frame.baseAddress, frame.count, nil, 0, $0.baseAddress) }
-        }
-        precondition(rc == 0, "libcrypto failed to compute an HMAC-SHA256")
-        return Array(out.prefix(ReplicationAuth.tagSize))
+        return Array(head.withUnsafeBytes { ReplicationAuth.compute(mac!, $0, frame) }.prefix(ReplicationAuth.tagSize))
     }
 
     /// Ends the connection now (another thread blocked on it returns).
