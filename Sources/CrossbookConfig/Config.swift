@@ -59,7 +59,7 @@
 //   lease_ttl_ms = 2000        # a primary that cannot renew stops acknowledging before it expires
 //   sync_standbys = 1          # sync: standbys that must confirm each record (2 standbys: 2 for RPO 0)
 //   secret_file = "/etc/crossbook/replication.key"  # the pair's secret (32+ bytes, mode 600, same on
-//                              # both): each proves it to the other, every frame is tagged
+//                              # both): each proves it to the other, every frame is encrypted (AES-256-GCM)
 //
 //   [plugins]             # crossbook run only; without this section: the default plugins
 //   dir = "/opt/crossbook/plugins"  # default: the directory of the crossbook executable

@@ -26,6 +26,37 @@ func journaledClientIds(_ data: String) throws -> [Int64: Int] {
     return out
 }
 
+/// The payloads of the new orders in a shard's journal (80 bytes each), as the journal holds them.
+func journaledOrderPayloads(_ data: String) throws -> [[UInt8]] {
+    var out: [[UInt8]] = []
+    _ = try JournalReader.scan(directory: data, shard: 0, repair: false) { type, _, payload in
+        guard type == 1, payload.count == 80, let decoded = try? CommandRecord.decode(payload.baseAddress!),
+              case .new = decoded.command else { return }
+        out.append(Array(UnsafeRawBufferPointer(payload)))
+    }
+    return out
+}
+
+/// How many of `needles` occur somewhere in `haystack`, byte for byte.
+func occurrences(of needles: [[UInt8]], in haystack: [UInt8]) -> Int {
+    // Indexed by their first 16 bytes; each offset of the haystack looked up, then compared whole.
+    var byHead: [UInt128: [Int]] = [:]
+    for (i, n) in needles.enumerated() where n.count >= 16 {
+        byHead[n.withUnsafeBytes { $0.loadUnaligned(as: UInt128.self) }, default: []].append(i)
+    }
+    var found = Set<Int>()
+    haystack.withUnsafeBytes { h in
+        guard h.count >= 16 else { return }
+        for at in 0...(h.count - 16) {
+            guard let candidates = byHead[h.loadUnaligned(fromByteOffset: at, as: UInt128.self)] else { continue }
+            for i in candidates where !found.contains(i) && at + needles[i].count <= h.count {
+                if needles[i].withUnsafeBytes({ memcmp(h.baseAddress! + at, $0.baseAddress!, $0.count) }) == 0 { found.insert(i) }
+            }
+        }
+    }
+    return found.count
+}
+
 /// An offline replay of a journal (a copy of its segments): the digest it rebuilds.
 func offlineDigest(_ data: String, tag: String, snapshots: Bool = false) throws -> UInt64? {
     let copy = data + "-replay-\(tag)"
@@ -418,6 +449,14 @@ final class CuttableProxy: @unchecked Sendable {
     func cut() { lock.lock(); cutNow = true; lock.unlock() }
     /// Flips the last byte of the next chunk carried from the upstream (the primary) on.
     func corruptNext() { lock.lock(); corrupt = true; lock.unlock() }
+    /// Every byte the upstream (the primary) sent through the proxy so far, as it came (at most
+    /// 64 MiB).
+    var fromUpstream: [UInt8] { lock.lock(); defer { lock.unlock() }; return captured }
+    private var captured: [UInt8] = []
+    private func capture(_ bytes: UnsafeRawBufferPointer) {
+        lock.lock(); defer { lock.unlock() }
+        if captured.count + bytes.count <= 64 << 20 { captured.append(contentsOf: bytes) }
+    }
     private var corrupt = false
     private func takeCorrupt() -> Bool { lock.lock(); defer { lock.unlock() }; let c = corrupt; corrupt = false; return c }
     func heal() { lock.lock(); cutNow = false; generation += 1; lock.unlock() }
@@ -449,7 +488,10 @@ final class CuttableProxy: @unchecked Sendable {
                         if state.cut { continue }  // cut while waiting: the bytes stay where they are
                         let n = buffer.withUnsafeMutableBytes { recv(from, $0.baseAddress!, $0.count, 0) }
                         if n <= 0 { break }
-                        if from == server && takeCorrupt() { buffer[n - 1] ^= 0x40 }
+                        if from == server {
+                            buffer.withUnsafeBytes { capture(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+                            if takeCorrupt() { buffer[n - 1] ^= 0x40 }
+                        }
                         var sent = 0
                         while sent < n {
                             let m = buffer.withUnsafeBytes { send(to, $0.baseAddress! + sent, n - sent, Int32(MSG_NOSIGNAL)) }
@@ -500,7 +542,13 @@ extension FailoverTests {
             #expect(try Self.submitAndCount(client, btc, ids: 1...200, seconds: 10) == 200, "\(mode): before the cut")
             // Sync engages once the standby has caught up (the orders above were acknowledged
             // before that, by the primary alone): wait for it, or the cut finds it running alone.
-            if mode == "sync" { #expect(waitFor(10) { a.engagedWithStandby }, "\(a.status())") }
+            if mode == "sync" {
+                #expect(waitFor(10) { a.engagedWithStandby }, "\(a.status())")
+                // Without a secret the journal crosses the network as it lies on disk (what the
+                // encrypted case below must not show).
+                let orders = try journaledOrderPayloads(a.data)
+                #expect(orders.count == 200 && occurrences(of: orders, in: proxy.fromUpstream) == 200)
+            }
             proxy.cut()
             let during = try Self.submitAndCount(client, btc, ids: 201...400, seconds: 2)
             let lag = a.status().first { $0.hasPrefix("serving") } ?? ""
@@ -1177,7 +1225,7 @@ extension FailoverTests {
         return path
     }
 
-    @Test("[replication] secret_file: both engines prove the pair's secret and every frame is tagged; a frame altered on the way ends the connection (nothing of it applied) and the pair goes on; a wrong secret, or a standby without one, is refused with the reason and follows nothing")
+    @Test("[replication] secret_file: both engines prove the pair's secret and every frame is encrypted and tagged (no order readable on the wire); a frame altered on the way ends the connection (nothing of it applied) and the pair goes on; a wrong secret, or a standby without one, is refused with the reason and follows nothing")
     func authenticated() throws {
         let secret = (0..<48).map { _ in UInt8.random(in: 0x21...0x7E) }
         let sa = Self.secretFile(secret + [0x0A]), sb = Self.secretFile(secret)
@@ -1196,6 +1244,11 @@ extension FailoverTests {
         let client = try CrossbookClient(instance: "ht-a", directory: a.dir)
         let btc = try client.symbol("BTC-USD")
         #expect(try Self.submitAndCount(client, btc, ids: 1...2000, seconds: 15) == 2000)
+        // Encrypted on the way: none of the journal's orders is in what the primary sent (the
+        // same check finds all of them without a secret: networkCut).
+        let orders = try journaledOrderPayloads(a.data)
+        #expect(orders.count == 2000 && proxy.fromUpstream.count > 2000 * 80)
+        #expect(occurrences(of: orders, in: proxy.fromUpstream) == 0)
 
         // One byte of the primary's stream flipped on the way: the standby drops the connection,
         // applies nothing of that frame, connects again and catches up.

@@ -3,9 +3,10 @@
 // primary's place could feed a standby records: the README said "run it on a private network".
 // With it, both engines prove they hold the pair's secret (HMAC-SHA256 over both sides' fresh
 // nonces and the hello: a recorded answer is worth nothing on another connection), and every
-// frame after carries a tag under the session's key, numbered in its direction: a frame altered,
-// dropped, replayed or injected on the way ends the connection. What it does not do: encrypt
-// (the journal crosses the network readable: orders, accounts), or protect the lease's Redis.
+// frame after is encrypted and tagged (AES-256-GCM) under the session's key, numbered in its
+// direction: the journal (orders, accounts) does not cross the network readable, and a frame
+// altered, dropped, replayed or injected on the way ends the connection. What it does not do:
+// hide the frames' sizes and kinds (their headers), or protect the lease's Redis.
 // The protocol's frames: ReplicationWire.swift.
 
 import CAuth
@@ -13,7 +14,7 @@ import Glibc
 
 enum ReplicationAuth {
     static let nonceSize = 32
-    /// Bytes a frame's tag adds (the first half of its HMAC-SHA256).
+    /// Bytes a frame's tag adds (AES-256-GCM's).
     static let tagSize = 16
 
     static func nonce() -> [UInt8] {
@@ -44,7 +45,7 @@ enum ReplicationAuth {
         hmac(secret, Array((primary ? "crossbook replication primary" : "crossbook replication standby").utf8) + standbyNonce + primaryNonce, hello)
     }
 
-    /// The key of the session's frame tags.
+    /// The session's key (AES-256-GCM) for its frames.
     static func sessionKey(_ secret: [UInt8], standbyNonce: [UInt8], primaryNonce: [UInt8]) -> [UInt8] {
         hmac(secret, Array("crossbook replication session".utf8) + standbyNonce + primaryNonce)
     }

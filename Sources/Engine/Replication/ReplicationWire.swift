@@ -12,10 +12,12 @@
 //   Authentication (ReplicationAuth.swift), when both engines have the pair's secret: the
 //   primary answers the hello with a proof, nonce (32 bytes) and tag (32), the standby answers
 //   with its proof; each tag is HMAC-SHA256 under the secret of a role's label, both nonces and
-//   the hello. From then on every frame, either way, ends with 16 more bytes (not counted in its
-//   length): HMAC-SHA256 under the session's key (from the secret and both nonces) of the
-//   direction (u8), the frame's number in that direction (u64) and the frame. A frame whose tag
-//   is wrong ends the connection.
+//   the hello. From then on every frame, either way, is sealed with AES-256-GCM under the
+//   session's key (HMAC-SHA256 of the secret, a label and both nonces): its body is encrypted,
+//   its 8-byte header stays readable and is authenticated with it, and 16 bytes of tag follow
+//   (not counted in its length). The nonce is the direction (u8: 0 primary → standby, 1 the
+//   other way), 3 zero bytes and the frame's number in that direction (u64). A frame that does
+//   not open ends the connection.
 //     7 ack:   shard (u16), 6 reserved bytes, durable sequence (u64)
 //   primary → standby
 //     2 welcome: epoch (u64), mode (u8: 0 sync, 1 async), then the primary's instance name
@@ -81,7 +83,8 @@ enum ReplicationMessage: Equatable {
 
     static let magic: UInt64 = 0x3130_4C50_4552_4243  // "CBREPL01"
     /// 2: the welcome names the primary's instance. 3: authentication (a nonce in the hello, proofs).
-    static let version: UInt16 = 3
+    /// 4: authenticated frames are encrypted (AES-256-GCM), not only tagged (HMAC).
+    static let version: UInt16 = 4
     static let maxBody = 8 << 20
     static let maxShards = 1024
 
@@ -299,9 +302,10 @@ final class ReplicationConnection: @unchecked Sendable {
     let peer: String
     /// Where recv(2) reads to (one allocation per connection, not one per read).
     private let chunk = UnsafeMutableRawBufferPointer.allocate(byteCount: 256 << 10, alignment: 64)
-    /// Once authenticated (ReplicationAuth.swift): the session's key, this side's direction
-    /// (0: primary → standby, 1: standby → primary), and the frames numbered each way.
-    private var mac: OpaquePointer?
+    /// Once authenticated (ReplicationAuth.swift): AES-256-GCM under the session's key, this
+    /// side's direction (0: primary → standby, 1: standby → primary), and the frames numbered
+    /// each way (direction and number are each frame's nonce: never used twice under one key).
+    private var aead: OpaquePointer?
     private var direction: UInt8 = 0
     private var framesSent: UInt64 = 0
     private var framesReceived: UInt64 = 0
@@ -319,25 +323,27 @@ final class ReplicationConnection: @unchecked Sendable {
     deinit {
         close(fd)
         chunk.deallocate()
-        if let mac { cb_mac_free(mac) }
+        if let aead { cb_aead_free(aead) }
     }
 
-    /// From the next frame on, each way: a tag under `key` on every frame sent, and one checked
-    /// on every frame received.
+    /// From the next frame on, each way: every frame's body sent encrypted and tagged under
+    /// `key` (32 bytes), every frame received opened and checked.
     func authenticate(key: [UInt8], primary: Bool) {
-        guard let made = key.withUnsafeBufferPointer({ cb_mac_new($0.baseAddress, $0.count) }) else {
-            fatalError("libcrypto cannot make an HMAC-SHA256")
+        precondition(key.count == 32)
+        guard let made = key.withUnsafeBufferPointer({ cb_aead_new($0.baseAddress) }) else {
+            fatalError("libcrypto cannot make an AES-256-GCM key")
         }
-        if let mac { cb_mac_free(mac) }
-        mac = made
+        if let aead { cb_aead_free(aead) }
+        aead = made
         direction = primary ? 0 : 1
     }
 
-    /// The tag of a frame: direction, number, the frame's bytes.
-    private func tag(_ frame: UnsafeRawBufferPointer, direction: UInt8, number: UInt64) -> [UInt8] {
-        var head = [UInt8](repeating: direction, count: 9)
-        withUnsafeBytes(of: number.littleEndian) { for i in 0..<8 { head[1 + i] = $0[i] } }
-        return Array(head.withUnsafeBytes { ReplicationAuth.compute(mac!, $0, frame) }.prefix(ReplicationAuth.tagSize))
+    /// A frame's nonce: its direction (u8), 3 zero bytes, its number in that direction (u64).
+    private static func withNonce<T>(direction: UInt8, number: UInt64, _ body: (UnsafePointer<UInt8>) -> T) -> T {
+        var nonce = [UInt8](repeating: 0, count: 12)
+        nonce[0] = direction
+        withUnsafeBytes(of: number.littleEndian) { for i in 0..<8 { nonce[4 + i] = $0[i] } }
+        return nonce.withUnsafeBufferPointer { body($0.baseAddress!) }
     }
 
     /// Ends the connection now (another thread blocked on it returns).
@@ -367,8 +373,18 @@ final class ReplicationConnection: @unchecked Sendable {
 
     func send(_ message: ReplicationMessage) throws(ReplicationError) {
         var frame = message.encode()
-        if mac != nil {
-            frame += frame.withUnsafeBytes { tag($0, direction: direction, number: framesSent) }
+        if let aead {
+            // The header (length, kind) stays readable, and is covered by the tag.
+            var tag = [UInt8](repeating: 0, count: ReplicationAuth.tagSize)
+            let rc = Self.withNonce(direction: direction, number: framesSent) { nonce in
+                frame.withUnsafeMutableBytes { raw in
+                    tag.withUnsafeMutableBufferPointer {
+                        cb_aead_seal(aead, nonce, raw.baseAddress!, 8, raw.baseAddress!.assumingMemoryBound(to: UInt8.self) + 8, raw.count - 8, $0.baseAddress!)
+                    }
+                }
+            }
+            guard rc == 0 else { throw .system("libcrypto failed to encrypt a frame") }
+            frame += tag
             framesSent += 1
         }
         var sent = 0
@@ -416,15 +432,19 @@ final class ReplicationConnection: @unchecked Sendable {
         guard length <= ReplicationMessage.maxBody, reserved == 0 else {
             throw .protocol("a frame of \(length) bytes (at most \(ReplicationMessage.maxBody)), reserved \(reserved)")
         }
-        let tagged = mac != nil ? ReplicationAuth.tagSize : 0
+        let tagged = aead != nil ? ReplicationAuth.tagSize : 0
         guard buffer.count - start >= 8 + length + tagged else { return nil }
-        if mac != nil {
-            let good = buffer.withUnsafeBytes { raw in
-                ReplicationAuth.equal(tag(UnsafeRawBufferPointer(rebasing: raw[start..<(start + 8 + length)]), direction: 1 - direction, number: framesReceived),
-                                      Array(raw[(start + 8 + length)..<(start + 8 + length + tagged)]))
+        if let aead {
+            // Opened in place, once: a frame whose tag fails is used in no part.
+            let rc = Self.withNonce(direction: 1 - direction, number: framesReceived) { nonce in
+                buffer.withUnsafeMutableBytes { raw in
+                    let frame = raw.baseAddress!.assumingMemoryBound(to: UInt8.self) + start
+                    return cb_aead_open(aead, nonce, frame, 8, frame + 8, length, frame + 8 + length)
+                }
             }
-            guard good else {
-                throw .protocol("frame \(framesReceived) from \(peer) does not authenticate (altered, replayed or injected on the way, or the peer does not hold this engine's secret)")
+            guard rc == 0 else {
+                throw rc < 0 ? .system("libcrypto failed to decrypt a frame")
+                    : .protocol("frame \(framesReceived) from \(peer) does not authenticate (altered, replayed or injected on the way, or the peer does not hold this engine's secret)")
             }
             framesReceived += 1
         }
