@@ -181,6 +181,10 @@ public struct TransferOutReport: Sendable {
     /// the symbol stopped trading here.
     public var frozenAt: UInt64
     public var exportSequence: UInt64
+    /// Where the time from the hold to the blob in the store went (nanoseconds): "snapshot" (the
+    /// book's bytes), "export" (the shard journals it), "durable" (the wait for its fdatasync),
+    /// "owners" (the shard's sessions), "encode" (the blob's bytes), "store" (the blob saved).
+    public var phases: [String: UInt64] = [:]
 }
 
 /// What the target did: when it traded the symbol, how many commands had waited.
@@ -291,6 +295,7 @@ extension Engine {
             if let refusal = held.refusal { throw abandon(refusal, thaw: false) }
             guard let book = held.bookAddress else { throw abandon("shard \(source) lent no book", thaw: false) }
             let bytes = book.pointer.pointee.snapshot()
+            let snapshotted = monotonicNanoseconds()
             // The symbol's ingress positions at the hold: the target reads its partitions from them.
             positions = held.positions
             let seal = MigrationStep(symbolId: spec.id, book: bytes, positions: positions)
@@ -303,7 +308,9 @@ extension Engine {
             // Its ingress messages are the target's from here (or this engine's again, read anew,
             // if the move is undone).
             ingressRewinds.leave(spec.id)
+            let exported = monotonicNanoseconds()
             guard awaitDurable(source, out.sequence, timeout: timeout) else { throw abandon("the export was not durable within \(timeout) s", thaw: true) }
+            let durable = monotonicNanoseconds()
             // Its orders' sessions are this engine's: on the target, an ingress source's or a
             // stream's orders go to its session of the same source or stream, the others to no
             // session (arrivingBook).
@@ -311,15 +318,21 @@ extension Engine {
             for (key, session) in adminState(shard: source, timeout: timeout)?.sourceSessions ?? [:] where session != 0 {
                 owners[session] = key
             }
+            let ownersAt = monotonicNanoseconds()
             let blob = TransferBlob(spec: spec, epoch: epoch, source: settings.instance, positions: out.positions, owners: owners,
                                     frozenWall: frozenWall, book: bytes)
-            if let why = store.saveBlob(TransferBlob.key(symbol: name, epoch: epoch), blob.encode()) {
+            let encoded = blob.encode()
+            let encodedAt = monotonicNanoseconds()
+            if let why = store.saveBlob(TransferBlob.key(symbol: name, epoch: epoch), encoded) {
                 throw abandon(why, thaw: true)
             }
             noteTransfers()
             crashPoint("after-export")
+            let stored = monotonicNanoseconds()
             let report = TransferOutReport(symbol: name, shard: source, epoch: epoch, orders: held.orders, bookBytes: bytes.count,
-                                           frozenAt: held.at, exportSequence: out.sequence)
+                                           frozenAt: held.at, exportSequence: out.sequence,
+                                           phases: ["snapshot": snapshotted &- held.at, "export": exported &- snapshotted, "durable": durable &- exported,
+                                                    "owners": ownersAt &- durable, "encode": encodedAt &- ownersAt, "store": stored &- encodedAt])
             log("move of \(name) to \(instance): shard \(source) exported \(held.orders) resting orders (\(bytes.count) bytes) at sequence \(out.sequence); waiting for \(instance) to claim epoch \(epoch)")
             return report
         }
