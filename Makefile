@@ -6,7 +6,7 @@ SWIFT        ?= swift
 # redis-server: the routing tests start their own on a free loopback port (never the system's);
 # prometheus: promtool checks a real scrape and the alert rules; systemd: systemd-analyze verifies
 # the unit file (the tests never start systemd).
-DEB_PACKAGES := liburing-dev libnuma-dev libhiredis-dev librdkafka-dev libssl-dev pkg-config fuse3 libfuse3-dev redis-server prometheus systemd
+DEB_PACKAGES := liburing-dev libnuma-dev libhiredis-dev librdkafka-dev libssl-dev openssl pkg-config fuse3 libfuse3-dev redis-server prometheus systemd
 # Tests run optimized: the differential test drives 1,000,000 commands through two books.
 TEST_FLAGS   := -c release -Xswiftc -enable-testing
 
@@ -51,9 +51,9 @@ c-plugins:
 	  -o $(OUT)/libcrossbook-kafka-ingress.so -lrdkafka -lpthread
 	$(CC) $(C_PLUGIN_FLAGS) plugins/kafka/kafka_egress.c -o $(OUT)/libcrossbook-kafka-egress.so -lrdkafka -lpthread
 	$(CC) -std=c11 -Wall -Wextra -Werror -O2 tools/kafka/kafka-tool.c -o $(OUT)/crossbook-kafka -lrdkafka -lpthread
-	$(CC) $(C_PLUGIN_FLAGS) plugins/redis-routing/redis_routing.c plugins/redis-routing/redis_lease.c -o $(OUT)/libcrossbook-redis-routing.so -lhiredis -lpthread
-	$(CC) -std=c11 -Wall -Wextra -Werror -O2 plugins/redis-routing/crossbook_route.c -o $(OUT)/crossbook-route -lhiredis
-	$(CC) $(C_PLUGIN_FLAGS) -I plugins/redis-routing plugins/snapshot-redis/snapshot_redis.c -o $(OUT)/libcrossbook-snapshot-redis.so -lhiredis
+	$(CC) $(C_PLUGIN_FLAGS) plugins/redis-routing/redis_routing.c plugins/redis-routing/redis_lease.c -o $(OUT)/libcrossbook-redis-routing.so -lhiredis -lssl -lcrypto -lpthread
+	$(CC) -std=c11 -Wall -Wextra -Werror -O2 plugins/redis-routing/crossbook_route.c -o $(OUT)/crossbook-route -lhiredis -lssl -lcrypto -lpthread
+	$(CC) $(C_PLUGIN_FLAGS) -I plugins/redis-routing plugins/snapshot-redis/snapshot_redis.c -o $(OUT)/libcrossbook-snapshot-redis.so -lhiredis -lssl -lcrypto -lpthread
 	$(CC) -std=c11 -Wall -Wextra -Werror -O2 $$(pkg-config --cflags fuse3) tools/powercut/powercut.c \
 	  -o $(OUT)/crossbook-powercut $$(pkg-config --libs fuse3)
 	@# The engine refuses plugins in a group- or world-writable directory (a umask of 002 makes them so).

@@ -18,15 +18,21 @@ final class RedisServer {
 
     /// With `password`: the server requires AUTH (`requirepass`), and `cli` gives it.
     let password: String?
+    /// With `tls`: the server speaks only TLS on its port and wants a client certificate
+    /// (tls-auth-clients yes, Redis's default); `cli` gives the client's.
+    let tls: TestCertificates?
 
-    init(password: String? = nil) throws {
+    init(password: String? = nil, tls: TestCertificates? = nil) throws {
         guard FileManager.default.isExecutableFile(atPath: Self.binary) else {
             throw KitMissing(description: "no \(Self.binary): run `make test` (it installs Debian's redis-server)")
         }
         self.password = password
+        self.tls = tls
         let port = freeLoopbackPort()
+        let listen = tls.map { "--port 0 --tls-port \(port) --tls-cert-file '\($0.serverCert)' --tls-key-file '\($0.serverKey)' --tls-ca-cert-file '\($0.ca)'" }
+            ?? "--port \(port)"
         server = try LoopbackServer("redis", port: port,
-                                    command: "'\(Self.binary)' --port \(port) --bind 127.0.0.1 --save '' --appendonly no --dir /tmp"
+                                    command: "'\(Self.binary)' \(listen) --bind 127.0.0.1 --save '' --appendonly no --dir /tmp"
                                         + (password.map { " --requirepass '\($0)'" } ?? ""))
     }
 
@@ -36,7 +42,8 @@ final class RedisServer {
     /// redis-cli against this server: its standard output, trimmed.
     @discardableResult
     func cli(_ arguments: [String]) throws -> String {
-        try runTool("/usr/bin/redis-cli", ["-p", "\(port)"] + (password.map { ["--no-auth-warning", "-a", $0] } ?? []) + arguments)
+        try runTool("/usr/bin/redis-cli", ["-p", "\(port)"] + (password.map { ["--no-auth-warning", "-a", $0] } ?? [])
+                    + (tls.map { ["--tls", "--cacert", $0.ca, "--cert", $0.clientCert, "--key", $0.clientKey] } ?? []) + arguments)
             .out.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 }

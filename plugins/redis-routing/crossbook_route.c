@@ -12,6 +12,7 @@
  * Exit 2: a usage error or Redis unreachable (or refusing the password). */
 #define _GNU_SOURCE
 #include "route_cas.h"
+#include "redis_tls.h"
 
 #include <hiredis/hiredis.h>
 #include <stdio.h>
@@ -98,9 +99,20 @@ int main(int argc, char **argv) {
     snprintf(host, sizeof host, "%.*s", (int)(colon - address), address);
     int port = atoi(colon + 1);
     struct timeval tv = {2, 0};
-    redisContext *c = redisConnectWithTimeout(host, port, tv);
-    if (c == NULL || c->err) {
-        fprintf(stderr, "crossbook-route: redis %s: %s\n", address, c ? c->errstr : "cannot allocate");
+    /* TLS (redis_tls.h) from the environment: CROSSBOOK_REDIS_TLS_CA (turns it on),
+     * CROSSBOOK_REDIS_TLS_CERT and CROSSBOOK_REDIS_TLS_KEY (a client certificate), and
+     * CROSSBOOK_REDIS_TLS_SERVER_NAME (default: HOST). */
+    redis_tls tls;
+    char why[600];
+    const char *ca = getenv("CROSSBOOK_REDIS_TLS_CA");
+    if (!redis_tls_make(&tls, ca != NULL && ca[0] != 0, ca, getenv("CROSSBOOK_REDIS_TLS_CERT"), getenv("CROSSBOOK_REDIS_TLS_KEY"),
+                        getenv("CROSSBOOK_REDIS_TLS_SERVER_NAME"), host, why, sizeof why)) {
+        fprintf(stderr, "crossbook-route: %s\n", why);
+        return 2;
+    }
+    redisContext *c = redis_connect(host, port, tv, &tls, why, sizeof why);
+    if (c == NULL) {
+        fprintf(stderr, "crossbook-route: %s\n", why);
         return 2;
     }
     redisSetTimeout(c, tv);

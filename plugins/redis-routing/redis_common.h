@@ -4,6 +4,7 @@
 #define CROSSBOOK_REDIS_COMMON_H
 
 #include "crossbook_plugin.h"
+#include "redis_tls.h"
 
 #include <hiredis/hiredis.h>
 #include <stdio.h>

@@ -43,6 +43,7 @@ typedef struct redis_lease {
     char redis_host[256];
     int redis_port;
     redis_credentials credentials;
+    redis_tls tls;
     char prefix[48]; /* the plugin's `prefix`, put before the lease's keys as before the routes' */
     redisContext *c; /* NULL: connect at the next call */
 } redis_lease;
@@ -62,7 +63,8 @@ static int lease_open(const cb_host_api *api, cb_host *host, void **out, char *e
     l->api = api;
     l->host = host;
     if (!redis_address(api, host, l->redis_host, sizeof l->redis_host, &l->redis_port, error, error_size) ||
-        !redis_credentials_read(api, host, &l->credentials, error, error_size)) {
+        !redis_credentials_read(api, host, &l->credentials, error, error_size) ||
+        !redis_tls_read(api, host, l->redis_host, &l->tls, error, error_size)) {
         free(l);
         return CB_ERR_INVALID;
     }
@@ -71,6 +73,7 @@ static int lease_open(const cb_host_api *api, cb_host *host, void **out, char *e
     if (strlen(prefix) >= sizeof l->prefix || strchr(prefix, ' ') != NULL) {
         cb_copy_text(error, error_size, "config prefix: at most 47 bytes, no space");
         memset(&l->credentials, 0, sizeof l->credentials);
+        redis_tls_free(&l->tls);
         free(l);
         return CB_ERR_INVALID;
     }
@@ -89,6 +92,7 @@ static void lease_close(void *lease) {
     if (l == NULL) return;
     lease_disconnect(l);
     memset(&l->credentials, 0, sizeof l->credentials);
+    redis_tls_free(&l->tls);
     free(l);
 }
 
@@ -111,12 +115,8 @@ static int lease_eval(redis_lease *l, const char *script, const char *key, const
     }
     if (l->c == NULL) {
         struct timeval tv = {(time_t)(budget / 1000), (suseconds_t)((budget % 1000) * 1000)};
-        redisContext *c = redisConnectWithTimeout(l->redis_host, l->redis_port, tv);
-        if (c == NULL || c->err) {
-            snprintf(error, error_size, "redis %s:%d: %s", l->redis_host, l->redis_port, c ? c->errstr : "cannot allocate");
-            if (c) redisFree(c);
-            return 0;
-        }
+        redisContext *c = redis_connect(l->redis_host, l->redis_port, tv, &l->tls, error, error_size);
+        if (c == NULL) return 0;
         set_timeout(c, budget);
         if (!redis_authenticate(c, &l->credentials, error, error_size)) {
             redisFree(c);

@@ -69,6 +69,7 @@ typedef struct routing {
     char redis_host[256];
     int redis_port;
     redis_credentials credentials;
+    redis_tls tls;
     char prefix[64];
     char instance[128];
     char predecessor[128]; /* a promoted standby: the primary it followed ("" otherwise) */
@@ -148,18 +149,9 @@ static void disconnect(routing *r, const char *why) {
 
 static redisContext *open_context(routing *r, char *why, size_t size) {
     struct timeval tv = {r->timeout_ms / 1000, (r->timeout_ms % 1000) * 1000};
-    redisContext *c = redisConnectWithTimeout(r->redis_host, r->redis_port, tv);
-    if (c == NULL) {
-        snprintf(why, size, "cannot allocate a connection");
-        return NULL;
-    }
-    if (c->err) {
-        snprintf(why, size, "%s", c->errstr);
-        redisFree(c);
-        return NULL;
-    }
+    redisContext *c = redis_connect(r->redis_host, r->redis_port, tv, &r->tls, why, size);
+    if (c == NULL) return NULL;
     redisSetTimeout(c, tv);
-    redisEnableKeepAlive(c);
     if (!redis_authenticate(c, &r->credentials, why, size)) {
         redisFree(c);
         return NULL;
@@ -833,7 +825,7 @@ static int start(const cb_host_api *api, cb_host *host, void **instance, char *e
         bad = 1;
     }
     r->accept_transfers = accept == NULL || strcmp(accept, "yes") == 0;
-    if (bad) {
+    if (bad || !redis_tls_read(api, host, r->redis_host, &r->tls, error, size)) {
         free(r);
         return CB_ERR_INVALID;
     }
@@ -844,6 +836,7 @@ static int start(const cb_host_api *api, cb_host *host, void **instance, char *e
         cb_symbol s = {.size = sizeof(cb_symbol)};
         if (api->symbol_at(host, i, &s) != CB_OK) {
             snprintf(error, size, "symbol %u of %u: not found", i, r->count);
+            redis_tls_free(&r->tls);
             free(r->symbols);
             free(r);
             return CB_ERR_FAILED;
@@ -867,6 +860,7 @@ static int start(const cb_host_api *api, cb_host *host, void **instance, char *e
     int rc = api->router_register(host, &router);
     if (rc != CB_OK) {
         snprintf(error, size, "cannot register as the engine's router (status %d: another router?)", rc);
+        redis_tls_free(&r->tls);
         free(r->symbols);
         free(r);
         return rc;
@@ -874,6 +868,7 @@ static int start(const cb_host_api *api, cb_host *host, void **instance, char *e
     /* Redis down at start is not fatal: the engine trades on its own placement meanwhile. */
     if (pthread_create(&r->thread, NULL, run, r) != 0) {
         cb_copy_text(error, size, "cannot start its thread");
+        redis_tls_free(&r->tls);
         free(r->symbols);
         free(r);
         return CB_ERR_FAILED;
@@ -901,6 +896,7 @@ static void stop(void *instance) {
     disconnect(r, NULL);
     pthread_mutex_unlock(&r->lock);
     pthread_mutex_destroy(&r->lock);
+    redis_tls_free(&r->tls);
     free(r->symbols);
     free(r);
 }

@@ -41,6 +41,7 @@ typedef struct store {
     char redis_host[256];
     int redis_port;
     redis_credentials credentials;
+    redis_tls tls;
     char prefix[64];
     char instance[128];
     long keep;
@@ -55,12 +56,8 @@ typedef struct store {
 
 static redisContext *open_redis(store *s, char *error, size_t size) {
     struct timeval tv = {s->timeout_ms / 1000, (s->timeout_ms % 1000) * 1000};
-    redisContext *c = redisConnectWithTimeout(s->redis_host, s->redis_port, tv);
-    if (c == NULL || c->err) {
-        snprintf(error, size, "redis %s:%d: %s", s->redis_host, s->redis_port, c ? c->errstr : "cannot allocate");
-        if (c) redisFree(c);
-        return NULL;
-    }
+    redisContext *c = redis_connect(s->redis_host, s->redis_port, tv, &s->tls, error, size);
+    if (c == NULL) return NULL;
     redisSetTimeout(c, tv);
     char why[256];
     if (!redis_authenticate(c, &s->credentials, why, sizeof why)) {
@@ -302,6 +299,10 @@ static int start(const cb_host_api *api, cb_host *host, void **instance, char *e
         free(s);
         return CB_ERR_INVALID;
     }
+    if (!redis_tls_read(api, host, s->redis_host, &s->tls, error, size)) {
+        free(s);
+        return CB_ERR_INVALID;
+    }
     static uint64_t unused_saved, unused_failures;
     s->saved = &unused_saved;
     s->failures = &unused_failures;
@@ -312,6 +313,7 @@ static int start(const cb_host_api *api, cb_host *host, void **instance, char *e
     int rc = api->snapshot_store_register(host, &table);
     if (rc != CB_OK) {
         snprintf(error, size, "cannot register as the snapshot store (status %d: another store loaded?)", rc);
+        redis_tls_free(&s->tls);
         free(s);
         return rc;
     }
@@ -329,6 +331,7 @@ static void stop(void *instance) {
     pthread_mutex_unlock(&s->idle_lock);
     if (c) redisFree(c);
     pthread_mutex_destroy(&s->idle_lock);
+    redis_tls_free(&s->tls);
     free(s);
 }
 

@@ -1,0 +1,158 @@
+// TLS to Redis (plugins/redis-routing/redis_tls.h: Debian's hiredis 0.14 has none, so the
+// plugins make the TLS connection with OpenSSL and relay it to hiredis) for the three users of
+// Redis: redis-routing, its lease, snapshot-redis, and the crossbook-route tool. A real
+// redis-server that speaks only TLS and wants a client certificate (tls-auth-clients yes, its
+// default); certificates made here with the openssl tool.
+import Foundation
+import Glibc
+@testable import Engine
+import OrderBook
+import Testing
+import TestSupport
+
+/// A CA, a server certificate for 127.0.0.1 and localhost, a client certificate, and another CA
+/// that signed neither; keys mode 600.
+struct TestCertificates {
+    let dir: String
+    var ca: String { dir + "/ca.crt" }
+    var otherCA: String { dir + "/other.crt" }
+    var serverCert: String { dir + "/server.crt" }
+    var serverKey: String { dir + "/server.key" }
+    var clientCert: String { dir + "/client.crt" }
+    var clientKey: String { dir + "/client.key" }
+
+    init() throws {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/openssl") else {
+            throw KitMissing(description: "no /usr/bin/openssl: run `make test` (it installs Debian's openssl)")
+        }
+        dir = NSTemporaryDirectory() + "crossbook-tls-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let script = """
+            set -e
+            cd '\(dir)'
+            key="-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+            openssl req -x509 $key -keyout ca.key -out ca.crt -days 2 -subj "/CN=crossbook test CA"
+            openssl req -x509 $key -keyout other.key -out other.crt -days 2 -subj "/CN=another CA"
+            for who in server client; do
+              openssl req $key -keyout $who.key -out $who.csr -subj "/CN=$who"
+              printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > $who.ext
+              openssl x509 -req -in $who.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out $who.crt -days 2 -extfile $who.ext
+            done
+            chmod 600 *.key
+            """
+        let made = try runTool("/bin/sh", ["-c", script + " 2>/dev/null; echo made"])
+        guard made.out.contains("made"), FileManager.default.fileExists(atPath: dir + "/client.crt") else {
+            throw KitMissing(description: "openssl could not make test certificates in \(dir)")
+        }
+    }
+
+    func remove() { removeTree(dir) }
+
+    /// The plugin config that connects with the client certificate.
+    var config: [String: String] { ["tls": "yes", "tls_ca_file": ca, "tls_cert_file": clientCert, "tls_key_file": clientKey] }
+}
+
+@Suite("Redis TLS", .serialized)
+struct RedisTLSTests {
+    @Test("redis-routing over TLS (a client certificate, the server's verified): routes published and read back; crossbook-route over TLS from its environment; no client certificate, another CA, a name the certificate does not carry: the health says why and nothing is written; a plain TCP client is refused by the server")
+    func routing() throws {
+        let certs = try TestCertificates()
+        defer { certs.remove() }
+        let redis = try RedisServer(tls: certs)
+        defer { redis.stop() }
+        let prefix = "tls\(UInt32.random(in: 0...UInt32.max)):"
+        do {
+            let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-tls-\(UUID().uuidString.prefix(8))"
+            defer { removeTree(data) }
+            let log = LogLines()
+            let engine = try routedEngine("tl", dir: dir, data: data, redis: redis, prefix: prefix, log: log, extra: certs.config)
+            defer { engine.stop() }
+            #expect(waitFor(5) { (try? redis.cli(["HGET", prefix + "route:HOT-USD", "status"])) == "ACTIVE" },
+                    "\(String(describing: routingHealth(engine))) \(log.all.suffix(3))")
+            #expect(routingHealth(engine)?.health == 0, "\(String(describing: routingHealth(engine)))")
+            // The operator's tool: TLS from its environment; without it, the server refuses it.
+            let env = ["CROSSBOOK_REDIS_TLS_CA": certs.ca, "CROSSBOOK_REDIS_TLS_CERT": certs.clientCert, "CROSSBOOK_REDIS_TLS_KEY": certs.clientKey]
+            let listed = try routeTool(redis, prefix: prefix, ["list"], environment: env)
+            #expect(listed.status == 0 && listed.out.contains("HOT-USD") && listed.out.contains("SOL-USD"), "\(listed)")
+            #expect(try routeTool(redis, prefix: prefix, ["list"]).status == 2)
+            // A move through the TLS connection: MIGRATING then ACTIVE on the other shard.
+            _ = try engine.migrate(symbol: "HOT-USD", toShard: 1)
+            #expect(waitFor(5) { (try? redis.cli(["HGET", prefix + "route:HOT-USD", "shard"])) == "1" })
+        }
+        // Refused: the reason in the plugin's health, and nothing written.
+        for (name, extra, why) in [
+            ("no client certificate", ["tls": "yes", "tls_ca_file": certs.ca], "client certificate"),
+            ("another CA", certs.config.merging(["tls_ca_file": certs.otherCA]) { $1 }, "not trusted"),
+            ("another name", certs.config.merging(["tls_server_name": "redis.example"]) { $1 }, "hostname mismatch"),
+        ] {
+            let other = "tlsx\(UInt32.random(in: 0...UInt32.max)):"
+            let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-tls-\(UUID().uuidString.prefix(8))"
+            defer { removeTree(data) }
+            let log = LogLines()
+            let engine = try routedEngine("tx", dir: dir, data: data, redis: redis, prefix: other, log: log, extra: extra)
+            defer { engine.stop() }
+            #expect(waitFor(5) { routingHealth(engine)?.message.contains(why) ?? false }, "\(name): \(String(describing: routingHealth(engine)))")
+            #expect(try redis.cli(["--scan", "--pattern", other + "*"]).isEmpty, "\(name)")
+        }
+    }
+
+    @Test("the TLS settings refused at start with the reason: a key others may read, tls_ca_file without tls, tls without a CA, a certificate without its key, a CA file that is not one, tls = maybe")
+    func settings() throws {
+        let certs = try TestCertificates()
+        defer { certs.remove() }
+        let redis = try RedisServer(tls: certs)
+        defer { redis.stop() }
+        let openKey = certs.dir + "/open.key"
+        try FileManager.default.copyItem(atPath: certs.clientKey, toPath: openKey)
+        chmod(openKey, 0o644)
+        for (extra, why) in [
+            (certs.config.merging(["tls_key_file": openKey]) { $1 }, "readable by others"),
+            (["tls_ca_file": certs.ca], "tls_ca_file without tls"),
+            (["tls": "yes"], "give tls_ca_file"),
+            (["tls": "yes", "tls_ca_file": certs.ca, "tls_cert_file": certs.clientCert], "together"),
+            (certs.config.merging(["tls_ca_file": certs.dir + "/client.ext"]) { $1 }, "tls_ca_file"),
+            (["tls": "maybe"], "give yes or no"),
+        ] {
+            let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-tls-\(UUID().uuidString.prefix(8))"
+            defer { removeTree(data) }
+            let log = LogLines()
+            do {
+                let engine = try routedEngine("ts", dir: dir, data: data, redis: redis, prefix: "ts:", log: log, extra: extra)
+                engine.stop()
+                Issue.record("started with \(extra)")
+            } catch {
+                #expect("\(error)".contains(why), "\(extra): \(error)")
+            }
+        }
+    }
+
+    @Test("snapshot-redis over TLS: a blob as a move carries a book (300 KB) saved, read back equal, deleted; the lease over TLS: the primary takes it")
+    func snapshotsAndLease() throws {
+        let certs = try TestCertificates()
+        defer { certs.remove() }
+        let redis = try RedisServer(tls: certs)
+        defer { redis.stop() }
+        let prefix = "tlss\(UInt32.random(in: 0...UInt32.max)):"
+        let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-tls-\(UUID().uuidString.prefix(8))"
+        defer { removeTree(data) }
+        let log = LogLines()
+        let engine = try snapshotRedisEngine(dir, data: data, redis: redis, prefix: prefix, log: log, extra: certs.config)
+        defer { engine.stop() }
+        let store = try #require(engine.pluginHost?.snapshotStore)
+        let body = (0..<300_000).map { UInt8(truncatingIfNeeded: $0 &* 31) }
+        #expect(store.saveBlob("tls-blob", body) == nil)
+        #expect((try? store.loadBlob("tls-blob").get()) == body)
+        #expect(try redis.cli(["EXISTS", prefix + "blob:{tls-blob}"]) == "1")
+        store.deleteBlob("tls-blob")
+        #expect(try redis.cli(["EXISTS", prefix + "blob:{tls-blob}"]) == "0")
+
+        let key = "tlsl-\(UInt32.random(in: 0...UInt32.max))"
+        let tls = certs.config.map { ", \($0.key) = \"\($0.value)\"" }.sorted().joined()
+        let a = PairNode(name: "tl-a", listen: freeLoopbackPort(), peer: freeLoopbackPort(), failoverAfterMs: nil,
+                         extra: FailoverTests.lease(redis, key, config: tls))
+        defer { a.terminate(); a.remove() }
+        try a.start(standby: false)
+        #expect(waitFor(10) { a.isPrimary }, "\(a.log.all.suffix(3))")
+        #expect(try redis.cli(["GET", key + ":epoch"]) == "1")
+    }
+}
