@@ -59,7 +59,10 @@
 //   lease_ttl_ms = 2000        # a primary that cannot renew stops acknowledging before it expires
 //   sync_standbys = 1          # sync: standbys that must confirm each record (2 standbys: 2 for RPO 0)
 //   secret_file = "/etc/crossbook/replication.key"  # the pair's secret (32+ bytes, mode 600, same on
-//                              # both): each proves it to the other, every frame is encrypted (AES-256-GCM)
+//                              # both): each proves it to the other, every frame is encrypted (AES-256-GCM);
+//                              # read at each handshake: replace it to rotate, no restart
+//   previous_secret_file = "/etc/crossbook/replication.key.old"  # while rotating: still accepted
+//                              # (a path that does not exist: none)
 //
 //   [plugins]             # crossbook run only; without this section: the default plugins
 //   dir = "/opt/crossbook/plugins"  # default: the directory of the crossbook executable
@@ -216,7 +219,7 @@ public struct EngineConfig {
         }
         if let section = table["replication"] {
             guard let section = section.table else { throw ConfigError(description: "\(source): [replication] must be a table") }
-            let keys = ["role", "listen", "peer", "mode", "failover_after_ms", "digest_every_ms", "lease", "lease_plugin", "lease_ttl_ms", "sync_standbys", "secret_file"]
+            let keys = ["role", "listen", "peer", "mode", "failover_after_ms", "digest_every_ms", "lease", "lease_plugin", "lease_ttl_ms", "sync_standbys", "secret_file", "previous_secret_file"]
             for key in ["lease_user", "lease_password_file"] where section[key] != nil {
                 throw ConfigError(description: "\(source): [replication]: \(key) is gone: the lease is taken through a plugin, whose config has the Redis AUTH (redis-routing: user, password_file)")
             }
@@ -291,6 +294,12 @@ public struct EngineConfig {
                     throw ConfigError(description: "\(source): [replication]: secret_file must be a file's path (the pair's secret, mode 600)")
                 }
                 r.secretFile = text
+            }
+            if let v = section["previous_secret_file"] {
+                guard let text = v.string, !text.isEmpty else {
+                    throw ConfigError(description: "\(source): [replication]: previous_secret_file must be a file's path (the secret being replaced, mode 600)")
+                }
+                r.previousSecretFile = text
             }
             replication = r
         }

@@ -39,8 +39,12 @@ public struct ReplicationSettings: Sendable, Equatable {
     /// their number for RPO 0: the winner then holds every acknowledged order.
     public var syncStandbys: Int = 1
     /// The pair's secret (ReplicationAuth.swift): a file of 32 to 4096 bytes, mode 600, the
-    /// same on both engines; nil: the connection is not authenticated.
+    /// same on both engines; nil: the connection is not authenticated. Read again at each
+    /// handshake: replacing it takes effect at the next connection, without a restart.
     public var secretFile: String?
+    /// During a rotation, the secret being replaced (same rules), still accepted; a path that
+    /// does not exist is none. Needs secretFile.
+    public var previousSecretFile: String?
 
     public init(role: Role = .primary, listen: String? = nil, peer: String? = nil, mode: ReplicationMode = .sync,
                 failoverAfterMilliseconds: Int? = nil, digestEveryMilliseconds: Int = 1000,
@@ -88,8 +92,9 @@ final class ReplicationRuntime: @unchecked Sendable {
     var promoting = false
     /// The sender and acknowledger sleep on these until a shard's journal moves.
     let wakers = JournalWakers()
-    /// The pair's secret ([replication] secret_file), read at start; nil: none.
-    var secret: [UInt8]?
+    /// The pair's secrets ([replication] secret_file, previous_secret_file), checked at start,
+    /// read at each handshake; nil: none.
+    var secrets: ReplicationSecrets?
 
     init(settings: ReplicationSettings, shards: Int) {
         role = settings.role
@@ -130,7 +135,11 @@ extension Engine {
         if let ms = r.failoverAfterMilliseconds, ms < 100 || ms > 600_000 {
             throw EngineError("[replication]: failover_after_ms must be between 100 and 600000")
         }
-        if let path = r.secretFile { _ = try ReplicationAuth.readSecret(path) }
+        if let path = r.secretFile {
+            _ = try ReplicationSecrets(current: path, previous: r.previousSecretFile).read()
+        } else if r.previousSecretFile != nil {
+            throw EngineError("[replication]: previous_secret_file needs secret_file (the secret that replaces it)")
+        }
     }
 
     /// A primary's start: the peer must not be serving as a primary (a failover made it one).
@@ -161,7 +170,11 @@ extension Engine {
     func prepareReplication(_ s: EngineSettings) throws(EngineError) -> ReplicationRuntime? {
         guard let r = s.replication else { return nil }
         let runtime = ReplicationRuntime(settings: r, shards: s.shards.count)
-        if let path = r.secretFile { runtime.secret = try ReplicationAuth.readSecret(path) }
+        if let path = r.secretFile {
+            let secrets = ReplicationSecrets(current: path, previous: r.previousSecretFile)
+            _ = try secrets.read()
+            runtime.secrets = secrets
+        }
         if r.role == .standby { runtime.inboxes = s.shards.map { _ in ReplicaInbox() } }
         if let key = r.lease {
             guard let plugin = pluginHost?.loaded.first(where: { $0.name == r.leasePlugin }) else {
@@ -252,7 +265,7 @@ extension Engine {
                                       directory: dataDirectory, what: "the primary's instance name")
                     } catch { log("replication: \(error)") }
                 },
-                wakers: runtime.wakers, secret: runtime.secret,
+                wakers: runtime.wakers, secrets: runtime.secrets,
                 promote: { [weak self] epoch in
                     // Not on the client's own thread: promotion stops it and waits for it.
                     Thread { [weak self] in
@@ -283,7 +296,7 @@ extension Engine {
                 return query.value
             },
             seed: { [weak self] i in self?.standbySeed(shard: i) },
-            ring: { shards[$0].ring() }, wakers: runtime.wakers, secret: runtime.secret,
+            ring: { shards[$0].ring() }, wakers: runtime.wakers, secrets: runtime.secrets,
             log: log)
         do { try server.start() } catch { throw EngineError("\(error)") }
         runtime.server = server
@@ -486,7 +499,7 @@ extension Engine {
         var lines: [String] = []
         let role = runtime.lock.locked { runtime.role }
         let epoch = runtime.lock.locked { runtime.epochs.max() ?? 0 }
-        lines.append("role \(role.rawValue) epoch \(epoch) mode \(r.mode.rawValue) promotions \(runtime.promotions) authenticated \(runtime.secret != nil ? 1 : 0)")
+        lines.append("role \(role.rawValue) epoch \(epoch) mode \(r.mode.rawValue) promotions \(runtime.promotions) authenticated \(runtime.secrets != nil ? 1 : 0)")
         if let last = runtime.lock.locked({ runtime.lastPromotion }) {
             lines.append("last_promotion epoch \(last.epoch) ms \(String(format: "%.1f", last.milliseconds))")
         }

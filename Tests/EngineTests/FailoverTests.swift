@@ -1283,6 +1283,71 @@ extension FailoverTests {
         #expect(try journaledClientIds(c.data).isEmpty)
     }
 
+    /// Replaces the file at `path` with `bytes`, mode 600 (written aside, then renamed: an engine
+    /// reading it sees the old or the new, never half).
+    static func rewriteSecret(_ path: String, _ bytes: [UInt8]) {
+        let aside = path + ".new"
+        FileManager.default.createFile(atPath: aside, contents: Data(bytes))
+        chmod(aside, 0o600)
+        rename(aside, path)
+    }
+
+    @Test("a secret rotated without a restart: the standby takes the new one and keeps the old as previous_secret_file, then the primary; each reconnection uses a secret both hold (the log names its key id), orders flow throughout; the old one removed; a standby with neither is refused, naming the key ids")
+    func secretRotation() throws {
+        let old = (0..<48).map { _ in UInt8.random(in: 0x21...0x7E) }, new = (0..<48).map { _ in UInt8.random(in: 0x21...0x7E) }
+        let sa = Self.secretFile(old), sb = Self.secretFile(old)
+        let pa = NSTemporaryDirectory() + "crossbook-secret-prev-\(UUID().uuidString.prefix(8))"
+        let pb = NSTemporaryDirectory() + "crossbook-secret-prev-\(UUID().uuidString.prefix(8))"
+        defer { for f in [sa, sb, pa, pb] { unlink(f) } }
+        let portA = freeLoopbackPort(), portB = freeLoopbackPort()
+        let proxy = CuttableProxy(to: portA)
+        defer { proxy.stop() }
+        let a = PairNode(name: "hr-a", listen: portA, peer: portB, failoverAfterMs: nil, extra: "secret_file = \"\(sa)\"\nprevious_secret_file = \"\(pa)\"")
+        let b = PairNode(name: "hr-b", listen: portB, peer: proxy.port, failoverAfterMs: nil, extra: "secret_file = \"\(sb)\"\nprevious_secret_file = \"\(pb)\"")
+        defer { a.terminate(); b.terminate(); a.remove(); b.remove() }
+        try a.start(standby: false)
+        #expect(waitFor(10) { a.isPrimary })
+        try b.start(standby: true)
+        #expect(waitFor(10) { a.engagedWithStandby }, "\(a.status()) \(b.status())")
+        let client = try CrossbookClient(instance: "hr-a", directory: a.dir)
+        let btc = try client.symbol("BTC-USD")
+        #expect(try Self.submitAndCount(client, btc, ids: 1...300, seconds: 15) == 300)
+        let oldId = ReplicationAuth.hex(ReplicationAuth.keyId(old)), newId = ReplicationAuth.hex(ReplicationAuth.keyId(new))
+        func lastKey() -> String? { a.log.all.last { $0.contains("authenticated with the secret of key id") }.flatMap { $0.split(separator: " ").last.map(String.init) } }
+        #expect(lastKey() == oldId)
+
+        // The connection ends (a frame damaged on the way) and is made again with what the files hold then.
+        func reconnect(_ step: String, expecting key: String, from: Int64) throws {
+            let before = a.log.all.filter { $0.contains("authenticated with the secret of key id") }.count
+            proxy.corruptNext()
+            #expect(waitFor(15) { a.log.all.filter { $0.contains("authenticated with the secret of key id") }.count > before && a.engagedWithStandby },
+                    "\(step): \(a.status()) \(b.status()) \(a.log.all.suffix(3))")
+            #expect(lastKey() == key, "\(step)")
+            #expect(try Self.submitAndCount(client, btc, ids: from...(from + 199), seconds: 15) == 200, "\(step)")
+        }
+        // 1. The standby first: the new secret, the old one as previous (the primary holds only the old).
+        Self.rewriteSecret(sb, new)
+        Self.rewriteSecret(pb, old)
+        try reconnect("standby rotated", expecting: oldId, from: 1001)
+        // 2. Then the primary: both now prefer the new one.
+        Self.rewriteSecret(sa, new)
+        Self.rewriteSecret(pa, old)
+        try reconnect("primary rotated", expecting: newId, from: 2001)
+        // 3. The old one removed on both.
+        unlink(pa)
+        unlink(pb)
+        try reconnect("old removed", expecting: newId, from: 3001)
+        // A standby that holds neither of the primary's secrets: refused, naming the key ids.
+        Self.rewriteSecret(sb, (0..<48).map { _ in UInt8.random(in: 0x21...0x7E) })
+        proxy.corruptNext()
+        #expect(waitFor(10) { b.status().contains { $0.contains("none of this primary's") && $0.contains(newId) } }, "\(b.status())")
+        client.close()
+        a.terminate()
+        b.terminate()
+        let ca = try journaledClientIds(a.data), cb = try journaledClientIds(b.data)
+        #expect(ca.count == 900 && ca == cb)
+    }
+
     @Test("a secret file that others may read, a short one, a link, a directory, a missing one: refused with the reason; a final newline is not part of the secret")
     func secretFiles() throws {
         let good = (0..<40).map { _ in UInt8.random(in: 0x21...0x7E) }

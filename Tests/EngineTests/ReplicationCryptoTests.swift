@@ -69,6 +69,31 @@ struct ReplicationCryptoTests {
         #expect(Self.open(aead, nonce, badAad, [], emptyTag).0 == 1)
     }
 
+    @Test("a hello's authentication part: a nonce and one or two key ids round trip; a nonce alone, a cut id, three ids are refused with the reason; key ids differ per secret and say nothing of it")
+    func helloKeyIds() throws {
+        let nonce = (0..<32).map { UInt8($0) }
+        let a = Array("a secret of at least thirty-two bytes, one".utf8), b = Array("a secret of at least thirty-two bytes, two".utf8)
+        let ids = [ReplicationAuth.keyId(a), ReplicationAuth.keyId(b)]
+        #expect(ids[0].count == 8 && ids[0] != ids[1] && ids[0] == ReplicationAuth.keyId(a))
+        for keys in [[ids[0]], ids] {
+            let hello = ReplicationMessage.hello(epoch: 3, configuration: 9, shards: [.init(last: 1, crc: 2)], nonce: nonce, keyIds: keys)
+            let frame = hello.encode()
+            let decoded = try frame.withUnsafeBytes { try ReplicationMessage.decode(kind: 1, UnsafeRawBufferPointer(rebasing: $0[8...])) }
+            #expect(decoded == hello)
+        }
+        let plain = ReplicationMessage.hello(epoch: 3, configuration: 9, shards: [.init(last: 1, crc: 2)]).encode()
+        for (tail, why) in [(nonce, "authentication part is 32 bytes"), (nonce + ids[0].prefix(5), "37 bytes"),
+                            (nonce + ids[0] + ids[1] + ids[0], "56 bytes"), ([1], "1 bytes")] {
+            let body = Array(plain[8...]) + tail
+            do {
+                _ = try body.withUnsafeBytes { try ReplicationMessage.decode(kind: 1, $0) }
+                Issue.record("a hello with \(tail.count) more bytes was taken")
+            } catch {
+                #expect("\(error)".contains(why), "\(error)")
+            }
+        }
+    }
+
     /// A connection on one end of a socket pair; the other end's raw bytes.
     final class Wire {
         let connection: ReplicationConnection

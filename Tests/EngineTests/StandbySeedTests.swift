@@ -321,7 +321,7 @@ extension FailoverTests {
             try writer.flush()
             let fake = try FakePrimary("hprobe", data: data)
             defer { fake.stop() }
-            guard fake.start(), let connection = fake.connection, case .hello(_, _, let shards, _)? = fake.hello, shards.first?.last == 10 else {
+            guard fake.start(), let connection = fake.connection, case .hello(_, _, let shards, _, _)? = fake.hello, shards.first?.last == 10 else {
                 Issue.record("\(scenario): \(String(describing: fake.hello))"); continue
             }
             let (engine, log) = (fake.engine, fake.log)

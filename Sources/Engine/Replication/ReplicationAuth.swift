@@ -12,8 +12,37 @@
 import CAuth
 import Glibc
 
+/// The pair's secrets as the files hold them now: read at each handshake, so that a secret is
+/// rotated without a restart. `current` ([replication] secret_file) is the one a standby offers
+/// first; `previous` (previous_secret_file), while a rotation is under way, is still accepted.
+struct ReplicationSecrets: Sendable {
+    let current: String
+    let previous: String?
+
+    /// The secrets in order of preference (one or two). A previous_secret_file that does not
+    /// exist is none (the rotation is over); one that exists must be good, as secret_file must.
+    func read() throws(EngineError) -> [[UInt8]] {
+        var secrets = [try ReplicationAuth.readSecret(current)]
+        if let previous, access(previous, F_OK) == 0 || errno != ENOENT {
+            let old = try ReplicationAuth.readSecret(previous)
+            if !ReplicationAuth.equal(old, secrets[0]) { secrets.append(old) }
+        }
+        return secrets
+    }
+}
+
 enum ReplicationAuth {
     static let nonceSize = 32
+    /// Bytes of a secret's key id: a standby's hello names its secrets by them, so a primary that
+    /// holds two (a rotation) knows which to prove.
+    static let keyIdSize = 8
+
+    /// A secret's key id: the first 8 bytes of HMAC-SHA256 under it of a label (says nothing of it).
+    static func keyId(_ secret: [UInt8]) -> [UInt8] {
+        Array(hmac(secret, Array("crossbook replication key id".utf8)).prefix(keyIdSize))
+    }
+
+    static func hex(_ bytes: [UInt8]) -> String { bytes.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined() }
     /// Bytes a frame's tag adds (AES-256-GCM's).
     static let tagSize = 16
 

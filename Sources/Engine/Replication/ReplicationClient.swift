@@ -37,8 +37,9 @@ final class ReplicationClient: @unchecked Sendable {
     private let durable: (Int) -> UInt64
     /// It sleeps on these until one of its shards makes more durable (nil: it polls).
     private let wakers: JournalWakers?
-    /// The pair's secret: the primary proves it holds it, and every frame is tagged (nil: none).
-    private let secret: [UInt8]?
+    /// The pair's secrets (read at each connection): the primary proves it holds one, and every
+    /// frame is encrypted under a key of the session (nil: not authenticated).
+    private let secrets: ReplicationSecrets?
     private let configurationHash: UInt64
     private let epoch: UInt64
     private let failoverAfterNanoseconds: UInt64?
@@ -81,11 +82,11 @@ final class ReplicationClient: @unchecked Sendable {
          rewind: @escaping @Sendable ([JournalCut]) -> String? = { _ in "cutting the journal back is not supported here" },
          localCrc: @escaping (Int, UInt64) -> UInt32? = { _, _ in nil },
          named: @escaping (String) -> Void = { _ in },
-         wakers: JournalWakers? = nil, secret: [UInt8]? = nil,
+         wakers: JournalWakers? = nil, secrets: ReplicationSecrets? = nil,
          promote: @escaping @Sendable (UInt64) -> Void,
          log: @escaping @Sendable (String) -> Void) {
         self.wakers = wakers
-        self.secret = secret
+        self.secrets = secrets
         self.named = named
         self.reseed = reseed
         self.rewind = rewind
@@ -278,20 +279,30 @@ final class ReplicationClient: @unchecked Sendable {
         let positions = zip(received, receivedCrc).map { ReplicationMessage.ShardPosition(last: $0.0, crc: $0.1) }
         var acked = received
         do {
-            let mine = secret.map { _ in ReplicationAuth.nonce() }
-            let hello = ReplicationMessage.hello(epoch: epoch, configuration: configurationHash, shards: positions, nonce: mine)
+            var held: [[UInt8]] = []
+            if let secrets {
+                do { held = try secrets.read() } catch {
+                    lock.locked { status.refused = "cannot read this standby's secret: \(error)" }
+                    return "cannot read this standby's secret: \(error)"
+                }
+            }
+            let mine = secrets.map { _ in ReplicationAuth.nonce() }
+            let hello = ReplicationMessage.hello(epoch: epoch, configuration: configurationHash, shards: positions, nonce: mine,
+                                                 keyIds: held.map(ReplicationAuth.keyId))
             try connection.send(hello)
             var answer: ReplicationMessage?
             var deadline = monotonicNanoseconds() + 1_000_000_000
             while answer == nil && monotonicNanoseconds() < deadline && !isStopping {
                 answer = try connection.receive(timeoutMilliseconds: 100)
             }
-            if let secret, let mine {
-                // The primary proves it holds the secret first; a standby never follows one that does not.
+            if secrets != nil, let mine {
+                // The primary proves it holds one of the secrets first; a standby never follows one that does not.
                 switch answer {
                 case .proof(let theirs, let tag)?:
                     let sent = hello.encode()
-                    guard ReplicationAuth.equal(tag, ReplicationAuth.proof(secret, primary: true, standbyNonce: mine, primaryNonce: theirs, hello: sent)) else {
+                    guard let secret = held.first(where: {
+                        ReplicationAuth.equal(tag, ReplicationAuth.proof($0, primary: true, standbyNonce: mine, primaryNonce: theirs, hello: sent))
+                    }) else {
                         lock.locked { status.refused = "authentication failed: the primary does not hold this standby's secret" }
                         return "authentication failed: the primary at \(primary) did not prove it holds this standby's secret: not followed"
                     }

@@ -52,8 +52,9 @@ final class ReplicationServer: @unchecked Sendable {
     private let ring: (Int) -> Void
     /// The sender sleeps on these until a shard's journal moves (nil: it polls).
     private let wakers: JournalWakers?
-    /// The pair's secret: each standby proves it holds it, and every frame is tagged (nil: none).
-    private let secret: [UInt8]?
+    /// The pair's secrets (read at each standby's handshake): each standby proves it holds one,
+    /// and every frame is encrypted under a key of the session (nil: not authenticated).
+    private let secrets: ReplicationSecrets?
     private let digestEveryNanoseconds: UInt64
     /// Per shard: the highest sequence the output gates may release (sync mode).
     let cap: UnsafeMutablePointer<UInt64>
@@ -89,9 +90,9 @@ final class ReplicationServer: @unchecked Sendable {
          epoch: UInt64, cap: UnsafeMutablePointer<UInt64>, syncStandbys: Int = 1, digestEveryNanoseconds: UInt64,
          durable: @escaping (Int) -> UInt64, written: @escaping (Int) -> UInt64, digest: @escaping (Int) -> (sequence: UInt64, digest: UInt64)?,
          seed: @escaping (Int) -> StandbySeed? = { _ in nil },
-         ring: @escaping (Int) -> Void = { _ in }, wakers: JournalWakers? = nil, secret: [UInt8]? = nil,
+         ring: @escaping (Int) -> Void = { _ in }, wakers: JournalWakers? = nil, secrets: ReplicationSecrets? = nil,
          log: @escaping @Sendable (String) -> Void) {
-        self.secret = secret
+        self.secrets = secrets
         self.seed = seed
         self.ring = ring
         self.wakers = wakers
@@ -236,12 +237,21 @@ final class ReplicationServer: @unchecked Sendable {
         } catch {
             return log("replication: standby \(connection.peer): \(error)")
         }
-        guard case .hello(let theirEpoch, let configuration, let positions, let theirNonce)? = hello else {
+        guard case .hello(let theirEpoch, let configuration, let positions, let theirNonce, let theirKeys)? = hello else {
             return refuse(connection, "expected a hello first")
         }
-        if let secret {
+        if let secrets {
             guard let theirNonce else {
                 return refuse(connection, "this primary authenticates its standbys: give the standby the pair's [replication] secret_file")
+            }
+            // The secret both hold, in the standby's order (a rotation: either may be ahead).
+            let mineNow: [[UInt8]]
+            do { mineNow = try secrets.read() } catch {
+                log("replication: standby \(connection.peer) not served: this primary cannot read its secret: \(error)")
+                return refuse(connection, "this primary cannot read its own secret now (see its log)")
+            }
+            guard let secret = theirKeys.lazy.compactMap({ id in mineNow.first { ReplicationAuth.keyId($0) == id } }).first else {
+                return refuse(connection, "authentication failed: the standby's secrets (key ids \(theirKeys.map(ReplicationAuth.hex).joined(separator: ", "))) are none of this primary's (\(mineNow.map { ReplicationAuth.hex(ReplicationAuth.keyId($0)) }.joined(separator: ", ")))")
             }
             let mine = ReplicationAuth.nonce()
             let sent = hello!.encode()
@@ -260,6 +270,7 @@ final class ReplicationServer: @unchecked Sendable {
                 return log("replication: standby \(connection.peer): authentication: \(error)")
             }
             connection.authenticate(key: ReplicationAuth.sessionKey(secret, standbyNonce: theirNonce, primaryNonce: mine), primary: true)
+            log("replication: standby \(connection.peer) authenticated with the secret of key id \(ReplicationAuth.hex(ReplicationAuth.keyId(secret)))")
         } else if theirNonce != nil {
             return refuse(connection, "the standby authenticates, and this primary has no [replication] secret_file: give both engines the pair's secret")
         }

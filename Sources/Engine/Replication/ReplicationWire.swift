@@ -7,6 +7,8 @@
 //     1 hello: magic "CBREPL01" (u64), version (u16), shards (u16), epoch (u64),
 //              configuration hash (u64), per shard: last sequence (u64), its record's CRC (u32),
 //              then, from a standby with a secret ([replication] secret_file), its nonce (32 bytes)
+//              and the key ids (8 bytes each, ReplicationAuth.keyId) of its secrets, one or two
+//              (secret_file, then previous_secret_file during a rotation)
 //    14 proof: after a primary's proof (below): 32 zero bytes, then the standby's tag (32 bytes)
 //
 //   Authentication (ReplicationAuth.swift), when both engines have the pair's secret: the
@@ -61,7 +63,7 @@ enum ReplicationMessage: Equatable {
         var last: UInt64
         var crc: UInt32
     }
-    case hello(epoch: UInt64, configuration: UInt64, shards: [ShardPosition], nonce: [UInt8]? = nil)
+    case hello(epoch: UInt64, configuration: UInt64, shards: [ShardPosition], nonce: [UInt8]? = nil, keyIds: [[UInt8]] = [])
     case proof(nonce: [UInt8], tag: [UInt8])
     case welcome(epoch: UInt64, mode: ReplicationMode, instance: String)
     case refuse(String)
@@ -93,11 +95,14 @@ enum ReplicationMessage: Equatable {
         func put<T: FixedWidthInteger>(_ v: T) { withUnsafeBytes(of: v.littleEndian) { body.append(contentsOf: $0) } }
         let kind: UInt16
         switch self {
-        case .hello(let epoch, let configuration, let shards, let nonce):
+        case .hello(let epoch, let configuration, let shards, let nonce, let keyIds):
             kind = 1
             put(Self.magic); put(Self.version); put(UInt16(shards.count)); put(epoch); put(configuration)
             for s in shards { put(s.last); put(s.crc) }
-            if let nonce { body.append(contentsOf: nonce.prefix(32)) }
+            if let nonce {
+                body.append(contentsOf: nonce.prefix(32))
+                for id in keyIds.prefix(2) { body.append(contentsOf: id.prefix(ReplicationAuth.keyIdSize)) }
+            }
         case .proof(let nonce, let tag):
             kind = 14
             body.append(contentsOf: nonce.prefix(32)); body.append(contentsOf: tag.prefix(32))
@@ -173,12 +178,23 @@ enum ReplicationMessage: Equatable {
             var shards: [ShardPosition] = []
             for _ in 0..<count { shards.append(ShardPosition(last: try get(UInt64.self), crc: try get(UInt32.self))) }
             var nonce: [UInt8]?
-            if body.count - at == 32 {
-                nonce = Array(body[at...])
+            var keyIds: [[UInt8]] = []
+            let rest = body.count - at
+            if rest > 0 {
+                // A nonce, then the standby's secrets' key ids (one, or two during a rotation).
+                let ids = (rest - 32) / ReplicationAuth.keyIdSize
+                guard rest > 32, (rest - 32) % ReplicationAuth.keyIdSize == 0, (1...2).contains(ids) else {
+                    throw .protocol("a hello whose authentication part is \(rest) bytes (a nonce of 32 and one or two key ids of \(ReplicationAuth.keyIdSize))")
+                }
+                nonce = Array(body[at..<(at + 32)])
                 at += 32
+                for _ in 0..<ids {
+                    keyIds.append(Array(body[at..<(at + ReplicationAuth.keyIdSize)]))
+                    at += ReplicationAuth.keyIdSize
+                }
             }
             try end()
-            return .hello(epoch: epoch, configuration: configuration, shards: shards, nonce: nonce)
+            return .hello(epoch: epoch, configuration: configuration, shards: shards, nonce: nonce, keyIds: keyIds)
         case 14:
             guard body.count == 64 else { throw .protocol("a proof of \(body.count) bytes, not 64") }
             return .proof(nonce: Array(body[0..<32]), tag: Array(body[32..<64]))
