@@ -52,9 +52,28 @@ struct TestCertificates {
     var config: [String: String] { ["tls": "yes", "tls_ca_file": ca, "tls_cert_file": clientCert, "tls_key_file": clientKey] }
 }
 
+/// A loopback port that accepts connections (the kernel does) and never says anything.
+final class SilentListener {
+    let fd: Int32
+    let address: String
+    init() throws {
+        let port = freeLoopbackPort()
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        self.fd = fd
+        var a = sockaddr_in()
+        a.sin_family = sa_family_t(AF_INET)
+        a.sin_addr.s_addr = inet_addr("127.0.0.1")
+        a.sin_port = UInt16(port).bigEndian
+        let bound = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        guard bound == 0, listen(fd, 16) == 0 else { throw KitMissing(description: "cannot listen on 127.0.0.1:\(port)") }
+        address = "127.0.0.1:\(port)"
+    }
+    func close() { Glibc.close(fd) }
+}
+
 @Suite("Redis TLS", .serialized)
 struct RedisTLSTests {
-    @Test("redis-routing over TLS (a client certificate, the server's verified): routes published and read back; crossbook-route over TLS from its environment; no client certificate, another CA, a name the certificate does not carry: the health says why and nothing is written; a plain TCP client is refused by the server")
+    @Test("redis-routing over TLS (a client certificate, the server's verified): routes published and read back; crossbook-route over TLS from its environment; refused with the reason in the health, nothing written: no client certificate, another CA or name, a silent server, a Redis without TLS; a plain client refused by the server")
     func routing() throws {
         let certs = try TestCertificates()
         defer { certs.remove() }
@@ -80,10 +99,18 @@ struct RedisTLSTests {
             #expect(waitFor(5) { (try? redis.cli(["HGET", prefix + "route:HOT-USD", "shard"])) == "1" })
         }
         // Refused: the reason in the plugin's health, and nothing written.
+        let silent = try SilentListener()
+        defer { silent.close() }
+        let plain = try RedisServer()
+        defer { plain.stop() }
         for (name, extra, why) in [
             ("no client certificate", ["tls": "yes", "tls_ca_file": certs.ca], "client certificate"),
             ("another CA", certs.config.merging(["tls_ca_file": certs.otherCA]) { $1 }, "not trusted"),
             ("another name", certs.config.merging(["tls_server_name": "redis.example"]) { $1 }, "hostname mismatch"),
+            // A port that takes the connection and never answers: the handshake gives up at the
+            // plugin's timeout_ms (300 here), it does not hang.
+            ("a silent server", certs.config.merging(["redis": silent.address]) { $1 }, "TLS handshake failed"),
+            ("a plain Redis", certs.config.merging(["redis": plain.address]) { $1 }, "TLS handshake failed"),
         ] {
             let other = "tlsx\(UInt32.random(in: 0...UInt32.max)):"
             let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-tls-\(UUID().uuidString.prefix(8))"
