@@ -73,7 +73,7 @@ final class SilentListener {
 
 @Suite("Redis TLS", .serialized)
 struct RedisTLSTests {
-    @Test("redis-routing over TLS (a client certificate, the server's verified): routes published and read back; crossbook-route over TLS from its environment; refused with the reason in the health, nothing written: no client certificate, another CA or name, a silent server, a Redis without TLS; a plain client refused by the server")
+    @Test("redis-routing over TLS (a client certificate, the server's verified): routes published and read back, again after Redis is killed and restarted; crossbook-route over TLS from its environment; refused with the reason in the health, nothing written: no client certificate, another CA or name, a silent server, a Redis without TLS; a plain client refused by the server")
     func routing() throws {
         let certs = try TestCertificates()
         defer { certs.remove() }
@@ -97,6 +97,13 @@ struct RedisTLSTests {
             // A move through the TLS connection: MIGRATING then ACTIVE on the other shard.
             _ = try engine.migrate(symbol: "HOT-USD", toShard: 1)
             #expect(waitFor(5) { (try? redis.cli(["HGET", prefix + "route:HOT-USD", "shard"])) == "1" })
+            // Redis killed under the relays: health degraded; back (empty), the plugin connects
+            // again over TLS and publishes every route where the engine has it.
+            redis.stop()
+            #expect(waitFor(10) { routingHealth(engine)?.health == 1 }, "\(String(describing: routingHealth(engine)))")
+            try redis.start()
+            #expect(waitFor(10) { (try? redis.cli(["HGET", prefix + "route:HOT-USD", "shard"])) == "1" && routingHealth(engine)?.health == 0 },
+                    "\(String(describing: routingHealth(engine))) \(log.all.suffix(3))")
         }
         // Refused: the reason in the plugin's health, and nothing written.
         let silent = try SilentListener()
