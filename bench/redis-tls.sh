@@ -8,17 +8,7 @@ cd "$(dirname "$0")/.."
 DIR=$(mktemp -d)
 trap 'kill $REDIS 2>/dev/null; wait $REDIS 2>/dev/null; rm -rf "$DIR"' EXIT
 REDIS=
-(
-  cd "$DIR"
-  key="-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
-  openssl req -x509 $key -keyout ca.key -out ca.crt -days 2 -subj "/CN=bench CA"
-  for who in server client; do
-    openssl req $key -keyout $who.key -out $who.csr -subj "/CN=$who"
-    printf 'subjectAltName=IP:127.0.0.1\n' > $who.ext
-    openssl x509 -req -in $who.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out $who.crt -days 2 -extfile $who.ext
-  done
-  chmod 600 ./*.key
-) >/dev/null 2>&1
+scripts/test-certs.sh "$DIR"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 PLAIN=$(free_port); TLS=$(free_port)
 redis-server --port "$PLAIN" --tls-port "$TLS" --bind 127.0.0.1 --tls-cert-file "$DIR/server.crt" --tls-key-file "$DIR/server.key" \

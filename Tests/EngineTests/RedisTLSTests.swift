@@ -2,7 +2,7 @@
 // plugins make the TLS connection with OpenSSL and relay it to hiredis) for the three users of
 // Redis: redis-routing, its lease, snapshot-redis, and the crossbook-route tool. A real
 // redis-server that speaks only TLS and wants a client certificate (tls-auth-clients yes, its
-// default); certificates made here with the openssl tool.
+// default); certificates made by scripts/test-certs.sh (the openssl tool).
 import Foundation
 import Glibc
 @testable import Engine
@@ -27,21 +27,8 @@ struct TestCertificates {
         }
         dir = NSTemporaryDirectory() + "crossbook-tls-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        let script = """
-            set -e
-            cd '\(dir)'
-            key="-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
-            openssl req -x509 $key -keyout ca.key -out ca.crt -days 2 -subj "/CN=crossbook test CA"
-            openssl req -x509 $key -keyout other.key -out other.crt -days 2 -subj "/CN=another CA"
-            for who in server client; do
-              openssl req $key -keyout $who.key -out $who.csr -subj "/CN=$who"
-              printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > $who.ext
-              openssl x509 -req -in $who.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out $who.crt -days 2 -extfile $who.ext
-            done
-            chmod 600 *.key
-            """
-        let made = try runTool("/bin/sh", ["-c", script + " 2>/dev/null; echo made"])
-        guard made.out.contains("made"), FileManager.default.fileExists(atPath: dir + "/client.crt") else {
+        let made = try runTool("/bin/bash", [repositoryDirectory + "/scripts/test-certs.sh", dir])
+        guard made.status == 0, FileManager.default.fileExists(atPath: dir + "/client.crt") else {
             throw KitMissing(description: "openssl could not make test certificates in \(dir)")
         }
     }
