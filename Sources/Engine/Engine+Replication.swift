@@ -511,7 +511,7 @@ extension Engine {
             lines.append("serving \(server.address) engaged \(server.engaged ? 1 : 0) standbys \(server.connected.count) sync_standbys \(server.syncStandbys) released_up_to \(caps.joined(separator: ",")) lag \(server.lag.map(String.init).joined(separator: ","))")
             for standby in server.connected {
                 let lag = shards.indices.map { shards[$0].tallied(ShardTally.durable) &- min(standby.acked[$0], shards[$0].tallied(ShardTally.durable)) }
-                lines.append("standby \(standby.peer) acked \(standby.acked.map(String.init).joined(separator: ",")) lag \(lag.map(String.init).joined(separator: ","))")
+                lines.append("standby \(standby.peer) acked \(standby.acked.map(String.init).joined(separator: ",")) lag \(lag.map(String.init).joined(separator: ","))\(standby.keyId.map { " key \($0)" } ?? "")")
             }
             for refusal in server.lastRefusals { lines.append("refused \(refusal)") }
             if server.connectionsTurnedAway > 0 {
@@ -525,7 +525,7 @@ extension Engine {
         }
         if let client = runtime.client {
             let s = client.currentStatus
-            lines.append("following \(s.primary) instance \(s.primaryInstance ?? "-") connected \(s.connected ? 1 : 0) primary_epoch \(s.primaryEpoch) engaged \(s.engaged ? 1 : 0) silent_ms \(s.silentMilliseconds.map(String.init) ?? "-") connections \(s.reconnects)\(s.refused.map { " refused \($0)" } ?? "")")
+            lines.append("following \(s.primary) instance \(s.primaryInstance ?? "-") connected \(s.connected ? 1 : 0) primary_epoch \(s.primaryEpoch) engaged \(s.engaged ? 1 : 0) silent_ms \(s.silentMilliseconds.map(String.init) ?? "-") connections \(s.reconnects)\(s.keyId.map { " key \($0)" } ?? "")\(s.refused.map { " refused \($0)" } ?? "")")
         }
         for (i, inbox) in runtime.inboxes.enumerated() where role == .standby {
             let applied = cb_load_acquire_u64(inbox.applied), theirs = cb_load_acquire_u64(inbox.primaryDurable)

@@ -1323,6 +1323,10 @@ extension FailoverTests {
             #expect(waitFor(15) { a.log.all.filter { $0.contains("authenticated with the secret of key id") }.count > before && a.engagedWithStandby },
                     "\(step): \(a.status()) \(b.status()) \(a.log.all.suffix(3))")
             #expect(lastKey() == key, "\(step)")
+            // `crossbook replication` on both says which secret the connection uses.
+            #expect(waitFor(5) { a.status().contains { $0.hasPrefix("standby ") && $0.hasSuffix("key \(key)") }
+                                 && b.status().contains { $0.hasPrefix("following") && $0.contains(" key \(key)") } },
+                    "\(step): \(a.status()) \(b.status())")
             #expect(try Self.submitAndCount(client, btc, ids: from...(from + 199), seconds: 15) == 200, "\(step)")
         }
         // 1. The standby first: the new secret, the old one as previous (the primary holds only the old).

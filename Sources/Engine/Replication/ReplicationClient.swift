@@ -29,6 +29,8 @@ final class ReplicationClient: @unchecked Sendable {
         var silentMilliseconds: UInt64?
         var refused: String?
         var reconnects = 0
+        /// The key id of the secret the connection was authenticated with (nil: none).
+        var keyId: String?
     }
 
     private let primary: ReplicationAddress
@@ -309,6 +311,7 @@ final class ReplicationClient: @unchecked Sendable {
                     try connection.send(.proof(nonce: [UInt8](repeating: 0, count: ReplicationAuth.nonceSize),
                                                tag: ReplicationAuth.proof(secret, primary: false, standbyNonce: mine, primaryNonce: theirs, hello: sent)))
                     connection.authenticate(key: ReplicationAuth.sessionKey(secret, standbyNonce: mine, primaryNonce: theirs), primary: false)
+                    lock.locked { status.keyId = ReplicationAuth.hex(ReplicationAuth.keyId(secret)) }
                     answer = nil
                     deadline = monotonicNanoseconds() + 1_000_000_000
                     while answer == nil && monotonicNanoseconds() < deadline && !isStopping {

@@ -29,6 +29,8 @@ final class ReplicationServer: @unchecked Sendable {
         var peer: String
         var acked: [UInt64]
         var sent: [UInt64]
+        /// The key id of the secret this connection was authenticated with (nil: none).
+        var keyId: String? = nil
     }
 
     let address: ReplicationAddress
@@ -240,6 +242,7 @@ final class ReplicationServer: @unchecked Sendable {
         guard case .hello(let theirEpoch, let configuration, let positions, let theirNonce, let theirKeys)? = hello else {
             return refuse(connection, "expected a hello first")
         }
+        var keyId: String?
         if let secrets {
             guard let theirNonce else {
                 return refuse(connection, "this primary authenticates its standbys: give the standby the pair's [replication] secret_file")
@@ -270,7 +273,8 @@ final class ReplicationServer: @unchecked Sendable {
                 return log("replication: standby \(connection.peer): authentication: \(error)")
             }
             connection.authenticate(key: ReplicationAuth.sessionKey(secret, standbyNonce: theirNonce, primaryNonce: mine), primary: true)
-            log("replication: standby \(connection.peer) authenticated with the secret of key id \(ReplicationAuth.hex(ReplicationAuth.keyId(secret)))")
+            keyId = ReplicationAuth.hex(ReplicationAuth.keyId(secret))
+            log("replication: standby \(connection.peer) authenticated with the secret of key id \(keyId!)")
         } else if theirNonce != nil {
             return refuse(connection, "the standby authenticates, and this primary has no [replication] secret_file: give both engines the pair's secret")
         }
@@ -305,7 +309,7 @@ final class ReplicationServer: @unchecked Sendable {
             return log("replication: standby \(connection.peer): \(error)")
         }
         let tails = positions.enumerated().map { JournalTail(directory: dataDirectory, shard: $0.offset, after: $0.element.last) }
-        var state = Standby(peer: connection.peer, acked: positions.map(\.last), sent: positions.map(\.last))
+        var state = Standby(peer: connection.peer, acked: positions.map(\.last), sent: positions.map(\.last), keyId: keyId)
         lock.locked {
             standbys[id] = state
             for i in 0..<shardCount { bestAcked[i] = max(bestAcked[i], state.acked[i]) }
