@@ -5,8 +5,12 @@
 // nonces and the hello: a recorded answer is worth nothing on another connection), and every
 // frame after is encrypted and tagged (AES-256-GCM) under the session's key, numbered in its
 // direction: the journal (orders, accounts) does not cross the network readable, and a frame
-// altered, dropped, replayed or injected on the way ends the connection. What it does not do:
-// hide the frames' sizes and kinds (their headers), or protect the lease's Redis.
+// altered, dropped, replayed or injected on the way ends the connection. Rotation without a
+// restart: the files are read again at each handshake; the standby's hello names its secrets
+// (secret_file, then previous_secret_file) by key id, and the primary proves the first of them
+// it holds too. What it does not do: hide the frames' sizes and kinds (their headers); resist
+// guessing a weak secret offline from a recorded handshake (use 32 random bytes or more, as the
+// README says); protect the lease's Redis (the plugin's own TLS does).
 // The protocol's frames: ReplicationWire.swift.
 
 import CAuth
