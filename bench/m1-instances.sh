@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 BOOKS=${1:-1000,10000,100000}
 MOVES=${2:-20}
 RATE=${3:-20000}
-BIN=.build/release/crossbook
+BIN=${BIN:-.build/release/crossbook}
 [ -x "$BIN" ] || { echo "build first: make release" >&2; exit 1; }
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 DIR=$(mktemp -d)

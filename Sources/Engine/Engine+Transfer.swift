@@ -315,7 +315,8 @@ extension Engine {
             // stream's orders go to its session of the same source or stream, the others to no
             // session (arrivingBook).
             var owners: [UInt32: String] = [:]
-            for (key, session) in adminState(shard: source, timeout: timeout)?.sourceSessions ?? [:] where session != 0 {
+            // As the shard had them when it sealed the export (no round trip to it here).
+            for (key, session) in out.sourceSessions ?? adminState(shard: source, timeout: timeout)?.sourceSessions ?? [:] where session != 0 {
                 owners[session] = key
             }
             let ownersAt = monotonicNanoseconds()
@@ -392,7 +393,8 @@ extension Engine {
             }
             // Its orders' ids here: an ingress source's or a stream's go to this shard's session
             // of that source or stream (a stream new here gets one now).
-            var sessions = adminState(shard: target, timeout: timeout)?.sourceSessions ?? [:]
+            // (A book whose orders have no owners to map needs no round trip to the shard.)
+            var sessions = blob.owners.isEmpty ? [:] : adminState(shard: target, timeout: timeout)?.sourceSessions ?? [:]
             do { try streamSessions(for: blob, shard: target, known: &sessions, timeout: timeout) } catch { throw giveUp("\(error)") }
             guard let book = blob.arrivingBook(sessions: sessions) else {
                 throw giveUp("two resting orders would have the same id here (an order that moved 65,536 moves ago still rests)")

@@ -117,6 +117,9 @@ struct MigrationAnswer: Sendable {
     /// for the control thread to read (frozen: the shard does not touch it while it holds the
     /// symbol's commands) or to fill (not owned yet: nothing on the shard touches it).
     var bookAddress: BookAddress?
+    /// A move to another engine's export: the shard's sessions of ingress sources and streams
+    /// then ("client:UID:NAME#0" → session), the owners of the book's orders (TransferBlob).
+    var sourceSessions: [String: UInt32]?
 }
 
 /// A book of a shard, lent to the control thread during a migration step.
@@ -236,6 +239,7 @@ extension ShardState {
                 // the move is undone it is read again from them (IngressRewinds).
                 answer.positions = step.positions
                 answer.sequence = journalFloors(id, step.positions) ?? sequence
+                answer.sourceSessions = ingress.sourceSessions
             } else {
                 // Its own positions (not the shard's: its commands that went to the target
                 // meanwhile are below those), journaled as its floors here too: if the move is
