@@ -271,12 +271,15 @@ public struct EngineConfig {
                 }
                 r.lease = text
             }
-            if let v = section["lease_plugin"] {
+            /// A key whose value must be a non-empty string (`what` says what it names).
+            func text(_ key: String, _ what: String) throws(ConfigError) -> String? {
+                guard let v = section[key] else { return nil }
                 guard let text = v.string, !text.isEmpty else {
-                    throw ConfigError(description: "\(source): [replication]: lease_plugin must be a plugin's name")
+                    throw ConfigError(description: "\(source): [replication]: \(key) must be \(what)")
                 }
-                r.leasePlugin = text
+                return text
             }
+            if let name = try text("lease_plugin", "a plugin's name") { r.leasePlugin = name }
             if let ms = try Self.int(section, "lease_ttl_ms", in: "[replication]", source: source) {
                 guard ms >= 200, ms <= 60_000 else {
                     throw ConfigError(description: "\(source): [replication]: lease_ttl_ms must be between 200 and 60000, got \(ms)")
@@ -289,18 +292,8 @@ public struct EngineConfig {
                 }
                 r.syncStandbys = n
             }
-            if let v = section["secret_file"] {
-                guard let text = v.string, !text.isEmpty else {
-                    throw ConfigError(description: "\(source): [replication]: secret_file must be a file's path (the pair's secret, mode 600)")
-                }
-                r.secretFile = text
-            }
-            if let v = section["previous_secret_file"] {
-                guard let text = v.string, !text.isEmpty else {
-                    throw ConfigError(description: "\(source): [replication]: previous_secret_file must be a file's path (the secret being replaced, mode 600)")
-                }
-                r.previousSecretFile = text
-            }
+            r.secretFile = try text("secret_file", "a file's path (the pair's secret, mode 600)")
+            r.previousSecretFile = try text("previous_secret_file", "a file's path (the secret being replaced, mode 600)")
             replication = r
         }
         if let engine = table["engine"] {
