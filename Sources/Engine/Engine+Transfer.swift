@@ -379,7 +379,9 @@ extension Engine {
             // on this thread rather than the shard's.
             let expecting = MigrationStep(symbolId: blob.spec.id)
             let offered = transferLock.locked { transferBooks.removeValue(forKey: "\(name) \(epoch)") }
-            expecting.premade = offered.flatMap { $0.isTaken ? nil : $0 } ?? premadeBook(blob.spec, shard: target)
+            expecting.premade = offered.flatMap { $0.isTaken ? nil : $0 }
+            if expecting.premade == nil { expecting.premade = premadeBook(blob.spec, shard: target) }
+            let premadeAt = monotonicNanoseconds()
             guard let expected = step(target, { .expect($0) }, expecting, timeout: timeout) else {
                 throw EngineError("move of \(name): shard \(target) did not answer")
             }
@@ -432,7 +434,8 @@ extension Engine {
             }
             if let refusal = done.refusal { throw EngineError("move of \(name): \(refusal)") }
             host.routeEnd(symbolId: blob.spec.id, shard: target)
-            let phases = ["start": t0, "load": loaded &- t0, "list": listedAt &- loaded, "queue": queuedAt &- listedAt, "expect": expectedAt &- queuedAt,
+            let phases = ["start": t0, "load": loaded &- t0, "list": listedAt &- loaded, "queue": queuedAt &- listedAt,
+                          "premade": premadeAt &- queuedAt, "expect": expectedAt &- premadeAt,
                           "ids": idsAt &- expectedAt, "import": imported.phases["import"] ?? 0,
                           "durable": onDisk &- imported.at, "claim": claimed &- onDisk, "held": done.phases["held"] ?? 0]
             let report = TransferInReport(symbol: name, shard: target, epoch: epoch, held: done.held, listed: listed, tradingAt: done.at,

@@ -298,7 +298,7 @@ extension MigrateBenchCommand {
         while !load.finished { usleep(1000) }
         let sortedOrders = orders.sorted()
         print("instance → instance, book \(size) (moved \(sortedOrders.first ?? 0)...\(sortedOrders.last ?? 0) orders): pause p50 \(ms(at(pauses, 0.5))) ms, p90 \(ms(at(pauses, 0.9))) ms, p99 \(ms(at(pauses, 0.99))) ms, max \(ms(pauses.max() ?? 0)) ms over \(pauses.count) moves; \(load.summary)")
-        let order = ["request", "out.snapshot", "out.export", "out.durable", "out.owners", "out.encode", "out.store", "wait", "load", "list", "queue", "expect", "ids", "import", "durable", "claim", "held"]
+        let order = ["request", "out.snapshot", "out.export", "out.durable", "out.owners", "out.encode", "out.store", "wait", "load", "list", "queue", "premade", "expect", "ids", "import", "durable", "claim", "held"]
         print("  pause by phase, p50 (p99) ms: " + order.compactMap { key in phases[key].map { "\(key) \(ms(at($0, 0.5))) (\(ms(at($0, 0.99))))" } }.joined(separator: ", "))
         if !failures.isEmpty { print("  \(failures.count) moves failed: \(Set(failures).joined(separator: " | "))") }
     }
