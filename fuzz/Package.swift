@@ -20,5 +20,8 @@ let package = Package(
         .executableTarget(name: "fuzz-book-snapshot", dependencies: ["FuzzSupport", .product(name: "OrderBook", package: root)]),
         .executableTarget(name: "fuzz-admin-record", dependencies: ["FuzzSupport", .product(name: "Wire", package: root)]),
         .executableTarget(name: "fuzz-config", dependencies: ["FuzzSupport", .product(name: "CrossbookConfig", package: root)]),
+        .executableTarget(name: "fuzz-replication-frame", dependencies: ["FuzzSupport", .product(name: "Engine", package: root)]),
+        .executableTarget(name: "fuzz-transfer-blob", dependencies: ["FuzzSupport", .product(name: "Engine", package: root)]),
+        .executableTarget(name: "fuzz-shard-snapshot", dependencies: ["FuzzSupport", .product(name: "Engine", package: root)]),
     ]
 )

@@ -13,7 +13,7 @@ clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
   || { tail -30 /tmp/crossbook-fuzz-build.log; exit 1; }
 mkdir -p artifacts
 failed=0
-for target in command-record text-codec journal-scan book-snapshot admin-record config order-json; do
+for target in command-record text-codec journal-scan book-snapshot admin-record config replication-frame transfer-blob shard-snapshot order-json; do
   work=$(mktemp -d)
   max_len=4096
   [ "$target" = journal-scan ] && max_len=20000

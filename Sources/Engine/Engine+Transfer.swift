@@ -156,12 +156,13 @@ struct TransferBlob: Equatable {
 
     /// The book as the target takes it in: an order of an owner (a session of an ingress
     /// source) belongs to `sessions[its source]` (the target's session of that source), with its
-    /// client's order id; every other becomes foreign. nil when two orders would have one id.
-    func arrivingBook(sessions: [String: UInt32]) -> [UInt8]? {
+    /// client's order id; every other becomes foreign. Throws when the book is not a whole book
+    /// snapshot, or when two orders would have one id.
+    func arrivingBook(sessions: [String: UInt32]) throws(BookSnapshotError) -> [UInt8] {
         // The source's owner session → this engine's session of the same source, once.
         var mapped: [UInt32: UInt32] = [:]
         for (session, key) in owners { if let mine = sessions[key], mine != 0 { mapped[session] = mine } }
-        return BookSnapshotLayout.rewritingOrderIds(book) { place, id in
+        return try BookSnapshotLayout.rewritingOrderIds(book) { place, id in
             if !mapped.isEmpty, let mine = mapped[UInt32(owner(id))] {
                 return engineOrderId(mine, id & maxClientOrderId)
             }
@@ -398,8 +399,12 @@ extension Engine {
             // (A book whose orders have no owners to map needs no round trip to the shard.)
             var sessions = blob.owners.isEmpty ? [:] : adminState(shard: target, timeout: timeout)?.sourceSessions ?? [:]
             do { try streamSessions(for: blob, shard: target, known: &sessions, timeout: timeout) } catch { throw giveUp("\(error)") }
-            guard let book = blob.arrivingBook(sessions: sessions) else {
-                throw giveUp("two resting orders would have the same id here (an order that moved 65,536 moves ago still rests)")
+            let book: [UInt8]
+            do { book = try blob.arrivingBook(sessions: sessions) } catch {
+                if case BookSnapshotError.duplicateOrderId = error {
+                    throw giveUp("two resting orders would have the same id here (an order that moved 65,536 moves ago still rests)")
+                }
+                throw giveUp("the blob's book: \(error)")
             }
             let arriving = MigrationStep(symbolId: blob.spec.id, book: book, positions: blob.positions)
             arriving.transfer = ShardTransfer(epoch: epoch, instance: blob.source, outbound: false)

@@ -19,9 +19,12 @@ public enum BookSnapshotError: Error, Equatable, CustomStringConvertible {
     case checksum
     case invalidOrder(index: Int, String)
     case capacity(String)
+    /// Two orders would rest under one id (`rewritingOrderIds`).
+    case duplicateOrderId(OrderId)
 
     public var description: String {
         switch self {
+        case .duplicateOrderId(let id): "book snapshot: two orders would have the id \(id)"
         case .badHeader(let why): "book snapshot: \(why)"
         case .checksum: "book snapshot: checksum mismatch"
         case .invalidOrder(let i, let why): "book snapshot: order #\(i): \(why)"
@@ -42,35 +45,46 @@ public enum BookSnapshotLayout {
     public static func size(orders: Int) -> Int { headerSize + orders * orderSize + 8 }
 
     /// The same snapshot with every order id passed through `transform` (its place in the
-    /// snapshot, its id; and the checksum made again, in the version written now); nil when the bytes are not a
-    /// whole snapshot of this layout, or two orders would get the same id.
-    public static func rewritingOrderIds(_ bytes: [UInt8], _ transform: (Int, OrderId) -> OrderId) -> [UInt8]? {
-        guard bytes.count >= size(orders: 0) else { return nil }
+    /// snapshot, its id; and the checksum made again, in the version written now). Throws when
+    /// the bytes are not a whole snapshot of this layout (any bytes: a move's book comes from a
+    /// store other processes can write), or when two orders would get the same id.
+    public static func rewritingOrderIds(_ bytes: [UInt8], _ transform: (Int, OrderId) -> OrderId) throws(BookSnapshotError) -> [UInt8] {
+        guard bytes.count >= size(orders: 0) else { throw .badHeader("\(bytes.count) bytes, less than an empty book's \(size(orders: 0))") }
         var out = bytes
-        let ok = out.withUnsafeMutableBytes { p -> Bool in
-            guard p.loadUnaligned(as: UInt64.self) == magic else { return false }
-            let count = Int(UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 16, as: UInt64.self)))
-            guard count < 1 << 28, bytes.count == size(orders: count) else { return false }
+        let failure = out.withUnsafeMutableBytes { p -> BookSnapshotError? in
+            guard p.loadUnaligned(as: UInt64.self) == magic else { return .badHeader("not a book snapshot (magic)") }
+            // Checked as a UInt64 first: a count above Int.max would trap in the conversion.
+            let stored = UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 16, as: UInt64.self))
+            guard stored < 1 << 28, bytes.count == size(orders: Int(stored)) else {
+                return .badHeader("\(stored) orders in \(bytes.count) bytes")
+            }
+            let count = Int(stored)
             let version = UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt32.self))
             let end = headerSize + count * orderSize
-            guard isKnown(version),
-                  UInt64(littleEndian: p.loadUnaligned(fromByteOffset: end, as: UInt64.self)) == checksum(UnsafeRawBufferPointer(rebasing: p[0..<end]), version: version) else { return false }
+            guard isKnown(version) else { return .badHeader("version \(version)") }
+            guard UInt64(littleEndian: p.loadUnaligned(fromByteOffset: end, as: UInt64.self)) == checksum(UnsafeRawBufferPointer(rebasing: p[0..<end]), version: version) else {
+                return .checksum
+            }
             // Two orders with one id: found by sorting the new ids (a tenth of a hash set's time).
             var ids = [OrderId]()
             ids.reserveCapacity(count)
             for i in 0..<count {
                 let at = headerSize + i * orderSize
-                let id = transform(i, OrderId(littleEndian: p.loadUnaligned(fromByteOffset: at, as: OrderId.self)))
+                let old = OrderId(littleEndian: p.loadUnaligned(fromByteOffset: at, as: OrderId.self))
+                // As a restore refuses it (restore(from:)): `transform` is given positive ids only.
+                guard old >= 1 else { return .invalidOrder(index: i, "order id \(old), below 1") }
+                let id = transform(i, old)
                 ids.append(id)
                 p.storeBytes(of: id.littleEndian, toByteOffset: at, as: OrderId.self)
             }
             ids.sort()
-            for i in ids.indices.dropFirst() where ids[i] == ids[i - 1] { return false }
+            for i in ids.indices.dropFirst() where ids[i] == ids[i - 1] { return .duplicateOrderId(ids[i]) }
             p.storeBytes(of: Self.version.littleEndian, toByteOffset: 8, as: UInt32.self)
             p.storeBytes(of: checksum(UnsafeRawBufferPointer(rebasing: p[0..<end]), version: Self.version).littleEndian, toByteOffset: end, as: UInt64.self)
-            return true
+            return nil
         }
-        return ok ? out : nil
+        if let failure { throw failure }
+        return out
     }
 
     /// The trailing checksum of a snapshot of `version` over `bytes` (everything before it).
@@ -232,6 +246,10 @@ extension OrderBook {
                 let o = BookSnapshotLayout.headerSize + i * BookSnapshotLayout.orderSize
                 let price = Int64(bitPattern: load64(o + 8))
                 let open = Int64(bitPattern: load64(o + 16))
+                // Order ids are positive (the engine's carry the owner's session in their top
+                // bits: a negative one would name no session, or the wrong one).
+                let id = Int64(bitPattern: load64(o))
+                guard id >= 1 else { failure = .invalidOrder(index: i, "order id \(id), below 1"); return }
                 guard let side = Side(rawValue: p.load(fromByteOffset: o + 28, as: UInt8.self)),
                       SelfTradePrevention(rawValue: p.load(fromByteOffset: o + 29, as: UInt8.self)) != nil,
                       p.loadUnaligned(fromByteOffset: o + 30, as: UInt16.self) == 0

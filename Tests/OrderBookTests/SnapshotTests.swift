@@ -130,6 +130,33 @@ struct SnapshotTests {
         #expect(throws: BookSnapshotError.invalidOrder(index: 1, "out of priority order")) {
             _ = try OrderBook.restoring(spec: Self.spec, capacity: .small, from: swapped)
         }
+        // An order id below 1 (a negative one would index outside the engine's session table by
+        // its top bits), its checksum fixed: refused by a restore and by a rewrite of the ids
+        // (a move between engines), before the rewrite's transform sees it.
+        for bad: Int64 in [0, -1, Int64.min] {
+            var negative = good
+            withUnsafeBytes(of: bad.littleEndian) { for k in 0..<8 { negative[64 + k] = $0[k] } }
+            let fixed = negative.withUnsafeBytes { BookSnapshotLayout.checksum(UnsafeRawBufferPointer(rebasing: $0[0..<(32 + 3 * 32)]), version: BookSnapshotLayout.version) }
+            withUnsafeBytes(of: fixed.littleEndian) { for k in 0..<8 { negative[32 + 3 * 32 + k] = $0[k] } }
+            #expect(throws: BookSnapshotError.invalidOrder(index: 1, "order id \(bad), below 1")) {
+                _ = try OrderBook.restoring(spec: Self.spec, capacity: .small, from: negative)
+            }
+            var seen: [OrderId] = []
+            #expect(throws: BookSnapshotError.invalidOrder(index: 1, "order id \(bad), below 1")) {
+                _ = try BookSnapshotLayout.rewritingOrderIds(negative) { _, id in seen.append(id); return id }
+            }
+            #expect(seen == [1])
+        }
+        // An order count above Int.max (its conversion trapped a move's rewrite), and one that
+        // does not fit the bytes: refused with the count named.
+        for count: UInt64 in [0x8400_0000_0000_0000, 4] {
+            var huge = good
+            withUnsafeBytes(of: count.littleEndian) { for k in 0..<8 { huge[16 + k] = $0[k] } }
+            #expect(throws: BookSnapshotError.badHeader("\(count) orders in \(good.count) bytes")) {
+                _ = try BookSnapshotLayout.rewritingOrderIds(huge) { _, id in id }
+            }
+            #expect(throws: BookSnapshotError.self) { _ = try OrderBook.restoring(spec: Self.spec, capacity: .small, from: huge) }
+        }
         // Random bytes never trap.
         var rng = SplitMix64(seed: 3)
         for _ in 0..<2000 {

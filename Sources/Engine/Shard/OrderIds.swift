@@ -6,8 +6,11 @@ import OrderBook
 @inline(__always)
 func engineOrderId(_ session: UInt32, _ clientId: OrderId) -> OrderId { OrderId(session) << 48 | clientId }
 
+/// Never negative and below 2^16 (the session index's size), whatever the id: a shift of the
+/// id's bits unsigned, so that an id no client could have made (a negative one, from a damaged
+/// or forged snapshot) cannot index outside the session table.
 @inline(__always)
-func owner(_ engineId: OrderId) -> Int { Int(engineId >> 48) }
+func owner(_ engineId: OrderId) -> Int { Int(UInt64(bitPattern: engineId) >> 48) }
 
 @inline(__always)
 func clientOrderId(_ engineId: OrderId) -> OrderId { engineId & (1 << 48 - 1) }
