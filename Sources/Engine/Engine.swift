@@ -190,6 +190,12 @@ public final class Engine: @unchecked Sendable {
     /// producers): under `idLock`.
     private var attachedIds = Set<UInt32>()
     let idLock = Lock()
+    /// Tests: client names whose announcement the control loop sees once more, as it would see
+    /// an inotify event delivered after the directory scan took the hello (`accept`).
+    private var lateAnnouncements: [String] = []
+
+    /// Tests: makes the control loop handle `client`'s announcement again (a late inotify event).
+    func announceAgain(_ client: String) { idLock.locked { lateAnnouncements.append(client) } }
     /// The engine's own sessions (plugin producers), by id; their rings stay mapped until stop.
     private var localSessions: [UInt32: LocalSession] = [:]
     private var retiredLocal: [LocalSession] = []
@@ -947,6 +953,7 @@ public final class Engine: @unchecked Sendable {
             // announcements still lying there.
             // Raw bytes, no String per file: this loop allocates nothing in steady state.
             scanForAnnouncements(dir)
+            for client in idLock.locked({ () -> [String] in defer { lateAnnouncements = [] }; return lateAnnouncements }) { accept(client) }
             // Clients that truncated a ring or session file under the engine: the mapping faulted
             // (its SIGBUS was caught and it reads zeros now); detach them.
             for (id, session) in sessions where session.rings.contains(where: { $0.file.faulted }) || session.sessionFile.file.faulted {
@@ -1013,9 +1020,18 @@ public final class Engine: @unchecked Sendable {
         }
     }
 
-    private func accept(_ client: String) {
+    /// A client's announcement (`<client>.hello`), seen by inotify or by the directory scan under
+    /// it. The one call that removes the announcement takes the client; any other returns: a
+    /// hello renamed in between a loop's inotify read and its scan is seen by both, and a second
+    /// attach of the same rings made two sessions read one command ring (every order applied
+    /// twice, under two session ids) and write one report ring (its cursor went back).
+    func accept(_ client: String) {
         let dir = settings.directory
-        unlink(InstanceLayout.helloPath(dir, client))
+        guard unlink(InstanceLayout.helloPath(dir, client)) == 0 else { return }
+        guard !sessions.values.contains(where: { $0.name == client }) else {
+            log("client \(client): announced again while attached; ignored")
+            return
+        }
         guard !client.isEmpty, client.utf8.count <= 64, client.utf8.allSatisfy({ isNameByte($0) }) else {
             log("refused a client with the name '\(client)'")
             return

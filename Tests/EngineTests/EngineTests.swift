@@ -104,6 +104,31 @@ struct EngineTests {
         #expect(file.counters(1).read(.commands) == 1)
     }
 
+    @Test("a client announced twice (its hello seen by the directory scan, then by a late inotify event; or a hello written again while attached) is attached once: each order is applied once and answered once")
+    func announcedTwice() throws {
+        let dir = testDirectory()
+        let log = LogLines()
+        let engine = try startEngine(dir, log: log)
+        defer { engine.stop() }
+        let client = try CrossbookClient(instance: "t", directory: dir)
+        let aaa = try client.symbol("AAA")
+        // The late event: the hello is gone (the first accept removed it).
+        engine.announceAgain(client.name)
+        // A hello written again by someone while the client is attached.
+        #expect(FileManager.default.createFile(atPath: InstanceLayout.helloPath(dir, client.name), contents: Data()))
+        #expect(waitFor(5) { log.contains("client \(client.name): announced again while attached; ignored") }, "\(log.all.suffix(5))")
+        engine.announceAgain(client.name)
+        usleep(300_000)  // the control loop runs every 100 ms at most
+        #expect(log.all.filter { $0.contains("client \(client.name) (pid") && $0.contains("attached") }.count == 1, "\(log.all)")
+        // One order: accepted once; a sell against it trades once, for its quantity.
+        #expect(client.submit(.new(NewOrder(orderId: 1, side: .buy, price: 100, quantity: 5)), symbol: aaa))
+        #expect(client.submit(.new(NewOrder(orderId: 2, side: .sell, price: 100, quantity: 9)), symbol: aaa))
+        let reports = try collect(client, 10, timeout: 1)
+        #expect(reports.filter { $0.kind == .accepted }.map(\.orderId) == [1, 2], "\(reports)")
+        #expect(reports.filter { $0.kind == .trade }.map { ($0.orderId, $0.quantity) }.elementsEqual([(1, 5), (2, 5)]) { $0 == $1 }, "\(reports)")
+        #expect(reports.count == 4, "\(reports)")
+    }
+
     @Test("unknown symbols, out-of-range ids and random bytes are rejected; the engine goes on")
     func badInput() throws {
         let dir = testDirectory()
