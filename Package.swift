@@ -57,7 +57,7 @@ let package = Package(
         // Shards, sequencing, sessions, the plugin host. A shard's state is a value on its own
         // thread (Sources/Engine/Shard/ShardState.swift): exclusivity is checked at compile time,
         // with no unsafe flags.
-        .target(name: "Engine", dependencies: ["OrderBook", "Wire", "SharedMemory", "Journal", "CSync", "CAuth", "CCRC32C", "CNuma", "CPluginABI", .product(name: "SystemPackage", package: "swift-system")]),
+        .target(name: "Engine", dependencies: ["OrderBook", "CPrefetch", "Wire", "SharedMemory", "Journal", "CSync", "CAuth", "CCRC32C", "CNuma", "CPluginABI", .product(name: "SystemPackage", package: "swift-system")]),
         // For other processes: attach to an engine, submit, read reports.
         .target(name: "CrossbookClient", dependencies: ["OrderBook", "Wire", "SharedMemory", "CSync"]),
         // The seeded benchmark workloads of bench/README.md, shared by tests and benchmarks.

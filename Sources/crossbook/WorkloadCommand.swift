@@ -28,7 +28,7 @@ struct WorkloadCommand: ParsableCommand {
     @Option(help: "S1: the Zipf exponent of the skewed run.")
     var zipf: Double = 1.1
 
-    @Option(help: "Book capacity in resting orders (default: the workload's own, 65,536 for W1, 262,144 for W2).")
+    @Option(help: "Book capacity in resting orders (default: the workload's own, 65,536 for W1, 262,144 for W2); for S1's throughput runs, the shared pools' orders and levels (default 1,048,576).")
     var orders: Int?
 
     @Option(help: "Times to run it (a fresh book each time).")
@@ -179,7 +179,7 @@ struct WorkloadCommand: ParsableCommand {
             // Uniform and Zipf, each one op at a time and prefetching across books.
             for draws in [uniform, skewed] {
                 for ahead in [0, prefetchDistance ?? 4] {
-                    var many = try MultiSymbolRunner(symbols: symbols, orders: 1 << 20, levels: 1 << 20, levelsPerBook: 4096, maxOrderId: w1.ops.count)
+                    var many = try MultiSymbolRunner(symbols: symbols, orders: orders ?? 1 << 20, levels: orders ?? 1 << 20, levelsPerBook: 4096, maxOrderId: w1.ops.count)
                     rates.append(w1.ops.withUnsafeBufferPointer { ops in
                         draws.withUnsafeBufferPointer { d in time { many.run(ops, symbols: d, idBase: 0, distance: ahead) } }
                     })

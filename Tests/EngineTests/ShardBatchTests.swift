@@ -78,4 +78,61 @@ struct ShardBatchTests {
         #expect(replayed.recoveredDigests == live1)
         replayed.stop()
     }
+
+    @Test("600 symbols on a shard's shared pools (the shard prefetches across books: each command's book, its id slot and ladder tops, its order or best levels, the order's neighbours) under W1's mix spread over them in ring batches: the live state equals a replay of the journal")
+    func acrossBooksDigest() throws {
+        let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-across-\(UUID().uuidString.prefix(8))"
+        defer { removeTree(data) }
+        let names = (0..<600).map { "S\($0)-USD" }
+        let pools = BookCapacity(orders: 1 << 16, levels: 1 << 14)
+        let engine = try durableEngine(dir, data: data, instance: "xb", durability: .async, symbols: names,
+                                       capacity: BookCapacity(orders: 64, levels: 64), pools: pools)
+        let client = try CrossbookClient(instance: "xb", directory: dir)
+        let symbols = try names.map { try client.symbol($0) }
+        var reports = 0, sent = 0
+        func send(_ command: BookCommand, _ s: Int) throws {
+            while !client.submit(command, symbol: symbols[s], flush: false) {
+                client.flush()
+                reports += try client.poll { _ in }
+            }
+            sent += 1
+            if sent % 128 == 0 {
+                client.flush()
+                reports += try client.poll { _ in }
+            }
+        }
+        // W1's mix (bench/README.md), each op on a symbol drawn uniformly; a cancel names an
+        // order the client placed (it may have traded away: rejected alike live and replayed).
+        var rng = SplitMix64(seed: 600)
+        var placed: [(id: OrderId, symbol: Int)] = []
+        var nextId: OrderId = 1
+        for _ in 0..<40_000 {
+            let (a, b, c, d) = (rng.next(), rng.next(), rng.next(), rng.next())
+            let s = Int(rng.next() % UInt64(names.count))
+            let t = a % 100
+            if t < 70 {
+                try send(.new(NewOrder(orderId: nextId, side: b & 1 == 1 ? .buy : .sell, price: 9950 + Price(c % 101), quantity: 1 + Quantity(d % 100))), s)
+                placed.append((nextId, s))
+                nextId += 1
+            } else if t < 90, !placed.isEmpty {
+                let i = Int(b % UInt64(placed.count))
+                try send(.cancel(CancelOrder(orderId: placed[i].id)), placed[i].symbol)
+                placed.swapAt(i, placed.count - 1)
+                placed.removeLast()
+            } else {
+                try send(.new(NewOrder(orderId: nextId, side: b & 1 == 1 ? .buy : .sell, type: .market, price: 0,
+                                       quantity: 1 + Quantity(d % 100), timeInForce: .ioc)), s)
+                nextId += 1
+            }
+        }
+        client.flush()
+        #expect(waitFor(20) { reports += (try? client.poll { _ in }) ?? 0; return reports >= sent }, "\(reports) reports for \(sent) commands")
+        client.close()
+        engine.stop()
+        let live = engine.finalDigests
+        let replayed = try durableEngine(dir, data: data, instance: "xb", durability: .async, symbols: names,
+                                         capacity: BookCapacity(orders: 64, levels: 64), pools: pools)
+        #expect(replayed.recoveredDigests == live)
+        replayed.stop()
+    }
 }

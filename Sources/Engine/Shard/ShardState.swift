@@ -8,6 +8,7 @@
 // engine time), the feed journals it (live only), `process` decodes, checks and applies it,
 // and its events go with that context to the output gate.
 
+import CPrefetch
 import CSync
 import Glibc
 import Journal
@@ -56,6 +57,15 @@ struct ShardState: ~Copyable {
     var anyDeepBook = false
     var deepCheckCountdown = 0
     static let deepCheckEvery = 4096
+    /// Books on shared pools (`[[shards]] orders`, `levels`), many of them or holding many
+    /// orders: the batch path prefetches across books (`prefetchAcross`), since each command
+    /// may reach a book that no command touched for thousands of commands. Decided with
+    /// `anyDeepBook`, from the pools' counts (one look, not one per book).
+    var crossBook = false
+    /// From this many books on a shard's shared pools, their structs, ladders and levels no
+    /// longer stay in the core's caches between two commands of one book (200 bytes of struct
+    /// and ladders each, and a level a side: 512 books are about a quarter of a 512 KiB L2).
+    static let crossBookBooks = 512
     private(set) var largestBatch = 0
     /// The highest session id the journal (or the snapshot under it) holds.
     var maxRecoveredSession: UInt32 = 0
@@ -357,23 +367,32 @@ struct ShardState: ~Copyable {
             deepCheckCountdown -= n
             if deepCheckCountdown <= 0 {
                 deepCheckCountdown = Self.deepCheckEvery
-                // Books that take commands only (one being restored by the control thread in a
-                // migration is not read).
-                anyDeepBook = symbols.indices.contains { bookFlags[$0] == 0 && books[$0].prefetches() }
+                if let pools {
+                    // Every book of the shard is on them: their counts decide, without reading
+                    // each book's line (10,000 of them every 4,096 commands).
+                    crossBook = pools.books >= Self.crossBookBooks || pools.liveOrders >= OrderBook.prefetchThreshold
+                    anyDeepBook = crossBook
+                } else {
+                    // Books that take commands only (one being restored by the control thread in a
+                    // migration is not read).
+                    anyDeepBook = symbols.indices.contains { bookFlags[$0] == 0 && books[$0].prefetches() }
+                }
             }
             // With no deep book the distance is 0: no stage runs.
             let d = anyDeepBook ? OrderBook.prefetchDistance : 0
+            // Three stages for a deep book; four across books (the book itself comes first).
+            let stages = crossBook ? 4 : 3
             if d > 0 {
-                for k in 0..<min(n, 3 * d) { prefetch(1, inbound[i].commands.slot(k), session: session) }
-                for k in 0..<min(n, 2 * d) { prefetch(2, inbound[i].commands.slot(k), session: session) }
-                for k in 0..<min(n, d) { prefetch(3, inbound[i].commands.slot(k), session: session) }
+                for stage in 1...stages {
+                    for k in 0..<min(n, (stages + 1 - stage) * d) { prefetch(stage, inbound[i].commands.slot(k), session: session) }
+                }
             }
             var done = 0
             while done < n {
                 if d > 0 {
-                    if done + 3 * d < n { prefetch(1, inbound[i].commands.slot(done + 3 * d), session: session) }
-                    if done + 2 * d < n { prefetch(2, inbound[i].commands.slot(done + 2 * d), session: session) }
-                    if done + d < n { prefetch(3, inbound[i].commands.slot(done + d), session: session) }
+                    for stage in 1...stages where done + (stages + 1 - stage) * d < n {
+                        prefetch(stage, inbound[i].commands.slot(done + (stages + 1 - stage) * d), session: session)
+                    }
                 }
                 let record = UnsafeRawPointer(inbound[i].commands.slot(done))
                 // A symbol on its way here: its commands wait for its book, unsequenced.
@@ -425,6 +444,7 @@ struct ShardState: ~Copyable {
     /// that does not take commands now is left alone.
     @inline(__always)
     func prefetch(_ stage: Int, _ record: UnsafeRawPointer, session: UInt32) {
+        if crossBook { return prefetchAcross(stage, record, session: session) }
         // A new order's id is only looked up (it is not there, normally): its slot is all.
         if stage > 1 && record.load(fromByteOffset: 1, as: UInt8.self) == CommandRecord.Kind.new.rawValue { return }
         let symbol = Int(UInt32(littleEndian: record.loadUnaligned(fromByteOffset: 8, as: UInt32.self)))
@@ -436,6 +456,41 @@ struct ShardState: ~Copyable {
         case 1: books[b].prefetchSlot(of: id)
         case 2: books[b].prefetchOrder(of: id)
         default: books[b].prefetchNeighbours(of: id)
+        }
+    }
+
+    /// Stage `stage` of the prefetch across books on shared pools, one stage earlier than a deep
+    /// book's own (the book itself is not in cache): 1 the book's struct; 2 the id table's line
+    /// of the order the command names (a new order's id is looked up for duplicates) and, for a
+    /// new order, the tops of its ladders; 3 the named order's node, or for a new order the best
+    /// level of each side and the node it would rest in. The same hints as S1's prefetching
+    /// runner (Workloads/S1.swift), where the order a cancel names is known, as here.
+    @inline(__always)
+    func prefetchAcross(_ stage: Int, _ record: UnsafeRawPointer, session: UInt32) {
+        let symbol = Int(UInt32(littleEndian: record.loadUnaligned(fromByteOffset: 8, as: UInt32.self)))
+        guard symbol <= maxSymbolId else { return }
+        let b = Int(bookIndex[symbol])
+        guard b >= 0, bookFlags[b] == 0 else { return }
+        if stage == 1 {
+            let p = UnsafeRawPointer(books + b)
+            for line in stride(from: 0, to: MemoryLayout<OrderBook>.stride, by: 64) { cb_prefetch_write(p + line) }
+            return
+        }
+        let isNew = record.load(fromByteOffset: 1, as: UInt8.self) == CommandRecord.Kind.new.rawValue
+        let id = engineOrderId(session, CommandRecord.orderId(record) & maxClientOrderId)
+        switch stage {
+        case 2:
+            books[b].prefetchSlot(of: id)
+            if isNew { books[b].prefetchTops() }
+        case 3:
+            if isNew {
+                books[b].prefetchBestLevels()
+                pools?.prefetchNextNode()
+            } else {
+                books[b].prefetchOrder(of: id)
+            }
+        default:
+            if !isNew { books[b].prefetchNeighbours(of: id) }
         }
     }
 
