@@ -21,7 +21,7 @@ C_PLUGIN_FLAGS := -std=c11 -Wall -Wextra -Werror -shared -fPIC -O2 -I C/CPluginA
 # with LD_LIBRARY_PATH=.build/kafka/lib.
 KAFKA_KIT    := .build/kafka
 
-.PHONY: all deps build release test run replay bench bench-e2e bench-d1 soak clean plugins fuzz kafka-kit kafka-demo migrate-demo failover-demo bench-m1 bench-m1-instances bench-m1-kafka bench-redis-tls install install-sdk docs
+.PHONY: all deps build release test run replay bench bench-e2e bench-s1-engine bench-d1 soak clean plugins fuzz kafka-kit kafka-demo migrate-demo failover-demo bench-m1 bench-m1-instances bench-m1-kafka bench-redis-tls install install-sdk docs
 
 all: build
 
@@ -128,6 +128,11 @@ bench-m1: release
 # M1 between engines: a symbol moved between two engines through a redis-server started here.
 bench-m1-instances: release
 	bench/m1-instances.sh 1000,10000,100000 $${MOVES:-20}
+
+# S1 through the engine: 10,000 symbols on one shard's shared pools, W1's mix over all of them
+# and over one (bench/README.md). A against B: bench/s1-engine.sh OLD NEW ROUNDS SECONDS.
+bench-s1-engine: release
+	bench/s1-engine.sh .build/release/crossbook .build/release/crossbook $${ROUNDS:-2} 3
 
 # What TLS to Redis costs the Redis plugins' round trips (plain and TLS ports of one redis-server).
 bench-redis-tls: deps
