@@ -12,6 +12,33 @@ import TestSupport
 import Wire
 import Workloads
 
+/// Sends commands into a client's rings without waiting for each answer, so that the shard
+/// takes them in batches: a full ring is flushed and its reports read; every `every` commands
+/// too. Counts what it sent and the reports it read.
+struct BatchSender {
+    let client: CrossbookClient
+    let every: Int
+    var sent = 0, reports = 0
+
+    mutating func send(_ command: BookCommand, _ symbol: SymbolInfo) throws {
+        while !client.submit(command, symbol: symbol, flush: false) {
+            client.flush()
+            reports += try client.poll { _ in }
+        }
+        sent += 1
+        if sent % every == 0 {
+            client.flush()
+            reports += try client.poll { _ in }
+        }
+    }
+
+    /// Flushes, then reads reports until each command has one (or `timeout` seconds passed).
+    mutating func finish(timeout: Double = 20) -> Bool {
+        client.flush()
+        return waitFor(timeout) { reports += (try? client.poll { _ in }) ?? 0; return reports >= sent }
+    }
+}
+
 @Suite("The shard's batch path", .serialized)
 struct ShardBatchTests {
     @Test("a deep book (20,000 resting orders) under random cancels, replaces, new and market orders in ring batches: the live state equals a replay of the journal")
@@ -22,18 +49,8 @@ struct ShardBatchTests {
         let client = try CrossbookClient(instance: "bp", directory: dir)
         let btc = try client.symbol("BTC-USD")
         var live: [OrderId] = []
-        var reports = 0, sent = 0
-        func send(_ command: BookCommand) throws {
-            while !client.submit(command, symbol: btc, flush: false) {
-                client.flush()
-                reports += try client.poll { _ in }
-            }
-            sent += 1
-            if sent % 64 == 0 {
-                client.flush()
-                reports += try client.poll { _ in }
-            }
-        }
+        var sender = BatchSender(client: client, every: 64)
+        func send(_ command: BookCommand) throws { try sender.send(command, btc) }
         var rng = SplitMix64(seed: 99)
         var nextId: OrderId = 1
         for _ in 0..<20_000 {
@@ -68,9 +85,9 @@ struct ShardBatchTests {
                 nextId += 1
             }
         }
-        client.flush()
         // Everything answered (each command at least one report).
-        #expect(waitFor(20) { reports += (try? client.poll { _ in }) ?? 0; return reports >= sent }, "\(reports) reports for \(sent) commands")
+        let answered = sender.finish()
+        #expect(answered, "\(sender.reports) reports for \(sender.sent) commands")
         client.close()
         engine.stop()
         let live1 = engine.finalDigests
@@ -89,18 +106,8 @@ struct ShardBatchTests {
                                        capacity: BookCapacity(orders: 64, levels: 64), pools: pools)
         let client = try CrossbookClient(instance: "xb", directory: dir)
         let symbols = try names.map { try client.symbol($0) }
-        var reports = 0, sent = 0
-        func send(_ command: BookCommand, _ s: Int) throws {
-            while !client.submit(command, symbol: symbols[s], flush: false) {
-                client.flush()
-                reports += try client.poll { _ in }
-            }
-            sent += 1
-            if sent % 128 == 0 {
-                client.flush()
-                reports += try client.poll { _ in }
-            }
-        }
+        var sender = BatchSender(client: client, every: 128)
+        func send(_ command: BookCommand, _ s: Int) throws { try sender.send(command, symbols[s]) }
         // W1's mix (bench/README.md), each op on a symbol drawn uniformly; a cancel names an
         // order the client placed (it may have traded away: rejected alike live and replayed).
         var rng = SplitMix64(seed: 600)
@@ -125,8 +132,8 @@ struct ShardBatchTests {
                 nextId += 1
             }
         }
-        client.flush()
-        #expect(waitFor(20) { reports += (try? client.poll { _ in }) ?? 0; return reports >= sent }, "\(reports) reports for \(sent) commands")
+        let answered = sender.finish()
+        #expect(answered, "\(sender.reports) reports for \(sender.sent) commands")
         client.close()
         engine.stop()
         let live = engine.finalDigests
