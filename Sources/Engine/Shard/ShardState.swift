@@ -62,9 +62,9 @@ struct ShardState: ~Copyable {
     /// may reach a book that no command touched for thousands of commands. Decided with
     /// `anyDeepBook`, from the pools' counts (one look, not one per book).
     var crossBook = false
-    /// From this many books on a shard's shared pools, their structs, ladders and levels no
-    /// longer stay in the core's caches between two commands of one book (200 bytes of struct
-    /// and ladders each, and a level a side: 512 books are about a quarter of a 512 KiB L2).
+    /// From this many books on a shard's shared pools, their structs, ladders and best levels
+    /// (~250 bytes a book) no longer all stay in the core's caches between two commands of one
+    /// book. Measured at 10,000 books (bench/README.md, S1 through the engine), not tuned.
     static let crossBookBooks = 512
     private(set) var largestBatch = 0
     /// The highest session id the journal (or the snapshot under it) holds.
@@ -459,12 +459,14 @@ struct ShardState: ~Copyable {
         }
     }
 
-    /// Stage `stage` of the prefetch across books on shared pools, one stage earlier than a deep
-    /// book's own (the book itself is not in cache): 1 the book's struct; 2 the id table's line
-    /// of the order the command names (a new order's id is looked up for duplicates) and, for a
-    /// new order, the tops of its ladders; 3 the named order's node, or for a new order the best
-    /// level of each side and the node it would rest in. The same hints as S1's prefetching
-    /// runner (Workloads/S1.swift), where the order a cancel names is known, as here.
+    /// Stage `stage` of the prefetch across books on shared pools, four stages where a deep book
+    /// has three (the book itself is not in cache): 1 the book's struct; 2 the id table's line of
+    /// the order the command names (a new order's id is looked up for duplicates) and, for a new
+    /// order, the tops of its ladders; 3 the named order's node, or for a new order the best level
+    /// of each side and the node it would rest in; 4 the named order's FIFO neighbours and level.
+    /// Each stage reads only lines the one before asked for. S1's prefetching runner
+    /// (Workloads/S1.swift) gives the same hints, but it has to guess a cancel's order; here the
+    /// command names it.
     @inline(__always)
     func prefetchAcross(_ stage: Int, _ record: UnsafeRawPointer, session: UInt32) {
         let symbol = Int(UInt32(littleEndian: record.loadUnaligned(fromByteOffset: 8, as: UInt32.self)))
