@@ -36,6 +36,9 @@ struct LoadCommand: ParsableCommand {
     @Option(help: "Skip this many of the engine's symbols (by id) first: load processes started with 0, 1, 2, ... and --symbols 1 each drive another symbol (another shard, if each has its own).")
     var firstSymbol: Int = 0
 
+    @Option(help: "Draw each order's symbol by Zipf's law with this exponent (symbol k of the chosen ones with weight 1 / (k + 1)^s; S1's skewed case is 1.1); 0: the symbols in turn.")
+    var zipf: Double = 0
+
     @Option(help: "Seed of the W1 draws.")
     var seed: UInt64 = 42
 
@@ -57,6 +60,9 @@ struct LoadCommand: ParsableCommand {
             throw CLIError("engine '\(target.instance)' has \(client.symbols.count) symbol(s): none after skipping \(firstSymbol)")
         }
         let targets = Array(chosen)
+        guard zipf >= 0, zipf.isFinite else { throw CLIError("--zipf must be 0 or more") }
+        // Zipf: a table of draws made before the clock starts, used round and round.
+        let draws = zipf > 0 ? Workload.symbolDraws(count: 1 << 20, symbols: targets.count, zipf: zipf) : []
         signal(SIGINT) { _ in loadInterrupted = 1 }
 
         var state = LoadState(targets: targets)
@@ -70,7 +76,7 @@ struct LoadCommand: ParsableCommand {
         var pending: Pending?
         var op = 0
         if !quiet {
-            print("load: W1 mix into '\(target.instance)', \(rate > 0 ? "\(Int(rate)) orders/s" : "flat out"), \(targets.count) symbol(s)")
+            print("load: W1 mix into '\(target.instance)', \(rate > 0 ? "\(Int(rate)) orders/s" : "flat out"), \(targets.count) symbol(s)\(zipf > 0 ? " drawn by Zipf's law, s = \(zipf)" : "")")
         }
         while loadInterrupted == 0 {
             var now = monotonicNanoseconds()
@@ -80,7 +86,7 @@ struct LoadCommand: ParsableCommand {
             while budget > 0 && (orders == 0 || state.sent < orders) {
                 if pending == nil {
                     if rate > 0 && scheduled > Double(now) { break }
-                    let s = op % targets.count
+                    let s = draws.isEmpty ? op % targets.count : Int(draws[op & (draws.count - 1)])
                     op += 1
                     let a = rng.next(), b = rng.next(), c = rng.next(), d = rng.next()
                     let t = a % 100

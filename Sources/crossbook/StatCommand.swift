@@ -49,6 +49,16 @@ struct StatCommand: ParsableCommand {
         var match: [LatencyHistogram]
         var sync: [LatencyHistogram]
         var symbols: [[UInt64]]
+        /// When it was read (CLOCK_MONOTONIC): a shard's busy share is over the time that passed.
+        var at: UInt64
+    }
+
+    /// A shard's busy time between two readings: the time it spent on batches of commands (the
+    /// match histogram's sum, as the automatic rebalance reads it), as a share of the time that
+    /// passed, and per command. The time it spends on an empty ring is not busy; what it does
+    /// for a batch (journal, book, reports) is.
+    static func busy(_ match: LatencyHistogram, commands: UInt64, elapsed: UInt64) -> (percent: Double, nanosPerCommand: Double?) {
+        (elapsed > 0 ? 100 * Double(match.sum) / Double(elapsed) : 0, commands > 0 ? Double(match.sum) / Double(commands) : nil)
     }
 
     static func sample(_ file: EngineFile) -> Sample {
@@ -59,7 +69,8 @@ struct StatCommand: ParsableCommand {
                    let c = file.symbolCounters(i)
                    return [c.read(SymbolCounters.commands), c.read(SymbolCounters.trades), c.read(SymbolCounters.rejects),
                            c.read(SymbolCounters.tradedQuantity)]
-               })
+               },
+               at: monotonicNanoseconds())
     }
 
     /// The observations between two readings of a histogram.
@@ -139,7 +150,8 @@ struct StatCommand: ParsableCommand {
                     Self.micros(h.quantileBound(q)).map { String(format: "p%@ <=%.1fus", q == 0.5 ? "50" : (q == 0.99 ? "99" : "99.9"), $0) } ?? "beyond the last bucket"
                 }.joined(separator: " ") + " (\(h.count))"
             }
-            line("  latency match per batch \(pct(match)) | group commit \(pct(sync))")
+            let busy = Self.busy(match, commands: n[ShardCounter.commands.rawValue] &- l[ShardCounter.commands.rawValue], elapsed: now.at &- last.at)
+            line("  latency match per batch \(pct(match)) | group commit \(pct(sync)) | busy \(String(format: "%.1f", busy.percent))%\(busy.nanosPerCommand.map { String(format: " (%.0f ns a command)", $0) } ?? "")")
             var buckets: [String] = []
             for b in 0..<InstanceLayout.batchBuckets where c.batches(bucket: b) > 0 {
                 let low = 1 << b
@@ -217,6 +229,8 @@ struct StatCommand: ParsableCommand {
                 "totals": totals,
                 "rejects_by_reason": rejects,
                 "match_latency": histogram(Self.delta(now.match[s], last.match[s])),
+                "busy_percent": Self.busy(Self.delta(now.match[s], last.match[s]), commands: n[0] &- l[0], elapsed: now.at &- last.at).percent,
+                "busy_ns_per_command": Self.busy(Self.delta(now.match[s], last.match[s]), commands: n[0] &- l[0], elapsed: now.at &- last.at).nanosPerCommand ?? 0,
                 "group_commit_latency": histogram(Self.delta(now.sync[s], last.sync[s])),
                 "migrations": ["in": m.read(MigrationCounters.into), "out": m.read(MigrationCounters.outOf),
                                "failed": m.read(MigrationCounters.failed), "in_progress": m.read(MigrationCounters.inProgress),

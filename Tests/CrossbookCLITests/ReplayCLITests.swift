@@ -431,10 +431,13 @@ struct TruthfulCLITests {
         #expect(frame?["instance"] as? String == instance)
         let shards = frame?["shards"] as? [[String: Any]] ?? []
         #expect(((shards.first?["totals"] as? [String: Any])?["commands"] as? Int) == 6)
+        // Nothing arrived in the interval: the shard was not busy, and has no time per command.
+        #expect(shards.first?["busy_percent"] as? Double == 0 && shards.first?["busy_ns_per_command"] as? Double == 0, "\(json.stdout)")
         let symbols = frame?["symbols"] as? [[String: Any]] ?? []
         #expect(symbols.contains { $0["name"] as? String == "BTC-USD" && (($0["totals"] as? [String: Any])?["trades"] as? Int) == 1 })
         let text = try runCrossbook(["stat", "--count", "1", "--interval", "0.05", "--symbols"], environment: env)
-        #expect(text.stdout.contains("symbol BTC-USD (id 1) shard 0:") && text.stdout.contains("latency match per batch"), "\(text.stdout)")
+        #expect(text.stdout.contains("symbol BTC-USD (id 1) shard 0:") && text.stdout.contains("latency match per batch")
+                && text.stdout.contains("| busy 0.0%\n"), "\(text.stdout)")
 
         // No answer: connected, then the engine stopped (SIGSTOP), then the command (from
         // standard input, read once connected) waits in its ring.
