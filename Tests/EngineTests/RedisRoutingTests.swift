@@ -290,6 +290,38 @@ struct RedisRoutingTests {
         #expect(engine.owner(of: "SOL-USD") == 1)
     }
 
+    @Test("the router says at each connection whether Redis keeps what it acknowledged: a warning for appendonly no, a line for appendonly yes with appendfsync always, and that it cannot tell where CONFIG is refused")
+    func redisDurabilityChecked() throws {
+        let redis = try RedisServer()  // appendonly no, appendfsync everysec (Redis's default)
+        let prefix = "k\(UInt32.random(in: 0...UInt32.max)):"
+        let dir = testDirectory(), data = NSTemporaryDirectory() + "crossbook-rk-\(UUID().uuidString.prefix(8))"
+        let aof = NSTemporaryDirectory() + "crossbook-rk-aof-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: aof, withIntermediateDirectories: true)
+        defer { removeTree(data); removeTree(aof) }
+        let log = LogLines()
+        let engine = try routedEngine("rrk", dir: dir, data: data, redis: redis, prefix: prefix, log: log)
+        defer { engine.stop() }
+        func said(_ text: String) -> Bool { waitFor(10) { log.all.contains { $0.contains(text) } } }
+        #expect(said("has appendonly no, appendfsync everysec: a route, lease or transfer it acknowledged can be lost"), "\(log.all.suffix(10))")
+        #expect(!log.all.contains { $0.contains("keeps what it acknowledges") })
+
+        // Made durable, then the router's connections cut: it connects again and says so.
+        try redis.cli(["CONFIG", "SET", "dir", aof])
+        try redis.cli(["CONFIG", "SET", "appendonly", "yes"])
+        try redis.cli(["CONFIG", "SET", "appendfsync", "always"])
+        try redis.cli(["CLIENT", "KILL", "TYPE", "normal"])
+        try redis.cli(["CLIENT", "KILL", "TYPE", "pubsub"])
+        #expect(said("keeps what it acknowledges (appendonly yes, appendfsync always)"), "\(log.all.suffix(10))")
+
+        // CONFIG refused (an ACL): it cannot tell, and says that, and the routes go on.
+        try redis.cli(["ACL", "SETUSER", "default", "-config"])
+        try redis.cli(["CLIENT", "KILL", "TYPE", "normal"])
+        try redis.cli(["CLIENT", "KILL", "TYPE", "pubsub"])
+        #expect(said("cannot tell whether it keeps what it acknowledged (CONFIG GET: NOPERM"), "\(log.all.suffix(10))")
+        _ = try engine.migrate(symbol: "HOT-USD", toShard: 1)
+        #expect(routes(redis, prefix: prefix)["HOT-USD"] == RouteLine(instance: "rrk", shard: 1, status: "ACTIVE", epoch: 3))
+    }
+
     @Test("a bad routing config is refused at start with the key and what it wants; a route key of another type is left alone")
     func badConfigAndKeys() throws {
         let redis = try RedisServer()

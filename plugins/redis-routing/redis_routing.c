@@ -549,6 +549,53 @@ static void route_end(void *context, uint32_t id, uint32_t shard) {
 
 /* ---- The thread ----------------------------------------------------------------------------- */
 
+/* The value of a `CONFIG GET <name>` reply, made printable (at most `size` - 1 bytes; any byte
+ * outside printable ASCII becomes '?'); 0 where the reply is not a name and a value. */
+static int config_value(redisReply *reply, char *out, size_t size) {
+    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 || reply->element[1] == NULL) return 0;
+    redisReply *v = reply->element[1];
+    if ((v->type != REDIS_REPLY_STRING && v->type != REDIS_REPLY_STATUS) || v->str == NULL) return 0;
+    size_t n = v->len < size - 1 ? v->len : size - 1;
+    for (size_t i = 0; i < n; i++) out[i] = (v->str[i] >= 0x20 && v->str[i] < 0x7f) ? v->str[i] : '?';
+    out[n] = 0;
+    return 1;
+}
+
+/* Whether this Redis keeps what it acknowledged: a route (or a lease, or a transfer blob) that
+ * Redis acknowledged and then lost in its own crash takes the route back in time, and a move
+ * between engines could then give a symbol to both. That needs appendonly yes and appendfsync
+ * always; said at every connection (a warning if not), or that it cannot be told (CONFIG
+ * refused: renamed, or an ACL). Under the lock, just connected. */
+static void check_durability(routing *r) {
+    char only[16] = "", fsync_[16] = "";
+    const char *a[] = {"CONFIG", "GET", "appendonly"};
+    redisReply *reply = command(r, 3, a);
+    if (reply == NULL) return;
+    int known = config_value(reply, only, sizeof only);
+    const char *refusal = reply->type == REDIS_REPLY_ERROR && reply->str ? reply->str : "no such setting";
+    char why[96];
+    snprintf(why, sizeof why, "%s", refusal);
+    freeReplyObject(reply);
+    if (known) {
+        const char *f[] = {"CONFIG", "GET", "appendfsync"};
+        reply = command(r, 3, f);
+        if (reply == NULL) return;
+        known = config_value(reply, fsync_, sizeof fsync_);
+        if (!known) snprintf(why, sizeof why, "%s", reply->type == REDIS_REPLY_ERROR && reply->str ? reply->str : "no such setting");
+        freeReplyObject(reply);
+    }
+    for (char *p = why; *p; p++) if (*p < 0x20 || *p >= 0x7f) *p = '?';
+    if (!known) {
+        logf_(r, CB_LOG_INFO, "redis %s:%d: cannot tell whether it keeps what it acknowledged (CONFIG GET: %s); moves between engines and leases need appendonly yes, appendfsync always",
+              r->redis_host, r->redis_port, why);
+    } else if (strcmp(only, "yes") != 0 || strcmp(fsync_, "always") != 0) {
+        logf_(r, CB_LOG_WARNING, "redis %s:%d has appendonly %s, appendfsync %s: a route, lease or transfer it acknowledged can be lost if Redis crashes, and a moved symbol then trade on two engines; set appendonly yes, appendfsync always",
+              r->redis_host, r->redis_port, only, fsync_);
+    } else {
+        logf_(r, CB_LOG_INFO, "redis %s:%d keeps what it acknowledges (appendonly yes, appendfsync always)", r->redis_host, r->redis_port);
+    }
+}
+
 /* Under the lock. */
 static int connect_all(routing *r) {
     char why[160];
@@ -575,7 +622,8 @@ static int connect_all(routing *r) {
     if (r->c_connected) __atomic_store_n(r->c_connected, 1, __ATOMIC_RELAXED);
     if (r->c_reconnects) __atomic_fetch_add(r->c_reconnects, 1, __ATOMIC_RELAXED);
     logf_(r, CB_LOG_INFO, "redis %s:%d connected; following %s", r->redis_host, r->redis_port, r->channel);
-    return 1;
+    check_durability(r);
+    return r->connected;
 }
 
 /* Under the lock. */
