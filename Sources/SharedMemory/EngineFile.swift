@@ -180,7 +180,7 @@ public final class EngineFile: @unchecked Sendable {
     }
 
     public func symbolCounters(_ i: Int) -> SymbolCounters {
-        SymbolCounters(words: (symbolBlock(i) + 32).assumingMemoryBound(to: UInt64.self))
+        SymbolCounters(words: (symbolBlock(i) + InstanceLayout.symbolCountersOffset).assumingMemoryBound(to: UInt64.self))
     }
 
     func pluginSlot(_ i: Int) -> UnsafeMutableRawPointer {

@@ -12,7 +12,7 @@
 //   <client>.rep.<shard>   that shard's report ring to the client (shard produces)
 //   <client>.hello         written last, by rename: "my rings are ready"
 //
-// Engine control file layout (little-endian), version 4:
+// Engine control file layout (little-endian), version 5:
 //   0    magic "CBENGIN1" (u64), version (u32), shard count (u32), engine pid (i32),
 //        state (u32: 1 starting, 2 running, 3 stopping, 4 stopped), start time ns (u64),
 //        32 symbol count (u32: the symbols published so far; it grows, release-stored after the
@@ -29,8 +29,11 @@
 //        at +1536 the shard's migrations (u64 × 8, written by whichever thread runs the
 //        migration, one at a time: MigrationCounters), at +1600 its replication (u64 × 8,
 //        written by the control thread: ReplicationCounters).
-//   then 64 × symbol capacity: name (24 bytes, NUL-padded), id (u32), shard (u32), commands, trades,
-//        rejects, traded quantity (u64 each, written by the owning shard).
+//   then 128 × symbol capacity: name (24 bytes, NUL-padded), id (u32), shard (u32: the route, which
+//        every producer reads on every submit), 32 reserved; at +64, a line of its own, commands,
+//        trades, rejects, traded quantity (u64 each, written by the owning shard on every command).
+//        Until version 4 the counters shared the route's line (64-byte blocks): each command the
+//        shard counted took the line from every core that was reading the route.
 //   then 256 × plugin slot (16): name (48), version (16), kinds (u32), state (u32), health (u32),
 //        4 reserved, updated ns (u64), 8 reserved, message (160).
 //   then 128 × plugin counter (64): name (80), plugin slot (u32), type (u32: 0 counter, 1 gauge),
@@ -48,7 +51,7 @@ public enum InstanceLayout {
     public static let engineMagic: UInt64 = 0x3149_4E47_4E45_4243  // "CBENGIN1"
     public static let sessionMagic: UInt64 = 0x3153_5345_5353_4243  // "CBSESS1" + "1"
     public static let doorbellsMagic: UInt64 = 0x3142_524F_4F44_4243  // "CBDOORB1"
-    public static let version: UInt32 = 4
+    public static let version: UInt32 = 5
     public static let headerSize = 64
     public static let shardBlockSize = 2048
     public static let countersOffset = 64
@@ -67,7 +70,9 @@ public enum InstanceLayout {
     public static let histogramWords = Int(CB_HISTOGRAM_WORDS)
     public static let histogramBuckets = Int(CB_HISTOGRAM_BUCKETS)
     public static let maxShards = 64
-    public static let symbolBlockSize = 64
+    public static let symbolBlockSize = 128
+    /// Where a symbol's counters start in its block: a cache line apart from its route.
+    public static let symbolCountersOffset = 64
     public static let maxSymbols = 1 << 16
     public static let pluginSlots = 16
     public static let pluginSlotSize = 256
