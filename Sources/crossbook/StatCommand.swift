@@ -221,6 +221,8 @@ struct StatCommand: ParsableCommand {
             for reason in RejectReason.allCases where c.rejects(reason.rawValue) > 0 { rejects[reason.name] = c.rejects(reason.rawValue) }
             let m = file.migrations(s)
             let r = file.replication(s)
+            let match = Self.delta(now.match[s], last.match[s])
+            let busy = Self.busy(match, commands: n[0] &- l[0], elapsed: now.at &- last.at)
             shards.append([
                 "shard": s,
                 "rates": ["commands": Double(n[0] &- l[0]) / interval,
@@ -228,9 +230,9 @@ struct StatCommand: ParsableCommand {
                           "rejects": Double(n[ShardCounter.rejects.rawValue] &- l[ShardCounter.rejects.rawValue]) / interval],
                 "totals": totals,
                 "rejects_by_reason": rejects,
-                "match_latency": histogram(Self.delta(now.match[s], last.match[s])),
-                "busy_percent": Self.busy(Self.delta(now.match[s], last.match[s]), commands: n[0] &- l[0], elapsed: now.at &- last.at).percent,
-                "busy_ns_per_command": Self.busy(Self.delta(now.match[s], last.match[s]), commands: n[0] &- l[0], elapsed: now.at &- last.at).nanosPerCommand ?? 0,
+                "match_latency": histogram(match),
+                "busy_percent": busy.percent,
+                "busy_ns_per_command": busy.nanosPerCommand ?? 0,
                 "group_commit_latency": histogram(Self.delta(now.sync[s], last.sync[s])),
                 "migrations": ["in": m.read(MigrationCounters.into), "out": m.read(MigrationCounters.outOf),
                                "failed": m.read(MigrationCounters.failed), "in_progress": m.read(MigrationCounters.inProgress),

@@ -561,6 +561,12 @@ static int config_value(redisReply *reply, char *out, size_t size) {
     return 1;
 }
 
+/* Why a `CONFIG GET` said nothing usable, made printable into `why`. */
+static void config_refusal(const redisReply *reply, char *why, size_t size) {
+    snprintf(why, size, "%s", reply->type == REDIS_REPLY_ERROR && reply->str ? reply->str : "no such setting");
+    for (char *p = why; *p; p++) if (*p < 0x20 || *p >= 0x7f) *p = '?';
+}
+
 /* Whether this Redis keeps what it acknowledged: a route (or a lease, or a transfer blob) that
  * Redis acknowledged and then lost in its own crash takes the route back in time, and a move
  * between engines could then give a symbol to both. That needs appendonly yes and appendfsync
@@ -571,20 +577,18 @@ static void check_durability(routing *r) {
     const char *a[] = {"CONFIG", "GET", "appendonly"};
     redisReply *reply = command(r, 3, a);
     if (reply == NULL) return;
+    char why[96] = "";
     int known = config_value(reply, only, sizeof only);
-    const char *refusal = reply->type == REDIS_REPLY_ERROR && reply->str ? reply->str : "no such setting";
-    char why[96];
-    snprintf(why, sizeof why, "%s", refusal);
+    if (!known) config_refusal(reply, why, sizeof why);
     freeReplyObject(reply);
     if (known) {
         const char *f[] = {"CONFIG", "GET", "appendfsync"};
         reply = command(r, 3, f);
         if (reply == NULL) return;
         known = config_value(reply, fsync_, sizeof fsync_);
-        if (!known) snprintf(why, sizeof why, "%s", reply->type == REDIS_REPLY_ERROR && reply->str ? reply->str : "no such setting");
+        if (!known) config_refusal(reply, why, sizeof why);
         freeReplyObject(reply);
     }
-    for (char *p = why; *p; p++) if (*p < 0x20 || *p >= 0x7f) *p = '?';
     if (!known) {
         logf_(r, CB_LOG_INFO, "redis %s:%d: cannot tell whether it keeps what it acknowledged (CONFIG GET: %s); moves between engines and leases need appendonly yes, appendfsync always",
               r->redis_host, r->redis_port, why);
